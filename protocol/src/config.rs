@@ -1,0 +1,812 @@
+//! The configuration file: one TOML file that both binaries read.
+//!
+//! An operator who gets the file wrong must learn everything that is wrong at once, each
+//! problem with its key and line, before anything starts. So the file is not handed to
+//! serde in one piece (which stops at the first error): it is parsed into a spanned tree,
+//! and every key is taken and type-checked on its own by [`Section::take`]. Keys nobody
+//! took are reported as unknown. Every key has a default except the Telegram token's
+//! source (which defaults to `$TELEGRAM_BOT_TOKEN`) and at least one `[[providers]]` entry.
+//!
+//! Secrets are never required inline: they name an environment variable or a file
+//! (systemd credentials: relative paths are looked up in `$CREDENTIALS_DIRECTORY`).
+
+use std::fmt;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde::de::{DeserializeOwned, IntoDeserializer};
+use toml::Spanned;
+use toml::de::{DeTable, DeValue};
+
+use crate::wire::{ProviderPlan, Secret};
+
+/// Exit status for a configuration the process cannot run with (`EX_CONFIG` of
+/// sysexits.h); the systemd unit does not restart on it.
+pub const EXIT_CONFIG: i32 = 78;
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file this came from.
+    pub path: PathBuf,
+    pub telegram: TelegramConfig,
+    pub providers: Vec<ProviderConfig>,
+    pub workers: WorkersConfig,
+    pub state: StateConfig,
+    pub agent: AgentConfig,
+}
+
+#[derive(Debug, Clone)]
+pub struct TelegramConfig {
+    pub token: SecretSource,
+    pub api_url: String,
+    /// Telegram user ids allowed to talk to the agent. Empty: nobody.
+    pub allowed_users: Vec<i64>,
+    /// Long-poll duration of one `getUpdates`.
+    pub poll_timeout_secs: u32,
+    /// Cap of the backoff between failed Telegram calls.
+    pub retry_max_secs: u64,
+    /// Messages a chat may have waiting behind its running job.
+    pub max_queued_per_chat: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct ProviderConfig {
+    pub name: String,
+    pub base_url: String,
+    pub model: String,
+    /// None: no `Authorization` header (a local server).
+    pub api_key: Option<SecretSource>,
+    pub request_timeout_secs: u64,
+    pub max_retries: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum WorkerMode {
+    /// Workers are started ahead and serve many jobs; recycled after any fault.
+    Pool,
+    /// A fresh worker for every job.
+    PerRequest,
+}
+
+impl WorkerMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WorkerMode::Pool => "pool",
+            WorkerMode::PerRequest => "per-request",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct WorkersConfig {
+    pub mode: WorkerMode,
+    /// Workers (pool) or concurrent jobs (per-request).
+    pub pool_size: usize,
+    pub job_timeout_secs: u64,
+    /// None: `hermes-worker` beside the gateway's own binary.
+    pub command: Option<PathBuf>,
+    /// A pool worker is replaced after this many jobs.
+    pub max_jobs_per_worker: u32,
+    /// `RLIMIT_AS` of each worker in MiB; 0 for none.
+    pub memory_limit_mb: u64,
+    /// Between SIGTERM and SIGKILL of a worker's process group.
+    pub kill_grace_secs: u64,
+    /// On SIGTERM, how long jobs in flight may still finish before they are cancelled.
+    pub shutdown_drain_secs: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct StateConfig {
+    /// None: `$STATE_DIRECTORY`, else `./state`.
+    pub dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// Sent first in every job when set.
+    pub system_prompt: Option<String>,
+}
+
+/// Where a secret comes from, and which key of the file said so (for error messages).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecretSource {
+    pub from: SecretFrom,
+    pub key: String,
+    pub line: Option<usize>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SecretFrom {
+    Env(String),
+    /// `base` is the config file's directory, for relative paths outside systemd.
+    File { path: PathBuf, base: PathBuf },
+}
+
+impl SecretSource {
+    /// Reads the secret now. The error is a sentence naming the variable or file.
+    pub fn resolve(&self) -> Result<Secret, String> {
+        match &self.from {
+            SecretFrom::Env(name) => match std::env::var(name) {
+                Ok(v) if !v.trim().is_empty() => Ok(Secret::new(v.trim())),
+                Ok(_) => Err(format!("environment variable {name} is empty")),
+                Err(_) => Err(format!("environment variable {name} is not set")),
+            },
+            SecretFrom::File { path, base } => {
+                let full = secret_file_path(path, base);
+                match std::fs::read_to_string(&full) {
+                    Ok(v) if !v.trim().is_empty() => Ok(Secret::new(v.trim())),
+                    Ok(_) => Err(format!("file {} is empty", full.display())),
+                    Err(e) => Err(format!("cannot read {}: {e}", full.display())),
+                }
+            }
+        }
+    }
+
+    /// "env TELEGRAM_BOT_TOKEN" or "file /run/credentials/…", for check-config's report.
+    pub fn describe(&self) -> String {
+        match &self.from {
+            SecretFrom::Env(name) => format!("env {name}"),
+            SecretFrom::File { path, base } => {
+                format!("file {}", secret_file_path(path, base).display())
+            }
+        }
+    }
+
+    fn problem(&self, message: String) -> Problem {
+        Problem {
+            line: self.line,
+            key: self.key.clone(),
+            message,
+        }
+    }
+}
+
+fn secret_file_path(path: &Path, base: &Path) -> PathBuf {
+    if path.is_absolute() {
+        return path.to_path_buf();
+    }
+    if let Some(creds) = std::env::var_os("CREDENTIALS_DIRECTORY") {
+        let candidate = Path::new(&creds).join(path);
+        if candidate.exists() {
+            return candidate;
+        }
+    }
+    base.join(path)
+}
+
+impl ProviderConfig {
+    /// The provider as a job carries it, key resolved.
+    pub fn plan(&self) -> Result<ProviderPlan, String> {
+        let api_key = match &self.api_key {
+            Some(source) => Some(source.resolve()?),
+            None => None,
+        };
+        Ok(ProviderPlan {
+            name: self.name.clone(),
+            base_url: self.base_url.trim_end_matches('/').to_string(),
+            model: self.model.clone(),
+            api_key,
+            request_timeout_ms: self.request_timeout_secs.saturating_mul(1000),
+            max_retries: self.max_retries,
+        })
+    }
+}
+
+impl WorkersConfig {
+    pub fn job_timeout(&self) -> Duration {
+        Duration::from_secs(self.job_timeout_secs)
+    }
+}
+
+impl Config {
+    /// Reads and validates `path`. Secrets are not read here: see [`Config::check_secrets`].
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let base = path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("."));
+        Config::parse(&text, path, &base).map_err(|problems| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            problems,
+        })
+    }
+
+    /// Validates `text`; `base` anchors relative secret file paths.
+    pub fn parse(text: &str, path: &Path, base: &Path) -> Result<Config, Vec<Problem>> {
+        let root = DeTable::parse(text).map_err(|e| {
+            vec![Problem {
+                line: e.span().map(|s| line_of(text, s.start)),
+                key: String::new(),
+                message: format!("not valid TOML: {}", e.message().trim()),
+            }]
+        })?;
+        let mut doc = Doc {
+            text,
+            base,
+            problems: Vec::new(),
+        };
+        let root_span = root.span();
+        let root = root.into_inner();
+        let mut top = Section::new("", Some((&root, root_span)));
+
+        let telegram_table = top.table("telegram", &mut doc);
+        let telegram = doc.telegram(telegram_table.as_ref());
+        let providers = doc.providers(&mut top);
+        let workers_table = top.table("workers", &mut doc);
+        let workers = doc.workers(workers_table.as_ref());
+        let state_table = top.table("state", &mut doc);
+        let state = doc.state(state_table.as_ref());
+        let agent_table = top.table("agent", &mut doc);
+        let agent = doc.agent(agent_table.as_ref());
+        top.finish(&mut doc);
+
+        if doc.problems.is_empty() {
+            Ok(Config {
+                path: path.to_path_buf(),
+                telegram,
+                providers,
+                workers,
+                state,
+                agent,
+            })
+        } else {
+            doc.problems.sort_by_key(|p| p.line.unwrap_or(usize::MAX));
+            Err(doc.problems)
+        }
+    }
+
+    /// Resolves every secret the file names; each one missing is a problem.
+    pub fn check_secrets(&self) -> Vec<Problem> {
+        let mut problems = Vec::new();
+        if let Err(e) = self.telegram.token.resolve() {
+            problems.push(self.telegram.token.problem(e));
+        }
+        for provider in &self.providers {
+            if let Some(source) = &provider.api_key
+                && let Err(e) = source.resolve()
+            {
+                problems.push(source.problem(e));
+            }
+        }
+        problems
+    }
+}
+
+/// One thing wrong with the configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub line: Option<usize>,
+    /// Dotted path of the key, e.g. `workers.pool_size` or `providers[1].model`.
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(line) = self.line {
+            write!(f, "line {line}: ")?;
+        }
+        if !self.key.is_empty() {
+            write!(f, "{}: ", self.key)?;
+        }
+        f.write_str(&self.message)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read configuration file {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}", invalid_summary(path, problems))]
+    Invalid { path: PathBuf, problems: Vec<Problem> },
+}
+
+fn invalid_summary(path: &Path, problems: &[Problem]) -> String {
+    let mut s = format!("invalid configuration in {}:", path.display());
+    for p in problems {
+        s.push_str("\n  ");
+        s.push_str(&p.to_string());
+    }
+    s
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text.get(..offset).unwrap_or(text).matches('\n').count() + 1
+}
+
+/// The file being validated and the problems found so far.
+struct Doc<'t> {
+    text: &'t str,
+    base: &'t Path,
+    problems: Vec<Problem>,
+}
+
+type Table<'a, 'i> = (&'a DeTable<'i>, Range<usize>);
+
+/// One table of the file. Every key read goes through [`Section::take`], which records it
+/// as known, so [`Section::finish`] can name everything else as unknown.
+struct Section<'a, 'i> {
+    path: String,
+    table: Option<Table<'a, 'i>>,
+    known: Vec<&'static str>,
+}
+
+impl<'a, 'i> Section<'a, 'i> {
+    fn new(path: &str, table: Option<Table<'a, 'i>>) -> Self {
+        Section {
+            path: path.to_string(),
+            table,
+            known: Vec::new(),
+        }
+    }
+
+    fn key_path(&self, key: &str) -> String {
+        if self.path.is_empty() {
+            key.to_string()
+        } else {
+            format!("{}.{key}", self.path)
+        }
+    }
+
+    fn line(&self, doc: &Doc) -> Option<usize> {
+        self.table.as_ref().map(|(_, span)| line_of(doc.text, span.start))
+    }
+
+    fn raw(&mut self, key: &'static str) -> Option<&'a Spanned<DeValue<'i>>> {
+        self.known.push(key);
+        self.table.as_ref().and_then(|(t, _)| t.get(key))
+    }
+
+    /// The value of `key` as a `T`, or None when absent or of the wrong type (a problem).
+    fn take<T: DeserializeOwned>(&mut self, key: &'static str, doc: &mut Doc) -> Option<T> {
+        let value = self.raw(key)?;
+        match T::deserialize(value.clone().into_deserializer()) {
+            Ok(v) => Some(v),
+            Err(e) => {
+                let span = e.span().unwrap_or_else(|| value.span());
+                doc.problems.push(Problem {
+                    line: Some(line_of(doc.text, span.start)),
+                    key: self.key_path(key),
+                    message: e.message().trim().to_string(),
+                });
+                None
+            }
+        }
+    }
+
+    fn take_or<T: DeserializeOwned>(&mut self, key: &'static str, default: T, doc: &mut Doc) -> T {
+        self.take(key, doc).unwrap_or(default)
+    }
+
+    fn require<T: DeserializeOwned>(&mut self, key: &'static str, doc: &mut Doc) -> Option<T> {
+        let present = self.table.as_ref().is_some_and(|(t, _)| t.get(key).is_some());
+        if !present {
+            self.known.push(key);
+            doc.problems.push(Problem {
+                line: self.line(doc),
+                key: self.key_path(key),
+                message: "missing; this key has no default".into(),
+            });
+            return None;
+        }
+        self.take(key, doc)
+    }
+
+    /// A number that must lie in `range`.
+    fn take_in<T>(
+        &mut self,
+        key: &'static str,
+        default: T,
+        range: std::ops::RangeInclusive<T>,
+        doc: &mut Doc,
+    ) -> T
+    where
+        T: DeserializeOwned + PartialOrd + Copy + fmt::Display,
+    {
+        let line = self.raw_line(key, doc);
+        match self.take(key, doc) {
+            Some(v) if range.contains(&v) => v,
+            Some(v) => {
+                doc.problems.push(Problem {
+                    line,
+                    key: self.key_path(key),
+                    message: format!(
+                        "{v} is out of range ({}..={})",
+                        range.start(),
+                        range.end()
+                    ),
+                });
+                default
+            }
+            None => default,
+        }
+    }
+
+    fn raw_line(&self, key: &str, doc: &Doc) -> Option<usize> {
+        self.table
+            .as_ref()
+            .and_then(|(t, _)| t.get(key))
+            .map(|v| line_of(doc.text, v.span().start))
+    }
+
+    /// A sub-table; a value of another type is a problem.
+    fn table(&mut self, key: &'static str, doc: &mut Doc) -> Option<Table<'a, 'i>> {
+        let value = self.raw(key)?;
+        match value.get_ref() {
+            DeValue::Table(t) => Some((t, value.span())),
+            _ => {
+                doc.problems.push(Problem {
+                    line: Some(line_of(doc.text, value.span().start)),
+                    key: self.key_path(key),
+                    message: "must be a table".into(),
+                });
+                None
+            }
+        }
+    }
+
+    fn finish(self, doc: &mut Doc) {
+        let Some((table, _)) = self.table else {
+            return;
+        };
+        for (key, value) in table.iter() {
+            if !self.known.contains(&key.get_ref().as_ref()) {
+                doc.problems.push(Problem {
+                    line: Some(line_of(doc.text, key.span().start.min(value.span().start))),
+                    key: self.key_path(key.get_ref()),
+                    message: format!("unknown key (known here: {})", self.known.join(", ")),
+                });
+            }
+        }
+    }
+}
+
+impl Doc<'_> {
+    fn secret(
+        &mut self,
+        section: &mut Section,
+        env_key: &'static str,
+        file_key: &'static str,
+    ) -> Option<SecretSource> {
+        let env_line = section.raw_line(env_key, self);
+        let file_line = section.raw_line(file_key, self);
+        let env: Option<String> = section.take(env_key, self);
+        let file: Option<PathBuf> = section.take(file_key, self);
+        match (env, file) {
+            (Some(_), Some(_)) => {
+                self.problems.push(Problem {
+                    line: file_line,
+                    key: section.key_path(file_key),
+                    message: format!("set either {env_key} or {file_key}, not both"),
+                });
+                None
+            }
+            (Some(name), None) => Some(SecretSource {
+                from: SecretFrom::Env(name),
+                key: section.key_path(env_key),
+                line: env_line,
+            }),
+            (None, Some(path)) => Some(SecretSource {
+                from: SecretFrom::File {
+                    path,
+                    base: self.base.to_path_buf(),
+                },
+                key: section.key_path(file_key),
+                line: file_line,
+            }),
+            (None, None) => None,
+        }
+    }
+
+    fn url(&mut self, section: &mut Section, key: &'static str, value: Option<String>) -> String {
+        let Some(url) = value else {
+            return String::new();
+        };
+        let rest = url
+            .strip_prefix("http://")
+            .or_else(|| url.strip_prefix("https://"));
+        let ok = rest.is_some_and(|r| !r.is_empty() && !r.starts_with('/'));
+        if !ok {
+            let line = section.raw_line(key, self);
+            self.problems.push(Problem {
+                line,
+                key: section.key_path(key),
+                message: format!("{url:?} is not an http:// or https:// URL"),
+            });
+        }
+        url
+    }
+
+    fn telegram(&mut self, table: Option<&Table>) -> TelegramConfig {
+        let mut s = Section::new("telegram", table.cloned());
+        let token = self
+            .secret(&mut s, "token_env", "token_file")
+            .unwrap_or(SecretSource {
+                from: SecretFrom::Env("TELEGRAM_BOT_TOKEN".into()),
+                key: "telegram.token_env".into(),
+                line: None,
+            });
+        let api_url = s.take("api_url", self);
+        let api_url = match api_url {
+            Some(u) => self.url(&mut s, "api_url", Some(u)),
+            None => "https://api.telegram.org".to_string(),
+        };
+        let config = TelegramConfig {
+            token,
+            api_url: api_url.trim_end_matches('/').to_string(),
+            allowed_users: s.take_or("allowed_users", Vec::new(), self),
+            poll_timeout_secs: s.take_in("poll_timeout_secs", 30, 0..=50, self),
+            retry_max_secs: s.take_in("retry_max_secs", 30, 1..=3600, self),
+            max_queued_per_chat: s.take_in("max_queued_per_chat", 5, 0..=1000, self),
+        };
+        s.finish(self);
+        config
+    }
+
+    fn providers(&mut self, top: &mut Section) -> Vec<ProviderConfig> {
+        let Some(value) = top.raw("providers") else {
+            self.problems.push(Problem {
+                line: None,
+                key: "providers".into(),
+                message: "missing: add at least one [[providers]] entry (name, base_url, model)"
+                    .into(),
+            });
+            return Vec::new();
+        };
+        let DeValue::Array(entries) = value.get_ref() else {
+            self.problems.push(Problem {
+                line: Some(line_of(self.text, value.span().start)),
+                key: "providers".into(),
+                message: "must be an array of tables: write each one as [[providers]]".into(),
+            });
+            return Vec::new();
+        };
+        if entries.is_empty() {
+            self.problems.push(Problem {
+                line: Some(line_of(self.text, value.span().start)),
+                key: "providers".into(),
+                message: "empty: add at least one [[providers]] entry".into(),
+            });
+        }
+        let mut providers: Vec<ProviderConfig> = Vec::new();
+        for (i, entry) in entries.iter().enumerate() {
+            let path = format!("providers[{i}]");
+            let DeValue::Table(table) = entry.get_ref() else {
+                self.problems.push(Problem {
+                    line: Some(line_of(self.text, entry.span().start)),
+                    key: path,
+                    message: "must be a table".into(),
+                });
+                continue;
+            };
+            let mut s = Section::new(&path, Some((table, entry.span())));
+            let name: Option<String> = s.require("name", self);
+            let base_url = s.require("base_url", self);
+            let base_url = self.url(&mut s, "base_url", base_url);
+            let model: Option<String> = s.require("model", self);
+            let api_key = self.secret(&mut s, "api_key_env", "api_key_file");
+            let request_timeout_secs = s.take_in("request_timeout_secs", 60, 1..=3600, self);
+            let max_retries = s.take_in("max_retries", 2, 0..=10, self);
+            if let Some(name) = &name {
+                if name.trim().is_empty() {
+                    self.problems.push(Problem {
+                        line: s.raw_line("name", self),
+                        key: s.key_path("name"),
+                        message: "must not be empty".into(),
+                    });
+                } else if providers.iter().any(|p| &p.name == name) {
+                    self.problems.push(Problem {
+                        line: s.raw_line("name", self),
+                        key: s.key_path("name"),
+                        message: format!("{name:?} is used by another provider"),
+                    });
+                }
+            }
+            s.finish(self);
+            if let (Some(name), Some(model)) = (name, model) {
+                providers.push(ProviderConfig {
+                    name,
+                    base_url,
+                    model,
+                    api_key,
+                    request_timeout_secs,
+                    max_retries,
+                });
+            }
+        }
+        providers
+    }
+
+    fn workers(&mut self, table: Option<&Table>) -> WorkersConfig {
+        let mut s = Section::new("workers", table.cloned());
+        let config = WorkersConfig {
+            mode: s.take_or("mode", WorkerMode::Pool, self),
+            pool_size: s.take_in("pool_size", 2, 1..=256, self),
+            job_timeout_secs: s.take_in("job_timeout_secs", 180, 1..=86_400, self),
+            command: s.take("command", self),
+            max_jobs_per_worker: s.take_in("max_jobs_per_worker", 100, 1..=1_000_000, self),
+            memory_limit_mb: s.take_in("memory_limit_mb", 2048, 0..=1 << 20, self),
+            kill_grace_secs: s.take_in("kill_grace_secs", 2, 0..=60, self),
+            shutdown_drain_secs: s.take_in("shutdown_drain_secs", 5, 0..=600, self),
+        };
+        s.finish(self);
+        config
+    }
+
+    fn state(&mut self, table: Option<&Table>) -> StateConfig {
+        let mut s = Section::new("state", table.cloned());
+        let config = StateConfig {
+            dir: s.take("dir", self),
+        };
+        s.finish(self);
+        config
+    }
+
+    fn agent(&mut self, table: Option<&Table>) -> AgentConfig {
+        let mut s = Section::new("agent", table.cloned());
+        let system_prompt: Option<String> = s.take("system_prompt", self);
+        s.finish(self);
+        AgentConfig {
+            system_prompt: system_prompt.filter(|p| !p.trim().is_empty()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+[telegram]
+token_env = "TG"
+
+[[providers]]
+name = "main"
+base_url = "https://api.example.com/v1"
+model = "m"
+"#;
+
+    fn parse(text: &str) -> Result<Config, Vec<Problem>> {
+        Config::parse(text, Path::new("hermes.toml"), Path::new("/etc/hermes"))
+    }
+
+    #[test]
+    fn minimal_file_gets_defaults() {
+        let c = parse(MINIMAL).unwrap();
+        assert_eq!(c.telegram.api_url, "https://api.telegram.org");
+        assert!(c.telegram.allowed_users.is_empty());
+        assert_eq!(c.workers.mode, WorkerMode::Pool);
+        assert_eq!(c.workers.pool_size, 2);
+        assert_eq!(c.workers.job_timeout_secs, 180);
+        assert_eq!(c.providers.len(), 1);
+        assert_eq!(c.providers[0].max_retries, 2);
+        assert!(c.providers[0].api_key.is_none());
+        assert_eq!(c.telegram.token.from, SecretFrom::Env("TG".into()));
+    }
+
+    #[test]
+    fn token_defaults_to_the_conventional_variable() {
+        let c = parse("[[providers]]\nname='a'\nbase_url='http://x'\nmodel='m'\n").unwrap();
+        assert_eq!(
+            c.telegram.token.from,
+            SecretFrom::Env("TELEGRAM_BOT_TOKEN".into())
+        );
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_key_and_line() {
+        let text = r#"[telegram]
+token_env = "TG"
+allowd_users = [1]
+
+[workers]
+pool_size = "two"
+mode = "forked"
+"#;
+        let problems = parse(text).unwrap_err();
+        let lines: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
+        assert!(
+            lines.iter().any(|l| l.starts_with("line 3: telegram.allowd_users: unknown key")),
+            "{lines:#?}"
+        );
+        assert!(
+            lines.iter().any(|l| l.starts_with("line 6: workers.pool_size:")),
+            "{lines:#?}"
+        );
+        assert!(
+            lines.iter().any(|l| l.starts_with("line 7: workers.mode:")),
+            "{lines:#?}"
+        );
+        assert!(
+            lines.iter().any(|l| l.starts_with("providers: missing")),
+            "{lines:#?}"
+        );
+        assert_eq!(problems.len(), 4, "{lines:#?}");
+    }
+
+    #[test]
+    fn provider_entries_are_checked_one_by_one() {
+        let text = r#"
+[[providers]]
+name = "a"
+base_url = "ftp://nope"
+model = "m"
+
+[[providers]]
+name = "a"
+model = "m"
+timeout = 3
+"#;
+        let lines: Vec<String> = parse(text)
+            .unwrap_err()
+            .iter()
+            .map(|p| p.to_string())
+            .collect();
+        assert!(lines.iter().any(|l| l.contains("providers[0].base_url") && l.contains("not an http")), "{lines:#?}");
+        assert!(lines.iter().any(|l| l.contains("providers[1].base_url: missing")), "{lines:#?}");
+        assert!(lines.iter().any(|l| l.contains("providers[1].name") && l.contains("used by another")), "{lines:#?}");
+        assert!(lines.iter().any(|l| l.contains("providers[1].timeout: unknown key")), "{lines:#?}");
+    }
+
+    #[test]
+    fn out_of_range_and_both_secret_sources_are_problems() {
+        let text = format!(
+            "{MINIMAL}\n[workers]\npool_size = 0\n\n[state]\n[agent]\n",
+        )
+        .replace("token_env = \"TG\"", "token_env = \"TG\"\ntoken_file = \"tok\"");
+        let lines: Vec<String> = parse(&text)
+            .unwrap_err()
+            .iter()
+            .map(|p| p.to_string())
+            .collect();
+        assert!(lines.iter().any(|l| l.contains("workers.pool_size: 0 is out of range")), "{lines:#?}");
+        assert!(lines.iter().any(|l| l.contains("not both")), "{lines:#?}");
+    }
+
+    #[test]
+    fn syntax_errors_name_their_line() {
+        let problems = parse("[telegram]\ntoken_env = \n").unwrap_err();
+        assert_eq!(problems.len(), 1);
+        assert_eq!(problems[0].line, Some(2));
+        assert!(problems[0].message.starts_with("not valid TOML"));
+    }
+
+    #[test]
+    fn unknown_top_level_section_is_reported() {
+        let text = format!("{MINIMAL}\n[telegrm]\nx = 1\n");
+        let lines: Vec<String> = parse(&text).unwrap_err().iter().map(|p| p.to_string()).collect();
+        assert!(lines.iter().any(|l| l.contains("telegrm: unknown key")), "{lines:#?}");
+    }
+
+    #[test]
+    fn secrets_resolve_from_files_relative_to_the_config() {
+        let dir = std::env::temp_dir().join(format!("hermes-config-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("key"), "sk-123\n").unwrap();
+        let text = MINIMAL.replace("model = \"m\"", "model = \"m\"\napi_key_file = \"key\"");
+        let c = Config::parse(&text, &dir.join("h.toml"), &dir).unwrap();
+        let plan = c.providers[0].plan().unwrap();
+        assert_eq!(plan.api_key.unwrap().expose(), "sk-123");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_missing_secret_is_a_problem_naming_the_variable() {
+        let c = parse(&MINIMAL.replace("\"TG\"", "\"HERMES_TEST_SURELY_UNSET_VAR\"")).unwrap();
+        let problems = c.check_secrets();
+        assert_eq!(problems.len(), 1);
+        assert_eq!(problems[0].key, "telegram.token_env");
+        assert!(problems[0].message.contains("HERMES_TEST_SURELY_UNSET_VAR is not set"));
+        assert_eq!(problems[0].line, Some(3));
+    }
+}

@@ -1,0 +1,434 @@
+//! The messages gateway and worker exchange, in the order they happen:
+//!
+//! 1. The worker connects and sends [`Hello`] (protocol version first, then the one-time
+//!    token the gateway gave it); the gateway answers [`Welcome`].
+//! 2. The gateway sends [`ToWorker::Job`]; the worker answers with any number of
+//!    [`FromWorker::Event`]s and exactly one [`FromWorker::Outcome`], all carrying the job's
+//!    [`JobId`] so anything left over from another job is recognised.
+//! 3. [`ToWorker::Shutdown`] (or the socket closing) ends the worker.
+//!
+//! A failed job is not an error of the protocol: it is an [`Outcome::Failed`] carrying a
+//! [`Failure`], a typed value from where it happened to the sentence the user reads.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::codec::{self, CodecError};
+
+/// Bumped on any change to these types. Leads the first frame so a mismatch is reported as
+/// one, not as an undecodable frame.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// The first frame a worker sends. `version` must stay the first field.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct Hello {
+    pub version: u32,
+    pub token: Secret,
+    pub pid: u32,
+}
+
+/// The gateway's answer to [`Hello`]. Its layout must stay stable across versions, so a
+/// worker of another version can still read why it was turned away.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub enum Welcome {
+    Accepted,
+    Rejected { reason: String },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum HandshakeError {
+    #[error("protocol version mismatch: this side speaks {ours}, the peer speaks {theirs}")]
+    VersionMismatch { ours: u32, theirs: u32 },
+    #[error("not a hermes handshake: {0}")]
+    Undecodable(#[source] CodecError),
+}
+
+/// Decodes a handshake payload, reading the version before anything else.
+pub fn decode_hello(payload: &[u8]) -> Result<Hello, HandshakeError> {
+    let theirs: u32 = codec::prefix_from_bytes(payload).map_err(HandshakeError::Undecodable)?;
+    if theirs != PROTOCOL_VERSION {
+        return Err(HandshakeError::VersionMismatch {
+            ours: PROTOCOL_VERSION,
+            theirs,
+        });
+    }
+    codec::from_bytes(payload).map_err(HandshakeError::Undecodable)
+}
+
+/// A string that must not end up in logs: API keys, worker tokens.
+#[derive(Serialize, Deserialize, Clone, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct JobId(pub u64);
+
+impl fmt::Display for JobId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "job-{}", self.0)
+    }
+}
+
+/// Everything a worker needs to answer one message; the worker keeps nothing between jobs.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct Job {
+    pub id: JobId,
+    pub chat_id: i64,
+    /// The system prompt (if any), the history, and last the new user message.
+    pub messages: Vec<ChatMessage>,
+    /// Tried in order: the first is the primary, the rest are fallbacks.
+    pub providers: Vec<ProviderPlan>,
+    /// The worker stops retrying and answers [`Failure::TimedOut`] by then; the gateway
+    /// kills the worker's process group shortly after.
+    pub timeout_ms: u64,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct ChatMessage {
+    pub role: Role,
+    pub content: String,
+}
+
+impl ChatMessage {
+    pub fn new(role: Role, content: impl Into<String>) -> Self {
+        ChatMessage {
+            role,
+            content: content.into(),
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    System,
+    User,
+    Assistant,
+}
+
+impl Role {
+    /// The role's name in OpenAI-compatible APIs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::System => "system",
+            Role::User => "user",
+            Role::Assistant => "assistant",
+        }
+    }
+}
+
+/// One provider of the chain, with its key resolved by the gateway: workers get secrets in
+/// the job, never in their environment, so nothing they spawn inherits them.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct ProviderPlan {
+    pub name: String,
+    /// Base of an OpenAI-compatible API; requests go to `{base_url}/chat/completions`.
+    pub base_url: String,
+    pub model: String,
+    pub api_key: Option<Secret>,
+    /// Bound on one HTTP attempt (the job's deadline bounds all of them).
+    pub request_timeout_ms: u64,
+    /// Retries after the first attempt, for retryable failures only.
+    pub max_retries: u32,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub enum ToWorker {
+    Job(Job),
+    Shutdown,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub enum FromWorker {
+    Event { job_id: JobId, event: Event },
+    Outcome { job_id: JobId, outcome: Outcome },
+}
+
+/// Progress of a job, for logs, `hermes-worker ask` and (later) streaming to the chat.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// An HTTP attempt against a provider starts (1-based).
+    Attempt { provider: String, attempt: u32 },
+    /// A retryable failure; the next attempt starts after `after_ms`.
+    Retrying {
+        provider: String,
+        after_ms: u64,
+        reason: String,
+    },
+    /// A provider failed for good; the next one in the chain is tried.
+    FellBack { from: String, failure: Failure },
+    /// Part of the answer's text.
+    Delta(String),
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Reply(Reply),
+    Failed(Failure),
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    pub text: String,
+    pub provider: String,
+    pub model: String,
+}
+
+/// Why a job produced no answer. Provider variants come from the worker; the others from
+/// the gateway, which sees exits, deadlines and broken connections.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub enum Failure {
+    /// HTTP 402, or 429 with a quota or balance code: the account is out of money or quota.
+    QuotaExhausted { provider: String, detail: String },
+    /// HTTP 401 or 403: the key is wrong, revoked, or lacks access.
+    ProviderAuth {
+        provider: String,
+        status: u16,
+        detail: String,
+    },
+    /// HTTP 429 (without a quota code) after every retry.
+    RateLimited { provider: String, detail: String },
+    /// 5xx, 408, 409, 425, timeouts and broken connections after every retry.
+    ProviderUnavailable { provider: String, detail: String },
+    /// HTTP 400 about the context window, still so after trimming history once.
+    ContextTooLong { provider: String, detail: String },
+    /// Any other 4xx: the provider refuses this request (bad model name, bad parameters).
+    ProviderRejected {
+        provider: String,
+        status: u16,
+        detail: String,
+    },
+    /// A 2xx answer that is not a usable chat completion.
+    ProviderProtocol { provider: String, detail: String },
+    /// The job's deadline passed.
+    TimedOut { after_ms: u64 },
+    /// The worker died, broke the protocol, or could not be started.
+    WorkerCrashed { cause: CrashCause },
+    /// The job was stopped on purpose.
+    Cancelled { reason: CancelReason },
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub enum CrashCause {
+    Exited { code: i32 },
+    Signalled { signal: i32, name: String },
+    /// The connection broke while the process was still running.
+    Disconnected,
+    ProtocolViolation { detail: String },
+    /// No worker could be started or connected for this job.
+    NotStarted { detail: String },
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CancelReason {
+    /// The gateway is stopping.
+    Shutdown,
+}
+
+/// The failure kinds a user is told about and an operator counts, without their details.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum FailureClass {
+    QuotaExhausted,
+    ProviderAuth,
+    RateLimited,
+    ProviderUnavailable,
+    ContextTooLong,
+    ProviderRejected,
+    ProviderProtocol,
+    TimedOut,
+    WorkerCrashed,
+    Cancelled,
+}
+
+impl FailureClass {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureClass::QuotaExhausted => "quota_exhausted",
+            FailureClass::ProviderAuth => "provider_auth",
+            FailureClass::RateLimited => "rate_limited",
+            FailureClass::ProviderUnavailable => "provider_unavailable",
+            FailureClass::ContextTooLong => "context_too_long",
+            FailureClass::ProviderRejected => "provider_rejected",
+            FailureClass::ProviderProtocol => "provider_protocol",
+            FailureClass::TimedOut => "timed_out",
+            FailureClass::WorkerCrashed => "worker_crashed",
+            FailureClass::Cancelled => "cancelled",
+        }
+    }
+}
+
+impl fmt::Display for FailureClass {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Failure {
+    pub fn class(&self) -> FailureClass {
+        match self {
+            Failure::QuotaExhausted { .. } => FailureClass::QuotaExhausted,
+            Failure::ProviderAuth { .. } => FailureClass::ProviderAuth,
+            Failure::RateLimited { .. } => FailureClass::RateLimited,
+            Failure::ProviderUnavailable { .. } => FailureClass::ProviderUnavailable,
+            Failure::ContextTooLong { .. } => FailureClass::ContextTooLong,
+            Failure::ProviderRejected { .. } => FailureClass::ProviderRejected,
+            Failure::ProviderProtocol { .. } => FailureClass::ProviderProtocol,
+            Failure::TimedOut { .. } => FailureClass::TimedOut,
+            Failure::WorkerCrashed { .. } => FailureClass::WorkerCrashed,
+            Failure::Cancelled { .. } => FailureClass::Cancelled,
+        }
+    }
+
+    /// The provider the failure came from, for provider failures.
+    pub fn provider(&self) -> Option<&str> {
+        match self {
+            Failure::QuotaExhausted { provider, .. }
+            | Failure::ProviderAuth { provider, .. }
+            | Failure::RateLimited { provider, .. }
+            | Failure::ProviderUnavailable { provider, .. }
+            | Failure::ContextTooLong { provider, .. }
+            | Failure::ProviderRejected { provider, .. }
+            | Failure::ProviderProtocol { provider, .. } => Some(provider),
+            _ => None,
+        }
+    }
+}
+
+/// One line for logs and `hermes-worker ask`: the class, where, and the provider's words.
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Failure::QuotaExhausted { provider, detail }
+            | Failure::RateLimited { provider, detail }
+            | Failure::ProviderUnavailable { provider, detail }
+            | Failure::ContextTooLong { provider, detail }
+            | Failure::ProviderProtocol { provider, detail } => {
+                write!(f, "{} (provider {provider}): {detail}", self.class())
+            }
+            Failure::ProviderAuth {
+                provider,
+                status,
+                detail,
+            }
+            | Failure::ProviderRejected {
+                provider,
+                status,
+                detail,
+            } => write!(
+                f,
+                "{} (provider {provider}): HTTP {status}: {detail}",
+                self.class()
+            ),
+            Failure::TimedOut { after_ms } => write!(f, "timed_out after {after_ms} ms"),
+            Failure::WorkerCrashed { cause } => write!(f, "worker_crashed: {cause}"),
+            Failure::Cancelled { reason } => write!(f, "cancelled: {reason:?}"),
+        }
+    }
+}
+
+impl fmt::Display for CrashCause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CrashCause::Exited { code } => write!(f, "exited with code {code}"),
+            CrashCause::Signalled { signal, name } => {
+                write!(f, "killed by signal {signal} ({name})")
+            }
+            CrashCause::Disconnected => f.write_str("closed its connection"),
+            CrashCause::ProtocolViolation { detail } => write!(f, "protocol violation: {detail}"),
+            CrashCause::NotStarted { detail } => write!(f, "could not be started: {detail}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hello(version: u32) -> Vec<u8> {
+        codec::to_bytes(&Hello {
+            version,
+            token: Secret::new("t0k3n"),
+            pid: 42,
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn hello_of_this_version_decodes() {
+        let h = decode_hello(&hello(PROTOCOL_VERSION)).unwrap();
+        assert_eq!(h.token.expose(), "t0k3n");
+        assert_eq!(h.pid, 42);
+    }
+
+    #[test]
+    fn hello_of_another_version_is_a_mismatch_not_garbage() {
+        match decode_hello(&hello(PROTOCOL_VERSION + 1)) {
+            Err(HandshakeError::VersionMismatch { ours, theirs }) => {
+                assert_eq!(ours, PROTOCOL_VERSION);
+                assert_eq!(theirs, PROTOCOL_VERSION + 1);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn garbage_hello_is_undecodable() {
+        assert!(matches!(
+            decode_hello(&[0xff, 0xff, 0xff, 0xff, 0xff, 0xff]),
+            Err(HandshakeError::Undecodable(_))
+        ));
+        assert!(matches!(
+            decode_hello(&[]),
+            Err(HandshakeError::Undecodable(_))
+        ));
+    }
+
+    #[test]
+    fn secrets_do_not_print() {
+        let plan = ProviderPlan {
+            name: "main".into(),
+            base_url: "http://x".into(),
+            model: "m".into(),
+            api_key: Some(Secret::new("sk-very-secret")),
+            request_timeout_ms: 1,
+            max_retries: 0,
+        };
+        assert!(!format!("{plan:?}").contains("sk-very-secret"));
+    }
+
+    #[test]
+    fn failure_lines_name_class_and_provider() {
+        let f = Failure::QuotaExhausted {
+            provider: "main".into(),
+            detail: "HTTP 402: Insufficient balance".into(),
+        };
+        assert_eq!(
+            f.to_string(),
+            "quota_exhausted (provider main): HTTP 402: Insufficient balance"
+        );
+        assert_eq!(f.provider(), Some("main"));
+        let c = Failure::WorkerCrashed {
+            cause: CrashCause::Signalled {
+                signal: 6,
+                name: "SIGABRT".into(),
+            },
+        };
+        assert_eq!(c.to_string(), "worker_crashed: killed by signal 6 (SIGABRT)");
+        assert_eq!(c.class(), FailureClass::WorkerCrashed);
+    }
+}
