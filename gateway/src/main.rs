@@ -1,1 +1,83 @@
-fn main(){}
+//! `hermes-gateway`: the long-lived parent of the Hermes Telegram agent.
+//!
+//! It polls Telegram, and hands every message to a `hermes-worker` process in its own
+//! process group; whatever a request does (a provider's 402, a panic, a hang, memory
+//! exhaustion) stays in that group, and the chat gets a plain-language reply. The parent
+//! itself runs no provider or agent code.
+//!
+//! Modules, one responsibility each:
+//! - [`run`]: start-up, signals, drain and exit codes;
+//! - [`telegram`]: the `getUpdates` loop, sending and splitting messages;
+//! - [`chats`]: one task per chat, from update to reply;
+//! - [`supervisor`]: starting, authenticating, watching and killing workers;
+//! - [`replies`]: what the user reads for each failure class;
+//! - [`setup`], [`check_config`]: judging a configuration against this machine;
+//! - [`backoff`]: the retry schedule everything shares.
+
+mod backoff;
+mod chats;
+mod check_config;
+mod replies;
+mod run;
+mod setup;
+mod supervisor;
+mod telegram;
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "hermes-gateway",
+    version,
+    about = "Telegram gateway for an LLM agent; every request runs in an isolated worker process",
+    long_about = "Telegram gateway for an LLM agent.\n\n\
+        The gateway polls Telegram and hands each message to a hermes-worker process in its own \
+        process group. A provider error, a crash, a hang or memory exhaustion in a request ends \
+        that request with a clear reply in the chat; the gateway and the other chats carry on.\n\n\
+        Exit codes: 0 after SIGTERM/SIGINT, 78 for invalid configuration."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway until SIGTERM or SIGINT.
+    Run {
+        /// Configuration file (TOML); see deploy/hermes.example.toml.
+        #[arg(long, short, env = "HERMES_CONFIG", value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Validate the configuration and the environment it names, print what was found, and
+    /// exit 0 (valid) or 78 (one line per problem, with key and line number).
+    CheckConfig {
+        /// Configuration file (TOML).
+        #[arg(long, short, env = "HERMES_CONFIG", value_name = "FILE")]
+        config: PathBuf,
+    },
+}
+
+fn main() {
+    let cli = Cli::parse();
+    init_logging();
+    let code = match cli.command {
+        Command::Run { config } => run::run(&config),
+        Command::CheckConfig { config } => check_config::check_config(&config),
+    };
+    std::process::exit(code);
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("HERMES_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_target(false)
+        .init();
+}

@@ -122,7 +122,10 @@ pub struct SecretSource {
 pub enum SecretFrom {
     Env(String),
     /// `base` is the config file's directory, for relative paths outside systemd.
-    File { path: PathBuf, base: PathBuf },
+    File {
+        path: PathBuf,
+        base: PathBuf,
+    },
 }
 
 impl SecretSource {
@@ -308,7 +311,10 @@ pub enum ConfigError {
         source: std::io::Error,
     },
     #[error("{}", invalid_summary(path, problems))]
-    Invalid { path: PathBuf, problems: Vec<Problem> },
+    Invalid {
+        path: PathBuf,
+        problems: Vec<Problem>,
+    },
 }
 
 fn invalid_summary(path: &Path, problems: &[Problem]) -> String {
@@ -359,7 +365,9 @@ impl<'a, 'i> Section<'a, 'i> {
     }
 
     fn line(&self, doc: &Doc) -> Option<usize> {
-        self.table.as_ref().map(|(_, span)| line_of(doc.text, span.start))
+        self.table
+            .as_ref()
+            .map(|(_, span)| line_of(doc.text, span.start))
     }
 
     fn raw(&mut self, key: &'static str) -> Option<&'a Spanned<DeValue<'i>>> {
@@ -389,7 +397,10 @@ impl<'a, 'i> Section<'a, 'i> {
     }
 
     fn require<T: DeserializeOwned>(&mut self, key: &'static str, doc: &mut Doc) -> Option<T> {
-        let present = self.table.as_ref().is_some_and(|(t, _)| t.get(key).is_some());
+        let present = self
+            .table
+            .as_ref()
+            .is_some_and(|(t, _)| t.get(key).is_some());
         if !present {
             self.known.push(key);
             doc.problems.push(Problem {
@@ -420,11 +431,7 @@ impl<'a, 'i> Section<'a, 'i> {
                 doc.problems.push(Problem {
                     line,
                     key: self.key_path(key),
-                    message: format!(
-                        "{v} is out of range ({}..={})",
-                        range.start(),
-                        range.end()
-                    ),
+                    message: format!("{v} is out of range ({}..={})", range.start(), range.end()),
                 });
                 default
             }
@@ -547,7 +554,7 @@ impl Doc<'_> {
             allowed_users: s.take_or("allowed_users", Vec::new(), self),
             poll_timeout_secs: s.take_in("poll_timeout_secs", 30, 0..=50, self),
             retry_max_secs: s.take_in("retry_max_secs", 30, 1..=3600, self),
-            max_queued_per_chat: s.take_in("max_queued_per_chat", 5, 0..=1000, self),
+            max_queued_per_chat: s.take_in("max_queued_per_chat", 5, 1..=1000, self),
         };
         s.finish(self);
         config
@@ -716,11 +723,15 @@ mode = "forked"
         let problems = parse(text).unwrap_err();
         let lines: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
         assert!(
-            lines.iter().any(|l| l.starts_with("line 3: telegram.allowd_users: unknown key")),
+            lines
+                .iter()
+                .any(|l| l.starts_with("line 3: telegram.allowd_users: unknown key")),
             "{lines:#?}"
         );
         assert!(
-            lines.iter().any(|l| l.starts_with("line 6: workers.pool_size:")),
+            lines
+                .iter()
+                .any(|l| l.starts_with("line 6: workers.pool_size:")),
             "{lines:#?}"
         );
         assert!(
@@ -752,24 +763,49 @@ timeout = 3
             .iter()
             .map(|p| p.to_string())
             .collect();
-        assert!(lines.iter().any(|l| l.contains("providers[0].base_url") && l.contains("not an http")), "{lines:#?}");
-        assert!(lines.iter().any(|l| l.contains("providers[1].base_url: missing")), "{lines:#?}");
-        assert!(lines.iter().any(|l| l.contains("providers[1].name") && l.contains("used by another")), "{lines:#?}");
-        assert!(lines.iter().any(|l| l.contains("providers[1].timeout: unknown key")), "{lines:#?}");
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.contains("providers[0].base_url") && l.contains("not an http")),
+            "{lines:#?}"
+        );
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.contains("providers[1].base_url: missing")),
+            "{lines:#?}"
+        );
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.contains("providers[1].name") && l.contains("used by another")),
+            "{lines:#?}"
+        );
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.contains("providers[1].timeout: unknown key")),
+            "{lines:#?}"
+        );
     }
 
     #[test]
     fn out_of_range_and_both_secret_sources_are_problems() {
-        let text = format!(
-            "{MINIMAL}\n[workers]\npool_size = 0\n\n[state]\n[agent]\n",
-        )
-        .replace("token_env = \"TG\"", "token_env = \"TG\"\ntoken_file = \"tok\"");
+        let text = format!("{MINIMAL}\n[workers]\npool_size = 0\n\n[state]\n[agent]\n",).replace(
+            "token_env = \"TG\"",
+            "token_env = \"TG\"\ntoken_file = \"tok\"",
+        );
         let lines: Vec<String> = parse(&text)
             .unwrap_err()
             .iter()
             .map(|p| p.to_string())
             .collect();
-        assert!(lines.iter().any(|l| l.contains("workers.pool_size: 0 is out of range")), "{lines:#?}");
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.contains("workers.pool_size: 0 is out of range")),
+            "{lines:#?}"
+        );
         assert!(lines.iter().any(|l| l.contains("not both")), "{lines:#?}");
     }
 
@@ -784,8 +820,15 @@ timeout = 3
     #[test]
     fn unknown_top_level_section_is_reported() {
         let text = format!("{MINIMAL}\n[telegrm]\nx = 1\n");
-        let lines: Vec<String> = parse(&text).unwrap_err().iter().map(|p| p.to_string()).collect();
-        assert!(lines.iter().any(|l| l.contains("telegrm: unknown key")), "{lines:#?}");
+        let lines: Vec<String> = parse(&text)
+            .unwrap_err()
+            .iter()
+            .map(|p| p.to_string())
+            .collect();
+        assert!(
+            lines.iter().any(|l| l.contains("telegrm: unknown key")),
+            "{lines:#?}"
+        );
     }
 
     #[test]
@@ -806,7 +849,11 @@ timeout = 3
         let problems = c.check_secrets();
         assert_eq!(problems.len(), 1);
         assert_eq!(problems[0].key, "telegram.token_env");
-        assert!(problems[0].message.contains("HERMES_TEST_SURELY_UNSET_VAR is not set"));
+        assert!(
+            problems[0]
+                .message
+                .contains("HERMES_TEST_SURELY_UNSET_VAR is not set")
+        );
         assert_eq!(problems[0].line, Some(3));
     }
 }

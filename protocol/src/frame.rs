@@ -211,10 +211,7 @@ mod tests {
                 other => panic!("cut at {cut}: {other:?}"),
             }
         }
-        assert!(matches!(
-            decode::<FromWorker>(&[]),
-            Err(FrameError::Closed)
-        ));
+        assert!(matches!(decode::<FromWorker>(&[]), Err(FrameError::Closed)));
     }
 
     #[test]
@@ -264,8 +261,14 @@ mod tests {
         let mut two = frame.clone();
         two.extend_from_slice(&frame);
         let mut reader = &two[..];
-        assert_eq!(read_frame::<FromWorker, _>(&mut reader).await.unwrap(), sample());
-        assert_eq!(read_frame::<FromWorker, _>(&mut reader).await.unwrap(), sample());
+        assert_eq!(
+            read_frame::<FromWorker, _>(&mut reader).await.unwrap(),
+            sample()
+        );
+        assert_eq!(
+            read_frame::<FromWorker, _>(&mut reader).await.unwrap(),
+            sample()
+        );
         assert!(matches!(
             read_frame::<FromWorker, _>(&mut reader).await,
             Err(FrameError::Closed)
@@ -288,7 +291,10 @@ mod tests {
         let mut buf = Vec::new();
         write_frame(&mut buf, &sample()).await.unwrap();
         let mut reader = &buf[..];
-        assert_eq!(read_frame::<FromWorker, _>(&mut reader).await.unwrap(), sample());
+        assert_eq!(
+            read_frame::<FromWorker, _>(&mut reader).await.unwrap(),
+            sample()
+        );
     }
 }
 
@@ -330,7 +336,9 @@ mod properties {
 
     #[test]
     fn async_reader_never_panics_on_random_streams() {
-        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
         let mut runner = proptest::test_runner::TestRunner::default();
         runner
             .run(&proptest::collection::vec(any::<u8>(), 0..256), |bytes| {

@@ -225,13 +225,22 @@ pub enum Failure {
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub enum CrashCause {
-    Exited { code: i32 },
-    Signalled { signal: i32, name: String },
+    Exited {
+        code: i32,
+    },
+    Signalled {
+        signal: i32,
+        name: String,
+    },
     /// The connection broke while the process was still running.
     Disconnected,
-    ProtocolViolation { detail: String },
+    ProtocolViolation {
+        detail: String,
+    },
     /// No worker could be started or connected for this job.
-    NotStarted { detail: String },
+    NotStarted {
+        detail: String,
+    },
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
@@ -428,7 +437,10 @@ mod tests {
                 name: "SIGABRT".into(),
             },
         };
-        assert_eq!(c.to_string(), "worker_crashed: killed by signal 6 (SIGABRT)");
+        assert_eq!(
+            c.to_string(),
+            "worker_crashed: killed by signal 6 (SIGABRT)"
+        );
         assert_eq!(c.class(), FailureClass::WorkerCrashed);
     }
 }

@@ -1,0 +1,245 @@
+//! From a Telegram update to a reply in the chat.
+//!
+//! Each chat is served by its own task, one job at a time and in arrival order, so a
+//! conversation never answers out of order while many chats run side by side (as many as
+//! the supervisor has slots). Messages arriving while a chat's job runs wait in a bounded
+//! queue; beyond it the sender is asked to wait. A chat task ends after a quiet minute.
+//!
+//! Whatever the job's outcome, the chat gets exactly one reply: the answer, or the
+//! plain-language text for the failure (see [`crate::replies`]).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use hermes_protocol::{ChatMessage, Job, JobId, Outcome, ProviderPlan, Role};
+use teloxide_core::types::{Update, UpdateKind};
+use tokio::sync::mpsc;
+use tokio::sync::mpsc::error::TrySendError;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::replies;
+use crate::supervisor::Supervisor;
+use crate::telegram::sender::Sender;
+
+/// A chat task with nothing to do for this long ends; the next message starts a new one.
+const CHAT_IDLE: Duration = Duration::from_secs(60);
+/// How often "typing…" is renewed while a job runs (Telegram shows it for ~5 s).
+const TYPING_EVERY: Duration = Duration::from_secs(4);
+
+/// What the chats need to build and run a job.
+pub struct JobContext {
+    pub supervisor: Supervisor,
+    pub sender: Sender,
+    pub providers: Vec<ProviderPlan>,
+    pub system_prompt: Option<String>,
+    pub job_timeout: Duration,
+}
+
+/// A chat task stops waiting for messages: idle too long, or the gateway is stopping.
+struct ChatEnds;
+
+impl From<tokio::time::error::Elapsed> for ChatEnds {
+    fn from(_: tokio::time::error::Elapsed) -> Self {
+        ChatEnds
+    }
+}
+
+struct Incoming {
+    text: String,
+    user_id: u64,
+}
+
+#[derive(Clone)]
+pub struct ChatRouter {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    chats: Mutex<HashMap<i64, mpsc::Sender<Incoming>>>,
+    ctx: JobContext,
+    allowed: HashSet<u64>,
+    queue_capacity: usize,
+    next_job: AtomicU64,
+    tasks: TaskTracker,
+    /// Cancelled when the gateway stops: chat tasks then answer what they hold and end.
+    closing: CancellationToken,
+}
+
+impl ChatRouter {
+    pub fn new(
+        ctx: JobContext,
+        allowed_users: &[i64],
+        queue_capacity: usize,
+        tasks: TaskTracker,
+        closing: CancellationToken,
+    ) -> Self {
+        ChatRouter {
+            inner: Arc::new(Inner {
+                chats: Mutex::new(HashMap::new()),
+                ctx,
+                allowed: allowed_users
+                    .iter()
+                    .filter_map(|&id| u64::try_from(id).ok())
+                    .collect(),
+                queue_capacity: queue_capacity.max(1),
+                next_job: AtomicU64::new(1),
+                tasks,
+                closing,
+            }),
+        }
+    }
+
+    /// Takes one update from the poller. Never blocks: jobs run in chat tasks.
+    pub fn handle_update(&self, update: Update) {
+        let UpdateKind::Message(message) = update.kind else {
+            tracing::info!(
+                update = update.id.0,
+                "skipping an update that is not a message"
+            );
+            return;
+        };
+        let chat = message.chat.id.0;
+        let (Some(text), Some(user)) = (message.text(), message.from.as_ref()) else {
+            tracing::info!(
+                update = update.id.0,
+                chat,
+                "skipping a message without text"
+            );
+            return;
+        };
+        let user_id = user.id.0;
+        if !self.inner.allowed.contains(&user_id) {
+            tracing::info!(
+                chat,
+                user = user_id,
+                "message from a user not in telegram.allowed_users"
+            );
+            let sender = self.inner.ctx.sender.clone();
+            self.inner.tasks.spawn(async move {
+                sender
+                    .send_text(chat, &replies::stranger_text(user_id))
+                    .await;
+            });
+            return;
+        }
+        self.enqueue(
+            chat,
+            Incoming {
+                text: text.to_string(),
+                user_id,
+            },
+        );
+    }
+
+    fn enqueue(&self, chat: i64, incoming: Incoming) {
+        let mut chats = self.inner.chats.lock().unwrap_or_else(|e| e.into_inner());
+        let incoming = match chats.get(&chat) {
+            None => incoming,
+            Some(tx) => match tx.try_send(incoming) {
+                Ok(()) => return,
+                Err(TrySendError::Full(_)) => {
+                    tracing::info!(chat, "chat queue full; asking the user to wait");
+                    let sender = self.inner.ctx.sender.clone();
+                    self.inner.tasks.spawn(async move {
+                    sender
+                        .send_text(
+                            chat,
+                            "⏳ I'm still working on your earlier messages. Please wait for those answers before sending more.",
+                        )
+                        .await;
+                });
+                    return;
+                }
+                Err(TrySendError::Closed(incoming)) => incoming,
+            },
+        };
+        let (tx, rx) = mpsc::channel(self.inner.queue_capacity);
+        // A fresh channel has room for one message.
+        let _ = tx.try_send(incoming);
+        chats.insert(chat, tx.clone());
+        let router = self.clone();
+        self.inner
+            .tasks
+            .spawn(async move { router.serve_chat(chat, tx, rx).await });
+    }
+
+    async fn serve_chat(
+        self,
+        chat: i64,
+        own: mpsc::Sender<Incoming>,
+        mut rx: mpsc::Receiver<Incoming>,
+    ) {
+        loop {
+            let next = tokio::select! {
+                next = tokio::time::timeout(CHAT_IDLE, rx.recv()) => next.map_err(ChatEnds::from),
+                _ = self.inner.closing.cancelled() => Err(ChatEnds),
+            };
+            match next {
+                Ok(Some(incoming)) => self.answer(chat, incoming).await,
+                Ok(None) => break,
+                Err(_) => {
+                    // Close first, then drain: a message that got in before the close is
+                    // still answered; one after it finds the channel closed and starts a
+                    // new task.
+                    rx.close();
+                    while let Ok(incoming) = rx.try_recv() {
+                        self.answer(chat, incoming).await;
+                    }
+                    break;
+                }
+            }
+        }
+        let mut chats = self.inner.chats.lock().unwrap_or_else(|e| e.into_inner());
+        if chats.get(&chat).is_some_and(|tx| tx.same_channel(&own)) {
+            chats.remove(&chat);
+        }
+    }
+
+    async fn answer(&self, chat: i64, incoming: Incoming) {
+        let ctx = &self.inner.ctx;
+        let id = JobId(self.inner.next_job.fetch_add(1, Ordering::Relaxed));
+        let mut messages = Vec::with_capacity(2);
+        if let Some(prompt) = &ctx.system_prompt {
+            messages.push(ChatMessage::new(Role::System, prompt.clone()));
+        }
+        messages.push(ChatMessage::new(Role::User, incoming.text));
+        let job = Job {
+            id,
+            chat_id: chat,
+            messages,
+            providers: ctx.providers.clone(),
+            timeout_ms: u64::try_from(ctx.job_timeout.as_millis()).unwrap_or(u64::MAX),
+        };
+        let started = Instant::now();
+        let outcome = tokio::select! {
+            outcome = ctx.supervisor.run(job, None) => outcome,
+            never = keep_typing(&ctx.sender, chat) => match never {},
+        };
+        let elapsed_ms = started.elapsed().as_millis();
+        let text = match outcome {
+            Outcome::Reply(reply) => {
+                tracing::info!(job = %id, chat, user = incoming.user_id, provider = %reply.provider, elapsed_ms, "answered");
+                if reply.text.trim().is_empty() {
+                    "(The model returned an empty answer.)".to_string()
+                } else {
+                    reply.text
+                }
+            }
+            Outcome::Failed(failure) => {
+                tracing::warn!(job = %id, chat, user = incoming.user_id, class = %failure.class(), elapsed_ms, "failed: {failure}");
+                replies::failure_text(&failure)
+            }
+        };
+        ctx.sender.send_text(chat, &text).await;
+    }
+}
+
+async fn keep_typing(sender: &Sender, chat: i64) -> std::convert::Infallible {
+    loop {
+        sender.typing(chat).await;
+        tokio::time::sleep(TYPING_EVERY).await;
+    }
+}

@@ -1,0 +1,68 @@
+//! `hermes-gateway check-config`: everything `run` would check before starting, and a
+//! summary of what it found, without starting anything.
+
+use std::path::Path;
+
+use hermes_protocol::config::{Config, EXIT_CONFIG};
+
+use crate::setup;
+
+pub fn check_config(path: &Path) -> i32 {
+    let config = match Config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return EXIT_CONFIG;
+        }
+    };
+    let setup = match setup::resolve(&config) {
+        Ok(s) => s,
+        Err(problems) => {
+            eprintln!("invalid configuration in {}:", path.display());
+            for p in problems {
+                eprintln!("  {p}");
+            }
+            return EXIT_CONFIG;
+        }
+    };
+    let t = &config.telegram;
+    println!("configuration OK: {}", path.display());
+    println!(
+        "  telegram: {} (token from {}), {} allowed user(s)",
+        t.api_url,
+        t.token.describe(),
+        t.allowed_users.len()
+    );
+    for (i, p) in config.providers.iter().enumerate() {
+        let role = if i == 0 { "primary" } else { "fallback" };
+        let key = p
+            .api_key
+            .as_ref()
+            .map(|k| format!("key from {}", k.describe()))
+            .unwrap_or_else(|| "no key".into());
+        println!(
+            "  provider {} ({role}): model {} at {}, {key}, {} retries",
+            p.name, p.model, p.base_url, p.max_retries
+        );
+    }
+    let w = &config.workers;
+    println!(
+        "  workers: {} x{}, job timeout {} s, memory limit {}, program {}",
+        w.mode.as_str(),
+        w.pool_size,
+        w.job_timeout_secs,
+        if w.memory_limit_mb == 0 {
+            "none".to_string()
+        } else {
+            format!("{} MiB", w.memory_limit_mb)
+        },
+        setup.worker_program.display()
+    );
+    println!("  state: {}", setup.state_dir.display());
+    if t.allowed_users.is_empty() {
+        println!(
+            "warning: telegram.allowed_users is empty: the bot will answer nobody but tell them their id"
+        );
+    }
+    0
+}

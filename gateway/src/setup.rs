@@ -1,0 +1,116 @@
+//! Turning a validated configuration into what the running gateway needs: secrets read,
+//! the worker binary found, directories chosen. Shared by `run` (which then starts) and
+//! `check-config` (which only reports), so both judge a configuration the same way.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use hermes_protocol::config::{Config, Problem};
+use hermes_protocol::{ProviderPlan, Secret};
+
+pub struct Setup {
+    pub token: Secret,
+    pub providers: Vec<ProviderPlan>,
+    pub worker_program: PathBuf,
+    pub state_dir: PathBuf,
+    pub runtime_dir: PathBuf,
+}
+
+/// Everything about `config` that can only be checked against this machine: secrets,
+/// the worker binary. All problems are returned, not just the first.
+pub fn resolve(config: &Config) -> Result<Setup, Vec<Problem>> {
+    let mut problems = config.check_secrets();
+    let worker_program = match worker_program(config) {
+        Ok(p) => Some(p),
+        Err(problem) => {
+            problems.push(problem);
+            None
+        }
+    };
+    let token = config.telegram.token.resolve().ok();
+    let providers: Vec<ProviderPlan> = config
+        .providers
+        .iter()
+        .filter_map(|p| p.plan().ok())
+        .collect();
+    match (token, worker_program) {
+        (Some(token), Some(worker_program)) if problems.is_empty() => {
+            let state_dir = state_dir(config);
+            let runtime_dir = std::env::var_os("RUNTIME_DIRECTORY")
+                .map(|d| PathBuf::from(first_path(&d.to_string_lossy())))
+                .unwrap_or_else(|| state_dir.join("run"));
+            Ok(Setup {
+                token,
+                providers,
+                worker_program,
+                state_dir,
+                runtime_dir,
+            })
+        }
+        _ => Err(problems),
+    }
+}
+
+/// `state.dir`, else systemd's `$STATE_DIRECTORY`, else `./state`.
+pub fn state_dir(config: &Config) -> PathBuf {
+    if let Some(dir) = &config.state.dir {
+        return dir.clone();
+    }
+    if let Some(dir) = std::env::var_os("STATE_DIRECTORY") {
+        return PathBuf::from(first_path(&dir.to_string_lossy()));
+    }
+    PathBuf::from("state")
+}
+
+/// systemd joins several directories with ':'; the first is ours.
+fn first_path(list: &str) -> &str {
+    list.split(':').next().unwrap_or(list)
+}
+
+/// `workers.command`, else `hermes-worker` beside this binary.
+fn worker_program(config: &Config) -> Result<PathBuf, Problem> {
+    let (path, key) = match &config.workers.command {
+        Some(command) => (command.clone(), "workers.command"),
+        None => {
+            let beside = std::env::current_exe()
+                .ok()
+                .and_then(|exe| exe.parent().map(|dir| dir.join("hermes-worker")));
+            match beside {
+                Some(p) => (p, "workers.command (default)"),
+                None => {
+                    return Err(Problem {
+                        line: None,
+                        key: "workers.command".into(),
+                        message: "cannot locate this binary's directory; set workers.command"
+                            .into(),
+                    });
+                }
+            }
+        }
+    };
+    let path = if path.components().count() == 1 && !path.exists() {
+        search_path(&path).unwrap_or(path)
+    } else {
+        path
+    };
+    match std::fs::metadata(&path) {
+        Ok(meta) if meta.is_file() && meta.permissions().mode() & 0o111 != 0 => Ok(path),
+        Ok(_) => Err(Problem {
+            line: None,
+            key: key.into(),
+            message: format!("{} is not an executable file", path.display()),
+        }),
+        Err(e) => Err(Problem {
+            line: None,
+            key: key.into(),
+            message: format!("worker program {}: {e}", path.display()),
+        }),
+    }
+}
+
+fn search_path(name: &Path) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(name))
+        .find(|candidate| candidate.is_file())
+}

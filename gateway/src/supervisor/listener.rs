@@ -1,0 +1,188 @@
+//! The local socket workers connect to, and the check that a connection really is the
+//! worker the gateway just started.
+//!
+//! The socket lives in a directory only the gateway's user can enter (0700). Each worker
+//! is started with a one-time token; a connection is handed to the supervisor only when
+//! its first frame is a [`Hello`] of this protocol version carrying a pending token, and
+//! the kernel's peer credentials agree: same user, and the very process the token was
+//! issued to. Anything else is answered (when it is a readable handshake) and dropped.
+
+use std::collections::HashMap;
+use std::io;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use hermes_protocol::frame::read_payload;
+use hermes_protocol::{Welcome, decode_hello, write_frame};
+use interprocess::local_socket::tokio::{Listener, Stream, prelude::*};
+use interprocess::local_socket::{GenericFilePath, ListenerOptions, ToFsName};
+use tokio_util::sync::CancellationToken;
+
+/// A worker that has not sent its first frame by then is dropped.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+
+struct Pending {
+    pid: u32,
+    connected: tokio::sync::oneshot::Sender<Stream>,
+}
+
+/// Tokens handed out and not yet used, shared by the accept loop and the supervisor.
+#[derive(Clone, Default)]
+pub struct PendingWorkers(Arc<Mutex<HashMap<String, Pending>>>);
+
+impl PendingWorkers {
+    /// Registers a token just issued to the worker `pid`; the receiver gets its connection
+    /// once it proves itself. Call right after spawning, before any `.await`, so the entry
+    /// exists before the worker can possibly have connected.
+    pub fn expect(&self, token: &str, pid: u32) -> tokio::sync::oneshot::Receiver<Stream> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.lock()
+            .insert(token.to_string(), Pending { pid, connected: tx });
+        rx
+    }
+
+    /// Withdraws a token whose worker was given up on.
+    pub fn forget(&self, token: &str) {
+        self.lock().remove(token);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Pending>> {
+        // A poisoned map only means another task panicked while holding it; the map itself
+        // is still consistent (every operation is a single insert or remove).
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Checks a claimed identity and, when it holds, removes the token and returns where
+    /// to deliver the connection. A failed check leaves the token for its rightful owner.
+    fn claim(
+        &self,
+        token: &str,
+        claimed_pid: u32,
+        peer_pid: Option<u32>,
+        peer_uid_ok: bool,
+    ) -> Result<tokio::sync::oneshot::Sender<Stream>, String> {
+        let mut pending = self.lock();
+        let Some(entry) = pending.get(token) else {
+            return Err("unknown or already used token".into());
+        };
+        if !peer_uid_ok {
+            return Err("peer runs as another user".into());
+        }
+        if peer_pid != Some(entry.pid) || claimed_pid != entry.pid {
+            return Err(format!(
+                "token issued to pid {} presented by pid {peer_pid:?} (claims {claimed_pid})",
+                entry.pid
+            ));
+        }
+        pending
+            .remove(token)
+            .map(|p| p.connected)
+            .ok_or_else(|| "token vanished".into())
+    }
+}
+
+/// Creates the private directory and the socket in it.
+pub fn bind(dir: &Path) -> io::Result<(Listener, PathBuf)> {
+    std::fs::create_dir_all(dir)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    let path = dir.join(format!("gateway-{}.sock", std::process::id()));
+    let name = path.clone().to_fs_name::<GenericFilePath>()?;
+    let listener = ListenerOptions::new()
+        .name(name)
+        .try_overwrite(true)
+        .create_tokio()?;
+    Ok((listener, path))
+}
+
+/// Accepts connections until `stop`, authenticating each in its own task so a silent
+/// client cannot hold up the others.
+pub async fn accept_loop(listener: Listener, pending: PendingWorkers, stop: CancellationToken) {
+    loop {
+        let stream = tokio::select! {
+            _ = stop.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok(stream) => stream,
+                Err(e) => {
+                    tracing::warn!("worker socket accept failed: {e}");
+                    // Accept errors (EMFILE, ENFILE) persist for a moment; do not spin.
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let pending = pending.clone();
+        tokio::spawn(async move {
+            match tokio::time::timeout(HANDSHAKE_TIMEOUT, authenticate(stream, &pending)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(reason)) => tracing::warn!("worker connection refused: {reason}"),
+                Err(_) => tracing::warn!(
+                    "worker connection refused: no handshake within {HANDSHAKE_TIMEOUT:?}"
+                ),
+            }
+        });
+    }
+}
+
+async fn authenticate(mut stream: Stream, pending: &PendingWorkers) -> Result<(), String> {
+    let payload = read_payload(&mut stream)
+        .await
+        .map_err(|e| format!("handshake: {e}"))?;
+    let hello = match decode_hello(&payload) {
+        Ok(hello) => hello,
+        Err(e) => {
+            let reason = e.to_string();
+            let _ = write_frame(
+                &mut stream,
+                &Welcome::Rejected {
+                    reason: reason.clone(),
+                },
+            )
+            .await;
+            return Err(reason);
+        }
+    };
+    let creds = stream
+        .peer_creds()
+        .map_err(|e| format!("peer credentials: {e}"))?;
+    let peer_pid = creds.pid().and_then(|p| u32::try_from(p).ok());
+    let peer_uid_ok = creds.euid() == Some(nix::unistd::geteuid().as_raw());
+    match pending.claim(hello.token.expose(), hello.pid, peer_pid, peer_uid_ok) {
+        Ok(deliver) => {
+            write_frame(&mut stream, &Welcome::Accepted)
+                .await
+                .map_err(|e| format!("welcome: {e}"))?;
+            deliver
+                .send(stream)
+                .map_err(|_| "the supervisor stopped waiting for this worker".to_string())
+        }
+        Err(reason) => {
+            let _ = write_frame(
+                &mut stream,
+                &Welcome::Rejected {
+                    reason: "authentication failed".into(),
+                },
+            )
+            .await;
+            Err(reason)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_token_is_claimed_once_and_only_by_its_process() {
+        let pending = PendingWorkers::default();
+        let _rx = pending.expect("t", 42);
+        assert!(pending.claim("nope", 42, Some(42), true).is_err());
+        assert!(pending.claim("t", 42, Some(43), true).is_err());
+        assert!(pending.claim("t", 41, Some(42), true).is_err());
+        assert!(pending.claim("t", 42, Some(42), false).is_err());
+        assert!(pending.claim("t", 42, Some(42), true).is_ok());
+        assert!(pending.claim("t", 42, Some(42), true).is_err());
+    }
+}

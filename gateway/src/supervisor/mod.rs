@@ -1,0 +1,276 @@
+//! Worker supervision: the only part of the gateway that starts, watches and ends
+//! processes.
+//!
+//! The supervisor runs `pool_size` slots. A slot holds at most one worker and runs one job
+//! at a time on it. The two modes differ in two numbers only:
+//!
+//! - `pool`: a slot starts its worker ahead of time and keeps it for up to
+//!   `max_jobs_per_worker` jobs;
+//! - `per-request`: a slot starts a worker when a job arrives and ends it after that job.
+//!
+//! In both, a worker that faulted in any way is never given another job, and a slot whose
+//! workers keep failing to start backs off between attempts; while it backs off, jobs get
+//! an immediate "could not be started" failure instead of waiting in silence.
+
+mod listener;
+mod process;
+mod stderr_log;
+mod worker;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hermes_protocol::config::WorkerMode;
+use hermes_protocol::{CancelReason, CrashCause, Event, Failure, Job, Outcome};
+use tokio::sync::{Mutex, mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::backoff::Backoff;
+pub use listener::PendingWorkers;
+use process::SpawnSpec;
+use worker::{StartError, Worker};
+
+#[derive(Debug, Clone)]
+pub struct SupervisorConfig {
+    pub mode: WorkerMode,
+    pub slots: usize,
+    pub program: PathBuf,
+    pub socket_dir: PathBuf,
+    pub memory_limit_mb: u64,
+    pub max_jobs_per_worker: u32,
+    pub kill_grace: Duration,
+}
+
+/// A job handed to the supervisor, with where its outcome goes.
+struct Assignment {
+    job: Job,
+    events: Option<mpsc::UnboundedSender<Event>>,
+    done: oneshot::Sender<Outcome>,
+}
+
+/// The handle the rest of the gateway uses: submit a job, get its outcome.
+#[derive(Clone)]
+pub struct Supervisor {
+    queue: mpsc::Sender<Assignment>,
+}
+
+/// Stops the supervisor in two steps: `stop_taking` ends the intake (idle slots finish),
+/// `abort` cancels the jobs still running.
+pub struct Shutdown {
+    pub stop_taking: CancellationToken,
+    pub abort: CancellationToken,
+}
+
+impl Supervisor {
+    /// Binds the worker socket and starts the slots on `tasks`.
+    pub fn start(
+        config: SupervisorConfig,
+        shutdown: &Shutdown,
+        tasks: &TaskTracker,
+    ) -> std::io::Result<Supervisor> {
+        let (listener, socket) = listener::bind(&config.socket_dir)?;
+        let pending = PendingWorkers::default();
+        tasks.spawn(listener::accept_loop(
+            listener,
+            pending.clone(),
+            shutdown.abort.clone(),
+        ));
+        let (queue, receiver) = mpsc::channel(config.slots.max(1) * 4);
+        let receiver = Arc::new(Mutex::new(receiver));
+        let spec = SpawnSpec {
+            program: config.program.clone(),
+            socket,
+            memory_limit_mb: config.memory_limit_mb,
+        };
+        let policy = SlotPolicy::for_mode(&config);
+        for slot in 0..config.slots.max(1) {
+            let s = Slot {
+                id: slot,
+                spec: spec.clone(),
+                pending: pending.clone(),
+                policy,
+                kill_grace: config.kill_grace,
+                stop_taking: shutdown.stop_taking.clone(),
+                abort: shutdown.abort.clone(),
+                start_backoff: Backoff::new(Duration::from_millis(200), Duration::from_secs(30)),
+                retry_start_at: None,
+                last_start_error: None,
+            };
+            tasks.spawn(s.run(receiver.clone()));
+        }
+        Ok(Supervisor { queue })
+    }
+
+    /// Runs `job` on a worker and returns its outcome. Never fails: every problem on the
+    /// way is an [`Outcome::Failed`].
+    pub async fn run(&self, job: Job, events: Option<mpsc::UnboundedSender<Event>>) -> Outcome {
+        let (done, outcome) = oneshot::channel();
+        let assignment = Assignment { job, events, done };
+        if self.queue.send(assignment).await.is_err() {
+            return cancelled();
+        }
+        // A dropped sender means the slots stopped before taking the job.
+        outcome.await.unwrap_or_else(|_| cancelled())
+    }
+}
+
+fn cancelled() -> Outcome {
+    Outcome::Failed(Failure::Cancelled {
+        reason: CancelReason::Shutdown,
+    })
+}
+
+#[derive(Debug, Clone, Copy)]
+struct SlotPolicy {
+    /// Start the worker before a job needs it.
+    prestart: bool,
+    max_jobs: u32,
+}
+
+impl SlotPolicy {
+    fn for_mode(config: &SupervisorConfig) -> Self {
+        match config.mode {
+            WorkerMode::Pool => SlotPolicy {
+                prestart: true,
+                max_jobs: config.max_jobs_per_worker.max(1),
+            },
+            WorkerMode::PerRequest => SlotPolicy {
+                prestart: false,
+                max_jobs: 1,
+            },
+        }
+    }
+}
+
+struct Slot {
+    id: usize,
+    spec: SpawnSpec,
+    pending: PendingWorkers,
+    policy: SlotPolicy,
+    kill_grace: Duration,
+    stop_taking: CancellationToken,
+    abort: CancellationToken,
+    start_backoff: Backoff,
+    /// While set and in the future, starting is not attempted.
+    retry_start_at: Option<Instant>,
+    last_start_error: Option<String>,
+}
+
+impl Slot {
+    async fn run(mut self, queue: Arc<Mutex<mpsc::Receiver<Assignment>>>) {
+        let mut worker: Option<Worker> = None;
+        loop {
+            if self.policy.prestart && worker.is_none() && !self.backing_off() {
+                worker = self.start_worker().await;
+            }
+            let assignment = tokio::select! {
+                // Stopping wins over a waiting job: once the gateway stops, queued jobs are
+                // cancelled (their chats are told), not started.
+                biased;
+                _ = self.stop_taking.cancelled() => break,
+                next = next_assignment(&queue) => match next {
+                    Some(a) => a,
+                    None => break,
+                },
+                _ = idle_broken(&mut worker) => {
+                    if let Some(w) = worker.take() {
+                        tracing::warn!(slot = self.id, worker = w.pid(), "idle worker died or spoke out of turn; replacing it");
+                        w.discard(self.kill_grace).await;
+                    }
+                    continue;
+                }
+                _ = sleep_until(self.retry_start_at), if self.policy.prestart && worker.is_none() => continue,
+            };
+            if worker.is_none() {
+                worker = if self.backing_off() {
+                    None
+                } else {
+                    self.start_worker().await
+                };
+            }
+            let Some(w) = worker.as_mut() else {
+                let detail = self
+                    .last_start_error
+                    .clone()
+                    .unwrap_or_else(|| "no worker available".into());
+                let _ = assignment
+                    .done
+                    .send(Outcome::Failed(Failure::WorkerCrashed {
+                        cause: CrashCause::NotStarted { detail },
+                    }));
+                continue;
+            };
+            let run = w
+                .run_job(
+                    &assignment.job,
+                    assignment.events.as_ref(),
+                    &self.abort,
+                    self.kill_grace,
+                )
+                .await;
+            if (!run.reusable || w.jobs_done >= self.policy.max_jobs)
+                && let Some(w) = worker.take()
+            {
+                if run.reusable {
+                    w.stop(self.kill_grace).await;
+                } else {
+                    w.discard(self.kill_grace).await;
+                }
+            }
+            // Reply only after a broken worker's group is gone, so a user who sees the
+            // error can rely on nothing of that job still running.
+            let _ = assignment.done.send(run.outcome);
+        }
+        if let Some(w) = worker.take() {
+            w.stop(self.kill_grace).await;
+        }
+    }
+
+    fn backing_off(&self) -> bool {
+        self.retry_start_at.is_some_and(|t| Instant::now() < t)
+    }
+
+    async fn start_worker(&mut self) -> Option<Worker> {
+        match Worker::start(&self.spec, &self.pending, &self.abort).await {
+            Ok(w) => {
+                self.start_backoff.reset();
+                self.retry_start_at = None;
+                self.last_start_error = None;
+                tracing::debug!(slot = self.id, worker = w.pid(), "worker ready");
+                Some(w)
+            }
+            Err(StartError::Stopping) => None,
+            Err(e) => {
+                let delay = self.start_backoff.next_delay();
+                tracing::error!(
+                    slot = self.id,
+                    failures = self.start_backoff.failures(),
+                    "worker failed to start: {e}; next attempt in {delay:?}"
+                );
+                self.retry_start_at = Some(Instant::now() + delay);
+                self.last_start_error = Some(e.to_string());
+                None
+            }
+        }
+    }
+}
+
+async fn next_assignment(queue: &Mutex<mpsc::Receiver<Assignment>>) -> Option<Assignment> {
+    queue.lock().await.recv().await
+}
+
+async fn idle_broken(worker: &mut Option<Worker>) {
+    match worker {
+        Some(w) => w.idle_broken().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,201 @@
+//! The Unix side of a worker process: how it is started and how its process group ends.
+//!
+//! A worker runs in a process group of its own (`process_group(0)`, so its pgid is its
+//! pid), and everything it spawns (tools, shells, `sleep 1000`) stays in that group unless
+//! it deliberately leaves. Ending a worker therefore means signalling the group, never just
+//! the pid: SIGTERM to the group, a grace period, then SIGKILL to the group.
+//!
+//! The rest of the box is set between fork and exec: the parent-death signal (a fast hint
+//! when the gateway dies; EOF on the socket is the reliable one), resource limits, and an
+//! environment cleared down to what a worker needs, so no secret of the parent (the
+//! Telegram token, `NOTIFY_SOCKET`, D-Bus and runtime-dir addresses) reaches it or anything
+//! it spawns.
+
+use std::ffi::OsString;
+use std::io;
+use std::os::unix::process::ExitStatusExt;
+use std::path::PathBuf;
+use std::process::{ExitStatus, Stdio};
+use std::time::Duration;
+
+use hermes_protocol::{CrashCause, Secret};
+use nix::sys::resource::{Resource, getrlimit, setrlimit};
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use tokio::process::{Child, ChildStderr, Command};
+
+/// Environment variables a worker inherits from the gateway; everything else is dropped.
+/// Proxy settings stay because providers may only be reachable through one.
+const INHERITED_ENV: &[&str] = &[
+    "PATH",
+    "HOME",
+    "USER",
+    "LANG",
+    "LC_ALL",
+    "LC_CTYPE",
+    "TZ",
+    "TMPDIR",
+    "HERMES_LOG",
+    "RUST_BACKTRACE",
+    "HTTPS_PROXY",
+    "https_proxy",
+    "HTTP_PROXY",
+    "http_proxy",
+    "NO_PROXY",
+    "no_proxy",
+    "SSL_CERT_FILE",
+    "SSL_CERT_DIR",
+];
+
+/// Open files a worker may hold: enough for an agent with tools, bounded so a leak in one
+/// job cannot exhaust the unit's descriptors.
+const WORKER_NOFILE: u64 = 4096;
+
+#[derive(Debug, Clone)]
+pub struct SpawnSpec {
+    pub program: PathBuf,
+    pub socket: PathBuf,
+    /// `RLIMIT_AS` in MiB; 0 for none.
+    pub memory_limit_mb: u64,
+}
+
+/// Starts `program serve` in its own process group with a one-time `token`.
+pub fn spawn(spec: &SpawnSpec, token: &Secret) -> io::Result<(Child, Option<ChildStderr>)> {
+    let mut command = Command::new(&spec.program);
+    command
+        .arg("serve")
+        .env_clear()
+        .envs(inherited_env())
+        .env("HERMES_WORKER_SOCKET", &spec.socket)
+        .env("HERMES_WORKER_TOKEN", token.expose())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        // A worker handle dropped without being stopped (a bug, or a panic unwinding a
+        // task) must not leave the process running.
+        .kill_on_drop(true);
+    let memory_limit = spec.memory_limit_mb.saturating_mul(1024 * 1024);
+    // SAFETY: the closure runs in the child between fork and exec and makes only
+    // async-signal-safe system calls (prctl, getrlimit, setrlimit); it allocates nothing.
+    unsafe {
+        command.pre_exec(move || {
+            nix::sys::prctl::set_pdeathsig(Some(Signal::SIGKILL))?;
+            setrlimit(Resource::RLIMIT_CORE, 0, 0)?;
+            if memory_limit > 0 {
+                setrlimit(Resource::RLIMIT_AS, memory_limit, memory_limit)?;
+            }
+            let (_, hard_nofile) = getrlimit(Resource::RLIMIT_NOFILE)?;
+            let nofile = WORKER_NOFILE.min(hard_nofile);
+            setrlimit(Resource::RLIMIT_NOFILE, nofile, nofile)?;
+            Ok(())
+        });
+    }
+    let mut child = command.spawn()?;
+    let stderr = child.stderr.take();
+    Ok((child, stderr))
+}
+
+fn inherited_env() -> Vec<(OsString, OsString)> {
+    INHERITED_ENV
+        .iter()
+        .filter_map(|name| std::env::var_os(name).map(|v| (OsString::from(name), v)))
+        .collect()
+}
+
+/// Sends `signal` to the whole group. A group that is already gone is not an error.
+pub fn signal_group(pgid: u32, signal: Signal) {
+    let Ok(raw) = i32::try_from(pgid) else {
+        return;
+    };
+    // pgid 0 or 1 would mean "our own group" or init: never a worker's.
+    if raw <= 1 {
+        return;
+    }
+    if let Err(e) = killpg(Pid::from_raw(raw), signal)
+        && e != nix::errno::Errno::ESRCH
+    {
+        tracing::warn!(pgid, %signal, "cannot signal worker process group: {e}");
+    }
+}
+
+/// Ends the worker and everything in its group and reaps it: SIGTERM to the group, up to
+/// `grace` for the worker to exit, then SIGKILL to the group either way (its children may
+/// have ignored SIGTERM, or outlived a worker that did exit).
+///
+/// The final SIGKILL goes to the group after the leader is reaped; the kernel does not
+/// reuse a pid as long as a process group of that id has members, so it can only reach
+/// leftovers of this worker.
+pub async fn terminate(child: &mut Child, grace: Duration) -> Option<ExitStatus> {
+    let Some(pgid) = child.id() else {
+        // Already reaped.
+        return None;
+    };
+    signal_group(pgid, Signal::SIGTERM);
+    let status = match tokio::time::timeout(grace, child.wait()).await {
+        Ok(status) => status.ok(),
+        Err(_) => {
+            signal_group(pgid, Signal::SIGKILL);
+            child.wait().await.ok()
+        }
+    };
+    signal_group(pgid, Signal::SIGKILL);
+    status
+}
+
+/// Kills the group at once and reaps the worker: for a worker that already broke (its
+/// connection closed or it broke the protocol), where waiting for it serves nobody.
+pub async fn kill(child: &mut Child) -> Option<ExitStatus> {
+    let pgid = child.id()?;
+    signal_group(pgid, Signal::SIGKILL);
+    child.wait().await.ok()
+}
+
+/// What an exit status tells the user and the log.
+pub fn crash_cause(status: Option<ExitStatus>) -> CrashCause {
+    match status {
+        Some(status) => match (status.code(), status.signal()) {
+            (Some(code), _) => CrashCause::Exited { code },
+            (None, Some(signal)) => CrashCause::Signalled {
+                signal,
+                name: Signal::try_from(signal)
+                    .map(|s| s.as_str().to_string())
+                    .unwrap_or_else(|_| format!("signal {signal}")),
+            },
+            (None, None) => CrashCause::Disconnected,
+        },
+        None => CrashCause::Disconnected,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_statuses_become_causes() {
+        assert_eq!(
+            crash_cause(Some(ExitStatus::from_raw(1 << 8))),
+            CrashCause::Exited { code: 1 }
+        );
+        assert_eq!(
+            crash_cause(Some(ExitStatus::from_raw(6))),
+            CrashCause::Signalled {
+                signal: 6,
+                name: "SIGABRT".into()
+            }
+        );
+        assert_eq!(crash_cause(None), CrashCause::Disconnected);
+    }
+
+    #[test]
+    fn the_environment_keeps_only_the_allow_list() {
+        for (name, _) in inherited_env() {
+            assert!(INHERITED_ENV.contains(&name.to_str().unwrap_or("")));
+        }
+        assert!(!INHERITED_ENV.contains(&"NOTIFY_SOCKET"));
+        assert!(!INHERITED_ENV.contains(&"TELEGRAM_BOT_TOKEN"));
+        assert!(!INHERITED_ENV.contains(&"XDG_RUNTIME_DIR"));
+        assert!(!INHERITED_ENV.contains(&"DBUS_SESSION_BUS_ADDRESS"));
+    }
+}

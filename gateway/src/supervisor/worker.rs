@@ -1,0 +1,214 @@
+//! One worker process as the supervisor sees it: started, authenticated, given jobs one at
+//! a time, and ended with its whole process group.
+//!
+//! Every way a worker can misbehave ends here as a value: it cannot be started, it never
+//! connects, it dies mid-job (panic, abort, signal, exit), it sends bytes that are not
+//! frames, it hangs past the deadline. The job then gets a [`Failure`] and the worker is
+//! discarded; the gateway itself only ever reads, waits and kills.
+
+use std::time::{Duration, Instant};
+
+use hermes_protocol::{
+    CancelReason, CrashCause, Event, Failure, FromWorker, Job, Outcome, Secret, ToWorker,
+    read_frame, write_frame,
+};
+use interprocess::local_socket::tokio::Stream;
+use rand::Rng;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::Child;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::listener::PendingWorkers;
+use super::process::{self, SpawnSpec};
+use super::stderr_log;
+
+/// A started worker that has not connected by then is killed.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// The worker answers `TimedOut` itself at the job's deadline; the gateway waits this much
+/// longer for that answer before it kills the group.
+const DEADLINE_MARGIN: Duration = Duration::from_secs(1);
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot run {program}: {source}")]
+    Spawn {
+        program: String,
+        source: std::io::Error,
+    },
+    #[error("worker {pid} {cause} before connecting")]
+    DiedBeforeConnecting { pid: u32, cause: CrashCause },
+    #[error("worker {pid} did not connect within {CONNECT_TIMEOUT:?}")]
+    NeverConnected { pid: u32 },
+    #[error("stopping")]
+    Stopping,
+}
+
+pub struct Worker {
+    child: Child,
+    pid: u32,
+    /// Reads are buffered; writes go to the same stream through `get_mut`, which is safe
+    /// because the two directions share no state.
+    conn: BufReader<Stream>,
+    pub jobs_done: u32,
+}
+
+/// What running one job on a worker produced.
+pub struct JobRun {
+    pub outcome: Outcome,
+    /// False when the worker must not get another job (it broke, or was killed).
+    pub reusable: bool,
+}
+
+impl Worker {
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    pub async fn start(
+        spec: &SpawnSpec,
+        pending: &PendingWorkers,
+        stop: &CancellationToken,
+    ) -> Result<Worker, StartError> {
+        let token = Secret::new(new_token());
+        let (mut child, stderr) =
+            process::spawn(spec, &token).map_err(|source| StartError::Spawn {
+                program: spec.program.display().to_string(),
+                source,
+            })?;
+        let Some(pid) = child.id() else {
+            return Err(StartError::DiedBeforeConnecting {
+                pid: 0,
+                cause: process::crash_cause(child.wait().await.ok()),
+            });
+        };
+        let connected = pending.expect(token.expose(), pid);
+        if let Some(stderr) = stderr {
+            tokio::spawn(stderr_log::pump(stderr, pid));
+        }
+        let outcome = tokio::select! {
+            stream = connected => stream.ok(),
+            status = child.wait() => {
+                pending.forget(token.expose());
+                let cause = process::crash_cause(status.ok());
+                process::signal_group(pid, nix::sys::signal::Signal::SIGKILL);
+                return Err(StartError::DiedBeforeConnecting { pid, cause });
+            }
+            _ = tokio::time::sleep(CONNECT_TIMEOUT) => None,
+            _ = stop.cancelled() => {
+                pending.forget(token.expose());
+                process::kill(&mut child).await;
+                return Err(StartError::Stopping);
+            }
+        };
+        let Some(stream) = outcome else {
+            pending.forget(token.expose());
+            process::kill(&mut child).await;
+            return Err(StartError::NeverConnected { pid });
+        };
+        tracing::debug!(worker = pid, "worker connected");
+        Ok(Worker {
+            child,
+            pid,
+            conn: BufReader::new(stream),
+            jobs_done: 0,
+        })
+    }
+
+    /// Sends `job` and waits for its outcome, the worker's death, the deadline, or `abort`.
+    pub async fn run_job(
+        &mut self,
+        job: &Job,
+        events: Option<&mpsc::UnboundedSender<Event>>,
+        abort: &CancellationToken,
+        kill_grace: Duration,
+    ) -> JobRun {
+        self.jobs_done += 1;
+        let started = Instant::now();
+        if let Err(e) = write_frame(self.conn.get_mut(), &ToWorker::Job(job.clone())).await {
+            tracing::warn!(worker = self.pid, job = %job.id, "cannot send job: {e}");
+            return self.broken(e.is_disconnect(), e.to_string()).await;
+        }
+        let deadline = started + Duration::from_millis(job.timeout_ms) + DEADLINE_MARGIN;
+        loop {
+            tokio::select! {
+                frame = read_frame::<FromWorker, _>(&mut self.conn) => match frame {
+                    Ok(FromWorker::Event { job_id, event }) if job_id == job.id => {
+                        tracing::debug!(worker = self.pid, job = %job.id, ?event, "event");
+                        if let Some(events) = events {
+                            let _ = events.send(event);
+                        }
+                    }
+                    Ok(FromWorker::Outcome { job_id, outcome }) if job_id == job.id => {
+                        return JobRun { outcome, reusable: true };
+                    }
+                    Ok(FromWorker::Event { job_id, .. } | FromWorker::Outcome { job_id, .. }) => {
+                        tracing::warn!(worker = self.pid, job = %job.id, "dropped a message for {job_id}, which is not the job in flight");
+                    }
+                    Err(e) => {
+                        tracing::warn!(worker = self.pid, job = %job.id, "worker connection failed: {e}");
+                        return self.broken(e.is_disconnect(), e.to_string()).await;
+                    }
+                },
+                _ = tokio::time::sleep_until(deadline.into()) => {
+                    tracing::warn!(worker = self.pid, job = %job.id, "job overran its deadline; ending the worker's process group");
+                    process::terminate(&mut self.child, kill_grace).await;
+                    return JobRun {
+                        outcome: Outcome::Failed(Failure::TimedOut { after_ms: job.timeout_ms }),
+                        reusable: false,
+                    };
+                }
+                _ = abort.cancelled() => {
+                    tracing::info!(worker = self.pid, job = %job.id, "cancelling job: the gateway is stopping");
+                    process::terminate(&mut self.child, kill_grace).await;
+                    return JobRun {
+                        outcome: Outcome::Failed(Failure::Cancelled { reason: CancelReason::Shutdown }),
+                        reusable: false,
+                    };
+                }
+            }
+        }
+    }
+
+    /// The connection broke or carried garbage: kill the group, reap, and say why.
+    async fn broken(&mut self, disconnected: bool, detail: String) -> JobRun {
+        let status = process::kill(&mut self.child).await;
+        let cause = if disconnected {
+            process::crash_cause(status)
+        } else {
+            CrashCause::ProtocolViolation { detail }
+        };
+        tracing::warn!(worker = self.pid, "worker {cause}");
+        JobRun {
+            outcome: Outcome::Failed(Failure::WorkerCrashed { cause }),
+            reusable: false,
+        }
+    }
+
+    /// Resolves when an idle worker's connection shows anything (bytes or EOF): an idle
+    /// worker has nothing to say, so either way it is done for.
+    pub async fn idle_broken(&mut self) {
+        let _ = self.conn.fill_buf().await;
+    }
+
+    /// Asks the worker to leave, then makes sure its whole group is gone.
+    pub async fn stop(mut self, grace: Duration) {
+        let _ = write_frame(self.conn.get_mut(), &ToWorker::Shutdown).await;
+        let status = match tokio::time::timeout(grace, self.child.wait()).await {
+            Ok(status) => status.ok(),
+            Err(_) => process::kill(&mut self.child).await,
+        };
+        process::signal_group(self.pid, nix::sys::signal::Signal::SIGKILL);
+        tracing::debug!(worker = self.pid, ?status, "worker stopped");
+    }
+
+    /// Ends a worker that is known to be broken.
+    pub async fn discard(mut self, grace: Duration) {
+        process::terminate(&mut self.child, grace).await;
+    }
+}
+
+fn new_token() -> String {
+    let bytes: [u8; 24] = rand::rng().random();
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
