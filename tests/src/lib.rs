@@ -1,1 +1,9 @@
-pub fn x(){}
+//! Test doubles and helpers for hermes-gateway: fake Telegram and provider servers that can
+//! be scripted to misbehave, the small HTTP server they share, /proc inspection, and the
+//! harness that runs the real binaries against them.
+
+pub mod fake_provider;
+pub mod fake_telegram;
+pub mod harness;
+pub mod http;
+pub mod procs;

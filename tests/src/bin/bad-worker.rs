@@ -1,0 +1,165 @@
+//! A worker that misbehaves on request, to prove the gateway survives every way a worker
+//! can fail. It speaks the real protocol; the fault is chosen by the user's message (so
+//! one running gateway can be shown a crash and then a normal answer), or, for faults that
+//! happen before any message, by the name it is started under (`argv[0]`: tests symlink
+//! it as `never-connect`, `wrong-token`, `old-protocol`, `garbage-hello`).
+//!
+//! Messages it understands: `panic`, `abort`, `segv`, `exit 0`, `exit 1`, `hang`,
+//! `partial then hang`, `spawn and hang`, `garbage`, `oversized`, `wrong job`, `alloc`,
+//! `stderr flood`. Anything else is answered `ok: <message>`.
+
+use std::time::Duration;
+
+use hermes_protocol::codec;
+use hermes_protocol::{
+    Event, FromWorker, Hello, Job, JobId, Outcome, PROTOCOL_VERSION, Reply, Secret, ToWorker,
+    Welcome, read_frame, write_frame,
+};
+use interprocess::local_socket::tokio::{Stream, prelude::*};
+use interprocess::local_socket::{GenericFilePath, ToFsName};
+use tokio::io::AsyncWriteExt;
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() {
+    let name = std::env::args()
+        .next()
+        .and_then(|a| {
+            std::path::Path::new(&a)
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+        })
+        .unwrap_or_default();
+    let socket = std::env::var("HERMES_WORKER_SOCKET").unwrap_or_default();
+    let token = std::env::var("HERMES_WORKER_TOKEN").unwrap_or_default();
+    if name == "never-connect" {
+        std::future::pending::<()>().await;
+    }
+    let Ok(fs_name) = socket.as_str().to_fs_name::<GenericFilePath>() else {
+        std::process::exit(2);
+    };
+    let Ok(mut stream) = Stream::connect(fs_name).await else {
+        std::process::exit(2);
+    };
+    let hello = |version: u32, token: &str| Hello {
+        version,
+        token: Secret::new(token),
+        pid: std::process::id(),
+    };
+    let first = match name.as_str() {
+        "wrong-token" => codec_frame(&hello(PROTOCOL_VERSION, "not-the-token")),
+        "old-protocol" => codec_frame(&hello(PROTOCOL_VERSION + 1, &token)),
+        "garbage-hello" => b"\x00\x00\x00\x05\xff\xff\xff\xff\xff".to_vec(),
+        _ => codec_frame(&hello(PROTOCOL_VERSION, &token)),
+    };
+    if stream.write_all(&first).await.is_err() {
+        std::process::exit(2);
+    }
+    match read_frame::<Welcome, _>(&mut stream).await {
+        Ok(Welcome::Accepted) => {}
+        Ok(Welcome::Rejected { reason }) => {
+            eprintln!("bad-worker: rejected: {reason}");
+            // Stay alive: the gateway must not depend on a rejected worker leaving.
+            std::future::pending::<()>().await;
+        }
+        Err(e) => {
+            eprintln!("bad-worker: no welcome: {e}");
+            std::process::exit(2);
+        }
+    }
+    loop {
+        match read_frame::<ToWorker, _>(&mut stream).await {
+            Ok(ToWorker::Job(job)) => act(&mut stream, job).await,
+            Ok(ToWorker::Shutdown) | Err(_) => std::process::exit(0),
+        }
+    }
+}
+
+fn codec_frame(hello: &Hello) -> Vec<u8> {
+    let payload = codec::to_bytes(hello).unwrap_or_default();
+    let mut frame = (payload.len() as u32).to_be_bytes().to_vec();
+    frame.extend_from_slice(&payload);
+    frame
+}
+
+async fn act(stream: &mut Stream, job: Job) {
+    let text = job
+        .messages
+        .last()
+        .map(|m| m.content.trim().to_string())
+        .unwrap_or_default();
+    match text.as_str() {
+        "panic" => panic!("bad-worker was asked to panic"),
+        "abort" => std::process::abort(),
+        "segv" => {
+            let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGSEGV);
+        }
+        "exit 0" => std::process::exit(0),
+        "exit 1" => std::process::exit(1),
+        "hang" => hang().await,
+        "partial then hang" => {
+            let _ = write_frame(
+                stream,
+                &FromWorker::Event {
+                    job_id: job.id,
+                    event: Event::Delta("partial".into()),
+                },
+            )
+            .await;
+            hang().await
+        }
+        "spawn and hang" => {
+            // A child, and a grandchild of its own, both left in this process group.
+            let _ = std::process::Command::new("sh")
+                .args(["-c", "sleep 1000 & sleep 1000"])
+                .spawn();
+            hang().await
+        }
+        "garbage" => {
+            let _ = stream
+                .write_all(b"\x00\x00\x00\x08\xde\xad\xbe\xef\xde\xad\xbe\xef")
+                .await;
+            hang().await
+        }
+        "oversized" => {
+            let _ = stream.write_all(&u32::MAX.to_be_bytes()).await;
+            hang().await
+        }
+        "wrong job" => {
+            let _ = write_frame(stream, &reply(JobId(job.id.0 + 1_000_000), "not yours")).await;
+            hang().await
+        }
+        "alloc" => {
+            let mut hoard: Vec<Vec<u8>> = Vec::new();
+            loop {
+                hoard.push(vec![1u8; 16 * 1024 * 1024]);
+            }
+        }
+        "stderr flood" => {
+            let line = "x".repeat(10_000);
+            for _ in 0..800 {
+                eprintln!("{line}");
+            }
+            let _ = write_frame(stream, &reply(job.id, "ok: flooded")).await;
+        }
+        _ => {
+            let _ = write_frame(stream, &reply(job.id, &format!("ok: {text}"))).await;
+        }
+    }
+}
+
+fn reply(job_id: JobId, text: &str) -> FromWorker {
+    FromWorker::Outcome {
+        job_id,
+        outcome: Outcome::Reply(Reply {
+            text: text.into(),
+            provider: "bad-worker".into(),
+            model: "none".into(),
+        }),
+    }
+}
+
+async fn hang() {
+    loop {
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+    }
+}

@@ -1,0 +1,1337 @@
+//! A fake Telegram Bot API server, so the gateway can be tested end to end without the
+//! internet and against the failures that matter in production: long polls that hang or
+//! fail, 409 conflicts, 429 rate limits, servers that go away, messages Telegram refuses.
+//!
+//! It speaks what teloxide-core 0.13 sends (`POST /bot<TOKEN>/<Method>` with a JSON body) and
+//! answers with JSON teloxide deserializes. It keeps a log of everything it was asked, and
+//! tests wait on that log through [`FakeTelegram::wait_for_sent`] and friends instead of
+//! sleeping. Updates behave like Telegram's: a `getUpdates` answer does not consume them,
+//! only a later `offset` acknowledges them.
+
+use std::{
+    collections::{HashMap, VecDeque},
+    sync::{Arc, Mutex, MutexGuard},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use serde_json::{Map, Value, json};
+use tokio::sync::watch;
+
+use crate::http::{HttpServer, Request, Response};
+
+/// The only token the fake accepts.
+pub const TOKEN: &str = "123456:TEST-TOKEN";
+/// The bot's own user id (the part of [`TOKEN`] before the colon, as with real tokens).
+pub const BOT_ID: i64 = 123456;
+pub const BOT_USERNAME: &str = "hermes_test_bot";
+
+/// Telegram's limit for a message text, in UTF-16 code units after entity parsing.
+pub const MAX_TEXT_LEN: usize = 4096;
+
+/// Telegram caps long polls at 50 seconds.
+const MAX_POLL_TIMEOUT_SECS: i64 = 50;
+
+const NOT_MODIFIED: &str = "Bad Request: message is not modified: specified new message content and reply markup are exactly the same as a current content and reply markup of the message";
+
+/// A scripted failure for one `getUpdates` call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PollFault {
+    /// Answer with this status and body (JSON if it starts with `{`, HTML otherwise).
+    Status { status: u16, body: String },
+    /// Never answer.
+    Hang,
+    /// Reset the connection without answering.
+    Reset,
+    /// HTTP 200 with a body that is not valid JSON.
+    InvalidJson,
+}
+
+impl PollFault {
+    /// What a reverse proxy in front of Telegram sends when the backend is down.
+    pub fn bad_gateway_html() -> Self {
+        PollFault::Status {
+            status: 502,
+            body: "<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n<center><h1>502 Bad Gateway</h1></center>\r\n<hr><center>nginx/1.18.0</center>\r\n</body>\r\n</html>\r\n".into(),
+        }
+    }
+
+    /// Another `getUpdates` consumer took over (two gateway instances with one token).
+    pub fn conflict() -> Self {
+        PollFault::Status {
+            status: 409,
+            body: json!({
+                "ok": false,
+                "error_code": 409,
+                "description": "Conflict: terminated by other getUpdates request; make sure that only one bot instance is running"
+            })
+            .to_string(),
+        }
+    }
+
+    pub fn too_many_requests(retry_after_secs: u64) -> Self {
+        PollFault::Status {
+            status: 429,
+            body: retry_after_body(retry_after_secs).to_string(),
+        }
+    }
+}
+
+/// A scripted failure for one `sendMessage` (or `editMessageText`, see
+/// [`FakeTelegram::fail_edit`]) call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SendFault {
+    /// HTTP 429 with `parameters.retry_after`.
+    RetryAfter(u64),
+    /// An API error: `{"ok":false,"error_code":status,"description":description}`.
+    Status { status: u16, description: String },
+    /// Never answer (the message is not delivered).
+    Hang,
+    /// Reset the connection (the message is not delivered).
+    Reset,
+}
+
+impl SendFault {
+    /// What Telegram says about malformed HTML/Markdown.
+    pub fn bad_entities() -> Self {
+        SendFault::Status {
+            status: 400,
+            description:
+                "Bad Request: can't parse entities: Unsupported start tag \"foo\" at byte offset 0"
+                    .into(),
+        }
+    }
+
+    /// The user blocked the bot.
+    pub fn blocked() -> Self {
+        SendFault::Status {
+            status: 403,
+            description: "Forbidden: bot was blocked by the user".into(),
+        }
+    }
+
+    fn bad_request(description: &str) -> Self {
+        SendFault::Status {
+            status: 400,
+            description: description.into(),
+        }
+    }
+}
+
+/// A message the bot delivered (sent, or edited into its new text).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SentMessage {
+    /// Canonical Telegram spelling: `sendMessage`, `editMessageText`, `sendDocument`, ...
+    pub method: String,
+    pub chat_id: i64,
+    /// The text (the caption for media).
+    pub text: String,
+    pub parse_mode: Option<String>,
+    /// The id of the message sent, or of the message edited.
+    pub message_id: i64,
+    pub at: Instant,
+}
+
+/// A send or edit that was refused, by a scripted [`SendFault`] or because Telegram would
+/// have refused it (empty or too long text, editing to the same text, unknown message).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FailedSend {
+    pub method: String,
+    pub chat_id: i64,
+    pub text: String,
+    pub parse_mode: Option<String>,
+    pub fault: SendFault,
+    pub at: Instant,
+}
+
+/// How one `getUpdates` request ended (so far).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PollOutcome {
+    /// Still long-polling, or the client left before an answer.
+    Waiting,
+    /// Answered `ok` (possibly with no updates).
+    Answered,
+    /// A scripted fault was served.
+    Fault(PollFault),
+    /// Hung because of [`FakeTelegram::stall_get_updates`].
+    Stalled,
+}
+
+/// One `getUpdates` request, logged when it arrives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PollRecord {
+    pub at: Instant,
+    pub offset: Option<i64>,
+    /// The requested long-poll timeout in seconds, as sent.
+    pub timeout: Option<i64>,
+    pub answered_ids: Vec<i64>,
+    pub outcome: PollOutcome,
+}
+
+/// Any authorized API call, as received.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApiCall {
+    pub at: Instant,
+    /// As spelled in the URL (teloxide sends `SendMessage`, curl users `sendMessage`).
+    pub method: String,
+    /// The parameters as JSON (JSON body, query string, form or multipart fields).
+    pub params: Value,
+}
+
+/// A handle to a running fake; clones share the same server. The server stops when the
+/// last clone is dropped.
+#[derive(Clone)]
+pub struct FakeTelegram {
+    state: Arc<State>,
+    server: Arc<HttpServer>,
+}
+
+struct State {
+    inner: Mutex<Inner>,
+    /// Bumped on every change so long polls and test waits can re-check without sleeping.
+    changed: watch::Sender<()>,
+}
+
+#[derive(Default)]
+struct Inner {
+    last_update_id: i64,
+    last_message_id: i64,
+    pending: VecDeque<(i64, Value)>,
+    acked_up_to: i64,
+    poll_faults: VecDeque<PollFault>,
+    send_faults: VecDeque<SendFault>,
+    edit_faults: VecDeque<SendFault>,
+    stalled: bool,
+    sent: Vec<SentMessage>,
+    failed: Vec<FailedSend>,
+    polls: Vec<PollRecord>,
+    calls: Vec<ApiCall>,
+    unauthorized: usize,
+    /// Current text of every message the bot sent, for editMessageText's rules.
+    texts: HashMap<(i64, i64), String>,
+    /// Chat objects from pushed updates, so replies carry the same chat.
+    chats: HashMap<i64, Value>,
+}
+
+impl FakeTelegram {
+    pub async fn start() -> FakeTelegram {
+        let state = Arc::new(State {
+            inner: Mutex::new(Inner::default()),
+            changed: watch::Sender::new(()),
+        });
+        let handler_state = state.clone();
+        let server = HttpServer::start(move |req| {
+            let state = handler_state.clone();
+            async move { state.handle(req).await }
+        })
+        .await;
+        FakeTelegram {
+            state,
+            server: Arc::new(server),
+        }
+    }
+
+    /// `http://127.0.0.1:PORT`, no trailing slash: what `Bot::set_api_url` takes.
+    pub fn api_url(&self) -> String {
+        self.server.url()
+    }
+
+    pub fn server(&self) -> &HttpServer {
+        &self.server
+    }
+
+    // ---- updates ------------------------------------------------------------------------
+
+    /// Queue a text message from `user_id` in `chat_id` (a private chat for positive ids, a
+    /// group for negative ones). Returns the update id.
+    pub fn send_text(&self, chat_id: i64, user_id: i64, text: &str) -> i64 {
+        let chat = default_chat(chat_id);
+        let mut g = self.state.lock();
+        g.last_message_id += 1;
+        let mut message = json!({
+            "message_id": g.last_message_id,
+            "date": unix_now(),
+            "chat": chat,
+            "from": {"id": user_id, "is_bot": false, "first_name": "Test"},
+            "text": text,
+        });
+        if text.starts_with('/') {
+            let command = text.split_whitespace().next().unwrap_or(text);
+            message["entities"] =
+                json!([{"type": "bot_command", "offset": 0, "length": utf16_len(command)}]);
+        }
+        drop(g);
+        self.push_update(json!({ "message": message }))
+    }
+
+    /// Queue a raw update object; its `update_id` is set by the fake. Returns the update id.
+    pub fn push_update(&self, mut update: Value) -> i64 {
+        let mut g = self.state.lock();
+        g.last_update_id += 1;
+        let id = g.last_update_id;
+        if let Some(chat) = update
+            .as_object()
+            .and_then(|u| u.values().find_map(|v| v.get("chat")))
+            .and_then(|c| Some((c.get("id")?.as_i64()?, c.clone())))
+        {
+            g.chats.insert(chat.0, chat.1);
+        }
+        update["update_id"] = json!(id);
+        g.pending.push_back((id, update));
+        drop(g);
+        self.state.bump();
+        id
+    }
+
+    /// Ids of updates not yet acknowledged.
+    pub fn pending_update_ids(&self) -> Vec<i64> {
+        self.state
+            .lock()
+            .pending
+            .iter()
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
+    /// Highest update id the client acknowledged through `offset` (0 if none).
+    pub fn acked_up_to(&self) -> i64 {
+        self.state.lock().acked_up_to
+    }
+
+    // ---- scripted faults ----------------------------------------------------------------
+
+    /// The next `getUpdates` calls fail with these faults, in order. A faulted call does
+    /// not process its `offset`.
+    pub fn fail_get_updates(&self, fault: PollFault) {
+        self.state.lock().poll_faults.push_back(fault);
+        self.state.bump();
+    }
+
+    /// While on, every `getUpdates` hangs, including polls already waiting.
+    pub fn stall_get_updates(&self, on: bool) {
+        self.state.lock().stalled = on;
+        self.state.bump();
+    }
+
+    /// The next `sendMessage` (and `sendDocument`/`sendPhoto`) calls fail, in order.
+    pub fn fail_send(&self, fault: SendFault) {
+        self.state.lock().send_faults.push_back(fault);
+    }
+
+    /// The next `editMessageText` calls fail, in order.
+    pub fn fail_edit(&self, fault: SendFault) {
+        self.state.lock().edit_faults.push_back(fault);
+    }
+
+    /// Stop listening: new connections get `ECONNREFUSED`.
+    pub async fn refuse_connections(&self) {
+        self.server.refuse_connections().await;
+    }
+
+    /// Listen again on the same port.
+    pub async fn accept_connections(&self) {
+        self.server.accept_connections().await;
+    }
+
+    // ---- records ------------------------------------------------------------------------
+
+    /// Every message delivered, in order.
+    pub fn sent(&self) -> Vec<SentMessage> {
+        self.state.lock().sent.clone()
+    }
+
+    /// Delivered messages for one chat, in order.
+    pub fn sent_to(&self, chat_id: i64) -> Vec<SentMessage> {
+        self.state
+            .lock()
+            .sent
+            .iter()
+            .filter(|m| m.chat_id == chat_id)
+            .cloned()
+            .collect()
+    }
+
+    pub fn failed_sends(&self) -> Vec<FailedSend> {
+        self.state.lock().failed.clone()
+    }
+
+    /// Number of authorized calls to `method` (case-insensitive).
+    pub fn calls(&self, method: &str) -> usize {
+        self.state
+            .lock()
+            .calls
+            .iter()
+            .filter(|c| c.method.eq_ignore_ascii_case(method))
+            .count()
+    }
+
+    /// Every authorized call, in order.
+    pub fn api_calls(&self) -> Vec<ApiCall> {
+        self.state.lock().calls.clone()
+    }
+
+    /// Requests refused with 401 because of a wrong token.
+    pub fn unauthorized_calls(&self) -> usize {
+        self.state.lock().unauthorized
+    }
+
+    pub fn get_updates_log(&self) -> Vec<PollRecord> {
+        self.state.lock().polls.clone()
+    }
+
+    // ---- waiting ------------------------------------------------------------------------
+
+    /// The first delivered message matching `pred` (already recorded or arriving within
+    /// `timeout`).
+    pub async fn wait_for_sent(
+        &self,
+        pred: impl Fn(&SentMessage) -> bool,
+        timeout: Duration,
+    ) -> Option<SentMessage> {
+        self.state
+            .wait_until(timeout, |g| g.sent.iter().find(|m| pred(m)).cloned())
+            .await
+    }
+
+    /// Wait until at least `n` messages were delivered to `chat_id`; returns what was
+    /// delivered by then (possibly fewer at timeout).
+    pub async fn wait_for_chat_messages(
+        &self,
+        chat_id: i64,
+        n: usize,
+        timeout: Duration,
+    ) -> Vec<SentMessage> {
+        // Whether it timed out or not, the caller gets what there is.
+        self.state
+            .wait_until(timeout, |g| {
+                (g.sent.iter().filter(|m| m.chat_id == chat_id).count() >= n).then_some(())
+            })
+            .await;
+        self.sent_to(chat_id)
+    }
+
+    /// Wait until at least `n` `getUpdates` requests arrived.
+    pub async fn wait_for_polls(&self, n: usize, timeout: Duration) -> bool {
+        self.state
+            .wait_until(timeout, |g| (g.polls.len() >= n).then_some(()))
+            .await
+            .is_some()
+    }
+
+    /// Wait until at least `n` authorized calls to `method` arrived.
+    pub async fn wait_for_calls(&self, method: &str, n: usize, timeout: Duration) -> bool {
+        self.state
+            .wait_until(timeout, |g| {
+                let count = g
+                    .calls
+                    .iter()
+                    .filter(|c| c.method.eq_ignore_ascii_case(method))
+                    .count();
+                (count >= n).then_some(())
+            })
+            .await
+            .is_some()
+    }
+
+    /// Wait until the client acknowledged `update_id` (sent an offset above it).
+    pub async fn wait_for_ack(&self, update_id: i64, timeout: Duration) -> bool {
+        self.state
+            .wait_until(timeout, |g| (g.acked_up_to >= update_id).then_some(()))
+            .await
+            .is_some()
+    }
+
+    /// Wait until at least `n` sends or edits were refused.
+    pub async fn wait_for_failed_sends(&self, n: usize, timeout: Duration) -> bool {
+        self.state
+            .wait_until(timeout, |g| (g.failed.len() >= n).then_some(()))
+            .await
+            .is_some()
+    }
+}
+
+impl State {
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panicking test thread must not hide the records from the others.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn bump(&self) {
+        self.changed.send_replace(());
+    }
+
+    async fn wait_until<T>(
+        &self,
+        timeout: Duration,
+        mut check: impl FnMut(&Inner) -> Option<T>,
+    ) -> Option<T> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        // Subscribe before checking so a change between the check and the await is not lost.
+        let mut rx = self.changed.subscribe();
+        loop {
+            let found = check(&self.lock());
+            if found.is_some() {
+                return found;
+            }
+            if tokio::time::timeout_at(deadline, rx.changed())
+                .await
+                .is_err()
+            {
+                return None;
+            }
+        }
+    }
+
+    async fn handle(&self, req: Request) -> Response {
+        let path = percent_decode(req.path_only());
+        let Some((token, method)) = path
+            .strip_prefix("/bot")
+            .and_then(|rest| rest.split_once('/'))
+        else {
+            return api_error(404, "Not Found", None);
+        };
+        if token != TOKEN {
+            self.lock().unauthorized += 1;
+            self.bump();
+            return api_error(401, "Unauthorized", None);
+        }
+        let params = match parse_params(&req) {
+            Ok(p) => p,
+            Err(e) => return api_error(400, &format!("Bad Request: {e}"), None),
+        };
+        self.lock().calls.push(ApiCall {
+            at: Instant::now(),
+            method: method.to_string(),
+            params: params.clone(),
+        });
+        self.bump();
+
+        match method.to_ascii_lowercase().as_str() {
+            "getupdates" => self.get_updates(&params).await,
+            "sendmessage" => self.send(&params, "sendMessage", "text"),
+            "senddocument" => self.send(&params, "sendDocument", "caption"),
+            "sendphoto" => self.send(&params, "sendPhoto", "caption"),
+            "editmessagetext" => self.edit_text(&params),
+            "getme" => ok(me()),
+            "getmycommands" => ok(json!([])),
+            _ => ok(json!(true)),
+        }
+    }
+
+    async fn get_updates(&self, params: &Value) -> Response {
+        let offset = params.get("offset").and_then(as_i64);
+        let timeout = params.get("timeout").and_then(as_i64);
+        let limit = params
+            .get("limit")
+            .and_then(as_i64)
+            .unwrap_or(100)
+            .clamp(1, 100) as usize;
+        let wait = Duration::from_secs(timeout.unwrap_or(0).clamp(0, MAX_POLL_TIMEOUT_SECS) as u64);
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut rx = self.changed.subscribe();
+
+        let (index, early) = {
+            let mut g = self.lock();
+            let index = g.polls.len();
+            g.polls.push(PollRecord {
+                at: Instant::now(),
+                offset,
+                timeout,
+                answered_ids: Vec::new(),
+                outcome: PollOutcome::Waiting,
+            });
+            let early = if let Some(fault) = g.poll_faults.pop_front() {
+                g.polls[index].outcome = PollOutcome::Fault(fault.clone());
+                Some(poll_fault_response(fault))
+            } else if g.stalled {
+                g.polls[index].outcome = PollOutcome::Stalled;
+                Some(Response::Hang)
+            } else {
+                if let Some(offset) = offset {
+                    g.acknowledge(offset);
+                }
+                None
+            };
+            (index, early)
+        };
+        self.bump();
+        if let Some(response) = early {
+            return response;
+        }
+
+        loop {
+            {
+                let mut g = self.lock();
+                if g.stalled {
+                    g.polls[index].outcome = PollOutcome::Stalled;
+                    return Response::Hang;
+                }
+                let batch: Vec<Value> = g
+                    .pending
+                    .iter()
+                    .take(limit)
+                    .map(|(_, u)| u.clone())
+                    .collect();
+                if !batch.is_empty() || tokio::time::Instant::now() >= deadline {
+                    g.polls[index].answered_ids = batch
+                        .iter()
+                        .filter_map(|u| u["update_id"].as_i64())
+                        .collect();
+                    g.polls[index].outcome = PollOutcome::Answered;
+                    drop(g);
+                    self.bump();
+                    return ok(Value::Array(batch));
+                }
+            }
+            // On timeout the loop comes round once more and answers with what there is.
+            let _ = tokio::time::timeout_at(deadline, rx.changed()).await;
+        }
+    }
+
+    /// sendMessage and the media senders (whose text is the caption).
+    fn send(&self, params: &Value, method: &str, text_field: &str) -> Response {
+        let chat_id = params.get("chat_id").and_then(as_i64);
+        let text = params
+            .get(text_field)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
+        let parse_mode = params
+            .get("parse_mode")
+            .and_then(Value::as_str)
+            .map(str::to_string);
+        let mut g = self.lock();
+        let fault = g.send_faults.pop_front().or_else(|| {
+            if chat_id.is_none() {
+                Some(SendFault::bad_request("Bad Request: chat_id is empty"))
+            } else if method == "sendMessage" {
+                text_problem(&text, parse_mode.as_deref())
+            } else {
+                None
+            }
+        });
+        let chat_id = chat_id.unwrap_or_default();
+        if let Some(fault) = fault {
+            return self.refuse(g, method, chat_id, text, parse_mode, fault);
+        }
+
+        g.last_message_id += 1;
+        let message_id = g.last_message_id;
+        let chat = g.chat(chat_id);
+        let mut message = json!({
+            "message_id": message_id,
+            "date": unix_now(),
+            "chat": chat,
+            "from": bot_user(),
+        });
+        match method {
+            "sendMessage" => message["text"] = json!(text),
+            "sendDocument" => {
+                message["document"] = json!({
+                    "file_id": format!("doc-{message_id}"),
+                    "file_unique_id": format!("udoc-{message_id}"),
+                    "file_name": params["document"]["filename"].as_str().unwrap_or("file"),
+                });
+            }
+            _ => {
+                message["photo"] = json!([{
+                    "file_id": format!("photo-{message_id}"),
+                    "file_unique_id": format!("uphoto-{message_id}"),
+                    "width": 1,
+                    "height": 1,
+                }]);
+            }
+        }
+        if method != "sendMessage" && !text.is_empty() {
+            message["caption"] = json!(text);
+        }
+        g.texts.insert((chat_id, message_id), text.clone());
+        g.sent.push(SentMessage {
+            method: method.to_string(),
+            chat_id,
+            text,
+            parse_mode,
+            message_id,
+            at: Instant::now(),
+        });
+        drop(g);
+        self.bump();
+        ok(message)
+    }
+
+    fn edit_text(&self, params: &Value) -> Response {
+        const METHOD: &str = "editMessageText";
+        let chat_id = params.get("chat_id").and_then(as_i64).unwrap_or_default();
+        let message_id = params
+            .get("message_id")
+            .and_then(as_i64)
+            .unwrap_or_default();
+        let text = params
+            .get("text")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
+        let parse_mode = params
+            .get("parse_mode")
+            .and_then(Value::as_str)
+            .map(str::to_string);
+        let mut g = self.lock();
+        let inline = params.get("inline_message_id").is_some();
+        let fault = g.edit_faults.pop_front().or_else(|| {
+            if inline {
+                return None;
+            }
+            match g.texts.get(&(chat_id, message_id)) {
+                None => Some(SendFault::bad_request(
+                    "Bad Request: message to edit not found",
+                )),
+                Some(old) if *old == text => Some(SendFault::bad_request(NOT_MODIFIED)),
+                Some(_) => text_problem(&text, parse_mode.as_deref()),
+            }
+        });
+        if let Some(fault) = fault {
+            return self.refuse(g, METHOD, chat_id, text, parse_mode, fault);
+        }
+        g.sent.push(SentMessage {
+            method: METHOD.to_string(),
+            chat_id,
+            text: text.clone(),
+            parse_mode,
+            message_id,
+            at: Instant::now(),
+        });
+        if inline {
+            drop(g);
+            self.bump();
+            return ok(json!(true));
+        }
+        g.texts.insert((chat_id, message_id), text.clone());
+        let chat = g.chat(chat_id);
+        drop(g);
+        self.bump();
+        ok(json!({
+            "message_id": message_id,
+            "date": unix_now(),
+            "edit_date": unix_now(),
+            "chat": chat,
+            "from": bot_user(),
+            "text": text,
+        }))
+    }
+
+    fn refuse(
+        &self,
+        mut g: MutexGuard<'_, Inner>,
+        method: &str,
+        chat_id: i64,
+        text: String,
+        parse_mode: Option<String>,
+        fault: SendFault,
+    ) -> Response {
+        g.failed.push(FailedSend {
+            method: method.to_string(),
+            chat_id,
+            text,
+            parse_mode,
+            fault: fault.clone(),
+            at: Instant::now(),
+        });
+        drop(g);
+        self.bump();
+        match fault {
+            SendFault::RetryAfter(secs) => Response::json(429, &retry_after_body(secs)),
+            SendFault::Status {
+                status,
+                description,
+            } => api_error(status, &description, None),
+            SendFault::Hang => Response::Hang,
+            SendFault::Reset => Response::Reset,
+        }
+    }
+}
+
+impl Inner {
+    /// Apply a `getUpdates` offset: Telegram forgets every update below a positive offset,
+    /// and all but the last `-offset` updates for a negative one.
+    fn acknowledge(&mut self, offset: i64) {
+        if offset > 0 {
+            self.pending.retain(|(id, _)| *id >= offset);
+            self.acked_up_to = self.acked_up_to.max(offset - 1);
+        } else if offset < 0 {
+            let keep = offset.unsigned_abs() as usize;
+            while self.pending.len() > keep {
+                if let Some((id, _)) = self.pending.pop_front() {
+                    self.acked_up_to = self.acked_up_to.max(id);
+                }
+            }
+        }
+    }
+
+    fn chat(&self, chat_id: i64) -> Value {
+        self.chats
+            .get(&chat_id)
+            .cloned()
+            .unwrap_or_else(|| default_chat(chat_id))
+    }
+}
+
+fn default_chat(chat_id: i64) -> Value {
+    if chat_id < 0 {
+        json!({"id": chat_id, "type": "group", "title": "Test group"})
+    } else {
+        json!({"id": chat_id, "type": "private", "first_name": "Test"})
+    }
+}
+
+fn bot_user() -> Value {
+    json!({"id": BOT_ID, "is_bot": true, "first_name": "Hermes", "username": BOT_USERNAME})
+}
+
+/// What `getMe` returns; teloxide's `Me` requires all of these fields.
+fn me() -> Value {
+    let mut me = bot_user();
+    let fields = json!({
+        "can_join_groups": true,
+        "can_read_all_group_messages": false,
+        "supports_inline_queries": false,
+        "can_connect_to_business": false,
+        "has_main_web_app": false,
+    });
+    if let (Some(me), Some(fields)) = (me.as_object_mut(), fields.as_object()) {
+        me.extend(fields.clone());
+    }
+    me
+}
+
+/// The checks Telegram itself applies to a message text.
+fn text_problem(text: &str, parse_mode: Option<&str>) -> Option<SendFault> {
+    let visible = match parse_mode {
+        Some(mode) if mode.eq_ignore_ascii_case("html") => utf16_len(&strip_html(text)),
+        // MarkdownV2's escaping rules are not worth emulating, so its length goes unchecked.
+        Some(_) => 0,
+        None => utf16_len(text),
+    };
+    if text.trim().is_empty() {
+        Some(SendFault::bad_request("Bad Request: message text is empty"))
+    } else if visible > MAX_TEXT_LEN {
+        Some(SendFault::bad_request("Bad Request: message is too long"))
+    } else {
+        None
+    }
+}
+
+/// Approximate the text Telegram sees after parsing HTML: tags dropped, entities one char.
+fn strip_html(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '<' => {
+                for c in chars.by_ref() {
+                    if c == '>' {
+                        break;
+                    }
+                }
+            }
+            '&' => {
+                let rest = chars.as_str();
+                match rest.find(';') {
+                    Some(end) if end <= 8 => {
+                        out.push('&');
+                        chars = rest[end + 1..].chars();
+                    }
+                    _ => out.push('&'),
+                }
+            }
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+fn utf16_len(s: &str) -> usize {
+    s.encode_utf16().count()
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn ok(result: Value) -> Response {
+    Response::json(200, &json!({"ok": true, "result": result}))
+}
+
+fn api_error(status: u16, description: &str, parameters: Option<Value>) -> Response {
+    let mut body = json!({"ok": false, "error_code": status, "description": description});
+    if let Some(p) = parameters {
+        body["parameters"] = p;
+    }
+    Response::json(status, &body)
+}
+
+fn retry_after_body(secs: u64) -> Value {
+    json!({
+        "ok": false,
+        "error_code": 429,
+        "description": format!("Too Many Requests: retry after {secs}"),
+        "parameters": {"retry_after": secs},
+    })
+}
+
+fn poll_fault_response(fault: PollFault) -> Response {
+    match fault {
+        PollFault::Status { status, body } => {
+            let content_type = if body.trim_start().starts_with('{') {
+                "application/json"
+            } else {
+                "text/html"
+            };
+            Response::with_type(status, content_type, body)
+        }
+        PollFault::Hang => Response::Hang,
+        PollFault::Reset => Response::Reset,
+        PollFault::InvalidJson => Response::with_type(
+            200,
+            "application/json",
+            r#"{"ok":true,"result":[{"update_id":"#,
+        ),
+    }
+}
+
+/// Integers arrive as JSON numbers from teloxide but as strings from forms and queries.
+fn as_i64(v: &Value) -> Option<i64> {
+    v.as_i64().or_else(|| v.as_str()?.trim().parse().ok())
+}
+
+/// The call's parameters as a JSON object, from whichever encoding the client used.
+fn parse_params(req: &Request) -> Result<Value, String> {
+    let mut params = Map::new();
+    if let Some(query) = req.query() {
+        params.extend(parse_form(query));
+    }
+    let content_type = req
+        .header("content-type")
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    if req.body.iter().all(u8::is_ascii_whitespace) {
+        // No body: parameters, if any, came in the query.
+    } else if content_type.starts_with("multipart/form-data") {
+        let boundary = req
+            .header("content-type")
+            .and_then(|ct| {
+                ct.split(';')
+                    .find_map(|p| p.trim().strip_prefix("boundary="))
+            })
+            .map(|b| b.trim_matches('"').to_string())
+            .ok_or("multipart body without boundary")?;
+        params.extend(parse_multipart(&req.body, &boundary));
+    } else if content_type.starts_with("application/x-www-form-urlencoded") {
+        params.extend(parse_form(&String::from_utf8_lossy(&req.body)));
+    } else {
+        let body: Value =
+            serde_json::from_slice(&req.body).map_err(|e| format!("invalid JSON body: {e}"))?;
+        match body {
+            Value::Object(map) => params.extend(map),
+            _ => return Err("JSON body is not an object".into()),
+        }
+    }
+    Ok(Value::Object(params))
+}
+
+fn parse_form(s: &str) -> Map<String, Value> {
+    s.split('&')
+        .filter(|kv| !kv.is_empty())
+        .map(|kv| {
+            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+            let decode = |x: &str| percent_decode(&x.replace('+', " "));
+            (decode(k), Value::String(decode(v)))
+        })
+        .collect()
+}
+
+/// Text fields become strings; file fields become `{"filename", "size"}`.
+fn parse_multipart(body: &[u8], boundary: &str) -> Map<String, Value> {
+    let delimiter = format!("--{boundary}");
+    let text = String::from_utf8_lossy(body);
+    let mut out = Map::new();
+    for part in text.split(delimiter.as_str()).skip(1) {
+        if part.starts_with("--") {
+            break;
+        }
+        let part = part.strip_prefix("\r\n").unwrap_or(part);
+        let Some((head, content)) = part.split_once("\r\n\r\n") else {
+            continue;
+        };
+        let content = content.strip_suffix("\r\n").unwrap_or(content);
+        let disposition = head
+            .lines()
+            .find(|l| l.to_ascii_lowercase().starts_with("content-disposition"))
+            .unwrap_or("");
+        let attr = |name: &str| {
+            disposition.split(';').find_map(|p| {
+                p.trim()
+                    .strip_prefix(name)?
+                    .strip_prefix('=')
+                    .map(|v| v.trim_matches('"').to_string())
+            })
+        };
+        let Some(name) = attr("name") else { continue };
+        let value = match attr("filename") {
+            Some(filename) => json!({"filename": filename, "size": content.len()}),
+            // teloxide sends nested objects (reply markup, ...) as JSON text.
+            None => serde_json::from_str::<Value>(content)
+                .ok()
+                .filter(|v| v.is_object() || v.is_array())
+                .unwrap_or_else(|| Value::String(content.to_string())),
+        };
+        out.insert(name, value);
+    }
+    out
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%'
+            && let Some(b) = s
+                .get(i + 1..i + 3)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+        {
+            out.push(b);
+            i += 3;
+            continue;
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use teloxide_core::{
+        ApiError, RequestError,
+        payloads::{GetUpdatesSetters, SendMessageSetters},
+        prelude::Requester,
+        types::{ChatId, MessageId, ParseMode, UpdateKind, UserId},
+    };
+
+    const T: Duration = Duration::from_secs(5);
+
+    fn bot(fake: &FakeTelegram) -> teloxide_core::Bot {
+        let client = reqwest::Client::builder()
+            .no_proxy()
+            .timeout(Duration::from_secs(20))
+            .build()
+            .unwrap();
+        teloxide_core::Bot::with_client(TOKEN, client)
+            .set_api_url(reqwest::Url::parse(&fake.api_url()).unwrap())
+    }
+
+    fn http() -> reqwest::Client {
+        reqwest::Client::builder().no_proxy().build().unwrap()
+    }
+
+    #[tokio::test]
+    async fn teloxide_round_trip() {
+        let fake = FakeTelegram::start().await;
+        let bot = bot(&fake);
+
+        let me = bot.get_me().await.expect("getMe parses");
+        assert_eq!(me.username(), BOT_USERNAME);
+
+        let first = fake.send_text(42, 7, "hello there");
+        let second = fake.send_text(-100, 8, "/ask what?");
+        assert_eq!((first, second), (1, 2));
+
+        let updates = bot.get_updates().await.expect("getUpdates parses");
+        assert_eq!(updates.len(), 2);
+        let UpdateKind::Message(msg) = &updates[0].kind else {
+            panic!("not a message: {:?}", updates[0].kind);
+        };
+        assert_eq!(updates[0].id.0, 1);
+        assert_eq!(msg.chat.id, ChatId(42));
+        assert!(msg.chat.is_private());
+        assert_eq!(msg.from.as_ref().unwrap().id, UserId(7));
+        assert_eq!(msg.text(), Some("hello there"));
+        let UpdateKind::Message(group_msg) = &updates[1].kind else {
+            panic!("not a message");
+        };
+        assert!(group_msg.chat.is_group());
+        assert_eq!(group_msg.from.as_ref().unwrap().id, UserId(8));
+
+        // Answering does not consume; acknowledging does.
+        assert_eq!(fake.pending_update_ids(), vec![1, 2]);
+        let updates = bot.get_updates().offset(2).await.unwrap();
+        assert_eq!(updates.len(), 1);
+        assert_eq!(updates[0].id.0, 2);
+        assert_eq!(fake.acked_up_to(), 1);
+        assert_eq!(fake.pending_update_ids(), vec![2]);
+        let updates = bot.get_updates().offset(3).timeout(0).await.unwrap();
+        assert!(updates.is_empty());
+        assert_eq!(fake.acked_up_to(), 2);
+        assert!(fake.pending_update_ids().is_empty());
+        let log = fake.get_updates_log();
+        assert_eq!(log.len(), 3);
+        assert_eq!(log[1].offset, Some(2));
+        assert_eq!(log[1].answered_ids, vec![2]);
+        assert_eq!(log[2].outcome, PollOutcome::Answered);
+
+        let sent = bot
+            .send_message(ChatId(42), "hi")
+            .parse_mode(ParseMode::Html)
+            .await
+            .expect("sendMessage parses");
+        assert_eq!(sent.text(), Some("hi"));
+        assert_eq!(sent.chat.id, ChatId(42));
+        assert!(sent.from.as_ref().unwrap().is_bot);
+        let edited = bot
+            .edit_message_text(ChatId(42), sent.id, "hi again")
+            .await
+            .expect("editMessageText parses");
+        assert_eq!(edited.id, sent.id);
+        assert_eq!(edited.text(), Some("hi again"));
+
+        let records = fake.sent();
+        assert_eq!(records.len(), 2);
+        assert_eq!(records[0].method, "sendMessage");
+        assert_eq!(records[0].chat_id, 42);
+        assert_eq!(records[0].text, "hi");
+        assert_eq!(records[0].parse_mode.as_deref(), Some("HTML"));
+        assert_eq!(records[0].message_id, i64::from(sent.id.0));
+        assert_eq!(records[1].method, "editMessageText");
+        assert_eq!(records[1].text, "hi again");
+        assert_eq!(fake.calls("sendMessage"), 1);
+        assert_eq!(fake.calls("getupdates"), 3);
+
+        bot.send_chat_action(ChatId(42), teloxide_core::types::ChatAction::Typing)
+            .await
+            .expect("sendChatAction");
+        bot.delete_webhook().await.expect("deleteWebhook");
+        assert_eq!(fake.calls("SendChatAction"), 1);
+    }
+
+    #[tokio::test]
+    async fn telegram_rules_for_edits_and_long_texts() {
+        let fake = FakeTelegram::start().await;
+        let bot = bot(&fake);
+        let sent = bot.send_message(ChatId(5), "same").await.unwrap();
+        let err = bot
+            .edit_message_text(ChatId(5), sent.id, "same")
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, RequestError::Api(ApiError::MessageNotModified)),
+            "{err:?}"
+        );
+        let err = bot
+            .edit_message_text(ChatId(5), MessageId(9999), "x")
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, RequestError::Api(ApiError::MessageToEditNotFound)),
+            "{err:?}"
+        );
+        let err = bot
+            .send_message(ChatId(5), "x".repeat(MAX_TEXT_LEN + 1))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, RequestError::Api(ApiError::MessageIsTooLong)),
+            "{err:?}"
+        );
+        // Markup does not count towards the limit.
+        let html = format!("<b>{}</b>", "x".repeat(MAX_TEXT_LEN));
+        bot.send_message(ChatId(5), html)
+            .parse_mode(ParseMode::Html)
+            .await
+            .unwrap();
+        assert_eq!(fake.failed_sends().len(), 3);
+        assert_eq!(fake.sent().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn long_poll_waits_for_a_push() {
+        let fake = FakeTelegram::start().await;
+        let bot = bot(&fake);
+        let poll = tokio::spawn({
+            let bot = bot.clone();
+            async move { bot.get_updates().timeout(10).await }
+        });
+        assert!(fake.wait_for_polls(1, T).await);
+        assert_eq!(fake.get_updates_log()[0].outcome, PollOutcome::Waiting);
+        let id = fake.send_text(1, 1, "late");
+        let updates = tokio::time::timeout(T, poll)
+            .await
+            .expect("long poll answered on push")
+            .unwrap()
+            .unwrap();
+        assert_eq!(updates.len(), 1);
+        assert_eq!(updates[0].id.0 as i64, id);
+    }
+
+    #[tokio::test]
+    async fn poll_faults_and_stall() {
+        let fake = FakeTelegram::start().await;
+        let bot = bot(&fake);
+        fake.send_text(1, 1, "kept");
+        fake.fail_get_updates(PollFault::conflict());
+        fake.fail_get_updates(PollFault::too_many_requests(1));
+        fake.fail_get_updates(PollFault::InvalidJson);
+        fake.fail_get_updates(PollFault::Reset);
+
+        let err = bot.get_updates().offset(5).await.unwrap_err();
+        assert!(
+            matches!(
+                err,
+                RequestError::Api(ApiError::TerminatedByOtherGetUpdates)
+            ),
+            "{err:?}"
+        );
+        let err = bot.get_updates().await.unwrap_err();
+        assert!(matches!(err, RequestError::RetryAfter(_)), "{err:?}");
+        let err = bot.get_updates().await.unwrap_err();
+        assert!(matches!(err, RequestError::InvalidJson { .. }), "{err:?}");
+        let err = bot.get_updates().await.unwrap_err();
+        assert!(matches!(err, RequestError::Network(_)), "{err:?}");
+        // The faulted poll with offset 5 acknowledged nothing.
+        assert_eq!(fake.acked_up_to(), 0);
+        assert_eq!(bot.get_updates().await.unwrap().len(), 1);
+
+        fake.stall_get_updates(true);
+        let stalled = tokio::spawn({
+            let bot = bot.clone();
+            async move { bot.get_updates().await }
+        });
+        assert!(fake.wait_for_polls(6, T).await);
+        assert!(fake.server().wait_for_open_connections(1, T).await);
+        assert_eq!(fake.get_updates_log()[5].outcome, PollOutcome::Stalled);
+        stalled.abort();
+        assert!(fake.server().wait_for_open_connections(0, T).await);
+        fake.stall_get_updates(false);
+        assert_eq!(bot.get_updates().await.unwrap().len(), 1);
+    }
+
+    /// teloxide sleeps 10 s after any 5xx before reading the body (DELAY_ON_SERVER_ERROR in
+    /// teloxide-core's net/request.rs), so this test takes that long. The gateway sees the
+    /// same delay on every 5xx poll.
+    #[tokio::test]
+    async fn bad_gateway_html_is_an_error_not_a_panic() {
+        let fake = FakeTelegram::start().await;
+        let bot = bot(&fake);
+        fake.fail_get_updates(PollFault::bad_gateway_html());
+        let err = bot.get_updates().await.unwrap_err();
+        assert!(matches!(err, RequestError::InvalidJson { .. }), "{err:?}");
+    }
+
+    #[tokio::test]
+    async fn send_faults() {
+        let fake = FakeTelegram::start().await;
+        let bot = bot(&fake);
+        fake.fail_send(SendFault::RetryAfter(3));
+        fake.fail_send(SendFault::bad_entities());
+        fake.fail_send(SendFault::blocked());
+        let err = bot.send_message(ChatId(9), "a").await.unwrap_err();
+        assert!(
+            matches!(err, RequestError::RetryAfter(s) if s.seconds() == 3),
+            "{err:?}"
+        );
+        let err = bot.send_message(ChatId(9), "b").await.unwrap_err();
+        assert!(
+            matches!(err, RequestError::Api(ApiError::CantParseEntities(_))),
+            "{err:?}"
+        );
+        let err = bot.send_message(ChatId(9), "c").await.unwrap_err();
+        assert!(
+            matches!(err, RequestError::Api(ApiError::BotBlocked)),
+            "{err:?}"
+        );
+        bot.send_message(ChatId(9), "d").await.unwrap();
+        let failed = fake.failed_sends();
+        assert_eq!(
+            failed.iter().map(|f| f.text.as_str()).collect::<Vec<_>>(),
+            ["a", "b", "c"]
+        );
+        assert_eq!(failed[0].fault, SendFault::RetryAfter(3));
+        let sent = fake.wait_for_chat_messages(9, 1, T).await;
+        assert_eq!(sent.len(), 1);
+        assert_eq!(sent[0].text, "d");
+    }
+
+    #[tokio::test]
+    async fn waiting_helpers_see_later_messages() {
+        let fake = FakeTelegram::start().await;
+        let bot = bot(&fake);
+        let waiter = tokio::spawn({
+            let fake = fake.clone();
+            async move { fake.wait_for_sent(|m| m.text.contains("needle"), T).await }
+        });
+        bot.send_message(ChatId(3), "hay").await.unwrap();
+        bot.send_message(ChatId(3), "a needle").await.unwrap();
+        let found = waiter.await.unwrap().expect("found");
+        assert_eq!(found.text, "a needle");
+        let none = fake
+            .wait_for_sent(|m| m.chat_id == 4, Duration::from_millis(50))
+            .await;
+        assert!(none.is_none());
+        let some = fake
+            .wait_for_chat_messages(3, 5, Duration::from_millis(50))
+            .await;
+        assert_eq!(some.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn wrong_token_case_and_encodings() {
+        let fake = FakeTelegram::start().await;
+        let url = fake.api_url();
+        let r = http()
+            .post(format!("{url}/bot1:WRONG/getMe"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 401);
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(
+            body,
+            json!({"ok":false,"error_code":401,"description":"Unauthorized"})
+        );
+        assert_eq!(fake.unauthorized_calls(), 1);
+
+        // Lower-case method, form body, percent-encoded token.
+        let r = http()
+            .post(format!("{url}/bot123456%3ATEST-TOKEN/sendmessage"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body("chat_id=77&text=hello+world%21")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 200);
+        let sent = fake.sent();
+        assert_eq!(sent[0].chat_id, 77);
+        assert_eq!(sent[0].text, "hello world!");
+
+        let r = http()
+            .get(format!("{url}/bot{TOKEN}/whatever?x=1"))
+            .send()
+            .await
+            .unwrap();
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(body, json!({"ok": true, "result": true}));
+        assert_eq!(fake.api_calls().last().unwrap().params, json!({"x": "1"}));
+    }
+
+    #[test]
+    fn helpers() {
+        assert_eq!(strip_html("<b>a&amp;b</b> &lt;"), "a&b &");
+        assert_eq!(percent_decode("a%3Ab%zz"), "a:b%zz");
+        let mp = b"--XX\r\nContent-Disposition: form-data; name=\"chat_id\"\r\n\r\n5\r\n--XX\r\nContent-Disposition: form-data; name=\"document\"; filename=\"a.txt\"\r\n\r\nabc\r\n--XX--\r\n";
+        let m = parse_multipart(mp, "XX");
+        assert_eq!(m["chat_id"], json!("5"));
+        assert_eq!(m["document"], json!({"filename": "a.txt", "size": 3}));
+    }
+}

@@ -1,0 +1,393 @@
+//! Running the real binaries in tests: build them, write a configuration that points at
+//! the fakes, start `hermes-gateway`, and watch its process and its workers.
+//!
+//! Integration tests start the gateway exactly as an operator would (`hermes-gateway run
+//! --config FILE`), with the fake Telegram server and fake provider on 127.0.0.1, so what
+//! they prove is what runs in production.
+
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use hermes_protocol::config::WorkerMode;
+use tokio::process::{Child, Command};
+
+use crate::fake_provider::FakeProvider;
+use crate::fake_telegram::{FakeTelegram, SentMessage, TOKEN};
+use crate::procs;
+
+/// The user every test talks as unless it says otherwise; private chat id = user id.
+pub const USER: i64 = 1001;
+/// How long a test waits for anything the gateway should do promptly.
+pub const PATIENCE: Duration = Duration::from_secs(30);
+
+pub struct Binaries {
+    pub gateway: PathBuf,
+    pub worker: PathBuf,
+}
+
+/// Builds `hermes-gateway` and `hermes-worker` in this test's profile (once per test
+/// binary) so a test never runs a stale binary.
+pub fn binaries() -> &'static Binaries {
+    static BINARIES: OnceLock<Binaries> = OnceLock::new();
+    BINARIES.get_or_init(|| {
+        let profile_dir = profile_dir();
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut build = std::process::Command::new(cargo);
+        build.args([
+            "build",
+            "--quiet",
+            "-p",
+            "hermes-gateway",
+            "-p",
+            "hermes-worker",
+        ]);
+        if !cfg!(debug_assertions) {
+            build.arg("--release");
+        }
+        let status = build
+            .current_dir(workspace_dir())
+            .status()
+            .unwrap_or_else(|e| panic!("cannot run cargo to build the binaries: {e}"));
+        assert!(
+            status.success(),
+            "building hermes-gateway and hermes-worker failed"
+        );
+        let binaries = Binaries {
+            gateway: profile_dir.join("hermes-gateway"),
+            worker: profile_dir.join("hermes-worker"),
+        };
+        assert!(
+            binaries.gateway.is_file(),
+            "{} missing",
+            binaries.gateway.display()
+        );
+        assert!(
+            binaries.worker.is_file(),
+            "{} missing",
+            binaries.worker.display()
+        );
+        binaries
+    })
+}
+
+fn workspace_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+/// `target/<profile>`, found from the running test binary (`target/<profile>/deps/…`) or
+/// the running tests-crate binary (`target/<profile>/…`).
+fn profile_dir() -> PathBuf {
+    let exe = std::env::current_exe().unwrap_or_else(|e| panic!("current_exe: {e}"));
+    let dir = exe.parent().unwrap_or_else(|| Path::new("."));
+    if dir.file_name().is_some_and(|n| n == "deps") {
+        dir.parent().unwrap_or(dir).to_path_buf()
+    } else {
+        dir.to_path_buf()
+    }
+}
+
+/// A misbehaving worker binary built by this crate, under the name `as_name` (its fault
+/// before any job is chosen by that name; see `src/bin/bad-worker.rs`).
+pub fn bad_worker(dir: &Path, as_name: &str) -> PathBuf {
+    let original = profile_dir().join("bad-worker");
+    assert!(
+        original.is_file(),
+        "{} missing: build hermes-tests' bins",
+        original.display()
+    );
+    if as_name == "bad-worker" {
+        return original;
+    }
+    let link = dir.join(as_name);
+    let _ = std::fs::remove_file(&link);
+    std::os::unix::fs::symlink(&original, &link)
+        .unwrap_or_else(|e| panic!("symlink {}: {e}", link.display()));
+    link
+}
+
+/// Everything a test may want to change in the gateway's configuration.
+#[derive(Debug, Clone)]
+pub struct GatewayOptions {
+    pub mode: WorkerMode,
+    pub pool_size: usize,
+    pub job_timeout_secs: u64,
+    /// None: the real `hermes-worker`.
+    pub worker_command: Option<PathBuf>,
+    pub allowed_users: Vec<i64>,
+    /// Base URLs of the providers, in chain order.
+    pub providers: Vec<String>,
+    pub max_retries: u32,
+    pub poll_timeout_secs: u32,
+    /// Appended to the file verbatim.
+    pub extra_toml: String,
+}
+
+impl GatewayOptions {
+    pub fn new(mode: WorkerMode) -> Self {
+        GatewayOptions {
+            mode,
+            pool_size: 2,
+            job_timeout_secs: 20,
+            worker_command: None,
+            allowed_users: vec![USER],
+            providers: Vec::new(),
+            max_retries: 2,
+            poll_timeout_secs: 5,
+            extra_toml: String::new(),
+        }
+    }
+
+    pub fn to_toml(&self, telegram_url: &str, state_dir: &Path) -> String {
+        let mut toml = format!(
+            "[telegram]\ntoken_env = \"HERMES_TEST_TELEGRAM_TOKEN\"\napi_url = \"{telegram_url}\"\n\
+             allowed_users = {:?}\npoll_timeout_secs = {}\nretry_max_secs = 1\n\n",
+            self.allowed_users, self.poll_timeout_secs
+        );
+        for (i, url) in self.providers.iter().enumerate() {
+            toml.push_str(&format!(
+                "[[providers]]\nname = \"p{i}\"\nbase_url = \"{url}\"\nmodel = \"model-{i}\"\n\
+                 api_key_env = \"HERMES_TEST_PROVIDER_KEY\"\nmax_retries = {}\nrequest_timeout_secs = 60\n\n",
+                self.max_retries
+            ));
+        }
+        toml.push_str(&format!(
+            "[workers]\nmode = \"{}\"\npool_size = {}\njob_timeout_secs = {}\nkill_grace_secs = 1\nshutdown_drain_secs = 2\n",
+            self.mode.as_str(),
+            self.pool_size,
+            self.job_timeout_secs
+        ));
+        if let Some(cmd) = &self.worker_command {
+            toml.push_str(&format!("command = \"{}\"\n", cmd.display()));
+        }
+        toml.push_str(&format!("\n[state]\ndir = \"{}\"\n", state_dir.display()));
+        toml.push_str(&self.extra_toml);
+        toml
+    }
+}
+
+/// A running `hermes-gateway run`, killed with its workers when dropped.
+pub struct Gateway {
+    child: Child,
+    pid: i32,
+    pub dir: tempfile::TempDir,
+    pub config_path: PathBuf,
+    log_path: PathBuf,
+    exited: Option<ExitStatus>,
+}
+
+impl Gateway {
+    pub fn start(options: &GatewayOptions, telegram_url: &str) -> Gateway {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+        Gateway::start_in(dir, options, telegram_url)
+    }
+
+    pub fn start_in(
+        dir: tempfile::TempDir,
+        options: &GatewayOptions,
+        telegram_url: &str,
+    ) -> Gateway {
+        let config_path = dir.path().join("hermes.toml");
+        let toml = options.to_toml(telegram_url, &dir.path().join("state"));
+        std::fs::write(&config_path, toml).unwrap_or_else(|e| panic!("write config: {e}"));
+        let log_path = dir.path().join("gateway.log");
+        let log = std::fs::File::create(&log_path).unwrap_or_else(|e| panic!("log file: {e}"));
+        let child = Command::new(&binaries().gateway)
+            .args(["run", "--config"])
+            .arg(&config_path)
+            .env("HERMES_TEST_TELEGRAM_TOKEN", TOKEN)
+            .env("HERMES_TEST_PROVIDER_KEY", "sk-test-key")
+            .env("HERMES_LOG", "info")
+            .env_remove("HERMES_CONFIG")
+            .env_remove("RUNTIME_DIRECTORY")
+            .env_remove("STATE_DIRECTORY")
+            .env_remove("NOTIFY_SOCKET")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|e| panic!("start hermes-gateway: {e}"));
+        let pid = child.id().map(|p| p as i32).unwrap_or(0);
+        Gateway {
+            child,
+            pid,
+            dir,
+            config_path,
+            log_path,
+            exited: None,
+        }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.pid
+    }
+
+    /// True while the process has not exited.
+    pub fn is_running(&mut self) -> bool {
+        if self.exited.is_some() {
+            return false;
+        }
+        match self.child.try_wait() {
+            Ok(Some(status)) => {
+                self.exited = Some(status);
+                false
+            }
+            Ok(None) => true,
+            Err(_) => false,
+        }
+    }
+
+    /// Panics with the gateway's log unless it is still running as the same process.
+    pub fn assert_running(&mut self, pid: i32) {
+        assert_eq!(self.pid, pid, "the gateway's PID changed");
+        assert!(
+            self.is_running(),
+            "the gateway exited: {:?}\n{}",
+            self.exited,
+            self.log()
+        );
+    }
+
+    pub fn signal(&self, signal: nix::sys::signal::Signal) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid), signal);
+    }
+
+    pub async fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        if let Some(status) = self.exited {
+            return Some(status);
+        }
+        let status = tokio::time::timeout(timeout, self.child.wait())
+            .await
+            .ok()?
+            .ok()?;
+        self.exited = Some(status);
+        Some(status)
+    }
+
+    /// The worker socket this gateway listens on; every worker (and whatever it spawns)
+    /// carries it in `HERMES_WORKER_SOCKET`.
+    pub fn socket_path(&self) -> String {
+        self.dir
+            .path()
+            .join(format!("state/run/workers/gateway-{}.sock", self.pid))
+            .display()
+            .to_string()
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// The gateway's live child processes: its workers.
+    pub fn workers(&self) -> Vec<procs::ProcInfo> {
+        procs::children_of(self.pid)
+            .into_iter()
+            .filter(|p| !p.is_zombie())
+            .collect()
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        for worker in procs::children_of(self.pid) {
+            let _ = nix::sys::signal::killpg(
+                nix::unistd::Pid::from_raw(worker.pgid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        let _ = self.child.start_kill();
+    }
+}
+
+/// Waits until `condition` holds, checking every 10 ms, for at most `timeout`: for states
+/// only /proc can show, where there is no event to wait on.
+pub async fn eventually(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + timeout;
+    loop {
+        if condition() {
+            return true;
+        }
+        if Instant::now() >= end {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A gateway wired to a fake Telegram server and a fake provider.
+pub struct Rig {
+    pub telegram: FakeTelegram,
+    pub provider: FakeProvider,
+    pub gateway: Gateway,
+    pub pid: i32,
+}
+
+impl Rig {
+    /// Starts the fakes and a gateway whose first provider is the fake provider;
+    /// `customize` may change anything else.
+    pub async fn start(mode: WorkerMode, customize: impl FnOnce(&mut GatewayOptions)) -> Rig {
+        Rig::start_with(mode, customize, |_| {}).await
+    }
+
+    /// Like [`Rig::start`], with `prepare` run on the fake Telegram server before the
+    /// gateway starts (to script faults it meets at start-up).
+    pub async fn start_with(
+        mode: WorkerMode,
+        customize: impl FnOnce(&mut GatewayOptions),
+        prepare: impl FnOnce(&FakeTelegram),
+    ) -> Rig {
+        let telegram = FakeTelegram::start().await;
+        prepare(&telegram);
+        let provider = FakeProvider::start().await;
+        let mut options = GatewayOptions::new(mode);
+        options.providers = vec![provider.base_url()];
+        customize(&mut options);
+        let gateway = Gateway::start(&options, &telegram.api_url());
+        let pid = gateway.pid();
+        Rig {
+            telegram,
+            provider,
+            gateway,
+            pid,
+        }
+    }
+
+    /// Sends `text` as [`USER`] in their private chat and returns the one reply.
+    pub async fn ask(&self, text: &str) -> SentMessage {
+        self.ask_in(USER, USER, text).await
+    }
+
+    pub async fn ask_in(&self, chat: i64, user: i64, text: &str) -> SentMessage {
+        let before = self.telegram.sent_to(chat).len();
+        self.telegram.send_text(chat, user, text);
+        let sent = self
+            .telegram
+            .wait_for_chat_messages(chat, before + 1, PATIENCE)
+            .await;
+        match sent.get(before) {
+            Some(reply) => reply.clone(),
+            None => panic!(
+                "no reply to {text:?} in chat {chat} within {PATIENCE:?}\n--- gateway log ---\n{}",
+                self.gateway.log()
+            ),
+        }
+    }
+
+    /// Asserts the gateway is still the same process and a healthy message is answered.
+    pub async fn assert_still_serving(&mut self) {
+        self.gateway.assert_running(self.pid);
+        let reply = self.ask("are you still there?").await;
+        assert!(
+            reply.text.contains("are you still there?"),
+            "unexpected reply after the fault: {:?}\n{}",
+            reply.text,
+            self.gateway.log()
+        );
+        self.gateway.assert_running(self.pid);
+    }
+}

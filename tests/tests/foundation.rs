@@ -1,0 +1,372 @@
+//! The foundation's acceptance tests: the real `hermes-gateway` and `hermes-worker`
+//! binaries against a fake Telegram Bot API server and a fake OpenAI-compatible provider on
+//! 127.0.0.1, every scenario in both worker modes.
+//!
+//! Each test is an incident the gateway exists to survive; each asserts that the chat got
+//! one reply of the right kind, that the gateway is still the same process, that the next
+//! message is answered, and that no process of a failed worker is left anywhere.
+
+use std::time::Duration;
+
+use hermes_protocol::config::WorkerMode;
+use hermes_tests::fake_provider::{ProviderReply, SEED_402_BODY};
+use hermes_tests::fake_telegram::PollFault;
+use hermes_tests::harness::{PATIENCE, Rig, USER, bad_worker, binaries, eventually};
+use nix::sys::signal::Signal;
+
+/// Declares each scenario `fn name(mode)` as two tests, `name::pool` and
+/// `name::per_request`.
+macro_rules! both_modes {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            use super::*;
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn pool() {
+                super::$name(WorkerMode::Pool).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn per_request() {
+                super::$name(WorkerMode::PerRequest).await
+            }
+        }
+    )*};
+}
+
+both_modes!(
+    text_from_allowed_user_is_answered,
+    provider_402_leaves_gateway_running,
+    provider_401_is_reported_as_a_key_problem,
+    provider_429_is_retried_after_retry_after,
+    provider_500_on_every_attempt_is_reported_unavailable,
+    provider_that_never_answers_times_out,
+    provider_body_that_is_not_json_is_reported,
+    worker_panic_leaves_gateway_running,
+    worker_abort_leaves_gateway_running,
+    worker_exit_1_leaves_gateway_running,
+    worker_hang_is_killed_at_the_deadline,
+    telegram_outage_at_start_up_is_survived,
+    telegram_outage_mid_run_is_survived,
+    stranger_reaches_no_provider_and_learns_their_id,
+    sigterm_exits_0_and_leaves_no_worker,
+    sigterm_with_a_job_in_flight_tells_the_chat,
+    check_config_names_every_problem,
+);
+
+async fn text_from_allowed_user_is_answered(mode: WorkerMode) {
+    let mut rig = Rig::start(mode, |_| {}).await;
+    let reply = rig.ask("hello there").await;
+    assert_eq!(reply.text, "echo: hello there");
+    let requests = rig.provider.requests();
+    assert_eq!(requests.len(), 1);
+    assert_eq!(
+        requests[0].authorization.as_deref(),
+        Some("Bearer sk-test-key")
+    );
+    assert_eq!(requests[0].body["model"], "model-0");
+    assert_eq!(requests[0].body["messages"][0]["content"], "hello there");
+    rig.gateway.assert_running(rig.pid);
+}
+
+/// The seed incident: a provider's 402 must fail one request, not the service.
+async fn provider_402_leaves_gateway_running(mode: WorkerMode) {
+    let mut rig = Rig::start(mode, |_| {}).await;
+    rig.provider.push(ProviderReply::status(402, SEED_402_BODY));
+    let reply = rig.ask("what is the weather?").await;
+    assert!(reply.text.contains("quota or balance"), "{}", reply.text);
+    assert_eq!(rig.provider.request_count(), 1, "a 402 must not be retried");
+    rig.assert_still_serving().await;
+    assert_no_stray_processes(&rig).await;
+}
+
+async fn provider_401_is_reported_as_a_key_problem(mode: WorkerMode) {
+    let mut rig = Rig::start(mode, |_| {}).await;
+    rig.provider.push(ProviderReply::status(
+        401,
+        r#"{"error":{"message":"Incorrect API key provided","type":"invalid_request_error","code":"invalid_api_key"}}"#,
+    ));
+    let reply = rig.ask("hi").await;
+    assert!(reply.text.contains("API key"), "{}", reply.text);
+    assert_eq!(rig.provider.request_count(), 1, "a 401 must not be retried");
+    rig.assert_still_serving().await;
+}
+
+async fn provider_429_is_retried_after_retry_after(mode: WorkerMode) {
+    let mut rig = Rig::start(mode, |_| {}).await;
+    rig.provider.push(ProviderReply::Status {
+        status: 429,
+        headers: vec![("Retry-After".into(), "1".into())],
+        body: r#"{"error":{"message":"Rate limit reached","type":"requests","code":"rate_limit_exceeded"}}"#.into(),
+    });
+    let reply = rig.ask("patience").await;
+    assert_eq!(reply.text, "echo: patience");
+    let requests = rig.provider.requests();
+    assert_eq!(requests.len(), 2);
+    let gap = requests[1].at.duration_since(requests[0].at);
+    assert!(
+        gap >= Duration::from_secs(1),
+        "retried after {gap:?}, before Retry-After"
+    );
+    rig.gateway.assert_running(rig.pid);
+}
+
+async fn provider_500_on_every_attempt_is_reported_unavailable(mode: WorkerMode) {
+    let mut rig = Rig::start(mode, |o| o.max_retries = 2).await;
+    rig.provider.push_n(
+        ProviderReply::status(500, r#"{"error":{"message":"internal"}}"#),
+        3,
+    );
+    let reply = rig.ask("hi").await;
+    assert!(reply.text.contains("unavailable"), "{}", reply.text);
+    assert_eq!(rig.provider.request_count(), 3, "1 attempt + 2 retries");
+    rig.assert_still_serving().await;
+}
+
+async fn provider_that_never_answers_times_out(mode: WorkerMode) {
+    let mut rig = Rig::start(mode, |o| o.job_timeout_secs = 2).await;
+    rig.provider.push(ProviderReply::Hang);
+    let reply = rig.ask("anyone?").await;
+    assert!(reply.text.contains("took too long"), "{}", reply.text);
+    rig.assert_still_serving().await;
+    assert_no_stray_processes(&rig).await;
+}
+
+async fn provider_body_that_is_not_json_is_reported(mode: WorkerMode) {
+    let mut rig = Rig::start(mode, |_| {}).await;
+    // Retried once as a protocol error, so both attempts get garbage.
+    rig.provider
+        .push_n(ProviderReply::RawBody("<<this is not json>>".into()), 2);
+    let reply = rig.ask("hi").await;
+    assert!(reply.text.contains("couldn't read"), "{}", reply.text);
+    rig.assert_still_serving().await;
+}
+
+async fn worker_fault(mode: WorkerMode, message: &str, expected: &str) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let worker = bad_worker(dir.path(), "bad-worker");
+    let mut rig = Rig::start(mode, |o| {
+        o.worker_command = Some(worker);
+        o.job_timeout_secs = 2;
+    })
+    .await;
+    let reply = rig.ask(message).await;
+    assert!(reply.text.contains(expected), "{message}: {}", reply.text);
+    assert_eq!(rig.telegram.sent_to(USER).len(), 1, "exactly one reply");
+    assert_no_stray_processes(&rig).await;
+    rig.gateway.assert_running(rig.pid);
+    // The bad worker answers anything else with "ok: …".
+    let next = rig.ask("and now?").await;
+    assert_eq!(next.text, "ok: and now?");
+    rig.gateway.assert_running(rig.pid);
+}
+
+async fn worker_panic_leaves_gateway_running(mode: WorkerMode) {
+    worker_fault(mode, "panic", "crashed").await;
+}
+
+async fn worker_abort_leaves_gateway_running(mode: WorkerMode) {
+    worker_fault(mode, "abort", "crashed").await;
+}
+
+async fn worker_exit_1_leaves_gateway_running(mode: WorkerMode) {
+    worker_fault(mode, "exit 1", "crashed").await;
+}
+
+async fn worker_hang_is_killed_at_the_deadline(mode: WorkerMode) {
+    worker_fault(mode, "hang", "took too long").await;
+}
+
+async fn telegram_outage_at_start_up_is_survived(mode: WorkerMode) {
+    let mut rig = Rig::start_with(
+        mode,
+        |_| {},
+        |telegram| {
+            for _ in 0..3 {
+                telegram.fail_get_updates(PollFault::bad_gateway_html());
+            }
+        },
+    )
+    .await;
+    assert!(
+        rig.telegram.wait_for_polls(3, PATIENCE).await,
+        "no polls\n{}",
+        rig.gateway.log()
+    );
+    rig.telegram.refuse_connections().await;
+    let failures_before = count(&rig.gateway.log(), "getUpdates failed");
+    assert!(
+        eventually(PATIENCE, || count(&rig.gateway.log(), "getUpdates failed")
+            >= failures_before + 3)
+        .await,
+        "the gateway stopped retrying\n{}",
+        rig.gateway.log()
+    );
+    rig.gateway.assert_running(rig.pid);
+    rig.telegram.accept_connections().await;
+    rig.assert_still_serving().await;
+}
+
+async fn telegram_outage_mid_run_is_survived(mode: WorkerMode) {
+    let mut rig = Rig::start(mode, |_| {}).await;
+    assert_eq!(rig.ask("before").await.text, "echo: before");
+    let polls = rig.telegram.get_updates_log().len();
+    for _ in 0..3 {
+        rig.telegram.fail_get_updates(PollFault::bad_gateway_html());
+    }
+    // Ends the long poll in progress, so the next polls meet the faults.
+    rig.telegram.send_text(USER, USER, "during");
+    assert!(rig.telegram.wait_for_polls(polls + 4, PATIENCE).await);
+    rig.telegram.refuse_connections().await;
+    let failures_before = count(&rig.gateway.log(), "getUpdates failed");
+    assert!(
+        eventually(PATIENCE, || count(&rig.gateway.log(), "getUpdates failed")
+            >= failures_before + 3)
+        .await,
+        "the gateway stopped retrying\n{}",
+        rig.gateway.log()
+    );
+    rig.gateway.assert_running(rig.pid);
+    rig.telegram.accept_connections().await;
+    let replies = rig.telegram.wait_for_chat_messages(USER, 2, PATIENCE).await;
+    assert_eq!(
+        replies.get(1).map(|m| m.text.as_str()),
+        Some("echo: during")
+    );
+    rig.assert_still_serving().await;
+}
+
+async fn stranger_reaches_no_provider_and_learns_their_id(mode: WorkerMode) {
+    let mut rig = Rig::start(mode, |_| {}).await;
+    let stranger = 777_000_123;
+    let reply = rig.ask_in(stranger, stranger, "let me in").await;
+    assert!(reply.text.contains("777000123"), "{}", reply.text);
+    assert_eq!(rig.provider.request_count(), 0);
+    assert!(
+        !rig.gateway.log().contains("answered"),
+        "a job ran for the stranger"
+    );
+    rig.assert_still_serving().await;
+}
+
+async fn sigterm_exits_0_and_leaves_no_worker(mode: WorkerMode) {
+    let mut rig = Rig::start(mode, |_| {}).await;
+    rig.ask("warm up").await;
+    let socket = rig.gateway.socket_path();
+    rig.gateway.signal(Signal::SIGTERM);
+    let status = rig.gateway.wait_exit(Duration::from_secs(10)).await;
+    let status =
+        status.unwrap_or_else(|| panic!("still running 10 s after SIGTERM\n{}", rig.gateway.log()));
+    assert_eq!(status.code(), Some(0), "{}", rig.gateway.log());
+    assert!(
+        eventually(Duration::from_secs(5), || hermes_tests::procs::with_env(
+            "HERMES_WORKER_SOCKET",
+            &socket
+        )
+        .is_empty())
+        .await,
+        "worker processes left after the gateway exited"
+    );
+}
+
+async fn sigterm_with_a_job_in_flight_tells_the_chat(mode: WorkerMode) {
+    let mut rig = Rig::start(mode, |o| o.job_timeout_secs = 120).await;
+    rig.provider.push(ProviderReply::Hang);
+    rig.telegram.send_text(USER, USER, "slow question");
+    assert!(rig.provider.wait_for_requests(1, PATIENCE).await);
+    let socket = rig.gateway.socket_path();
+    rig.gateway.signal(Signal::SIGTERM);
+    let status = rig.gateway.wait_exit(Duration::from_secs(10)).await;
+    assert_eq!(
+        status.and_then(|s| s.code()),
+        Some(0),
+        "{}",
+        rig.gateway.log()
+    );
+    let sent = rig.telegram.sent_to(USER);
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    assert!(sent[0].text.contains("restarting"), "{}", sent[0].text);
+    assert!(
+        eventually(Duration::from_secs(5), || hermes_tests::procs::with_env(
+            "HERMES_WORKER_SOCKET",
+            &socket
+        )
+        .is_empty())
+        .await,
+        "worker processes left after the gateway exited"
+    );
+}
+
+async fn check_config_names_every_problem(mode: WorkerMode) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("bad.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[telegram]\ntoken_env = \"X\"\nallowed_userz = [1]\n\n[workers]\nmode = \"{}\"\npool_size = \"four\"\n",
+            mode.as_str()
+        ),
+    )
+    .expect("write");
+    let output = std::process::Command::new(&binaries().gateway)
+        .args(["check-config", "--config"])
+        .arg(&path)
+        .output()
+        .expect("run check-config");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(78), "{stderr}");
+    assert!(
+        stderr.contains("line 3: telegram.allowed_userz: unknown key"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("line 7: workers.pool_size"), "{stderr}");
+    assert!(stderr.contains("providers: missing"), "{stderr}");
+
+    let good = dir.path().join("good.toml");
+    std::fs::write(
+        &good,
+        format!(
+            "[telegram]\ntoken_env = \"HERMES_TEST_TOKEN\"\nallowed_users = [1]\n\n[[providers]]\nname = \"main\"\nbase_url = \"http://127.0.0.1:9/v1\"\nmodel = \"m\"\n\n[workers]\nmode = \"{}\"\ncommand = \"{}\"\n",
+            mode.as_str(),
+            binaries().worker.display()
+        ),
+    )
+    .expect("write");
+    let output = std::process::Command::new(&binaries().gateway)
+        .args(["check-config", "--config"])
+        .arg(&good)
+        .env("HERMES_TEST_TOKEN", "123:abc")
+        .output()
+        .expect("run check-config");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains("configuration OK"), "{stdout}");
+    assert!(stdout.contains(mode.as_str()), "{stdout}");
+}
+
+fn count(haystack: &str, needle: &str) -> usize {
+    haystack.matches(needle).count()
+}
+
+/// No process that ever belonged to this gateway's workers is alive except the workers it
+/// currently runs: every process carrying the gateway's worker socket in its environment
+/// (workers and anything they spawned, even orphans reparented elsewhere) is a direct,
+/// live child of the gateway.
+async fn assert_no_stray_processes(rig: &Rig) {
+    let socket = rig.gateway.socket_path();
+    let pid = rig.pid;
+    let clean = eventually(Duration::from_secs(5), || {
+        hermes_tests::procs::with_env("HERMES_WORKER_SOCKET", &socket)
+            .iter()
+            .all(|p| p.ppid == pid)
+    })
+    .await;
+    assert!(
+        clean,
+        "stray worker processes: {:?}",
+        hermes_tests::procs::with_env("HERMES_WORKER_SOCKET", &socket)
+    );
+}
