@@ -125,6 +125,8 @@ pub struct GatewayOptions {
     pub poll_timeout_secs: u32,
     /// Appended to the file verbatim.
     pub extra_toml: String,
+    /// Extra environment of the gateway process.
+    pub env: Vec<(String, String)>,
 }
 
 impl GatewayOptions {
@@ -139,6 +141,7 @@ impl GatewayOptions {
             max_retries: 2,
             poll_timeout_secs: 5,
             extra_toml: String::new(),
+            env: Vec::new(),
         }
     }
 
@@ -206,6 +209,7 @@ impl Gateway {
             .env_remove("RUNTIME_DIRECTORY")
             .env_remove("STATE_DIRECTORY")
             .env_remove("NOTIFY_SOCKET")
+            .envs(options.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)

@@ -23,9 +23,13 @@ use tokio_util::sync::CancellationToken;
 /// A worker that has not sent its first frame by then is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Where the outcome of a worker's authentication goes: its connection, or why it was
+/// refused (so the supervisor gives up on it at once instead of waiting for a timeout).
+pub type Connected = Result<Stream, String>;
+
 struct Pending {
     pid: u32,
-    connected: tokio::sync::oneshot::Sender<Stream>,
+    connected: tokio::sync::oneshot::Sender<Connected>,
 }
 
 /// Tokens handed out and not yet used, shared by the accept loop and the supervisor.
@@ -36,7 +40,7 @@ impl PendingWorkers {
     /// Registers a token just issued to the worker `pid`; the receiver gets its connection
     /// once it proves itself. Call right after spawning, before any `.await`, so the entry
     /// exists before the worker can possibly have connected.
-    pub fn expect(&self, token: &str, pid: u32) -> tokio::sync::oneshot::Receiver<Stream> {
+    pub fn expect(&self, token: &str, pid: u32) -> tokio::sync::oneshot::Receiver<Connected> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.lock()
             .insert(token.to_string(), Pending { pid, connected: tx });
@@ -54,6 +58,19 @@ impl PendingWorkers {
         self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// A worker the gateway started failed to authenticate: tell whoever waits for it.
+    fn refuse_pid(&self, pid: Option<u32>, reason: &str) {
+        let Some(pid) = pid else { return };
+        let mut pending = self.lock();
+        let token = pending
+            .iter()
+            .find(|(_, p)| p.pid == pid)
+            .map(|(token, _)| token.clone());
+        if let Some(entry) = token.and_then(|t| pending.remove(&t)) {
+            let _ = entry.connected.send(Err(reason.to_string()));
+        }
+    }
+
     /// Checks a claimed identity and, when it holds, removes the token and returns where
     /// to deliver the connection. A failed check leaves the token for its rightful owner.
     fn claim(
@@ -62,7 +79,7 @@ impl PendingWorkers {
         claimed_pid: u32,
         peer_pid: Option<u32>,
         peer_uid_ok: bool,
-    ) -> Result<tokio::sync::oneshot::Sender<Stream>, String> {
+    ) -> Result<tokio::sync::oneshot::Sender<Connected>, String> {
         let mut pending = self.lock();
         let Some(entry) = pending.get(token) else {
             return Err("unknown or already used token".into());
@@ -154,7 +171,7 @@ async fn authenticate(mut stream: Stream, pending: &PendingWorkers) -> Result<()
                 .await
                 .map_err(|e| format!("welcome: {e}"))?;
             deliver
-                .send(stream)
+                .send(Ok(stream))
                 .map_err(|_| "the supervisor stopped waiting for this worker".to_string())
         }
         Err(reason) => {
@@ -165,6 +182,7 @@ async fn authenticate(mut stream: Stream, pending: &PendingWorkers) -> Result<()
                 },
             )
             .await;
+            pending.refuse_pid(peer_pid, "authentication failed");
             Err(reason)
         }
     }
@@ -184,5 +202,15 @@ mod tests {
         assert!(pending.claim("t", 42, Some(42), false).is_err());
         assert!(pending.claim("t", 42, Some(42), true).is_ok());
         assert!(pending.claim("t", 42, Some(42), true).is_err());
+    }
+
+    #[test]
+    fn a_refused_worker_is_reported_to_its_waiter() {
+        let pending = PendingWorkers::default();
+        let mut rx = pending.expect("t", 42);
+        pending.refuse_pid(Some(7), "not ours");
+        assert!(rx.try_recv().is_err(), "another pid must not affect this worker");
+        pending.refuse_pid(Some(42), "bad token");
+        assert!(matches!(rx.try_recv(), Ok(Err(reason)) if reason == "bad token"));
     }
 }

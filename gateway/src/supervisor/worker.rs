@@ -40,6 +40,8 @@ pub enum StartError {
     DiedBeforeConnecting { pid: u32, cause: CrashCause },
     #[error("worker {pid} did not connect within {CONNECT_TIMEOUT:?}")]
     NeverConnected { pid: u32 },
+    #[error("worker {pid} was refused: {reason}")]
+    Refused { pid: u32, reason: String },
     #[error("stopping")]
     Stopping,
 }
@@ -87,7 +89,14 @@ impl Worker {
             tokio::spawn(stderr_log::pump(stderr, pid));
         }
         let outcome = tokio::select! {
-            stream = connected => stream.ok(),
+            connected = connected => match connected {
+                Ok(Ok(stream)) => Some(stream),
+                Ok(Err(reason)) => {
+                    process::kill(&mut child).await;
+                    return Err(StartError::Refused { pid, reason });
+                }
+                Err(_) => None,
+            },
             status = child.wait() => {
                 pending.forget(token.expose());
                 let cause = process::crash_cause(status.ok());
