@@ -13,13 +13,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use hermes_protocol::{ChatMessage, Job, JobId, Outcome, ProviderPlan, Role};
+use hermes_protocol::{ChatMessage, Event, Failure, Job, JobId, Outcome, ProviderPlan, Role};
 use teloxide_core::types::{Update, UpdateKind};
 use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TrySendError;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::circuit::Circuits;
 use crate::replies;
 use crate::supervisor::Supervisor;
 use crate::telegram::sender::Sender;
@@ -32,6 +33,7 @@ const TYPING_EVERY: Duration = Duration::from_secs(4);
 /// What the chats need to build and run a job.
 pub struct JobContext {
     pub supervisor: Supervisor,
+    pub circuits: Circuits,
     pub sender: Sender,
     pub providers: Vec<ProviderPlan>,
     pub system_prompt: Option<String>,
@@ -206,18 +208,55 @@ impl ChatRouter {
             messages.push(ChatMessage::new(Role::System, prompt.clone()));
         }
         messages.push(ChatMessage::new(Role::User, incoming.text));
+        let started = Instant::now();
+        let plan = ctx.circuits.plan(&ctx.providers, started);
+        if plan.providers.is_empty() {
+            let (provider, remaining) = plan.first_skipped.clone().unwrap_or_default();
+            let failure = Failure::QuotaExhausted {
+                provider,
+                detail: format!(
+                    "quota circuit open for {} s more; no request sent",
+                    remaining.as_secs()
+                ),
+            };
+            tracing::warn!(job = %id, chat, user = incoming.user_id, class = %failure.class(), "failed: {failure}");
+            ctx.sender
+                .send_text(chat, &replies::failure_text(&failure))
+                .await;
+            return;
+        }
         let job = Job {
             id,
             chat_id: chat,
             messages,
-            providers: ctx.providers.clone(),
+            providers: plan.providers.clone(),
             timeout_ms: u64::try_from(ctx.job_timeout.as_millis()).unwrap_or(u64::MAX),
         };
-        let started = Instant::now();
-        let outcome = tokio::select! {
-            outcome = ctx.supervisor.run(job, None) => outcome,
-            never = keep_typing(&ctx.sender, chat) => match never {},
+        let (events_tx, mut events_rx) = mpsc::unbounded_channel();
+        let run = ctx.supervisor.run(job, Some(events_tx));
+        tokio::pin!(run);
+        let typing = keep_typing(&ctx.sender, chat);
+        tokio::pin!(typing);
+        // Only fallbacks matter once the job is over; keep those, let the rest go.
+        let mut fallbacks = Vec::new();
+        let outcome = loop {
+            tokio::select! {
+                outcome = &mut run => break outcome,
+                Some(event) = events_rx.recv() => {
+                    if matches!(event, Event::FellBack { .. }) {
+                        fallbacks.push(event);
+                    }
+                }
+                never = &mut typing => match never {},
+            }
         };
+        while let Ok(event) = events_rx.try_recv() {
+            if matches!(event, Event::FellBack { .. }) {
+                fallbacks.push(event);
+            }
+        }
+        ctx.circuits
+            .settle(&plan, &fallbacks, &outcome, Instant::now());
         let elapsed_ms = started.elapsed().as_millis();
         let text = match outcome {
             Outcome::Reply(reply) => {

@@ -10,12 +10,14 @@
 //! - [`telegram`]: the `getUpdates` loop, sending and splitting messages;
 //! - [`chats`]: one task per chat, from update to reply;
 //! - [`supervisor`]: starting, authenticating, watching and killing workers;
+//! - [`circuit`]: skipping a provider whose quota is exhausted, for a cool-down;
 //! - [`replies`]: what the user reads for each failure class;
 //! - [`setup`], [`check_config`]: judging a configuration against this machine;
 //! - [`backoff`]: the retry schedule everything shares.
 
 mod backoff;
 mod chats;
+mod circuit;
 mod check_config;
 mod replies;
 mod run;

@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::chats::{ChatRouter, JobContext};
+use crate::circuit::Circuits;
 use crate::setup::{self, Setup};
 use crate::supervisor::{Shutdown, Supervisor, SupervisorConfig};
 use crate::telegram::{self, poller, sender::Sender};
@@ -112,6 +113,9 @@ async fn serve(config: Config, setup: Setup) -> i32 {
     let router = ChatRouter::new(
         JobContext {
             supervisor,
+            circuits: Circuits::new(config.providers.iter().map(|p| {
+                (p.name.clone(), Duration::from_secs(p.quota_cooldown_secs))
+            })),
             sender: Sender::new(bot.clone()),
             providers: setup.providers.clone(),
             system_prompt: config.agent.system_prompt.clone(),

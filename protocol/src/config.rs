@@ -60,6 +60,9 @@ pub struct ProviderConfig {
     pub api_key: Option<SecretSource>,
     pub request_timeout_secs: u64,
     pub max_retries: u32,
+    /// After this provider answers "quota exhausted", jobs skip it this long, then one job
+    /// probes it again.
+    pub quota_cooldown_secs: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -604,6 +607,7 @@ impl Doc<'_> {
             let api_key = self.secret(&mut s, "api_key_env", "api_key_file");
             let request_timeout_secs = s.take_in("request_timeout_secs", 60, 1..=3600, self);
             let max_retries = s.take_in("max_retries", 2, 0..=10, self);
+            let quota_cooldown_secs = s.take_in("quota_cooldown_secs", 600, 0..=86_400, self);
             if let Some(name) = &name {
                 if name.trim().is_empty() {
                     self.problems.push(Problem {
@@ -628,6 +632,7 @@ impl Doc<'_> {
                     api_key,
                     request_timeout_secs,
                     max_retries,
+                    quota_cooldown_secs,
                 });
             }
         }

@@ -1,0 +1,229 @@
+//! The quota circuit: once a provider says its quota or balance is exhausted, stop asking
+//! it for a while.
+//!
+//! An exhausted account does not recover in seconds, and every request sent to it is
+//! wasted time for the user (and, for some providers, makes the account's standing worse).
+//! So after a `QuotaExhausted` answer the provider is *open* for its
+//! `quota_cooldown_secs`: jobs skip it and go straight to the fallbacks, and when no
+//! provider is left the user gets the quota reply at once, with no worker and no request.
+//! After the cool-down exactly one job probes the provider again; its result closes the
+//! circuit or opens it for another cool-down.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use hermes_protocol::{Event, Failure, Outcome, ProviderPlan};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Open { until: Instant },
+    /// One job is trying the provider again after its cool-down.
+    Probing,
+}
+
+pub struct Circuits {
+    cooldowns: HashMap<String, Duration>,
+    state: Mutex<HashMap<String, State>>,
+}
+
+/// The providers one job may use, and which of them it probes.
+#[derive(Debug, Default)]
+pub struct Plan {
+    pub providers: Vec<ProviderPlan>,
+    probes: Vec<String>,
+    /// The first provider skipped because its circuit is open, with when it reopens.
+    pub first_skipped: Option<(String, Duration)>,
+}
+
+/// What a caller sees of one provider's circuit.
+#[cfg(test)]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum View {
+    Closed,
+    Open { remaining: Duration },
+    Probing,
+}
+
+impl Circuits {
+    pub fn new(cooldowns: impl IntoIterator<Item = (String, Duration)>) -> Self {
+        Circuits {
+            cooldowns: cooldowns.into_iter().collect(),
+            state: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, State>> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Chooses the providers for a job, in chain order, skipping open circuits.
+    pub fn plan(&self, all: &[ProviderPlan], now: Instant) -> Plan {
+        let mut state = self.lock();
+        let mut plan = Plan::default();
+        for provider in all {
+            match state.get(&provider.name).copied() {
+                None => plan.providers.push(provider.clone()),
+                Some(State::Open { until }) if now >= until => {
+                    state.insert(provider.name.clone(), State::Probing);
+                    plan.probes.push(provider.name.clone());
+                    plan.providers.push(provider.clone());
+                }
+                Some(State::Open { until }) => {
+                    plan.first_skipped
+                        .get_or_insert((provider.name.clone(), until - now));
+                }
+                Some(State::Probing) => {
+                    plan.first_skipped
+                        .get_or_insert((provider.name.clone(), Duration::ZERO));
+                }
+            }
+        }
+        plan
+    }
+
+    /// Records what a job learnt: every provider that answered "quota exhausted" (in a
+    /// fallback event or as the final failure) opens; every probe that did not, closes.
+    pub fn settle(&self, plan: &Plan, events: &[Event], outcome: &Outcome, now: Instant) {
+        let mut exhausted: Vec<&str> = events
+            .iter()
+            .filter_map(|e| match e {
+                Event::FellBack {
+                    from,
+                    failure: Failure::QuotaExhausted { .. },
+                } => Some(from.as_str()),
+                _ => None,
+            })
+            .collect();
+        if let Outcome::Failed(Failure::QuotaExhausted { provider, .. }) = outcome {
+            exhausted.push(provider);
+        }
+        let mut state = self.lock();
+        for name in &exhausted {
+            let cooldown = self.cooldowns.get(*name).copied().unwrap_or_default();
+            if cooldown.is_zero() {
+                continue;
+            }
+            tracing::warn!(
+                provider = name,
+                "provider quota exhausted; skipping it for {} s",
+                cooldown.as_secs()
+            );
+            state.insert(
+                name.to_string(),
+                State::Open {
+                    until: now + cooldown,
+                },
+            );
+        }
+        for probe in &plan.probes {
+            if !exhausted.contains(&probe.as_str()) && state.get(probe) == Some(&State::Probing) {
+                tracing::info!(provider = %probe, "provider probed after its quota cool-down; using it again");
+                state.remove(probe);
+            }
+        }
+    }
+
+    #[cfg(test)]
+    pub fn view(&self, provider: &str, now: Instant) -> View {
+        match self.lock().get(provider) {
+            None => View::Closed,
+            Some(State::Probing) => View::Probing,
+            Some(State::Open { until }) => View::Open {
+                remaining: until.saturating_duration_since(now),
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn provider(name: &str) -> ProviderPlan {
+        ProviderPlan {
+            name: name.into(),
+            base_url: "http://x".into(),
+            model: "m".into(),
+            api_key: None,
+            request_timeout_ms: 1000,
+            max_retries: 0,
+        }
+    }
+
+    fn quota(name: &str) -> Outcome {
+        Outcome::Failed(Failure::QuotaExhausted {
+            provider: name.into(),
+            detail: String::new(),
+        })
+    }
+
+    #[test]
+    fn quota_opens_the_circuit_until_the_cooldown_then_one_probe_passes() {
+        let c = Circuits::new([("a".to_string(), Duration::from_secs(600))]);
+        let all = [provider("a")];
+        let t0 = Instant::now();
+        let plan = c.plan(&all, t0);
+        assert_eq!(plan.providers.len(), 1);
+        c.settle(&plan, &[], &quota("a"), t0);
+
+        let during = c.plan(&all, t0 + Duration::from_secs(599));
+        assert!(during.providers.is_empty());
+        assert_eq!(during.first_skipped.as_ref().map(|s| s.0.as_str()), Some("a"));
+
+        let after = t0 + Duration::from_secs(600);
+        let probe = c.plan(&all, after);
+        assert_eq!(probe.providers.len(), 1, "one probe after the cool-down");
+        let second = c.plan(&all, after);
+        assert!(second.providers.is_empty(), "only one probe at a time");
+
+        c.settle(&probe, &[], &quota("a"), after);
+        assert!(matches!(c.view("a", after), View::Open { .. }));
+        let probe = c.plan(&all, after + Duration::from_secs(600));
+        c.settle(
+            &probe,
+            &[],
+            &Outcome::Failed(Failure::TimedOut { after_ms: 1 }),
+            after,
+        );
+        assert_eq!(c.view("a", after), View::Closed);
+    }
+
+    #[test]
+    fn a_fallback_event_opens_the_primary_and_the_chain_continues() {
+        let c = Circuits::new([
+            ("a".to_string(), Duration::from_secs(60)),
+            ("b".to_string(), Duration::from_secs(60)),
+        ]);
+        let all = [provider("a"), provider("b")];
+        let t0 = Instant::now();
+        let plan = c.plan(&all, t0);
+        let events = [Event::FellBack {
+            from: "a".into(),
+            failure: Failure::QuotaExhausted {
+                provider: "a".into(),
+                detail: String::new(),
+            },
+        }];
+        let reply = Outcome::Reply(hermes_protocol::Reply {
+            text: "hi".into(),
+            provider: "b".into(),
+            model: "m".into(),
+        });
+        c.settle(&plan, &events, &reply, t0);
+        let next = c.plan(&all, t0);
+        assert_eq!(
+            next.providers.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(),
+            ["b"]
+        );
+    }
+
+    #[test]
+    fn zero_cooldown_never_opens() {
+        let c = Circuits::new([("a".to_string(), Duration::ZERO)]);
+        let t0 = Instant::now();
+        let plan = c.plan(&[provider("a")], t0);
+        c.settle(&plan, &[], &quota("a"), t0);
+        assert_eq!(c.view("a", t0), View::Closed);
+    }
+}
