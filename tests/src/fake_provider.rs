@@ -129,6 +129,9 @@ struct State {
 #[derive(Default)]
 struct Inner {
     script: VecDeque<ProviderReply>,
+    /// Replies for requests whose last user message is the key, used before `script`:
+    /// lets tests with many concurrent chats script each message's fate.
+    by_message: std::collections::HashMap<String, VecDeque<ProviderReply>>,
     requests: Vec<ProviderRequest>,
 }
 
@@ -168,6 +171,15 @@ impl FakeProvider {
     pub fn push_n(&self, reply: ProviderReply, n: usize) {
         let mut g = self.state.lock();
         g.script.extend(std::iter::repeat_n(reply, n));
+    }
+
+    /// Queues `reply` for the next request whose last user message is exactly `message`.
+    pub fn push_for(&self, message: &str, reply: ProviderReply) {
+        let mut g = self.state.lock();
+        g.by_message
+            .entry(message.to_string())
+            .or_default()
+            .push_back(reply);
     }
 
     /// Scripted answers not consumed yet.
@@ -237,7 +249,10 @@ impl State {
                 body: body.clone(),
             });
             if is_chat && body.is_object() {
-                g.script.pop_front()
+                let keyed = last_user_text(&body)
+                    .and_then(|text| g.by_message.get_mut(&text))
+                    .and_then(VecDeque::pop_front);
+                keyed.or_else(|| g.script.pop_front())
             } else {
                 None
             }

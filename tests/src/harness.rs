@@ -46,6 +46,17 @@ pub fn binaries() -> &'static Binaries {
         if !cfg!(debug_assertions) {
             build.arg("--release");
         }
+        // Cargo runs tests with its package variables set (CARGO_PKG_NAME, …); passed on,
+        // they would make build scripts that watch them rebuild everything each time.
+        for (name, _) in std::env::vars_os() {
+            let keep = ["CARGO_HOME", "CARGO_TARGET_DIR", "CARGO_BUILD_JOBS"];
+            if let Some(name) = name.to_str()
+                && name.starts_with("CARGO_")
+                && !keep.contains(&name)
+            {
+                build.env_remove(name);
+            }
+        }
         let status = build
             .current_dir(workspace_dir())
             .status()
@@ -127,6 +138,10 @@ pub struct GatewayOptions {
     pub extra_toml: String,
     /// Extra environment of the gateway process.
     pub env: Vec<(String, String)>,
+    /// `workers.memory_limit_mb`, when not the default.
+    pub memory_limit_mb: Option<u64>,
+    /// `quota_cooldown_secs` of every provider, when not the default.
+    pub quota_cooldown_secs: Option<u64>,
 }
 
 impl GatewayOptions {
@@ -142,6 +157,8 @@ impl GatewayOptions {
             poll_timeout_secs: 5,
             extra_toml: String::new(),
             env: Vec::new(),
+            memory_limit_mb: None,
+            quota_cooldown_secs: None,
         }
     }
 
@@ -157,6 +174,9 @@ impl GatewayOptions {
                  api_key_env = \"HERMES_TEST_PROVIDER_KEY\"\nmax_retries = {}\nrequest_timeout_secs = 60\n\n",
                 self.max_retries
             ));
+            if let Some(secs) = self.quota_cooldown_secs {
+                toml.push_str(&format!("quota_cooldown_secs = {secs}\n\n"));
+            }
         }
         toml.push_str(&format!(
             "[workers]\nmode = \"{}\"\npool_size = {}\njob_timeout_secs = {}\nkill_grace_secs = 1\nshutdown_drain_secs = 2\n",
@@ -164,6 +184,9 @@ impl GatewayOptions {
             self.pool_size,
             self.job_timeout_secs
         ));
+        if let Some(mb) = self.memory_limit_mb {
+            toml.push_str(&format!("memory_limit_mb = {mb}\n"));
+        }
         if let Some(cmd) = &self.worker_command {
             toml.push_str(&format!("command = \"{}\"\n", cmd.display()));
         }
@@ -382,6 +405,14 @@ impl Rig {
         }
     }
 
+    /// Like [`Rig::assert_still_serving`], for a gateway whose workers are `bad-worker`.
+    pub async fn assert_still_answering_as_bad_worker(&mut self) {
+        self.gateway.assert_running(self.pid);
+        let reply = self.ask("still there?").await;
+        assert_eq!(reply.text, "ok: still there?", "{}", self.gateway.log());
+        self.gateway.assert_running(self.pid);
+    }
+
     /// Asserts the gateway is still the same process and a healthy message is answered.
     pub async fn assert_still_serving(&mut self) {
         self.gateway.assert_running(self.pid);
@@ -393,5 +424,65 @@ impl Rig {
             self.gateway.log()
         );
         self.gateway.assert_running(self.pid);
+    }
+}
+
+/// Sends `message` to a gateway whose workers are the misbehaving `bad-worker`, and checks
+/// that the fault was contained: one reply containing `expected`, no process of the worker
+/// left anywhere, the same gateway still running, and the next message answered.
+pub async fn fault_in_bad_worker(mode: WorkerMode, message: &str, expected: &str) -> Rig {
+    fault_in_bad_worker_with(mode, message, expected, |_| {}).await
+}
+
+pub async fn fault_in_bad_worker_with(
+    mode: WorkerMode,
+    message: &str,
+    expected: &str,
+    customize: impl FnOnce(&mut GatewayOptions),
+) -> Rig {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+    let worker = bad_worker(dir.path(), "bad-worker");
+    let mut rig = Rig::start(mode, |o| {
+        o.worker_command = Some(worker);
+        o.job_timeout_secs = 2;
+        customize(o);
+    })
+    .await;
+    let reply = rig.ask(message).await;
+    assert!(
+        reply.text.contains(expected),
+        "{message}: {}\n{}",
+        reply.text,
+        rig.gateway.log()
+    );
+    assert_eq!(rig.telegram.sent_to(USER).len(), 1, "exactly one reply");
+    rig.assert_no_stray_processes().await;
+    rig.gateway.assert_running(rig.pid);
+    // The bad worker answers anything else with "ok: …".
+    let next = rig.ask("and now?").await;
+    assert_eq!(next.text, "ok: and now?", "{}", rig.gateway.log());
+    rig.gateway.assert_running(rig.pid);
+    rig
+}
+
+impl Rig {
+    /// No process that ever belonged to this gateway's workers is alive except the workers
+    /// it currently runs: every process carrying the gateway's worker socket in its
+    /// environment (workers and anything they spawned, even orphans reparented elsewhere)
+    /// is a direct child of the gateway.
+    pub async fn assert_no_stray_processes(&self) {
+        let socket = self.gateway.socket_path();
+        let pid = self.pid;
+        let clean = eventually(Duration::from_secs(5), || {
+            procs::with_env("HERMES_WORKER_SOCKET", &socket)
+                .iter()
+                .all(|p| p.ppid == pid)
+        })
+        .await;
+        assert!(
+            clean,
+            "stray worker processes: {:?}",
+            procs::with_env("HERMES_WORKER_SOCKET", &socket)
+        );
     }
 }

@@ -11,7 +11,9 @@ use std::time::Duration;
 use hermes_protocol::config::WorkerMode;
 use hermes_tests::fake_provider::{ProviderReply, SEED_402_BODY};
 use hermes_tests::fake_telegram::PollFault;
-use hermes_tests::harness::{PATIENCE, Rig, USER, bad_worker, binaries, eventually};
+use hermes_tests::harness::{
+    PATIENCE, Rig, USER, bad_worker, binaries, eventually, fault_in_bad_worker,
+};
 use nix::sys::signal::Signal;
 
 /// Declares each scenario `fn name(mode)` as two tests, `name::pool` and
@@ -80,7 +82,7 @@ async fn provider_402_leaves_gateway_running(mode: WorkerMode) {
     assert!(reply.text.contains("quota or balance"), "{}", reply.text);
     assert_eq!(rig.provider.request_count(), 1, "a 402 must not be retried");
     rig.assert_still_serving().await;
-    assert_no_stray_processes(&rig).await;
+    rig.assert_no_stray_processes().await;
 }
 
 async fn provider_401_is_reported_as_a_key_problem(mode: WorkerMode) {
@@ -132,7 +134,7 @@ async fn provider_that_never_answers_times_out(mode: WorkerMode) {
     let reply = rig.ask("anyone?").await;
     assert!(reply.text.contains("took too long"), "{}", reply.text);
     rig.assert_still_serving().await;
-    assert_no_stray_processes(&rig).await;
+    rig.assert_no_stray_processes().await;
 }
 
 async fn provider_body_that_is_not_json_is_reported(mode: WorkerMode) {
@@ -145,39 +147,20 @@ async fn provider_body_that_is_not_json_is_reported(mode: WorkerMode) {
     rig.assert_still_serving().await;
 }
 
-async fn worker_fault(mode: WorkerMode, message: &str, expected: &str) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let worker = bad_worker(dir.path(), "bad-worker");
-    let mut rig = Rig::start(mode, |o| {
-        o.worker_command = Some(worker);
-        o.job_timeout_secs = 2;
-    })
-    .await;
-    let reply = rig.ask(message).await;
-    assert!(reply.text.contains(expected), "{message}: {}", reply.text);
-    assert_eq!(rig.telegram.sent_to(USER).len(), 1, "exactly one reply");
-    assert_no_stray_processes(&rig).await;
-    rig.gateway.assert_running(rig.pid);
-    // The bad worker answers anything else with "ok: …".
-    let next = rig.ask("and now?").await;
-    assert_eq!(next.text, "ok: and now?");
-    rig.gateway.assert_running(rig.pid);
-}
-
 async fn worker_panic_leaves_gateway_running(mode: WorkerMode) {
-    worker_fault(mode, "panic", "crashed").await;
+    fault_in_bad_worker(mode, "panic", "crashed").await;
 }
 
 async fn worker_abort_leaves_gateway_running(mode: WorkerMode) {
-    worker_fault(mode, "abort", "crashed").await;
+    fault_in_bad_worker(mode, "abort", "crashed").await;
 }
 
 async fn worker_exit_1_leaves_gateway_running(mode: WorkerMode) {
-    worker_fault(mode, "exit 1", "crashed").await;
+    fault_in_bad_worker(mode, "exit 1", "crashed").await;
 }
 
 async fn worker_hang_is_killed_at_the_deadline(mode: WorkerMode) {
-    worker_fault(mode, "hang", "took too long").await;
+    fault_in_bad_worker(mode, "hang", "took too long").await;
 }
 
 async fn telegram_outage_at_start_up_is_survived(mode: WorkerMode) {
@@ -398,7 +381,7 @@ async fn worker_with_a_wrong_token_is_refused(mode: WorkerMode) {
     let log = rig.gateway.log();
     assert!(log.contains("worker connection refused"), "{log}");
     assert_eq!(rig.provider.request_count(), 0);
-    assert_no_stray_processes(&rig).await;
+    rig.assert_no_stray_processes().await;
     rig.gateway.assert_running(rig.pid);
 }
 
@@ -473,22 +456,3 @@ fn count(haystack: &str, needle: &str) -> usize {
     haystack.matches(needle).count()
 }
 
-/// No process that ever belonged to this gateway's workers is alive except the workers it
-/// currently runs: every process carrying the gateway's worker socket in its environment
-/// (workers and anything they spawned, even orphans reparented elsewhere) is a direct,
-/// live child of the gateway.
-async fn assert_no_stray_processes(rig: &Rig) {
-    let socket = rig.gateway.socket_path();
-    let pid = rig.pid;
-    let clean = eventually(Duration::from_secs(5), || {
-        hermes_tests::procs::with_env("HERMES_WORKER_SOCKET", &socket)
-            .iter()
-            .all(|p| p.ppid == pid)
-    })
-    .await;
-    assert!(
-        clean,
-        "stray worker processes: {:?}",
-        hermes_tests::procs::with_env("HERMES_WORKER_SOCKET", &socket)
-    );
-}

@@ -46,6 +46,7 @@ impl Sender {
 
     async fn send_piece(&self, chat: i64, text: &str) -> Delivery {
         let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(8));
+        let mut plain_retry_done = false;
         for attempt in 1..=MAX_TRIES {
             let error = match self.bot.send_message(ChatId(chat), text).await {
                 Ok(_) => return Delivery::Sent,
@@ -56,6 +57,13 @@ impl Sender {
                 RequestError::Network(_)
                 | RequestError::Io(_)
                 | RequestError::InvalidJson { .. } => backoff.next_delay(),
+                RequestError::Api(ApiError::CantParseEntities(why)) if !plain_retry_done => {
+                    // Formatting Telegram cannot parse must not cost the user the answer:
+                    // the same text goes again as plain text, at once.
+                    tracing::info!(chat, "Telegram could not parse the message's entities ({why}); resending as plain text");
+                    plain_retry_done = true;
+                    continue;
+                }
                 RequestError::Api(api) => {
                     tracing::warn!(
                         chat,

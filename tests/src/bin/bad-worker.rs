@@ -91,7 +91,13 @@ async fn act(stream: &mut Stream, job: Job) {
         "panic" => panic!("bad-worker was asked to panic"),
         "abort" => std::process::abort(),
         "segv" => {
-            let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGSEGV);
+            // Rust's runtime handles SIGSEGV itself (to report stack overflows); restore
+            // the default action so the signal kills the process as a real fault would.
+            use nix::sys::signal::{SigHandler, Signal, raise, signal};
+            // SAFETY: installing the default disposition runs no code of ours.
+            let _ = unsafe { signal(Signal::SIGSEGV, SigHandler::SigDfl) };
+            let _ = raise(Signal::SIGSEGV);
+            hang().await
         }
         "exit 0" => std::process::exit(0),
         "exit 1" => std::process::exit(1),
