@@ -98,6 +98,8 @@ impl Circuits {
         if let Outcome::Failed(Failure::QuotaExhausted { provider, .. }) = outcome {
             exhausted.push(provider);
         }
+        exhausted.sort_unstable();
+        exhausted.dedup();
         let mut state = self.lock();
         for name in &exhausted {
             let cooldown = self.cooldowns.get(*name).copied().unwrap_or_default();

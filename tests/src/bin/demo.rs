@@ -34,6 +34,9 @@ async fn demo() -> Result<(), String> {
     let mut rig = Rig::start(WorkerMode::Pool, |o| {
         o.pool_size = 1;
         o.job_timeout_secs = 30;
+        // Off, so the demo's next turn reaches the provider again at once; with the
+        // default (600 s) the gateway would answer from memory and spare the account.
+        o.quota_cooldown_secs = Some(0);
     })
     .await;
     let pid = rig.pid;

@@ -1,0 +1,119 @@
+//! `hermes-worker ask`: one job from the command line, with the gateway's configuration
+//! file and no gateway, for an operator finding out why the bot misbehaves. Progress goes
+//! to stderr, the answer to stdout.
+
+use std::path::Path;
+use std::time::Duration;
+
+use hermes_protocol::config::{Config, EXIT_CONFIG};
+use hermes_protocol::{ChatMessage, Event, Failure, FailureClass, Job, JobId, Outcome, Role};
+use tokio::sync::mpsc;
+
+use crate::agent;
+
+pub async fn ask(
+    config_path: &Path,
+    question: &str,
+    timeout: Option<Duration>,
+    client: reqwest::Client,
+) -> i32 {
+    let config = match Config::load(config_path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return EXIT_CONFIG;
+        }
+    };
+    let mut providers = Vec::new();
+    for provider in &config.providers {
+        match provider.plan() {
+            Ok(plan) => providers.push(plan),
+            Err(e) => {
+                eprintln!("provider {}: {e}", provider.name);
+                return EXIT_CONFIG;
+            }
+        }
+    }
+    let mut messages = Vec::new();
+    if let Some(prompt) = &config.agent.system_prompt {
+        messages.push(ChatMessage::new(Role::System, prompt.clone()));
+    }
+    messages.push(ChatMessage::new(Role::User, question));
+    let timeout = timeout.unwrap_or_else(|| config.workers.job_timeout());
+    let job = Job {
+        id: JobId(1),
+        chat_id: 0,
+        messages,
+        providers,
+        timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
+    };
+    let (events_tx, mut events) = mpsc::unbounded_channel();
+    let printer = tokio::spawn(async move {
+        while let Some(event) = events.recv().await {
+            eprintln!("{}", describe(&event));
+        }
+    });
+    let outcome = agent::run(&job, &client, &events_tx).await;
+    drop(events_tx);
+    let _ = printer.await;
+    match outcome {
+        Outcome::Reply(reply) => {
+            eprintln!("[{}] answered (model {})", reply.provider, reply.model);
+            println!("{}", reply.text);
+            0
+        }
+        Outcome::Failed(failure) => {
+            eprintln!("error: {failure}");
+            eprintln!("hint: {}", advice(&failure));
+            1
+        }
+    }
+}
+
+fn describe(event: &Event) -> String {
+    match event {
+        Event::Attempt { provider, attempt } => format!("[{provider}] attempt {attempt}"),
+        Event::Retrying {
+            provider,
+            after_ms,
+            reason,
+        } => {
+            format!(
+                "[{provider}] {reason}; retrying in {:.1} s",
+                *after_ms as f64 / 1000.0
+            )
+        }
+        Event::FellBack { from, failure } => {
+            format!("[{from}] failed: {failure}; trying the next provider, if any")
+        }
+        Event::Delta(text) => text.clone(),
+    }
+}
+
+fn advice(failure: &Failure) -> &'static str {
+    match failure.class() {
+        FailureClass::QuotaExhausted => {
+            "the provider account is out of quota or balance: top it up, or add a fallback [[providers]] entry"
+        }
+        FailureClass::ProviderAuth => {
+            "the provider refused the key: check api_key_env / api_key_file and the key itself"
+        }
+        FailureClass::RateLimited => {
+            "the provider is rate-limiting this key: wait, lower the load, or add a fallback provider"
+        }
+        FailureClass::ProviderUnavailable => {
+            "the provider is down or unreachable from here: check base_url, the network and proxies"
+        }
+        FailureClass::ContextTooLong => "the conversation does not fit the model's context window",
+        FailureClass::ProviderRejected => {
+            "the provider refused the request itself: check model and base_url"
+        }
+        FailureClass::ProviderProtocol => {
+            "the answer was not an OpenAI-compatible chat completion: check base_url"
+        }
+        FailureClass::TimedOut => {
+            "no answer within the job timeout: raise workers.job_timeout_secs or --timeout"
+        }
+        FailureClass::WorkerCrashed | FailureClass::Cancelled => "the job did not finish",
+    }
+}
