@@ -17,7 +17,9 @@ use hermes_protocol::{Event, Failure, Outcome, ProviderPlan};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
-    Open { until: Instant },
+    Open {
+        until: Instant,
+    },
     /// One job is trying the provider again after its cool-down.
     Probing,
 }
@@ -171,7 +173,10 @@ mod tests {
 
         let during = c.plan(&all, t0 + Duration::from_secs(599));
         assert!(during.providers.is_empty());
-        assert_eq!(during.first_skipped.as_ref().map(|s| s.0.as_str()), Some("a"));
+        assert_eq!(
+            during.first_skipped.as_ref().map(|s| s.0.as_str()),
+            Some("a")
+        );
 
         let after = t0 + Duration::from_secs(600);
         let probe = c.plan(&all, after);
@@ -215,7 +220,10 @@ mod tests {
         c.settle(&plan, &events, &reply, t0);
         let next = c.plan(&all, t0);
         assert_eq!(
-            next.providers.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(),
+            next.providers
+                .iter()
+                .map(|p| p.name.as_str())
+                .collect::<Vec<_>>(),
             ["b"]
         );
     }

@@ -17,8 +17,8 @@
 
 mod backoff;
 mod chats;
-mod circuit;
 mod check_config;
+mod circuit;
 mod replies;
 mod run;
 mod setup;

@@ -113,9 +113,12 @@ async fn serve(config: Config, setup: Setup) -> i32 {
     let router = ChatRouter::new(
         JobContext {
             supervisor,
-            circuits: Circuits::new(config.providers.iter().map(|p| {
-                (p.name.clone(), Duration::from_secs(p.quota_cooldown_secs))
-            })),
+            circuits: Circuits::new(
+                config
+                    .providers
+                    .iter()
+                    .map(|p| (p.name.clone(), Duration::from_secs(p.quota_cooldown_secs))),
+            ),
             sender: Sender::new(bot.clone()),
             providers: setup.providers.clone(),
             system_prompt: config.agent.system_prompt.clone(),

@@ -61,18 +61,30 @@ async fn worker_hang_after_partial_events(mode: WorkerMode) {
 
 async fn worker_sending_garbage_bytes(mode: WorkerMode) {
     let rig = fault_in_bad_worker(mode, "garbage", "crashed").await;
-    assert!(rig.gateway.log().contains("protocol violation"), "{}", rig.gateway.log());
+    assert!(
+        rig.gateway.log().contains("protocol violation"),
+        "{}",
+        rig.gateway.log()
+    );
 }
 
 async fn worker_sending_an_oversized_length_prefix(mode: WorkerMode) {
     let rig = fault_in_bad_worker(mode, "oversized", "crashed").await;
-    assert!(rig.gateway.log().contains("over the"), "{}", rig.gateway.log());
+    assert!(
+        rig.gateway.log().contains("over the"),
+        "{}",
+        rig.gateway.log()
+    );
 }
 
 /// A message for a job that is not in flight is dropped; the real job then overruns.
 async fn worker_answering_another_job(mode: WorkerMode) {
     let rig = fault_in_bad_worker(mode, "wrong job", "took too long").await;
-    assert!(rig.gateway.log().contains("which is not the job in flight"), "{}", rig.gateway.log());
+    assert!(
+        rig.gateway.log().contains("which is not the job in flight"),
+        "{}",
+        rig.gateway.log()
+    );
 }
 
 async fn worker_allocating_without_bound(mode: WorkerMode) {
@@ -108,7 +120,11 @@ async fn worker_grandchildren_die_with_it(mode: WorkerMode) {
         "the worker's children never appeared"
     );
     let replies = rig.telegram.wait_for_chat_messages(USER, 1, PATIENCE).await;
-    assert!(replies[0].text.contains("took too long"), "{}", replies[0].text);
+    assert!(
+        replies[0].text.contains("took too long"),
+        "{}",
+        replies[0].text
+    );
     rig.assert_no_stray_processes().await;
     assert_eq!(sleeping(), 0);
     rig.gateway.assert_running(rig.pid);
@@ -125,7 +141,11 @@ async fn worker_flooding_stderr(mode: WorkerMode) {
     let log = rig.gateway.log();
     assert!(log.contains("bytes cut"), "long lines must be truncated");
     assert!(log.contains("suppressed"), "a flood must be rate limited");
-    assert!(log.len() < 1_000_000, "the gateway logged {} bytes", log.len());
+    assert!(
+        log.len() < 1_000_000,
+        "the gateway logged {} bytes",
+        log.len()
+    );
     let rss = procs::rss_kib(rig.pid).unwrap_or(0);
     assert!(rss < 64 * 1024, "the gateway's RSS grew to {rss} KiB");
     rig.assert_still_answering_as_bad_worker().await;
@@ -136,8 +156,16 @@ async fn worker_that_never_connects(mode: WorkerMode) {
     let worker = bad_worker(dir.path(), "never-connect");
     let mut rig = Rig::start(mode, |o| o.worker_command = Some(worker)).await;
     let reply = rig.ask("hello").await;
-    assert!(reply.text.contains("could not be started"), "{}", reply.text);
-    assert!(rig.gateway.log().contains("did not connect"), "{}", rig.gateway.log());
+    assert!(
+        reply.text.contains("could not be started"),
+        "{}",
+        reply.text
+    );
+    assert!(
+        rig.gateway.log().contains("did not connect"),
+        "{}",
+        rig.gateway.log()
+    );
     rig.assert_no_stray_processes().await;
     rig.gateway.assert_running(rig.pid);
 }
@@ -147,8 +175,16 @@ async fn worker_of_another_protocol_version(mode: WorkerMode) {
     let worker = bad_worker(dir.path(), "old-protocol");
     let mut rig = Rig::start(mode, |o| o.worker_command = Some(worker)).await;
     let reply = rig.ask("hello").await;
-    assert!(reply.text.contains("could not be started"), "{}", reply.text);
-    assert!(rig.gateway.log().contains("protocol version mismatch"), "{}", rig.gateway.log());
+    assert!(
+        reply.text.contains("could not be started"),
+        "{}",
+        reply.text
+    );
+    assert!(
+        rig.gateway.log().contains("protocol version mismatch"),
+        "{}",
+        rig.gateway.log()
+    );
     rig.assert_no_stray_processes().await;
     rig.gateway.assert_running(rig.pid);
 }
@@ -182,12 +218,22 @@ async fn provider_fault(
     expected: &str,
     requests: usize,
 ) -> Rig {
-    let mut rig = Rig::start(mode, |o| o.max_retries = 2).await;
+    let mut rig = Rig::start(mode, |o| {
+        o.max_retries = 2;
+        // The circuit would answer the follow-up from memory; it has tests of its own.
+        o.quota_cooldown_secs = Some(0);
+    })
+    .await;
     for reply in replies {
         rig.provider.push(reply);
     }
     let reply = rig.ask("question").await;
-    assert!(reply.text.contains(expected), "{}\n{}", reply.text, rig.gateway.log());
+    assert!(
+        reply.text.contains(expected),
+        "{}\n{}",
+        reply.text,
+        rig.gateway.log()
+    );
     assert_eq!(rig.provider.request_count(), requests, "provider requests");
     rig.assert_still_serving().await;
     rig
@@ -199,12 +245,24 @@ fn repeat(reply: ProviderReply, n: usize) -> Vec<ProviderReply> {
 
 async fn provider_429_insufficient_quota_is_quota(mode: WorkerMode) {
     let body = r#"{"error":{"message":"You exceeded your current quota, please check your plan and billing details.","type":"insufficient_quota","param":null,"code":"insufficient_quota"}}"#;
-    provider_fault(mode, vec![ProviderReply::status(429, body)], "quota or balance", 1).await;
+    provider_fault(
+        mode,
+        vec![ProviderReply::status(429, body)],
+        "quota or balance",
+        1,
+    )
+    .await;
 }
 
 async fn provider_402_daily_limit_busy_is_quota(mode: WorkerMode) {
     let body = r#"{"error":{"code":"daily_limit_busy"}}"#;
-    provider_fault(mode, vec![ProviderReply::status(402, body)], "quota or balance", 1).await;
+    provider_fault(
+        mode,
+        vec![ProviderReply::status(402, body)],
+        "quota or balance",
+        1,
+    )
+    .await;
 }
 
 async fn provider_403_is_a_key_problem(mode: WorkerMode) {
@@ -220,28 +278,73 @@ async fn provider_404_model_not_found_is_rejected(mode: WorkerMode) {
 async fn provider_400_context_too_long_is_retried_once(mode: WorkerMode) {
     let body = r#"{"error":{"message":"This model's maximum context length is 8192 tokens.","type":"invalid_request_error","code":"context_length_exceeded"}}"#;
     // Trimmed and retried once, then answered.
-    provider_fault(mode, vec![ProviderReply::status(400, body)], "echo: question", 2).await;
+    provider_fault(
+        mode,
+        vec![ProviderReply::status(400, body)],
+        "echo: question",
+        2,
+    )
+    .await;
 }
 
 async fn provider_408_is_retried_then_unavailable(mode: WorkerMode) {
-    provider_fault(mode, repeat(ProviderReply::status(408, "timeout"), 3), "unavailable", 3).await;
+    provider_fault(
+        mode,
+        repeat(ProviderReply::status(408, "timeout"), 3),
+        "unavailable",
+        3,
+    )
+    .await;
 }
 
 async fn provider_502_html_is_retried_then_unavailable(mode: WorkerMode) {
     let html = "<html><head><title>502 Bad Gateway</title></head><body>nginx</body></html>";
-    provider_fault(mode, repeat(ProviderReply::status(502, html), 3), "unavailable", 3).await;
+    provider_fault(
+        mode,
+        repeat(ProviderReply::status(502, html), 3),
+        "unavailable",
+        3,
+    )
+    .await;
 }
 
 async fn provider_503_is_retried_then_unavailable(mode: WorkerMode) {
-    provider_fault(mode, repeat(ProviderReply::status(503, r#"{"error":{"message":"overloaded"}}"#), 3), "unavailable", 3).await;
+    provider_fault(
+        mode,
+        repeat(
+            ProviderReply::status(503, r#"{"error":{"message":"overloaded"}}"#),
+            3,
+        ),
+        "unavailable",
+        3,
+    )
+    .await;
 }
 
 async fn provider_529_is_retried_then_unavailable(mode: WorkerMode) {
-    provider_fault(mode, repeat(ProviderReply::status(529, r#"{"type":"error","error":{"type":"overloaded_error"}}"#), 3), "unavailable", 3).await;
+    provider_fault(
+        mode,
+        repeat(
+            ProviderReply::status(
+                529,
+                r#"{"type":"error","error":{"type":"overloaded_error"}}"#,
+            ),
+            3,
+        ),
+        "unavailable",
+        3,
+    )
+    .await;
 }
 
 async fn provider_resetting_mid_body_is_unavailable(mode: WorkerMode) {
-    provider_fault(mode, repeat(ProviderReply::ResetMidBody, 3), "unavailable", 3).await;
+    provider_fault(
+        mode,
+        repeat(ProviderReply::ResetMidBody, 3),
+        "unavailable",
+        3,
+    )
+    .await;
 }
 
 async fn provider_json_without_choices_is_reported(mode: WorkerMode) {
@@ -275,7 +378,11 @@ async fn provider_retry_after_past_the_deadline_gives_up_at_once(mode: WorkerMod
     let started = std::time::Instant::now();
     let reply = rig.ask("hurry").await;
     assert!(reply.text.contains("rate-limiting"), "{}", reply.text);
-    assert!(started.elapsed() < Duration::from_secs(5), "waited {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "waited {:?}",
+        started.elapsed()
+    );
     assert_eq!(rig.provider.request_count(), 1);
     rig.assert_still_serving().await;
 }
@@ -304,7 +411,10 @@ async fn provider_chain_falls_back_after_402(mode: WorkerMode) {
     let mut rig = Rig::start(mode, |o| o.providers.push(url)).await;
     rig.provider.push(ProviderReply::status(402, SEED_402_BODY));
     let reply = rig.ask("hello").await;
-    assert_eq!(reply.text, "echo: hello", "the fallback's answer, nothing alarming");
+    assert_eq!(
+        reply.text, "echo: hello",
+        "the fallback's answer, nothing alarming"
+    );
     assert_eq!(rig.provider.request_count(), 1);
     assert_eq!(backup.request_count(), 1);
     assert_eq!(backup.requests()[0].body["model"], "model-1");
@@ -339,7 +449,11 @@ async fn quota_circuit_spares_an_exhausted_provider(mode: WorkerMode) {
     rig.provider.push(ProviderReply::status(402, SEED_402_BODY));
     for i in 0..20 {
         let reply = rig.ask(&format!("message {i}")).await;
-        assert!(reply.text.contains("quota or balance"), "{i}: {}", reply.text);
+        assert!(
+            reply.text.contains("quota or balance"),
+            "{i}: {}",
+            reply.text
+        );
     }
     assert_eq!(rig.provider.request_count(), 1);
     assert!(rig.gateway.log().contains("skipping it for 600 s"));
@@ -367,7 +481,11 @@ async fn quota_circuit_sends_traffic_to_the_fallback(mode: WorkerMode) {
     for i in 0..5 {
         assert_eq!(rig.ask(&format!("m{i}")).await.text, format!("echo: m{i}"));
     }
-    assert_eq!(rig.provider.request_count(), 1, "the exhausted primary is skipped");
+    assert_eq!(
+        rig.provider.request_count(),
+        1,
+        "the exhausted primary is skipped"
+    );
     assert_eq!(backup.request_count(), 5);
     rig.gateway.assert_running(rig.pid);
 }
@@ -396,7 +514,11 @@ async fn poll_fault(mode: WorkerMode, fault: PollFault) -> Rig {
     assert_eq!(rig.ask("before").await.text, "echo: before");
     let polls = rig.telegram.get_updates_log().len();
     rig.telegram.fail_get_updates(fault);
-    assert!(rig.telegram.wait_for_polls(polls + 2, PATIENCE).await, "{}", rig.gateway.log());
+    assert!(
+        rig.telegram.wait_for_polls(polls + 2, PATIENCE).await,
+        "{}",
+        rig.gateway.log()
+    );
     assert!(
         eventually(PATIENCE, || rig.gateway.log().contains("getUpdates failed")).await,
         "{}",
@@ -447,16 +569,25 @@ async fn updates_of_other_kinds_are_skipped(mode: WorkerMode) {
     let mut rig = Rig::start(mode, |_| {}).await;
     let chat = json!({"id": USER, "type": "private", "first_name": "Test"});
     let from = json!({"id": USER, "is_bot": false, "first_name": "Test"});
-    rig.telegram.push_update(json!({"message": {"message_id": 90, "date": 1, "chat": chat, "from": from,
-        "photo": [{"file_id": "a", "file_unique_id": "b", "width": 1, "height": 1}]}}));
+    rig.telegram.push_update(
+        json!({"message": {"message_id": 90, "date": 1, "chat": chat, "from": from,
+        "photo": [{"file_id": "a", "file_unique_id": "b", "width": 1, "height": 1}]}}),
+    );
     rig.telegram.push_update(json!({"message": {"message_id": 91, "date": 1, "chat": chat, "from": from,
         "sticker": {"file_id": "a", "file_unique_id": "b", "type": "regular", "width": 1, "height": 1, "is_animated": false, "is_video": false}}}));
     rig.telegram.push_update(json!({"edited_message": {"message_id": 92, "date": 1, "edit_date": 2, "chat": chat, "from": from, "text": "edited"}}));
-    rig.telegram.push_update(json!({"callback_query": {"id": "1", "from": from, "chat_instance": "x", "data": "d"}}));
-    rig.telegram.push_update(json!({"some_future_update": {"x": 1}}));
+    rig.telegram.push_update(
+        json!({"callback_query": {"id": "1", "from": from, "chat_instance": "x", "data": "d"}}),
+    );
+    rig.telegram
+        .push_update(json!({"some_future_update": {"x": 1}}));
     let reply = rig.ask("plain text").await;
     assert_eq!(reply.text, "echo: plain text");
-    assert_eq!(rig.telegram.sent_to(USER).len(), 1, "nothing answered the other updates");
+    assert_eq!(
+        rig.telegram.sent_to(USER).len(),
+        1,
+        "nothing answered the other updates"
+    );
     assert_eq!(rig.provider.request_count(), 1);
     let log = rig.gateway.log();
     assert!(log.matches("skipping").count() >= 5, "{log}");
@@ -491,7 +622,11 @@ async fn send_message_to_a_blocked_user_does_not_affect_other_chats(mode: Worker
     rig.telegram.send_text(USER, USER, "you will not see this");
     assert!(rig.telegram.wait_for_failed_sends(1, PATIENCE).await);
     assert!(
-        eventually(PATIENCE, || rig.gateway.log().contains("the user blocked the bot")).await,
+        eventually(PATIENCE, || rig
+            .gateway
+            .log()
+            .contains("the user blocked the bot"))
+        .await,
         "{}",
         rig.gateway.log()
     );
@@ -502,7 +637,7 @@ async fn send_message_to_a_blocked_user_does_not_affect_other_chats(mode: Worker
 async fn long_replies_are_split_before_sending(mode: WorkerMode) {
     let mut rig = Rig::start(mode, |_| {}).await;
     let paragraph = "word ".repeat(400);
-    let long = vec![paragraph.trim(); 5].join("\n\n");
+    let long = [paragraph.trim(); 5].join("\n\n");
     assert!(long.len() > 9000);
     rig.provider.push(ProviderReply::Text(long.clone()));
     rig.telegram.send_text(USER, USER, "tell me everything");
@@ -512,7 +647,9 @@ async fn long_replies_are_split_before_sending(mode: WorkerMode) {
         assert!(m.text.encode_utf16().count() <= 4096);
     }
     assert_eq!(
-        sent.iter().map(|m| m.text.split_whitespace().count()).sum::<usize>(),
+        sent.iter()
+            .map(|m| m.text.split_whitespace().count())
+            .sum::<usize>(),
         2000
     );
     assert!(rig.telegram.failed_sends().is_empty());

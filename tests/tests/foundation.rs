@@ -340,7 +340,11 @@ async fn check_config_names_every_problem(mode: WorkerMode) {
 async fn run_with_invalid_config_exits_78(mode: WorkerMode) {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("bad.toml");
-    std::fs::write(&path, format!("[workers]\nmode = \"{}\"\npool_size = -1\n", mode.as_str())).expect("write");
+    std::fs::write(
+        &path,
+        format!("[workers]\nmode = \"{}\"\npool_size = -1\n", mode.as_str()),
+    )
+    .expect("write");
     let output = tokio::time::timeout(
         PATIENCE,
         tokio::process::Command::new(&binaries().gateway)
@@ -363,10 +367,17 @@ async fn workers_that_die_at_start_back_off_and_users_still_get_replies(mode: Wo
     let mut rig = Rig::start(mode, |o| o.worker_command = Some("/bin/false".into())).await;
     for text in ["one", "two", "three"] {
         let reply = rig.ask(text).await;
-        assert!(reply.text.contains("could not be started"), "{}", reply.text);
+        assert!(
+            reply.text.contains("could not be started"),
+            "{}",
+            reply.text
+        );
     }
     let log = rig.gateway.log();
-    assert!(log.contains("exited with code 1 before connecting"), "{log}");
+    assert!(
+        log.contains("exited with code 1 before connecting"),
+        "{log}"
+    );
     assert!(log.contains("next attempt in"), "{log}");
     rig.gateway.assert_running(rig.pid);
     assert_eq!(rig.provider.request_count(), 0);
@@ -379,7 +390,11 @@ async fn worker_with_a_wrong_token_is_refused(mode: WorkerMode) {
     let worker = bad_worker(dir.path(), "wrong-token");
     let mut rig = Rig::start(mode, |o| o.worker_command = Some(worker)).await;
     let reply = rig.ask("hello").await;
-    assert!(reply.text.contains("could not be started"), "{}", reply.text);
+    assert!(
+        reply.text.contains("could not be started"),
+        "{}",
+        reply.text
+    );
     let log = rig.gateway.log();
     assert!(log.contains("worker connection refused"), "{log}");
     assert_eq!(rig.provider.request_count(), 0);
@@ -395,20 +410,31 @@ async fn worker_is_isolated_from_the_gateway(mode: WorkerMode) {
         o.job_timeout_secs = 60;
         o.env = vec![
             ("NOTIFY_SOCKET".into(), "/run/systemd/notify".into()),
-            ("DBUS_SESSION_BUS_ADDRESS".into(), "unix:path=/run/user/0/bus".into()),
+            (
+                "DBUS_SESSION_BUS_ADDRESS".into(),
+                "unix:path=/run/user/0/bus".into(),
+            ),
             ("XDG_RUNTIME_DIR".into(), "/run/user/0".into()),
             ("WATCHDOG_USEC".into(), "1000000".into()),
         ];
     })
     .await;
     // Keep a job in flight so a worker exists in both modes.
-    rig.provider.push(ProviderReply::Delay(Duration::from_secs(3)));
+    rig.provider
+        .push(ProviderReply::Delay(Duration::from_secs(3)));
     rig.telegram.send_text(USER, USER, "hold on");
-    assert!(rig.provider.wait_for_requests(1, PATIENCE).await, "{}", rig.gateway.log());
+    assert!(
+        rig.provider.wait_for_requests(1, PATIENCE).await,
+        "{}",
+        rig.gateway.log()
+    );
     let workers = rig.gateway.workers();
     assert!(!workers.is_empty(), "no worker process");
     for worker in &workers {
-        assert_eq!(worker.pgid, worker.pid, "a worker must lead its own process group");
+        assert_eq!(
+            worker.pgid, worker.pid,
+            "a worker must lead its own process group"
+        );
         let environ = std::fs::read(format!("/proc/{}/environ", worker.pid)).expect("environ");
         let environ = String::from_utf8_lossy(&environ);
         for secret in [
@@ -422,17 +448,32 @@ async fn worker_is_isolated_from_the_gateway(mode: WorkerMode) {
         ] {
             assert!(!environ.contains(secret), "worker environment has {secret}");
         }
-        let limits = std::fs::read_to_string(format!("/proc/{}/limits", worker.pid)).expect("limits");
-        let core = limits.lines().find(|l| l.starts_with("Max core file size")).expect("core limit");
+        let limits =
+            std::fs::read_to_string(format!("/proc/{}/limits", worker.pid)).expect("limits");
+        let core = limits
+            .lines()
+            .find(|l| l.starts_with("Max core file size"))
+            .expect("core limit");
         assert!(core.split_whitespace().nth(4) == Some("0"), "{core}");
-        let oom = std::fs::read_to_string(format!("/proc/{}/oom_score_adj", worker.pid)).expect("oom");
+        let oom =
+            std::fs::read_to_string(format!("/proc/{}/oom_score_adj", worker.pid)).expect("oom");
         assert_eq!(oom.trim(), "1000");
     }
-    let socket_dir = std::path::Path::new(&rig.gateway.socket_path()).parent().expect("dir").to_path_buf();
-    let mode_bits = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&socket_dir).expect("socket dir").permissions());
+    let socket_dir = std::path::Path::new(&rig.gateway.socket_path())
+        .parent()
+        .expect("dir")
+        .to_path_buf();
+    let mode_bits = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(&socket_dir)
+            .expect("socket dir")
+            .permissions(),
+    );
     assert_eq!(mode_bits & 0o777, 0o700, "{}", socket_dir.display());
     let reply = rig.telegram.wait_for_chat_messages(USER, 1, PATIENCE).await;
-    assert_eq!(reply.first().map(|m| m.text.as_str()), Some("echo: hold on"));
+    assert_eq!(
+        reply.first().map(|m| m.text.as_str()),
+        Some("echo: hold on")
+    );
     rig.gateway.assert_running(rig.pid);
 }
 
@@ -448,7 +489,12 @@ async fn gateway_killed_with_sigkill_leaves_no_worker(mode: WorkerMode) {
     rig.gateway.signal(Signal::SIGKILL);
     assert!(rig.gateway.wait_exit(PATIENCE).await.is_some());
     assert!(
-        eventually(Duration::from_secs(10), || hermes_tests::procs::with_env("HERMES_WORKER_SOCKET", &socket).is_empty()).await,
+        eventually(Duration::from_secs(10), || hermes_tests::procs::with_env(
+            "HERMES_WORKER_SOCKET",
+            &socket
+        )
+        .is_empty())
+        .await,
         "workers outlived a SIGKILLed gateway: {:?}",
         hermes_tests::procs::with_env("HERMES_WORKER_SOCKET", &socket)
     );
@@ -457,4 +503,3 @@ async fn gateway_killed_with_sigkill_leaves_no_worker(mode: WorkerMode) {
 fn count(haystack: &str, needle: &str) -> usize {
     haystack.matches(needle).count()
 }
-

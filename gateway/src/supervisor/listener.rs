@@ -209,7 +209,10 @@ mod tests {
         let pending = PendingWorkers::default();
         let mut rx = pending.expect("t", 42);
         pending.refuse_pid(Some(7), "not ours");
-        assert!(rx.try_recv().is_err(), "another pid must not affect this worker");
+        assert!(
+            rx.try_recv().is_err(),
+            "another pid must not affect this worker"
+        );
         pending.refuse_pid(Some(42), "bad token");
         assert!(matches!(rx.try_recv(), Ok(Err(reason)) if reason == "bad token"));
     }

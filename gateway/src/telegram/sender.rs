@@ -60,7 +60,10 @@ impl Sender {
                 RequestError::Api(ApiError::CantParseEntities(why)) if !plain_retry_done => {
                     // Formatting Telegram cannot parse must not cost the user the answer:
                     // the same text goes again as plain text, at once.
-                    tracing::info!(chat, "Telegram could not parse the message's entities ({why}); resending as plain text");
+                    tracing::info!(
+                        chat,
+                        "Telegram could not parse the message's entities ({why}); resending as plain text"
+                    );
                     plain_retry_done = true;
                     continue;
                 }
