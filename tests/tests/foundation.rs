@@ -503,3 +503,63 @@ async fn gateway_killed_with_sigkill_leaves_no_worker(mode: WorkerMode) {
 fn count(haystack: &str, needle: &str) -> usize {
     haystack.matches(needle).count()
 }
+
+/// `hermes-worker ask`, the operator's debugging entry point: the same agent, no gateway.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ask_prints_the_reply_or_the_typed_failure() {
+    let provider = hermes_tests::fake_provider::FakeProvider::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("hermes.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[providers]]\nname = \"main\"\nbase_url = \"{}\"\nmodel = \"m\"\napi_key_env = \"HERMES_TEST_KEY\"\n",
+            provider.base_url()
+        ),
+    )
+    .expect("write");
+    let ask = |question: &str| {
+        tokio::process::Command::new(&binaries().worker)
+            .args(["ask", "--config"])
+            .arg(&config)
+            .arg(question)
+            .env("HERMES_TEST_KEY", "sk-ask")
+            .output()
+    };
+
+    let output = ask("hello").await.expect("run ask");
+    assert_eq!(output.status.code(), Some(0));
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout).trim(),
+        "echo: hello"
+    );
+    assert!(String::from_utf8_lossy(&output.stderr).contains("[main] attempt 1"));
+    assert_eq!(
+        provider.requests()[0].authorization.as_deref(),
+        Some("Bearer sk-ask")
+    );
+
+    provider.push(ProviderReply::status(402, SEED_402_BODY));
+    let output = ask("again").await.expect("run ask");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(
+            "error: quota_exhausted (provider main): HTTP 402: Insufficient available balance"
+        ),
+        "{stderr}"
+    );
+    assert!(stderr.contains("hint:"), "{stderr}");
+    assert!(output.stdout.is_empty());
+
+    let output = tokio::process::Command::new(&binaries().worker)
+        .args(["ask", "--config"])
+        .arg(&config)
+        .arg("no key")
+        .env_remove("HERMES_TEST_KEY")
+        .output()
+        .await
+        .expect("run ask");
+    assert_eq!(output.status.code(), Some(78));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("HERMES_TEST_KEY is not set"));
+}
