@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::circuit::Circuits;
+use crate::health::Health;
 use crate::replies;
 use crate::supervisor::Supervisor;
 use crate::telegram::sender::Sender;
@@ -33,7 +34,8 @@ const TYPING_EVERY: Duration = Duration::from_secs(4);
 /// What the chats need to build and run a job.
 pub struct JobContext {
     pub supervisor: Supervisor,
-    pub circuits: Circuits,
+    pub health: Arc<Health>,
+    pub circuits: Arc<Circuits>,
     pub sender: Sender,
     pub providers: Vec<ProviderPlan>,
     pub system_prompt: Option<String>,
@@ -220,6 +222,7 @@ impl ChatRouter {
                 ),
             };
             tracing::warn!(job = %id, chat, user = incoming.user_id, class = %failure.class(), "failed: {failure}");
+            ctx.health.job_done(&Outcome::Failed(failure.clone()));
             ctx.sender
                 .send_text(chat, &replies::failure_text(&failure))
                 .await;
@@ -257,6 +260,7 @@ impl ChatRouter {
         }
         ctx.circuits
             .settle(&plan, &fallbacks, &outcome, Instant::now());
+        ctx.health.job_done(&outcome);
         let elapsed_ms = started.elapsed().as_millis();
         let text = match outcome {
             Outcome::Reply(reply) => {

@@ -39,7 +39,6 @@ pub struct Plan {
 }
 
 /// What a caller sees of one provider's circuit.
-#[cfg(test)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum View {
     Closed,
@@ -128,7 +127,6 @@ impl Circuits {
         }
     }
 
-    #[cfg(test)]
     pub fn view(&self, provider: &str, now: Instant) -> View {
         match self.lock().get(provider) {
             None => View::Closed,

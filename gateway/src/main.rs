@@ -12,6 +12,9 @@
 //! - [`supervisor`]: starting, authenticating, watching and killing workers;
 //! - [`circuit`]: skipping a provider whose quota is exhausted, for a cool-down;
 //! - [`replies`]: what the user reads for each failure class;
+//! - [`health`], [`status`], [`systemd`]: what the gateway knows about itself, the
+//!   status file and `hermes-gateway status`, and sd_notify (READY, STATUS, WATCHDOG);
+//! - [`signals`]: stop signals with their sender, for the shutdown record;
 //! - [`setup`], [`check_config`]: judging a configuration against this machine;
 //! - [`backoff`]: the retry schedule everything shares.
 
@@ -19,10 +22,14 @@ mod backoff;
 mod chats;
 mod check_config;
 mod circuit;
+mod health;
 mod replies;
 mod run;
 mod setup;
+mod signals;
+mod status;
 mod supervisor;
+mod systemd;
 mod telegram;
 
 use std::io::IsTerminal;
@@ -54,6 +61,16 @@ enum Command {
         #[arg(long, short, env = "HERMES_CONFIG", value_name = "FILE")]
         config: PathBuf,
     },
+    /// Show what the running gateway publishes: polling, workers, providers, jobs, and the
+    /// previous shutdown. Exit 0 healthy, 1 degraded, 3 not running (LSB).
+    Status {
+        /// Configuration file (TOML): the status lives in its state directory.
+        #[arg(long, short, env = "HERMES_CONFIG", value_name = "FILE")]
+        config: PathBuf,
+        /// Print the raw status as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Validate the configuration and the environment it names, print what was found, and
     /// exit 0 (valid) or 78 (one line per problem, with key and line number).
     CheckConfig {
@@ -69,6 +86,7 @@ fn main() {
     let code = match cli.command {
         Command::Run { config } => run::run(&config),
         Command::CheckConfig { config } => check_config::check_config(&config),
+        Command::Status { config, json } => status::status_command(&config, json),
     };
     std::process::exit(code);
 }

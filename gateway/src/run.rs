@@ -9,15 +9,21 @@
 use std::path::Path;
 use std::time::Duration;
 
-use hermes_protocol::config::{Config, EXIT_CONFIG};
-use tokio::signal::unix::{SignalKind, signal};
+use std::sync::Arc;
+
+use hermes_protocol::config::{Config, EXIT_CONFIG, WorkerMode};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::chats::{ChatRouter, JobContext};
 use crate::circuit::Circuits;
+use crate::health::Health;
 use crate::setup::{self, Setup};
+use crate::signals;
+use crate::status::{self, Publisher};
 use crate::supervisor::{Shutdown, Supervisor, SupervisorConfig};
+use crate::systemd::Notifier;
 use crate::telegram::{self, poller, sender::Sender};
 
 /// Exit status when the operating system refuses the basics (a runtime, a signal handler):
@@ -64,7 +70,7 @@ pub fn run(path: &Path) -> i32 {
 }
 
 async fn serve(config: Config, setup: Setup) -> i32 {
-    let mut stop_signals = match StopSignals::install() {
+    let mut signals = match signals::listen() {
         Ok(s) => s,
         Err(e) => {
             tracing::error!("cannot install signal handlers: {e}");
@@ -82,12 +88,22 @@ async fn serve(config: Config, setup: Setup) -> i32 {
             return EXIT_CONFIG;
         }
     };
+    let workers = &config.workers;
+    let previous = status::previous_shutdown(&setup.state_dir);
+    if let Some(record) = &previous {
+        tracing::info!("previous run {} ended: {}", record.run_id, record.reason);
+    }
+    let health = Arc::new(Health::new(workers.mode.as_str(), previous));
+    let notifier = Arc::new(Notifier::from_env());
+    let circuits =
+        Arc::new(Circuits::new(config.providers.iter().map(|p| {
+            (p.name.clone(), Duration::from_secs(p.quota_cooldown_secs))
+        })));
     let tasks = TaskTracker::new();
     let shutdown = Shutdown {
         stop_taking: CancellationToken::new(),
         abort: CancellationToken::new(),
     };
-    let workers = &config.workers;
     let supervisor = match Supervisor::start(
         SupervisorConfig {
             mode: workers.mode,
@@ -97,6 +113,9 @@ async fn serve(config: Config, setup: Setup) -> i32 {
             memory_limit_mb: workers.memory_limit_mb,
             max_jobs_per_worker: workers.max_jobs_per_worker,
             kill_grace: Duration::from_secs(workers.kill_grace_secs),
+            max_restarts: workers.max_restarts,
+            restart_window: Duration::from_secs(workers.restart_window_secs),
+            health: health.clone(),
         },
         &shutdown,
         &tasks,
@@ -110,15 +129,26 @@ async fn serve(config: Config, setup: Setup) -> i32 {
             return EXIT_CONFIG;
         }
     };
+    let publisher_stop = CancellationToken::new();
+    let publisher = tokio::spawn(
+        Publisher {
+            health: health.clone(),
+            circuits: circuits.clone(),
+            providers: config
+                .providers
+                .iter()
+                .map(|p| (p.name.clone(), p.model.clone()))
+                .collect(),
+            state_dir: setup.state_dir.clone(),
+            notifier: notifier.clone(),
+        }
+        .run(publisher_stop.clone()),
+    );
     let router = ChatRouter::new(
         JobContext {
             supervisor,
-            circuits: Circuits::new(
-                config
-                    .providers
-                    .iter()
-                    .map(|p| (p.name.clone(), Duration::from_secs(p.quota_cooldown_secs))),
-            ),
+            health: health.clone(),
+            circuits,
             sender: Sender::new(bot.clone()),
             providers: setup.providers.clone(),
             system_prompt: config.agent.system_prompt.clone(),
@@ -136,21 +166,42 @@ async fn serve(config: Config, setup: Setup) -> i32 {
             timeout_secs: config.telegram.poll_timeout_secs,
             retry_max: Duration::from_secs(config.telegram.retry_max_secs),
         },
+        health.clone(),
         poll_stop.clone(),
         move |update| router.handle_update(update),
     ));
+    // Ready once local start-up is done: a pool's first worker has had its try (bounded,
+    // so a broken worker binary does not hold start-up hostage). Telegram is not waited
+    // for: an outage at boot must not look like a failed start.
+    if workers.mode == WorkerMode::Pool {
+        let _ = tokio::time::timeout(FIRST_WORKER_WAIT, health.first_worker_attempt()).await;
+    }
+    notifier.ready();
     tracing::info!(
         pid = std::process::id(),
+        run = health.run_id(),
         mode = workers.mode.as_str(),
         workers = workers.pool_size,
         telegram = %config.telegram.api_url,
         "hermes-gateway running"
     );
 
-    let signal = stop_signals.next().await;
+    let stop_signal = loop {
+        match signals.recv().await {
+            Some(signal) if signal.is_reload() => {
+                tracing::warn!(
+                    "received {signal}: reloading the configuration is not supported; \
+                     restart the service to apply changes"
+                );
+            }
+            Some(signal) => break signal.to_string(),
+            None => break "the signal listener stopped".to_string(),
+        }
+    };
+    notifier.stopping();
     let drain = Duration::from_secs(workers.shutdown_drain_secs);
     tracing::info!(
-        "received {signal}: stopping; jobs in flight get {} s to finish",
+        "received {stop_signal}: stopping; jobs in flight get {} s to finish",
         drain.as_secs()
     );
     poll_stop.cancel();
@@ -162,7 +213,7 @@ async fn serve(config: Config, setup: Setup) -> i32 {
     let drained = tokio::select! {
         _ = tasks.wait() => true,
         _ = tokio::time::sleep(drain) => false,
-        signal = stop_signals.next() => {
+        Some(signal) = next_stop(&mut signals) => {
             tracing::info!("received {signal} again: cancelling jobs now");
             false
         }
@@ -175,27 +226,24 @@ async fn serve(config: Config, setup: Setup) -> i32 {
         }
     }
     shutdown.abort.cancel();
+    publisher_stop.cancel();
+    let _ = publisher.await;
+    status::record_shutdown(&setup.state_dir, health.run_id(), &stop_signal);
     tracing::info!("hermes-gateway stopped");
     0
 }
 
-struct StopSignals {
-    term: tokio::signal::unix::Signal,
-    int: tokio::signal::unix::Signal,
-}
+/// How long start-up waits for a pool's first worker before declaring itself ready.
+const FIRST_WORKER_WAIT: Duration = Duration::from_secs(10);
 
-impl StopSignals {
-    fn install() -> std::io::Result<Self> {
-        Ok(StopSignals {
-            term: signal(SignalKind::terminate())?,
-            int: signal(SignalKind::interrupt())?,
-        })
-    }
-
-    async fn next(&mut self) -> &'static str {
-        tokio::select! {
-            _ = self.term.recv() => "SIGTERM",
-            _ = self.int.recv() => "SIGINT",
+/// The next stop signal; reload signals are ignored here.
+async fn next_stop(
+    signals: &mut mpsc::UnboundedReceiver<signals::Received>,
+) -> Option<signals::Received> {
+    loop {
+        match signals.recv().await {
+            Some(signal) if signal.is_reload() => continue,
+            other => return other,
         }
     }
 }

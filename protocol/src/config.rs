@@ -99,6 +99,9 @@ pub struct WorkersConfig {
     pub kill_grace_secs: u64,
     /// On SIGTERM, how long jobs in flight may still finish before they are cancelled.
     pub shutdown_drain_secs: u64,
+    /// More worker deaths than this within `restart_window_secs` pause worker starts.
+    pub max_restarts: u32,
+    pub restart_window_secs: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -650,6 +653,8 @@ impl Doc<'_> {
             memory_limit_mb: s.take_in("memory_limit_mb", 2048, 0..=1 << 20, self),
             kill_grace_secs: s.take_in("kill_grace_secs", 2, 0..=60, self),
             shutdown_drain_secs: s.take_in("shutdown_drain_secs", 5, 0..=600, self),
+            max_restarts: s.take_in("max_restarts", 20, 1..=100_000, self),
+            restart_window_secs: s.take_in("restart_window_secs", 60, 1..=86_400, self),
         };
         s.finish(self);
         config

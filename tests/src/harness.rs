@@ -138,6 +138,9 @@ pub struct GatewayOptions {
     pub extra_toml: String,
     /// Extra environment of the gateway process.
     pub env: Vec<(String, String)>,
+    /// `workers.max_restarts`: high by default, so fault tests are not cut short by the
+    /// restart-intensity limit (which has tests of its own).
+    pub max_restarts: u32,
     /// `workers.memory_limit_mb`, when not the default.
     pub memory_limit_mb: Option<u64>,
     /// `quota_cooldown_secs` of every provider, when not the default.
@@ -157,6 +160,7 @@ impl GatewayOptions {
             poll_timeout_secs: 5,
             extra_toml: String::new(),
             env: Vec::new(),
+            max_restarts: 10_000,
             memory_limit_mb: None,
             quota_cooldown_secs: None,
         }
@@ -179,10 +183,11 @@ impl GatewayOptions {
             }
         }
         toml.push_str(&format!(
-            "[workers]\nmode = \"{}\"\npool_size = {}\njob_timeout_secs = {}\nkill_grace_secs = 1\nshutdown_drain_secs = 2\n",
+            "[workers]\nmode = \"{}\"\npool_size = {}\njob_timeout_secs = {}\nkill_grace_secs = 1\nshutdown_drain_secs = 2\nmax_restarts = {}\n",
             self.mode.as_str(),
             self.pool_size,
-            self.job_timeout_secs
+            self.job_timeout_secs,
+            self.max_restarts
         ));
         if let Some(mb) = self.memory_limit_mb {
             toml.push_str(&format!("memory_limit_mb = {mb}\n"));
@@ -252,6 +257,14 @@ impl Gateway {
 
     pub fn pid(&self) -> i32 {
         self.pid
+    }
+
+    /// Kills this gateway (if still running) and hands back its directory, so a next run
+    /// can start on the same state.
+    pub fn into_dir(mut self) -> tempfile::TempDir {
+        let _ = self.child.start_kill();
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+        std::mem::replace(&mut self.dir, dir)
     }
 
     /// True while the process has not exited.

@@ -28,11 +28,12 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::backoff::Backoff;
+use crate::health::Health;
 pub use listener::PendingWorkers;
 use process::SpawnSpec;
 use worker::{StartError, Worker};
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct SupervisorConfig {
     pub mode: WorkerMode,
     pub slots: usize,
@@ -41,6 +42,10 @@ pub struct SupervisorConfig {
     pub memory_limit_mb: u64,
     pub max_jobs_per_worker: u32,
     pub kill_grace: Duration,
+    /// More worker deaths than this within `restart_window` put the pool in backoff.
+    pub max_restarts: u32,
+    pub restart_window: Duration,
+    pub health: Arc<Health>,
 }
 
 /// A job handed to the supervisor, with where its outcome goes.
@@ -85,9 +90,16 @@ impl Supervisor {
             memory_limit_mb: config.memory_limit_mb,
         };
         let policy = SlotPolicy::for_mode(&config);
+        let deaths = Arc::new(RestartIntensity::new(
+            config.max_restarts,
+            config.restart_window,
+        ));
         for slot in 0..config.slots.max(1) {
             let s = Slot {
                 id: slot,
+                health: config.health.clone(),
+                deaths: deaths.clone(),
+                reported_backoff: false,
                 spec: spec.clone(),
                 pending: pending.clone(),
                 policy,
@@ -144,8 +156,56 @@ impl SlotPolicy {
     }
 }
 
+/// Worker deaths across the pool in a sliding window: a crash loop (every job kills its
+/// worker) must not turn into a fork loop, so past the limit new workers wait.
+struct RestartIntensity {
+    max: u32,
+    window: Duration,
+    deaths: std::sync::Mutex<std::collections::VecDeque<Instant>>,
+}
+
+impl RestartIntensity {
+    fn new(max: u32, window: Duration) -> Self {
+        RestartIntensity {
+            max,
+            window,
+            deaths: std::sync::Mutex::new(std::collections::VecDeque::new()),
+        }
+    }
+
+    fn record(&self, now: Instant) {
+        let mut deaths = self.deaths.lock().unwrap_or_else(|e| e.into_inner());
+        deaths.push_back(now);
+        self.prune(&mut deaths, now);
+    }
+
+    /// When over the limit, the moment the oldest death leaves the window.
+    fn blocked_until(&self, now: Instant) -> Option<Instant> {
+        let mut deaths = self.deaths.lock().unwrap_or_else(|e| e.into_inner());
+        self.prune(&mut deaths, now);
+        if deaths.len() > self.max as usize {
+            deaths.front().map(|t| *t + self.window)
+        } else {
+            None
+        }
+    }
+
+    fn prune(&self, deaths: &mut std::collections::VecDeque<Instant>, now: Instant) {
+        while deaths
+            .front()
+            .is_some_and(|t| now.saturating_duration_since(*t) > self.window)
+        {
+            deaths.pop_front();
+        }
+    }
+}
+
 struct Slot {
     id: usize,
+    health: Arc<Health>,
+    deaths: Arc<RestartIntensity>,
+    /// Whether this slot currently counts as backing off in the health report.
+    reported_backoff: bool,
     spec: SpawnSpec,
     pending: PendingWorkers,
     policy: SlotPolicy,
@@ -178,6 +238,8 @@ impl Slot {
                     if let Some(w) = worker.take() {
                         tracing::warn!(slot = self.id, worker = w.pid(), "idle worker died or spoke out of turn; replacing it");
                         w.discard(self.kill_grace).await;
+                        self.health.worker_gone(true, true);
+                        self.deaths.record(Instant::now());
                     }
                     continue;
                 }
@@ -202,6 +264,7 @@ impl Slot {
                     }));
                 continue;
             };
+            self.health.worker_busy();
             let run = w
                 .run_job(
                     &assignment.job,
@@ -217,7 +280,11 @@ impl Slot {
                     w.stop(self.kill_grace).await;
                 } else {
                     w.discard(self.kill_grace).await;
+                    self.deaths.record(Instant::now());
                 }
+                self.health.worker_gone(false, !run.reusable);
+            } else {
+                self.health.worker_idle();
             }
             // Reply only after a broken worker's group is gone, so a user who sees the
             // error can rely on nothing of that job still running.
@@ -225,16 +292,47 @@ impl Slot {
         }
         if let Some(w) = worker.take() {
             w.stop(self.kill_grace).await;
+            self.health.worker_gone(true, false);
         }
+        self.report_backoff(false);
     }
 
-    fn backing_off(&self) -> bool {
-        self.retry_start_at.is_some_and(|t| Instant::now() < t)
+    fn backing_off(&mut self) -> bool {
+        let now = Instant::now();
+        if let Some(until) = self.deaths.blocked_until(now) {
+            // Checked first so the report names the crash loop, not an older start error.
+            if self.retry_start_at.is_none_or(|t| t < until) {
+                tracing::warn!(
+                    slot = self.id,
+                    "more than {} worker deaths in {:?}: pausing worker starts until the window clears",
+                    self.deaths.max,
+                    self.deaths.window
+                );
+                self.last_start_error = Some(format!(
+                    "workers keep dying (more than {} in {} s); restarts are paused",
+                    self.deaths.max,
+                    self.deaths.window.as_secs()
+                ));
+                self.retry_start_at = Some(until);
+            }
+        }
+        let backing_off = self.retry_start_at.is_some_and(|t| now < t);
+        self.report_backoff(backing_off);
+        backing_off
+    }
+
+    fn report_backoff(&mut self, backing_off: bool) {
+        if backing_off != self.reported_backoff {
+            self.reported_backoff = backing_off;
+            self.health.slot_backoff(backing_off);
+        }
     }
 
     async fn start_worker(&mut self) -> Option<Worker> {
         match Worker::start(&self.spec, &self.pending, &self.abort).await {
             Ok(w) => {
+                self.health.worker_started();
+                self.report_backoff(false);
                 self.start_backoff.reset();
                 self.retry_start_at = None;
                 self.last_start_error = None;
@@ -243,6 +341,8 @@ impl Slot {
             }
             Err(StartError::Stopping) => None,
             Err(e) => {
+                self.health.start_failed();
+                self.deaths.record(Instant::now());
                 let delay = self.start_backoff.next_delay();
                 tracing::error!(
                     slot = self.id,
@@ -251,6 +351,7 @@ impl Slot {
                 );
                 self.retry_start_at = Some(Instant::now() + delay);
                 self.last_start_error = Some(e.to_string());
+                self.report_backoff(true);
                 None
             }
         }

@@ -6,6 +6,7 @@
 //! The offset only moves past updates that were handed to the router, and handing over
 //! never blocks on a job, so a slow provider cannot stall polling.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use teloxide_core::RequestError;
@@ -14,6 +15,7 @@ use teloxide_core::types::{AllowedUpdate, Update};
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
+use crate::health::Health;
 
 pub struct PollSettings {
     pub timeout_secs: u32,
@@ -24,6 +26,7 @@ pub struct PollSettings {
 pub async fn poll(
     bot: Bot,
     settings: PollSettings,
+    health: Arc<Health>,
     stop: CancellationToken,
     mut deliver: impl FnMut(Update),
 ) {
@@ -42,6 +45,7 @@ pub async fn poll(
         };
         match result {
             Ok(updates) => {
+                health.poll_ok();
                 if let Some(since) = failing_since.take() {
                     tracing::info!(
                         "Telegram reachable again after {:.1} s of failures",
@@ -62,11 +66,12 @@ pub async fn poll(
                         .clamp(Duration::from_millis(100), settings.retry_max),
                     _ => backoff.next_delay(),
                 };
+                let described = describe(&error);
                 tracing::warn!(
-                    "getUpdates failed: {}; retrying in {:.1} s",
-                    describe(&error),
+                    "getUpdates failed: {described}; retrying in {:.1} s",
                     delay.as_secs_f64()
                 );
+                health.poll_failed(described);
                 tokio::select! {
                     _ = stop.cancelled() => return,
                     _ = tokio::time::sleep(delay) => {}

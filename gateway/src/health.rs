@@ -1,0 +1,348 @@
+//! What the running gateway knows about itself, in one place: polling, workers, jobs and
+//! provider circuits. Every part of the gateway reports here; `status.json` (read by
+//! `hermes-gateway status`), the `STATUS=` line `systemctl status` shows, and the watchdog
+//! all read from here, so they can never disagree.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use hermes_protocol::{FailureClass, Outcome};
+use serde::{Deserialize, Serialize};
+
+pub struct Health {
+    state: Mutex<State>,
+    /// Signalled when the first worker start attempt ends, either way (a stored permit, so
+    /// a waiter that comes late still wakes).
+    first_worker: tokio::sync::Notify,
+    pid: u32,
+    run_id: String,
+    mode: String,
+    started: SystemTime,
+    started_mono: Instant,
+}
+
+#[derive(Default)]
+struct State {
+    /// Last `getUpdates` round trip that ended, success or error: the watchdog's pulse.
+    last_round_trip: Option<Instant>,
+    last_poll_ok: Option<SystemTime>,
+    failing_since: Option<SystemTime>,
+    last_poll_error: Option<String>,
+    workers_idle: usize,
+    workers_busy: usize,
+    workers_started: u64,
+    worker_faults: u64,
+    start_failures: u64,
+    slots_backing_off: usize,
+    answered: u64,
+    failed: BTreeMap<FailureClass, u64>,
+    previous_shutdown: Option<ShutdownRecord>,
+}
+
+/// Why and when the previous run ended, as it recorded on its way out.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ShutdownRecord {
+    pub run_id: String,
+    pub at_unix: u64,
+    pub reason: String,
+}
+
+/// The published state; also the format of `status.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Snapshot {
+    pub pid: u32,
+    pub run_id: String,
+    pub mode: String,
+    pub started_at_unix: u64,
+    pub uptime_secs: u64,
+    pub written_at_unix: u64,
+    pub polling: Polling,
+    pub workers: Workers,
+    pub providers: Vec<ProviderStatus>,
+    pub jobs: Jobs,
+    pub previous_shutdown: Option<ShutdownRecord>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Polling {
+    /// "ok", "failing" or "starting" (no round trip yet).
+    pub state: String,
+    pub last_ok_unix: Option<u64>,
+    pub failing_since_unix: Option<u64>,
+    pub last_error: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Workers {
+    pub idle: usize,
+    pub busy: usize,
+    pub started: u64,
+    pub faults: u64,
+    pub start_failures: u64,
+    pub slots_backing_off: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ProviderStatus {
+    pub name: String,
+    pub model: String,
+    /// "closed", "open" or "probing".
+    pub circuit: String,
+    pub open_for_secs: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Jobs {
+    pub answered: u64,
+    pub failed: BTreeMap<String, u64>,
+}
+
+impl Snapshot {
+    /// Healthy: polling works, no worker slot is backing off, no provider circuit open.
+    pub fn degraded_reasons(&self) -> Vec<String> {
+        let mut reasons = Vec::new();
+        if self.polling.state != "ok" {
+            reasons.push(format!("Telegram polling is {}", self.polling.state));
+        }
+        if self.workers.slots_backing_off > 0 {
+            reasons.push(format!(
+                "{} worker slot(s) backing off after start failures",
+                self.workers.slots_backing_off
+            ));
+        }
+        for p in &self.providers {
+            if p.circuit != "closed" {
+                reasons.push(format!("provider {} quota circuit {}", p.name, p.circuit));
+            }
+        }
+        reasons
+    }
+
+    /// One line for systemd's `STATUS=`.
+    pub fn status_line(&self) -> String {
+        let polling = match self.polling.state.as_str() {
+            "ok" => "polling ok".to_string(),
+            "starting" => "polling: starting".to_string(),
+            _ => format!(
+                "Telegram unreachable since {}",
+                self.polling
+                    .failing_since_unix
+                    .map(format_unix)
+                    .unwrap_or_else(|| "?".into())
+            ),
+        };
+        let mut line = format!(
+            "{polling}; workers {} idle {} busy; {} answered, {} failed",
+            self.workers.idle,
+            self.workers.busy,
+            self.jobs.answered,
+            self.jobs.failed.values().sum::<u64>()
+        );
+        for p in &self.providers {
+            if let (true, Some(secs)) = (p.circuit == "open", p.open_for_secs) {
+                line.push_str(&format!(
+                    "; provider {} quota-open until {}",
+                    p.name,
+                    format_unix(unix_now() + secs)
+                ));
+            }
+        }
+        line
+    }
+}
+
+pub fn unix_now() -> u64 {
+    unix(SystemTime::now())
+}
+
+fn unix(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// `HH:MM:SS UTC` of a Unix time: enough for a status line read the same day.
+pub fn format_unix(secs: u64) -> String {
+    let s = secs % 86_400;
+    format!("{:02}:{:02}:{:02} UTC", s / 3600, (s / 60) % 60, s % 60)
+}
+
+impl Health {
+    pub fn new(mode: &str, previous_shutdown: Option<ShutdownRecord>) -> Self {
+        let started = SystemTime::now();
+        let run_id = format!("{:x}-{:x}", unix(started), std::process::id());
+        Health {
+            state: Mutex::new(State {
+                previous_shutdown,
+                ..State::default()
+            }),
+            first_worker: tokio::sync::Notify::new(),
+            pid: std::process::id(),
+            run_id,
+            mode: mode.to_string(),
+            started,
+            started_mono: Instant::now(),
+        }
+    }
+
+    pub fn run_id(&self) -> &str {
+        &self.run_id
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn poll_ok(&self) {
+        let mut s = self.lock();
+        s.last_round_trip = Some(Instant::now());
+        s.last_poll_ok = Some(SystemTime::now());
+        s.failing_since = None;
+        s.last_poll_error = None;
+    }
+
+    pub fn poll_failed(&self, error: String) {
+        let mut s = self.lock();
+        s.last_round_trip = Some(Instant::now());
+        s.failing_since.get_or_insert_with(SystemTime::now);
+        s.last_poll_error = Some(error);
+    }
+
+    /// True when a `getUpdates` round trip ended within `period`: the poll loop is alive.
+    pub fn polled_within(&self, period: Duration) -> bool {
+        self.lock()
+            .last_round_trip
+            .is_some_and(|t| t.elapsed() <= period)
+    }
+
+    pub fn worker_started(&self) {
+        let mut s = self.lock();
+        s.workers_started += 1;
+        s.workers_idle += 1;
+        self.first_worker.notify_one();
+    }
+
+    /// Resolves once a worker started or failed to start.
+    pub async fn first_worker_attempt(&self) {
+        self.first_worker.notified().await;
+    }
+
+    pub fn worker_busy(&self) {
+        let mut s = self.lock();
+        s.workers_idle = s.workers_idle.saturating_sub(1);
+        s.workers_busy += 1;
+    }
+
+    pub fn worker_idle(&self) {
+        let mut s = self.lock();
+        s.workers_busy = s.workers_busy.saturating_sub(1);
+        s.workers_idle += 1;
+    }
+
+    /// A worker left: `idle` says from which state; `fault` whether it broke.
+    pub fn worker_gone(&self, idle: bool, fault: bool) {
+        let mut s = self.lock();
+        if idle {
+            s.workers_idle = s.workers_idle.saturating_sub(1);
+        } else {
+            s.workers_busy = s.workers_busy.saturating_sub(1);
+        }
+        if fault {
+            s.worker_faults += 1;
+        }
+    }
+
+    pub fn start_failed(&self) {
+        self.lock().start_failures += 1;
+        self.first_worker.notify_one();
+    }
+
+    pub fn slot_backoff(&self, backing_off: bool) {
+        let mut s = self.lock();
+        if backing_off {
+            s.slots_backing_off += 1;
+        } else {
+            s.slots_backing_off = s.slots_backing_off.saturating_sub(1);
+        }
+    }
+
+    pub fn job_done(&self, outcome: &Outcome) {
+        let mut s = self.lock();
+        match outcome {
+            Outcome::Reply(_) => s.answered += 1,
+            Outcome::Failed(f) => *s.failed.entry(f.class()).or_default() += 1,
+        }
+    }
+
+    pub fn snapshot(&self, providers: Vec<ProviderStatus>) -> Snapshot {
+        let s = self.lock();
+        let polling_state = match (s.last_round_trip, s.failing_since) {
+            (None, _) => "starting",
+            (Some(_), None) => "ok",
+            (Some(_), Some(_)) => "failing",
+        };
+        Snapshot {
+            pid: self.pid,
+            run_id: self.run_id.clone(),
+            mode: self.mode.clone(),
+            started_at_unix: unix(self.started),
+            uptime_secs: self.started_mono.elapsed().as_secs(),
+            written_at_unix: unix_now(),
+            polling: Polling {
+                state: polling_state.into(),
+                last_ok_unix: s.last_poll_ok.map(unix),
+                failing_since_unix: s.failing_since.map(unix),
+                last_error: s.last_poll_error.clone(),
+            },
+            workers: Workers {
+                idle: s.workers_idle,
+                busy: s.workers_busy,
+                started: s.workers_started,
+                faults: s.worker_faults,
+                start_failures: s.start_failures,
+                slots_backing_off: s.slots_backing_off,
+            },
+            providers,
+            jobs: Jobs {
+                answered: s.answered,
+                failed: s
+                    .failed
+                    .iter()
+                    .map(|(class, n)| (class.as_str().to_string(), *n))
+                    .collect(),
+            },
+            previous_shutdown: s.previous_shutdown.clone(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hermes_protocol::Failure;
+
+    #[test]
+    fn snapshot_counts_and_judges() {
+        let h = Health::new("pool", None);
+        assert_eq!(h.snapshot(vec![]).polling.state, "starting");
+        h.poll_failed("502".into());
+        let snap = h.snapshot(vec![]);
+        assert_eq!(snap.polling.state, "failing");
+        assert!(snap.status_line().contains("Telegram unreachable since"));
+        assert_eq!(snap.degraded_reasons().len(), 1);
+        h.poll_ok();
+        h.worker_started();
+        h.worker_started();
+        h.worker_busy();
+        h.job_done(&Outcome::Failed(Failure::TimedOut { after_ms: 1 }));
+        let snap = h.snapshot(vec![]);
+        assert!(snap.degraded_reasons().is_empty());
+        assert_eq!(
+            snap.status_line(),
+            "polling ok; workers 1 idle 1 busy; 0 answered, 1 failed"
+        );
+        assert_eq!(snap.jobs.failed.get("timed_out"), Some(&1));
+        assert!(h.polled_within(Duration::from_secs(1)));
+    }
+}

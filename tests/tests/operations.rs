@@ -1,0 +1,200 @@
+//! Operations: what systemd and an operator see of the gateway. sd_notify messages
+//! (READY, STATUS, WATCHDOG only while polling makes progress, STOPPING) are read from a
+//! datagram socket the test binds as `NOTIFY_SOCKET`; `hermes-gateway status` is run as
+//! an operator would run it.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use hermes_protocol::config::WorkerMode;
+use hermes_tests::harness::{Gateway, GatewayOptions, PATIENCE, Rig, binaries, eventually};
+use nix::sys::signal::Signal;
+use tokio::net::UnixDatagram;
+
+/// Everything the gateway sent to its notify socket, with arrival times.
+#[derive(Clone, Default)]
+struct NotifyLog(Arc<Mutex<Vec<(Instant, String)>>>);
+
+impl NotifyLog {
+    fn listen(socket: UnixDatagram) -> NotifyLog {
+        let log = NotifyLog::default();
+        let sink = log.clone();
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 4096];
+            while let Ok(n) = socket.recv(&mut buf).await {
+                let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+                for line in text.lines() {
+                    sink.0
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push((Instant::now(), line.to_string()));
+                }
+            }
+        });
+        log
+    }
+
+    fn lines(&self) -> Vec<(Instant, String)> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn count(&self, prefix: &str, since: Instant) -> usize {
+        self.lines()
+            .iter()
+            .filter(|(t, l)| *t >= since && l.starts_with(prefix))
+            .count()
+    }
+
+    async fn wait_for(&self, prefix: &str, since: Instant) -> bool {
+        eventually(PATIENCE, || self.count(prefix, since) > 0).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sd_notify_ready_status_and_a_watchdog_that_follows_polling() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("notify.sock");
+    let socket = UnixDatagram::bind(&path).expect("bind notify socket");
+    let notify = NotifyLog::listen(socket);
+    let t0 = Instant::now();
+    let mut rig = Rig::start(WorkerMode::Pool, |o| {
+        o.poll_timeout_secs = 1;
+        o.env = vec![
+            ("NOTIFY_SOCKET".into(), path.display().to_string()),
+            ("WATCHDOG_USEC".into(), "1000000".into()),
+        ];
+    })
+    .await;
+    assert!(
+        notify.wait_for("READY=1", t0).await,
+        "no READY=1: {:?}",
+        notify.lines()
+    );
+    assert!(
+        notify
+            .wait_for("STATUS=polling ok; workers 2 idle", t0)
+            .await,
+        "{:?}",
+        notify.lines()
+    );
+    assert!(
+        notify.wait_for("WATCHDOG=1", t0).await,
+        "{:?}",
+        notify.lines()
+    );
+    assert_eq!(rig.ask("hi").await.text, "echo: hi");
+
+    // Telegram stops answering getUpdates at all: the poll loop makes no progress, so the
+    // pings stop (a client timeout ends the stalled poll only after 1 + 5 s).
+    rig.telegram.stall_get_updates(true);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let quiet_from = Instant::now();
+    tokio::time::sleep(Duration::from_millis(3000)).await;
+    assert_eq!(
+        notify.count("WATCHDOG=1", quiet_from),
+        0,
+        "WATCHDOG=1 sent while polling was stalled: {:?}",
+        notify.lines()
+    );
+    rig.telegram.stall_get_updates(false);
+    let resumed = Instant::now();
+    assert!(
+        notify.wait_for("WATCHDOG=1", resumed).await,
+        "the watchdog did not resume"
+    );
+    rig.gateway.assert_running(rig.pid);
+
+    let stopping = Instant::now();
+    rig.gateway.signal(Signal::SIGTERM);
+    assert_eq!(
+        rig.gateway.wait_exit(PATIENCE).await.and_then(|s| s.code()),
+        Some(0)
+    );
+    assert!(
+        notify.count("STOPPING=1", stopping) > 0,
+        "{:?}",
+        notify.lines()
+    );
+}
+
+async fn status(gateway: &Gateway) -> (i32, String) {
+    let output = tokio::process::Command::new(&binaries().gateway)
+        .args(["status", "--config"])
+        .arg(&gateway.config_path)
+        .output()
+        .await
+        .expect("run status");
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+    )
+}
+
+/// Runs `hermes-gateway status` until `accept` likes its result (bounded by PATIENCE);
+/// returns the last result either way.
+async fn status_until(gateway: &Gateway, accept: impl Fn(i32, &str) -> bool) -> (i32, String) {
+    let end = Instant::now() + PATIENCE;
+    loop {
+        let (code, out) = status(gateway).await;
+        if accept(code, &out) || Instant::now() >= end {
+            return (code, out);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_reports_health_degradation_and_who_stopped_it() {
+    let mut rig = Rig::start(WorkerMode::Pool, |o| o.poll_timeout_secs = 1).await;
+    assert_eq!(rig.ask("hi").await.text, "echo: hi");
+    let pid = rig.pid;
+    let (code, out) = status_until(&rig.gateway, |c, o| c == 0 && o.contains("1 answered")).await;
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains(&format!("pid {pid} (healthy)")), "{out}");
+    assert!(
+        out.contains("provider p0 (model model-0): quota circuit closed"),
+        "{out}"
+    );
+
+    rig.telegram.refuse_connections().await;
+    let (code, out) = status_until(&rig.gateway, |c, _| c == 1).await;
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("degraded: Telegram polling is failing"),
+        "{out}"
+    );
+    rig.telegram.accept_connections().await;
+
+    rig.gateway.signal(Signal::SIGTERM);
+    assert_eq!(
+        rig.gateway.wait_exit(PATIENCE).await.and_then(|s| s.code()),
+        Some(0)
+    );
+    let (code, out) = status(&rig.gateway).await;
+    assert_eq!(code, 3, "{out}");
+    let me = std::process::id();
+    assert!(
+        out.contains(&format!("last shutdown: SIGTERM from pid {me} (")),
+        "{out}"
+    );
+
+    // The next run in the same state directory reports this clean stop, and after a
+    // SIGKILL the run after that reports an unclean end.
+    let options = GatewayOptions {
+        providers: vec![rig.provider.base_url()],
+        poll_timeout_secs: 1,
+        ..GatewayOptions::new(WorkerMode::Pool)
+    };
+    let Rig {
+        telegram, gateway, ..
+    } = rig;
+    let dir = gateway.into_dir();
+    let second = Gateway::start_in(dir, &options, &telegram.api_url());
+    let (_, out) = status_until(&second, |_, o| o.contains("previous run: SIGTERM from pid")).await;
+    assert!(out.contains("previous run: SIGTERM from pid"), "{out}");
+    second.signal(Signal::SIGKILL);
+    let dir = second.into_dir();
+    let third = Gateway::start_in(dir, &options, &telegram.api_url());
+    let (_, out) = status_until(&third, |_, o| o.contains("previous run: unclean")).await;
+    assert!(out.contains("previous run: unclean"), "{out}");
+}
