@@ -15,6 +15,7 @@
 //! - [`health`], [`status`], [`systemd`]: what the gateway knows about itself, the
 //!   status file and `hermes-gateway status`, and sd_notify (READY, STATUS, WATCHDOG);
 //! - [`signals`]: stop signals with their sender, for the shutdown record;
+//! - [`service`]: writing the systemd unit;
 //! - [`setup`], [`check_config`]: judging a configuration against this machine;
 //! - [`backoff`]: the retry schedule everything shares.
 
@@ -25,6 +26,7 @@ mod circuit;
 mod health;
 mod replies;
 mod run;
+mod service;
 mod setup;
 mod signals;
 mod status;
@@ -71,12 +73,40 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Install or remove the systemd unit (deploy/hermes-gateway.service, with this
+    /// machine's paths).
+    #[command(subcommand)]
+    Service(ServiceCommand),
     /// Validate the configuration and the environment it names, print what was found, and
     /// exit 0 (valid) or 78 (one line per problem, with key and line number).
     CheckConfig {
         /// Configuration file (TOML).
         #[arg(long, short, env = "HERMES_CONFIG", value_name = "FILE")]
         config: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum ServiceCommand {
+    /// Write the unit (system: /etc/systemd/system; --user: ~/.config/systemd/user) with
+    /// this binary's path and the configuration's, run daemon-reload, print the next step.
+    Install {
+        /// Configuration file the service will run with.
+        #[arg(long, short, env = "HERMES_CONFIG", value_name = "FILE")]
+        config: PathBuf,
+        /// A user service (systemctl --user) instead of a system one.
+        #[arg(long)]
+        user: bool,
+        /// Print the unit instead of writing it.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Stop, disable and remove the unit.
+    Uninstall {
+        #[arg(long)]
+        user: bool,
+        #[arg(long)]
+        dry_run: bool,
     },
 }
 
@@ -87,6 +117,14 @@ fn main() {
         Command::Run { config } => run::run(&config),
         Command::CheckConfig { config } => check_config::check_config(&config),
         Command::Status { config, json } => status::status_command(&config, json),
+        Command::Service(ServiceCommand::Install {
+            config,
+            user,
+            dry_run,
+        }) => service::install(user, &config, dry_run),
+        Command::Service(ServiceCommand::Uninstall { user, dry_run }) => {
+            service::uninstall(user, dry_run)
+        }
     };
     std::process::exit(code);
 }

@@ -198,3 +198,82 @@ async fn status_reports_health_degradation_and_who_stopped_it() {
     let (_, out) = status_until(&third, |_, o| o.contains("previous run: unclean")).await;
     assert!(out.contains("previous run: unclean"), "{out}");
 }
+
+fn deploy_file(name: &str) -> String {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy").join(name);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// `service install --dry-run` prints the unit it would write.
+async fn generated_unit(user: bool, dir: &std::path::Path) -> (String, std::path::PathBuf) {
+    let config = dir.join("hermes.toml");
+    std::fs::write(
+        &config,
+        "[[providers]]\nname = \"main\"\nbase_url = \"http://127.0.0.1:9/v1\"\nmodel = \"m\"\n",
+    )
+    .expect("write config");
+    let mut command = tokio::process::Command::new(&binaries().gateway);
+    command.args(["service", "install", "--dry-run", "--config"]).arg(&config);
+    if user {
+        command.arg("--user");
+    }
+    let output = command.output().await.expect("run service install");
+    assert_eq!(output.status.code(), Some(0), "{}", String::from_utf8_lossy(&output.stderr));
+    (String::from_utf8_lossy(&output.stdout).into_owned(), config)
+}
+
+/// The generated units are the committed ones with this machine's paths: they cannot
+/// drift apart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn generated_units_match_the_committed_ones() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let binary = std::fs::canonicalize(&binaries().gateway).expect("binary path");
+    for (user, file, default_binary, default_config) in [
+        (false, "hermes-gateway.service", "/usr/local/bin/hermes-gateway", "/etc/hermes/hermes.toml"),
+        (true, "hermes-gateway-user.service", "%h/.local/bin/hermes-gateway", "%h/.config/hermes/hermes.toml"),
+    ] {
+        let (unit, config) = generated_unit(user, dir.path()).await;
+        let config = std::fs::canonicalize(config).expect("config path");
+        let expected = deploy_file(file)
+            .replace(default_binary, &binary.display().to_string())
+            .replace(default_config, &config.display().to_string());
+        assert_eq!(unit, expected, "{file} and the generated unit differ");
+    }
+}
+
+/// `systemd-analyze verify` accepts both units (where systemd-analyze exists; .ci/run
+/// installs it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn systemd_analyze_verifies_the_generated_units() {
+    let Ok(analyze) = which("systemd-analyze") else {
+        println!("SKIPPED: systemd-analyze is not installed");
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    for user in [false, true] {
+        let (unit, _) = generated_unit(user, dir.path()).await;
+        let units = tempfile::tempdir().expect("tempdir");
+        let path = units.path().join("hermes-gateway.service");
+        std::fs::write(&path, unit).expect("write unit");
+        // Verified as a system unit in both cases: `--user` needs a running user manager.
+        let output = tokio::process::Command::new(&analyze)
+            .arg("verify")
+            .arg(&path)
+            .output()
+            .await
+            .expect("run systemd-analyze");
+        assert!(
+            output.status.success() && output.stderr.is_empty(),
+            "systemd-analyze verify (user: {user}):\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+}
+
+fn which(name: &str) -> Result<std::path::PathBuf, ()> {
+    let path = std::env::var_os("PATH").ok_or(())?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(name))
+        .find(|p| p.is_file())
+        .ok_or(())
+}
