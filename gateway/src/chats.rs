@@ -8,12 +8,12 @@
 //! Whatever the job's outcome, the chat gets exactly one reply: the answer, or the
 //! plain-language text for the failure (see [`crate::replies`]).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use hermes_protocol::{ChatMessage, Event, Failure, Job, JobId, Outcome, ProviderPlan, Role};
+use hermes_protocol::{ChatMessage, Event, Failure, Job, JobId, Outcome, Role};
 use teloxide_core::types::{Update, UpdateKind};
 use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TrySendError;
@@ -23,6 +23,7 @@ use tokio_util::task::TaskTracker;
 use crate::circuit::Circuits;
 use crate::health::Health;
 use crate::replies;
+use crate::settings::LiveSettings;
 use crate::supervisor::Supervisor;
 use crate::telegram::sender::Sender;
 
@@ -37,9 +38,7 @@ pub struct JobContext {
     pub health: Arc<Health>,
     pub circuits: Arc<Circuits>,
     pub sender: Sender,
-    pub providers: Vec<ProviderPlan>,
-    pub system_prompt: Option<String>,
-    pub job_timeout: Duration,
+    pub settings: LiveSettings,
 }
 
 /// A chat task stops waiting for messages: idle too long, or the gateway is stopping.
@@ -64,7 +63,6 @@ pub struct ChatRouter {
 struct Inner {
     chats: Mutex<HashMap<i64, mpsc::Sender<Incoming>>>,
     ctx: JobContext,
-    allowed: HashSet<u64>,
     queue_capacity: usize,
     next_job: AtomicU64,
     tasks: TaskTracker,
@@ -75,7 +73,6 @@ struct Inner {
 impl ChatRouter {
     pub fn new(
         ctx: JobContext,
-        allowed_users: &[i64],
         queue_capacity: usize,
         tasks: TaskTracker,
         closing: CancellationToken,
@@ -84,10 +81,6 @@ impl ChatRouter {
             inner: Arc::new(Inner {
                 chats: Mutex::new(HashMap::new()),
                 ctx,
-                allowed: allowed_users
-                    .iter()
-                    .filter_map(|&id| u64::try_from(id).ok())
-                    .collect(),
                 queue_capacity: queue_capacity.max(1),
                 next_job: AtomicU64::new(1),
                 tasks,
@@ -115,7 +108,7 @@ impl ChatRouter {
             return;
         };
         let user_id = user.id.0;
-        if !self.inner.allowed.contains(&user_id) {
+        if !self.inner.ctx.settings.get().allowed.contains(&user_id) {
             tracing::info!(
                 chat,
                 user = user_id,
@@ -206,12 +199,14 @@ impl ChatRouter {
         let ctx = &self.inner.ctx;
         let id = JobId(self.inner.next_job.fetch_add(1, Ordering::Relaxed));
         let mut messages = Vec::with_capacity(2);
-        if let Some(prompt) = &ctx.system_prompt {
+        // The settings this job starts with; a reload meanwhile does not change them.
+        let settings = ctx.settings.get();
+        if let Some(prompt) = &settings.system_prompt {
             messages.push(ChatMessage::new(Role::System, prompt.clone()));
         }
         messages.push(ChatMessage::new(Role::User, incoming.text));
         let started = Instant::now();
-        let plan = ctx.circuits.plan(&ctx.providers, started);
+        let plan = ctx.circuits.plan(&settings.providers, started);
         if plan.providers.is_empty() {
             let (provider, remaining) = plan.first_skipped.clone().unwrap_or_default();
             let failure = Failure::QuotaExhausted {
@@ -233,7 +228,7 @@ impl ChatRouter {
             chat_id: chat,
             messages,
             providers: plan.providers.clone(),
-            timeout_ms: u64::try_from(ctx.job_timeout.as_millis()).unwrap_or(u64::MAX),
+            timeout_ms: u64::try_from(settings.job_timeout.as_millis()).unwrap_or(u64::MAX),
         };
         let (events_tx, mut events_rx) = mpsc::unbounded_channel();
         let run = ctx.supervisor.run(job, Some(events_tx));

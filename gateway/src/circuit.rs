@@ -25,7 +25,7 @@ enum State {
 }
 
 pub struct Circuits {
-    cooldowns: HashMap<String, Duration>,
+    cooldowns: Mutex<HashMap<String, Duration>>,
     state: Mutex<HashMap<String, State>>,
 }
 
@@ -49,9 +49,14 @@ pub enum View {
 impl Circuits {
     pub fn new(cooldowns: impl IntoIterator<Item = (String, Duration)>) -> Self {
         Circuits {
-            cooldowns: cooldowns.into_iter().collect(),
+            cooldowns: Mutex::new(cooldowns.into_iter().collect()),
             state: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// New cool-downs after a configuration reload; circuits already open keep their time.
+    pub fn set_cooldowns(&self, cooldowns: impl IntoIterator<Item = (String, Duration)>) {
+        *self.cooldowns.lock().unwrap_or_else(|e| e.into_inner()) = cooldowns.into_iter().collect();
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, State>> {
@@ -103,7 +108,13 @@ impl Circuits {
         exhausted.dedup();
         let mut state = self.lock();
         for name in &exhausted {
-            let cooldown = self.cooldowns.get(*name).copied().unwrap_or_default();
+            let cooldown = self
+                .cooldowns
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(*name)
+                .copied()
+                .unwrap_or_default();
             if cooldown.is_zero() {
                 continue;
             }

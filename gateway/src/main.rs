@@ -15,6 +15,7 @@
 //! - [`health`], [`status`], [`systemd`]: what the gateway knows about itself, the
 //!   status file and `hermes-gateway status`, and sd_notify (READY, STATUS, WATCHDOG);
 //! - [`signals`]: stop signals with their sender, for the shutdown record;
+//! - [`settings`]: what a SIGHUP reload may change;
 //! - [`service`]: writing the systemd unit;
 //! - [`setup`], [`check_config`]: judging a configuration against this machine;
 //! - [`backoff`]: the retry schedule everything shares.
@@ -27,6 +28,7 @@ mod health;
 mod replies;
 mod run;
 mod service;
+mod settings;
 mod setup;
 mod signals;
 mod status;

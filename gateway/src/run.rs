@@ -19,6 +19,7 @@ use tokio_util::task::TaskTracker;
 use crate::chats::{ChatRouter, JobContext};
 use crate::circuit::Circuits;
 use crate::health::Health;
+use crate::settings::{ChatSettings, LiveSettings, needs_restart};
 use crate::setup::{self, Setup};
 use crate::signals;
 use crate::status::{self, Publisher};
@@ -66,10 +67,10 @@ pub fn run(path: &Path) -> i32 {
             return EXIT_OS_ERROR;
         }
     };
-    runtime.block_on(serve(config, setup))
+    runtime.block_on(serve(path, config, setup))
 }
 
-async fn serve(config: Config, setup: Setup) -> i32 {
+async fn serve(path: &Path, config: Config, setup: Setup) -> i32 {
     let mut signals = match signals::listen() {
         Ok(s) => s,
         Err(e) => {
@@ -95,10 +96,8 @@ async fn serve(config: Config, setup: Setup) -> i32 {
     }
     let health = Arc::new(Health::new(workers.mode.as_str(), previous));
     let notifier = Arc::new(Notifier::from_env());
-    let circuits =
-        Arc::new(Circuits::new(config.providers.iter().map(|p| {
-            (p.name.clone(), Duration::from_secs(p.quota_cooldown_secs))
-        })));
+    let settings = LiveSettings::new(ChatSettings::new(&config, &setup));
+    let circuits = Arc::new(Circuits::new(settings.get().cooldowns.clone()));
     let tasks = TaskTracker::new();
     let shutdown = Shutdown {
         stop_taking: CancellationToken::new(),
@@ -134,11 +133,7 @@ async fn serve(config: Config, setup: Setup) -> i32 {
         Publisher {
             health: health.clone(),
             circuits: circuits.clone(),
-            providers: config
-                .providers
-                .iter()
-                .map(|p| (p.name.clone(), p.model.clone()))
-                .collect(),
+            settings: settings.clone(),
             state_dir: setup.state_dir.clone(),
             notifier: notifier.clone(),
         }
@@ -148,13 +143,10 @@ async fn serve(config: Config, setup: Setup) -> i32 {
         JobContext {
             supervisor,
             health: health.clone(),
-            circuits,
+            circuits: circuits.clone(),
             sender: Sender::new(bot.clone()),
-            providers: setup.providers.clone(),
-            system_prompt: config.agent.system_prompt.clone(),
-            job_timeout: workers.job_timeout(),
+            settings: settings.clone(),
         },
-        &config.telegram.allowed_users,
         config.telegram.max_queued_per_chat,
         tasks.clone(),
         shutdown.stop_taking.clone(),
@@ -189,10 +181,8 @@ async fn serve(config: Config, setup: Setup) -> i32 {
     let stop_signal = loop {
         match signals.recv().await {
             Some(signal) if signal.is_reload() => {
-                tracing::warn!(
-                    "received {signal}: reloading the configuration is not supported; \
-                     restart the service to apply changes"
-                );
+                tracing::info!("received {signal}: reloading {}", path.display());
+                reload(path, &config, &settings, &circuits);
             }
             Some(signal) => break signal.to_string(),
             None => break "the signal listener stopped".to_string(),
@@ -231,6 +221,44 @@ async fn serve(config: Config, setup: Setup) -> i32 {
     status::record_shutdown(&setup.state_dir, health.run_id(), &stop_signal);
     tracing::info!("hermes-gateway stopped");
     0
+}
+
+/// Applies a changed configuration file to the live settings, or keeps the old ones and
+/// says why. Jobs in flight keep the settings they started with.
+fn reload(path: &Path, running: &Config, settings: &LiveSettings, circuits: &Circuits) {
+    let new = match Config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!("reload failed, keeping the old configuration: {e}");
+            return;
+        }
+    };
+    let setup = match setup::resolve(&new) {
+        Ok(s) => s,
+        Err(problems) => {
+            let lines: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
+            tracing::error!(
+                "reload failed, keeping the old configuration: {}",
+                lines.join("; ")
+            );
+            return;
+        }
+    };
+    let restart = needs_restart(running, &new);
+    if !restart.is_empty() {
+        tracing::warn!(
+            "changed keys that only take effect after a restart: {}",
+            restart.join(", ")
+        );
+    }
+    let fresh = ChatSettings::new(&new, &setup);
+    circuits.set_cooldowns(fresh.cooldowns.clone());
+    tracing::info!(
+        allowed_users = fresh.allowed.len(),
+        providers = fresh.providers.len(),
+        "configuration reloaded"
+    );
+    settings.replace(fresh);
 }
 
 /// How long start-up waits for a pool's first worker before declaring itself ready.

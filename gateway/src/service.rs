@@ -110,7 +110,10 @@ pub fn install(user: bool, config: &Path, dry_run: bool) -> i32 {
     }
     let scope = if user { "--user " } else { "" };
     println!("next: systemctl {scope}enable --now hermes-gateway");
-    println!("then: systemctl {scope}status hermes-gateway   (or: hermes-gateway status --config {})", config.display());
+    println!(
+        "then: systemctl {scope}status hermes-gateway   (or: hermes-gateway status --config {})",
+        config.display()
+    );
     0
 }
 
@@ -123,7 +126,10 @@ pub fn uninstall(user: bool, dry_run: bool) -> i32 {
         }
     };
     if dry_run {
-        println!("would stop and disable hermes-gateway, then remove {}", path.display());
+        println!(
+            "would stop and disable hermes-gateway, then remove {}",
+            path.display()
+        );
         return 0;
     }
     if !path.exists() {
@@ -151,7 +157,11 @@ mod tests {
 
     #[test]
     fn rendering_replaces_only_the_paths() {
-        let unit = render(false, Path::new("/opt/h/hermes-gateway"), Path::new("/srv/h.toml"));
+        let unit = render(
+            false,
+            Path::new("/opt/h/hermes-gateway"),
+            Path::new("/srv/h.toml"),
+        );
         assert!(unit.contains("ExecStart=/opt/h/hermes-gateway run --config /srv/h.toml"));
         assert_eq!(
             unit.replace("/opt/h/hermes-gateway", SYSTEM_BINARY)

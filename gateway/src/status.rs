@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::circuit::{Circuits, View};
 use crate::health::{Health, ProviderStatus, ShutdownRecord, Snapshot, format_unix, unix_now};
+use crate::settings::LiveSettings;
 use crate::setup;
 use crate::systemd::Notifier;
 
@@ -63,8 +64,8 @@ pub fn record_shutdown(state_dir: &Path, run_id: &str, reason: &str) {
 pub struct Publisher {
     pub health: Arc<Health>,
     pub circuits: Arc<Circuits>,
-    /// (name, model) of each configured provider, in chain order.
-    pub providers: Vec<(String, String)>,
+    /// The providers to report, from the live settings.
+    pub settings: LiveSettings,
     pub state_dir: PathBuf,
     pub notifier: Arc<Notifier>,
 }
@@ -72,8 +73,9 @@ pub struct Publisher {
 impl Publisher {
     pub fn snapshot(&self) -> Snapshot {
         let now = Instant::now();
-        let providers = self
-            .providers
+        let settings = self.settings.get();
+        let providers = settings
+            .provider_models
             .iter()
             .map(|(name, model)| {
                 let (circuit, open_for_secs) = match self.circuits.view(name, now) {

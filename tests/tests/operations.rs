@@ -200,7 +200,9 @@ async fn status_reports_health_degradation_and_who_stopped_it() {
 }
 
 fn deploy_file(name: &str) -> String {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy").join(name);
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../deploy")
+        .join(name);
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
@@ -213,12 +215,19 @@ async fn generated_unit(user: bool, dir: &std::path::Path) -> (String, std::path
     )
     .expect("write config");
     let mut command = tokio::process::Command::new(&binaries().gateway);
-    command.args(["service", "install", "--dry-run", "--config"]).arg(&config);
+    command
+        .args(["service", "install", "--dry-run", "--config"])
+        .arg(&config);
     if user {
         command.arg("--user");
     }
     let output = command.output().await.expect("run service install");
-    assert_eq!(output.status.code(), Some(0), "{}", String::from_utf8_lossy(&output.stderr));
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     (String::from_utf8_lossy(&output.stdout).into_owned(), config)
 }
 
@@ -229,8 +238,18 @@ async fn generated_units_match_the_committed_ones() {
     let dir = tempfile::tempdir().expect("tempdir");
     let binary = std::fs::canonicalize(&binaries().gateway).expect("binary path");
     for (user, file, default_binary, default_config) in [
-        (false, "hermes-gateway.service", "/usr/local/bin/hermes-gateway", "/etc/hermes/hermes.toml"),
-        (true, "hermes-gateway-user.service", "%h/.local/bin/hermes-gateway", "%h/.config/hermes/hermes.toml"),
+        (
+            false,
+            "hermes-gateway.service",
+            "/usr/local/bin/hermes-gateway",
+            "/etc/hermes/hermes.toml",
+        ),
+        (
+            true,
+            "hermes-gateway-user.service",
+            "%h/.local/bin/hermes-gateway",
+            "%h/.config/hermes/hermes.toml",
+        ),
     ] {
         let (unit, config) = generated_unit(user, dir.path()).await;
         let config = std::fs::canonicalize(config).expect("config path");
@@ -276,4 +295,75 @@ fn which(name: &str) -> Result<std::path::PathBuf, ()> {
         .map(|dir| dir.join(name))
         .find(|p| p.is_file())
         .ok_or(())
+}
+
+/// SIGHUP reloads the configuration without dropping the job in flight; a bad new file
+/// keeps the old configuration and says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_without_dropping_jobs_and_keeps_a_good_config() {
+    let newcomer = 2002;
+    let mut rig = Rig::start(WorkerMode::Pool, |_| {}).await;
+    let stranger = rig.ask_in(newcomer, newcomer, "hello?").await;
+    assert!(stranger.text.contains("2002"), "{}", stranger.text);
+
+    // A slow job is in flight while the file changes and SIGHUP arrives.
+    rig.provider
+        .push(hermes_tests::fake_provider::ProviderReply::Delay(
+            Duration::from_secs(2),
+        ));
+    rig.telegram.send_text(
+        hermes_tests::harness::USER,
+        hermes_tests::harness::USER,
+        "slow one",
+    );
+    assert!(rig.provider.wait_for_requests(1, PATIENCE).await);
+    let config = std::fs::read_to_string(&rig.gateway.config_path).expect("read config");
+    let widened = config.replace(
+        &format!("allowed_users = [{}]", hermes_tests::harness::USER),
+        &format!(
+            "allowed_users = [{}, {newcomer}]",
+            hermes_tests::harness::USER
+        ),
+    );
+    assert_ne!(config, widened);
+    std::fs::write(&rig.gateway.config_path, &widened).expect("write config");
+    rig.gateway.signal(Signal::SIGHUP);
+    assert!(
+        eventually(PATIENCE, || rig
+            .gateway
+            .log()
+            .contains("configuration reloaded"))
+        .await,
+        "{}",
+        rig.gateway.log()
+    );
+    let slow = rig
+        .telegram
+        .wait_for_chat_messages(hermes_tests::harness::USER, 1, PATIENCE)
+        .await;
+    assert_eq!(
+        slow.first().map(|m| m.text.as_str()),
+        Some("echo: slow one")
+    );
+    assert_eq!(
+        rig.ask_in(newcomer, newcomer, "now?").await.text,
+        "echo: now?"
+    );
+
+    std::fs::write(&rig.gateway.config_path, "this is = = not toml").expect("write config");
+    rig.gateway.signal(Signal::SIGHUP);
+    assert!(
+        eventually(PATIENCE, || rig
+            .gateway
+            .log()
+            .contains("keeping the old configuration"))
+        .await,
+        "{}",
+        rig.gateway.log()
+    );
+    assert_eq!(
+        rig.ask_in(newcomer, newcomer, "still?").await.text,
+        "echo: still?"
+    );
+    rig.gateway.assert_running(rig.pid);
 }
