@@ -819,6 +819,46 @@ timeout = 3
         assert!(lines.iter().any(|l| l.contains("not both")), "{lines:#?}");
     }
 
+    /// The example every operator starts from must be valid and show every key.
+    #[test]
+    fn the_example_configuration_is_valid_and_complete() {
+        let text = include_str!("../../deploy/hermes.example.toml");
+        let config = parse(text).unwrap_or_else(|p| panic!("{p:#?}"));
+        assert_eq!(config.providers[0].name, "main");
+        for key in [
+            "token_env",
+            "api_url",
+            "allowed_users",
+            "poll_timeout_secs",
+            "retry_max_secs",
+            "max_queued_per_chat",
+            "name",
+            "base_url",
+            "model",
+            "api_key_env",
+            "request_timeout_secs",
+            "max_retries",
+            "quota_cooldown_secs",
+            "mode",
+            "pool_size",
+            "job_timeout_secs",
+            "command",
+            "max_jobs_per_worker",
+            "memory_limit_mb",
+            "kill_grace_secs",
+            "shutdown_drain_secs",
+            "max_restarts",
+            "restart_window_secs",
+            "dir",
+            "system_prompt",
+        ] {
+            assert!(
+                text.contains(&format!("{key} =")),
+                "the example does not show {key}"
+            );
+        }
+    }
+
     #[test]
     fn syntax_errors_name_their_line() {
         let problems = parse("[telegram]\ntoken_env = \n").unwrap_err();

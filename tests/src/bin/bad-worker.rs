@@ -2,7 +2,7 @@
 //! can fail. It speaks the real protocol; the fault is chosen by the user's message (so
 //! one running gateway can be shown a crash and then a normal answer), or, for faults that
 //! happen before any message, by the name it is started under (`argv[0]`: tests symlink
-//! it as `never-connect`, `wrong-token`, `old-protocol`, `garbage-hello`).
+//! it as `never-connect`, `wrong-token`, `old-protocol`, `garbage-hello`, `alloc-at-start`).
 //!
 //! Messages it understands: `panic`, `abort`, `segv`, `exit 0`, `exit 1`, `hang`,
 //! `partial then hang`, `spawn and hang`, `garbage`, `oversized`, `wrong job`, `alloc`,
@@ -33,6 +33,14 @@ async fn main() {
     let token = std::env::var("HERMES_WORKER_TOKEN").unwrap_or_default();
     if name == "never-connect" {
         std::future::pending::<()>().await;
+    }
+    if name == "alloc-at-start" {
+        // For the real-systemd test: grow until the unit's MemoryMax makes the kernel's
+        // OOM killer end this process (touching every page, so the memory is real).
+        let mut hoard: Vec<Vec<u8>> = Vec::new();
+        loop {
+            hoard.push(vec![1u8; 8 * 1024 * 1024]);
+        }
     }
     let Ok(fs_name) = socket.as_str().to_fs_name::<GenericFilePath>() else {
         std::process::exit(2);
