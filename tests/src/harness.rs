@@ -17,6 +17,24 @@ use crate::fake_provider::FakeProvider;
 use crate::fake_telegram::{FakeTelegram, SentMessage, TOKEN};
 use crate::procs;
 
+/// Declares each scenario `async fn name(mode: WorkerMode)` as two tests, `name::pool`
+/// and `name::per_request`: every guarantee holds in both worker modes.
+#[macro_export]
+macro_rules! both_modes {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn pool() {
+                super::$name(hermes_protocol::config::WorkerMode::Pool).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn per_request() {
+                super::$name(hermes_protocol::config::WorkerMode::PerRequest).await
+            }
+        }
+    )*};
+}
+
 /// The user every test talks as unless it says otherwise; private chat id = user id.
 pub const USER: i64 = 1001;
 /// How long a test waits for anything the gateway should do promptly.

@@ -15,25 +15,9 @@ use hermes_tests::harness::{
 use hermes_tests::procs;
 use serde_json::json;
 
-macro_rules! both_modes {
-    ($($name:ident),* $(,)?) => {$(
-        mod $name {
-            use super::*;
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn pool() {
-                super::$name(WorkerMode::Pool).await
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn per_request() {
-                super::$name(WorkerMode::PerRequest).await
-            }
-        }
-    )*};
-}
-
 // ---------------------------------------------------------------- worker side
 
-both_modes!(
+hermes_tests::both_modes!(
     worker_segfault,
     worker_exit_0_before_answering,
     worker_hang_after_partial_events,
@@ -191,7 +175,7 @@ async fn worker_of_another_protocol_version(mode: WorkerMode) {
 
 // ---------------------------------------------------------------- provider side
 
-both_modes!(
+hermes_tests::both_modes!(
     provider_429_insufficient_quota_is_quota,
     provider_402_daily_limit_busy_is_quota,
     provider_403_is_a_key_problem,
@@ -436,7 +420,7 @@ async fn provider_chain_both_failing_names_the_first(mode: WorkerMode) {
 
 // ---------------------------------------------------------------- quota circuit
 
-both_modes!(
+hermes_tests::both_modes!(
     quota_circuit_spares_an_exhausted_provider,
     quota_circuit_probes_once_after_the_cooldown,
     quota_circuit_sends_traffic_to_the_fallback,
@@ -492,7 +476,7 @@ async fn quota_circuit_sends_traffic_to_the_fallback(mode: WorkerMode) {
 
 // ---------------------------------------------------------------- Telegram side
 
-both_modes!(
+hermes_tests::both_modes!(
     get_updates_409_conflict,
     get_updates_429_retry_after,
     get_updates_502_html,

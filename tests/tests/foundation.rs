@@ -16,25 +16,7 @@ use hermes_tests::harness::{
 };
 use nix::sys::signal::Signal;
 
-/// Declares each scenario `fn name(mode)` as two tests, `name::pool` and
-/// `name::per_request`.
-macro_rules! both_modes {
-    ($($name:ident),* $(,)?) => {$(
-        mod $name {
-            use super::*;
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn pool() {
-                super::$name(WorkerMode::Pool).await
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn per_request() {
-                super::$name(WorkerMode::PerRequest).await
-            }
-        }
-    )*};
-}
-
-both_modes!(
+hermes_tests::both_modes!(
     text_from_allowed_user_is_answered,
     provider_402_leaves_gateway_running,
     provider_401_is_reported_as_a_key_problem,
@@ -181,17 +163,7 @@ async fn telegram_outage_at_start_up_is_survived(mode: WorkerMode) {
         "no polls\n{}",
         rig.gateway.log()
     );
-    rig.telegram.refuse_connections().await;
-    let failures_before = count(&rig.gateway.log(), "getUpdates failed");
-    assert!(
-        eventually(PATIENCE, || count(&rig.gateway.log(), "getUpdates failed")
-            >= failures_before + 3)
-        .await,
-        "the gateway stopped retrying\n{}",
-        rig.gateway.log()
-    );
-    rig.gateway.assert_running(rig.pid);
-    rig.telegram.accept_connections().await;
+    refuse_polls_for_three_retries(&mut rig).await;
     rig.assert_still_serving().await;
 }
 
@@ -205,17 +177,7 @@ async fn telegram_outage_mid_run_is_survived(mode: WorkerMode) {
     // Ends the long poll in progress, so the next poll meets the fault.
     rig.telegram.send_text(USER, USER, "during");
     assert!(rig.telegram.wait_for_polls(polls + 2, PATIENCE).await);
-    rig.telegram.refuse_connections().await;
-    let failures_before = count(&rig.gateway.log(), "getUpdates failed");
-    assert!(
-        eventually(PATIENCE, || count(&rig.gateway.log(), "getUpdates failed")
-            >= failures_before + 3)
-        .await,
-        "the gateway stopped retrying\n{}",
-        rig.gateway.log()
-    );
-    rig.gateway.assert_running(rig.pid);
-    rig.telegram.accept_connections().await;
+    refuse_polls_for_three_retries(&mut rig).await;
     let replies = rig.telegram.wait_for_chat_messages(USER, 2, PATIENCE).await;
     assert_eq!(
         replies.get(1).map(|m| m.text.as_str()),
@@ -498,6 +460,22 @@ async fn gateway_killed_with_sigkill_leaves_no_worker(mode: WorkerMode) {
         "workers outlived a SIGKILLed gateway: {:?}",
         hermes_tests::procs::with_env("HERMES_WORKER_SOCKET", &socket)
     );
+}
+
+/// Telegram refuses connections until the gateway has retried three more times, then
+/// comes back; the gateway must still be the same process.
+async fn refuse_polls_for_three_retries(rig: &mut Rig) {
+    rig.telegram.refuse_connections().await;
+    let failures_before = count(&rig.gateway.log(), "getUpdates failed");
+    assert!(
+        eventually(PATIENCE, || count(&rig.gateway.log(), "getUpdates failed")
+            >= failures_before + 3)
+        .await,
+        "the gateway stopped retrying\n{}",
+        rig.gateway.log()
+    );
+    rig.gateway.assert_running(rig.pid);
+    rig.telegram.accept_connections().await;
 }
 
 fn count(haystack: &str, needle: &str) -> usize {
