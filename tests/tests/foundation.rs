@@ -378,6 +378,7 @@ async fn worker_is_isolated_from_the_gateway(mode: WorkerMode) {
             ),
             ("XDG_RUNTIME_DIR".into(), "/run/user/0".into()),
             ("WATCHDOG_USEC".into(), "1000000".into()),
+            ("WATCHDOG_PID".into(), "1".into()),
         ];
     })
     .await;
@@ -406,6 +407,7 @@ async fn worker_is_isolated_from_the_gateway(mode: WorkerMode) {
             "DBUS_SESSION_BUS_ADDRESS",
             "XDG_RUNTIME_DIR",
             "WATCHDOG_USEC",
+            "WATCHDOG_PID",
             hermes_tests::fake_telegram::TOKEN,
         ] {
             assert!(!environ.contains(secret), "worker environment has {secret}");

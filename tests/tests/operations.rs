@@ -367,3 +367,36 @@ async fn sighup_reloads_without_dropping_jobs_and_keeps_a_good_config() {
     );
     rig.gateway.assert_running(rig.pid);
 }
+
+/// Restart intensity: a worker that dies on every job must not become a fork loop. Past
+/// `max_restarts` deaths in the window, starts pause (visible in `status`) and messages
+/// are still answered, at once, with an error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_intensity_pauses_a_crash_loop_and_still_answers() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let worker = hermes_tests::harness::bad_worker(dir.path(), "bad-worker");
+    let mut rig = Rig::start(WorkerMode::PerRequest, |o| {
+        o.worker_command = Some(worker);
+        o.max_restarts = 2;
+        o.pool_size = 1;
+    })
+    .await;
+    for _ in 0..3 {
+        assert!(rig.ask("panic").await.text.contains("crashed"));
+    }
+    let reply = rig.ask("hello").await;
+    assert!(
+        reply.text.contains("could not be started"),
+        "{}",
+        reply.text
+    );
+    assert!(
+        rig.gateway.log().contains("pausing worker starts"),
+        "{}",
+        rig.gateway.log()
+    );
+    let (code, out) = status_until(&rig.gateway, |_, o| o.contains("backing off")).await;
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("1 worker slot(s) backing off"), "{out}");
+    rig.gateway.assert_running(rig.pid);
+}

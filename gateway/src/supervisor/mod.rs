@@ -329,7 +329,7 @@ impl Slot {
     }
 
     async fn start_worker(&mut self) -> Option<Worker> {
-        match Worker::start(&self.spec, &self.pending, &self.abort).await {
+        match Worker::start(&self.spec, &self.pending, &self.stop_taking).await {
             Ok(w) => {
                 self.health.worker_started();
                 self.report_backoff(false);

@@ -93,6 +93,19 @@ fn describe(error: &RequestError) -> String {
         RequestError::Api(teloxide_core::ApiError::TerminatedByOtherGetUpdates) => {
             "409 Conflict: another process is polling with this bot token".into()
         }
+        RequestError::Network(e) => {
+            // reqwest's own message ("error sending request") hides the cause; the last
+            // source in the chain names it (connection refused, timed out, …).
+            let mut root: &dyn std::error::Error = e.as_ref();
+            while let Some(source) = root.source() {
+                root = source;
+            }
+            if e.is_timeout() {
+                "no answer before the HTTP timeout".into()
+            } else {
+                format!("network error: {root}")
+            }
+        }
         RequestError::InvalidJson { raw, .. } => {
             let snippet: String = raw.chars().take(120).collect();
             format!("response is not Bot API JSON: {snippet:?}")
