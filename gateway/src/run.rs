@@ -128,6 +128,7 @@ async fn serve(path: &Path, config: Config, setup: Setup) -> i32 {
             return EXIT_CONFIG;
         }
     };
+    let wait_for_first_worker = workers.mode == WorkerMode::Pool && supervisor.runs_workers();
     let publisher_stop = CancellationToken::new();
     let publisher = tokio::spawn(
         Publisher {
@@ -165,7 +166,7 @@ async fn serve(path: &Path, config: Config, setup: Setup) -> i32 {
     // Ready once local start-up is done: a pool's first worker has had its try (bounded,
     // so a broken worker binary does not hold start-up hostage). Telegram is not waited
     // for: an outage at boot must not look like a failed start.
-    if workers.mode == WorkerMode::Pool {
+    if wait_for_first_worker {
         let _ = tokio::time::timeout(FIRST_WORKER_WAIT, health.first_worker_attempt()).await;
     }
     notifier.ready();

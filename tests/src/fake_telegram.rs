@@ -210,6 +210,8 @@ struct Inner {
     texts: HashMap<(i64, i64), String>,
     /// Chat objects from pushed updates, so replies carry the same chat.
     chats: HashMap<i64, Value>,
+    /// When each update was first handed out by a poll, for latency measurements.
+    served: HashMap<i64, Instant>,
 }
 
 impl FakeTelegram {
@@ -293,6 +295,11 @@ impl FakeTelegram {
     }
 
     /// Highest update id the client acknowledged through `offset` (0 if none).
+    /// When `update_id` was first handed to the gateway by a `getUpdates` answer.
+    pub fn served_at(&self, update_id: i64) -> Option<Instant> {
+        self.state.lock().served.get(&update_id).copied()
+    }
+
     pub fn acked_up_to(&self) -> i64 {
         self.state.lock().acked_up_to
     }
@@ -576,6 +583,10 @@ impl State {
                         .iter()
                         .filter_map(|u| u["update_id"].as_i64())
                         .collect();
+                    let now = Instant::now();
+                    for id in g.polls[index].answered_ids.clone() {
+                        g.served.entry(id).or_insert(now);
+                    }
                     g.polls[index].outcome = PollOutcome::Answered;
                     drop(g);
                     self.bump();

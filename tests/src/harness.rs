@@ -50,39 +50,8 @@ pub struct Binaries {
 pub fn binaries() -> &'static Binaries {
     static BINARIES: OnceLock<Binaries> = OnceLock::new();
     BINARIES.get_or_init(|| {
+        cargo_build(&["-p", "hermes-gateway", "-p", "hermes-worker"]);
         let profile_dir = profile_dir();
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let mut build = std::process::Command::new(cargo);
-        build.args([
-            "build",
-            "--quiet",
-            "-p",
-            "hermes-gateway",
-            "-p",
-            "hermes-worker",
-        ]);
-        if !cfg!(debug_assertions) {
-            build.arg("--release");
-        }
-        // Cargo runs tests with its package variables set (CARGO_PKG_NAME, …); passed on,
-        // they would make build scripts that watch them rebuild everything each time.
-        for (name, _) in std::env::vars_os() {
-            let keep = ["CARGO_HOME", "CARGO_TARGET_DIR", "CARGO_BUILD_JOBS"];
-            if let Some(name) = name.to_str()
-                && name.starts_with("CARGO_")
-                && !keep.contains(&name)
-            {
-                build.env_remove(name);
-            }
-        }
-        let status = build
-            .current_dir(workspace_dir())
-            .status()
-            .unwrap_or_else(|e| panic!("cannot run cargo to build the binaries: {e}"));
-        assert!(
-            status.success(),
-            "building hermes-gateway and hermes-worker failed"
-        );
         let binaries = Binaries {
             gateway: profile_dir.join("hermes-gateway"),
             worker: profile_dir.join("hermes-worker"),
@@ -99,6 +68,37 @@ pub fn binaries() -> &'static Binaries {
         );
         binaries
     })
+}
+
+/// `cargo build --quiet ARGS` in this binary's profile, from the workspace root.
+pub fn cargo_build(args: &[&str]) {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut build = std::process::Command::new(cargo);
+    build.args(["build", "--quiet"]).args(args);
+    if !cfg!(debug_assertions) {
+        build.arg("--release");
+    }
+    // Cargo runs tests with its package variables set (CARGO_PKG_NAME, …); passed on,
+    // they would make build scripts that watch them rebuild everything each time.
+    for (name, _) in std::env::vars_os() {
+        let keep = ["CARGO_HOME", "CARGO_TARGET_DIR", "CARGO_BUILD_JOBS"];
+        if let Some(name) = name.to_str()
+            && name.starts_with("CARGO_")
+            && !keep.contains(&name)
+        {
+            build.env_remove(name);
+        }
+    }
+    let status = build
+        .current_dir(workspace_dir())
+        .status()
+        .unwrap_or_else(|e| panic!("cannot run cargo: {e}"));
+    assert!(status.success(), "cargo build {args:?} failed");
+}
+
+/// `target/<profile>`, where [`cargo_build`] puts binaries.
+pub fn target_profile_dir() -> PathBuf {
+    profile_dir()
 }
 
 fn workspace_dir() -> PathBuf {
@@ -156,6 +156,10 @@ pub struct GatewayOptions {
     pub extra_toml: String,
     /// Extra environment of the gateway process.
     pub env: Vec<(String, String)>,
+    /// None: the `hermes-gateway` [`binaries`] built.
+    pub gateway_binary: Option<PathBuf>,
+    /// `telegram.max_queued_per_chat`, when not the default.
+    pub max_queued_per_chat: Option<usize>,
     /// `workers.max_restarts`: high by default, so fault tests are not cut short by the
     /// restart-intensity limit (which has tests of its own).
     pub max_restarts: u32,
@@ -178,6 +182,8 @@ impl GatewayOptions {
             poll_timeout_secs: 5,
             extra_toml: String::new(),
             env: Vec::new(),
+            gateway_binary: None,
+            max_queued_per_chat: None,
             max_restarts: 10_000,
             memory_limit_mb: None,
             quota_cooldown_secs: None,
@@ -190,6 +196,13 @@ impl GatewayOptions {
              allowed_users = {:?}\npoll_timeout_secs = {}\nretry_max_secs = 1\n\n",
             self.allowed_users, self.poll_timeout_secs
         );
+        if let Some(n) = self.max_queued_per_chat {
+            toml = toml.replacen(
+                "[telegram]\n",
+                &format!("[telegram]\nmax_queued_per_chat = {n}\n"),
+                1,
+            );
+        }
         for (i, url) in self.providers.iter().enumerate() {
             toml.push_str(&format!(
                 "[[providers]]\nname = \"p{i}\"\nbase_url = \"{url}\"\nmodel = \"model-{i}\"\n\
@@ -245,7 +258,11 @@ impl Gateway {
         std::fs::write(&config_path, toml).unwrap_or_else(|e| panic!("write config: {e}"));
         let log_path = dir.path().join("gateway.log");
         let log = std::fs::File::create(&log_path).unwrap_or_else(|e| panic!("log file: {e}"));
-        let child = Command::new(&binaries().gateway)
+        let program = options
+            .gateway_binary
+            .clone()
+            .unwrap_or_else(|| binaries().gateway.clone());
+        let child = Command::new(program)
             .args(["run", "--config"])
             .arg(&config_path)
             .env("HERMES_TEST_TELEGRAM_TOKEN", TOKEN)

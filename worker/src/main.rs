@@ -6,13 +6,13 @@
 //! ends at most this process: the gateway replies with an error and starts another.
 //! `ask` runs the same agent from the command line, for debugging.
 //!
-//! Modules: [`serve`] (the gateway protocol), [`ask`] (standalone), [`agent`] (the
-//! provider chain), [`provider`] (the HTTP client, its failure taxonomy and retries).
+//! Modules: [`serve`] (the gateway protocol), [`ask`] (standalone); the agent itself is
+//! the crate's library (`agent`, `provider`).
 
-mod agent;
 mod ask;
-mod provider;
 mod serve;
+
+pub(crate) use hermes_worker::agent;
 
 use std::io::IsTerminal;
 use std::path::PathBuf;

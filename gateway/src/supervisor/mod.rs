@@ -12,6 +12,8 @@
 //! workers keep failing to start backs off between attempts; while it backs off, jobs get
 //! an immediate "could not be started" failure instead of waiting in silence.
 
+#[cfg(feature = "in-process-baseline")]
+mod in_process;
 mod listener;
 mod process;
 mod stderr_log;
@@ -59,6 +61,8 @@ struct Assignment {
 #[derive(Clone)]
 pub struct Supervisor {
     queue: mpsc::Sender<Assignment>,
+    #[cfg(feature = "in-process-baseline")]
+    in_process: Option<Arc<in_process::InProcess>>,
 }
 
 /// Stops the supervisor in two steps: `stop_taking` ends the intake (idle slots finish),
@@ -75,6 +79,14 @@ impl Supervisor {
         shutdown: &Shutdown,
         tasks: &TaskTracker,
     ) -> std::io::Result<Supervisor> {
+        #[cfg(feature = "in-process-baseline")]
+        if let Some(baseline) = in_process::InProcess::from_env(config.slots) {
+            let (queue, _) = mpsc::channel(1);
+            return Ok(Supervisor {
+                queue,
+                in_process: Some(Arc::new(baseline)),
+            });
+        }
         let (listener, socket) = listener::bind(&config.socket_dir)?;
         let pending = PendingWorkers::default();
         tasks.spawn(listener::accept_loop(
@@ -112,12 +124,29 @@ impl Supervisor {
             };
             tasks.spawn(s.run(receiver.clone()));
         }
-        Ok(Supervisor { queue })
+        Ok(Supervisor {
+            queue,
+            #[cfg(feature = "in-process-baseline")]
+            in_process: None,
+        })
+    }
+
+    /// False only in the bench-only in-process baseline, which starts no worker.
+    pub fn runs_workers(&self) -> bool {
+        #[cfg(feature = "in-process-baseline")]
+        if self.in_process.is_some() {
+            return false;
+        }
+        true
     }
 
     /// Runs `job` on a worker and returns its outcome. Never fails: every problem on the
     /// way is an [`Outcome::Failed`].
     pub async fn run(&self, job: Job, events: Option<mpsc::UnboundedSender<Event>>) -> Outcome {
+        #[cfg(feature = "in-process-baseline")]
+        if let Some(baseline) = &self.in_process {
+            return baseline.run(job, events).await;
+        }
         let (done, outcome) = oneshot::channel();
         let assignment = Assignment { job, events, done };
         if self.queue.send(assignment).await.is_err() {

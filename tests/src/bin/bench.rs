@@ -1,0 +1,460 @@
+//! `cargo run --release -p hermes-tests --bin bench -- [--quick]`: what process isolation
+//! costs, measured through the real binaries against the fake Telegram server and a fake
+//! provider that answers at once.
+//!
+//! Rows: dispatch overhead (pool, per-request, and the in-process baseline: the same
+//! agent code inside the gateway's process, built with the `in-process-baseline`
+//! feature), throughput with 100 chats, recovery after a worker is killed, the parent's
+//! footprint, and start-up. Prints one table and writes the same rows as JSON to
+//! `target/bench/latest.json`. Targets are reported, never enforced: a busy machine must
+//! not fail a build; a broken harness does.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use hermes_protocol::config::WorkerMode;
+use hermes_tests::fake_provider::ProviderReply;
+use hermes_tests::harness::{
+    GatewayOptions, PATIENCE, Rig, USER, cargo_build, eventually, target_profile_dir,
+};
+use hermes_tests::procs;
+use nix::sys::signal::Signal;
+use serde_json::{Value, json};
+
+struct Sizes {
+    latency: usize,
+    throughput: usize,
+    footprint: usize,
+    recovery: usize,
+    startup: usize,
+}
+
+/// One measured row.
+struct Row {
+    name: String,
+    value: String,
+    target: String,
+    met: Option<bool>,
+    json: Value,
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> ExitCode {
+    let quick = std::env::args().any(|a| a == "--quick");
+    if cfg!(debug_assertions) {
+        eprintln!("note: a debug build; numbers are only meaningful with --release");
+    }
+    let sizes = if quick {
+        Sizes {
+            latency: 300,
+            throughput: 2000,
+            footprint: 2000,
+            recovery: 10,
+            startup: 3,
+        }
+    } else {
+        Sizes {
+            latency: 3000,
+            throughput: 20_000,
+            footprint: 10_000,
+            recovery: 30,
+            startup: 10,
+        }
+    };
+    let baseline = build_baseline();
+    let mut rows = Vec::new();
+
+    let pool = latency(WorkerMode::Pool, None, sizes.latency).await;
+    let per_request = latency(WorkerMode::PerRequest, None, sizes.latency).await;
+    let inproc = latency(WorkerMode::Pool, Some(baseline), sizes.latency).await;
+    for (name, stats) in [
+        ("in-process baseline", &inproc),
+        ("pool", &pool),
+        ("per-request", &per_request),
+    ] {
+        let (target, met) = match name {
+            "pool" => (
+                "p50 <= +0.5 ms, p99 <= +2 ms over baseline".to_string(),
+                Some(stats.p50 - inproc.p50 <= 0.5 && stats.p99 - inproc.p99 <= 2.0),
+            ),
+            "per-request" => ("p50 <= 5 ms".to_string(), Some(stats.p50 <= 5.0)),
+            _ => (String::new(), None),
+        };
+        rows.push(Row {
+            name: format!("dispatch latency, {name}"),
+            value: format!(
+                "p50 {:.2} / p99 {:.2} / max {:.2} ms (x{:.2} of baseline p50, +{:.2} ms)",
+                stats.p50, stats.p99, stats.max, stats.p50 / inproc.p50.max(1e-9), stats.p50 - inproc.p50
+            ),
+            target,
+            met,
+            json: json!({"p50_ms": stats.p50, "p99_ms": stats.p99, "max_ms": stats.max, "n": stats.n,
+                         "ratio_to_baseline_p50": stats.p50 / inproc.p50.max(1e-9)}),
+        });
+    }
+
+    for pool_size in [2usize, 8] {
+        let rate = throughput(pool_size, sizes.throughput).await;
+        rows.push(Row {
+            name: format!("throughput, 100 chats, pool of {pool_size}"),
+            value: format!("{rate:.0} messages/s ({} messages)", sizes.throughput),
+            target: if pool_size == 8 { ">= 2000 messages/s".into() } else { String::new() },
+            met: (pool_size == 8).then_some(rate >= 2000.0),
+            json: json!({"messages_per_s": rate, "messages": sizes.throughput, "pool_size": pool_size}),
+        });
+    }
+
+    let recovery_ms = recovery(sizes.recovery).await;
+    rows.push(Row {
+        name: "recovery after SIGKILL of a worker (pool)".into(),
+        value: format!(
+            "p50 {:.1} / max {:.1} ms to the next served job",
+            recovery_ms.p50, recovery_ms.max
+        ),
+        target: "<= 20 ms".into(),
+        met: Some(recovery_ms.p50 <= 20.0),
+        json: json!({"p50_ms": recovery_ms.p50, "max_ms": recovery_ms.max, "n": recovery_ms.n}),
+    });
+    let spawn_cost = per_request.p50 - pool.p50;
+    rows.push(Row {
+        name: "per-request: one spawn + handshake".into(),
+        value: format!("{spawn_cost:.2} ms (per-request p50 minus pool p50)"),
+        target: String::new(),
+        met: None,
+        json: json!({"ms": spawn_cost}),
+    });
+
+    let footprint = footprint(sizes.footprint).await;
+    rows.push(Row {
+        name: "parent RSS idle / after jobs / after failed jobs".into(),
+        value: format!(
+            "{:.1} / {:.1} / {:.1} MiB ({} jobs each)",
+            footprint.idle_kib as f64 / 1024.0,
+            footprint.after_jobs_kib as f64 / 1024.0,
+            footprint.after_failures_kib as f64 / 1024.0,
+            sizes.footprint
+        ),
+        target: "<= 20 MiB idle, <= 25 MiB after failed jobs".into(),
+        met: Some(footprint.idle_kib <= 20 * 1024 && footprint.after_failures_kib <= 25 * 1024),
+        json: json!({"idle_kib": footprint.idle_kib, "after_jobs_kib": footprint.after_jobs_kib,
+                     "after_failed_jobs_kib": footprint.after_failures_kib, "jobs": sizes.footprint}),
+    });
+    rows.push(Row {
+        name: "idle worker RSS / parent threads".into(),
+        value: format!(
+            "{:.1} MiB / {} threads",
+            footprint.worker_kib as f64 / 1024.0,
+            footprint.threads
+        ),
+        target: String::new(),
+        met: None,
+        json: json!({"worker_idle_kib": footprint.worker_kib, "parent_threads": footprint.threads}),
+    });
+
+    let start = startup(sizes.startup).await;
+    rows.push(Row {
+        name: "start-up: exec to first getUpdates / to READY=1".into(),
+        value: format!(
+            "{:.1} / {:.1} ms (p50 of {})",
+            start.first_poll_ms, start.ready_ms, sizes.startup
+        ),
+        target: "first getUpdates <= 50 ms".into(),
+        met: Some(start.first_poll_ms <= 50.0),
+        json: json!({"first_get_updates_ms": start.first_poll_ms, "ready_ms": start.ready_ms}),
+    });
+
+    print_table(&rows, quick);
+    match write_json(&rows, quick) {
+        Ok(path) => println!("\nwrote {}", path.display()),
+        Err(e) => {
+            eprintln!("cannot write the JSON results: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+/// Builds the gateway with the in-process baseline and keeps a copy, then lets the
+/// harness rebuild the normal binaries over it.
+fn build_baseline() -> PathBuf {
+    cargo_build(&["-p", "hermes-gateway", "--features", "in-process-baseline"]);
+    let dir = target_profile_dir().join("../bench");
+    let _ = std::fs::create_dir_all(&dir);
+    let copy = dir.join("hermes-gateway-in-process-baseline");
+    std::fs::copy(target_profile_dir().join("hermes-gateway"), &copy)
+        .unwrap_or_else(|e| panic!("copy the baseline binary: {e}"));
+    // Back to the normal binaries for everything else.
+    cargo_build(&["-p", "hermes-gateway", "-p", "hermes-worker"]);
+    copy
+}
+
+struct Stats {
+    p50: f64,
+    p99: f64,
+    max: f64,
+    n: usize,
+}
+
+fn stats(mut samples: Vec<f64>) -> Stats {
+    samples.sort_by(|a, b| a.total_cmp(b));
+    let at = |q: f64| samples[((samples.len() as f64 - 1.0) * q).round() as usize];
+    Stats {
+        p50: at(0.5),
+        p99: at(0.99),
+        max: at(1.0),
+        n: samples.len(),
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// From the update leaving the fake `getUpdates` to the reply reaching the fake
+/// `sendMessage`, one message at a time.
+async fn latency(mode: WorkerMode, baseline: Option<PathBuf>, n: usize) -> Stats {
+    let rig = Rig::start(mode, |o| {
+        o.poll_timeout_secs = 30;
+        if let Some(binary) = baseline {
+            o.gateway_binary = Some(binary);
+            // Checked at start-up like any configuration, though never started.
+            o.worker_command = Some(hermes_tests::harness::binaries().worker.clone());
+            o.env.push(("HERMES_BENCH_IN_PROCESS".into(), "1".into()));
+        }
+    })
+    .await;
+    for i in 0..20 {
+        rig.ask(&format!("warm-up {i}")).await;
+    }
+    let mut samples = Vec::with_capacity(n);
+    for i in 0..n {
+        let before = rig.telegram.sent_to(USER).len();
+        let id = rig.telegram.send_text(USER, USER, &format!("m{i}"));
+        let sent = rig
+            .telegram
+            .wait_for_chat_messages(USER, before + 1, PATIENCE)
+            .await;
+        let reply = sent
+            .get(before)
+            .unwrap_or_else(|| panic!("no reply\n{}", rig.gateway.log()));
+        let served = rig.telegram.served_at(id).expect("the update was served");
+        samples.push(ms(reply.at.duration_since(served)));
+    }
+    stats(samples)
+}
+
+/// 100 chats sending `n` messages at once; messages per second until every reply is out.
+async fn throughput(pool_size: usize, n: usize) -> f64 {
+    let users: Vec<i64> = (0..100).map(|i| 70_000 + i).collect();
+    let rig = Rig::start(WorkerMode::Pool, |o| {
+        o.pool_size = pool_size;
+        o.allowed_users = users.clone();
+        o.max_queued_per_chat = Some(n.min(1000));
+    })
+    .await;
+    rig.ask_in(users[0], users[0], "warm up").await;
+    let started = Instant::now();
+    for i in 0..n {
+        let user = users[i % users.len()];
+        rig.telegram.send_text(user, user, &format!("m{i}"));
+    }
+    let mut last = started;
+    for (k, user) in users.iter().enumerate() {
+        let expected = n / users.len() + usize::from(k < n % users.len()) + usize::from(k == 0);
+        let sent = rig
+            .telegram
+            .wait_for_chat_messages(*user, expected, PATIENCE * 4)
+            .await;
+        assert_eq!(
+            sent.len(),
+            expected,
+            "chat {user} is missing replies\n{}",
+            rig.gateway.log()
+        );
+        if let Some(m) = sent.last() {
+            last = last.max(m.at);
+        }
+    }
+    n as f64 / last.duration_since(started).as_secs_f64()
+}
+
+/// SIGKILL the pool's only worker, send a message: time until it is answered.
+async fn recovery(n: usize) -> Stats {
+    let rig = Rig::start(WorkerMode::Pool, |o| o.pool_size = 1).await;
+    rig.ask("warm up").await;
+    let mut samples = Vec::new();
+    for i in 0..n {
+        let Some(worker) = rig.gateway.workers().first().map(|w| w.pid) else {
+            panic!("no worker\n{}", rig.gateway.log());
+        };
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(worker), Signal::SIGKILL);
+        let killed = Instant::now();
+        let reply = rig.ask(&format!("after kill {i}")).await;
+        samples.push(ms(reply.at.duration_since(killed)));
+        assert!(
+            eventually(PATIENCE, || rig
+                .gateway
+                .workers()
+                .iter()
+                .any(|w| w.pid != worker))
+            .await,
+            "no replacement worker"
+        );
+    }
+    stats(samples)
+}
+
+struct Footprint {
+    idle_kib: u64,
+    after_jobs_kib: u64,
+    after_failures_kib: u64,
+    worker_kib: u64,
+    threads: u64,
+}
+
+async fn footprint(n: usize) -> Footprint {
+    let users: Vec<i64> = (0..10).map(|i| 80_000 + i).collect();
+    let rig = Rig::start(WorkerMode::Pool, |o| {
+        o.allowed_users = users.clone();
+        o.max_queued_per_chat = Some(n.min(1000));
+        o.max_retries = 0;
+        o.quota_cooldown_secs = Some(0);
+    })
+    .await;
+    assert!(eventually(PATIENCE, || rig.gateway.workers().len() == 2).await);
+    assert!(rig.telegram.wait_for_polls(1, PATIENCE).await);
+    let idle_kib = procs::rss_kib(rig.pid).unwrap_or(0);
+    let worker_kib = rig
+        .gateway
+        .workers()
+        .first()
+        .and_then(|w| procs::rss_kib(w.pid))
+        .unwrap_or(0);
+    burst(&rig, &users, n, 0).await;
+    let after_jobs_kib = procs::rss_kib(rig.pid).unwrap_or(0);
+    rig.provider.push_n(ProviderReply::status(500, "{}"), n);
+    burst(&rig, &users, n, n).await;
+    let after_failures_kib = procs::rss_kib(rig.pid).unwrap_or(0);
+    let threads = procs::threads(rig.pid).unwrap_or(0);
+    Footprint {
+        idle_kib,
+        after_jobs_kib,
+        after_failures_kib,
+        worker_kib,
+        threads,
+    }
+}
+
+/// Sends `n` messages spread over `users` and waits for every reply (`already` replies
+/// were there before).
+async fn burst(rig: &Rig, users: &[i64], n: usize, already: usize) {
+    for i in 0..n {
+        let user = users[i % users.len()];
+        rig.telegram
+            .send_text(user, user, &format!("b{}", already + i));
+    }
+    for (k, user) in users.iter().enumerate() {
+        let per = |total: usize| total / users.len() + usize::from(k < total % users.len());
+        let expected = per(already) + per(n);
+        let sent = rig
+            .telegram
+            .wait_for_chat_messages(*user, expected, PATIENCE * 4)
+            .await;
+        assert_eq!(
+            sent.len(),
+            expected,
+            "chat {user} is missing replies\n{}",
+            rig.gateway.log()
+        );
+    }
+}
+
+struct Startup {
+    first_poll_ms: f64,
+    ready_ms: f64,
+}
+
+async fn startup(n: usize) -> Startup {
+    let mut first_poll = Vec::new();
+    let mut ready = Vec::new();
+    for _ in 0..n {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("notify.sock");
+        let socket = tokio::net::UnixDatagram::bind(&path).expect("bind notify socket");
+        let telegram = hermes_tests::fake_telegram::FakeTelegram::start().await;
+        let provider = hermes_tests::fake_provider::FakeProvider::start().await;
+        let mut options = GatewayOptions::new(WorkerMode::Pool);
+        options.providers = vec![provider.base_url()];
+        options
+            .env
+            .push(("NOTIFY_SOCKET".into(), path.display().to_string()));
+        let exec = Instant::now();
+        let gateway = hermes_tests::harness::Gateway::start(&options, &telegram.api_url());
+        let mut buf = vec![0u8; 4096];
+        let ready_at = loop {
+            let n = tokio::time::timeout(PATIENCE, socket.recv(&mut buf))
+                .await
+                .expect("no READY=1")
+                .expect("notify socket");
+            if String::from_utf8_lossy(&buf[..n]).contains("READY=1") {
+                break Instant::now();
+            }
+        };
+        assert!(
+            telegram.wait_for_polls(1, PATIENCE).await,
+            "no getUpdates\n{}",
+            gateway.log()
+        );
+        let polled = telegram.get_updates_log()[0].at;
+        first_poll.push(ms(polled.duration_since(exec)));
+        ready.push(ms(ready_at.duration_since(exec)));
+        drop(gateway);
+    }
+    Startup {
+        first_poll_ms: stats(first_poll).p50,
+        ready_ms: stats(ready).p50,
+    }
+}
+
+fn print_table(rows: &[Row], quick: bool) {
+    println!(
+        "\nhermes-gateway benchmark ({}; {} cores; release build: {})\n",
+        if quick { "--quick" } else { "full" },
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0),
+        !cfg!(debug_assertions)
+    );
+    let width = rows.iter().map(|r| r.name.len()).max().unwrap_or(0);
+    for row in rows {
+        let verdict = match row.met {
+            Some(true) => "met",
+            Some(false) => "MISSED",
+            None => "",
+        };
+        println!("{:width$}  {}", row.name, row.value);
+        if !row.target.is_empty() {
+            println!("{:width$}    target {}: {verdict}", "", row.target);
+        }
+    }
+}
+
+fn write_json(rows: &[Row], quick: bool) -> std::io::Result<PathBuf> {
+    let dir = target_profile_dir().join("../bench");
+    std::fs::create_dir_all(&dir)?;
+    let path = dir.join("latest.json");
+    let value = json!({
+        "quick": quick,
+        "release": !cfg!(debug_assertions),
+        "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        "rows": rows.iter().map(|r| json!({
+            "row": r.name, "value": r.value, "target": r.target, "met": r.met, "data": r.json,
+        })).collect::<Vec<_>>(),
+    });
+    std::fs::write(
+        &path,
+        serde_json::to_string_pretty(&value).unwrap_or_default(),
+    )?;
+    Ok(std::fs::canonicalize(&path).unwrap_or(path))
+}

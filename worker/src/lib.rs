@@ -1,0 +1,10 @@
+//! The agent of hermes-gateway as a library: [`agent`] (the provider chain for one job)
+//! and [`provider`] (the OpenAI-compatible client, its failure taxonomy and retries).
+//!
+//! The `hermes-worker` binary is the only production user. The library exists so the
+//! benchmark's in-process baseline (`hermes-gateway` built with `in-process-baseline`) runs
+//! exactly this code without a worker process, the design of the gateway in the incident
+//! this project answers, and the isolation's cost can be measured against it.
+
+pub mod agent;
+pub mod provider;
