@@ -40,7 +40,7 @@ impl PendingWorkers {
     /// Registers a token just issued to the worker `pid`; the receiver gets its connection
     /// once it proves itself. Call right after spawning, before any `.await`, so the entry
     /// exists before the worker can possibly have connected.
-    pub fn expect(&self, token: &str, pid: u32) -> tokio::sync::oneshot::Receiver<Connected> {
+    pub fn register(&self, token: &str, pid: u32) -> tokio::sync::oneshot::Receiver<Connected> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.lock()
             .insert(token.to_string(), Pending { pid, connected: tx });
@@ -195,7 +195,7 @@ mod tests {
     #[test]
     fn a_token_is_claimed_once_and_only_by_its_process() {
         let pending = PendingWorkers::default();
-        let _rx = pending.expect("t", 42);
+        let _rx = pending.register("t", 42);
         assert!(pending.claim("nope", 42, Some(42), true).is_err());
         assert!(pending.claim("t", 42, Some(43), true).is_err());
         assert!(pending.claim("t", 41, Some(42), true).is_err());
@@ -207,7 +207,7 @@ mod tests {
     #[test]
     fn a_refused_worker_is_reported_to_its_waiter() {
         let pending = PendingWorkers::default();
-        let mut rx = pending.expect("t", 42);
+        let mut rx = pending.register("t", 42);
         pending.refuse_pid(Some(7), "not ours");
         assert!(
             rx.try_recv().is_err(),

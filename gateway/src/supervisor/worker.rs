@@ -84,7 +84,7 @@ impl Worker {
                 cause: process::crash_cause(child.wait().await.ok()),
             });
         };
-        let connected = pending.expect(token.expose(), pid);
+        let connected = pending.register(token.expose(), pid);
         if let Some(stderr) = stderr {
             tokio::spawn(stderr_log::pump(stderr, pid));
         }
