@@ -453,6 +453,15 @@ impl Rig {
         }
     }
 
+    /// Panics with the gateway's log unless it contains `needle`.
+    pub fn assert_logged(&self, needle: &str) {
+        let log = self.gateway.log();
+        assert!(
+            log.contains(needle),
+            "the gateway never logged {needle:?}:\n{log}"
+        );
+    }
+
     /// Like [`Rig::assert_still_serving`], for a gateway whose workers are `bad-worker`.
     pub async fn assert_still_answering_as_bad_worker(&mut self) {
         self.gateway.assert_running(self.pid);

@@ -45,30 +45,18 @@ async fn worker_hang_after_partial_events(mode: WorkerMode) {
 
 async fn worker_sending_garbage_bytes(mode: WorkerMode) {
     let rig = fault_in_bad_worker(mode, "garbage", "crashed").await;
-    assert!(
-        rig.gateway.log().contains("protocol violation"),
-        "{}",
-        rig.gateway.log()
-    );
+    rig.assert_logged("protocol violation");
 }
 
 async fn worker_sending_an_oversized_length_prefix(mode: WorkerMode) {
     let rig = fault_in_bad_worker(mode, "oversized", "crashed").await;
-    assert!(
-        rig.gateway.log().contains("over the"),
-        "{}",
-        rig.gateway.log()
-    );
+    rig.assert_logged("over the");
 }
 
 /// A message for a job that is not in flight is dropped; the real job then overruns.
 async fn worker_answering_another_job(mode: WorkerMode) {
     let rig = fault_in_bad_worker(mode, "wrong job", "took too long").await;
-    assert!(
-        rig.gateway.log().contains("which is not the job in flight"),
-        "{}",
-        rig.gateway.log()
-    );
+    rig.assert_logged("which is not the job in flight");
 }
 
 async fn worker_allocating_without_bound(mode: WorkerMode) {
@@ -145,11 +133,7 @@ async fn worker_that_never_connects(mode: WorkerMode) {
         "{}",
         reply.text
     );
-    assert!(
-        rig.gateway.log().contains("did not connect"),
-        "{}",
-        rig.gateway.log()
-    );
+    rig.assert_logged("did not connect");
     rig.assert_no_stray_processes().await;
     rig.gateway.assert_running(rig.pid);
 }
@@ -164,11 +148,7 @@ async fn worker_of_another_protocol_version(mode: WorkerMode) {
         "{}",
         reply.text
     );
-    assert!(
-        rig.gateway.log().contains("protocol version mismatch"),
-        "{}",
-        rig.gateway.log()
-    );
+    rig.assert_logged("protocol version mismatch");
     rig.assert_no_stray_processes().await;
     rig.gateway.assert_running(rig.pid);
 }

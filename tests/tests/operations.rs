@@ -390,11 +390,7 @@ async fn restart_intensity_pauses_a_crash_loop_and_still_answers() {
         "{}",
         reply.text
     );
-    assert!(
-        rig.gateway.log().contains("pausing worker starts"),
-        "{}",
-        rig.gateway.log()
-    );
+    rig.assert_logged("pausing worker starts");
     let (code, out) = status_until(&rig.gateway, |_, o| o.contains("backing off")).await;
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("1 worker slot(s) backing off"), "{out}");
