@@ -170,7 +170,9 @@ pub enum Event {
         after_ms: u64,
         reason: String,
     },
-    /// A provider failed for good; the next one in the chain is tried.
+    /// A provider failed for good; the next one in the chain, if any, is tried. Sent for
+    /// every failed provider (the last included), so the gateway learns of each one's
+    /// quota state even when a fallback answers.
     FellBack { from: String, failure: Failure },
     /// Part of the answer's text.
     Delta(String),
