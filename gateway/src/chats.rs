@@ -14,16 +14,17 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use hermes_protocol::{ChatMessage, Event, Failure, Job, JobId, Outcome, Role};
-use teloxide_core::types::{Update, UpdateKind};
 use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TrySendError;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::circuit::Circuits;
+use crate::commands::{self, Command};
 use crate::health::Health;
 use crate::replies;
 use crate::settings::LiveSettings;
+use crate::store::{Pending, Store};
 use crate::supervisor::Supervisor;
 use crate::telegram::sender::Sender;
 
@@ -39,6 +40,9 @@ pub struct JobContext {
     pub circuits: Arc<Circuits>,
     pub sender: Sender,
     pub settings: LiveSettings,
+    pub store: Arc<Store>,
+    /// Turns of history sent with each job.
+    pub max_history: usize,
 }
 
 /// A chat task stops waiting for messages: idle too long, or the gateway is stopping.
@@ -51,13 +55,18 @@ impl From<tokio::time::error::Elapsed> for ChatEnds {
 }
 
 struct Incoming {
-    text: String,
-    user_id: u64,
+    message: Pending,
 }
 
 #[derive(Clone)]
 pub struct ChatRouter {
     inner: Arc<Inner>,
+}
+
+enum CommandResult {
+    Reply(String),
+    /// Run this text as a job (`/retry`).
+    Ask(String),
 }
 
 struct Inner {
@@ -68,6 +77,15 @@ struct Inner {
     tasks: TaskTracker,
     /// Cancelled when the gateway stops: chat tasks then answer what they hold and end.
     closing: CancellationToken,
+}
+
+impl Inner {
+    /// Marks a stored message answered; failing that, it is answered again after a restart.
+    fn done(&self, update_id: i64, reply: &str) {
+        if let Err(e) = self.ctx.store.mark_done(update_id, reply) {
+            tracing::warn!(update = update_id, "cannot mark the message answered: {e}");
+        }
+    }
 }
 
 impl ChatRouter {
@@ -89,46 +107,26 @@ impl ChatRouter {
         }
     }
 
-    /// Takes one update from the poller. Never blocks: jobs run in chat tasks.
-    pub fn handle_update(&self, update: Update) {
-        let UpdateKind::Message(message) = update.kind else {
-            tracing::info!(
-                update = update.id.0,
-                "skipping an update that is not a message"
-            );
-            return;
-        };
-        let chat = message.chat.id.0;
-        let (Some(text), Some(user)) = (message.text(), message.from.as_ref()) else {
-            tracing::info!(
-                update = update.id.0,
-                chat,
-                "skipping a message without text"
-            );
-            return;
-        };
-        let user_id = user.id.0;
+    /// Takes one stored message (from the poller, or left unanswered by the previous
+    /// run). Never blocks: jobs run in chat tasks.
+    pub fn handle(&self, message: Pending) {
+        let chat = message.chat_id;
+        let user_id = message.user_id;
         if !self.inner.ctx.settings.get().allowed.contains(&user_id) {
             tracing::info!(
                 chat,
                 user = user_id,
                 "message from a user not in telegram.allowed_users"
             );
-            let sender = self.inner.ctx.sender.clone();
+            let ctx = self.inner.clone();
             self.inner.tasks.spawn(async move {
-                sender
-                    .send_text(chat, &replies::stranger_text(user_id))
-                    .await;
+                let text = replies::stranger_text(user_id);
+                ctx.ctx.sender.send_text(chat, &text).await;
+                ctx.done(message.update_id, &text);
             });
             return;
         }
-        self.enqueue(
-            chat,
-            Incoming {
-                text: text.to_string(),
-                user_id,
-            },
-        );
+        self.enqueue(chat, Incoming { message });
     }
 
     fn enqueue(&self, chat: i64, incoming: Incoming) {
@@ -196,15 +194,74 @@ impl ChatRouter {
     }
 
     async fn answer(&self, chat: i64, incoming: Incoming) {
+        let message = incoming.message;
+        let text = match commands::parse(&message.text) {
+            Some(command) => match self.command(chat, command).await {
+                CommandResult::Reply(reply) => {
+                    self.inner.ctx.sender.send_text(chat, &reply).await;
+                    self.inner.done(message.update_id, &reply);
+                    return;
+                }
+                CommandResult::Ask(text) => text,
+            },
+            None => message.text.clone(),
+        };
+        if let Err(e) = self.inner.ctx.store.set_last_user_text(chat, &text) {
+            tracing::warn!(chat, "cannot record the last message for /retry: {e}");
+        }
+        self.run_job(chat, message.update_id, message.user_id, text)
+            .await;
+    }
+
+    async fn command(&self, chat: i64, command: Command) -> CommandResult {
+        let ctx = &self.inner.ctx;
+        match command {
+            Command::Help => CommandResult::Reply(commands::HELP.to_string()),
+            Command::New => match ctx.store.new_conversation(chat) {
+                Ok(()) => CommandResult::Reply(
+                    "🆕 Started a new conversation: earlier messages are no longer sent to the model.".into(),
+                ),
+                Err(e) => {
+                    tracing::error!(chat, "cannot start a new conversation: {e}");
+                    CommandResult::Reply("⚠️ I could not start a new conversation; please try again.".into())
+                }
+            },
+            Command::Retry => match ctx.store.last_user_text(chat) {
+                Ok(Some(text)) => CommandResult::Ask(text),
+                Ok(None) => CommandResult::Reply("There is no earlier message to retry.".into()),
+                Err(e) => {
+                    tracing::error!(chat, "cannot read the last message: {e}");
+                    CommandResult::Reply("⚠️ I could not find your last message; please send it again.".into())
+                }
+            },
+            Command::Status => {
+                let settings = ctx.settings.get();
+                let snapshot = ctx.health.snapshot(Vec::new());
+                CommandResult::Reply(commands::status_text(&snapshot, &settings.provider_models, &ctx.circuits))
+            }
+            Command::Unknown(name) => CommandResult::Reply(format!(
+                "I don't know the command /{name}. Send /help to see what I understand."
+            )),
+        }
+    }
+
+    async fn run_job(&self, chat: i64, update_id: i64, user_id: u64, text: String) {
         let ctx = &self.inner.ctx;
         let id = JobId(self.inner.next_job.fetch_add(1, Ordering::Relaxed));
-        let mut messages = Vec::with_capacity(2);
         // The settings this job starts with; a reload meanwhile does not change them.
         let settings = ctx.settings.get();
+        let mut messages = Vec::new();
         if let Some(prompt) = &settings.system_prompt {
             messages.push(ChatMessage::new(Role::System, prompt.clone()));
         }
-        messages.push(ChatMessage::new(Role::User, incoming.text));
+        match ctx.store.history(chat, ctx.max_history) {
+            Ok(history) => messages.extend(history),
+            Err(e) => tracing::warn!(
+                chat,
+                "cannot read the conversation history, sending none: {e}"
+            ),
+        }
+        messages.push(ChatMessage::new(Role::User, text.clone()));
         let started = Instant::now();
         let plan = ctx.circuits.plan(&settings.providers, started);
         if plan.providers.is_empty() {
@@ -216,11 +273,11 @@ impl ChatRouter {
                     remaining.as_secs()
                 ),
             };
-            tracing::warn!(job = %id, chat, user = incoming.user_id, class = %failure.class(), "failed: {failure}");
+            tracing::warn!(job = %id, chat, user = user_id, class = %failure.class(), "failed: {failure}");
             ctx.health.job_done(&Outcome::Failed(failure.clone()));
-            ctx.sender
-                .send_text(chat, &replies::failure_text(&failure))
-                .await;
+            let reply = replies::failure_text(&failure);
+            ctx.sender.send_text(chat, &reply).await;
+            self.inner.done(update_id, &reply);
             return;
         }
         let job = Job {
@@ -257,21 +314,32 @@ impl ChatRouter {
             .settle(&plan, &fallbacks, &outcome, Instant::now());
         ctx.health.job_done(&outcome);
         let elapsed_ms = started.elapsed().as_millis();
-        let text = match outcome {
+        let (reply, answered) = match outcome {
             Outcome::Reply(reply) => {
-                tracing::info!(job = %id, chat, user = incoming.user_id, provider = %reply.provider, elapsed_ms, "answered");
+                tracing::info!(job = %id, chat, user = user_id, provider = %reply.provider, elapsed_ms, "answered");
+                if let Err(e) =
+                    ctx.store
+                        .add_exchange(chat, &text, &reply.text, &reply.provider, &reply.model)
+                {
+                    tracing::warn!(chat, "cannot store the exchange in the conversation: {e}");
+                }
                 if reply.text.trim().is_empty() {
-                    "(The model returned an empty answer.)".to_string()
+                    ("(The model returned an empty answer.)".to_string(), true)
                 } else {
-                    reply.text
+                    (reply.text, true)
                 }
             }
             Outcome::Failed(failure) => {
-                tracing::warn!(job = %id, chat, user = incoming.user_id, class = %failure.class(), elapsed_ms, "failed: {failure}");
-                replies::failure_text(&failure)
+                tracing::warn!(job = %id, chat, user = user_id, class = %failure.class(), elapsed_ms, "failed: {failure}");
+                // A job cancelled by a stop stays in the inbox: the next run answers it.
+                let answered = !matches!(failure, Failure::Cancelled { .. });
+                (replies::failure_text(&failure), answered)
             }
         };
-        ctx.sender.send_text(chat, &text).await;
+        ctx.sender.send_text(chat, &reply).await;
+        if answered {
+            self.inner.done(update_id, &reply);
+        }
     }
 }
 

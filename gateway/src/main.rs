@@ -8,7 +8,8 @@
 //! Modules, one responsibility each:
 //! - [`run`]: start-up, signals, drain and exit codes;
 //! - [`telegram`]: the `getUpdates` loop, sending and splitting messages;
-//! - [`chats`]: one task per chat, from update to reply;
+//! - [`chats`]: one task per chat, from update to reply; [`commands`]: /new, /retry, …;
+//! - [`store`]: SQLite: the durable inbox and the conversations;
 //! - [`supervisor`]: starting, authenticating, watching and killing workers;
 //! - [`circuit`]: skipping a provider whose quota is exhausted, for a cool-down;
 //! - [`replies`]: what the user reads for each failure class;
@@ -24,6 +25,7 @@ mod backoff;
 mod chats;
 mod check_config;
 mod circuit;
+mod commands;
 mod health;
 mod replies;
 mod run;
@@ -32,6 +34,7 @@ mod settings;
 mod setup;
 mod signals;
 mod status;
+mod store;
 mod supervisor;
 mod systemd;
 mod telegram;

@@ -44,8 +44,8 @@ pub fn failure_text(failure: &Failure) -> String {
         Failure::WorkerCrashed { .. } => "⚠️ The agent crashed while working on your message; the bot itself is fine. \
              Please send your message again."
             .into(),
-        Failure::Cancelled { .. } => "🔄 The bot is restarting and your message was not finished. \
-             Please send it again in a moment."
+        Failure::Cancelled { .. } => "🔄 The bot is restarting. Your message is saved and will be \
+             answered as soon as it is back; no need to send it again."
             .into(),
     }
 }

@@ -12,17 +12,20 @@ use std::time::Duration;
 use std::sync::Arc;
 
 use hermes_protocol::config::{Config, EXIT_CONFIG, WorkerMode};
+use teloxide_core::prelude::Requester;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::chats::{ChatRouter, JobContext};
 use crate::circuit::Circuits;
+use crate::commands;
 use crate::health::Health;
 use crate::settings::{ChatSettings, LiveSettings, needs_restart};
 use crate::setup::{self, Setup};
 use crate::signals;
 use crate::status::{self, Publisher};
+use crate::store::Store;
 use crate::supervisor::{Shutdown, Supervisor, SupervisorConfig};
 use crate::systemd::Notifier;
 use crate::telegram::{self, poller, sender::Sender};
@@ -94,6 +97,13 @@ async fn serve(path: &Path, config: Config, setup: Setup) -> i32 {
     if let Some(record) = &previous {
         tracing::info!("previous run {} ended: {}", record.run_id, record.reason);
     }
+    let store = match Store::open(&setup.state_dir) {
+        Ok(store) => Arc::new(store),
+        Err(e) => {
+            tracing::error!("{e}");
+            return EXIT_CONFIG;
+        }
+    };
     let health = Arc::new(Health::new(workers.mode.as_str(), previous));
     let notifier = Arc::new(Notifier::from_env());
     let settings = LiveSettings::new(ChatSettings::new(&config, &setup));
@@ -147,11 +157,35 @@ async fn serve(path: &Path, config: Config, setup: Setup) -> i32 {
             circuits: circuits.clone(),
             sender: Sender::new(bot.clone()),
             settings: settings.clone(),
+            store: store.clone(),
+            max_history: config.agent.max_history_messages,
         },
         config.telegram.max_queued_per_chat,
         tasks.clone(),
         shutdown.stop_taking.clone(),
     );
+    // Messages the previous run stored but did not answer come first, in order.
+    match store.pending() {
+        Ok(unanswered) => {
+            if !unanswered.is_empty() {
+                tracing::info!(
+                    "answering {} message(s) left unanswered by the previous run",
+                    unanswered.len()
+                );
+            }
+            for message in unanswered {
+                router.handle(message);
+            }
+        }
+        Err(e) => tracing::error!("cannot read unanswered messages: {e}"),
+    }
+    let menu_bot = bot.clone();
+    tokio::spawn(async move {
+        // Cosmetic (the command menu in Telegram's clients): a failure costs nothing.
+        if let Err(e) = menu_bot.set_my_commands(commands::menu()).await {
+            tracing::info!("setMyCommands failed: {e}");
+        }
+    });
     let poll_stop = CancellationToken::new();
     let poller = tokio::spawn(poller::poll(
         bot,
@@ -160,8 +194,9 @@ async fn serve(path: &Path, config: Config, setup: Setup) -> i32 {
             retry_max: Duration::from_secs(config.telegram.retry_max_secs),
         },
         health.clone(),
+        store.clone(),
         poll_stop.clone(),
-        move |update| router.handle_update(update),
+        move |message| router.handle(message),
     ));
     // Ready once local start-up is done: a pool's first worker has had its try (bounded,
     // so a broken worker binary does not hold start-up hostage). Telegram is not waited

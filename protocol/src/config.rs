@@ -114,6 +114,8 @@ pub struct StateConfig {
 pub struct AgentConfig {
     /// Sent first in every job when set.
     pub system_prompt: Option<String>,
+    /// Turns of the conversation (user and assistant messages) sent with each job.
+    pub max_history_messages: usize,
 }
 
 /// Where a secret comes from, and which key of the file said so (for error messages).
@@ -672,9 +674,11 @@ impl Doc<'_> {
     fn agent(&mut self, table: Option<&Table>) -> AgentConfig {
         let mut s = Section::new("agent", table.cloned());
         let system_prompt: Option<String> = s.take("system_prompt", self);
+        let max_history_messages = s.take_in("max_history_messages", 20, 0..=1000, self);
         s.finish(self);
         AgentConfig {
             system_prompt: system_prompt.filter(|p| !p.trim().is_empty()),
+            max_history_messages,
         }
     }
 }

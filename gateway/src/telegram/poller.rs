@@ -3,34 +3,44 @@
 //! Every error Telegram or the network can produce (refused connections, 5xx pages, 409
 //! from a second poller, 429 flood control, bodies that are not JSON, a request that never
 //! completes) is logged and retried after a capped, jittered backoff, at start-up as later.
-//! The offset only moves past updates that were handed to the router, and handing over
-//! never blocks on a job, so a slow provider cannot stall polling.
+//! Before the offset that acknowledges a batch is sent, the batch's text messages and that
+//! offset are committed to the store (the durable inbox); a batch that cannot be stored is
+//! not handed on, so Telegram sends it again. Handing over never blocks on a job, so a
+//! slow provider cannot stall polling.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use teloxide_core::RequestError;
 use teloxide_core::prelude::*;
-use teloxide_core::types::{AllowedUpdate, Update};
+use teloxide_core::types::{AllowedUpdate, Update, UpdateKind};
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
 use crate::health::Health;
+use crate::store::{Pending, Store};
 
 pub struct PollSettings {
     pub timeout_secs: u32,
     pub retry_max: Duration,
 }
 
-/// Polls until `stop`, passing every update to `deliver` in order.
+/// Polls until `stop`, storing every text message and passing it to `deliver` in order.
 pub async fn poll(
     bot: Bot,
     settings: PollSettings,
     health: Arc<Health>,
+    store: Arc<Store>,
     stop: CancellationToken,
-    mut deliver: impl FnMut(Update),
+    mut deliver: impl FnMut(Pending),
 ) {
-    let mut offset: i32 = 0;
+    let mut offset: i32 = match store.next_update_id() {
+        Ok(next) => i32::try_from(next).unwrap_or(0),
+        Err(e) => {
+            tracing::error!("cannot read the stored offset ({e}); polling from Telegram's");
+            0
+        }
+    };
     let mut backoff = Backoff::new(Duration::from_millis(500), settings.retry_max);
     let mut failing_since: Option<std::time::Instant> = None;
     loop {
@@ -52,10 +62,27 @@ pub async fn poll(
                         since.elapsed().as_secs_f64()
                     );
                 }
+                let next = updates
+                    .iter()
+                    .map(update_offset)
+                    .max()
+                    .unwrap_or(offset)
+                    .max(offset);
+                let messages: Vec<Pending> = updates.into_iter().filter_map(text_message).collect();
+                if let Err(e) = store.accept(&messages, i64::from(next)) {
+                    // Not acknowledged, so Telegram will send these again.
+                    let delay = backoff.next_delay();
+                    tracing::error!("cannot store updates ({e}); retrying in {delay:?}");
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                    continue;
+                }
                 backoff.reset();
-                for update in updates {
-                    offset = offset.max(update_offset(&update));
-                    deliver(update);
+                offset = next;
+                for message in messages {
+                    deliver(message);
                 }
             }
             Err(error) => {
@@ -79,6 +106,29 @@ pub async fn poll(
             }
         }
     }
+}
+
+/// The text message in `update`, if it is one; anything else is skipped with a log line.
+fn text_message(update: Update) -> Option<Pending> {
+    let id = update.id.0;
+    let UpdateKind::Message(message) = update.kind else {
+        tracing::info!(update = id, "skipping an update that is not a message");
+        return None;
+    };
+    let (Some(text), Some(user)) = (message.text(), message.from.as_ref()) else {
+        tracing::info!(
+            update = id,
+            chat = message.chat.id.0,
+            "skipping a message without text"
+        );
+        return None;
+    };
+    Some(Pending {
+        update_id: i64::from(id),
+        chat_id: message.chat.id.0,
+        user_id: user.id.0,
+        text: text.to_string(),
+    })
 }
 
 /// The offset that acknowledges `update`.

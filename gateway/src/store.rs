@@ -1,0 +1,432 @@
+//! Durable state in SQLite (`state.db` in the state directory): the inbox of updates and
+//! the conversations.
+//!
+//! The inbox is what makes "no message is lost" true (DESIGN.md invariant 5): an update is
+//! committed here, together with the offset that will acknowledge it, before that offset
+//! is ever sent to Telegram; it is marked done only after its reply was sent. A gateway
+//! killed in between finds the update still pending when it starts again and answers it
+//! then, once.
+//!
+//! The schema is versioned. A file written by a newer version is refused (the operator
+//! must not lose data to a downgrade); a file SQLite cannot read is moved aside and a fresh
+//! one started, with a loud log line saying what it held.
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use hermes_protocol::{ChatMessage, Role};
+use rusqlite::{Connection, OptionalExtension, params};
+
+/// The schema this build writes. Bump it with a new entry in [`MIGRATIONS`].
+pub const SCHEMA_VERSION: i64 = 1;
+
+/// `MIGRATIONS[n]` takes a store from version `n` to `n + 1`.
+const MIGRATIONS: &[&str] = &[r#"
+    CREATE TABLE telegram_offset (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        next_update_id INTEGER NOT NULL
+    );
+    CREATE TABLE inbox (
+        update_id INTEGER PRIMARY KEY,
+        chat_id INTEGER NOT NULL,
+        user_id INTEGER NOT NULL,
+        text TEXT NOT NULL,
+        received_at INTEGER NOT NULL,
+        done_at INTEGER,
+        reply TEXT
+    );
+    CREATE INDEX inbox_pending ON inbox (update_id) WHERE done_at IS NULL;
+    CREATE TABLE chats (
+        chat_id INTEGER PRIMARY KEY,
+        conversation INTEGER NOT NULL DEFAULT 1,
+        last_user_text TEXT
+    );
+    CREATE TABLE turns (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        chat_id INTEGER NOT NULL,
+        conversation INTEGER NOT NULL,
+        role TEXT NOT NULL,
+        content TEXT NOT NULL,
+        at INTEGER NOT NULL,
+        provider TEXT,
+        model TEXT
+    );
+    CREATE INDEX turns_by_chat ON turns (chat_id, conversation, id);
+"#];
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error(
+        "{path} was written by a newer hermes-gateway (schema {found}, this build knows up to {SCHEMA_VERSION}); upgrade hermes-gateway or point state.dir elsewhere"
+    )]
+    TooNew { path: String, found: i64 },
+    #[error("state store {path}: {source}")]
+    Sqlite {
+        path: String,
+        source: rusqlite::Error,
+    },
+}
+
+/// An update waiting for (or being given) its answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pending {
+    pub update_id: i64,
+    pub chat_id: i64,
+    pub user_id: u64,
+    pub text: String,
+}
+
+pub struct Store {
+    conn: Mutex<Connection>,
+    path: PathBuf,
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+impl Store {
+    /// Opens (creating or migrating) `dir/state.db`.
+    pub fn open(dir: &Path) -> Result<Store, StoreError> {
+        let path = dir.join("state.db");
+        match Store::open_at(&path) {
+            Err(StoreError::Sqlite { source, .. }) if is_corruption(&source) => {
+                let aside = dir.join(format!("state.db.corrupt-{}", now()));
+                let held = describe_corrupt(&path);
+                tracing::error!(
+                    "STATE STORE UNREADABLE ({source}): moved {} to {} and starting with an empty store. It held: {held}",
+                    path.display(),
+                    aside.display()
+                );
+                let _ = std::fs::rename(&path, &aside);
+                for suffix in ["-wal", "-shm"] {
+                    let _ = std::fs::remove_file(dir.join(format!("state.db{suffix}")));
+                }
+                Store::open_at(&path)
+            }
+            other => other,
+        }
+    }
+
+    fn open_at(path: &Path) -> Result<Store, StoreError> {
+        let err = |source| StoreError::Sqlite {
+            path: path.display().to_string(),
+            source,
+        };
+        let mut conn = Connection::open(path).map_err(err)?;
+        conn.execute_batch(
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 5000;",
+        )
+        .map_err(err)?;
+        let ok: String = conn
+            .query_row("PRAGMA quick_check", [], |r| r.get(0))
+            .map_err(err)?;
+        if ok != "ok" {
+            return Err(err(rusqlite::Error::SqliteFailure(
+                rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CORRUPT),
+                Some(ok),
+            )));
+        }
+        let version: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(err)?;
+        if version > SCHEMA_VERSION {
+            return Err(StoreError::TooNew {
+                path: path.display().to_string(),
+                found: version,
+            });
+        }
+        for (from, migration) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+            let tx = conn.transaction().map_err(err)?;
+            tx.execute_batch(migration).map_err(err)?;
+            tx.pragma_update(None, "user_version", from as i64 + 1)
+                .map_err(err)?;
+            tx.commit().map_err(err)?;
+            tracing::info!("state store migrated to schema {}", from + 1);
+        }
+        Ok(Store {
+            conn: Mutex::new(conn),
+            path: path.to_path_buf(),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Connection> {
+        self.conn.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn wrap<T>(&self, result: rusqlite::Result<T>) -> Result<T, StoreError> {
+        result.map_err(|source| StoreError::Sqlite {
+            path: self.path.display().to_string(),
+            source,
+        })
+    }
+
+    /// The offset to poll from: everything before it is stored.
+    pub fn next_update_id(&self) -> Result<i64, StoreError> {
+        let conn = self.lock();
+        self.wrap(
+            conn.query_row(
+                "SELECT next_update_id FROM telegram_offset WHERE id = 1",
+                [],
+                |r| r.get(0),
+            )
+            .optional(),
+        )
+        .map(|v| v.unwrap_or(0))
+    }
+
+    /// Stores a batch of updates to answer and the offset past the whole batch, in one
+    /// transaction: after this returns, acknowledging the batch to Telegram is safe.
+    pub fn accept(&self, messages: &[Pending], next_update_id: i64) -> Result<(), StoreError> {
+        let mut conn = self.lock();
+        let tx = self.wrap(conn.transaction())?;
+        for m in messages {
+            self.wrap(tx.execute(
+                "INSERT OR IGNORE INTO inbox (update_id, chat_id, user_id, text, received_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![m.update_id, m.chat_id, m.user_id as i64, m.text, now()],
+            ))?;
+        }
+        self.wrap(tx.execute(
+            "INSERT INTO telegram_offset (id, next_update_id) VALUES (1, ?1)
+             ON CONFLICT (id) DO UPDATE SET next_update_id = max(next_update_id, excluded.next_update_id)",
+            params![next_update_id],
+        ))?;
+        self.wrap(tx.commit())
+    }
+
+    /// Updates stored but not answered, oldest first.
+    pub fn pending(&self) -> Result<Vec<Pending>, StoreError> {
+        let conn = self.lock();
+        let mut stmt = self.wrap(conn.prepare(
+            "SELECT update_id, chat_id, user_id, text FROM inbox WHERE done_at IS NULL ORDER BY update_id",
+        ))?;
+        let rows = self.wrap(stmt.query_map([], |r| {
+            Ok(Pending {
+                update_id: r.get(0)?,
+                chat_id: r.get(1)?,
+                user_id: r.get::<_, i64>(2)? as u64,
+                text: r.get(3)?,
+            })
+        }))?;
+        self.wrap(rows.collect())
+    }
+
+    pub fn mark_done(&self, update_id: i64, reply: &str) -> Result<(), StoreError> {
+        let conn = self.lock();
+        self.wrap(conn.execute(
+            "UPDATE inbox SET done_at = ?2, reply = ?3 WHERE update_id = ?1",
+            params![update_id, now(), reply],
+        ))
+        .map(|_| ())
+    }
+
+    fn conversation(conn: &Connection, chat_id: i64) -> rusqlite::Result<i64> {
+        conn.query_row(
+            "SELECT conversation FROM chats WHERE chat_id = ?1",
+            params![chat_id],
+            |r| r.get(0),
+        )
+        .optional()
+        .map(|c| c.unwrap_or(1))
+    }
+
+    /// The last `limit` turns of the chat's current conversation, oldest first.
+    pub fn history(&self, chat_id: i64, limit: usize) -> Result<Vec<ChatMessage>, StoreError> {
+        let conn = self.lock();
+        let conversation = self.wrap(Store::conversation(&conn, chat_id))?;
+        let mut stmt = self.wrap(conn.prepare(
+            "SELECT role, content FROM turns WHERE chat_id = ?1 AND conversation = ?2 ORDER BY id DESC LIMIT ?3",
+        ))?;
+        let rows = self.wrap(stmt.query_map(
+            params![chat_id, conversation, limit as i64],
+            |r| {
+                let role: String = r.get(0)?;
+                let content: String = r.get(1)?;
+                Ok(ChatMessage::new(
+                    if role == "assistant" {
+                        Role::Assistant
+                    } else {
+                        Role::User
+                    },
+                    content,
+                ))
+            },
+        ))?;
+        let mut turns: Vec<ChatMessage> = self.wrap(rows.collect())?;
+        turns.reverse();
+        Ok(turns)
+    }
+
+    /// Records an answered exchange in the chat's current conversation.
+    pub fn add_exchange(
+        &self,
+        chat_id: i64,
+        user_text: &str,
+        answer: &str,
+        provider: &str,
+        model: &str,
+    ) -> Result<(), StoreError> {
+        let mut conn = self.lock();
+        let tx = self.wrap(conn.transaction())?;
+        let conversation = self.wrap(Store::conversation(&tx, chat_id))?;
+        let at = now();
+        self.wrap(tx.execute(
+            "INSERT INTO turns (chat_id, conversation, role, content, at) VALUES (?1, ?2, 'user', ?3, ?4)",
+            params![chat_id, conversation, user_text, at],
+        ))?;
+        self.wrap(tx.execute(
+            "INSERT INTO turns (chat_id, conversation, role, content, at, provider, model) VALUES (?1, ?2, 'assistant', ?3, ?4, ?5, ?6)",
+            params![chat_id, conversation, answer, at, provider, model],
+        ))?;
+        self.wrap(tx.commit())
+    }
+
+    /// Starts a fresh conversation; the old one stays in the store, no longer sent.
+    pub fn new_conversation(&self, chat_id: i64) -> Result<(), StoreError> {
+        let conn = self.lock();
+        self.wrap(conn.execute(
+            "INSERT INTO chats (chat_id, conversation) VALUES (?1, 2)
+             ON CONFLICT (chat_id) DO UPDATE SET conversation = conversation + 1",
+            params![chat_id],
+        ))
+        .map(|_| ())
+    }
+
+    pub fn set_last_user_text(&self, chat_id: i64, text: &str) -> Result<(), StoreError> {
+        let conn = self.lock();
+        self.wrap(conn.execute(
+            "INSERT INTO chats (chat_id, last_user_text) VALUES (?1, ?2)
+             ON CONFLICT (chat_id) DO UPDATE SET last_user_text = excluded.last_user_text",
+            params![chat_id, text],
+        ))
+        .map(|_| ())
+    }
+
+    pub fn last_user_text(&self, chat_id: i64) -> Result<Option<String>, StoreError> {
+        let conn = self.lock();
+        self.wrap(
+            conn.query_row(
+                "SELECT last_user_text FROM chats WHERE chat_id = ?1",
+                params![chat_id],
+                |r| r.get(0),
+            )
+            .optional(),
+        )
+        .map(Option::flatten)
+    }
+}
+
+fn is_corruption(error: &rusqlite::Error) -> bool {
+    matches!(
+        error.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase)
+    )
+}
+
+/// What can still be read of a store that failed to open, for the log: counts when the
+/// tables are readable, else its size.
+fn describe_corrupt(path: &Path) -> String {
+    let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+    let counted = Connection::open(path).ok().and_then(|c| {
+        let pending: i64 = c
+            .query_row(
+                "SELECT count(*) FROM inbox WHERE done_at IS NULL",
+                [],
+                |r| r.get(0),
+            )
+            .ok()?;
+        let turns: i64 = c
+            .query_row("SELECT count(*) FROM turns", [], |r| r.get(0))
+            .ok()?;
+        Some(format!(
+            "{pending} unanswered messages, {turns} conversation turns"
+        ))
+    });
+    counted.unwrap_or_else(|| format!("{size} bytes that could not be read"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pending(id: i64, text: &str) -> Pending {
+        Pending {
+            update_id: id,
+            chat_id: 7,
+            user_id: 7,
+            text: text.into(),
+        }
+    }
+
+    #[test]
+    fn the_inbox_survives_a_reopen_and_answers_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.next_update_id().unwrap(), 0);
+        store
+            .accept(&[pending(5, "a"), pending(6, "b")], 7)
+            .unwrap();
+        store.accept(&[pending(6, "b")], 7).unwrap();
+        store.mark_done(5, "answer").unwrap();
+        drop(store);
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.next_update_id().unwrap(), 7);
+        assert_eq!(store.pending().unwrap(), vec![pending(6, "b")]);
+    }
+
+    #[test]
+    fn history_is_per_conversation_and_limited() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        for i in 0..5 {
+            store
+                .add_exchange(7, &format!("q{i}"), &format!("a{i}"), "p", "m")
+                .unwrap();
+        }
+        let h = store.history(7, 4).unwrap();
+        let texts: Vec<&str> = h.iter().map(|m| m.content.as_str()).collect();
+        assert_eq!(texts, ["q3", "a3", "q4", "a4"]);
+        assert_eq!(h[0].role, Role::User);
+        store.new_conversation(7).unwrap();
+        assert!(store.history(7, 4).unwrap().is_empty());
+        assert!(store.history(8, 4).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_newer_schema_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(Store::open(dir.path()).unwrap());
+        let conn = Connection::open(dir.path().join("state.db")).unwrap();
+        conn.pragma_update(None, "user_version", SCHEMA_VERSION + 1)
+            .unwrap();
+        drop(conn);
+        assert!(matches!(
+            Store::open(dir.path()),
+            Err(StoreError::TooNew { .. })
+        ));
+    }
+
+    #[test]
+    fn a_corrupt_file_is_moved_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("state.db"),
+            b"this is not a database, not even close........",
+        )
+        .unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        assert!(store.pending().unwrap().is_empty());
+        let aside = std::fs::read_dir(dir.path())
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .any(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .starts_with("state.db.corrupt-")
+            });
+        assert!(aside);
+    }
+}

@@ -1,0 +1,215 @@
+//! Talking to it: conversations that persist, commands, and the durable inbox (no message
+//! lost even when the gateway is SIGKILLed mid-job).
+
+use hermes_protocol::config::WorkerMode;
+use hermes_tests::fake_provider::{ProviderReply, SEED_402_BODY};
+use hermes_tests::harness::{Gateway, GatewayOptions, PATIENCE, Rig, USER};
+use nix::sys::signal::Signal;
+
+hermes_tests::both_modes!(
+    a_message_in_flight_when_the_gateway_is_killed_is_answered_once_after_restart,
+    the_conversation_is_sent_with_each_message_and_survives_a_restart,
+    new_starts_a_fresh_conversation,
+    retry_asks_the_last_message_again,
+    help_and_status_answer_without_a_job,
+);
+
+fn options_like(rig: &Rig, mode: WorkerMode) -> GatewayOptions {
+    GatewayOptions {
+        providers: vec![rig.provider.base_url()],
+        ..GatewayOptions::new(mode)
+    }
+}
+
+/// Every update Telegram was told to forget (offset past it) is in the store.
+fn assert_acknowledged_updates_were_stored(rig: &Rig, db: &std::path::Path) {
+    let acked = rig.telegram.acked_up_to();
+    let conn = rusqlite::Connection::open(db).expect("open state.db");
+    let stored: Vec<i64> = conn
+        .prepare("SELECT update_id FROM inbox ORDER BY update_id")
+        .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
+        .expect("read inbox");
+    for id in 1..=acked {
+        assert!(
+            stored.contains(&id),
+            "update {id} was acknowledged but never stored ({stored:?})"
+        );
+    }
+}
+
+async fn a_message_in_flight_when_the_gateway_is_killed_is_answered_once_after_restart(
+    mode: WorkerMode,
+) {
+    let mut rig = Rig::start(mode, |o| o.job_timeout_secs = 60).await;
+    assert_eq!(rig.ask("first").await.text, "echo: first");
+    rig.provider.push(ProviderReply::Hang);
+    let id = rig.telegram.send_text(USER, USER, "in flight");
+    assert!(rig.provider.wait_for_requests(2, PATIENCE).await);
+    // Acknowledged to Telegram by the next poll, which has already gone out.
+    assert!(
+        rig.telegram.wait_for_ack(id, PATIENCE).await,
+        "{}",
+        rig.gateway.log()
+    );
+    rig.gateway.signal(Signal::SIGKILL);
+    assert!(rig.gateway.wait_exit(PATIENCE).await.is_some());
+    let db = rig.gateway.dir.path().join("state/state.db");
+    assert_acknowledged_updates_were_stored(&rig, &db);
+    assert_eq!(
+        rig.telegram.sent_to(USER).len(),
+        1,
+        "nothing answered the killed job yet"
+    );
+
+    let options = options_like(&rig, mode);
+    let Rig {
+        telegram,
+        provider,
+        gateway,
+        ..
+    } = rig;
+    let restarted = Gateway::start_in(gateway.into_dir(), &options, &telegram.api_url());
+    let replies = telegram.wait_for_chat_messages(USER, 2, PATIENCE).await;
+    assert_eq!(
+        replies.get(1).map(|m| m.text.as_str()),
+        Some("echo: in flight"),
+        "{}",
+        restarted.log()
+    );
+    assert!(
+        restarted
+            .log()
+            .contains("left unanswered by the previous run")
+    );
+    // Once: a later message is the very next reply.
+    telegram.send_text(USER, USER, "after");
+    let replies = telegram.wait_for_chat_messages(USER, 3, PATIENCE).await;
+    let texts: Vec<&str> = replies.iter().map(|m| m.text.as_str()).collect();
+    assert_eq!(texts, ["echo: first", "echo: in flight", "echo: after"]);
+    assert_eq!(provider.request_count(), 4);
+}
+
+async fn the_conversation_is_sent_with_each_message_and_survives_a_restart(mode: WorkerMode) {
+    let mut rig = Rig::start(mode, |_| {}).await;
+    assert_eq!(rig.ask("my name is Ann").await.text, "echo: my name is Ann");
+    rig.ask("what is my name?").await;
+    let second = &rig.provider.requests()[1].body["messages"];
+    assert_eq!(second.as_array().map(Vec::len), Some(3), "{second}");
+    assert_eq!(second[0]["role"], "user");
+    assert_eq!(second[0]["content"], "my name is Ann");
+    assert_eq!(second[1]["role"], "assistant");
+    assert_eq!(second[1]["content"], "echo: my name is Ann");
+    assert_eq!(second[2]["content"], "what is my name?");
+
+    rig.gateway.signal(Signal::SIGTERM);
+    assert_eq!(
+        rig.gateway.wait_exit(PATIENCE).await.and_then(|s| s.code()),
+        Some(0)
+    );
+    let options = options_like(&rig, mode);
+    let Rig {
+        telegram,
+        provider,
+        gateway,
+        ..
+    } = rig;
+    let _restarted = Gateway::start_in(gateway.into_dir(), &options, &telegram.api_url());
+    telegram.send_text(USER, USER, "and again?");
+    telegram.wait_for_chat_messages(USER, 3, PATIENCE).await;
+    let third = &provider.requests()[2].body["messages"];
+    assert_eq!(third.as_array().map(Vec::len), Some(5), "{third}");
+}
+
+async fn new_starts_a_fresh_conversation(mode: WorkerMode) {
+    let rig = Rig::start(mode, |_| {}).await;
+    rig.ask("remember this").await;
+    let reply = rig.ask("/new").await;
+    assert!(reply.text.contains("new conversation"), "{}", reply.text);
+    assert_eq!(rig.provider.request_count(), 1, "/new runs no job");
+    rig.ask("fresh start").await;
+    let messages = &rig.provider.requests()[1].body["messages"];
+    assert_eq!(messages.as_array().map(Vec::len), Some(1), "{messages}");
+}
+
+async fn retry_asks_the_last_message_again(mode: WorkerMode) {
+    let rig = Rig::start(mode, |o| o.quota_cooldown_secs = Some(0)).await;
+    rig.provider.push(ProviderReply::status(402, SEED_402_BODY));
+    assert!(rig.ask("hello").await.text.contains("quota or balance"));
+    assert_eq!(rig.ask("/retry").await.text, "echo: hello");
+    let empty = Rig::start(mode, |_| {}).await;
+    assert!(
+        empty
+            .ask("/retry")
+            .await
+            .text
+            .contains("no earlier message")
+    );
+}
+
+async fn help_and_status_answer_without_a_job(mode: WorkerMode) {
+    let rig = Rig::start(mode, |_| {}).await;
+    for command in ["/start", "/help"] {
+        let reply = rig.ask(command).await;
+        assert!(
+            reply.text.contains("/new") && reply.text.contains("/retry"),
+            "{}",
+            reply.text
+        );
+    }
+    let status = rig.ask("/status").await;
+    assert!(
+        status.text.contains("Answering now: p0 (model-0)"),
+        "{}",
+        status.text
+    );
+    assert!(rig.ask("/frobnicate").await.text.contains("/help"));
+    assert_eq!(rig.provider.request_count(), 0);
+    assert!(
+        rig.telegram
+            .wait_for_calls("setMyCommands", 1, PATIENCE)
+            .await
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_from_a_newer_version_is_refused_and_a_corrupt_one_moved_aside() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = dir.path().join("state");
+    std::fs::create_dir_all(&state).expect("state dir");
+    let conn = rusqlite::Connection::open(state.join("state.db")).expect("db");
+    conn.pragma_update(None, "user_version", 99)
+        .expect("version");
+    drop(conn);
+    let provider = hermes_tests::fake_provider::FakeProvider::start().await;
+    let telegram = hermes_tests::fake_telegram::FakeTelegram::start().await;
+    let options = GatewayOptions {
+        providers: vec![provider.base_url()],
+        ..GatewayOptions::new(WorkerMode::Pool)
+    };
+    let mut gateway = Gateway::start_in(dir, &options, &telegram.api_url());
+    let status = gateway.wait_exit(PATIENCE).await;
+    assert_eq!(status.and_then(|s| s.code()), Some(78), "{}", gateway.log());
+    assert!(
+        gateway.log().contains("written by a newer hermes-gateway"),
+        "{}",
+        gateway.log()
+    );
+
+    let dir = gateway.into_dir();
+    std::fs::write(dir.path().join("state/state.db"), vec![0x42u8; 4096]).expect("corrupt");
+    let mut gateway = Gateway::start_in(dir, &options, &telegram.api_url());
+    telegram.send_text(USER, USER, "still works?");
+    let replies = telegram.wait_for_chat_messages(USER, 1, PATIENCE).await;
+    assert_eq!(
+        replies.first().map(|m| m.text.as_str()),
+        Some("echo: still works?"),
+        "{}",
+        gateway.log()
+    );
+    assert!(
+        gateway.log().contains("STATE STORE UNREADABLE"),
+        "{}",
+        gateway.log()
+    );
+    assert!(gateway.is_running());
+}
