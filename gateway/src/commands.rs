@@ -38,7 +38,7 @@ pub fn menu() -> Vec<BotCommand> {
 
 /// A command, if `text` is one (`/name` or `/name@bot`, arguments ignored).
 pub fn parse(text: &str) -> Option<Command> {
-    let first = text.trim().split_whitespace().next()?;
+    let first = text.split_whitespace().next()?;
     let name = first.strip_prefix('/')?;
     let name = name.split('@').next().unwrap_or(name).to_ascii_lowercase();
     if name.is_empty() {
