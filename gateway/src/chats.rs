@@ -24,7 +24,7 @@ use crate::commands::{self, Command};
 use crate::health::Health;
 use crate::replies;
 use crate::settings::LiveSettings;
-use crate::store::{Pending, Store};
+use crate::store::{Exchange, Pending, Store};
 use crate::supervisor::Supervisor;
 use crate::telegram::sender::Sender;
 
@@ -82,7 +82,11 @@ struct Inner {
 impl Inner {
     /// Marks a stored message answered; failing that, it is answered again after a restart.
     fn done(&self, update_id: i64, reply: &str) {
-        if let Err(e) = self.ctx.store.mark_done(update_id, reply) {
+        self.finish(update_id, reply, None);
+    }
+
+    fn finish(&self, update_id: i64, reply: &str, exchange: Option<&Exchange>) {
+        if let Err(e) = self.ctx.store.finish(update_id, reply, exchange) {
             tracing::warn!(update = update_id, "cannot mark the message answered: {e}");
         }
     }
@@ -206,9 +210,6 @@ impl ChatRouter {
             },
             None => message.text.clone(),
         };
-        if let Err(e) = self.inner.ctx.store.set_last_user_text(chat, &text) {
-            tracing::warn!(chat, "cannot record the last message for /retry: {e}");
-        }
         self.run_job(chat, message.update_id, message.user_id, text)
             .await;
     }
@@ -314,31 +315,33 @@ impl ChatRouter {
             .settle(&plan, &fallbacks, &outcome, Instant::now());
         ctx.health.job_done(&outcome);
         let elapsed_ms = started.elapsed().as_millis();
-        let (reply, answered) = match outcome {
+        let (reply, exchange, answered) = match outcome {
             Outcome::Reply(reply) => {
                 tracing::info!(job = %id, chat, user = user_id, provider = %reply.provider, elapsed_ms, "answered");
-                if let Err(e) =
-                    ctx.store
-                        .add_exchange(chat, &text, &reply.text, &reply.provider, &reply.model)
-                {
-                    tracing::warn!(chat, "cannot store the exchange in the conversation: {e}");
-                }
-                if reply.text.trim().is_empty() {
-                    ("(The model returned an empty answer.)".to_string(), true)
+                let shown = if reply.text.trim().is_empty() {
+                    "(The model returned an empty answer.)".to_string()
                 } else {
-                    (reply.text, true)
-                }
+                    reply.text.clone()
+                };
+                let exchange = Exchange {
+                    chat_id: chat,
+                    question: text,
+                    answer: reply.text,
+                    provider: reply.provider,
+                    model: reply.model,
+                };
+                (shown, Some(exchange), true)
             }
             Outcome::Failed(failure) => {
                 tracing::warn!(job = %id, chat, user = user_id, class = %failure.class(), elapsed_ms, "failed: {failure}");
                 // A job cancelled by a stop stays in the inbox: the next run answers it.
                 let answered = !matches!(failure, Failure::Cancelled { .. });
-                (replies::failure_text(&failure), answered)
+                (replies::failure_text(&failure), None, answered)
             }
         };
         ctx.sender.send_text(chat, &reply).await;
         if answered {
-            self.inner.done(update_id, &reply);
+            self.inner.finish(update_id, &reply, exchange.as_ref());
         }
     }
 }

@@ -36,10 +36,10 @@ const MIGRATIONS: &[&str] = &[r#"
         reply TEXT
     );
     CREATE INDEX inbox_pending ON inbox (update_id) WHERE done_at IS NULL;
+    CREATE INDEX inbox_by_chat ON inbox (chat_id, update_id);
     CREATE TABLE chats (
         chat_id INTEGER PRIMARY KEY,
-        conversation INTEGER NOT NULL DEFAULT 1,
-        last_user_text TEXT
+        conversation INTEGER NOT NULL DEFAULT 1
     );
     CREATE TABLE turns (
         id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -65,6 +65,16 @@ pub enum StoreError {
         path: String,
         source: rusqlite::Error,
     },
+}
+
+/// A question and the model's answer, for the conversation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Exchange {
+    pub chat_id: i64,
+    pub question: String,
+    pub answer: String,
+    pub provider: String,
+    pub model: String,
 }
 
 /// An update waiting for (or being given) its answer.
@@ -168,12 +178,9 @@ impl Store {
     pub fn next_update_id(&self) -> Result<i64, StoreError> {
         let conn = self.lock();
         self.wrap(
-            conn.query_row(
-                "SELECT next_update_id FROM telegram_offset WHERE id = 1",
-                [],
-                |r| r.get(0),
-            )
-            .optional(),
+            conn.prepare_cached("SELECT next_update_id FROM telegram_offset WHERE id = 1")
+                .and_then(|mut st| st.query_row([], |r| r.get(0)))
+                .optional(),
         )
         .map(|v| v.unwrap_or(0))
     }
@@ -184,23 +191,17 @@ impl Store {
         let mut conn = self.lock();
         let tx = self.wrap(conn.transaction())?;
         for m in messages {
-            self.wrap(tx.execute(
-                "INSERT OR IGNORE INTO inbox (update_id, chat_id, user_id, text, received_at) VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![m.update_id, m.chat_id, m.user_id as i64, m.text, now()],
-            ))?;
+            self.wrap(tx.prepare_cached("INSERT OR IGNORE INTO inbox (update_id, chat_id, user_id, text, received_at) VALUES (?1, ?2, ?3, ?4, ?5)").and_then(|mut st| st.execute(params![m.update_id, m.chat_id, m.user_id as i64, m.text, now()])))?;
         }
-        self.wrap(tx.execute(
-            "INSERT INTO telegram_offset (id, next_update_id) VALUES (1, ?1)
-             ON CONFLICT (id) DO UPDATE SET next_update_id = max(next_update_id, excluded.next_update_id)",
-            params![next_update_id],
-        ))?;
+        self.wrap(tx.prepare_cached("INSERT INTO telegram_offset (id, next_update_id) VALUES (1, ?1)
+             ON CONFLICT (id) DO UPDATE SET next_update_id = max(next_update_id, excluded.next_update_id)").and_then(|mut st| st.execute(params![next_update_id])))?;
         self.wrap(tx.commit())
     }
 
     /// Updates stored but not answered, oldest first.
     pub fn pending(&self) -> Result<Vec<Pending>, StoreError> {
         let conn = self.lock();
-        let mut stmt = self.wrap(conn.prepare(
+        let mut stmt = self.wrap(conn.prepare_cached(
             "SELECT update_id, chat_id, user_id, text FROM inbox WHERE done_at IS NULL ORDER BY update_id",
         ))?;
         let rows = self.wrap(stmt.query_map([], |r| {
@@ -214,30 +215,18 @@ impl Store {
         self.wrap(rows.collect())
     }
 
-    pub fn mark_done(&self, update_id: i64, reply: &str) -> Result<(), StoreError> {
-        let conn = self.lock();
-        self.wrap(conn.execute(
-            "UPDATE inbox SET done_at = ?2, reply = ?3 WHERE update_id = ?1",
-            params![update_id, now(), reply],
-        ))
-        .map(|_| ())
-    }
-
     fn conversation(conn: &Connection, chat_id: i64) -> rusqlite::Result<i64> {
-        conn.query_row(
-            "SELECT conversation FROM chats WHERE chat_id = ?1",
-            params![chat_id],
-            |r| r.get(0),
-        )
-        .optional()
-        .map(|c| c.unwrap_or(1))
+        conn.prepare_cached("SELECT conversation FROM chats WHERE chat_id = ?1")
+            .and_then(|mut st| st.query_row(params![chat_id], |r| r.get(0)))
+            .optional()
+            .map(|c| c.unwrap_or(1))
     }
 
     /// The last `limit` turns of the chat's current conversation, oldest first.
     pub fn history(&self, chat_id: i64, limit: usize) -> Result<Vec<ChatMessage>, StoreError> {
         let conn = self.lock();
         let conversation = self.wrap(Store::conversation(&conn, chat_id))?;
-        let mut stmt = self.wrap(conn.prepare(
+        let mut stmt = self.wrap(conn.prepare_cached(
             "SELECT role, content FROM turns WHERE chat_id = ?1 AND conversation = ?2 ORDER BY id DESC LIMIT ?3",
         ))?;
         let rows = self.wrap(stmt.query_map(
@@ -260,62 +249,49 @@ impl Store {
         Ok(turns)
     }
 
-    /// Records an answered exchange in the chat's current conversation.
-    pub fn add_exchange(
+    /// Marks a message answered with `reply` and, for a model's answer, records the
+    /// exchange in the chat's conversation: one transaction, so the two cannot disagree.
+    pub fn finish(
         &self,
-        chat_id: i64,
-        user_text: &str,
-        answer: &str,
-        provider: &str,
-        model: &str,
+        update_id: i64,
+        reply: &str,
+        exchange: Option<&Exchange>,
     ) -> Result<(), StoreError> {
         let mut conn = self.lock();
         let tx = self.wrap(conn.transaction())?;
-        let conversation = self.wrap(Store::conversation(&tx, chat_id))?;
         let at = now();
-        self.wrap(tx.execute(
-            "INSERT INTO turns (chat_id, conversation, role, content, at) VALUES (?1, ?2, 'user', ?3, ?4)",
-            params![chat_id, conversation, user_text, at],
-        ))?;
-        self.wrap(tx.execute(
-            "INSERT INTO turns (chat_id, conversation, role, content, at, provider, model) VALUES (?1, ?2, 'assistant', ?3, ?4, ?5, ?6)",
-            params![chat_id, conversation, answer, at, provider, model],
-        ))?;
+        if let Some(e) = exchange {
+            let conversation = self.wrap(Store::conversation(&tx, e.chat_id))?;
+            self.wrap(tx.prepare_cached("INSERT INTO turns (chat_id, conversation, role, content, at) VALUES (?1, ?2, 'user', ?3, ?4)").and_then(|mut st| st.execute(params![e.chat_id, conversation, e.question, at])))?;
+            self.wrap(tx.prepare_cached("INSERT INTO turns (chat_id, conversation, role, content, at, provider, model) VALUES (?1, ?2, 'assistant', ?3, ?4, ?5, ?6)").and_then(|mut st| st.execute(params![e.chat_id, conversation, e.answer, at, e.provider, e.model])))?;
+        }
+        self.wrap(
+            tx.prepare_cached("UPDATE inbox SET done_at = ?2, reply = ?3 WHERE update_id = ?1")
+                .and_then(|mut st| st.execute(params![update_id, at, reply])),
+        )?;
         self.wrap(tx.commit())
     }
 
     /// Starts a fresh conversation; the old one stays in the store, no longer sent.
     pub fn new_conversation(&self, chat_id: i64) -> Result<(), StoreError> {
         let conn = self.lock();
-        self.wrap(conn.execute(
-            "INSERT INTO chats (chat_id, conversation) VALUES (?1, 2)
+        self.wrap(
+            conn.prepare_cached(
+                "INSERT INTO chats (chat_id, conversation) VALUES (?1, 2)
              ON CONFLICT (chat_id) DO UPDATE SET conversation = conversation + 1",
-            params![chat_id],
-        ))
+            )
+            .and_then(|mut st| st.execute(params![chat_id])),
+        )
         .map(|_| ())
     }
 
-    pub fn set_last_user_text(&self, chat_id: i64, text: &str) -> Result<(), StoreError> {
-        let conn = self.lock();
-        self.wrap(conn.execute(
-            "INSERT INTO chats (chat_id, last_user_text) VALUES (?1, ?2)
-             ON CONFLICT (chat_id) DO UPDATE SET last_user_text = excluded.last_user_text",
-            params![chat_id, text],
-        ))
-        .map(|_| ())
-    }
-
+    /// The chat's last message that was not a command, for `/retry`.
     pub fn last_user_text(&self, chat_id: i64) -> Result<Option<String>, StoreError> {
         let conn = self.lock();
         self.wrap(
-            conn.query_row(
-                "SELECT last_user_text FROM chats WHERE chat_id = ?1",
-                params![chat_id],
-                |r| r.get(0),
-            )
+            conn.prepare_cached("SELECT text FROM inbox WHERE chat_id = ?1 AND text NOT LIKE '/%' ORDER BY update_id DESC LIMIT 1").and_then(|mut st| st.query_row(params![chat_id], |r| r.get(0)))
             .optional(),
         )
-        .map(Option::flatten)
     }
 }
 
@@ -370,7 +346,7 @@ mod tests {
             .accept(&[pending(5, "a"), pending(6, "b")], 7)
             .unwrap();
         store.accept(&[pending(6, "b")], 7).unwrap();
-        store.mark_done(5, "answer").unwrap();
+        store.finish(5, "answer", None).unwrap();
         drop(store);
         let store = Store::open(dir.path()).unwrap();
         assert_eq!(store.next_update_id().unwrap(), 7);
@@ -382,9 +358,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         for i in 0..5 {
-            store
-                .add_exchange(7, &format!("q{i}"), &format!("a{i}"), "p", "m")
-                .unwrap();
+            let exchange = Exchange {
+                chat_id: 7,
+                question: format!("q{i}"),
+                answer: format!("a{i}"),
+                provider: "p".into(),
+                model: "m".into(),
+            };
+            store.finish(i, "", Some(&exchange)).unwrap();
         }
         let h = store.history(7, 4).unwrap();
         let texts: Vec<&str> = h.iter().map(|m| m.content.as_str()).collect();
@@ -393,6 +374,17 @@ mod tests {
         store.new_conversation(7).unwrap();
         assert!(store.history(7, 4).unwrap().is_empty());
         assert!(store.history(8, 4).unwrap().is_empty());
+    }
+
+    #[test]
+    fn retry_finds_the_last_message_that_is_not_a_command() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.last_user_text(7).unwrap(), None);
+        store
+            .accept(&[pending(1, "hello"), pending(2, "/retry")], 3)
+            .unwrap();
+        assert_eq!(store.last_user_text(7).unwrap().as_deref(), Some("hello"));
     }
 
     #[test]

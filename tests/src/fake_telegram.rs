@@ -416,6 +416,15 @@ impl FakeTelegram {
         self.sent_to(chat_id)
     }
 
+    /// Waits until at least `n` messages were sent in all chats together; O(1) per check,
+    /// for benchmarks that count many thousands.
+    pub async fn wait_for_sent_count(&self, n: usize, timeout: Duration) -> usize {
+        self.state
+            .wait_until(timeout, |g| (g.sent.len() >= n).then_some(()))
+            .await;
+        self.state.lock().sent.len()
+    }
+
     /// Wait until at least `n` `getUpdates` requests arrived.
     pub async fn wait_for_polls(&self, n: usize, timeout: Duration) -> bool {
         self.state
