@@ -91,6 +91,13 @@ async fn worker_grandchildren_die_with_it(mode: WorkerMode) {
         eventually(PATIENCE, || sleeping() >= 2).await,
         "the worker's children never appeared"
     );
+    // The gateway puts every worker first in line for the OOM killer, even one (like this
+    // one) that does not do it itself.
+    for worker in rig.gateway.workers() {
+        let adj = std::fs::read_to_string(format!("/proc/{}/oom_score_adj", worker.pid))
+            .unwrap_or_default();
+        assert_eq!(adj.trim(), "1000", "worker {} oom_score_adj", worker.pid);
+    }
     let replies = rig.telegram.wait_for_chat_messages(USER, 1, PATIENCE).await;
     assert!(
         replies[0].text.contains("took too long"),

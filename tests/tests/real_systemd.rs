@@ -205,6 +205,12 @@ fn the_unit_under_a_real_systemd() {
     vm.run("systemctl start hermes-gateway");
     assert_eq!(vm.show("ActiveState"), "active", "{}", vm.journal());
     let main_pid = vm.show("MainPID");
+    assert_ne!(
+        main_pid,
+        "0",
+        "no main process right after start:\n{}",
+        vm.journal()
+    );
     let oom_kills = |vm: &Vm| -> u64 {
         vm.exec("cat /sys/fs/cgroup/system.slice/hermes-gateway.service/memory.events")
             .1
@@ -220,8 +226,13 @@ fn the_unit_under_a_real_systemd() {
         vm.journal()
     );
     assert_eq!(vm.show("ActiveState"), "active", "{}", vm.journal());
-    assert_eq!(vm.show("MainPID"), main_pid, "the gateway was replaced");
-    assert_eq!(vm.show("NRestarts"), "0");
+    assert_eq!(
+        vm.show("MainPID"),
+        main_pid,
+        "the gateway was replaced:\n{}",
+        vm.journal()
+    );
+    assert_eq!(vm.show("NRestarts"), "0", "{}", vm.journal());
     println!(
         "OOM: {} worker OOM kills, unit active, MainPID {main_pid} unchanged, NRestarts=0",
         oom_kills(&vm)

@@ -77,10 +77,20 @@ pub fn spawn(spec: &SpawnSpec, token: &Secret) -> io::Result<(Child, Option<Chil
         .kill_on_drop(true);
     let memory_limit = spec.memory_limit_mb.saturating_mul(1024 * 1024);
     // SAFETY: the closure runs in the child between fork and exec and makes only
-    // async-signal-safe system calls (prctl, getrlimit, setrlimit); it allocates nothing.
+    // async-signal-safe system calls (prctl, open, write, close, getrlimit, setrlimit); it
+    // allocates nothing (the path is a static C string).
     unsafe {
         command.pre_exec(move || {
             nix::sys::prctl::set_pdeathsig(Some(Signal::SIGKILL))?;
+            // First in line for the OOM killer, whatever the worker binary does: it would
+            // otherwise inherit the gateway's own (lowered) score.
+            if let Ok(fd) = nix::fcntl::open(
+                c"/proc/self/oom_score_adj",
+                nix::fcntl::OFlag::O_WRONLY | nix::fcntl::OFlag::O_CLOEXEC,
+                nix::sys::stat::Mode::empty(),
+            ) {
+                let _ = nix::unistd::write(&fd, b"1000");
+            }
             setrlimit(Resource::RLIMIT_CORE, 0, 0)?;
             if memory_limit > 0 {
                 setrlimit(Resource::RLIMIT_AS, memory_limit, memory_limit)?;
