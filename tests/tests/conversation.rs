@@ -12,6 +12,8 @@ hermes_tests::both_modes!(
     new_starts_a_fresh_conversation,
     retry_asks_the_last_message_again,
     help_and_status_answer_without_a_job,
+    a_chat_answers_in_order_and_asks_to_wait_beyond_its_queue,
+    typing_shows_while_a_job_runs,
 );
 
 fn options_like(rig: &Rig, mode: WorkerMode) -> GatewayOptions {
@@ -212,4 +214,53 @@ async fn a_store_from_a_newer_version_is_refused_and_a_corrupt_one_moved_aside()
         gateway.log()
     );
     assert!(gateway.is_running());
+}
+
+/// One job at a time per chat, in arrival order; `max_queued_per_chat` may wait behind it;
+/// one more is told to wait.
+async fn a_chat_answers_in_order_and_asks_to_wait_beyond_its_queue(mode: WorkerMode) {
+    let rig = Rig::start(mode, |o| o.max_queued_per_chat = Some(2)).await;
+    rig.provider.push_for(
+        "first",
+        ProviderReply::Delay(std::time::Duration::from_secs(2)),
+    );
+    rig.telegram.send_text(USER, USER, "first");
+    assert!(rig.provider.wait_for_requests(1, PATIENCE).await);
+    for text in ["second", "third", "fourth"] {
+        rig.telegram.send_text(USER, USER, text);
+    }
+    let replies = rig.telegram.wait_for_chat_messages(USER, 4, PATIENCE).await;
+    let texts: Vec<&str> = replies.iter().map(|m| m.text.as_str()).collect();
+    assert!(
+        texts[0].contains("still working on your earlier messages"),
+        "{texts:?}"
+    );
+    assert_eq!(texts[1..], ["echo: first", "echo: second", "echo: third"]);
+    assert_eq!(
+        rig.provider.request_count(),
+        3,
+        "the fourth reached no provider"
+    );
+}
+
+async fn typing_shows_while_a_job_runs(mode: WorkerMode) {
+    let rig = Rig::start(mode, |_| {}).await;
+    rig.provider
+        .push(ProviderReply::Delay(std::time::Duration::from_secs(1)));
+    rig.telegram.send_text(USER, USER, "slow");
+    assert!(
+        rig.telegram
+            .wait_for_calls("sendChatAction", 1, PATIENCE)
+            .await
+    );
+    let action = rig
+        .telegram
+        .api_calls()
+        .into_iter()
+        .find(|c| c.method.eq_ignore_ascii_case("sendChatAction"))
+        .expect("a sendChatAction call");
+    assert_eq!(action.params["action"], "typing");
+    assert_eq!(action.params["chat_id"], USER);
+    let replies = rig.telegram.wait_for_chat_messages(USER, 1, PATIENCE).await;
+    assert_eq!(replies.first().map(|m| m.text.as_str()), Some("echo: slow"));
 }
