@@ -287,6 +287,9 @@ impl ChatRouter {
             messages,
             providers: plan.providers.clone(),
             timeout_ms: u64::try_from(settings.job_timeout.as_millis()).unwrap_or(u64::MAX),
+            stream: false,
+            tools: settings.tools.clone(),
+            max_steps: settings.max_steps,
         };
         let (events_tx, mut events_rx) = mpsc::unbounded_channel();
         let run = ctx.supervisor.run(job, Some(events_tx));

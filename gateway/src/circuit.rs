@@ -222,6 +222,7 @@ mod tests {
             },
         }];
         let reply = Outcome::Reply(hermes_protocol::Reply {
+            transcript: Vec::new(),
             text: "hi".into(),
             provider: "b".into(),
             model: "m".into(),

@@ -12,8 +12,8 @@ use std::collections::HashSet;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use hermes_protocol::ProviderPlan;
 use hermes_protocol::config::Config;
+use hermes_protocol::{ProviderPlan, ToolServer};
 
 use crate::setup::Setup;
 
@@ -26,6 +26,8 @@ pub struct ChatSettings {
     pub cooldowns: Vec<(String, Duration)>,
     pub system_prompt: Option<String>,
     pub job_timeout: Duration,
+    pub tools: Vec<ToolServer>,
+    pub max_steps: u32,
 }
 
 impl ChatSettings {
@@ -50,6 +52,8 @@ impl ChatSettings {
                 .collect(),
             system_prompt: config.agent.system_prompt.clone(),
             job_timeout: config.workers.job_timeout(),
+            tools: setup.tools.clone(),
+            max_steps: config.agent.max_steps,
         }
     }
 }

@@ -6,11 +6,13 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use hermes_protocol::config::{Config, Problem};
-use hermes_protocol::{ProviderPlan, Secret};
+use hermes_protocol::{ProviderPlan, Secret, ToolServer};
 
 pub struct Setup {
     pub token: Secret,
     pub providers: Vec<ProviderPlan>,
+    /// MCP servers with their passed-through variables read.
+    pub tools: Vec<ToolServer>,
     pub worker_program: PathBuf,
     pub state_dir: PathBuf,
     pub runtime_dir: PathBuf,
@@ -33,6 +35,12 @@ pub fn resolve(config: &Config) -> Result<Setup, Vec<Problem>> {
         .iter()
         .filter_map(|p| p.plan().ok())
         .collect();
+    let tools: Vec<ToolServer> = config
+        .tools
+        .mcp
+        .iter()
+        .filter_map(|t| t.spec().ok())
+        .collect();
     match (token, worker_program) {
         (Some(token), Some(worker_program)) if problems.is_empty() => {
             let state_dir = state_dir(config);
@@ -42,6 +50,7 @@ pub fn resolve(config: &Config) -> Result<Setup, Vec<Problem>> {
             Ok(Setup {
                 token,
                 providers,
+                tools,
                 worker_program,
                 state_dir,
                 runtime_dir,

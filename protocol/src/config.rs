@@ -20,7 +20,7 @@ use serde::de::{DeserializeOwned, IntoDeserializer};
 use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
-use crate::wire::{ProviderPlan, Secret};
+use crate::wire::{ProviderPlan, Secret, ToolServer};
 
 /// Exit status for a configuration the process cannot run with (`EX_CONFIG` of
 /// sysexits.h); the systemd unit does not restart on it.
@@ -35,6 +35,7 @@ pub struct Config {
     pub workers: WorkersConfig,
     pub state: StateConfig,
     pub agent: AgentConfig,
+    pub tools: ToolsConfig,
 }
 
 #[derive(Debug, Clone)]
@@ -49,6 +50,23 @@ pub struct TelegramConfig {
     pub retry_max_secs: u64,
     /// Messages a chat may have waiting behind its running job.
     pub max_queued_per_chat: usize,
+    /// Users who may switch the model with `/model NAME` (they must also be allowed).
+    pub admin_users: Vec<i64>,
+    /// Show the answer while it is written (one message, edited as text arrives).
+    pub streaming: bool,
+    /// Least time between two edits of a streamed answer.
+    pub edit_interval_ms: u64,
+    /// Which group messages the bot answers.
+    pub group_mode: GroupMode,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum GroupMode {
+    /// Only messages that mention the bot or reply to one of its messages.
+    Mention,
+    /// Every text message in the group.
+    All,
 }
 
 #[derive(Debug, Clone)]
@@ -116,6 +134,48 @@ pub struct AgentConfig {
     pub system_prompt: Option<String>,
     /// Turns of the conversation (user and assistant messages) sent with each job.
     pub max_history_messages: usize,
+    /// Provider round trips with tool calls per job before the agent stops.
+    pub max_steps: u32,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ToolsConfig {
+    /// `[[tools.mcp]]`: MCP servers over stdio, started by each worker.
+    pub mcp: Vec<McpServerConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct McpServerConfig {
+    pub name: String,
+    pub command: String,
+    pub args: Vec<String>,
+    /// Names of the gateway's environment variables passed to the server; nothing else is.
+    pub env: Vec<String>,
+    pub timeout_secs: u64,
+    /// Where the entry is, for problems found later (an unset variable).
+    pub key: String,
+    pub line: Option<usize>,
+}
+
+impl McpServerConfig {
+    /// The server as a job carries it, with the variables it passes through resolved. An
+    /// unset one is an error naming it: the operator asked for it by name.
+    pub fn spec(&self) -> Result<ToolServer, String> {
+        let mut env = Vec::new();
+        for name in &self.env {
+            match std::env::var(name) {
+                Ok(value) => env.push((name.clone(), Secret::new(value))),
+                Err(_) => return Err(format!("environment variable {name} is not set")),
+            }
+        }
+        Ok(ToolServer {
+            name: self.name.clone(),
+            command: self.command.clone(),
+            args: self.args.clone(),
+            env,
+            call_timeout_ms: self.timeout_secs.saturating_mul(1000),
+        })
+    }
 }
 
 /// Where a secret comes from, and which key of the file said so (for error messages).
@@ -256,6 +316,8 @@ impl Config {
         let state = doc.state(state_table.as_ref());
         let agent_table = top.table("agent", &mut doc);
         let agent = doc.agent(agent_table.as_ref());
+        let tools_table = top.table("tools", &mut doc);
+        let tools = doc.tools(tools_table.as_ref());
         top.finish(&mut doc);
 
         if doc.problems.is_empty() {
@@ -266,6 +328,7 @@ impl Config {
                 workers,
                 state,
                 agent,
+                tools,
             })
         } else {
             doc.problems.sort_by_key(|p| p.line.unwrap_or(usize::MAX));
@@ -284,6 +347,15 @@ impl Config {
                 && let Err(e) = source.resolve()
             {
                 problems.push(source.problem(e));
+            }
+        }
+        for server in &self.tools.mcp {
+            if let Err(message) = server.spec() {
+                problems.push(Problem {
+                    line: server.line,
+                    key: format!("{}.env", server.key),
+                    message,
+                });
             }
         }
         problems
@@ -563,48 +635,91 @@ impl Doc<'_> {
             poll_timeout_secs: s.take_in("poll_timeout_secs", 30, 0..=50, self),
             retry_max_secs: s.take_in("retry_max_secs", 30, 1..=3600, self),
             max_queued_per_chat: s.take_in("max_queued_per_chat", 5, 1..=1000, self),
+            admin_users: s.take_or("admin_users", Vec::new(), self),
+            streaming: s.take_or("streaming", true, self),
+            edit_interval_ms: s.take_in("edit_interval_ms", 1500, 100..=60_000, self),
+            group_mode: s.take_or("group_mode", GroupMode::Mention, self),
         };
         s.finish(self);
         config
     }
 
-    fn providers(&mut self, top: &mut Section) -> Vec<ProviderConfig> {
-        let Some(value) = top.raw("providers") else {
-            self.problems.push(Problem {
-                line: None,
-                key: "providers".into(),
-                message: "missing: add at least one [[providers]] entry (name, base_url, model)"
-                    .into(),
-            });
+    /// The tables of an array of tables (`[[key]]`) under `section`, each with its dotted
+    /// path; anything else there is a problem. `required` makes an absent or empty array
+    /// one too, with `hint` saying what to add.
+    fn array_of_tables<'a, 'i>(
+        &mut self,
+        section: &mut Section<'a, 'i>,
+        key: &'static str,
+        required: Option<&str>,
+    ) -> Vec<(String, Table<'a, 'i>)> {
+        let path = section.key_path(key);
+        let Some(value) = section.raw(key) else {
+            if let Some(hint) = required {
+                self.problems.push(Problem {
+                    line: None,
+                    key: path,
+                    message: format!("missing: add at least one {hint}"),
+                });
+            }
             return Vec::new();
         };
         let DeValue::Array(entries) = value.get_ref() else {
             self.problems.push(Problem {
                 line: Some(line_of(self.text, value.span().start)),
-                key: "providers".into(),
-                message: "must be an array of tables: write each one as [[providers]]".into(),
+                key: path.clone(),
+                message: format!("must be an array of tables: write each one as [[{path}]]"),
             });
             return Vec::new();
         };
-        if entries.is_empty() {
+        if let (true, Some(hint)) = (entries.is_empty(), required) {
             self.problems.push(Problem {
                 line: Some(line_of(self.text, value.span().start)),
-                key: "providers".into(),
-                message: "empty: add at least one [[providers]] entry".into(),
+                key: path.clone(),
+                message: format!("empty: add at least one {hint}"),
             });
         }
-        let mut providers: Vec<ProviderConfig> = Vec::new();
+        let mut tables = Vec::new();
         for (i, entry) in entries.iter().enumerate() {
-            let path = format!("providers[{i}]");
-            let DeValue::Table(table) = entry.get_ref() else {
-                self.problems.push(Problem {
+            let entry_path = format!("{path}[{i}]");
+            match entry.get_ref() {
+                DeValue::Table(table) => tables.push((entry_path, (table, entry.span()))),
+                _ => self.problems.push(Problem {
                     line: Some(line_of(self.text, entry.span().start)),
-                    key: path,
+                    key: entry_path,
                     message: "must be a table".into(),
-                });
-                continue;
-            };
-            let mut s = Section::new(&path, Some((table, entry.span())));
+                }),
+            }
+        }
+        tables
+    }
+
+    /// A `name` key that must be non-empty and unique among `taken`.
+    fn unique_name(&mut self, s: &mut Section, name: &Option<String>, taken: &[&str]) {
+        let Some(name) = name else { return };
+        let message = if name.trim().is_empty() {
+            "must not be empty".to_string()
+        } else if taken.contains(&name.as_str()) {
+            format!("{name:?} is used by another entry")
+        } else {
+            return;
+        };
+        self.problems.push(Problem {
+            line: s.raw_line("name", self),
+            key: s.key_path("name"),
+            message,
+        });
+    }
+
+    fn providers(&mut self, top: &mut Section) -> Vec<ProviderConfig> {
+        let entries = self.array_of_tables(
+            top,
+            "providers",
+            Some("[[providers]] entry (name, base_url, model)"),
+        );
+        let mut providers: Vec<ProviderConfig> = Vec::new();
+        for (path, (table, span)) in entries {
+            let mut s = Section::new(&path, Some((table, span)));
             let name: Option<String> = s.require("name", self);
             let base_url = s.require("base_url", self);
             let base_url = self.url(&mut s, "base_url", base_url);
@@ -613,21 +728,8 @@ impl Doc<'_> {
             let request_timeout_secs = s.take_in("request_timeout_secs", 60, 1..=3600, self);
             let max_retries = s.take_in("max_retries", 2, 0..=10, self);
             let quota_cooldown_secs = s.take_in("quota_cooldown_secs", 600, 0..=86_400, self);
-            if let Some(name) = &name {
-                if name.trim().is_empty() {
-                    self.problems.push(Problem {
-                        line: s.raw_line("name", self),
-                        key: s.key_path("name"),
-                        message: "must not be empty".into(),
-                    });
-                } else if providers.iter().any(|p| &p.name == name) {
-                    self.problems.push(Problem {
-                        line: s.raw_line("name", self),
-                        key: s.key_path("name"),
-                        message: format!("{name:?} is used by another provider"),
-                    });
-                }
-            }
+            let taken: Vec<&str> = providers.iter().map(|p| p.name.as_str()).collect();
+            self.unique_name(&mut s, &name, &taken);
             s.finish(self);
             if let (Some(name), Some(model)) = (name, model) {
                 providers.push(ProviderConfig {
@@ -675,11 +777,56 @@ impl Doc<'_> {
         let mut s = Section::new("agent", table.cloned());
         let system_prompt: Option<String> = s.take("system_prompt", self);
         let max_history_messages = s.take_in("max_history_messages", 20, 0..=1000, self);
+        let max_steps = s.take_in("max_steps", 8, 1..=100, self);
         s.finish(self);
         AgentConfig {
             system_prompt: system_prompt.filter(|p| !p.trim().is_empty()),
             max_history_messages,
+            max_steps,
         }
+    }
+
+    fn tools(&mut self, table: Option<&Table>) -> ToolsConfig {
+        let mut section = Section::new("tools", table.cloned());
+        let entries = self.array_of_tables(&mut section, "mcp", None);
+        let mut mcp: Vec<McpServerConfig> = Vec::new();
+        for (path, (table, span)) in entries {
+            let mut s = Section::new(&path, Some((table, span)));
+            let name: Option<String> = s.require("name", self);
+            let taken: Vec<&str> = mcp.iter().map(|m| m.name.as_str()).collect();
+            self.unique_name(&mut s, &name, &taken);
+            if let Some(bad) = name
+                .as_deref()
+                .filter(|n| !n.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'))
+            {
+                // The name prefixes function names the provider sees, which OpenAI limits
+                // to [a-zA-Z0-9_-]; '_' is kept for the separator.
+                self.problems.push(Problem {
+                    line: s.raw_line("name", self),
+                    key: s.key_path("name"),
+                    message: format!("{bad:?}: use only letters, digits and '-'"),
+                });
+            }
+            let command: Option<String> = s.require("command", self);
+            let args = s.take_or("args", Vec::new(), self);
+            let env = s.take_or("env", Vec::new(), self);
+            let timeout_secs = s.take_in("timeout_secs", 30, 1..=3600, self);
+            let line = s.line(self);
+            s.finish(self);
+            if let (Some(name), Some(command)) = (name, command) {
+                mcp.push(McpServerConfig {
+                    name,
+                    command,
+                    args,
+                    env,
+                    timeout_secs,
+                    key: path,
+                    line,
+                });
+            }
+        }
+        section.finish(self);
+        ToolsConfig { mcp }
     }
 }
 

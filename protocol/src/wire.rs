@@ -18,7 +18,7 @@ use crate::codec::{self, CodecError};
 
 /// Bumped on any change to these types. Leads the first frame so a mismatch is reported as
 /// one, not as an undecodable frame.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// The first frame a worker sends. `version` must stay the first field.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
@@ -97,12 +97,37 @@ pub struct Job {
     /// The worker stops retrying and answers [`Failure::TimedOut`] by then; the gateway
     /// kills the worker's process group shortly after.
     pub timeout_ms: u64,
+    /// Ask providers to stream their answer; the worker then sends [`Event::Delta`]s.
+    pub stream: bool,
+    /// MCP servers whose tools the model may call; empty: no tools.
+    pub tools: Vec<ToolServer>,
+    /// Provider round trips the agent loop may make before it stops with a reply saying
+    /// so (each answer with tool calls is one step).
+    pub max_steps: u32,
+}
+
+/// One MCP tool server (stdio), started by the worker inside its own process group.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct ToolServer {
+    /// Prefixes the names of its tools, so two servers cannot clash.
+    pub name: String,
+    pub command: String,
+    pub args: Vec<String>,
+    /// Variables passed through from the gateway's environment, values resolved there:
+    /// the worker's own environment holds no secret.
+    pub env: Vec<(String, Secret)>,
+    /// Bound on one tool call; a call that takes longer is an error result for the model.
+    pub call_timeout_ms: u64,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub struct ChatMessage {
     pub role: Role,
     pub content: String,
+    /// On an assistant message: the tools the model asked to call.
+    pub tool_calls: Vec<ToolCall>,
+    /// On a tool message: the call it answers.
+    pub tool_call_id: Option<String>,
 }
 
 impl ChatMessage {
@@ -110,8 +135,30 @@ impl ChatMessage {
         ChatMessage {
             role,
             content: content.into(),
+            tool_calls: Vec::new(),
+            tool_call_id: None,
         }
     }
+
+    /// The result of one tool call, as the model reads it.
+    pub fn tool_result(call_id: impl Into<String>, content: impl Into<String>) -> Self {
+        ChatMessage {
+            role: Role::Tool,
+            content: content.into(),
+            tool_calls: Vec::new(),
+            tool_call_id: Some(call_id.into()),
+        }
+    }
+}
+
+/// A function call the model asked for, as OpenAI-compatible APIs spell it.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct ToolCall {
+    pub id: String,
+    /// The function name offered to the model (`{server}__{tool}`).
+    pub name: String,
+    /// JSON text as the model wrote it; it may be invalid.
+    pub arguments: String,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
@@ -119,6 +166,7 @@ pub enum Role {
     System,
     User,
     Assistant,
+    Tool,
 }
 
 impl Role {
@@ -128,6 +176,17 @@ impl Role {
             Role::System => "system",
             Role::User => "user",
             Role::Assistant => "assistant",
+            Role::Tool => "tool",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Role> {
+        match name {
+            "system" => Some(Role::System),
+            "user" => Some(Role::User),
+            "assistant" => Some(Role::Assistant),
+            "tool" => Some(Role::Tool),
+            _ => None,
         }
     }
 }
@@ -159,10 +218,13 @@ pub enum FromWorker {
     Outcome { job_id: JobId, outcome: Outcome },
 }
 
-/// Progress of a job, for logs, `hermes-worker ask` and (later) streaming to the chat.
+/// Progress of a job, for logs, `hermes-worker ask` and the chat (streamed text, tool
+/// status).
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub enum Event {
-    /// An HTTP attempt against a provider starts (1-based).
+    /// An HTTP attempt against a provider starts (1-based within one step). Text streamed
+    /// before it belongs to an attempt that failed or to an earlier step: a reader showing
+    /// the answer as it grows starts over here.
     Attempt { provider: String, attempt: u32 },
     /// A retryable failure; the next attempt starts after `after_ms`.
     Retrying {
@@ -174,8 +236,12 @@ pub enum Event {
     /// every failed provider (the last included), so the gateway learns of each one's
     /// quota state even when a fallback answers.
     FellBack { from: String, failure: Failure },
-    /// Part of the answer's text.
+    /// Part of the answer's text, appended to what came since the last `Attempt`.
     Delta(String),
+    /// The agent calls a tool (`server.tool`).
+    ToolStarted { name: String },
+    /// The call ended: `ok` false for an error result (which still goes to the model).
+    ToolFinished { name: String, ok: bool, ms: u64 },
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
@@ -189,6 +255,10 @@ pub struct Reply {
     pub text: String,
     pub provider: String,
     pub model: String,
+    /// Every message the job added after the user's, in order: assistant messages with
+    /// tool calls, the tool results, and last the answer itself. Stored as the
+    /// conversation, so a follow-up question can refer to what the tools returned.
+    pub transcript: Vec<ChatMessage>,
 }
 
 /// Why a job produced no answer. Provider variants come from the worker; the others from
@@ -249,6 +319,8 @@ pub enum CrashCause {
 pub enum CancelReason {
     /// The gateway is stopping.
     Shutdown,
+    /// The user sent `/stop`.
+    ByUser,
 }
 
 /// The failure kinds a user is told about and an operator counts, without their details.

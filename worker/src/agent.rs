@@ -16,6 +16,10 @@ pub async fn run(job: &Job, client: &reqwest::Client, events: &UnboundedSender<E
         match provider::complete(client, plan, &job.messages, deadline, events).await {
             Ok(completion) => {
                 return Outcome::Reply(Reply {
+                    transcript: vec![hermes_protocol::ChatMessage::new(
+                        hermes_protocol::Role::Assistant,
+                        completion.text.clone(),
+                    )],
                     text: completion.text,
                     provider: plan.name.clone(),
                     model: completion.model,

@@ -46,6 +46,9 @@ pub async fn ask(
         messages,
         providers,
         timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
+        stream: false,
+        tools: Vec::new(),
+        max_steps: config.agent.max_steps,
     };
     let (events_tx, mut events) = mpsc::unbounded_channel();
     let printer = tokio::spawn(async move {
@@ -87,6 +90,10 @@ fn describe(event: &Event) -> String {
             format!("[{from}] failed: {failure}; trying the next provider, if any")
         }
         Event::Delta(text) => text.clone(),
+        Event::ToolStarted { name } => format!("using {name} …"),
+        Event::ToolFinished { name, ok, ms } => {
+            format!("{name} {} in {ms} ms", if *ok { "done" } else { "failed" })
+        }
     }
 }
 

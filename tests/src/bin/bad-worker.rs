@@ -168,6 +168,10 @@ fn reply(job_id: JobId, text: &str) -> FromWorker {
             text: text.into(),
             provider: "bad-worker".into(),
             model: "none".into(),
+            transcript: vec![hermes_protocol::ChatMessage::new(
+                hermes_protocol::Role::Assistant,
+                text,
+            )],
         }),
     }
 }
