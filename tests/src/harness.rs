@@ -167,6 +167,8 @@ pub struct GatewayOptions {
     pub memory_limit_mb: Option<u64>,
     /// `quota_cooldown_secs` of every provider, when not the default.
     pub quota_cooldown_secs: Option<u64>,
+    /// Lines added to the `[telegram]` table verbatim (`streaming = false`, …).
+    pub telegram_toml: String,
 }
 
 impl GatewayOptions {
@@ -187,6 +189,7 @@ impl GatewayOptions {
             max_restarts: 10_000,
             memory_limit_mb: None,
             quota_cooldown_secs: None,
+            telegram_toml: String::new(),
         }
     }
 
@@ -196,6 +199,13 @@ impl GatewayOptions {
              allowed_users = {:?}\npoll_timeout_secs = {}\nretry_max_secs = 1\n\n",
             self.allowed_users, self.poll_timeout_secs
         );
+        if !self.telegram_toml.is_empty() {
+            toml = toml.replacen(
+                "[telegram]\n",
+                &format!("[telegram]\n{}\n", self.telegram_toml.trim_end()),
+                1,
+            );
+        }
         if let Some(n) = self.max_queued_per_chat {
             toml = toml.replacen(
                 "[telegram]\n",
