@@ -44,6 +44,9 @@ pub fn failure_text(failure: &Failure) -> String {
         Failure::WorkerCrashed { .. } => "⚠️ The agent crashed while working on your message; the bot itself is fine. \
              Please send your message again."
             .into(),
+        Failure::Cancelled {
+            reason: hermes_protocol::CancelReason::ByUser,
+        } => crate::commands::stop::STOPPED.into(),
         Failure::Cancelled { .. } => "🔄 The bot is restarting. Your message is saved and will be \
              answered as soon as it is back; no need to send it again."
             .into(),

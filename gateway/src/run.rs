@@ -192,6 +192,7 @@ async fn serve(path: &Path, config: Config, setup: Setup) -> i32 {
         poller::PollSettings {
             timeout_secs: config.telegram.poll_timeout_secs,
             retry_max: Duration::from_secs(config.telegram.retry_max_secs),
+            group_mode: config.telegram.group_mode,
         },
         health.clone(),
         store.clone(),

@@ -1,8 +1,9 @@
 //! The part of the configuration a running gateway can change on SIGHUP, and the check of
 //! what cannot.
 //!
-//! Who may talk to the bot, the providers (and their keys, read again), the system prompt
-//! and the job timeout are read by each job when it starts, from one shared snapshot that a
+//! Who may talk to the bot (and who administers it), the providers (and their keys, read
+//! again), streaming, the system prompt, tools and the job timeout are read by each job
+//! when it starts, from one shared snapshot that a
 //! reload swaps whole. A job in flight keeps the snapshot it started with, so a reload
 //! drops nothing. The rest (the bot token, the Telegram URL, the worker pool, the state
 //! directory) is wired into running parts; a reload that changes it says a restart is
@@ -19,6 +20,11 @@ use crate::setup::Setup;
 
 pub struct ChatSettings {
     pub allowed: HashSet<u64>,
+    /// May switch a chat's model (`/model NAME`).
+    pub admins: HashSet<u64>,
+    /// Answers shown while written (edited as they grow), tool status lines.
+    pub streaming: bool,
+    pub edit_interval: Duration,
     pub providers: Vec<ProviderPlan>,
     /// (name, model) in chain order, for status reports.
     pub provider_models: Vec<(String, String)>,
@@ -39,6 +45,14 @@ impl ChatSettings {
                 .iter()
                 .filter_map(|&id| u64::try_from(id).ok())
                 .collect(),
+            admins: config
+                .telegram
+                .admin_users
+                .iter()
+                .filter_map(|&id| u64::try_from(id).ok())
+                .collect(),
+            streaming: config.telegram.streaming,
+            edit_interval: Duration::from_millis(config.telegram.edit_interval_ms),
             providers: setup.providers.clone(),
             provider_models: config
                 .providers
@@ -95,6 +109,7 @@ pub fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
             ot.max_queued_per_chat != nt.max_queued_per_chat,
             "telegram.max_queued_per_chat",
         ),
+        (nt.group_mode != ot.group_mode, "telegram.group_mode"),
         (ow.mode != nw.mode, "workers.mode"),
         (ow.pool_size != nw.pool_size, "workers.pool_size"),
         (ow.command != nw.command, "workers.command"),

@@ -14,14 +14,15 @@
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use hermes_protocol::{ChatMessage, Role};
+use hermes_protocol::{ChatMessage, Role, ToolCall};
 use rusqlite::{Connection, OptionalExtension, params};
 
 /// The schema this build writes. Bump it with a new entry in [`MIGRATIONS`].
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 /// `MIGRATIONS[n]` takes a store from version `n` to `n + 1`.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
     CREATE TABLE telegram_offset (
         id INTEGER PRIMARY KEY CHECK (id = 1),
         next_update_id INTEGER NOT NULL
@@ -52,7 +53,15 @@ const MIGRATIONS: &[&str] = &[r#"
         model TEXT
     );
     CREATE INDEX turns_by_chat ON turns (chat_id, conversation, id);
-"#];
+"#,
+    // 2: tool calls and their results are turns too (`tool_calls` as JSON on the
+    // assistant's turn, `tool_call_id` on the result); a chat may pick its provider.
+    r#"
+    ALTER TABLE turns ADD COLUMN tool_calls TEXT;
+    ALTER TABLE turns ADD COLUMN tool_call_id TEXT;
+    ALTER TABLE chats ADD COLUMN provider TEXT;
+"#,
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -67,12 +76,13 @@ pub enum StoreError {
     },
 }
 
-/// A question and the model's answer, for the conversation.
+/// A question and what the job added to the conversation for it: tool calls, their
+/// results, and the answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Exchange {
     pub chat_id: i64,
     pub question: String,
-    pub answer: String,
+    pub transcript: Vec<ChatMessage>,
     pub provider: String,
     pub model: String,
 }
@@ -222,30 +232,38 @@ impl Store {
             .map(|c| c.unwrap_or(1))
     }
 
-    /// The last `limit` turns of the chat's current conversation, oldest first.
+    /// The last `limit` turns of the chat's current conversation, oldest first. The cut
+    /// never starts inside a tool exchange: providers refuse a `tool` result (or an answer
+    /// that follows one) whose call was cut off, so history starts at a user turn.
     pub fn history(&self, chat_id: i64, limit: usize) -> Result<Vec<ChatMessage>, StoreError> {
         let conn = self.lock();
         let conversation = self.wrap(Store::conversation(&conn, chat_id))?;
         let mut stmt = self.wrap(conn.prepare_cached(
-            "SELECT role, content FROM turns WHERE chat_id = ?1 AND conversation = ?2 ORDER BY id DESC LIMIT ?3",
+            "SELECT role, content, tool_calls, tool_call_id FROM turns
+             WHERE chat_id = ?1 AND conversation = ?2 ORDER BY id DESC LIMIT ?3",
         ))?;
         let rows = self.wrap(stmt.query_map(
             params![chat_id, conversation, limit as i64],
             |r| {
                 let role: String = r.get(0)?;
-                let content: String = r.get(1)?;
-                Ok(ChatMessage::new(
-                    if role == "assistant" {
-                        Role::Assistant
-                    } else {
-                        Role::User
-                    },
-                    content,
-                ))
+                let tool_calls: Option<String> = r.get(2)?;
+                Ok(ChatMessage {
+                    role: Role::parse(&role).unwrap_or(Role::User),
+                    content: r.get(1)?,
+                    tool_calls: tool_calls
+                        .and_then(|json| decode_tool_calls(&json))
+                        .unwrap_or_default(),
+                    tool_call_id: r.get(3)?,
+                })
             },
         ))?;
         let mut turns: Vec<ChatMessage> = self.wrap(rows.collect())?;
         turns.reverse();
+        let start = turns
+            .iter()
+            .position(|m| m.role == Role::User)
+            .unwrap_or(turns.len());
+        turns.drain(..start);
         Ok(turns)
     }
 
@@ -263,7 +281,16 @@ impl Store {
         if let Some(e) = exchange {
             let conversation = self.wrap(Store::conversation(&tx, e.chat_id))?;
             self.wrap(tx.prepare_cached("INSERT INTO turns (chat_id, conversation, role, content, at) VALUES (?1, ?2, 'user', ?3, ?4)").and_then(|mut st| st.execute(params![e.chat_id, conversation, e.question, at])))?;
-            self.wrap(tx.prepare_cached("INSERT INTO turns (chat_id, conversation, role, content, at, provider, model) VALUES (?1, ?2, 'assistant', ?3, ?4, ?5, ?6)").and_then(|mut st| st.execute(params![e.chat_id, conversation, e.answer, at, e.provider, e.model])))?;
+            for m in &e.transcript {
+                let tool_calls = encode_tool_calls(&m.tool_calls);
+                // Provider and model belong to what the model wrote, not to tool output.
+                let (provider, model) = if m.role == Role::Assistant {
+                    (Some(e.provider.as_str()), Some(e.model.as_str()))
+                } else {
+                    (None, None)
+                };
+                self.wrap(tx.prepare_cached("INSERT INTO turns (chat_id, conversation, role, content, at, provider, model, tool_calls, tool_call_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)").and_then(|mut st| st.execute(params![e.chat_id, conversation, m.role.as_str(), m.content, at, provider, model, tool_calls, m.tool_call_id])))?;
+            }
         }
         self.wrap(
             tx.prepare_cached("UPDATE inbox SET done_at = ?2, reply = ?3 WHERE update_id = ?1")
@@ -285,6 +312,34 @@ impl Store {
         .map(|_| ())
     }
 
+    /// The provider this chat asked for with `/model`, if any.
+    pub fn chat_provider(&self, chat_id: i64) -> Result<Option<String>, StoreError> {
+        let conn = self.lock();
+        self.wrap(
+            conn.prepare_cached("SELECT provider FROM chats WHERE chat_id = ?1")
+                .and_then(|mut st| st.query_row(params![chat_id], |r| r.get(0)))
+                .optional(),
+        )
+        .map(Option::flatten)
+    }
+
+    /// Sets (or with `None` clears) the chat's provider.
+    pub fn set_chat_provider(
+        &self,
+        chat_id: i64,
+        provider: Option<&str>,
+    ) -> Result<(), StoreError> {
+        let conn = self.lock();
+        self.wrap(
+            conn.prepare_cached(
+                "INSERT INTO chats (chat_id, provider) VALUES (?1, ?2)
+             ON CONFLICT (chat_id) DO UPDATE SET provider = excluded.provider",
+            )
+            .and_then(|mut st| st.execute(params![chat_id, provider])),
+        )
+        .map(|_| ())
+    }
+
     /// The chat's last message that was not a command, for `/retry`.
     pub fn last_user_text(&self, chat_id: i64) -> Result<Option<String>, StoreError> {
         let conn = self.lock();
@@ -293,6 +348,31 @@ impl Store {
             .optional(),
         )
     }
+}
+
+/// Tool calls as stored: a JSON array of `[id, name, arguments]`, or NULL when none.
+fn encode_tool_calls(calls: &[ToolCall]) -> Option<String> {
+    if calls.is_empty() {
+        return None;
+    }
+    let rows: Vec<[&str; 3]> = calls
+        .iter()
+        .map(|c| [c.id.as_str(), c.name.as_str(), c.arguments.as_str()])
+        .collect();
+    serde_json::to_string(&rows).ok()
+}
+
+fn decode_tool_calls(json: &str) -> Option<Vec<ToolCall>> {
+    let rows: Vec<[String; 3]> = serde_json::from_str(json).ok()?;
+    Some(
+        rows.into_iter()
+            .map(|[id, name, arguments]| ToolCall {
+                id,
+                name,
+                arguments,
+            })
+            .collect(),
+    )
 }
 
 fn is_corruption(error: &rusqlite::Error) -> bool {
@@ -361,7 +441,7 @@ mod tests {
             let exchange = Exchange {
                 chat_id: 7,
                 question: format!("q{i}"),
-                answer: format!("a{i}"),
+                transcript: vec![ChatMessage::new(Role::Assistant, format!("a{i}"))],
                 provider: "p".into(),
                 model: "m".into(),
             };
@@ -374,6 +454,69 @@ mod tests {
         store.new_conversation(7).unwrap();
         assert!(store.history(7, 4).unwrap().is_empty());
         assert!(store.history(8, 4).unwrap().is_empty());
+    }
+
+    #[test]
+    fn tool_turns_round_trip_and_history_never_starts_inside_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let call = ToolCall {
+            id: "call-1".into(),
+            name: "time__now".into(),
+            arguments: "{}".into(),
+        };
+        let mut asking = ChatMessage::new(Role::Assistant, "");
+        asking.tool_calls = vec![call.clone()];
+        let transcript = vec![
+            asking.clone(),
+            ChatMessage::tool_result("call-1", "12:00"),
+            ChatMessage::new(Role::Assistant, "It is noon."),
+        ];
+        let exchange = Exchange {
+            chat_id: 7,
+            question: "what time is it?".into(),
+            transcript: transcript.clone(),
+            provider: "p".into(),
+            model: "m".into(),
+        };
+        store.finish(1, "It is noon.", Some(&exchange)).unwrap();
+        let all = store.history(7, 10).unwrap();
+        assert_eq!(all.len(), 4);
+        assert_eq!(all[0], ChatMessage::new(Role::User, "what time is it?"));
+        assert_eq!(all[1..], transcript[..]);
+        // The last 3 turns start with a tool call: they are cut back to no history at all
+        // rather than sent without the question that started them.
+        assert!(store.history(7, 3).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_chat_keeps_its_provider_choice_until_cleared() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.chat_provider(7).unwrap(), None);
+        store.set_chat_provider(7, Some("backup")).unwrap();
+        store.new_conversation(7).unwrap();
+        assert_eq!(store.chat_provider(7).unwrap().as_deref(), Some("backup"));
+        store.set_chat_provider(7, None).unwrap();
+        assert_eq!(store.chat_provider(7).unwrap(), None);
+    }
+
+    #[test]
+    fn a_version_1_store_is_migrated_with_its_data() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = Connection::open(dir.path().join("state.db")).unwrap();
+        conn.execute_batch(MIGRATIONS[0]).unwrap();
+        conn.execute_batch(
+            "PRAGMA user_version = 1;
+             INSERT INTO turns (chat_id, conversation, role, content, at) VALUES (7, 1, 'user', 'old', 0);
+             INSERT INTO inbox (update_id, chat_id, user_id, text, received_at) VALUES (3, 7, 7, 'pending', 0);",
+        )
+        .unwrap();
+        drop(conn);
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.history(7, 10).unwrap()[0].content, "old");
+        assert_eq!(store.pending().unwrap()[0].text, "pending");
+        store.set_chat_provider(7, Some("p")).unwrap();
     }
 
     #[test]

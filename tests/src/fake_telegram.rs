@@ -256,11 +256,44 @@ impl FakeTelegram {
             "from": {"id": user_id, "is_bot": false, "first_name": "Test"},
             "text": text,
         });
-        if text.starts_with('/') {
-            let command = text.split_whitespace().next().unwrap_or(text);
-            message["entities"] =
-                json!([{"type": "bot_command", "offset": 0, "length": utf16_len(command)}]);
+        let entities = entities_of(text);
+        if !entities.is_empty() {
+            message["entities"] = Value::Array(entities);
         }
+        drop(g);
+        self.push_update(json!({ "message": message }))
+    }
+
+    /// Queue a text message that replies to message `reply_to` of the same chat (one the
+    /// bot sent, or any other). Returns the update id.
+    pub fn send_reply(&self, chat_id: i64, user_id: i64, text: &str, reply_to: i64) -> i64 {
+        let chat = default_chat(chat_id);
+        let mut g = self.state.lock();
+        g.last_message_id += 1;
+        let original_from = if g.texts.contains_key(&(chat_id, reply_to)) {
+            bot_user()
+        } else {
+            json!({"id": user_id + 1, "is_bot": false, "first_name": "Other"})
+        };
+        let original_text = g
+            .texts
+            .get(&(chat_id, reply_to))
+            .cloned()
+            .unwrap_or_default();
+        let message = json!({
+            "message_id": g.last_message_id,
+            "date": unix_now(),
+            "chat": chat,
+            "from": {"id": user_id, "is_bot": false, "first_name": "Test"},
+            "text": text,
+            "reply_to_message": {
+                "message_id": reply_to,
+                "date": unix_now(),
+                "chat": chat,
+                "from": original_from,
+                "text": original_text,
+            },
+        });
         drop(g);
         self.push_update(json!({ "message": message }))
     }
@@ -792,6 +825,22 @@ impl Inner {
             .cloned()
             .unwrap_or_else(|| default_chat(chat_id))
     }
+}
+
+/// The entities Telegram's clients attach: a leading `/command`, and every `@mention`.
+fn entities_of(text: &str) -> Vec<Value> {
+    let mut entities = Vec::new();
+    let mut offset = 0;
+    for (i, word) in text.split(' ').enumerate() {
+        let len = utf16_len(word);
+        if i == 0 && word.starts_with('/') && len > 1 {
+            entities.push(json!({"type": "bot_command", "offset": 0, "length": len}));
+        } else if word.starts_with('@') && len > 1 {
+            entities.push(json!({"type": "mention", "offset": offset, "length": len}));
+        }
+        offset += len + 1;
+    }
+    entities
 }
 
 fn default_chat(chat_id: i64) -> Value {

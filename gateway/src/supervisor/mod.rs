@@ -21,6 +21,7 @@ mod worker;
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use hermes_protocol::config::WorkerMode;
@@ -33,7 +34,7 @@ use crate::backoff::Backoff;
 use crate::health::Health;
 pub use listener::PendingWorkers;
 use process::SpawnSpec;
-use worker::{StartError, Worker};
+use worker::{StartError, Stops, Worker};
 
 #[derive(Clone)]
 pub struct SupervisorConfig {
@@ -55,6 +56,11 @@ struct Assignment {
     job: Job,
     events: Option<mpsc::UnboundedSender<Event>>,
     done: oneshot::Sender<Outcome>,
+    /// `/stop`: ends the job wherever it is, its worker's group included.
+    cancel: CancellationToken,
+    /// Set by the slot that takes the job, before it looks at `cancel`: until then a
+    /// cancelled job can be answered at once, as no process of it exists.
+    taken: Arc<AtomicBool>,
 }
 
 /// The handle the rest of the gateway uses: submit a job, get its outcome.
@@ -141,26 +147,47 @@ impl Supervisor {
     }
 
     /// Runs `job` on a worker and returns its outcome. Never fails: every problem on the
-    /// way is an [`Outcome::Failed`].
-    pub async fn run(&self, job: Job, events: Option<mpsc::UnboundedSender<Event>>) -> Outcome {
+    /// way is an [`Outcome::Failed`]. Cancelling `cancel` ends the job with
+    /// [`CancelReason::ByUser`] once none of its processes is left.
+    pub async fn run(
+        &self,
+        job: Job,
+        events: Option<mpsc::UnboundedSender<Event>>,
+        cancel: CancellationToken,
+    ) -> Outcome {
         #[cfg(feature = "in-process-baseline")]
         if let Some(baseline) = &self.in_process {
             return baseline.run(job, events).await;
         }
-        let (done, outcome) = oneshot::channel();
-        let assignment = Assignment { job, events, done };
+        let (done, mut outcome) = oneshot::channel();
+        let taken = Arc::new(AtomicBool::new(false));
+        let assignment = Assignment {
+            job,
+            events,
+            done,
+            cancel: cancel.clone(),
+            taken: taken.clone(),
+        };
         if self.queue.send(assignment).await.is_err() {
-            return cancelled();
+            return cancelled(CancelReason::Shutdown);
+        }
+        tokio::select! {
+            result = &mut outcome => return result.unwrap_or_else(|_| cancelled(CancelReason::Shutdown)),
+            _ = cancel.cancelled() => {}
+        }
+        if !taken.load(Ordering::SeqCst) {
+            // Still queued: the slot that takes it will see the cancel and drop it.
+            return cancelled(CancelReason::ByUser);
         }
         // A dropped sender means the slots stopped before taking the job.
-        outcome.await.unwrap_or_else(|_| cancelled())
+        outcome
+            .await
+            .unwrap_or_else(|_| cancelled(CancelReason::Shutdown))
     }
 }
 
-fn cancelled() -> Outcome {
-    Outcome::Failed(Failure::Cancelled {
-        reason: CancelReason::Shutdown,
-    })
+fn cancelled(reason: CancelReason) -> Outcome {
+    Outcome::Failed(Failure::Cancelled { reason })
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -274,6 +301,11 @@ impl Slot {
                 }
                 _ = sleep_until(self.retry_start_at), if self.policy.prestart && worker.is_none() => continue,
             };
+            assignment.taken.store(true, Ordering::SeqCst);
+            if assignment.cancel.is_cancelled() {
+                let _ = assignment.done.send(cancelled(CancelReason::ByUser));
+                continue;
+            }
             if worker.is_none() {
                 worker = if self.backing_off() {
                     None
@@ -298,7 +330,10 @@ impl Slot {
                 .run_job(
                     &assignment.job,
                     assignment.events.as_ref(),
-                    &self.abort,
+                    Stops {
+                        abort: &self.abort,
+                        cancel: &assignment.cancel,
+                    },
                     self.kill_grace,
                 )
                 .await;

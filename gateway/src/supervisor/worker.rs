@@ -55,6 +55,12 @@ pub struct Worker {
     pub jobs_done: u32,
 }
 
+/// What may end a job before its outcome: the gateway stopping, or the user (`/stop`).
+pub struct Stops<'a> {
+    pub abort: &'a CancellationToken,
+    pub cancel: &'a CancellationToken,
+}
+
 /// What running one job on a worker produced.
 pub struct JobRun {
     pub outcome: Outcome,
@@ -124,12 +130,12 @@ impl Worker {
         })
     }
 
-    /// Sends `job` and waits for its outcome, the worker's death, the deadline, or `abort`.
+    /// Sends `job` and waits for its outcome, the worker's death, the deadline, or a stop.
     pub async fn run_job(
         &mut self,
         job: &Job,
         events: Option<&mpsc::UnboundedSender<Event>>,
-        abort: &CancellationToken,
+        stops: Stops<'_>,
         kill_grace: Duration,
     ) -> JobRun {
         self.jobs_done += 1;
@@ -167,15 +173,25 @@ impl Worker {
                         reusable: false,
                     };
                 }
-                _ = abort.cancelled() => {
+                _ = stops.abort.cancelled() => {
                     tracing::info!(worker = self.pid, job = %job.id, "cancelling job: the gateway is stopping");
-                    process::terminate(&mut self.child, kill_grace).await;
-                    return JobRun {
-                        outcome: Outcome::Failed(Failure::Cancelled { reason: CancelReason::Shutdown }),
-                        reusable: false,
-                    };
+                    return self.cancel(CancelReason::Shutdown, kill_grace).await;
+                }
+                _ = stops.cancel.cancelled() => {
+                    tracing::info!(worker = self.pid, job = %job.id, "cancelling job: /stop; ending the worker's process group");
+                    return self.cancel(CancelReason::ByUser, kill_grace).await;
                 }
             }
+        }
+    }
+
+    /// Ends the worker's whole group mid-job: a worker is not told to drop a job, since a
+    /// tool it runs may not listen either.
+    async fn cancel(&mut self, reason: CancelReason, kill_grace: Duration) -> JobRun {
+        process::terminate(&mut self.child, kill_grace).await;
+        JobRun {
+            outcome: Outcome::Failed(Failure::Cancelled { reason }),
+            reusable: false,
         }
     }
 

@@ -1,8 +1,11 @@
 //! Everything that talks to the Telegram Bot API: the `getUpdates` loop, outgoing
-//! messages, and cutting long replies to size. Built on teloxide's `Bot` (its typed
+//! messages, the answer shown while it is written, and Markdown made into Telegram's HTML
+//! and cut to size. Built on teloxide's `Bot` (its typed
 //! requests), not its `Dispatcher`: the gateway must own the update offset and every error
 //! path, and no handler code may run inside the poll loop.
 
+pub mod format;
+pub mod live;
 pub mod poller;
 pub mod sender;
 pub mod split;

@@ -7,13 +7,19 @@
 //! offset are committed to the store (the durable inbox); a batch that cannot be stored is
 //! not handed on, so Telegram sends it again. Handing over never blocks on a job, so a
 //! slow provider cannot stall polling.
+//!
+//! In groups (`telegram.group_mode = "mention"`) only messages addressed to the bot are
+//! taken: a mention of it, a reply to one of its messages, or a command; a command for
+//! another bot (`/new@other_bot`) never is. Knowing its own name takes one `getMe`, made
+//! before the first poll and retried like one.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use hermes_protocol::config::GroupMode;
 use teloxide_core::RequestError;
 use teloxide_core::prelude::*;
-use teloxide_core::types::{AllowedUpdate, Update, UpdateKind};
+use teloxide_core::types::{AllowedUpdate, Message, MessageEntityKind, Update, UpdateKind};
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
@@ -23,6 +29,15 @@ use crate::store::{Pending, Store};
 pub struct PollSettings {
     pub timeout_secs: u32,
     pub retry_max: Duration,
+    pub group_mode: GroupMode,
+}
+
+/// Who the bot is, for telling which group messages are addressed to it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    pub id: u64,
+    /// Without the `@`.
+    pub username: String,
 }
 
 /// Polls until `stop`, storing every text message and passing it to `deliver` in order.
@@ -43,6 +58,35 @@ pub async fn poll(
     };
     let mut backoff = Backoff::new(Duration::from_millis(500), settings.retry_max);
     let mut failing_since: Option<std::time::Instant> = None;
+    let me = loop {
+        let result = tokio::select! {
+            _ = stop.cancelled() => return,
+            result = bot.get_me().send() => result,
+        };
+        match result {
+            Ok(me) => {
+                break Identity {
+                    id: me.user.id.0,
+                    username: me.user.username.clone().unwrap_or_default(),
+                };
+            }
+            Err(error) => {
+                failing_since.get_or_insert_with(std::time::Instant::now);
+                let delay = backoff.next_delay();
+                let described = describe(&error);
+                tracing::warn!(
+                    "getMe failed: {described}; retrying in {:.1} s",
+                    delay.as_secs_f64()
+                );
+                health.poll_failed(described);
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(delay) => {}
+                }
+            }
+        }
+    };
+    tracing::info!(bot = %me.username, "polling Telegram as @{}", me.username);
     loop {
         let request = bot
             .get_updates()
@@ -68,7 +112,10 @@ pub async fn poll(
                     .max()
                     .unwrap_or(offset)
                     .max(offset);
-                let messages: Vec<Pending> = updates.into_iter().filter_map(text_message).collect();
+                let messages: Vec<Pending> = updates
+                    .into_iter()
+                    .filter_map(|u| text_message(u, &me, settings.group_mode))
+                    .collect();
                 if let Err(e) = store.accept(&messages, i64::from(next)) {
                     // Not acknowledged, so Telegram will send these again.
                     let delay = backoff.next_delay();
@@ -108,8 +155,9 @@ pub async fn poll(
     }
 }
 
-/// The text message in `update`, if it is one; anything else is skipped with a log line.
-fn text_message(update: Update) -> Option<Pending> {
+/// The text message in `update`, if it is one for the bot; anything else is skipped with a
+/// log line.
+fn text_message(update: Update, me: &Identity, group_mode: GroupMode) -> Option<Pending> {
     let id = update.id.0;
     let UpdateKind::Message(message) = update.kind else {
         tracing::info!(update = id, "skipping an update that is not a message");
@@ -123,12 +171,81 @@ fn text_message(update: Update) -> Option<Pending> {
         );
         return None;
     };
+    let text = match addressed(&message, text, me, group_mode) {
+        Some(text) => text,
+        None => {
+            tracing::debug!(
+                update = id,
+                chat = message.chat.id.0,
+                "skipping a group message not addressed to the bot"
+            );
+            return None;
+        }
+    };
     Some(Pending {
         update_id: i64::from(id),
         chat_id: message.chat.id.0,
         user_id: user.id.0,
-        text: text.to_string(),
+        text,
     })
+}
+
+/// The text to answer if `message` is for the bot, with a mention of it taken out.
+fn addressed(message: &Message, text: &str, me: &Identity, mode: GroupMode) -> Option<String> {
+    let mention = format!("@{}", me.username);
+    if let Some(command) = text
+        .split_whitespace()
+        .next()
+        .filter(|w| w.starts_with('/'))
+    {
+        return match command.split_once('@') {
+            Some((_, bot)) if !bot.eq_ignore_ascii_case(&me.username) => None,
+            _ => Some(text.to_string()),
+        };
+    }
+    if message.chat.is_private() || mode == GroupMode::All {
+        return Some(text.to_string());
+    }
+    if !(message.chat.is_group() || message.chat.is_supergroup()) {
+        return None;
+    }
+    let replied_to_bot = message
+        .reply_to_message()
+        .and_then(|m| m.from.as_ref())
+        .is_some_and(|u| u.id.0 == me.id);
+    let mentioned = message.parse_entities().is_some_and(|entities| {
+        entities.iter().any(|e| match e.kind() {
+            MessageEntityKind::Mention => {
+                !me.username.is_empty() && e.text().eq_ignore_ascii_case(&mention)
+            }
+            MessageEntityKind::TextMention { user } => user.id.0 == me.id,
+            _ => false,
+        })
+    });
+    if !(replied_to_bot || mentioned) {
+        return None;
+    }
+    let stripped = strip_mention(text, &mention);
+    Some(if stripped.is_empty() {
+        text.to_string()
+    } else {
+        stripped
+    })
+}
+
+/// `text` without the bot's `@name` (any case), trimmed; line breaks are kept.
+fn strip_mention(text: &str, mention: &str) -> String {
+    let lower = text.to_ascii_lowercase();
+    let needle = mention.to_ascii_lowercase();
+    let mut out = String::with_capacity(text.len());
+    let mut rest = 0;
+    // ASCII lowercasing keeps byte offsets, so positions in `lower` are valid in `text`.
+    for (at, _) in lower.match_indices(&needle) {
+        out.push_str(&text[rest..at]);
+        rest = at + needle.len();
+    }
+    out.push_str(&text[rest..]);
+    out.trim().to_string()
 }
 
 /// The offset that acknowledges `update`.
@@ -161,5 +278,23 @@ fn describe(error: &RequestError) -> String {
             format!("response is not Bot API JSON: {snippet:?}")
         }
         other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_mention_is_taken_out_and_the_rest_kept() {
+        assert_eq!(
+            strip_mention("@Hermes_Bot what is\n2+2?", "@hermes_bot"),
+            "what is\n2+2?"
+        );
+        assert_eq!(
+            strip_mention("hey @hermes_bot, hi", "@hermes_bot"),
+            "hey , hi"
+        );
+        assert_eq!(strip_mention("@hermes_bot", "@hermes_bot"), "");
     }
 }

@@ -2,13 +2,20 @@
 //! control (`retry_after`) is waited out, network errors are retried a few times, and a
 //! refusal (the user blocked the bot, the chat is gone) is logged and dropped. Nothing
 //! here can fail the caller: a reply that cannot be delivered must not stop the next one.
+//!
+//! Everything goes out as [`Piece`]s: Telegram HTML plus the same text without markup.
+//! When Telegram cannot parse a piece's HTML, that piece goes again as plain text, so bad
+//! formatting never costs the user the answer. Edits (the streamed answer) are cheaper to
+//! lose: they report flood control to the caller, who pauses, instead of waiting here.
 
 use std::time::Duration;
 
+use teloxide_core::payloads::{EditMessageTextSetters, SendMessageSetters};
 use teloxide_core::prelude::*;
-use teloxide_core::types::{ChatAction, ChatId};
+use teloxide_core::types::{ChatAction, ChatId, MessageId, ParseMode};
 use teloxide_core::{ApiError, RequestError};
 
+use super::format::{self, Piece};
 use super::split::{MESSAGE_LIMIT, split_message};
 use crate::backoff::Backoff;
 
@@ -29,27 +36,61 @@ pub enum Delivery {
     Dropped,
 }
 
+/// How an edit ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Edit {
+    /// The message shows the new text (or already did).
+    Done,
+    /// Flood control: no edit before this much time has passed.
+    RetryAfter(Duration),
+    /// The message cannot be edited (deleted, too old) or the request failed.
+    Failed,
+}
+
+/// Plain text as pieces: split to size, escaped for HTML.
+pub fn plain_pieces(text: &str) -> Vec<Piece> {
+    split_message(text, MESSAGE_LIMIT)
+        .into_iter()
+        .map(|plain| Piece {
+            html: format::escape(&plain),
+            plain,
+        })
+        .collect()
+}
+
 impl Sender {
     pub fn new(bot: Bot) -> Self {
         Sender { bot }
     }
 
-    /// Sends `text`, split into as many messages as Telegram's limit requires.
+    /// Sends plain `text` (the gateway's own words), split as Telegram's limit requires.
     pub async fn send_text(&self, chat: i64, text: &str) -> Delivery {
-        for piece in split_message(text, MESSAGE_LIMIT) {
-            if self.send_piece(chat, &piece).await == Delivery::Dropped {
+        self.send_pieces(chat, &plain_pieces(text)).await
+    }
+
+    pub async fn send_pieces(&self, chat: i64, pieces: &[Piece]) -> Delivery {
+        for piece in pieces {
+            if self.send_piece(chat, piece).await.is_none() {
                 return Delivery::Dropped;
             }
         }
         Delivery::Sent
     }
 
-    async fn send_piece(&self, chat: i64, text: &str) -> Delivery {
+    /// Sends one piece; the id of the message it became, or None when it was dropped.
+    pub async fn send_piece(&self, chat: i64, piece: &Piece) -> Option<MessageId> {
         let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(8));
-        let mut plain_retry_done = false;
+        let mut plain = false;
         for attempt in 1..=MAX_TRIES {
-            let error = match self.bot.send_message(ChatId(chat), text).await {
-                Ok(_) => return Delivery::Sent,
+            let request = if plain {
+                self.bot.send_message(ChatId(chat), piece.plain.as_str())
+            } else {
+                self.bot
+                    .send_message(ChatId(chat), piece.html.as_str())
+                    .parse_mode(ParseMode::Html)
+            };
+            let error = match request.await {
+                Ok(message) => return Some(message.id),
                 Err(e) => e,
             };
             let wait = match &error {
@@ -57,14 +98,12 @@ impl Sender {
                 RequestError::Network(_)
                 | RequestError::Io(_)
                 | RequestError::InvalidJson { .. } => backoff.next_delay(),
-                RequestError::Api(ApiError::CantParseEntities(why)) if !plain_retry_done => {
-                    // Formatting Telegram cannot parse must not cost the user the answer:
-                    // the same text goes again as plain text, at once.
+                RequestError::Api(ApiError::CantParseEntities(why)) if !plain => {
                     tracing::info!(
                         chat,
                         "Telegram could not parse the message's entities ({why}); resending as plain text"
                     );
-                    plain_retry_done = true;
+                    plain = true;
                     continue;
                 }
                 RequestError::Api(api) => {
@@ -73,11 +112,11 @@ impl Sender {
                         "Telegram refused a message: {}",
                         describe_api_error(api)
                     );
-                    return Delivery::Dropped;
+                    return None;
                 }
                 RequestError::MigrateToChatId(new) => {
                     tracing::warn!(chat, "chat moved to {new}; message dropped");
-                    return Delivery::Dropped;
+                    return None;
                 }
             };
             if attempt < MAX_TRIES {
@@ -94,7 +133,60 @@ impl Sender {
                 );
             }
         }
-        Delivery::Dropped
+        None
+    }
+
+    /// Replaces the text of message `id` with `piece`, once (plain text again if Telegram
+    /// cannot parse the HTML).
+    pub async fn edit_piece(&self, chat: i64, id: MessageId, piece: &Piece) -> Edit {
+        let html = self
+            .bot
+            .edit_message_text(ChatId(chat), id, piece.html.as_str())
+            .parse_mode(ParseMode::Html)
+            .await;
+        let error = match html {
+            Ok(_) => return Edit::Done,
+            Err(RequestError::Api(ApiError::CantParseEntities(why))) => {
+                tracing::info!(
+                    chat,
+                    "Telegram could not parse an edit's entities ({why}); editing as plain text"
+                );
+                match self
+                    .bot
+                    .edit_message_text(ChatId(chat), id, piece.plain.as_str())
+                    .await
+                {
+                    Ok(_) => return Edit::Done,
+                    Err(e) => e,
+                }
+            }
+            Err(e) => e,
+        };
+        match error {
+            RequestError::Api(ApiError::MessageNotModified) => Edit::Done,
+            RequestError::RetryAfter(after) => Edit::RetryAfter(after.duration()),
+            other => {
+                tracing::info!(chat, "editMessageText failed: {other}");
+                Edit::Failed
+            }
+        }
+    }
+
+    /// Makes message `id` show `piece`, waiting out flood control, and sends it as a new
+    /// message when the old one cannot be edited: for the final state of a streamed answer,
+    /// which must arrive.
+    pub async fn replace_with(&self, chat: i64, id: MessageId, piece: &Piece) -> Delivery {
+        for _ in 0..MAX_TRIES {
+            match self.edit_piece(chat, id, piece).await {
+                Edit::Done => return Delivery::Sent,
+                Edit::RetryAfter(wait) => tokio::time::sleep(wait.min(MAX_RETRY_AFTER)).await,
+                Edit::Failed => break,
+            }
+        }
+        match self.send_piece(chat, piece).await {
+            Some(_) => Delivery::Sent,
+            None => Delivery::Dropped,
+        }
     }
 
     /// "typing…" in the chat. Purely cosmetic: errors are ignored.
