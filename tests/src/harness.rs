@@ -189,7 +189,9 @@ impl GatewayOptions {
             max_restarts: 10_000,
             memory_limit_mb: None,
             quota_cooldown_secs: None,
-            telegram_toml: String::new(),
+            // A streamed answer is several sends and edits; most tests want the one
+            // finished reply, so streaming is on only where a test is about it.
+            telegram_toml: "streaming = false\n".into(),
         }
     }
 

@@ -2,9 +2,19 @@
 //! lost even when the gateway is SIGKILLed mid-job).
 
 use hermes_protocol::config::WorkerMode;
-use hermes_tests::fake_provider::{ProviderReply, SEED_402_BODY};
-use hermes_tests::harness::{Gateway, GatewayOptions, PATIENCE, Rig, USER};
+use hermes_tests::fake_provider::{FakeProvider, ProviderReply, SEED_402_BODY};
+use hermes_tests::fake_telegram::BOT_USERNAME;
+use hermes_tests::harness::{Gateway, GatewayOptions, PATIENCE, Rig, USER, eventually};
 use nix::sys::signal::Signal;
+
+/// What the store says was answered for each update, in update order.
+fn stored_replies(rig: &Rig) -> Vec<(i64, Option<String>)> {
+    let db = rig.gateway.dir.path().join("state/state.db");
+    let conn = rusqlite::Connection::open(db).expect("open state.db");
+    conn.prepare("SELECT update_id, reply FROM inbox ORDER BY update_id")
+        .and_then(|mut s| s.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect())
+        .expect("read inbox")
+}
 
 hermes_tests::both_modes!(
     a_message_in_flight_when_the_gateway_is_killed_is_answered_once_after_restart,
@@ -14,6 +24,10 @@ hermes_tests::both_modes!(
     help_and_status_answer_without_a_job,
     a_chat_answers_in_order_and_asks_to_wait_beyond_its_queue,
     typing_shows_while_a_job_runs,
+    stop_kills_the_job_in_flight_and_answers_once,
+    stop_with_nothing_running_says_so,
+    model_shows_the_chat_s_provider_and_admins_switch_it,
+    in_a_group_only_messages_for_the_bot_are_answered,
 );
 
 fn options_like(rig: &Rig, mode: WorkerMode) -> GatewayOptions {
@@ -263,4 +277,165 @@ async fn typing_shows_while_a_job_runs(mode: WorkerMode) {
     assert_eq!(action.params["chat_id"], USER);
     let replies = rig.telegram.wait_for_chat_messages(USER, 1, PATIENCE).await;
     assert_eq!(replies.first().map(|m| m.text.as_str()), Some("echo: slow"));
+}
+
+/// `/stop` ends the job's worker group (the provider sees its connection dropped), the
+/// chat gets one "stopped" reply for the two messages, and the next message is answered.
+async fn stop_kills_the_job_in_flight_and_answers_once(mode: WorkerMode) {
+    let mut rig = Rig::start(mode, |o| o.job_timeout_secs = 60).await;
+    rig.provider.push(ProviderReply::Hang);
+    rig.telegram
+        .send_text(USER, USER, "think about it for a long time");
+    assert!(rig.provider.wait_for_requests(1, PATIENCE).await);
+    assert!(
+        rig.provider
+            .server()
+            .wait_for_open_connections(1, PATIENCE)
+            .await
+    );
+    let reply = rig.ask("/stop").await;
+    assert!(reply.text.contains("Stopped"), "{}", reply.text);
+    // The worker's process group is gone: its connection to the provider closed.
+    assert!(
+        rig.provider
+            .server()
+            .wait_for_open_connections(0, PATIENCE)
+            .await,
+        "the stopped worker still holds its provider connection"
+    );
+    rig.assert_no_stray_processes().await;
+    assert_eq!(
+        rig.telegram.sent_to(USER).len(),
+        1,
+        "one reply for the job and /stop"
+    );
+    let answered = stored_replies(&rig);
+    assert_eq!(answered.len(), 2);
+    assert!(
+        answered
+            .iter()
+            .all(|(_, r)| r.as_deref().is_some_and(|r| r.contains("Stopped"))),
+        "{answered:?}"
+    );
+    assert!(rig.gateway.log().contains("stopped by /stop"));
+    rig.assert_still_serving().await;
+}
+
+async fn stop_with_nothing_running_says_so(mode: WorkerMode) {
+    let rig = Rig::start(mode, |_| {}).await;
+    assert!(rig.ask("/stop").await.text.contains("nothing to stop"));
+    assert_eq!(rig.ask("hello").await.text, "echo: hello");
+    assert_eq!(rig.provider.request_count(), 1);
+}
+
+/// `/model` shows the chat's provider; only admins switch; the switch puts the chosen
+/// provider first for this chat only, and `/model default` undoes it.
+async fn model_shows_the_chat_s_provider_and_admins_switch_it(mode: WorkerMode) {
+    let admin = 4242;
+    let other_chat = 5151;
+    let backup = FakeProvider::start().await;
+    let rig = Rig::start(mode, |o| {
+        o.providers.push(backup.base_url());
+        o.allowed_users.extend([admin, other_chat]);
+        o.telegram_toml
+            .push_str(&format!("admin_users = [{admin}]\n"));
+    })
+    .await;
+    let shown = rig.ask("/model").await.text;
+    assert!(shown.contains("p0 (model-0), the default"), "{shown}");
+    assert!(shown.contains("• p1 (model-1)"), "{shown}");
+    assert!(
+        !shown.contains("Switch with"),
+        "only admins are told how to switch: {shown}"
+    );
+    let refused = rig.ask("/model p1").await.text;
+    assert!(refused.contains("Only the bot's admins"), "{refused}");
+
+    let switched = rig.ask_in(admin, admin, "/model model-1").await.text;
+    assert_eq!(switched, "This chat now uses p1 (model-1).");
+    assert!(
+        rig.ask_in(admin, admin, "/model")
+            .await
+            .text
+            .contains("chosen with /model")
+    );
+    assert!(
+        rig.ask_in(admin, admin, "/model nonsense")
+            .await
+            .text
+            .contains("no provider or model called")
+    );
+    assert_eq!(rig.ask_in(admin, admin, "hi").await.text, "echo: hi");
+    assert_eq!(backup.request_count(), 1, "the admin's chat asked p1");
+    assert_eq!(backup.requests()[0].model(), Some("model-1"));
+    assert_eq!(rig.ask("hi").await.text, "echo: hi");
+    assert_eq!(
+        rig.provider.request_count(),
+        1,
+        "other chats keep the default"
+    );
+    // The chosen provider's fallbacks stay behind it.
+    backup.push(ProviderReply::seed_402());
+    assert_eq!(rig.ask_in(admin, admin, "again").await.text, "echo: again");
+    assert_eq!(
+        rig.provider.request_count(),
+        2,
+        "p0 answered as p1's fallback"
+    );
+    let back = rig.ask_in(admin, admin, "/model default").await.text;
+    assert!(back.contains("back to the default: p0 (model-0)"), "{back}");
+    let status = rig.ask_in(admin, admin, "/status").await.text;
+    assert!(status.contains("Answering now: p0 (model-0)"), "{status}");
+}
+
+/// In a group (mention mode) the bot answers a mention (without the mention in what the
+/// model reads), a reply to its message and its commands; not chatter, and not commands
+/// for other bots. The allowlist applies to who wrote.
+async fn in_a_group_only_messages_for_the_bot_are_answered(mode: WorkerMode) {
+    let group = -100_777;
+    let stranger = 9999;
+    let rig = Rig::start(mode, |_| {}).await;
+    rig.telegram
+        .send_text(group, USER, "chatting among ourselves");
+    rig.telegram.send_text(group, USER, "/new@some_other_bot");
+    let reply = rig
+        .ask_in(group, USER, &format!("@{BOT_USERNAME} what is 2+2?"))
+        .await;
+    assert_eq!(reply.text, "echo: what is 2+2?");
+    assert_eq!(rig.telegram.sent_to(group).len(), 1, "chatter got no reply");
+    assert_eq!(rig.provider.request_count(), 1);
+
+    rig.telegram
+        .send_reply(group, USER, "and 3+3?", reply.message_id);
+    let replies = rig
+        .telegram
+        .wait_for_chat_messages(group, 2, PATIENCE)
+        .await;
+    assert_eq!(
+        replies.get(1).map(|m| m.text.as_str()),
+        Some("echo: and 3+3?")
+    );
+
+    let help = rig
+        .ask_in(group, USER, &format!("/help@{BOT_USERNAME}"))
+        .await;
+    assert!(help.text.contains("/new"), "{}", help.text);
+
+    let denied = rig
+        .ask_in(group, stranger, &format!("@{BOT_USERNAME} let me in"))
+        .await;
+    assert!(
+        denied.text.contains(&format!("user id is {stranger}")),
+        "{}",
+        denied.text
+    );
+    assert_eq!(
+        rig.provider.request_count(),
+        2,
+        "no job for chatter or strangers"
+    );
+    assert!(
+        eventually(PATIENCE, || rig.telegram.pending_update_ids().is_empty()).await,
+        "every update was acknowledged, addressed or not"
+    );
 }

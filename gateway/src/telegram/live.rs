@@ -36,6 +36,7 @@ pub struct LiveReply {
     text: String,
     /// Tools running now, as `server.tool`, in the order they started.
     tools: Vec<String>,
+    /// The last send or edit (at first: the job's start).
     last_edit: Option<Instant>,
     paused_until: Option<Instant>,
     /// Editing failed for good (message deleted, …): no more previews.
@@ -53,7 +54,9 @@ impl LiveReply {
             shown: None,
             text: String::new(),
             tools: Vec::new(),
-            last_edit: None,
+            // Counted from the start, so an answer that is done within one interval
+            // arrives whole, with no preview to edit and no status line to remove.
+            last_edit: Some(Instant::now()),
             paused_until: None,
             stuck: false,
         }
