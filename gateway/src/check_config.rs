@@ -58,6 +58,32 @@ pub fn check_config(path: &Path) -> i32 {
         },
         setup.worker_program.display()
     );
+    for tool in &config.tools.mcp {
+        let mut line = format!(
+            "  tools {}: {} {}, call timeout {} s",
+            tool.name,
+            tool.command,
+            tool.args.join(" "),
+            tool.timeout_secs
+        );
+        if !tool.env.is_empty() {
+            line.push_str(&format!(", passes {}", tool.env.join(", ")));
+        }
+        println!("{line}");
+    }
+    println!(
+        "  chats: {}, groups: {}, {} admin(s)",
+        if t.streaming {
+            format!("streamed (edits every {} ms)", t.edit_interval_ms)
+        } else {
+            "answers sent when finished".to_string()
+        },
+        match t.group_mode {
+            hermes_protocol::config::GroupMode::Mention => "mentions and replies only",
+            hermes_protocol::config::GroupMode::All => "every message",
+        },
+        t.admin_users.len()
+    );
     println!("  state: {}", setup.state_dir.display());
     if t.allowed_users.is_empty() {
         println!(

@@ -983,6 +983,15 @@ timeout = 3
             "poll_timeout_secs",
             "retry_max_secs",
             "max_queued_per_chat",
+            "admin_users",
+            "streaming",
+            "edit_interval_ms",
+            "group_mode",
+            "max_steps",
+            "command",
+            "args",
+            "env",
+            "timeout_secs",
             "name",
             "base_url",
             "model",
@@ -1008,6 +1017,70 @@ timeout = 3
                 "the example does not show {key}"
             );
         }
+    }
+
+    #[test]
+    fn tool_servers_are_checked_entry_by_entry() {
+        let text = format!(
+            "{MINIMAL}\n[[tools.mcp]]\nname = \"time\"\ncommand = \"python3\"\nargs = [\"-m\", \"mcp_server_time\"]\n\n\
+             [[tools.mcp]]\nname = \"time\"\ncommand = 3\n\n[[tools.mcp]]\nname = \"a.b\"\ncommand = \"x\"\ntimeout = 1\n"
+        );
+        let lines: Vec<String> = parse(&text)
+            .unwrap_err()
+            .iter()
+            .map(|p| p.to_string())
+            .collect();
+        for expected in [
+            "tools.mcp[1].name: \"time\" is used by another entry",
+            "tools.mcp[1].command:",
+            "tools.mcp[2].name: \"a.b\": use only letters",
+            "tools.mcp[2].timeout: unknown key",
+        ] {
+            assert!(
+                lines.iter().any(|l| l.contains(expected)),
+                "{expected}: {lines:#?}"
+            );
+        }
+        let good = format!(
+            "{MINIMAL}\n[[tools.mcp]]\nname = \"time\"\ncommand = \"python3\"\nenv = [\"HERMES_TEST_SURELY_UNSET_VAR\"]\n"
+        );
+        let config = parse(&good).unwrap();
+        assert_eq!(config.tools.mcp[0].timeout_secs, 30);
+        let problems = config.check_secrets();
+        let tool = problems
+            .iter()
+            .find(|p| p.key == "tools.mcp[0].env")
+            .unwrap_or_else(|| panic!("{problems:?}"));
+        assert!(tool.message.contains("HERMES_TEST_SURELY_UNSET_VAR"));
+        assert_eq!(tool.line, Some(10));
+    }
+
+    #[test]
+    fn chat_keys_have_defaults_and_are_checked() {
+        let c = parse(MINIMAL).unwrap();
+        assert!(c.telegram.streaming);
+        assert_eq!(c.telegram.edit_interval_ms, 1500);
+        assert_eq!(c.telegram.group_mode, GroupMode::Mention);
+        assert_eq!(c.agent.max_steps, 8);
+        let text = MINIMAL.replace(
+            "token_env = \"TG\"",
+            "token_env = \"TG\"\ngroup_mode = \"everyone\"\nedit_interval_ms = 5",
+        );
+        let lines: Vec<String> = parse(&text)
+            .unwrap_err()
+            .iter()
+            .map(|p| p.to_string())
+            .collect();
+        assert!(
+            lines.iter().any(|l| l.contains("telegram.group_mode")),
+            "{lines:#?}"
+        );
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.contains("telegram.edit_interval_ms: 5 is out of range")),
+            "{lines:#?}"
+        );
     }
 
     #[test]
