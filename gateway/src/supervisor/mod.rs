@@ -34,7 +34,7 @@ use crate::backoff::Backoff;
 use crate::health::Health;
 pub use listener::PendingWorkers;
 use process::SpawnSpec;
-use worker::{StartError, Stops, Worker};
+use worker::{Fate, StartError, Stops, Worker};
 
 #[derive(Clone)]
 pub struct SupervisorConfig {
@@ -337,18 +337,26 @@ impl Slot {
                     self.kill_grace,
                 )
                 .await;
-            if (!run.reusable || w.jobs_done >= self.policy.max_jobs)
-                && let Some(w) = worker.take()
-            {
-                if run.reusable {
+            let worn_out = w.jobs_done >= self.policy.max_jobs;
+            match (run.fate, worker.take()) {
+                (Fate::Reusable, Some(w)) if !worn_out => {
+                    worker = Some(w);
+                    self.health.worker_idle();
+                }
+                (Fate::Reusable, Some(w)) => {
                     w.stop(self.kill_grace).await;
-                } else {
+                    self.health.worker_gone(false, false);
+                }
+                (Fate::Ended, Some(w)) => {
+                    w.discard(self.kill_grace).await;
+                    self.health.worker_gone(false, false);
+                }
+                (Fate::Broken, Some(w)) => {
                     w.discard(self.kill_grace).await;
                     self.deaths.record(Instant::now());
+                    self.health.worker_gone(false, true);
                 }
-                self.health.worker_gone(false, !run.reusable);
-            } else {
-                self.health.worker_idle();
+                (_, None) => {}
             }
             // Reply only after a broken worker's group is gone, so a user who sees the
             // error can rely on nothing of that job still running.

@@ -64,8 +64,18 @@ pub struct Stops<'a> {
 /// What running one job on a worker produced.
 pub struct JobRun {
     pub outcome: Outcome,
-    /// False when the worker must not get another job (it broke, or was killed).
-    pub reusable: bool,
+    pub fate: Fate,
+}
+
+/// What becomes of the worker after a job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fate {
+    /// It may take another job.
+    Reusable,
+    /// Its group was ended on purpose (`/stop`, the gateway stopping): no fault of its.
+    Ended,
+    /// It broke, hung or died: replaced, and counted against the restart intensity.
+    Broken,
 }
 
 impl Worker {
@@ -155,7 +165,7 @@ impl Worker {
                         }
                     }
                     Ok(FromWorker::Outcome { job_id, outcome }) if job_id == job.id => {
-                        return JobRun { outcome, reusable: true };
+                        return JobRun { outcome, fate: Fate::Reusable };
                     }
                     Ok(FromWorker::Event { job_id, .. } | FromWorker::Outcome { job_id, .. }) => {
                         tracing::warn!(worker = self.pid, job = %job.id, "dropped a message for {job_id}, which is not the job in flight");
@@ -170,7 +180,7 @@ impl Worker {
                     process::terminate(&mut self.child, kill_grace).await;
                     return JobRun {
                         outcome: Outcome::Failed(Failure::TimedOut { after_ms: job.timeout_ms }),
-                        reusable: false,
+                        fate: Fate::Broken,
                     };
                 }
                 _ = stops.abort.cancelled() => {
@@ -191,7 +201,7 @@ impl Worker {
         process::terminate(&mut self.child, kill_grace).await;
         JobRun {
             outcome: Outcome::Failed(Failure::Cancelled { reason }),
-            reusable: false,
+            fate: Fate::Ended,
         }
     }
 
@@ -206,7 +216,7 @@ impl Worker {
         tracing::warn!(worker = self.pid, "worker {cause}");
         JobRun {
             outcome: Outcome::Failed(Failure::WorkerCrashed { cause }),
-            reusable: false,
+            fate: Fate::Broken,
         }
     }
 
