@@ -3,6 +3,7 @@
 //! requests), not its `Dispatcher`: the gateway must own the update offset and every error
 //! path, and no handler code may run inside the poll loop.
 
+pub mod format;
 pub mod poller;
 pub mod sender;
 pub mod split;
