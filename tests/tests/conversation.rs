@@ -28,6 +28,8 @@ hermes_tests::both_modes!(
     stop_with_nothing_running_says_so,
     model_shows_the_chat_s_provider_and_admins_switch_it,
     in_a_group_only_messages_for_the_bot_are_answered,
+    answers_are_rendered_from_markdown_to_telegram_html,
+    a_long_code_block_is_split_into_complete_blocks,
 );
 
 fn options_like(rig: &Rig, mode: WorkerMode) -> GatewayOptions {
@@ -438,4 +440,72 @@ async fn in_a_group_only_messages_for_the_bot_are_answered(mode: WorkerMode) {
         eventually(PATIENCE, || rig.telegram.pending_update_ids().is_empty()).await,
         "every update was acknowledged, addressed or not"
     );
+}
+
+async fn answers_are_rendered_from_markdown_to_telegram_html(mode: WorkerMode) {
+    let rig = Rig::start(mode, |_| {}).await;
+    rig.provider.push(ProviderReply::Text(
+        "**Bold** and *italic*, `x < y`, a [link](https://example.com).\n\n\
+         - one\n- two\n\n```rust\nfn main() {}\n```"
+            .into(),
+    ));
+    let reply = rig.ask("format something").await;
+    assert_eq!(reply.parse_mode.as_deref(), Some("HTML"));
+    for expected in [
+        "<b>Bold</b>",
+        "<i>italic</i>",
+        "<code>x &lt; y</code>",
+        "<a href=\"https://example.com\">link</a>",
+        "• one",
+        "<pre><code class=\"language-rust\">fn main() {}</code></pre>",
+    ] {
+        assert!(
+            reply.text.contains(expected),
+            "{expected} in {}",
+            reply.text
+        );
+    }
+    // The gateway's own words go out escaped, not interpreted.
+    let help = rig.ask("/help").await;
+    assert!(help.text.contains("/new"), "{}", help.text);
+    assert!(rig.telegram.failed_sends().is_empty());
+}
+
+/// A code block longer than a message is cut into messages that are each a complete
+/// `<pre>` block within Telegram's limit, and nothing is lost.
+async fn a_long_code_block_is_split_into_complete_blocks(mode: WorkerMode) {
+    let rig = Rig::start(mode, |_| {}).await;
+    let lines: Vec<String> = (0..400)
+        .map(|i| format!("let line_{i:03} = {i} * 2;"))
+        .collect();
+    rig.provider.push(ProviderReply::Text(format!(
+        "Here it is:\n\n```rust\n{}\n```\n\nDone.",
+        lines.join("\n")
+    )));
+    rig.telegram.send_text(USER, USER, "long code please");
+    let sent = rig.telegram.wait_for_chat_messages(USER, 3, PATIENCE).await;
+    assert!(sent.len() >= 3, "{sent:?}");
+    assert!(
+        rig.telegram.failed_sends().is_empty(),
+        "{:?}",
+        rig.telegram.failed_sends()
+    );
+    let code_pieces: Vec<&str> = sent
+        .iter()
+        .map(|m| m.text.as_str())
+        .filter(|t| t.contains("let line_"))
+        .collect();
+    assert!(code_pieces.len() >= 2);
+    for piece in &code_pieces {
+        assert_eq!(
+            piece.matches("<pre>").count(),
+            piece.matches("</pre>").count(),
+            "{piece}"
+        );
+    }
+    let all: String = sent.iter().map(|m| m.text.as_str()).collect();
+    for line in &lines {
+        assert!(all.contains(line.as_str()), "{line} lost");
+    }
+    assert!(all.ends_with("Done."), "{all}");
 }
