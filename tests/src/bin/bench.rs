@@ -344,10 +344,15 @@ const TICKS_PER_S: f64 = 100.0;
 /// 100 chats sending `n` messages at once; messages per second until every reply is out.
 async fn throughput(pool_size: usize, n: usize) -> Throughput {
     let users: Vec<i64> = (0..100).map(|i| 70_000 + i).collect();
+    let callgrind = callgrind_wrapper();
     let rig = Rig::start(WorkerMode::Pool, |o| {
         o.pool_size = pool_size;
         o.allowed_users = users.clone();
         o.max_queued_per_chat = Some(n.min(1000));
+        if let Some((wrapper, _)) = &callgrind {
+            o.gateway_binary = Some(wrapper.clone());
+            o.worker_command = Some(hermes_tests::harness::binaries().worker.clone());
+        }
     })
     .await;
     rig.ask_in(users[0], users[0], "warm up").await;
@@ -356,6 +361,9 @@ async fn throughput(pool_size: usize, n: usize) -> Throughput {
         "the pool did not fill\n{}",
         rig.gateway.log()
     );
+    if callgrind.is_some() {
+        callgrind_control("--zero", rig.pid);
+    }
     let cpu_before = CpuSnapshot::take(&rig);
     let started = Instant::now();
     for i in 0..n {
@@ -380,6 +388,17 @@ async fn throughput(pool_size: usize, n: usize) -> Throughput {
         }
     }
     let cpu_after = CpuSnapshot::take(&rig);
+    if let Some((_, dir)) = &callgrind {
+        callgrind_control(
+            &format!("--dump=burst of {n}, pool of {pool_size}"),
+            rig.pid,
+        );
+        eprintln!(
+            "callgrind: the gateway's burst is in {}/callgrind.out.{}.*",
+            dir.display(),
+            rig.pid
+        );
+    }
     let secs = |ticks: u64| ticks as f64 / TICKS_PER_S;
     let (busy, total) = (
         cpu_after.machine.0.saturating_sub(cpu_before.machine.0),
@@ -393,6 +412,39 @@ async fn throughput(pool_size: usize, n: usize) -> Throughput {
         wall_s: started.elapsed().as_secs_f64(),
         machine_busy: busy as f64 / total.max(1) as f64,
     }
+}
+
+/// With `HERMES_BENCH_CALLGRIND=DIR` set, the throughput rows run the gateway under
+/// `valgrind --tool=callgrind` (its workers natively) and dump the instructions of the
+/// burst alone into DIR: a before/after measure of the gateway's own CPU cost that a busy
+/// machine does not blur. The rates measured then are meaningless.
+fn callgrind_wrapper() -> Option<(PathBuf, PathBuf)> {
+    let dir = PathBuf::from(std::env::var_os("HERMES_BENCH_CALLGRIND")?);
+    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+    let dir = std::fs::canonicalize(&dir).unwrap_or(dir);
+    let wrapper = dir.join("gateway-under-callgrind.sh");
+    let script = format!(
+        "#!/bin/sh\nexec valgrind --tool=callgrind --compress-strings=no --compress-pos=no --callgrind-out-file={}/callgrind.out.%p {} \"$@\"\n",
+        dir.display(),
+        hermes_tests::harness::binaries().gateway.display()
+    );
+    std::fs::write(&wrapper, script).unwrap_or_else(|e| panic!("{}: {e}", wrapper.display()));
+    std::fs::set_permissions(
+        &wrapper,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap_or_else(|e| panic!("{}: {e}", wrapper.display()));
+    Some((wrapper, dir))
+}
+
+fn callgrind_control(action: &str, pid: i32) {
+    let status = std::process::Command::new("callgrind_control")
+        .arg(action)
+        .arg(pid.to_string())
+        .stdout(std::process::Stdio::null())
+        .status()
+        .unwrap_or_else(|e| panic!("callgrind_control: {e}"));
+    assert!(status.success(), "callgrind_control {action} {pid} failed");
 }
 
 /// SIGKILL the pool's only worker, send a message: time until it is answered.
