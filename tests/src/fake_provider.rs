@@ -16,7 +16,7 @@ use std::{
 use serde_json::{Value, json};
 use tokio::sync::watch;
 
-use crate::http::{HttpServer, Request, Response};
+use crate::http::{Chunk, HttpServer, Request, Response};
 
 /// The 402 body the real provider returned when the daily quota was exhausted by requests
 /// still in flight; the gateway must classify it without retrying forever.
@@ -50,6 +50,23 @@ pub enum ProviderReply {
     RawBody(String),
     /// 200 with this JSON.
     Json(Value),
+    /// A reply that arrives piece by piece. To a request with `"stream": true`: SSE
+    /// chunks as [`ProviderReply::Text`] streams them, the role chunk at once, then one
+    /// piece per chunk each `every` after the one before, then the finish chunk (and the
+    /// usage chunk if asked for) and `[DONE]`. To any other request: the joined pieces as
+    /// one ordinary completion, after the same total time (`every` × pieces).
+    Stream {
+        pieces: Vec<String>,
+        every: Duration,
+    },
+    /// Like [`ProviderReply::Stream`], but after the last piece the connection closes:
+    /// no finish chunk, no `[DONE]`, no end of the chunked body (a stream that breaks).
+    /// To a request without `stream`: the same wait, then half a completion body and a
+    /// close ([`ProviderReply::ResetMidBody`]).
+    StreamThenReset {
+        pieces: Vec<String>,
+        every: Duration,
+    },
 }
 
 impl ProviderReply {
@@ -290,40 +307,151 @@ impl State {
                 tokio::time::sleep(delay).await;
                 completion(&body, &echo(&body))
             }
-            ProviderReply::ResetMidBody | ProviderReply::NeverFinishBody => {
-                let Response::Full {
-                    status,
-                    headers,
-                    body: full,
-                } = completion(&body, &echo(&body))
-                else {
-                    unreachable!("completion() always builds a full response");
-                };
-                // Half a JSON object is never valid, and the declared length promises far
-                // more than will ever come, so clients must notice either way.
-                let body_prefix = full[..full.len() / 2].to_vec();
-                let declared_len = full.len() + 4096;
-                if matches!(reply, ProviderReply::ResetMidBody) {
-                    Response::PartialBodyThenReset {
-                        status,
-                        headers,
-                        declared_len,
-                        body_prefix,
-                    }
-                } else {
-                    Response::PartialBodyThenHang {
-                        status,
-                        headers,
-                        declared_len,
-                        body_prefix,
-                    }
-                }
-            }
+            ProviderReply::ResetMidBody => cut_short(completion(&body, &echo(&body)), true),
+            ProviderReply::NeverFinishBody => cut_short(completion(&body, &echo(&body)), false),
             ProviderReply::Reset => Response::Reset,
             ProviderReply::RawBody(raw) => Response::with_type(200, "application/json", raw),
             ProviderReply::Json(value) => Response::json(200, &value),
+            ProviderReply::Stream { pieces, every } => stream(&body, &pieces, every, true).await,
+            ProviderReply::StreamThenReset { pieces, every } => {
+                stream(&body, &pieces, every, false).await
+            }
         }
     }
+}
+
+/// `full` with only half its body sent, then a close (`reset`) or nothing more.
+fn cut_short(full: Response, reset: bool) -> Response {
+    let Response::Full {
+        status,
+        headers,
+        body: full,
+    } = full
+    else {
+        return full;
+    };
+    // Half a JSON object is never valid, and the declared length promises far more than
+    // will ever come, so clients must notice either way.
+    let body_prefix = full[..full.len() / 2].to_vec();
+    let declared_len = full.len() + 4096;
+    if reset {
+        Response::PartialBodyThenReset {
+            status,
+            headers,
+            declared_len,
+            body_prefix,
+        }
+    } else {
+        Response::PartialBodyThenHang {
+            status,
+            headers,
+            declared_len,
+            body_prefix,
+        }
+    }
+}
+
+/// [`ProviderReply::Stream`] (`complete`) and [`ProviderReply::StreamThenReset`].
+async fn stream(request: &Value, pieces: &[String], every: Duration, complete: bool) -> Response {
+    let total = every.saturating_mul(u32::try_from(pieces.len()).unwrap_or(u32::MAX));
+    if !wants_stream(request) {
+        tokio::time::sleep(total).await;
+        let full = completion(request, &pieces.concat());
+        return if complete {
+            full
+        } else {
+            cut_short(full, true)
+        };
+    }
+    let sse = Sse::new(request);
+    let mut chunks = vec![Chunk {
+        after: Duration::ZERO,
+        data: sse.event(&sse.role()),
+    }];
+    chunks.extend(pieces.iter().map(|piece| Chunk {
+        after: every,
+        data: sse.event(&sse.content(piece)),
+    }));
+    if complete {
+        chunks.push(Chunk {
+            after: Duration::ZERO,
+            data: sse.end(),
+        });
+    }
+    Response::Stream {
+        status: 200,
+        headers: vec![("Content-Type".into(), "text/event-stream".into())],
+        chunks,
+        complete,
+    }
+}
+
+fn wants_stream(request: &Value) -> bool {
+    request.get("stream").and_then(Value::as_bool) == Some(true)
+}
+
+/// The chunks of a streamed chat completion, in the shape OpenAI sends them.
+struct Sse<'a> {
+    model: &'a str,
+    include_usage: bool,
+}
+
+impl<'a> Sse<'a> {
+    fn new(request: &'a Value) -> Self {
+        Sse {
+            model: request
+                .get("model")
+                .and_then(Value::as_str)
+                .unwrap_or(DEFAULT_MODEL),
+            include_usage: request
+                .pointer("/stream_options/include_usage")
+                .and_then(Value::as_bool)
+                == Some(true),
+        }
+    }
+
+    fn chunk(&self, delta: Value, finish: Value) -> Value {
+        json!({
+            "id": "chatcmpl-fake",
+            "object": "chat.completion.chunk",
+            "created": 0,
+            "model": self.model,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+        })
+    }
+
+    fn role(&self) -> Value {
+        self.chunk(json!({"role": "assistant", "content": ""}), Value::Null)
+    }
+
+    fn content(&self, piece: &str) -> Value {
+        self.chunk(json!({"content": piece}), Value::Null)
+    }
+
+    fn event(&self, chunk: &Value) -> Vec<u8> {
+        format!("data: {chunk}\n\n").into_bytes()
+    }
+
+    /// The finish chunk, the usage chunk if the request asked for it, and `[DONE]`.
+    fn end(&self) -> Vec<u8> {
+        let mut out = self.event(&self.chunk(json!({}), json!("stop")));
+        if self.include_usage {
+            out.extend(self.event(&json!({
+                "id": "chatcmpl-fake",
+                "object": "chat.completion.chunk",
+                "created": 0,
+                "model": self.model,
+                "choices": [],
+                "usage": usage(),
+            })));
+        }
+        out.extend_from_slice(b"data: [DONE]\n\n");
+        out
+    }
+}
+
+fn usage() -> Value {
+    json!({"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2})
 }
 
 fn openai_error(status: u16, message: &str) -> Response {
@@ -361,64 +489,31 @@ fn last_user_text(body: &Value) -> Option<String> {
 /// A successful answer with `content`: one JSON object, or an SSE stream if the request
 /// set `"stream": true`.
 fn completion(request: &Value, content: &str) -> Response {
-    let model = request
-        .get("model")
-        .and_then(Value::as_str)
-        .unwrap_or(DEFAULT_MODEL);
-    let usage = json!({"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2});
-    if request.get("stream").and_then(Value::as_bool) != Some(true) {
+    let sse = Sse::new(request);
+    if !wants_stream(request) {
         return Response::json(
             200,
             &json!({
                 "id": "chatcmpl-fake",
                 "object": "chat.completion",
                 "created": 0,
-                "model": model,
+                "model": sse.model,
                 "choices": [{
                     "index": 0,
                     "message": {"role": "assistant", "content": content},
                     "finish_reason": "stop",
                 }],
-                "usage": usage,
+                "usage": usage(),
             }),
         );
     }
-
-    let chunk = |delta: Value, finish: Value| {
-        json!({
-            "id": "chatcmpl-fake",
-            "object": "chat.completion.chunk",
-            "created": 0,
-            "model": model,
-            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
-        })
-    };
-    let mut events = vec![chunk(
-        json!({"role": "assistant", "content": ""}),
-        Value::Null,
-    )];
+    let mut body = sse.event(&sse.role());
     // Word-sized deltas, so clients really have to concatenate.
     for piece in content.split_inclusive(' ') {
-        events.push(chunk(json!({"content": piece}), Value::Null));
+        body.extend(sse.event(&sse.content(piece)));
     }
-    events.push(chunk(json!({}), json!("stop")));
-    let include_usage = request
-        .pointer("/stream_options/include_usage")
-        .and_then(Value::as_bool)
-        == Some(true);
-    if include_usage {
-        events.push(json!({
-            "id": "chatcmpl-fake",
-            "object": "chat.completion.chunk",
-            "created": 0,
-            "model": model,
-            "choices": [],
-            "usage": usage,
-        }));
-    }
-    let mut sse: String = events.iter().map(|e| format!("data: {e}\n\n")).collect();
-    sse.push_str("data: [DONE]\n\n");
-    Response::with_type(200, "text/event-stream", sse)
+    body.extend(sse.end());
+    Response::with_type(200, "text/event-stream", body)
 }
 
 #[cfg(test)]
@@ -584,6 +679,139 @@ mod tests {
         assert_eq!(content, "echo: two words");
         assert!(saw_usage);
         assert!(text.ends_with("data: [DONE]\n\n"));
+    }
+
+    /// The `data:` payloads of an SSE body, each with when its chunk arrived.
+    async fn sse_events(mut r: reqwest::Response) -> (Vec<(Instant, String)>, reqwest::Result<()>) {
+        let mut events = Vec::new();
+        let mut pending = String::new();
+        loop {
+            match r.chunk().await {
+                Ok(Some(bytes)) => {
+                    let at = Instant::now();
+                    pending.push_str(&String::from_utf8_lossy(&bytes));
+                    while let Some(end) = pending.find("\n\n") {
+                        let event: String = pending.drain(..end + 2).collect();
+                        if let Some(data) = event.trim_end().strip_prefix("data: ") {
+                            events.push((at, data.to_string()));
+                        }
+                    }
+                }
+                Ok(None) => return (events, Ok(())),
+                Err(e) => return (events, Err(e)),
+            }
+        }
+    }
+
+    fn delta(data: &str) -> Option<String> {
+        let v: Value = serde_json::from_str(data).ok()?;
+        Some(v.pointer("/choices/0/delta/content")?.as_str()?.to_string())
+    }
+
+    fn pieces() -> Vec<String> {
+        ["Hel", "lo ", "world"].map(String::from).to_vec()
+    }
+
+    const EVERY: Duration = Duration::from_millis(60);
+
+    #[tokio::test]
+    async fn stream_sends_each_piece_after_its_delay() {
+        let fake = FakeProvider::start().await;
+        let client = client();
+        let url = format!("{}/chat/completions", fake.base_url());
+        fake.push(ProviderReply::Stream {
+            pieces: pieces(),
+            every: EVERY,
+        });
+        let mut req = ask("stream please");
+        req["stream"] = json!(true);
+        req["stream_options"] = json!({"include_usage": true});
+        let sent = Instant::now();
+        let r = client.post(&url).json(&req).send().await.unwrap();
+        assert_eq!(r.status().as_u16(), 200);
+        assert_eq!(r.headers()["content-type"], "text/event-stream");
+        let (events, end) = sse_events(r).await;
+        end.expect("a complete stream");
+        let data: Vec<&str> = events.iter().map(|(_, d)| d.as_str()).collect();
+        assert_eq!(data.len(), 7, "{data:?}");
+        assert_eq!(
+            delta(data[0]).as_deref(),
+            Some(""),
+            "the role chunk comes first"
+        );
+        let deltas: Vec<String> = data[1..4].iter().filter_map(|d| delta(d)).collect();
+        assert_eq!(deltas, pieces());
+        for (i, (at, _)) in events[1..4].iter().enumerate() {
+            assert!(
+                at.duration_since(sent) >= EVERY * (i as u32 + 1),
+                "piece {i} came early"
+            );
+        }
+        let finish: Value = serde_json::from_str(data[4]).unwrap();
+        assert_eq!(finish["choices"][0]["finish_reason"], "stop");
+        let usage: Value = serde_json::from_str(data[5]).unwrap();
+        assert!(usage.get("usage").is_some());
+        assert_eq!(data[6], "[DONE]");
+
+        // Without `stream`, the joined text as one completion after the same time.
+        fake.push(ProviderReply::Stream {
+            pieces: pieces(),
+            every: EVERY,
+        });
+        let sent = Instant::now();
+        let v: Value = client
+            .post(&url)
+            .json(&ask("all at once"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert!(sent.elapsed() >= EVERY * 3);
+        assert_eq!(v["choices"][0]["message"]["content"], "Hello world");
+        assert_eq!(v["choices"][0]["finish_reason"], "stop");
+        // Both answers went over one kept-alive connection.
+        assert_eq!(fake.server().connections_accepted(), 1);
+    }
+
+    #[tokio::test]
+    async fn stream_then_reset_breaks_off_after_the_pieces() {
+        let fake = FakeProvider::start().await;
+        fake.push(ProviderReply::StreamThenReset {
+            pieces: pieces(),
+            every: EVERY,
+        });
+        let mut req = ask("stream please");
+        req["stream"] = json!(true);
+        let sent = Instant::now();
+        let r = post(&fake, &req).await.expect("the head arrives");
+        assert_eq!(r.status().as_u16(), 200);
+        let (events, end) = sse_events(r).await;
+        let err = end.expect_err("the body breaks off");
+        assert!(err.is_body() || err.is_decode(), "{err:?}");
+        assert!(sent.elapsed() >= EVERY * 3);
+        let deltas: Vec<String> = events.iter().filter_map(|(_, d)| delta(d)).collect();
+        assert_eq!(deltas.concat(), "Hello world");
+        assert!(
+            events
+                .iter()
+                .all(|(_, d)| d != "[DONE]" && !d.contains("\"stop\"")),
+            "no finish chunk, no [DONE]: {events:?}"
+        );
+
+        // Without `stream`: the wait, then a body cut short.
+        fake.push(ProviderReply::StreamThenReset {
+            pieces: pieces(),
+            every: EVERY,
+        });
+        let sent = Instant::now();
+        let r = post(&fake, &ask("all at once"))
+            .await
+            .expect("head arrives");
+        let err = r.bytes().await.unwrap_err();
+        assert!(err.is_body() || err.is_decode(), "{err:?}");
+        assert!(sent.elapsed() >= EVERY * 3);
     }
 
     #[tokio::test]

@@ -3,9 +3,15 @@
 //! It is written by hand instead of on hyper/axum because the interesting test cases are the
 //! ones a well-behaved server library refuses to produce: a server that never answers, that
 //! resets the connection, that promises a body it never finishes, or that stops listening and
-//! comes back on the same port. Every connection carries exactly one request and is closed
-//! after the answer (`Connection: close`), so each request is one TCP connection a test can
-//! reason about.
+//! comes back on the same port.
+//!
+//! Connections are persistent as in HTTP/1.1: after a normal answer the server waits for
+//! the next request on the same connection, as real Telegram and real providers do, unless
+//! the client asked to close (`Connection: close`, or HTTP/1.0 without `keep-alive`). Every
+//! misbehaviour (hang, reset, partial body, broken stream) ends its connection, and so does
+//! a request the server cannot parse. When the server stops listening
+//! ([`HttpServer::refuse_connections`]) it also closes the connections it kept open, like a
+//! server that went away: idle ones at once, busy ones after their answer.
 
 use std::{
     future::Future,
@@ -41,6 +47,9 @@ const MAX_BODY_BYTES: usize = 64 * 1024 * 1024;
 
 /// After answering, how long we keep reading so the client sees our FIN before any RST.
 const LINGER_AFTER_ANSWER: Duration = Duration::from_secs(2);
+/// How long [`HttpServer::refuse_connections`] waits for idle kept-alive connections to
+/// close. They close as soon as their task runs; this only bounds a stuck runtime.
+const CLOSE_IDLE_WAIT: Duration = Duration::from_secs(5);
 
 /// One parsed HTTP request. The body has already been de-chunked.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,6 +57,8 @@ pub struct Request {
     pub method: String,
     /// The request target exactly as sent, query string included.
     pub path: String,
+    /// `HTTP/1.1` or `HTTP/1.0`, as sent.
+    pub version: String,
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
 }
@@ -75,8 +86,8 @@ impl Request {
 /// How the server answers one request, including the ways a real server misbehaves.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Response {
-    /// A normal answer. `Content-Length` and `Connection: close` are always added (any such
-    /// headers given here are replaced), and the connection is closed afterwards.
+    /// A normal answer. `Content-Length` is always added, and `Connection: close` when the
+    /// connection ends after it (any such headers given here are replaced).
     Full {
         status: u16,
         headers: Vec<(String, String)>,
@@ -104,6 +115,25 @@ pub enum Response {
         declared_len: usize,
         body_prefix: Vec<u8>,
     },
+    /// A body in `Transfer-Encoding: chunked`, one HTTP chunk per [`Chunk`], each written
+    /// after its own delay (server-sent events and other streams). With `complete` the
+    /// terminating empty chunk follows and the connection is kept like after a
+    /// [`Response::Full`]; without it the connection is closed (a FIN) right after the last
+    /// chunk: a stream that breaks off.
+    Stream {
+        status: u16,
+        headers: Vec<(String, String)>,
+        chunks: Vec<Chunk>,
+        complete: bool,
+    },
+}
+
+/// One piece of a [`Response::Stream`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Chunk {
+    /// Wait this long after the previous write (the head, for the first chunk).
+    pub after: Duration,
+    pub data: Vec<u8>,
 }
 
 impl Response {
@@ -149,6 +179,12 @@ struct Stats {
     accepted: AtomicUsize,
     /// A watch channel rather than an atomic so tests can wait for a count.
     open: watch::Sender<usize>,
+    /// Connections waiting for their next request, so that stopping to listen can wait
+    /// until they are closed.
+    idle: watch::Sender<usize>,
+    /// Bumped each time the server stops listening: connections accepted before that are
+    /// not kept after their current request.
+    epoch: watch::Sender<u64>,
 }
 
 impl HttpServer {
@@ -173,6 +209,8 @@ impl HttpServer {
             stats: Arc::new(Stats {
                 accepted: AtomicUsize::new(0),
                 open: watch::Sender::new(0),
+                idle: watch::Sender::new(0),
+                epoch: watch::Sender::new(0),
             }),
         };
         server.spawn_acceptor(listener);
@@ -189,7 +227,9 @@ impl HttpServer {
     }
 
     /// Stop listening. When this returns the listening socket is closed, so new connections
-    /// get `ECONNREFUSED`. Connections already accepted keep being served.
+    /// get `ECONNREFUSED`, and so is every kept-alive connection that was waiting for a next
+    /// request. A request already in progress (a long poll, a hanging answer) is still
+    /// served; its connection closes after the answer.
     pub async fn refuse_connections(&self) {
         let task = self.acceptor.lock().unwrap().take();
         if let Some(task) = task {
@@ -198,6 +238,9 @@ impl HttpServer {
             // has been dropped.
             let _ = task.await;
         }
+        self.stats.epoch.send_modify(|e| *e += 1);
+        let mut idle = self.stats.idle.subscribe();
+        let _ = tokio::time::timeout(CLOSE_IDLE_WAIT, idle.wait_for(|&n| n == 0)).await;
     }
 
     /// Listen again on the same port after [`HttpServer::refuse_connections`]. No-op if
@@ -234,12 +277,14 @@ impl HttpServer {
             .is_some_and(|t| !t.is_finished())
     }
 
-    /// Connections accepted since start.
+    /// TCP connections accepted since start. A kept-alive connection counts once however
+    /// many requests it carries.
     pub fn connections_accepted(&self) -> usize {
         self.stats.accepted.load(Ordering::SeqCst)
     }
 
-    /// Connections currently open on the server side (including hanging ones).
+    /// Connections currently open on the server side: busy, hanging, or kept alive and
+    /// waiting for a next request.
     pub fn open_connections(&self) -> usize {
         *self.stats.open.borrow()
     }
@@ -272,13 +317,15 @@ impl HttpServer {
                 match accepted {
                     Ok((stream, _)) => {
                         stats.accepted.fetch_add(1, Ordering::SeqCst);
+                        let accepted_in = *stats.epoch.borrow();
                         let guard = OpenGuard::new(stats.clone());
                         let handler = handler.clone();
                         let mut stop = stop.clone();
+                        let stats = stats.clone();
                         tokio::spawn(async move {
                             let _guard = guard;
                             tokio::select! {
-                                _ = serve_connection(stream, handler) => {}
+                                _ = serve_connection(stream, handler, &stats, accepted_in) => {}
                                 _ = stop.wait_for(|&s| s) => {}
                             }
                         });
@@ -321,40 +368,93 @@ impl Drop for OpenGuard {
     }
 }
 
-async fn serve_connection(stream: TcpStream, handler: Handler) {
+/// Counts a connection as idle while it lives.
+struct IdleGuard<'a>(&'a Stats);
+
+impl<'a> IdleGuard<'a> {
+    fn new(stats: &'a Stats) -> Self {
+        stats.idle.send_modify(|n| *n += 1);
+        IdleGuard(stats)
+    }
+}
+
+impl Drop for IdleGuard<'_> {
+    fn drop(&mut self) {
+        self.0.idle.send_modify(|n| *n -= 1);
+    }
+}
+
+/// What the connection does after a request.
+enum Next {
+    KeepAlive,
+    Close,
+}
+
+async fn serve_connection(stream: TcpStream, handler: Handler, stats: &Stats, accepted_in: u64) {
     let _ = stream.set_nodelay(true);
     let mut conn = BufReader::new(stream);
-    let req = match read_request(&mut conn).await {
+    let mut epoch = stats.epoch.subscribe();
+    loop {
+        {
+            let _idle = IdleGuard::new(stats);
+            // Counted as idle before looking at the epoch, so a refusal either sees this
+            // connection idle and waits for it, or this connection sees the refusal.
+            let ready = tokio::select! {
+                // The first byte of the next request, not consumed.
+                r = conn.fill_buf() => matches!(r, Ok(b) if !b.is_empty()),
+                _ = epoch.wait_for(|&e| e != accepted_in) => false,
+            };
+            if !ready {
+                return;
+            }
+        }
+        match serve_request(&mut conn, &handler).await {
+            Next::KeepAlive if *epoch.borrow() == accepted_in => {}
+            Next::KeepAlive => {
+                // The answer went out without `Connection: close`; closing now is what a
+                // server that stops does between requests.
+                let _ = conn.shutdown().await;
+                return;
+            }
+            Next::Close => return,
+        }
+    }
+}
+
+/// Reads one request from `conn` and answers it; says whether the connection may carry
+/// another one.
+async fn serve_request(conn: &mut BufReader<TcpStream>, handler: &Handler) -> Next {
+    let req = match read_request(conn).await {
         Ok(Some(req)) => req,
-        Ok(None) => return,
+        Ok(None) => return Next::Close,
         Err(e) => {
             let body = format!("bad request: {e}\n");
-            let _ = write_full(&mut conn, 400, &[], body.as_bytes()).await;
-            linger(&mut conn).await;
-            return;
+            let _ = write_full(conn, 400, &[], body.as_bytes(), false).await;
+            linger(conn).await;
+            return Next::Close;
         }
     };
+    let keep_alive = wants_keep_alive(&req);
     // If the client gives up while the handler is still thinking (a long poll, a scripted
     // delay), drop the handler: it would answer nobody, and a real server notices too.
     let response = tokio::select! {
         r = handler(req) => r,
-        _ = until_closed(&mut conn) => return,
+        _ = until_closed_or_more(conn) => return Next::Close,
     };
     match response {
         Response::Full {
             status,
             headers,
             body,
-        } => {
-            if write_full(&mut conn, status, &headers, &body).await.is_ok() {
-                linger(&mut conn).await;
-            }
-        }
-        Response::Hang => until_closed(&mut conn).await,
+        } => match write_full(conn, status, &headers, &body, keep_alive).await {
+            Ok(()) if keep_alive => return Next::KeepAlive,
+            Ok(()) => linger(conn).await,
+            Err(_) => {}
+        },
+        Response::Hang => until_closed(conn).await,
         Response::Reset => {
             // Zero linger turns the close into an RST.
             let _ = conn.get_ref().set_zero_linger();
-            drop(conn);
         }
         Response::PartialBodyThenReset {
             status,
@@ -362,12 +462,11 @@ async fn serve_connection(stream: TcpStream, handler: Handler) {
             declared_len,
             body_prefix,
         } => {
-            if write_partial(&mut conn, status, &headers, declared_len, &body_prefix)
+            if write_partial(conn, status, &headers, declared_len, &body_prefix)
                 .await
                 .is_ok()
             {
-                let _ = conn.shutdown().await;
-                linger(&mut conn).await;
+                linger(conn).await;
             }
         }
         Response::PartialBodyThenHang {
@@ -376,13 +475,66 @@ async fn serve_connection(stream: TcpStream, handler: Handler) {
             declared_len,
             body_prefix,
         } => {
-            if write_partial(&mut conn, status, &headers, declared_len, &body_prefix)
+            if write_partial(conn, status, &headers, declared_len, &body_prefix)
                 .await
                 .is_ok()
             {
-                until_closed(&mut conn).await;
+                until_closed(conn).await;
             }
         }
+        Response::Stream {
+            status,
+            headers,
+            chunks,
+            complete,
+        } => {
+            let keep_alive = keep_alive && complete;
+            let (mut reader, mut writer) = conn.get_mut().split();
+            let written = tokio::select! {
+                r = write_stream(&mut writer, status, &headers, &chunks, complete, keep_alive) => r,
+                // Between slow chunks a client that left would otherwise go unnoticed
+                // until the next write.
+                _ = peer_closed(&mut reader) => return Next::Close,
+            };
+            match written {
+                Ok(()) if keep_alive => return Next::KeepAlive,
+                Ok(()) => linger(conn).await,
+                Err(_) => {}
+            }
+        }
+    }
+    Next::Close
+}
+
+/// HTTP/1.1 keeps a connection unless told to close; HTTP/1.0 closes unless told to keep.
+fn wants_keep_alive(req: &Request) -> bool {
+    let connection = |token: &str| {
+        req.header("connection")
+            .is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+    };
+    if req.version.eq_ignore_ascii_case("HTTP/1.0") {
+        connection("keep-alive")
+    } else {
+        !connection("close")
+    }
+}
+
+/// Resolves when the client closes while it has no request outstanding. Bytes that arrive
+/// instead (a pipelined request) are left in the buffer for the next read, and closing is
+/// then no longer watched.
+async fn until_closed_or_more(conn: &mut BufReader<TcpStream>) {
+    match conn.fill_buf().await {
+        Ok([]) | Err(_) => {}
+        Ok(_) => std::future::pending().await,
+    }
+}
+
+/// Resolves when the peer closes, without consuming anything it sends.
+async fn peer_closed(reader: &mut tokio::net::tcp::ReadHalf<'_>) {
+    let mut byte = [0u8; 1];
+    match reader.peek(&mut byte).await {
+        Ok(0) | Err(_) => {}
+        Ok(_) => std::future::pending().await,
     }
 }
 
@@ -410,8 +562,9 @@ async fn write_full<W: AsyncWrite + Unpin>(
     status: u16,
     headers: &[(String, String)],
     body: &[u8],
+    keep_alive: bool,
 ) -> io::Result<()> {
-    let mut out = head(status, headers, body.len());
+    let mut out = head(status, headers, Length::Known(body.len()), keep_alive);
     out.extend_from_slice(body);
     conn.write_all(&out).await?;
     conn.flush().await
@@ -424,13 +577,49 @@ async fn write_partial<W: AsyncWrite + Unpin>(
     declared_len: usize,
     prefix: &[u8],
 ) -> io::Result<()> {
-    let mut out = head(status, headers, declared_len);
+    let mut out = head(status, headers, Length::Known(declared_len), false);
     out.extend_from_slice(prefix);
     conn.write_all(&out).await?;
     conn.flush().await
 }
 
-fn head(status: u16, headers: &[(String, String)], content_length: usize) -> Vec<u8> {
+async fn write_stream<W: AsyncWrite + Unpin>(
+    conn: &mut W,
+    status: u16,
+    headers: &[(String, String)],
+    chunks: &[Chunk],
+    complete: bool,
+    keep_alive: bool,
+) -> io::Result<()> {
+    conn.write_all(&head(status, headers, Length::Chunked, keep_alive))
+        .await?;
+    conn.flush().await?;
+    for chunk in chunks {
+        tokio::time::sleep(chunk.after).await;
+        // An empty chunk would end the body early.
+        if chunk.data.is_empty() {
+            continue;
+        }
+        let mut out = format!("{:x}\r\n", chunk.data.len()).into_bytes();
+        out.extend_from_slice(&chunk.data);
+        out.extend_from_slice(b"\r\n");
+        conn.write_all(&out).await?;
+        conn.flush().await?;
+    }
+    if complete {
+        conn.write_all(b"0\r\n\r\n").await?;
+        conn.flush().await?;
+    }
+    Ok(())
+}
+
+/// How a response head announces its body.
+enum Length {
+    Known(usize),
+    Chunked,
+}
+
+fn head(status: u16, headers: &[(String, String)], length: Length, keep_alive: bool) -> Vec<u8> {
     let mut out = format!("HTTP/1.1 {status} {}\r\n", reason(status));
     for (k, v) in headers {
         let managed = ["content-length", "connection", "transfer-encoding"]
@@ -440,9 +629,14 @@ fn head(status: u16, headers: &[(String, String)], content_length: usize) -> Vec
             out.push_str(&format!("{k}: {v}\r\n"));
         }
     }
-    out.push_str(&format!(
-        "Content-Length: {content_length}\r\nConnection: close\r\n\r\n"
-    ));
+    match length {
+        Length::Known(n) => out.push_str(&format!("Content-Length: {n}\r\n")),
+        Length::Chunked => out.push_str("Transfer-Encoding: chunked\r\n"),
+    }
+    if !keep_alive {
+        out.push_str("Connection: close\r\n");
+    }
+    out.push_str("\r\n");
     out.into_bytes()
 }
 
@@ -510,11 +704,11 @@ where
         }
     };
     let mut parts = request_line.split_whitespace();
-    let (Some(method), Some(path), Some(_version)) = (parts.next(), parts.next(), parts.next())
+    let (Some(method), Some(path), Some(version)) = (parts.next(), parts.next(), parts.next())
     else {
         return Err(bad_data(format!("bad request line {request_line:?}")));
     };
-    let (method, path) = (method.to_string(), path.to_string());
+    let (method, path, version) = (method.to_string(), path.to_string(), version.to_string());
 
     let mut headers = Vec::new();
     let mut head_bytes = request_line.len() as u64;
@@ -537,6 +731,7 @@ where
     let mut req = Request {
         method,
         path,
+        version,
         headers,
         body: Vec::new(),
     };
@@ -622,6 +817,18 @@ mod tests {
                     declared_len: 100,
                     body_prefix: b"abc".to_vec(),
                 },
+                "/stream" | "/broken-stream" => Response::Stream {
+                    status: 200,
+                    headers: vec![("Content-Type".into(), "text/plain".into())],
+                    chunks: ["one ", "", "two ", "three"]
+                        .iter()
+                        .map(|piece| Chunk {
+                            after: STREAM_EVERY,
+                            data: piece.as_bytes().to_vec(),
+                        })
+                        .collect(),
+                    complete: req.path_only() == "/stream",
+                },
                 _ => Response::with_type(
                     200,
                     "text/plain",
@@ -646,14 +853,43 @@ mod tests {
         Ok(out)
     }
 
+    /// One response from a kept-alive connection: the head and the (de-chunked) body.
+    async fn read_response(conn: &mut BufReader<TcpStream>) -> (String, Vec<u8>) {
+        let mut head = String::new();
+        loop {
+            let line = read_line(conn).await.unwrap().expect("a response head");
+            if line.is_empty() {
+                break;
+            }
+            head.push_str(&line);
+            head.push_str("\r\n");
+        }
+        let header = |name: &str| {
+            head.lines().find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                k.eq_ignore_ascii_case(name).then(|| v.trim().to_string())
+            })
+        };
+        let body = if header("transfer-encoding").as_deref() == Some("chunked") {
+            read_chunked(conn).await.unwrap()
+        } else {
+            let len: usize = header("content-length").unwrap().parse().unwrap();
+            let mut body = vec![0; len];
+            conn.read_exact(&mut body).await.unwrap();
+            body
+        };
+        (head, body)
+    }
+
     const T: Duration = Duration::from_secs(5);
+    const STREAM_EVERY: Duration = Duration::from_millis(40);
 
     #[tokio::test]
     async fn content_length_and_chunked_bodies() {
         let srv = echo_server().await;
         let out = raw(
             srv.addr(),
-            b"POST /x?q=1 HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello",
+            b"POST /x?q=1 HTTP/1.1\r\nHost: a\r\nConnection: close\r\nContent-Length: 5\r\n\r\nhello",
         )
         .await
         .unwrap();
@@ -665,7 +901,7 @@ mod tests {
 
         let out = raw(
             srv.addr(),
-            b"POST /c HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3;ext=1\r\nabc\r\n2\r\nde\r\n0\r\nX-T: 1\r\n\r\n",
+            b"POST /c HTTP/1.1\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n3;ext=1\r\nabc\r\n2\r\nde\r\n0\r\nX-T: 1\r\n\r\n",
         )
         .await
         .unwrap();
@@ -725,7 +961,162 @@ mod tests {
         assert_eq!(err.kind(), io::ErrorKind::ConnectionRefused);
         srv.accept_connections().await;
         assert_eq!(srv.addr(), addr);
-        let out = raw(addr, b"GET /again HTTP/1.1\r\n\r\n").await.unwrap();
+        let out = raw(addr, b"GET /again HTTP/1.0\r\n\r\n").await.unwrap();
         assert!(String::from_utf8(out).unwrap().ends_with("GET /again "));
+    }
+
+    #[tokio::test]
+    async fn a_connection_carries_requests_until_the_client_closes_it() {
+        let srv = echo_server().await;
+        let mut c = BufReader::new(TcpStream::connect(srv.addr()).await.unwrap());
+        for i in 0..3 {
+            let req = format!("POST /k{i} HTTP/1.1\r\nContent-Length: 1\r\n\r\n{i}");
+            c.get_mut().write_all(req.as_bytes()).await.unwrap();
+            let (head, body) = read_response(&mut c).await;
+            assert!(!head.contains("Connection: close"), "{head}");
+            assert_eq!(body, format!("POST /k{i} {i}").into_bytes());
+        }
+        // Two requests in one write (pipelined) are answered in order.
+        c.get_mut()
+            .write_all(b"GET /p1 HTTP/1.1\r\n\r\nGET /p2 HTTP/1.1\r\n\r\n")
+            .await
+            .unwrap();
+        assert_eq!(read_response(&mut c).await.1, b"GET /p1 ");
+        assert_eq!(read_response(&mut c).await.1, b"GET /p2 ");
+        c.get_mut()
+            .write_all(b"GET /last HTTP/1.1\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let (head, body) = read_response(&mut c).await;
+        assert!(head.contains("Connection: close\r\n"), "{head}");
+        assert_eq!(body, b"GET /last ");
+        let mut rest = Vec::new();
+        tokio::time::timeout(T, c.read_to_end(&mut rest))
+            .await
+            .expect("the server closes after Connection: close")
+            .unwrap();
+        assert!(rest.is_empty());
+        assert_eq!(srv.connections_accepted(), 1);
+        assert!(srv.wait_for_open_connections(0, T).await);
+
+        // HTTP/1.0 closes unless asked to keep the connection.
+        let out = raw(srv.addr(), b"GET /old HTTP/1.0\r\n\r\n").await.unwrap();
+        assert!(
+            String::from_utf8(out)
+                .unwrap()
+                .contains("Connection: close\r\n")
+        );
+        let mut c = BufReader::new(TcpStream::connect(srv.addr()).await.unwrap());
+        c.get_mut()
+            .write_all(b"GET /old HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+            .await
+            .unwrap();
+        read_response(&mut c).await;
+        assert!(srv.wait_for_open_connections(1, T).await);
+        drop(c);
+        assert!(srv.wait_for_open_connections(0, T).await);
+    }
+
+    #[tokio::test]
+    async fn misbehaviour_ends_a_kept_alive_connection() {
+        let srv = echo_server().await;
+        for fault in ["/partial", "/reset", "/broken-stream"] {
+            let mut c = BufReader::new(TcpStream::connect(srv.addr()).await.unwrap());
+            c.get_mut()
+                .write_all(b"GET /fine HTTP/1.1\r\n\r\n")
+                .await
+                .unwrap();
+            assert_eq!(read_response(&mut c).await.1, b"GET /fine ");
+            c.get_mut()
+                .write_all(format!("GET {fault} HTTP/1.1\r\n\r\n").as_bytes())
+                .await
+                .unwrap();
+            let mut rest = Vec::new();
+            let end = tokio::time::timeout(T, c.read_to_end(&mut rest))
+                .await
+                .unwrap_or_else(|_| panic!("{fault} did not end the connection"));
+            let text = String::from_utf8_lossy(&rest);
+            match fault {
+                "/partial" => assert!(text.ends_with("\r\n\r\nabc"), "{text}"),
+                "/reset" => assert!(end.is_err() || rest.is_empty(), "{text}"),
+                _ => {
+                    assert!(text.contains("Transfer-Encoding: chunked\r\n"), "{text}");
+                    assert!(text.ends_with("5\r\nthree\r\n"), "{text}");
+                }
+            }
+        }
+        assert_eq!(srv.connections_accepted(), 3);
+        assert!(srv.wait_for_open_connections(0, T).await);
+    }
+
+    #[tokio::test]
+    async fn a_stream_writes_each_chunk_after_its_delay() {
+        let srv = echo_server().await;
+        let mut c = BufReader::new(TcpStream::connect(srv.addr()).await.unwrap());
+        let started = tokio::time::Instant::now();
+        c.get_mut()
+            .write_all(b"GET /stream HTTP/1.1\r\n\r\n")
+            .await
+            .unwrap();
+        let (head, body) = read_response(&mut c).await;
+        assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+        assert!(head.contains("Transfer-Encoding: chunked\r\n"), "{head}");
+        assert!(!head.contains("Content-Length"), "{head}");
+        assert_eq!(body, b"one two three");
+        assert!(started.elapsed() >= STREAM_EVERY * 4);
+        // A complete stream keeps the connection.
+        c.get_mut()
+            .write_all(b"GET /after HTTP/1.1\r\n\r\n")
+            .await
+            .unwrap();
+        assert_eq!(read_response(&mut c).await.1, b"GET /after ");
+
+        // A client that leaves mid-stream ends it.
+        c.get_mut()
+            .write_all(b"GET /stream HTTP/1.1\r\n\r\n")
+            .await
+            .unwrap();
+        assert!(srv.wait_for_open_connections(1, T).await);
+        drop(c);
+        assert!(srv.wait_for_open_connections(0, T).await);
+        assert_eq!(srv.connections_accepted(), 1);
+    }
+
+    #[tokio::test]
+    async fn refusing_connections_closes_idle_ones_and_busy_ones_after_their_answer() {
+        let srv = HttpServer::start(|req: Request| async move {
+            if req.path_only() == "/slow" {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Response::with_type(200, "text/plain", req.path.clone())
+        })
+        .await;
+        let mut idle = BufReader::new(TcpStream::connect(srv.addr()).await.unwrap());
+        idle.get_mut()
+            .write_all(b"GET /a HTTP/1.1\r\n\r\n")
+            .await
+            .unwrap();
+        read_response(&mut idle).await;
+        let mut busy = BufReader::new(TcpStream::connect(srv.addr()).await.unwrap());
+        busy.get_mut()
+            .write_all(b"GET /slow HTTP/1.1\r\n\r\n")
+            .await
+            .unwrap();
+        assert!(srv.wait_for_open_connections(2, T).await);
+        srv.refuse_connections().await;
+        let mut rest = Vec::new();
+        tokio::time::timeout(T, idle.read_to_end(&mut rest))
+            .await
+            .expect("the idle connection is closed")
+            .unwrap();
+        assert!(rest.is_empty());
+        // The request in progress is still answered, then its connection ends.
+        let (_, body) = read_response(&mut busy).await;
+        assert_eq!(body, b"/slow");
+        tokio::time::timeout(T, busy.read_to_end(&mut rest))
+            .await
+            .expect("the busy connection is closed after its answer")
+            .unwrap();
+        assert!(srv.wait_for_open_connections(0, T).await);
     }
 }

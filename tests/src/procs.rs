@@ -117,6 +117,51 @@ pub fn rss_kib(pid: i32) -> Option<u64> {
         .ok()
 }
 
+/// CPU time used, in clock ticks (`sysconf(_SC_CLK_TCK)`, 100 on Linux): the process's
+/// own user + system time, and that of its children it has waited for (`cutime + cstime`).
+/// `None` if the process is gone.
+pub fn cpu_ticks(pid: i32) -> Option<CpuTicks> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name: state is field 3, utime 14, stime 15, cutime 16,
+    // cstime 17 (1-based, as in proc(5)).
+    let rest = stat.get(stat.rfind(')')? + 1..)?;
+    let fields: Vec<u64> = rest
+        .split_whitespace()
+        .skip(11)
+        .take(4)
+        .map(|f| f.parse().unwrap_or(0))
+        .collect();
+    let [utime, stime, cutime, cstime] = fields[..] else {
+        return None;
+    };
+    Some(CpuTicks {
+        own: utime + stime,
+        reaped_children: cutime + cstime,
+    })
+}
+
+/// See [`cpu_ticks`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CpuTicks {
+    pub own: u64,
+    pub reaped_children: u64,
+}
+
+/// Busy and total clock ticks of the whole machine, from the `cpu` line of /proc/stat.
+pub fn machine_ticks() -> Option<(u64, u64)> {
+    let stat = fs::read_to_string("/proc/stat").ok()?;
+    let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(|f| f.parse().unwrap_or(0))
+        .collect();
+    let total: u64 = v.iter().take(8).sum();
+    // idle + iowait
+    let idle = v.get(3).copied().unwrap_or(0) + v.get(4).copied().unwrap_or(0);
+    Some((total - idle, total))
+}
+
 /// Number of threads (`Threads` in /proc/PID/status).
 pub fn threads(pid: i32) -> Option<u64> {
     status_field(pid, "Threads")?.trim().parse().ok()
@@ -153,6 +198,9 @@ mod tests {
         assert!(!me.cmdline.is_empty());
         assert!(rss_kib(me.pid).unwrap() > 0);
         assert!(threads(me.pid).unwrap() >= 1);
+        assert!(cpu_ticks(me.pid).is_some());
+        let (busy, total) = machine_ticks().unwrap();
+        assert!(busy <= total && total > 0);
         assert!(all().iter().any(|p| p.pid == me.pid));
         assert!(info(i32::MAX).is_none());
     }

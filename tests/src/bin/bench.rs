@@ -41,7 +41,16 @@ struct Row {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> ExitCode {
-    let quick = std::env::args().any(|a| a == "--quick");
+    let args: Vec<String> = std::env::args().collect();
+    let quick = args.iter().any(|a| a == "--quick");
+    // `--only throughput,startup`: just those groups of rows (latency, throughput,
+    // recovery, footprint, startup), for profiling one of them.
+    let only: Option<Vec<String>> = args
+        .iter()
+        .position(|a| a == "--only")
+        .and_then(|i| args.get(i + 1))
+        .map(|list| list.split(',').map(str::to_string).collect());
+    let runs = |group: &str| only.as_ref().is_none_or(|o| o.iter().any(|g| g == group));
     if cfg!(debug_assertions) {
         eprintln!("note: a debug build; numbers are only meaningful with --release");
     }
@@ -62,16 +71,103 @@ async fn main() -> ExitCode {
             startup: 10,
         }
     };
-    let baseline = build_baseline();
     let mut rows = Vec::new();
+    let latencies = if runs("latency") {
+        let baseline = build_baseline();
+        let pool = latency(WorkerMode::Pool, None, sizes.latency).await;
+        let per_request = latency(WorkerMode::PerRequest, None, sizes.latency).await;
+        let inproc = latency(WorkerMode::Pool, Some(baseline), sizes.latency).await;
+        Some((pool, per_request, inproc))
+    } else {
+        // The harness builds the normal binaries itself.
+        None
+    };
+    if let Some((pool, per_request, inproc)) = &latencies {
+        latency_rows(&mut rows, pool, per_request, inproc);
+    }
 
-    let pool = latency(WorkerMode::Pool, None, sizes.latency).await;
-    let per_request = latency(WorkerMode::PerRequest, None, sizes.latency).await;
-    let inproc = latency(WorkerMode::Pool, Some(baseline), sizes.latency).await;
+    if runs("throughput") {
+        for pool_size in [2usize, 8] {
+            let t = throughput(pool_size, sizes.throughput).await;
+            let per_msg = |s: f64| s * 1e6 / sizes.throughput as f64;
+            rows.push(Row {
+                name: format!("throughput, 100 chats, pool of {pool_size}"),
+                value: format!(
+                    "{:.0} messages/s ({} messages); CPU per message: gateway {:.0} µs, workers {:.0} µs, bench process (fakes + driver) {:.0} µs; machine {:.0}% busy",
+                    t.rate,
+                    sizes.throughput,
+                    per_msg(t.gateway_s),
+                    per_msg(t.workers_s),
+                    per_msg(t.bench_s),
+                    t.machine_busy * 100.0
+                ),
+                target: if pool_size == 8 { ">= 2000 messages/s".into() } else { String::new() },
+                met: (pool_size == 8).then_some(t.rate >= 2000.0),
+                json: json!({"messages_per_s": t.rate, "messages": sizes.throughput, "pool_size": pool_size,
+                             "cpu_s": {"gateway": t.gateway_s, "workers": t.workers_s, "bench_process": t.bench_s,
+                                       "wall": t.wall_s, "machine_busy_fraction": t.machine_busy}}),
+            });
+        }
+    }
+
+    if runs("recovery") {
+        let recovery_ms = recovery(sizes.recovery).await;
+        rows.push(Row {
+            name: "recovery after SIGKILL of a worker (pool)".into(),
+            value: format!(
+                "p50 {:.1} / max {:.1} ms to the next served job",
+                recovery_ms.p50, recovery_ms.max
+            ),
+            target: "<= 20 ms".into(),
+            met: Some(recovery_ms.p50 <= 20.0),
+            json: json!({"p50_ms": recovery_ms.p50, "max_ms": recovery_ms.max, "n": recovery_ms.n}),
+        });
+    }
+    if let Some((pool, per_request, _)) = &latencies {
+        let spawn_cost = per_request.p50 - pool.p50;
+        rows.push(Row {
+            name: "per-request: one spawn + handshake".into(),
+            value: format!("{spawn_cost:.2} ms (per-request p50 minus pool p50)"),
+            target: String::new(),
+            met: None,
+            json: json!({"ms": spawn_cost}),
+        });
+    }
+
+    if runs("footprint") {
+        footprint_rows(&mut rows, sizes.footprint).await;
+    }
+
+    if runs("startup") {
+        let start = startup(sizes.startup).await;
+        rows.push(Row {
+            name: "start-up: exec to first getUpdates / to READY=1".into(),
+            value: format!(
+                "{:.1} / {:.1} ms (p50 of {})",
+                start.first_poll_ms, start.ready_ms, sizes.startup
+            ),
+            target: "first getUpdates <= 50 ms".into(),
+            met: Some(start.first_poll_ms <= 50.0),
+            json: json!({"first_get_updates_ms": start.first_poll_ms, "ready_ms": start.ready_ms}),
+        });
+    }
+
+    print_table(&rows, quick);
+    match write_json(&rows, quick) {
+        Ok(path) => println!("\nwrote {}", path.display()),
+        Err(e) => {
+            eprintln!("cannot write the JSON results: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+fn latency_rows(rows: &mut Vec<Row>, pool: &Stats, per_request: &Stats, inproc: &Stats) {
     for (name, stats) in [
-        ("in-process baseline", &inproc),
-        ("pool", &pool),
-        ("per-request", &per_request),
+        ("in-process baseline", inproc),
+        ("pool", pool),
+        ("per-request", per_request),
     ] {
         let (target, met) = match name {
             "pool" => (
@@ -93,39 +189,10 @@ async fn main() -> ExitCode {
                          "ratio_to_baseline_p50": stats.p50 / inproc.p50.max(1e-9)}),
         });
     }
+}
 
-    for pool_size in [2usize, 8] {
-        let rate = throughput(pool_size, sizes.throughput).await;
-        rows.push(Row {
-            name: format!("throughput, 100 chats, pool of {pool_size}"),
-            value: format!("{rate:.0} messages/s ({} messages)", sizes.throughput),
-            target: if pool_size == 8 { ">= 2000 messages/s".into() } else { String::new() },
-            met: (pool_size == 8).then_some(rate >= 2000.0),
-            json: json!({"messages_per_s": rate, "messages": sizes.throughput, "pool_size": pool_size}),
-        });
-    }
-
-    let recovery_ms = recovery(sizes.recovery).await;
-    rows.push(Row {
-        name: "recovery after SIGKILL of a worker (pool)".into(),
-        value: format!(
-            "p50 {:.1} / max {:.1} ms to the next served job",
-            recovery_ms.p50, recovery_ms.max
-        ),
-        target: "<= 20 ms".into(),
-        met: Some(recovery_ms.p50 <= 20.0),
-        json: json!({"p50_ms": recovery_ms.p50, "max_ms": recovery_ms.max, "n": recovery_ms.n}),
-    });
-    let spawn_cost = per_request.p50 - pool.p50;
-    rows.push(Row {
-        name: "per-request: one spawn + handshake".into(),
-        value: format!("{spawn_cost:.2} ms (per-request p50 minus pool p50)"),
-        target: String::new(),
-        met: None,
-        json: json!({"ms": spawn_cost}),
-    });
-
-    let footprint = footprint(sizes.footprint).await;
+async fn footprint_rows(rows: &mut Vec<Row>, n: usize) {
+    let footprint = footprint(n).await;
     rows.push(Row {
         name: "parent RSS idle / after jobs / after failed jobs".into(),
         value: format!(
@@ -133,12 +200,12 @@ async fn main() -> ExitCode {
             footprint.idle_kib as f64 / 1024.0,
             footprint.after_jobs_kib as f64 / 1024.0,
             footprint.after_failures_kib as f64 / 1024.0,
-            sizes.footprint
+            n
         ),
         target: "<= 20 MiB idle, <= 25 MiB after failed jobs".into(),
         met: Some(footprint.idle_kib <= 20 * 1024 && footprint.after_failures_kib <= 25 * 1024),
         json: json!({"idle_kib": footprint.idle_kib, "after_jobs_kib": footprint.after_jobs_kib,
-                     "after_failed_jobs_kib": footprint.after_failures_kib, "jobs": sizes.footprint}),
+                     "after_failed_jobs_kib": footprint.after_failures_kib, "jobs": n}),
     });
     rows.push(Row {
         name: "idle worker RSS / parent threads".into(),
@@ -151,28 +218,6 @@ async fn main() -> ExitCode {
         met: None,
         json: json!({"worker_idle_kib": footprint.worker_kib, "parent_threads": footprint.threads}),
     });
-
-    let start = startup(sizes.startup).await;
-    rows.push(Row {
-        name: "start-up: exec to first getUpdates / to READY=1".into(),
-        value: format!(
-            "{:.1} / {:.1} ms (p50 of {})",
-            start.first_poll_ms, start.ready_ms, sizes.startup
-        ),
-        target: "first getUpdates <= 50 ms".into(),
-        met: Some(start.first_poll_ms <= 50.0),
-        json: json!({"first_get_updates_ms": start.first_poll_ms, "ready_ms": start.ready_ms}),
-    });
-
-    print_table(&rows, quick);
-    match write_json(&rows, quick) {
-        Ok(path) => println!("\nwrote {}", path.display()),
-        Err(e) => {
-            eprintln!("cannot write the JSON results: {e}");
-            return ExitCode::FAILURE;
-        }
-    }
-    ExitCode::SUCCESS
 }
 
 /// Builds the gateway with the in-process baseline and keeps a copy, then lets the
@@ -244,16 +289,82 @@ async fn latency(mode: WorkerMode, baseline: Option<PathBuf>, n: usize) -> Stats
     stats(samples)
 }
 
+struct Throughput {
+    rate: f64,
+    /// CPU seconds used during the run by the gateway, its workers (live and reaped), and
+    /// this process (the fake servers and the driver).
+    gateway_s: f64,
+    workers_s: f64,
+    bench_s: f64,
+    wall_s: f64,
+    /// Share of the machine's CPU time that was busy (anything, other users included).
+    machine_busy: f64,
+}
+
+/// CPU time of the gateway, of its workers and of this process at one moment.
+struct CpuSnapshot {
+    gateway: procs::CpuTicks,
+    /// Live workers' own ticks, by pid.
+    workers: Vec<(i32, u64)>,
+    bench: u64,
+    machine: (u64, u64),
+}
+
+impl CpuSnapshot {
+    fn take(rig: &Rig) -> Self {
+        CpuSnapshot {
+            gateway: procs::cpu_ticks(rig.pid).unwrap_or_default(),
+            workers: rig
+                .gateway
+                .workers()
+                .iter()
+                .filter_map(|w| Some((w.pid, procs::cpu_ticks(w.pid)?.own)))
+                .collect(),
+            bench: procs::cpu_ticks(std::process::id() as i32)
+                .unwrap_or_default()
+                .own,
+            machine: procs::machine_ticks().unwrap_or_default(),
+        }
+    }
+
+    /// Worker ticks between `self` and `later`: a worker alive at the start either died
+    /// (its whole time is in the gateway's reaped-children count) or is still alive (its
+    /// whole time is in `later`), so its time before the start is subtracted either way.
+    fn worker_ticks_until(&self, later: &CpuSnapshot) -> u64 {
+        let before: u64 = self.workers.iter().map(|(_, t)| t).sum();
+        let alive: u64 = later.workers.iter().map(|(_, t)| t).sum();
+        let reaped = later.gateway.reaped_children - self.gateway.reaped_children;
+        (alive + reaped).saturating_sub(before)
+    }
+}
+
+/// Clock ticks per second as /proc counts them (USER_HZ), fixed at 100 on Linux.
+const TICKS_PER_S: f64 = 100.0;
+
 /// 100 chats sending `n` messages at once; messages per second until every reply is out.
-async fn throughput(pool_size: usize, n: usize) -> f64 {
+async fn throughput(pool_size: usize, n: usize) -> Throughput {
     let users: Vec<i64> = (0..100).map(|i| 70_000 + i).collect();
+    let callgrind = callgrind_wrapper();
     let rig = Rig::start(WorkerMode::Pool, |o| {
         o.pool_size = pool_size;
         o.allowed_users = users.clone();
         o.max_queued_per_chat = Some(n.min(1000));
+        if let Some((wrapper, _)) = &callgrind {
+            o.gateway_binary = Some(wrapper.clone());
+            o.worker_command = Some(hermes_tests::harness::binaries().worker.clone());
+        }
     })
     .await;
     rig.ask_in(users[0], users[0], "warm up").await;
+    assert!(
+        eventually(PATIENCE, || rig.gateway.workers().len() == pool_size).await,
+        "the pool did not fill\n{}",
+        rig.gateway.log()
+    );
+    if callgrind.is_some() {
+        callgrind_control("--zero", rig.pid);
+    }
+    let cpu_before = CpuSnapshot::take(&rig);
     let started = Instant::now();
     for i in 0..n {
         let user = users[i % users.len()];
@@ -276,7 +387,64 @@ async fn throughput(pool_size: usize, n: usize) -> f64 {
             last = last.max(m.at);
         }
     }
-    n as f64 / last.duration_since(started).as_secs_f64()
+    let cpu_after = CpuSnapshot::take(&rig);
+    if let Some((_, dir)) = &callgrind {
+        callgrind_control(
+            &format!("--dump=burst of {n}, pool of {pool_size}"),
+            rig.pid,
+        );
+        eprintln!(
+            "callgrind: the gateway's burst is in {}/callgrind.out.{}.*",
+            dir.display(),
+            rig.pid
+        );
+    }
+    let secs = |ticks: u64| ticks as f64 / TICKS_PER_S;
+    let (busy, total) = (
+        cpu_after.machine.0.saturating_sub(cpu_before.machine.0),
+        cpu_after.machine.1.saturating_sub(cpu_before.machine.1),
+    );
+    Throughput {
+        rate: n as f64 / last.duration_since(started).as_secs_f64(),
+        gateway_s: secs(cpu_after.gateway.own.saturating_sub(cpu_before.gateway.own)),
+        workers_s: secs(cpu_before.worker_ticks_until(&cpu_after)),
+        bench_s: secs(cpu_after.bench.saturating_sub(cpu_before.bench)),
+        wall_s: started.elapsed().as_secs_f64(),
+        machine_busy: busy as f64 / total.max(1) as f64,
+    }
+}
+
+/// With `HERMES_BENCH_CALLGRIND=DIR` set, the throughput rows run the gateway under
+/// `valgrind --tool=callgrind` (its workers natively) and dump the instructions of the
+/// burst alone into DIR: a before/after measure of the gateway's own CPU cost that a busy
+/// machine does not blur. The rates measured then are meaningless.
+fn callgrind_wrapper() -> Option<(PathBuf, PathBuf)> {
+    let dir = PathBuf::from(std::env::var_os("HERMES_BENCH_CALLGRIND")?);
+    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+    let dir = std::fs::canonicalize(&dir).unwrap_or(dir);
+    let wrapper = dir.join("gateway-under-callgrind.sh");
+    let script = format!(
+        "#!/bin/sh\nexec valgrind --tool=callgrind --compress-strings=no --compress-pos=no --callgrind-out-file={}/callgrind.out.%p {} \"$@\"\n",
+        dir.display(),
+        hermes_tests::harness::binaries().gateway.display()
+    );
+    std::fs::write(&wrapper, script).unwrap_or_else(|e| panic!("{}: {e}", wrapper.display()));
+    std::fs::set_permissions(
+        &wrapper,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap_or_else(|e| panic!("{}: {e}", wrapper.display()));
+    Some((wrapper, dir))
+}
+
+fn callgrind_control(action: &str, pid: i32) {
+    let status = std::process::Command::new("callgrind_control")
+        .arg(action)
+        .arg(pid.to_string())
+        .stdout(std::process::Stdio::null())
+        .status()
+        .unwrap_or_else(|e| panic!("callgrind_control: {e}"));
+    assert!(status.success(), "callgrind_control {action} {pid} failed");
 }
 
 /// SIGKILL the pool's only worker, send a message: time until it is answered.
