@@ -1,7 +1,10 @@
 //! `hermes-worker ask`: one job from the command line, with the gateway's configuration
 //! file and no gateway, for an operator finding out why the bot misbehaves. Progress goes
-//! to stderr, the answer to stdout.
+//! to stderr (attempts, retries, fallbacks, each tool call; with `--stream` the answer as
+//! it grows), the answer to stdout. The configured tool servers are started for this one
+//! question and stopped after it.
 
+use std::io::Write;
 use std::path::Path;
 use std::time::Duration;
 
@@ -10,11 +13,17 @@ use hermes_protocol::{ChatMessage, Event, Failure, FailureClass, Job, JobId, Out
 use tokio::sync::mpsc;
 
 use crate::agent;
+use hermes_worker::tools::Toolbox;
+
+pub struct AskOptions {
+    pub timeout: Option<Duration>,
+    pub stream: bool,
+}
 
 pub async fn ask(
     config_path: &Path,
     question: &str,
-    timeout: Option<Duration>,
+    options: AskOptions,
     client: reqwest::Client,
 ) -> i32 {
     let config = match Config::load(config_path) {
@@ -34,31 +43,66 @@ pub async fn ask(
             }
         }
     }
+    let mut tools = Vec::new();
+    for server in &config.tools.mcp {
+        match server.spec() {
+            Ok(spec) => tools.push(spec),
+            Err(e) => {
+                eprintln!("tool server {}: {e}", server.name);
+                return EXIT_CONFIG;
+            }
+        }
+    }
     let mut messages = Vec::new();
     if let Some(prompt) = &config.agent.system_prompt {
         messages.push(ChatMessage::new(Role::System, prompt.clone()));
     }
     messages.push(ChatMessage::new(Role::User, question));
-    let timeout = timeout.unwrap_or_else(|| config.workers.job_timeout());
+    let timeout = options
+        .timeout
+        .unwrap_or_else(|| config.workers.job_timeout());
     let job = Job {
         id: JobId(1),
         chat_id: 0,
         messages,
         providers,
         timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
-        stream: false,
-        tools: Vec::new(),
+        stream: options.stream,
+        tools,
         max_steps: config.agent.max_steps,
     };
     let (events_tx, mut events) = mpsc::unbounded_channel();
     let printer = tokio::spawn(async move {
+        // Streamed text is printed as it comes, without line breaks of its own; any other
+        // line starts on a fresh one.
+        let mut mid_line = false;
         while let Some(event) = events.recv().await {
+            if let Event::Delta(piece) = &event {
+                eprint!("{piece}");
+                let _ = std::io::stderr().flush();
+                mid_line = true;
+                continue;
+            }
+            if std::mem::take(&mut mid_line) {
+                eprintln!();
+            }
             eprintln!("{}", describe(&event));
         }
+        if mid_line {
+            eprintln!();
+        }
     });
-    let outcome = agent::run(&job, &client, &events_tx).await;
+    let deadline = agent::deadline_of(&job);
+    let mut toolbox = Toolbox::default();
+    toolbox.prepare(&job.tools, deadline).await;
+    let run = agent::run_with_tools(&job, &client, &events_tx, &toolbox, deadline).await;
+    toolbox.shutdown().await;
     drop(events_tx);
     let _ = printer.await;
+    if run.abandoned_tools {
+        eprintln!("a tool call was still running at the deadline; its server has been stopped");
+    }
+    let outcome = run.outcome;
     match outcome {
         Outcome::Reply(reply) => {
             eprintln!("[{}] answered (model {})", reply.provider, reply.model);
@@ -90,7 +134,7 @@ fn describe(event: &Event) -> String {
             format!("[{from}] failed: {failure}; trying the next provider, if any")
         }
         Event::Delta(text) => text.clone(),
-        Event::ToolStarted { name } => format!("using {name} …"),
+        Event::ToolStarted { name } => format!("calling {name} …"),
         Event::ToolFinished { name, ok, ms } => {
             format!("{name} {} in {ms} ms", if *ok { "done" } else { "failed" })
         }

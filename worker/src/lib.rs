@@ -1,5 +1,6 @@
-//! The agent of hermes-gateway as a library: [`agent`] (the provider chain for one job)
-//! and [`provider`] (the OpenAI-compatible client, its failure taxonomy and retries).
+//! The agent of hermes-gateway as a library: [`agent`] (the loop of one job: provider
+//! chain, tool calls, step budget), [`provider`] (the OpenAI-compatible client, streaming,
+//! its failure taxonomy and retries) and [`tools`] (MCP tool servers and their calls).
 //!
 //! The `hermes-worker` binary is the only production user. The library exists so the
 //! benchmark's in-process baseline (`hermes-gateway` built with `in-process-baseline`) runs
@@ -8,3 +9,4 @@
 
 pub mod agent;
 pub mod provider;
+pub mod tools;

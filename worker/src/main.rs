@@ -1,13 +1,14 @@
 //! `hermes-worker`: the agent process of hermes-gateway.
 //!
 //! The gateway starts it with `serve`; it runs one job at a time: calls the configured
-//! OpenAI-compatible providers in order, with retries and fallbacks, and returns one
-//! outcome. Anything that goes wrong in here (a 402, a panic, a hang, memory exhaustion)
+//! OpenAI-compatible providers in order, with retries and fallbacks, calls the MCP tools
+//! the model asks for (their servers run as children in this process's group), and
+//! returns one outcome. Anything that goes wrong in here (a 402, a panic, a hang, memory exhaustion)
 //! ends at most this process: the gateway replies with an error and starts another.
 //! `ask` runs the same agent from the command line, for debugging.
 //!
 //! Modules: [`serve`] (the gateway protocol), [`ask`] (standalone); the agent itself is
-//! the crate's library (`agent`, `provider`).
+//! the crate's library (`agent`, `provider`, `tools`).
 
 mod ask;
 mod serve;
@@ -46,6 +47,9 @@ enum Command {
         /// Overrides workers.job_timeout_secs.
         #[arg(long, value_name = "SECS")]
         timeout: Option<u64>,
+        /// Ask the provider to stream, and print the answer to stderr as it grows.
+        #[arg(long)]
+        stream: bool,
         /// The question.
         question: String,
     },
@@ -91,11 +95,15 @@ fn main() {
         Command::Ask {
             config,
             timeout,
+            stream,
             question,
         } => runtime.block_on(ask::ask(
             &config,
             &question,
-            timeout.map(Duration::from_secs),
+            ask::AskOptions {
+                timeout: timeout.map(Duration::from_secs),
+                stream,
+            },
             client,
         )),
     };

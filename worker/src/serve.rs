@@ -5,11 +5,22 @@
 //! The gateway sends nothing while a job runs, so anything readable on the socket then
 //! means the gateway is gone: the worker exits at once rather than finish work nobody
 //! will read (the parent-death signal is only a fast hint; this is the reliable one).
+//!
+//! Tool servers live as long as their configuration: started by the first job that
+//! names them, kept for the next jobs while their entry is unchanged, replaced after a
+//! job in which one died or timed out a call, and ended with the worker. A job whose
+//! deadline passes during a tool call is the exception: that tool may still be running,
+//! and only ending the worker's process group ends everything it started, so the worker
+//! leaves the job unanswered and lets the gateway do that (it kills the group shortly
+//! after the deadline and answers "timed out" itself).
 
 use std::pin::pin;
+use std::time::Duration;
 
+use hermes_protocol::frame::{FrameError, encode};
 use hermes_protocol::{
-    FromWorker, Hello, Job, PROTOCOL_VERSION, Secret, ToWorker, Welcome, read_frame, write_frame,
+    ChatMessage, FromWorker, Hello, Job, JobId, Outcome, PROTOCOL_VERSION, Role, Secret, ToWorker,
+    Welcome, read_frame, write_frame,
 };
 use interprocess::local_socket::tokio::{Stream, prelude::*};
 use interprocess::local_socket::{GenericFilePath, ToFsName};
@@ -17,6 +28,12 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::mpsc;
 
 use crate::agent;
+use hermes_worker::tools::Toolbox;
+
+/// How long a worker that abandoned a tool call waits for the gateway to end it before
+/// answering anyway and exiting (the gateway normally acts about a second after the
+/// deadline; this only matters if it does not).
+const ABANDONED_GRACE: Duration = Duration::from_secs(15);
 
 /// Exit statuses of `serve`.
 pub const EXIT_OK: i32 = 0;
@@ -65,21 +82,24 @@ pub async fn serve_connection(stream: Stream, token: &str, client: &reqwest::Cli
             return EXIT_REFUSED;
         }
     }
-    loop {
+    let mut tools = Toolbox::default();
+    let code = loop {
         match read_frame::<ToWorker, _>(&mut conn).await {
             Ok(ToWorker::Job(job)) => {
-                if let Err(code) = run_job(&mut conn, job, client).await {
-                    return code;
+                if let Err(code) = run_job(&mut conn, job, client, &mut tools).await {
+                    break code;
                 }
             }
-            Ok(ToWorker::Shutdown) => return EXIT_OK,
-            Err(e) if e.is_disconnect() => return EXIT_OK,
+            Ok(ToWorker::Shutdown) => break EXIT_OK,
+            Err(e) if e.is_disconnect() => break EXIT_OK,
             Err(e) => {
                 tracing::error!("bad frame from the gateway: {e}");
-                return EXIT_FAILED;
+                break EXIT_FAILED;
             }
         }
-    }
+    };
+    tools.shutdown().await;
+    code
 }
 
 /// Runs one job, forwarding its events; `Err` carries the exit status when the worker
@@ -88,25 +108,32 @@ async fn run_job(
     conn: &mut BufReader<Stream>,
     job: Job,
     client: &reqwest::Client,
+    tools: &mut Toolbox,
 ) -> Result<(), i32> {
     let job_id = job.id;
+    let deadline = agent::deadline_of(&job);
     let (events_tx, mut events) = mpsc::unbounded_channel();
-    let mut agent = pin!(async move { agent::run(&job, client, &events_tx).await });
-    let outcome = loop {
-        tokio::select! {
-            outcome = &mut agent => break outcome,
-            Some(event) = events.recv() => {
-                send(conn, &FromWorker::Event { job_id, event }).await?;
-            }
-            readable = conn.fill_buf() => {
-                match readable {
-                    Ok(bytes) if !bytes.is_empty() => {
-                        tracing::error!("the gateway spoke during a job; exiting");
-                        return Err(EXIT_FAILED);
-                    }
-                    _ => {
-                        tracing::info!("the gateway went away; abandoning {job_id}");
-                        return Err(EXIT_OK);
+    let run = {
+        let mut agent = pin!(async {
+            tools.prepare(&job.tools, deadline).await;
+            agent::run_with_tools(&job, client, &events_tx, tools, deadline).await
+        });
+        loop {
+            tokio::select! {
+                run = &mut agent => break run,
+                Some(event) = events.recv() => {
+                    send(conn, &FromWorker::Event { job_id, event }).await?;
+                }
+                readable = conn.fill_buf() => {
+                    match readable {
+                        Ok(bytes) if !bytes.is_empty() => {
+                            tracing::error!("the gateway spoke during a job; exiting");
+                            return Err(EXIT_FAILED);
+                        }
+                        _ => {
+                            tracing::info!("the gateway went away; abandoning {job_id}");
+                            return Err(EXIT_OK);
+                        }
                     }
                 }
             }
@@ -115,7 +142,77 @@ async fn run_job(
     while let Ok(event) = events.try_recv() {
         send(conn, &FromWorker::Event { job_id, event }).await?;
     }
-    send(conn, &FromWorker::Outcome { job_id, outcome }).await
+    if run.abandoned_tools {
+        return leave_to_the_gateway(conn, job_id, run.outcome).await;
+    }
+    send(conn, &fit(job_id, run.outcome)).await?;
+    // Now rather than at the next job: whatever a timed-out call left running should not
+    // outlive the job by more than this.
+    tools.stop_stale().await;
+    Ok(())
+}
+
+/// A tool call outlived the deadline: stay silent until the gateway's deadline kill ends
+/// this worker's whole group, the tool's processes included. Answering would make the
+/// worker look reusable, and it would go on with whatever the tool left running.
+async fn leave_to_the_gateway(
+    conn: &mut BufReader<Stream>,
+    job_id: JobId,
+    outcome: Outcome,
+) -> Result<(), i32> {
+    tracing::warn!(
+        "a tool call outlived the deadline of {job_id}; leaving this worker and its process \
+         group for the gateway to end"
+    );
+    tokio::select! {
+        _ = conn.fill_buf() => return Err(EXIT_OK),
+        _ = tokio::time::sleep(ABANDONED_GRACE) => {}
+    }
+    tracing::error!("the gateway did not end this worker; answering and exiting");
+    send(conn, &FromWorker::Outcome { job_id, outcome }).await?;
+    Err(EXIT_FAILED)
+}
+
+/// The outcome as a frame the gateway accepts: a transcript too large for one frame
+/// (many long tool results) is shortened rather than lose the answer.
+fn fit(job_id: JobId, outcome: Outcome) -> FromWorker {
+    let message = FromWorker::Outcome { job_id, outcome };
+    if !matches!(encode(&message), Err(FrameError::Oversized { .. })) {
+        return message;
+    }
+    let FromWorker::Outcome {
+        outcome: Outcome::Reply(mut reply),
+        ..
+    } = message
+    else {
+        return message;
+    };
+    tracing::warn!("the transcript of {job_id} does not fit one frame; shortening tool results");
+    for m in &mut reply.transcript {
+        if m.role == Role::Tool && m.content.chars().count() > 500 {
+            let head: String = m.content.chars().take(500).collect();
+            m.content = format!("{head}\n[… cut: the result was too long to keep]");
+        }
+    }
+    let message = FromWorker::Outcome {
+        job_id,
+        outcome: Outcome::Reply(reply),
+    };
+    if !matches!(encode(&message), Err(FrameError::Oversized { .. })) {
+        return message;
+    }
+    let FromWorker::Outcome {
+        outcome: Outcome::Reply(mut reply),
+        ..
+    } = message
+    else {
+        return message;
+    };
+    reply.transcript = vec![ChatMessage::new(Role::Assistant, reply.text.clone())];
+    FromWorker::Outcome {
+        job_id,
+        outcome: Outcome::Reply(reply),
+    }
 }
 
 async fn send(conn: &mut BufReader<Stream>, message: &FromWorker) -> Result<(), i32> {

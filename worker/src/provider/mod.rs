@@ -1,24 +1,31 @@
 //! One provider of the chain: an OpenAI-compatible `POST {base_url}/chat/completions`,
 //! tried, retried and given up on according to [`classify`] and [`retry`], all within
-//! the job's deadline.
+//! the job's deadline. [`body`] builds requests and reads whole answers, [`sse`] reads
+//! streamed ones.
 
+pub mod body;
 pub mod classify;
 pub mod retry;
+pub mod sse;
 
 use std::time::{Duration, Instant, SystemTime};
 
 use hermes_protocol::{ChatMessage, Event, Failure, ProviderPlan, Role};
-use serde_json::{Value, json};
+use serde_json::Value;
 use tokio::sync::mpsc::UnboundedSender;
 
-use classify::{Verdict, classify, describe, shorten};
+pub use body::Completion;
+use classify::{Verdict, classify, describe};
 
-/// A usable answer.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Completion {
-    pub text: String,
-    /// The model the provider says answered, else the one asked for.
-    pub model: String,
+/// What one step asks of a provider.
+#[derive(Debug, Clone, Copy)]
+pub struct Prompt<'a> {
+    /// The conversation so far, tool calls and results included.
+    pub messages: &'a [ChatMessage],
+    /// OpenAI function definitions; empty: the request offers no tools.
+    pub tools: &'a [Value],
+    /// Ask for Server-Sent Events and send [`Event::Delta`]s as text arrives.
+    pub stream: bool,
 }
 
 /// Why a provider gave no answer.
@@ -47,17 +54,17 @@ enum Attempt {
     Protocol(String),
 }
 
-/// Asks `plan` for a completion of `messages`, retrying what is worth retrying, until
+/// Asks `plan` for a completion of `prompt`, retrying what is worth retrying, until
 /// `deadline`.
 pub async fn complete(
     client: &reqwest::Client,
     plan: &ProviderPlan,
-    messages: &[ChatMessage],
+    prompt: Prompt<'_>,
     deadline: Instant,
     events: &UnboundedSender<Event>,
 ) -> Result<Completion, ProviderError> {
     let provider = plan.name.clone();
-    let mut messages = messages.to_vec();
+    let mut messages = prompt.messages.to_vec();
     let mut attempt = 0u32;
     let mut retries = 0u32;
     let mut trimmed = false;
@@ -73,7 +80,11 @@ pub async fn complete(
             attempt,
         });
         let budget = Duration::from_millis(plan.request_timeout_ms).min(deadline - now);
-        let failed = match send_once(client, plan, &messages, budget).await {
+        let attempt_prompt = Prompt {
+            messages: &messages,
+            ..prompt
+        };
+        let failed = match send_once(client, plan, attempt_prompt, budget, events).await {
             Ok(completion) => return Ok(completion),
             Err(failed) => failed,
         };
@@ -173,16 +184,11 @@ fn fail(failure: Failure) -> Result<Completion, ProviderError> {
 async fn send_once(
     client: &reqwest::Client,
     plan: &ProviderPlan,
-    messages: &[ChatMessage],
+    prompt: Prompt<'_>,
     budget: Duration,
+    events: &UnboundedSender<Event>,
 ) -> Result<Completion, Attempt> {
-    let body = json!({
-        "model": plan.model,
-        "messages": messages
-            .iter()
-            .map(|m| json!({"role": m.role.as_str(), "content": m.content}))
-            .collect::<Vec<_>>(),
-    });
+    let body = body::request_body(&plan.model, prompt.messages, prompt.tools, prompt.stream);
     let mut request = client
         .post(format!(
             "{}/chat/completions",
@@ -200,13 +206,17 @@ async fn send_once(
         .get(reqwest::header::RETRY_AFTER)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| retry::parse_retry_after(v, SystemTime::now()));
-    let text = response.text().await.map_err(|e| {
-        if e.is_timeout() {
-            Attempt::TimedOut(budget)
-        } else {
-            Attempt::Transport("the connection broke while reading the answer".into())
-        }
-    })?;
+    // Some servers ignore `stream` and answer with one JSON object: the content type
+    // decides how the body is read, not what was asked for.
+    let is_event_stream = response
+        .headers()
+        .get(reqwest::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim_start().starts_with("text/event-stream"));
+    if (200..300).contains(&status) && is_event_stream {
+        return read_stream(response, &plan.model, budget, events).await;
+    }
+    let text = response.text().await.map_err(|e| body_error(&e, budget))?;
     if !(200..300).contains(&status) {
         return Err(Attempt::Status {
             status,
@@ -215,7 +225,51 @@ async fn send_once(
             retry_after,
         });
     }
-    parse_completion(&text, &plan.model).map_err(Attempt::Protocol)
+    body::parse_completion(&text, &plan.model).map_err(Attempt::Protocol)
+}
+
+/// Reads an event stream to its end, sending each text piece as it arrives.
+async fn read_stream(
+    mut response: reqwest::Response,
+    asked_model: &str,
+    budget: Duration,
+    events: &UnboundedSender<Event>,
+) -> Result<Completion, Attempt> {
+    let mut decoder = sse::Decoder::default();
+    let mut assembler = sse::Assembler::new(asked_model);
+    let stream_error = |e: sse::StreamError| match e {
+        sse::StreamError::Unreadable(detail) => Attempt::Protocol(detail),
+        sse::StreamError::Broken(detail) => Attempt::Transport(detail),
+    };
+    loop {
+        let (datas, ended) = match response.chunk().await {
+            Ok(Some(chunk)) => (decoder.push(&chunk), false),
+            Ok(None) => (decoder.finish(), true),
+            Err(e) => return Err(body_error(&e, budget)),
+        };
+        for data in datas {
+            match assembler.event(&data).map_err(stream_error)? {
+                sse::Step::Text(piece) => {
+                    let _ = events.send(Event::Delta(piece));
+                }
+                sse::Step::Nothing => {}
+                sse::Step::Done => return assembler.finish(true).map_err(stream_error),
+            }
+        }
+        if ended {
+            return assembler.finish(false).map_err(stream_error);
+        }
+    }
+}
+
+/// A body that could not be read to its end: the attempt's own timeout, or a broken
+/// connection (worth retrying either way).
+fn body_error(error: &reqwest::Error, budget: Duration) -> Attempt {
+    if error.is_timeout() {
+        Attempt::TimedOut(budget)
+    } else {
+        Attempt::Transport("the connection broke while reading the answer".into())
+    }
 }
 
 fn transport(error: &reqwest::Error, budget: Duration) -> Attempt {
@@ -233,69 +287,31 @@ fn transport(error: &reqwest::Error, budget: Duration) -> Attempt {
     }
 }
 
-/// The text of `choices[0].message.content`, or why the body is not a usable answer.
-fn parse_completion(body: &str, asked_model: &str) -> Result<Completion, String> {
-    let value: Value = serde_json::from_str(body)
-        .map_err(|_| format!("the answer is not JSON: {}", shorten(body)))?;
-    let choice = value
-        .get("choices")
-        .and_then(Value::as_array)
-        .and_then(|c| c.first())
-        .ok_or("the answer has no choices")?;
-    let text = choice
-        .get("message")
-        .and_then(|m| m.get("content"))
-        .and_then(Value::as_str)
-        .ok_or("the answer's first choice has no text content")?;
-    let model = value
-        .get("model")
-        .and_then(Value::as_str)
-        .unwrap_or(asked_model)
-        .to_string();
-    Ok(Completion {
-        text: text.trim().to_string(),
-        model,
-    })
-}
-
-/// Drops the oldest half of the conversation between the system prompt and the new
-/// message, keeping both of those.
+/// Drops the oldest half of the history between the system prompt and the job's user
+/// message, keeping both and everything after that message (this job's tool calls and
+/// results). Tool results whose call was dropped go too: a provider refuses a `tool`
+/// message that answers no call.
 fn trim_history(messages: &mut Vec<ChatMessage>) {
     let system = messages
         .iter()
         .take_while(|m| m.role == Role::System)
         .count();
-    let middle = messages.len().saturating_sub(system + 1);
-    let drop = middle.div_ceil(2);
+    let current = messages
+        .iter()
+        .rposition(|m| m.role == Role::User)
+        .unwrap_or(messages.len().saturating_sub(1))
+        .max(system);
+    let middle = current - system;
+    let mut drop = middle.div_ceil(2);
+    while system + drop < current && messages[system + drop].role == Role::Tool {
+        drop += 1;
+    }
     messages.drain(system..system + drop);
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn completions_parse_and_bad_bodies_are_protocol_errors() {
-        let ok = r#"{"model":"m-2","choices":[{"message":{"role":"assistant","content":" hi "}}]}"#;
-        assert_eq!(
-            parse_completion(ok, "m").unwrap(),
-            Completion {
-                text: "hi".into(),
-                model: "m-2".into()
-            }
-        );
-        assert!(
-            parse_completion("<<nope>>", "m")
-                .unwrap_err()
-                .contains("not JSON")
-        );
-        assert!(
-            parse_completion(r#"{"choices":[]}"#, "m")
-                .unwrap_err()
-                .contains("no choices")
-        );
-        assert!(parse_completion(r#"{"choices":[{"message":{"content":null}}]}"#, "m").is_err());
-    }
 
     #[test]
     fn trimming_keeps_the_system_prompt_and_the_new_message() {
@@ -317,5 +333,29 @@ mod tests {
         let mut single = vec![ChatMessage::new(Role::User, "only")];
         trim_history(&mut single);
         assert_eq!(single.len(), 1);
+    }
+
+    #[test]
+    fn trimming_keeps_this_jobs_tool_turns_and_drops_orphaned_results() {
+        let mut call = ChatMessage::new(Role::Assistant, "");
+        call.tool_calls.push(hermes_protocol::ToolCall {
+            id: "c1".into(),
+            name: "t__x".into(),
+            arguments: "{}".into(),
+        });
+        let mut m = vec![
+            ChatMessage::new(Role::System, "s"),
+            ChatMessage::new(Role::User, "old question"),
+            call.clone(),
+            ChatMessage::tool_result("c1", "old result"),
+            ChatMessage::tool_result("c1", "old result 2"),
+            ChatMessage::new(Role::Assistant, "old answer"),
+            ChatMessage::new(Role::User, "new"),
+            call,
+            ChatMessage::tool_result("c1", "new result"),
+        ];
+        trim_history(&mut m);
+        let contents: Vec<&str> = m.iter().map(|m| m.content.as_str()).collect();
+        assert_eq!(contents, ["s", "old answer", "new", "", "new result"]);
     }
 }

@@ -1,0 +1,169 @@
+//! A small MCP tool server (stdio, the official SDK's server side) for the tool tests:
+//! `add {a, b}` answers the sum, `sleep {secs}` answers after that long (a tool that
+//! hangs), `env {}` answers its whole environment as `NAME=value` lines (what a tool can
+//! see). Its tool list comes in two pages, so clients must follow the cursor.
+//!
+//! Faults on request: `--crash-at-start` exits before answering anything,
+//! `--crash-on-call TOOL` exits abruptly when TOOL is called, `--pid-file PATH` writes its
+//! pid at start so a test can tell whether the process is still there.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rmcp::model::{
+    CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, Implementation,
+    InitializeResult, JsonObject, ListToolsResult, PaginatedRequestParams, ServerCapabilities,
+    ServerConfig, Tool,
+};
+use rmcp::service::{RequestContext, RoleServer};
+use rmcp::{ErrorData, ServerHandler, ServiceExt};
+use serde_json::{Value, json};
+
+#[derive(Clone)]
+struct Calc {
+    crash_on_call: Option<String>,
+}
+
+fn schema(value: Value) -> Arc<JsonObject> {
+    Arc::new(value.as_object().cloned().unwrap_or_default())
+}
+
+fn tools() -> Vec<Tool> {
+    vec![
+        Tool::new(
+            "add",
+            "Adds two numbers and answers the sum.",
+            schema(json!({
+                "type": "object",
+                "properties": {"a": {"type": "number"}, "b": {"type": "number"}},
+                "required": ["a", "b"],
+            })),
+        ),
+        Tool::new(
+            "sleep",
+            "Waits this many seconds, then answers.",
+            schema(json!({
+                "type": "object",
+                "properties": {"secs": {"type": "number"}},
+                "required": ["secs"],
+            })),
+        ),
+        Tool::new(
+            "env",
+            "Answers this process's environment, one NAME=value per line.",
+            schema(json!({"type": "object", "properties": {}})),
+        ),
+    ]
+}
+
+fn number(arguments: &JsonObject, name: &str) -> Result<f64, ErrorData> {
+    arguments
+        .get(name)
+        .and_then(Value::as_f64)
+        .ok_or_else(|| ErrorData::invalid_params(format!("{name} must be a number"), None))
+}
+
+impl ServerHandler for Calc {
+    fn get_info(&self) -> ServerConfig {
+        let mut info = InitializeResult::new(ServerCapabilities::builder().enable_tools().build());
+        info.server_info = Implementation::new("hermes-test-mcp-server", "0.1.0");
+        info
+    }
+
+    async fn list_tools(
+        &self,
+        request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ListToolsResult, ErrorData> {
+        let all = tools();
+        let second_page = request.and_then(|r| r.cursor).as_deref() == Some("page-2");
+        if second_page {
+            Ok(ListToolsResult::with_all_items(all[2..].to_vec()))
+        } else {
+            let mut first = ListToolsResult::with_all_items(all[..2].to_vec());
+            first.next_cursor = Some("page-2".into());
+            Ok(first)
+        }
+    }
+
+    async fn call_tool(
+        &self,
+        request: CallToolRequestParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, ErrorData> {
+        if self.crash_on_call.as_deref() == Some(&*request.name) {
+            eprintln!(
+                "mcp-server: crashing on a call to {} as asked",
+                request.name
+            );
+            std::process::exit(70);
+        }
+        let arguments = request.arguments.unwrap_or_default();
+        let text = match &*request.name {
+            "add" => {
+                let sum = number(&arguments, "a")? + number(&arguments, "b")?;
+                if sum.fract() == 0.0 && sum.abs() < 1e15 {
+                    format!("{}", sum as i64)
+                } else {
+                    format!("{sum}")
+                }
+            }
+            "sleep" => {
+                let secs = number(&arguments, "secs")?;
+                tokio::time::sleep(Duration::from_secs_f64(secs.clamp(0.0, 3600.0))).await;
+                format!("slept {secs} s")
+            }
+            "env" => std::env::vars()
+                .map(|(name, value)| format!("{name}={value}"))
+                .collect::<Vec<_>>()
+                .join("\n"),
+            other => {
+                return Err(ErrorData::invalid_params(
+                    format!("no tool named {other}"),
+                    None,
+                ));
+            }
+        };
+        Ok(CallToolResult::success(vec![ContentBlock::text(text)]).into())
+    }
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() {
+    let mut crash_on_call = None;
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--crash-at-start" => {
+                eprintln!("mcp-server: crashing at start as asked");
+                std::process::exit(69);
+            }
+            "--crash-on-call" => crash_on_call = args.next(),
+            "--pid-file" => {
+                let Some(path) = args.next() else {
+                    eprintln!("mcp-server: --pid-file needs a path");
+                    std::process::exit(2);
+                };
+                if let Err(e) = std::fs::write(&path, std::process::id().to_string()) {
+                    eprintln!("mcp-server: cannot write {path}: {e}");
+                    std::process::exit(2);
+                }
+            }
+            other => {
+                eprintln!("mcp-server: unknown argument {other}");
+                std::process::exit(2);
+            }
+        }
+    }
+    let server = match (Calc { crash_on_call })
+        .serve(rmcp::transport::stdio())
+        .await
+    {
+        Ok(server) => server,
+        Err(e) => {
+            eprintln!("mcp-server: initialization failed: {e}");
+            std::process::exit(1);
+        }
+    };
+    let _ = server.waiting().await;
+}

@@ -1,0 +1,515 @@
+//! Tools through the real binaries: `hermes-gateway` with `[[tools.mcp]]` entries, its
+//! `hermes-worker`s starting MCP servers (the tests crate's `mcp-server`, and a reference
+//! server from PyPI where installed), and the fake provider scripted to call them.
+//!
+//! Each test is a way a tool can go wrong, and each checks what the issue promises: the
+//! model gets a result it can act on, the chat gets one reply, the gateway is the same
+//! process, and no tool process outlives the worker it belongs to.
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use hermes_protocol::config::WorkerMode;
+use hermes_tests::fake_provider::{ProviderReply, ProviderRequest};
+use hermes_tests::fake_telegram::TOKEN;
+use hermes_tests::harness::{
+    GatewayOptions, PATIENCE, Rig, USER, cargo_build, eventually, target_profile_dir,
+};
+use hermes_tests::procs;
+use serde_json::{Value, json};
+
+hermes_tests::both_modes!(
+    tool_result_reaches_the_model_and_the_answer_the_chat,
+    tool_slower_than_its_timeout_is_an_error_result_for_the_model,
+    tool_past_the_job_deadline_ends_the_workers_whole_group,
+    tool_server_crashing_at_start_leaves_the_job_without_its_tools,
+    tool_server_crashing_mid_call_is_an_error_result,
+    unknown_tool_name_is_an_error_result,
+    invalid_json_arguments_are_an_error_result,
+    several_calls_in_one_answer_run_concurrently,
+    tools_see_none_of_the_services_secrets,
+);
+
+/// The tests crate's MCP server, built once per test binary.
+fn mcp_server() -> &'static Path {
+    static BINARY: OnceLock<PathBuf> = OnceLock::new();
+    BINARY.get_or_init(|| {
+        cargo_build(&["-p", "hermes-tests", "--bin", "mcp-server"]);
+        let path = target_profile_dir().join("mcp-server");
+        assert!(path.is_file(), "{} missing", path.display());
+        path
+    })
+}
+
+/// A `[[tools.mcp]]` table. JSON string syntax is valid TOML basic-string syntax.
+fn tool_entry(
+    name: &str,
+    command: &Path,
+    args: &[String],
+    timeout_secs: u64,
+    env: &[&str],
+) -> String {
+    let quote = |s: &str| serde_json::to_string(s).unwrap_or_default();
+    let list = |items: Vec<String>| format!("[{}]", items.join(", "));
+    format!(
+        "\n[[tools.mcp]]\nname = {}\ncommand = {}\nargs = {}\ntimeout_secs = {timeout_secs}\nenv = {}\n",
+        quote(name),
+        quote(&command.display().to_string()),
+        list(args.iter().map(|a| quote(a)).collect()),
+        list(env.iter().map(|e| quote(e)).collect()),
+    )
+}
+
+/// The test server as `calc`, writing its pid to `pid_file`, with `extra` arguments.
+fn calc(pid_file: &Path, extra: &[&str], timeout_secs: u64) -> String {
+    let mut args = vec!["--pid-file".to_string(), pid_file.display().to_string()];
+    args.extend(extra.iter().map(|a| a.to_string()));
+    tool_entry("calc", mcp_server(), &args, timeout_secs, &[])
+}
+
+/// A gateway whose replies are one `sendMessage` each, with `tools` configured.
+async fn rig(mode: WorkerMode, tools: String, customize: impl FnOnce(&mut GatewayOptions)) -> Rig {
+    Rig::start(mode, |o| {
+        o.telegram_toml = "streaming = false".into();
+        o.extra_toml = tools;
+        customize(o);
+    })
+    .await
+}
+
+/// A chat completion whose answer is `calls`: `(id, function name, arguments text)`.
+fn tool_calls(calls: &[(&str, &str, &str)]) -> ProviderReply {
+    let calls: Vec<Value> = calls
+        .iter()
+        .map(|(id, name, arguments)| {
+            json!({"id": id, "type": "function",
+                   "function": {"name": name, "arguments": arguments}})
+        })
+        .collect();
+    ProviderReply::Json(json!({
+        "id": "chatcmpl-tools", "object": "chat.completion", "created": 0, "model": "fake-model",
+        "choices": [{"index": 0, "finish_reason": "tool_calls",
+                     "message": {"role": "assistant", "content": null, "tool_calls": calls}}],
+    }))
+}
+
+fn tool_call(name: &str, arguments: &str) -> ProviderReply {
+    tool_calls(&[("call_1", name, arguments)])
+}
+
+/// The `tool` messages of a request, as (tool_call_id, content).
+fn tool_messages(request: &ProviderRequest) -> Vec<(String, String)> {
+    request.body["messages"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|m| m["role"] == "tool")
+        .map(|m| {
+            (
+                m["tool_call_id"].as_str().unwrap_or_default().to_string(),
+                m["content"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect()
+}
+
+/// The only tool result of the provider's `n`th request (0-based).
+fn only_tool_result(rig: &Rig, n: usize) -> String {
+    let requests = rig.provider.requests();
+    let request = requests
+        .get(n)
+        .unwrap_or_else(|| panic!("no request {n}: {requests:#?}\n{}", rig.gateway.log()));
+    let results = tool_messages(request);
+    assert_eq!(results.len(), 1, "{:#?}", request.body);
+    assert_eq!(results[0].0, "call_1");
+    results[0].1.clone()
+}
+
+fn offered_functions(request: &ProviderRequest) -> Vec<String> {
+    request.body["tools"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|t| t["function"]["name"].as_str().map(str::to_string))
+        .collect()
+}
+
+/// The pid the server wrote, waiting for it to start.
+async fn server_pid(pid_file: &Path) -> i32 {
+    let mut pid = None;
+    let found = eventually(PATIENCE, || {
+        pid = std::fs::read_to_string(pid_file)
+            .ok()
+            .and_then(|s| s.trim().parse::<i32>().ok());
+        pid.is_some()
+    })
+    .await;
+    assert!(found, "the MCP server never wrote {}", pid_file.display());
+    pid.unwrap_or_default()
+}
+
+fn alive(pid: i32) -> bool {
+    procs::info(pid).is_some_and(|p| !p.is_zombie())
+}
+
+async fn assert_gone(pid: i32, what: &str) {
+    assert!(
+        eventually(Duration::from_secs(10), || !alive(pid)).await,
+        "{what} (pid {pid}) is still running: {:?}",
+        procs::info(pid)
+    );
+}
+
+/// The chat got exactly `n` messages so far.
+fn assert_replies(rig: &Rig, n: usize) {
+    let sent = rig.telegram.sent_to(USER);
+    assert_eq!(sent.len(), n, "{sent:#?}\n{}", rig.gateway.log());
+}
+
+/// Acceptance 1: the model calls `add`, its result comes back to the model as a `tool`
+/// message, and the chat gets the answer. The server runs in its worker's process group,
+/// kept for the next job in pool mode, ended with the worker in per-request mode (the
+/// deadline test checks the group while the worker still runs, in both modes).
+async fn tool_result_reaches_the_model_and_the_answer_the_chat(mode: WorkerMode) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pid_file = dir.path().join("calc.pid");
+    let mut rig = rig(mode, calc(&pid_file, &[], 30), |o| o.pool_size = 1).await;
+    rig.provider
+        .push(tool_call("calc__add", r#"{"a": 2, "b": 3}"#));
+    rig.provider.push(ProviderReply::Text("2 + 3 = 5".into()));
+    let reply = rig.ask("what is 2 + 3?").await;
+    assert_eq!(reply.text, "2 + 3 = 5", "{}", rig.gateway.log());
+    assert_replies(&rig, 1);
+
+    let requests = rig.provider.requests();
+    assert_eq!(requests.len(), 2);
+    let mut offered = offered_functions(&requests[0]);
+    offered.sort();
+    // `env` is on the server's second page of tools.
+    assert_eq!(offered, ["calc__add", "calc__env", "calc__sleep"]);
+    let add = requests[0].body["tools"]
+        .as_array()
+        .and_then(|t| t.iter().find(|t| t["function"]["name"] == "calc__add"))
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(add["type"], "function");
+    assert_eq!(add["function"]["parameters"]["required"], json!(["a", "b"]));
+    let messages = requests[1].body["messages"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let call = &messages[messages.len() - 2];
+    assert_eq!(call["role"], "assistant");
+    assert_eq!(call["tool_calls"][0]["id"], "call_1");
+    assert_eq!(call["tool_calls"][0]["function"]["name"], "calc__add");
+    assert_eq!(only_tool_result(&rig, 1), "5");
+
+    let server = server_pid(&pid_file).await;
+    match mode {
+        WorkerMode::Pool => {
+            let info = procs::info(server).expect("pool mode keeps the server running");
+            let worker = procs::info(info.ppid).expect("its parent is running");
+            assert_eq!(
+                worker.ppid, rig.pid,
+                "the server's parent is a worker of this gateway"
+            );
+            assert_eq!(worker.pgid, worker.pid, "the worker leads its own group");
+            assert_eq!(
+                info.pgid, worker.pgid,
+                "the server is in its worker's group"
+            );
+            let next = rig.ask("and now?").await;
+            assert_eq!(next.text, "echo: and now?");
+            assert!(alive(server), "pool mode keeps the server for the next job");
+            assert_eq!(server_pid(&pid_file).await, server, "not restarted");
+            assert_eq!(offered_functions(&rig.provider.requests()[2]).len(), 3);
+        }
+        WorkerMode::PerRequest => {
+            assert_gone(server, "the per-request worker's tool server").await;
+        }
+    }
+    rig.gateway.assert_running(rig.pid);
+}
+
+/// Acceptance 2: `sleep` takes longer than `timeout_secs`; the model is told so, the chat
+/// gets an answer, and the server (which may still be sleeping) is gone after the job.
+async fn tool_slower_than_its_timeout_is_an_error_result_for_the_model(mode: WorkerMode) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pid_file = dir.path().join("calc.pid");
+    let mut rig = rig(mode, calc(&pid_file, &[], 1), |_| {}).await;
+    rig.provider
+        .push(tool_call("calc__sleep", r#"{"secs": 60}"#));
+    rig.provider
+        .push(ProviderReply::Text("the tool was too slow, sorry".into()));
+    let started = Instant::now();
+    let reply = rig.ask("take a nap").await;
+    assert_eq!(
+        reply.text,
+        "the tool was too slow, sorry",
+        "{}",
+        rig.gateway.log()
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_replies(&rig, 1);
+    let result = only_tool_result(&rig, 1);
+    assert!(result.starts_with("error:"), "{result}");
+    assert!(result.contains("did not answer within 1 s"), "{result}");
+    let server = server_pid(&pid_file).await;
+    assert_gone(server, "the server with a timed-out call").await;
+    rig.assert_still_serving().await;
+}
+
+/// Acceptance 3: the tool hangs past the job's deadline. One "took too long" reply, the
+/// worker's whole process group (its MCP server included) killed, the gateway unchanged,
+/// the next message answered.
+async fn tool_past_the_job_deadline_ends_the_workers_whole_group(mode: WorkerMode) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pid_file = dir.path().join("calc.pid");
+    let mut rig = rig(mode, calc(&pid_file, &[], 60), |o| o.job_timeout_secs = 3).await;
+    rig.provider
+        .push(tool_call("calc__sleep", r#"{"secs": 600}"#));
+    rig.telegram.send_text(USER, USER, "sleep forever");
+    let server = server_pid(&pid_file).await;
+    let group = procs::info(server).expect("the server is running").pgid;
+    assert!(
+        procs::info(group).is_some_and(|w| w.ppid == rig.pid),
+        "the server's group is led by a worker of this gateway"
+    );
+    let sent = rig.telegram.wait_for_chat_messages(USER, 1, PATIENCE).await;
+    let reply = sent
+        .first()
+        .unwrap_or_else(|| panic!("no reply\n{}", rig.gateway.log()));
+    assert!(reply.text.contains("took too long"), "{}", reply.text);
+    assert!(
+        eventually(Duration::from_secs(10), || procs::live_group_members(group)
+            .is_empty())
+        .await,
+        "left of the worker's group: {:?}",
+        procs::live_group_members(group)
+    );
+    assert!(!alive(server));
+    assert_replies(&rig, 1);
+    rig.assert_still_serving().await;
+    assert_replies(&rig, 2);
+}
+
+/// Acceptance 4: a server that dies at start costs its tools, not the answer.
+async fn tool_server_crashing_at_start_leaves_the_job_without_its_tools(mode: WorkerMode) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pid_file = dir.path().join("calc.pid");
+    let mut rig = rig(mode, calc(&pid_file, &["--crash-at-start"], 30), |_| {}).await;
+    let reply = rig.ask("hello").await;
+    assert_eq!(reply.text, "echo: hello", "{}", rig.gateway.log());
+    assert_replies(&rig, 1);
+    let requests = rig.provider.requests();
+    assert!(
+        requests[0].body.get("tools").is_none(),
+        "{:#?}",
+        requests[0].body
+    );
+    rig.assert_logged("tool server unavailable");
+    rig.assert_still_serving().await;
+}
+
+/// Acceptance 4: a server that dies in the middle of a call: the model is told the tool is
+/// unavailable, the chat gets an answer, and the next job starts the server again.
+async fn tool_server_crashing_mid_call_is_an_error_result(mode: WorkerMode) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pid_file = dir.path().join("calc.pid");
+    let mut rig = rig(
+        mode,
+        calc(&pid_file, &["--crash-on-call", "add"], 30),
+        |o| o.pool_size = 1,
+    )
+    .await;
+    rig.provider
+        .push(tool_call("calc__add", r#"{"a": 1, "b": 1}"#));
+    rig.provider
+        .push(ProviderReply::Text("the calculator broke".into()));
+    let reply = rig.ask("1 + 1?").await;
+    assert_eq!(reply.text, "the calculator broke", "{}", rig.gateway.log());
+    assert_replies(&rig, 1);
+    let result = only_tool_result(&rig, 1);
+    assert!(result.contains("\"calc\" is not available"), "{result}");
+    rig.assert_still_serving().await;
+    let requests = rig.provider.requests();
+    assert_eq!(
+        offered_functions(&requests[2]).len(),
+        3,
+        "the next job has the server again"
+    );
+}
+
+/// Acceptance 4: the model names a tool that does not exist.
+async fn unknown_tool_name_is_an_error_result(mode: WorkerMode) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut rig = rig(mode, calc(&dir.path().join("calc.pid"), &[], 30), |_| {}).await;
+    rig.provider
+        .push(tool_call("calc__divide", r#"{"a": 1, "b": 0}"#));
+    rig.provider
+        .push(ProviderReply::Text("I cannot divide".into()));
+    let reply = rig.ask("1 / 0?").await;
+    assert_eq!(reply.text, "I cannot divide", "{}", rig.gateway.log());
+    assert_replies(&rig, 1);
+    let result = only_tool_result(&rig, 1);
+    assert!(
+        result.contains("no tool named \"calc__divide\""),
+        "{result}"
+    );
+    assert!(
+        result.contains("calc__add"),
+        "it lists what exists: {result}"
+    );
+    rig.assert_still_serving().await;
+}
+
+/// Acceptance 4: the model's arguments are not JSON.
+async fn invalid_json_arguments_are_an_error_result(mode: WorkerMode) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut rig = rig(mode, calc(&dir.path().join("calc.pid"), &[], 30), |_| {}).await;
+    rig.provider
+        .push(tool_call("calc__add", r#"{"a": 2, "b":"#));
+    rig.provider.push(ProviderReply::Text("oops".into()));
+    let reply = rig.ask("2 + ?").await;
+    assert_eq!(reply.text, "oops", "{}", rig.gateway.log());
+    assert_replies(&rig, 1);
+    let result = only_tool_result(&rig, 1);
+    assert!(result.contains("not valid JSON"), "{result}");
+    rig.assert_still_serving().await;
+}
+
+/// Several calls in one answer run at the same time, and their results come back in the
+/// order of the calls.
+async fn several_calls_in_one_answer_run_concurrently(mode: WorkerMode) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut rig = rig(mode, calc(&dir.path().join("calc.pid"), &[], 30), |_| {}).await;
+    rig.provider.push(tool_calls(&[
+        ("call_a", "calc__sleep", r#"{"secs": 2}"#),
+        ("call_b", "calc__sleep", r#"{"secs": 2}"#),
+        ("call_c", "calc__add", r#"{"a": 40, "b": 2}"#),
+    ]));
+    rig.provider.push(ProviderReply::Text("done".into()));
+    let reply = rig.ask("do three things").await;
+    assert_eq!(reply.text, "done", "{}", rig.gateway.log());
+    let requests = rig.provider.requests();
+    let gap = requests[1].at.duration_since(requests[0].at);
+    assert!(gap >= Duration::from_secs(2), "{gap:?}");
+    assert!(
+        gap < Duration::from_millis(3900),
+        "the sleeps ran one after the other: {gap:?}"
+    );
+    assert_eq!(
+        tool_messages(&requests[1]),
+        [
+            ("call_a".to_string(), "slept 2 s".to_string()),
+            ("call_b".to_string(), "slept 2 s".to_string()),
+            ("call_c".to_string(), "42".to_string()),
+        ]
+    );
+    rig.assert_still_serving().await;
+}
+
+/// Acceptance 5: a tool's environment holds none of the service's secrets or service-manager
+/// addresses, only the basics and what its entry names.
+async fn tools_see_none_of_the_services_secrets(mode: WorkerMode) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let args = vec![
+        "--pid-file".to_string(),
+        dir.path().join("calc.pid").display().to_string(),
+    ];
+    let tools = tool_entry("calc", mcp_server(), &args, 30, &["HERMES_TEST_PASSED"]);
+    let notify = dir.path().join("notify.sock").display().to_string();
+    let mut rig = rig(mode, tools, |o| {
+        o.env = vec![
+            ("NOTIFY_SOCKET".into(), notify),
+            (
+                "DBUS_SESSION_BUS_ADDRESS".into(),
+                "unix:path=/nonexistent/bus".into(),
+            ),
+            ("XDG_RUNTIME_DIR".into(), "/nonexistent/xdg".into()),
+            ("HERMES_TEST_PASSED".into(), "passed-through".into()),
+        ]
+    })
+    .await;
+    rig.provider.push(tool_call("calc__env", "{}"));
+    rig.provider.push(ProviderReply::Text("seen".into()));
+    assert_eq!(rig.ask("what do you see?").await.text, "seen");
+    let env = only_tool_result(&rig, 1);
+    assert!(env.contains("HERMES_TEST_PASSED=passed-through"), "{env}");
+    assert!(env.lines().any(|l| l.starts_with("PATH=")), "{env}");
+    for secret in [
+        "NOTIFY_SOCKET",
+        "DBUS_SESSION_BUS_ADDRESS",
+        "XDG_RUNTIME_DIR",
+        "HERMES_WORKER_TOKEN",
+        "HERMES_WORKER_SOCKET",
+        "HERMES_TEST_TELEGRAM_TOKEN",
+        TOKEN,
+        "HERMES_TEST_PROVIDER_KEY",
+        "sk-test-key",
+    ] {
+        assert!(!env.contains(secret), "a tool sees {secret}:\n{env}");
+    }
+    rig.assert_still_serving().await;
+}
+
+/// The Python interpreter that has the reference time server installed, if any.
+fn python_with_time_server() -> Result<String, String> {
+    let output = std::process::Command::new("python3")
+        .args(["-c", "import sys, mcp_server_time; print(sys.executable)"])
+        .output()
+        .map_err(|e| format!("python3 cannot be run: {e}"))?;
+    if !output.status.success() {
+        return Err(format!(
+            "mcp-server-time is not installed (.ci/run installs it with pip): {}",
+            String::from_utf8_lossy(&output.stderr).trim()
+        ));
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).trim().to_string())
+}
+
+/// Acceptance 6: a third-party server, the reference `mcp-server-time` from PyPI,
+/// answers a call end to end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reference_time_server_from_pypi_answers_a_call() {
+    let python = match python_with_time_server() {
+        Ok(python) => python,
+        Err(reason) => {
+            eprintln!("skipped: {reason}");
+            return;
+        }
+    };
+    let args = ["-m".to_string(), "mcp_server_time".to_string()];
+    let tools = tool_entry("time", Path::new(&python), &args, 30, &[]);
+    let mut rig = rig(WorkerMode::Pool, tools, |_| {}).await;
+    rig.provider.push(tool_call(
+        "time__get_current_time",
+        r#"{"timezone": "Etc/UTC"}"#,
+    ));
+    rig.provider.push(ProviderReply::Text("it is now".into()));
+    let reply = rig.ask("what time is it in UTC?").await;
+    assert_eq!(reply.text, "it is now", "{}", rig.gateway.log());
+    let offered = offered_functions(&rig.provider.requests()[0]);
+    assert!(
+        offered.contains(&"time__get_current_time".to_string()),
+        "{offered:?}"
+    );
+    assert!(
+        offered.contains(&"time__convert_time".to_string()),
+        "{offered:?}"
+    );
+    let result = only_tool_result(&rig, 1);
+    let value: Value = serde_json::from_str(&result)
+        .unwrap_or_else(|e| panic!("not the server's JSON ({e}): {result}"));
+    assert_eq!(value["timezone"], "Etc/UTC", "{result}");
+    assert!(
+        value["datetime"].as_str().is_some_and(|d| d.contains('T')),
+        "{result}"
+    );
+    rig.assert_still_serving().await;
+}
