@@ -20,6 +20,8 @@ use super::split::{MESSAGE_LIMIT, utf16_len};
 const FIRST_SENTENCE_CHARS: usize = 60;
 /// …or this many characters, sentence or not.
 const FIRST_SHOW_CHARS: usize = 200;
+/// Longest flood-control pause honoured between edits.
+const MAX_PAUSE: Duration = Duration::from_secs(120);
 /// Room kept in a preview for the status line and the ellipsis.
 const PREVIEW_LIMIT: usize = MESSAGE_LIMIT - 200;
 
@@ -157,7 +159,7 @@ impl LiveReply {
                         chat = self.chat,
                         "edits paused for {wait:?} (flood control)"
                     );
-                    self.paused_until = Some(Instant::now() + wait);
+                    self.paused_until = Some(Instant::now() + wait.min(MAX_PAUSE));
                 }
                 Edit::Failed => self.stuck = true,
             },
@@ -178,6 +180,16 @@ impl LiveReply {
     async fn finish(self, pieces: Vec<Piece>) -> Delivery {
         let mut rest = pieces.as_slice();
         if let (Some(id), Some((first, others))) = (self.message, pieces.split_first()) {
+            // The last edit keeps the spacing too (and a flood-control pause): the reader
+            // already sees nearly all of it, and an early edit would only earn a 429.
+            let mut at = Instant::now();
+            if let Some(last) = self.last_edit {
+                at = at.max(last + self.interval);
+            }
+            if let Some(until) = self.paused_until {
+                at = at.max(until);
+            }
+            tokio::time::sleep_until(at.into()).await;
             if self.sender.replace_with(self.chat, id, first).await == Delivery::Dropped {
                 return Delivery::Dropped;
             }
