@@ -152,6 +152,38 @@ async fn a_server_dying_mid_call_is_an_error_result_and_is_restarted() {
     toolbox.shutdown().await;
 }
 
+/// Pool mode: a server that died between jobs is noticed and started again.
+#[tokio::test]
+async fn a_server_that_died_while_idle_is_restarted_by_the_next_job() {
+    let dir = tempfile::tempdir().unwrap();
+    let pid_file = dir.path().join("calc.pid");
+    let spec = calc(&pid_file, &[], 5000);
+    let mut toolbox = Toolbox::default();
+    toolbox.prepare(std::slice::from_ref(&spec), soon()).await;
+    let server = pid(&pid_file);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(server),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    assert!(eventually(Duration::from_secs(5), || !alive(server)).await);
+    // The SDK notices the closed pipe on its own task; give it the chance.
+    let noticed = Instant::now() + Duration::from_secs(5);
+    loop {
+        toolbox.prepare(std::slice::from_ref(&spec), soon()).await;
+        if pid(&pid_file) != server || Instant::now() > noticed {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_ne!(pid(&pid_file), server);
+    assert_eq!(
+        call_one(&toolbox, call("calc__add", r#"{"a":2,"b":2}"#), soon()).await,
+        Ok("4".into())
+    );
+    toolbox.shutdown().await;
+}
+
 #[tokio::test]
 async fn refused_calls_and_tool_errors_are_results() {
     let dir = tempfile::tempdir().unwrap();
