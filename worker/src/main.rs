@@ -111,9 +111,19 @@ fn main() {
 }
 
 /// Under the gateway, stderr is copied into the gateway's log, which stamps the time.
+/// The MCP SDK logs every session and notification at `info`; it is held to warnings
+/// unless `HERMES_LOG` names it.
 fn init_logging(under_gateway: bool) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("HERMES_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let spec = std::env::var("HERMES_LOG").unwrap_or_default();
+    let mut filter = tracing_subscriber::EnvFilter::try_new(&spec)
+        .ok()
+        .filter(|_| !spec.trim().is_empty())
+        .unwrap_or_else(|| tracing_subscriber::EnvFilter::new("info"));
+    if !spec.contains("rmcp")
+        && let Ok(quiet) = "rmcp=warn".parse()
+    {
+        filter = filter.add_directive(quiet);
+    }
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

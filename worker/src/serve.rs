@@ -232,3 +232,66 @@ fn raise_oom_score() {
         tracing::debug!("cannot raise oom_score_adj: {e}");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use hermes_protocol::Reply;
+
+    use super::*;
+
+    fn reply(results: usize, result_len: usize, answer_len: usize) -> Outcome {
+        let mut transcript = Vec::new();
+        for i in 0..results {
+            transcript.push(ChatMessage::tool_result(
+                format!("c{i}"),
+                "x".repeat(result_len),
+            ));
+        }
+        let text = "a".repeat(answer_len);
+        transcript.push(ChatMessage::new(Role::Assistant, text.clone()));
+        Outcome::Reply(Reply {
+            text,
+            provider: "p".into(),
+            model: "m".into(),
+            transcript,
+        })
+    }
+
+    fn transcript(message: &FromWorker) -> &[ChatMessage] {
+        match message {
+            FromWorker::Outcome {
+                outcome: Outcome::Reply(reply),
+                ..
+            } => &reply.transcript,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn outcomes_that_fit_are_sent_as_they_are() {
+        let outcome = reply(3, 1000, 10);
+        let message = fit(JobId(1), outcome.clone());
+        assert_eq!(
+            message,
+            FromWorker::Outcome {
+                job_id: JobId(1),
+                outcome
+            }
+        );
+    }
+
+    #[test]
+    fn oversized_transcripts_lose_tool_output_before_the_answer() {
+        // 20 results of 300 kB: over the 4 MiB frame cap.
+        let message = fit(JobId(1), reply(20, 300_000, 10));
+        assert!(encode(&message).is_ok());
+        let kept = transcript(&message);
+        assert_eq!(kept.len(), 21);
+        assert!(kept[0].content.ends_with("too long to keep]"));
+
+        // Too many results even when cut: only the answer is kept.
+        let message = fit(JobId(1), reply(20_000, 600, 10));
+        assert!(encode(&message).is_ok());
+        assert_eq!(transcript(&message).len(), 1);
+    }
+}

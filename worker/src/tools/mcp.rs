@@ -104,7 +104,11 @@ impl Server {
     pub fn is_stale(&self) -> bool {
         match &self.state {
             Err(_) => true,
-            Ok(running) => self.stale.load(Ordering::Relaxed) || running.service.is_closed(),
+            Ok(running) => {
+                self.stale.load(Ordering::Relaxed)
+                    || running.service.is_closed()
+                    || running.service.peer().is_transport_closed()
+            }
         }
     }
 

@@ -1,3 +1,6 @@
+//! Unit tests of the tool layer: function names, definitions, argument parsing, reading
+//! results, and servers that cannot start (missing, crashing, mute, speaking garbage).
+
 use std::time::{Duration, Instant};
 
 use hermes_protocol::{Role, Secret, ToolCall, ToolServer};
