@@ -214,8 +214,18 @@ pub enum ToWorker {
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub enum FromWorker {
-    Event { job_id: JobId, event: Event },
-    Outcome { job_id: JobId, outcome: Outcome },
+    Event {
+        job_id: JobId,
+        event: Event,
+    },
+    Outcome {
+        job_id: JobId,
+        outcome: Outcome,
+        /// Something of this job may still run in the worker's process group (a tool call
+        /// that outlived the deadline): the gateway ends the group before it replies, and
+        /// the worker gets no other job.
+        retire: bool,
+    },
 }
 
 /// Progress of a job, for logs, `hermes-worker ask` and the chat (streamed text, tool

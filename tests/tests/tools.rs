@@ -285,6 +285,9 @@ async fn tool_past_the_job_deadline_ends_the_workers_whole_group(mode: WorkerMod
         .first()
         .unwrap_or_else(|| panic!("no reply\n{}", rig.gateway.log()));
     assert!(reply.text.contains("took too long"), "{}", reply.text);
+    // The worker said so itself, so the gateway ended the group at the deadline rather
+    // than after its own margin.
+    rig.assert_logged("asks to be retired");
     assert!(
         eventually(Duration::from_secs(10), || procs::live_group_members(group)
             .is_empty())

@@ -152,31 +152,47 @@ async fn run_job(
     Ok(())
 }
 
-/// A tool call outlived the deadline: stay silent until the gateway's deadline kill ends
-/// this worker's whole group, the tool's processes included. Answering would make the
-/// worker look reusable, and it would go on with whatever the tool left running.
+/// A tool call outlived the deadline: answer, asking the gateway to retire this worker, so
+/// it ends the whole group (the tool's processes included) before the chat is told. This
+/// worker takes no further job either way; if the gateway does not end it, it leaves.
 async fn leave_to_the_gateway(
     conn: &mut BufReader<Stream>,
     job_id: JobId,
     outcome: Outcome,
 ) -> Result<(), i32> {
     tracing::warn!(
-        "a tool call outlived the deadline of {job_id}; leaving this worker and its process \
-         group for the gateway to end"
+        "a tool call outlived the deadline of {job_id}; asking the gateway to end this \
+         worker's process group"
     );
+    let FromWorker::Outcome { outcome, .. } = fit(job_id, outcome) else {
+        return Err(EXIT_FAILED);
+    };
+    send(
+        conn,
+        &FromWorker::Outcome {
+            job_id,
+            outcome,
+            retire: true,
+        },
+    )
+    .await?;
     tokio::select! {
-        _ = conn.fill_buf() => return Err(EXIT_OK),
-        _ = tokio::time::sleep(ABANDONED_GRACE) => {}
+        _ = conn.fill_buf() => Err(EXIT_OK),
+        _ = tokio::time::sleep(ABANDONED_GRACE) => {
+            tracing::error!("the gateway did not end this worker; exiting");
+            Err(EXIT_FAILED)
+        }
     }
-    tracing::error!("the gateway did not end this worker; answering and exiting");
-    send(conn, &FromWorker::Outcome { job_id, outcome }).await?;
-    Err(EXIT_FAILED)
 }
 
 /// The outcome as a frame the gateway accepts: a transcript too large for one frame
 /// (many long tool results) is shortened rather than lose the answer.
 fn fit(job_id: JobId, outcome: Outcome) -> FromWorker {
-    let message = FromWorker::Outcome { job_id, outcome };
+    let message = FromWorker::Outcome {
+        job_id,
+        outcome,
+        retire: false,
+    };
     if !matches!(encode(&message), Err(FrameError::Oversized { .. })) {
         return message;
     }
@@ -197,6 +213,7 @@ fn fit(job_id: JobId, outcome: Outcome) -> FromWorker {
     let message = FromWorker::Outcome {
         job_id,
         outcome: Outcome::Reply(reply),
+        retire: false,
     };
     if !matches!(encode(&message), Err(FrameError::Oversized { .. })) {
         return message;
@@ -212,6 +229,7 @@ fn fit(job_id: JobId, outcome: Outcome) -> FromWorker {
     FromWorker::Outcome {
         job_id,
         outcome: Outcome::Reply(reply),
+        retire: false,
     }
 }
 
@@ -275,7 +293,8 @@ mod tests {
             message,
             FromWorker::Outcome {
                 job_id: JobId(1),
-                outcome
+                outcome,
+                retire: false,
             }
         );
     }

@@ -164,8 +164,13 @@ impl Worker {
                             let _ = events.send(event);
                         }
                     }
-                    Ok(FromWorker::Outcome { job_id, outcome }) if job_id == job.id => {
-                        return JobRun { outcome, fate: Fate::Reusable };
+                    Ok(FromWorker::Outcome { job_id, outcome, retire }) if job_id == job.id => {
+                        if retire {
+                            tracing::info!(worker = self.pid, job = %job.id, "worker asks to be retired (a tool outlived the job); ending its process group");
+                            process::terminate(&mut self.child, kill_grace).await;
+                        }
+                        let fate = if retire { Fate::Ended } else { Fate::Reusable };
+                        return JobRun { outcome, fate };
                     }
                     Ok(FromWorker::Event { job_id, .. } | FromWorker::Outcome { job_id, .. }) => {
                         tracing::warn!(worker = self.pid, job = %job.id, "dropped a message for {job_id}, which is not the job in flight");

@@ -164,6 +164,7 @@ async fn act(stream: &mut Stream, job: Job) {
 fn reply(job_id: JobId, text: &str) -> FromWorker {
     FromWorker::Outcome {
         job_id,
+        retire: false,
         outcome: Outcome::Reply(Reply {
             text: text.into(),
             provider: "bad-worker".into(),
