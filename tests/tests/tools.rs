@@ -29,6 +29,8 @@ hermes_tests::both_modes!(
     invalid_json_arguments_are_an_error_result,
     several_calls_in_one_answer_run_concurrently,
     tools_see_none_of_the_services_secrets,
+    the_chat_shows_a_status_line_while_a_tool_runs,
+    a_follow_up_question_sees_the_earlier_tool_results,
 );
 
 /// The tests crate's MCP server, built once per test binary.
@@ -515,4 +517,82 @@ async fn reference_time_server_from_pypi_answers_a_call() {
         "{result}"
     );
     rig.assert_still_serving().await;
+}
+
+/// With streaming on, a tool that takes a while shows as a status line, and that same
+/// message becomes the answer.
+async fn the_chat_shows_a_status_line_while_a_tool_runs(mode: WorkerMode) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pid_file = dir.path().join("calc.pid");
+    let rig = rig(mode, calc(&pid_file, &[], 30), |o| {
+        o.telegram_toml = "streaming = true\nedit_interval_ms = 200".into();
+    })
+    .await;
+    rig.provider
+        .push(tool_call("calc__sleep", r#"{"secs": 2}"#));
+    rig.provider
+        .push(ProviderReply::Text("I slept **well**.".into()));
+    rig.telegram.send_text(USER, USER, "take a nap");
+    let status = rig
+        .telegram
+        .wait_for_sent(
+            |m| m.chat_id == USER && m.text.contains("using calc.sleep"),
+            PATIENCE,
+        )
+        .await
+        .unwrap_or_else(|| panic!("no status line\n{}", rig.gateway.log()));
+    assert_eq!(status.method, "sendMessage");
+    let answer = rig
+        .telegram
+        .wait_for_sent(
+            |m| m.chat_id == USER && m.text.contains("<b>well</b>"),
+            PATIENCE,
+        )
+        .await
+        .unwrap_or_else(|| panic!("no answer\n{:#?}", rig.telegram.sent_to(USER)));
+    assert_eq!(answer.method, "editMessageText");
+    assert_eq!(
+        answer.message_id, status.message_id,
+        "the status line became the answer"
+    );
+    assert!(!answer.text.contains("using"), "{}", answer.text);
+    let sends = rig.telegram.sent_to(USER);
+    assert_eq!(
+        sends.iter().filter(|m| m.method == "sendMessage").count(),
+        1,
+        "{sends:#?}"
+    );
+}
+
+/// The conversation keeps the tool call and its result: the next question is sent with
+/// them, in the order the provider needs (call, then result, then answer).
+async fn a_follow_up_question_sees_the_earlier_tool_results(mode: WorkerMode) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pid_file = dir.path().join("calc.pid");
+    let rig = rig(mode, calc(&pid_file, &[], 30), |_| {}).await;
+    rig.provider
+        .push(tool_call("calc__add", r#"{"a": 20, "b": 22}"#));
+    rig.provider.push(ProviderReply::Text("It is 42.".into()));
+    assert_eq!(rig.ask("add 20 and 22").await.text, "It is 42.");
+    assert_eq!(
+        rig.ask("and what was that again?").await.text,
+        "echo: and what was that again?"
+    );
+    let requests = rig.provider.requests();
+    let history = requests[2].body["messages"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let roles: Vec<&str> = history.iter().filter_map(|m| m["role"].as_str()).collect();
+    assert_eq!(
+        roles,
+        ["user", "assistant", "tool", "assistant", "user"],
+        "{history:#?}"
+    );
+    assert_eq!(history[1]["tool_calls"][0]["function"]["name"], "calc__add");
+    assert_eq!(history[2]["content"], "42");
+    assert_eq!(
+        history[2]["tool_call_id"],
+        history[1]["tool_calls"][0]["id"]
+    );
 }
