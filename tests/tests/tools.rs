@@ -31,6 +31,7 @@ hermes_tests::both_modes!(
     tools_see_none_of_the_services_secrets,
     the_chat_shows_a_status_line_while_a_tool_runs,
     a_follow_up_question_sees_the_earlier_tool_results,
+    a_model_that_keeps_calling_tools_is_stopped_after_max_steps,
 );
 
 /// The tests crate's MCP server, built once per test binary.
@@ -595,4 +596,24 @@ async fn a_follow_up_question_sees_the_earlier_tool_results(mode: WorkerMode) {
         history[2]["tool_call_id"],
         history[1]["tool_calls"][0]["id"]
     );
+}
+
+async fn a_model_that_keeps_calling_tools_is_stopped_after_max_steps(mode: WorkerMode) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pid_file = dir.path().join("calc.pid");
+    let tools = format!("{}\n[agent]\nmax_steps = 2\n", calc(&pid_file, &[], 30));
+    let mut rig = rig(mode, tools, |_| {}).await;
+    for _ in 0..2 {
+        rig.provider
+            .push(tool_call("calc__add", r#"{"a": 1, "b": 1}"#));
+    }
+    let reply = rig.ask("loop forever").await;
+    assert!(
+        reply.text.starts_with("I stopped after 2 steps"),
+        "{}",
+        reply.text
+    );
+    assert_eq!(rig.provider.request_count(), 2);
+    assert_replies(&rig, 1);
+    rig.assert_still_serving().await;
 }
