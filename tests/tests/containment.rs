@@ -325,7 +325,13 @@ async fn provider_json_without_choices_is_reported(mode: WorkerMode) {
 
 async fn provider_429_retry_after_http_date_is_honoured(mode: WorkerMode) {
     let mut rig = Rig::start(mode, |_| {}).await;
-    let at = SystemTime::now() + Duration::from_secs(2);
+    // A whole second at least 2 s ahead, so truncating to the date's resolution cannot
+    // bring it closer than the 1 s checked below, however late the request goes out.
+    let now_secs = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let at = SystemTime::UNIX_EPOCH + Duration::from_secs(now_secs + 3);
     rig.provider.push(ProviderReply::Status {
         status: 429,
         headers: vec![("Retry-After".into(), httpdate(at))],
@@ -335,8 +341,7 @@ async fn provider_429_retry_after_http_date_is_honoured(mode: WorkerMode) {
     assert_eq!(reply.text, "echo: patience");
     let requests = rig.provider.requests();
     assert_eq!(requests.len(), 2);
-    // HTTP dates have one-second resolution: the retry comes no earlier than the second
-    // the date names.
+    // The retry comes no earlier than the date names.
     let gap = requests[1].at.duration_since(requests[0].at);
     assert!(gap >= Duration::from_millis(1000), "retried after {gap:?}");
     rig.assert_still_serving().await;
