@@ -34,7 +34,7 @@ const CHAT_IDLE: Duration = Duration::from_secs(60);
 const TYPING_EVERY: Duration = Duration::from_secs(4);
 /// "typing…" starts only once a job has run this long: a reply that comes sooner makes
 /// the indicator invisible anyway, and skipping it saves a Bot API call per message
-/// (a third of the gateway's CPU per message in the throughput benchmark).
+/// (a sixth of the gateway's instructions per message in the throughput benchmark).
 const TYPING_AFTER: Duration = Duration::from_millis(300);
 
 /// What the chats need to build and run a job.
