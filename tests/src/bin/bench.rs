@@ -105,7 +105,8 @@ async fn main() -> ExitCode {
                 met: (pool_size == 8).then_some(t.rate >= 2000.0),
                 json: json!({"messages_per_s": t.rate, "messages": sizes.throughput, "pool_size": pool_size,
                              "cpu_s": {"gateway": t.gateway_s, "workers": t.workers_s, "bench_process": t.bench_s,
-                                       "wall": t.wall_s, "machine_busy_fraction": t.machine_busy}}),
+                                       "wall": t.wall_s, "machine_busy_fraction": t.machine_busy},
+                             "send_chat_action_calls": t.typing_calls}),
             });
         }
     }
@@ -299,6 +300,8 @@ struct Throughput {
     wall_s: f64,
     /// Share of the machine's CPU time that was busy (anything, other users included).
     machine_busy: f64,
+    /// "typing…" indicators sent during the run.
+    typing_calls: usize,
 }
 
 /// CPU time of the gateway, of its workers and of this process at one moment.
@@ -411,6 +414,7 @@ async fn throughput(pool_size: usize, n: usize) -> Throughput {
         bench_s: secs(cpu_after.bench.saturating_sub(cpu_before.bench)),
         wall_s: started.elapsed().as_secs_f64(),
         machine_busy: busy as f64 / total.max(1) as f64,
+        typing_calls: rig.telegram.calls("sendChatAction"),
     }
 }
 
