@@ -253,6 +253,12 @@ fn stats(mut samples: Vec<f64>) -> Stats {
     }
 }
 
+/// The `[telegram]` keys as shipped (streaming on): the harness turns streaming off for
+/// tests that want one message per reply, but the numbers must be the product's.
+fn product_defaults(options: &mut GatewayOptions) {
+    options.telegram_toml.clear();
+}
+
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
@@ -261,6 +267,7 @@ fn ms(d: Duration) -> f64 {
 /// `sendMessage`, one message at a time.
 async fn latency(mode: WorkerMode, baseline: Option<PathBuf>, n: usize) -> Stats {
     let rig = Rig::start(mode, |o| {
+        product_defaults(o);
         o.poll_timeout_secs = 30;
         if let Some(binary) = baseline {
             o.gateway_binary = Some(binary);
@@ -349,6 +356,7 @@ async fn throughput(pool_size: usize, n: usize) -> Throughput {
     let users: Vec<i64> = (0..100).map(|i| 70_000 + i).collect();
     let callgrind = callgrind_wrapper();
     let rig = Rig::start(WorkerMode::Pool, |o| {
+        product_defaults(o);
         o.pool_size = pool_size;
         o.allowed_users = users.clone();
         o.max_queued_per_chat = Some(n.min(1000));
@@ -453,7 +461,11 @@ fn callgrind_control(action: &str, pid: i32) {
 
 /// SIGKILL the pool's only worker, send a message: time until it is answered.
 async fn recovery(n: usize) -> Stats {
-    let rig = Rig::start(WorkerMode::Pool, |o| o.pool_size = 1).await;
+    let rig = Rig::start(WorkerMode::Pool, |o| {
+        product_defaults(o);
+        o.pool_size = 1;
+    })
+    .await;
     rig.ask("warm up").await;
     let mut samples = Vec::new();
     for i in 0..n {
@@ -488,6 +500,7 @@ struct Footprint {
 async fn footprint(n: usize) -> Footprint {
     let users: Vec<i64> = (0..10).map(|i| 80_000 + i).collect();
     let rig = Rig::start(WorkerMode::Pool, |o| {
+        product_defaults(o);
         o.allowed_users = users.clone();
         o.max_queued_per_chat = Some(n.min(1000));
         o.max_retries = 0;
@@ -557,6 +570,7 @@ async fn startup(n: usize) -> Startup {
         let telegram = hermes_tests::fake_telegram::FakeTelegram::start().await;
         let provider = hermes_tests::fake_provider::FakeProvider::start().await;
         let mut options = GatewayOptions::new(WorkerMode::Pool);
+        product_defaults(&mut options);
         options.providers = vec![provider.base_url()];
         options
             .env
