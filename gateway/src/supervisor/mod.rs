@@ -342,25 +342,29 @@ impl Slot {
                 (Fate::Reusable, Some(w)) if !worn_out => {
                     worker = Some(w);
                     self.health.worker_idle();
+                    let _ = assignment.done.send(run.outcome);
                 }
                 (Fate::Reusable, Some(w)) => {
+                    // A healthy worker retired for its age: nothing of the job runs any
+                    // more, so the user need not wait for it to leave.
+                    let _ = assignment.done.send(run.outcome);
                     w.stop(self.kill_grace).await;
                     self.health.worker_gone(false, false);
                 }
-                (Fate::Ended, Some(w)) => {
-                    w.discard(self.kill_grace).await;
-                    self.health.worker_gone(false, false);
+                (fate, w) => {
+                    if let Some(w) = w {
+                        w.discard(self.kill_grace).await;
+                        if fate == Fate::Broken {
+                            self.deaths.record(Instant::now());
+                        }
+                        self.health.worker_gone(false, fate == Fate::Broken);
+                    }
+                    // Reply only after the group of a worker that was ended or broke is
+                    // gone, so a user who sees the reply can rely on nothing of that job
+                    // still running.
+                    let _ = assignment.done.send(run.outcome);
                 }
-                (Fate::Broken, Some(w)) => {
-                    w.discard(self.kill_grace).await;
-                    self.deaths.record(Instant::now());
-                    self.health.worker_gone(false, true);
-                }
-                (_, None) => {}
             }
-            // Reply only after a broken worker's group is gone, so a user who sees the
-            // error can rely on nothing of that job still running.
-            let _ = assignment.done.send(run.outcome);
         }
         if let Some(w) = worker.take() {
             w.stop(self.kill_grace).await;

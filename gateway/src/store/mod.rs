@@ -11,8 +11,12 @@
 //! must not lose data to a downgrade); a file SQLite cannot read is moved aside and a fresh
 //! one started, with a loud log line saying what it held.
 
+mod checkpoint;
+
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+
+use checkpoint::Checkpointer;
 
 use hermes_protocol::{ChatMessage, Role, ToolCall};
 use rusqlite::{Connection, OptionalExtension, params};
@@ -99,6 +103,8 @@ pub struct Pending {
 pub struct Store {
     conn: Mutex<Connection>,
     path: PathBuf,
+    /// None when its thread could not start: SQLite then checkpoints on its own.
+    checkpointer: Option<Checkpointer>,
 }
 
 fn now() -> i64 {
@@ -176,14 +182,35 @@ impl Store {
             tx.commit().map_err(err)?;
             tracing::info!("state store migrated to schema {}", from + 1);
         }
+        let checkpointer = match Checkpointer::start(path) {
+            Ok(c) => {
+                conn.pragma_update(None, "wal_autocheckpoint", 0)
+                    .map_err(err)?;
+                Some(c)
+            }
+            Err(e) => {
+                tracing::warn!("no checkpoint thread ({e}); SQLite checkpoints inside commits");
+                None
+            }
+        };
         Ok(Store {
             conn: Mutex::new(conn),
             path: path.to_path_buf(),
+            checkpointer,
         })
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Connection> {
         self.conn.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Commits `tx` and counts the write for the checkpointer.
+    fn commit(&self, tx: rusqlite::Transaction) -> Result<(), StoreError> {
+        self.wrap(tx.commit())?;
+        if let Some(c) = &self.checkpointer {
+            c.wrote();
+        }
+        Ok(())
     }
 
     fn wrap<T>(&self, result: rusqlite::Result<T>) -> Result<T, StoreError> {
@@ -214,7 +241,7 @@ impl Store {
         }
         self.wrap(tx.prepare_cached("INSERT INTO telegram_offset (id, next_update_id) VALUES (1, ?1)
              ON CONFLICT (id) DO UPDATE SET next_update_id = max(next_update_id, excluded.next_update_id)").and_then(|mut st| st.execute(params![next_update_id])))?;
-        self.wrap(tx.commit())
+        self.commit(tx)
     }
 
     /// Updates stored but not answered, oldest first.
@@ -305,7 +332,7 @@ impl Store {
             tx.prepare_cached("UPDATE inbox SET done_at = ?2, reply = ?3 WHERE update_id = ?1")
                 .and_then(|mut st| st.execute(params![update_id, at, reply])),
         )?;
-        self.wrap(tx.commit())
+        self.commit(tx)
     }
 
     /// Starts a fresh conversation; the old one stays in the store, no longer sent.
@@ -553,6 +580,26 @@ mod tests {
                 .for_each(drop);
             assert_eq!(st.get_status(rusqlite::StatementStatus::RePrepare), 0);
         }
+    }
+
+    #[test]
+    fn checkpoints_happen_off_the_writer_and_empty_the_log_at_close() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let automatic: i64 = store
+            .lock()
+            .query_row("PRAGMA wal_autocheckpoint", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(automatic, 0, "commits must not checkpoint");
+        for i in 0..200 {
+            store.accept(&[pending(i, "x")], i + 1).unwrap();
+        }
+        let wal = dir.path().join("state.db-wal");
+        drop(store);
+        let left = std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);
+        assert_eq!(left, 0, "the last checkpoint truncates the log");
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.pending().unwrap().len(), 200);
     }
 
     #[test]
