@@ -848,6 +848,15 @@ model = "m"
         Config::parse(text, Path::new("hermes.toml"), Path::new("/etc/hermes"))
     }
 
+    /// The problems with `text`, as the lines an operator reads.
+    fn problem_lines(text: &str) -> Vec<String> {
+        parse(text)
+            .expect_err("the file should be refused")
+            .iter()
+            .map(|p| p.to_string())
+            .collect()
+    }
+
     #[test]
     fn minimal_file_gets_defaults() {
         let c = parse(MINIMAL).unwrap();
@@ -919,11 +928,7 @@ name = "a"
 model = "m"
 timeout = 3
 "#;
-        let lines: Vec<String> = parse(text)
-            .unwrap_err()
-            .iter()
-            .map(|p| p.to_string())
-            .collect();
+        let lines = problem_lines(text);
         assert!(
             lines
                 .iter()
@@ -956,11 +961,7 @@ timeout = 3
             "token_env = \"TG\"",
             "token_env = \"TG\"\ntoken_file = \"tok\"",
         );
-        let lines: Vec<String> = parse(&text)
-            .unwrap_err()
-            .iter()
-            .map(|p| p.to_string())
-            .collect();
+        let lines = problem_lines(&text);
         assert!(
             lines
                 .iter()
@@ -1025,11 +1026,7 @@ timeout = 3
             "{MINIMAL}\n[[tools.mcp]]\nname = \"time\"\ncommand = \"python3\"\nargs = [\"-m\", \"mcp_server_time\"]\n\n\
              [[tools.mcp]]\nname = \"time\"\ncommand = 3\n\n[[tools.mcp]]\nname = \"a.b\"\ncommand = \"x\"\ntimeout = 1\n"
         );
-        let lines: Vec<String> = parse(&text)
-            .unwrap_err()
-            .iter()
-            .map(|p| p.to_string())
-            .collect();
+        let lines = problem_lines(&text);
         for expected in [
             "tools.mcp[1].name: \"time\" is used by another entry",
             "tools.mcp[1].command:",
@@ -1066,11 +1063,7 @@ timeout = 3
             "token_env = \"TG\"",
             "token_env = \"TG\"\ngroup_mode = \"everyone\"\nedit_interval_ms = 5",
         );
-        let lines: Vec<String> = parse(&text)
-            .unwrap_err()
-            .iter()
-            .map(|p| p.to_string())
-            .collect();
+        let lines = problem_lines(&text);
         assert!(
             lines.iter().any(|l| l.contains("telegram.group_mode")),
             "{lines:#?}"
@@ -1094,11 +1087,7 @@ timeout = 3
     #[test]
     fn unknown_top_level_section_is_reported() {
         let text = format!("{MINIMAL}\n[telegrm]\nx = 1\n");
-        let lines: Vec<String> = parse(&text)
-            .unwrap_err()
-            .iter()
-            .map(|p| p.to_string())
-            .collect();
+        let lines = problem_lines(&text);
         assert!(
             lines.iter().any(|l| l.contains("telegrm: unknown key")),
             "{lines:#?}"

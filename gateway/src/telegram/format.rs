@@ -15,7 +15,7 @@ use std::ops::Range;
 
 use pulldown_cmark::{CodeBlockKind, Event, Options, Parser, Tag, TagEnd};
 
-use super::split::utf16_len;
+use super::split::{byte_index_at_utf16, utf16_len};
 
 /// One message's worth of a reply: Telegram HTML, and the same text without markup for
 /// when Telegram refuses the HTML.
@@ -210,19 +210,6 @@ fn cut(text: &str, limit: usize) -> Vec<Range<usize>> {
         start += at + skip;
     }
     ranges
-}
-
-/// The largest char boundary whose prefix is at most `units` UTF-16 code units long; a
-/// surrogate pair is one char, so it is never split.
-fn byte_index_at_utf16(s: &str, units: usize) -> usize {
-    let mut count = 0;
-    for (i, c) in s.char_indices() {
-        count += c.len_utf16();
-        if count > units {
-            return i;
-        }
-    }
-    s.len()
 }
 
 /// Lays out `markdown`; falls back to its source when it renders to nothing visible.

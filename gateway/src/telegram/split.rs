@@ -39,8 +39,9 @@ pub fn utf16_len(s: &str) -> usize {
     s.chars().map(char::len_utf16).sum()
 }
 
-/// The largest char boundary whose prefix is at most `units` UTF-16 code units long.
-fn byte_index_at_utf16(s: &str, units: usize) -> usize {
+/// The largest char boundary whose prefix is at most `units` UTF-16 code units long; a
+/// surrogate pair is one char, so it is never split.
+pub fn byte_index_at_utf16(s: &str, units: usize) -> usize {
     let mut count = 0;
     for (i, c) in s.char_indices() {
         count += c.len_utf16();
