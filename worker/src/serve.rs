@@ -19,8 +19,8 @@ use std::time::Duration;
 
 use hermes_protocol::frame::{FrameError, encode};
 use hermes_protocol::{
-    ChatMessage, FromWorker, Hello, Job, JobId, Outcome, PROTOCOL_VERSION, Role, Secret, ToWorker,
-    Welcome, read_frame, write_frame,
+    ChatMessage, FromWorker, Hello, Job, JobId, Outcome, PROTOCOL_VERSION, Reply, Role, Secret,
+    ToWorker, Welcome, read_frame, write_frame,
 };
 use interprocess::local_socket::tokio::{Stream, prelude::*};
 use interprocess::local_socket::{GenericFilePath, ToFsName};
@@ -186,22 +186,12 @@ async fn leave_to_the_gateway(
 }
 
 /// The outcome as a frame the gateway accepts: a transcript too large for one frame
-/// (many long tool results) is shortened rather than lose the answer.
+/// (many long tool results) is shortened rather than lose the answer: first each long
+/// tool result is cut, then, if that is not enough, only the answer is kept.
 fn fit(job_id: JobId, outcome: Outcome) -> FromWorker {
-    let message = FromWorker::Outcome {
-        job_id,
-        outcome,
-        retire: false,
-    };
-    if !matches!(encode(&message), Err(FrameError::Oversized { .. })) {
-        return message;
-    }
-    let FromWorker::Outcome {
-        outcome: Outcome::Reply(mut reply),
-        ..
-    } = message
-    else {
-        return message;
+    let mut reply = match check(job_id, outcome) {
+        Fit::Sendable(message) => return message,
+        Fit::TooBig(reply) => reply,
     };
     tracing::warn!("the transcript of {job_id} does not fit one frame; shortening tool results");
     for m in &mut reply.transcript {
@@ -210,25 +200,39 @@ fn fit(job_id: JobId, outcome: Outcome) -> FromWorker {
             m.content = format!("{head}\n[… cut: the result was too long to keep]");
         }
     }
-    let message = FromWorker::Outcome {
-        job_id,
-        outcome: Outcome::Reply(reply),
-        retire: false,
-    };
-    if !matches!(encode(&message), Err(FrameError::Oversized { .. })) {
-        return message;
-    }
-    let FromWorker::Outcome {
-        outcome: Outcome::Reply(mut reply),
-        ..
-    } = message
-    else {
-        return message;
+    let mut reply = match check(job_id, Outcome::Reply(reply)) {
+        Fit::Sendable(message) => return message,
+        Fit::TooBig(reply) => reply,
     };
     reply.transcript = vec![ChatMessage::new(Role::Assistant, reply.text.clone())];
+    outcome_frame(job_id, Outcome::Reply(reply))
+}
+
+enum Fit {
+    Sendable(FromWorker),
+    /// A reply whose frame would pass the size cap.
+    TooBig(Reply),
+}
+
+fn check(job_id: JobId, outcome: Outcome) -> Fit {
+    let message = outcome_frame(job_id, outcome);
+    if !matches!(encode(&message), Err(FrameError::Oversized { .. })) {
+        return Fit::Sendable(message);
+    }
+    match message {
+        FromWorker::Outcome {
+            outcome: Outcome::Reply(reply),
+            ..
+        } => Fit::TooBig(reply),
+        // Failures are a few short strings; one cannot reach the cap.
+        other => Fit::Sendable(other),
+    }
+}
+
+fn outcome_frame(job_id: JobId, outcome: Outcome) -> FromWorker {
     FromWorker::Outcome {
         job_id,
-        outcome: Outcome::Reply(reply),
+        outcome,
         retire: false,
     }
 }
@@ -253,7 +257,6 @@ fn raise_oom_score() {
 
 #[cfg(test)]
 mod tests {
-    use hermes_protocol::Reply;
 
     use super::*;
 
