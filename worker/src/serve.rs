@@ -257,7 +257,6 @@ fn raise_oom_score() {
 
 #[cfg(test)]
 mod tests {
-
     use super::*;
 
     fn reply(results: usize, result_len: usize, answer_len: usize) -> Outcome {
