@@ -35,6 +35,8 @@ hermes_tests::both_modes!(
     flood_control_on_an_edit_pauses_the_edits,
     a_stream_that_breaks_is_retried_and_the_preview_starts_over,
     with_streaming_off_the_answer_arrives_finished,
+    an_edit_telegram_cannot_parse_is_made_again_as_plain_text,
+    a_job_carries_the_system_prompt_and_the_last_turns,
 );
 
 /// Streaming on, with edits spaced `edit_interval_ms` apart.
@@ -675,4 +677,78 @@ async fn with_streaming_off_the_answer_arrives_finished(mode: WorkerMode) {
     assert_eq!(rig.telegram.sent_to(USER).len(), 1);
     let request = &rig.provider.requests()[0].body;
     assert_ne!(request["stream"], true, "{request}");
+}
+
+async fn an_edit_telegram_cannot_parse_is_made_again_as_plain_text(mode: WorkerMode) {
+    let rig = Rig::start(mode, streaming(200)).await;
+    rig.telegram
+        .fail_edit(hermes_tests::fake_telegram::SendFault::bad_entities());
+    rig.provider.push(ProviderReply::Stream {
+        pieces: sentences(12),
+        every: Duration::from_millis(100),
+    });
+    rig.telegram.send_text(USER, USER, "go");
+    let sent = until_finished(&rig, "<b>Sentence 12 ends it.</b>").await;
+    let failed = rig.telegram.failed_sends();
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    assert_eq!(failed[0].parse_mode.as_deref(), Some("HTML"));
+    let plain = sent
+        .iter()
+        .find(|m| m.method == "editMessageText" && m.parse_mode.is_none())
+        .unwrap_or_else(|| panic!("no plain edit: {sent:#?}"));
+    assert_eq!(plain.text, failed[0].text, "the same text, without markup");
+    assert_eq!(sent.iter().filter(|m| m.method == "sendMessage").count(), 1);
+}
+
+/// The job sends the system prompt first and only the last `max_history_messages` turns;
+/// each answer is stored with its time, provider and model.
+async fn a_job_carries_the_system_prompt_and_the_last_turns(mode: WorkerMode) {
+    let rig = Rig::start(mode, |o| {
+        o.extra_toml =
+            "\n[agent]\nsystem_prompt = \"Be brief.\"\nmax_history_messages = 2\n".into();
+    })
+    .await;
+    for text in ["one", "two", "three"] {
+        rig.ask(text).await;
+    }
+    let third = &rig.provider.requests()[2].body["messages"];
+    let sent: Vec<(&str, &str)> = third
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|m| Some((m["role"].as_str()?, m["content"].as_str()?)))
+        .collect();
+    assert_eq!(
+        sent,
+        [
+            ("system", "Be brief."),
+            ("user", "two"),
+            ("assistant", "echo: two"),
+            ("user", "three")
+        ]
+    );
+    let db = rig.gateway.dir.path().join("state/state.db");
+    let conn = rusqlite::Connection::open(db).expect("open state.db");
+    let turns = || -> Vec<(String, i64, Option<String>, Option<String>)> {
+        conn.prepare("SELECT role, at, provider, model FROM turns ORDER BY id")
+            .and_then(|mut s| {
+                s.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
+                    .collect()
+            })
+            .expect("read turns")
+    };
+    // The answer is stored right after it is sent.
+    assert!(
+        eventually(PATIENCE, || turns().len() == 6).await,
+        "{:?}",
+        turns()
+    );
+    let stored = turns();
+    for (role, at, provider, model) in &stored {
+        assert!(*at > 1_700_000_000, "{role} stored with its time");
+        if role == "assistant" {
+            assert_eq!(provider.as_deref(), Some("p0"));
+            assert_eq!(model.as_deref(), Some("model-0"));
+        }
+    }
 }
