@@ -37,6 +37,8 @@ hermes_tests::both_modes!(
     with_streaming_off_the_answer_arrives_finished,
     an_edit_telegram_cannot_parse_is_made_again_as_plain_text,
     a_job_carries_the_system_prompt_and_the_last_turns,
+    stop_for_a_job_still_waiting_for_a_worker_answers_at_once,
+    in_group_mode_all_every_message_is_answered,
 );
 
 /// Streaming on, with edits spaced `edit_interval_ms` apart.
@@ -751,4 +753,60 @@ async fn a_job_carries_the_system_prompt_and_the_last_turns(mode: WorkerMode) {
             assert_eq!(model.as_deref(), Some("model-0"));
         }
     }
+}
+
+/// With every worker busy, a chat's job waits in the supervisor's queue; `/stop` ends it
+/// there at once, and it never reaches a provider.
+async fn stop_for_a_job_still_waiting_for_a_worker_answers_at_once(mode: WorkerMode) {
+    let other = 3003;
+    let rig = Rig::start(mode, |o| {
+        o.pool_size = 1;
+        o.job_timeout_secs = 60;
+        o.allowed_users.push(other);
+    })
+    .await;
+    rig.provider.push_for("busy", ProviderReply::Hang);
+    rig.telegram.send_text(other, other, "busy");
+    assert!(rig.provider.wait_for_requests(1, PATIENCE).await);
+    rig.telegram.send_text(USER, USER, "waiting for a worker");
+    let typing = rig
+        .telegram
+        .wait_for_calls("sendChatAction", 2, PATIENCE)
+        .await;
+    assert!(typing, "both jobs started");
+    let reply = rig.ask("/stop").await;
+    assert!(reply.text.contains("Stopped"), "{}", reply.text);
+    assert_eq!(
+        rig.provider.request_count(),
+        1,
+        "the stopped job reached no provider"
+    );
+    assert!(
+        rig.telegram.sent_to(other).is_empty(),
+        "the other chat's job runs on"
+    );
+    assert_eq!(
+        rig.ask_in(other, other, "/stop").await.text,
+        hermes_tests_stop_text()
+    );
+}
+
+fn hermes_tests_stop_text() -> &'static str {
+    "⏹ Stopped. Send a new message whenever you like."
+}
+
+async fn in_group_mode_all_every_message_is_answered(mode: WorkerMode) {
+    let group = -100_888;
+    let rig = Rig::start(mode, |o| o.telegram_toml.push_str("group_mode = \"all\"\n")).await;
+    assert_eq!(
+        rig.ask_in(group, USER, "no mention here").await.text,
+        "echo: no mention here"
+    );
+    rig.telegram.send_text(group, USER, "/new@some_other_bot");
+    assert_eq!(rig.ask_in(group, USER, "still?").await.text, "echo: still?");
+    assert_eq!(
+        rig.telegram.sent_to(group).len(),
+        2,
+        "another bot's command is not ours"
+    );
 }
