@@ -123,10 +123,7 @@ fn only_tool_result(rig: &Rig, n: usize) -> String {
     let request = requests
         .get(n)
         .unwrap_or_else(|| panic!("no request {n}: {requests:#?}\n{}", rig.gateway.log()));
-    let results = tool_messages(request);
-    assert_eq!(results.len(), 1, "{:#?}", request.body);
-    assert_eq!(results[0].0, "call_1");
-    results[0].1.clone()
+    only_tool_result_of(request)
 }
 
 fn offered_functions(request: &ProviderRequest) -> Vec<String> {
@@ -616,4 +613,51 @@ async fn a_model_that_keeps_calling_tools_is_stopped_after_max_steps(mode: Worke
     assert_eq!(rig.provider.request_count(), 2);
     assert_replies(&rig, 1);
     rig.assert_still_serving().await;
+}
+
+/// `hermes-worker ask` runs the same agent: it starts the tool servers, prints each call's
+/// progress to stderr and the answer to stdout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ask_prints_tool_progress_and_the_answer() {
+    let provider = hermes_tests::fake_provider::FakeProvider::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pid_file = dir.path().join("calc.pid");
+    let config = dir.path().join("hermes.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[providers]]\nname = \"main\"\nbase_url = \"{}\"\nmodel = \"m\"\n{}",
+            provider.base_url(),
+            calc(&pid_file, &[], 30)
+        ),
+    )
+    .expect("write config");
+    provider.push(tool_call("calc__add", r#"{"a": 40, "b": 2}"#));
+    provider.push(ProviderReply::Text("40 + 2 = 42".into()));
+    let output = tokio::process::Command::new(&hermes_tests::harness::binaries().worker)
+        .args(["ask", "--config"])
+        .arg(&config)
+        .arg("what is 40 + 2?")
+        .output()
+        .await
+        .expect("run hermes-worker ask");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout).trim(),
+        "40 + 2 = 42"
+    );
+    assert!(stderr.contains("calling calc.add"), "{stderr}");
+    assert!(stderr.contains("calc.add done in"), "{stderr}");
+    assert_eq!(only_tool_result_of(&provider.requests()[1]), "42");
+    let server = server_pid(&pid_file).await;
+    assert!(!alive(server), "the tool server ended with ask");
+}
+
+/// The only tool result of `request`, the answer to `call_1`.
+fn only_tool_result_of(request: &ProviderRequest) -> String {
+    let results = tool_messages(request);
+    assert_eq!(results.len(), 1, "{:#?}", request.body);
+    assert_eq!(results[0].0, "call_1");
+    results[0].1.clone()
 }
