@@ -71,6 +71,17 @@ impl Vm {
         condition(self)
     }
 
+    /// `systemctl start hermes-gateway`; a failure shows the unit's status and journal.
+    fn start_unit(&self) {
+        let (started, out) = self.exec("systemctl start hermes-gateway");
+        assert!(
+            started,
+            "in the VM, `systemctl start hermes-gateway` failed:\n{out}\n{}\n{}",
+            self.exec("systemctl status --no-pager hermes-gateway").1,
+            self.journal()
+        );
+    }
+
     fn journal(&self) -> String {
         self.exec("journalctl -u hermes-gateway --no-pager -n 60").1
     }
@@ -202,13 +213,7 @@ fn the_unit_under_a_real_systemd() {
     );
 
     // 1. Workers OOM-killed inside MemoryMax: the unit carries on.
-    let (started, out) = vm.exec("systemctl start hermes-gateway");
-    assert!(
-        started,
-        "in the VM, `systemctl start hermes-gateway` failed:\n{out}\n{}\n{}",
-        vm.exec("systemctl status --no-pager hermes-gateway").1,
-        vm.journal()
-    );
+    vm.start_unit();
     assert_eq!(vm.show("ActiveState"), "active", "{}", vm.journal());
     let main_pid = vm.show("MainPID");
     assert_ne!(
@@ -259,13 +264,7 @@ fn the_unit_under_a_real_systemd() {
     vm.run("systemd-run --unit=stall-telegram python3 -c \"import socket,time; s=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(('127.0.0.1', 8081)); s.listen(100); time.sleep(100000)\"");
     vm.run("cp /mnt/host/stall.toml /etc/hermes/hermes.toml");
     vm.run("printf '[Service]\\nWatchdogSec=3\\n' > /etc/systemd/system/hermes-gateway.service.d/watchdog.conf && systemctl daemon-reload");
-    let (started, out) = vm.exec("systemctl start hermes-gateway");
-    assert!(
-        started,
-        "in the VM, `systemctl start hermes-gateway` failed:\n{out}\n{}\n{}",
-        vm.exec("systemctl status --no-pager hermes-gateway").1,
-        vm.journal()
-    );
+    vm.start_unit();
     assert!(
         vm.wait(Duration::from_secs(60), |vm| vm
             .journal()
