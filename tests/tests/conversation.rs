@@ -39,6 +39,7 @@ hermes_tests::both_modes!(
     a_job_carries_the_system_prompt_and_the_last_turns,
     stop_for_a_job_still_waiting_for_a_worker_answers_at_once,
     in_group_mode_all_every_message_is_answered,
+    a_streamed_answer_longer_than_a_message_ends_as_several,
 );
 
 /// Streaming on, with edits spaced `edit_interval_ms` apart.
@@ -808,5 +809,51 @@ async fn in_group_mode_all_every_message_is_answered(mode: WorkerMode) {
         rig.telegram.sent_to(group).len(),
         2,
         "another bot's command is not ours"
+    );
+}
+
+/// The preview of a long answer is one message's worth with "…"; at the end that message
+/// becomes the first part and the rest follow as new messages.
+async fn a_streamed_answer_longer_than_a_message_ends_as_several(mode: WorkerMode) {
+    let rig = Rig::start(mode, streaming(300)).await;
+    // About 9,700 characters: three messages.
+    let mut pieces: Vec<String> = (1..=120)
+        .map(|i| {
+            format!("Sentence {i:03} of a long answer, padded to be about eighty chars long. ")
+        })
+        .collect();
+    pieces.push("The end.".into());
+    rig.provider.push(ProviderReply::Stream {
+        pieces,
+        every: Duration::from_millis(15),
+    });
+    rig.telegram.send_text(USER, USER, "write a lot");
+    let sent = until_finished(&rig, "The end.").await;
+    let sends: Vec<_> = sent.iter().filter(|m| m.method == "sendMessage").collect();
+    assert_eq!(
+        sends.len(),
+        3,
+        "the preview, then the other two parts: {sent:#?}"
+    );
+    assert!(
+        sent.iter().any(|m| m.text.ends_with(" …")),
+        "a preview of a long answer says there is more"
+    );
+    let first_final = sent
+        .iter()
+        .rev()
+        .find(|m| m.method == "editMessageText")
+        .expect("the preview was edited into the first part");
+    assert_eq!(first_final.message_id, sends[0].message_id);
+    assert!(first_final.text.starts_with("Sentence 001"));
+    assert!(!first_final.text.ends_with(" …"), "{}", first_final.text);
+    let all = format!("{} {} {}", first_final.text, sends[1].text, sends[2].text);
+    for i in 1..=120 {
+        assert!(all.contains(&format!("Sentence {i:03} ")), "{i} lost");
+    }
+    assert!(
+        rig.telegram.failed_sends().is_empty(),
+        "{:?}",
+        rig.telegram.failed_sends()
     );
 }

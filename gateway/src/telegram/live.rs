@@ -20,6 +20,8 @@ use super::split::{MESSAGE_LIMIT, utf16_len};
 const FIRST_SENTENCE_CHARS: usize = 60;
 /// …or this many characters, sentence or not.
 const FIRST_SHOW_CHARS: usize = 200;
+/// What ends a sentence, for the first preview.
+const SENTENCE_ENDS: [&str; 7] = [". ", "! ", "? ", ".\n", "!\n", "?\n", "\n\n"];
 /// Longest flood-control pause honoured between edits.
 const MAX_PAUSE: Duration = Duration::from_secs(120);
 /// Room kept in a preview for the status line and the ellipsis.
@@ -36,6 +38,12 @@ pub struct LiveReply {
     shown: Option<String>,
     /// Text streamed since the last provider attempt began.
     text: String,
+    /// Its length in UTF-16 units, and whether a sentence has ended in it: kept as the
+    /// text grows, so a long stream is not measured again at every piece.
+    text_units: usize,
+    sentence_ended: bool,
+    /// Something changed since the message was last drawn.
+    changed: bool,
     /// Tools running now, as `server.tool`, in the order they started.
     tools: Vec<String>,
     /// The last send or edit (at first: the job's start).
@@ -55,6 +63,9 @@ impl LiveReply {
             message: None,
             shown: None,
             text: String::new(),
+            text_units: 0,
+            sentence_ended: false,
+            changed: false,
             tools: Vec::new(),
             // Counted from the start, so an answer that is done within one interval
             // arrives whole, with no preview to edit and no status line to remove.
@@ -69,16 +80,44 @@ impl LiveReply {
         match event {
             // A new attempt starts the answer over: what came before was from an attempt
             // that failed, or a step that ended in tool calls.
-            Event::Attempt { .. } => self.text.clear(),
-            Event::Delta(piece) => self.text.push_str(piece),
+            Event::Attempt { .. } => {
+                self.text.clear();
+                self.text_units = 0;
+                self.sentence_ended = false;
+            }
+            Event::Delta(piece) => {
+                // The character before the piece too: an end may straddle two pieces.
+                let from = self
+                    .text
+                    .char_indices()
+                    .next_back()
+                    .map_or(self.text.len(), |(i, _)| i);
+                self.text.push_str(piece);
+                self.text_units += utf16_len(piece);
+                self.sentence_ended = self.sentence_ended
+                    || SENTENCE_ENDS
+                        .iter()
+                        .any(|end| self.text[from..].contains(end));
+            }
             Event::ToolStarted { name } => self.tools.push(name.clone()),
             Event::ToolFinished { name, .. } => {
                 if let Some(i) = self.tools.iter().position(|t| t == name) {
                     self.tools.remove(i);
                 }
             }
-            Event::Retrying { .. } | Event::FellBack { .. } => {}
+            Event::Retrying { .. } | Event::FellBack { .. } => return,
         }
+        self.changed = true;
+    }
+
+    /// Whether the streamed text is worth showing: once the message exists, any text is;
+    /// before, only a sentence or two, so a quick answer arrives whole instead of as a
+    /// stub that is edited.
+    fn text_ready(&self) -> bool {
+        let units = self.text_units;
+        (self.sentence_ended && units >= FIRST_SENTENCE_CHARS)
+            || units >= FIRST_SHOW_CHARS
+            || (self.message.is_some() && !self.text.trim().is_empty())
     }
 
     /// What the message should show now, if anything is worth showing.
@@ -101,20 +140,20 @@ impl LiveReply {
     }
 
     fn preview(&self) -> Option<Piece> {
-        let text = self.text.trim();
-        let len = utf16_len(text);
-        let sentence = len >= FIRST_SENTENCE_CHARS
-            && [". ", "! ", "? ", ".\n", "!\n", "?\n", "\n\n"]
-                .iter()
-                .any(|end| text.contains(end));
-        // Once the message exists, any text is worth an edit; before, only a sentence or
-        // two, so a quick answer arrives whole instead of as a stub that is edited.
-        if !(sentence || len >= FIRST_SHOW_CHARS || (self.message.is_some() && len > 0)) {
+        if !self.text_ready() {
             return None;
         }
-        let mut pieces = format::render(text, PREVIEW_LIMIT).into_iter();
+        let text = self.text.trim();
+        // The preview shows one message's worth; markup only ever shortens the visible
+        // text, so twice that much source is plenty, and rendering it stays cheap however
+        // long the answer grows.
+        let end = text
+            .char_indices()
+            .nth(2 * PREVIEW_LIMIT)
+            .map_or(text.len(), |(i, _)| i);
+        let mut pieces = format::render(&text[..end], PREVIEW_LIMIT).into_iter();
         let mut first = pieces.next()?;
-        if pieces.next().is_some() {
+        if pieces.next().is_some() || end < text.len() {
             first.html.push_str(" …");
             first.plain.push_str(" …");
         }
@@ -122,12 +161,12 @@ impl LiveReply {
     }
 
     /// When the loop should call [`LiveReply::draw`], or None while there is nothing new.
+    /// Cheap: it renders nothing, so the loop may ask after every streamed piece.
     pub fn next_draw(&self) -> Option<Instant> {
-        if !self.enabled || self.stuck {
+        if !self.enabled || self.stuck || !self.changed {
             return None;
         }
-        let wanted = self.wanted()?;
-        if self.shown.as_ref() == Some(&wanted.html) {
+        if self.tools.is_empty() && !self.text_ready() {
             return None;
         }
         let mut at = Instant::now();
@@ -142,7 +181,11 @@ impl LiveReply {
 
     /// Sends or edits the message to show what is wanted now.
     pub async fn draw(&mut self) {
+        self.changed = false;
         let Some(piece) = self.wanted() else { return };
+        if self.shown.as_ref() == Some(&piece.html) {
+            return;
+        }
         self.last_edit = Some(Instant::now());
         match self.message {
             None => match self.sender.send_piece(self.chat, &piece).await {
@@ -160,6 +203,8 @@ impl LiveReply {
                         "edits paused for {wait:?} (flood control)"
                     );
                     self.paused_until = Some(Instant::now() + wait.min(MAX_PAUSE));
+                    // Not shown yet: draw again once the pause is over.
+                    self.changed = true;
                 }
                 Edit::Failed => self.stuck = true,
             },
