@@ -7,9 +7,19 @@
 //! tests wait on that log through [`FakeTelegram::wait_for_sent`] and friends instead of
 //! sleeping. Updates behave like Telegram's: a `getUpdates` answer does not consume them,
 //! only a later `offset` acknowledges them.
+//!
+//! It is as strict as the Bot API where a lax fake would hide a bug: HTML under
+//! `parse_mode=HTML` is parsed as Telegram parses it and refused with Telegram's words
+//! (see [`html`]); an unknown `parse_mode` or method is refused; `allowed_updates` is kept
+//! from call to call and updates of other kinds are never queued; a long poll is held
+//! until an update arrives or its `timeout` runs out, and a newer long poll ends the one
+//! waiting with 409 as Telegram's server does; and, when a test asks for it, flood control
+//! answers 429 with `retry_after`.
+
+mod html;
 
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::{HashMap, HashSet, VecDeque},
     sync::{Arc, Mutex, MutexGuard},
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
@@ -31,7 +41,33 @@ pub const MAX_TEXT_LEN: usize = 4096;
 /// Telegram caps long polls at 50 seconds.
 const MAX_POLL_TIMEOUT_SECS: i64 = 50;
 
+/// The Bot API server answers the first conflict at once and later ones, within this
+/// time of it, only after this time (telegram-bot-api's `fail_query_conflict`), so two
+/// instances fighting over one token do not spin.
+const CONFLICT_THROTTLE: Duration = Duration::from_secs(3);
+
 const NOT_MODIFIED: &str = "Bad Request: message is not modified: specified new message content and reply markup are exactly the same as a current content and reply markup of the message";
+
+const CONFLICT: &str = "Conflict: terminated by other getUpdates request; make sure that only one bot instance is running";
+
+/// Update kinds a bot gets when it never set `allowed_updates` or set an empty list
+/// (Bot API, `getUpdates`): every kind but these.
+const NOT_BY_DEFAULT: [&str; 3] = ["chat_member", "message_reaction", "message_reaction_count"];
+
+/// The chat actions `sendChatAction` accepts.
+const CHAT_ACTIONS: [&str; 11] = [
+    "typing",
+    "upload_photo",
+    "record_video",
+    "upload_video",
+    "record_voice",
+    "upload_voice",
+    "upload_document",
+    "choose_sticker",
+    "find_location",
+    "record_video_note",
+    "upload_video_note",
+];
 
 /// A scripted failure for one `getUpdates` call.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,12 +95,7 @@ impl PollFault {
     pub fn conflict() -> Self {
         PollFault::Status {
             status: 409,
-            body: json!({
-                "ok": false,
-                "error_code": 409,
-                "description": "Conflict: terminated by other getUpdates request; make sure that only one bot instance is running"
-            })
-            .to_string(),
+            body: conflict_body().to_string(),
         }
     }
 
@@ -117,13 +148,55 @@ impl SendFault {
     }
 }
 
+/// How many sends and edits Telegram lets through in a window of time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rate {
+    pub count: usize,
+    pub per: Duration,
+}
+
+/// Flood control: a send or edit beyond any of these rates is answered 429 with the
+/// seconds until the window has room again. Off unless a test sets it
+/// ([`FakeTelegram::set_flood_limits`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct FloodLimits {
+    /// In any one chat.
+    pub per_chat: Option<Rate>,
+    /// In any one group (a chat with a negative id), on top of `per_chat`.
+    pub per_group: Option<Rate>,
+    /// In all chats together.
+    pub global: Option<Rate>,
+}
+
+impl FloodLimits {
+    /// The numbers of Telegram's bot FAQ: about one message a second in a chat, 20 a
+    /// minute in a group, 30 a second in all. Telegram publishes no exact algorithm (it
+    /// tolerates short bursts), so a sliding window of exactly these is the strict reading.
+    pub fn telegram() -> Self {
+        FloodLimits {
+            per_chat: Some(Rate {
+                count: 1,
+                per: Duration::from_secs(1),
+            }),
+            per_group: Some(Rate {
+                count: 20,
+                per: Duration::from_secs(60),
+            }),
+            global: Some(Rate {
+                count: 30,
+                per: Duration::from_secs(1),
+            }),
+        }
+    }
+}
+
 /// A message the bot delivered (sent, or edited into its new text).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SentMessage {
-    /// Canonical Telegram spelling: `sendMessage`, `editMessageText`, `sendDocument`, ...
+    /// Canonical Telegram spelling: `sendMessage` or `editMessageText`.
     pub method: String,
     pub chat_id: i64,
-    /// The text (the caption for media).
+    /// The text as sent (HTML included).
     pub text: String,
     pub parse_mode: Option<String>,
     /// The id of the message sent, or of the message edited.
@@ -132,7 +205,8 @@ pub struct SentMessage {
 }
 
 /// A send or edit that was refused, by a scripted [`SendFault`] or because Telegram would
-/// have refused it (empty or too long text, editing to the same text, unknown message).
+/// have refused it (empty or too long text, HTML it cannot parse, an unknown parse mode,
+/// editing to the same text, an unknown message, flood control).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FailedSend {
     pub method: String,
@@ -154,6 +228,8 @@ pub enum PollOutcome {
     Fault(PollFault),
     /// Hung because of [`FakeTelegram::stall_get_updates`].
     Stalled,
+    /// Ended with 409 because a newer `getUpdates` arrived while this one waited.
+    Conflict,
 }
 
 /// One `getUpdates` request, logged when it arrives.
@@ -167,13 +243,13 @@ pub struct PollRecord {
     pub outcome: PollOutcome,
 }
 
-/// Any authorized API call, as received.
+/// Any authorized API call, as received (unknown methods included).
 #[derive(Debug, Clone, PartialEq)]
 pub struct ApiCall {
     pub at: Instant,
     /// As spelled in the URL (teloxide sends `SendMessage`, curl users `sendMessage`).
     pub method: String,
-    /// The parameters as JSON (JSON body, query string, form or multipart fields).
+    /// The parameters as JSON (JSON body, query string or form fields).
     pub params: Value,
 }
 
@@ -206,12 +282,26 @@ struct Inner {
     polls: Vec<PollRecord>,
     calls: Vec<ApiCall>,
     unauthorized: usize,
-    /// Current text of every message the bot sent, for editMessageText's rules.
-    texts: HashMap<(i64, i64), String>,
+    /// Text of every message the bot sent, as sent and as shown, for editMessageText's
+    /// rules and for the message a reply quotes.
+    texts: HashMap<(i64, i64), (String, String)>,
     /// Chat objects from pushed updates, so replies carry the same chat.
     chats: HashMap<i64, Value>,
     /// When each update was first handed out by a poll, for latency measurements.
     served: HashMap<i64, Instant>,
+    /// The last `allowed_updates` a poll set; `None` or empty: the default kinds.
+    allowed_updates: Option<Vec<String>>,
+    /// Updates never queued because their kind was not allowed when they happened.
+    withheld: Vec<Value>,
+    /// The poll (index in `polls`) now waiting for updates, which a newer one ends.
+    long_poll: Option<usize>,
+    /// Polls ended by a newer one, still to answer 409.
+    terminated: HashSet<usize>,
+    /// Until when a further conflict is answered only after [`CONFLICT_THROTTLE`].
+    conflict_quiet_until: Option<Instant>,
+    flood: FloodLimits,
+    /// What `setMyCommands` set.
+    commands: Value,
 }
 
 impl FakeTelegram {
@@ -278,7 +368,7 @@ impl FakeTelegram {
         let original_text = g
             .texts
             .get(&(chat_id, reply_to))
-            .cloned()
+            .map(|(_, shown)| shown.clone())
             .unwrap_or_default();
         let message = json!({
             "message_id": g.last_message_id,
@@ -299,6 +389,9 @@ impl FakeTelegram {
     }
 
     /// Queue a raw update object; its `update_id` is set by the fake. Returns the update id.
+    ///
+    /// As on Telegram, an update of a kind the bot's last `allowed_updates` excludes is
+    /// never queued: it goes to [`FakeTelegram::withheld_updates`] (its id is still used).
     pub fn push_update(&self, mut update: Value) -> i64 {
         let mut g = self.state.lock();
         g.last_update_id += 1;
@@ -311,10 +404,25 @@ impl FakeTelegram {
             g.chats.insert(chat.0, chat.1);
         }
         update["update_id"] = json!(id);
-        g.pending.push_back((id, update));
+        if g.allows(&update) {
+            g.pending.push_back((id, update));
+        } else {
+            g.withheld.push(update);
+        }
         drop(g);
         self.state.bump();
         id
+    }
+
+    /// Updates that were never queued because the bot's `allowed_updates` excluded their
+    /// kind when they happened.
+    pub fn withheld_updates(&self) -> Vec<Value> {
+        self.state.lock().withheld.clone()
+    }
+
+    /// The update kinds the bot last asked for in `getUpdates` (`None`: never asked).
+    pub fn allowed_updates(&self) -> Option<Vec<String>> {
+        self.state.lock().allowed_updates.clone()
     }
 
     /// Ids of updates not yet acknowledged.
@@ -327,12 +435,12 @@ impl FakeTelegram {
             .collect()
     }
 
-    /// Highest update id the client acknowledged through `offset` (0 if none).
     /// When `update_id` was first handed to the gateway by a `getUpdates` answer.
     pub fn served_at(&self, update_id: i64) -> Option<Instant> {
         self.state.lock().served.get(&update_id).copied()
     }
 
+    /// Highest update id the client acknowledged through `offset` (0 if none).
     pub fn acked_up_to(&self) -> i64 {
         self.state.lock().acked_up_to
     }
@@ -352,7 +460,7 @@ impl FakeTelegram {
         self.state.bump();
     }
 
-    /// The next `sendMessage` (and `sendDocument`/`sendPhoto`) calls fail, in order.
+    /// The next `sendMessage` calls fail, in order.
     pub fn fail_send(&self, fault: SendFault) {
         self.state.lock().send_faults.push_back(fault);
     }
@@ -360,6 +468,11 @@ impl FakeTelegram {
     /// The next `editMessageText` calls fail, in order.
     pub fn fail_edit(&self, fault: SendFault) {
         self.state.lock().edit_faults.push_back(fault);
+    }
+
+    /// Apply flood control from now on (`FloodLimits::default()` turns it off again).
+    pub fn set_flood_limits(&self, limits: FloodLimits) {
+        self.state.lock().flood = limits;
     }
 
     /// Stop listening: new connections get `ECONNREFUSED`.
@@ -407,6 +520,18 @@ impl FakeTelegram {
     /// Every authorized call, in order.
     pub fn api_calls(&self) -> Vec<ApiCall> {
         self.state.lock().calls.clone()
+    }
+
+    /// When each authorized call to `method` (case-insensitive) arrived, in order: the
+    /// spacing of retries as the server saw it.
+    pub fn call_times(&self, method: &str) -> Vec<Instant> {
+        self.state
+            .lock()
+            .calls
+            .iter()
+            .filter(|c| c.method.eq_ignore_ascii_case(method))
+            .map(|c| c.at)
+            .collect()
     }
 
     /// Requests refused with 401 because of a wrong token.
@@ -536,7 +661,7 @@ impl State {
             .strip_prefix("/bot")
             .and_then(|rest| rest.split_once('/'))
         else {
-            return api_error(404, "Not Found", None);
+            return not_found();
         };
         if token != TOKEN {
             self.lock().unauthorized += 1;
@@ -554,15 +679,28 @@ impl State {
         });
         self.bump();
 
+        // Method names are case-insensitive on Telegram's server too.
         match method.to_ascii_lowercase().as_str() {
             "getupdates" => self.get_updates(&params).await,
-            "sendmessage" => self.send(&params, "sendMessage", "text"),
-            "senddocument" => self.send(&params, "sendDocument", "caption"),
-            "sendphoto" => self.send(&params, "sendPhoto", "caption"),
+            "sendmessage" => self.send(&params),
             "editmessagetext" => self.edit_text(&params),
             "getme" => ok(me()),
-            "getmycommands" => ok(json!([])),
-            _ => ok(json!(true)),
+            "getmycommands" => {
+                let commands = self.lock().commands.clone();
+                ok(if commands.is_null() {
+                    json!([])
+                } else {
+                    commands
+                })
+            }
+            "setmycommands" => self.set_commands(&params),
+            "deletemycommands" => {
+                self.lock().commands = Value::Null;
+                ok(json!(true))
+            }
+            "sendchataction" => chat_action(&params),
+            "deletewebhook" => ok(json!(true)),
+            _ => not_found(),
         }
     }
 
@@ -574,6 +712,17 @@ impl State {
             .and_then(as_i64)
             .unwrap_or(100)
             .clamp(1, 100) as usize;
+        let allowed = match params.get("allowed_updates").map(update_kinds) {
+            Some(Ok(kinds)) => Some(kinds),
+            Some(Err(())) => {
+                return api_error(
+                    400,
+                    "Bad Request: can't parse allowed_updates JSON array",
+                    None,
+                );
+            }
+            None => None,
+        };
         let wait = Duration::from_secs(timeout.unwrap_or(0).clamp(0, MAX_POLL_TIMEOUT_SECS) as u64);
         let deadline = tokio::time::Instant::now() + wait;
         let mut rx = self.changed.subscribe();
@@ -598,6 +747,18 @@ impl State {
                 if let Some(offset) = offset {
                     g.acknowledge(offset);
                 }
+                // Kept for later calls; it does not touch updates already queued.
+                if let Some(kinds) = allowed {
+                    g.allowed_updates = Some(kinds);
+                }
+                // A poll that is going to wait ends the one already waiting, as
+                // telegram-bot-api's `do_get_updates` does: the newest consumer wins.
+                if !wait.is_zero() && g.pending.is_empty() {
+                    if let Some(old) = g.long_poll.replace(index) {
+                        g.polls[old].outcome = PollOutcome::Conflict;
+                        g.terminated.insert(old);
+                    }
+                }
                 None
             };
             (index, early)
@@ -606,8 +767,28 @@ impl State {
         if let Some(response) = early {
             return response;
         }
+        // However this poll ends (answered, or its client gone), it waits no longer.
+        let _waiting = LongPollGuard { state: self, index };
 
         loop {
+            let conflict = {
+                let mut g = self.lock();
+                if g.terminated.remove(&index) {
+                    let now = Instant::now();
+                    let delay = match g.conflict_quiet_until {
+                        Some(until) if until > now => CONFLICT_THROTTLE,
+                        _ => Duration::ZERO,
+                    };
+                    g.conflict_quiet_until = Some(now + delay + CONFLICT_THROTTLE);
+                    Some(delay)
+                } else {
+                    None
+                }
+            };
+            if let Some(delay) = conflict {
+                tokio::time::sleep(delay).await;
+                return Response::json(409, &conflict_body());
+            }
             {
                 let mut g = self.lock();
                 if g.stalled {
@@ -640,11 +821,11 @@ impl State {
         }
     }
 
-    /// sendMessage and the media senders (whose text is the caption).
-    fn send(&self, params: &Value, method: &str, text_field: &str) -> Response {
+    fn send(&self, params: &Value) -> Response {
+        const METHOD: &str = "sendMessage";
         let chat_id = params.get("chat_id").and_then(as_i64);
         let text = params
-            .get(text_field)
+            .get("text")
             .and_then(Value::as_str)
             .unwrap_or_default()
             .to_string();
@@ -653,53 +834,36 @@ impl State {
             .and_then(Value::as_str)
             .map(str::to_string);
         let mut g = self.lock();
-        let fault = g.send_faults.pop_front().or_else(|| {
-            if chat_id.is_none() {
-                Some(SendFault::bad_request("Bad Request: chat_id is empty"))
-            } else if method == "sendMessage" {
-                text_problem(&text, parse_mode.as_deref())
-            } else {
-                None
+        let shown = match g.send_faults.pop_front() {
+            Some(fault) => Err(fault),
+            None if chat_id.is_none() => {
+                Err(SendFault::bad_request("Bad Request: chat_id is empty"))
             }
-        });
+            None => shown_text(&text, parse_mode.as_deref()),
+        };
         let chat_id = chat_id.unwrap_or_default();
-        if let Some(fault) = fault {
-            return self.refuse(g, method, chat_id, text, parse_mode, fault);
-        }
+        let shown = shown.and_then(|shown| match g.flooded(chat_id) {
+            Some(secs) => Err(SendFault::RetryAfter(secs)),
+            None => Ok(shown),
+        });
+        let shown = match shown {
+            Ok(shown) => shown,
+            Err(fault) => return self.refuse(g, METHOD, chat_id, text, parse_mode, fault),
+        };
 
         g.last_message_id += 1;
         let message_id = g.last_message_id;
         let chat = g.chat(chat_id);
-        let mut message = json!({
+        let message = json!({
             "message_id": message_id,
             "date": unix_now(),
             "chat": chat,
             "from": bot_user(),
+            "text": shown,
         });
-        match method {
-            "sendMessage" => message["text"] = json!(text),
-            "sendDocument" => {
-                message["document"] = json!({
-                    "file_id": format!("doc-{message_id}"),
-                    "file_unique_id": format!("udoc-{message_id}"),
-                    "file_name": params["document"]["filename"].as_str().unwrap_or("file"),
-                });
-            }
-            _ => {
-                message["photo"] = json!([{
-                    "file_id": format!("photo-{message_id}"),
-                    "file_unique_id": format!("uphoto-{message_id}"),
-                    "width": 1,
-                    "height": 1,
-                }]);
-            }
-        }
-        if method != "sendMessage" && !text.is_empty() {
-            message["caption"] = json!(text);
-        }
-        g.texts.insert((chat_id, message_id), text.clone());
+        g.texts.insert((chat_id, message_id), (text.clone(), shown));
         g.sent.push(SentMessage {
-            method: method.to_string(),
+            method: METHOD.to_string(),
             chat_id,
             text,
             parse_mode,
@@ -729,21 +893,31 @@ impl State {
             .map(str::to_string);
         let mut g = self.lock();
         let inline = params.get("inline_message_id").is_some();
-        let fault = g.edit_faults.pop_front().or_else(|| {
+        // The Bot API parses the new text before it looks for the message.
+        let shown = match g.edit_faults.pop_front() {
+            Some(fault) => Err(fault),
+            None => shown_text(&text, parse_mode.as_deref()),
+        };
+        let shown = shown.and_then(|shown| {
             if inline {
-                return None;
+                return Ok(shown);
             }
             match g.texts.get(&(chat_id, message_id)) {
-                None => Some(SendFault::bad_request(
+                None => Err(SendFault::bad_request(
                     "Bad Request: message to edit not found",
                 )),
-                Some(old) if *old == text => Some(SendFault::bad_request(NOT_MODIFIED)),
-                Some(_) => text_problem(&text, parse_mode.as_deref()),
+                Some((old, _)) if *old == text => Err(SendFault::bad_request(NOT_MODIFIED)),
+                Some(_) => Ok(shown),
             }
         });
-        if let Some(fault) = fault {
-            return self.refuse(g, METHOD, chat_id, text, parse_mode, fault);
-        }
+        let shown = shown.and_then(|shown| match g.flooded(chat_id) {
+            Some(secs) => Err(SendFault::RetryAfter(secs)),
+            None => Ok(shown),
+        });
+        let shown = match shown {
+            Ok(shown) => shown,
+            Err(fault) => return self.refuse(g, METHOD, chat_id, text, parse_mode, fault),
+        };
         g.sent.push(SentMessage {
             method: METHOD.to_string(),
             chat_id,
@@ -757,7 +931,8 @@ impl State {
             self.bump();
             return ok(json!(true));
         }
-        g.texts.insert((chat_id, message_id), text.clone());
+        g.texts
+            .insert((chat_id, message_id), (text, shown.clone()));
         let chat = g.chat(chat_id);
         drop(g);
         self.bump();
@@ -767,8 +942,43 @@ impl State {
             "edit_date": unix_now(),
             "chat": chat,
             "from": bot_user(),
-            "text": text,
+            "text": shown,
         }))
+    }
+
+    /// `setMyCommands`, with the Bot API's rules for a command (1-32 lowercase letters,
+    /// digits and underscores) and its description (1-256 characters).
+    fn set_commands(&self, params: &Value) -> Response {
+        let commands = match params.get("commands") {
+            Some(Value::Array(list)) => Value::Array(list.clone()),
+            // Forms and queries carry the list as JSON text.
+            Some(Value::String(text)) => match serde_json::from_str::<Value>(text) {
+                Ok(list @ Value::Array(_)) => list,
+                _ => return api_error(400, "Bad Request: can't parse commands JSON object", None),
+            },
+            _ => {
+                return api_error(400, "Bad Request: parameter \"commands\" is required", None);
+            }
+        };
+        for command in commands.as_array().into_iter().flatten() {
+            let name = command.get("command").and_then(Value::as_str).unwrap_or("");
+            let description = command
+                .get("description")
+                .and_then(Value::as_str)
+                .unwrap_or("");
+            let valid_name = (1..=32).contains(&name.len())
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+            if !valid_name {
+                return api_error(400, "Bad Request: BOT_COMMAND_INVALID", None);
+            }
+            if !(1..=256).contains(&description.chars().count()) {
+                return api_error(400, "Bad Request: BOT_COMMAND_DESCRIPTION_INVALID", None);
+            }
+        }
+        self.lock().commands = commands;
+        ok(json!(true))
     }
 
     fn refuse(
@@ -802,6 +1012,22 @@ impl State {
     }
 }
 
+/// Clears [`Inner::long_poll`] when the poll it names stops waiting, however it stops.
+struct LongPollGuard<'a> {
+    state: &'a State,
+    index: usize,
+}
+
+impl Drop for LongPollGuard<'_> {
+    fn drop(&mut self) {
+        let mut g = self.state.lock();
+        if g.long_poll == Some(self.index) {
+            g.long_poll = None;
+        }
+        g.terminated.remove(&self.index);
+    }
+}
+
 impl Inner {
     /// Apply a `getUpdates` offset: Telegram forgets every update below a positive offset,
     /// and all but the last `-offset` updates for a negative one.
@@ -824,6 +1050,82 @@ impl Inner {
             .get(&chat_id)
             .cloned()
             .unwrap_or_else(|| default_chat(chat_id))
+    }
+
+    /// Whether Telegram would queue `update` for this bot now.
+    fn allows(&self, update: &Value) -> bool {
+        let Some(kind) = update
+            .as_object()
+            .and_then(|u| u.keys().find(|k| *k != "update_id"))
+        else {
+            return true;
+        };
+        match &self.allowed_updates {
+            Some(kinds) if !kinds.is_empty() => kinds.iter().any(|k| k == kind),
+            _ => !NOT_BY_DEFAULT.contains(&kind.as_str()),
+        }
+    }
+
+    /// Seconds to wait if one more send or edit in `chat_id` now would pass a flood
+    /// limit; `None` if it may go.
+    fn flooded(&self, chat_id: i64) -> Option<u64> {
+        let now = Instant::now();
+        let limits = [
+            (self.flood.per_chat, true),
+            (self.flood.per_group.filter(|_| chat_id < 0), true),
+            (self.flood.global, false),
+        ];
+        let mut wait = Duration::ZERO;
+        for (rate, this_chat_only) in limits {
+            let Some(rate) = rate else { continue };
+            let in_window: Vec<Instant> = self
+                .sent
+                .iter()
+                .filter(|m| !this_chat_only || m.chat_id == chat_id)
+                .map(|m| m.at)
+                .filter(|at| now.duration_since(*at) < rate.per)
+                .collect();
+            if in_window.len() >= rate.count.max(1) {
+                // Room again when the oldest sends that fill the window leave it.
+                let oldest = in_window[in_window.len() - rate.count.max(1)];
+                wait = wait.max(rate.per.saturating_sub(now.duration_since(oldest)));
+            }
+        }
+        // Telegram asks for whole seconds, at least one.
+        (!wait.is_zero()).then(|| wait.as_secs_f64().ceil().max(1.0) as u64)
+    }
+}
+
+/// `allowed_updates` as a list of kinds: a JSON array, or JSON text of one (forms).
+fn update_kinds(value: &Value) -> Result<Vec<String>, ()> {
+    let list = match value {
+        Value::Array(list) => list.clone(),
+        Value::String(text) => match serde_json::from_str::<Value>(text) {
+            Ok(Value::Array(list)) => list,
+            _ => return Err(()),
+        },
+        _ => return Err(()),
+    };
+    Ok(list
+        .iter()
+        .filter_map(|k| k.as_str().map(str::to_string))
+        .collect())
+}
+
+/// `sendChatAction`: known actions only, as Telegram.
+fn chat_action(params: &Value) -> Response {
+    if params.get("chat_id").and_then(as_i64).is_none() {
+        return api_error(400, "Bad Request: chat_id is empty", None);
+    }
+    let action = params.get("action").and_then(Value::as_str).unwrap_or("");
+    if CHAT_ACTIONS.contains(&action) {
+        ok(json!(true))
+    } else {
+        api_error(
+            400,
+            "Bad Request: wrong parameter action in request",
+            None,
+        )
     }
 }
 
@@ -871,50 +1173,27 @@ fn me() -> Value {
     me
 }
 
-/// The checks Telegram itself applies to a message text.
-fn text_problem(text: &str, parse_mode: Option<&str>) -> Option<SendFault> {
-    let visible = match parse_mode {
-        Some(mode) if mode.eq_ignore_ascii_case("html") => utf16_len(&strip_html(text)),
-        // MarkdownV2's escaping rules are not worth emulating, so its length goes unchecked.
-        Some(_) => 0,
-        None => utf16_len(text),
+/// The text Telegram would show for `text` sent with `parse_mode`, or why it refuses it,
+/// in the Bot API's order: the parse mode, the markup, then the length of what is left.
+fn shown_text(text: &str, parse_mode: Option<&str>) -> Result<String, SendFault> {
+    let mode = parse_mode.map(str::to_ascii_lowercase);
+    let shown = match mode.as_deref() {
+        None | Some("") | Some("none") => text.to_string(),
+        Some("html") => html::parse(text).map_err(|why| {
+            SendFault::bad_request(&format!("Bad Request: can't parse entities: {why}"))
+        })?,
+        // MarkdownV2's escaping rules are not emulated (nothing here sends it), so its
+        // text is taken as shown.
+        Some("markdown") | Some("markdownv2") => text.to_string(),
+        Some(_) => return Err(SendFault::bad_request("Bad Request: unsupported parse_mode")),
     };
-    if text.trim().is_empty() {
-        Some(SendFault::bad_request("Bad Request: message text is empty"))
-    } else if visible > MAX_TEXT_LEN {
-        Some(SendFault::bad_request("Bad Request: message is too long"))
+    if shown.trim().is_empty() {
+        Err(SendFault::bad_request("Bad Request: message text is empty"))
+    } else if utf16_len(&shown) > MAX_TEXT_LEN {
+        Err(SendFault::bad_request("Bad Request: message is too long"))
     } else {
-        None
+        Ok(shown)
     }
-}
-
-/// Approximate the text Telegram sees after parsing HTML: tags dropped, entities one char.
-fn strip_html(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut chars = text.chars();
-    while let Some(c) = chars.next() {
-        match c {
-            '<' => {
-                for c in chars.by_ref() {
-                    if c == '>' {
-                        break;
-                    }
-                }
-            }
-            '&' => {
-                let rest = chars.as_str();
-                match rest.find(';') {
-                    Some(end) if end <= 8 => {
-                        out.push('&');
-                        chars = rest[end + 1..].chars();
-                    }
-                    _ => out.push('&'),
-                }
-            }
-            c => out.push(c),
-        }
-    }
-    out
 }
 
 fn utf16_len(s: &str) -> usize {
@@ -938,6 +1217,15 @@ fn api_error(status: u16, description: &str, parameters: Option<Value>) -> Respo
         body["parameters"] = p;
     }
     Response::json(status, &body)
+}
+
+/// What Telegram answers for a path or method it does not know.
+fn not_found() -> Response {
+    api_error(404, "Not Found", None)
+}
+
+fn conflict_body() -> Value {
+    json!({"ok": false, "error_code": 409, "description": CONFLICT})
 }
 
 fn retry_after_body(secs: u64) -> Value {
@@ -974,7 +1262,8 @@ fn as_i64(v: &Value) -> Option<i64> {
     v.as_i64().or_else(|| v.as_str()?.trim().parse().ok())
 }
 
-/// The call's parameters as a JSON object, from whichever encoding the client used.
+/// The call's parameters as a JSON object, from whichever encoding the client used. Files
+/// (multipart bodies) are not taken: nothing here sends any.
 fn parse_params(req: &Request) -> Result<Value, String> {
     let mut params = Map::new();
     if let Some(query) = req.query() {
@@ -986,16 +1275,6 @@ fn parse_params(req: &Request) -> Result<Value, String> {
         .to_ascii_lowercase();
     if req.body.iter().all(u8::is_ascii_whitespace) {
         // No body: parameters, if any, came in the query.
-    } else if content_type.starts_with("multipart/form-data") {
-        let boundary = req
-            .header("content-type")
-            .and_then(|ct| {
-                ct.split(';')
-                    .find_map(|p| p.trim().strip_prefix("boundary="))
-            })
-            .map(|b| b.trim_matches('"').to_string())
-            .ok_or("multipart body without boundary")?;
-        params.extend(parse_multipart(&req.body, &boundary));
     } else if content_type.starts_with("application/x-www-form-urlencoded") {
         params.extend(parse_form(&String::from_utf8_lossy(&req.body)));
     } else {
@@ -1018,46 +1297,6 @@ fn parse_form(s: &str) -> Map<String, Value> {
             (decode(k), Value::String(decode(v)))
         })
         .collect()
-}
-
-/// Text fields become strings; file fields become `{"filename", "size"}`.
-fn parse_multipart(body: &[u8], boundary: &str) -> Map<String, Value> {
-    let delimiter = format!("--{boundary}");
-    let text = String::from_utf8_lossy(body);
-    let mut out = Map::new();
-    for part in text.split(delimiter.as_str()).skip(1) {
-        if part.starts_with("--") {
-            break;
-        }
-        let part = part.strip_prefix("\r\n").unwrap_or(part);
-        let Some((head, content)) = part.split_once("\r\n\r\n") else {
-            continue;
-        };
-        let content = content.strip_suffix("\r\n").unwrap_or(content);
-        let disposition = head
-            .lines()
-            .find(|l| l.to_ascii_lowercase().starts_with("content-disposition"))
-            .unwrap_or("");
-        let attr = |name: &str| {
-            disposition.split(';').find_map(|p| {
-                p.trim()
-                    .strip_prefix(name)?
-                    .strip_prefix('=')
-                    .map(|v| v.trim_matches('"').to_string())
-            })
-        };
-        let Some(name) = attr("name") else { continue };
-        let value = match attr("filename") {
-            Some(filename) => json!({"filename": filename, "size": content.len()}),
-            // teloxide sends nested objects (reply markup, ...) as JSON text.
-            None => serde_json::from_str::<Value>(content)
-                .ok()
-                .filter(|v| v.is_object() || v.is_array())
-                .unwrap_or_else(|| Value::String(content.to_string())),
-        };
-        out.insert(name, value);
-    }
-    out
 }
 
 fn percent_decode(s: &str) -> String {
@@ -1384,23 +1623,23 @@ mod tests {
         assert_eq!(sent[0].chat_id, 77);
         assert_eq!(sent[0].text, "hello world!");
 
+        // A method Telegram does not have is a 404, as there.
         let r = http()
             .get(format!("{url}/bot{TOKEN}/whatever?x=1"))
             .send()
             .await
             .unwrap();
+        assert_eq!(r.status().as_u16(), 404);
         let body: Value = r.json().await.unwrap();
-        assert_eq!(body, json!({"ok": true, "result": true}));
+        assert_eq!(
+            body,
+            json!({"ok": false, "error_code": 404, "description": "Not Found"})
+        );
         assert_eq!(fake.api_calls().last().unwrap().params, json!({"x": "1"}));
     }
 
     #[test]
     fn helpers() {
-        assert_eq!(strip_html("<b>a&amp;b</b> &lt;"), "a&b &");
         assert_eq!(percent_decode("a%3Ab%zz"), "a:b%zz");
-        let mp = b"--XX\r\nContent-Disposition: form-data; name=\"chat_id\"\r\n\r\n5\r\n--XX\r\nContent-Disposition: form-data; name=\"document\"; filename=\"a.txt\"\r\n\r\nabc\r\n--XX--\r\n";
-        let m = parse_multipart(mp, "XX");
-        assert_eq!(m["chat_id"], json!("5"));
-        assert_eq!(m["document"], json!({"filename": "a.txt", "size": 3}));
     }
 }
