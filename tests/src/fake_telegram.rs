@@ -931,8 +931,7 @@ impl State {
             self.bump();
             return ok(json!(true));
         }
-        g.texts
-            .insert((chat_id, message_id), (text, shown.clone()));
+        g.texts.insert((chat_id, message_id), (text, shown.clone()));
         let chat = g.chat(chat_id);
         drop(g);
         self.bump();
@@ -1121,11 +1120,7 @@ fn chat_action(params: &Value) -> Response {
     if CHAT_ACTIONS.contains(&action) {
         ok(json!(true))
     } else {
-        api_error(
-            400,
-            "Bad Request: wrong parameter action in request",
-            None,
-        )
+        api_error(400, "Bad Request: wrong parameter action in request", None)
     }
 }
 
@@ -1185,7 +1180,11 @@ fn shown_text(text: &str, parse_mode: Option<&str>) -> Result<String, SendFault>
         // MarkdownV2's escaping rules are not emulated (nothing here sends it), so its
         // text is taken as shown.
         Some("markdown") | Some("markdownv2") => text.to_string(),
-        Some(_) => return Err(SendFault::bad_request("Bad Request: unsupported parse_mode")),
+        Some(_) => {
+            return Err(SendFault::bad_request(
+                "Bad Request: unsupported parse_mode",
+            ));
+        }
     };
     if shown.trim().is_empty() {
         Err(SendFault::bad_request("Bad Request: message text is empty"))
@@ -1324,9 +1323,9 @@ mod tests {
     use super::*;
     use teloxide_core::{
         ApiError, RequestError,
-        payloads::{GetUpdatesSetters, SendMessageSetters},
+        payloads::{EditMessageTextSetters, GetUpdatesSetters, SendMessageSetters},
         prelude::Requester,
-        types::{ChatId, MessageId, ParseMode, UpdateKind, UserId},
+        types::{AllowedUpdate, ChatId, MessageId, ParseMode, UpdateKind, UserId},
     };
 
     const T: Duration = Duration::from_secs(5);
@@ -1636,6 +1635,288 @@ mod tests {
             json!({"ok": false, "error_code": 404, "description": "Not Found"})
         );
         assert_eq!(fake.api_calls().last().unwrap().params, json!({"x": "1"}));
+    }
+
+    #[tokio::test]
+    async fn html_telegram_cannot_parse_is_refused_and_an_unknown_parse_mode_too() {
+        let fake = FakeTelegram::start().await;
+        let bot = bot(&fake);
+        for html in ["<b>open", "a <br> b", "<b><i>x</b></i>", "1 < 2", "Q&A"] {
+            let err = bot
+                .send_message(ChatId(5), html)
+                .parse_mode(ParseMode::Html)
+                .await
+                .unwrap_err();
+            assert!(
+                matches!(err, RequestError::Api(ApiError::CantParseEntities(_))),
+                "{html}: {err:?}"
+            );
+        }
+        // The same text without a parse mode is only text.
+        bot.send_message(ChatId(5), "<b>open").await.unwrap();
+        let sent = bot
+            .send_message(ChatId(5), "<b>a &amp; b</b>")
+            .parse_mode(ParseMode::Html)
+            .await
+            .unwrap();
+        assert_eq!(sent.text(), Some("a & b"), "the text as Telegram shows it");
+        // Markup whose visible text is blank is an empty message.
+        let err = bot
+            .send_message(ChatId(5), "<b> </b>")
+            .parse_mode(ParseMode::Html)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, RequestError::Api(ApiError::MessageTextIsEmpty)),
+            "{err:?}"
+        );
+        // Edits are parsed as strictly.
+        let err = bot
+            .edit_message_text(ChatId(5), sent.id, "<i>x</b>")
+            .parse_mode(ParseMode::Html)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, RequestError::Api(ApiError::CantParseEntities(_))),
+            "{err:?}"
+        );
+
+        let url = fake.api_url();
+        for mode in ["html5", "Markdown3"] {
+            let r = http()
+                .post(format!("{url}/bot{TOKEN}/sendMessage"))
+                .json(&json!({"chat_id": 5, "text": "x", "parse_mode": mode}))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status().as_u16(), 400);
+            let body: Value = r.json().await.unwrap();
+            assert_eq!(body["description"], "Bad Request: unsupported parse_mode");
+        }
+        // Parse modes are case-insensitive, and "" means none.
+        for mode in ["html", "HTML", ""] {
+            let r = http()
+                .post(format!("{url}/bot{TOKEN}/sendMessage"))
+                .json(&json!({"chat_id": 5, "text": "y", "parse_mode": mode}))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status().as_u16(), 200, "{mode:?}");
+        }
+        assert_eq!(fake.sent().len(), 5);
+        assert_eq!(fake.failed_sends().len(), 9);
+    }
+
+    #[tokio::test]
+    async fn allowed_updates_are_kept_and_other_kinds_never_queued() {
+        let fake = FakeTelegram::start().await;
+        let bot = bot(&fake);
+        let callback = || json!({"callback_query": {"id": "1", "from": {"id": 7, "is_bot": false, "first_name": "T"}, "chat_instance": "c"}});
+        // Before any setting: every kind but the member and reaction ones.
+        let early_callback = fake.push_update(callback());
+        fake.push_update(json!({"message_reaction": {}}));
+        assert_eq!(fake.withheld_updates().len(), 1);
+        let updates = bot
+            .get_updates()
+            .allowed_updates([AllowedUpdate::Message])
+            .timeout(0)
+            .await
+            .unwrap();
+        // The setting does not touch updates that came before it.
+        assert_eq!(updates.len(), 1);
+        assert_eq!(updates[0].id.0 as i64, early_callback);
+        assert_eq!(fake.allowed_updates(), Some(vec!["message".to_string()]));
+        // From now on a callback query is never queued, even for polls that do not say.
+        fake.push_update(callback());
+        let message = fake.send_text(7, 7, "hi");
+        let updates = bot
+            .get_updates()
+            .offset(early_callback as i32 + 1)
+            .timeout(0)
+            .await
+            .unwrap();
+        let ids: Vec<i64> = updates.iter().map(|u| u.id.0 as i64).collect();
+        assert_eq!(ids, [message]);
+        assert_eq!(fake.withheld_updates().len(), 2);
+        // An empty list is the default again.
+        bot.get_updates()
+            .allowed_updates([])
+            .offset(message as i32 + 1)
+            .timeout(0)
+            .await
+            .unwrap();
+        let again = fake.push_update(callback());
+        assert_eq!(fake.pending_update_ids(), [again]);
+    }
+
+    #[tokio::test]
+    async fn a_newer_long_poll_ends_the_waiting_one_with_409() {
+        let fake = FakeTelegram::start().await;
+        let first = tokio::spawn({
+            let bot = bot(&fake);
+            async move { bot.get_updates().timeout(30).await }
+        });
+        assert!(fake.wait_for_polls(1, T).await);
+        let second = tokio::spawn({
+            let bot = bot(&fake);
+            async move { bot.get_updates().timeout(30).await }
+        });
+        let err = tokio::time::timeout(T, first)
+            .await
+            .expect("the older poll is answered at once")
+            .unwrap()
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                RequestError::Api(ApiError::TerminatedByOtherGetUpdates)
+            ),
+            "{err:?}"
+        );
+        assert_eq!(fake.get_updates_log()[0].outcome, PollOutcome::Conflict);
+        // The newer one is the consumer now.
+        let id = fake.send_text(1, 1, "to the survivor");
+        let updates = tokio::time::timeout(T, second)
+            .await
+            .expect("the newer poll still waits for updates")
+            .unwrap()
+            .unwrap();
+        assert_eq!(updates[0].id.0 as i64, id);
+
+        // A poll whose client left is no longer waiting: the next one meets no conflict.
+        let gone = tokio::spawn({
+            let bot = bot(&fake);
+            async move { bot.get_updates().offset(id as i32 + 1).timeout(30).await }
+        });
+        assert!(fake.wait_for_polls(3, T).await);
+        assert!(fake.server().wait_for_open_connections(1, T).await);
+        gone.abort();
+        assert!(fake.server().wait_for_open_connections(0, T).await);
+        let quick = bot(&fake).get_updates().timeout(1).await;
+        assert!(quick.unwrap().is_empty());
+        assert_eq!(fake.get_updates_log()[2].outcome, PollOutcome::Waiting);
+    }
+
+    #[tokio::test]
+    async fn a_long_poll_with_nothing_queued_is_held_for_its_timeout() {
+        let fake = FakeTelegram::start().await;
+        let started = Instant::now();
+        let updates = bot(&fake).get_updates().timeout(1).await.unwrap();
+        assert!(updates.is_empty());
+        assert!(
+            started.elapsed() >= Duration::from_secs(1),
+            "answered after {:?}",
+            started.elapsed()
+        );
+        let times = fake.call_times("getUpdates");
+        assert_eq!(times.len(), 1);
+        assert!(times[0] <= fake.get_updates_log()[0].at);
+    }
+
+    #[tokio::test]
+    async fn flood_limits_answer_429_with_the_wait_until_the_window_has_room() {
+        let fake = FakeTelegram::start().await;
+        let bot = bot(&fake);
+        // Off by default.
+        for i in 0..5 {
+            bot.send_message(ChatId(1), format!("burst {i}"))
+                .await
+                .unwrap();
+        }
+        fake.set_flood_limits(FloodLimits {
+            per_chat: Some(Rate {
+                count: 2,
+                per: Duration::from_secs(3),
+            }),
+            ..FloodLimits::default()
+        });
+        let err = bot.send_message(ChatId(1), "one more").await.unwrap_err();
+        let RequestError::RetryAfter(after) = err else {
+            panic!("{err:?}");
+        };
+        assert!((1..=3).contains(&after.seconds()), "{after:?}");
+        // Edits count, other chats do not.
+        let id = MessageId(fake.sent_to(1)[0].message_id as i32);
+        let err = bot
+            .edit_message_text(ChatId(1), id, "edited")
+            .await
+            .unwrap_err();
+        assert!(matches!(err, RequestError::RetryAfter(_)), "{err:?}");
+        bot.send_message(ChatId(2), "elsewhere").await.unwrap();
+
+        fake.set_flood_limits(FloodLimits {
+            global: Some(Rate {
+                count: 1,
+                per: Duration::from_secs(60),
+            }),
+            ..FloodLimits::default()
+        });
+        let err = bot.send_message(ChatId(3), "anywhere").await.unwrap_err();
+        let RequestError::RetryAfter(after) = err else {
+            panic!("{err:?}");
+        };
+        assert_eq!(after.seconds(), 60);
+        let refused: Vec<String> = fake
+            .failed_sends()
+            .into_iter()
+            .filter(|f| matches!(f.fault, SendFault::RetryAfter(_)))
+            .map(|f| f.method)
+            .collect();
+        assert_eq!(refused, ["sendMessage", "editMessageText", "sendMessage"]);
+        assert_eq!(
+            FloodLimits::telegram().per_chat,
+            Some(Rate {
+                count: 1,
+                per: Duration::from_secs(1)
+            })
+        );
+    }
+
+    #[tokio::test]
+    async fn chat_actions_and_commands_follow_the_bot_api_rules() {
+        let fake = FakeTelegram::start().await;
+        let url = fake.api_url();
+        let call = |method: &'static str, body: Value| {
+            let url = url.clone();
+            async move {
+                let r = http()
+                    .post(format!("{url}/bot{TOKEN}/{method}"))
+                    .json(&body)
+                    .send()
+                    .await
+                    .unwrap();
+                let status = r.status().as_u16();
+                (status, r.json::<Value>().await.unwrap())
+            }
+        };
+        assert_eq!(
+            call("sendChatAction", json!({"chat_id": 1, "action": "typing"}))
+                .await
+                .0,
+            200
+        );
+        let (status, body) =
+            call("sendChatAction", json!({"chat_id": 1, "action": "dancing"})).await;
+        assert_eq!(status, 400);
+        assert_eq!(
+            body["description"],
+            "Bad Request: wrong parameter action in request"
+        );
+        let good = json!({"commands": [{"command": "new_chat2", "description": "Start over"}]});
+        assert_eq!(call("setMyCommands", good.clone()).await.0, 200);
+        assert_eq!(
+            call("getMyCommands", json!({})).await.1["result"],
+            good["commands"]
+        );
+        for bad in [
+            json!({"command": "New", "description": "x"}),
+            json!({"command": "/new", "description": "x"}),
+            json!({"command": "", "description": "x"}),
+            json!({"command": "new", "description": ""}),
+        ] {
+            let (status, body) = call("setMyCommands", json!({"commands": [bad]})).await;
+            assert_eq!(status, 400, "{body}");
+        }
     }
 
     #[test]

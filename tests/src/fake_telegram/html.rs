@@ -58,9 +58,11 @@ pub fn parse(text: &str) -> Result<String, String> {
                     continue;
                 }
                 Entity::Surrogate => {
-                    return Err("Text contains invalid Unicode characters after decoding HTML \
+                    return Err(
+                        "Text contains invalid Unicode characters after decoding HTML \
                                 entities, check for unmatched surrogate code units"
-                        .into());
+                            .into(),
+                    );
                 }
                 Entity::Unknown(end) => {
                     return Err(format!(
@@ -308,19 +310,34 @@ mod tests {
     fn what_telegram_accepts_and_shows() {
         for (html, shown) in [
             ("plain > text", "plain > text"),
-            ("<b>bold</b> <strong>s</strong> <i>i</i><em>e</em>", "bold s ie"),
-            ("<u>u</u><ins>i</ins><s>s</s><strike>k</strike><del>d</del>", "uiskd"),
+            (
+                "<b>bold</b> <strong>s</strong> <i>i</i><em>e</em>",
+                "bold s ie",
+            ),
+            (
+                "<u>u</u><ins>i</ins><s>s</s><strike>k</strike><del>d</del>",
+                "uiskd",
+            ),
             (
                 "<span class=\"tg-spoiler\">a</span><tg-spoiler>b</tg-spoiler>",
                 "ab",
             ),
             ("<span class=tg-spoiler>a</span>", "a"),
             ("<a href=\"https://x.org/?a=1&amp;b=2\">link</a>", "link"),
-            ("<tg-emoji emoji-id=\"5368324170671202286\">👍</tg-emoji>", "👍"),
-            ("<tg-time unix=\"1647531900\" format=\"t\">22:45</tg-time>", "22:45"),
+            (
+                "<tg-emoji emoji-id=\"5368324170671202286\">👍</tg-emoji>",
+                "👍",
+            ),
+            (
+                "<tg-time unix=\"1647531900\" format=\"t\">22:45</tg-time>",
+                "22:45",
+            ),
             ("<code>x &lt; y</code>", "x < y"),
             ("<pre><code class=\"language-rust\">fn</code></pre>", "fn"),
-            ("<blockquote>q</blockquote><blockquote expandable>e</blockquote>", "qe"),
+            (
+                "<blockquote>q</blockquote><blockquote expandable>e</blockquote>",
+                "qe",
+            ),
             ("<B>shouting</b>", "shouting"),
             ("<b>closed by </>", "closed by "),
             ("&lt;&gt;&amp;&quot;&#65;&#x42;&lt", "<>&\"AB<"),
@@ -334,11 +351,17 @@ mod tests {
     #[test]
     fn what_telegram_refuses_with_its_words() {
         for (html, error) in [
-            ("<foo>x</foo>", "Unsupported start tag \"foo\" at byte offset 0"),
+            (
+                "<foo>x</foo>",
+                "Unsupported start tag \"foo\" at byte offset 0",
+            ),
             ("a <br> b", "Unsupported start tag \"br\" at byte offset 2"),
             ("1 < 2", "Unsupported start tag \"\" at byte offset 2"),
             ("x <b", "Unclosed start tag at byte offset 2"),
-            ("<b>x", "Can't find end tag corresponding to start tag \"b\""),
+            (
+                "<b>x",
+                "Can't find end tag corresponding to start tag \"b\"",
+            ),
             ("x</b>", "Unexpected end tag at byte offset 1"),
             ("<b>x</b", "Unclosed end tag at byte offset 4"),
             (
@@ -349,11 +372,23 @@ mod tests {
                 "<B>x</B>",
                 "Unmatched end tag at byte offset 4, expected \"</b>\", found \"</B>\"",
             ),
-            ("<span>x</span>", "Tag \"span\" must have class \"tg-spoiler\" at byte offset 0"),
-            ("<a =\"x\">y</a>", "Empty attribute name in the tag \"a\" at byte offset 0"),
-            ("<a href=x/>y</a>", "Unexpected end of name token at byte offset 8"),
+            (
+                "<span>x</span>",
+                "Tag \"span\" must have class \"tg-spoiler\" at byte offset 0",
+            ),
+            (
+                "<a =\"x\">y</a>",
+                "Empty attribute name in the tag \"a\" at byte offset 0",
+            ),
+            (
+                "<a href=x/>y</a>",
+                "Unexpected end of name token at byte offset 8",
+            ),
             ("<a href=\"x\"", "Unclosed start tag at byte offset 0"),
-            ("<tg-emoji emoji-id=\"abc\">👍</tg-emoji>", "Invalid custom emoji identifier specified"),
+            (
+                "<tg-emoji emoji-id=\"abc\">👍</tg-emoji>",
+                "Invalid custom emoji identifier specified",
+            ),
             (
                 "&#xD800;",
                 "Text contains invalid Unicode characters after decoding HTML entities, check for unmatched surrogate code units",
