@@ -6,9 +6,18 @@
 //! With nothing scripted it echoes the last user message, so a test can tell which request
 //! produced which answer. Every request is logged and tests wait on the log instead of
 //! sleeping.
+//!
+//! It is as strict as OpenAI's API where a lax fake would hide a bug: it wants
+//! `Authorization: Bearer <key>` when it has a key (by default [`API_KEY`], which the
+//! harness configures, so every test checks the header); it refuses a conversation whose
+//! tool turns do not pair up (a `tool` message that answers no call of the assistant
+//! message before it, or a call no `tool` message answers) with OpenAI's 400; and it
+//! streams scripted tool calls ([`ProviderReply::ToolCalls`]) as OpenAI does, in
+//! `delta.tool_calls` pieces, when the request asks for a stream. A refused request is
+//! logged but does not use up a scripted reply.
 
 use std::{
-    collections::VecDeque,
+    collections::{HashSet, VecDeque},
     sync::{Arc, Mutex, MutexGuard},
     time::{Duration, Instant},
 };
@@ -24,6 +33,18 @@ pub const SEED_402_BODY: &str = r#"{"error":{"message":"Insufficient available b
 
 /// The model name used when a request does not say.
 pub const DEFAULT_MODEL: &str = "fake-model";
+
+/// The key [`FakeProvider::start`] wants, and the one the harness configures.
+pub const API_KEY: &str = "sk-test-key";
+
+/// One function call the scripted model makes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScriptedCall {
+    pub id: String,
+    pub name: String,
+    /// The arguments as the model writes them: JSON text, or not.
+    pub arguments: String,
+}
 
 /// One scripted answer, consumed by one chat-completions request.
 #[derive(Debug, Clone, PartialEq)]
@@ -59,6 +80,10 @@ pub enum ProviderReply {
         pieces: Vec<String>,
         every: Duration,
     },
+    /// An answer that calls these functions (`finish_reason: "tool_calls"`): one
+    /// completion with `message.tool_calls`, or, to a request with `"stream": true`, the
+    /// SSE chunks OpenAI sends, each call's id and name first and its arguments in pieces.
+    ToolCalls(Vec<ScriptedCall>),
     /// Like [`ProviderReply::Stream`], but after the last piece the connection closes:
     /// no finish chunk, no `[DONE]`, no end of the chunked body (a stream that breaks).
     /// To a request without `stream`: the same wait, then half a completion body and a
@@ -83,6 +108,20 @@ impl ProviderReply {
             headers: vec![("Content-Type".into(), content_type.into())],
             body,
         }
+    }
+
+    /// An answer calling `calls`, each `(id, function name, arguments text)`.
+    pub fn tool_calls(calls: &[(&str, &str, &str)]) -> Self {
+        ProviderReply::ToolCalls(
+            calls
+                .iter()
+                .map(|(id, name, arguments)| ScriptedCall {
+                    id: id.to_string(),
+                    name: name.to_string(),
+                    arguments: arguments.to_string(),
+                })
+                .collect(),
+        )
     }
 
     /// The seed 402 "insufficient balance" answer.
@@ -138,6 +177,8 @@ pub struct FakeProvider {
 }
 
 struct State {
+    /// The key requests must carry; `None`: any or none.
+    key: Option<String>,
     inner: Mutex<Inner>,
     /// Bumped on every new request so waits re-check without sleeping.
     changed: watch::Sender<()>,
@@ -153,8 +194,16 @@ struct Inner {
 }
 
 impl FakeProvider {
+    /// A provider that wants [`API_KEY`].
     pub async fn start() -> FakeProvider {
+        FakeProvider::start_with_key(Some(API_KEY)).await
+    }
+
+    /// A provider that wants `key` (`None`: one that takes requests without a key, like a
+    /// local model server).
+    pub async fn start_with_key(key: Option<&str>) -> FakeProvider {
         let state = Arc::new(State {
+            key: key.map(str::to_string),
             inner: Mutex::new(Inner::default()),
             changed: watch::Sender::new(()),
         });
@@ -257,6 +306,9 @@ impl State {
         let path = req.path_only().to_string();
         let is_chat =
             req.method.eq_ignore_ascii_case("POST") && path.ends_with("/chat/completions");
+        let refusal = self
+            .key_problem(req.header("authorization"))
+            .or_else(|| is_chat.then(|| request_problem(&body)).flatten());
         let scripted = {
             let mut g = self.lock();
             g.requests.push(ProviderRequest {
@@ -265,7 +317,7 @@ impl State {
                 authorization: req.header("authorization").map(str::to_string),
                 body: body.clone(),
             });
-            if is_chat && body.is_object() {
+            if refusal.is_none() && is_chat {
                 let keyed = last_user_text(&body)
                     .and_then(|text| g.by_message.get_mut(&text))
                     .and_then(VecDeque::pop_front);
@@ -275,6 +327,9 @@ impl State {
             }
         };
         self.changed.send_replace(());
+        if let Some(refusal) = refusal {
+            return refusal;
+        }
 
         if !is_chat {
             if req.method.eq_ignore_ascii_case("GET") && path.ends_with("/models") {
@@ -287,10 +342,6 @@ impl State {
             }
             return openai_error(404, &format!("Unknown request URL: {} {path}", req.method));
         }
-        if !body.is_object() {
-            return openai_error(400, "We could not parse the JSON body of your request.");
-        }
-
         let reply = match scripted {
             None => return completion(&body, &echo(&body)),
             Some(reply) => reply,
@@ -312,12 +363,142 @@ impl State {
             ProviderReply::Reset => Response::Reset,
             ProviderReply::RawBody(raw) => Response::with_type(200, "application/json", raw),
             ProviderReply::Json(value) => Response::json(200, &value),
+            ProviderReply::ToolCalls(calls) => tool_calls(&body, &calls),
             ProviderReply::Stream { pieces, every } => stream(&body, &pieces, every, true).await,
             ProviderReply::StreamThenReset { pieces, every } => {
                 stream(&body, &pieces, every, false).await
             }
         }
     }
+}
+
+impl State {
+    /// OpenAI's 401 for a missing or wrong key, if this provider wants one.
+    fn key_problem(&self, authorization: Option<&str>) -> Option<Response> {
+        let key = self.key.as_deref()?;
+        let sent = authorization.and_then(|h| {
+            let (scheme, token) = h.trim().split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+        });
+        let message = match sent {
+            Some(sent) if sent == key => return None,
+            Some(sent) => format!(
+                "Incorrect API key provided: {}. You can find your API key at https://platform.openai.com/account/api-keys.",
+                masked(sent)
+            ),
+            None => "You didn't provide an API key. You need to provide your API key in an \
+                     Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY)."
+                .into(),
+        };
+        let code = if sent.is_some() {
+            json!("invalid_api_key")
+        } else {
+            Value::Null
+        };
+        Some(Response::json(
+            401,
+            &json!({"error": {"message": message, "type": "invalid_request_error", "param": null, "code": code}}),
+        ))
+    }
+}
+
+/// A key as OpenAI echoes a wrong one: its ends, the middle starred.
+fn masked(key: &str) -> String {
+    let chars: Vec<char> = key.chars().collect();
+    if chars.len() <= 8 {
+        return "*".repeat(chars.len());
+    }
+    let head: String = chars[..3].iter().collect();
+    let tail: String = chars[chars.len() - 4..].iter().collect();
+    format!("{head}{}{tail}", "*".repeat(chars.len() - 7))
+}
+
+/// Why OpenAI would refuse this chat-completions body (400), if it would.
+fn request_problem(body: &Value) -> Option<Response> {
+    let invalid = |message: &str, param: Value| {
+        Some(Response::json(
+            400,
+            &json!({"error": {"message": message, "type": "invalid_request_error", "param": param, "code": null}}),
+        ))
+    };
+    if !body.is_object() {
+        return invalid(
+            "We could not parse the JSON body of your request.",
+            Value::Null,
+        );
+    }
+    if body.get("model").and_then(Value::as_str).is_none() {
+        return invalid("you must provide a model parameter", Value::Null);
+    }
+    let messages = match body.get("messages") {
+        Some(Value::Array(messages)) if !messages.is_empty() => messages,
+        Some(Value::Array(_)) => return invalid("[] is too short - 'messages'", json!("messages")),
+        _ => return invalid("Missing required parameter: 'messages'.", json!("messages")),
+    };
+    let (message, param) = tool_turn_problem(messages)?;
+    invalid(&message, json!(param))
+}
+
+/// OpenAI's rule for tool turns: the `tool` messages right after an assistant message
+/// with `tool_calls` answer those calls, each by its id, and all of them are answered
+/// before the next message of another role. Returns its error message and `param`.
+fn tool_turn_problem(messages: &[Value]) -> Option<(String, String)> {
+    // The calls of the assistant message whose answers may follow, and those answered.
+    let mut open: Option<(Vec<String>, HashSet<String>)> = None;
+    let unanswered = |open: &Option<(Vec<String>, HashSet<String>)>, at: usize| {
+        let (ids, answered) = open.as_ref()?;
+        let missing: Vec<&str> = ids
+            .iter()
+            .filter(|id| !answered.contains(*id))
+            .map(String::as_str)
+            .collect();
+        (!missing.is_empty()).then(|| {
+            (
+                format!(
+                    "An assistant message with 'tool_calls' must be followed by tool messages responding to each 'tool_call_id'. The following tool_call_ids did not have response messages: {}",
+                    missing.join(", ")
+                ),
+                format!("messages.[{at}].role"),
+            )
+        })
+    };
+    for (i, message) in messages.iter().enumerate() {
+        let role = message.get("role").and_then(Value::as_str).unwrap_or("");
+        if role == "tool" {
+            let Some((ids, answered)) = open.as_mut() else {
+                return Some((
+                    "Invalid parameter: messages with role 'tool' must be a response to a preceeding message with 'tool_calls'.".into(),
+                    format!("messages.[{i}].role"),
+                ));
+            };
+            let id = message
+                .get("tool_call_id")
+                .and_then(Value::as_str)
+                .unwrap_or("");
+            if !ids.iter().any(|known| known == id) {
+                return Some((
+                    format!(
+                        "Invalid parameter: 'tool_call_id' of '{id}' not found in 'tool_calls' of previous message."
+                    ),
+                    format!("messages.[{i}].tool_call_id"),
+                ));
+            }
+            answered.insert(id.to_string());
+            continue;
+        }
+        if let Some(problem) = unanswered(&open, i) {
+            return Some(problem);
+        }
+        let ids: Vec<String> = message
+            .get("tool_calls")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|call| call.get("id").and_then(Value::as_str).map(str::to_string))
+            .collect();
+        open = (role == "assistant" && !ids.is_empty()).then(|| (ids, HashSet::new()));
+    }
+    unanswered(&open, messages.len())
 }
 
 /// `full` with only half its body sent, then a close (`reset`) or nothing more.
@@ -428,13 +609,40 @@ impl<'a> Sse<'a> {
         self.chunk(json!({"content": piece}), Value::Null)
     }
 
+    /// The chunks of one call: its index, id and name with empty arguments, then the
+    /// arguments a few characters at a time.
+    fn tool_call(&self, index: usize, call: &ScriptedCall) -> Vec<Value> {
+        let mut head = json!({"tool_calls": [{
+            "index": index, "id": call.id, "type": "function",
+            "function": {"name": call.name, "arguments": ""},
+        }]});
+        if index == 0 {
+            head["role"] = json!("assistant");
+            head["content"] = Value::Null;
+        }
+        let mut chunks = vec![self.chunk(head, Value::Null)];
+        let chars: Vec<char> = call.arguments.chars().collect();
+        for piece in chars.chunks(5) {
+            let piece: String = piece.iter().collect();
+            chunks.push(self.chunk(
+                json!({"tool_calls": [{"index": index, "function": {"arguments": piece}}]}),
+                Value::Null,
+            ));
+        }
+        chunks
+    }
+
     fn event(&self, chunk: &Value) -> Vec<u8> {
         format!("data: {chunk}\n\n").into_bytes()
     }
 
     /// The finish chunk, the usage chunk if the request asked for it, and `[DONE]`.
     fn end(&self) -> Vec<u8> {
-        let mut out = self.event(&self.chunk(json!({}), json!("stop")));
+        self.end_with("stop")
+    }
+
+    fn end_with(&self, finish_reason: &str) -> Vec<u8> {
+        let mut out = self.event(&self.chunk(json!({}), json!(finish_reason)));
         if self.include_usage {
             out.extend(self.event(&json!({
                 "id": "chatcmpl-fake",
@@ -516,14 +724,63 @@ fn completion(request: &Value, content: &str) -> Response {
     Response::with_type(200, "text/event-stream", body)
 }
 
+/// [`ProviderReply::ToolCalls`]: one completion, or its SSE chunks to a streaming request.
+fn tool_calls(request: &Value, calls: &[ScriptedCall]) -> Response {
+    let sse = Sse::new(request);
+    if !wants_stream(request) {
+        let calls: Vec<Value> = calls
+            .iter()
+            .map(|c| {
+                json!({"id": c.id, "type": "function",
+                       "function": {"name": c.name, "arguments": c.arguments}})
+            })
+            .collect();
+        return Response::json(
+            200,
+            &json!({
+                "id": "chatcmpl-fake",
+                "object": "chat.completion",
+                "created": 0,
+                "model": sse.model,
+                "choices": [{
+                    "index": 0,
+                    "message": {"role": "assistant", "content": null, "tool_calls": calls},
+                    "finish_reason": "tool_calls",
+                }],
+                "usage": usage(),
+            }),
+        );
+    }
+    let mut body = Vec::new();
+    for (index, call) in calls.iter().enumerate() {
+        for chunk in sse.tool_call(index, call) {
+            body.extend(sse.event(&chunk));
+        }
+    }
+    body.extend(sse.end_with("tool_calls"));
+    Response::with_type(200, "text/event-stream", body)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     const T: Duration = Duration::from_secs(5);
 
+    /// A client that sends the key the fake wants, as the worker does.
     fn client() -> reqwest::Client {
-        reqwest::Client::builder().no_proxy().build().unwrap()
+        builder().build().unwrap()
+    }
+
+    fn builder() -> reqwest::ClientBuilder {
+        let mut headers = reqwest::header::HeaderMap::new();
+        headers.insert(
+            reqwest::header::AUTHORIZATION,
+            format!("Bearer {API_KEY}").parse().unwrap(),
+        );
+        reqwest::Client::builder()
+            .no_proxy()
+            .default_headers(headers)
     }
 
     fn ask(text: &str) -> Value {
@@ -536,7 +793,6 @@ mod tests {
     async fn post(fake: &FakeProvider, body: &Value) -> reqwest::Result<reqwest::Response> {
         client()
             .post(format!("{}/chat/completions", fake.base_url()))
-            .bearer_auth("sk-test")
             .json(body)
             .send()
             .await
@@ -554,7 +810,10 @@ mod tests {
         let reqs = fake.requests();
         assert_eq!(reqs.len(), 1);
         assert_eq!(reqs[0].path, "/v1/chat/completions");
-        assert_eq!(reqs[0].authorization.as_deref(), Some("Bearer sk-test"));
+        assert_eq!(
+            reqs[0].authorization.as_deref(),
+            Some(format!("Bearer {API_KEY}").as_str())
+        );
         assert_eq!(reqs[0].last_user_text().as_deref(), Some("ping"));
         assert_eq!(reqs[0].model(), Some("m1"));
     }
@@ -604,8 +863,7 @@ mod tests {
     async fn hang_times_out_and_connection_is_released() {
         let fake = FakeProvider::start().await;
         fake.push(ProviderReply::Hang);
-        let client = reqwest::Client::builder()
-            .no_proxy()
+        let client = builder()
             .timeout(Duration::from_millis(300))
             .build()
             .unwrap();
@@ -850,5 +1108,233 @@ mod tests {
         assert_eq!(r.status().as_u16(), 400);
         assert_eq!(fake.requests()[1].body, json!("nope"));
         assert_eq!(fake.pending_replies(), 1);
+    }
+    async fn post_as(
+        fake: &FakeProvider,
+        authorization: Option<&str>,
+        body: &Value,
+    ) -> (u16, Value) {
+        let mut request = reqwest::Client::builder()
+            .no_proxy()
+            .build()
+            .unwrap()
+            .post(format!("{}/chat/completions", fake.base_url()))
+            .json(body);
+        if let Some(value) = authorization {
+            request = request.header("authorization", value);
+        }
+        let r = request.send().await.unwrap();
+        (r.status().as_u16(), r.json().await.unwrap())
+    }
+
+    #[tokio::test]
+    async fn a_missing_or_wrong_key_is_refused_as_openai_does() {
+        let fake = FakeProvider::start().await;
+        fake.push(ProviderReply::Text("kept for the keyed request".into()));
+        let (status, body) = post_as(&fake, None, &ask("x")).await;
+        assert_eq!(status, 401);
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .starts_with("You didn't provide an API key."),
+            "{body}"
+        );
+        assert_eq!(body["error"]["code"], Value::Null);
+        let (status, body) = post_as(&fake, Some("Bearer sk-wrong-key-123"), &ask("x")).await;
+        assert_eq!(status, 401);
+        assert_eq!(body["error"]["code"], "invalid_api_key");
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(message.contains("sk-*********-123"), "{message}");
+        // Basic auth, or the key without its scheme, is no bearer token.
+        for header in ["Basic c2stdGVzdC1rZXk6", API_KEY] {
+            assert_eq!(post_as(&fake, Some(header), &ask("x")).await.0, 401);
+        }
+        let (status, body) = post_as(&fake, Some(&format!("Bearer {API_KEY}")), &ask("x")).await;
+        assert_eq!(status, 200);
+        assert_eq!(
+            body["choices"][0]["message"]["content"],
+            "kept for the keyed request"
+        );
+        assert_eq!(fake.request_count(), 5, "refused requests are logged too");
+
+        // A provider without a key takes requests without one.
+        let open = FakeProvider::start_with_key(None).await;
+        assert_eq!(post_as(&open, None, &ask("x")).await.0, 200);
+    }
+
+    fn with_messages(messages: Value) -> Value {
+        json!({"model": "m1", "messages": messages})
+    }
+
+    fn call(id: &str) -> Value {
+        json!({"id": id, "type": "function", "function": {"name": "calc__add", "arguments": "{}"}})
+    }
+
+    #[tokio::test]
+    async fn tool_turns_that_do_not_pair_up_are_refused_as_openai_does() {
+        let fake = FakeProvider::start().await;
+        fake.push(ProviderReply::Text("for the valid one".into()));
+        let user = json!({"role": "user", "content": "add"});
+        let asks = |ids: &[&str]| {
+            json!({"role": "assistant", "content": null,
+                   "tool_calls": ids.iter().map(|id| call(id)).collect::<Vec<_>>()})
+        };
+        let answer = |id: &str| json!({"role": "tool", "tool_call_id": id, "content": "5"});
+        for (messages, error, param) in [
+            (
+                json!([user, answer("c1")]),
+                "Invalid parameter: messages with role 'tool' must be a response to a preceeding message with 'tool_calls'.",
+                "messages.[1].role",
+            ),
+            (
+                // Answers belong right after their calls, not after a later message.
+                json!([user, asks(&["c1"]), answer("c1"), {"role": "assistant", "content": "5"}, answer("c1")]),
+                "Invalid parameter: messages with role 'tool' must be a response to a preceeding message with 'tool_calls'.",
+                "messages.[4].role",
+            ),
+            (
+                json!([user, asks(&["c1"]), answer("c2")]),
+                "Invalid parameter: 'tool_call_id' of 'c2' not found in 'tool_calls' of previous message.",
+                "messages.[2].tool_call_id",
+            ),
+            (
+                json!([user, asks(&["c1", "c2"]), answer("c2"), {"role": "user", "content": "and?"}]),
+                "An assistant message with 'tool_calls' must be followed by tool messages responding to each 'tool_call_id'. The following tool_call_ids did not have response messages: c1",
+                "messages.[3].role",
+            ),
+            (
+                json!([user, asks(&["c1"])]),
+                "An assistant message with 'tool_calls' must be followed by tool messages responding to each 'tool_call_id'. The following tool_call_ids did not have response messages: c1",
+                "messages.[2].role",
+            ),
+        ] {
+            let (status, body) = post_as(
+                &fake,
+                Some(&format!("Bearer {API_KEY}")),
+                &with_messages(messages.clone()),
+            )
+            .await;
+            assert_eq!(status, 400, "{messages}");
+            assert_eq!(body["error"]["message"], error, "{messages}");
+            assert_eq!(body["error"]["param"], param, "{messages}");
+            assert_eq!(body["error"]["type"], "invalid_request_error");
+        }
+        assert_eq!(
+            fake.pending_replies(),
+            1,
+            "refusals use up no scripted reply"
+        );
+        // Two rounds of calls, the same id reused in the second, all answered: fine.
+        let valid = json!([user, asks(&["c1", "c2"]), answer("c2"), answer("c1"),
+                           asks(&["c1"]), answer("c1"), {"role": "assistant", "content": "5"},
+                           {"role": "user", "content": "thanks"}]);
+        let v: Value = post(&fake, &with_messages(valid))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(v["choices"][0]["message"]["content"], "for the valid one");
+        // Nor are missing models and messages let through.
+        for body in [
+            json!({"messages": [user]}),
+            json!({"model": "m"}),
+            with_messages(json!([])),
+        ] {
+            assert_eq!(
+                post(&fake, &body).await.unwrap().status().as_u16(),
+                400,
+                "{body}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn scripted_tool_calls_stream_as_openai_streams_them() {
+        let fake = FakeProvider::start().await;
+        let script = || {
+            ProviderReply::tool_calls(&[
+                ("call_a", "calc__add", r#"{"a":2,"b":3}"#),
+                ("call_b", "calc__env", "{}"),
+            ])
+        };
+        fake.push(script());
+        let v: Value = post(&fake, &ask("add"))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(v["choices"][0]["finish_reason"], "tool_calls");
+        assert_eq!(v["choices"][0]["message"]["content"], Value::Null);
+        assert_eq!(
+            v["choices"][0]["message"]["tool_calls"][0],
+            json!({"id": "call_a", "type": "function",
+                   "function": {"name": "calc__add", "arguments": r#"{"a":2,"b":3}"#}})
+        );
+
+        fake.push(script());
+        let mut req = ask("add");
+        req["stream"] = json!(true);
+        req["stream_options"] = json!({"include_usage": true});
+        let r = post(&fake, &req).await.unwrap();
+        assert_eq!(r.headers()["content-type"], "text/event-stream");
+        let (events, end) = sse_events(r).await;
+        end.unwrap();
+        let data: Vec<&str> = events.iter().map(|(_, d)| d.as_str()).collect();
+        assert_eq!(data.last(), Some(&"[DONE]"));
+        let chunks: Vec<Value> = data[..data.len() - 1]
+            .iter()
+            .map(|d| serde_json::from_str(d).unwrap())
+            .collect();
+        // Stitch the calls together the way a client must: by index.
+        let mut calls: Vec<(String, String, String)> = Vec::new();
+        let mut pieces_of_a = 0;
+        for chunk in &chunks {
+            for piece in chunk
+                .pointer("/choices/0/delta/tool_calls")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                let index = piece["index"].as_u64().unwrap() as usize;
+                if calls.len() <= index {
+                    calls.resize(index + 1, Default::default());
+                }
+                if let Some(id) = piece["id"].as_str() {
+                    calls[index].0 = id.into();
+                    calls[index].1 = piece["function"]["name"].as_str().unwrap().into();
+                } else {
+                    assert!(
+                        piece["function"].get("name").is_none(),
+                        "the name comes once"
+                    );
+                }
+                calls[index].2 += piece["function"]["arguments"].as_str().unwrap();
+                pieces_of_a += usize::from(index == 0);
+            }
+        }
+        assert_eq!(
+            calls,
+            [
+                (
+                    "call_a".into(),
+                    "calc__add".into(),
+                    r#"{"a":2,"b":3}"#.into()
+                ),
+                ("call_b".into(), "calc__env".into(), "{}".into()),
+            ]
+        );
+        assert!(pieces_of_a > 2, "arguments arrive in several pieces");
+        assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
+        let finish = &chunks[chunks.len() - 2];
+        assert_eq!(finish["choices"][0]["finish_reason"], "tool_calls");
+        assert!(chunks[chunks.len() - 1].get("usage").is_some());
+        assert!(
+            chunks[..chunks.len() - 2]
+                .iter()
+                .all(|c| c["choices"][0]["finish_reason"].is_null())
+        );
     }
 }

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use hermes_protocol::config::WorkerMode;
 use tokio::process::{Child, Command};
 
-use crate::fake_provider::FakeProvider;
+use crate::fake_provider::{API_KEY, FakeProvider};
 use crate::fake_telegram::{FakeTelegram, SentMessage, TOKEN};
 use crate::procs;
 
@@ -278,7 +278,7 @@ impl Gateway {
             .args(["run", "--config"])
             .arg(&config_path)
             .env("HERMES_TEST_TELEGRAM_TOKEN", TOKEN)
-            .env("HERMES_TEST_PROVIDER_KEY", "sk-test-key")
+            .env("HERMES_TEST_PROVIDER_KEY", API_KEY)
             .env("HERMES_LOG", "info")
             .env_remove("HERMES_CONFIG")
             .env_remove("RUNTIME_DIRECTORY")

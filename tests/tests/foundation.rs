@@ -487,7 +487,7 @@ fn count(haystack: &str, needle: &str) -> usize {
 /// `hermes-worker ask`, the operator's debugging entry point: the same agent, no gateway.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ask_prints_the_reply_or_the_typed_failure() {
-    let provider = hermes_tests::fake_provider::FakeProvider::start().await;
+    let provider = hermes_tests::fake_provider::FakeProvider::start_with_key(Some("sk-ask")).await;
     let dir = tempfile::tempdir().expect("tempdir");
     let config = dir.path().join("hermes.toml");
     std::fs::write(

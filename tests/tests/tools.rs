@@ -83,18 +83,7 @@ async fn rig(mode: WorkerMode, tools: String, customize: impl FnOnce(&mut Gatewa
 
 /// A chat completion whose answer is `calls`: `(id, function name, arguments text)`.
 fn tool_calls(calls: &[(&str, &str, &str)]) -> ProviderReply {
-    let calls: Vec<Value> = calls
-        .iter()
-        .map(|(id, name, arguments)| {
-            json!({"id": id, "type": "function",
-                   "function": {"name": name, "arguments": arguments}})
-        })
-        .collect();
-    ProviderReply::Json(json!({
-        "id": "chatcmpl-tools", "object": "chat.completion", "created": 0, "model": "fake-model",
-        "choices": [{"index": 0, "finish_reason": "tool_calls",
-                     "message": {"role": "assistant", "content": null, "tool_calls": calls}}],
-    }))
+    ProviderReply::tool_calls(calls)
 }
 
 fn tool_call(name: &str, arguments: &str) -> ProviderReply {

@@ -6,9 +6,9 @@
 use std::time::{Duration, Instant};
 
 use hermes_protocol::{
-    ChatMessage, Event, Failure, Job, JobId, Outcome, ProviderPlan, Reply, Role, ToolCall,
+    ChatMessage, Event, Failure, Job, JobId, Outcome, ProviderPlan, Reply, Role, Secret, ToolCall,
 };
-use hermes_tests::fake_provider::{FakeProvider, ProviderReply, SEED_402_BODY};
+use hermes_tests::fake_provider::{API_KEY, FakeProvider, ProviderReply, SEED_402_BODY};
 use hermes_worker::agent;
 use hermes_worker::tools::Toolbox;
 use serde_json::{Value, json};
@@ -19,7 +19,7 @@ fn plan(provider: &FakeProvider, name: &str) -> ProviderPlan {
         name: name.into(),
         base_url: provider.base_url(),
         model: format!("model-{name}"),
-        api_key: None,
+        api_key: Some(Secret::new(API_KEY)),
         request_timeout_ms: 10_000,
         max_retries: 2,
     }
