@@ -406,27 +406,18 @@ impl Failure {
 impl fmt::Display for Failure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            // Every provider's detail already starts with the status it answered.
             Failure::QuotaExhausted { provider, detail }
             | Failure::RateLimited { provider, detail }
             | Failure::ProviderUnavailable { provider, detail }
             | Failure::ContextTooLong { provider, detail }
-            | Failure::ProviderProtocol { provider, detail } => {
-                write!(f, "{} (provider {provider}): {detail}", self.class())
-            }
-            Failure::ProviderAuth {
-                provider,
-                status,
-                detail,
+            | Failure::ProviderProtocol { provider, detail }
+            | Failure::ProviderAuth {
+                provider, detail, ..
             }
             | Failure::ProviderRejected {
-                provider,
-                status,
-                detail,
-            } => write!(
-                f,
-                "{} (provider {provider}): HTTP {status}: {detail}",
-                self.class()
-            ),
+                provider, detail, ..
+            } => write!(f, "{} (provider {provider}): {detail}", self.class()),
             Failure::TimedOut { after_ms } => write!(f, "timed_out after {after_ms} ms"),
             Failure::WorkerCrashed { cause } => write!(f, "worker_crashed: {cause}"),
             Failure::Cancelled { reason } => write!(f, "cancelled: {reason:?}"),
@@ -515,6 +506,16 @@ mod tests {
             "quota_exhausted (provider main): HTTP 402: Insufficient balance"
         );
         assert_eq!(f.provider(), Some("main"));
+        // The status is said once, by the detail, as for every provider failure.
+        let auth = Failure::ProviderAuth {
+            provider: "main".into(),
+            status: 401,
+            detail: "HTTP 401: Incorrect API key provided".into(),
+        };
+        assert_eq!(
+            auth.to_string(),
+            "provider_auth (provider main): HTTP 401: Incorrect API key provided"
+        );
         let c = Failure::WorkerCrashed {
             cause: CrashCause::Signalled {
                 signal: 6,

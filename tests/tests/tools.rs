@@ -608,7 +608,8 @@ async fn a_model_that_keeps_calling_tools_is_stopped_after_max_steps(mode: Worke
 /// progress to stderr and the answer to stdout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ask_prints_tool_progress_and_the_answer() {
-    let provider = hermes_tests::fake_provider::FakeProvider::start().await;
+    // The configuration gives no key, so the provider is one that wants none.
+    let provider = hermes_tests::fake_provider::FakeProvider::start_with_key(None).await;
     let dir = tempfile::tempdir().expect("tempdir");
     let pid_file = dir.path().join("calc.pid");
     let config = dir.path().join("hermes.toml");
