@@ -302,6 +302,10 @@ struct Inner {
     flood: FloodLimits,
     /// What `setMyCommands` set.
     commands: Value,
+    /// Sends and edits refused for their own text, not by a scripted fault.
+    malformed: Vec<FailedSend>,
+    /// Panic when the last handle goes if `malformed` is not empty.
+    malformed_is_a_bug: bool,
 }
 
 impl FakeTelegram {
@@ -507,6 +511,19 @@ impl FakeTelegram {
         self.state.lock().failed.clone()
     }
 
+    /// Sends and edits Telegram would refuse for their text (HTML it cannot parse, an
+    /// unknown parse mode, a text empty or too long), scripted faults left out.
+    pub fn malformed_sends(&self) -> Vec<FailedSend> {
+        self.state.lock().malformed.clone()
+    }
+
+    /// From now on, when the last handle to this fake is dropped (the end of a test), it
+    /// panics if any send or edit was malformed: the gateway must never send one, and its
+    /// plain-text fallback would otherwise hide it from every test that does not look.
+    pub fn fail_the_test_on_malformed_sends(&self) {
+        self.state.lock().malformed_is_a_bug = true;
+    }
+
     /// Number of authorized calls to `method` (case-insensitive).
     pub fn calls(&self, method: &str) -> usize {
         self.state
@@ -620,6 +637,21 @@ impl FakeTelegram {
             .wait_until(timeout, |g| (g.failed.len() >= n).then_some(()))
             .await
             .is_some()
+    }
+}
+
+impl Drop for FakeTelegram {
+    fn drop(&mut self) {
+        // Only the handles hold the server, so this is the last one.
+        if Arc::strong_count(&self.server) != 1 || std::thread::panicking() {
+            return;
+        }
+        let g = self.state.lock();
+        if g.malformed_is_a_bug && !g.malformed.is_empty() {
+            let malformed = g.malformed.clone();
+            drop(g);
+            panic!("the gateway sent what Telegram would refuse: {malformed:#?}");
+        }
     }
 }
 
@@ -839,7 +871,7 @@ impl State {
             None if chat_id.is_none() => {
                 Err(SendFault::bad_request("Bad Request: chat_id is empty"))
             }
-            None => shown_text(&text, parse_mode.as_deref()),
+            None => g.check_text(METHOD, chat_id.unwrap_or_default(), &text, &parse_mode),
         };
         let chat_id = chat_id.unwrap_or_default();
         let shown = shown.and_then(|shown| match g.flooded(chat_id) {
@@ -896,7 +928,7 @@ impl State {
         // The Bot API parses the new text before it looks for the message.
         let shown = match g.edit_faults.pop_front() {
             Some(fault) => Err(fault),
-            None => shown_text(&text, parse_mode.as_deref()),
+            None => g.check_text(METHOD, chat_id, &text, &parse_mode),
         };
         let shown = shown.and_then(|shown| {
             if inline {
@@ -1042,6 +1074,26 @@ impl Inner {
                 }
             }
         }
+    }
+
+    /// [`shown_text`], keeping a refusal as a malformed send.
+    fn check_text(
+        &mut self,
+        method: &str,
+        chat_id: i64,
+        text: &str,
+        parse_mode: &Option<String>,
+    ) -> Result<String, SendFault> {
+        shown_text(text, parse_mode.as_deref()).inspect_err(|fault| {
+            self.malformed.push(FailedSend {
+                method: method.to_string(),
+                chat_id,
+                text: text.to_string(),
+                parse_mode: parse_mode.clone(),
+                fault: fault.clone(),
+                at: Instant::now(),
+            });
+        })
     }
 
     fn chat(&self, chat_id: i64) -> Value {
@@ -1917,6 +1969,27 @@ mod tests {
             let (status, body) = call("setMyCommands", json!({"commands": [bad]})).await;
             assert_eq!(status, 400, "{body}");
         }
+    }
+
+    #[tokio::test]
+    async fn a_malformed_send_fails_the_test_that_asked_for_it() {
+        let fake = FakeTelegram::start().await;
+        fake.fail_the_test_on_malformed_sends();
+        let bot = bot(&fake);
+        // A scripted refusal is the test's doing, not the sender's.
+        fake.fail_send(SendFault::bad_entities());
+        bot.send_message(ChatId(1), "fine").await.unwrap_err();
+        assert!(fake.malformed_sends().is_empty());
+        bot.send_message(ChatId(1), "<b>unclosed")
+            .parse_mode(ParseMode::Html)
+            .await
+            .unwrap_err();
+        assert_eq!(fake.malformed_sends().len(), 1);
+        drop(bot);
+        let clone = fake.clone();
+        drop(clone);
+        let dropped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(fake)));
+        assert!(dropped.is_err(), "the last handle panics");
     }
 
     #[test]

@@ -429,6 +429,7 @@ impl Rig {
         prepare: impl FnOnce(&FakeTelegram),
     ) -> Rig {
         let telegram = FakeTelegram::start().await;
+        telegram.fail_the_test_on_malformed_sends();
         prepare(&telegram);
         let provider = FakeProvider::start().await;
         let mut options = GatewayOptions::new(mode);
