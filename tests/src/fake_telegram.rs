@@ -785,11 +785,12 @@ impl State {
                 }
                 // A poll that is going to wait ends the one already waiting, as
                 // telegram-bot-api's `do_get_updates` does: the newest consumer wins.
-                if !wait.is_zero() && g.pending.is_empty() {
-                    if let Some(old) = g.long_poll.replace(index) {
-                        g.polls[old].outcome = PollOutcome::Conflict;
-                        g.terminated.insert(old);
-                    }
+                if !wait.is_zero()
+                    && g.pending.is_empty()
+                    && let Some(old) = g.long_poll.replace(index)
+                {
+                    g.polls[old].outcome = PollOutcome::Conflict;
+                    g.terminated.insert(old);
                 }
                 None
             };
