@@ -182,38 +182,52 @@ fn existing(path: &Path) -> Grant {
     }
 }
 
-/// `path` as Landlock sees it: symlinks and `..` resolved, component by component like
-/// the kernel. From the first component that does not exist (yet), the rest is appended
-/// as written (`..` removing the last), so the cover still stops above it.
+/// `path` as Landlock sees it: symlinks and `..` resolved component by component, as the
+/// kernel does. Symlinks are read with `readlink`, not followed with `canonicalize`, so a
+/// directory this process cannot search (`/var/lib/private` of a `DynamicUser=` service)
+/// still yields the real path. From the first component that does not exist (yet) or
+/// cannot be examined, the rest is appended as written, so the cover stops above it.
 pub fn real_path(path: &Path) -> PathBuf {
-    let mut resolved = PathBuf::from("/");
-    let mut components = path.components();
-    for component in components.by_ref() {
+    resolve(PathBuf::from("/"), path, 0)
+}
+
+/// The kernel's limit on symlinks followed in one lookup.
+const MAX_SYMLINKS: u32 = 40;
+
+fn resolve(base: PathBuf, path: &Path, depth: u32) -> PathBuf {
+    let mut resolved = if path.is_absolute() {
+        PathBuf::from("/")
+    } else {
+        base
+    };
+    let mut examined = true;
+    for component in path.components() {
         match component {
             Component::RootDir | Component::Prefix(_) | Component::CurDir => {}
+            // `resolved` holds no symlink, so its parent is the real one.
             Component::ParentDir => {
-                // `resolved` has no symlinks left, so its parent is the real one.
                 resolved.pop();
             }
             Component::Normal(name) => {
                 let next = resolved.join(name);
-                match std::fs::canonicalize(&next) {
-                    Ok(real) => resolved = real,
-                    Err(_) => {
+                let link = examined
+                    .then(|| std::fs::symlink_metadata(&next))
+                    .map(|meta| meta.map(|m| m.file_type().is_symlink()));
+                match link {
+                    Some(Ok(true)) if depth < MAX_SYMLINKS => match std::fs::read_link(&next) {
+                        Ok(target) => resolved = resolve(resolved, &target, depth + 1),
+                        Err(_) => {
+                            resolved = next;
+                            examined = false;
+                        }
+                    },
+                    Some(Ok(_)) => resolved = next,
+                    Some(Err(_)) | None => {
                         resolved = next;
-                        break;
+                        examined = false;
                     }
                 }
             }
-        }
-    }
-    for component in components {
-        match component {
-            Component::ParentDir => {
-                resolved.pop();
-            }
-            Component::Normal(name) => resolved.push(name),
-            _ => {}
         }
     }
     resolved
@@ -260,6 +274,7 @@ mod tests {
         }
         std::os::unix::fs::symlink(root.join("var/lib/hermes"), root.join("etc/state-link"))
             .unwrap();
+        std::os::unix::fs::symlink("../var/lib/hermes/db", root.join("etc/relative-link")).unwrap();
         dir
     }
 
@@ -318,6 +333,10 @@ mod tests {
         assert_eq!(
             real_path(&root.join("etc/state-link/not-yet/../later.db")),
             root.join("var/lib/hermes/later.db")
+        );
+        assert_eq!(
+            real_path(&root.join("etc/relative-link/../state.db")),
+            root.join("var/lib/hermes/state.db")
         );
         let later = real_path(&root.join("var/log/hermes/later"));
         assert_eq!(later, root.join("var/log/hermes/later"));

@@ -24,7 +24,11 @@
 //!   be listed either). `/proc` is granted without its numeric pid directories, except the
 //!   tool server's own (`/proc/self` at exec time): other processes' `environ`, `mem`,
 //!   `cmdline`, `fd` and the `/proc/PID` directory handles that could serve as pidfds are
-//!   out of reach. Landlock's ptrace rule closes other processes' memory a second way.
+//!   out of reach. Landlock's ptrace rule closes other processes' memory a second way,
+//!   but not their `environ` (measured on 6.18: with the pid directories granted, a
+//!   sandboxed root reads the gateway's), so hiding the pid directories is what keeps the
+//!   gateway's environment from a tool running as root; for the service's unprivileged
+//!   user, the gateway's own `PR_SET_DUMPABLE 0` closes it as well.
 //!   `/dev` offers only `null`, `zero`, `full`, `random`, `urandom` and `tty`. Writes go
 //!   only to the scratch directory (the tool's cwd and `TMPDIR`) and the policy's writable
 //!   paths, plus `/dev/null`, `/dev/zero`, `/dev/full` and `/dev/tty`. ABI 3 (Linux 6.2)
