@@ -788,3 +788,93 @@ fn the_seccomp_filter_refuses_x32_system_calls() {
     assert_eq!(unsafe { libc::waitpid(child, &mut status, 0) }, child);
     assert_eq!(libc::WEXITSTATUS(status), 0, "see the codes in the child");
 }
+
+/// What systemd 252's `SystemCallFilter=@system-service` does to Landlock: its system
+/// calls fail with EPERM. The probe must say so (never a silent weaker sandbox), and a
+/// tool still starts, under seccomp.
+#[tokio::test]
+async fn under_a_filter_that_blocks_landlock_the_probe_says_so_and_tools_keep_seccomp() {
+    fn block_landlock(command: &mut tokio::process::Command) {
+        let insn = |code: u32, jt: u8, jf: u8, k: u32| libc::sock_filter {
+            code: code as u16,
+            jt,
+            jf,
+            k,
+        };
+        let eperm = libc::SECCOMP_RET_ERRNO | libc::EPERM as u32;
+        let nr = |n: libc::c_long| n as u32;
+        let program = [
+            insn(libc::BPF_LD | libc::BPF_W | libc::BPF_ABS, 0, 0, 0),
+            insn(
+                libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K,
+                3,
+                0,
+                nr(libc::SYS_landlock_create_ruleset),
+            ),
+            insn(
+                libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K,
+                2,
+                0,
+                nr(libc::SYS_landlock_add_rule),
+            ),
+            insn(
+                libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K,
+                1,
+                0,
+                nr(libc::SYS_landlock_restrict_self),
+            ),
+            insn(libc::BPF_RET | libc::BPF_K, 0, 0, libc::SECCOMP_RET_ALLOW),
+            insn(libc::BPF_RET | libc::BPF_K, 0, 0, eperm),
+        ];
+        // SAFETY: between fork and exec the closure makes two prctl calls on memory it
+        // owns (moved in), and allocates nothing.
+        unsafe {
+            command.pre_exec(move || {
+                let fprog = libc::sock_fprog {
+                    len: program.len() as u16,
+                    filter: program.as_ptr().cast_mut(),
+                };
+                if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0
+                    || libc::prctl(
+                        libc::PR_SET_SECCOMP,
+                        libc::SECCOMP_MODE_FILTER as libc::c_ulong,
+                        &fprog as *const libc::sock_fprog,
+                    ) != 0
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
+
+    let mut command = tokio::process::Command::new(TRAMPOLINE);
+    command.args(["sandbox-probe", "--json"]);
+    block_landlock(&mut command);
+    let output = run(command).await;
+    let probe: sandbox::Probe =
+        serde_json::from_slice(&output.stdout).unwrap_or_else(|e| panic!("{e}\n{}", text(&output)));
+    assert!(!output.status.success(), "a weaker sandbox exits 1");
+    assert!(
+        matches!(&probe.landlock, Landlock::Unavailable(why) if why.contains("SystemCallFilter")),
+        "{probe}"
+    );
+    assert_ne!(probe.level(), sandbox::Level::Full);
+    assert!(
+        probe.summary.contains("SystemCallFilter"),
+        "{}",
+        probe.summary
+    );
+
+    let world = World::new();
+    let sandbox = Sandbox::new(world.policy()).with_trampoline(TRAMPOLINE);
+    let mut command = tokio::process::Command::new(&sandbox.trampoline);
+    let script = format!("echo ran; kill -0 {}", world.gateway_pid());
+    command
+        .args(sandbox.arguments("sh".as_ref()))
+        .args(["-c", &script]);
+    block_landlock(&mut command);
+    let output = run(command).await;
+    assert_eq!(stdout(&output), "ran", "{}", text(&output));
+    assert_refused(&output, "");
+}

@@ -111,15 +111,10 @@ pub fn assess(landlock: Landlock, seccomp: Seccomp) -> Probe {
         Landlock::Abi(abi) => *abi,
         Landlock::Unavailable(_) => 0,
     };
-    let no_landlock = match &landlock {
-        Landlock::Unavailable(reason) => format!("no Landlock ({reason})"),
-        Landlock::Abi(_) => String::new(),
-    };
+    // The reasons themselves are said once, in the mechanisms part of the summary.
+    let no_landlock = "no Landlock";
     let filter = seccomp == Seccomp::Available;
-    let no_filter = match &seccomp {
-        Seccomp::Unavailable(reason) => format!("no seccomp ({reason})"),
-        Seccomp::Available => String::new(),
-    };
+    let no_filter = "no seccomp";
     let guarantee = |number, what: &str, level, why: String| Guarantee {
         number,
         what: what.to_string(),
@@ -178,9 +173,9 @@ pub fn assess(landlock: Landlock, seccomp: Seccomp) -> Probe {
                 "no Landlock signal scoping (ABI 6, Linux 6.12; {}): seccomp protects the \
                  gateway and the worker, but other workers and their tools can be signalled",
                 if abi >= 1 {
-                    format!("this kernel has ABI {abi}")
+                    format!("here ABI {abi}")
                 } else {
-                    no_landlock.clone()
+                    no_landlock.to_string()
                 }
             ),
         ),
@@ -211,7 +206,7 @@ pub fn assess(landlock: Landlock, seccomp: Seccomp) -> Probe {
             3,
             "cannot reach the systemd manager or D-Bus",
             Level::None,
-            no_filter.clone(),
+            format!("{no_filter}, and no Landlock scoping of abstract sockets"),
         ),
     };
     let write = if abi >= 3 {
@@ -260,7 +255,7 @@ pub fn assess(landlock: Landlock, seccomp: Seccomp) -> Probe {
     let weaker: Vec<String> = guarantees
         .iter()
         .filter(|g| g.level != Level::Full)
-        .map(|g| format!("{} ({:?}): {}", g.number, g.level, g.why))
+        .map(|g| format!("{} {}: {}", g.number, g.level, g.why))
         .collect();
     let summary = if weaker.is_empty() {
         format!("tool sandbox: every guarantee holds ({mechanisms})")
@@ -277,6 +272,16 @@ pub fn assess(landlock: Landlock, seccomp: Seccomp) -> Probe {
         seccomp,
         guarantees,
         summary,
+    }
+}
+
+impl fmt::Display for Level {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Level::Full => "full",
+            Level::Weaker => "weaker",
+            Level::None => "not kept",
+        })
     }
 }
 
@@ -299,12 +304,7 @@ impl fmt::Display for Probe {
             Seccomp::Unavailable(reason) => writeln!(f, "seccomp: unavailable, {reason}")?,
         }
         for g in &self.guarantees {
-            let level = match g.level {
-                Level::Full => "full",
-                Level::Weaker => "WEAKER",
-                Level::None => "NONE",
-            };
-            writeln!(f, "{}. a tool {}: {level}: {}", g.number, g.what, g.why)?;
+            writeln!(f, "{}. a tool {}: {}: {}", g.number, g.what, g.level, g.why)?;
         }
         write!(f, "{}", self.summary)
     }
