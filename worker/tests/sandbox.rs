@@ -709,17 +709,29 @@ async fn the_toolbox_runs_its_servers_in_the_sandbox_and_calls_still_work() {
         results[1].content
     );
 
-    let pid: i32 = std::fs::read_to_string(&pid_file)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    let read_pid = |file: &Path| -> i32 {
+        std::fs::read_to_string(file)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    let pid = read_pid(&pid_file);
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     assert!(
         status.lines().any(|l| l == "Seccomp:\t2"),
         "no filter on the server:\n{status}"
     );
     assert!(status.lines().any(|l| l == "NoNewPrivs:\t1"), "{status}");
+
+    // Pool mode: the same sandbox keeps the server for the next job; another replaces it.
+    toolbox.prepare(std::slice::from_ref(&spec), deadline).await;
+    assert_eq!(read_pid(&pid_file), pid, "same sandbox: same server");
+    let mut other = world.policy();
+    other.protected_pids.push(world.bystander_pid());
+    toolbox.set_sandbox(Some(Sandbox::new(other).with_trampoline(TRAMPOLINE)));
+    toolbox.prepare(std::slice::from_ref(&spec), deadline).await;
+    assert_ne!(read_pid(&pid_file), pid, "another sandbox: a new server");
     toolbox.shutdown().await;
 }
 

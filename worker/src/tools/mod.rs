@@ -68,10 +68,11 @@ impl Toolbox {
             .map(Some)
             .collect();
         let mut kept: Vec<Option<Server>> = Vec::with_capacity(specs.len());
-        for spec in specs {
+        let sandboxes: Vec<Option<Sandbox>> = specs.iter().map(|s| self.sandbox_for(s)).collect();
+        for (spec, sandbox) in specs.iter().zip(&sandboxes) {
             let reusable = old.iter_mut().find(|s| {
                 s.as_ref()
-                    .is_some_and(|s| &s.spec == spec && s.sandbox == self.sandbox && !s.is_stale())
+                    .is_some_and(|s| &s.spec == spec && &s.sandbox == sandbox && !s.is_stale())
             });
             kept.push(reusable.and_then(Option::take));
         }
@@ -83,9 +84,10 @@ impl Toolbox {
         let started = join_all(
             specs
                 .iter()
+                .zip(&sandboxes)
                 .zip(&kept)
                 .filter(|(_, kept)| kept.is_none())
-                .map(|(spec, _)| Server::start_in(spec, self.sandbox.as_ref(), bound)),
+                .map(|((spec, sandbox), _)| Server::start_in(spec, sandbox.as_ref(), bound)),
         )
         .await;
         let mut started = started.into_iter();
@@ -94,6 +96,12 @@ impl Toolbox {
             .filter_map(|server| server.or_else(|| started.next()))
             .collect();
         self.index();
+    }
+
+    /// What `spec`'s server runs under: the toolbox's sandbox, for every server alike.
+    /// (Per-server grants and opting out belong here once the job carries them.)
+    fn sandbox_for(&self, _spec: &ToolServer) -> Option<Sandbox> {
+        self.sandbox.clone()
     }
 
     /// Stops the servers that died or timed out a call; the next job starts them again.
