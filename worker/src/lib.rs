@@ -6,7 +6,11 @@
 //! benchmark's in-process baseline (`hermes-gateway` built with `in-process-baseline`) runs
 //! exactly this code without a worker process, the design of the gateway in the incident
 //! this project answers, and the isolation's cost can be measured against it.
+//!
+//! [`sandbox`] is what a tool server runs under: the policy, the trampoline that applies
+//! it (`hermes-worker sandbox-exec`), and the probe of what this kernel supports.
 
 pub mod agent;
 pub mod provider;
+pub mod sandbox;
 pub mod tools;

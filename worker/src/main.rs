@@ -5,16 +5,19 @@
 //! the model asks for (their servers run as children in this process's group), and
 //! returns one outcome. Anything that goes wrong in here (a 402, a panic, a hang, memory exhaustion)
 //! ends at most this process: the gateway replies with an error and starts another.
-//! `ask` runs the same agent from the command line, for debugging.
+//! `ask` runs the same agent from the command line, for debugging. `sandbox-exec` is the
+//! trampoline tool servers start through (it applies the sandbox, then becomes the
+//! server), and `sandbox-probe` says what sandbox this kernel allows.
 //!
 //! Modules: [`serve`] (the gateway protocol), [`ask`] (standalone); the agent itself is
-//! the crate's library (`agent`, `provider`, `tools`).
+//! the crate's library (`agent`, `provider`, `sandbox`, `tools`).
 
 mod ask;
 mod serve;
 
 pub(crate) use hermes_worker::agent;
 
+use std::ffi::OsString;
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -53,10 +56,44 @@ enum Command {
         /// The question.
         question: String,
     },
+    /// Apply a tool sandbox to this process, then run COMMAND in its place (how the worker
+    /// starts tool servers; see docs/TOOLS.md). Exits 125 when the sandbox cannot be set
+    /// up, 126/127 when COMMAND cannot be run.
+    SandboxExec {
+        /// The policy (hermes_worker::sandbox::Policy) as JSON.
+        #[arg(long, value_name = "JSON")]
+        policy_json: String,
+        /// The command and its arguments, after `--`.
+        #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+        command: Vec<OsString>,
+    },
+    /// Say which tool sandbox this kernel allows, and which guarantee is weaker and why.
+    /// Exits 0 when every guarantee holds, 1 otherwise.
+    SandboxProbe {
+        /// Print the probe as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() {
+    // Another process of the same user (a tool included) cannot read this process's
+    // /proc/PID/environ or memory, nor ptrace it. The gateway already raised its
+    // oom_score_adj before exec; /proc/self files of a non-dumpable process belong to
+    // root, so a later write of it by an unprivileged worker fails (and is not needed).
+    if let Err(e) = nix::sys::prctl::set_dumpable(false) {
+        eprintln!("cannot mark the worker non-dumpable: {e}");
+    }
     let cli = Cli::parse();
+    let cli = match cli.command {
+        // Before anything could start a thread: the sandbox restricts the calling thread.
+        Command::SandboxExec {
+            policy_json,
+            command,
+        } => sandbox_exec(&policy_json, &command),
+        Command::SandboxProbe { json } => sandbox_probe(json),
+        command => Cli { command },
+    };
     init_logging(matches!(cli.command, Command::Serve));
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -106,8 +143,42 @@ fn main() {
             },
             client,
         )),
+        Command::SandboxExec { .. } | Command::SandboxProbe { .. } => {
+            unreachable!("handled before the runtime starts")
+        }
     };
     std::process::exit(code);
+}
+
+fn sandbox_exec(policy_json: &str, command: &[OsString]) -> ! {
+    use hermes_worker::sandbox;
+    let error = match (
+        serde_json::from_str::<sandbox::Policy>(policy_json),
+        command,
+    ) {
+        (Err(e), _) => sandbox::ExecError::Setup(format!("the policy is not valid JSON: {e}")),
+        (Ok(_), []) => sandbox::ExecError::Setup("no command to run".into()),
+        (Ok(policy), [program, args @ ..]) => sandbox::exec(&policy, program, args),
+    };
+    eprintln!("hermes-worker sandbox-exec: {error}");
+    std::process::exit(error.exit_code());
+}
+
+fn sandbox_probe(json: bool) -> ! {
+    let probe = hermes_worker::sandbox::probe();
+    if json {
+        match serde_json::to_string_pretty(&probe) {
+            Ok(text) => println!("{text}"),
+            Err(e) => {
+                eprintln!("cannot encode the probe: {e}");
+                std::process::exit(serve::EXIT_FAILED);
+            }
+        }
+    } else {
+        println!("{probe}");
+    }
+    let full = probe.level() == hermes_worker::sandbox::Level::Full;
+    std::process::exit(if full { 0 } else { 1 });
 }
 
 /// Under the gateway, stderr is copied into the gateway's log, which stamps the time.

@@ -8,11 +8,17 @@
 //! stderr inherited so the gateway logs what the server says. Every step that waits on
 //! the server is bounded: a server that never answers `initialize` costs the job its
 //! tools, not its answer.
+//!
+//! With a [`Sandbox`], the same command is started through the `hermes-worker sandbox-exec`
+//! trampoline, which applies the policy and then becomes the server (same pid, group,
+//! stdio and environment, plus `TMPDIR` and the working directory set to its scratch
+//! directory).
 
 use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use crate::sandbox::{EXIT_CANNOT_EXECUTE, EXIT_NOT_FOUND, EXIT_SETUP, Sandbox};
 use hermes_protocol::ToolServer;
 use rmcp::ServiceExt;
 use rmcp::model::{
@@ -32,6 +38,8 @@ pub const PASSED_ENV: &[&str] = &[
 /// A configured server: running with its tools, or the reason it is not.
 pub struct Server {
     pub spec: ToolServer,
+    /// What it runs under; a server is reused only under the same.
+    pub sandbox: Option<Sandbox>,
     state: Result<Running, String>,
     /// A call timed out or found the server gone: whatever it was doing may still run,
     /// so it is replaced before the next job rather than trusted again.
@@ -59,7 +67,12 @@ impl Server {
     /// Starts the server and lists its tools, within `bound`. Never fails: a server that
     /// cannot be used is a [`Server`] without tools that says why.
     pub async fn start(spec: &ToolServer, bound: Duration) -> Server {
-        let state = match tokio::time::timeout(bound, connect(spec)).await {
+        Server::start_in(spec, None, bound).await
+    }
+
+    /// [`Server::start`] under `sandbox`, when given.
+    pub async fn start_in(spec: &ToolServer, sandbox: Option<&Sandbox>, bound: Duration) -> Server {
+        let state = match tokio::time::timeout(bound, connect(spec, sandbox)).await {
             Ok(Ok(running)) => Ok(running),
             Ok(Err(reason)) => Err(reason),
             Err(_) => Err(format!(
@@ -72,12 +85,14 @@ impl Server {
                 server = %spec.name,
                 pid = running.child.id().unwrap_or(0),
                 tools = running.tools.len(),
+                sandboxed = sandbox.is_some(),
                 "tool server started"
             ),
             Err(reason) => tracing::warn!(server = %spec.name, "tool server unavailable: {reason}"),
         }
         Server {
             spec: spec.clone(),
+            sandbox: sandbox.cloned(),
             state,
             stale: AtomicBool::new(false),
         }
@@ -164,8 +179,17 @@ impl Server {
     }
 }
 
-async fn connect(spec: &ToolServer) -> Result<Running, String> {
-    let mut command = Command::new(&spec.command);
+async fn connect(spec: &ToolServer, sandbox: Option<&Sandbox>) -> Result<Running, String> {
+    let mut command = match sandbox {
+        None => Command::new(&spec.command),
+        Some(sandbox) => {
+            let mut command = Command::new(&sandbox.trampoline);
+            command
+                .arg0("hermes-worker")
+                .args(sandbox.arguments(spec.command.as_ref()));
+            command
+        }
+    };
     command
         .args(&spec.args)
         .env_clear()
@@ -187,14 +211,19 @@ async fn connect(spec: &ToolServer) -> Result<Running, String> {
     );
     let service = match client.serve((stdout, stdin)).await {
         Ok(service) => service,
-        Err(error) => return Err(start_failure(&mut child, &error.to_string()).await),
+        Err(error) => {
+            return Err(start_failure(&mut child, sandbox.is_some(), &error.to_string()).await);
+        }
     };
     let tools = match service.peer().list_all_tools().await {
         Ok(tools) => tools,
         Err(error) => {
-            return Err(
-                start_failure(&mut child, &format!("cannot list its tools: {error}")).await,
-            );
+            return Err(start_failure(
+                &mut child,
+                sandbox.is_some(),
+                &format!("cannot list its tools: {error}"),
+            )
+            .await);
         }
     };
     Ok(Running {
@@ -206,8 +235,16 @@ async fn connect(spec: &ToolServer) -> Result<Running, String> {
 
 /// Describes a failed start, naming the exit status when the server has exited (briefly
 /// waited for, since a crash usually closes the pipes just before the process ends).
-async fn start_failure(child: &mut Child, error: &str) -> String {
+/// Under the sandbox the trampoline's own statuses say what went wrong before the server
+/// ran (its stderr, in the log, says more).
+async fn start_failure(child: &mut Child, sandboxed: bool, error: &str) -> String {
     match tokio::time::timeout(Duration::from_millis(200), child.wait()).await {
+        Ok(Ok(status)) if sandboxed => match status.code() {
+            Some(EXIT_SETUP) => "its sandbox could not be set up".into(),
+            Some(EXIT_NOT_FOUND) => "its command was not found".into(),
+            Some(EXIT_CANNOT_EXECUTE) => "its command could not be executed".into(),
+            _ => format!("exited during start-up ({status})"),
+        },
         Ok(Ok(status)) => format!("exited during start-up ({status})"),
         _ => format!("failed during start-up: {error}"),
     }

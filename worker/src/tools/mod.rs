@@ -8,6 +8,9 @@
 //! has died) becomes a result the model reads and can recover from. The one exception is
 //! the job's own deadline: a call still running then is abandoned with the job, and the
 //! caller learns so, because a tool stuck past the deadline is the gateway's to end.
+//!
+//! Servers run under the toolbox's [`Sandbox`] when it has one ([`Toolbox::set_sandbox`];
+//! none by default).
 
 pub mod mcp;
 
@@ -20,6 +23,7 @@ use rmcp::model::{CallToolResult, ContentBlock, JsonObject, ResourceContents, To
 use serde_json::{Map, Value, json};
 use tokio::sync::mpsc::UnboundedSender;
 
+use crate::sandbox::Sandbox;
 use mcp::{CallError, Server};
 
 /// The longest a server may take to start and list its tools (and never more than half
@@ -39,6 +43,8 @@ pub struct Toolbox {
     /// Function name offered to the model → (server index, the server's own tool name).
     functions: HashMap<String, (usize, String)>,
     definitions: Vec<Value>,
+    /// What servers started from now on run under.
+    sandbox: Option<Sandbox>,
 }
 
 /// The job's deadline passed while a call was still running.
@@ -46,6 +52,13 @@ pub struct Toolbox {
 pub struct Abandoned;
 
 impl Toolbox {
+    /// Runs servers started from now on under `sandbox` (None: as the worker's own
+    /// children, unconfined). A running server under another sandbox is replaced by the
+    /// next [`Toolbox::prepare`].
+    pub fn set_sandbox(&mut self, sandbox: Option<Sandbox>) {
+        self.sandbox = sandbox;
+    }
+
     /// Makes the running servers match `specs`: an unchanged server that is still
     /// healthy is kept; a new, changed, failed or stale one is (re)started; one no longer
     /// configured is stopped.
@@ -55,10 +68,12 @@ impl Toolbox {
             .map(Some)
             .collect();
         let mut kept: Vec<Option<Server>> = Vec::with_capacity(specs.len());
-        for spec in specs {
-            let reusable = old
-                .iter_mut()
-                .find(|s| s.as_ref().is_some_and(|s| &s.spec == spec && !s.is_stale()));
+        let sandboxes: Vec<Option<Sandbox>> = specs.iter().map(|s| self.sandbox_for(s)).collect();
+        for (spec, sandbox) in specs.iter().zip(&sandboxes) {
+            let reusable = old.iter_mut().find(|s| {
+                s.as_ref()
+                    .is_some_and(|s| &s.spec == spec && &s.sandbox == sandbox && !s.is_stale())
+            });
             kept.push(reusable.and_then(Option::take));
         }
         for server in old.into_iter().flatten() {
@@ -69,9 +84,10 @@ impl Toolbox {
         let started = join_all(
             specs
                 .iter()
+                .zip(&sandboxes)
                 .zip(&kept)
                 .filter(|(_, kept)| kept.is_none())
-                .map(|(spec, _)| Server::start(spec, bound)),
+                .map(|((spec, sandbox), _)| Server::start_in(spec, sandbox.as_ref(), bound)),
         )
         .await;
         let mut started = started.into_iter();
@@ -80,6 +96,12 @@ impl Toolbox {
             .filter_map(|server| server.or_else(|| started.next()))
             .collect();
         self.index();
+    }
+
+    /// What `spec`'s server runs under: the toolbox's sandbox, for every server alike.
+    /// (Per-server grants and opting out belong here once the job carries them.)
+    fn sandbox_for(&self, _spec: &ToolServer) -> Option<Sandbox> {
+        self.sandbox.clone()
     }
 
     /// Stops the servers that died or timed out a call; the next job starts them again.

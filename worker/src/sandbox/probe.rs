@@ -1,0 +1,471 @@
+//! What this kernel (and the system-call filter the service runs under) lets the sandbox
+//! apply, and so which of issue 11's guarantees hold in full, weaker, or not at all. The
+//! gateway shows it at start-up, in `status` and in `check-config`, so a weaker sandbox
+//! is never a silent one; `hermes-worker sandbox-probe [--json]` prints it.
+//!
+//! Each mechanism is tried, not assumed: a forked child enforces a Landlock ruleset and
+//! installs the real seccomp filter, then exits. The child makes only raw system calls,
+//! so the probe is safe from a multi-threaded process too.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use super::fs::{TESTED_ABI, unavailable_reason};
+use super::seccomp::Filter;
+
+/// Landlock on this system.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Landlock {
+    /// The ABI the sandbox uses: the kernel's, capped at the newest one it was tested on.
+    Abi(u32),
+    /// Why it cannot be used.
+    Unavailable(String),
+}
+
+/// seccomp on this system.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Seccomp {
+    Available,
+    /// Why the filter cannot be installed.
+    Unavailable(String),
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[serde(rename_all = "snake_case")]
+pub enum Level {
+    None,
+    Weaker,
+    Full,
+}
+
+/// One of the issue's guarantees, as this system can keep it.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct Guarantee {
+    /// Its number in issue 11 (1 to 4).
+    pub number: u8,
+    pub what: String,
+    pub level: Level,
+    /// The mechanisms that keep it, or what is missing and what that leaves open.
+    pub why: String,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct Probe {
+    pub landlock: Landlock,
+    /// Landlock ABI 6: no signal to a process outside the tool's domain.
+    pub signal_scope: bool,
+    /// Landlock ABI 6: no connection to an abstract Unix socket made outside it.
+    pub abstract_socket_scope: bool,
+    pub seccomp: Seccomp,
+    pub guarantees: Vec<Guarantee>,
+    /// The whole in one line, for a log.
+    pub summary: String,
+}
+
+impl Probe {
+    /// The weakest level among the guarantees.
+    pub fn level(&self) -> Level {
+        self.guarantees
+            .iter()
+            .map(|g| g.level)
+            .min()
+            .unwrap_or(Level::None)
+    }
+}
+
+/// Tries each mechanism and says what holds.
+pub fn probe() -> Probe {
+    let landlock = match landlock_abi() {
+        Ok(abi) => match try_in_child(enforce_landlock) {
+            Ok(()) => Landlock::Abi(abi.min(TESTED_ABI as u32)),
+            Err(errno) => Landlock::Unavailable(format!(
+                "ABI {abi}, but enforcing a ruleset failed: {}",
+                unavailable_reason(&std::io::Error::from_raw_os_error(errno))
+            )),
+        },
+        Err(error) => Landlock::Unavailable(unavailable_reason(&error).to_string()),
+    };
+    let seccomp = match Filter::new(&[1], Some(1)) {
+        Err(error) => Seccomp::Unavailable(error.to_string()),
+        Ok(filter) => {
+            let program = filter.program();
+            match try_in_child(|| install_in_child(program)) {
+                Ok(()) => Seccomp::Available,
+                Err(errno) => Seccomp::Unavailable(format!(
+                    "installing a filter failed: {}",
+                    std::io::Error::from_raw_os_error(errno)
+                )),
+            }
+        }
+    };
+    assess(landlock, seccomp)
+}
+
+/// The guarantees that `landlock` and `seccomp` give (separate from [`probe`] so every
+/// combination can be tested on one kernel).
+pub fn assess(landlock: Landlock, seccomp: Seccomp) -> Probe {
+    let abi = match &landlock {
+        Landlock::Abi(abi) => *abi,
+        Landlock::Unavailable(_) => 0,
+    };
+    // The reasons themselves are said once, in the mechanisms part of the summary.
+    let no_landlock = "no Landlock";
+    let filter = seccomp == Seccomp::Available;
+    let no_filter = "no seccomp";
+    let guarantee = |number, what: &str, level, why: String| Guarantee {
+        number,
+        what: what.to_string(),
+        level,
+        why,
+    };
+    let read = if abi >= 1 {
+        guarantee(
+            1,
+            "cannot read the gateway's environment, memory, secrets or state",
+            Level::Full,
+            "Landlock hides the hidden paths and other processes' /proc entries, and its \
+             ptrace rule closes their memory"
+                .into(),
+        )
+    } else {
+        guarantee(
+            1,
+            "cannot read the gateway's environment, memory, secrets or state",
+            Level::Weaker,
+            format!(
+                "{no_landlock}: the state directory, configuration and credential files are \
+                 readable by the service's user; only PR_SET_DUMPABLE 0 (gateway and worker){} \
+                 keeps their /proc environ and memory closed",
+                if filter {
+                    " and seccomp's ptrace/process_vm_readv denial"
+                } else {
+                    ""
+                }
+            ),
+        )
+    };
+    let signal = match (abi >= 6, filter) {
+        (true, true) => guarantee(
+            2,
+            "cannot signal the gateway or any process outside its job",
+            Level::Full,
+            "Landlock scopes signals to the tool's own processes; seccomp protects the \
+             gateway's and the worker's pids, also from prlimit and pidfds"
+                .into(),
+        ),
+        (true, false) => guarantee(
+            2,
+            "cannot signal the gateway or any process outside its job",
+            Level::Weaker,
+            format!(
+                "{no_filter}: Landlock scopes signals, but a tool can still set the gateway's \
+                 resource limits (prlimit)"
+            ),
+        ),
+        (false, true) => guarantee(
+            2,
+            "cannot signal the gateway or any process outside its job",
+            Level::Weaker,
+            format!(
+                "no Landlock signal scoping (ABI 6, Linux 6.12; {}): seccomp protects the \
+                 gateway and the worker, but other workers and their tools can be signalled",
+                if abi >= 1 {
+                    format!("here ABI {abi}")
+                } else {
+                    no_landlock.to_string()
+                }
+            ),
+        ),
+        (false, false) => guarantee(
+            2,
+            "cannot signal the gateway or any process outside its job",
+            Level::None,
+            format!("{no_filter}, and no Landlock signal scoping"),
+        ),
+    };
+    let reach = match (filter, abi >= 6) {
+        (true, _) => guarantee(
+            3,
+            "cannot reach the systemd manager or D-Bus",
+            Level::Full,
+            "seccomp refuses to create Unix sockets (socketpair excepted)".into(),
+        ),
+        (false, true) => guarantee(
+            3,
+            "cannot reach the systemd manager or D-Bus",
+            Level::Weaker,
+            format!(
+                "{no_filter}: Landlock closes abstract Unix sockets, but sockets at a path \
+                 (/run/systemd/private, the D-Bus buses) stay reachable"
+            ),
+        ),
+        (false, false) => guarantee(
+            3,
+            "cannot reach the systemd manager or D-Bus",
+            Level::None,
+            format!("{no_filter}, and no Landlock scoping of abstract sockets"),
+        ),
+    };
+    let write = if abi >= 3 {
+        guarantee(
+            4,
+            "can write only to its scratch directory and its grants",
+            Level::Full,
+            "Landlock grants writing only there (truncation included)".into(),
+        )
+    } else if abi >= 1 {
+        guarantee(
+            4,
+            "can write only to its scratch directory and its grants",
+            Level::Weaker,
+            format!(
+                "Landlock ABI {abi} cannot control truncation (ABI 3, Linux 6.2): a tool can \
+                 empty any file the service's user may write"
+            ),
+        )
+    } else {
+        guarantee(
+            4,
+            "can write only to its scratch directory and its grants",
+            Level::None,
+            format!(
+                "{no_landlock}: a tool writes wherever the service's user may (the unit's \
+                 ProtectSystem= still applies)"
+            ),
+        )
+    };
+    let guarantees = vec![read, signal, reach, write];
+    let mechanisms = format!(
+        "{}; {}",
+        match &landlock {
+            Landlock::Abi(abi) if *abi >= 6 => {
+                format!("Landlock ABI {abi} with signal and abstract-socket scoping")
+            }
+            Landlock::Abi(abi) => format!("Landlock ABI {abi}, no scoping"),
+            Landlock::Unavailable(reason) => format!("no Landlock ({reason})"),
+        },
+        match &seccomp {
+            Seccomp::Available => "seccomp".to_string(),
+            Seccomp::Unavailable(reason) => format!("no seccomp ({reason})"),
+        }
+    );
+    let weaker: Vec<String> = guarantees
+        .iter()
+        .filter(|g| g.level != Level::Full)
+        .map(|g| format!("{} {}: {}", g.number, g.level, g.why))
+        .collect();
+    let summary = if weaker.is_empty() {
+        format!("tool sandbox: every guarantee holds ({mechanisms})")
+    } else {
+        format!(
+            "tool sandbox: weaker ({mechanisms}); guarantee {}",
+            weaker.join("; guarantee ")
+        )
+    };
+    Probe {
+        signal_scope: abi >= 6,
+        abstract_socket_scope: abi >= 6,
+        landlock,
+        seccomp,
+        guarantees,
+        summary,
+    }
+}
+
+impl fmt::Display for Level {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Level::Full => "full",
+            Level::Weaker => "weaker",
+            Level::None => "not kept",
+        })
+    }
+}
+
+impl fmt::Display for Probe {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.landlock {
+            Landlock::Abi(abi) => writeln!(
+                f,
+                "Landlock: ABI {abi}{}",
+                if self.signal_scope {
+                    " (signal and abstract Unix socket scoping)"
+                } else {
+                    " (no scoping: needs ABI 6)"
+                }
+            )?,
+            Landlock::Unavailable(reason) => writeln!(f, "Landlock: unavailable, {reason}")?,
+        }
+        match &self.seccomp {
+            Seccomp::Available => writeln!(f, "seccomp: yes")?,
+            Seccomp::Unavailable(reason) => writeln!(f, "seccomp: unavailable, {reason}")?,
+        }
+        for g in &self.guarantees {
+            writeln!(f, "{}. a tool {}: {}: {}", g.number, g.what, g.level, g.why)?;
+        }
+        write!(f, "{}", self.summary)
+    }
+}
+
+/// The kernel's Landlock ABI version.
+fn landlock_abi() -> Result<u32, std::io::Error> {
+    const LANDLOCK_CREATE_RULESET_VERSION: libc::c_uint = 1;
+    // SAFETY: the version query reads no memory (null attributes, size 0).
+    let v = unsafe {
+        libc::syscall(
+            libc::SYS_landlock_create_ruleset,
+            std::ptr::null::<u8>(),
+            0usize,
+            LANDLOCK_CREATE_RULESET_VERSION,
+        )
+    };
+    if v < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    u32::try_from(v).map_err(|_| std::io::Error::other("negative ABI"))
+}
+
+/// Runs `check` in a forked child and returns its errno (0: it worked). `check` must make
+/// only async-signal-safe calls: the parent may have other threads.
+fn try_in_child(check: impl Fn() -> i32) -> Result<(), i32> {
+    // SAFETY: the child runs `check` (raw system calls only) and `_exit`s.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(std::io::Error::last_os_error()
+            .raw_os_error()
+            .unwrap_or(libc::EAGAIN));
+    }
+    if pid == 0 {
+        let errno = check();
+        // SAFETY: ends the child without running the parent's atexit handlers.
+        unsafe { libc::_exit(errno.clamp(0, 255)) };
+    }
+    let mut status = 0;
+    loop {
+        // SAFETY: waits for the child just forked.
+        let rc = unsafe { libc::waitpid(pid, &mut status, 0) };
+        if rc == pid {
+            break;
+        }
+        if rc < 0 && std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
+            return Err(libc::ECHILD);
+        }
+    }
+    if libc::WIFEXITED(status) {
+        match libc::WEXITSTATUS(status) {
+            0 => Ok(()),
+            errno => Err(errno),
+        }
+    } else {
+        Err(libc::EINTR)
+    }
+}
+
+fn errno() -> i32 {
+    // SAFETY: reads this thread's errno.
+    unsafe { *libc::__errno_location() }
+}
+
+fn enforce_landlock() -> i32 {
+    const READ_FILE: u64 = 1 << 2;
+    let handled: u64 = READ_FILE;
+    // SAFETY: raw system calls with a valid attribute (its first field only, as ABI 1
+    // accepts) and the descriptor they return.
+    unsafe {
+        if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
+            return errno();
+        }
+        let fd = libc::syscall(
+            libc::SYS_landlock_create_ruleset,
+            &handled as *const u64,
+            std::mem::size_of::<u64>(),
+            0u32,
+        );
+        if fd < 0 {
+            return errno();
+        }
+        if libc::syscall(libc::SYS_landlock_restrict_self, fd as libc::c_int, 0u32) != 0 {
+            return errno();
+        }
+    }
+    0
+}
+
+fn install_in_child(program: &[libc::sock_filter]) -> i32 {
+    let Ok(len) = u16::try_from(program.len()) else {
+        return libc::E2BIG;
+    };
+    let fprog = libc::sock_fprog {
+        len,
+        filter: program.as_ptr().cast_mut(),
+    };
+    // SAFETY: raw prctl calls; the kernel copies the program.
+    unsafe {
+        if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
+            return errno();
+        }
+        if libc::prctl(
+            libc::PR_SET_SECCOMP,
+            libc::SECCOMP_MODE_FILTER as libc::c_ulong,
+            &fprog as *const libc::sock_fprog,
+        ) != 0
+        {
+            return errno();
+        }
+    }
+    0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_guarantee_holds_with_landlock_6_and_seccomp() {
+        let probe = assess(Landlock::Abi(7), Seccomp::Available);
+        assert_eq!(probe.level(), Level::Full, "{probe}");
+        assert!(
+            probe
+                .summary
+                .starts_with("tool sandbox: every guarantee holds")
+        );
+    }
+
+    #[test]
+    fn debian_12s_kernel_protects_the_gateway_but_not_other_workers_from_signals() {
+        let probe = assess(Landlock::Abi(2), Seccomp::Available);
+        let levels: Vec<Level> = probe.guarantees.iter().map(|g| g.level).collect();
+        assert_eq!(
+            levels,
+            [Level::Full, Level::Weaker, Level::Full, Level::Weaker],
+            "{probe}"
+        );
+        assert!(probe.summary.contains("other workers"), "{}", probe.summary);
+    }
+
+    #[test]
+    fn landlock_blocked_by_the_units_filter_is_named_in_the_summary() {
+        let reason = unavailable_reason(&std::io::Error::from_raw_os_error(libc::EPERM));
+        let probe = assess(Landlock::Unavailable(reason.into()), Seccomp::Available);
+        assert_eq!(probe.level(), Level::None);
+        assert!(
+            probe.summary.contains("SystemCallFilter"),
+            "{}",
+            probe.summary
+        );
+    }
+
+    #[test]
+    fn nothing_holds_without_either() {
+        let probe = assess(
+            Landlock::Unavailable("not built into this kernel".into()),
+            Seccomp::Unavailable("no".into()),
+        );
+        assert_eq!(probe.level(), Level::None);
+        let json = serde_json::to_string(&probe).unwrap();
+        assert_eq!(serde_json::from_str::<Probe>(&json).unwrap(), probe);
+    }
+}
