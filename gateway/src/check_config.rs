@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use hermes_protocol::config::{Config, EXIT_CONFIG};
+use hermes_config::{Config, EXIT_CONFIG};
 
 use crate::setup;
 
@@ -79,8 +79,8 @@ pub fn check_config(path: &Path) -> i32 {
             "answers sent when finished".to_string()
         },
         match t.group_mode {
-            hermes_protocol::config::GroupMode::Mention => "mentions and replies only",
-            hermes_protocol::config::GroupMode::All => "every message",
+            hermes_config::GroupMode::Mention => "mentions and replies only",
+            hermes_config::GroupMode::All => "every message",
         },
         t.admin_users.len()
     );

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use std::sync::Arc;
 
-use hermes_protocol::config::{Config, EXIT_CONFIG, WorkerMode};
+use hermes_config::{Config, EXIT_CONFIG, WorkerMode};
 use teloxide_core::prelude::Requester;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;

@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use hermes_protocol::config::{Config, EXIT_CONFIG};
+use hermes_config::{Config, EXIT_CONFIG};
 
 const SYSTEM_UNIT: &str = include_str!("../../deploy/hermes-gateway.service");
 const USER_UNIT: &str = include_str!("../../deploy/hermes-gateway-user.service");

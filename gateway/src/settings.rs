@@ -13,7 +13,7 @@ use std::collections::HashSet;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use hermes_protocol::config::Config;
+use hermes_config::Config;
 use hermes_protocol::{ProviderPlan, ToolServer};
 
 use crate::setup::Setup;

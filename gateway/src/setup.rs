@@ -5,7 +5,7 @@
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use hermes_protocol::config::{Config, Problem};
+use hermes_config::{Config, Problem};
 use hermes_protocol::{ProviderPlan, Secret, ToolServer};
 
 pub struct Setup {

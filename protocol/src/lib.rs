@@ -7,12 +7,11 @@
 //! - [`frame`]: how one message becomes bytes on the local socket and back, with a size cap
 //!   and typed errors, so a misbehaving worker can only ever produce an error value;
 //! - [`codec`]: the serde format behind the frames (postcard), kept behind one module so it
-//!   can change in one place;
-//! - [`config`]: the TOML configuration file both binaries read (`hermes-worker ask` runs a
-//!   job with the same file the gateway uses), validated key by key with line numbers.
+//!   can change in one place.
+//!
+//! The configuration file both binaries read is `hermes-config`'s: it is not on the wire.
 
 pub mod codec;
-pub mod config;
 pub mod frame;
 pub mod wire;
 

@@ -6,7 +6,7 @@
 
 use std::time::{Duration, SystemTime};
 
-use hermes_protocol::config::WorkerMode;
+use hermes_config::WorkerMode;
 use hermes_tests::fake_provider::{FakeProvider, ProviderReply, SEED_402_BODY};
 use hermes_tests::fake_telegram::{PollFault, SendFault};
 use hermes_tests::harness::{

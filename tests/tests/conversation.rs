@@ -1,7 +1,7 @@
 //! Talking to it: conversations that persist, commands, and the durable inbox (no message
 //! lost even when the gateway is SIGKILLed mid-job).
 
-use hermes_protocol::config::WorkerMode;
+use hermes_config::WorkerMode;
 use hermes_tests::fake_provider::{FakeProvider, ProviderReply, SEED_402_BODY};
 use hermes_tests::fake_telegram::BOT_USERNAME;
 use hermes_tests::harness::{Gateway, GatewayOptions, PATIENCE, Rig, USER, eventually};

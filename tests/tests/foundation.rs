@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use hermes_protocol::config::WorkerMode;
+use hermes_config::WorkerMode;
 use hermes_tests::fake_provider::{ProviderReply, SEED_402_BODY};
 use hermes_tests::fake_telegram::PollFault;
 use hermes_tests::harness::{

@@ -6,7 +6,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use hermes_protocol::config::WorkerMode;
+use hermes_config::WorkerMode;
 use hermes_tests::harness::{Gateway, GatewayOptions, PATIENCE, Rig, binaries, eventually};
 use nix::sys::signal::Signal;
 use tokio::net::UnixDatagram;

@@ -8,7 +8,7 @@ use std::io::Write;
 use std::path::Path;
 use std::time::Duration;
 
-use hermes_protocol::config::{Config, EXIT_CONFIG};
+use hermes_config::{Config, EXIT_CONFIG};
 use hermes_protocol::{ChatMessage, Event, Failure, FailureClass, Job, JobId, Outcome, Role};
 use tokio::sync::mpsc;
 

@@ -16,7 +16,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use hermes_protocol::config::GroupMode;
+use hermes_config::GroupMode;
 use teloxide_core::RequestError;
 use teloxide_core::prelude::*;
 use teloxide_core::types::{AllowedUpdate, Message, MessageEntityKind, Update, UpdateKind};

@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use hermes_protocol::config::WorkerMode;
+use hermes_config::WorkerMode;
 use hermes_tests::fake_provider::ProviderReply;
 use hermes_tests::harness::{
     GatewayOptions, PATIENCE, Rig, USER, cargo_build, eventually, target_profile_dir,

@@ -1,4 +1,5 @@
-//! The configuration file: one TOML file that both binaries read.
+//! `hermes-config`: the configuration file, one TOML file that both binaries read
+//! (`hermes-worker ask` runs a job with the same file the gateway uses).
 //!
 //! An operator who gets the file wrong must learn everything that is wrong at once, each
 //! problem with its key and line, before anything starts. So the file is not handed to
@@ -20,7 +21,7 @@ use serde::de::{DeserializeOwned, IntoDeserializer};
 use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
-use crate::wire::{ProviderPlan, Secret, ToolServer};
+use hermes_protocol::{ProviderPlan, Secret, ToolServer};
 
 /// Exit status for a configuration the process cannot run with (`EX_CONFIG` of
 /// sysexits.h); the systemd unit does not restart on it.
