@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use std::sync::Arc;
 
-use hermes_config::{Config, EXIT_CONFIG, WorkerMode};
+use hermes_config::{Config, EXIT_CONFIG, WorkerMode, load_or_report};
 use teloxide_core::prelude::Requester;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -35,24 +35,9 @@ use crate::telegram::{self, poller, sender::Sender};
 const EXIT_OS_ERROR: i32 = 71;
 
 pub fn run(path: &Path) -> i32 {
-    let config = match Config::load(path) {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::error!("{e}");
-            return EXIT_CONFIG;
-        }
-    };
-    let setup = match setup::resolve(&config) {
-        Ok(s) => s,
-        Err(problems) => {
-            let lines: Vec<String> = problems.iter().map(|p| format!("  {p}")).collect();
-            tracing::error!(
-                "invalid configuration in {}:\n{}",
-                path.display(),
-                lines.join("\n")
-            );
-            return EXIT_CONFIG;
-        }
+    let Some((config, setup)) = load_or_report(path, setup::resolve, |e| tracing::error!("{e}"))
+    else {
+        return EXIT_CONFIG;
     };
     for dir in [&setup.state_dir, &setup.runtime_dir] {
         if let Err(e) = std::fs::create_dir_all(dir) {
@@ -263,23 +248,10 @@ async fn serve(path: &Path, config: Config, setup: Setup) -> i32 {
 /// Applies a changed configuration file to the live settings, or keeps the old ones and
 /// says why. Jobs in flight keep the settings they started with.
 fn reload(path: &Path, running: &Config, settings: &LiveSettings, circuits: &Circuits) {
-    let new = match Config::load(path) {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::error!("reload failed, keeping the old configuration: {e}");
-            return;
-        }
-    };
-    let setup = match setup::resolve(&new) {
-        Ok(s) => s,
-        Err(problems) => {
-            let lines: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
-            tracing::error!(
-                "reload failed, keeping the old configuration: {}",
-                lines.join("; ")
-            );
-            return;
-        }
+    let Some((new, setup)) = load_or_report(path, setup::resolve, |e| {
+        tracing::error!("reload failed, keeping the old configuration: {e}")
+    }) else {
+        return;
     };
     let restart = needs_restart(running, &new);
     if !restart.is_empty() {
