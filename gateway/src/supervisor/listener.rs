@@ -14,8 +14,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use hermes_protocol::frame::read_payload;
-use hermes_protocol::{Welcome, decode_hello, write_frame};
+use hermes_protocol::{Connection, handshake};
 use interprocess::local_socket::tokio::{Listener, Stream, prelude::*};
 use interprocess::local_socket::{GenericFilePath, ListenerOptions, ToFsName};
 use tokio_util::sync::CancellationToken;
@@ -25,7 +24,7 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Where the outcome of a worker's authentication goes: its connection, or why it was
 /// refused (so the supervisor gives up on it at once instead of waiting for a timeout).
-pub type Connected = Result<Stream, String>;
+pub type Connected = Result<Connection<Stream>, String>;
 
 struct Pending {
     pid: u32,
@@ -142,46 +141,28 @@ pub async fn accept_loop(listener: Listener, pending: PendingWorkers, stop: Canc
     }
 }
 
-async fn authenticate(mut stream: Stream, pending: &PendingWorkers) -> Result<(), String> {
-    let payload = read_payload(&mut stream)
+async fn authenticate(stream: Stream, pending: &PendingWorkers) -> Result<(), String> {
+    let mut conn = Connection::new(stream);
+    let hello = handshake::receive_hello(&mut conn)
         .await
-        .map_err(|e| format!("handshake: {e}"))?;
-    let hello = match decode_hello(&payload) {
-        Ok(hello) => hello,
-        Err(e) => {
-            let reason = e.to_string();
-            let _ = write_frame(
-                &mut stream,
-                &Welcome::Rejected {
-                    reason: reason.clone(),
-                },
-            )
-            .await;
-            return Err(reason);
-        }
-    };
-    let creds = stream
+        .map_err(|e| e.to_string())?;
+    let creds = conn
+        .get_ref()
         .peer_creds()
         .map_err(|e| format!("peer credentials: {e}"))?;
     let peer_pid = creds.pid().and_then(|p| u32::try_from(p).ok());
     let peer_uid_ok = creds.euid() == Some(nix::unistd::geteuid().as_raw());
     match pending.claim(hello.token.expose(), hello.pid, peer_pid, peer_uid_ok) {
         Ok(deliver) => {
-            write_frame(&mut stream, &Welcome::Accepted)
+            handshake::accept(&mut conn)
                 .await
                 .map_err(|e| format!("welcome: {e}"))?;
             deliver
-                .send(Ok(stream))
+                .send(Ok(conn))
                 .map_err(|_| "the supervisor stopped waiting for this worker".to_string())
         }
         Err(reason) => {
-            let _ = write_frame(
-                &mut stream,
-                &Welcome::Rejected {
-                    reason: "authentication failed".into(),
-                },
-            )
-            .await;
+            handshake::refuse(&mut conn, "authentication failed").await;
             pending.refuse_pid(peer_pid, "authentication failed");
             Err(reason)
         }
