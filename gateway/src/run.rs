@@ -21,6 +21,7 @@ use crate::chats::{ChatRouter, JobContext};
 use crate::circuit::Circuits;
 use crate::commands;
 use crate::health::Health;
+use crate::jobs::{JobRunner, MakeRunner};
 use crate::settings::{ChatSettings, LiveSettings, needs_restart};
 use crate::setup::{self, Setup};
 use crate::signals;
@@ -34,7 +35,9 @@ use crate::telegram::{self, poller, sender::Sender};
 /// `EX_OSERR`, which the unit restarts.
 const EXIT_OS_ERROR: i32 = 71;
 
-pub fn run(path: &Path) -> i32 {
+/// Runs the gateway with the configuration at `path`; `runner`, when given, runs the jobs
+/// instead of a worker pool (the benchmark's baseline).
+pub fn run(path: &Path, runner: Option<MakeRunner>) -> i32 {
     let Some((config, setup)) = load_or_report(path, setup::resolve, |e| tracing::error!("{e}"))
     else {
         return EXIT_CONFIG;
@@ -55,10 +58,10 @@ pub fn run(path: &Path) -> i32 {
             return EXIT_OS_ERROR;
         }
     };
-    runtime.block_on(serve(path, config, setup))
+    runtime.block_on(serve(path, config, setup, runner))
 }
 
-async fn serve(path: &Path, config: Config, setup: Setup) -> i32 {
+async fn serve(path: &Path, config: Config, setup: Setup, runner: Option<MakeRunner>) -> i32 {
     let mut signals = match signals::listen() {
         Ok(s) => s,
         Err(e) => {
@@ -98,32 +101,34 @@ async fn serve(path: &Path, config: Config, setup: Setup) -> i32 {
         stop_taking: CancellationToken::new(),
         abort: CancellationToken::new(),
     };
-    let supervisor = match Supervisor::start(
-        SupervisorConfig {
-            mode: workers.mode,
-            slots: workers.pool_size,
-            program: setup.worker_program.clone(),
-            socket_dir: setup.runtime_dir.join("workers"),
-            memory_limit_mb: workers.memory_limit_mb,
-            max_jobs_per_worker: workers.max_jobs_per_worker,
-            kill_grace: Duration::from_secs(workers.kill_grace_secs),
-            max_restarts: workers.max_restarts,
-            restart_window: Duration::from_secs(workers.restart_window_secs),
-            health: health.clone(),
+    let (runner, wait_for_first_worker): (Arc<dyn JobRunner>, bool) = match runner {
+        Some(make) => (make(&config), false),
+        None => match Supervisor::start(
+            SupervisorConfig {
+                mode: workers.mode,
+                slots: workers.pool_size,
+                program: setup.worker_program.clone(),
+                socket_dir: setup.runtime_dir.join("workers"),
+                memory_limit_mb: workers.memory_limit_mb,
+                max_jobs_per_worker: workers.max_jobs_per_worker,
+                kill_grace: Duration::from_secs(workers.kill_grace_secs),
+                max_restarts: workers.max_restarts,
+                restart_window: Duration::from_secs(workers.restart_window_secs),
+                health: health.clone(),
+            },
+            &shutdown,
+            &tasks,
+        ) {
+            Ok(supervisor) => (Arc::new(supervisor), workers.mode == WorkerMode::Pool),
+            Err(e) => {
+                tracing::error!(
+                    "cannot create the worker socket in {}: {e}",
+                    setup.runtime_dir.display()
+                );
+                return EXIT_CONFIG;
+            }
         },
-        &shutdown,
-        &tasks,
-    ) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!(
-                "cannot create the worker socket in {}: {e}",
-                setup.runtime_dir.display()
-            );
-            return EXIT_CONFIG;
-        }
     };
-    let wait_for_first_worker = workers.mode == WorkerMode::Pool && supervisor.runs_workers();
     let publisher_stop = CancellationToken::new();
     let publisher = tokio::spawn(
         Publisher {
@@ -137,7 +142,7 @@ async fn serve(path: &Path, config: Config, setup: Setup) -> i32 {
     );
     let router = ChatRouter::new(
         JobContext {
-            supervisor,
+            runner,
             health: health.clone(),
             circuits: circuits.clone(),
             sender: Sender::new(bot.clone()),

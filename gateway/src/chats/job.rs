@@ -89,7 +89,7 @@ pub async fn run(inner: &Inner, request: Request, in_flight: &InFlightSlot) {
     };
     let cancel = in_flight.begin();
     let (events_tx, mut events_rx) = mpsc::unbounded_channel();
-    let run = ctx.supervisor.run(job, Some(events_tx), cancel);
+    let run = ctx.runner.run(job, events_tx, cancel);
     tokio::pin!(run);
     let typing = keep_typing(&ctx.sender, chat);
     tokio::pin!(typing);

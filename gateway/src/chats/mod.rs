@@ -25,10 +25,10 @@ use tokio_util::task::TaskTracker;
 use crate::circuit::Circuits;
 use crate::commands::{self, Command};
 use crate::health::Health;
+use crate::jobs::JobRunner;
 use crate::replies;
 use crate::settings::LiveSettings;
 use crate::store::{Exchange, Pending, Store};
-use crate::supervisor::Supervisor;
 use crate::telegram::sender::Sender;
 
 /// A chat task with nothing to do for this long ends; the next message starts a new one.
@@ -36,7 +36,7 @@ const CHAT_IDLE: Duration = Duration::from_secs(60);
 
 /// What the chats need to build and run a job.
 pub struct JobContext {
-    pub supervisor: Supervisor,
+    pub runner: Arc<dyn JobRunner>,
     pub health: Arc<Health>,
     pub circuits: Arc<Circuits>,
     pub sender: Sender,

@@ -12,8 +12,6 @@
 //! workers keep failing to start backs off between attempts; while it backs off, jobs get
 //! an immediate "could not be started" failure instead of waiting in silence.
 
-#[cfg(feature = "in-process-baseline")]
-mod in_process;
 mod listener;
 mod process;
 mod stderr_log;
@@ -32,6 +30,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::backoff::Backoff;
 use crate::health::Health;
+use crate::jobs::{BoxFuture, JobRunner};
 pub use listener::PendingWorkers;
 use process::SpawnSpec;
 use worker::{Fate, StartError, Stops, Worker};
@@ -54,7 +53,7 @@ pub struct SupervisorConfig {
 /// A job handed to the supervisor, with where its outcome goes.
 struct Assignment {
     job: Job,
-    events: Option<mpsc::UnboundedSender<Event>>,
+    events: mpsc::UnboundedSender<Event>,
     done: oneshot::Sender<Outcome>,
     /// `/stop`: ends the job wherever it is, its worker's group included.
     cancel: CancellationToken,
@@ -67,8 +66,6 @@ struct Assignment {
 #[derive(Clone)]
 pub struct Supervisor {
     queue: mpsc::Sender<Assignment>,
-    #[cfg(feature = "in-process-baseline")]
-    in_process: Option<Arc<in_process::InProcess>>,
 }
 
 /// Stops the supervisor in two steps: `stop_taking` ends the intake (idle slots finish),
@@ -85,14 +82,6 @@ impl Supervisor {
         shutdown: &Shutdown,
         tasks: &TaskTracker,
     ) -> std::io::Result<Supervisor> {
-        #[cfg(feature = "in-process-baseline")]
-        if let Some(baseline) = in_process::InProcess::from_env(config.slots) {
-            let (queue, _) = mpsc::channel(1);
-            return Ok(Supervisor {
-                queue,
-                in_process: Some(Arc::new(baseline)),
-            });
-        }
         let (listener, socket) = listener::bind(&config.socket_dir)?;
         let pending = PendingWorkers::default();
         tasks.spawn(listener::accept_loop(
@@ -130,35 +119,17 @@ impl Supervisor {
             };
             tasks.spawn(s.run(receiver.clone()));
         }
-        Ok(Supervisor {
-            queue,
-            #[cfg(feature = "in-process-baseline")]
-            in_process: None,
-        })
+        Ok(Supervisor { queue })
     }
 
-    /// False only in the bench-only in-process baseline, which starts no worker.
-    pub fn runs_workers(&self) -> bool {
-        #[cfg(feature = "in-process-baseline")]
-        if self.in_process.is_some() {
-            return false;
-        }
-        true
-    }
-
-    /// Runs `job` on a worker and returns its outcome. Never fails: every problem on the
-    /// way is an [`Outcome::Failed`]. Cancelling `cancel` ends the job with
-    /// [`CancelReason::ByUser`] once none of its processes is left.
-    pub async fn run(
+    /// Runs `job` on a worker: see [`JobRunner::run`]. A cancelled job ends once none of
+    /// its processes is left.
+    async fn run_on_worker(
         &self,
         job: Job,
-        events: Option<mpsc::UnboundedSender<Event>>,
+        events: mpsc::UnboundedSender<Event>,
         cancel: CancellationToken,
     ) -> Outcome {
-        #[cfg(feature = "in-process-baseline")]
-        if let Some(baseline) = &self.in_process {
-            return baseline.run(job, events).await;
-        }
         let (done, mut outcome) = oneshot::channel();
         let taken = Arc::new(AtomicBool::new(false));
         let assignment = Assignment {
@@ -183,6 +154,17 @@ impl Supervisor {
         outcome
             .await
             .unwrap_or_else(|_| cancelled(CancelReason::Shutdown))
+    }
+}
+
+impl JobRunner for Supervisor {
+    fn run(
+        &self,
+        job: Job,
+        events: mpsc::UnboundedSender<Event>,
+        cancel: CancellationToken,
+    ) -> BoxFuture<'_, Outcome> {
+        Box::pin(self.run_on_worker(job, events, cancel))
     }
 }
 
@@ -329,7 +311,7 @@ impl Slot {
             let run = w
                 .run_job(
                     &assignment.job,
-                    assignment.events.as_ref(),
+                    &assignment.events,
                     Stops {
                         abort: &self.abort,
                         cancel: &assignment.cancel,

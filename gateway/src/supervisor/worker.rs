@@ -141,7 +141,7 @@ impl Worker {
     pub async fn run_job(
         &mut self,
         job: &Job,
-        events: Option<&mpsc::UnboundedSender<Event>>,
+        events: &mpsc::UnboundedSender<Event>,
         stops: Stops<'_>,
         kill_grace: Duration,
     ) -> JobRun {
@@ -157,9 +157,7 @@ impl Worker {
                 frame = self.conn.read_frame::<FromWorker>() => match frame {
                     Ok(FromWorker::Event { job_id, event }) if job_id == job.id => {
                         tracing::debug!(worker = self.pid, job = %job.id, ?event, "event");
-                        if let Some(events) = events {
-                            let _ = events.send(event);
-                        }
+                        let _ = events.send(event);
                     }
                     Ok(FromWorker::Outcome { job_id, outcome, retire }) if job_id == job.id => {
                         if retire {
