@@ -5,10 +5,12 @@
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
 use hermes_protocol::{FailureClass, Outcome};
 use serde::{Deserialize, Serialize};
+
+use crate::clock::{format_unix, unix, unix_now};
 
 pub struct Health {
     state: Mutex<State>,
@@ -150,22 +152,6 @@ impl Snapshot {
         }
         line
     }
-}
-
-pub fn unix_now() -> u64 {
-    unix(SystemTime::now())
-}
-
-fn unix(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
-/// `HH:MM:SS UTC` of a Unix time: enough for a status line read the same day.
-pub fn format_unix(secs: u64) -> String {
-    let s = secs % 86_400;
-    format!("{:02}:{:02}:{:02} UTC", s / 3600, (s / 60) % 60, s % 60)
 }
 
 impl Health {

@@ -28,6 +28,7 @@ mod backoff;
 mod chats;
 mod check_config;
 mod circuit;
+mod clock;
 mod commands;
 mod health;
 mod jobs;

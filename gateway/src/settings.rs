@@ -25,9 +25,8 @@ pub struct ChatSettings {
     /// Answers shown while written (edited as they grow), tool status lines.
     pub streaming: bool,
     pub edit_interval: Duration,
+    /// In configured order; a chat's own order is `commands::model::chain`'s.
     pub providers: Vec<ProviderPlan>,
-    /// (name, model) in chain order, for status reports.
-    pub provider_models: Vec<(String, String)>,
     /// Quota cool-down of each provider.
     pub cooldowns: Vec<(String, Duration)>,
     pub system_prompt: Option<String>,
@@ -54,11 +53,6 @@ impl ChatSettings {
             streaming: config.telegram.streaming,
             edit_interval: Duration::from_millis(config.telegram.edit_interval_ms),
             providers: setup.providers.clone(),
-            provider_models: config
-                .providers
-                .iter()
-                .map(|p| (p.name.clone(), p.model.clone()))
-                .collect(),
             cooldowns: config
                 .providers
                 .iter()

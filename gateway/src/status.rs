@@ -16,7 +16,8 @@ use hermes_config::{Config, EXIT_CONFIG};
 use tokio_util::sync::CancellationToken;
 
 use crate::circuit::{Circuits, View};
-use crate::health::{Health, ProviderStatus, ShutdownRecord, Snapshot, format_unix, unix_now};
+use crate::clock::{format_unix, unix_now};
+use crate::health::{Health, ProviderStatus, ShutdownRecord, Snapshot};
 use crate::settings::LiveSettings;
 use crate::setup;
 use crate::systemd::Notifier;
@@ -75,17 +76,17 @@ impl Publisher {
         let now = Instant::now();
         let settings = self.settings.get();
         let providers = settings
-            .provider_models
+            .providers
             .iter()
-            .map(|(name, model)| {
-                let (circuit, open_for_secs) = match self.circuits.view(name, now) {
+            .map(|p| {
+                let (circuit, open_for_secs) = match self.circuits.view(&p.name, now) {
                     View::Closed => ("closed", None),
                     View::Probing => ("probing", None),
                     View::Open { remaining } => ("open", Some(remaining.as_secs())),
                 };
                 ProviderStatus {
-                    name: name.clone(),
-                    model: model.clone(),
+                    name: p.name.clone(),
+                    model: p.model.clone(),
                     circuit: circuit.into(),
                     open_for_secs,
                 }

@@ -108,10 +108,7 @@ pub struct Store {
 }
 
 fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
+    i64::try_from(crate::clock::unix_now()).unwrap_or(i64::MAX)
 }
 
 impl Store {

@@ -29,6 +29,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::backoff::Backoff;
+use crate::clock::sleep_until;
 use crate::health::Health;
 use crate::jobs::{BoxFuture, JobRunner};
 pub use listener::PendingWorkers;
@@ -423,13 +424,6 @@ async fn next_assignment(queue: &Mutex<mpsc::Receiver<Assignment>>) -> Option<As
 async fn idle_broken(worker: &mut Option<Worker>) {
     match worker {
         Some(w) => w.idle_broken().await,
-        None => std::future::pending().await,
-    }
-}
-
-async fn sleep_until(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at.into()).await,
         None => std::future::pending().await,
     }
 }
