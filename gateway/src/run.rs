@@ -24,7 +24,7 @@ use crate::health::Health;
 use crate::jobs::{JobRunner, MakeRunner};
 use crate::settings::{ChatSettings, LiveSettings, needs_restart};
 use crate::setup::{self, Setup};
-use crate::signals;
+use crate::signals::{self, StopReason};
 use crate::status::{self, Publisher};
 use crate::store::Store;
 use crate::supervisor::{Shutdown, Supervisor, SupervisorConfig};
@@ -205,20 +205,20 @@ async fn serve(path: &Path, config: Config, setup: Setup, runner: Option<MakeRun
         "hermes-gateway running"
     );
 
-    let stop_signal = loop {
+    let stop_reason = loop {
         match signals.recv().await {
             Some(signal) if signal.is_reload() => {
                 tracing::info!("received {signal}: reloading {}", path.display());
                 reload(path, &config, &settings, &circuits);
             }
-            Some(signal) => break signal.to_string(),
-            None => break "the signal listener stopped".to_string(),
+            Some(signal) => break StopReason::Signal(signal),
+            None => break StopReason::ListenerGone,
         }
     };
     notifier.stopping();
     let drain = Duration::from_secs(workers.shutdown_drain_secs);
     tracing::info!(
-        "received {stop_signal}: stopping; jobs in flight get {} s to finish",
+        "received {stop_reason}: stopping; jobs in flight get {} s to finish",
         drain.as_secs()
     );
     poll_stop.cancel();
@@ -245,7 +245,7 @@ async fn serve(path: &Path, config: Config, setup: Setup, runner: Option<MakeRun
     shutdown.abort.cancel();
     publisher_stop.cancel();
     let _ = publisher.await;
-    status::record_shutdown(&setup.state_dir, health.run_id(), &stop_signal);
+    status::record_shutdown(&setup.state_dir, health.run_id(), &stop_reason);
     tracing::info!("hermes-gateway stopped");
     0
 }

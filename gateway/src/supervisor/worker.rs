@@ -9,8 +9,8 @@
 use std::time::{Duration, Instant};
 
 use hermes_protocol::{
-    CancelReason, Connection, CrashCause, Event, Failure, FromWorker, Job, Outcome, Secret,
-    ToWorker,
+    CancelReason, Connection, CrashCause, Event, Failure, FrameError, FromWorker, Job, Outcome,
+    Secret, ToWorker,
 };
 use interprocess::local_socket::tokio::Stream;
 use rand::Rng;
@@ -18,7 +18,7 @@ use tokio::process::Child;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::listener::PendingWorkers;
+use super::listener::{AuthRefusal, PendingWorkers};
 use super::process::{self, SpawnSpec};
 use super::stderr_log;
 
@@ -40,7 +40,7 @@ pub enum StartError {
     #[error("worker {pid} did not connect within {CONNECT_TIMEOUT:?}")]
     NeverConnected { pid: u32 },
     #[error("worker {pid} was refused: {reason}")]
-    Refused { pid: u32, reason: String },
+    Refused { pid: u32, reason: AuthRefusal },
     #[error("stopping")]
     Stopping,
 }
@@ -149,7 +149,7 @@ impl Worker {
         let started = Instant::now();
         if let Err(e) = self.conn.write_frame(&ToWorker::Job(job.clone())).await {
             tracing::warn!(worker = self.pid, job = %job.id, "cannot send job: {e}");
-            return self.broken(e.is_disconnect(), e.to_string()).await;
+            return self.broken(e).await;
         }
         let deadline = started + Duration::from_millis(job.timeout_ms) + DEADLINE_MARGIN;
         loop {
@@ -172,7 +172,7 @@ impl Worker {
                     }
                     Err(e) => {
                         tracing::warn!(worker = self.pid, job = %job.id, "worker connection failed: {e}");
-                        return self.broken(e.is_disconnect(), e.to_string()).await;
+                        return self.broken(e).await;
                     }
                 },
                 _ = tokio::time::sleep_until(deadline.into()) => {
@@ -205,13 +205,17 @@ impl Worker {
         }
     }
 
-    /// The connection broke or carried garbage: kill the group, reap, and say why.
-    async fn broken(&mut self, disconnected: bool, detail: String) -> JobRun {
+    /// The connection broke or carried garbage: kill the group, reap, and say why. A
+    /// worker that went away is described by how its process ended; one that is still
+    /// there broke the protocol.
+    async fn broken(&mut self, error: FrameError) -> JobRun {
         let status = process::kill(&mut self.child).await;
-        let cause = if disconnected {
+        let cause = if error.is_disconnect() {
             process::crash_cause(status)
         } else {
-            CrashCause::ProtocolViolation { detail }
+            CrashCause::ProtocolViolation {
+                detail: error.to_string(),
+            }
         };
         tracing::warn!(worker = self.pid, "worker {cause}");
         JobRun {
