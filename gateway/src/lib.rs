@@ -21,10 +21,8 @@
 //! - [`signals`]: stop signals with their sender, for the shutdown record;
 //! - [`settings`]: what a SIGHUP reload may change;
 //! - [`service`]: writing the systemd unit;
-//! - [`setup`], [`check_config`]: judging a configuration against this machine;
-//! - [`backoff`]: the retry schedule everything shares.
+//! - [`setup`], [`check_config`]: judging a configuration against this machine.
 
-mod backoff;
 mod chats;
 mod check_config;
 mod circuit;

@@ -22,9 +22,9 @@ use super::listener::PendingWorkers;
 use super::process::SpawnSpec;
 use super::worker::{Fate, StartError, Stops, Worker};
 use super::{Assignment, Shutdown, SupervisorConfig, cancelled};
-use crate::backoff::Backoff;
 use crate::clock::sleep_until;
 use crate::health::{Health, WorkerLeft};
+use hermes_retry::Backoff;
 
 #[derive(Debug, Clone, Copy)]
 struct SlotPolicy {

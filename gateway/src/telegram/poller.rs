@@ -22,9 +22,9 @@ use teloxide_core::prelude::*;
 use teloxide_core::types::{AllowedUpdate, Message, MessageEntityKind, Update, UpdateKind};
 use tokio_util::sync::CancellationToken;
 
-use crate::backoff::Backoff;
 use crate::health::Health;
 use crate::store::{Pending, Store};
+use hermes_retry::Backoff;
 
 pub struct PollSettings {
     pub timeout_secs: u32,
@@ -261,16 +261,10 @@ fn describe(error: &RequestError) -> String {
             "409 Conflict: another process is polling with this bot token".into()
         }
         RequestError::Network(e) => {
-            // reqwest's own message ("error sending request") hides the cause; the last
-            // source in the chain names it (connection refused, timed out, …).
-            let mut root: &dyn std::error::Error = e.as_ref();
-            while let Some(source) = root.source() {
-                root = source;
-            }
             if e.is_timeout() {
                 "no answer before the HTTP timeout".into()
             } else {
-                format!("network error: {root}")
+                format!("network error: {}", hermes_retry::root_cause(e.as_ref()))
             }
         }
         RequestError::InvalidJson { raw, .. } => {
