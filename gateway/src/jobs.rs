@@ -1,6 +1,6 @@
 //! The seam between the chats and whatever runs their jobs.
 //!
-//! In the product that is always the [`Supervisor`](crate::supervisor::Supervisor) and its
+//! In the product that is always the supervisor (`crate::supervisor::Supervisor`) and its
 //! worker processes. The seam exists for the benchmark: its in-process baseline (a binary
 //! of `hermes-tests`) runs the same jobs with the agent library inside the gateway's own
 //! process, the design this project replaces, so what isolation costs can be measured.

@@ -8,20 +8,33 @@
 //! exhaustion) stays in that group, and the chat gets a plain-language reply. The parent
 //! itself runs no provider or agent code.
 //!
-//! Modules, one responsibility each:
-//! - [`run`]: start-up, signals, drain and exit codes;
-//! - [`telegram`]: the `getUpdates` loop, sending and splitting messages;
-//! - [`chats`]: one task per chat, from update to reply; [`commands`]: /new, /retry, …;
-//! - [`store`]: SQLite: the durable inbox and the conversations;
-//! - [`supervisor`]: starting, authenticating, watching and killing workers;
-//! - [`circuit`]: skipping a provider whose quota is exhausted, for a cool-down;
-//! - [`replies`]: what the user reads for each failure class;
-//! - [`health`], [`status`], [`systemd`]: what the gateway knows about itself, the
-//!   status file and `hermes-gateway status`, and sd_notify (READY, STATUS, WATCHDOG);
-//! - [`signals`]: stop signals with their sender, for the shutdown record;
-//! - [`settings`]: what a SIGHUP reload may change;
-//! - [`service`]: writing the systemd unit;
-//! - [`setup`], [`check_config`]: judging a configuration against this machine.
+//! Modules, one responsibility each, from the command line down:
+//! - `run`: start-up, the signal loop, reload, drain and exit codes; `check_config`,
+//!   `status`, `service`: the other commands;
+//! - `telegram`: the `getUpdates` loop (`telegram::poller`), sending
+//!   (`telegram::sender`), the answer shown as it is written (`telegram::live`),
+//!   Markdown to Telegram HTML (`telegram::format`) and cutting to size
+//!   (`telegram::split`);
+//! - `chats`: one task per chat, from a stored message to its one reply: a message
+//!   becomes a job in `chats::prepare`, its progress and outcome reach the chat and the
+//!   store in `chats::deliver`;
+//! - `commands`: one module per command (`/new`, `/stop`, `/retry`, `/model`,
+//!   `/status`), each owning what it does; `replies`: every text the user reads;
+//! - `jobs`: the seam between the chats and what runs their jobs ([`JobRunner`]);
+//! - `supervisor`: the job runner of the product: starting, authenticating
+//!   (`supervisor::listener`), watching and killing workers, one slot each
+//!   (`supervisor::slot`), the Unix side in `supervisor::process`;
+//! - `store`: SQLite: the durable inbox and the conversations;
+//! - `circuit`: skipping a provider whose quota is exhausted, for a cool-down;
+//! - `health`, `systemd`: what the gateway knows about itself, and sd_notify
+//!   (READY, STATUS, WATCHDOG);
+//! - `signals`: stop and reload signals with their sender, for the shutdown record;
+//! - `settings`: what a SIGHUP reload may change; `setup`: judging a configuration
+//!   against this machine;
+//! - `clock`: Unix time for records, and waiting for a moment that may not be set.
+//!
+//! Below it: `hermes-protocol` (the wire: messages, frames, the connection, the
+//! handshake), `hermes-config` (the configuration file) and `hermes-retry` (backoff).
 
 mod chats;
 mod check_config;

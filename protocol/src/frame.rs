@@ -1,4 +1,4 @@
-//! Framing: a `u32` big-endian payload length, then one [`codec`](crate::codec) payload.
+//! Framing: a `u32` big-endian payload length, then one [`codec`] payload.
 //!
 //! The gateway reads frames from processes it does not trust to be well-behaved (a worker
 //! may be half-dead, buggy, or not a worker at all), so every way a byte stream can be
