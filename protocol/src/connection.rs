@@ -129,10 +129,22 @@ mod tests {
         Connection::new(bytes).read_frame().await
     }
 
-    #[tokio::test]
-    async fn frames_are_read_in_order_then_the_close() {
+    #[test]
+    fn round_trip_through_a_buffer() {
         let frame = encode(&sample()).unwrap();
-        let two = [frame.clone(), frame].concat();
+        let mut conn = Connection::new(&frame[..]);
+        let rt = properties::runtime();
+        assert_eq!(
+            rt.block_on(conn.read_frame::<FromWorker>()).unwrap(),
+            sample()
+        );
+        assert!(conn.buffer.is_empty(), "the frame was used whole");
+    }
+
+    #[tokio::test]
+    async fn async_read_sees_close_truncation_and_frames() {
+        let frame = encode(&sample()).unwrap();
+        let two = [frame.clone(), frame.clone()].concat();
         let mut conn = Connection::new(&two[..]);
         assert_eq!(conn.read_frame::<FromWorker>().await.unwrap(), sample());
         assert_eq!(conn.read_frame::<FromWorker>().await.unwrap(), sample());
@@ -140,6 +152,12 @@ mod tests {
             conn.read_frame::<FromWorker>().await,
             Err(FrameError::Closed)
         ));
+
+        let err = read_one::<FromWorker>(&frame[..frame.len() - 1])
+            .await
+            .unwrap_err();
+        assert!(matches!(err, FrameError::Truncated { .. }));
+        assert!(err.is_disconnect());
     }
 
     #[tokio::test]
@@ -193,7 +211,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn written_frames_read_back() {
+    async fn async_write_then_read() {
         let (a, b) = tokio::io::duplex(64);
         let mut writer = Connection::new(a);
         let mut reader = Connection::new(b);
@@ -248,7 +266,7 @@ mod properties {
         });
     }
 
-    fn runtime() -> &'static tokio::runtime::Runtime {
+    pub(super) fn runtime() -> &'static tokio::runtime::Runtime {
         static RUNTIME: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
         RUNTIME.get_or_init(|| {
             tokio::runtime::Builder::new_current_thread()
@@ -262,7 +280,7 @@ mod properties {
 
         /// Whatever a worker writes, the gateway gets values or an error, never a panic.
         #[test]
-        fn any_bytes_read_as_values_or_an_error(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+        fn any_bytes_decode_to_a_value_or_an_error(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
             read_all::<FromWorker>(&bytes);
             read_all::<ToWorker>(&bytes);
             let _ = crate::handshake::decode_hello(&bytes);
@@ -284,5 +302,16 @@ mod properties {
             let back: FromWorker = runtime().block_on(Connection::new(&frame[..]).read_frame()).unwrap();
             prop_assert_eq!(back, message);
         }
+    }
+
+    #[test]
+    fn async_reader_never_panics_on_random_streams() {
+        let mut runner = proptest::test_runner::TestRunner::default();
+        runner
+            .run(&proptest::collection::vec(any::<u8>(), 0..256), |bytes| {
+                read_all::<FromWorker>(&bytes);
+                Ok(())
+            })
+            .unwrap();
     }
 }
