@@ -3,27 +3,13 @@
 
 use std::path::Path;
 
-use hermes_protocol::config::{Config, EXIT_CONFIG};
+use hermes_config::{EXIT_CONFIG, GroupMode, load_or_report};
 
 use crate::setup;
 
 pub fn check_config(path: &Path) -> i32 {
-    let config = match Config::load(path) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("{e}");
-            return EXIT_CONFIG;
-        }
-    };
-    let setup = match setup::resolve(&config) {
-        Ok(s) => s,
-        Err(problems) => {
-            eprintln!("invalid configuration in {}:", path.display());
-            for p in problems {
-                eprintln!("  {p}");
-            }
-            return EXIT_CONFIG;
-        }
+    let Some((config, setup)) = load_or_report(path, setup::resolve, |e| eprintln!("{e}")) else {
+        return EXIT_CONFIG;
     };
     let t = &config.telegram;
     println!("configuration OK: {}", path.display());
@@ -79,8 +65,8 @@ pub fn check_config(path: &Path) -> i32 {
             "answers sent when finished".to_string()
         },
         match t.group_mode {
-            hermes_protocol::config::GroupMode::Mention => "mentions and replies only",
-            hermes_protocol::config::GroupMode::All => "every message",
+            GroupMode::Mention => "mentions and replies only",
+            GroupMode::All => "every message",
         },
         t.admin_users.len()
     );

@@ -10,10 +10,12 @@
 //! circuit or opens it for another cool-down.
 
 use std::collections::HashMap;
+use std::fmt;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use hermes_protocol::{Event, Failure, Outcome, ProviderPlan};
+use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
@@ -44,6 +46,35 @@ pub enum View {
     Closed,
     Open { remaining: Duration },
     Probing,
+}
+
+/// A circuit's state without its time, as `status.json` spells it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CircuitState {
+    Closed,
+    Open,
+    Probing,
+}
+
+impl View {
+    pub fn state(&self) -> CircuitState {
+        match self {
+            View::Closed => CircuitState::Closed,
+            View::Open { .. } => CircuitState::Open,
+            View::Probing => CircuitState::Probing,
+        }
+    }
+}
+
+impl fmt::Display for CircuitState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            CircuitState::Closed => "closed",
+            CircuitState::Open => "open",
+            CircuitState::Probing => "probing",
+        })
+    }
 }
 
 impl Circuits {

@@ -4,11 +4,15 @@
 //! all read from here, so they can never disagree.
 
 use std::collections::BTreeMap;
+use std::fmt;
 use std::sync::Mutex;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
 use hermes_protocol::{FailureClass, Outcome};
 use serde::{Deserialize, Serialize};
+
+use crate::circuit::CircuitState;
+use crate::clock::{format_unix, unix, unix_now};
 
 pub struct Health {
     state: Mutex<State>,
@@ -40,6 +44,40 @@ struct State {
     previous_shutdown: Option<ShutdownRecord>,
 }
 
+/// How a worker left the pool: from which state, and whether it was a fault.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WorkerLeft {
+    /// Idle, it died or spoke out of turn.
+    BrokeWhileIdle,
+    /// Idle, it was stopped with the gateway.
+    StoppedWhileIdle,
+    /// During a job it crashed, hung or broke the protocol.
+    BrokeDuringJob,
+    /// After a job it was ended on purpose: retired for its age, `/stop`, the gateway
+    /// stopping, or its own request to be retired.
+    EndedAfterJob,
+}
+
+/// Whether Telegram polling works, as `status.json` spells it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PollingState {
+    /// No `getUpdates` round trip yet.
+    Starting,
+    Ok,
+    Failing,
+}
+
+impl fmt::Display for PollingState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            PollingState::Starting => "starting",
+            PollingState::Ok => "ok",
+            PollingState::Failing => "failing",
+        })
+    }
+}
+
 /// Why and when the previous run ended, as it recorded on its way out.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ShutdownRecord {
@@ -66,8 +104,7 @@ pub struct Snapshot {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Polling {
-    /// "ok", "failing" or "starting" (no round trip yet).
-    pub state: String,
+    pub state: PollingState,
     pub last_ok_unix: Option<u64>,
     pub failing_since_unix: Option<u64>,
     pub last_error: Option<String>,
@@ -87,8 +124,7 @@ pub struct Workers {
 pub struct ProviderStatus {
     pub name: String,
     pub model: String,
-    /// "closed", "open" or "probing".
-    pub circuit: String,
+    pub circuit: CircuitState,
     pub open_for_secs: Option<u64>,
 }
 
@@ -102,7 +138,7 @@ impl Snapshot {
     /// Healthy: polling works, no worker slot is backing off, no provider circuit open.
     pub fn degraded_reasons(&self) -> Vec<String> {
         let mut reasons = Vec::new();
-        if self.polling.state != "ok" {
+        if self.polling.state != PollingState::Ok {
             reasons.push(format!("Telegram polling is {}", self.polling.state));
         }
         if self.workers.slots_backing_off > 0 {
@@ -112,7 +148,7 @@ impl Snapshot {
             ));
         }
         for p in &self.providers {
-            if p.circuit != "closed" {
+            if p.circuit != CircuitState::Closed {
                 reasons.push(format!("provider {} quota circuit {}", p.name, p.circuit));
             }
         }
@@ -121,10 +157,10 @@ impl Snapshot {
 
     /// One line for systemd's `STATUS=`.
     pub fn status_line(&self) -> String {
-        let polling = match self.polling.state.as_str() {
-            "ok" => "polling ok".to_string(),
-            "starting" => "polling: starting".to_string(),
-            _ => format!(
+        let polling = match self.polling.state {
+            PollingState::Ok => "polling ok".to_string(),
+            PollingState::Starting => "polling: starting".to_string(),
+            PollingState::Failing => format!(
                 "Telegram unreachable since {}",
                 self.polling
                     .failing_since_unix
@@ -140,7 +176,7 @@ impl Snapshot {
             self.jobs.failed.values().sum::<u64>()
         );
         for p in &self.providers {
-            if let (true, Some(secs)) = (p.circuit == "open", p.open_for_secs) {
+            if let (CircuitState::Open, Some(secs)) = (p.circuit, p.open_for_secs) {
                 line.push_str(&format!(
                     "; provider {} quota-open until {}",
                     p.name,
@@ -150,22 +186,6 @@ impl Snapshot {
         }
         line
     }
-}
-
-pub fn unix_now() -> u64 {
-    unix(SystemTime::now())
-}
-
-fn unix(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
-/// `HH:MM:SS UTC` of a Unix time: enough for a status line read the same day.
-pub fn format_unix(secs: u64) -> String {
-    let s = secs % 86_400;
-    format!("{:02}:{:02}:{:02} UTC", s / 3600, (s / 60) % 60, s % 60)
 }
 
 impl Health {
@@ -240,15 +260,17 @@ impl Health {
         s.workers_idle += 1;
     }
 
-    /// A worker left: `idle` says from which state; `fault` whether it broke.
-    pub fn worker_gone(&self, idle: bool, fault: bool) {
+    pub fn worker_left(&self, how: WorkerLeft) {
         let mut s = self.lock();
-        if idle {
-            s.workers_idle = s.workers_idle.saturating_sub(1);
-        } else {
-            s.workers_busy = s.workers_busy.saturating_sub(1);
+        match how {
+            WorkerLeft::BrokeWhileIdle | WorkerLeft::StoppedWhileIdle => {
+                s.workers_idle = s.workers_idle.saturating_sub(1);
+            }
+            WorkerLeft::BrokeDuringJob | WorkerLeft::EndedAfterJob => {
+                s.workers_busy = s.workers_busy.saturating_sub(1);
+            }
         }
-        if fault {
+        if matches!(how, WorkerLeft::BrokeWhileIdle | WorkerLeft::BrokeDuringJob) {
             s.worker_faults += 1;
         }
     }
@@ -278,9 +300,9 @@ impl Health {
     pub fn snapshot(&self, providers: Vec<ProviderStatus>) -> Snapshot {
         let s = self.lock();
         let polling_state = match (s.last_round_trip, s.failing_since) {
-            (None, _) => "starting",
-            (Some(_), None) => "ok",
-            (Some(_), Some(_)) => "failing",
+            (None, _) => PollingState::Starting,
+            (Some(_), None) => PollingState::Ok,
+            (Some(_), Some(_)) => PollingState::Failing,
         };
         Snapshot {
             pid: self.pid,
@@ -290,7 +312,7 @@ impl Health {
             uptime_secs: self.started_mono.elapsed().as_secs(),
             written_at_unix: unix_now(),
             polling: Polling {
-                state: polling_state.into(),
+                state: polling_state,
                 last_ok_unix: s.last_poll_ok.map(unix),
                 failing_since_unix: s.failing_since.map(unix),
                 last_error: s.last_poll_error.clone(),
@@ -325,10 +347,10 @@ mod tests {
     #[test]
     fn snapshot_counts_and_judges() {
         let h = Health::new("pool", None);
-        assert_eq!(h.snapshot(vec![]).polling.state, "starting");
+        assert_eq!(h.snapshot(vec![]).polling.state, PollingState::Starting);
         h.poll_failed("502".into());
         let snap = h.snapshot(vec![]);
-        assert_eq!(snap.polling.state, "failing");
+        assert_eq!(snap.polling.state, PollingState::Failing);
         assert!(snap.status_line().contains("Telegram unreachable since"));
         assert_eq!(snap.degraded_reasons().len(), 1);
         h.poll_ok();

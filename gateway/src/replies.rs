@@ -1,10 +1,12 @@
-//! What the user reads when their message could not be answered.
+//! Everything the user reads that the gateway writes itself, in one place: the words for
+//! each failure class, the chat's notices, and every command's replies.
 //!
-//! One short paragraph per failure class, in plain language: what happened, whether it is
-//! about their message or about the service, and what they can do. The technical detail
-//! goes to the log, not to the chat.
+//! The failure texts are one short paragraph per class, in plain language: what happened,
+//! whether it is about the user's message or about the service, and what they can do. The
+//! technical detail goes to the log, not to the chat. The rest of the gateway decides
+//! what to say; the words are here.
 
-use hermes_protocol::{CrashCause, Failure};
+use hermes_protocol::{CancelReason, CrashCause, Failure};
 
 pub fn failure_text(failure: &Failure) -> String {
     match failure {
@@ -45,8 +47,8 @@ pub fn failure_text(failure: &Failure) -> String {
              Please send your message again."
             .into(),
         Failure::Cancelled {
-            reason: hermes_protocol::CancelReason::ByUser,
-        } => crate::commands::stop::STOPPED.into(),
+            reason: CancelReason::ByUser,
+        } => STOPPED.into(),
         Failure::Cancelled { .. } => "🔄 The bot is restarting. Your message is saved and will be \
              answered as soon as it is back; no need to send it again."
             .into(),
@@ -61,6 +63,125 @@ pub fn stranger_text(user_id: u64) -> String {
          Your Telegram user id is {user_id}: if you should have access, \
          send it to the operator to add to telegram.allowed_users."
     )
+}
+
+/// A chat has `telegram.max_queued_per_chat` messages waiting already.
+pub const QUEUE_FULL: &str = "⏳ I'm still working on your earlier messages. Please wait for those answers before sending more.";
+
+/// The model answered with nothing but whitespace.
+pub const EMPTY_ANSWER: &str = "(The model returned an empty answer.)";
+
+/// The status line of a streamed answer while tools run.
+pub fn tools_running(tools: &[String]) -> String {
+    format!("⚙️ using {} …", tools.join(", "))
+}
+
+/// `/stop`: the reply once the job is cancelled and its processes are gone.
+pub const STOPPED: &str = "⏹ Stopped. Send a new message whenever you like.";
+
+/// `/stop` with nothing to stop.
+pub const NOTHING_RUNNING: &str =
+    "There is nothing to stop: I'm not working on anything for this chat.";
+
+/// `/stop` that lost the race against the answer.
+pub const TOO_LATE: &str = "There was nothing left to stop: the answer had already been sent.";
+
+/// `/start` and `/help`.
+pub const HELP: &str = "👋 I'm an AI assistant. Send me a message and I'll answer; I remember \
+the conversation until you start a new one. In a group, mention me or reply to one of my \
+messages.\n\n\
+/new – start a new conversation (I forget the earlier messages)\n\
+/stop – stop the answer I'm working on\n\
+/retry – ask your last message again\n\
+/model – which AI model answers here (admins can switch it)\n\
+/status – how the bot is doing right now\n\
+/help – this message";
+
+/// The commands Telegram shows in its menu, with their descriptions.
+pub const MENU: [(&str, &str); 6] = [
+    ("new", "Start a new conversation"),
+    ("stop", "Stop the answer in progress"),
+    ("retry", "Ask your last message again"),
+    ("model", "Show or switch the AI model"),
+    ("status", "How the bot is doing"),
+    ("help", "What this bot does"),
+];
+
+pub fn unknown_command(name: &str) -> String {
+    format!("I don't know the command /{name}. Send /help to see what I understand.")
+}
+
+/// `/new`.
+pub mod new {
+    pub const STARTED: &str =
+        "🆕 Started a new conversation: earlier messages are no longer sent to the model.";
+    pub const FAILED: &str = "⚠️ I could not start a new conversation; please try again.";
+}
+
+/// `/retry`.
+pub mod retry {
+    pub const NOTHING: &str = "There is no earlier message to retry.";
+    pub const FAILED: &str = "⚠️ I could not find your last message; please send it again.";
+}
+
+/// `/model`: providers are shown as `name (model)`.
+pub mod model {
+    pub const ADMINS_ONLY: &str =
+        "Only the bot's admins can switch the model. Send /model to see which one answers here.";
+    pub const FAILED: &str = "⚠️ I could not switch the model; please try again.";
+    pub const HOW_TO_SWITCH: &str =
+        "\nSwitch with /model NAME; back to the default with /model default.";
+    pub const NO_PROVIDER: &str = "no provider";
+
+    /// Which provider answers: `(name, model)`, and whether the chat chose it.
+    pub fn current(name: &str, model: &str, chosen: bool) -> String {
+        if chosen {
+            format!("{name} ({model}), chosen with /model")
+        } else {
+            format!("{name} ({model}), the default")
+        }
+    }
+
+    pub fn available<'a>(providers: impl Iterator<Item = (&'a str, &'a str)>) -> String {
+        let list: Vec<String> = providers
+            .map(|(name, model)| format!("• {name} ({model})"))
+            .collect();
+        format!("Available:\n{}", list.join("\n"))
+    }
+
+    pub fn uses(current: &str, available: &str) -> String {
+        format!("This chat uses {current}.\n{available}")
+    }
+
+    pub fn back_to_default(current: &str) -> String {
+        format!("This chat is back to the default: {current}.")
+    }
+
+    pub fn switched(name: &str, model: &str) -> String {
+        format!("This chat now uses {name} ({model}).")
+    }
+
+    pub fn not_found(wanted: &str, available: &str) -> String {
+        format!("There is no provider or model called {wanted:?} here.\n{available}")
+    }
+}
+
+/// `/status`.
+pub mod status {
+    pub const ALL_GOOD: &str = "✅ All good.";
+    pub const NONE_ANSWERING: &str = "No provider is answering now (quota exhausted everywhere).";
+
+    pub fn degraded(reasons: &[String]) -> String {
+        format!("⚠️ Degraded: {}.", reasons.join("; "))
+    }
+
+    pub fn answering(name: &str, model: &str) -> String {
+        format!("Answering now: {name} ({model}).")
+    }
+
+    pub fn counts(uptime_min: u64, answered: u64, failed: u64) -> String {
+        format!("Up {uptime_min} min; {answered} answered, {failed} failed.")
+    }
 }
 
 #[cfg(test)]
@@ -106,7 +227,7 @@ mod tests {
                 cause: CrashCause::Exited { code: 1 },
             },
             Failure::Cancelled {
-                reason: hermes_protocol::CancelReason::Shutdown,
+                reason: CancelReason::Shutdown,
             },
         ];
         let texts: Vec<String> = failures.iter().map(failure_text).collect();

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use std::sync::Arc;
 
-use hermes_protocol::config::{Config, EXIT_CONFIG, WorkerMode};
+use hermes_config::{Config, EXIT_CONFIG, WorkerMode, load_or_report};
 use teloxide_core::prelude::Requester;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -21,9 +21,10 @@ use crate::chats::{ChatRouter, JobContext};
 use crate::circuit::Circuits;
 use crate::commands;
 use crate::health::Health;
+use crate::jobs::{JobRunner, MakeRunner};
 use crate::settings::{ChatSettings, LiveSettings, needs_restart};
 use crate::setup::{self, Setup};
-use crate::signals;
+use crate::signals::{self, StopReason};
 use crate::status::{self, Publisher};
 use crate::store::Store;
 use crate::supervisor::{Shutdown, Supervisor, SupervisorConfig};
@@ -34,25 +35,12 @@ use crate::telegram::{self, poller, sender::Sender};
 /// `EX_OSERR`, which the unit restarts.
 const EXIT_OS_ERROR: i32 = 71;
 
-pub fn run(path: &Path) -> i32 {
-    let config = match Config::load(path) {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::error!("{e}");
-            return EXIT_CONFIG;
-        }
-    };
-    let setup = match setup::resolve(&config) {
-        Ok(s) => s,
-        Err(problems) => {
-            let lines: Vec<String> = problems.iter().map(|p| format!("  {p}")).collect();
-            tracing::error!(
-                "invalid configuration in {}:\n{}",
-                path.display(),
-                lines.join("\n")
-            );
-            return EXIT_CONFIG;
-        }
+/// Runs the gateway with the configuration at `path`; `runner`, when given, runs the jobs
+/// instead of a worker pool (the benchmark's baseline).
+pub fn run(path: &Path, runner: Option<MakeRunner>) -> i32 {
+    let Some((config, setup)) = load_or_report(path, setup::resolve, |e| tracing::error!("{e}"))
+    else {
+        return EXIT_CONFIG;
     };
     for dir in [&setup.state_dir, &setup.runtime_dir] {
         if let Err(e) = std::fs::create_dir_all(dir) {
@@ -70,10 +58,10 @@ pub fn run(path: &Path) -> i32 {
             return EXIT_OS_ERROR;
         }
     };
-    runtime.block_on(serve(path, config, setup))
+    runtime.block_on(serve(path, config, setup, runner))
 }
 
-async fn serve(path: &Path, config: Config, setup: Setup) -> i32 {
+async fn serve(path: &Path, config: Config, setup: Setup, runner: Option<MakeRunner>) -> i32 {
     let mut signals = match signals::listen() {
         Ok(s) => s,
         Err(e) => {
@@ -113,32 +101,34 @@ async fn serve(path: &Path, config: Config, setup: Setup) -> i32 {
         stop_taking: CancellationToken::new(),
         abort: CancellationToken::new(),
     };
-    let supervisor = match Supervisor::start(
-        SupervisorConfig {
-            mode: workers.mode,
-            slots: workers.pool_size,
-            program: setup.worker_program.clone(),
-            socket_dir: setup.runtime_dir.join("workers"),
-            memory_limit_mb: workers.memory_limit_mb,
-            max_jobs_per_worker: workers.max_jobs_per_worker,
-            kill_grace: Duration::from_secs(workers.kill_grace_secs),
-            max_restarts: workers.max_restarts,
-            restart_window: Duration::from_secs(workers.restart_window_secs),
-            health: health.clone(),
+    let (runner, wait_for_first_worker): (Arc<dyn JobRunner>, bool) = match runner {
+        Some(make) => (make(&config), false),
+        None => match Supervisor::start(
+            SupervisorConfig {
+                mode: workers.mode,
+                slots: workers.pool_size,
+                program: setup.worker_program.clone(),
+                socket_dir: setup.runtime_dir.join("workers"),
+                memory_limit_mb: workers.memory_limit_mb,
+                max_jobs_per_worker: workers.max_jobs_per_worker,
+                kill_grace: Duration::from_secs(workers.kill_grace_secs),
+                max_restarts: workers.max_restarts,
+                restart_window: Duration::from_secs(workers.restart_window_secs),
+                health: health.clone(),
+            },
+            &shutdown,
+            &tasks,
+        ) {
+            Ok(supervisor) => (Arc::new(supervisor), workers.mode == WorkerMode::Pool),
+            Err(e) => {
+                tracing::error!(
+                    "cannot create the worker socket in {}: {e}",
+                    setup.runtime_dir.display()
+                );
+                return EXIT_CONFIG;
+            }
         },
-        &shutdown,
-        &tasks,
-    ) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!(
-                "cannot create the worker socket in {}: {e}",
-                setup.runtime_dir.display()
-            );
-            return EXIT_CONFIG;
-        }
     };
-    let wait_for_first_worker = workers.mode == WorkerMode::Pool && supervisor.runs_workers();
     let publisher_stop = CancellationToken::new();
     let publisher = tokio::spawn(
         Publisher {
@@ -152,7 +142,7 @@ async fn serve(path: &Path, config: Config, setup: Setup) -> i32 {
     );
     let router = ChatRouter::new(
         JobContext {
-            supervisor,
+            runner,
             health: health.clone(),
             circuits: circuits.clone(),
             sender: Sender::new(bot.clone()),
@@ -215,20 +205,20 @@ async fn serve(path: &Path, config: Config, setup: Setup) -> i32 {
         "hermes-gateway running"
     );
 
-    let stop_signal = loop {
+    let stop_reason = loop {
         match signals.recv().await {
             Some(signal) if signal.is_reload() => {
                 tracing::info!("received {signal}: reloading {}", path.display());
                 reload(path, &config, &settings, &circuits);
             }
-            Some(signal) => break signal.to_string(),
-            None => break "the signal listener stopped".to_string(),
+            Some(signal) => break StopReason::Signal(signal),
+            None => break StopReason::ListenerGone,
         }
     };
     notifier.stopping();
     let drain = Duration::from_secs(workers.shutdown_drain_secs);
     tracing::info!(
-        "received {stop_signal}: stopping; jobs in flight get {} s to finish",
+        "received {stop_reason}: stopping; jobs in flight get {} s to finish",
         drain.as_secs()
     );
     poll_stop.cancel();
@@ -255,7 +245,7 @@ async fn serve(path: &Path, config: Config, setup: Setup) -> i32 {
     shutdown.abort.cancel();
     publisher_stop.cancel();
     let _ = publisher.await;
-    status::record_shutdown(&setup.state_dir, health.run_id(), &stop_signal);
+    status::record_shutdown(&setup.state_dir, health.run_id(), &stop_reason);
     tracing::info!("hermes-gateway stopped");
     0
 }
@@ -263,23 +253,10 @@ async fn serve(path: &Path, config: Config, setup: Setup) -> i32 {
 /// Applies a changed configuration file to the live settings, or keeps the old ones and
 /// says why. Jobs in flight keep the settings they started with.
 fn reload(path: &Path, running: &Config, settings: &LiveSettings, circuits: &Circuits) {
-    let new = match Config::load(path) {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::error!("reload failed, keeping the old configuration: {e}");
-            return;
-        }
-    };
-    let setup = match setup::resolve(&new) {
-        Ok(s) => s,
-        Err(problems) => {
-            let lines: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
-            tracing::error!(
-                "reload failed, keeping the old configuration: {}",
-                lines.join("; ")
-            );
-            return;
-        }
+    let Some((new, setup)) = load_or_report(path, setup::resolve, |e| {
+        tracing::error!("reload failed, keeping the old configuration: {e}")
+    }) else {
+        return;
     };
     let restart = needs_restart(running, &new);
     if !restart.is_empty() {

@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use hermes_protocol::config::{Config, EXIT_CONFIG};
+use hermes_config::{Config, EXIT_CONFIG};
 
 const SYSTEM_UNIT: &str = include_str!("../../deploy/hermes-gateway.service");
 const USER_UNIT: &str = include_str!("../../deploy/hermes-gateway-user.service");
@@ -61,94 +61,96 @@ fn systemctl(user: bool, args: &[&str]) -> Result<(), String> {
     }
 }
 
-pub fn install(user: bool, config: &Path, dry_run: bool) -> i32 {
-    let config = match std::fs::canonicalize(config) {
-        Ok(path) => path,
-        Err(e) => {
-            eprintln!("configuration file {}: {e}", config.display());
-            return EXIT_CONFIG;
-        }
-    };
-    if let Err(e) = Config::load(&config) {
-        eprintln!("{e}");
-        return EXIT_CONFIG;
+/// Why a command stopped: what to print, and the exit status.
+struct Stopped {
+    message: String,
+    code: i32,
+}
+
+/// Exit status of a failure that is not the configuration's.
+const EXIT_FAILED: i32 = 1;
+
+fn failed(message: impl Into<String>) -> Stopped {
+    Stopped {
+        message: message.into(),
+        code: EXIT_FAILED,
     }
-    let binary = match std::env::current_exe().and_then(std::fs::canonicalize) {
-        Ok(path) => path,
-        Err(e) => {
-            eprintln!("cannot locate this binary: {e}");
-            return 1;
+}
+
+fn exit_status(result: Result<(), Stopped>) -> i32 {
+    match result {
+        Ok(()) => 0,
+        Err(stopped) => {
+            eprintln!("{}", stopped.message);
+            stopped.code
         }
-    };
+    }
+}
+
+pub fn install(user: bool, config: &Path, dry_run: bool) -> i32 {
+    exit_status(try_install(user, config, dry_run))
+}
+
+fn try_install(user: bool, config: &Path, dry_run: bool) -> Result<(), Stopped> {
+    let config = std::fs::canonicalize(config).map_err(|e| Stopped {
+        message: format!("configuration file {}: {e}", config.display()),
+        code: EXIT_CONFIG,
+    })?;
+    Config::load(&config).map_err(|e| Stopped {
+        message: e.to_string(),
+        code: EXIT_CONFIG,
+    })?;
+    let binary = std::env::current_exe()
+        .and_then(std::fs::canonicalize)
+        .map_err(|e| failed(format!("cannot locate this binary: {e}")))?;
     let unit = render(user, &binary, &config);
-    let path = match unit_path(user) {
-        Ok(p) => p,
-        Err(e) => {
-            eprintln!("{e}");
-            return 1;
-        }
-    };
+    let path = unit_path(user).map_err(failed)?;
     if dry_run {
         eprintln!("# would write {}", path.display());
         print!("{unit}");
-        return 0;
+        return Ok(());
     }
-    if let Some(dir) = path.parent()
-        && let Err(e) = std::fs::create_dir_all(dir)
-    {
-        eprintln!("cannot create {}: {e}", dir.display());
-        return 1;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| failed(format!("cannot create {}: {e}", dir.display())))?;
     }
-    if let Err(e) = std::fs::write(&path, unit) {
-        eprintln!("cannot write {}: {e}", path.display());
-        return 1;
-    }
+    std::fs::write(&path, unit)
+        .map_err(|e| failed(format!("cannot write {}: {e}", path.display())))?;
     println!("wrote {}", path.display());
-    if let Err(e) = systemctl(user, &["daemon-reload"]) {
-        eprintln!("{e}");
-        return 1;
-    }
+    systemctl(user, &["daemon-reload"]).map_err(failed)?;
     let scope = if user { "--user " } else { "" };
     println!("next: systemctl {scope}enable --now hermes-gateway");
     println!(
         "then: systemctl {scope}status hermes-gateway   (or: hermes-gateway status --config {})",
         config.display()
     );
-    0
+    Ok(())
 }
 
 pub fn uninstall(user: bool, dry_run: bool) -> i32 {
-    let path = match unit_path(user) {
-        Ok(p) => p,
-        Err(e) => {
-            eprintln!("{e}");
-            return 1;
-        }
-    };
+    exit_status(try_uninstall(user, dry_run))
+}
+
+fn try_uninstall(user: bool, dry_run: bool) -> Result<(), Stopped> {
+    let path = unit_path(user).map_err(failed)?;
     if dry_run {
         println!(
             "would stop and disable hermes-gateway, then remove {}",
             path.display()
         );
-        return 0;
+        return Ok(());
     }
     if !path.exists() {
         println!("{} is not installed", path.display());
-        return 0;
+        return Ok(());
     }
     if let Err(e) = systemctl(user, &["disable", "--now", "hermes-gateway"]) {
         eprintln!("{e} (removing the unit anyway)");
     }
-    if let Err(e) = std::fs::remove_file(&path) {
-        eprintln!("cannot remove {}: {e}", path.display());
-        return 1;
-    }
+    std::fs::remove_file(&path)
+        .map_err(|e| failed(format!("cannot remove {}: {e}", path.display())))?;
     println!("removed {}", path.display());
-    if let Err(e) = systemctl(user, &["daemon-reload"]) {
-        eprintln!("{e}");
-        return 1;
-    }
-    0
+    systemctl(user, &["daemon-reload"]).map_err(failed)
 }
 
 #[cfg(test)]

@@ -13,7 +13,7 @@ use std::collections::HashSet;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use hermes_protocol::config::Config;
+use hermes_config::Config;
 use hermes_protocol::{ProviderPlan, ToolServer};
 
 use crate::setup::Setup;
@@ -25,9 +25,8 @@ pub struct ChatSettings {
     /// Answers shown while written (edited as they grow), tool status lines.
     pub streaming: bool,
     pub edit_interval: Duration,
+    /// In configured order; a chat's own order is `commands::model::chain`'s.
     pub providers: Vec<ProviderPlan>,
-    /// (name, model) in chain order, for status reports.
-    pub provider_models: Vec<(String, String)>,
     /// Quota cool-down of each provider.
     pub cooldowns: Vec<(String, Duration)>,
     pub system_prompt: Option<String>,
@@ -54,11 +53,6 @@ impl ChatSettings {
             streaming: config.telegram.streaming,
             edit_interval: Duration::from_millis(config.telegram.edit_interval_ms),
             providers: setup.providers.clone(),
-            provider_models: config
-                .providers
-                .iter()
-                .map(|p| (p.name.clone(), p.model.clone()))
-                .collect(),
             cooldowns: config
                 .providers
                 .iter()
@@ -90,54 +84,64 @@ impl LiveSettings {
     }
 }
 
+/// The keys of `section` whose values differ between `old` and `new`, named as the file
+/// spells them (`section.field`), so a key's name cannot drift from its field.
+macro_rules! changed_keys {
+    ($old:expr, $new:expr, $section:literal: $($field:ident),+ $(,)?) => {
+        [$(
+            ($old.$field != $new.$field, concat!($section, ".", stringify!($field))),
+        )+]
+    };
+}
+
 /// Keys whose change only takes effect after a restart.
 pub fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
-    let (ot, nt) = (&old.telegram, &new.telegram);
-    let (ow, nw) = (&old.workers, &new.workers);
-    let checks = [
-        (ot.token != nt.token, "telegram.token_env/token_file"),
-        (ot.api_url != nt.api_url, "telegram.api_url"),
-        (
-            ot.poll_timeout_secs != nt.poll_timeout_secs,
-            "telegram.poll_timeout_secs",
-        ),
-        (
-            ot.retry_max_secs != nt.retry_max_secs,
-            "telegram.retry_max_secs",
-        ),
-        (
-            ot.max_queued_per_chat != nt.max_queued_per_chat,
-            "telegram.max_queued_per_chat",
-        ),
-        (nt.group_mode != ot.group_mode, "telegram.group_mode"),
-        (ow.mode != nw.mode, "workers.mode"),
-        (ow.pool_size != nw.pool_size, "workers.pool_size"),
-        (ow.command != nw.command, "workers.command"),
-        (
-            ow.max_jobs_per_worker != nw.max_jobs_per_worker,
-            "workers.max_jobs_per_worker",
-        ),
-        (
-            ow.memory_limit_mb != nw.memory_limit_mb,
-            "workers.memory_limit_mb",
-        ),
-        (
-            ow.kill_grace_secs != nw.kill_grace_secs,
-            "workers.kill_grace_secs",
-        ),
-        (
-            ow.shutdown_drain_secs != nw.shutdown_drain_secs,
-            "workers.shutdown_drain_secs",
-        ),
-        (ow.max_restarts != nw.max_restarts, "workers.max_restarts"),
-        (
-            ow.restart_window_secs != nw.restart_window_secs,
-            "workers.restart_window_secs",
-        ),
-        (old.state.dir != new.state.dir, "state.dir"),
-    ];
-    checks
+    let token = [(
+        old.telegram.token != new.telegram.token,
+        "telegram.token_env/token_file",
+    )];
+    let telegram = changed_keys!(old.telegram, new.telegram, "telegram":
+        api_url, poll_timeout_secs, retry_max_secs, max_queued_per_chat, group_mode);
+    let workers = changed_keys!(old.workers, new.workers, "workers":
+        mode, pool_size, command, max_jobs_per_worker, memory_limit_mb, kill_grace_secs,
+        shutdown_drain_secs, max_restarts, restart_window_secs);
+    let state = changed_keys!(old.state, new.state, "state": dir);
+    token
         .into_iter()
+        .chain(telegram)
+        .chain(workers)
+        .chain(state)
         .filter_map(|(changed, key)| changed.then_some(key))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn config(extra: &str) -> Config {
+        let text = format!(
+            "[telegram]\nallowed_users = [1]\n{extra}\n[[providers]]\nname = \"a\"\nbase_url = \"http://x\"\nmodel = \"m\"\n"
+        );
+        Config::parse(&text, Path::new("h.toml"), Path::new("."))
+            .unwrap_or_else(|p| panic!("{p:?}"))
+    }
+
+    #[test]
+    fn a_reload_names_the_keys_that_need_a_restart_and_only_those() {
+        let old = config("");
+        let mut new = config("streaming = false\ntoken_env = \"OTHER\"\n");
+        new.workers.pool_size += 1;
+        new.state.dir = Some("/elsewhere".into());
+        assert_eq!(
+            needs_restart(&old, &new),
+            [
+                "telegram.token_env/token_file",
+                "workers.pool_size",
+                "state.dir"
+            ]
+        );
+        assert!(needs_restart(&old, &config("streaming = false\n")).is_empty());
+    }
 }

@@ -1,11 +1,12 @@
 //! Turning a validated configuration into what the running gateway needs: secrets read,
-//! the worker binary found, directories chosen. Shared by `run` (which then starts) and
-//! `check-config` (which only reports), so both judge a configuration the same way.
+//! the worker binary found, directories chosen. `run`, a reload and `check-config` all
+//! judge a file with it (through `hermes_config::load_or_report`), so they agree on what
+//! is wrong with one.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use hermes_protocol::config::{Config, Problem};
+use hermes_config::{Config, Problem};
 use hermes_protocol::{ProviderPlan, Secret, ToolServer};
 
 pub struct Setup {
@@ -21,43 +22,30 @@ pub struct Setup {
 /// Everything about `config` that can only be checked against this machine: secrets,
 /// the worker binary. All problems are returned, not just the first.
 pub fn resolve(config: &Config) -> Result<Setup, Vec<Problem>> {
-    let mut problems = config.check_secrets();
-    let worker_program = match worker_program(config) {
-        Ok(p) => Some(p),
-        Err(problem) => {
-            problems.push(problem);
-            None
-        }
+    let mut problems = Vec::new();
+    let token = config
+        .telegram
+        .token
+        .resolve()
+        .map_err(|p| problems.push(p))
+        .ok();
+    let plans = config.job_plans().map_err(|p| problems.extend(p)).ok();
+    let worker_program = worker_program(config).map_err(|p| problems.push(p)).ok();
+    let (Some(token), Some(plans), Some(worker_program)) = (token, plans, worker_program) else {
+        return Err(problems);
     };
-    let token = config.telegram.token.resolve().ok();
-    let providers: Vec<ProviderPlan> = config
-        .providers
-        .iter()
-        .filter_map(|p| p.plan().ok())
-        .collect();
-    let tools: Vec<ToolServer> = config
-        .tools
-        .mcp
-        .iter()
-        .filter_map(|t| t.spec().ok())
-        .collect();
-    match (token, worker_program) {
-        (Some(token), Some(worker_program)) if problems.is_empty() => {
-            let state_dir = state_dir(config);
-            let runtime_dir = std::env::var_os("RUNTIME_DIRECTORY")
-                .map(|d| PathBuf::from(first_path(&d.to_string_lossy())))
-                .unwrap_or_else(|| state_dir.join("run"));
-            Ok(Setup {
-                token,
-                providers,
-                tools,
-                worker_program,
-                state_dir,
-                runtime_dir,
-            })
-        }
-        _ => Err(problems),
-    }
+    let state_dir = state_dir(config);
+    let runtime_dir = std::env::var_os("RUNTIME_DIRECTORY")
+        .map(|d| PathBuf::from(first_path(&d.to_string_lossy())))
+        .unwrap_or_else(|| state_dir.join("run"));
+    Ok(Setup {
+        token,
+        providers: plans.providers,
+        tools: plans.tools,
+        worker_program,
+        state_dir,
+        runtime_dir,
+    })
 }
 
 /// `state.dir`, else systemd's `$STATE_DIRECTORY`, else `./state`.

@@ -12,22 +12,58 @@ use signal_hook::iterator::SignalsInfo;
 use signal_hook::iterator::exfiltrator::WithOrigin;
 use tokio::sync::mpsc;
 
+/// The signals the gateway listens for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signal {
+    Term,
+    Int,
+    /// Reload the configuration.
+    Hup,
+}
+
+impl Signal {
+    pub fn name(self) -> &'static str {
+        match self {
+            Signal::Term => "SIGTERM",
+            Signal::Int => "SIGINT",
+            Signal::Hup => "SIGHUP",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Received {
-    pub name: &'static str,
+    pub signal: Signal,
     pub sender_pid: Option<i32>,
     pub sender_command: Option<String>,
 }
 
 impl Received {
     pub fn is_reload(&self) -> bool {
-        self.name == "SIGHUP"
+        self.signal == Signal::Hup
+    }
+}
+
+/// Why the gateway stopped, as the shutdown record says it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StopReason {
+    Signal(Received),
+    /// The thread that reads signals ended (it never should).
+    ListenerGone,
+}
+
+impl fmt::Display for StopReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StopReason::Signal(received) => received.fmt(f),
+            StopReason::ListenerGone => f.write_str("the signal listener stopped"),
+        }
     }
 }
 
 impl fmt::Display for Received {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name)?;
+        f.write_str(self.signal.name())?;
         match (self.sender_pid, &self.sender_command) {
             (Some(pid), Some(cmd)) => write!(f, " from pid {pid} ({cmd})"),
             (Some(pid), None) => write!(f, " from pid {pid}"),
@@ -46,10 +82,10 @@ pub fn listen() -> std::io::Result<mpsc::UnboundedReceiver<Received>> {
             for origin in signals.forever() {
                 let sender_pid = origin.process.map(|p| p.pid);
                 let received = Received {
-                    name: match origin.signal {
-                        SIGTERM => "SIGTERM",
-                        SIGINT => "SIGINT",
-                        _ => "SIGHUP",
+                    signal: match origin.signal {
+                        SIGTERM => Signal::Term,
+                        SIGINT => Signal::Int,
+                        _ => Signal::Hup,
                     },
                     sender_pid,
                     sender_command: sender_pid.and_then(command_line),
@@ -81,7 +117,7 @@ mod tests {
     #[test]
     fn describes_the_sender() {
         let r = Received {
-            name: "SIGTERM",
+            signal: Signal::Term,
             sender_pid: Some(42),
             sender_command: Some("systemctl stop hermes-gateway".into()),
         };

@@ -12,13 +12,15 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use hermes_protocol::config::{Config, EXIT_CONFIG};
+use hermes_config::{Config, EXIT_CONFIG};
 use tokio_util::sync::CancellationToken;
 
-use crate::circuit::{Circuits, View};
-use crate::health::{Health, ProviderStatus, ShutdownRecord, Snapshot, format_unix, unix_now};
+use crate::circuit::{CircuitState, Circuits, View};
+use crate::clock::{format_unix, unix_now};
+use crate::health::{Health, ProviderStatus, ShutdownRecord, Snapshot};
 use crate::settings::LiveSettings;
 use crate::setup;
+use crate::signals::StopReason;
 use crate::systemd::Notifier;
 
 pub const STATUS_FILE: &str = "status.json";
@@ -29,28 +31,26 @@ pub fn previous_shutdown(state_dir: &Path) -> Option<ShutdownRecord> {
     let recorded: Option<ShutdownRecord> = read_json(&state_dir.join(SHUTDOWN_FILE));
     let last_status: Option<Snapshot> = read_json(&state_dir.join(STATUS_FILE));
     match (recorded, last_status) {
-        (Some(record), Some(status)) if record.run_id != status.run_id => Some(ShutdownRecord {
-            run_id: status.run_id,
-            at_unix: status.written_at_unix,
-            reason: format!(
-                "unclean: the process ended without shutting down (SIGKILL, OOM kill or crash); last seen alive at {}",
-                format_unix(status.written_at_unix)
-            ),
-        }),
+        (Some(record), Some(status)) if record.run_id != status.run_id => Some(unclean(status)),
         (Some(record), _) => Some(record),
-        (None, Some(status)) => Some(ShutdownRecord {
-            run_id: status.run_id,
-            at_unix: status.written_at_unix,
-            reason: format!(
-                "unclean: the process ended without shutting down (SIGKILL, OOM kill or crash); last seen alive at {}",
-                format_unix(status.written_at_unix)
-            ),
-        }),
+        (None, Some(status)) => Some(unclean(status)),
         (None, None) => None,
     }
 }
 
-pub fn record_shutdown(state_dir: &Path, run_id: &str, reason: &str) {
+/// The record of a run that left a status file and no shutdown record of its own.
+fn unclean(last_status: Snapshot) -> ShutdownRecord {
+    ShutdownRecord {
+        run_id: last_status.run_id,
+        at_unix: last_status.written_at_unix,
+        reason: format!(
+            "unclean: the process ended without shutting down (SIGKILL, OOM kill or crash); last seen alive at {}",
+            format_unix(last_status.written_at_unix)
+        ),
+    }
+}
+
+pub fn record_shutdown(state_dir: &Path, run_id: &str, reason: &StopReason) {
     let record = ShutdownRecord {
         run_id: run_id.to_string(),
         at_unix: unix_now(),
@@ -75,19 +75,18 @@ impl Publisher {
         let now = Instant::now();
         let settings = self.settings.get();
         let providers = settings
-            .provider_models
+            .providers
             .iter()
-            .map(|(name, model)| {
-                let (circuit, open_for_secs) = match self.circuits.view(name, now) {
-                    View::Closed => ("closed", None),
-                    View::Probing => ("probing", None),
-                    View::Open { remaining } => ("open", Some(remaining.as_secs())),
-                };
+            .map(|p| {
+                let view = self.circuits.view(&p.name, now);
                 ProviderStatus {
-                    name: name.clone(),
-                    model: model.clone(),
-                    circuit: circuit.into(),
-                    open_for_secs,
+                    name: p.name.clone(),
+                    model: p.model.clone(),
+                    circuit: view.state(),
+                    open_for_secs: match view {
+                        View::Open { remaining } => Some(remaining.as_secs()),
+                        View::Closed | View::Probing => None,
+                    },
                 }
             })
             .collect();
@@ -223,8 +222,8 @@ fn print_status(s: &Snapshot, reasons: &[String]) {
         s.workers.start_failures
     );
     for p in &s.providers {
-        let circuit = match (p.circuit.as_str(), p.open_for_secs) {
-            ("open", Some(secs)) => format!("quota circuit open for {secs} s more"),
+        let circuit = match (p.circuit, p.open_for_secs) {
+            (CircuitState::Open, Some(secs)) => format!("quota circuit open for {secs} s more"),
             (state, _) => format!("quota circuit {state}"),
         };
         println!("  provider {} (model {}): {circuit}", p.name, p.model);

@@ -3,18 +3,24 @@
 //! The gateway and its workers are separate processes so that nothing a request does can
 //! take the gateway down. Everything the two must agree on lives here, in one place:
 //!
-//! - [`wire`]: the typed messages (handshake, job, events, outcome, failure classes);
-//! - [`frame`]: how one message becomes bytes on the local socket and back, with a size cap
-//!   and typed errors, so a misbehaving worker can only ever produce an error value;
+//! - [`wire`]: the typed messages (job, events, outcome, failure classes);
+//! - [`handshake`]: both sides of the first exchange, version first;
+//! - [`connection`]: one end of the socket, reading and writing whole frames, used by both
+//!   the gateway and the worker;
+//! - [`frame`]: what a frame is, with a size cap and typed errors, so a misbehaving worker
+//!   can only ever produce an error value;
 //! - [`codec`]: the serde format behind the frames (postcard), kept behind one module so it
-//!   can change in one place;
-//! - [`config`]: the TOML configuration file both binaries read (`hermes-worker ask` runs a
-//!   job with the same file the gateway uses), validated key by key with line numbers.
+//!   can change in one place.
+//!
+//! The configuration file both binaries read is `hermes-config`'s: it is not on the wire.
 
 pub mod codec;
-pub mod config;
+pub mod connection;
 pub mod frame;
+pub mod handshake;
 pub mod wire;
 
-pub use frame::{FrameError, MAX_FRAME_LEN, read_frame, write_frame};
+pub use connection::Connection;
+pub use frame::{FrameError, MAX_FRAME_LEN};
+pub use handshake::{HandshakeError, Hello, Welcome};
 pub use wire::*;

@@ -1,7 +1,8 @@
 //! The messages gateway and worker exchange, in the order they happen:
 //!
-//! 1. The worker connects and sends [`Hello`] (protocol version first, then the one-time
-//!    token the gateway gave it); the gateway answers [`Welcome`].
+//! 1. The worker connects and sends a `Hello` (protocol version first, then the one-time
+//!    token the gateway gave it); the gateway answers a `Welcome` (both in
+//!    [`handshake`](crate::handshake)).
 //! 2. The gateway sends [`ToWorker::Job`]; the worker answers with any number of
 //!    [`FromWorker::Event`]s and exactly one [`FromWorker::Outcome`], all carrying the job's
 //!    [`JobId`] so anything left over from another job is recognised.
@@ -14,47 +15,9 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::codec::{self, CodecError};
-
 /// Bumped on any change to these types. Leads the first frame so a mismatch is reported as
 /// one, not as an undecodable frame.
 pub const PROTOCOL_VERSION: u32 = 2;
-
-/// The first frame a worker sends. `version` must stay the first field.
-#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
-pub struct Hello {
-    pub version: u32,
-    pub token: Secret,
-    pub pid: u32,
-}
-
-/// The gateway's answer to [`Hello`]. Its layout must stay stable across versions, so a
-/// worker of another version can still read why it was turned away.
-#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
-pub enum Welcome {
-    Accepted,
-    Rejected { reason: String },
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum HandshakeError {
-    #[error("protocol version mismatch: this side speaks {ours}, the peer speaks {theirs}")]
-    VersionMismatch { ours: u32, theirs: u32 },
-    #[error("not a hermes handshake: {0}")]
-    Undecodable(#[source] CodecError),
-}
-
-/// Decodes a handshake payload, reading the version before anything else.
-pub fn decode_hello(payload: &[u8]) -> Result<Hello, HandshakeError> {
-    let theirs: u32 = codec::prefix_from_bytes(payload).map_err(HandshakeError::Undecodable)?;
-    if theirs != PROTOCOL_VERSION {
-        return Err(HandshakeError::VersionMismatch {
-            ours: PROTOCOL_VERSION,
-            theirs,
-        });
-    }
-    codec::from_bytes(payload).map_err(HandshakeError::Undecodable)
-}
 
 /// A string that must not end up in logs: API keys, worker tokens.
 #[derive(Serialize, Deserialize, Clone, PartialEq, Eq)]
@@ -159,6 +122,20 @@ pub struct ToolCall {
     pub name: String,
     /// JSON text as the model wrote it; it may be invalid.
     pub arguments: String,
+}
+
+impl ToolCall {
+    pub fn new(
+        id: impl Into<String>,
+        name: impl Into<String>,
+        arguments: impl Into<String>,
+    ) -> Self {
+        ToolCall {
+            id: id.into(),
+            name: name.into(),
+            arguments: arguments.into(),
+        }
+    }
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
@@ -442,45 +419,6 @@ impl fmt::Display for CrashCause {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn hello(version: u32) -> Vec<u8> {
-        codec::to_bytes(&Hello {
-            version,
-            token: Secret::new("t0k3n"),
-            pid: 42,
-        })
-        .unwrap()
-    }
-
-    #[test]
-    fn hello_of_this_version_decodes() {
-        let h = decode_hello(&hello(PROTOCOL_VERSION)).unwrap();
-        assert_eq!(h.token.expose(), "t0k3n");
-        assert_eq!(h.pid, 42);
-    }
-
-    #[test]
-    fn hello_of_another_version_is_a_mismatch_not_garbage() {
-        match decode_hello(&hello(PROTOCOL_VERSION + 1)) {
-            Err(HandshakeError::VersionMismatch { ours, theirs }) => {
-                assert_eq!(ours, PROTOCOL_VERSION);
-                assert_eq!(theirs, PROTOCOL_VERSION + 1);
-            }
-            other => panic!("{other:?}"),
-        }
-    }
-
-    #[test]
-    fn garbage_hello_is_undecodable() {
-        assert!(matches!(
-            decode_hello(&[0xff, 0xff, 0xff, 0xff, 0xff, 0xff]),
-            Err(HandshakeError::Undecodable(_))
-        ));
-        assert!(matches!(
-            decode_hello(&[]),
-            Err(HandshakeError::Undecodable(_))
-        ));
-    }
 
     #[test]
     fn secrets_do_not_print() {

@@ -10,7 +10,7 @@ use std::process::{ExitStatus, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use hermes_protocol::config::WorkerMode;
+use hermes_config::WorkerMode;
 use tokio::process::{Child, Command};
 
 use crate::fake_provider::{API_KEY, FakeProvider};
@@ -25,11 +25,11 @@ macro_rules! both_modes {
         mod $name {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn pool() {
-                super::$name(hermes_protocol::config::WorkerMode::Pool).await
+                super::$name(hermes_config::WorkerMode::Pool).await
             }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn per_request() {
-                super::$name(hermes_protocol::config::WorkerMode::PerRequest).await
+                super::$name(hermes_config::WorkerMode::PerRequest).await
             }
         }
     )*};

@@ -4,7 +4,7 @@
 //! beside them (`src/fake_telegram.rs`, `src/fake_provider.rs`); these tests are about the
 //! real binaries meeting those rules.
 
-use hermes_protocol::config::WorkerMode;
+use hermes_config::WorkerMode;
 use hermes_tests::fake_provider::ProviderReply;
 use hermes_tests::fake_telegram::{FloodLimits, SendFault};
 use hermes_tests::harness::{PATIENCE, Rig, USER};

@@ -1,54 +1,27 @@
 //! Operations: what systemd and an operator see of the gateway. sd_notify messages
 //! (READY, STATUS, WATCHDOG only while polling makes progress, STOPPING) are read from a
-//! datagram socket the test binds as `NOTIFY_SOCKET`; `hermes-gateway status` is run as
-//! an operator would run it.
+//! datagram socket the test binds as `NOTIFY_SOCKET`; `hermes-gateway status`,
+//! `check-config`, `service install` and `hermes-worker ask` are run as an operator would
+//! run them; stops, reloads, a crash loop, and a state store that is damaged or too new.
+//!
+//! Real binaries against the fake Telegram and provider on 127.0.0.1; every scenario
+//! declared with `both_modes!` runs in both worker modes.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use hermes_protocol::config::WorkerMode;
-use hermes_tests::harness::{Gateway, GatewayOptions, PATIENCE, Rig, binaries, eventually};
+use hermes_config::WorkerMode;
+use hermes_tests::fake_provider::{ProviderReply, SEED_402_BODY};
+use hermes_tests::harness::{Gateway, GatewayOptions, PATIENCE, Rig, USER, binaries, eventually};
 use nix::sys::signal::Signal;
 use tokio::net::UnixDatagram;
 
-/// Everything the gateway sent to its notify socket, with arrival times.
-#[derive(Clone, Default)]
-struct NotifyLog(Arc<Mutex<Vec<(Instant, String)>>>);
-
-impl NotifyLog {
-    fn listen(socket: UnixDatagram) -> NotifyLog {
-        let log = NotifyLog::default();
-        let sink = log.clone();
-        tokio::spawn(async move {
-            let mut buf = vec![0u8; 4096];
-            while let Ok(n) = socket.recv(&mut buf).await {
-                let text = String::from_utf8_lossy(&buf[..n]).into_owned();
-                for line in text.lines() {
-                    sink.0
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .push((Instant::now(), line.to_string()));
-                }
-            }
-        });
-        log
-    }
-
-    fn lines(&self) -> Vec<(Instant, String)> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
-    }
-
-    fn count(&self, prefix: &str, since: Instant) -> usize {
-        self.lines()
-            .iter()
-            .filter(|(t, l)| *t >= since && l.starts_with(prefix))
-            .count()
-    }
-
-    async fn wait_for(&self, prefix: &str, since: Instant) -> bool {
-        eventually(PATIENCE, || self.count(prefix, since) > 0).await
-    }
-}
+hermes_tests::both_modes!(
+    sigterm_exits_0_and_leaves_no_worker,
+    sigterm_with_a_job_in_flight_tells_the_chat,
+    check_config_names_every_problem,
+    run_with_invalid_config_exits_78,
+);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sd_notify_ready_status_and_a_watchdog_that_follows_polling() {
@@ -117,32 +90,6 @@ async fn sd_notify_ready_status_and_a_watchdog_that_follows_polling() {
     );
 }
 
-async fn status(gateway: &Gateway) -> (i32, String) {
-    let output = tokio::process::Command::new(&binaries().gateway)
-        .args(["status", "--config"])
-        .arg(&gateway.config_path)
-        .output()
-        .await
-        .expect("run status");
-    (
-        output.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-    )
-}
-
-/// Runs `hermes-gateway status` until `accept` likes its result (bounded by PATIENCE);
-/// returns the last result either way.
-async fn status_until(gateway: &Gateway, accept: impl Fn(i32, &str) -> bool) -> (i32, String) {
-    let end = Instant::now() + PATIENCE;
-    loop {
-        let (code, out) = status(gateway).await;
-        if accept(code, &out) || Instant::now() >= end {
-            return (code, out);
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_reports_health_degradation_and_who_stopped_it() {
     let mut rig = Rig::start(WorkerMode::Pool, |o| o.poll_timeout_secs = 1).await;
@@ -197,38 +144,6 @@ async fn status_reports_health_degradation_and_who_stopped_it() {
     let third = Gateway::start_in(dir, &options, &telegram.api_url());
     let (_, out) = status_until(&third, |_, o| o.contains("previous run: unclean")).await;
     assert!(out.contains("previous run: unclean"), "{out}");
-}
-
-fn deploy_file(name: &str) -> String {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../deploy")
-        .join(name);
-    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
-
-/// `service install --dry-run` prints the unit it would write.
-async fn generated_unit(user: bool, dir: &std::path::Path) -> (String, std::path::PathBuf) {
-    let config = dir.join("hermes.toml");
-    std::fs::write(
-        &config,
-        "[[providers]]\nname = \"main\"\nbase_url = \"http://127.0.0.1:9/v1\"\nmodel = \"m\"\n",
-    )
-    .expect("write config");
-    let mut command = tokio::process::Command::new(&binaries().gateway);
-    command
-        .args(["service", "install", "--dry-run", "--config"])
-        .arg(&config);
-    if user {
-        command.arg("--user");
-    }
-    let output = command.output().await.expect("run service install");
-    assert_eq!(
-        output.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    (String::from_utf8_lossy(&output.stdout).into_owned(), config)
 }
 
 /// The generated units are the committed ones with this machine's paths: they cannot
@@ -287,14 +202,6 @@ async fn systemd_analyze_verifies_the_generated_units() {
             String::from_utf8_lossy(&output.stderr)
         );
     }
-}
-
-fn which(name: &str) -> Result<std::path::PathBuf, ()> {
-    let path = std::env::var_os("PATH").ok_or(())?;
-    std::env::split_paths(&path)
-        .map(|dir| dir.join(name))
-        .find(|p| p.is_file())
-        .ok_or(())
 }
 
 /// SIGHUP reloads the configuration without dropping the job in flight; a bad new file
@@ -368,6 +275,233 @@ async fn sighup_reloads_without_dropping_jobs_and_keeps_a_good_config() {
     rig.gateway.assert_running(rig.pid);
 }
 
+async fn sigterm_exits_0_and_leaves_no_worker(mode: WorkerMode) {
+    let mut rig = Rig::start(mode, |_| {}).await;
+    rig.ask("warm up").await;
+    let socket = rig.gateway.socket_path();
+    rig.gateway.signal(Signal::SIGTERM);
+    let status = rig.gateway.wait_exit(Duration::from_secs(10)).await;
+    let status =
+        status.unwrap_or_else(|| panic!("still running 10 s after SIGTERM\n{}", rig.gateway.log()));
+    assert_eq!(status.code(), Some(0), "{}", rig.gateway.log());
+    assert!(
+        eventually(Duration::from_secs(5), || hermes_tests::procs::with_env(
+            "HERMES_WORKER_SOCKET",
+            &socket
+        )
+        .is_empty())
+        .await,
+        "worker processes left after the gateway exited"
+    );
+}
+
+async fn sigterm_with_a_job_in_flight_tells_the_chat(mode: WorkerMode) {
+    let mut rig = Rig::start(mode, |o| o.job_timeout_secs = 120).await;
+    rig.provider.push(ProviderReply::Hang);
+    rig.telegram.send_text(USER, USER, "slow question");
+    assert!(rig.provider.wait_for_requests(1, PATIENCE).await);
+    let socket = rig.gateway.socket_path();
+    rig.gateway.signal(Signal::SIGTERM);
+    let status = rig.gateway.wait_exit(Duration::from_secs(10)).await;
+    assert_eq!(
+        status.and_then(|s| s.code()),
+        Some(0),
+        "{}",
+        rig.gateway.log()
+    );
+    let sent = rig.telegram.sent_to(USER);
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    assert!(sent[0].text.contains("restarting"), "{}", sent[0].text);
+    assert!(
+        eventually(Duration::from_secs(5), || hermes_tests::procs::with_env(
+            "HERMES_WORKER_SOCKET",
+            &socket
+        )
+        .is_empty())
+        .await,
+        "worker processes left after the gateway exited"
+    );
+}
+
+async fn check_config_names_every_problem(mode: WorkerMode) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("bad.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[telegram]\ntoken_env = \"X\"\nallowed_userz = [1]\n\n[workers]\nmode = \"{}\"\npool_size = \"four\"\n",
+            mode.as_str()
+        ),
+    )
+    .expect("write");
+    let output = std::process::Command::new(&binaries().gateway)
+        .args(["check-config", "--config"])
+        .arg(&path)
+        .output()
+        .expect("run check-config");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(78), "{stderr}");
+    assert!(
+        stderr.contains("line 3: telegram.allowed_userz: unknown key"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("line 7: workers.pool_size"), "{stderr}");
+    assert!(stderr.contains("providers: missing"), "{stderr}");
+
+    let good = dir.path().join("good.toml");
+    std::fs::write(
+        &good,
+        format!(
+            "[telegram]\ntoken_env = \"HERMES_TEST_TOKEN\"\nallowed_users = [1]\n\n[[providers]]\nname = \"main\"\nbase_url = \"http://127.0.0.1:9/v1\"\nmodel = \"m\"\n\n[workers]\nmode = \"{}\"\ncommand = \"{}\"\n",
+            mode.as_str(),
+            binaries().worker.display()
+        ),
+    )
+    .expect("write");
+    let output = std::process::Command::new(&binaries().gateway)
+        .args(["check-config", "--config"])
+        .arg(&good)
+        .env("HERMES_TEST_TOKEN", "123:abc")
+        .output()
+        .expect("run check-config");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains("configuration OK"), "{stdout}");
+    assert!(stdout.contains(mode.as_str()), "{stdout}");
+}
+
+async fn run_with_invalid_config_exits_78(mode: WorkerMode) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("bad.toml");
+    std::fs::write(
+        &path,
+        format!("[workers]\nmode = \"{}\"\npool_size = -1\n", mode.as_str()),
+    )
+    .expect("write");
+    let output = tokio::time::timeout(
+        PATIENCE,
+        tokio::process::Command::new(&binaries().gateway)
+            .args(["run", "--config"])
+            .arg(&path)
+            .output(),
+    )
+    .await
+    .expect("run with a bad config did not exit")
+    .expect("run");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(78), "{stderr}");
+    assert!(stderr.contains("workers.pool_size"), "{stderr}");
+    assert!(stderr.contains("providers: missing"), "{stderr}");
+}
+
+/// `hermes-worker ask`, the operator's debugging entry point: the same agent, no gateway.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ask_prints_the_reply_or_the_typed_failure() {
+    let provider = hermes_tests::fake_provider::FakeProvider::start_with_key(Some("sk-ask")).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("hermes.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[providers]]\nname = \"main\"\nbase_url = \"{}\"\nmodel = \"m\"\napi_key_env = \"HERMES_TEST_KEY\"\n",
+            provider.base_url()
+        ),
+    )
+    .expect("write");
+    let ask = |question: &str| {
+        tokio::process::Command::new(&binaries().worker)
+            .args(["ask", "--config"])
+            .arg(&config)
+            .arg(question)
+            .env("HERMES_TEST_KEY", "sk-ask")
+            .output()
+    };
+
+    let output = ask("hello").await.expect("run ask");
+    assert_eq!(output.status.code(), Some(0));
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout).trim(),
+        "echo: hello"
+    );
+    assert!(String::from_utf8_lossy(&output.stderr).contains("[main] attempt 1"));
+    assert_eq!(
+        provider.requests()[0].authorization.as_deref(),
+        Some("Bearer sk-ask")
+    );
+
+    provider.push(ProviderReply::status(402, SEED_402_BODY));
+    let output = ask("again").await.expect("run ask");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(
+            "error: quota_exhausted (provider main): HTTP 402: Insufficient available balance"
+        ),
+        "{stderr}"
+    );
+    assert!(stderr.contains("hint:"), "{stderr}");
+    assert!(output.stdout.is_empty());
+
+    let output = tokio::process::Command::new(&binaries().worker)
+        .args(["ask", "--config"])
+        .arg(&config)
+        .arg("no key")
+        .env_remove("HERMES_TEST_KEY")
+        .output()
+        .await
+        .expect("run ask");
+    assert_eq!(output.status.code(), Some(78));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("HERMES_TEST_KEY is not set"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_from_a_newer_version_is_refused_and_a_corrupt_one_moved_aside() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = dir.path().join("state");
+    std::fs::create_dir_all(&state).expect("state dir");
+    let conn = rusqlite::Connection::open(state.join("state.db")).expect("db");
+    conn.pragma_update(None, "user_version", 99)
+        .expect("version");
+    drop(conn);
+    let provider = hermes_tests::fake_provider::FakeProvider::start().await;
+    let telegram = hermes_tests::fake_telegram::FakeTelegram::start().await;
+    let options = GatewayOptions {
+        providers: vec![provider.base_url()],
+        ..GatewayOptions::new(WorkerMode::Pool)
+    };
+    let mut gateway = Gateway::start_in(dir, &options, &telegram.api_url());
+    let status = gateway.wait_exit(PATIENCE).await;
+    assert_eq!(status.and_then(|s| s.code()), Some(78), "{}", gateway.log());
+    assert!(
+        gateway.log().contains("written by a newer hermes-gateway"),
+        "{}",
+        gateway.log()
+    );
+
+    let dir = gateway.into_dir();
+    std::fs::write(dir.path().join("state/state.db"), vec![0x42u8; 4096]).expect("corrupt");
+    let mut gateway = Gateway::start_in(dir, &options, &telegram.api_url());
+    telegram.send_text(USER, USER, "still works?");
+    let replies = telegram.wait_for_chat_messages(USER, 1, PATIENCE).await;
+    assert_eq!(
+        replies.first().map(|m| m.text.as_str()),
+        Some("echo: still works?"),
+        "{}",
+        gateway.log()
+    );
+    assert!(
+        gateway.log().contains("STATE STORE UNREADABLE"),
+        "{}",
+        gateway.log()
+    );
+    assert!(gateway.is_running());
+}
+
 /// Restart intensity: a worker that dies on every job must not become a fork loop. Past
 /// `max_restarts` deaths in the window, starts pause (visible in `status`) and messages
 /// are still answered, at once, with an error.
@@ -395,4 +529,109 @@ async fn restart_intensity_pauses_a_crash_loop_and_still_answers() {
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("1 worker slot(s) backing off"), "{out}");
     rig.gateway.assert_running(rig.pid);
+}
+
+/// Everything the gateway sent to its notify socket, with arrival times.
+#[derive(Clone, Default)]
+struct NotifyLog(Arc<Mutex<Vec<(Instant, String)>>>);
+
+impl NotifyLog {
+    fn listen(socket: UnixDatagram) -> NotifyLog {
+        let log = NotifyLog::default();
+        let sink = log.clone();
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 4096];
+            while let Ok(n) = socket.recv(&mut buf).await {
+                let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+                for line in text.lines() {
+                    sink.0
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push((Instant::now(), line.to_string()));
+                }
+            }
+        });
+        log
+    }
+
+    fn lines(&self) -> Vec<(Instant, String)> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn count(&self, prefix: &str, since: Instant) -> usize {
+        self.lines()
+            .iter()
+            .filter(|(t, l)| *t >= since && l.starts_with(prefix))
+            .count()
+    }
+
+    async fn wait_for(&self, prefix: &str, since: Instant) -> bool {
+        eventually(PATIENCE, || self.count(prefix, since) > 0).await
+    }
+}
+
+async fn status(gateway: &Gateway) -> (i32, String) {
+    let output = tokio::process::Command::new(&binaries().gateway)
+        .args(["status", "--config"])
+        .arg(&gateway.config_path)
+        .output()
+        .await
+        .expect("run status");
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+    )
+}
+
+/// Runs `hermes-gateway status` until `accept` likes its result (bounded by PATIENCE);
+/// returns the last result either way.
+async fn status_until(gateway: &Gateway, accept: impl Fn(i32, &str) -> bool) -> (i32, String) {
+    let end = Instant::now() + PATIENCE;
+    loop {
+        let (code, out) = status(gateway).await;
+        if accept(code, &out) || Instant::now() >= end {
+            return (code, out);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn deploy_file(name: &str) -> String {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../deploy")
+        .join(name);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// `service install --dry-run` prints the unit it would write.
+async fn generated_unit(user: bool, dir: &std::path::Path) -> (String, std::path::PathBuf) {
+    let config = dir.join("hermes.toml");
+    std::fs::write(
+        &config,
+        "[[providers]]\nname = \"main\"\nbase_url = \"http://127.0.0.1:9/v1\"\nmodel = \"m\"\n",
+    )
+    .expect("write config");
+    let mut command = tokio::process::Command::new(&binaries().gateway);
+    command
+        .args(["service", "install", "--dry-run", "--config"])
+        .arg(&config);
+    if user {
+        command.arg("--user");
+    }
+    let output = command.output().await.expect("run service install");
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (String::from_utf8_lossy(&output.stdout).into_owned(), config)
+}
+
+fn which(name: &str) -> Result<std::path::PathBuf, ()> {
+    let path = std::env::var_os("PATH").ok_or(())?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(name))
+        .find(|p| p.is_file())
+        .ok_or(())
 }

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use hermes_protocol::config::WorkerMode;
+use hermes_config::WorkerMode;
 use hermes_tests::fake_provider::{ProviderReply, SEED_402_BODY};
 use hermes_tests::harness::{PATIENCE, Rig, eventually};
 use hermes_tests::procs;

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use hermes_protocol::config::WorkerMode;
+use hermes_config::WorkerMode;
 use hermes_tests::fake_provider::{ProviderReply, ProviderRequest};
 use hermes_tests::fake_telegram::TOKEN;
 use hermes_tests::harness::{

@@ -8,7 +8,7 @@ use std::io::Write;
 use std::path::Path;
 use std::time::Duration;
 
-use hermes_protocol::config::{Config, EXIT_CONFIG};
+use hermes_config::{Config, EXIT_CONFIG, load_or_report};
 use hermes_protocol::{ChatMessage, Event, Failure, FailureClass, Job, JobId, Outcome, Role};
 use tokio::sync::mpsc;
 
@@ -26,33 +26,11 @@ pub async fn ask(
     options: AskOptions,
     client: reqwest::Client,
 ) -> i32 {
-    let config = match Config::load(config_path) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("{e}");
-            return EXIT_CONFIG;
-        }
+    let Some((config, plans)) =
+        load_or_report(config_path, Config::job_plans, |e| eprintln!("{e}"))
+    else {
+        return EXIT_CONFIG;
     };
-    let mut providers = Vec::new();
-    for provider in &config.providers {
-        match provider.plan() {
-            Ok(plan) => providers.push(plan),
-            Err(e) => {
-                eprintln!("provider {}: {e}", provider.name);
-                return EXIT_CONFIG;
-            }
-        }
-    }
-    let mut tools = Vec::new();
-    for server in &config.tools.mcp {
-        match server.spec() {
-            Ok(spec) => tools.push(spec),
-            Err(e) => {
-                eprintln!("tool server {}: {e}", server.name);
-                return EXIT_CONFIG;
-            }
-        }
-    }
     let mut messages = Vec::new();
     if let Some(prompt) = &config.agent.system_prompt {
         messages.push(ChatMessage::new(Role::System, prompt.clone()));
@@ -65,10 +43,10 @@ pub async fn ask(
         id: JobId(1),
         chat_id: 0,
         messages,
-        providers,
+        providers: plans.providers,
         timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
         stream: options.stream,
-        tools,
+        tools: plans.tools,
         max_steps: config.agent.max_steps,
     };
     let (events_tx, mut events) = mpsc::unbounded_channel();

@@ -3,9 +3,9 @@
 //! its failure taxonomy and retries) and [`tools`] (MCP tool servers and their calls).
 //!
 //! The `hermes-worker` binary is the only production user. The library exists so the
-//! benchmark's in-process baseline (`hermes-gateway` built with `in-process-baseline`) runs
-//! exactly this code without a worker process, the design of the gateway in the incident
-//! this project answers, and the isolation's cost can be measured against it.
+//! benchmark's in-process baseline (`hermes-gateway-in-process-baseline` in the tests
+//! crate) runs exactly this code without a worker process, the design of the gateway in
+//! the incident this project answers, and the isolation's cost can be measured against it.
 //!
 //! [`sandbox`] is what a tool server runs under: the policy, the trampoline that applies
 //! it (`hermes-worker sandbox-exec`), and the probe of what this kernel supports.

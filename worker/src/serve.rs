@@ -2,9 +2,10 @@
 //!
 //! Connect to the gateway's socket, prove who we are with the one-time token, then run the
 //! jobs we are given, one at a time, streaming events and ending each with one outcome.
-//! The gateway sends nothing while a job runs, so anything readable on the socket then
-//! means the gateway is gone: the worker exits at once rather than finish work nobody
-//! will read (the parent-death signal is only a fast hint; this is the reliable one).
+//! While a job runs the worker still listens: the gateway has nothing to say then, so a
+//! message means it is confused and the connection closing means it is gone, and either
+//! way the worker exits at once rather than finish work nobody will read (the parent-death
+//! signal is only a fast hint; this is the reliable one).
 //!
 //! Tool servers live as long as their configuration: started by the first job that
 //! names them, kept for the next jobs while their entry is unchanged, replaced after a
@@ -19,12 +20,11 @@ use std::time::Duration;
 
 use hermes_protocol::frame::{FrameError, encode};
 use hermes_protocol::{
-    ChatMessage, FromWorker, Hello, Job, JobId, Outcome, PROTOCOL_VERSION, Reply, Role, Secret,
-    ToWorker, Welcome, read_frame, write_frame,
+    ChatMessage, Connection, FromWorker, Job, JobId, Outcome, Reply, Role, Secret, ToWorker,
+    handshake,
 };
 use interprocess::local_socket::tokio::{Stream, prelude::*};
 use interprocess::local_socket::{GenericFilePath, ToFsName};
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::mpsc;
 
 use crate::agent;
@@ -34,6 +34,8 @@ use hermes_worker::tools::Toolbox;
 /// answering anyway and exiting (the gateway normally acts about a second after the
 /// deadline; this only matters if it does not).
 const ABANDONED_GRACE: Duration = Duration::from_secs(15);
+
+type Conn = Connection<Stream>;
 
 /// Exit statuses of `serve`.
 pub const EXIT_OK: i32 = 0;
@@ -55,38 +57,16 @@ pub async fn serve(socket: &str, token: &str, client: reqwest::Client) -> i32 {
             return EXIT_REFUSED;
         }
     };
-    serve_connection(stream, token, &client).await
-}
-
-/// The protocol over an established connection; separate from `serve` so tests can drive
-/// it over a socket of their own.
-pub async fn serve_connection(stream: Stream, token: &str, client: &reqwest::Client) -> i32 {
-    let mut conn = BufReader::new(stream);
-    let hello = Hello {
-        version: PROTOCOL_VERSION,
-        token: Secret::new(token),
-        pid: std::process::id(),
-    };
-    if let Err(e) = write_frame(conn.get_mut(), &hello).await {
-        tracing::error!("handshake failed: {e}");
+    let mut conn = Connection::new(stream);
+    if let Err(e) = handshake::introduce(&mut conn, &Secret::new(token)).await {
+        tracing::error!("{e}");
         return EXIT_REFUSED;
-    }
-    match read_frame::<Welcome, _>(&mut conn).await {
-        Ok(Welcome::Accepted) => {}
-        Ok(Welcome::Rejected { reason }) => {
-            tracing::error!("the gateway refused this worker: {reason}");
-            return EXIT_REFUSED;
-        }
-        Err(e) => {
-            tracing::error!("handshake failed: {e}");
-            return EXIT_REFUSED;
-        }
     }
     let mut tools = Toolbox::default();
     let code = loop {
-        match read_frame::<ToWorker, _>(&mut conn).await {
+        match conn.read_frame::<ToWorker>().await {
             Ok(ToWorker::Job(job)) => {
-                if let Err(code) = run_job(&mut conn, job, client, &mut tools).await {
+                if let Err(code) = run_job(&mut conn, job, &client, &mut tools).await {
                     break code;
                 }
             }
@@ -105,7 +85,7 @@ pub async fn serve_connection(stream: Stream, token: &str, client: &reqwest::Cli
 /// Runs one job, forwarding its events; `Err` carries the exit status when the worker
 /// must stop (the gateway went away or the socket broke).
 async fn run_job(
-    conn: &mut BufReader<Stream>,
+    conn: &mut Conn,
     job: Job,
     client: &reqwest::Client,
     tools: &mut Toolbox,
@@ -124,17 +104,8 @@ async fn run_job(
                 Some(event) = events.recv() => {
                     send(conn, &FromWorker::Event { job_id, event }).await?;
                 }
-                readable = conn.fill_buf() => {
-                    match readable {
-                        Ok(bytes) if !bytes.is_empty() => {
-                            tracing::error!("the gateway spoke during a job; exiting");
-                            return Err(EXIT_FAILED);
-                        }
-                        _ => {
-                            tracing::info!("the gateway went away; abandoning {job_id}");
-                            return Err(EXIT_OK);
-                        }
-                    }
+                message = conn.read_frame::<ToWorker>() => {
+                    return Err(gateway_spoke(job_id, message));
                 }
             }
         }
@@ -155,11 +126,7 @@ async fn run_job(
 /// A tool call outlived the deadline: answer, asking the gateway to retire this worker, so
 /// it ends the whole group (the tool's processes included) before the chat is told. This
 /// worker takes no further job either way; if the gateway does not end it, it leaves.
-async fn leave_to_the_gateway(
-    conn: &mut BufReader<Stream>,
-    job_id: JobId,
-    outcome: Outcome,
-) -> Result<(), i32> {
+async fn leave_to_the_gateway(conn: &mut Conn, job_id: JobId, outcome: Outcome) -> Result<(), i32> {
     tracing::warn!(
         "a tool call outlived the deadline of {job_id}; asking the gateway to end this \
          worker's process group"
@@ -177,7 +144,7 @@ async fn leave_to_the_gateway(
     )
     .await?;
     tokio::select! {
-        _ = conn.fill_buf() => Err(EXIT_OK),
+        _ = conn.read_frame::<ToWorker>() => Err(EXIT_OK),
         _ = tokio::time::sleep(ABANDONED_GRACE) => {
             tracing::error!("the gateway did not end this worker; exiting");
             Err(EXIT_FAILED)
@@ -237,8 +204,26 @@ fn outcome_frame(job_id: JobId, outcome: Outcome) -> FromWorker {
     }
 }
 
-async fn send(conn: &mut BufReader<Stream>, message: &FromWorker) -> Result<(), i32> {
-    write_frame(conn.get_mut(), message).await.map_err(|e| {
+/// What the gateway saying anything during a job means: the exit status to leave with.
+fn gateway_spoke(job_id: JobId, message: Result<ToWorker, FrameError>) -> i32 {
+    match message {
+        Err(e) if e.is_disconnect() => {
+            tracing::info!("the gateway went away; abandoning {job_id}");
+            EXIT_OK
+        }
+        Ok(_) => {
+            tracing::error!("the gateway spoke during a job; exiting");
+            EXIT_FAILED
+        }
+        Err(e) => {
+            tracing::error!("bad frame from the gateway during {job_id}: {e}");
+            EXIT_FAILED
+        }
+    }
+}
+
+async fn send(conn: &mut Conn, message: &FromWorker) -> Result<(), i32> {
+    conn.write_frame(message).await.map_err(|e| {
         if e.is_disconnect() {
             EXIT_OK
         } else {

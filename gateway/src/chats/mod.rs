@@ -7,28 +7,33 @@
 //! `/stop` does not queue: it cancels the job in flight the moment it arrives.
 //!
 //! Whatever the job's outcome, the chat gets exactly one reply: the answer, or the
-//! plain-language text for the failure (see [`crate::replies`]). Running one job is
-//! [`job`]'s business.
+//! plain-language text for the failure (see [`crate::replies`]). A message becomes a job
+//! in [`prepare`] and the job's progress and outcome reach the chat and the store in
+//! [`deliver`]; a command runs in [`crate::commands`].
 
-mod job;
+mod deliver;
+mod prepare;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use hermes_protocol::{JobId, Outcome};
 use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TrySendError;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::circuit::Circuits;
+use crate::commands::stop::{InFlight, Stopping};
 use crate::commands::{self, Command};
 use crate::health::Health;
+use crate::jobs::JobRunner;
 use crate::replies;
 use crate::settings::LiveSettings;
 use crate::store::{Exchange, Pending, Store};
-use crate::supervisor::Supervisor;
+use crate::telegram::live::LiveReply;
 use crate::telegram::sender::Sender;
 
 /// A chat task with nothing to do for this long ends; the next message starts a new one.
@@ -36,7 +41,7 @@ const CHAT_IDLE: Duration = Duration::from_secs(60);
 
 /// What the chats need to build and run a job.
 pub struct JobContext {
-    pub supervisor: Supervisor,
+    pub runner: Arc<dyn JobRunner>,
     pub health: Arc<Health>,
     pub circuits: Arc<Circuits>,
     pub sender: Sender,
@@ -63,52 +68,17 @@ pub struct ChatRouter {
 /// One chat's task, as the router reaches it.
 struct ChatEntry {
     queue: mpsc::Sender<Pending>,
-    in_flight: Arc<InFlightSlot>,
+    in_flight: Arc<InFlight>,
 }
 
-/// The chat's job in flight, if any, where `/stop` finds it.
-#[derive(Default)]
-struct InFlightSlot(Mutex<Option<InFlight>>);
-
-struct InFlight {
-    cancel: CancellationToken,
-    /// `/stop` messages that asked for this job's end; answered with it.
-    stop_requests: Vec<i64>,
-}
-
-impl InFlightSlot {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Option<InFlight>> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn begin(&self) -> CancellationToken {
-        let cancel = CancellationToken::new();
-        *self.lock() = Some(InFlight {
-            cancel: cancel.clone(),
-            stop_requests: Vec::new(),
-        });
-        cancel
-    }
-
-    /// Ends the job's stay in the slot; the `/stop` messages that came for it.
-    fn end(&self) -> Vec<i64> {
-        self.lock()
-            .take()
-            .map(|f| f.stop_requests)
-            .unwrap_or_default()
-    }
-
-    /// Cancels the job in flight for `/stop` message `update_id`; false when none runs.
-    fn stop(&self, update_id: i64) -> bool {
-        match self.lock().as_mut() {
-            Some(in_flight) => {
-                in_flight.stop_requests.push(update_id);
-                in_flight.cancel.cancel();
-                true
-            }
-            None => false,
-        }
-    }
+/// One message on its way to becoming a job.
+pub struct Request {
+    pub id: JobId,
+    pub chat: i64,
+    pub update_id: i64,
+    pub user_id: u64,
+    /// What the model is asked: the message, or the earlier one for `/retry`.
+    pub text: String,
 }
 
 struct Inner {
@@ -187,18 +157,19 @@ impl ChatRouter {
 
     /// `/stop`: the job's own task answers once the job's processes are gone.
     fn stop(&self, chat: i64, update_id: i64) {
-        let stopping = self
+        let in_flight = self
             .inner
             .chats
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(&chat)
-            .is_some_and(|entry| entry.in_flight.stop(update_id));
-        if stopping {
-            tracing::info!(chat, "stopping the job in flight (/stop)");
-        } else {
-            self.inner
-                .reply_later(chat, update_id, commands::stop::NOTHING_RUNNING.to_string());
+            .map(|entry| entry.in_flight.clone());
+        match in_flight.map_or(Stopping::NothingRunning, |slot| slot.stop(update_id)) {
+            Stopping::Cancelled => tracing::info!(chat, "stopping the job in flight (/stop)"),
+            Stopping::NothingRunning => {
+                self.inner
+                    .reply_later(chat, update_id, replies::NOTHING_RUNNING.to_string())
+            }
         }
     }
 
@@ -212,12 +183,7 @@ impl ChatRouter {
                     tracing::info!(chat, "chat queue full; asking the user to wait");
                     let sender = self.inner.ctx.sender.clone();
                     self.inner.tasks.spawn(async move {
-                        sender
-                            .send_text(
-                                chat,
-                                "⏳ I'm still working on your earlier messages. Please wait for those answers before sending more.",
-                            )
-                            .await;
+                        sender.send_text(chat, replies::QUEUE_FULL).await;
                     });
                     return;
                 }
@@ -227,7 +193,7 @@ impl ChatRouter {
         let (tx, rx) = mpsc::channel(self.inner.queue_capacity);
         // A fresh channel has room for one message.
         let _ = tx.try_send(message);
-        let in_flight = Arc::new(InFlightSlot::default());
+        let in_flight = Arc::new(InFlight::default());
         chats.insert(
             chat,
             ChatEntry {
@@ -246,7 +212,7 @@ impl ChatRouter {
         chat: i64,
         own: mpsc::Sender<Pending>,
         mut rx: mpsc::Receiver<Pending>,
-        in_flight: Arc<InFlightSlot>,
+        in_flight: Arc<InFlight>,
     ) {
         loop {
             let next = tokio::select! {
@@ -277,7 +243,7 @@ impl ChatRouter {
         }
     }
 
-    async fn answer(&self, chat: i64, message: Pending, in_flight: &InFlightSlot) {
+    async fn answer(&self, chat: i64, message: Pending, in_flight: &InFlight) {
         let ctx = &self.inner.ctx;
         let text = match commands::parse(&message.text) {
             Some(command) => {
@@ -301,18 +267,44 @@ impl ChatRouter {
             }
             None => message.text.clone(),
         };
-        let id = hermes_protocol::JobId(self.inner.next_job.fetch_add(1, Ordering::Relaxed));
-        job::run(
-            &self.inner,
-            job::Request {
-                id,
-                chat,
-                update_id: message.update_id,
-                user_id: message.user_id,
-                text,
-            },
-            in_flight,
-        )
-        .await;
+        let id = JobId(self.inner.next_job.fetch_add(1, Ordering::Relaxed));
+        let request = Request {
+            id,
+            chat,
+            update_id: message.update_id,
+            user_id: message.user_id,
+            text,
+        };
+        self.run_job(request, in_flight).await;
+    }
+
+    /// One message through one job: prepared, run with its progress shown, delivered.
+    async fn run_job(&self, request: Request, in_flight: &InFlight) {
+        let ctx = &self.inner.ctx;
+        // The settings this job starts with; a reload meanwhile does not change them.
+        let settings = ctx.settings.get();
+        let started = Instant::now();
+        let mut live = LiveReply::new(
+            ctx.sender.clone(),
+            request.chat,
+            settings.streaming,
+            settings.edit_interval,
+        );
+        let mut stop_requests = Vec::new();
+        let outcome = match prepare::prepare(ctx, &settings, &request, started) {
+            Ok(prepared) => {
+                let (events_tx, events_rx) = mpsc::unbounded_channel();
+                let run = ctx.runner.run(prepared.job, events_tx, in_flight.begin());
+                let (outcome, fallbacks) =
+                    deliver::follow(&ctx.sender, request.chat, run, events_rx, &mut live).await;
+                stop_requests = in_flight.end();
+                ctx.circuits
+                    .settle(&prepared.plan, &fallbacks, &outcome, Instant::now());
+                outcome
+            }
+            Err(failure) => Outcome::Failed(failure),
+        };
+        ctx.health.job_done(&outcome);
+        deliver::deliver(&self.inner, request, outcome, live, stop_requests, started).await;
     }
 }

@@ -1,11 +1,11 @@
-//! The bot's commands, one module each: [`help`] (`/start`, `/help`), [`new`], [`stop`],
-//! [`retry`], [`status`], [`model`].
+//! The bot's commands, one module each: [`new`], [`stop`], [`retry`], [`status`],
+//! [`model`]; `/start` and `/help` only answer (their text, like every reply's, is in
+//! [`crate::replies`]).
 //!
 //! All but `/stop` run in the chat's task, in order with its messages, so `/new` sent
 //! after a question applies after that question is answered. `/stop` is about the job in
-//! flight, so the router acts on it the moment it arrives (see [`crate::chats`]).
+//! flight, so the router hands it to [`stop::InFlight`] the moment it arrives.
 
-pub mod help;
 pub mod model;
 pub mod new;
 pub mod retry;
@@ -18,6 +18,7 @@ use teloxide_core::types::BotCommand;
 
 use crate::circuit::Circuits;
 use crate::health::Health;
+use crate::replies;
 use crate::settings::ChatSettings;
 use crate::store::Store;
 
@@ -52,14 +53,10 @@ pub struct Context<'a> {
 
 /// The commands Telegram shows in its menu (`setMyCommands`).
 pub fn menu() -> Vec<BotCommand> {
-    vec![
-        BotCommand::new("new", "Start a new conversation"),
-        BotCommand::new("stop", "Stop the answer in progress"),
-        BotCommand::new("retry", "Ask your last message again"),
-        BotCommand::new("model", "Show or switch the AI model"),
-        BotCommand::new("status", "How the bot is doing"),
-        BotCommand::new("help", "What this bot does"),
-    ]
+    replies::MENU
+        .iter()
+        .map(|(name, description)| BotCommand::new(*name, *description))
+        .collect()
 }
 
 /// A command, if `text` is one (`/name` or `/name@bot`, then an optional argument).
@@ -86,15 +83,14 @@ pub fn parse(text: &str) -> Option<Command> {
 /// Runs a command that answers in the chat's turn (everything but `/stop`).
 pub fn execute(ctx: &Context, command: Command) -> Outcome {
     match command {
-        Command::Help => Outcome::Reply(help::TEXT.to_string()),
+        Command::Help => Outcome::Reply(replies::HELP.to_string()),
         Command::New => Outcome::Reply(new::run(ctx)),
         Command::Retry => retry::run(ctx),
         Command::Status => Outcome::Reply(status::run(ctx)),
         Command::Model(argument) => Outcome::Reply(model::run(ctx, argument.as_deref())),
-        Command::Stop => Outcome::Reply(stop::NOTHING_RUNNING.to_string()),
-        Command::Unknown(name) => Outcome::Reply(format!(
-            "I don't know the command /{name}. Send /help to see what I understand."
-        )),
+        // Reached only if the router did not take it first.
+        Command::Stop => Outcome::Reply(replies::NOTHING_RUNNING.to_string()),
+        Command::Unknown(name) => Outcome::Reply(replies::unknown_command(&name)),
     }
 }
 

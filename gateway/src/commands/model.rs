@@ -4,77 +4,98 @@
 //! A chat's choice is stored with the chat, so it survives restarts and `/new`. The chosen
 //! provider goes first in the chat's chain; the others stay behind it as fallbacks, so a
 //! switch never costs the chat its fallbacks. A choice that a reload removed from the
-//! configuration is ignored (the default applies) rather than failing the chat.
+//! configuration is ignored (the default applies) rather than failing the chat. The
+//! chain is [`chain`]'s, for the chat's jobs as for what `/model` and `/status` say.
+
+use hermes_protocol::ProviderPlan;
 
 use super::Context;
+use crate::replies;
+use crate::settings::ChatSettings;
+use crate::store::Store;
 
 /// What resets a chat to the configured order.
 const DEFAULT_WORDS: [&str; 2] = ["default", "reset"];
 
+/// A chat's providers in the order its jobs try them.
+pub struct Chain {
+    pub providers: Vec<ProviderPlan>,
+    /// The first is there because the chat chose it with `/model`.
+    pub chosen: bool,
+}
+
+/// The chat's provider chain: its choice first while that provider is still configured,
+/// the others behind it in configured order.
+pub fn chain(settings: &ChatSettings, store: &Store, chat: i64) -> Chain {
+    let choice = match store.chat_provider(chat) {
+        Ok(choice) => choice,
+        Err(e) => {
+            tracing::warn!(chat, "cannot read the chat's model, using the default: {e}");
+            None
+        }
+    };
+    let mut providers = settings.providers.clone();
+    let chosen = choice.is_some_and(|name| first(&mut providers, |p| p.name == name));
+    Chain { providers, chosen }
+}
+
 pub fn run(ctx: &Context, argument: Option<&str>) -> String {
     match argument {
         None => show(ctx),
-        Some(_) if !is_admin(ctx) => "Only the bot's admins can switch the model. \
-            Send /model to see which one answers here."
-            .into(),
+        Some(_) if !is_admin(ctx) => replies::model::ADMINS_ONLY.into(),
         Some(word) if DEFAULT_WORDS.iter().any(|d| word.eq_ignore_ascii_case(d)) => {
             match ctx.store.set_chat_provider(ctx.chat, None) {
-                Ok(()) => format!("This chat is back to the default: {}.", current(ctx)),
+                Ok(()) => replies::model::back_to_default(&current(ctx)),
                 Err(e) => store_failed(ctx, e),
             }
         }
         Some(wanted) => {
-            let providers = &ctx.settings.provider_models;
+            let providers = &ctx.settings.providers;
             let found = providers
                 .iter()
-                .find(|(name, _)| name.eq_ignore_ascii_case(wanted))
+                .find(|p| p.name.eq_ignore_ascii_case(wanted))
                 .or_else(|| {
                     providers
                         .iter()
-                        .find(|(_, model)| model.eq_ignore_ascii_case(wanted))
+                        .find(|p| p.model.eq_ignore_ascii_case(wanted))
                 });
             match found {
-                Some((name, model)) => match ctx.store.set_chat_provider(ctx.chat, Some(name)) {
+                Some(p) => match ctx.store.set_chat_provider(ctx.chat, Some(&p.name)) {
                     Ok(()) => {
-                        tracing::info!(chat = ctx.chat, user = ctx.user, provider = %name, "chat switched provider");
-                        format!("This chat now uses {name} ({model}).")
+                        tracing::info!(chat = ctx.chat, user = ctx.user, provider = %p.name, "chat switched provider");
+                        replies::model::switched(&p.name, &p.model)
                     }
                     Err(e) => store_failed(ctx, e),
                 },
-                None => format!(
-                    "There is no provider or model called {wanted:?} here.\n{}",
-                    available(ctx)
-                ),
+                None => replies::model::not_found(wanted, &available(ctx)),
             }
         }
     }
 }
 
 fn show(ctx: &Context) -> String {
-    let mut text = format!("This chat uses {}.\n{}", current(ctx), available(ctx));
+    let mut text = replies::model::uses(&current(ctx), &available(ctx));
     if is_admin(ctx) {
-        text.push_str("\nSwitch with /model NAME; back to the default with /model default.");
+        text.push_str(replies::model::HOW_TO_SWITCH);
     }
     text
 }
 
 fn current(ctx: &Context) -> String {
-    let chosen = chosen(ctx);
-    match chain_for_chat(ctx).first() {
-        Some((name, model)) if chosen.is_some() => format!("{name} ({model}), chosen with /model"),
-        Some((name, model)) => format!("{name} ({model}), the default"),
-        None => "no provider".into(),
+    let chain = chain(ctx.settings, ctx.store, ctx.chat);
+    match chain.providers.first() {
+        Some(p) => replies::model::current(&p.name, &p.model, chain.chosen),
+        None => replies::model::NO_PROVIDER.into(),
     }
 }
 
 fn available(ctx: &Context) -> String {
-    let list: Vec<String> = ctx
-        .settings
-        .provider_models
-        .iter()
-        .map(|(name, model)| format!("• {name} ({model})"))
-        .collect();
-    format!("Available:\n{}", list.join("\n"))
+    replies::model::available(
+        ctx.settings
+            .providers
+            .iter()
+            .map(|p| (p.name.as_str(), p.model.as_str())),
+    )
 }
 
 fn is_admin(ctx: &Context) -> bool {
@@ -83,38 +104,18 @@ fn is_admin(ctx: &Context) -> bool {
 
 fn store_failed(ctx: &Context, e: crate::store::StoreError) -> String {
     tracing::error!(chat = ctx.chat, "cannot store the chat's model: {e}");
-    "⚠️ I could not switch the model; please try again.".into()
+    replies::model::FAILED.into()
 }
 
-/// The chat's chosen provider, if it is still configured.
-fn chosen(ctx: &Context) -> Option<String> {
-    let name = match ctx.store.chat_provider(ctx.chat) {
-        Ok(name) => name?,
-        Err(e) => {
-            tracing::warn!(chat = ctx.chat, "cannot read the chat's model: {e}");
-            return None;
+/// Moves the first element matching `pred` to the front, keeping the others in order;
+/// false when none matches.
+fn first<T>(items: &mut [T], pred: impl Fn(&T) -> bool) -> bool {
+    match items.iter().position(pred) {
+        Some(i) => {
+            items[..=i].rotate_right(1);
+            true
         }
-    };
-    ctx.settings
-        .provider_models
-        .iter()
-        .any(|(n, _)| *n == name)
-        .then_some(name)
-}
-
-/// (name, model) of the chat's chain, its choice first.
-pub fn chain_for_chat(ctx: &Context) -> Vec<(String, String)> {
-    let mut chain = ctx.settings.provider_models.clone();
-    if let Some(name) = chosen(ctx) {
-        first(&mut chain, |(n, _)| *n == name);
-    }
-    chain
-}
-
-/// Moves the first element matching `pred` to the front, keeping the others in order.
-pub fn first<T>(items: &mut [T], pred: impl Fn(&T) -> bool) {
-    if let Some(i) = items.iter().position(pred) {
-        items[..=i].rotate_right(1);
+        None => false,
     }
 }
 
@@ -125,9 +126,9 @@ mod tests {
     #[test]
     fn the_chosen_one_goes_first_and_the_rest_keep_their_order() {
         let mut chain = vec!["a", "b", "c", "d"];
-        first(&mut chain, |x| *x == "c");
+        assert!(first(&mut chain, |x| *x == "c"));
         assert_eq!(chain, ["c", "a", "b", "d"]);
-        first(&mut chain, |x| *x == "zzz");
+        assert!(!first(&mut chain, |x| *x == "zzz"));
         assert_eq!(chain, ["c", "a", "b", "d"]);
     }
 }

@@ -2,14 +2,15 @@
 //! quota error or a crash.
 
 use super::{Context, Outcome};
+use crate::replies;
 
 pub fn run(ctx: &Context) -> Outcome {
     match ctx.store.last_user_text(ctx.chat) {
         Ok(Some(text)) => Outcome::Ask(text),
-        Ok(None) => Outcome::Reply("There is no earlier message to retry.".into()),
+        Ok(None) => Outcome::Reply(replies::retry::NOTHING.into()),
         Err(e) => {
             tracing::error!(chat = ctx.chat, "cannot read the last message: {e}");
-            Outcome::Reply("⚠️ I could not find your last message; please send it again.".into())
+            Outcome::Reply(replies::retry::FAILED.into())
         }
     }
 }

@@ -5,28 +5,32 @@ use std::time::Instant;
 
 use super::{Context, model};
 use crate::circuit::View;
+use crate::replies;
 
 pub fn run(ctx: &Context) -> String {
     let snapshot = ctx.health.snapshot(Vec::new());
     let now = Instant::now();
-    let providers = model::chain_for_chat(ctx);
-    let answering = providers
-        .iter()
-        .find(|(name, _)| matches!(ctx.circuits.view(name, now), View::Closed | View::Probing));
-    let mut lines = vec![if snapshot.degraded_reasons().is_empty() {
-        "✅ All good.".to_string()
+    let chain = model::chain(ctx.settings, ctx.store, ctx.chat);
+    let answering = chain.providers.iter().find(|p| {
+        matches!(
+            ctx.circuits.view(&p.name, now),
+            View::Closed | View::Probing
+        )
+    });
+    let reasons = snapshot.degraded_reasons();
+    let mut lines = vec![if reasons.is_empty() {
+        replies::status::ALL_GOOD.to_string()
     } else {
-        format!("⚠️ Degraded: {}.", snapshot.degraded_reasons().join("; "))
+        replies::status::degraded(&reasons)
     }];
-    match answering {
-        Some((name, model)) => lines.push(format!("Answering now: {name} ({model}).")),
-        None => lines.push("No provider is answering now (quota exhausted everywhere).".into()),
-    }
-    lines.push(format!(
-        "Up {} min; {} answered, {} failed.",
+    lines.push(match answering {
+        Some(p) => replies::status::answering(&p.name, &p.model),
+        None => replies::status::NONE_ANSWERING.into(),
+    });
+    lines.push(replies::status::counts(
         snapshot.uptime_secs / 60,
         snapshot.jobs.answered,
-        snapshot.jobs.failed.values().sum::<u64>()
+        snapshot.jobs.failed.values().sum::<u64>(),
     ));
     lines.join("\n")
 }

@@ -10,16 +10,24 @@
 //! The schema is versioned. A file written by a newer version is refused (the operator
 //! must not lose data to a downgrade); a file SQLite cannot read is moved aside and a fresh
 //! one started, with a loud log line saying what it held.
+//!
+//! This module opens, migrates and guards the file; [`inbox`] and [`conversation`] are
+//! what is kept in it, and [`checkpoint`] keeps the write-ahead log short off the async
+//! thread.
 
 mod checkpoint;
+mod conversation;
+mod inbox;
+#[cfg(test)]
+mod tests;
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use checkpoint::Checkpointer;
-
-use hermes_protocol::{ChatMessage, Role, ToolCall};
-use rusqlite::{Connection, OptionalExtension, params};
+pub use conversation::Exchange;
+pub use inbox::Pending;
+use rusqlite::Connection;
 
 /// The schema this build writes. Bump it with a new entry in [`MIGRATIONS`].
 pub const SCHEMA_VERSION: i64 = 2;
@@ -80,26 +88,6 @@ pub enum StoreError {
     },
 }
 
-/// A question and what the job added to the conversation for it: tool calls, their
-/// results, and the answer.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Exchange {
-    pub chat_id: i64,
-    pub question: String,
-    pub transcript: Vec<ChatMessage>,
-    pub provider: String,
-    pub model: String,
-}
-
-/// An update waiting for (or being given) its answer.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Pending {
-    pub update_id: i64,
-    pub chat_id: i64,
-    pub user_id: u64,
-    pub text: String,
-}
-
 pub struct Store {
     conn: Mutex<Connection>,
     path: PathBuf,
@@ -108,10 +96,7 @@ pub struct Store {
 }
 
 fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
+    i64::try_from(crate::clock::unix_now()).unwrap_or(i64::MAX)
 }
 
 impl Store {
@@ -219,196 +204,6 @@ impl Store {
             source,
         })
     }
-
-    /// The offset to poll from: everything before it is stored.
-    pub fn next_update_id(&self) -> Result<i64, StoreError> {
-        let conn = self.lock();
-        self.wrap(
-            conn.prepare_cached("SELECT next_update_id FROM telegram_offset WHERE id = 1")
-                .and_then(|mut st| st.query_row([], |r| r.get(0)))
-                .optional(),
-        )
-        .map(|v| v.unwrap_or(0))
-    }
-
-    /// Stores a batch of updates to answer and the offset past the whole batch, in one
-    /// transaction: after this returns, acknowledging the batch to Telegram is safe.
-    pub fn accept(&self, messages: &[Pending], next_update_id: i64) -> Result<(), StoreError> {
-        let mut conn = self.lock();
-        let tx = self.wrap(conn.transaction())?;
-        for m in messages {
-            self.wrap(tx.prepare_cached("INSERT OR IGNORE INTO inbox (update_id, chat_id, user_id, text, received_at) VALUES (?1, ?2, ?3, ?4, ?5)").and_then(|mut st| st.execute(params![m.update_id, m.chat_id, m.user_id as i64, m.text, now()])))?;
-        }
-        self.wrap(tx.prepare_cached("INSERT INTO telegram_offset (id, next_update_id) VALUES (1, ?1)
-             ON CONFLICT (id) DO UPDATE SET next_update_id = max(next_update_id, excluded.next_update_id)").and_then(|mut st| st.execute(params![next_update_id])))?;
-        self.commit(tx)
-    }
-
-    /// Updates stored but not answered, oldest first.
-    pub fn pending(&self) -> Result<Vec<Pending>, StoreError> {
-        let conn = self.lock();
-        let mut stmt = self.wrap(conn.prepare_cached(
-            "SELECT update_id, chat_id, user_id, text FROM inbox WHERE done_at IS NULL ORDER BY update_id",
-        ))?;
-        let rows = self.wrap(stmt.query_map([], |r| {
-            Ok(Pending {
-                update_id: r.get(0)?,
-                chat_id: r.get(1)?,
-                user_id: r.get::<_, i64>(2)? as u64,
-                text: r.get(3)?,
-            })
-        }))?;
-        self.wrap(rows.collect())
-    }
-
-    fn conversation(conn: &Connection, chat_id: i64) -> rusqlite::Result<i64> {
-        conn.prepare_cached("SELECT conversation FROM chats WHERE chat_id = ?1")
-            .and_then(|mut st| st.query_row(params![chat_id], |r| r.get(0)))
-            .optional()
-            .map(|c| c.unwrap_or(1))
-    }
-
-    /// The last `limit` turns of the chat's current conversation, oldest first. The cut
-    /// never starts inside a tool exchange: providers refuse a `tool` result (or an answer
-    /// that follows one) whose call was cut off, so history starts at a user turn.
-    pub fn history(&self, chat_id: i64, limit: usize) -> Result<Vec<ChatMessage>, StoreError> {
-        let conn = self.lock();
-        let conversation = self.wrap(Store::conversation(&conn, chat_id))?;
-        let mut stmt = self.wrap(conn.prepare_cached(
-            "SELECT role, content, tool_calls, tool_call_id FROM turns
-             WHERE chat_id = ?1 AND conversation = ?2 ORDER BY id DESC LIMIT ?3",
-        ))?;
-        let rows = self.wrap(stmt.query_map(
-            params![chat_id, conversation, limit as i64],
-            |r| {
-                let role: String = r.get(0)?;
-                let tool_calls: Option<String> = r.get(2)?;
-                Ok(ChatMessage {
-                    role: Role::parse(&role).unwrap_or(Role::User),
-                    content: r.get(1)?,
-                    tool_calls: tool_calls
-                        .and_then(|json| decode_tool_calls(&json))
-                        .unwrap_or_default(),
-                    tool_call_id: r.get(3)?,
-                })
-            },
-        ))?;
-        let mut turns: Vec<ChatMessage> = self.wrap(rows.collect())?;
-        turns.reverse();
-        let start = turns
-            .iter()
-            .position(|m| m.role == Role::User)
-            .unwrap_or(turns.len());
-        turns.drain(..start);
-        Ok(turns)
-    }
-
-    /// Marks a message answered with `reply` and, for a model's answer, records the
-    /// exchange in the chat's conversation: one transaction, so the two cannot disagree.
-    pub fn finish(
-        &self,
-        update_id: i64,
-        reply: &str,
-        exchange: Option<&Exchange>,
-    ) -> Result<(), StoreError> {
-        let mut conn = self.lock();
-        let tx = self.wrap(conn.transaction())?;
-        let at = now();
-        if let Some(e) = exchange {
-            let conversation = self.wrap(Store::conversation(&tx, e.chat_id))?;
-            self.wrap(tx.prepare_cached("INSERT INTO turns (chat_id, conversation, role, content, at) VALUES (?1, ?2, 'user', ?3, ?4)").and_then(|mut st| st.execute(params![e.chat_id, conversation, e.question, at])))?;
-            for m in &e.transcript {
-                let tool_calls = encode_tool_calls(&m.tool_calls);
-                // Provider and model belong to what the model wrote, not to tool output.
-                let (provider, model) = if m.role == Role::Assistant {
-                    (Some(e.provider.as_str()), Some(e.model.as_str()))
-                } else {
-                    (None, None)
-                };
-                self.wrap(tx.prepare_cached("INSERT INTO turns (chat_id, conversation, role, content, at, provider, model, tool_calls, tool_call_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)").and_then(|mut st| st.execute(params![e.chat_id, conversation, m.role.as_str(), m.content, at, provider, model, tool_calls, m.tool_call_id])))?;
-            }
-        }
-        self.wrap(
-            tx.prepare_cached("UPDATE inbox SET done_at = ?2, reply = ?3 WHERE update_id = ?1")
-                .and_then(|mut st| st.execute(params![update_id, at, reply])),
-        )?;
-        self.commit(tx)
-    }
-
-    /// Starts a fresh conversation; the old one stays in the store, no longer sent.
-    pub fn new_conversation(&self, chat_id: i64) -> Result<(), StoreError> {
-        let conn = self.lock();
-        self.wrap(
-            conn.prepare_cached(
-                "INSERT INTO chats (chat_id, conversation) VALUES (?1, 2)
-             ON CONFLICT (chat_id) DO UPDATE SET conversation = conversation + 1",
-            )
-            .and_then(|mut st| st.execute(params![chat_id])),
-        )
-        .map(|_| ())
-    }
-
-    /// The provider this chat asked for with `/model`, if any.
-    pub fn chat_provider(&self, chat_id: i64) -> Result<Option<String>, StoreError> {
-        let conn = self.lock();
-        self.wrap(
-            conn.prepare_cached("SELECT provider FROM chats WHERE chat_id = ?1")
-                .and_then(|mut st| st.query_row(params![chat_id], |r| r.get(0)))
-                .optional(),
-        )
-        .map(Option::flatten)
-    }
-
-    /// Sets (or with `None` clears) the chat's provider.
-    pub fn set_chat_provider(
-        &self,
-        chat_id: i64,
-        provider: Option<&str>,
-    ) -> Result<(), StoreError> {
-        let conn = self.lock();
-        self.wrap(
-            conn.prepare_cached(
-                "INSERT INTO chats (chat_id, provider) VALUES (?1, ?2)
-             ON CONFLICT (chat_id) DO UPDATE SET provider = excluded.provider",
-            )
-            .and_then(|mut st| st.execute(params![chat_id, provider])),
-        )
-        .map(|_| ())
-    }
-
-    /// The chat's last message that was not a command, for `/retry`.
-    pub fn last_user_text(&self, chat_id: i64) -> Result<Option<String>, StoreError> {
-        let conn = self.lock();
-        self.wrap(
-            conn.prepare_cached("SELECT text FROM inbox WHERE chat_id = ?1 AND text NOT LIKE '/%' ORDER BY update_id DESC LIMIT 1").and_then(|mut st| st.query_row(params![chat_id], |r| r.get(0)))
-            .optional(),
-        )
-    }
-}
-
-/// Tool calls as stored: a JSON array of `[id, name, arguments]`, or NULL when none.
-fn encode_tool_calls(calls: &[ToolCall]) -> Option<String> {
-    if calls.is_empty() {
-        return None;
-    }
-    let rows: Vec<[&str; 3]> = calls
-        .iter()
-        .map(|c| [c.id.as_str(), c.name.as_str(), c.arguments.as_str()])
-        .collect();
-    serde_json::to_string(&rows).ok()
-}
-
-fn decode_tool_calls(json: &str) -> Option<Vec<ToolCall>> {
-    let rows: Vec<[String; 3]> = serde_json::from_str(json).ok()?;
-    Some(
-        rows.into_iter()
-            .map(|[id, name, arguments]| ToolCall {
-                id,
-                name,
-                arguments,
-            })
-            .collect(),
-    )
 }
 
 fn is_corruption(error: &rusqlite::Error) -> bool {
@@ -438,202 +233,4 @@ fn describe_corrupt(path: &Path) -> String {
         ))
     });
     counted.unwrap_or_else(|| format!("{size} bytes that could not be read"))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn pending(id: i64, text: &str) -> Pending {
-        Pending {
-            update_id: id,
-            chat_id: 7,
-            user_id: 7,
-            text: text.into(),
-        }
-    }
-
-    #[test]
-    fn the_inbox_survives_a_reopen_and_answers_once() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        assert_eq!(store.next_update_id().unwrap(), 0);
-        store
-            .accept(&[pending(5, "a"), pending(6, "b")], 7)
-            .unwrap();
-        store.accept(&[pending(6, "b")], 7).unwrap();
-        store.finish(5, "answer", None).unwrap();
-        drop(store);
-        let store = Store::open(dir.path()).unwrap();
-        assert_eq!(store.next_update_id().unwrap(), 7);
-        assert_eq!(store.pending().unwrap(), vec![pending(6, "b")]);
-    }
-
-    #[test]
-    fn history_is_per_conversation_and_limited() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        for i in 0..5 {
-            let exchange = Exchange {
-                chat_id: 7,
-                question: format!("q{i}"),
-                transcript: vec![ChatMessage::new(Role::Assistant, format!("a{i}"))],
-                provider: "p".into(),
-                model: "m".into(),
-            };
-            store.finish(i, "", Some(&exchange)).unwrap();
-        }
-        let h = store.history(7, 4).unwrap();
-        let texts: Vec<&str> = h.iter().map(|m| m.content.as_str()).collect();
-        assert_eq!(texts, ["q3", "a3", "q4", "a4"]);
-        assert_eq!(h[0].role, Role::User);
-        store.new_conversation(7).unwrap();
-        assert!(store.history(7, 4).unwrap().is_empty());
-        assert!(store.history(8, 4).unwrap().is_empty());
-    }
-
-    #[test]
-    fn tool_turns_round_trip_and_history_never_starts_inside_one() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        let call = ToolCall {
-            id: "call-1".into(),
-            name: "time__now".into(),
-            arguments: "{}".into(),
-        };
-        let mut asking = ChatMessage::new(Role::Assistant, "");
-        asking.tool_calls = vec![call.clone()];
-        let transcript = vec![
-            asking.clone(),
-            ChatMessage::tool_result("call-1", "12:00"),
-            ChatMessage::new(Role::Assistant, "It is noon."),
-        ];
-        let exchange = Exchange {
-            chat_id: 7,
-            question: "what time is it?".into(),
-            transcript: transcript.clone(),
-            provider: "p".into(),
-            model: "m".into(),
-        };
-        store.finish(1, "It is noon.", Some(&exchange)).unwrap();
-        let all = store.history(7, 10).unwrap();
-        assert_eq!(all.len(), 4);
-        assert_eq!(all[0], ChatMessage::new(Role::User, "what time is it?"));
-        assert_eq!(all[1..], transcript[..]);
-        // The last 3 turns start with a tool call: they are cut back to no history at all
-        // rather than sent without the question that started them.
-        assert!(store.history(7, 3).unwrap().is_empty());
-    }
-
-    #[test]
-    fn a_chat_keeps_its_provider_choice_until_cleared() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        assert_eq!(store.chat_provider(7).unwrap(), None);
-        store.set_chat_provider(7, Some("backup")).unwrap();
-        store.new_conversation(7).unwrap();
-        assert_eq!(store.chat_provider(7).unwrap().as_deref(), Some("backup"));
-        store.set_chat_provider(7, None).unwrap();
-        assert_eq!(store.chat_provider(7).unwrap(), None);
-    }
-
-    #[test]
-    fn a_version_1_store_is_migrated_with_its_data() {
-        let dir = tempfile::tempdir().unwrap();
-        let conn = Connection::open(dir.path().join("state.db")).unwrap();
-        conn.execute_batch(MIGRATIONS[0]).unwrap();
-        conn.execute_batch(
-            "PRAGMA user_version = 1;
-             INSERT INTO turns (chat_id, conversation, role, content, at) VALUES (7, 1, 'user', 'old', 0);
-             INSERT INTO inbox (update_id, chat_id, user_id, text, received_at) VALUES (3, 7, 7, 'pending', 0);",
-        )
-        .unwrap();
-        drop(conn);
-        let store = Store::open(dir.path()).unwrap();
-        assert_eq!(store.history(7, 10).unwrap()[0].content, "old");
-        assert_eq!(store.pending().unwrap()[0].text, "pending");
-        store.set_chat_provider(7, Some("p")).unwrap();
-    }
-
-    #[test]
-    fn retry_finds_the_last_message_that_is_not_a_command() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        assert_eq!(store.last_user_text(7).unwrap(), None);
-        store
-            .accept(&[pending(1, "hello"), pending(2, "/retry")], 3)
-            .unwrap();
-        assert_eq!(store.last_user_text(7).unwrap().as_deref(), Some("hello"));
-    }
-
-    #[test]
-    fn statements_are_not_prepared_again_for_new_parameters() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        let conn = store.lock();
-        for limit in [20, 5, 20] {
-            let mut st = conn
-                .prepare_cached("SELECT id FROM turns WHERE chat_id = ?1 ORDER BY id DESC LIMIT ?2")
-                .unwrap();
-            st.query_map(params![7, limit], |r| r.get::<_, i64>(0))
-                .unwrap()
-                .for_each(drop);
-            assert_eq!(st.get_status(rusqlite::StatementStatus::RePrepare), 0);
-        }
-    }
-
-    #[test]
-    fn checkpoints_happen_off_the_writer_and_empty_the_log_at_close() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        let automatic: i64 = store
-            .lock()
-            .query_row("PRAGMA wal_autocheckpoint", [], |r| r.get(0))
-            .unwrap();
-        assert_eq!(automatic, 0, "commits must not checkpoint");
-        for i in 0..200 {
-            store.accept(&[pending(i, "x")], i + 1).unwrap();
-        }
-        let wal = dir.path().join("state.db-wal");
-        drop(store);
-        let left = std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);
-        assert_eq!(left, 0, "the last checkpoint truncates the log");
-        let store = Store::open(dir.path()).unwrap();
-        assert_eq!(store.pending().unwrap().len(), 200);
-    }
-
-    #[test]
-    fn a_newer_schema_is_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        drop(Store::open(dir.path()).unwrap());
-        let conn = Connection::open(dir.path().join("state.db")).unwrap();
-        conn.pragma_update(None, "user_version", SCHEMA_VERSION + 1)
-            .unwrap();
-        drop(conn);
-        assert!(matches!(
-            Store::open(dir.path()),
-            Err(StoreError::TooNew { .. })
-        ));
-    }
-
-    #[test]
-    fn a_corrupt_file_is_moved_aside() {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(
-            dir.path().join("state.db"),
-            b"this is not a database, not even close........",
-        )
-        .unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        assert!(store.pending().unwrap().is_empty());
-        let aside = std::fs::read_dir(dir.path())
-            .unwrap()
-            .filter_map(|e| e.ok())
-            .any(|e| {
-                e.file_name()
-                    .to_string_lossy()
-                    .starts_with("state.db.corrupt-")
-            });
-        assert!(aside);
-    }
 }

@@ -14,8 +14,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use hermes_protocol::frame::read_payload;
-use hermes_protocol::{Welcome, decode_hello, write_frame};
+use hermes_protocol::{Connection, FrameError, HandshakeError, handshake};
 use interprocess::local_socket::tokio::{Listener, Stream, prelude::*};
 use interprocess::local_socket::{GenericFilePath, ListenerOptions, ToFsName};
 use tokio_util::sync::CancellationToken;
@@ -25,7 +24,37 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Where the outcome of a worker's authentication goes: its connection, or why it was
 /// refused (so the supervisor gives up on it at once instead of waiting for a timeout).
-pub type Connected = Result<Stream, String>;
+pub type Connected = Result<Connection<Stream>, AuthRefusal>;
+
+/// Why a connection's claim to be a worker the gateway started does not hold.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthRefusal {
+    #[error("unknown or already used token")]
+    UnknownToken,
+    #[error("peer runs as another user")]
+    OtherUser,
+    #[error("token issued to pid {issued_to} presented by pid {presented_by:?} (claims {claimed})")]
+    WrongProcess {
+        issued_to: u32,
+        presented_by: Option<u32>,
+        claimed: u32,
+    },
+}
+
+/// Why the listener let a connection go without handing it to the supervisor.
+#[derive(Debug, thiserror::Error)]
+enum Dropped {
+    #[error("{0}")]
+    Handshake(#[from] HandshakeError),
+    #[error("peer credentials: {0}")]
+    PeerCredentials(io::Error),
+    #[error("{0}")]
+    Refused(AuthRefusal),
+    #[error("welcome: {0}")]
+    Welcome(FrameError),
+    #[error("the supervisor stopped waiting for this worker")]
+    NobodyWaiting,
+}
 
 struct Pending {
     pid: u32,
@@ -59,7 +88,7 @@ impl PendingWorkers {
     }
 
     /// A worker the gateway started failed to authenticate: tell whoever waits for it.
-    fn refuse_pid(&self, pid: Option<u32>, reason: &str) {
+    fn refuse_pid(&self, pid: Option<u32>, reason: &AuthRefusal) {
         let Some(pid) = pid else { return };
         let mut pending = self.lock();
         let token = pending
@@ -67,7 +96,7 @@ impl PendingWorkers {
             .find(|(_, p)| p.pid == pid)
             .map(|(token, _)| token.clone());
         if let Some(entry) = token.and_then(|t| pending.remove(&t)) {
-            let _ = entry.connected.send(Err(reason.to_string()));
+            let _ = entry.connected.send(Err(reason.clone()));
         }
     }
 
@@ -79,24 +108,25 @@ impl PendingWorkers {
         claimed_pid: u32,
         peer_pid: Option<u32>,
         peer_uid_ok: bool,
-    ) -> Result<tokio::sync::oneshot::Sender<Connected>, String> {
+    ) -> Result<tokio::sync::oneshot::Sender<Connected>, AuthRefusal> {
         let mut pending = self.lock();
         let Some(entry) = pending.get(token) else {
-            return Err("unknown or already used token".into());
+            return Err(AuthRefusal::UnknownToken);
         };
         if !peer_uid_ok {
-            return Err("peer runs as another user".into());
+            return Err(AuthRefusal::OtherUser);
         }
         if peer_pid != Some(entry.pid) || claimed_pid != entry.pid {
-            return Err(format!(
-                "token issued to pid {} presented by pid {peer_pid:?} (claims {claimed_pid})",
-                entry.pid
-            ));
+            return Err(AuthRefusal::WrongProcess {
+                issued_to: entry.pid,
+                presented_by: peer_pid,
+                claimed: claimed_pid,
+            });
         }
         pending
             .remove(token)
             .map(|p| p.connected)
-            .ok_or_else(|| "token vanished".into())
+            .ok_or(AuthRefusal::UnknownToken)
     }
 }
 
@@ -142,48 +172,26 @@ pub async fn accept_loop(listener: Listener, pending: PendingWorkers, stop: Canc
     }
 }
 
-async fn authenticate(mut stream: Stream, pending: &PendingWorkers) -> Result<(), String> {
-    let payload = read_payload(&mut stream)
-        .await
-        .map_err(|e| format!("handshake: {e}"))?;
-    let hello = match decode_hello(&payload) {
-        Ok(hello) => hello,
-        Err(e) => {
-            let reason = e.to_string();
-            let _ = write_frame(
-                &mut stream,
-                &Welcome::Rejected {
-                    reason: reason.clone(),
-                },
-            )
-            .await;
-            return Err(reason);
-        }
-    };
-    let creds = stream
+async fn authenticate(stream: Stream, pending: &PendingWorkers) -> Result<(), Dropped> {
+    let mut conn = Connection::new(stream);
+    let hello = handshake::receive_hello(&mut conn).await?;
+    let creds = conn
+        .get_ref()
         .peer_creds()
-        .map_err(|e| format!("peer credentials: {e}"))?;
+        .map_err(Dropped::PeerCredentials)?;
     let peer_pid = creds.pid().and_then(|p| u32::try_from(p).ok());
     let peer_uid_ok = creds.euid() == Some(nix::unistd::geteuid().as_raw());
     match pending.claim(hello.token.expose(), hello.pid, peer_pid, peer_uid_ok) {
         Ok(deliver) => {
-            write_frame(&mut stream, &Welcome::Accepted)
+            handshake::accept(&mut conn)
                 .await
-                .map_err(|e| format!("welcome: {e}"))?;
-            deliver
-                .send(Ok(stream))
-                .map_err(|_| "the supervisor stopped waiting for this worker".to_string())
+                .map_err(Dropped::Welcome)?;
+            deliver.send(Ok(conn)).map_err(|_| Dropped::NobodyWaiting)
         }
-        Err(reason) => {
-            let _ = write_frame(
-                &mut stream,
-                &Welcome::Rejected {
-                    reason: "authentication failed".into(),
-                },
-            )
-            .await;
-            pending.refuse_pid(peer_pid, "authentication failed");
-            Err(reason)
+        Err(refusal) => {
+            handshake::refuse(&mut conn, "authentication failed").await;
+            pending.refuse_pid(peer_pid, &refusal);
+            Err(Dropped::Refused(refusal))
         }
     }
 }
@@ -196,10 +204,16 @@ mod tests {
     fn a_token_is_claimed_once_and_only_by_its_process() {
         let pending = PendingWorkers::default();
         let _rx = pending.register("t", 42);
-        assert!(pending.claim("nope", 42, Some(42), true).is_err());
+        assert_eq!(
+            pending.claim("nope", 42, Some(42), true).err(),
+            Some(AuthRefusal::UnknownToken)
+        );
         assert!(pending.claim("t", 42, Some(43), true).is_err());
         assert!(pending.claim("t", 41, Some(42), true).is_err());
-        assert!(pending.claim("t", 42, Some(42), false).is_err());
+        assert_eq!(
+            pending.claim("t", 42, Some(42), false).err(),
+            Some(AuthRefusal::OtherUser)
+        );
         assert!(pending.claim("t", 42, Some(42), true).is_ok());
         assert!(pending.claim("t", 42, Some(42), true).is_err());
     }
@@ -208,12 +222,12 @@ mod tests {
     fn a_refused_worker_is_reported_to_its_waiter() {
         let pending = PendingWorkers::default();
         let mut rx = pending.register("t", 42);
-        pending.refuse_pid(Some(7), "not ours");
+        pending.refuse_pid(Some(7), &AuthRefusal::UnknownToken);
         assert!(
             rx.try_recv().is_err(),
             "another pid must not affect this worker"
         );
-        pending.refuse_pid(Some(42), "bad token");
-        assert!(matches!(rx.try_recv(), Ok(Err(reason)) if reason == "bad token"));
+        pending.refuse_pid(Some(42), &AuthRefusal::OtherUser);
+        assert!(matches!(rx.try_recv(), Ok(Err(AuthRefusal::OtherUser))));
     }
 }

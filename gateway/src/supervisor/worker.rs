@@ -9,17 +9,16 @@
 use std::time::{Duration, Instant};
 
 use hermes_protocol::{
-    CancelReason, CrashCause, Event, Failure, FromWorker, Job, Outcome, Secret, ToWorker,
-    read_frame, write_frame,
+    CancelReason, Connection, CrashCause, Event, Failure, FrameError, FromWorker, Job, Outcome,
+    Secret, ToWorker,
 };
 use interprocess::local_socket::tokio::Stream;
 use rand::Rng;
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Child;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::listener::PendingWorkers;
+use super::listener::{AuthRefusal, PendingWorkers};
 use super::process::{self, SpawnSpec};
 use super::stderr_log;
 
@@ -41,7 +40,7 @@ pub enum StartError {
     #[error("worker {pid} did not connect within {CONNECT_TIMEOUT:?}")]
     NeverConnected { pid: u32 },
     #[error("worker {pid} was refused: {reason}")]
-    Refused { pid: u32, reason: String },
+    Refused { pid: u32, reason: AuthRefusal },
     #[error("stopping")]
     Stopping,
 }
@@ -49,9 +48,7 @@ pub enum StartError {
 pub struct Worker {
     child: Child,
     pid: u32,
-    /// Reads are buffered; writes go to the same stream through `get_mut`, which is safe
-    /// because the two directions share no state.
-    conn: BufReader<Stream>,
+    conn: Connection<Stream>,
     pub jobs_done: u32,
 }
 
@@ -106,7 +103,7 @@ impl Worker {
         }
         let outcome = tokio::select! {
             connected = connected => match connected {
-                Ok(Ok(stream)) => Some(stream),
+                Ok(Ok(conn)) => Some(conn),
                 Ok(Err(reason)) => {
                     process::kill(&mut child).await;
                     return Err(StartError::Refused { pid, reason });
@@ -126,7 +123,7 @@ impl Worker {
                 return Err(StartError::Stopping);
             }
         };
-        let Some(stream) = outcome else {
+        let Some(conn) = outcome else {
             pending.forget(token.expose());
             process::kill(&mut child).await;
             return Err(StartError::NeverConnected { pid });
@@ -135,7 +132,7 @@ impl Worker {
         Ok(Worker {
             child,
             pid,
-            conn: BufReader::new(stream),
+            conn,
             jobs_done: 0,
         })
     }
@@ -144,25 +141,23 @@ impl Worker {
     pub async fn run_job(
         &mut self,
         job: &Job,
-        events: Option<&mpsc::UnboundedSender<Event>>,
+        events: &mpsc::UnboundedSender<Event>,
         stops: Stops<'_>,
         kill_grace: Duration,
     ) -> JobRun {
         self.jobs_done += 1;
         let started = Instant::now();
-        if let Err(e) = write_frame(self.conn.get_mut(), &ToWorker::Job(job.clone())).await {
+        if let Err(e) = self.conn.write_frame(&ToWorker::Job(job.clone())).await {
             tracing::warn!(worker = self.pid, job = %job.id, "cannot send job: {e}");
-            return self.broken(e.is_disconnect(), e.to_string()).await;
+            return self.broken(e).await;
         }
         let deadline = started + Duration::from_millis(job.timeout_ms) + DEADLINE_MARGIN;
         loop {
             tokio::select! {
-                frame = read_frame::<FromWorker, _>(&mut self.conn) => match frame {
+                frame = self.conn.read_frame::<FromWorker>() => match frame {
                     Ok(FromWorker::Event { job_id, event }) if job_id == job.id => {
                         tracing::debug!(worker = self.pid, job = %job.id, ?event, "event");
-                        if let Some(events) = events {
-                            let _ = events.send(event);
-                        }
+                        let _ = events.send(event);
                     }
                     Ok(FromWorker::Outcome { job_id, outcome, retire }) if job_id == job.id => {
                         if retire {
@@ -177,7 +172,7 @@ impl Worker {
                     }
                     Err(e) => {
                         tracing::warn!(worker = self.pid, job = %job.id, "worker connection failed: {e}");
-                        return self.broken(e.is_disconnect(), e.to_string()).await;
+                        return self.broken(e).await;
                     }
                 },
                 _ = tokio::time::sleep_until(deadline.into()) => {
@@ -210,13 +205,17 @@ impl Worker {
         }
     }
 
-    /// The connection broke or carried garbage: kill the group, reap, and say why.
-    async fn broken(&mut self, disconnected: bool, detail: String) -> JobRun {
+    /// The connection broke or carried garbage: kill the group, reap, and say why. A
+    /// worker that went away is described by how its process ended; one that is still
+    /// there broke the protocol.
+    async fn broken(&mut self, error: FrameError) -> JobRun {
         let status = process::kill(&mut self.child).await;
-        let cause = if disconnected {
+        let cause = if error.is_disconnect() {
             process::crash_cause(status)
         } else {
-            CrashCause::ProtocolViolation { detail }
+            CrashCause::ProtocolViolation {
+                detail: error.to_string(),
+            }
         };
         tracing::warn!(worker = self.pid, "worker {cause}");
         JobRun {
@@ -228,12 +227,12 @@ impl Worker {
     /// Resolves when an idle worker's connection shows anything (bytes or EOF): an idle
     /// worker has nothing to say, so either way it is done for.
     pub async fn idle_broken(&mut self) {
-        let _ = self.conn.fill_buf().await;
+        self.conn.readable().await;
     }
 
     /// Asks the worker to leave, then makes sure its whole group is gone.
     pub async fn stop(mut self, grace: Duration) {
-        let _ = write_frame(self.conn.get_mut(), &ToWorker::Shutdown).await;
+        let _ = self.conn.write_frame(&ToWorker::Shutdown).await;
         let status = match tokio::time::timeout(grace, self.child.wait()).await {
             Ok(status) => status.ok(),
             Err(_) => process::kill(&mut self.child).await,

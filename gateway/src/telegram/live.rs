@@ -15,6 +15,7 @@ use teloxide_core::types::MessageId;
 use super::format::{self, Piece};
 use super::sender::{Delivery, Edit, Sender, plain_pieces};
 use super::split::{MESSAGE_LIMIT, utf16_len};
+use crate::replies;
 
 /// Streamed text is shown once it holds a sentence ending past this many characters…
 const FIRST_SENTENCE_CHARS: usize = 60;
@@ -124,7 +125,7 @@ impl LiveReply {
     fn wanted(&self) -> Option<Piece> {
         let preview = self.preview();
         let status = (!self.tools.is_empty()).then(|| {
-            let line = format!("⚙️ using {} …", self.tools.join(", "));
+            let line = replies::tools_running(&self.tools);
             Piece {
                 html: format!("<i>{}</i>", format::escape(&line)),
                 plain: line,
@@ -169,6 +170,11 @@ impl LiveReply {
         if self.tools.is_empty() && !self.text_ready() {
             return None;
         }
+        Some(self.next_edit_allowed())
+    }
+
+    /// The first moment an edit keeps the spacing and any flood-control pause.
+    fn next_edit_allowed(&self) -> Instant {
         let mut at = Instant::now();
         if let Some(last) = self.last_edit {
             at = at.max(last + self.interval);
@@ -176,7 +182,7 @@ impl LiveReply {
         if let Some(until) = self.paused_until {
             at = at.max(until);
         }
-        Some(at)
+        at
     }
 
     /// Sends or edits the message to show what is wanted now.
@@ -227,14 +233,7 @@ impl LiveReply {
         if let (Some(id), Some((first, others))) = (self.message, pieces.split_first()) {
             // The last edit keeps the spacing too (and a flood-control pause): the reader
             // already sees nearly all of it, and an early edit would only earn a 429.
-            let mut at = Instant::now();
-            if let Some(last) = self.last_edit {
-                at = at.max(last + self.interval);
-            }
-            if let Some(until) = self.paused_until {
-                at = at.max(until);
-            }
-            tokio::time::sleep_until(at.into()).await;
+            tokio::time::sleep_until(self.next_edit_allowed().into()).await;
             if self.sender.replace_with(self.chat, id, first).await == Delivery::Dropped {
                 return Delivery::Dropped;
             }

@@ -14,17 +14,17 @@
 //! before the first poll and retried like one.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use hermes_protocol::config::GroupMode;
+use hermes_config::GroupMode;
 use teloxide_core::RequestError;
 use teloxide_core::prelude::*;
 use teloxide_core::types::{AllowedUpdate, Message, MessageEntityKind, Update, UpdateKind};
 use tokio_util::sync::CancellationToken;
 
-use crate::backoff::Backoff;
 use crate::health::Health;
 use crate::store::{Pending, Store};
+use hermes_retry::Backoff;
 
 pub struct PollSettings {
     pub timeout_secs: u32,
@@ -57,7 +57,7 @@ pub async fn poll(
         }
     };
     let mut backoff = Backoff::new(Duration::from_millis(500), settings.retry_max);
-    let mut failing_since: Option<std::time::Instant> = None;
+    let mut failing_since: Option<Instant> = None;
     let me = loop {
         let result = tokio::select! {
             _ = stop.cancelled() => return,
@@ -71,17 +71,10 @@ pub async fn poll(
                 };
             }
             Err(error) => {
-                failing_since.get_or_insert_with(std::time::Instant::now);
                 let delay = backoff.next_delay();
-                let described = describe(&error);
-                tracing::warn!(
-                    "getMe failed: {described}; retrying in {:.1} s",
-                    delay.as_secs_f64()
-                );
-                health.poll_failed(described);
-                tokio::select! {
-                    _ = stop.cancelled() => return,
-                    _ = tokio::time::sleep(delay) => {}
+                failing_since.get_or_insert_with(Instant::now);
+                if !failed("getMe", &error, delay, &health, &stop).await {
+                    return;
                 }
             }
         }
@@ -120,9 +113,8 @@ pub async fn poll(
                     // Not acknowledged, so Telegram will send these again.
                     let delay = backoff.next_delay();
                     tracing::error!("cannot store updates ({e}); retrying in {delay:?}");
-                    tokio::select! {
-                        _ = stop.cancelled() => return,
-                        _ = tokio::time::sleep(delay) => {}
+                    if !pause(delay, &stop).await {
+                        return;
                     }
                     continue;
                 }
@@ -133,25 +125,44 @@ pub async fn poll(
                 }
             }
             Err(error) => {
-                failing_since.get_or_insert_with(std::time::Instant::now);
                 let delay = match &error {
                     RequestError::RetryAfter(after) => after
                         .duration()
                         .clamp(Duration::from_millis(100), settings.retry_max),
                     _ => backoff.next_delay(),
                 };
-                let described = describe(&error);
-                tracing::warn!(
-                    "getUpdates failed: {described}; retrying in {:.1} s",
-                    delay.as_secs_f64()
-                );
-                health.poll_failed(described);
-                tokio::select! {
-                    _ = stop.cancelled() => return,
-                    _ = tokio::time::sleep(delay) => {}
+                failing_since.get_or_insert_with(Instant::now);
+                if !failed("getUpdates", &error, delay, &health, &stop).await {
+                    return;
                 }
             }
         }
+    }
+}
+
+/// After a failed call: reports it (health, log) and waits `delay`. False when the
+/// gateway stops first.
+async fn failed(
+    call: &str,
+    error: &RequestError,
+    delay: Duration,
+    health: &Health,
+    stop: &CancellationToken,
+) -> bool {
+    let described = describe(error);
+    tracing::warn!(
+        "{call} failed: {described}; retrying in {:.1} s",
+        delay.as_secs_f64()
+    );
+    health.poll_failed(described);
+    pause(delay, stop).await
+}
+
+/// Waits `delay`; false when the gateway stops first.
+async fn pause(delay: Duration, stop: &CancellationToken) -> bool {
+    tokio::select! {
+        _ = stop.cancelled() => false,
+        _ = tokio::time::sleep(delay) => true,
     }
 }
 
@@ -261,16 +272,10 @@ fn describe(error: &RequestError) -> String {
             "409 Conflict: another process is polling with this bot token".into()
         }
         RequestError::Network(e) => {
-            // reqwest's own message ("error sending request") hides the cause; the last
-            // source in the chain names it (connection refused, timed out, …).
-            let mut root: &dyn std::error::Error = e.as_ref();
-            while let Some(source) = root.source() {
-                root = source;
-            }
             if e.is_timeout() {
                 "no answer before the HTTP timeout".into()
             } else {
-                format!("network error: {root}")
+                format!("network error: {}", hermes_retry::root_cause(e.as_ref()))
             }
         }
         RequestError::InvalidJson { raw, .. } => {

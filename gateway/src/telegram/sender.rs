@@ -17,7 +17,7 @@ use teloxide_core::{ApiError, RequestError};
 
 use super::format::{self, Piece};
 use super::split::{MESSAGE_LIMIT, split_message};
-use crate::backoff::Backoff;
+use hermes_retry::Backoff;
 
 /// Tries per message piece before giving up on it.
 const MAX_TRIES: u32 = 5;

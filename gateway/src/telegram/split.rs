@@ -5,34 +5,63 @@
 //! break if one falls in the second half of the allowance, else at a line break, else at a
 //! space, else wherever the limit falls (never inside a character).
 
+use std::ops::Range;
+
 /// Telegram's limit for one text message, in UTF-16 code units.
 pub const MESSAGE_LIMIT: usize = 4096;
 
-/// Splits `text` into pieces of at most `limit` UTF-16 code units each.
+/// Splits `text` into pieces of at most `limit` UTF-16 code units each (a `limit` under 2
+/// is taken as 2: a character outside the BMP needs two). Always at least one piece.
 pub fn split_message(text: &str, limit: usize) -> Vec<String> {
-    let limit = limit.max(2);
-    let mut pieces = Vec::new();
-    let mut rest = text;
-    while utf16_len(rest) > limit {
-        let hard = byte_index_at_utf16(rest, limit);
-        let window = &rest[..hard];
-        let floor = window.len() / 2;
-        let cut = ["\n\n", "\n", " "]
-            .iter()
-            .find_map(|sep| window.rfind(sep).filter(|&i| i >= floor && i > 0))
-            .unwrap_or(hard);
-        let (head, tail) = rest.split_at(cut);
-        pieces.push(head.trim_end().to_string());
-        rest = tail.trim_start_matches(['\n', ' ']);
-    }
-    if !rest.trim().is_empty() || pieces.is_empty() {
-        pieces.push(rest.to_string());
-    }
-    pieces.retain(|p| !p.is_empty());
+    let text = text.trim_end();
+    let mut pieces: Vec<String> = cut(text, limit.max(2))
+        .into_iter()
+        .map(|range| text[range].to_string())
+        .collect();
     if pieces.is_empty() {
         pieces.push(String::new());
     }
     pieces
+}
+
+/// Byte ranges of `text` (already free of trailing whitespace) for the pieces, each at
+/// most `limit` UTF-16 units, cut at a paragraph break, a line break, a space, else
+/// anywhere between characters. The whitespace at a cut belongs to neither side, except
+/// the indentation of the line the next piece starts with, which code needs. Blank
+/// pieces are left out. Also what [`super::format`] cuts the visible text of an answer
+/// with.
+pub fn cut(text: &str, limit: usize) -> Vec<Range<usize>> {
+    let mut ranges = Vec::new();
+    let mut start = 0;
+    while start < text.len() {
+        let rest = &text[start..];
+        if utf16_len(rest) <= limit {
+            if !rest.trim().is_empty() {
+                ranges.push(start..text.len());
+            }
+            break;
+        }
+        let window = &rest[..byte_index_at_utf16(rest, limit)];
+        // Below half the allowance a separator would make a stub of a message; a hard cut
+        // is better then.
+        let floor = window.len() / 2;
+        let at = ["\n\n", "\n", " "]
+            .iter()
+            .find_map(|sep| window.rfind(sep).filter(|&i| i >= floor && i > 0))
+            .unwrap_or(window.len());
+        let head = window[..at].trim_end();
+        if !head.trim_start().is_empty() {
+            ranges.push(start..start + head.len());
+        }
+        let tail = &rest[at..];
+        let gap = tail.len() - tail.trim_start().len();
+        let skip = match tail[..gap].rfind('\n') {
+            Some(newline) => newline + 1,
+            None => gap,
+        };
+        start += at + skip;
+    }
+    ranges
 }
 
 pub fn utf16_len(s: &str) -> usize {
@@ -41,7 +70,7 @@ pub fn utf16_len(s: &str) -> usize {
 
 /// The largest char boundary whose prefix is at most `units` UTF-16 code units long; a
 /// surrogate pair is one char, so it is never split.
-pub fn byte_index_at_utf16(s: &str, units: usize) -> usize {
+fn byte_index_at_utf16(s: &str, units: usize) -> usize {
     let mut count = 0;
     for (i, c) in s.char_indices() {
         count += c.len_utf16();

@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use hermes_protocol::codec;
 use hermes_protocol::{
-    Event, FromWorker, Hello, Job, JobId, Outcome, PROTOCOL_VERSION, Reply, Secret, ToWorker,
-    Welcome, read_frame, write_frame,
+    Connection, Event, FromWorker, Hello, Job, JobId, Outcome, PROTOCOL_VERSION, Reply, Secret,
+    ToWorker, Welcome,
 };
 use interprocess::local_socket::tokio::{Stream, prelude::*};
 use interprocess::local_socket::{GenericFilePath, ToFsName};
@@ -45,9 +45,10 @@ async fn main() {
     let Ok(fs_name) = socket.as_str().to_fs_name::<GenericFilePath>() else {
         std::process::exit(2);
     };
-    let Ok(mut stream) = Stream::connect(fs_name).await else {
+    let Ok(stream) = Stream::connect(fs_name).await else {
         std::process::exit(2);
     };
+    let mut conn = Connection::new(stream);
     let hello = |version: u32, token: &str| Hello {
         version,
         token: Secret::new(token),
@@ -59,10 +60,11 @@ async fn main() {
         "garbage-hello" => b"\x00\x00\x00\x05\xff\xff\xff\xff\xff".to_vec(),
         _ => codec_frame(&hello(PROTOCOL_VERSION, &token)),
     };
-    if stream.write_all(&first).await.is_err() {
+    // Written raw: some of these first frames are not what a worker may send.
+    if conn.get_mut().write_all(&first).await.is_err() {
         std::process::exit(2);
     }
-    match read_frame::<Welcome, _>(&mut stream).await {
+    match conn.read_frame::<Welcome>().await {
         Ok(Welcome::Accepted) => {}
         Ok(Welcome::Rejected { reason }) => {
             eprintln!("bad-worker: rejected: {reason}");
@@ -75,8 +77,8 @@ async fn main() {
         }
     }
     loop {
-        match read_frame::<ToWorker, _>(&mut stream).await {
-            Ok(ToWorker::Job(job)) => act(&mut stream, job).await,
+        match conn.read_frame::<ToWorker>().await {
+            Ok(ToWorker::Job(job)) => act(&mut conn, job).await,
             Ok(ToWorker::Shutdown) | Err(_) => std::process::exit(0),
         }
     }
@@ -89,7 +91,7 @@ fn codec_frame(hello: &Hello) -> Vec<u8> {
     frame
 }
 
-async fn act(stream: &mut Stream, job: Job) {
+async fn act(conn: &mut Connection<Stream>, job: Job) {
     let text = job
         .messages
         .last()
@@ -111,14 +113,12 @@ async fn act(stream: &mut Stream, job: Job) {
         "exit 1" => std::process::exit(1),
         "hang" => hang().await,
         "partial then hang" => {
-            let _ = write_frame(
-                stream,
-                &FromWorker::Event {
+            let _ = conn
+                .write_frame(&FromWorker::Event {
                     job_id: job.id,
                     event: Event::Delta("partial".into()),
-                },
-            )
-            .await;
+                })
+                .await;
             hang().await
         }
         "spawn and hang" => {
@@ -129,17 +129,20 @@ async fn act(stream: &mut Stream, job: Job) {
             hang().await
         }
         "garbage" => {
-            let _ = stream
+            let _ = conn
+                .get_mut()
                 .write_all(b"\x00\x00\x00\x08\xde\xad\xbe\xef\xde\xad\xbe\xef")
                 .await;
             hang().await
         }
         "oversized" => {
-            let _ = stream.write_all(&u32::MAX.to_be_bytes()).await;
+            let _ = conn.get_mut().write_all(&u32::MAX.to_be_bytes()).await;
             hang().await
         }
         "wrong job" => {
-            let _ = write_frame(stream, &reply(JobId(job.id.0 + 1_000_000), "not yours")).await;
+            let _ = conn
+                .write_frame(&reply(JobId(job.id.0 + 1_000_000), "not yours"))
+                .await;
             hang().await
         }
         "alloc" => {
@@ -153,10 +156,12 @@ async fn act(stream: &mut Stream, job: Job) {
             for _ in 0..800 {
                 eprintln!("{line}");
             }
-            let _ = write_frame(stream, &reply(job.id, "ok: flooded")).await;
+            let _ = conn.write_frame(&reply(job.id, "ok: flooded")).await;
         }
         _ => {
-            let _ = write_frame(stream, &reply(job.id, &format!("ok: {text}"))).await;
+            let _ = conn
+                .write_frame(&reply(job.id, &format!("ok: {text}")))
+                .await;
         }
     }
 }

@@ -3,8 +3,8 @@
 //! provider that answers at once.
 //!
 //! Rows: dispatch overhead (pool, per-request, and the in-process baseline: the same
-//! agent code inside the gateway's process, built with the `in-process-baseline`
-//! feature), throughput with 100 chats, recovery after a worker is killed, the parent's
+//! agent code inside the gateway's process, `hermes-gateway-in-process-baseline` of this
+//! crate), throughput with 100 chats, recovery after a worker is killed, the parent's
 //! footprint, and start-up. Prints one table and writes the same rows as JSON to
 //! `target/bench/latest.json`. Targets are reported, never enforced: a busy machine must
 //! not fail a build; a broken harness does.
@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use hermes_protocol::config::WorkerMode;
+use hermes_config::WorkerMode;
 use hermes_tests::fake_provider::ProviderReply;
 use hermes_tests::harness::{
     GatewayOptions, PATIENCE, Rig, USER, cargo_build, eventually, target_profile_dir,
@@ -221,19 +221,14 @@ async fn footprint_rows(rows: &mut Vec<Row>, n: usize) {
     });
 }
 
-/// Builds the gateway with the in-process baseline and keeps a copy, then lets the
-/// harness rebuild the normal binaries over it.
+/// Builds the in-process baseline (a binary of this crate: the gateway's library with the
+/// agent library running its jobs).
 fn build_baseline() -> PathBuf {
-    cargo_build(&["-p", "hermes-gateway", "--features", "in-process-baseline"]);
-    let dir = target_profile_dir().join("../bench");
-    let _ = std::fs::create_dir_all(&dir);
-    let copy = dir.join("hermes-gateway-in-process-baseline");
-    std::fs::copy(target_profile_dir().join("hermes-gateway"), &copy)
-        .unwrap_or_else(|e| panic!("copy the baseline binary: {e}"));
-    // Back to the normal binaries for everything else.
-    cargo_build(&["-p", "hermes-gateway", "-p", "hermes-worker"]);
-    copy
+    cargo_build(&["-p", "hermes-tests", "--bin", BASELINE]);
+    target_profile_dir().join(BASELINE)
 }
+
+const BASELINE: &str = "hermes-gateway-in-process-baseline";
 
 struct Stats {
     p50: f64,
@@ -273,7 +268,6 @@ async fn latency(mode: WorkerMode, baseline: Option<PathBuf>, n: usize) -> Stats
             o.gateway_binary = Some(binary);
             // Checked at start-up like any configuration, though never started.
             o.worker_command = Some(hermes_tests::harness::binaries().worker.clone());
-            o.env.push(("HERMES_BENCH_IN_PROCESS".into(), "1".into()));
         }
     })
     .await;

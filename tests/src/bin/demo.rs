@@ -10,7 +10,7 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use hermes_protocol::config::WorkerMode;
+use hermes_config::WorkerMode;
 use hermes_tests::fake_provider::{ProviderReply, SEED_402_BODY};
 use hermes_tests::harness::{PATIENCE, Rig, USER};
 use nix::sys::signal::{Signal, kill};

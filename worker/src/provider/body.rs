@@ -194,21 +194,9 @@ mod tests {
         assert_eq!(
             c.tool_calls,
             vec![
-                ToolCall {
-                    id: "call_a".into(),
-                    name: "calc__add".into(),
-                    arguments: r#"{"a":1}"#.into()
-                },
-                ToolCall {
-                    id: "call_1".into(),
-                    name: "calc__sleep".into(),
-                    arguments: r#"{"secs":2}"#.into()
-                },
-                ToolCall {
-                    id: "call_c".into(),
-                    name: "calc__env".into(),
-                    arguments: String::new()
-                },
+                ToolCall::new("call_a", "calc__add", r#"{"a":1}"#),
+                ToolCall::new("call_1", "calc__sleep", r#"{"secs":2}"#),
+                ToolCall::new("call_c", "calc__env", ""),
             ]
         );
     }
@@ -216,11 +204,9 @@ mod tests {
     #[test]
     fn request_bodies_carry_tool_calls_results_and_tools_only_when_any() {
         let mut assistant = ChatMessage::new(Role::Assistant, "");
-        assistant.tool_calls.push(ToolCall {
-            id: "call_1".into(),
-            name: "calc__add".into(),
-            arguments: r#"{"a":2,"b":3}"#.into(),
-        });
+        assistant
+            .tool_calls
+            .push(ToolCall::new("call_1", "calc__add", r#"{"a":2,"b":3}"#));
         let messages = vec![
             ChatMessage::new(Role::System, "be brief"),
             ChatMessage::new(Role::User, "2+3?"),

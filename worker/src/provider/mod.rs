@@ -276,10 +276,7 @@ fn transport(error: &reqwest::Error, budget: Duration) -> Attempt {
     if error.is_timeout() {
         return Attempt::TimedOut(budget);
     }
-    let mut root: &dyn std::error::Error = error;
-    while let Some(source) = root.source() {
-        root = source;
-    }
+    let root = hermes_retry::root_cause(error);
     if error.is_connect() {
         Attempt::Transport(format!("cannot connect: {root}"))
     } else {

@@ -1,9 +1,7 @@
-//! When to try a provider again: jittered exponential backoff, never sooner than the
-//! provider's own `Retry-After`.
+//! When to try a provider again: `hermes-retry`'s jittered exponential backoff, never
+//! sooner than the provider's own `Retry-After`.
 
 use std::time::{Duration, SystemTime};
-
-use rand::Rng;
 
 const BASE: Duration = Duration::from_millis(500);
 const CAP: Duration = Duration::from_secs(30);
@@ -22,18 +20,13 @@ pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
 
 /// The exponential step before retry `n` (1-based): 500 ms, 1 s, 2 s, … capped at 30 s.
 pub fn step(n: u32) -> Duration {
-    BASE.saturating_mul(1u32 << n.saturating_sub(1).min(16))
-        .min(CAP)
+    hermes_retry::step(BASE, CAP, n)
 }
 
-/// The wait before retry `n`: the step with "equal jitter" (half fixed, half random, so
-/// many workers retrying together spread out), and never less than `retry_after`.
+/// The wait before retry `n`: the step, jittered (so many workers retrying together
+/// spread out), and never less than `retry_after`.
 pub fn delay(n: u32, retry_after: Option<Duration>) -> Duration {
-    let step = step(n);
-    let half = step / 2;
-    let jitter = rand::rng().random_range(0..=half.as_millis() as u64);
-    let backoff = half + Duration::from_millis(jitter);
-    backoff.max(retry_after.unwrap_or(Duration::ZERO))
+    hermes_retry::jittered(step(n)).max(retry_after.unwrap_or(Duration::ZERO))
 }
 
 #[cfg(test)]

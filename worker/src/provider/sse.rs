@@ -305,21 +305,9 @@ mod tests {
         assert_eq!(
             c.tool_calls,
             vec![
-                ToolCall {
-                    id: "call_a".into(),
-                    name: "calc__add".into(),
-                    arguments: r#"{"a":2,"b":3}"#.into()
-                },
-                ToolCall {
-                    id: "call_b".into(),
-                    name: "calc__sleep".into(),
-                    arguments: r#"{"secs":1}"#.into()
-                },
-                ToolCall {
-                    id: "call_2".into(),
-                    name: "calc__env".into(),
-                    arguments: String::new()
-                },
+                ToolCall::new("call_a", "calc__add", r#"{"a":2,"b":3}"#),
+                ToolCall::new("call_b", "calc__sleep", r#"{"secs":1}"#),
+                ToolCall::new("call_2", "calc__env", ""),
             ]
         );
     }

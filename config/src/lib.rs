@@ -1,4 +1,5 @@
-//! The configuration file: one TOML file that both binaries read.
+//! `hermes-config`: the configuration file, one TOML file that both binaries read
+//! (`hermes-worker ask` runs a job with the same file the gateway uses).
 //!
 //! An operator who gets the file wrong must learn everything that is wrong at once, each
 //! problem with its key and line, before anything starts. So the file is not handed to
@@ -20,7 +21,7 @@ use serde::de::{DeserializeOwned, IntoDeserializer};
 use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
-use crate::wire::{ProviderPlan, Secret, ToolServer};
+use hermes_protocol::{ProviderPlan, Secret, ToolServer};
 
 /// Exit status for a configuration the process cannot run with (`EX_CONFIG` of
 /// sysexits.h); the systemd unit does not restart on it.
@@ -197,8 +198,13 @@ pub enum SecretFrom {
 }
 
 impl SecretSource {
-    /// Reads the secret now. The error is a sentence naming the variable or file.
-    pub fn resolve(&self) -> Result<Secret, String> {
+    /// Reads the secret now. The problem names the variable or file, and the key that
+    /// named it.
+    pub fn resolve(&self) -> Result<Secret, Problem> {
+        self.read().map_err(|message| self.problem(message))
+    }
+
+    fn read(&self) -> Result<Secret, String> {
         match &self.from {
             SecretFrom::Env(name) => match std::env::var(name) {
                 Ok(v) if !v.trim().is_empty() => Ok(Secret::new(v.trim())),
@@ -250,7 +256,7 @@ fn secret_file_path(path: &Path, base: &Path) -> PathBuf {
 
 impl ProviderConfig {
     /// The provider as a job carries it, key resolved.
-    pub fn plan(&self) -> Result<ProviderPlan, String> {
+    pub fn plan(&self) -> Result<ProviderPlan, Problem> {
         let api_key = match &self.api_key {
             Some(source) => Some(source.resolve()?),
             None => None,
@@ -273,7 +279,8 @@ impl WorkersConfig {
 }
 
 impl Config {
-    /// Reads and validates `path`. Secrets are not read here: see [`Config::check_secrets`].
+    /// Reads and validates `path`. Secrets are not read here: see [`Config::job_plans`] and
+    /// [`SecretSource::resolve`].
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_path_buf(),
@@ -336,30 +343,61 @@ impl Config {
         }
     }
 
-    /// Resolves every secret the file names; each one missing is a problem.
-    pub fn check_secrets(&self) -> Vec<Problem> {
+    /// The provider chain and the tool servers as a job carries them, every key and
+    /// passed-through variable read now; each one that cannot be is a problem.
+    pub fn job_plans(&self) -> Result<JobPlans, Vec<Problem>> {
         let mut problems = Vec::new();
-        if let Err(e) = self.telegram.token.resolve() {
-            problems.push(self.telegram.token.problem(e));
-        }
+        let mut plans = JobPlans::default();
         for provider in &self.providers {
-            if let Some(source) = &provider.api_key
-                && let Err(e) = source.resolve()
-            {
-                problems.push(source.problem(e));
+            match provider.plan() {
+                Ok(plan) => plans.providers.push(plan),
+                Err(problem) => problems.push(problem),
             }
         }
         for server in &self.tools.mcp {
-            if let Err(message) = server.spec() {
-                problems.push(Problem {
+            match server.spec() {
+                Ok(spec) => plans.tools.push(spec),
+                Err(message) => problems.push(Problem {
                     line: server.line,
                     key: format!("{}.env", server.key),
                     message,
-                });
+                }),
             }
         }
-        problems
+        if problems.is_empty() {
+            Ok(plans)
+        } else {
+            Err(problems)
+        }
     }
+}
+
+/// What every job of this configuration is sent with.
+#[derive(Debug, Clone, Default)]
+pub struct JobPlans {
+    /// Tried in order: the first is the primary, the rest are fallbacks.
+    pub providers: Vec<ProviderPlan>,
+    pub tools: Vec<ToolServer>,
+}
+
+/// Reads the file at `path`, then lets the caller judge it against this machine
+/// (`resolve`: secrets read, a binary found) and turn it into what it runs with. The one
+/// sequence `run`, a reload, `check-config` and `hermes-worker ask` follow: the problems
+/// of both steps are one [`ConfigError`], given to `report`, and the caller gets nothing
+/// to run with.
+pub fn load_or_report<T>(
+    path: &Path,
+    resolve: impl FnOnce(&Config) -> Result<T, Vec<Problem>>,
+    report: impl FnOnce(ConfigError),
+) -> Option<(Config, T)> {
+    let loaded = Config::load(path).and_then(|config| match resolve(&config) {
+        Ok(resolved) => Ok((config, resolved)),
+        Err(problems) => Err(ConfigError::Invalid {
+            path: path.to_path_buf(),
+            problems,
+        }),
+    });
+    loaded.map_err(report).ok()
 }
 
 /// One thing wrong with the configuration.
@@ -1043,7 +1081,7 @@ timeout = 3
         );
         let config = parse(&good).unwrap();
         assert_eq!(config.tools.mcp[0].timeout_secs, 30);
-        let problems = config.check_secrets();
+        let problems = config.job_plans().unwrap_err();
         let tool = problems
             .iter()
             .find(|p| p.key == "tools.mcp[0].env")
@@ -1109,14 +1147,14 @@ timeout = 3
     #[test]
     fn a_missing_secret_is_a_problem_naming_the_variable() {
         let c = parse(&MINIMAL.replace("\"TG\"", "\"HERMES_TEST_SURELY_UNSET_VAR\"")).unwrap();
-        let problems = c.check_secrets();
-        assert_eq!(problems.len(), 1);
-        assert_eq!(problems[0].key, "telegram.token_env");
+        let problem = c.telegram.token.resolve().unwrap_err();
+        assert_eq!(problem.key, "telegram.token_env");
         assert!(
-            problems[0]
+            problem
                 .message
                 .contains("HERMES_TEST_SURELY_UNSET_VAR is not set")
         );
-        assert_eq!(problems[0].line, Some(3));
+        assert_eq!(problem.line, Some(3));
+        assert!(c.job_plans().is_ok(), "the token is no provider's secret");
     }
 }

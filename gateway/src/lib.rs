@@ -1,0 +1,166 @@
+//! `hermes-gateway`: the long-lived parent of the Hermes Telegram agent, as a library the
+//! `hermes-gateway` binary (`main.rs`) runs. It is a library only so the benchmark can
+//! build its in-process baseline from it (see [`JobRunner`]); the product links no agent
+//! code.
+//!
+//! It polls Telegram, and hands every message to a `hermes-worker` process in its own
+//! process group; whatever a request does (a provider's 402, a panic, a hang, memory
+//! exhaustion) stays in that group, and the chat gets a plain-language reply. The parent
+//! itself runs no provider or agent code.
+//!
+//! Modules, one responsibility each, from the command line down:
+//! - `run`: start-up, the signal loop, reload, drain and exit codes; `check_config`,
+//!   `status`, `service`: the other commands;
+//! - `telegram`: the `getUpdates` loop (`telegram::poller`), sending
+//!   (`telegram::sender`), the answer shown as it is written (`telegram::live`),
+//!   Markdown to Telegram HTML (`telegram::format`) and cutting to size
+//!   (`telegram::split`);
+//! - `chats`: one task per chat, from a stored message to its one reply: a message
+//!   becomes a job in `chats::prepare`, its progress and outcome reach the chat and the
+//!   store in `chats::deliver`;
+//! - `commands`: one module per command (`/new`, `/stop`, `/retry`, `/model`,
+//!   `/status`), each owning what it does; `replies`: every text the user reads;
+//! - `jobs`: the seam between the chats and what runs their jobs ([`JobRunner`]);
+//! - `supervisor`: the job runner of the product: starting, authenticating
+//!   (`supervisor::listener`), watching and killing workers, one slot each
+//!   (`supervisor::slot`), the Unix side in `supervisor::process`;
+//! - `store`: SQLite: the durable inbox and the conversations;
+//! - `circuit`: skipping a provider whose quota is exhausted, for a cool-down;
+//! - `health`, `systemd`: what the gateway knows about itself, and sd_notify
+//!   (READY, STATUS, WATCHDOG);
+//! - `signals`: stop and reload signals with their sender, for the shutdown record;
+//! - `settings`: what a SIGHUP reload may change; `setup`: judging a configuration
+//!   against this machine;
+//! - `clock`: Unix time for records, and waiting for a moment that may not be set.
+//!
+//! Below it: `hermes-protocol` (the wire: messages, frames, the connection, the
+//! handshake), `hermes-config` (the configuration file) and `hermes-retry` (backoff).
+
+mod chats;
+mod check_config;
+mod circuit;
+mod clock;
+mod commands;
+mod health;
+mod jobs;
+mod replies;
+mod run;
+mod service;
+mod settings;
+mod setup;
+mod signals;
+mod status;
+mod store;
+mod supervisor;
+mod systemd;
+mod telegram;
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+pub use jobs::{BoxFuture, JobRunner, MakeRunner};
+
+#[derive(Parser)]
+#[command(
+    name = "hermes-gateway",
+    version,
+    about = "Telegram gateway for an LLM agent; every request runs in an isolated worker process",
+    long_about = "Telegram gateway for an LLM agent.\n\n\
+        The gateway polls Telegram and hands each message to a hermes-worker process in its own \
+        process group. A provider error, a crash, a hang or memory exhaustion in a request ends \
+        that request with a clear reply in the chat; the gateway and the other chats carry on.\n\n\
+        Exit codes: 0 after SIGTERM/SIGINT, 78 for invalid configuration."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway until SIGTERM or SIGINT.
+    Run {
+        /// Configuration file (TOML); see deploy/hermes.example.toml.
+        #[arg(long, short, env = "HERMES_CONFIG", value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Show what the running gateway publishes: polling, workers, providers, jobs, and the
+    /// previous shutdown. Exit 0 healthy, 1 degraded, 3 not running (LSB).
+    Status {
+        /// Configuration file (TOML): the status lives in its state directory.
+        #[arg(long, short, env = "HERMES_CONFIG", value_name = "FILE")]
+        config: PathBuf,
+        /// Print the raw status as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Install or remove the systemd unit (deploy/hermes-gateway.service, with this
+    /// machine's paths).
+    #[command(subcommand)]
+    Service(ServiceCommand),
+    /// Validate the configuration and the environment it names, print what was found, and
+    /// exit 0 (valid) or 78 (one line per problem, with key and line number).
+    CheckConfig {
+        /// Configuration file (TOML).
+        #[arg(long, short, env = "HERMES_CONFIG", value_name = "FILE")]
+        config: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum ServiceCommand {
+    /// Write the unit (system: /etc/systemd/system; --user: ~/.config/systemd/user) with
+    /// this binary's path and the configuration's, run daemon-reload, print the next step.
+    Install {
+        /// Configuration file the service will run with.
+        #[arg(long, short, env = "HERMES_CONFIG", value_name = "FILE")]
+        config: PathBuf,
+        /// A user service (systemctl --user) instead of a system one.
+        #[arg(long)]
+        user: bool,
+        /// Print the unit instead of writing it.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Stop, disable and remove the unit.
+    Uninstall {
+        #[arg(long)]
+        user: bool,
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
+/// The command line of `hermes-gateway`: parses the arguments, runs the command, and
+/// returns the exit status. `runner` replaces the worker pool as what runs the jobs of
+/// `run`; only the benchmark's baseline passes one.
+pub fn main(runner: Option<MakeRunner>) -> i32 {
+    let cli = Cli::parse();
+    init_logging();
+    match cli.command {
+        Command::Run { config } => run::run(&config, runner),
+        Command::CheckConfig { config } => check_config::check_config(&config),
+        Command::Status { config, json } => status::status_command(&config, json),
+        Command::Service(ServiceCommand::Install {
+            config,
+            user,
+            dry_run,
+        }) => service::install(user, &config, dry_run),
+        Command::Service(ServiceCommand::Uninstall { user, dry_run }) => {
+            service::uninstall(user, dry_run)
+        }
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("HERMES_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_target(false)
+        .init();
+}

@@ -1,0 +1,161 @@
+//! The conversations: each chat's turns (questions, answers, tool calls and their
+//! results) in numbered conversations (`/new` starts the next), the history a job is sent
+//! with, and the provider a chat chose with `/model`.
+
+use hermes_protocol::{ChatMessage, Role, ToolCall};
+use rusqlite::{Connection, OptionalExtension, params};
+
+use super::{Store, StoreError, now};
+
+/// A question and what the job added to the conversation for it: tool calls, their
+/// results, and the answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Exchange {
+    pub chat_id: i64,
+    pub question: String,
+    pub transcript: Vec<ChatMessage>,
+    pub provider: String,
+    pub model: String,
+}
+
+impl Store {
+    fn conversation(conn: &Connection, chat_id: i64) -> rusqlite::Result<i64> {
+        conn.prepare_cached("SELECT conversation FROM chats WHERE chat_id = ?1")
+            .and_then(|mut st| st.query_row(params![chat_id], |r| r.get(0)))
+            .optional()
+            .map(|c| c.unwrap_or(1))
+    }
+
+    /// The last `limit` turns of the chat's current conversation, oldest first. The cut
+    /// never starts inside a tool exchange: providers refuse a `tool` result (or an answer
+    /// that follows one) whose call was cut off, so history starts at a user turn.
+    pub fn history(&self, chat_id: i64, limit: usize) -> Result<Vec<ChatMessage>, StoreError> {
+        let conn = self.lock();
+        let conversation = self.wrap(Store::conversation(&conn, chat_id))?;
+        let mut stmt = self.wrap(conn.prepare_cached(
+            "SELECT role, content, tool_calls, tool_call_id FROM turns
+             WHERE chat_id = ?1 AND conversation = ?2 ORDER BY id DESC LIMIT ?3",
+        ))?;
+        let rows = self.wrap(stmt.query_map(
+            params![chat_id, conversation, limit as i64],
+            |r| {
+                let role: String = r.get(0)?;
+                let tool_calls: Option<String> = r.get(2)?;
+                Ok(ChatMessage {
+                    role: Role::parse(&role).unwrap_or(Role::User),
+                    content: r.get(1)?,
+                    tool_calls: tool_calls
+                        .and_then(|json| decode_tool_calls(&json))
+                        .unwrap_or_default(),
+                    tool_call_id: r.get(3)?,
+                })
+            },
+        ))?;
+        let mut turns: Vec<ChatMessage> = self.wrap(rows.collect())?;
+        turns.reverse();
+        let start = turns
+            .iter()
+            .position(|m| m.role == Role::User)
+            .unwrap_or(turns.len());
+        turns.drain(..start);
+        Ok(turns)
+    }
+
+    /// Marks a message answered with `reply` and, for a model's answer, records the
+    /// exchange in the chat's conversation: one transaction, so the two cannot disagree.
+    pub fn finish(
+        &self,
+        update_id: i64,
+        reply: &str,
+        exchange: Option<&Exchange>,
+    ) -> Result<(), StoreError> {
+        let mut conn = self.lock();
+        let tx = self.wrap(conn.transaction())?;
+        let at = now();
+        if let Some(e) = exchange {
+            let conversation = self.wrap(Store::conversation(&tx, e.chat_id))?;
+            self.wrap(tx.prepare_cached("INSERT INTO turns (chat_id, conversation, role, content, at) VALUES (?1, ?2, 'user', ?3, ?4)").and_then(|mut st| st.execute(params![e.chat_id, conversation, e.question, at])))?;
+            for m in &e.transcript {
+                let tool_calls = encode_tool_calls(&m.tool_calls);
+                // Provider and model belong to what the model wrote, not to tool output.
+                let (provider, model) = if m.role == Role::Assistant {
+                    (Some(e.provider.as_str()), Some(e.model.as_str()))
+                } else {
+                    (None, None)
+                };
+                self.wrap(tx.prepare_cached("INSERT INTO turns (chat_id, conversation, role, content, at, provider, model, tool_calls, tool_call_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)").and_then(|mut st| st.execute(params![e.chat_id, conversation, m.role.as_str(), m.content, at, provider, model, tool_calls, m.tool_call_id])))?;
+            }
+        }
+        self.wrap(
+            tx.prepare_cached("UPDATE inbox SET done_at = ?2, reply = ?3 WHERE update_id = ?1")
+                .and_then(|mut st| st.execute(params![update_id, at, reply])),
+        )?;
+        self.commit(tx)
+    }
+
+    /// Starts a fresh conversation; the old one stays in the store, no longer sent.
+    pub fn new_conversation(&self, chat_id: i64) -> Result<(), StoreError> {
+        let conn = self.lock();
+        self.wrap(
+            conn.prepare_cached(
+                "INSERT INTO chats (chat_id, conversation) VALUES (?1, 2)
+             ON CONFLICT (chat_id) DO UPDATE SET conversation = conversation + 1",
+            )
+            .and_then(|mut st| st.execute(params![chat_id])),
+        )
+        .map(|_| ())
+    }
+
+    /// The provider this chat asked for with `/model`, if any.
+    pub fn chat_provider(&self, chat_id: i64) -> Result<Option<String>, StoreError> {
+        let conn = self.lock();
+        self.wrap(
+            conn.prepare_cached("SELECT provider FROM chats WHERE chat_id = ?1")
+                .and_then(|mut st| st.query_row(params![chat_id], |r| r.get(0)))
+                .optional(),
+        )
+        .map(Option::flatten)
+    }
+
+    /// Sets (or with `None` clears) the chat's provider.
+    pub fn set_chat_provider(
+        &self,
+        chat_id: i64,
+        provider: Option<&str>,
+    ) -> Result<(), StoreError> {
+        let conn = self.lock();
+        self.wrap(
+            conn.prepare_cached(
+                "INSERT INTO chats (chat_id, provider) VALUES (?1, ?2)
+             ON CONFLICT (chat_id) DO UPDATE SET provider = excluded.provider",
+            )
+            .and_then(|mut st| st.execute(params![chat_id, provider])),
+        )
+        .map(|_| ())
+    }
+}
+
+/// Tool calls as stored: a JSON array of `[id, name, arguments]`, or NULL when none.
+fn encode_tool_calls(calls: &[ToolCall]) -> Option<String> {
+    if calls.is_empty() {
+        return None;
+    }
+    let rows: Vec<[&str; 3]> = calls
+        .iter()
+        .map(|c| [c.id.as_str(), c.name.as_str(), c.arguments.as_str()])
+        .collect();
+    serde_json::to_string(&rows).ok()
+}
+
+fn decode_tool_calls(json: &str) -> Option<Vec<ToolCall>> {
+    let rows: Vec<[String; 3]> = serde_json::from_str(json).ok()?;
+    Some(
+        rows.into_iter()
+            .map(|[id, name, arguments]| ToolCall {
+                id,
+                name,
+                arguments,
+            })
+            .collect(),
+    )
+}

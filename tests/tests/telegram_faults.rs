@@ -1,0 +1,215 @@
+//! When Telegram fails: `getUpdates` refused, erroring, hanging or answering garbage, at
+//! start-up and later; `sendMessage` flood control, unparseable entities, a blocked user.
+//! The gateway retries polling forever and loses no message.
+//!
+//! Real binaries against the fake Telegram and provider on 127.0.0.1; every scenario
+//! declared with `both_modes!` runs in both worker modes.
+
+use std::time::Duration;
+
+use hermes_config::WorkerMode;
+use hermes_tests::fake_telegram::{PollFault, SendFault};
+use hermes_tests::harness::{PATIENCE, Rig, USER, eventually};
+use serde_json::json;
+
+hermes_tests::both_modes!(
+    telegram_outage_at_start_up_is_survived,
+    telegram_outage_mid_run_is_survived,
+    get_updates_409_conflict,
+    get_updates_429_retry_after,
+    get_updates_502_html,
+    get_updates_500,
+    get_updates_connection_reset,
+    get_updates_that_never_completes,
+    get_updates_invalid_json,
+    updates_of_other_kinds_are_skipped,
+    send_message_429_is_waited_out,
+    send_message_bad_entities_is_sent_again_as_plain_text,
+    send_message_to_a_blocked_user_does_not_affect_other_chats,
+);
+
+async fn telegram_outage_at_start_up_is_survived(mode: WorkerMode) {
+    let mut rig = Rig::start_with(
+        mode,
+        |_| {},
+        |telegram| {
+            for _ in 0..3 {
+                telegram.fail_get_updates(PollFault::bad_gateway_html());
+            }
+        },
+    )
+    .await;
+    assert!(
+        rig.telegram.wait_for_polls(3, PATIENCE).await,
+        "no polls\n{}",
+        rig.gateway.log()
+    );
+    refuse_polls_for_three_retries(&mut rig).await;
+    rig.assert_still_serving().await;
+}
+
+async fn telegram_outage_mid_run_is_survived(mode: WorkerMode) {
+    let mut rig = Rig::start(mode, |_| {}).await;
+    assert_eq!(rig.ask("before").await.text, "echo: before");
+    let polls = rig.telegram.get_updates_log().len();
+    // teloxide itself waits 10 s after any 5xx before reporting it, so one 502 is "a
+    // while" already.
+    rig.telegram.fail_get_updates(PollFault::bad_gateway_html());
+    // Ends the long poll in progress, so the next poll meets the fault.
+    rig.telegram.send_text(USER, USER, "during");
+    assert!(rig.telegram.wait_for_polls(polls + 2, PATIENCE).await);
+    refuse_polls_for_three_retries(&mut rig).await;
+    let replies = rig.telegram.wait_for_chat_messages(USER, 2, PATIENCE).await;
+    assert_eq!(
+        replies.get(1).map(|m| m.text.as_str()),
+        Some("echo: during")
+    );
+    rig.assert_still_serving().await;
+}
+
+async fn get_updates_409_conflict(mode: WorkerMode) {
+    let rig = poll_fault(mode, PollFault::conflict()).await;
+    assert!(rig.gateway.log().contains("another process is polling"));
+}
+
+async fn get_updates_429_retry_after(mode: WorkerMode) {
+    poll_fault(mode, PollFault::too_many_requests(1)).await;
+}
+
+async fn get_updates_502_html(mode: WorkerMode) {
+    poll_fault(mode, PollFault::bad_gateway_html()).await;
+}
+
+async fn get_updates_500(mode: WorkerMode) {
+    poll_fault(
+        mode,
+        PollFault::Status {
+            status: 500,
+            body: r#"{"ok":false,"error_code":500,"description":"Internal Server Error"}"#.into(),
+        },
+    )
+    .await;
+}
+
+async fn get_updates_connection_reset(mode: WorkerMode) {
+    poll_fault(mode, PollFault::Reset).await;
+}
+
+/// A poll that never answers is abandoned after the long-poll period plus a margin.
+async fn get_updates_that_never_completes(mode: WorkerMode) {
+    poll_fault(mode, PollFault::Hang).await;
+}
+
+async fn get_updates_invalid_json(mode: WorkerMode) {
+    poll_fault(mode, PollFault::InvalidJson).await;
+}
+
+async fn updates_of_other_kinds_are_skipped(mode: WorkerMode) {
+    let mut rig = Rig::start(mode, |_| {}).await;
+    let chat = json!({"id": USER, "type": "private", "first_name": "Test"});
+    let from = json!({"id": USER, "is_bot": false, "first_name": "Test"});
+    rig.telegram.push_update(
+        json!({"message": {"message_id": 90, "date": 1, "chat": chat, "from": from,
+        "photo": [{"file_id": "a", "file_unique_id": "b", "width": 1, "height": 1}]}}),
+    );
+    rig.telegram.push_update(json!({"message": {"message_id": 91, "date": 1, "chat": chat, "from": from,
+        "sticker": {"file_id": "a", "file_unique_id": "b", "type": "regular", "width": 1, "height": 1, "is_animated": false, "is_video": false}}}));
+    rig.telegram.push_update(json!({"edited_message": {"message_id": 92, "date": 1, "edit_date": 2, "chat": chat, "from": from, "text": "edited"}}));
+    rig.telegram.push_update(
+        json!({"callback_query": {"id": "1", "from": from, "chat_instance": "x", "data": "d"}}),
+    );
+    rig.telegram
+        .push_update(json!({"some_future_update": {"x": 1}}));
+    let reply = rig.ask("plain text").await;
+    assert_eq!(reply.text, "echo: plain text");
+    assert_eq!(
+        rig.telegram.sent_to(USER).len(),
+        1,
+        "nothing answered the other updates"
+    );
+    assert_eq!(rig.provider.request_count(), 1);
+    let log = rig.gateway.log();
+    assert!(log.matches("skipping").count() >= 5, "{log}");
+    rig.gateway.assert_running(rig.pid);
+}
+
+async fn send_message_429_is_waited_out(mode: WorkerMode) {
+    let mut rig = Rig::start(mode, |_| {}).await;
+    rig.telegram.fail_send(SendFault::RetryAfter(1));
+    let reply = rig.ask("hi").await;
+    assert_eq!(reply.text, "echo: hi");
+    let failed = rig.telegram.failed_sends();
+    assert_eq!(failed.len(), 1);
+    let waited = reply.at.duration_since(failed[0].at);
+    assert!(waited >= Duration::from_secs(1), "resent after {waited:?}");
+    rig.assert_still_serving().await;
+}
+
+async fn send_message_bad_entities_is_sent_again_as_plain_text(mode: WorkerMode) {
+    let mut rig = Rig::start(mode, |_| {}).await;
+    rig.telegram.fail_send(SendFault::bad_entities());
+    let reply = rig.ask("*unbalanced").await;
+    assert_eq!(reply.text, "echo: *unbalanced");
+    assert_eq!(reply.parse_mode, None, "the retry is plain text");
+    rig.assert_still_serving().await;
+}
+
+async fn send_message_to_a_blocked_user_does_not_affect_other_chats(mode: WorkerMode) {
+    let other = 2002;
+    let mut rig = Rig::start(mode, |o| o.allowed_users.push(other)).await;
+    rig.telegram.fail_send(SendFault::blocked());
+    rig.telegram.send_text(USER, USER, "you will not see this");
+    assert!(rig.telegram.wait_for_failed_sends(1, PATIENCE).await);
+    assert!(
+        eventually(PATIENCE, || rig
+            .gateway
+            .log()
+            .contains("the user blocked the bot"))
+        .await,
+        "{}",
+        rig.gateway.log()
+    );
+    assert_eq!(rig.ask_in(other, other, "me?").await.text, "echo: me?");
+    rig.assert_still_serving().await;
+}
+
+/// Telegram refuses connections until the gateway has retried three more times, then
+/// comes back; the gateway must still be the same process.
+async fn refuse_polls_for_three_retries(rig: &mut Rig) {
+    rig.telegram.refuse_connections().await;
+    let failures_before = count(&rig.gateway.log(), "getUpdates failed");
+    assert!(
+        eventually(PATIENCE, || count(&rig.gateway.log(), "getUpdates failed")
+            >= failures_before + 3)
+        .await,
+        "the gateway stopped retrying\n{}",
+        rig.gateway.log()
+    );
+    rig.gateway.assert_running(rig.pid);
+    rig.telegram.accept_connections().await;
+}
+
+fn count(haystack: &str, needle: &str) -> usize {
+    haystack.matches(needle).count()
+}
+
+/// Answers one message, scripts `fault` for the next poll, and checks the gateway polls
+/// again and answers after it.
+async fn poll_fault(mode: WorkerMode, fault: PollFault) -> Rig {
+    let mut rig = Rig::start(mode, |o| o.poll_timeout_secs = 1).await;
+    assert_eq!(rig.ask("before").await.text, "echo: before");
+    let polls = rig.telegram.get_updates_log().len();
+    rig.telegram.fail_get_updates(fault);
+    assert!(
+        rig.telegram.wait_for_polls(polls + 2, PATIENCE).await,
+        "{}",
+        rig.gateway.log()
+    );
+    assert!(
+        eventually(PATIENCE, || rig.gateway.log().contains("getUpdates failed")).await,
+        "{}",
+        rig.gateway.log()
+    );
+    rig.assert_still_serving().await;
+    rig
+}

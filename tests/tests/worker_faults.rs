@@ -1,0 +1,325 @@
+//! When a worker fails: panics, aborts, signals, exits, hangs, garbage on the socket,
+//! memory exhaustion, children left behind, a worker that never connects or is not ours.
+//! Each is contained to its request: the chat gets one reply, the gateway carries on, and
+//! no process of the worker's group is left.
+//!
+//! Real binaries against the fake Telegram and provider on 127.0.0.1; every scenario
+//! declared with `both_modes!` runs in both worker modes.
+
+use std::time::Duration;
+
+use hermes_config::WorkerMode;
+use hermes_tests::fake_provider::ProviderReply;
+use hermes_tests::harness::{
+    PATIENCE, Rig, USER, bad_worker, eventually, fault_in_bad_worker, fault_in_bad_worker_with,
+};
+use hermes_tests::procs;
+use nix::sys::signal::Signal;
+
+hermes_tests::both_modes!(
+    worker_panic_leaves_gateway_running,
+    worker_abort_leaves_gateway_running,
+    worker_exit_1_leaves_gateway_running,
+    worker_hang_is_killed_at_the_deadline,
+    worker_segfault,
+    worker_exit_0_before_answering,
+    worker_hang_after_partial_events,
+    worker_that_never_connects,
+    worker_of_another_protocol_version,
+    worker_sending_garbage_bytes,
+    worker_sending_an_oversized_length_prefix,
+    worker_answering_another_job,
+    worker_allocating_without_bound,
+    worker_grandchildren_die_with_it,
+    worker_flooding_stderr,
+    workers_that_die_at_start_back_off_and_users_still_get_replies,
+    worker_with_a_wrong_token_is_refused,
+    worker_is_isolated_from_the_gateway,
+    gateway_killed_with_sigkill_leaves_no_worker,
+);
+
+async fn worker_panic_leaves_gateway_running(mode: WorkerMode) {
+    fault_in_bad_worker(mode, "panic", "crashed").await;
+}
+
+async fn worker_abort_leaves_gateway_running(mode: WorkerMode) {
+    fault_in_bad_worker(mode, "abort", "crashed").await;
+}
+
+async fn worker_exit_1_leaves_gateway_running(mode: WorkerMode) {
+    fault_in_bad_worker(mode, "exit 1", "crashed").await;
+}
+
+async fn worker_hang_is_killed_at_the_deadline(mode: WorkerMode) {
+    fault_in_bad_worker(mode, "hang", "took too long").await;
+}
+
+async fn worker_segfault(mode: WorkerMode) {
+    fault_in_bad_worker(mode, "segv", "crashed").await;
+}
+
+async fn worker_exit_0_before_answering(mode: WorkerMode) {
+    fault_in_bad_worker(mode, "exit 0", "crashed").await;
+}
+
+async fn worker_hang_after_partial_events(mode: WorkerMode) {
+    fault_in_bad_worker(mode, "partial then hang", "took too long").await;
+}
+
+async fn worker_that_never_connects(mode: WorkerMode) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let worker = bad_worker(dir.path(), "never-connect");
+    let mut rig = Rig::start(mode, |o| o.worker_command = Some(worker)).await;
+    let reply = rig.ask("hello").await;
+    assert!(
+        reply.text.contains("could not be started"),
+        "{}",
+        reply.text
+    );
+    rig.assert_logged("did not connect");
+    rig.assert_no_stray_processes().await;
+    rig.gateway.assert_running(rig.pid);
+}
+
+async fn worker_of_another_protocol_version(mode: WorkerMode) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let worker = bad_worker(dir.path(), "old-protocol");
+    let mut rig = Rig::start(mode, |o| o.worker_command = Some(worker)).await;
+    let reply = rig.ask("hello").await;
+    assert!(
+        reply.text.contains("could not be started"),
+        "{}",
+        reply.text
+    );
+    rig.assert_logged("protocol version mismatch");
+    rig.assert_no_stray_processes().await;
+    rig.gateway.assert_running(rig.pid);
+}
+
+async fn worker_sending_garbage_bytes(mode: WorkerMode) {
+    let rig = fault_in_bad_worker(mode, "garbage", "crashed").await;
+    rig.assert_logged("protocol violation");
+}
+
+async fn worker_sending_an_oversized_length_prefix(mode: WorkerMode) {
+    let rig = fault_in_bad_worker(mode, "oversized", "crashed").await;
+    rig.assert_logged("over the");
+}
+
+/// A message for a job that is not in flight is dropped; the real job then overruns.
+async fn worker_answering_another_job(mode: WorkerMode) {
+    let rig = fault_in_bad_worker(mode, "wrong job", "took too long").await;
+    rig.assert_logged("which is not the job in flight");
+}
+
+async fn worker_allocating_without_bound(mode: WorkerMode) {
+    let rig = fault_in_bad_worker_with(mode, "alloc", "crashed", |o| {
+        o.job_timeout_secs = 20;
+        o.memory_limit_mb = Some(256);
+    })
+    .await;
+    let rss = procs::rss_kib(rig.pid).unwrap_or(0);
+    assert!(rss < 64 * 1024, "the gateway's RSS grew to {rss} KiB");
+}
+
+/// A worker that leaves a child and a grandchild (`sleep 1000`) in its group, then hangs:
+/// at the deadline the whole group is gone, no orphan reparented anywhere.
+async fn worker_grandchildren_die_with_it(mode: WorkerMode) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let worker = bad_worker(dir.path(), "bad-worker");
+    let mut rig = Rig::start(mode, |o| {
+        o.worker_command = Some(worker);
+        o.job_timeout_secs = 3;
+    })
+    .await;
+    let socket = rig.gateway.socket_path();
+    rig.telegram.send_text(USER, USER, "spawn and hang");
+    let sleeping = || {
+        procs::with_env("HERMES_WORKER_SOCKET", &socket)
+            .into_iter()
+            .filter(|p| p.cmdline.starts_with("sleep"))
+            .count()
+    };
+    assert!(
+        eventually(PATIENCE, || sleeping() >= 2).await,
+        "the worker's children never appeared"
+    );
+    // The gateway puts every worker first in line for the OOM killer, even one (like this
+    // one) that does not do it itself.
+    for worker in rig.gateway.workers() {
+        let adj = std::fs::read_to_string(format!("/proc/{}/oom_score_adj", worker.pid))
+            .unwrap_or_default();
+        assert_eq!(adj.trim(), "1000", "worker {} oom_score_adj", worker.pid);
+    }
+    let replies = rig.telegram.wait_for_chat_messages(USER, 1, PATIENCE).await;
+    assert!(
+        replies[0].text.contains("took too long"),
+        "{}",
+        replies[0].text
+    );
+    rig.assert_no_stray_processes().await;
+    assert_eq!(sleeping(), 0);
+    rig.gateway.assert_running(rig.pid);
+    assert_eq!(rig.ask("next").await.text, "ok: next");
+}
+
+async fn worker_flooding_stderr(mode: WorkerMode) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let worker = bad_worker(dir.path(), "bad-worker");
+    let mut rig = Rig::start(mode, |o| o.worker_command = Some(worker)).await;
+    // 800 lines of 10,000 bytes: 8 MB through the gateway's pipe.
+    let reply = rig.ask("stderr flood").await;
+    assert_eq!(reply.text, "ok: flooded");
+    let log = rig.gateway.log();
+    assert!(log.contains("bytes cut"), "long lines must be truncated");
+    assert!(log.contains("suppressed"), "a flood must be rate limited");
+    assert!(
+        log.len() < 1_000_000,
+        "the gateway logged {} bytes",
+        log.len()
+    );
+    let rss = procs::rss_kib(rig.pid).unwrap_or(0);
+    assert!(rss < 64 * 1024, "the gateway's RSS grew to {rss} KiB");
+    rig.assert_still_answering_as_bad_worker().await;
+}
+
+/// A worker binary that exits at once (here `/bin/false`): every message still gets a
+/// reply, and start attempts back off instead of spinning.
+async fn workers_that_die_at_start_back_off_and_users_still_get_replies(mode: WorkerMode) {
+    let mut rig = Rig::start(mode, |o| o.worker_command = Some("/bin/false".into())).await;
+    for text in ["one", "two", "three"] {
+        let reply = rig.ask(text).await;
+        assert!(
+            reply.text.contains("could not be started"),
+            "{}",
+            reply.text
+        );
+    }
+    let log = rig.gateway.log();
+    assert!(
+        log.contains("exited with code 1 before connecting"),
+        "{log}"
+    );
+    assert!(log.contains("next attempt in"), "{log}");
+    rig.gateway.assert_running(rig.pid);
+    assert_eq!(rig.provider.request_count(), 0);
+}
+
+/// A process that connects to the worker socket with a token it was not given gets
+/// nothing; its job is answered with an error instead of waiting for it.
+async fn worker_with_a_wrong_token_is_refused(mode: WorkerMode) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let worker = bad_worker(dir.path(), "wrong-token");
+    let mut rig = Rig::start(mode, |o| o.worker_command = Some(worker)).await;
+    let reply = rig.ask("hello").await;
+    assert!(
+        reply.text.contains("could not be started"),
+        "{}",
+        reply.text
+    );
+    let log = rig.gateway.log();
+    assert!(log.contains("worker connection refused"), "{log}");
+    assert_eq!(rig.provider.request_count(), 0);
+    rig.assert_no_stray_processes().await;
+    rig.gateway.assert_running(rig.pid);
+}
+
+/// The box a worker runs in: its own process group, an environment without the
+/// gateway's secrets and service sockets, no core dumps, first in line for the OOM
+/// killer, and a socket directory only the gateway's user can enter.
+async fn worker_is_isolated_from_the_gateway(mode: WorkerMode) {
+    let mut rig = Rig::start(mode, |o| {
+        o.job_timeout_secs = 60;
+        o.env = vec![
+            ("NOTIFY_SOCKET".into(), "/run/systemd/notify".into()),
+            (
+                "DBUS_SESSION_BUS_ADDRESS".into(),
+                "unix:path=/run/user/0/bus".into(),
+            ),
+            ("XDG_RUNTIME_DIR".into(), "/run/user/0".into()),
+            ("WATCHDOG_USEC".into(), "1000000".into()),
+            ("WATCHDOG_PID".into(), "1".into()),
+        ];
+    })
+    .await;
+    // Keep a job in flight so a worker exists in both modes.
+    rig.provider
+        .push(ProviderReply::Delay(Duration::from_secs(3)));
+    rig.telegram.send_text(USER, USER, "hold on");
+    assert!(
+        rig.provider.wait_for_requests(1, PATIENCE).await,
+        "{}",
+        rig.gateway.log()
+    );
+    let workers = rig.gateway.workers();
+    assert!(!workers.is_empty(), "no worker process");
+    for worker in &workers {
+        assert_eq!(
+            worker.pgid, worker.pid,
+            "a worker must lead its own process group"
+        );
+        let environ = std::fs::read(format!("/proc/{}/environ", worker.pid)).expect("environ");
+        let environ = String::from_utf8_lossy(&environ);
+        for secret in [
+            "HERMES_TEST_TELEGRAM_TOKEN",
+            "HERMES_TEST_PROVIDER_KEY",
+            "NOTIFY_SOCKET",
+            "DBUS_SESSION_BUS_ADDRESS",
+            "XDG_RUNTIME_DIR",
+            "WATCHDOG_USEC",
+            "WATCHDOG_PID",
+            hermes_tests::fake_telegram::TOKEN,
+        ] {
+            assert!(!environ.contains(secret), "worker environment has {secret}");
+        }
+        let limits =
+            std::fs::read_to_string(format!("/proc/{}/limits", worker.pid)).expect("limits");
+        let core = limits
+            .lines()
+            .find(|l| l.starts_with("Max core file size"))
+            .expect("core limit");
+        assert!(core.split_whitespace().nth(4) == Some("0"), "{core}");
+        let oom =
+            std::fs::read_to_string(format!("/proc/{}/oom_score_adj", worker.pid)).expect("oom");
+        assert_eq!(oom.trim(), "1000");
+    }
+    let socket_dir = std::path::Path::new(&rig.gateway.socket_path())
+        .parent()
+        .expect("dir")
+        .to_path_buf();
+    let mode_bits = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(&socket_dir)
+            .expect("socket dir")
+            .permissions(),
+    );
+    assert_eq!(mode_bits & 0o777, 0o700, "{}", socket_dir.display());
+    let reply = rig.telegram.wait_for_chat_messages(USER, 1, PATIENCE).await;
+    assert_eq!(
+        reply.first().map(|m| m.text.as_str()),
+        Some("echo: hold on")
+    );
+    rig.gateway.assert_running(rig.pid);
+}
+
+/// Even a gateway killed without warning leaves no worker behind: each notices the socket
+/// close (and gets the parent-death signal) and exits.
+async fn gateway_killed_with_sigkill_leaves_no_worker(mode: WorkerMode) {
+    let mut rig = Rig::start(mode, |o| o.job_timeout_secs = 120).await;
+    rig.provider.push(ProviderReply::Hang);
+    rig.telegram.send_text(USER, USER, "slow question");
+    assert!(rig.provider.wait_for_requests(1, PATIENCE).await);
+    let socket = rig.gateway.socket_path();
+    assert!(!hermes_tests::procs::with_env("HERMES_WORKER_SOCKET", &socket).is_empty());
+    rig.gateway.signal(Signal::SIGKILL);
+    assert!(rig.gateway.wait_exit(PATIENCE).await.is_some());
+    assert!(
+        eventually(Duration::from_secs(10), || hermes_tests::procs::with_env(
+            "HERMES_WORKER_SOCKET",
+            &socket
+        )
+        .is_empty())
+        .await,
+        "workers outlived a SIGKILLed gateway: {:?}",
+        hermes_tests::procs::with_env("HERMES_WORKER_SOCKET", &socket)
+    );
+}
