@@ -21,7 +21,8 @@ use serde::de::{DeserializeOwned, IntoDeserializer};
 use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
-use hermes_protocol::{ProviderPlan, Secret, ToolServer};
+use hermes_protocol::sandbox::Confinement;
+use hermes_protocol::{Confirm, ProviderPlan, Secret, ToolServer};
 
 /// Exit status for a configuration the process cannot run with (`EX_CONFIG` of
 /// sysexits.h); the systemd unit does not restart on it.
@@ -153,6 +154,17 @@ pub struct McpServerConfig {
     /// Names of the gateway's environment variables passed to the server; nothing else is.
     pub env: Vec<String>,
     pub timeout_secs: u64,
+    /// Paths the server may read (and execute) besides what the sandbox leaves readable,
+    /// even inside a hidden path. Absolute.
+    pub readable: Vec<PathBuf>,
+    /// Paths the server may write besides its scratch directory. Absolute.
+    pub writable: Vec<PathBuf>,
+    /// `false`: the server runs unconfined (warned about at start-up and on reload).
+    pub sandbox: bool,
+    /// Its tools that need a user's approval before each call.
+    pub confirm: Confirm,
+    /// How long an approval is waited for before it counts as denied.
+    pub confirm_timeout_secs: u64,
     /// Where the entry is, for problems found later (an unset variable).
     pub key: String,
     pub line: Option<usize>,
@@ -175,6 +187,13 @@ impl McpServerConfig {
             args: self.args.clone(),
             env,
             call_timeout_ms: self.timeout_secs.saturating_mul(1000),
+            sandbox: self.sandbox.then(|| Confinement {
+                readable: self.readable.clone(),
+                writable: self.writable.clone(),
+                ..Confinement::default()
+            }),
+            confirm: self.confirm.clone(),
+            confirm_timeout_ms: self.confirm_timeout_secs.saturating_mul(1000),
         })
     }
 }
@@ -219,6 +238,14 @@ impl SecretSource {
                     Err(e) => Err(format!("cannot read {}: {e}", full.display())),
                 }
             }
+        }
+    }
+
+    /// The file the secret is read from, when it is one.
+    pub fn file(&self) -> Option<PathBuf> {
+        match &self.from {
+            SecretFrom::Env(_) => None,
+            SecretFrom::File { path, base } => Some(secret_file_path(path, base)),
         }
     }
 
@@ -326,6 +353,19 @@ impl Config {
         let tools_table = top.table("tools", &mut doc);
         let tools = doc.tools(tools_table.as_ref());
         top.finish(&mut doc);
+        for server in tools.mcp.iter().filter(|m| m.confirm != Confirm::Never) {
+            if server.confirm_timeout_secs >= workers.job_timeout_secs {
+                doc.problems.push(Problem {
+                    line: server.line,
+                    key: format!("{}.confirm_timeout_secs", server.key),
+                    message: format!(
+                        "{} s is not less than workers.job_timeout_secs ({} s): the job would \
+                         time out before an approval could",
+                        server.confirm_timeout_secs, workers.job_timeout_secs
+                    ),
+                });
+            }
+        }
 
         if doc.problems.is_empty() {
             Ok(Config {
@@ -343,6 +383,28 @@ impl Config {
         }
     }
 
+    /// What no tool may read, as far as this file tells: the file itself, every secret
+    /// file it names, systemd's credentials directory (`$CREDENTIALS_DIRECTORY`) and
+    /// `state.dir` when set. Absolute (relative ones are taken from the working
+    /// directory). The gateway adds the state and runtime directories it chose.
+    pub fn hidden_paths(&self) -> Vec<PathBuf> {
+        let secrets = std::iter::once(&self.telegram.token)
+            .chain(self.providers.iter().filter_map(|p| p.api_key.as_ref()))
+            .filter_map(SecretSource::file);
+        let credentials = std::env::var_os("CREDENTIALS_DIRECTORY")
+            .filter(|d| !d.is_empty())
+            .map(PathBuf::from);
+        let mut hidden: Vec<PathBuf> = std::iter::once(self.path.clone())
+            .chain(secrets)
+            .chain(credentials)
+            .chain(self.state.dir.clone())
+            .map(|p| absolute(&p))
+            .collect();
+        hidden.sort();
+        hidden.dedup();
+        hidden
+    }
+
     /// The provider chain and the tool servers as a job carries them, every key and
     /// passed-through variable read now; each one that cannot be is a problem.
     pub fn job_plans(&self) -> Result<JobPlans, Vec<Problem>> {
@@ -354,9 +416,15 @@ impl Config {
                 Err(problem) => problems.push(problem),
             }
         }
+        let hidden = self.hidden_paths();
         for server in &self.tools.mcp {
             match server.spec() {
-                Ok(spec) => plans.tools.push(spec),
+                Ok(mut spec) => {
+                    if let Some(confinement) = &mut spec.sandbox {
+                        confinement.hidden = hidden.clone();
+                    }
+                    plans.tools.push(spec);
+                }
                 Err(message) => problems.push(Problem {
                     line: server.line,
                     key: format!("{}.env", server.key),
@@ -370,6 +438,11 @@ impl Config {
             Err(problems)
         }
     }
+}
+
+/// `path` from the working directory when relative; as it is when that cannot be known.
+pub fn absolute(path: &Path) -> PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
 }
 
 /// What every job of this configuration is sent with.
@@ -824,6 +897,50 @@ impl Doc<'_> {
         }
     }
 
+    /// A list of absolute paths (`readable`, `writable`): a relative one would depend on
+    /// the worker's working directory.
+    fn absolute_paths(&mut self, s: &mut Section, key: &'static str) -> Vec<PathBuf> {
+        let line = s.raw_line(key, self);
+        let paths: Vec<PathBuf> = s.take_or(key, Vec::new(), self);
+        for path in paths.iter().filter(|p| !p.is_absolute()) {
+            self.problems.push(Problem {
+                line,
+                key: s.key_path(key),
+                message: format!("{}: use an absolute path", path.display()),
+            });
+        }
+        paths
+    }
+
+    /// `confirm = true` (every tool of the server) or `confirm = ["tool", ...]`.
+    fn confirm(&mut self, s: &mut Section) -> Confirm {
+        let line = s.raw_line("confirm", self);
+        let Some(value) = s.raw("confirm") else {
+            return Confirm::Never;
+        };
+        let problem = match value.get_ref() {
+            DeValue::Boolean(true) => return Confirm::All,
+            DeValue::Boolean(false) => return Confirm::Never,
+            DeValue::Array(_) => {
+                match Vec::<String>::deserialize(value.clone().into_deserializer()) {
+                    Ok(names) if names.iter().any(|n| n.trim().is_empty()) => {
+                        "a tool name is empty".to_string()
+                    }
+                    Ok(names) if names.is_empty() => return Confirm::Never,
+                    Ok(names) => return Confirm::Tools(names),
+                    Err(e) => e.message().trim().to_string(),
+                }
+            }
+            _ => "use true (every tool of this server) or a list of its tool names".to_string(),
+        };
+        self.problems.push(Problem {
+            line,
+            key: s.key_path("confirm"),
+            message: problem,
+        });
+        Confirm::Never
+    }
+
     fn tools(&mut self, table: Option<&Table>) -> ToolsConfig {
         let mut section = Section::new("tools", table.cloned());
         let entries = self.array_of_tables(&mut section, "mcp", None);
@@ -849,6 +966,11 @@ impl Doc<'_> {
             let args = s.take_or("args", Vec::new(), self);
             let env = s.take_or("env", Vec::new(), self);
             let timeout_secs = s.take_in("timeout_secs", 30, 1..=3600, self);
+            let readable = self.absolute_paths(&mut s, "readable");
+            let writable = self.absolute_paths(&mut s, "writable");
+            let sandbox = s.take_or("sandbox", true, self);
+            let confirm = self.confirm(&mut s);
+            let confirm_timeout_secs = s.take_in("confirm_timeout_secs", 120, 1..=3600, self);
             let line = s.line(self);
             s.finish(self);
             if let (Some(name), Some(command)) = (name, command) {
@@ -858,6 +980,11 @@ impl Doc<'_> {
                     args,
                     env,
                     timeout_secs,
+                    readable,
+                    writable,
+                    sandbox,
+                    confirm,
+                    confirm_timeout_secs,
                     key: path,
                     line,
                 });
@@ -1050,6 +1177,11 @@ timeout = 3
             "restart_window_secs",
             "dir",
             "system_prompt",
+            "readable",
+            "writable",
+            "sandbox",
+            "confirm",
+            "confirm_timeout_secs",
         ] {
             assert!(
                 text.contains(&format!("{key} =")),
@@ -1088,6 +1220,80 @@ timeout = 3
             .unwrap_or_else(|| panic!("{problems:?}"));
         assert!(tool.message.contains("HERMES_TEST_SURELY_UNSET_VAR"));
         assert_eq!(tool.line, Some(10));
+    }
+
+    #[test]
+    fn sandbox_grants_opt_out_and_approvals_are_read_and_checked_with_their_lines() {
+        let good = format!(
+            "{MINIMAL}\n[[tools.mcp]]\nname = \"files\"\ncommand = \"x\"\n\
+             readable = [\"/srv/docs\"]\nwritable = [\"/srv/out\"]\nconfirm = [\"write\"]\n\n\
+             [[tools.mcp]]\nname = \"shell\"\ncommand = \"y\"\nsandbox = false\nconfirm = true\n\
+             confirm_timeout_secs = 30\n"
+        );
+        let config = parse(&good).unwrap_or_else(|p| panic!("{p:#?}"));
+        let [files, shell] = &config.tools.mcp[..] else {
+            panic!("{:?}", config.tools.mcp)
+        };
+        assert_eq!(files.readable, [PathBuf::from("/srv/docs")]);
+        assert_eq!(files.writable, [PathBuf::from("/srv/out")]);
+        assert!(files.sandbox);
+        assert_eq!(files.confirm, Confirm::Tools(vec!["write".into()]));
+        assert_eq!(files.confirm_timeout_secs, 120);
+        assert!(!shell.sandbox);
+        assert_eq!(shell.confirm, Confirm::All);
+        let plans = config.job_plans().unwrap();
+        let confinement = plans.tools[0]
+            .sandbox
+            .as_ref()
+            .expect("sandboxed by default");
+        assert_eq!(confinement.readable, files.readable);
+        assert!(
+            confinement
+                .hidden
+                .contains(&absolute(Path::new("hermes.toml"))),
+            "the configuration file is hidden: {confinement:?}"
+        );
+        assert_eq!(plans.tools[1].sandbox, None, "sandbox = false");
+        assert_eq!(plans.tools[1].confirm_timeout_ms, 30_000);
+
+        let bad = format!(
+            "{MINIMAL}\n[workers]\njob_timeout_secs = 60\n\n[[tools.mcp]]\nname = \"a\"\ncommand = \"x\"\n\
+             readable = [\"docs\"]\nwritable = \"/srv\"\nsandbox = \"no\"\nconfirm = \"all\"\n\n\
+             [[tools.mcp]]\nname = \"b\"\ncommand = \"y\"\nconfirm = [\"\"]\n\n\
+             [[tools.mcp]]\nname = \"c\"\ncommand = \"z\"\nconfirm = true\n"
+        );
+        let lines = problem_lines(&bad);
+        for expected in [
+            "line 16: tools.mcp[0].readable: docs: use an absolute path",
+            "line 17: tools.mcp[0].writable:",
+            "line 18: tools.mcp[0].sandbox:",
+            "line 19: tools.mcp[0].confirm: use true",
+            "line 24: tools.mcp[1].confirm: a tool name is empty",
+            "line 26: tools.mcp[2].confirm_timeout_secs: 120 s is not less than workers.job_timeout_secs (60 s)",
+        ] {
+            assert!(
+                lines.iter().any(|l| l.starts_with(expected)),
+                "{expected}: {lines:#?}"
+            );
+        }
+        assert_eq!(lines.len(), 6, "{lines:#?}");
+    }
+
+    #[test]
+    fn the_configuration_and_its_secret_files_are_hidden_from_tools() {
+        let text = MINIMAL
+            .replace("token_env = \"TG\"", "token_file = \"/run/keys/telegram\"")
+            .replace(
+                "model = \"m\"",
+                "model = \"m\"\napi_key_file = \"/run/keys/provider\"",
+            );
+        let config = parse(&text).unwrap();
+        let hidden = config.hidden_paths();
+        for path in ["/run/keys/telegram", "/run/keys/provider"] {
+            assert!(hidden.contains(&PathBuf::from(path)), "{hidden:?}");
+        }
+        assert!(hidden.iter().all(|p| p.is_absolute()), "{hidden:?}");
+        assert!(hidden.contains(&absolute(Path::new("hermes.toml"))));
     }
 
     #[test]

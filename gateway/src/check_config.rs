@@ -5,7 +5,9 @@ use std::path::Path;
 
 use hermes_config::{EXIT_CONFIG, GroupMode, load_or_report};
 
+use crate::sandbox;
 use crate::setup;
+use hermes_protocol::Confirm;
 
 pub fn check_config(path: &Path) -> i32 {
     let Some((config, setup)) = load_or_report(path, setup::resolve, |e| eprintln!("{e}")) else {
@@ -55,8 +57,38 @@ pub fn check_config(path: &Path) -> i32 {
         if !tool.env.is_empty() {
             line.push_str(&format!(", passes {}", tool.env.join(", ")));
         }
+        if !tool.sandbox {
+            line.push_str(", WITHOUT the sandbox");
+        }
+        let paths = |paths: &[std::path::PathBuf]| {
+            paths
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        if tool.sandbox && !tool.readable.is_empty() {
+            line.push_str(&format!(", may read {}", paths(&tool.readable)));
+        }
+        if tool.sandbox && !tool.writable.is_empty() {
+            line.push_str(&format!(", may write {}", paths(&tool.writable)));
+        }
+        match &tool.confirm {
+            Confirm::Never => {}
+            Confirm::All => line.push_str(&format!(
+                ", every call approved in the chat (timeout {} s)",
+                tool.confirm_timeout_secs
+            )),
+            Confirm::Tools(names) => line.push_str(&format!(
+                ", calls to {} approved in the chat (timeout {} s)",
+                names.join(", "),
+                tool.confirm_timeout_secs
+            )),
+        }
         println!("{line}");
     }
+    let report = sandbox::probe_blocking(&setup.worker_program);
+    println!("  {}", report.summary());
     println!(
         "  chats: {}, groups: {}, {} admin(s)",
         if t.streaming {
@@ -71,6 +103,12 @@ pub fn check_config(path: &Path) -> i32 {
         t.admin_users.len()
     );
     println!("  state: {}", setup.state_dir.display());
+    for line in report.warnings() {
+        println!("warning: {line}");
+    }
+    for name in sandbox::opted_out(&config) {
+        println!("warning: tool server {name:?} runs without the sandbox (sandbox = false)");
+    }
     if t.allowed_users.is_empty() {
         println!(
             "warning: telegram.allowed_users is empty: the bot will answer nobody but tell them their id"

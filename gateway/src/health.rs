@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::circuit::CircuitState;
 use crate::clock::{format_unix, unix, unix_now};
+use crate::sandbox::Report;
 
 pub struct Health {
     state: Mutex<State>,
@@ -42,6 +43,15 @@ struct State {
     answered: u64,
     failed: BTreeMap<FailureClass, u64>,
     previous_shutdown: Option<ShutdownRecord>,
+    sandbox: Option<SandboxStatus>,
+}
+
+/// What the tool sandbox can apply here, and which tools run without it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SandboxStatus {
+    pub report: Report,
+    /// `[[tools.mcp]]` entries with `sandbox = false`.
+    pub unsandboxed: Vec<String>,
 }
 
 /// How a worker left the pool: from which state, and whether it was a fault.
@@ -100,6 +110,9 @@ pub struct Snapshot {
     pub providers: Vec<ProviderStatus>,
     pub jobs: Jobs,
     pub previous_shutdown: Option<ShutdownRecord>,
+    /// None until the probe has answered (and in files of older versions).
+    #[serde(default)]
+    pub sandbox: Option<SandboxStatus>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -289,6 +302,17 @@ impl Health {
         }
     }
 
+    pub fn set_sandbox(&self, sandbox: SandboxStatus) {
+        self.lock().sandbox = Some(sandbox);
+    }
+
+    /// Which tools run without the sandbox, after a reload.
+    pub fn set_unsandboxed(&self, unsandboxed: Vec<String>) {
+        if let Some(sandbox) = &mut self.lock().sandbox {
+            sandbox.unsandboxed = unsandboxed;
+        }
+    }
+
     pub fn job_done(&self, outcome: &Outcome) {
         let mut s = self.lock();
         match outcome {
@@ -335,6 +359,7 @@ impl Health {
                     .collect(),
             },
             previous_shutdown: s.previous_shutdown.clone(),
+            sandbox: s.sandbox.clone(),
         }
     }
 }

@@ -11,24 +11,36 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use hermes_config::Config;
-use hermes_protocol::{Event, Job, Outcome};
-use tokio::sync::mpsc;
+use hermes_protocol::{ApprovalRequest, Decision, Event, Job, Outcome};
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 /// A future a [`JobRunner`] returns.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
+/// How a running job and its chat talk: the job's progress one way, its tool calls that
+/// need a person's approval one way and the decisions back, `/stop` the other way.
+pub struct JobLink {
+    pub events: mpsc::UnboundedSender<Event>,
+    pub approvals: mpsc::UnboundedSender<ApprovalAsk>,
+    /// Cancelled by `/stop`.
+    pub cancel: CancellationToken,
+}
+
+/// A tool call waiting for a person's decision, and where the decision goes. Dropping
+/// `decide` leaves the call waiting until the job's deadline; the chat always decides.
+pub struct ApprovalAsk {
+    pub request: ApprovalRequest,
+    pub decide: oneshot::Sender<Decision>,
+}
+
 /// Runs jobs for the chats.
 pub trait JobRunner: Send + Sync {
-    /// Runs `job`, streaming its events to `events`, and returns its outcome. Never fails:
-    /// every problem on the way is an [`Outcome::Failed`]. Cancelling `cancel` (`/stop`)
-    /// ends the job with `CancelReason::ByUser` once nothing of it runs any more.
-    fn run(
-        &self,
-        job: Job,
-        events: mpsc::UnboundedSender<Event>,
-        cancel: CancellationToken,
-    ) -> BoxFuture<'_, Outcome>;
+    /// Runs `job`, streaming its events to `link.events` and its approvals to
+    /// `link.approvals`, and returns its outcome. Never fails: every problem on the way is
+    /// an [`Outcome::Failed`]. Cancelling `link.cancel` (`/stop`) ends the job with
+    /// `CancelReason::ByUser` once nothing of it runs any more.
+    fn run(&self, job: Job, link: JobLink) -> BoxFuture<'_, Outcome>;
 }
 
 /// Builds the runner that replaces the worker pool, from the configuration `run` loaded.

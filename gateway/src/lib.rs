@@ -28,7 +28,10 @@
 //! - `circuit`: skipping a provider whose quota is exhausted, for a cool-down;
 //! - `health`, `systemd`: what the gateway knows about itself, and sd_notify
 //!   (READY, STATUS, WATCHDOG);
-//! - `signals`: stop and reload signals with their sender, for the shutdown record;
+//! - `signals`: stop and reload signals with their sender, for the shutdown record (and
+//!   ignored when a descendant sent them);
+//! - `sandbox`: what each tool server's sandbox hides and protects, and what the kernel
+//!   lets it apply; `approvals`: a tool call a user must allow, asked in the chat;
 //! - `settings`: what a SIGHUP reload may change; `setup`: judging a configuration
 //!   against this machine;
 //! - `clock`: Unix time for records, and waiting for a moment that may not be set.
@@ -36,6 +39,7 @@
 //! Below it: `hermes-protocol` (the wire: messages, frames, the connection, the
 //! handshake), `hermes-config` (the configuration file) and `hermes-retry` (backoff).
 
+mod approvals;
 mod chats;
 mod check_config;
 mod circuit;
@@ -45,6 +49,7 @@ mod health;
 mod jobs;
 mod replies;
 mod run;
+mod sandbox;
 mod service;
 mod settings;
 mod setup;
@@ -60,7 +65,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
-pub use jobs::{BoxFuture, JobRunner, MakeRunner};
+pub use jobs::{ApprovalAsk, BoxFuture, JobLink, JobRunner, MakeRunner};
 
 #[derive(Parser)]
 #[command(

@@ -184,6 +184,108 @@ pub mod status {
     }
 }
 
+/// Approvals: the question with its buttons, what it says once decided, and the answers
+/// to a button press (shown briefly by the client).
+pub mod approval {
+    use std::time::Duration;
+
+    use crate::telegram::format::{Piece, escape};
+
+    /// Arguments longer than this (in characters) are cut in the question.
+    const ARGUMENTS_SHOWN: usize = 300;
+
+    pub const ALLOW_BUTTON: &str = "✅ Allow";
+    pub const DENY_BUTTON: &str = "❌ Deny";
+    pub const PRESSED_ALLOW: &str = "Allowed.";
+    pub const PRESSED_DENY: &str = "Denied.";
+    pub const NOT_YOURS: &str = "Only the bot's allowed users can answer this.";
+    pub const EXPIRED: &str = "This request has expired.";
+
+    /// Asks whether `tool` may run with `arguments`.
+    pub fn question(tool: &str, arguments: &str, timeout: Duration) -> Piece {
+        let shown = shorten(arguments);
+        let secs = timeout.as_secs_f64().ceil();
+        Piece {
+            html: format!(
+                "🔐 The agent wants to run <b>{}</b> with:\n<pre>{}</pre>\nAllow it? No \
+                 answer within {secs} s counts as Deny.",
+                escape(tool),
+                escape(&shown)
+            ),
+            plain: format!(
+                "🔐 The agent wants to run {tool} with:\n{shown}\nAllow it? No answer \
+                 within {secs} s counts as Deny."
+            ),
+        }
+    }
+
+    pub fn allowed(tool: &str, by: &str) -> Piece {
+        decided("✅", tool, &format!("allowed by {by}"))
+    }
+
+    pub fn denied(tool: &str, by: &str) -> Piece {
+        decided("🚫", tool, &format!("denied by {by}; not run"))
+    }
+
+    pub fn timed_out(tool: &str, timeout: Duration) -> Piece {
+        decided(
+            "⌛",
+            tool,
+            &format!(
+                "no answer within {} s, so denied; not run",
+                timeout.as_secs_f64().ceil()
+            ),
+        )
+    }
+
+    /// The job ended (`/stop`, its deadline, the gateway stopping) before an answer.
+    pub fn not_run(tool: &str) -> Piece {
+        decided("⏹", tool, "not run: the request ended before an answer")
+    }
+
+    fn decided(mark: &str, tool: &str, what: &str) -> Piece {
+        Piece {
+            html: format!("{mark} <b>{}</b>: {}", escape(tool), escape(what)),
+            plain: format!("{mark} {tool}: {what}"),
+        }
+    }
+
+    /// The arguments as shown: at most [`ARGUMENTS_SHOWN`] characters, never empty.
+    fn shorten(arguments: &str) -> String {
+        let arguments = arguments.trim();
+        if arguments.is_empty() {
+            return "(no arguments)".into();
+        }
+        match arguments.char_indices().nth(ARGUMENTS_SHOWN) {
+            None => arguments.to_string(),
+            Some((cut, _)) => format!("{} …", &arguments[..cut]),
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn the_question_escapes_and_shortens_what_the_model_wrote() {
+            let arguments = format!(r#"{{"command": "<b>rm</b> & {}"}}"#, "x".repeat(500));
+            let q = question("shell.run", &arguments, Duration::from_secs(120));
+            assert!(q.html.contains("&lt;b&gt;rm&lt;/b&gt; &amp;"), "{}", q.html);
+            assert!(!q.html.contains("<b>rm"), "{}", q.html);
+            assert!(q.plain.chars().count() < 500, "{}", q.plain);
+            assert!(q.plain.contains(" …"));
+            assert!(q.plain.contains("120 s"));
+            assert!(
+                question("t", "  ", Duration::from_secs(1))
+                    .plain
+                    .contains("(no arguments)")
+            );
+            let who = allowed("shell.run", "<Ann>");
+            assert!(who.html.contains("&lt;Ann&gt;"), "{}", who.html);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -17,11 +17,13 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::approvals::Desk;
 use crate::chats::{ChatRouter, JobContext};
 use crate::circuit::Circuits;
 use crate::commands;
-use crate::health::Health;
+use crate::health::{Health, SandboxStatus};
 use crate::jobs::{JobRunner, MakeRunner};
+use crate::sandbox;
 use crate::settings::{ChatSettings, LiveSettings, needs_restart};
 use crate::setup::{self, Setup};
 use crate::signals::{self, StopReason};
@@ -38,6 +40,12 @@ const EXIT_OS_ERROR: i32 = 71;
 /// Runs the gateway with the configuration at `path`; `runner`, when given, runs the jobs
 /// instead of a worker pool (the benchmark's baseline).
 pub fn run(path: &Path, runner: Option<MakeRunner>) -> i32 {
+    // No other process of the service's user (a tool that escaped or opted out of the
+    // sandbox) may read this process's /proc/PID/environ (the bot token) or its memory,
+    // nor ptrace it.
+    if let Err(e) = nix::sys::prctl::set_dumpable(false) {
+        tracing::warn!("cannot mark the gateway non-dumpable: {e}");
+    }
     let Some((config, setup)) = load_or_report(path, setup::resolve, |e| tracing::error!("{e}"))
     else {
         return EXIT_CONFIG;
@@ -93,6 +101,17 @@ async fn serve(path: &Path, config: Config, setup: Setup, runner: Option<MakeRun
         }
     };
     let health = Arc::new(Health::new(workers.mode.as_str(), previous));
+    // Said before anything runs a tool: what the sandbox can apply here, and who opted out.
+    let report = sandbox::probe(&setup.worker_program).await;
+    report.log();
+    sandbox::warn_opted_out(&config);
+    health.set_sandbox(SandboxStatus {
+        report,
+        unsandboxed: sandbox::opted_out(&config)
+            .iter()
+            .map(|n| n.to_string())
+            .collect(),
+    });
     let notifier = Arc::new(Notifier::from_env());
     let settings = LiveSettings::new(ChatSettings::new(&config, &setup));
     let circuits = Arc::new(Circuits::new(settings.get().cooldowns.clone()));
@@ -109,6 +128,7 @@ async fn serve(path: &Path, config: Config, setup: Setup, runner: Option<MakeRun
                 slots: workers.pool_size,
                 program: setup.worker_program.clone(),
                 socket_dir: setup.runtime_dir.join("workers"),
+                scratch_root: setup.runtime_dir.join("scratch"),
                 memory_limit_mb: workers.memory_limit_mb,
                 max_jobs_per_worker: workers.max_jobs_per_worker,
                 kill_grace: Duration::from_secs(workers.kill_grace_secs),
@@ -122,7 +142,7 @@ async fn serve(path: &Path, config: Config, setup: Setup, runner: Option<MakeRun
             Ok(supervisor) => (Arc::new(supervisor), workers.mode == WorkerMode::Pool),
             Err(e) => {
                 tracing::error!(
-                    "cannot create the worker socket in {}: {e}",
+                    "cannot create the worker socket or scratch directories in {}: {e}",
                     setup.runtime_dir.display()
                 );
                 return EXIT_CONFIG;
@@ -140,6 +160,7 @@ async fn serve(path: &Path, config: Config, setup: Setup, runner: Option<MakeRun
         }
         .run(publisher_stop.clone()),
     );
+    let desk = Desk::new(Sender::new(bot.clone()), settings.clone());
     let router = ChatRouter::new(
         JobContext {
             runner,
@@ -149,6 +170,7 @@ async fn serve(path: &Path, config: Config, setup: Setup, runner: Option<MakeRun
             settings: settings.clone(),
             store: store.clone(),
             max_history: config.agent.max_history_messages,
+            desk: desk.clone(),
         },
         config.telegram.max_queued_per_chat,
         tasks.clone(),
@@ -188,6 +210,7 @@ async fn serve(path: &Path, config: Config, setup: Setup, runner: Option<MakeRun
         store.clone(),
         poll_stop.clone(),
         move |message| router.handle(message),
+        move |press| desk.on_callback(press),
     ));
     // Ready once local start-up is done: a pool's first worker has had its try (bounded,
     // so a broken worker binary does not hold start-up hostage). Telegram is not waited
@@ -207,9 +230,10 @@ async fn serve(path: &Path, config: Config, setup: Setup, runner: Option<MakeRun
 
     let stop_reason = loop {
         match signals.recv().await {
+            Some(signal) if signal.from_descendant => ignore_from_descendant(&signal),
             Some(signal) if signal.is_reload() => {
                 tracing::info!("received {signal}: reloading {}", path.display());
-                reload(path, &config, &settings, &circuits);
+                reload(path, &config, &settings, &circuits, &health);
             }
             Some(signal) => break StopReason::Signal(signal),
             None => break StopReason::ListenerGone,
@@ -252,7 +276,13 @@ async fn serve(path: &Path, config: Config, setup: Setup, runner: Option<MakeRun
 
 /// Applies a changed configuration file to the live settings, or keeps the old ones and
 /// says why. Jobs in flight keep the settings they started with.
-fn reload(path: &Path, running: &Config, settings: &LiveSettings, circuits: &Circuits) {
+fn reload(
+    path: &Path,
+    running: &Config,
+    settings: &LiveSettings,
+    circuits: &Circuits,
+    health: &Health,
+) {
     let Some((new, setup)) = load_or_report(path, setup::resolve, |e| {
         tracing::error!("reload failed, keeping the old configuration: {e}")
     }) else {
@@ -265,6 +295,13 @@ fn reload(path: &Path, running: &Config, settings: &LiveSettings, circuits: &Cir
             restart.join(", ")
         );
     }
+    sandbox::warn_opted_out(&new);
+    health.set_unsandboxed(
+        sandbox::opted_out(&new)
+            .iter()
+            .map(|n| n.to_string())
+            .collect(),
+    );
     let fresh = ChatSettings::new(&new, &setup);
     circuits.set_cooldowns(fresh.cooldowns.clone());
     tracing::info!(
@@ -278,14 +315,26 @@ fn reload(path: &Path, running: &Config, settings: &LiveSettings, circuits: &Cir
 /// How long start-up waits for a pool's first worker before declaring itself ready.
 const FIRST_WORKER_WAIT: Duration = Duration::from_secs(10);
 
-/// The next stop signal; reload signals are ignored here.
+/// The next stop signal; reload signals are ignored here, as are descendants' signals.
 async fn next_stop(
     signals: &mut mpsc::UnboundedReceiver<signals::Received>,
 ) -> Option<signals::Received> {
     loop {
         match signals.recv().await {
+            Some(signal) if signal.from_descendant => ignore_from_descendant(&signal),
             Some(signal) if signal.is_reload() => continue,
             other => return other,
         }
     }
+}
+
+/// A worker, or a tool a worker runs, sent a stop or reload signal: not obeyed, since
+/// nothing a request does may stop the service (the sandbox should have refused it; this
+/// covers `sandbox = false` and kernels without the filters).
+fn ignore_from_descendant(signal: &signals::Received) {
+    tracing::warn!(
+        "ignoring {signal}: the sender is one of the gateway's own workers or a process it \
+         runs (a tool); stop or reload the service from outside (systemctl, or a signal \
+         from another process)"
+    );
 }

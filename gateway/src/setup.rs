@@ -12,7 +12,8 @@ use hermes_protocol::{ProviderPlan, Secret, ToolServer};
 pub struct Setup {
     pub token: Secret,
     pub providers: Vec<ProviderPlan>,
-    /// MCP servers with their passed-through variables read.
+    /// MCP servers with their passed-through variables read, and what their sandbox
+    /// hides and protects.
     pub tools: Vec<ToolServer>,
     pub worker_program: PathBuf,
     pub state_dir: PathBuf,
@@ -38,10 +39,12 @@ pub fn resolve(config: &Config) -> Result<Setup, Vec<Problem>> {
     let runtime_dir = std::env::var_os("RUNTIME_DIRECTORY")
         .map(|d| PathBuf::from(first_path(&d.to_string_lossy())))
         .unwrap_or_else(|| state_dir.join("run"));
+    let mut tools = plans.tools;
+    crate::sandbox::confine(&mut tools, &state_dir, &runtime_dir);
     Ok(Setup {
         token,
         providers: plans.providers,
-        tools: plans.tools,
+        tools,
         worker_program,
         state_dir,
         runtime_dir,

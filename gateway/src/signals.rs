@@ -4,6 +4,14 @@
 //! `siginfo`: the sender's pid (and, looked up at once, its command line) is logged and
 //! recorded as the shutdown reason. A dedicated thread waits for signals (signal-hook's
 //! iterator) and hands them to the async side over a channel.
+//!
+//! The sender's pid also says whether it is one of the gateway's own descendants (a
+//! worker, or a tool a worker runs): such a stop or reload is ignored, with a warning
+//! (`run`). That is defence in depth for tools running with `sandbox = false` or on a
+//! kernel without the sandbox's filters; the sandbox itself refuses the signal. It cannot
+//! cover SIGKILL or SIGSTOP, which no process can catch, nor a sender that exited before
+//! its ancestry was read (`kill` run as a short-lived process): only the sandbox stops
+//! those.
 
 use std::fmt;
 
@@ -36,6 +44,8 @@ pub struct Received {
     pub signal: Signal,
     pub sender_pid: Option<i32>,
     pub sender_command: Option<String>,
+    /// The sender is a descendant of the gateway (a worker or something it runs).
+    pub from_descendant: bool,
 }
 
 impl Received {
@@ -79,9 +89,12 @@ pub fn listen() -> std::io::Result<mpsc::UnboundedReceiver<Received>> {
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
+            let gateway = i32::try_from(std::process::id()).unwrap_or(i32::MAX);
             for origin in signals.forever() {
                 let sender_pid = origin.process.map(|p| p.pid);
                 let received = Received {
+                    // First, while the sender most likely still exists.
+                    from_descendant: sender_pid.is_some_and(|pid| descends_from(pid, gateway)),
                     signal: match origin.signal {
                         SIGTERM => Signal::Term,
                         SIGINT => Signal::Int,
@@ -96,6 +109,34 @@ pub fn listen() -> std::io::Result<mpsc::UnboundedReceiver<Received>> {
             }
         })?;
     Ok(rx)
+}
+
+/// Whether `pid` is a descendant of `ancestor` (its child, grandchild, …), by its parent
+/// chain in `/proc`. False when the chain cannot be read (the process is gone).
+pub fn descends_from(pid: i32, ancestor: i32) -> bool {
+    let mut current = pid;
+    // Deeper than any tool's process tree; bounds a chain that changes while read.
+    for _ in 0..256 {
+        let Some(parent) = parent_of(current) else {
+            return false;
+        };
+        if parent == ancestor {
+            return true;
+        }
+        if parent <= 1 {
+            return false;
+        }
+        current = parent;
+    }
+    false
+}
+
+/// The parent pid from `/proc/PID/stat` (the field after the state, past the command
+/// name, which may itself hold spaces and parentheses).
+fn parent_of(pid: i32) -> Option<i32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = stat.get(stat.rfind(')')? + 1..)?;
+    rest.split_whitespace().nth(1)?.parse().ok()
 }
 
 /// `/proc/PID/cmdline` with NULs as spaces; None when the sender is already gone.
@@ -120,11 +161,42 @@ mod tests {
             signal: Signal::Term,
             sender_pid: Some(42),
             sender_command: Some("systemctl stop hermes-gateway".into()),
+            from_descendant: false,
         };
         assert_eq!(
             r.to_string(),
             "SIGTERM from pid 42 (systemctl stop hermes-gateway)"
         );
         assert!(command_line(std::process::id() as i32).is_some());
+    }
+
+    #[test]
+    fn a_grandchild_descends_from_this_process_and_the_parent_does_not() {
+        let me = std::process::id() as i32;
+        let mut child = std::process::Command::new("sh")
+            .args(["-c", "sleep 30 & echo $!; wait"])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+            &mut line,
+        )
+        .unwrap();
+        let grandchild: i32 = line.trim().parse().unwrap();
+        let descends = descends_from(grandchild, me);
+        let child_descends = descends_from(child.id() as i32, me);
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(grandchild),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+        let _ = child.wait();
+        assert!(descends && child_descends);
+        assert!(!descends_from(nix::unistd::getppid().as_raw(), me));
+        assert!(
+            !descends_from(i32::MAX, me),
+            "a process that does not exist"
+        );
     }
 }

@@ -250,6 +250,21 @@ fn print_status(s: &Snapshot, reasons: &[String]) {
             format_unix(record.at_unix)
         );
     }
+    match &s.sandbox {
+        Some(sandbox) => {
+            println!("  {}", sandbox.report.summary());
+            for line in sandbox.report.warnings() {
+                println!("    {line}");
+            }
+            if !sandbox.unsandboxed.is_empty() {
+                println!(
+                    "    without the sandbox (sandbox = false): {}",
+                    sandbox.unsandboxed.join(", ")
+                );
+            }
+        }
+        None => println!("  tool sandbox: not probed yet"),
+    }
 }
 
 /// The pid is alive and is a hermes-gateway (not a process that reused the pid).

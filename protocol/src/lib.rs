@@ -3,7 +3,9 @@
 //! The gateway and its workers are separate processes so that nothing a request does can
 //! take the gateway down. Everything the two must agree on lives here, in one place:
 //!
-//! - [`wire`]: the typed messages (job, events, outcome, failure classes);
+//! - [`wire`]: the typed messages (job, events, approvals, outcome, failure classes);
+//! - [`sandbox`]: the confinement a job carries for each tool server, and the record of
+//!   what the kernel lets the sandbox apply (`hermes-worker sandbox-probe --json`);
 //! - [`handshake`]: both sides of the first exchange, version first;
 //! - [`connection`]: one end of the socket, reading and writing whole frames, used by both
 //!   the gateway and the worker;
@@ -18,6 +20,7 @@ pub mod codec;
 pub mod connection;
 pub mod frame;
 pub mod handshake;
+pub mod sandbox;
 pub mod wire;
 
 pub use connection::Connection;

@@ -6,7 +6,10 @@
 //! 2. The gateway sends [`ToWorker::Job`]; the worker answers with any number of
 //!    [`FromWorker::Event`]s and exactly one [`FromWorker::Outcome`], all carrying the job's
 //!    [`JobId`] so anything left over from another job is recognised.
-//! 3. [`ToWorker::Shutdown`] (or the socket closing) ends the worker.
+//! 3. During a job, before a call to a tool its entry says to confirm, the worker sends
+//!    [`FromWorker::Approval`] and waits; the gateway asks the chat and answers with
+//!    [`ToWorker::Decision`] (the only thing it ever says during a job).
+//! 4. [`ToWorker::Shutdown`] (or the socket closing) ends the worker.
 //!
 //! A failed job is not an error of the protocol: it is an [`Outcome::Failed`] carrying a
 //! [`Failure`], a typed value from where it happened to the sentence the user reads.
@@ -15,9 +18,11 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use crate::sandbox::Confinement;
+
 /// Bumped on any change to these types. Leads the first frame so a mismatch is reported as
 /// one, not as an undecodable frame.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// A string that must not end up in logs: API keys, worker tokens.
 #[derive(Serialize, Deserialize, Clone, PartialEq, Eq)]
@@ -81,6 +86,84 @@ pub struct ToolServer {
     pub env: Vec<(String, Secret)>,
     /// Bound on one tool call; a call that takes longer is an error result for the model.
     pub call_timeout_ms: u64,
+    /// What the server runs under; `None` only when its entry opts out (`sandbox =
+    /// false`), and then it runs as the worker's plain child.
+    pub sandbox: Option<Confinement>,
+    /// Which of its tools need a user's approval before each call.
+    pub confirm: Confirm,
+    /// How long an approval is waited for; no answer by then is a denial.
+    pub confirm_timeout_ms: u64,
+}
+
+impl ToolServer {
+    /// A server with no secrets passed, sandboxed with an empty confinement, nothing to
+    /// confirm: what a caller then adjusts.
+    pub fn new(name: impl Into<String>, command: impl Into<String>, args: Vec<String>) -> Self {
+        ToolServer {
+            name: name.into(),
+            command: command.into(),
+            args,
+            env: Vec::new(),
+            call_timeout_ms: 30_000,
+            sandbox: Some(Confinement::default()),
+            confirm: Confirm::Never,
+            confirm_timeout_ms: 120_000,
+        }
+    }
+}
+
+/// Which tools of a server ask the user first (`[[tools.mcp]] confirm`).
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
+pub enum Confirm {
+    #[default]
+    Never,
+    /// `confirm = true`: every tool of the server.
+    All,
+    /// `confirm = ["name", ...]`: these tools, by the server's own names.
+    Tools(Vec<String>),
+}
+
+impl Confirm {
+    /// Whether a call to the server's tool `tool` needs approval.
+    pub fn covers(&self, tool: &str) -> bool {
+        match self {
+            Confirm::Never => false,
+            Confirm::All => true,
+            Confirm::Tools(names) => names.iter().any(|n| n == tool),
+        }
+    }
+}
+
+/// A tool call waiting for a user's approval.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct ApprovalRequest {
+    /// Unique within the job; the decision names it.
+    pub id: u64,
+    /// The tool as the user knows it: `server.tool`.
+    pub tool: String,
+    /// The arguments as the model wrote them (JSON text).
+    pub arguments: String,
+    /// No answer within this counts as a denial.
+    pub timeout_ms: u64,
+}
+
+/// What became of an [`ApprovalRequest`].
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// An allowed user of the chat pressed Allow; `by` names them.
+    Allowed { by: String },
+    /// An allowed user of the chat pressed Deny.
+    Denied { by: String },
+    /// Nobody answered within the request's timeout.
+    TimedOut,
+    /// The chat could not be asked (the prompt could not be sent).
+    Unavailable { reason: String },
+}
+
+impl Decision {
+    pub fn is_allowed(&self) -> bool {
+        matches!(self, Decision::Allowed { .. })
+    }
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
@@ -186,6 +269,12 @@ pub struct ProviderPlan {
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub enum ToWorker {
     Job(Job),
+    /// The answer to the job's [`FromWorker::Approval`] `approval`.
+    Decision {
+        job_id: JobId,
+        approval: u64,
+        decision: Decision,
+    },
     Shutdown,
 }
 
@@ -202,6 +291,12 @@ pub enum FromWorker {
         /// that outlived the deadline): the gateway ends the group before it replies, and
         /// the worker gets no other job.
         retire: bool,
+    },
+    /// A tool call that needs a user's approval; the tool runs only after a
+    /// [`ToWorker::Decision`] that allows it.
+    Approval {
+        job_id: JobId,
+        request: ApprovalRequest,
     },
 }
 
@@ -431,6 +526,80 @@ mod tests {
             max_retries: 0,
         };
         assert!(!format!("{plan:?}").contains("sk-very-secret"));
+    }
+
+    /// Both new messages of version 3 travel whole, each its own way, over one socket
+    /// pair: the worker asks, the gateway decides.
+    #[tokio::test]
+    async fn an_approval_goes_to_the_gateway_and_its_decision_back_to_the_worker() {
+        use crate::Connection;
+        let (a, b) = tokio::io::duplex(4096);
+        let (mut worker, mut gateway) = (Connection::new(a), Connection::new(b));
+        let asked = FromWorker::Approval {
+            job_id: JobId(7),
+            request: ApprovalRequest {
+                id: 1,
+                tool: "shell.run".into(),
+                arguments: r#"{"command": "rm -rf /"}"#.into(),
+                timeout_ms: 120_000,
+            },
+        };
+        worker.write_frame(&asked).await.unwrap();
+        assert_eq!(gateway.read_frame::<FromWorker>().await.unwrap(), asked);
+        for decision in [
+            Decision::Allowed { by: "Ann".into() },
+            Decision::Denied { by: "Ann".into() },
+            Decision::TimedOut,
+            Decision::Unavailable {
+                reason: "Telegram refused the prompt".into(),
+            },
+        ] {
+            let answer = ToWorker::Decision {
+                job_id: JobId(7),
+                approval: 1,
+                decision,
+            };
+            gateway.write_frame(&answer).await.unwrap();
+            assert_eq!(worker.read_frame::<ToWorker>().await.unwrap(), answer);
+        }
+    }
+
+    /// The layout of what version 3 added, byte for byte: a change to these types without
+    /// a new version fails here first (the fix is to bump `PROTOCOL_VERSION` and these
+    /// bytes together).
+    #[test]
+    fn version_3_pins_the_layout_of_approvals_and_tool_servers() {
+        let decision = crate::codec::to_bytes(&ToWorker::Decision {
+            job_id: JobId(1),
+            approval: 2,
+            decision: Decision::Denied { by: "A".into() },
+        })
+        .unwrap();
+        let server = crate::codec::to_bytes(&ToolServer {
+            confirm: Confirm::Tools(vec!["x".into()]),
+            ..ToolServer::new("s", "c", Vec::new())
+        })
+        .unwrap();
+        assert_eq!(
+            (PROTOCOL_VERSION, decision, server),
+            (
+                3,
+                vec![1, 1, 2, 1, 1, b'A'],
+                vec![
+                    1, b's', 1, b'c', 0, 0, 0xb0, 0xea, 0x01, 1, 0, 0, 0, 0, 2, 1, 1, b'x', 0xc0,
+                    0xa9, 0x07
+                ]
+            )
+        );
+    }
+
+    #[test]
+    fn confirm_covers_the_named_tools_or_all() {
+        assert!(!Confirm::Never.covers("run"));
+        assert!(Confirm::All.covers("run"));
+        let some = Confirm::Tools(vec!["run".into()]);
+        assert!(some.covers("run"));
+        assert!(!some.covers("list"));
     }
 
     #[test]

@@ -2,7 +2,10 @@
 //! file and no gateway, for an operator finding out why the bot misbehaves. Progress goes
 //! to stderr (attempts, retries, fallbacks, each tool call; with `--stream` the answer as
 //! it grows), the answer to stdout. The configured tool servers are started for this one
-//! question and stopped after it.
+//! question and stopped after it, in the same sandbox as under the gateway (hiding the
+//! configuration, its secret files and the state directory), with a scratch directory of
+//! their own under `$TMPDIR` that is removed afterwards. Nobody can approve a call here:
+//! calls to tools an entry says to confirm are denied.
 
 use std::io::Write;
 use std::path::Path;
@@ -13,6 +16,7 @@ use hermes_protocol::{ChatMessage, Event, Failure, FailureClass, Job, JobId, Out
 use tokio::sync::mpsc;
 
 use crate::agent;
+use hermes_worker::sandbox::{Policy, Sandbox};
 use hermes_worker::tools::Toolbox;
 
 pub struct AskOptions {
@@ -71,10 +75,16 @@ pub async fn ask(
         }
     });
     let deadline = agent::deadline_of(&job);
+    let scratch = std::env::temp_dir().join(format!("hermes-ask-{}", std::process::id()));
     let mut toolbox = Toolbox::default();
+    toolbox.set_sandbox(Some(Sandbox::new(Policy {
+        scratch: hermes_config::absolute(&scratch),
+        ..Policy::default()
+    })));
     toolbox.prepare(&job.tools, deadline).await;
     let run = agent::run_with_tools(&job, &client, &events_tx, &toolbox, deadline).await;
     toolbox.shutdown().await;
+    let _ = std::fs::remove_dir_all(&scratch);
     drop(events_tx);
     let _ = printer.await;
     if run.abandoned_tools {

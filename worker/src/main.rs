@@ -38,8 +38,8 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Serve jobs for the gateway (started by hermes-gateway, not by hand). Reads the
-    /// socket path from HERMES_WORKER_SOCKET and the one-time token from
-    /// HERMES_WORKER_TOKEN.
+    /// socket path from HERMES_WORKER_SOCKET, the one-time token from HERMES_WORKER_TOKEN
+    /// and the tools' scratch directory from HERMES_WORKER_SCRATCH.
     Serve,
     /// Ask one question with the gateway's configuration file, without the gateway, and
     /// print the answer; on failure print the typed failure and exit 1 (78: bad config).
@@ -119,6 +119,8 @@ fn main() {
         Command::Serve => {
             let socket = std::env::var("HERMES_WORKER_SOCKET").unwrap_or_default();
             let token = std::env::var("HERMES_WORKER_TOKEN").unwrap_or_default();
+            let scratch =
+                PathBuf::from(std::env::var_os("HERMES_WORKER_SCRATCH").unwrap_or_default());
             if socket.is_empty() || token.is_empty() {
                 eprintln!(
                     "hermes-worker serve is started by hermes-gateway: HERMES_WORKER_SOCKET and \
@@ -127,7 +129,7 @@ fn main() {
                 );
                 std::process::exit(serve::EXIT_REFUSED);
             }
-            runtime.block_on(serve::serve(&socket, &token, client))
+            runtime.block_on(serve::serve(&socket, &token, &scratch, client))
         }
         Command::Ask {
             config,

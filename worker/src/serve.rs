@@ -7,6 +7,14 @@
 //! way the worker exits at once rather than finish work nobody will read (the parent-death
 //! signal is only a fast hint; this is the reliable one).
 //!
+//! The one thing the gateway may say during a job is a [`ToWorker::Decision`]: the answer
+//! to an approval this worker asked for (a tool call its entry says to confirm waits for
+//! it). Decisions for approvals nobody waits for any more are dropped.
+//!
+//! Tool servers run in the sandbox, with the scratch directory the gateway made for this
+//! worker (`HERMES_WORKER_SCRATCH`) as their working directory and `TMPDIR`; it is emptied
+//! after every job (and removed by the gateway when the worker is gone).
+//!
 //! Tool servers live as long as their configuration: started by the first job that
 //! names them, kept for the next jobs while their entry is unchanged, replaced after a
 //! job in which one died or timed out a call, and ended with the worker. A job whose
@@ -15,20 +23,23 @@
 //! leaves the job unanswered and lets the gateway do that (it kills the group shortly
 //! after the deadline and answers "timed out" itself).
 
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::pin::pin;
 use std::time::Duration;
 
 use hermes_protocol::frame::{FrameError, encode};
 use hermes_protocol::{
-    ChatMessage, Connection, FromWorker, Job, JobId, Outcome, Reply, Role, Secret, ToWorker,
-    handshake,
+    ApprovalRequest, ChatMessage, Connection, Decision, FromWorker, Job, JobId, Outcome, Reply,
+    Role, Secret, ToWorker, handshake,
 };
 use interprocess::local_socket::tokio::{Stream, prelude::*};
 use interprocess::local_socket::{GenericFilePath, ToFsName};
 use tokio::sync::mpsc;
 
 use crate::agent;
-use hermes_worker::tools::Toolbox;
+use hermes_worker::sandbox::{self, Policy, Sandbox};
+use hermes_worker::tools::{Ask, Toolbox};
 
 /// How long a worker that abandoned a tool call waits for the gateway to end it before
 /// answering anyway and exiting (the gateway normally acts about a second after the
@@ -42,7 +53,15 @@ pub const EXIT_OK: i32 = 0;
 pub const EXIT_FAILED: i32 = 1;
 pub const EXIT_REFUSED: i32 = 2;
 
-pub async fn serve(socket: &str, token: &str, client: reqwest::Client) -> i32 {
+/// What a job needs besides the connection: its tools, the approvals they ask for, and
+/// the scratch directory to empty after it.
+struct Workbench {
+    tools: Toolbox,
+    asks: mpsc::UnboundedReceiver<Ask>,
+    scratch: PathBuf,
+}
+
+pub async fn serve(socket: &str, token: &str, scratch: &Path, client: reqwest::Client) -> i32 {
     raise_oom_score();
     let stream = match socket.to_fs_name::<GenericFilePath>() {
         Ok(name) => match Stream::connect(name).await {
@@ -62,13 +81,33 @@ pub async fn serve(socket: &str, token: &str, client: reqwest::Client) -> i32 {
         tracing::error!("{e}");
         return EXIT_REFUSED;
     }
+    if scratch.as_os_str().is_empty() {
+        // The trampoline refuses a policy without one: sandboxed servers will not start.
+        tracing::error!(
+            "no scratch directory given (HERMES_WORKER_SCRATCH): sandboxed tool servers cannot start"
+        );
+    }
+    let (asks_tx, asks) = mpsc::unbounded_channel();
     let mut tools = Toolbox::default();
+    tools.set_sandbox(Some(Sandbox::new(Policy {
+        scratch: scratch.to_path_buf(),
+        ..Policy::default()
+    })));
+    tools.set_approvals(Some(asks_tx));
+    let mut bench = Workbench {
+        tools,
+        asks,
+        scratch: scratch.to_path_buf(),
+    };
     let code = loop {
         match conn.read_frame::<ToWorker>().await {
             Ok(ToWorker::Job(job)) => {
-                if let Err(code) = run_job(&mut conn, job, &client, &mut tools).await {
+                if let Err(code) = run_job(&mut conn, job, &client, &mut bench).await {
                     break code;
                 }
+            }
+            Ok(ToWorker::Decision { job_id, .. }) => {
+                tracing::debug!("dropped a decision for {job_id}, which is over");
             }
             Ok(ToWorker::Shutdown) => break EXIT_OK,
             Err(e) if e.is_disconnect() => break EXIT_OK,
@@ -78,7 +117,7 @@ pub async fn serve(socket: &str, token: &str, client: reqwest::Client) -> i32 {
             }
         }
     };
-    tools.shutdown().await;
+    bench.tools.shutdown().await;
     code
 }
 
@@ -88,11 +127,15 @@ async fn run_job(
     conn: &mut Conn,
     job: Job,
     client: &reqwest::Client,
-    tools: &mut Toolbox,
+    bench: &mut Workbench,
 ) -> Result<(), i32> {
     let job_id = job.id;
     let deadline = agent::deadline_of(&job);
     let (events_tx, mut events) = mpsc::unbounded_channel();
+    let Workbench { tools, asks, .. } = bench;
+    // Approvals asked for and not yet decided, by id.
+    let mut waiting: HashMap<u64, tokio::sync::oneshot::Sender<Decision>> = HashMap::new();
+    let mut next_approval = 0u64;
     let run = {
         let mut agent = pin!(async {
             tools.prepare(&job.tools, deadline).await;
@@ -104,12 +147,34 @@ async fn run_job(
                 Some(event) = events.recv() => {
                     send(conn, &FromWorker::Event { job_id, event }).await?;
                 }
-                message = conn.read_frame::<ToWorker>() => {
-                    return Err(gateway_spoke(job_id, message));
+                Some(ask) = asks.recv() => {
+                    next_approval += 1;
+                    let request = ApprovalRequest {
+                        id: next_approval,
+                        tool: ask.tool,
+                        arguments: ask.arguments,
+                        timeout_ms: ask.timeout_ms,
+                    };
+                    waiting.insert(next_approval, ask.decide);
+                    send(conn, &FromWorker::Approval { job_id, request }).await?;
                 }
+                message = conn.read_frame::<ToWorker>() => match message {
+                    Ok(ToWorker::Decision { job_id: for_job, approval, decision }) if for_job == job_id => {
+                        match waiting.remove(&approval) {
+                            Some(decide) => { let _ = decide.send(decision); }
+                            None => tracing::warn!("dropped a decision for approval {approval} of {job_id}, which nobody waits for"),
+                        }
+                    }
+                    Ok(ToWorker::Decision { job_id: other, .. }) => {
+                        tracing::warn!("dropped a decision for {other} during {job_id}");
+                    }
+                    other => return Err(gateway_spoke(job_id, other)),
+                },
             }
         }
     };
+    // Asked for too late to be sent: their callers read "not approved".
+    while asks.try_recv().is_ok() {}
     while let Ok(event) = events.try_recv() {
         send(conn, &FromWorker::Event { job_id, event }).await?;
     }
@@ -120,6 +185,14 @@ async fn run_job(
     // Now rather than at the next job: whatever a timed-out call left running should not
     // outlive the job by more than this.
     tools.stop_stale().await;
+    // The next job starts with an empty scratch directory: what one job's tools wrote
+    // there is not the next job's to read.
+    if let Err(e) = sandbox::empty_dir(&bench.scratch) {
+        tracing::warn!(
+            "cannot empty the scratch directory {}: {e}",
+            bench.scratch.display()
+        );
+    }
     Ok(())
 }
 

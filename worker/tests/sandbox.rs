@@ -666,11 +666,12 @@ async fn the_toolbox_runs_its_servers_in_the_sandbox_and_calls_still_work() {
     let pid_file = world.scratch().join("calc.pid");
     std::fs::create_dir_all(world.scratch()).unwrap();
     let spec = ToolServer {
-        name: "calc".into(),
-        command: mcp_server().display().to_string(),
-        args: vec!["--pid-file".into(), pid_file.display().to_string()],
-        env: Vec::new(),
         call_timeout_ms: 10_000,
+        ..ToolServer::new(
+            "calc",
+            mcp_server().display().to_string(),
+            vec!["--pid-file".into(), pid_file.display().to_string()],
+        )
     };
     let mut toolbox = Toolbox::default();
     toolbox.set_sandbox(Some(
@@ -739,11 +740,8 @@ async fn the_toolbox_runs_its_servers_in_the_sandbox_and_calls_still_work() {
 async fn a_sandboxed_server_whose_command_is_missing_says_so() {
     let world = World::new();
     let spec = ToolServer {
-        name: "gone".into(),
-        command: "/nonexistent/mcp-server".into(),
-        args: Vec::new(),
-        env: Vec::new(),
         call_timeout_ms: 1_000,
+        ..ToolServer::new("gone", "/nonexistent/mcp-server", Vec::new())
     };
     let sandbox = Sandbox::new(world.policy()).with_trampoline(TRAMPOLINE);
     let server = hermes_worker::tools::mcp::Server::start_in(&spec, Some(&sandbox), BOUND).await;

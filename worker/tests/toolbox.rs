@@ -24,11 +24,8 @@ fn calc(pid_file: &Path, extra: &[&str], call_timeout_ms: u64) -> ToolServer {
     let mut args = vec!["--pid-file".to_string(), pid_file.display().to_string()];
     args.extend(extra.iter().map(|a| a.to_string()));
     ToolServer {
-        name: "calc".into(),
-        command: mcp_server().display().to_string(),
-        args,
-        env: Vec::new(),
         call_timeout_ms,
+        ..ToolServer::new("calc", mcp_server().display().to_string(), args)
     }
 }
 

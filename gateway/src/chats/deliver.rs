@@ -8,9 +8,12 @@ use std::time::{Duration, Instant};
 
 use hermes_protocol::{CancelReason, ChatMessage, Event, Failure, Outcome, Role};
 use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
 
-use super::{Inner, Request};
+use super::{Inner, JobContext, Request};
 use crate::clock::sleep_until;
+use crate::jobs::ApprovalAsk;
 use crate::replies;
 use crate::store::Exchange;
 use crate::telegram::live::LiveReply;
@@ -22,19 +25,35 @@ const TYPING_EVERY: Duration = Duration::from_secs(4);
 /// the indicator invisible anyway, and skipping it saves a Bot API call per message
 /// (a sixth of the gateway's instructions per message in the throughput benchmark).
 const TYPING_AFTER: Duration = Duration::from_millis(300);
+/// How long the reply waits for a job's open approval questions to be edited into "not
+/// run" (each one edit, retried through flood control).
+const SETTLE_BOUND: Duration = Duration::from_secs(30);
 
-/// Waits for `run`'s outcome while showing the job's progress in the chat. Also returns
-/// the job's fallback events: the quota circuits learn from them.
+/// What a running job sends its chat: progress, and tool calls to approve.
+pub struct Incoming {
+    pub events: mpsc::UnboundedReceiver<Event>,
+    pub approvals: mpsc::UnboundedReceiver<ApprovalAsk>,
+}
+
+/// Waits for `run`'s outcome while showing the job's progress in the chat and asking it
+/// the job's approvals. Returns once every question is settled (so no button outlives the
+/// job), with the job's fallback events: the quota circuits learn from them.
 pub async fn follow(
-    sender: &Sender,
+    ctx: &JobContext,
     chat: i64,
     run: impl Future<Output = Outcome>,
-    mut events: mpsc::UnboundedReceiver<Event>,
+    incoming: Incoming,
     live: &mut LiveReply,
 ) -> (Outcome, Vec<Event>) {
+    let Incoming {
+        mut events,
+        mut approvals,
+    } = incoming;
     tokio::pin!(run);
-    let typing = keep_typing(sender, chat);
+    let typing = keep_typing(&ctx.sender, chat);
     tokio::pin!(typing);
+    let job_over = CancellationToken::new();
+    let mut questions = JoinSet::new();
     // Only fallbacks matter once the job is over; keep those, let the rest go.
     let mut fallbacks = Vec::new();
     let outcome = loop {
@@ -47,6 +66,12 @@ pub async fn follow(
                     fallbacks.push(event);
                 }
             }
+            Some(ask) = approvals.recv() => {
+                let desk = ctx.desk.clone();
+                let job_over = job_over.clone();
+                questions.spawn(async move { desk.ask(chat, ask, job_over).await });
+            }
+            Some(_) = questions.join_next(), if !questions.is_empty() => {}
             _ = sleep_until(draw_at) => live.draw().await,
             never = &mut typing => match never {},
         }
@@ -55,6 +80,16 @@ pub async fn follow(
         if matches!(event, Event::FellBack { .. }) {
             fallbacks.push(event);
         }
+    }
+    job_over.cancel();
+    if tokio::time::timeout(SETTLE_BOUND, questions.join_all())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            chat,
+            "approval questions not settled within {SETTLE_BOUND:?}"
+        );
     }
     (outcome, fallbacks)
 }

@@ -25,11 +25,12 @@ use tokio::sync::mpsc::error::TrySendError;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::approvals::Desk;
 use crate::circuit::Circuits;
 use crate::commands::stop::{InFlight, Stopping};
 use crate::commands::{self, Command};
 use crate::health::Health;
-use crate::jobs::JobRunner;
+use crate::jobs::{JobLink, JobRunner};
 use crate::replies;
 use crate::settings::LiveSettings;
 use crate::store::{Exchange, Pending, Store};
@@ -49,6 +50,8 @@ pub struct JobContext {
     pub store: Arc<Store>,
     /// Turns of history sent with each job.
     pub max_history: usize,
+    /// Where a job's tool calls that need approval are asked about.
+    pub desk: Desk,
 }
 
 /// A chat task stops waiting for messages: idle too long, or the gateway is stopping.
@@ -293,10 +296,25 @@ impl ChatRouter {
         let mut stop_requests = Vec::new();
         let outcome = match prepare::prepare(ctx, &settings, &request, started) {
             Ok(prepared) => {
-                let (events_tx, events_rx) = mpsc::unbounded_channel();
-                let run = ctx.runner.run(prepared.job, events_tx, in_flight.begin());
-                let (outcome, fallbacks) =
-                    deliver::follow(&ctx.sender, request.chat, run, events_rx, &mut live).await;
+                let (events, events_rx) = mpsc::unbounded_channel();
+                let (approvals, approvals_rx) = mpsc::unbounded_channel();
+                let link = JobLink {
+                    events,
+                    approvals,
+                    cancel: in_flight.begin(),
+                };
+                let run = ctx.runner.run(prepared.job, link);
+                let (outcome, fallbacks) = deliver::follow(
+                    ctx,
+                    request.chat,
+                    run,
+                    deliver::Incoming {
+                        events: events_rx,
+                        approvals: approvals_rx,
+                    },
+                    &mut live,
+                )
+                .await;
                 stop_requests = in_flight.end();
                 ctx.circuits
                     .settle(&prepared.plan, &fallbacks, &outcome, Instant::now());

@@ -14,6 +14,7 @@
 
 mod listener;
 mod process;
+mod scratch;
 mod slot;
 mod stderr_log;
 mod worker;
@@ -30,7 +31,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::health::Health;
-use crate::jobs::{BoxFuture, JobRunner};
+use crate::jobs::{ApprovalAsk, BoxFuture, JobLink, JobRunner};
 use listener::PendingWorkers;
 use process::SpawnSpec;
 use slot::{RestartIntensity, Slot};
@@ -41,6 +42,8 @@ pub struct SupervisorConfig {
     pub slots: usize,
     pub program: PathBuf,
     pub socket_dir: PathBuf,
+    /// Where each worker's scratch directory is made (under the runtime directory).
+    pub scratch_root: PathBuf,
     pub memory_limit_mb: u64,
     pub max_jobs_per_worker: u32,
     pub kill_grace: Duration,
@@ -54,6 +57,7 @@ pub struct SupervisorConfig {
 struct Assignment {
     job: Job,
     events: mpsc::UnboundedSender<Event>,
+    approvals: mpsc::UnboundedSender<ApprovalAsk>,
     done: oneshot::Sender<Outcome>,
     /// `/stop`: ends the job wherever it is, its worker's group included.
     cancel: CancellationToken,
@@ -83,6 +87,7 @@ impl Supervisor {
         tasks: &TaskTracker,
     ) -> std::io::Result<Supervisor> {
         let (listener, socket) = listener::bind(&config.socket_dir)?;
+        scratch::clear(&config.scratch_root)?;
         let pending = PendingWorkers::default();
         tasks.spawn(listener::accept_loop(
             listener,
@@ -94,6 +99,7 @@ impl Supervisor {
         let spec = SpawnSpec {
             program: config.program.clone(),
             socket,
+            scratch_root: config.scratch_root.clone(),
             memory_limit_mb: config.memory_limit_mb,
         };
         let deaths = Arc::new(RestartIntensity::new(
@@ -116,17 +122,18 @@ impl Supervisor {
 
     /// Runs `job` on a worker: see [`JobRunner::run`]. A cancelled job ends once none of
     /// its processes is left.
-    async fn run_on_worker(
-        &self,
-        job: Job,
-        events: mpsc::UnboundedSender<Event>,
-        cancel: CancellationToken,
-    ) -> Outcome {
+    async fn run_on_worker(&self, job: Job, link: JobLink) -> Outcome {
+        let JobLink {
+            events,
+            approvals,
+            cancel,
+        } = link;
         let (done, mut outcome) = oneshot::channel();
         let taken = Arc::new(AtomicBool::new(false));
         let assignment = Assignment {
             job,
             events,
+            approvals,
             done,
             cancel: cancel.clone(),
             taken: taken.clone(),
@@ -150,13 +157,8 @@ impl Supervisor {
 }
 
 impl JobRunner for Supervisor {
-    fn run(
-        &self,
-        job: Job,
-        events: mpsc::UnboundedSender<Event>,
-        cancel: CancellationToken,
-    ) -> BoxFuture<'_, Outcome> {
-        Box::pin(self.run_on_worker(job, events, cancel))
+    fn run(&self, job: Job, link: JobLink) -> BoxFuture<'_, Outcome> {
+        Box::pin(self.run_on_worker(job, link))
     }
 }
 

@@ -14,7 +14,7 @@
 use std::ffi::OsString;
 use std::io;
 use std::os::unix::process::ExitStatusExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
@@ -55,12 +55,19 @@ const WORKER_NOFILE: u64 = 4096;
 pub struct SpawnSpec {
     pub program: PathBuf,
     pub socket: PathBuf,
+    /// Where each worker's scratch directory is made.
+    pub scratch_root: PathBuf,
     /// `RLIMIT_AS` in MiB; 0 for none.
     pub memory_limit_mb: u64,
 }
 
-/// Starts `program serve` in its own process group with a one-time `token`.
-pub fn spawn(spec: &SpawnSpec, token: &Secret) -> io::Result<(Child, Option<ChildStderr>)> {
+/// Starts `program serve` in its own process group with a one-time `token`, its tools to
+/// run in `scratch`.
+pub fn spawn(
+    spec: &SpawnSpec,
+    token: &Secret,
+    scratch: &Path,
+) -> io::Result<(Child, Option<ChildStderr>)> {
     let mut command = Command::new(&spec.program);
     command
         .arg("serve")
@@ -68,6 +75,7 @@ pub fn spawn(spec: &SpawnSpec, token: &Secret) -> io::Result<(Child, Option<Chil
         .envs(inherited_env())
         .env("HERMES_WORKER_SOCKET", &spec.socket)
         .env("HERMES_WORKER_TOKEN", token.expose())
+        .env("HERMES_WORKER_SCRATCH", scratch)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -82,6 +90,10 @@ pub fn spawn(spec: &SpawnSpec, token: &Secret) -> io::Result<(Child, Option<Chil
     unsafe {
         command.pre_exec(move || {
             nix::sys::prctl::set_pdeathsig(Some(Signal::SIGKILL))?;
+            // The fork inherits the gateway's PR_SET_DUMPABLE 0, under which /proc/self
+            // belongs to root and an unprivileged service could not write its own score;
+            // exec resets the flag anyway (and the worker clears it again at start).
+            let _ = nix::sys::prctl::set_dumpable(true);
             // First in line for the OOM killer, whatever the worker binary does: it would
             // otherwise inherit the gateway's own (lowered) score.
             if let Ok(fd) = nix::fcntl::open(

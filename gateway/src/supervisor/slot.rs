@@ -214,6 +214,7 @@ impl Slot {
                 .run_job(
                     &assignment.job,
                     &assignment.events,
+                    &assignment.approvals,
                     Stops {
                         abort: &self.abort,
                         cancel: &assignment.cancel,

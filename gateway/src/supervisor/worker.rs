@@ -9,18 +9,22 @@
 use std::time::{Duration, Instant};
 
 use hermes_protocol::{
-    CancelReason, Connection, CrashCause, Event, Failure, FrameError, FromWorker, Job, Outcome,
-    Secret, ToWorker,
+    CancelReason, Connection, CrashCause, Decision, Event, Failure, FrameError, FromWorker, Job,
+    Outcome, Secret, ToWorker,
 };
 use interprocess::local_socket::tokio::Stream;
 use rand::Rng;
 use tokio::process::Child;
-use tokio::sync::mpsc;
+use tokio::sync::oneshot::error::RecvError;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use super::listener::{AuthRefusal, PendingWorkers};
 use super::process::{self, SpawnSpec};
+use super::scratch::ScratchDir;
 use super::stderr_log;
+use crate::jobs::ApprovalAsk;
 
 /// A started worker that has not connected by then is killed.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -41,6 +45,11 @@ pub enum StartError {
     NeverConnected { pid: u32 },
     #[error("worker {pid} was refused: {reason}")]
     Refused { pid: u32, reason: AuthRefusal },
+    #[error("cannot make its scratch directory in {root}: {source}")]
+    Scratch {
+        root: String,
+        source: std::io::Error,
+    },
     #[error("stopping")]
     Stopping,
 }
@@ -50,6 +59,8 @@ pub struct Worker {
     pid: u32,
     conn: Connection<Stream>,
     pub jobs_done: u32,
+    /// Removed when the worker is dropped, which is after its group was ended.
+    _scratch: ScratchDir,
 }
 
 /// What may end a job before its outcome: the gateway stopping, or the user (`/stop`).
@@ -86,8 +97,13 @@ impl Worker {
         stop: &CancellationToken,
     ) -> Result<Worker, StartError> {
         let token = Secret::new(new_token());
+        let scratch =
+            ScratchDir::create(&spec.scratch_root).map_err(|source| StartError::Scratch {
+                root: spec.scratch_root.display().to_string(),
+                source,
+            })?;
         let (mut child, stderr) =
-            process::spawn(spec, &token).map_err(|source| StartError::Spawn {
+            process::spawn(spec, &token, scratch.path()).map_err(|source| StartError::Spawn {
                 program: spec.program.display().to_string(),
                 source,
             })?;
@@ -134,14 +150,17 @@ impl Worker {
             pid,
             conn,
             jobs_done: 0,
+            _scratch: scratch,
         })
     }
 
     /// Sends `job` and waits for its outcome, the worker's death, the deadline, or a stop.
+    /// Approvals the worker asks for go to `approvals`; their decisions go back to it.
     pub async fn run_job(
         &mut self,
         job: &Job,
         events: &mpsc::UnboundedSender<Event>,
+        approvals: &mpsc::UnboundedSender<ApprovalAsk>,
         stops: Stops<'_>,
         kill_grace: Duration,
     ) -> JobRun {
@@ -152,12 +171,34 @@ impl Worker {
             return self.broken(e).await;
         }
         let deadline = started + Duration::from_millis(job.timeout_ms) + DEADLINE_MARGIN;
+        // Decisions on their way back to the worker, by approval id.
+        let mut decisions: JoinSet<(u64, Result<Decision, RecvError>)> = JoinSet::new();
         loop {
             tokio::select! {
+                Some(decided) = decisions.join_next(), if !decisions.is_empty() => {
+                    let Ok((approval, Ok(decision))) = decided else {
+                        // The chat let the question go (the job is ending): the worker
+                        // waits until its deadline or its end, whichever comes first.
+                        continue;
+                    };
+                    let answer = ToWorker::Decision { job_id: job.id, approval, decision };
+                    if let Err(e) = self.conn.write_frame(&answer).await {
+                        tracing::warn!(worker = self.pid, job = %job.id, "cannot send a decision: {e}");
+                        return self.broken(e).await;
+                    }
+                }
                 frame = self.conn.read_frame::<FromWorker>() => match frame {
                     Ok(FromWorker::Event { job_id, event }) if job_id == job.id => {
                         tracing::debug!(worker = self.pid, job = %job.id, ?event, "event");
                         let _ = events.send(event);
+                    }
+                    Ok(FromWorker::Approval { job_id, request }) if job_id == job.id => {
+                        tracing::info!(worker = self.pid, job = %job.id, tool = %request.tool, "a tool call waits for approval");
+                        let (decide, decision) = oneshot::channel();
+                        let approval = request.id;
+                        if approvals.send(ApprovalAsk { request, decide }).is_ok() {
+                            decisions.spawn(async move { (approval, decision.await) });
+                        }
                     }
                     Ok(FromWorker::Outcome { job_id, outcome, retire }) if job_id == job.id => {
                         if retire {
@@ -167,7 +208,7 @@ impl Worker {
                         let fate = if retire { Fate::Ended } else { Fate::Reusable };
                         return JobRun { outcome, fate };
                     }
-                    Ok(FromWorker::Event { job_id, .. } | FromWorker::Outcome { job_id, .. }) => {
+                    Ok(FromWorker::Event { job_id, .. } | FromWorker::Outcome { job_id, .. } | FromWorker::Approval { job_id, .. }) => {
                         tracing::warn!(worker = self.pid, job = %job.id, "dropped a message for {job_id}, which is not the job in flight");
                     }
                     Err(e) => {

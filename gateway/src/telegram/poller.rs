@@ -19,7 +19,9 @@ use std::time::{Duration, Instant};
 use hermes_config::GroupMode;
 use teloxide_core::RequestError;
 use teloxide_core::prelude::*;
-use teloxide_core::types::{AllowedUpdate, Message, MessageEntityKind, Update, UpdateKind};
+use teloxide_core::types::{
+    AllowedUpdate, CallbackQuery, Message, MessageEntityKind, Update, UpdateKind,
+};
 use tokio_util::sync::CancellationToken;
 
 use crate::health::Health;
@@ -41,6 +43,8 @@ pub struct Identity {
 }
 
 /// Polls until `stop`, storing every text message and passing it to `deliver` in order.
+/// Button presses (`callback_query`) go to `pressed`, after the batch is acknowledged:
+/// they answer a question of this run, so they are not stored.
 pub async fn poll(
     bot: Bot,
     settings: PollSettings,
@@ -48,6 +52,7 @@ pub async fn poll(
     store: Arc<Store>,
     stop: CancellationToken,
     mut deliver: impl FnMut(Pending),
+    mut pressed: impl FnMut(CallbackQuery),
 ) {
     let mut offset: i32 = match store.next_update_id() {
         Ok(next) => i32::try_from(next).unwrap_or(0),
@@ -85,7 +90,7 @@ pub async fn poll(
             .get_updates()
             .offset(offset)
             .timeout(settings.timeout_secs)
-            .allowed_updates([AllowedUpdate::Message]);
+            .allowed_updates([AllowedUpdate::Message, AllowedUpdate::CallbackQuery]);
         let result = tokio::select! {
             _ = stop.cancelled() => return,
             result = request.send() => result,
@@ -105,6 +110,9 @@ pub async fn poll(
                     .max()
                     .unwrap_or(offset)
                     .max(offset);
+                let (presses, updates): (Vec<Update>, Vec<Update>) = updates
+                    .into_iter()
+                    .partition(|u| matches!(u.kind, UpdateKind::CallbackQuery(_)));
                 let messages: Vec<Pending> = updates
                     .into_iter()
                     .filter_map(|u| text_message(u, &me, settings.group_mode))
@@ -122,6 +130,11 @@ pub async fn poll(
                 offset = next;
                 for message in messages {
                     deliver(message);
+                }
+                for press in presses {
+                    if let UpdateKind::CallbackQuery(query) = press.kind {
+                        pressed(query);
+                    }
                 }
             }
             Err(error) => {

@@ -10,9 +10,13 @@
 
 use std::time::Duration;
 
-use teloxide_core::payloads::{EditMessageTextSetters, SendMessageSetters};
+use teloxide_core::payloads::{
+    AnswerCallbackQuerySetters, EditMessageTextSetters, SendMessageSetters,
+};
 use teloxide_core::prelude::*;
-use teloxide_core::types::{ChatAction, ChatId, MessageId, ParseMode};
+use teloxide_core::types::{
+    CallbackQueryId, ChatAction, ChatId, InlineKeyboardMarkup, MessageId, ParseMode,
+};
 use teloxide_core::{ApiError, RequestError};
 
 use super::format::{self, Piece};
@@ -79,6 +83,16 @@ impl Sender {
 
     /// Sends one piece; the id of the message it became, or None when it was dropped.
     pub async fn send_piece(&self, chat: i64, piece: &Piece) -> Option<MessageId> {
+        self.send_piece_with(chat, piece, None).await
+    }
+
+    /// [`Sender::send_piece`] with buttons under the message.
+    pub async fn send_piece_with(
+        &self,
+        chat: i64,
+        piece: &Piece,
+        keyboard: Option<InlineKeyboardMarkup>,
+    ) -> Option<MessageId> {
         let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(8));
         let mut plain = false;
         for attempt in 1..=MAX_TRIES {
@@ -88,6 +102,10 @@ impl Sender {
                 self.bot
                     .send_message(ChatId(chat), piece.html.as_str())
                     .parse_mode(ParseMode::Html)
+            };
+            let request = match &keyboard {
+                Some(keyboard) => request.reply_markup(keyboard.clone()),
+                None => request,
             };
             let error = match request.await {
                 Ok(message) => return Some(message.id),
@@ -169,6 +187,39 @@ impl Sender {
                 tracing::info!(chat, "editMessageText failed: {other}");
                 Edit::Failed
             }
+        }
+    }
+
+    /// Makes message `id` show `piece` (without any buttons it had), waiting out flood
+    /// control; never a new message.
+    pub async fn replace_once(&self, chat: i64, id: MessageId, piece: &Piece) -> Edit {
+        for _ in 0..MAX_TRIES {
+            match self.edit_piece(chat, id, piece).await {
+                Edit::RetryAfter(wait) => tokio::time::sleep(wait.min(MAX_RETRY_AFTER)).await,
+                done_or_failed => return done_or_failed,
+            }
+        }
+        Edit::Failed
+    }
+
+    /// Removes the buttons under message `id`, once; a failure is only logged.
+    pub async fn remove_keyboard(&self, chat: i64, id: MessageId) {
+        if let Err(e) = self.bot.edit_message_reply_markup(ChatId(chat), id).await
+            && !matches!(e, RequestError::Api(ApiError::MessageNotModified))
+        {
+            tracing::info!(chat, "cannot remove a message's buttons: {e}");
+        }
+    }
+
+    /// Answers a button press (the client stops its spinner and shows `text` briefly).
+    pub async fn answer_callback(&self, id: &CallbackQueryId, text: Option<&str>) {
+        let request = self.bot.answer_callback_query(id.clone());
+        let request = match text {
+            Some(text) => request.text(text),
+            None => request,
+        };
+        if let Err(e) = request.await {
+            tracing::info!("answerCallbackQuery failed: {e}");
         }
     }
 

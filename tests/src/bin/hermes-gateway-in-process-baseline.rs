@@ -8,10 +8,9 @@
 
 use std::sync::Arc;
 
-use hermes_gateway::{BoxFuture, JobRunner};
-use hermes_protocol::{Event, Job, Outcome};
+use hermes_gateway::{BoxFuture, JobLink, JobRunner};
+use hermes_protocol::{Job, Outcome};
 use tokio::sync::{Semaphore, mpsc};
-use tokio_util::sync::CancellationToken;
 
 struct InProcess {
     client: reqwest::Client,
@@ -20,12 +19,10 @@ struct InProcess {
 }
 
 impl JobRunner for InProcess {
-    fn run(
-        &self,
-        job: Job,
-        events: mpsc::UnboundedSender<Event>,
-        _cancel: CancellationToken,
-    ) -> BoxFuture<'_, Outcome> {
+    /// No sandbox and nobody to approve anything: the baseline measures the cost of
+    /// isolation on jobs without tools.
+    fn run(&self, job: Job, link: JobLink) -> BoxFuture<'_, Outcome> {
+        let events = link.events;
         Box::pin(async move {
             let _slot = self.slots.acquire().await;
             let (tx, mut rx) = mpsc::unbounded_channel();

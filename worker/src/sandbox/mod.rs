@@ -71,6 +71,7 @@ use std::ffi::{OsStr, OsString};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 
+use hermes_protocol::sandbox::Confinement;
 use serde::{Deserialize, Serialize};
 
 pub use probe::{Guarantee, Landlock, Level, Probe, Seccomp, probe};
@@ -121,6 +122,17 @@ impl Default for Policy {
 }
 
 impl Policy {
+    /// This policy with what a job's `confinement` hides, grants and protects added (the
+    /// gateway computes those; the worker contributes its scratch directory).
+    pub fn confined(mut self, confinement: &Confinement) -> Policy {
+        self.hidden.extend(confinement.hidden.iter().cloned());
+        self.readable.extend(confinement.readable.iter().cloned());
+        self.writable.extend(confinement.writable.iter().cloned());
+        self.protected_pids
+            .extend(confinement.protected_pids.iter().copied());
+        self
+    }
+
     /// What is wrong with it, if anything: relative paths would depend on the
     /// trampoline's working directory, and a pid of 0 or less names no single process.
     pub fn problems(&self) -> Vec<String> {
@@ -276,6 +288,48 @@ fn prepare_scratch(scratch: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Removes everything inside `dir` and keeps `dir` itself: how a worker clears its
+/// scratch directory between jobs (Landlock's grant is on the directory's inode, which a
+/// running tool server keeps as its working directory). Entries a tool made unreadable or
+/// unwritable to its owner are given their permissions back first. A `dir` that does not
+/// exist is already empty.
+pub fn empty_dir(dir: &Path) -> std::io::Result<()> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    let mut first_error = None;
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let removed = match entry.file_type() {
+            // remove_dir_all does not follow symlinks, so nothing outside is touched.
+            Ok(kind) if kind.is_dir() => std::fs::remove_dir_all(&path).or_else(|_| {
+                let _ = allow_owner(&path);
+                std::fs::remove_dir_all(&path)
+            }),
+            _ => std::fs::remove_file(&path),
+        };
+        if let Err(e) = removed {
+            first_error.get_or_insert(e);
+        }
+    }
+    first_error.map_or(Ok(()), Err)
+}
+
+/// Gives the owner read, write and search permission on `dir` and every directory
+/// beneath it (not through symlinks).
+fn allow_owner(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    for entry in std::fs::read_dir(dir)?.flatten() {
+        if entry.file_type().is_ok_and(|k| k.is_dir()) {
+            let _ = allow_owner(&entry.path());
+        }
+    }
+    Ok(())
+}
+
 /// Descriptors the worker leaked to its child (none should: Rust and tokio open
 /// everything close-on-exec) must not reach the tool: one could be the gateway socket.
 fn close_inherited_on_exec() {
@@ -336,6 +390,49 @@ mod tests {
         };
         let problems = policy.problems();
         assert_eq!(problems.len(), 3, "{problems:?}");
+    }
+
+    #[test]
+    fn emptying_the_scratch_keeps_the_directory_and_nothing_outside_it_is_touched() {
+        use std::os::unix::fs::PermissionsExt;
+        let root = tempfile::tempdir().unwrap();
+        let scratch = root.path().join("scratch");
+        let outside = root.path().join("outside");
+        std::fs::create_dir_all(scratch.join("deep/er")).unwrap();
+        std::fs::create_dir(&outside).unwrap();
+        std::fs::write(outside.join("keep"), "x").unwrap();
+        std::fs::write(scratch.join("file"), "x").unwrap();
+        std::fs::write(scratch.join("deep/er/file"), "x").unwrap();
+        std::os::unix::fs::symlink(&outside, scratch.join("link")).unwrap();
+        std::fs::set_permissions(scratch.join("deep"), std::fs::Permissions::from_mode(0o000))
+            .unwrap();
+        let inode = std::fs::metadata(&scratch).unwrap();
+        empty_dir(&scratch).unwrap();
+        assert_eq!(std::fs::read_dir(&scratch).unwrap().count(), 0);
+        use std::os::unix::fs::MetadataExt;
+        assert_eq!(std::fs::metadata(&scratch).unwrap().ino(), inode.ino());
+        assert!(outside.join("keep").exists(), "followed a symlink out");
+        empty_dir(&root.path().join("never-made")).unwrap();
+    }
+
+    #[test]
+    fn a_confinement_adds_to_the_workers_policy() {
+        let base = Policy {
+            scratch: "/run/scratch/1".into(),
+            ..Policy::default()
+        };
+        let policy = base.confined(&Confinement {
+            hidden: vec!["/var/lib/hermes".into()],
+            readable: vec!["/srv/docs".into()],
+            writable: vec!["/srv/out".into()],
+            protected_pids: vec![42],
+        });
+        assert_eq!(policy.scratch, PathBuf::from("/run/scratch/1"));
+        assert_eq!(policy.hidden, [PathBuf::from("/var/lib/hermes")]);
+        assert_eq!(policy.readable, [PathBuf::from("/srv/docs")]);
+        assert_eq!(policy.writable, [PathBuf::from("/srv/out")]);
+        assert_eq!(policy.protected_pids, [42]);
+        assert!(policy.keep_process_group);
     }
 
     #[test]

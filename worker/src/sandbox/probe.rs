@@ -7,74 +7,12 @@
 //! installs the real seccomp filter, then exits. The child makes only raw system calls,
 //! so the probe is safe from a multi-threaded process too.
 
-use std::fmt;
-
-use serde::{Deserialize, Serialize};
-
 use super::fs::{TESTED_ABI, unavailable_reason};
 use super::seccomp::Filter;
 
-/// Landlock on this system.
-#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum Landlock {
-    /// The ABI the sandbox uses: the kernel's, capped at the newest one it was tested on.
-    Abi(u32),
-    /// Why it cannot be used.
-    Unavailable(String),
-}
-
-/// seccomp on this system.
-#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum Seccomp {
-    Available,
-    /// Why the filter cannot be installed.
-    Unavailable(String),
-}
-
-#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-#[serde(rename_all = "snake_case")]
-pub enum Level {
-    None,
-    Weaker,
-    Full,
-}
-
-/// One of the issue's guarantees, as this system can keep it.
-#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
-pub struct Guarantee {
-    /// Its number in issue 11 (1 to 4).
-    pub number: u8,
-    pub what: String,
-    pub level: Level,
-    /// The mechanisms that keep it, or what is missing and what that leaves open.
-    pub why: String,
-}
-
-#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
-pub struct Probe {
-    pub landlock: Landlock,
-    /// Landlock ABI 6: no signal to a process outside the tool's domain.
-    pub signal_scope: bool,
-    /// Landlock ABI 6: no connection to an abstract Unix socket made outside it.
-    pub abstract_socket_scope: bool,
-    pub seccomp: Seccomp,
-    pub guarantees: Vec<Guarantee>,
-    /// The whole in one line, for a log.
-    pub summary: String,
-}
-
-impl Probe {
-    /// The weakest level among the guarantees.
-    pub fn level(&self) -> Level {
-        self.guarantees
-            .iter()
-            .map(|g| g.level)
-            .min()
-            .unwrap_or(Level::None)
-    }
-}
+/// The record's types are the protocol's: the gateway reads it from this binary's
+/// `sandbox-probe --json`.
+pub use hermes_protocol::sandbox::{Guarantee, Landlock, Level, Probe, Seccomp};
 
 /// Tries each mechanism and says what holds.
 pub fn probe() -> Probe {
@@ -272,41 +210,6 @@ pub fn assess(landlock: Landlock, seccomp: Seccomp) -> Probe {
         seccomp,
         guarantees,
         summary,
-    }
-}
-
-impl fmt::Display for Level {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Level::Full => "full",
-            Level::Weaker => "weaker",
-            Level::None => "not kept",
-        })
-    }
-}
-
-impl fmt::Display for Probe {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.landlock {
-            Landlock::Abi(abi) => writeln!(
-                f,
-                "Landlock: ABI {abi}{}",
-                if self.signal_scope {
-                    " (signal and abstract Unix socket scoping)"
-                } else {
-                    " (no scoping: needs ABI 6)"
-                }
-            )?,
-            Landlock::Unavailable(reason) => writeln!(f, "Landlock: unavailable, {reason}")?,
-        }
-        match &self.seccomp {
-            Seccomp::Available => writeln!(f, "seccomp: yes")?,
-            Seccomp::Unavailable(reason) => writeln!(f, "seccomp: unavailable, {reason}")?,
-        }
-        for g in &self.guarantees {
-            writeln!(f, "{}. a tool {}: {}: {}", g.number, g.what, g.level, g.why)?;
-        }
-        write!(f, "{}", self.summary)
     }
 }
 

@@ -10,7 +10,10 @@
 //! caller learns so, because a tool stuck past the deadline is the gateway's to end.
 //!
 //! Servers run under the toolbox's [`Sandbox`] when it has one ([`Toolbox::set_sandbox`];
-//! none by default).
+//! none by default), with what each server's entry hides, grants and protects added, unless
+//! the entry opts out (`sandbox = false`). A call to a tool its entry says to confirm waits
+//! for a person's decision ([`Toolbox::set_approvals`]); anything but an approval becomes
+//! an error result, and the tool does not run.
 
 pub mod mcp;
 
@@ -18,10 +21,11 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
-use hermes_protocol::{ChatMessage, Event, ToolCall, ToolServer};
+use hermes_protocol::{ChatMessage, Decision, Event, ToolCall, ToolServer};
 use rmcp::model::{CallToolResult, ContentBlock, JsonObject, ResourceContents, Tool};
 use serde_json::{Map, Value, json};
 use tokio::sync::mpsc::UnboundedSender;
+use tokio::sync::oneshot;
 
 use crate::sandbox::Sandbox;
 use mcp::{CallError, Server};
@@ -43,8 +47,20 @@ pub struct Toolbox {
     /// Function name offered to the model → (server index, the server's own tool name).
     functions: HashMap<String, (usize, String)>,
     definitions: Vec<Value>,
-    /// What servers started from now on run under.
+    /// What servers started from now on run under (each with its entry's confinement).
     sandbox: Option<Sandbox>,
+    /// Where calls that need approval are asked about; none: they are denied.
+    approvals: Option<UnboundedSender<Ask>>,
+}
+
+/// A tool call waiting for a person's decision, and where that decision goes.
+pub struct Ask {
+    /// `server.tool`.
+    pub tool: String,
+    /// The arguments as the model wrote them.
+    pub arguments: String,
+    pub timeout_ms: u64,
+    pub decide: oneshot::Sender<Decision>,
 }
 
 /// The job's deadline passed while a call was still running.
@@ -52,11 +68,18 @@ pub struct Toolbox {
 pub struct Abandoned;
 
 impl Toolbox {
-    /// Runs servers started from now on under `sandbox` (None: as the worker's own
-    /// children, unconfined). A running server under another sandbox is replaced by the
-    /// next [`Toolbox::prepare`].
+    /// Runs servers started from now on under `sandbox` (its trampoline, its scratch
+    /// directory, its policy plus each entry's confinement); None: every server as the
+    /// worker's own child, unconfined. A running server under another sandbox is replaced
+    /// by the next [`Toolbox::prepare`].
     pub fn set_sandbox(&mut self, sandbox: Option<Sandbox>) {
         self.sandbox = sandbox;
+    }
+
+    /// Sends calls that need approval to `approvals` (None: such calls are denied, as
+    /// there is nobody to ask).
+    pub fn set_approvals(&mut self, approvals: Option<UnboundedSender<Ask>>) {
+        self.approvals = approvals;
     }
 
     /// Makes the running servers match `specs`: an unchanged server that is still
@@ -98,10 +121,21 @@ impl Toolbox {
         self.index();
     }
 
-    /// What `spec`'s server runs under: the toolbox's sandbox, for every server alike.
-    /// (Per-server grants and opting out belong here once the job carries them.)
-    fn sandbox_for(&self, _spec: &ToolServer) -> Option<Sandbox> {
-        self.sandbox.clone()
+    /// What `spec`'s server runs under: the toolbox's sandbox with the entry's
+    /// confinement added; nothing when the entry opts out or the toolbox has no sandbox.
+    fn sandbox_for(&self, spec: &ToolServer) -> Option<Sandbox> {
+        let base = self.sandbox.as_ref()?;
+        let Some(confinement) = &spec.sandbox else {
+            tracing::warn!(
+                server = %spec.name,
+                "this tool server runs without the sandbox (sandbox = false in its entry)"
+            );
+            return None;
+        };
+        Some(Sandbox {
+            policy: base.policy.clone().confined(confinement),
+            trampoline: base.trampoline.clone(),
+        })
     }
 
     /// Stops the servers that died or timed out a call; the next job starts them again.
@@ -167,38 +201,44 @@ impl Toolbox {
             None => (false, self.unknown_tool(&call.name)),
             Some((server, tool)) => match parse_arguments(&call.arguments) {
                 Err(problem) => (false, problem),
-                Ok(arguments) => {
-                    let bound = Duration::from_millis(server.spec.call_timeout_ms)
-                        .min(deadline.saturating_duration_since(started));
-                    match server.call(tool, arguments, bound).await {
-                        Ok(result) => read_result(&result),
-                        Err(CallError::TimedOut) if Instant::now() >= deadline => {
-                            tracing::warn!(tool = %shown, "the job's deadline passed during a tool call");
-                            return Err(Abandoned);
-                        }
-                        Err(CallError::TimedOut) => (
-                            false,
-                            format!(
-                                "error: the tool did not answer within {} s and was abandoned. \
+                Ok(arguments) => match self
+                    .approval(server, tool, &shown, &call.arguments, deadline)
+                    .await
+                {
+                    Err(refused) => (false, refused),
+                    Ok(()) => {
+                        let bound = Duration::from_millis(server.spec.call_timeout_ms)
+                            .min(deadline.saturating_duration_since(Instant::now()));
+                        match server.call(tool, arguments, bound).await {
+                            Ok(result) => read_result(&result),
+                            Err(CallError::TimedOut) if Instant::now() >= deadline => {
+                                tracing::warn!(tool = %shown, "the job's deadline passed during a tool call");
+                                return Err(Abandoned);
+                            }
+                            Err(CallError::TimedOut) => (
+                                false,
+                                format!(
+                                    "error: the tool did not answer within {} s and was abandoned. \
                                  It may be slow or stuck; do not call it again with the same \
                                  arguments. Try another way, or tell the user.",
-                                bound.as_secs_f64().round()
+                                    bound.as_secs_f64().round()
+                                ),
                             ),
-                        ),
-                        Err(CallError::Gone(reason)) => (
-                            false,
-                            format!(
-                                "error: the tool server {:?} is not available ({reason}). Its \
+                            Err(CallError::Gone(reason)) => (
+                                false,
+                                format!(
+                                    "error: the tool server {:?} is not available ({reason}). Its \
                                  tools cannot be used in this answer.",
-                                server.name()
+                                    server.name()
+                                ),
                             ),
-                        ),
-                        Err(CallError::Refused(message)) => (
-                            false,
-                            format!("error: the tool server refused the call: {message}"),
-                        ),
+                            Err(CallError::Refused(message)) => (
+                                false,
+                                format!("error: the tool server refused the call: {message}"),
+                            ),
+                        }
                     }
-                }
+                },
             },
         };
         let ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
@@ -209,6 +249,68 @@ impl Toolbox {
             ms,
         });
         Ok(ChatMessage::tool_result(call.id.clone(), cap(text)))
+    }
+
+    /// Waits for a person's decision when `server`'s entry confirms `tool`: Ok to run it,
+    /// or the error result the model reads instead.
+    async fn approval(
+        &self,
+        server: &Server,
+        tool: &str,
+        shown: &str,
+        arguments: &str,
+        deadline: Instant,
+    ) -> Result<(), String> {
+        if !server.spec.confirm.covers(tool) {
+            return Ok(());
+        }
+        let not_run = "It was not run. Do not call it again with the same arguments unless \
+                       the user asks you to; tell the user what you wanted to do.";
+        let Some(approvals) = &self.approvals else {
+            return Err(format!(
+                "error: {shown} needs a person's approval before each call, and there is \
+                 nobody to ask here. {not_run}"
+            ));
+        };
+        let (decide, decision) = oneshot::channel();
+        let ask = Ask {
+            tool: shown.to_string(),
+            arguments: arguments.to_string(),
+            timeout_ms: server.spec.confirm_timeout_ms,
+            decide,
+        };
+        if approvals.send(ask).is_err() {
+            return Err(format!(
+                "error: the user could not be asked to approve this call. {not_run}"
+            ));
+        }
+        let decision = match tokio::time::timeout_at(deadline.into(), decision).await {
+            Ok(Ok(decision)) => decision,
+            Ok(Err(_)) => {
+                return Err(format!("error: this call was not approved. {not_run}"));
+            }
+            Err(_) => {
+                return Err(format!(
+                    "error: the time for this answer ran out while waiting for the user's \
+                     approval. {not_run}"
+                ));
+            }
+        };
+        tracing::info!(tool = %shown, ?decision, "approval decided");
+        match decision {
+            Decision::Allowed { .. } => Ok(()),
+            Decision::Denied { by } => Err(format!(
+                "error: the user ({by}) denied this call. {not_run}"
+            )),
+            Decision::TimedOut => Err(format!(
+                "error: nobody approved this call within {} s, so it counts as denied. \
+                 {not_run}",
+                server.spec.confirm_timeout_ms.div_ceil(1000)
+            )),
+            Decision::Unavailable { reason } => Err(format!(
+                "error: the user could not be asked to approve this call ({reason}). {not_run}"
+            )),
+        }
     }
 
     fn unknown_tool(&self, name: &str) -> String {

@@ -13,11 +13,8 @@ use super::*;
 
 fn spec(name: &str, command: &str, args: &[&str]) -> ToolServer {
     ToolServer {
-        name: name.into(),
-        command: command.into(),
-        args: args.iter().map(|a| a.to_string()).collect(),
-        env: Vec::new(),
         call_timeout_ms: 1000,
+        ..ToolServer::new(name, command, args.iter().map(|a| a.to_string()).collect())
     }
 }
 

@@ -154,7 +154,9 @@ impl Writer {
             Tag::Strong => self.open_pushed(Kind::Bold),
             Tag::Strikethrough => self.open_pushed(Kind::Strike),
             Tag::Link { dest_url, .. } => {
-                if link_allowed(&dest_url, &["http:", "https:", "tg:", "mailto:"]) {
+                // Not `tg:`: a model talked into it by a web page could offer a proxy
+                // setup or a join link one tap away.
+                if link_allowed(&dest_url, &["http:", "https:", "mailto:"]) {
                     self.open_pushed(Kind::Link(dest_url.to_string()));
                 } else {
                     self.pushed.push(false);

@@ -67,6 +67,12 @@ fn visible_text(html: &str) -> Result<String, String> {
                         if url.contains(['"', '<', '>']) {
                             return Err(format!("unescaped href {url}"));
                         }
+                        // Prompt injection must not get a tappable proxy-setup, join or
+                        // any other app link into a reply.
+                        let scheme = url.split(':').next().unwrap_or("").to_ascii_lowercase();
+                        if !["http", "https", "mailto"].contains(&scheme.as_str()) {
+                            return Err(format!("link with scheme {scheme:?}: {url}"));
+                        }
                         if open.iter().any(|(n, _)| n == "a") {
                             return Err("link in a link".into());
                         }
@@ -205,9 +211,16 @@ fn links_only_for_safe_schemes() {
     );
     assert_eq!(
         html("[me](tg://user?id=1) [mail](mailto:a@b.c)"),
-        "<a href=\"tg://user?id=1\">me</a> <a href=\"mailto:a@b.c\">mail</a>"
+        "me <a href=\"mailto:a@b.c\">mail</a>"
     );
+    assert_eq!(
+        html("[free proxy](tg://proxy?server=evil.example&port=443&secret=ee)"),
+        "free proxy"
+    );
+    assert_eq!(html("<tg://join?invite=abc>"), "tg://join?invite=abc");
+    assert_eq!(html("[x](TG://resolve?domain=bad)"), "x");
     assert_eq!(html("[click](javascript:alert(1))"), "click");
+    assert_eq!(html("[file](file:///etc/passwd)"), "file");
     assert_eq!(html("[rel](/relative/path)"), "rel");
     assert_eq!(
         html("<https://example.com>"),
@@ -549,6 +562,13 @@ fn markdownish() -> impl Strategy<Value = String> {
         "https://x.org",
         "<https://y.org>",
         "[ref]: /u\n",
+        "[proxy](tg://proxy?server=1.2.3.4&port=443&secret=ab)",
+        "<tg://join?invite=abc>",
+        "[T](TG://resolve?domain=x)",
+        "[js](javascript:alert(1))",
+        "[f](file:///etc/passwd)",
+        "[m](mailto:a@b.c)",
+        "![i](tg://x)",
     ]);
     prop::collection::vec(fragment, 0..80).prop_map(|parts| parts.concat())
 }
