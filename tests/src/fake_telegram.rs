@@ -14,9 +14,15 @@
 //! from call to call and updates of other kinds are never queued; a long poll is held
 //! until an update arrives or its `timeout` runs out, and a newer long poll ends the one
 //! waiting with 409 as Telegram's server does; and, when a test asks for it, flood control
-//! answers 429 with `retry_after`.
+//! answers 429 with `retry_after`. Inline keyboards are kept per message as Telegram keeps
+//! them (an edit of the text without `reply_markup` removes them), a test presses a button
+//! as a given user ([`FakeTelegram::press`]), and `answerCallbackQuery` accepts each press's
+//! id once (see [`buttons`]).
 
+mod buttons;
 mod html;
+
+pub use buttons::CallbackAnswer;
 
 use std::{
     collections::{HashMap, HashSet, VecDeque},
@@ -201,6 +207,8 @@ pub struct SentMessage {
     pub parse_mode: Option<String>,
     /// The id of the message sent, or of the message edited.
     pub message_id: i64,
+    /// The inline keyboard the message shows after this send or edit, if any.
+    pub keyboard: Option<Value>,
     pub at: Instant,
 }
 
@@ -306,6 +314,13 @@ struct Inner {
     malformed: Vec<FailedSend>,
     /// Panic when the last handle goes if `malformed` is not empty.
     malformed_is_a_bug: bool,
+    /// The inline keyboard each message of the bot shows now.
+    keyboards: HashMap<(i64, i64), Value>,
+    /// Button presses handed out as `callback_query` updates, by query id, and whether
+    /// each was answered.
+    presses: HashMap<String, bool>,
+    answers: Vec<CallbackAnswer>,
+    last_query_id: u64,
 }
 
 impl FakeTelegram {
@@ -716,6 +731,8 @@ impl State {
             "getupdates" => self.get_updates(&params).await,
             "sendmessage" => self.send(&params),
             "editmessagetext" => self.edit_text(&params),
+            "editmessagereplymarkup" => self.edit_markup(&params),
+            "answercallbackquery" => self.answer_callback(&params),
             "getme" => ok(me()),
             "getmycommands" => {
                 let commands = self.lock().commands.clone();
@@ -866,6 +883,7 @@ impl State {
             .get("parse_mode")
             .and_then(Value::as_str)
             .map(str::to_string);
+        let keyboard = buttons::inline_keyboard(params);
         let mut g = self.lock();
         let shown = match g.send_faults.pop_front() {
             Some(fault) => Err(fault),
@@ -874,6 +892,8 @@ impl State {
             }
             None => g.check_text(METHOD, chat_id.unwrap_or_default(), &text, &parse_mode),
         };
+        let shown = shown.and_then(|shown| keyboard.clone().map(|_| shown));
+        let keyboard = keyboard.unwrap_or_default();
         let chat_id = chat_id.unwrap_or_default();
         let shown = shown.and_then(|shown| match g.flooded(chat_id) {
             Some(secs) => Err(SendFault::RetryAfter(secs)),
@@ -894,6 +914,11 @@ impl State {
             "from": bot_user(),
             "text": shown,
         });
+        let mut message = message;
+        if let Some(markup) = &keyboard {
+            message["reply_markup"] = markup.clone();
+            g.keyboards.insert((chat_id, message_id), markup.clone());
+        }
         g.texts.insert((chat_id, message_id), (text.clone(), shown));
         g.sent.push(SentMessage {
             method: METHOD.to_string(),
@@ -901,6 +926,7 @@ impl State {
             text,
             parse_mode,
             message_id,
+            keyboard,
             at: Instant::now(),
         });
         drop(g);
@@ -924,6 +950,7 @@ impl State {
             .get("parse_mode")
             .and_then(Value::as_str)
             .map(str::to_string);
+        let keyboard = buttons::inline_keyboard(params);
         let mut g = self.lock();
         let inline = params.get("inline_message_id").is_some();
         // The Bot API parses the new text before it looks for the message.
@@ -931,6 +958,8 @@ impl State {
             Some(fault) => Err(fault),
             None => g.check_text(METHOD, chat_id, &text, &parse_mode),
         };
+        let shown = shown.and_then(|shown| keyboard.clone().map(|_| shown));
+        let keyboard = keyboard.unwrap_or_default();
         let shown = shown.and_then(|shown| {
             if inline {
                 return Ok(shown);
@@ -939,7 +968,12 @@ impl State {
                 None => Err(SendFault::bad_request(
                     "Bad Request: message to edit not found",
                 )),
-                Some((old, _)) if *old == text => Err(SendFault::bad_request(NOT_MODIFIED)),
+                Some((old, _))
+                    if *old == text
+                        && g.keyboards.get(&(chat_id, message_id)) == keyboard.as_ref() =>
+                {
+                    Err(SendFault::bad_request(NOT_MODIFIED))
+                }
                 Some(_) => Ok(shown),
             }
         });
@@ -957,6 +991,7 @@ impl State {
             text: text.clone(),
             parse_mode,
             message_id,
+            keyboard: keyboard.clone(),
             at: Instant::now(),
         });
         if inline {
@@ -965,17 +1000,26 @@ impl State {
             return ok(json!(true));
         }
         g.texts.insert((chat_id, message_id), (text, shown.clone()));
+        // As on Telegram: an edit without `reply_markup` leaves the message without buttons.
+        match &keyboard {
+            Some(markup) => g.keyboards.insert((chat_id, message_id), markup.clone()),
+            None => g.keyboards.remove(&(chat_id, message_id)),
+        };
         let chat = g.chat(chat_id);
         drop(g);
         self.bump();
-        ok(json!({
+        let mut edited = json!({
             "message_id": message_id,
             "date": unix_now(),
             "edit_date": unix_now(),
             "chat": chat,
             "from": bot_user(),
             "text": shown,
-        }))
+        });
+        if let Some(markup) = keyboard {
+            edited["reply_markup"] = markup;
+        }
+        ok(edited)
     }
 
     /// `setMyCommands`, with the Bot API's rules for a command (1-32 lowercase letters,
@@ -1474,6 +1518,87 @@ mod tests {
             .expect("sendChatAction");
         bot.delete_webhook().await.expect("deleteWebhook");
         assert_eq!(fake.calls("SendChatAction"), 1);
+    }
+
+    /// Buttons as the gateway uses them: sent with a message, pressed by a user (an update
+    /// teloxide parses), answered once, and gone after an edit of the text.
+    #[tokio::test]
+    async fn buttons_are_pressed_answered_once_and_removed_by_edits() {
+        use teloxide_core::payloads::{AnswerCallbackQuerySetters, EditMessageReplyMarkupSetters};
+        use teloxide_core::types::{InlineKeyboardButton, InlineKeyboardMarkup};
+        let fake = FakeTelegram::start().await;
+        let bot = bot(&fake);
+        let markup = InlineKeyboardMarkup::new([[
+            InlineKeyboardButton::callback("Yes", "k:y"),
+            InlineKeyboardButton::callback("No", "k:n"),
+        ]]);
+        let sent = bot
+            .send_message(ChatId(42), "sure?")
+            .reply_markup(markup.clone())
+            .await
+            .expect("sendMessage with buttons parses");
+        let id = i64::from(sent.id.0);
+        assert!(fake.keyboard(42, id).is_some());
+        assert!(fake.sent()[0].keyboard.is_some());
+        let press = fake.press(42, id, 7, "No").expect("the button is there");
+        let updates = bot.get_updates().await.expect("a callback query parses");
+        let UpdateKind::CallbackQuery(query) = &updates[0].kind else {
+            panic!("not a callback query: {:?}", updates[0].kind);
+        };
+        assert_eq!(query.data.as_deref(), Some("k:n"));
+        assert_eq!(query.from.id, UserId(7));
+        assert_eq!(query.id.0, press);
+        bot.answer_callback_query(query.id.clone())
+            .text("Denied.")
+            .await
+            .expect("answerCallbackQuery");
+        assert!(
+            bot.answer_callback_query(query.id.clone()).await.is_err(),
+            "a press is answered once"
+        );
+        assert_eq!(
+            fake.wait_for_callback_answer(&press, Duration::from_secs(1))
+                .await
+                .and_then(|a| a.text),
+            Some("Denied.".into())
+        );
+        assert!(fake.press(42, id, 7, "Maybe").is_none());
+        bot.edit_message_text(ChatId(42), sent.id, "denied")
+            .await
+            .expect("an edit");
+        assert_eq!(
+            fake.keyboard(42, id),
+            None,
+            "an edit without markup drops the buttons"
+        );
+        assert!(
+            fake.press(42, id, 7, "Yes").is_none(),
+            "nothing left to press"
+        );
+        bot.edit_message_reply_markup(ChatId(42), sent.id)
+            .reply_markup(markup)
+            .await
+            .expect("buttons back");
+        assert!(fake.keyboard(42, id).is_some());
+        bot.edit_message_reply_markup(ChatId(42), sent.id)
+            .await
+            .expect("buttons removed");
+        assert_eq!(fake.keyboard(42, id), None);
+        assert!(
+            bot.edit_message_reply_markup(ChatId(42), sent.id)
+                .await
+                .is_err(),
+            "removing nothing is 'not modified'"
+        );
+        let bad =
+            InlineKeyboardMarkup::new([[InlineKeyboardButton::callback("x", "d".repeat(65))]]);
+        assert!(
+            bot.send_message(ChatId(42), "long data")
+                .reply_markup(bad)
+                .await
+                .is_err(),
+            "callback data over 64 bytes is refused"
+        );
     }
 
     #[tokio::test]

@@ -6,4 +6,5 @@ pub mod fake_provider;
 pub mod fake_telegram;
 pub mod harness;
 pub mod http;
+pub mod mcp;
 pub mod procs;

@@ -64,11 +64,17 @@ fn tool_entry(
     )
 }
 
-/// The test server as `calc`, writing its pid to `pid_file`, with `extra` arguments.
+/// The test server as `calc`, writing its pid to `pid_file`, with `extra` arguments. The
+/// sandbox lets it write only there besides its scratch directory.
 fn calc(pid_file: &Path, extra: &[&str], timeout_secs: u64) -> String {
     let mut args = vec!["--pid-file".to_string(), pid_file.display().to_string()];
     args.extend(extra.iter().map(|a| a.to_string()));
-    tool_entry("calc", mcp_server(), &args, timeout_secs, &[])
+    format!(
+        "{}writable = [{}]\n",
+        tool_entry("calc", mcp_server(), &args, timeout_secs, &[]),
+        serde_json::to_string(&pid_file.parent().unwrap_or(pid_file).display().to_string())
+            .unwrap_or_default()
+    )
 }
 
 /// A gateway whose replies are one `sendMessage` each, with `tools` configured.
@@ -175,8 +181,17 @@ async fn tool_result_reaches_the_model_and_the_answer_the_chat(mode: WorkerMode)
     assert_eq!(requests.len(), 2);
     let mut offered = offered_functions(&requests[0]);
     offered.sort();
-    // `env` is on the server's second page of tools.
-    assert_eq!(offered, ["calc__add", "calc__env", "calc__sleep"]);
+    // `env`, `shell` and `connect` are on the server's second page of tools.
+    assert_eq!(
+        offered,
+        [
+            "calc__add",
+            "calc__connect",
+            "calc__env",
+            "calc__shell",
+            "calc__sleep"
+        ]
+    );
     let add = requests[0].body["tools"]
         .as_array()
         .and_then(|t| t.iter().find(|t| t["function"]["name"] == "calc__add"))
@@ -212,7 +227,7 @@ async fn tool_result_reaches_the_model_and_the_answer_the_chat(mode: WorkerMode)
             assert_eq!(next.text, "echo: and now?");
             assert!(alive(server), "pool mode keeps the server for the next job");
             assert_eq!(server_pid(&pid_file).await, server, "not restarted");
-            assert_eq!(offered_functions(&rig.provider.requests()[2]).len(), 3);
+            assert_eq!(offered_functions(&rig.provider.requests()[2]).len(), 5);
         }
         WorkerMode::PerRequest => {
             assert_gone(server, "the per-request worker's tool server").await;
@@ -332,7 +347,7 @@ async fn tool_server_crashing_mid_call_is_an_error_result(mode: WorkerMode) {
     let requests = rig.provider.requests();
     assert_eq!(
         offered_functions(&requests[2]).len(),
-        3,
+        5,
         "the next job has the server again"
     );
 }
@@ -410,10 +425,7 @@ async fn several_calls_in_one_answer_run_concurrently(mode: WorkerMode) {
 /// addresses, only the basics and what its entry names.
 async fn tools_see_none_of_the_services_secrets(mode: WorkerMode) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let args = vec![
-        "--pid-file".to_string(),
-        dir.path().join("calc.pid").display().to_string(),
-    ];
+    let args = Vec::new();
     let tools = tool_entry("calc", mcp_server(), &args, 30, &["HERMES_TEST_PASSED"]);
     let notify = dir.path().join("notify.sock").display().to_string();
     let mut rig = rig(mode, tools, |o| {

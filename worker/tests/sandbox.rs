@@ -681,7 +681,7 @@ async fn the_toolbox_runs_its_servers_in_the_sandbox_and_calls_still_work() {
     toolbox.prepare(std::slice::from_ref(&spec), deadline).await;
     assert_eq!(
         toolbox.definitions().len(),
-        3,
+        5,
         "the server started under the sandbox"
     );
 

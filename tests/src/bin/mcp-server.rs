@@ -3,6 +3,13 @@
 //! hangs), `env {}` answers its whole environment as `NAME=value` lines (what a tool can
 //! see). Its tool list comes in two pages, so clients must follow the cursor.
 //!
+//! And the tools a prompt-injected model would use against the gateway (issue 11):
+//! `shell {command}` runs a command line with `sh -c`, as the third-party shell servers
+//! do, and answers its exit status, output and errors (an error result when it failed);
+//! `connect {path}` or `connect {abstract_name}` opens a Unix stream socket to a path or
+//! to an abstract name (the systemd manager, D-Bus and the worker socket are such
+//! sockets) and answers whether it connected.
+//!
 //! Faults on request: `--crash-at-start` exits before answering anything,
 //! `--crash-on-call TOOL` exits abruptly when TOOL is called, `--pid-file PATH` writes its
 //! pid at start so a test can tell whether the process is still there.
@@ -53,7 +60,73 @@ fn tools() -> Vec<Tool> {
             "Answers this process's environment, one NAME=value per line.",
             schema(json!({"type": "object", "properties": {}})),
         ),
+        Tool::new(
+            "shell",
+            "Runs a command line with sh -c and answers its exit status, output and errors.",
+            schema(json!({
+                "type": "object",
+                "properties": {"command": {"type": "string"}},
+                "required": ["command"],
+            })),
+        ),
+        Tool::new(
+            "connect",
+            "Connects to a Unix stream socket at a path or an abstract name.",
+            schema(json!({
+                "type": "object",
+                "properties": {"path": {"type": "string"}, "abstract_name": {"type": "string"}},
+            })),
+        ),
     ]
+}
+
+/// `sh -c command`: its status, stdout and stderr; an error result unless it exited 0.
+async fn shell(arguments: &JsonObject) -> Result<CallToolResult, ErrorData> {
+    let command = arguments
+        .get("command")
+        .and_then(Value::as_str)
+        .ok_or_else(|| ErrorData::invalid_params("command must be a string", None))?;
+    let output = tokio::process::Command::new("sh")
+        .args(["-c", command])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .map_err(|e| ErrorData::internal_error(format!("cannot run sh: {e}"), None))?;
+    let text = format!(
+        "exit status: {}\nstdout:\n{}\nstderr:\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok(if output.status.success() {
+        CallToolResult::success(vec![ContentBlock::text(text)])
+    } else {
+        CallToolResult::error(vec![ContentBlock::text(text)])
+    })
+}
+
+/// Connects to a Unix socket; an error result saying why when it cannot.
+fn connect(arguments: &JsonObject) -> Result<CallToolResult, ErrorData> {
+    use std::os::linux::net::SocketAddrExt;
+    use std::os::unix::net::{SocketAddr, UnixStream};
+    let address = match (
+        arguments.get("path").and_then(Value::as_str),
+        arguments.get("abstract_name").and_then(Value::as_str),
+    ) {
+        (Some(path), None) => SocketAddr::from_pathname(path),
+        (None, Some(name)) => SocketAddr::from_abstract_name(name.as_bytes()),
+        _ => {
+            return Err(ErrorData::invalid_params(
+                "give path or abstract_name",
+                None,
+            ));
+        }
+    }
+    .map_err(|e| ErrorData::invalid_params(format!("bad address: {e}"), None))?;
+    Ok(match UnixStream::connect_addr(&address) {
+        Ok(_) => CallToolResult::success(vec![ContentBlock::text("connected")]),
+        Err(e) => CallToolResult::error(vec![ContentBlock::text(format!("cannot connect: {e}"))]),
+    })
 }
 
 fn number(arguments: &JsonObject, name: &str) -> Result<f64, ErrorData> {
@@ -99,6 +172,11 @@ impl ServerHandler for Calc {
             std::process::exit(70);
         }
         let arguments = request.arguments.unwrap_or_default();
+        match &*request.name {
+            "shell" => return shell(&arguments).await.map(Into::into),
+            "connect" => return connect(&arguments).map(Into::into),
+            _ => {}
+        }
         let text = match &*request.name {
             "add" => {
                 let sum = number(&arguments, "a")? + number(&arguments, "b")?;
