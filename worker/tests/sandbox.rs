@@ -736,6 +736,75 @@ async fn the_toolbox_runs_its_servers_in_the_sandbox_and_calls_still_work() {
     toolbox.shutdown().await;
 }
 
+/// An entry's confinement adds to the worker's policy (a grant reaches the server); an
+/// entry without one (`sandbox = false`) runs unconfined even in a sandboxed toolbox.
+#[tokio::test]
+async fn an_entrys_grant_reaches_its_server_and_an_opt_out_runs_unconfined() {
+    use hermes_protocol::sandbox::Confinement;
+    let world = World::new();
+    let granted = world.path("public/granted");
+    std::fs::create_dir(&granted).unwrap();
+    let mut toolbox = Toolbox::default();
+    toolbox.set_sandbox(Some(
+        Sandbox::new(world.policy()).with_trampoline(TRAMPOLINE),
+    ));
+    let pids = |name: &str| world.path(&format!("public/granted/{name}.pid"));
+    let confined = ToolServer {
+        sandbox: Some(Confinement {
+            writable: vec![granted.clone()],
+            readable: vec![world.path("state")],
+            ..Confinement::default()
+        }),
+        ..ToolServer::new(
+            "confined",
+            mcp_server().display().to_string(),
+            vec!["--pid-file".into(), pids("confined").display().to_string()],
+        )
+    };
+    let open = ToolServer {
+        sandbox: None,
+        ..ToolServer::new(
+            "open",
+            mcp_server().display().to_string(),
+            vec!["--pid-file".into(), pids("open").display().to_string()],
+        )
+    };
+    let deadline = Instant::now() + BOUND;
+    toolbox.prepare(&[confined, open], deadline).await;
+    assert_eq!(toolbox.definitions().len(), 10, "both servers started");
+    let seccomp = |name: &str| {
+        let pid = std::fs::read_to_string(pids(name)).unwrap();
+        std::fs::read_to_string(format!("/proc/{}/status", pid.trim()))
+            .unwrap()
+            .lines()
+            .find(|l| l.starts_with("Seccomp:"))
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert_eq!(seccomp("confined"), "Seccomp:\t2");
+    assert_eq!(seccomp("open"), "Seccomp:\t0");
+    let (events, _rx) = mpsc::unbounded_channel::<Event>();
+    let state = world.path("state/state.db").display().to_string();
+    let results = toolbox
+        .call_all(
+            &[ToolCall::new(
+                "call_1",
+                "confined__shell",
+                serde_json::json!({ "command": format!("cat {state}") }).to_string(),
+            )],
+            deadline,
+            &events,
+        )
+        .await
+        .unwrap();
+    assert!(
+        results[0].content.contains("every chat's history"),
+        "the readable grant reaches the server: {}",
+        results[0].content
+    );
+    toolbox.shutdown().await;
+}
+
 #[tokio::test]
 async fn a_sandboxed_server_whose_command_is_missing_says_so() {
     let world = World::new();

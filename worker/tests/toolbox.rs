@@ -204,3 +204,76 @@ async fn refused_calls_and_tool_errors_are_results() {
     toolbox.shutdown().await;
     assert!(eventually(Duration::from_secs(5), || !alive(pid(&pid_file))).await);
 }
+
+/// A confirmed tool runs only after an approval; a denial, a timeout, a chat that could
+/// not be asked, or nobody to ask at all is an error result and the tool does not run.
+#[tokio::test]
+async fn a_confirmed_tool_runs_only_when_approved() {
+    use hermes_protocol::{Confirm, Decision};
+    use hermes_worker::tools::Ask;
+    let dir = tempfile::tempdir().unwrap();
+    let pid_file = dir.path().join("calc.pid");
+    let spec = ToolServer {
+        confirm: Confirm::Tools(vec!["add".into()]),
+        confirm_timeout_ms: 7_000,
+        ..calc(&pid_file, &[], 5000)
+    };
+    let mut toolbox = Toolbox::default();
+    toolbox.prepare(std::slice::from_ref(&spec), soon()).await;
+
+    // Not confirmed: runs without asking, even with nobody to ask.
+    assert_eq!(
+        call_one(&toolbox, call("calc__env", ""), soon())
+            .await
+            .map(|r| r.contains("PATH=")),
+        Ok(true)
+    );
+    let nobody = call_one(&toolbox, call("calc__add", r#"{"a":1,"b":2}"#), soon())
+        .await
+        .unwrap();
+    assert!(nobody.starts_with("error:"), "{nobody}");
+    assert!(nobody.contains("nobody to ask"), "{nobody}");
+
+    let (asks, mut asked) = mpsc::unbounded_channel::<Ask>();
+    toolbox.set_approvals(Some(asks));
+    for (decision, expected) in [
+        (Decision::Allowed { by: "Ann".into() }, "3"),
+        (
+            Decision::Denied { by: "Ann".into() },
+            "error: the user (Ann) denied this call",
+        ),
+        (
+            Decision::TimedOut,
+            "error: nobody approved this call within 7 s",
+        ),
+        (
+            Decision::Unavailable {
+                reason: "Telegram refused".into(),
+            },
+            "error: the user could not be asked to approve this call (Telegram refused)",
+        ),
+    ] {
+        let answering = async {
+            let ask = asked.recv().await.expect("asked");
+            assert_eq!(ask.tool, "calc.add");
+            assert_eq!(ask.arguments, r#"{"a":1,"b":2}"#);
+            assert_eq!(ask.timeout_ms, 7_000);
+            let _ = ask.decide.send(decision);
+        };
+        let (result, ()) = tokio::join!(
+            call_one(&toolbox, call("calc__add", r#"{"a":1,"b":2}"#), soon()),
+            answering
+        );
+        let result = result.unwrap();
+        assert!(result.starts_with(expected), "{result}");
+    }
+
+    // The job's deadline comes before any answer: the call is not run either.
+    let deadline = Instant::now() + Duration::from_millis(300);
+    let result = call_one(&toolbox, call("calc__add", r#"{"a":1,"b":2}"#), deadline)
+        .await
+        .unwrap();
+    assert!(result.contains("ran out while waiting"), "{result}");
+    assert!(asked.recv().await.is_some(), "it was asked");
+    toolbox.shutdown().await;
+}
