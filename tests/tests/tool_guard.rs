@@ -440,3 +440,78 @@ async fn a_tool_with_sandbox_false_runs_unconfined_and_the_gateway_ignores_its_s
         g.rig.gateway.log()
     );
 }
+
+/// What the kernel lets the sandbox apply is said, never left to guess: in the log at
+/// start-up, in `hermes-gateway status` (text and JSON) and in `check-config`, with every
+/// entry that opted out named; a worker whose probe cannot be run is a warning too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sandbox_is_said_at_start_up_in_status_and_in_check_config() {
+    let entries = format!("{}{}", guard(), mcp::entry("open", "sandbox = false"));
+    let g = Guarded::start(WorkerMode::Pool, &entries, 1).await;
+    let gateway = &hermes_tests::harness::binaries().gateway;
+    let probe = hermes_worker::sandbox::probe();
+    g.rig.assert_logged(&probe.summary);
+    for weaker in probe.weaker() {
+        g.rig.assert_logged(&weaker);
+    }
+
+    let mut status = String::new();
+    let said = eventually(PATIENCE, || {
+        let output = std::process::Command::new(gateway)
+            .args(["status", "--config"])
+            .arg(&g.rig.gateway.config_path)
+            .output()
+            .expect("run status");
+        status = String::from_utf8_lossy(&output.stdout).into_owned();
+        status.contains("tool sandbox")
+    })
+    .await;
+    assert!(said, "{status}");
+    assert!(status.contains(&probe.summary), "{status}");
+    assert!(
+        status.contains("without the sandbox (sandbox = false): open"),
+        "{status}"
+    );
+    let json = std::process::Command::new(gateway)
+        .args(["status", "--json", "--config"])
+        .arg(&g.rig.gateway.config_path)
+        .output()
+        .expect("run status --json");
+    let json: Value = serde_json::from_slice(&json.stdout).expect("status JSON");
+    assert_eq!(json["sandbox"]["unsandboxed"], json!(["open"]), "{json}");
+    assert_eq!(
+        json["sandbox"]["report"]["probed"]["summary"],
+        json!(probe.summary),
+        "{json}"
+    );
+
+    let check = std::process::Command::new(gateway)
+        .args(["check-config", "--config"])
+        .arg(&g.rig.gateway.config_path)
+        .env("HERMES_TEST_TELEGRAM_TOKEN", TOKEN)
+        .env("HERMES_TEST_PROVIDER_KEY", API_KEY)
+        .output()
+        .expect("run check-config");
+    let out = String::from_utf8_lossy(&check.stdout);
+    assert_eq!(check.status.code(), Some(0), "{out}");
+    assert!(out.contains(&probe.summary), "{out}");
+    assert!(out.contains("WITHOUT the sandbox"), "{out}");
+    assert!(
+        out.contains("warning: tool server \"open\" runs without the sandbox"),
+        "{out}"
+    );
+
+    // A worker binary whose probe cannot answer: said as loudly.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let broken = hermes_tests::harness::bad_worker(dir.path(), "bad-worker");
+    let rig = Rig::start(WorkerMode::Pool, |o| o.worker_command = Some(broken)).await;
+    assert!(
+        eventually(PATIENCE, || rig
+            .gateway
+            .log()
+            .contains("WARN tool sandbox: unknown, the probe failed"))
+        .await,
+        "{}",
+        rig.gateway.log()
+    );
+}
