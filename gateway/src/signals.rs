@@ -113,10 +113,19 @@ pub fn listen() -> std::io::Result<mpsc::UnboundedReceiver<Received>> {
 
 /// Whether `pid` is a descendant of `ancestor` (its child, grandchild, …), by its parent
 /// chain in `/proc`. False when the chain cannot be read (the process is gone).
+///
+/// The chain may pass through a worker whose `/proc` entry the gateway cannot read: a
+/// worker is non-dumpable, and under the unit's `ProtectProc=invisible` such a process of
+/// the same user is invisible. So `ancestor`'s own children, which it can always list,
+/// count as found once the chain reaches one of them.
 pub fn descends_from(pid: i32, ancestor: i32) -> bool {
+    let children = children_of(ancestor);
     let mut current = pid;
     // Deeper than any tool's process tree; bounds a chain that changes while read.
     for _ in 0..256 {
+        if children.contains(&current) {
+            return true;
+        }
         let Some(parent) = parent_of(current) else {
             return false;
         };
@@ -129,6 +138,22 @@ pub fn descends_from(pid: i32, ancestor: i32) -> bool {
         current = parent;
     }
     false
+}
+
+/// The children of every thread of `pid` (`/proc/PID/task/TID/children`).
+fn children_of(pid: i32) -> Vec<i32> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    tasks
+        .flatten()
+        .filter_map(|task| std::fs::read_to_string(task.path().join("children")).ok())
+        .flat_map(|list| {
+            list.split_whitespace()
+                .filter_map(|c| c.parse().ok())
+                .collect::<Vec<i32>>()
+        })
+        .collect()
 }
 
 /// The parent pid from `/proc/PID/stat` (the field after the state, past the command
@@ -187,12 +212,14 @@ mod tests {
         let grandchild: i32 = line.trim().parse().unwrap();
         let descends = descends_from(grandchild, me);
         let child_descends = descends_from(child.id() as i32, me);
+        // What lets the walk past a worker it cannot read (ProtectProc=invisible).
+        let listed = children_of(me).contains(&(child.id() as i32));
         let _ = nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(grandchild),
             nix::sys::signal::Signal::SIGKILL,
         );
         let _ = child.wait();
-        assert!(descends && child_descends);
+        assert!(descends && child_descends && listed);
         assert!(!descends_from(nix::unistd::getppid().as_raw(), me));
         assert!(
             !descends_from(i32::MAX, me),
