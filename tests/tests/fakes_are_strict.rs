@@ -166,20 +166,30 @@ async fn a_long_answer_under_telegrams_flood_limits_arrives_whole_and_in_order()
     );
 }
 
-/// The gateway asks only for messages; Telegram then never queues other kinds of update,
-/// so a callback query (a button press on some old message) cannot reach it.
+/// The gateway asks only for messages and button presses (its approval questions);
+/// Telegram then never queues other kinds of update, and a press on something that is not
+/// one of its questions changes nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_gateway_asks_telegram_for_messages_only() {
+async fn the_gateway_asks_telegram_for_messages_and_button_presses_only() {
     let rig = Rig::start(WorkerMode::Pool, |_| {}).await;
     assert!(rig.telegram.wait_for_polls(1, PATIENCE).await);
     assert_eq!(
         rig.telegram.allowed_updates(),
-        Some(vec!["message".to_string()])
+        Some(vec!["message".to_string(), "callback_query".to_string()])
     );
     rig.telegram.push_update(json!({"callback_query": {
         "id": "1", "chat_instance": "c", "data": "x",
         "from": {"id": USER, "is_bot": false, "first_name": "T"},
     }}));
+    rig.telegram.push_update(json!({"edited_message": {
+        "message_id": 1, "date": 0, "text": "edited",
+        "chat": {"id": USER, "type": "private", "first_name": "T"},
+    }}));
     assert_eq!(rig.ask("still here?").await.text, "echo: still here?");
     assert_eq!(rig.telegram.withheld_updates().len(), 1);
+    assert_eq!(
+        rig.telegram.sent_to(USER).len(),
+        1,
+        "the press changed nothing"
+    );
 }
