@@ -43,7 +43,9 @@ struct State {
     answered: u64,
     failed: BTreeMap<FailureClass, u64>,
     previous_shutdown: Option<ShutdownRecord>,
-    sandbox: Option<SandboxStatus>,
+    /// None until the probe has answered.
+    sandbox_report: Option<Report>,
+    unsandboxed: Vec<String>,
 }
 
 /// What the tool sandbox can apply here, and which tools run without it.
@@ -302,15 +304,14 @@ impl Health {
         }
     }
 
-    pub fn set_sandbox(&self, sandbox: SandboxStatus) {
-        self.lock().sandbox = Some(sandbox);
+    /// What the sandbox probe found.
+    pub fn set_sandbox_report(&self, report: Report) {
+        self.lock().sandbox_report = Some(report);
     }
 
-    /// Which tools run without the sandbox, after a reload.
+    /// Which tools run without the sandbox (at start-up and after each reload).
     pub fn set_unsandboxed(&self, unsandboxed: Vec<String>) {
-        if let Some(sandbox) = &mut self.lock().sandbox {
-            sandbox.unsandboxed = unsandboxed;
-        }
+        self.lock().unsandboxed = unsandboxed;
     }
 
     pub fn job_done(&self, outcome: &Outcome) {
@@ -359,7 +360,10 @@ impl Health {
                     .collect(),
             },
             previous_shutdown: s.previous_shutdown.clone(),
-            sandbox: s.sandbox.clone(),
+            sandbox: s.sandbox_report.clone().map(|report| SandboxStatus {
+                report,
+                unsandboxed: s.unsandboxed.clone(),
+            }),
         }
     }
 }

@@ -21,7 +21,7 @@ use crate::approvals::Desk;
 use crate::chats::{ChatRouter, JobContext};
 use crate::circuit::Circuits;
 use crate::commands;
-use crate::health::{Health, SandboxStatus};
+use crate::health::Health;
 use crate::jobs::{JobRunner, MakeRunner};
 use crate::sandbox;
 use crate::settings::{ChatSettings, LiveSettings, needs_restart};
@@ -101,16 +101,22 @@ async fn serve(path: &Path, config: Config, setup: Setup, runner: Option<MakeRun
         }
     };
     let health = Arc::new(Health::new(workers.mode.as_str(), previous));
-    // Said before anything runs a tool: what the sandbox can apply here, and who opted out.
-    let report = sandbox::probe(&setup.worker_program).await;
-    report.log();
+    // What the sandbox can apply here, and who opted out. The probe runs beside start-up
+    // (a worker binary that hangs must not hold it up); its answer goes to the log and
+    // the status as soon as it comes.
     sandbox::warn_opted_out(&config);
-    health.set_sandbox(SandboxStatus {
-        report,
-        unsandboxed: sandbox::opted_out(&config)
+    health.set_unsandboxed(
+        sandbox::opted_out(&config)
             .iter()
             .map(|n| n.to_string())
             .collect(),
+    );
+    let probing = health.clone();
+    let worker_program = setup.worker_program.clone();
+    tokio::spawn(async move {
+        let report = sandbox::probe(&worker_program).await;
+        report.log();
+        probing.set_sandbox_report(report);
     });
     let notifier = Arc::new(Notifier::from_env());
     let settings = LiveSettings::new(ChatSettings::new(&config, &setup));

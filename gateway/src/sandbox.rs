@@ -12,8 +12,9 @@
 //! What the kernel provides is found by running the configured worker binary's
 //! `sandbox-probe --json` ([`probe`]): a subprocess, so Landlock and seccomp stay out of the
 //! gateway's own code, and the very binary that will apply the sandbox is the one asked.
-//! Start-up logs one warning per weaker guarantee, `status` and `check-config` show the
-//! summary; a probe that cannot be run is itself a warning. Never silently unguarded.
+//! Start-up logs one warning per weaker guarantee (as soon as the probe answers, beside
+//! the rest of start-up), `status` and `check-config` show the summary; a probe that
+//! cannot be run is itself a warning. Never silently unguarded.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -25,6 +26,8 @@ use serde::{Deserialize, Serialize};
 
 /// A probe that has not answered by then is reported as failed.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
+/// The probe's address space: ample for a binary that forks twice and exits.
+const PROBE_MEMORY: u64 = 1 << 30;
 
 /// Fills in what every sandboxed server of `tools` must not reach: `hidden` (from the
 /// configuration: its file, secret files, credentials directory) plus the state and
@@ -115,12 +118,25 @@ impl Report {
 /// guarantee is weaker; its record says which, so only a missing or unreadable record is a
 /// failure.
 pub async fn probe(worker: &Path) -> Report {
-    let run = tokio::process::Command::new(worker)
+    let mut command = tokio::process::Command::new(worker);
+    command
         .args(["sandbox-probe", "--json"])
         .env_clear()
         .stdin(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .output();
+        .kill_on_drop(true);
+    // SAFETY: between fork and exec, one setrlimit system call and no allocation.
+    unsafe {
+        command.pre_exec(|| {
+            // A binary that is not what it should be must not take the machine's memory.
+            nix::sys::resource::setrlimit(
+                nix::sys::resource::Resource::RLIMIT_AS,
+                PROBE_MEMORY,
+                PROBE_MEMORY,
+            )?;
+            Ok(())
+        });
+    }
+    let run = command.output();
     let output = match tokio::time::timeout(PROBE_TIMEOUT, run).await {
         Ok(Ok(output)) => output,
         Ok(Err(e)) => return Report::Failed(format!("cannot run {}: {e}", worker.display())),

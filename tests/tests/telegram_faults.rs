@@ -129,7 +129,9 @@ async fn updates_of_other_kinds_are_skipped(mode: WorkerMode) {
     );
     assert_eq!(rig.provider.request_count(), 1);
     let log = rig.gateway.log();
-    assert!(log.matches("skipping").count() >= 5, "{log}");
+    // The button press is not skipped: it goes to the approvals, which answer it (it
+    // belongs to no question of theirs) and do nothing else.
+    assert!(log.matches("skipping").count() >= 4, "{log}");
     rig.gateway.assert_running(rig.pid);
 }
 

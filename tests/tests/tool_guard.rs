@@ -450,7 +450,12 @@ async fn the_sandbox_is_said_at_start_up_in_status_and_in_check_config() {
     let g = Guarded::start(WorkerMode::Pool, &entries, 1).await;
     let gateway = &hermes_tests::harness::binaries().gateway;
     let probe = hermes_worker::sandbox::probe();
-    g.rig.assert_logged(&probe.summary);
+    // The probe answers beside start-up, so its line may come after "running".
+    assert!(
+        eventually(PATIENCE, || g.rig.gateway.log().contains(&probe.summary)).await,
+        "{}",
+        g.rig.gateway.log()
+    );
     for weaker in probe.weaker() {
         g.rig.assert_logged(&weaker);
     }
