@@ -123,6 +123,9 @@ pub async fn probe(worker: &Path) -> Report {
         .args(["sandbox-probe", "--json"])
         .env_clear()
         .stdin(std::process::Stdio::null())
+        // Its own group, as a worker's: whatever ends a group of the gateway's children
+        // must never reach the gateway's own.
+        .process_group(0)
         .kill_on_drop(true);
     // SAFETY: between fork and exec, one setrlimit system call and no allocation.
     unsafe {

@@ -370,18 +370,29 @@ impl Gateway {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
     }
 
-    /// The gateway's live child processes: its workers.
+    /// The gateway's live child processes: its workers (not the short-lived sandbox probe
+    /// it runs at start-up).
     pub fn workers(&self) -> Vec<procs::ProcInfo> {
         procs::children_of(self.pid)
             .into_iter()
-            .filter(|p| !p.is_zombie())
+            .filter(|p| !p.is_zombie() && !p.cmdline.contains("sandbox-probe"))
             .collect()
     }
 }
 
 impl Drop for Gateway {
     fn drop(&mut self) {
+        let own_group = nix::unistd::getpgrp().as_raw();
         for worker in procs::children_of(self.pid) {
+            // A child caught between fork and its own setpgid is still in the gateway's
+            // group, which is this test's: kill it alone, never the test.
+            if worker.pgid == own_group {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(worker.pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+                continue;
+            }
             let _ = nix::sys::signal::killpg(
                 nix::unistd::Pid::from_raw(worker.pgid),
                 nix::sys::signal::Signal::SIGKILL,
