@@ -393,7 +393,17 @@ async fn a_tool_with_sandbox_false_runs_unconfined_and_the_gateway_ignores_its_s
     mode: WorkerMode,
 ) {
     let mut g = Guarded::start(mode, &mcp::entry("open", "sandbox = false"), 2).await;
-    g.rig.assert_logged("\"open\" runs WITHOUT the sandbox");
+    let warned = "\"open\" runs WITHOUT the sandbox";
+    g.rig.assert_logged(warned);
+    // And again on every reload, so an opt-out is never forgotten.
+    g.rig.gateway.signal(nix::sys::signal::Signal::SIGHUP);
+    assert!(
+        eventually(PATIENCE, || g.rig.gateway.log().matches(warned).count()
+            >= 2)
+        .await,
+        "{}",
+        g.rig.gateway.log()
+    );
     let pid = g.rig.pid;
     let status = g
         .call(
