@@ -31,7 +31,9 @@
 //! - `signals`: stop and reload signals with their sender, for the shutdown record;
 //! - `settings`: what a SIGHUP reload may change; `setup`: judging a configuration
 //!   against this machine;
-//! - `clock`: Unix time for records, and waiting for a moment that may not be set.
+//! - `clock`: Unix time for records, and waiting for a moment that may not be set;
+//! - `logging`: the journal natively under systemd (priorities, `CHAT_ID=`-style fields),
+//!   text lines elsewhere.
 //!
 //! Below it: `hermes-protocol` (the wire: messages, frames, the connection, the
 //! handshake), `hermes-config` (the configuration file) and `hermes-retry` (backoff).
@@ -43,6 +45,7 @@ mod clock;
 mod commands;
 mod health;
 mod jobs;
+mod logging;
 mod replies;
 mod run;
 mod service;
@@ -55,7 +58,6 @@ mod supervisor;
 mod systemd;
 mod telegram;
 
-use std::io::IsTerminal;
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
@@ -138,7 +140,7 @@ enum ServiceCommand {
 /// `run`; only the benchmark's baseline passes one.
 pub fn main(runner: Option<MakeRunner>) -> i32 {
     let cli = Cli::parse();
-    init_logging();
+    logging::init();
     match cli.command {
         Command::Run { config } => run::run(&config, runner),
         Command::CheckConfig { config } => check_config::check_config(&config),
@@ -152,15 +154,4 @@ pub fn main(runner: Option<MakeRunner>) -> i32 {
             service::uninstall(user, dry_run)
         }
     }
-}
-
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("HERMES_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_target(false)
-        .init();
 }

@@ -171,13 +171,13 @@ async fn pause(delay: Duration, stop: &CancellationToken) -> bool {
 fn text_message(update: Update, me: &Identity, group_mode: GroupMode) -> Option<Pending> {
     let id = update.id.0;
     let UpdateKind::Message(message) = update.kind else {
-        tracing::info!(update = id, "skipping an update that is not a message");
+        tracing::info!(update_id = id, "skipping an update that is not a message");
         return None;
     };
     let (Some(text), Some(user)) = (message.text(), message.from.as_ref()) else {
         tracing::info!(
-            update = id,
-            chat = message.chat.id.0,
+            update_id = id,
+            chat_id = message.chat.id.0,
             "skipping a message without text"
         );
         return None;
@@ -186,8 +186,8 @@ fn text_message(update: Update, me: &Identity, group_mode: GroupMode) -> Option<
         Some(text) => text,
         None => {
             tracing::debug!(
-                update = id,
-                chat = message.chat.id.0,
+                update_id = id,
+                chat_id = message.chat.id.0,
                 "skipping a group message not addressed to the bot"
             );
             return None;

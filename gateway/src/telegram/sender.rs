@@ -100,7 +100,7 @@ impl Sender {
                 | RequestError::InvalidJson { .. } => backoff.next_delay(),
                 RequestError::Api(ApiError::CantParseEntities(why)) if !plain => {
                     tracing::info!(
-                        chat,
+                        chat_id = chat,
                         "Telegram could not parse the message's entities ({why}); resending as plain text"
                     );
                     plain = true;
@@ -108,27 +108,27 @@ impl Sender {
                 }
                 RequestError::Api(api) => {
                     tracing::warn!(
-                        chat,
+                        chat_id = chat,
                         "Telegram refused a message: {}",
                         describe_api_error(api)
                     );
                     return None;
                 }
                 RequestError::MigrateToChatId(new) => {
-                    tracing::warn!(chat, "chat moved to {new}; message dropped");
+                    tracing::warn!(chat_id = chat, "chat moved to {new}; message dropped");
                     return None;
                 }
             };
             if attempt < MAX_TRIES {
                 tracing::info!(
-                    chat,
+                    chat_id = chat,
                     attempt,
                     "sendMessage failed ({error}); retrying in {wait:?}"
                 );
                 tokio::time::sleep(wait).await;
             } else {
                 tracing::warn!(
-                    chat,
+                    chat_id = chat,
                     "sendMessage failed {MAX_TRIES} times ({error}); message dropped"
                 );
             }
@@ -148,7 +148,7 @@ impl Sender {
             Ok(_) => return Edit::Done,
             Err(RequestError::Api(ApiError::CantParseEntities(why))) => {
                 tracing::info!(
-                    chat,
+                    chat_id = chat,
                     "Telegram could not parse an edit's entities ({why}); editing as plain text"
                 );
                 match self
@@ -166,7 +166,7 @@ impl Sender {
             RequestError::Api(ApiError::MessageNotModified) => Edit::Done,
             RequestError::RetryAfter(after) => Edit::RetryAfter(after.duration()),
             other => {
-                tracing::info!(chat, "editMessageText failed: {other}");
+                tracing::info!(chat_id = chat, "editMessageText failed: {other}");
                 Edit::Failed
             }
         }
