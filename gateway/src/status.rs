@@ -199,13 +199,13 @@ fn print_status(s: &Snapshot, reasons: &[String]) {
     };
     println!("hermes-gateway pid {} ({health})", s.pid);
     println!("  run {} up {} s, {} mode", s.run_id, s.uptime_secs, s.mode);
-    let last_ok = s
-        .polling
-        .last_ok_unix
-        .map(format_unix)
-        .unwrap_or_else(|| "never".into());
+    let when = match (s.polling.long_poll_open_since_unix, s.polling.last_ok_unix) {
+        (Some(open), _) => format!("long poll open since {}", format_unix(open)),
+        (None, Some(ok)) => format!("last successful call {}", format_unix(ok)),
+        (None, None) => "no answer from Telegram yet".into(),
+    };
     println!(
-        "  polling: {}, last successful getUpdates {last_ok}{}",
+        "  polling: {}, {when}{}",
         s.polling.state,
         s.polling
             .last_error

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use hermes_config::WorkerMode;
 use hermes_tests::fake_provider::{ProviderReply, SEED_402_BODY};
+use hermes_tests::fake_telegram::{PollFault, PollOutcome};
 use hermes_tests::harness::{Gateway, GatewayOptions, PATIENCE, Rig, USER, binaries, eventually};
 use nix::sys::signal::Signal;
 use tokio::net::UnixDatagram;
@@ -144,6 +145,64 @@ async fn status_reports_health_degradation_and_who_stopped_it() {
     let third = Gateway::start_in(dir, &options, &telegram.api_url());
     let (_, out) = status_until(&third, |_, o| o.contains("previous run: unclean")).await;
     assert!(out.contains("previous run: unclean"), "{out}");
+}
+
+/// Telegram holds a long poll while no message comes (here 20 s), as the real one does:
+/// that is health. A gateway whose `getMe` answered and whose first long poll is open is
+/// healthy at once; after a failed poll it is healthy again as soon as Telegram answers a
+/// retry (asked with timeout 0), not one long poll later, and the failure time it logs
+/// never includes a long poll.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_long_poll_is_healthy_from_the_first_poll_and_after_a_failure() {
+    let rig = Rig::start(WorkerMode::Pool, |o| o.poll_timeout_secs = 20).await;
+    assert!(rig.telegram.wait_for_polls(1, PATIENCE).await);
+    let (code, out) = status_until(&rig.gateway, |c, _| c == 0).await;
+    assert_eq!(code, 0, "{out}\n{}", rig.gateway.log());
+    assert!(out.contains("polling: ok, long poll open since"), "{out}");
+    let polls = rig.telegram.get_updates_log();
+    assert_eq!(
+        polls.len(),
+        1,
+        "healthy only once the long poll ended: {polls:?}"
+    );
+    assert_eq!(polls[0].outcome, PollOutcome::Waiting);
+
+    // The held poll returns with a message; the next one fails; the retry asks with
+    // timeout 0 and Telegram answers it at once.
+    rig.telegram.fail_get_updates(PollFault::bad_gateway_html());
+    assert_eq!(rig.ask("hi").await.text, "echo: hi");
+    assert!(
+        eventually(PATIENCE, || rig
+            .gateway
+            .log()
+            .contains("Telegram reachable again after"))
+        .await,
+        "{}",
+        rig.gateway.log()
+    );
+    let (code, out) = status_until(&rig.gateway, |c, o| {
+        c == 0 && o.contains("long poll open since")
+    })
+    .await;
+    assert_eq!(code, 0, "{out}");
+    let polls = rig.telegram.get_updates_log();
+    let failed = polls
+        .iter()
+        .position(|p| matches!(p.outcome, PollOutcome::Fault(_)))
+        .expect("the scripted fault was served");
+    let retry = &polls[failed + 1];
+    assert_eq!(retry.timeout, Some(0), "{polls:?}");
+    assert_eq!(retry.outcome, PollOutcome::Answered, "{polls:?}");
+    assert_eq!(
+        polls.last().map(|p| (p.timeout, &p.outcome)),
+        Some((Some(20), &PollOutcome::Waiting)),
+        "healthy again only once a long poll ended: {polls:?}"
+    );
+    assert!(
+        !rig.gateway.log().contains("polling is starting"),
+        "{}",
+        rig.gateway.log()
+    );
 }
 
 /// The generated units are the committed ones with this machine's paths: they cannot

@@ -3,6 +3,12 @@
 //! Every error Telegram or the network can produce (refused connections, 5xx pages, 409
 //! from a second poller, 429 flood control, bodies that are not JSON, a request that never
 //! completes) is logged and retried after a capped, jittered backoff, at start-up as later.
+//!
+//! Health follows what Telegram said last: a `getMe` or `getUpdates` that succeeded makes
+//! polling healthy, and the long poll sent after it stays healthy while Telegram holds it
+//! (that is how Telegram says "no news"), so it never counts as failure time. After a
+//! failure, the retry asks with timeout 0, which Telegram answers at once: recovery is seen
+//! within one backoff, not one long poll later.
 //! Before the offset that acknowledges a batch is sent, the batch's text messages and that
 //! offset are committed to the store (the durable inbox); a batch that cannot be stored is
 //! not handed on, so Telegram sends it again. Handing over never blocks on a job, so a
@@ -65,6 +71,8 @@ pub async fn poll(
         };
         match result {
             Ok(me) => {
+                health.poll_ok();
+                recovered(&mut failing_since);
                 break Identity {
                     id: me.user.id.0,
                     username: me.user.username.clone().unwrap_or_default(),
@@ -81,11 +89,20 @@ pub async fn poll(
     };
     tracing::info!(bot = %me.username, "polling Telegram as @{}", me.username);
     loop {
+        // A long poll only after a success: a retry must answer at once to show recovery.
+        let timeout = if failing_since.is_some() {
+            0
+        } else {
+            settings.timeout_secs
+        };
         let request = bot
             .get_updates()
             .offset(offset)
-            .timeout(settings.timeout_secs)
+            .timeout(timeout)
             .allowed_updates([AllowedUpdate::Message]);
+        if timeout > 0 {
+            health.long_poll_open();
+        }
         let result = tokio::select! {
             _ = stop.cancelled() => return,
             result = request.send() => result,
@@ -93,12 +110,7 @@ pub async fn poll(
         match result {
             Ok(updates) => {
                 health.poll_ok();
-                if let Some(since) = failing_since.take() {
-                    tracing::info!(
-                        "Telegram reachable again after {:.1} s of failures",
-                        since.elapsed().as_secs_f64()
-                    );
-                }
+                recovered(&mut failing_since);
                 let next = updates
                     .iter()
                     .map(update_offset)
@@ -137,6 +149,17 @@ pub async fn poll(
                 }
             }
         }
+    }
+}
+
+/// After a call that succeeded: ends a run of failures, saying how long it lasted (from
+/// the first failure to this answer; an open long poll is never part of it).
+fn recovered(failing_since: &mut Option<Instant>) {
+    if let Some(since) = failing_since.take() {
+        tracing::info!(
+            "Telegram reachable again after {:.1} s of failures",
+            since.elapsed().as_secs_f64()
+        );
     }
 }
 
