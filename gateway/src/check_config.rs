@@ -71,6 +71,9 @@ pub fn check_config(path: &Path) -> i32 {
         t.admin_users.len()
     );
     println!("  state: {}", setup.state_dir.display());
+    for warning in crate::service::unit_limits_warnings(&config, path) {
+        println!("warning: {warning}");
+    }
     if t.allowed_users.is_empty() {
         println!(
             "warning: telegram.allowed_users is empty: the bot will answer nobody but tell them their id"

@@ -83,6 +83,11 @@ impl fmt::Display for PollingState {
     }
 }
 
+/// In the `STATUS=` line, before a reason the gateway is degraded that the line does not
+/// otherwise show (Telegram failing and an open quota circuit have words of their own), so
+/// `status` can judge health from systemd's copy of the line alone.
+pub const DEGRADED_MARK: &str = "degraded: ";
+
 /// Why and when the previous run ended, as it recorded on its way out.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ShutdownRecord {
@@ -184,6 +189,12 @@ impl Snapshot {
             self.jobs.answered,
             self.jobs.failed.values().sum::<u64>()
         );
+        if self.workers.slots_backing_off > 0 {
+            line.push_str(&format!(
+                "; {DEGRADED_MARK}{} worker slot(s) backing off",
+                self.workers.slots_backing_off
+            ));
+        }
         for p in &self.providers {
             if let (CircuitState::Open, Some(secs)) = (p.circuit, p.open_for_secs) {
                 line.push_str(&format!(

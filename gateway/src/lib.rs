@@ -91,9 +91,13 @@ enum Command {
     /// Show what the running gateway publishes: polling, workers, providers, jobs, and the
     /// previous shutdown. Exit 0 healthy, 1 degraded, 3 not running (LSB).
     Status {
-        /// Configuration file (TOML): the status lives in its state directory.
+        /// Configuration file (TOML), for its state directory. Default: the installed
+        /// unit's (/etc/hermes/hermes.toml; with --user, ~/.config/hermes/hermes.toml).
         #[arg(long, short, env = "HERMES_CONFIG", value_name = "FILE")]
-        config: PathBuf,
+        config: Option<PathBuf>,
+        /// The user service's gateway (systemctl --user).
+        #[arg(long)]
+        user: bool,
         /// Print the raw status as JSON.
         #[arg(long)]
         json: bool,
@@ -144,7 +148,9 @@ pub fn main(runner: Option<MakeRunner>) -> i32 {
     match cli.command {
         Command::Run { config } => run::run(&config, runner),
         Command::CheckConfig { config } => check_config::check_config(&config),
-        Command::Status { config, json } => status::status_command(&config, json),
+        Command::Status { config, user, json } => {
+            status::status_command(config.as_deref(), user, json)
+        }
         Command::Service(ServiceCommand::Install {
             config,
             user,

@@ -167,9 +167,13 @@ pub mod capture {
     pub fn capture() -> Captured {
         let sink = Sink::default();
         let subscriber = tracing_subscriber::registry().with(sink.clone());
+        let guard = tracing::subscriber::set_default(subscriber);
+        // Other tests, on other threads and with no subscriber, may be registering the same
+        // call sites right now; recomputing their interest makes sure this one is counted.
+        tracing::callsite::rebuild_interest_cache();
         Captured {
             sink,
-            _guard: tracing::subscriber::set_default(subscriber),
+            _guard: guard,
         }
     }
 
