@@ -351,6 +351,54 @@ async fn generated_units_match_the_committed_ones() {
     }
 }
 
+/// A configuration whose stop outgrows the installed unit's `TimeoutStopSec` (systemd would
+/// kill jobs still draining) is flagged by `check-config`, with the command that fixes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_config_flags_a_drain_the_installed_unit_cannot_honour() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (unit, config) = generated_unit(true, dir.path()).await;
+    let units = dir.path().join("xdg-config/systemd/user");
+    std::fs::create_dir_all(&units).expect("unit dir");
+    std::fs::write(units.join("hermes-gateway.service"), unit).expect("write unit");
+    let check = || {
+        tokio::process::Command::new(&binaries().gateway)
+            .args(["check-config", "--config"])
+            .arg(&config)
+            .env("XDG_CONFIG_HOME", dir.path().join("xdg-config"))
+            .env("TELEGRAM_BOT_TOKEN", README_SECRET)
+            .env("OPENAI_API_KEY", README_SECRET)
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .output()
+    };
+    let output = check().await.expect("run check-config");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(!stdout.contains("TimeoutStopSec"), "{stdout}");
+
+    let longer = format!(
+        "{}\n[workers]\nshutdown_drain_secs = 60\ncommand = \"{}\"\n",
+        readme_configuration(),
+        binaries().worker.display()
+    );
+    std::fs::write(&config, longer).expect("write config");
+    let output = check().await.expect("run check-config");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        stdout.contains("warning: ")
+            && stdout.contains("TimeoutStopSec=17 is shorter than this configuration's stop (72 s"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("Fix: hermes-gateway service install --user --config"),
+        "{stdout}"
+    );
+}
+
 /// `service install` refuses a configuration whose secret the unit could not deliver,
 /// before writing anything, and says the exact command that fixes it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -265,7 +265,9 @@ fn encrypt_into(name: &str, value: &Secret, path: &Path) -> Result<(), String> {
         .wait_with_output()
         .map_err(|e| format!("systemd-creds: {e}"))?;
     if output.status.success() {
-        Ok(())
+        // Encrypted, but only root needs to read it (systemd-creds leaves it 0644).
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| format!("cannot restrict {}: {e}", path.display()))
     } else {
         let _ = std::fs::remove_file(path);
         Err(format!(
