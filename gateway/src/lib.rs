@@ -10,7 +10,8 @@
 //!
 //! Modules, one responsibility each, from the command line down:
 //! - `run`: start-up, the signal loop, reload, drain and exit codes; `check_config`,
-//!   `status`, `service`: the other commands;
+//!   `status`, `service`: the other commands (`service::credentials`: the secrets a
+//!   configuration names, delivered to the unit as systemd credentials);
 //! - `telegram`: the `getUpdates` loop (`telegram::poller`), sending
 //!   (`telegram::sender`), the answer shown as it is written (`telegram::live`),
 //!   Markdown to Telegram HTML (`telegram::format`) and cutting to size
