@@ -446,6 +446,13 @@ fn print_status(s: &Snapshot, reasons: &[String]) {
     }
 }
 
+/// The pid is alive and is a hermes-gateway (not a process that reused the pid).
+fn is_gateway(pid: u32) -> bool {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|cmd| String::from_utf8_lossy(&cmd).contains("hermes-gateway"))
+        .unwrap_or(false)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -499,11 +506,4 @@ mod tests {
         assert!(!backing_off.healthy());
         assert!(!UnitState::parse("ActiveState=failed\nMainPID=0\n").running());
     }
-}
-
-/// The pid is alive and is a hermes-gateway (not a process that reused the pid).
-fn is_gateway(pid: u32) -> bool {
-    std::fs::read(format!("/proc/{pid}/cmdline"))
-        .map(|cmd| String::from_utf8_lossy(&cmd).contains("hermes-gateway"))
-        .unwrap_or(false)
 }
