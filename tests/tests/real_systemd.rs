@@ -337,6 +337,15 @@ fn the_unit_under_a_real_systemd() {
         unit.contains("LoadCredentialEncrypted=TELEGRAM_BOT_TOKEN:/etc/hermes/credentials/TELEGRAM_BOT_TOKEN.cred"),
         "{unit}"
     );
+    // Installing again from a shell without the variables keeps what was stored.
+    let stored = vm.run("sha256sum /etc/hermes/credentials/*");
+    vm.run("env -u TELEGRAM_BOT_TOKEN -u OPENAI_API_KEY hermes-gateway service install --config /etc/hermes/hermes.toml");
+    assert_eq!(vm.run("sha256sum /etc/hermes/credentials/*"), stored);
+    let (_, unit) = vm.exec("cat /etc/systemd/system/hermes-gateway.service");
+    assert!(
+        unit.contains("LoadCredentialEncrypted=OPENAI_API_KEY:"),
+        "{unit}"
+    );
     let (idle_stop, idle_result) = vm.timed_stop();
     assert_eq!(idle_result, "success", "{}", vm.journal());
     println!(

@@ -3,16 +3,16 @@
 //! Every error Telegram or the network can produce (refused connections, 5xx pages, 409
 //! from a second poller, 429 flood control, bodies that are not JSON, a request that never
 //! completes) is logged and retried after a capped, jittered backoff, at start-up as later.
+//! Before the offset that acknowledges a batch is sent, the batch's text messages and that
+//! offset are committed to the store (the durable inbox); a batch that cannot be stored is
+//! not handed on, so Telegram sends it again. Handing over never blocks on a job, so a
+//! slow provider cannot stall polling.
 //!
 //! Health follows what Telegram said last: a `getMe` or `getUpdates` that succeeded makes
 //! polling healthy, and the long poll sent after it stays healthy while Telegram holds it
 //! (that is how Telegram says "no news"), so it never counts as failure time. After a
 //! failure, the retry asks with timeout 0, which Telegram answers at once: recovery is seen
 //! within one backoff, not one long poll later.
-//! Before the offset that acknowledges a batch is sent, the batch's text messages and that
-//! offset are committed to the store (the durable inbox); a batch that cannot be stored is
-//! not handed on, so Telegram sends it again. Handing over never blocks on a job, so a
-//! slow provider cannot stall polling.
 //!
 //! In groups (`telegram.group_mode = "mention"`) only messages addressed to the bot are
 //! taken: a mention of it, a reply to one of its messages, or a command; a command for
