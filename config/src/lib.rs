@@ -8,8 +8,11 @@
 //! took are reported as unknown. Every key has a default except the Telegram token's
 //! source (which defaults to `$TELEGRAM_BOT_TOKEN`) and at least one `[[providers]]` entry.
 //!
-//! Secrets are never required inline: they name an environment variable or a file
-//! (systemd credentials: relative paths are looked up in `$CREDENTIALS_DIRECTORY`).
+//! Secrets are never required inline: they name an environment variable or a file, and
+//! both reach a systemd service as credentials (`$CREDENTIALS_DIRECTORY`), which is how
+//! `hermes-gateway service install` delivers them: a `*_env` variable that is unset is read
+//! from the credential of the same name, and a relative `*_file` is looked up among the
+//! credentials before beside the configuration file. See [`read_variable`].
 
 use std::fmt;
 use std::ops::Range;
@@ -176,9 +179,9 @@ impl McpServerConfig {
     pub fn spec(&self) -> Result<ToolServer, String> {
         let mut env = Vec::new();
         for name in &self.env {
-            match std::env::var(name) {
+            match read_variable(name) {
                 Ok(value) => env.push((name.clone(), Secret::new(value))),
-                Err(_) => return Err(format!("environment variable {name} is not set")),
+                Err(Unset) => return Err(format!("environment variable {name} is not set")),
             }
         }
         Ok(ToolServer {
@@ -225,10 +228,12 @@ impl SecretSource {
 
     fn read(&self) -> Result<Secret, String> {
         match &self.from {
-            SecretFrom::Env(name) => match std::env::var(name) {
+            SecretFrom::Env(name) => match read_variable(name) {
                 Ok(v) if !v.trim().is_empty() => Ok(Secret::new(v.trim())),
                 Ok(_) => Err(format!("environment variable {name} is empty")),
-                Err(_) => Err(format!("environment variable {name} is not set")),
+                Err(Unset) => Err(format!(
+                    "environment variable {name} is not set (nor a credential {name} in $CREDENTIALS_DIRECTORY)"
+                )),
             },
             SecretFrom::File { path, base } => {
                 let full = secret_file_path(path, base);
@@ -268,12 +273,58 @@ impl SecretSource {
     }
 }
 
+/// Neither the environment nor the credentials hold the variable.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Unset;
+
+/// The value of the environment variable `name`, else of the systemd credential named
+/// `name` (`$CREDENTIALS_DIRECTORY/<name>`). The environment wins, so a variable set by hand
+/// overrides what the unit delivers; the credential is how the unit delivers a `*_env`
+/// secret without putting it in the unit file or the service's environment.
+pub fn read_variable(name: &str) -> Result<String, Unset> {
+    read_variable_from(name, |n| std::env::var_os(n))
+}
+
+/// [`read_variable`] with the environment given by `var`.
+fn read_variable_from(
+    name: &str,
+    var: impl Fn(&str) -> Option<std::ffi::OsString>,
+) -> Result<String, Unset> {
+    if let Some(value) = var(name) {
+        return value.into_string().map_err(|_| Unset);
+    }
+    let creds = var("CREDENTIALS_DIRECTORY").ok_or(Unset)?;
+    if !valid_credential_name(name) {
+        return Err(Unset);
+    }
+    let text = std::fs::read_to_string(Path::new(&creds).join(name)).map_err(|_| Unset)?;
+    // A credential file made with `echo` ends in a newline that is not part of the secret.
+    Ok(text.trim_end_matches(['\n', '\r']).to_string())
+}
+
+/// A name systemd accepts for a credential: one file name, no '/'.
+pub fn valid_credential_name(name: &str) -> bool {
+    !name.is_empty() && name != "." && name != ".." && !name.contains('/')
+}
+
 fn secret_file_path(path: &Path, base: &Path) -> PathBuf {
+    secret_file_path_in(
+        path,
+        base,
+        std::env::var_os("CREDENTIALS_DIRECTORY")
+            .as_deref()
+            .map(Path::new),
+    )
+}
+
+/// A relative `*_file` is a credential's name first (when the credential exists), then a
+/// path beside the configuration file; an absolute one is itself.
+fn secret_file_path_in(path: &Path, base: &Path, credentials: Option<&Path>) -> PathBuf {
     if path.is_absolute() {
         return path.to_path_buf();
     }
-    if let Some(creds) = std::env::var_os("CREDENTIALS_DIRECTORY") {
-        let candidate = Path::new(&creds).join(path);
+    if let Some(creds) = credentials {
+        let candidate = creds.join(path);
         if candidate.exists() {
             return candidate;
         }
@@ -1348,6 +1399,64 @@ timeout = 3
         let plan = c.providers[0].plan().unwrap();
         assert_eq!(plan.api_key.unwrap().expose(), "sk-123");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// The environment of a test: `vars`, nothing else (the process's own is not touched,
+    /// so tests running in parallel cannot see each other's).
+    fn env_of(vars: &[(&str, &Path)]) -> impl Fn(&str) -> Option<std::ffi::OsString> + use<> {
+        let vars: Vec<(String, std::ffi::OsString)> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.as_os_str().to_owned()))
+            .collect();
+        move |name| vars.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
+    }
+
+    #[test]
+    fn an_env_secret_comes_from_the_environment_then_from_the_credential_of_its_name() {
+        let creds = tempfile::tempdir().unwrap();
+        std::fs::write(creds.path().join("TG_TOKEN"), "from-credential\n").unwrap();
+        let dir = creds.path();
+        // Both: the environment wins (an operator's override beats what the unit delivers).
+        let both = env_of(&[
+            ("TG_TOKEN", Path::new("from-env")),
+            ("CREDENTIALS_DIRECTORY", dir),
+        ]);
+        assert_eq!(read_variable_from("TG_TOKEN", both).unwrap(), "from-env");
+        // Unset: the credential, without the newline `echo` leaves.
+        let unit = env_of(&[("CREDENTIALS_DIRECTORY", dir)]);
+        assert_eq!(
+            read_variable_from("TG_TOKEN", &unit).unwrap(),
+            "from-credential"
+        );
+        // Neither, or a name systemd could never deliver.
+        assert_eq!(read_variable_from("OTHER", &unit), Err(Unset));
+        assert_eq!(read_variable_from("../TG_TOKEN", &unit), Err(Unset));
+        assert_eq!(read_variable_from("TG_TOKEN", env_of(&[])), Err(Unset));
+    }
+
+    #[test]
+    fn a_relative_file_secret_is_a_credential_first_then_a_path_beside_the_config() {
+        let creds = tempfile::tempdir().unwrap();
+        let base = tempfile::tempdir().unwrap();
+        std::fs::write(creds.path().join("telegram-token"), "a").unwrap();
+        std::fs::write(base.path().join("telegram-token"), "b").unwrap();
+        std::fs::write(base.path().join("only-here"), "c").unwrap();
+        let file = |name: &str, credentials: Option<&Path>| {
+            secret_file_path_in(Path::new(name), base.path(), credentials)
+        };
+        assert_eq!(
+            file("telegram-token", Some(creds.path())),
+            creds.path().join("telegram-token")
+        );
+        assert_eq!(
+            file("only-here", Some(creds.path())),
+            base.path().join("only-here")
+        );
+        assert_eq!(
+            file("telegram-token", None),
+            base.path().join("telegram-token")
+        );
+        assert_eq!(file("/abs/key", Some(creds.path())), Path::new("/abs/key"));
     }
 
     #[test]

@@ -95,7 +95,7 @@ impl Desk {
         else {
             self.lock().remove(&key);
             tracing::warn!(
-                chat,
+                chat_id = chat,
                 tool = %request.tool,
                 "cannot ask the chat to approve a tool call; it is denied"
             );
@@ -124,17 +124,17 @@ impl Desk {
         };
         let (decision, shown) = match ending {
             Ending::Pressed(Pressed { allow: true, by }) => {
-                tracing::info!(chat, tool = %request.tool, by = %by, "tool call allowed");
+                tracing::info!(chat_id = chat, tool = %request.tool, user_id = %by, "tool call allowed");
                 let shown = replies::approval::allowed(&request.tool, &by);
                 (Some(Decision::Allowed { by }), shown)
             }
             Ending::Pressed(Pressed { allow: false, by }) => {
-                tracing::info!(chat, tool = %request.tool, by = %by, "tool call denied");
+                tracing::info!(chat_id = chat, tool = %request.tool, user_id = %by, "tool call denied");
                 let shown = replies::approval::denied(&request.tool, &by);
                 (Some(Decision::Denied { by }), shown)
             }
             Ending::TimedOut => {
-                tracing::info!(chat, tool = %request.tool, "no answer to an approval: denied");
+                tracing::info!(chat_id = chat, tool = %request.tool, "no answer to an approval: denied");
                 let shown = replies::approval::timed_out(&request.tool, timeout);
                 (Some(Decision::TimedOut), shown)
             }
@@ -192,7 +192,7 @@ impl Desk {
         };
         if reply == replies::approval::NOT_YOURS {
             tracing::info!(
-                user = query.from.id.0,
+                user_id = query.from.id.0,
                 "a user not in telegram.allowed_users pressed an approval button"
             );
         }

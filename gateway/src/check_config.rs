@@ -102,7 +102,18 @@ pub fn check_config(path: &Path) -> i32 {
         },
         t.admin_users.len()
     );
-    println!("  state: {}", setup.state_dir.display());
+    if config.state.dir.is_none() && std::env::var_os("STATE_DIRECTORY").is_none() {
+        println!(
+            "  state: {} when run by hand; under the unit, its StateDirectory ({} for the system unit)",
+            setup.state_dir.display(),
+            crate::service::SYSTEM_STATE
+        );
+    } else {
+        println!("  state: {}", setup.state_dir.display());
+    }
+    for warning in crate::service::unit_limits_warnings(&config, path) {
+        println!("warning: {warning}");
+    }
     for line in report.warnings() {
         println!("warning: {line}");
     }

@@ -32,6 +32,9 @@ struct State {
     /// Last `getUpdates` round trip that ended, success or error: the watchdog's pulse.
     last_round_trip: Option<Instant>,
     last_poll_ok: Option<SystemTime>,
+    /// Since when the `getUpdates` now waiting at Telegram has been open, after a call
+    /// that succeeded: Telegram holds it while no message comes, and that is health.
+    long_poll_open_since: Option<SystemTime>,
     failing_since: Option<SystemTime>,
     last_poll_error: Option<String>,
     workers_idle: usize,
@@ -74,9 +77,11 @@ pub enum WorkerLeft {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum PollingState {
-    /// No `getUpdates` round trip yet.
+    /// Telegram has not answered yet (`getMe` still on its way, or no call made).
     Starting,
+    /// The last call to Telegram succeeded; a long poll may be open since.
     Ok,
+    /// The last call to Telegram failed.
     Failing,
 }
 
@@ -89,6 +94,11 @@ impl fmt::Display for PollingState {
         })
     }
 }
+
+/// In the `STATUS=` line, before a reason the gateway is degraded that the line does not
+/// otherwise show (Telegram failing and an open quota circuit have words of their own), so
+/// `status` can judge health from systemd's copy of the line alone.
+pub const DEGRADED_MARK: &str = "degraded: ";
 
 /// Why and when the previous run ended, as it recorded on its way out.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -121,6 +131,10 @@ pub struct Snapshot {
 pub struct Polling {
     pub state: PollingState,
     pub last_ok_unix: Option<u64>,
+    /// When the `getUpdates` Telegram is holding now was sent (it answers at its timeout,
+    /// or as soon as a message comes).
+    #[serde(default)]
+    pub long_poll_open_since_unix: Option<u64>,
     pub failing_since_unix: Option<u64>,
     pub last_error: Option<String>,
 }
@@ -190,6 +204,12 @@ impl Snapshot {
             self.jobs.answered,
             self.jobs.failed.values().sum::<u64>()
         );
+        if self.workers.slots_backing_off > 0 {
+            line.push_str(&format!(
+                "; {DEGRADED_MARK}{} worker slot(s) backing off",
+                self.workers.slots_backing_off
+            ));
+        }
         for p in &self.providers {
             if let (CircuitState::Open, Some(secs)) = (p.circuit, p.open_for_secs) {
                 line.push_str(&format!(
@@ -229,17 +249,26 @@ impl Health {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// A call to Telegram (`getMe`, `getUpdates`) succeeded.
     pub fn poll_ok(&self) {
         let mut s = self.lock();
         s.last_round_trip = Some(Instant::now());
         s.last_poll_ok = Some(SystemTime::now());
+        s.long_poll_open_since = None;
         s.failing_since = None;
         s.last_poll_error = None;
+    }
+
+    /// A long poll was sent after a call that succeeded: while Telegram holds it, polling
+    /// is healthy (it is how Telegram says "no news yet"), never failure time.
+    pub fn long_poll_open(&self) {
+        self.lock().long_poll_open_since = Some(SystemTime::now());
     }
 
     pub fn poll_failed(&self, error: String) {
         let mut s = self.lock();
         s.last_round_trip = Some(Instant::now());
+        s.long_poll_open_since = None;
         s.failing_since.get_or_insert_with(SystemTime::now);
         s.last_poll_error = Some(error);
     }
@@ -339,6 +368,7 @@ impl Health {
             polling: Polling {
                 state: polling_state,
                 last_ok_unix: s.last_poll_ok.map(unix),
+                long_poll_open_since_unix: s.long_poll_open_since.map(unix),
                 failing_since_unix: s.failing_since.map(unix),
                 last_error: s.last_poll_error.clone(),
             },
@@ -395,5 +425,28 @@ mod tests {
         );
         assert_eq!(snap.jobs.failed.get("timed_out"), Some(&1));
         assert!(h.polled_within(Duration::from_secs(1)));
+    }
+
+    #[test]
+    fn an_open_long_poll_after_a_success_is_health_not_failure() {
+        let h = Health::new("pool", None);
+        // getMe answered, the first long poll is open and Telegram holds it.
+        h.poll_ok();
+        h.long_poll_open();
+        let snap = h.snapshot(vec![]);
+        assert_eq!(snap.polling.state, PollingState::Ok);
+        assert!(snap.polling.long_poll_open_since_unix.is_some());
+        assert!(snap.polling.failing_since_unix.is_none());
+        assert!(
+            snap.degraded_reasons().is_empty(),
+            "{:?}",
+            snap.degraded_reasons()
+        );
+        assert!(snap.status_line().starts_with("polling ok;"));
+        // A failure closes it.
+        h.poll_failed("502".into());
+        let snap = h.snapshot(vec![]);
+        assert_eq!(snap.polling.state, PollingState::Failing);
+        assert!(snap.polling.long_poll_open_since_unix.is_none());
     }
 }

@@ -10,7 +10,8 @@
 //!
 //! Modules, one responsibility each, from the command line down:
 //! - `run`: start-up, the signal loop, reload, drain and exit codes; `check_config`,
-//!   `status`, `service`: the other commands;
+//!   `status`, `service`: the other commands (`service::credentials`: the secrets a
+//!   configuration names, delivered to the unit as systemd credentials);
 //! - `telegram`: the `getUpdates` loop (`telegram::poller`), sending
 //!   (`telegram::sender`), the answer shown as it is written (`telegram::live`),
 //!   Markdown to Telegram HTML (`telegram::format`) and cutting to size
@@ -34,7 +35,9 @@
 //!   lets it apply; `approvals`: a tool call a user must allow, asked in the chat;
 //! - `settings`: what a SIGHUP reload may change; `setup`: judging a configuration
 //!   against this machine;
-//! - `clock`: Unix time for records, and waiting for a moment that may not be set.
+//! - `clock`: Unix time for records, and waiting for a moment that may not be set;
+//! - `logging`: the journal natively under systemd (priorities, `CHAT_ID=`-style fields),
+//!   text lines elsewhere.
 //!
 //! Below it: `hermes-protocol` (the wire: messages, frames, the connection, the
 //! handshake), `hermes-config` (the configuration file) and `hermes-retry` (backoff).
@@ -47,6 +50,7 @@ mod clock;
 mod commands;
 mod health;
 mod jobs;
+mod logging;
 mod replies;
 mod run;
 mod sandbox;
@@ -60,7 +64,6 @@ mod supervisor;
 mod systemd;
 mod telegram;
 
-use std::io::IsTerminal;
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
@@ -94,9 +97,13 @@ enum Command {
     /// Show what the running gateway publishes: polling, workers, providers, jobs, and the
     /// previous shutdown. Exit 0 healthy, 1 degraded, 3 not running (LSB).
     Status {
-        /// Configuration file (TOML): the status lives in its state directory.
+        /// Configuration file (TOML), for its state directory. Default: the installed
+        /// unit's (/etc/hermes/hermes.toml; with --user, ~/.config/hermes/hermes.toml).
         #[arg(long, short, env = "HERMES_CONFIG", value_name = "FILE")]
-        config: PathBuf,
+        config: Option<PathBuf>,
+        /// The user service's gateway (systemctl --user).
+        #[arg(long)]
+        user: bool,
         /// Print the raw status as JSON.
         #[arg(long)]
         json: bool,
@@ -143,11 +150,13 @@ enum ServiceCommand {
 /// `run`; only the benchmark's baseline passes one.
 pub fn main(runner: Option<MakeRunner>) -> i32 {
     let cli = Cli::parse();
-    init_logging();
+    logging::init();
     match cli.command {
         Command::Run { config } => run::run(&config, runner),
         Command::CheckConfig { config } => check_config::check_config(&config),
-        Command::Status { config, json } => status::status_command(&config, json),
+        Command::Status { config, user, json } => {
+            status::status_command(config.as_deref(), user, json)
+        }
         Command::Service(ServiceCommand::Install {
             config,
             user,
@@ -157,15 +166,4 @@ pub fn main(runner: Option<MakeRunner>) -> i32 {
             service::uninstall(user, dry_run)
         }
     }
-}
-
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("HERMES_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_target(false)
-        .init();
 }

@@ -63,7 +63,7 @@ pub fn state_dir(config: &Config) -> PathBuf {
 }
 
 /// systemd joins several directories with ':'; the first is ours.
-fn first_path(list: &str) -> &str {
+pub(crate) fn first_path(list: &str) -> &str {
     list.split(':').next().unwrap_or(list)
 }
 

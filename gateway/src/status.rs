@@ -7,6 +7,14 @@
 //! next run, which reports it as unclean with the last time the old run was seen alive.
 //! `hermes-gateway status` exits like an LSB init script: 0 healthy, 1 degraded, 3 not
 //! running.
+//!
+//! `status` must find the running gateway wherever its state is, or it tells an operator
+//! the bot is down while it is up. Without `state.dir` in the configuration, the gateway
+//! under systemd keeps its state in the unit's `StateDirectory=` (`$STATE_DIRECTORY`,
+//! which the operator's shell does not have), so `status` looks there too
+//! ([`state_candidates`]); and where that state is not readable (a `DynamicUser=` unit's
+//! private state, for a user who is not root) it asks systemd for the unit's main pid and
+//! status line rather than report "not running".
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -17,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::circuit::{CircuitState, Circuits, View};
 use crate::clock::{format_unix, unix_now};
-use crate::health::{Health, ProviderStatus, ShutdownRecord, Snapshot};
+use crate::health::{DEGRADED_MARK, Health, ProviderStatus, ShutdownRecord, Snapshot};
 use crate::settings::LiveSettings;
 use crate::setup;
 use crate::signals::StopReason;
@@ -147,34 +155,118 @@ const HEALTHY: i32 = 0;
 const DEGRADED: i32 = 1;
 const NOT_RUNNING: i32 = 3;
 
-pub fn status_command(config_path: &Path, json: bool) -> i32 {
-    let config = match Config::load(config_path) {
-        Ok(c) => c,
-        Err(e) => {
+/// The configuration `status` reads when given none: `$HERMES_CONFIG` (clap reads it into
+/// `config`), else the one the installed unit runs with.
+pub fn default_config(user: bool) -> PathBuf {
+    if user {
+        let base = std::env::var_os("XDG_CONFIG_HOME")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")))
+            .unwrap_or_else(|| PathBuf::from(".config"));
+        base.join("hermes/hermes.toml")
+    } else {
+        PathBuf::from(crate::service::SYSTEM_CONFIG)
+    }
+}
+
+/// Where the running gateway's state may be, in the order `status` looks: the
+/// configuration's `state.dir` alone when it has one; else `$STATE_DIRECTORY` alone when
+/// set (`status` run from the unit itself); else the unit's state directory (system:
+/// `/var/lib/hermes`; user: `$XDG_CONFIG_HOME/hermes` under systemd 252,
+/// `$XDG_STATE_HOME/hermes` under newer ones), then `./state` (a gateway run by hand).
+pub fn state_candidates(
+    configured: Option<&Path>,
+    user: bool,
+    var: impl Fn(&str) -> Option<std::ffi::OsString>,
+) -> Vec<PathBuf> {
+    if let Some(dir) = configured {
+        return vec![dir.to_path_buf()];
+    }
+    if let Some(dir) = var("STATE_DIRECTORY") {
+        return vec![PathBuf::from(setup::first_path(&dir.to_string_lossy()))];
+    }
+    let mut dirs = Vec::new();
+    if user {
+        let home = var("HOME").map(PathBuf::from);
+        let config = var("XDG_CONFIG_HOME")
+            .map(PathBuf::from)
+            .or_else(|| home.as_ref().map(|h| h.join(".config")));
+        let state = var("XDG_STATE_HOME")
+            .map(PathBuf::from)
+            .or_else(|| home.as_ref().map(|h| h.join(".local/state")));
+        dirs.extend(
+            [config, state]
+                .into_iter()
+                .flatten()
+                .map(|d| d.join("hermes")),
+        );
+    } else {
+        dirs.push(PathBuf::from(crate::service::SYSTEM_STATE));
+    }
+    dirs.push(PathBuf::from("state"));
+    dirs
+}
+
+pub fn status_command(config_path: Option<&Path>, user: bool, json: bool) -> i32 {
+    let path = config_path
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| default_config(user));
+    // A configuration this user cannot read (root's, 0600) still leaves the default places
+    // and systemd to ask; an invalid one is an error.
+    let configured = match Config::load(&path) {
+        Ok(config) => config.state.dir,
+        Err(e @ hermes_config::ConfigError::Invalid { .. }) => {
             eprintln!("{e}");
             return EXIT_CONFIG;
         }
-    };
-    let state_dir = setup::state_dir(&config);
-    let snapshot: Option<Snapshot> = read_json(&state_dir.join(STATUS_FILE));
-    let running = snapshot.as_ref().filter(|s| is_gateway(s.pid));
-    let Some(snapshot) = running else {
-        println!(
-            "hermes-gateway is not running (state: {})",
-            state_dir.display()
-        );
-        let last = previous_shutdown(&state_dir);
-        match last {
-            Some(record) => println!(
-                "last shutdown: {} at {} (run {})",
-                record.reason,
-                format_unix(record.at_unix),
-                record.run_id
-            ),
-            None => println!("no previous run recorded"),
+        Err(e) => {
+            eprintln!("{e}; looking in the unit's state directory");
+            None
         }
-        return NOT_RUNNING;
     };
+    let candidates = state_candidates(configured.as_deref(), user, |n| std::env::var_os(n));
+    let mut unreadable = Vec::new();
+    for dir in &candidates {
+        match std::fs::read_to_string(dir.join(STATUS_FILE)) {
+            Ok(text) => {
+                if let Ok(snapshot) = serde_json::from_str::<Snapshot>(&text)
+                    && is_gateway(snapshot.pid)
+                {
+                    return report(&snapshot, json);
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                unreadable.push(dir.clone())
+            }
+            Err(_) => {}
+        }
+    }
+    if let Some(unit) = UnitState::ask(user)
+        && unit.running()
+    {
+        return unit.report(&unreadable);
+    }
+    let looked: Vec<String> = candidates.iter().map(|d| d.display().to_string()).collect();
+    println!(
+        "hermes-gateway is not running (state looked for in: {})",
+        looked.join(", ")
+    );
+    if let Some(unit) = UnitState::ask(user).filter(|u| u.loaded()) {
+        println!("  systemd: {}", unit.summary());
+    }
+    match candidates.iter().find_map(|dir| previous_shutdown(dir)) {
+        Some(record) => println!(
+            "last shutdown: {} at {} (run {})",
+            record.reason,
+            format_unix(record.at_unix),
+            record.run_id
+        ),
+        None => println!("no previous run recorded"),
+    }
+    NOT_RUNNING
+}
+
+fn report(snapshot: &Snapshot, json: bool) -> i32 {
     let reasons = snapshot.degraded_reasons();
     if json {
         println!(
@@ -191,6 +283,108 @@ pub fn status_command(config_path: &Path, json: bool) -> i32 {
     }
 }
 
+/// What systemd says of the unit (`systemctl show`), for when the state cannot be read.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct UnitState {
+    load_state: String,
+    active_state: String,
+    sub_state: String,
+    result: String,
+    main_pid: u32,
+    status_text: String,
+    n_restarts: String,
+    exec_main_status: String,
+}
+
+impl UnitState {
+    const PROPERTIES: &str =
+        "LoadState,ActiveState,SubState,Result,MainPID,StatusText,NRestarts,ExecMainStatus";
+
+    fn ask(user: bool) -> Option<UnitState> {
+        let mut command = std::process::Command::new("systemctl");
+        if user {
+            command.arg("--user");
+        }
+        let output = command
+            .args(["show", "hermes-gateway", "-p", Self::PROPERTIES])
+            .stderr(std::process::Stdio::null())
+            .output()
+            .ok()?;
+        output
+            .status
+            .success()
+            .then(|| UnitState::parse(&String::from_utf8_lossy(&output.stdout)))
+    }
+
+    fn parse(text: &str) -> UnitState {
+        let mut unit = UnitState::default();
+        for line in text.lines() {
+            let Some((key, value)) = line.split_once('=') else {
+                continue;
+            };
+            let value = value.to_string();
+            match key {
+                "LoadState" => unit.load_state = value,
+                "ActiveState" => unit.active_state = value,
+                "SubState" => unit.sub_state = value,
+                "Result" => unit.result = value,
+                "MainPID" => unit.main_pid = value.parse().unwrap_or(0),
+                "StatusText" => unit.status_text = value,
+                "NRestarts" => unit.n_restarts = value,
+                "ExecMainStatus" => unit.exec_main_status = value,
+                _ => {}
+            }
+        }
+        unit
+    }
+
+    fn loaded(&self) -> bool {
+        self.load_state == "loaded"
+    }
+
+    fn running(&self) -> bool {
+        self.active_state == "active" && self.main_pid != 0
+    }
+
+    fn summary(&self) -> String {
+        format!(
+            "ActiveState={} SubState={} Result={} ExecMainStatus={} NRestarts={}",
+            self.active_state, self.sub_state, self.result, self.exec_main_status, self.n_restarts
+        )
+    }
+
+    /// The gateway's own status line says whether it is healthy: `polling ok` first, and
+    /// nothing it adds when degraded (see [`Snapshot::status_line`]).
+    fn healthy(&self) -> bool {
+        self.status_text.starts_with("polling ok")
+            && !self.status_text.contains("quota-open")
+            && !self.status_text.contains(DEGRADED_MARK)
+    }
+
+    fn report(&self, unreadable: &[PathBuf]) -> i32 {
+        let health = if self.healthy() {
+            "healthy".to_string()
+        } else if self.status_text.is_empty() {
+            "degraded: no status line yet".to_string()
+        } else {
+            format!("degraded: {}", self.status_text)
+        };
+        println!(
+            "hermes-gateway pid {} ({health}), as systemd reports it",
+            self.main_pid
+        );
+        println!("  status: {}", self.status_text);
+        println!("  restarts: {}", self.n_restarts);
+        for dir in unreadable {
+            println!(
+                "  (the full report is in {}, which this user cannot read: run as root)",
+                dir.display()
+            );
+        }
+        if self.healthy() { HEALTHY } else { DEGRADED }
+    }
+}
+
 fn print_status(s: &Snapshot, reasons: &[String]) {
     let health = if reasons.is_empty() {
         "healthy".to_string()
@@ -199,13 +393,13 @@ fn print_status(s: &Snapshot, reasons: &[String]) {
     };
     println!("hermes-gateway pid {} ({health})", s.pid);
     println!("  run {} up {} s, {} mode", s.run_id, s.uptime_secs, s.mode);
-    let last_ok = s
-        .polling
-        .last_ok_unix
-        .map(format_unix)
-        .unwrap_or_else(|| "never".into());
+    let when = match (s.polling.long_poll_open_since_unix, s.polling.last_ok_unix) {
+        (Some(open), _) => format!("long poll open since {}", format_unix(open)),
+        (None, Some(ok)) => format!("last successful call {}", format_unix(ok)),
+        (None, None) => "no answer from Telegram yet".into(),
+    };
     println!(
-        "  polling: {}, last successful getUpdates {last_ok}{}",
+        "  polling: {}, {when}{}",
         s.polling.state,
         s.polling
             .last_error
@@ -272,4 +466,59 @@ fn is_gateway(pid: u32) -> bool {
     std::fs::read(format!("/proc/{pid}/cmdline"))
         .map(|cmd| String::from_utf8_lossy(&cmd).contains("hermes-gateway"))
         .unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn without_state_dir_status_looks_where_the_unit_keeps_state() {
+        let none = |_: &str| None;
+        assert_eq!(
+            state_candidates(Some(Path::new("/srv/s")), false, none),
+            [PathBuf::from("/srv/s")]
+        );
+        assert_eq!(
+            state_candidates(None, false, none),
+            [PathBuf::from("/var/lib/hermes"), PathBuf::from("state")]
+        );
+        let unit = |n: &str| (n == "STATE_DIRECTORY").then(|| "/var/lib/hermes:/x".into());
+        assert_eq!(
+            state_candidates(None, false, unit),
+            [PathBuf::from("/var/lib/hermes")]
+        );
+        let home = |n: &str| (n == "HOME").then(|| "/home/ann".into());
+        assert_eq!(
+            state_candidates(None, true, home),
+            [
+                PathBuf::from("/home/ann/.config/hermes"),
+                PathBuf::from("/home/ann/.local/state/hermes"),
+                PathBuf::from("state")
+            ]
+        );
+    }
+
+    #[test]
+    fn systemd_is_asked_when_the_state_is_private() {
+        let unit = UnitState::parse(
+            "LoadState=loaded\nActiveState=active\nSubState=running\nResult=success\nMainPID=4242\nStatusText=polling ok; workers 2 idle 0 busy; 0 answered, 0 failed\nNRestarts=0\nExecMainStatus=0\n",
+        );
+        assert!(unit.running());
+        assert!(unit.healthy());
+        assert_eq!(unit.main_pid, 4242);
+        let failing = UnitState {
+            status_text: "Telegram unreachable since 10:00:00 UTC; workers 2 idle 0 busy".into(),
+            ..UnitState::parse("ActiveState=active\nMainPID=1\n")
+        };
+        assert!(failing.running() && !failing.healthy());
+        let backing_off = UnitState {
+            status_text: format!(
+                "polling ok; workers 0 idle 0 busy; {DEGRADED_MARK}1 worker slot(s) backing off"
+            ),
+            ..UnitState::parse("ActiveState=active\nMainPID=1\n")
+        };
+        assert!(!backing_off.healthy());
+        assert!(!UnitState::parse("ActiveState=failed\nMainPID=0\n").running());
+    }
 }

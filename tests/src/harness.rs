@@ -169,6 +169,9 @@ pub struct GatewayOptions {
     pub quota_cooldown_secs: Option<u64>,
     /// Lines added to the `[telegram]` table verbatim (`streaming = false`, …).
     pub telegram_toml: String,
+    /// Name the state directory in the file (`state.dir`); false leaves it to
+    /// `$STATE_DIRECTORY`, as under systemd.
+    pub state_dir_in_config: bool,
 }
 
 impl GatewayOptions {
@@ -192,6 +195,7 @@ impl GatewayOptions {
             // A streamed answer is several sends and edits; most tests want the one
             // finished reply, so streaming is on only where a test is about it.
             telegram_toml: "streaming = false\n".into(),
+            state_dir_in_config: true,
         }
     }
 
@@ -238,7 +242,9 @@ impl GatewayOptions {
         if let Some(cmd) = &self.worker_command {
             toml.push_str(&format!("command = \"{}\"\n", cmd.display()));
         }
-        toml.push_str(&format!("\n[state]\ndir = \"{}\"\n", state_dir.display()));
+        if self.state_dir_in_config {
+            toml.push_str(&format!("\n[state]\ndir = \"{}\"\n", state_dir.display()));
+        }
         toml.push_str(&self.extra_toml);
         toml
     }

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use hermes_config::WorkerMode;
 use hermes_tests::fake_provider::{ProviderReply, SEED_402_BODY};
+use hermes_tests::fake_telegram::{PollFault, PollOutcome};
 use hermes_tests::harness::{Gateway, GatewayOptions, PATIENCE, Rig, USER, binaries, eventually};
 use nix::sys::signal::Signal;
 use tokio::net::UnixDatagram;
@@ -146,33 +147,292 @@ async fn status_reports_health_degradation_and_who_stopped_it() {
     assert!(out.contains("previous run: unclean"), "{out}");
 }
 
-/// The generated units are the committed ones with this machine's paths: they cannot
-/// drift apart.
+/// Under systemd the gateway keeps its state where its unit says (`$STATE_DIRECTORY`),
+/// which the operator's shell does not have. With no `state.dir` in the configuration,
+/// `status` without arguments (`$HERMES_CONFIG`) reads that state when it can, and asks
+/// systemd when it cannot (a `DynamicUser=` unit's private state): a running, healthy
+/// gateway is reported healthy, exit 0, never "not running".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_without_state_dir_finds_the_running_gateway() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("notify.sock");
+    let notify = NotifyLog::listen(UnixDatagram::bind(&path).expect("bind notify socket"));
+    let unit_state = dir.path().join("unit-state");
+    let t0 = Instant::now();
+    let rig = Rig::start(WorkerMode::Pool, |o| {
+        o.state_dir_in_config = false;
+        o.env = vec![
+            ("NOTIFY_SOCKET".into(), path.display().to_string()),
+            ("STATE_DIRECTORY".into(), unit_state.display().to_string()),
+        ];
+    })
+    .await;
+    assert!(
+        notify.wait_for("STATUS=polling ok", t0).await,
+        "{:?}",
+        notify.lines()
+    );
+    let elsewhere = tempfile::tempdir().expect("tempdir");
+    let status = |env: Vec<(&str, std::ffi::OsString)>| {
+        let mut command = tokio::process::Command::new(&binaries().gateway);
+        command
+            .arg("status")
+            .current_dir(elsewhere.path())
+            .env("HERMES_CONFIG", &rig.gateway.config_path)
+            .env_remove("STATE_DIRECTORY")
+            .envs(env);
+        async move {
+            let output = command.output().await.expect("run status");
+            (
+                output.status.code().unwrap_or(-1),
+                String::from_utf8_lossy(&output.stdout).into_owned(),
+            )
+        }
+    };
+
+    // Where the state can be read (run from the unit, or as root), the full report (the
+    // status file is rewritten every second, so it may lag the STATUS= line a little).
+    let end = Instant::now() + PATIENCE;
+    let (code, out) = loop {
+        let (code, out) = status(vec![("STATE_DIRECTORY", unit_state.clone().into())]).await;
+        if code == 0 || Instant::now() >= end {
+            break (code, out);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains(&format!("pid {} (healthy)", rig.pid)), "{out}");
+    assert!(out.contains("workers: 2 idle"), "{out}");
+
+    // Where it cannot, systemd's word: its MainPID and the gateway's own STATUS= line.
+    let line = notify
+        .lines()
+        .iter()
+        .rev()
+        .find_map(|(_, l)| l.strip_prefix("STATUS=").map(str::to_string))
+        .expect("a STATUS= line");
+    let bin = dir.path().join("bin");
+    std::fs::create_dir_all(&bin).expect("bin dir");
+    let systemctl = bin.join("systemctl");
+    std::fs::write(
+        &systemctl,
+        format!(
+            "#!/bin/sh\n# systemctl show hermes-gateway, as systemd answers it\ncat <<'EOF'\nLoadState=loaded\nActiveState=active\nSubState=running\nResult=success\nMainPID={}\nStatusText={line}\nNRestarts=0\nExecMainStatus=0\nEOF\n",
+            rig.pid
+        ),
+    )
+    .expect("write systemctl");
+    std::fs::set_permissions(
+        &systemctl,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .expect("chmod");
+    let path_var = std::env::join_paths(std::iter::once(bin.clone()).chain(std::env::split_paths(
+        &std::env::var_os("PATH").unwrap_or_default(),
+    )))
+    .expect("PATH");
+    let (code, out) = status(vec![("PATH", path_var)]).await;
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains(&format!("pid {} (healthy), as systemd reports it", rig.pid)),
+        "{out}"
+    );
+    assert!(out.contains("workers 2 idle"), "{out}");
+}
+
+/// Telegram holds a long poll while no message comes (here 20 s), as the real one does:
+/// that is health. A gateway whose `getMe` answered and whose first long poll is open is
+/// healthy at once; after a failed poll it is healthy again as soon as Telegram answers a
+/// retry (asked with timeout 0), not one long poll later, and the failure time it logs
+/// never includes a long poll.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_long_poll_is_healthy_from_the_first_poll_and_after_a_failure() {
+    let rig = Rig::start(WorkerMode::Pool, |o| o.poll_timeout_secs = 20).await;
+    assert!(rig.telegram.wait_for_polls(1, PATIENCE).await);
+    let (code, out) = status_until(&rig.gateway, |c, _| c == 0).await;
+    assert_eq!(code, 0, "{out}\n{}", rig.gateway.log());
+    assert!(out.contains("polling: ok, long poll open since"), "{out}");
+    let polls = rig.telegram.get_updates_log();
+    assert_eq!(
+        polls.len(),
+        1,
+        "healthy only once the long poll ended: {polls:?}"
+    );
+    assert_eq!(polls[0].outcome, PollOutcome::Waiting);
+
+    // The held poll returns with a message; the next one fails; the retry asks with
+    // timeout 0 and Telegram answers it at once.
+    rig.telegram.fail_get_updates(PollFault::bad_gateway_html());
+    assert_eq!(rig.ask("hi").await.text, "echo: hi");
+    assert!(
+        eventually(PATIENCE, || rig
+            .gateway
+            .log()
+            .contains("Telegram reachable again after"))
+        .await,
+        "{}",
+        rig.gateway.log()
+    );
+    let (code, out) = status_until(&rig.gateway, |c, o| {
+        c == 0 && o.contains("long poll open since")
+    })
+    .await;
+    assert_eq!(code, 0, "{out}");
+    let polls = rig.telegram.get_updates_log();
+    let failed = polls
+        .iter()
+        .position(|p| matches!(p.outcome, PollOutcome::Fault(_)))
+        .expect("the scripted fault was served");
+    let retry = &polls[failed + 1];
+    assert_eq!(retry.timeout, Some(0), "{polls:?}");
+    assert_eq!(retry.outcome, PollOutcome::Answered, "{polls:?}");
+    assert_eq!(
+        polls.last().map(|p| (p.timeout, &p.outcome)),
+        Some((Some(20), &PollOutcome::Waiting)),
+        "healthy again only once a long poll ended: {polls:?}"
+    );
+    assert!(
+        !rig.gateway.log().contains("polling is starting"),
+        "{}",
+        rig.gateway.log()
+    );
+}
+
+/// The generated units are the committed ones with this machine's paths, for the README's
+/// configuration: the credentials block the secrets it names, `TimeoutStopSec` its drain.
+/// They cannot drift apart, and no secret is ever written into a unit.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn generated_units_match_the_committed_ones() {
     let dir = tempfile::tempdir().expect("tempdir");
     let binary = std::fs::canonicalize(&binaries().gateway).expect("binary path");
-    for (user, file, default_binary, default_config) in [
+    let encrypts = which("systemd-creds").is_ok();
+    for (user, file, default_binary, default_config, default_creds) in [
         (
             false,
             "hermes-gateway.service",
             "/usr/local/bin/hermes-gateway",
             "/etc/hermes/hermes.toml",
+            "/etc/hermes/credentials",
         ),
         (
             true,
             "hermes-gateway-user.service",
             "%h/.local/bin/hermes-gateway",
             "%h/.config/hermes/hermes.toml",
+            "%h/.config/hermes/credentials",
         ),
     ] {
         let (unit, config) = generated_unit(user, dir.path()).await;
         let config = std::fs::canonicalize(config).expect("config path");
-        let expected = deploy_file(file)
+        let creds = dir.path().join("xdg-config/hermes/credentials");
+        let creds = if user {
+            creds.display().to_string()
+        } else {
+            default_creds.to_string()
+        };
+        let mut expected = deploy_file(file)
             .replace(default_binary, &binary.display().to_string())
-            .replace(default_config, &config.display().to_string());
+            .replace(default_config, &config.display().to_string())
+            .replace(default_creds, &creds);
+        if !user && !encrypts {
+            // Without systemd-creds the same secrets are stored as root-only files.
+            for name in ["TELEGRAM_BOT_TOKEN", "OPENAI_API_KEY"] {
+                expected = expected.replace(
+                    &format!("LoadCredentialEncrypted={name}:{creds}/{name}.cred"),
+                    &format!("LoadCredential={name}:{creds}/{name}"),
+                );
+            }
+        }
         assert_eq!(unit, expected, "{file} and the generated unit differ");
+        assert!(
+            !unit.contains(README_SECRET),
+            "a secret was written into the unit"
+        );
     }
+}
+
+/// A configuration whose stop outgrows the installed unit's `TimeoutStopSec` (systemd would
+/// kill jobs still draining) is flagged by `check-config`, with the command that fixes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_config_flags_a_drain_the_installed_unit_cannot_honour() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (unit, config) = generated_unit(true, dir.path()).await;
+    let units = dir.path().join("xdg-config/systemd/user");
+    std::fs::create_dir_all(&units).expect("unit dir");
+    std::fs::write(units.join("hermes-gateway.service"), unit).expect("write unit");
+    let check = || {
+        tokio::process::Command::new(&binaries().gateway)
+            .args(["check-config", "--config"])
+            .arg(&config)
+            .env("XDG_CONFIG_HOME", dir.path().join("xdg-config"))
+            .env("TELEGRAM_BOT_TOKEN", README_SECRET)
+            .env("OPENAI_API_KEY", README_SECRET)
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .output()
+    };
+    let output = check().await.expect("run check-config");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(!stdout.contains("TimeoutStopSec"), "{stdout}");
+
+    let longer = format!(
+        "{}\n[workers]\nshutdown_drain_secs = 60\ncommand = \"{}\"\n",
+        readme_configuration(),
+        binaries().worker.display()
+    );
+    std::fs::write(&config, longer).expect("write config");
+    let output = check().await.expect("run check-config");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        stdout.contains("warning: ")
+            && stdout.contains("TimeoutStopSec=17 is shorter than this configuration's stop (72 s"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("Fix: hermes-gateway service install --user --config"),
+        "{stdout}"
+    );
+}
+
+/// `service install` refuses a configuration whose secret the unit could not deliver,
+/// before writing anything, and says the exact command that fixes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn service_install_refuses_a_secret_the_unit_could_not_deliver() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("hermes.toml");
+    std::fs::write(&config, readme_configuration()).expect("write config");
+    let output = tokio::process::Command::new(&binaries().gateway)
+        .args(["service", "install", "--user", "--config"])
+        .arg(&config)
+        .env("XDG_CONFIG_HOME", dir.path().join("xdg-config"))
+        .env("TELEGRAM_BOT_TOKEN", README_SECRET)
+        .env_remove("OPENAI_API_KEY")
+        .output()
+        .await
+        .expect("run service install");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(78), "{stderr}");
+    assert!(
+        stderr.contains("providers[0].api_key_env: OPENAI_API_KEY is not set in this shell"),
+        "{stderr}"
+    );
+    let config = std::fs::canonicalize(&config).expect("config path");
+    assert!(
+        stderr.contains(&format!(
+            "read -rs OPENAI_API_KEY && export OPENAI_API_KEY && hermes-gateway service install --user --config {}",
+            config.display()
+        )),
+        "{stderr}"
+    );
+    assert!(
+        !dir.path().join("xdg-config").exists(),
+        "something was written before the refusal"
+    );
 }
 
 /// `systemd-analyze verify` accepts both units (where systemd-analyze exists; .ci/run
@@ -202,6 +462,28 @@ async fn systemd_analyze_verifies_the_generated_units() {
             String::from_utf8_lossy(&output.stderr)
         );
     }
+    // The system unit's hardening stays rated OK or better (1.7 OK on systemd 252): the
+    // credentials and the Landlock calls must not have cost any of it.
+    let (unit, _) = generated_unit(false, dir.path()).await;
+    let units = tempfile::tempdir().expect("tempdir");
+    let path = units.path().join("hermes-gateway.service");
+    std::fs::write(&path, unit).expect("write unit");
+    let output = tokio::process::Command::new(&analyze)
+        .args(["security", "--offline=true"])
+        .arg(&path)
+        .output()
+        .await
+        .expect("run systemd-analyze security");
+    let report = String::from_utf8_lossy(&output.stdout);
+    let overall = report
+        .lines()
+        .find(|l| l.contains("Overall exposure level"))
+        .unwrap_or_else(|| panic!("no overall rating:\n{report}"));
+    assert!(
+        overall.contains(" OK") || overall.contains(" SAFE"),
+        "{overall}"
+    );
+    println!("{}", overall.trim());
 }
 
 /// SIGHUP reloads the configuration without dropping the job in flight; a bad new file
@@ -603,18 +885,48 @@ fn deploy_file(name: &str) -> String {
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
-/// `service install --dry-run` prints the unit it would write.
+/// What the README's configuration names as secrets is set to in the tests' shells.
+const README_SECRET: &str = "123:never-in-a-unit";
+
+/// The configuration of the README's "Running it for real", verbatim.
+fn readme_configuration() -> String {
+    let readme = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md"),
+    )
+    .expect("read README.md");
+    let lines: Vec<&str> = readme.lines().collect();
+    let start = lines
+        .windows(2)
+        .position(|w| w[0].trim() == "```toml" && w[1].trim() == "[telegram]")
+        .expect("the README's configuration")
+        + 1;
+    let end = start
+        + lines[start..]
+            .iter()
+            .position(|l| l.trim() == "```")
+            .expect("its end");
+    let indent = lines[start].len() - lines[start].trim_start().len();
+    let mut text: String = lines[start..end]
+        .iter()
+        .map(|l| l.get(indent..).unwrap_or(""))
+        .collect::<Vec<_>>()
+        .join("\n");
+    text.push('\n');
+    text
+}
+
+/// `service install --dry-run` prints the unit it would write for the README's
+/// configuration, its secrets exported as the README says.
 async fn generated_unit(user: bool, dir: &std::path::Path) -> (String, std::path::PathBuf) {
     let config = dir.join("hermes.toml");
-    std::fs::write(
-        &config,
-        "[[providers]]\nname = \"main\"\nbase_url = \"http://127.0.0.1:9/v1\"\nmodel = \"m\"\n",
-    )
-    .expect("write config");
+    std::fs::write(&config, readme_configuration()).expect("write config");
     let mut command = tokio::process::Command::new(&binaries().gateway);
     command
         .args(["service", "install", "--dry-run", "--config"])
-        .arg(&config);
+        .arg(&config)
+        .env("XDG_CONFIG_HOME", dir.join("xdg-config"))
+        .env("TELEGRAM_BOT_TOKEN", README_SECRET)
+        .env("OPENAI_API_KEY", README_SECRET);
     if user {
         command.arg("--user");
     }

@@ -87,7 +87,7 @@ pub async fn follow(
         .is_err()
     {
         tracing::warn!(
-            chat,
+            chat_id = chat,
             "approval questions not settled within {SETTLE_BOUND:?}"
         );
     }
@@ -115,7 +115,7 @@ pub async fn deliver(
     let elapsed_ms = started.elapsed().as_millis();
     match outcome {
         Outcome::Reply(reply) => {
-            tracing::info!(job = %id, chat, user = user_id, provider = %reply.provider, elapsed_ms, "answered");
+            tracing::info!(job_id = %id, chat_id = chat, user_id, provider = %reply.provider, elapsed_ms, "answered");
             let shown = if reply.text.trim().is_empty() {
                 replies::EMPTY_ANSWER.to_string()
             } else {
@@ -139,7 +139,7 @@ pub async fn deliver(
         Outcome::Failed(Failure::Cancelled {
             reason: CancelReason::ByUser,
         }) => {
-            tracing::info!(job = %id, chat, user = user_id, elapsed_ms, "stopped by /stop");
+            tracing::info!(job_id = %id, chat_id = chat, user_id, elapsed_ms, "stopped by /stop");
             live.finish_plain(replies::STOPPED).await;
             inner.done(update_id, replies::STOPPED);
             for stop_update in &stop_requests {
@@ -148,7 +148,7 @@ pub async fn deliver(
             return;
         }
         Outcome::Failed(failure) => {
-            tracing::warn!(job = %id, chat, user = user_id, class = %failure.class(), elapsed_ms, "failed: {failure}");
+            tracing::warn!(job_id = %id, chat_id = chat, user_id, class = %failure.class(), elapsed_ms, "failed: {failure}");
             let reply = replies::failure_text(&failure);
             live.finish_plain(&reply).await;
             // A job cancelled by a stop stays in the inbox: the next run answers it.

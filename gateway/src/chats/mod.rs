@@ -102,7 +102,7 @@ impl Inner {
 
     fn finish(&self, update_id: i64, reply: &str, exchange: Option<&Exchange>) {
         if let Err(e) = self.ctx.store.finish(update_id, reply, exchange) {
-            tracing::warn!(update = update_id, "cannot mark the message answered: {e}");
+            tracing::warn!(update_id, "cannot mark the message answered: {e}");
         }
     }
 
@@ -143,8 +143,8 @@ impl ChatRouter {
         let user_id = message.user_id;
         if !self.inner.ctx.settings.get().allowed.contains(&user_id) {
             tracing::info!(
-                chat,
-                user = user_id,
+                chat_id = chat,
+                user_id,
                 "message from a user not in telegram.allowed_users"
             );
             self.inner
@@ -168,7 +168,9 @@ impl ChatRouter {
             .get(&chat)
             .map(|entry| entry.in_flight.clone());
         match in_flight.map_or(Stopping::NothingRunning, |slot| slot.stop(update_id)) {
-            Stopping::Cancelled => tracing::info!(chat, "stopping the job in flight (/stop)"),
+            Stopping::Cancelled => {
+                tracing::info!(chat_id = chat, "stopping the job in flight (/stop)")
+            }
             Stopping::NothingRunning => {
                 self.inner
                     .reply_later(chat, update_id, replies::NOTHING_RUNNING.to_string())
@@ -183,7 +185,7 @@ impl ChatRouter {
             Some(entry) => match entry.queue.try_send(message) {
                 Ok(()) => return,
                 Err(TrySendError::Full(_)) => {
-                    tracing::info!(chat, "chat queue full; asking the user to wait");
+                    tracing::info!(chat_id = chat, "chat queue full; asking the user to wait");
                     let sender = self.inner.ctx.sender.clone();
                     self.inner.tasks.spawn(async move {
                         sender.send_text(chat, replies::QUEUE_FULL).await;

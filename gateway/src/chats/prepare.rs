@@ -60,7 +60,7 @@ fn conversation(ctx: &JobContext, settings: &ChatSettings, request: &Request) ->
     match ctx.store.history(request.chat, ctx.max_history) {
         Ok(history) => messages.extend(history),
         Err(e) => tracing::warn!(
-            chat = request.chat,
+            chat_id = request.chat,
             "cannot read the conversation history, sending none: {e}"
         ),
     }

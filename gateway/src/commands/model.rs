@@ -30,7 +30,10 @@ pub fn chain(settings: &ChatSettings, store: &Store, chat: i64) -> Chain {
     let choice = match store.chat_provider(chat) {
         Ok(choice) => choice,
         Err(e) => {
-            tracing::warn!(chat, "cannot read the chat's model, using the default: {e}");
+            tracing::warn!(
+                chat_id = chat,
+                "cannot read the chat's model, using the default: {e}"
+            );
             None
         }
     };
@@ -62,7 +65,7 @@ pub fn run(ctx: &Context, argument: Option<&str>) -> String {
             match found {
                 Some(p) => match ctx.store.set_chat_provider(ctx.chat, Some(&p.name)) {
                     Ok(()) => {
-                        tracing::info!(chat = ctx.chat, user = ctx.user, provider = %p.name, "chat switched provider");
+                        tracing::info!(chat_id = ctx.chat, user_id = ctx.user, provider = %p.name, "chat switched provider");
                         replies::model::switched(&p.name, &p.model)
                     }
                     Err(e) => store_failed(ctx, e),
@@ -103,7 +106,7 @@ fn is_admin(ctx: &Context) -> bool {
 }
 
 fn store_failed(ctx: &Context, e: crate::store::StoreError) -> String {
-    tracing::error!(chat = ctx.chat, "cannot store the chat's model: {e}");
+    tracing::error!(chat_id = ctx.chat, "cannot store the chat's model: {e}");
     replies::model::FAILED.into()
 }
 

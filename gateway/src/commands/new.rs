@@ -7,7 +7,7 @@ pub fn run(ctx: &Context) -> String {
     match ctx.store.new_conversation(ctx.chat) {
         Ok(()) => replies::new::STARTED.into(),
         Err(e) => {
-            tracing::error!(chat = ctx.chat, "cannot start a new conversation: {e}");
+            tracing::error!(chat_id = ctx.chat, "cannot start a new conversation: {e}");
             replies::new::FAILED.into()
         }
     }

@@ -9,7 +9,7 @@ pub fn run(ctx: &Context) -> Outcome {
         Ok(Some(text)) => Outcome::Ask(text),
         Ok(None) => Outcome::Reply(replies::retry::NOTHING.into()),
         Err(e) => {
-            tracing::error!(chat = ctx.chat, "cannot read the last message: {e}");
+            tracing::error!(chat_id = ctx.chat, "cannot read the last message: {e}");
             Outcome::Reply(replies::retry::FAILED.into())
         }
     }

@@ -176,7 +176,7 @@ impl Slot {
                 },
                 _ = idle_broken(&mut worker) => {
                     if let Some(w) = worker.take() {
-                        tracing::warn!(slot = self.id, worker = w.pid(), "idle worker died or spoke out of turn; replacing it");
+                        tracing::warn!(slot = self.id, worker_pid = w.pid(), "idle worker died or spoke out of turn; replacing it");
                         w.discard(self.kill_grace).await;
                         self.health.worker_left(WorkerLeft::BrokeWhileIdle);
                         self.deaths.record(Instant::now());
@@ -300,7 +300,7 @@ impl Slot {
                 self.start_backoff.reset();
                 self.retry_start_at = None;
                 self.not_started = None;
-                tracing::debug!(slot = self.id, worker = w.pid(), "worker ready");
+                tracing::debug!(slot = self.id, worker_pid = w.pid(), "worker ready");
                 Some(w)
             }
             Err(StartError::Stopping) => None,

@@ -4,17 +4,26 @@
 //! but a worker writing megabytes must neither grow the gateway's memory nor flood the
 //! journal past its rate limit, which would also drop the gateway's own lines. So each line
 //! is cut at [`MAX_LINE`] bytes, and lines beyond a token-bucket budget are counted, not
-//! logged; the count is logged when the budget allows again and when the pipe closes.
+//! logged. The count is logged within [`REPORT_WITHIN`] of the first line it counts (a
+//! timer, not the worker's next line: a pool worker that floods and then goes quiet would
+//! otherwise hide its drop until it dies).
+//!
+//! Each line is logged with the worker's pid (`worker_pid`, `WORKER_PID=` in the journal)
+//! at the level the worker wrote it with (a worker under the gateway writes
+//! `LEVEL message` without a time), so `journalctl -p warning` sees a worker's warnings.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncReadExt};
+use tracing::Level;
 
 /// Longest line logged; the rest of it is counted and dropped.
 pub const MAX_LINE: usize = 2048;
 /// Lines a worker may log in a burst, and per second after it.
 const BURST: f64 = 200.0;
 const PER_SECOND: f64 = 50.0;
+/// Longest a count of suppressed lines waits before it is logged.
+pub const REPORT_WITHIN: Duration = Duration::from_secs(1);
 
 /// Reads `pipe` to its end, logging what the budget allows. Memory use is bounded by one
 /// read buffer and one line.
@@ -22,12 +31,28 @@ pub async fn pump<R: AsyncRead + Unpin>(mut pipe: R, pid: u32) -> PumpStats {
     let mut sink = LineSink::new(pid, Instant::now());
     let mut buf = [0u8; 8192];
     loop {
-        match pipe.read(&mut buf).await {
+        let due = sink.report_due;
+        let read = tokio::select! {
+            read = pipe.read(&mut buf) => read,
+            _ = sleep_until(due) => {
+                sink.report_suppressed();
+                continue;
+            }
+        };
+        match read {
             Ok(0) | Err(_) => break,
             Ok(n) => sink.feed(&buf[..n], Instant::now()),
         }
     }
     sink.finish()
+}
+
+/// Sleeps until `due`; never, when nothing is due.
+async fn sleep_until(due: Option<Instant>) {
+    match due {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
 }
 
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -45,6 +70,8 @@ struct LineSink {
     refilled: Instant,
     stats: PumpStats,
     suppressed_since_report: u64,
+    /// When the count of suppressed lines must be logged at the latest.
+    report_due: Option<Instant>,
 }
 
 impl LineSink {
@@ -57,6 +84,7 @@ impl LineSink {
             refilled: now,
             stats: PumpStats::default(),
             suppressed_since_report: 0,
+            report_due: None,
         }
     }
 
@@ -82,28 +110,41 @@ impl LineSink {
         self.tokens = (self.tokens + elapsed.as_secs_f64() * PER_SECOND).min(BURST);
         if self.tokens >= 1.0 {
             self.tokens -= 1.0;
-            if self.suppressed_since_report > 0 {
-                tracing::warn!(
-                    worker = self.pid,
-                    "{} worker stderr lines suppressed (rate limit)",
-                    self.suppressed_since_report
-                );
-                self.suppressed_since_report = 0;
-            }
+            self.report_suppressed();
             let text = String::from_utf8_lossy(&self.line);
+            let (level, text) = worker_level(&text);
+            let pid = self.pid;
             if self.cut > 0 {
-                tracing::info!(worker = self.pid, "{text} [... {} bytes cut]", self.cut);
+                log_at(
+                    level,
+                    pid,
+                    format_args!("{text} [... {} bytes cut]", self.cut),
+                );
             } else {
-                tracing::info!(worker = self.pid, "{text}");
+                log_at(level, pid, format_args!("{text}"));
             }
             self.stats.logged += 1;
         } else {
             self.stats.suppressed += 1;
             self.suppressed_since_report += 1;
+            self.report_due.get_or_insert(now + REPORT_WITHIN);
         }
         self.stats.truncated_bytes += self.cut;
         self.line.clear();
         self.cut = 0;
+    }
+
+    /// Logs how many lines were suppressed since the last report, if any.
+    fn report_suppressed(&mut self) {
+        self.report_due = None;
+        if self.suppressed_since_report > 0 {
+            tracing::warn!(
+                worker_pid = self.pid,
+                "{} worker stderr lines suppressed (rate limit)",
+                self.suppressed_since_report
+            );
+            self.suppressed_since_report = 0;
+        }
     }
 
     fn finish(mut self) -> PumpStats {
@@ -112,14 +153,36 @@ impl LineSink {
             self.tokens = self.tokens.max(1.0);
             self.emit(self.refilled);
         }
-        if self.suppressed_since_report > 0 {
-            tracing::warn!(
-                worker = self.pid,
-                "{} worker stderr lines suppressed (rate limit)",
-                self.suppressed_since_report
-            );
-        }
+        self.report_suppressed();
         self.stats
+    }
+}
+
+/// The level a worker wrote `line` with (its log lines start with the level, as
+/// `tracing_subscriber`'s format without time writes them) and the rest of the line.
+/// Anything else a worker prints (a panic message, a tool's output) is `INFO`.
+fn worker_level(line: &str) -> (Level, &str) {
+    let trimmed = line.trim_start();
+    let (word, rest) = trimmed.split_once(' ').unwrap_or((trimmed, ""));
+    let level = match word {
+        "ERROR" => Level::ERROR,
+        "WARN" => Level::WARN,
+        "INFO" => Level::INFO,
+        "DEBUG" => Level::DEBUG,
+        "TRACE" => Level::TRACE,
+        _ => return (Level::INFO, line),
+    };
+    (level, rest.trim_start())
+}
+
+/// One worker line at `level`: tracing's macros take the level as a constant.
+fn log_at(level: Level, pid: u32, text: std::fmt::Arguments<'_>) {
+    match level {
+        Level::ERROR => tracing::error!(worker_pid = pid, "{text}"),
+        Level::WARN => tracing::warn!(worker_pid = pid, "{text}"),
+        Level::INFO => tracing::info!(worker_pid = pid, "{text}"),
+        Level::DEBUG => tracing::debug!(worker_pid = pid, "{text}"),
+        Level::TRACE => tracing::trace!(worker_pid = pid, "{text}"),
     }
 }
 
@@ -145,6 +208,55 @@ mod tests {
         assert_eq!(stats.truncated_bytes, 1_000_000 - MAX_LINE as u64);
         assert_eq!(stats.logged + stats.suppressed, 10_002);
         assert!(stats.logged <= BURST as u64 + 2, "{stats:?}");
+    }
+
+    /// A flood that stops is reported within [`REPORT_WITHIN`], while the pipe stays
+    /// open and silent (a pool worker waiting for its next job).
+    #[tokio::test(start_paused = true)]
+    async fn a_flood_is_reported_within_a_second_though_the_worker_goes_quiet() {
+        let (mut writer, reader) = tokio::io::duplex(1 << 20);
+        let logs = crate::logging::capture();
+        let pump = tokio::spawn(pump(reader, 7));
+        let flood: Vec<u8> = (0..BURST as usize + 30)
+            .flat_map(|i| format!("line {i}\n").into_bytes())
+            .collect();
+        tokio::io::AsyncWriteExt::write_all(&mut writer, &flood)
+            .await
+            .unwrap();
+        let quiet_from = tokio::time::Instant::now();
+        let reported = logs.wait_for("30 worker stderr lines suppressed").await;
+        assert!(
+            reported.is_some(),
+            "no report among {} lines",
+            logs.lines().len()
+        );
+        // tokio's timers tick in whole milliseconds.
+        assert!(
+            quiet_from.elapsed() <= REPORT_WITHIN + Duration::from_millis(2),
+            "reported after {:?}",
+            quiet_from.elapsed()
+        );
+        let line = reported.unwrap();
+        assert_eq!(line.level, Level::WARN);
+        assert_eq!(line.field("worker_pid").as_deref(), Some("7"));
+        drop(writer);
+        let stats = pump.await.unwrap();
+        assert_eq!(stats.suppressed, 30);
+    }
+
+    #[test]
+    fn a_worker_line_keeps_the_level_it_was_written_with() {
+        assert_eq!(
+            worker_level(" WARN the transcript does not fit"),
+            (Level::WARN, "the transcript does not fit")
+        );
+        assert_eq!(worker_level("ERROR x"), (Level::ERROR, "x"));
+        assert_eq!(worker_level("DEBUG"), (Level::DEBUG, ""));
+        assert_eq!(
+            worker_level("thread 'main' panicked at"),
+            (Level::INFO, "thread 'main' panicked at")
+        );
+        assert_eq!(worker_level("WARNING: x"), (Level::INFO, "WARNING: x"));
     }
 
     #[test]

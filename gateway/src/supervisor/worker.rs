@@ -144,7 +144,7 @@ impl Worker {
             process::kill(&mut child).await;
             return Err(StartError::NeverConnected { pid });
         };
-        tracing::debug!(worker = pid, "worker connected");
+        tracing::debug!(worker_pid = pid, "worker connected");
         Ok(Worker {
             child,
             pid,
@@ -167,7 +167,7 @@ impl Worker {
         self.jobs_done += 1;
         let started = Instant::now();
         if let Err(e) = self.conn.write_frame(&ToWorker::Job(job.clone())).await {
-            tracing::warn!(worker = self.pid, job = %job.id, "cannot send job: {e}");
+            tracing::warn!(worker_pid = self.pid, job_id = %job.id, "cannot send job: {e}");
             return self.broken(e).await;
         }
         let deadline = started + Duration::from_millis(job.timeout_ms) + DEADLINE_MARGIN;
@@ -183,17 +183,17 @@ impl Worker {
                     };
                     let answer = ToWorker::Decision { job_id: job.id, approval, decision };
                     if let Err(e) = self.conn.write_frame(&answer).await {
-                        tracing::warn!(worker = self.pid, job = %job.id, "cannot send a decision: {e}");
+                        tracing::warn!(worker_pid = self.pid, job_id = %job.id, "cannot send a decision: {e}");
                         return self.broken(e).await;
                     }
                 }
                 frame = self.conn.read_frame::<FromWorker>() => match frame {
                     Ok(FromWorker::Event { job_id, event }) if job_id == job.id => {
-                        tracing::debug!(worker = self.pid, job = %job.id, ?event, "event");
+                        tracing::debug!(worker_pid = self.pid, job_id = %job.id, ?event, "event");
                         let _ = events.send(event);
                     }
                     Ok(FromWorker::Approval { job_id, request }) if job_id == job.id => {
-                        tracing::info!(worker = self.pid, job = %job.id, tool = %request.tool, "a tool call waits for approval");
+                        tracing::info!(worker_pid = self.pid, job_id = %job.id, tool = %request.tool, "a tool call waits for approval");
                         let (decide, decision) = oneshot::channel();
                         let approval = request.id;
                         if approvals.send(ApprovalAsk { request, decide }).is_ok() {
@@ -202,22 +202,22 @@ impl Worker {
                     }
                     Ok(FromWorker::Outcome { job_id, outcome, retire }) if job_id == job.id => {
                         if retire {
-                            tracing::info!(worker = self.pid, job = %job.id, "worker asks to be retired (a tool outlived the job); ending its process group");
+                            tracing::info!(worker_pid = self.pid, job_id = %job.id, "worker asks to be retired (a tool outlived the job); ending its process group");
                             process::terminate(&mut self.child, kill_grace).await;
                         }
                         let fate = if retire { Fate::Ended } else { Fate::Reusable };
                         return JobRun { outcome, fate };
                     }
                     Ok(FromWorker::Event { job_id, .. } | FromWorker::Outcome { job_id, .. } | FromWorker::Approval { job_id, .. }) => {
-                        tracing::warn!(worker = self.pid, job = %job.id, "dropped a message for {job_id}, which is not the job in flight");
+                        tracing::warn!(worker_pid = self.pid, job_id = %job.id, "dropped a message for {job_id}, which is not the job in flight");
                     }
                     Err(e) => {
-                        tracing::warn!(worker = self.pid, job = %job.id, "worker connection failed: {e}");
+                        tracing::warn!(worker_pid = self.pid, job_id = %job.id, "worker connection failed: {e}");
                         return self.broken(e).await;
                     }
                 },
                 _ = tokio::time::sleep_until(deadline.into()) => {
-                    tracing::warn!(worker = self.pid, job = %job.id, "job overran its deadline; ending the worker's process group");
+                    tracing::warn!(worker_pid = self.pid, job_id = %job.id, "job overran its deadline; ending the worker's process group");
                     process::terminate(&mut self.child, kill_grace).await;
                     return JobRun {
                         outcome: Outcome::Failed(Failure::TimedOut { after_ms: job.timeout_ms }),
@@ -225,11 +225,11 @@ impl Worker {
                     };
                 }
                 _ = stops.abort.cancelled() => {
-                    tracing::info!(worker = self.pid, job = %job.id, "cancelling job: the gateway is stopping");
+                    tracing::info!(worker_pid = self.pid, job_id = %job.id, "cancelling job: the gateway is stopping");
                     return self.cancel(CancelReason::Shutdown, kill_grace).await;
                 }
                 _ = stops.cancel.cancelled() => {
-                    tracing::info!(worker = self.pid, job = %job.id, "cancelling job: /stop; ending the worker's process group");
+                    tracing::info!(worker_pid = self.pid, job_id = %job.id, "cancelling job: /stop; ending the worker's process group");
                     return self.cancel(CancelReason::ByUser, kill_grace).await;
                 }
             }
@@ -258,7 +258,7 @@ impl Worker {
                 detail: error.to_string(),
             }
         };
-        tracing::warn!(worker = self.pid, "worker {cause}");
+        tracing::warn!(worker_pid = self.pid, "worker {cause}");
         JobRun {
             outcome: Outcome::Failed(Failure::WorkerCrashed { cause }),
             fate: Fate::Broken,
@@ -279,7 +279,7 @@ impl Worker {
             Err(_) => process::kill(&mut self.child).await,
         };
         process::signal_group(self.pid, nix::sys::signal::Signal::SIGKILL);
-        tracing::debug!(worker = self.pid, ?status, "worker stopped");
+        tracing::debug!(worker_pid = self.pid, ?status, "worker stopped");
     }
 
     /// Ends a worker that is known to be broken.

@@ -205,7 +205,7 @@ impl LiveReply {
                 Edit::Done => self.shown = Some(piece.html),
                 Edit::RetryAfter(wait) => {
                     tracing::info!(
-                        chat = self.chat,
+                        chat_id = self.chat,
                         "edits paused for {wait:?} (flood control)"
                     );
                     self.paused_until = Some(Instant::now() + wait.min(MAX_PAUSE));

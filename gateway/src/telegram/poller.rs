@@ -8,6 +8,12 @@
 //! not handed on, so Telegram sends it again. Handing over never blocks on a job, so a
 //! slow provider cannot stall polling.
 //!
+//! Health follows what Telegram said last: a `getMe` or `getUpdates` that succeeded makes
+//! polling healthy, and the long poll sent after it stays healthy while Telegram holds it
+//! (that is how Telegram says "no news"), so it never counts as failure time. After a
+//! failure, the retry asks with timeout 0, which Telegram answers at once: recovery is seen
+//! within one backoff, not one long poll later.
+//!
 //! In groups (`telegram.group_mode = "mention"`) only messages addressed to the bot are
 //! taken: a mention of it, a reply to one of its messages, or a command; a command for
 //! another bot (`/new@other_bot`) never is. Knowing its own name takes one `getMe`, made
@@ -70,6 +76,8 @@ pub async fn poll(
         };
         match result {
             Ok(me) => {
+                health.poll_ok();
+                recovered(&mut failing_since);
                 break Identity {
                     id: me.user.id.0,
                     username: me.user.username.clone().unwrap_or_default(),
@@ -86,11 +94,20 @@ pub async fn poll(
     };
     tracing::info!(bot = %me.username, "polling Telegram as @{}", me.username);
     loop {
+        // A long poll only after a success: a retry must answer at once to show recovery.
+        let timeout = if failing_since.is_some() {
+            0
+        } else {
+            settings.timeout_secs
+        };
         let request = bot
             .get_updates()
             .offset(offset)
-            .timeout(settings.timeout_secs)
+            .timeout(timeout)
             .allowed_updates([AllowedUpdate::Message, AllowedUpdate::CallbackQuery]);
+        if timeout > 0 {
+            health.long_poll_open();
+        }
         let result = tokio::select! {
             _ = stop.cancelled() => return,
             result = request.send() => result,
@@ -98,12 +115,7 @@ pub async fn poll(
         match result {
             Ok(updates) => {
                 health.poll_ok();
-                if let Some(since) = failing_since.take() {
-                    tracing::info!(
-                        "Telegram reachable again after {:.1} s of failures",
-                        since.elapsed().as_secs_f64()
-                    );
-                }
+                recovered(&mut failing_since);
                 let next = updates
                     .iter()
                     .map(update_offset)
@@ -153,6 +165,17 @@ pub async fn poll(
     }
 }
 
+/// After a call that succeeded: ends a run of failures, saying how long it lasted (from
+/// the first failure to this answer; an open long poll is never part of it).
+fn recovered(failing_since: &mut Option<Instant>) {
+    if let Some(since) = failing_since.take() {
+        tracing::info!(
+            "Telegram reachable again after {:.1} s of failures",
+            since.elapsed().as_secs_f64()
+        );
+    }
+}
+
 /// After a failed call: reports it (health, log) and waits `delay`. False when the
 /// gateway stops first.
 async fn failed(
@@ -184,13 +207,13 @@ async fn pause(delay: Duration, stop: &CancellationToken) -> bool {
 fn text_message(update: Update, me: &Identity, group_mode: GroupMode) -> Option<Pending> {
     let id = update.id.0;
     let UpdateKind::Message(message) = update.kind else {
-        tracing::info!(update = id, "skipping an update that is not a message");
+        tracing::info!(update_id = id, "skipping an update that is not a message");
         return None;
     };
     let (Some(text), Some(user)) = (message.text(), message.from.as_ref()) else {
         tracing::info!(
-            update = id,
-            chat = message.chat.id.0,
+            update_id = id,
+            chat_id = message.chat.id.0,
             "skipping a message without text"
         );
         return None;
@@ -199,8 +222,8 @@ fn text_message(update: Update, me: &Identity, group_mode: GroupMode) -> Option<
         Some(text) => text,
         None => {
             tracing::debug!(
-                update = id,
-                chat = message.chat.id.0,
+                update_id = id,
+                chat_id = message.chat.id.0,
                 "skipping a group message not addressed to the bot"
             );
             return None;

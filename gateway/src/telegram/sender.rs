@@ -118,7 +118,7 @@ impl Sender {
                 | RequestError::InvalidJson { .. } => backoff.next_delay(),
                 RequestError::Api(ApiError::CantParseEntities(why)) if !plain => {
                     tracing::info!(
-                        chat,
+                        chat_id = chat,
                         "Telegram could not parse the message's entities ({why}); resending as plain text"
                     );
                     plain = true;
@@ -126,27 +126,27 @@ impl Sender {
                 }
                 RequestError::Api(api) => {
                     tracing::warn!(
-                        chat,
+                        chat_id = chat,
                         "Telegram refused a message: {}",
                         describe_api_error(api)
                     );
                     return None;
                 }
                 RequestError::MigrateToChatId(new) => {
-                    tracing::warn!(chat, "chat moved to {new}; message dropped");
+                    tracing::warn!(chat_id = chat, "chat moved to {new}; message dropped");
                     return None;
                 }
             };
             if attempt < MAX_TRIES {
                 tracing::info!(
-                    chat,
+                    chat_id = chat,
                     attempt,
                     "sendMessage failed ({error}); retrying in {wait:?}"
                 );
                 tokio::time::sleep(wait).await;
             } else {
                 tracing::warn!(
-                    chat,
+                    chat_id = chat,
                     "sendMessage failed {MAX_TRIES} times ({error}); message dropped"
                 );
             }
@@ -166,7 +166,7 @@ impl Sender {
             Ok(_) => return Edit::Done,
             Err(RequestError::Api(ApiError::CantParseEntities(why))) => {
                 tracing::info!(
-                    chat,
+                    chat_id = chat,
                     "Telegram could not parse an edit's entities ({why}); editing as plain text"
                 );
                 match self
@@ -184,7 +184,7 @@ impl Sender {
             RequestError::Api(ApiError::MessageNotModified) => Edit::Done,
             RequestError::RetryAfter(after) => Edit::RetryAfter(after.duration()),
             other => {
-                tracing::info!(chat, "editMessageText failed: {other}");
+                tracing::info!(chat_id = chat, "editMessageText failed: {other}");
                 Edit::Failed
             }
         }
@@ -207,7 +207,7 @@ impl Sender {
         if let Err(e) = self.bot.edit_message_reply_markup(ChatId(chat), id).await
             && !matches!(e, RequestError::Api(ApiError::MessageNotModified))
         {
-            tracing::info!(chat, "cannot remove a message's buttons: {e}");
+            tracing::info!(chat_id = chat, "cannot remove a message's buttons: {e}");
         }
     }
 

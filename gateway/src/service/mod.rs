@@ -1,0 +1,445 @@
+//! `hermes-gateway service install|uninstall`: the systemd unit, written with this
+//! machine's paths and the configuration's secrets and limits.
+//!
+//! The units in `deploy/` are the templates, compiled in: the generated unit is the
+//! committed one with the binary, configuration and credentials paths replaced, the
+//! `LoadCredential…=` block generated for the secrets the configuration names
+//! ([`credentials`]), and `TimeoutStopSec=` derived from the configuration's drain, so
+//! the two cannot drift apart. A test keeps them identical for the README's configuration.
+
+mod credentials;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use hermes_config::{Config, EXIT_CONFIG, WorkersConfig};
+
+use credentials::{Credential, Host};
+
+const SYSTEM_UNIT: &str = include_str!("../../../deploy/hermes-gateway.service");
+const USER_UNIT: &str = include_str!("../../../deploy/hermes-gateway-user.service");
+const UNIT_NAME: &str = "hermes-gateway.service";
+
+/// The paths the committed units name, replaced on install.
+pub const SYSTEM_BINARY: &str = "/usr/local/bin/hermes-gateway";
+pub const SYSTEM_CONFIG: &str = "/etc/hermes/hermes.toml";
+pub const SYSTEM_CREDENTIALS: &str = "/etc/hermes/credentials";
+pub const USER_BINARY: &str = "%h/.local/bin/hermes-gateway";
+pub const USER_CONFIG: &str = "%h/.config/hermes/hermes.toml";
+pub const USER_CREDENTIALS: &str = "%h/.config/hermes/credentials";
+
+/// Where the system unit keeps state (`StateDirectory=hermes`).
+pub const SYSTEM_STATE: &str = "/var/lib/hermes";
+
+/// Seconds `TimeoutStopSec=` adds to the drain and the kill grace: after the drain the
+/// gateway waits at most `kill_grace_secs` + 5 s for the cancelled jobs' worker groups to
+/// end (run.rs), and 5 s more covers its exit (the status file, the shutdown record).
+pub const STOP_MARGIN_SECS: u64 = 10;
+
+/// The longest a stop of this configuration takes: what `TimeoutStopSec=` must allow.
+pub fn stop_timeout_secs(workers: &WorkersConfig) -> u64 {
+    workers.shutdown_drain_secs + workers.kill_grace_secs + STOP_MARGIN_SECS
+}
+
+/// Seconds `WatchdogSec=` must exceed for a healthy poll loop: one long poll, the HTTP
+/// client's margin above it (telegram.rs), and the longest backoff between two calls,
+/// which are the longest a healthy loop goes without a round trip.
+pub fn watchdog_floor_secs(config: &Config) -> u64 {
+    u64::from(config.telegram.poll_timeout_secs) + 15 + config.telegram.retry_max_secs
+}
+
+/// What differs between the system and the user unit.
+struct Kind {
+    template: &'static str,
+    binary: &'static str,
+    config: &'static str,
+    credentials: &'static str,
+}
+
+fn kind(user: bool) -> Kind {
+    if user {
+        Kind {
+            template: USER_UNIT,
+            binary: USER_BINARY,
+            config: USER_CONFIG,
+            credentials: USER_CREDENTIALS,
+        }
+    } else {
+        Kind {
+            template: SYSTEM_UNIT,
+            binary: SYSTEM_BINARY,
+            config: SYSTEM_CONFIG,
+            credentials: SYSTEM_CREDENTIALS,
+        }
+    }
+}
+
+/// Where this machine's paths go in the unit.
+pub struct Paths<'a> {
+    pub binary: &'a Path,
+    pub config: &'a Path,
+    pub credentials: &'a Path,
+}
+
+/// The unit for `paths`, loading `credentials` and allowing `stop_timeout_secs` to stop:
+/// the template with its paths replaced, its block of `LoadCredential…=` lines replaced
+/// by `credentials`' lines, and its `TimeoutStopSec=` set.
+fn render(user: bool, paths: &Paths, credentials: &[String], stop_timeout_secs: u64) -> String {
+    let kind = kind(user);
+    let mut out = String::with_capacity(kind.template.len());
+    let mut in_block = false;
+    for line in kind.template.lines() {
+        if line.starts_with("LoadCredential") {
+            if !in_block {
+                for credential in credentials {
+                    out.push_str(credential);
+                    out.push('\n');
+                }
+                in_block = true;
+            }
+            continue;
+        }
+        in_block = false;
+        if line.starts_with("TimeoutStopSec=") {
+            out.push_str(&format!("TimeoutStopSec={stop_timeout_secs}\n"));
+            continue;
+        }
+        out.push_str(
+            &line
+                .replace(kind.binary, &paths.binary.display().to_string())
+                .replace(kind.config, &paths.config.display().to_string())
+                .replace(kind.credentials, &paths.credentials.display().to_string()),
+        );
+        out.push('\n');
+    }
+    out
+}
+
+fn home_config() -> Result<PathBuf, String> {
+    match std::env::var_os("XDG_CONFIG_HOME") {
+        Some(dir) => Ok(PathBuf::from(dir)),
+        None => std::env::var_os("HOME")
+            .map(|home| PathBuf::from(home).join(".config"))
+            .ok_or_else(|| "neither XDG_CONFIG_HOME nor HOME is set".to_string()),
+    }
+}
+
+/// Where credentials are kept: `/etc/hermes/credentials`, or
+/// `~/.config/hermes/credentials` for a user unit.
+fn credentials_dir(user: bool) -> Result<PathBuf, String> {
+    if user {
+        Ok(home_config()?.join("hermes/credentials"))
+    } else {
+        Ok(PathBuf::from(SYSTEM_CREDENTIALS))
+    }
+}
+
+pub fn unit_path(user: bool) -> Result<PathBuf, String> {
+    if !user {
+        return Ok(PathBuf::from("/etc/systemd/system").join(UNIT_NAME));
+    }
+    Ok(home_config()?.join("systemd/user").join(UNIT_NAME))
+}
+
+fn systemctl(user: bool, args: &[&str]) -> Result<(), String> {
+    let mut command = Command::new("systemctl");
+    if user {
+        command.arg("--user");
+    }
+    let status = command
+        .args(args)
+        .status()
+        .map_err(|e| format!("cannot run systemctl: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("systemctl {} failed ({status})", args.join(" ")))
+    }
+}
+
+/// Why a command stopped: what to print, and the exit status.
+struct Stopped {
+    message: String,
+    code: i32,
+}
+
+/// Exit status of a failure that is not the configuration's.
+const EXIT_FAILED: i32 = 1;
+
+fn failed(message: impl Into<String>) -> Stopped {
+    Stopped {
+        message: message.into(),
+        code: EXIT_FAILED,
+    }
+}
+
+fn exit_status(result: Result<(), Stopped>) -> i32 {
+    match result {
+        Ok(()) => 0,
+        Err(stopped) => {
+            eprintln!("{}", stopped.message);
+            stopped.code
+        }
+    }
+}
+
+pub fn install(user: bool, config: &Path, dry_run: bool) -> i32 {
+    exit_status(try_install(user, config, dry_run))
+}
+
+fn try_install(user: bool, config_path: &Path, dry_run: bool) -> Result<(), Stopped> {
+    let config_path = std::fs::canonicalize(config_path).map_err(|e| Stopped {
+        message: format!("configuration file {}: {e}", config_path.display()),
+        code: EXIT_CONFIG,
+    })?;
+    let config = Config::load(&config_path).map_err(|e| Stopped {
+        message: e.to_string(),
+        code: EXIT_CONFIG,
+    })?;
+    let binary = std::env::current_exe()
+        .and_then(std::fs::canonicalize)
+        .map_err(|e| failed(format!("cannot locate this binary: {e}")))?;
+    let dir = credentials_dir(user).map_err(failed)?;
+    let reinstall = format!(
+        "hermes-gateway service install{} --config {}",
+        if user { " --user" } else { "" },
+        config_path.display()
+    );
+    let var = |name: &str| {
+        std::env::var(name)
+            .ok()
+            .map(|v| v.trim().to_string())
+            .filter(|v| !v.is_empty())
+    };
+    let exists = |path: &Path| path.is_file();
+    let host = Host {
+        dir: &dir,
+        var: &var,
+        exists: &exists,
+        // A user manager cannot decrypt host-key credentials (systemd 252 has no
+        // `systemd-creds --user`), so user units get 0600 files.
+        encrypt: !user && on_path("systemd-creds"),
+        reinstall: &reinstall,
+    };
+    let mut credentials =
+        credentials::plan(&credentials::needed(&config), &host).map_err(|missing| Stopped {
+            message: format!(
+                "cannot install: the unit would start without {} secret(s) the configuration names (nothing was written):\n  {}",
+                missing.len(),
+                missing.join("\n  ")
+            ),
+            code: EXIT_CONFIG,
+        })?;
+    let path = unit_path(user).map_err(failed)?;
+    let paths = Paths {
+        binary: &binary,
+        config: &config_path,
+        credentials: &dir,
+    };
+    let stop = stop_timeout_secs(&config.workers);
+    if dry_run {
+        for c in &credentials {
+            let what = if c.store.is_some() {
+                "would store"
+            } else {
+                "keeps"
+            };
+            eprintln!("# {what} credential {}: {}", c.name, c.path(&dir).display());
+        }
+        eprintln!("# would write {}", path.display());
+        print!("{}", render(user, &paths, &lines(&credentials, &dir), stop));
+        return Ok(());
+    }
+    credentials::store(&mut credentials, &dir).map_err(failed)?;
+    let unit = render(user, &paths, &lines(&credentials, &dir), stop);
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)
+            .map_err(|e| failed(format!("cannot create {}: {e}", parent.display())))?;
+    }
+    std::fs::write(&path, unit)
+        .map_err(|e| failed(format!("cannot write {}: {e}", path.display())))?;
+    println!("wrote {}", path.display());
+    systemctl(user, &["daemon-reload"]).map_err(failed)?;
+    let scope = if user { "--user " } else { "" };
+    println!("next: systemctl {scope}enable --now hermes-gateway");
+    println!(
+        "then: systemctl {scope}status hermes-gateway   (or: hermes-gateway status{})",
+        if user { " --user" } else { "" }
+    );
+    Ok(())
+}
+
+fn lines(credentials: &[Credential], dir: &Path) -> Vec<String> {
+    credentials.iter().map(|c| c.unit_line(dir)).collect()
+}
+
+fn on_path(program: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(program).is_file()))
+}
+
+/// What the installed unit of this configuration cannot honour, as warnings for
+/// `check-config`: a `TimeoutStopSec=` shorter than the configuration's stop takes
+/// (systemd would SIGKILL jobs still draining, and the stop would end `Result=timeout`),
+/// and a `WatchdogSec=` a healthy poll loop could outlast (one long poll plus the longest
+/// backoff: systemd would kill a gateway that is merely waiting). A unit installed for
+/// another configuration file is not this one's business.
+pub fn unit_limits_warnings(config: &Config, config_path: &Path) -> Vec<String> {
+    let mut warnings = Vec::new();
+    for user in [false, true] {
+        let Ok(path) = unit_path(user) else { continue };
+        let Ok(unit) = std::fs::read_to_string(&path) else {
+            continue;
+        };
+        let for_this = std::fs::canonicalize(config_path)
+            .is_ok_and(|c| unit.contains(&format!("--config {}", c.display())));
+        if !for_this {
+            continue;
+        }
+        let reinstall = format!(
+            "hermes-gateway service install{} --config {}",
+            if user { " --user" } else { "" },
+            config_path.display()
+        );
+        let stop = stop_timeout_secs(&config.workers);
+        if let Some(limit) = seconds_of(&unit, "TimeoutStopSec")
+            && limit < stop
+        {
+            warnings.push(format!(
+                "{}: TimeoutStopSec={limit} is shorter than this configuration's stop ({stop} s: shutdown_drain_secs {} + kill_grace_secs {} + {STOP_MARGIN_SECS}); systemd would kill jobs still draining. Fix: {reinstall}",
+                path.display(),
+                config.workers.shutdown_drain_secs,
+                config.workers.kill_grace_secs,
+            ));
+        }
+        let floor = watchdog_floor_secs(config);
+        if let Some(watchdog) = seconds_of(&unit, "WatchdogSec")
+            && watchdog <= floor
+        {
+            warnings.push(format!(
+                "{}: WatchdogSec={watchdog} does not exceed one long poll and the longest backoff ({floor} s: telegram.poll_timeout_secs {} + 15 + telegram.retry_max_secs {}); systemd would kill a gateway that is only waiting. Fix: lower those, or raise WatchdogSec in a drop-in",
+                path.display(),
+                config.telegram.poll_timeout_secs,
+                config.telegram.retry_max_secs,
+            ));
+        }
+    }
+    warnings
+}
+
+/// The last `KEY=` of `unit` in plain seconds (`30`, `30s`); other forms are not judged.
+fn seconds_of(unit: &str, key: &str) -> Option<u64> {
+    unit.lines()
+        .filter_map(|l| l.trim().strip_prefix(key)?.strip_prefix('='))
+        .next_back()
+        .and_then(|v| v.trim().trim_end_matches('s').parse().ok())
+}
+
+pub fn uninstall(user: bool, dry_run: bool) -> i32 {
+    exit_status(try_uninstall(user, dry_run))
+}
+
+fn try_uninstall(user: bool, dry_run: bool) -> Result<(), Stopped> {
+    let path = unit_path(user).map_err(failed)?;
+    if dry_run {
+        println!(
+            "would stop and disable hermes-gateway, then remove {}",
+            path.display()
+        );
+        return Ok(());
+    }
+    if !path.exists() {
+        println!("{} is not installed", path.display());
+        return Ok(());
+    }
+    if let Err(e) = systemctl(user, &["disable", "--now", "hermes-gateway"]) {
+        eprintln!("{e} (removing the unit anyway)");
+    }
+    std::fs::remove_file(&path)
+        .map_err(|e| failed(format!("cannot remove {}: {e}", path.display())))?;
+    println!("removed {}", path.display());
+    systemctl(user, &["daemon-reload"]).map_err(failed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rendering_replaces_the_paths_the_credentials_and_the_stop_timeout() {
+        let paths = Paths {
+            binary: Path::new("/opt/h/hermes-gateway"),
+            config: Path::new("/srv/h.toml"),
+            credentials: Path::new("/srv/creds"),
+        };
+        let creds = vec!["LoadCredential=T:/srv/creds/T".to_string()];
+        let unit = render(false, &paths, &creds, 99);
+        assert!(unit.contains("ExecStart=/opt/h/hermes-gateway run --config /srv/h.toml"));
+        assert!(unit.contains("\nTimeoutStopSec=99\n"), "{unit}");
+        assert!(
+            unit.contains("\nLoadCredential=T:/srv/creds/T\n# "),
+            "{unit}"
+        );
+        let loads = unit.lines().filter(|l| l.starts_with("LoadCredential"));
+        assert_eq!(loads.count(), 1, "{unit}");
+        // Everything else is the template's.
+        let rest = |text: &str| -> Vec<String> {
+            text.lines()
+                .filter(|l| !l.starts_with("LoadCredential") && !l.starts_with("TimeoutStopSec="))
+                .map(|l| {
+                    l.replace("/opt/h/hermes-gateway", SYSTEM_BINARY)
+                        .replace("/srv/h.toml", SYSTEM_CONFIG)
+                        .replace("/srv/creds", SYSTEM_CREDENTIALS)
+                })
+                .collect()
+        };
+        assert_eq!(rest(&unit), rest(SYSTEM_UNIT));
+        let user = render(true, &paths, &creds, 17);
+        assert!(user.contains("ExecStart=/opt/h/hermes-gateway run --config /srv/h.toml"));
+        assert!(user.contains("WantedBy=default.target"));
+        assert!(user.contains("\nLoadCredential=T:/srv/creds/T\n"), "{user}");
+    }
+
+    #[test]
+    fn the_templates_stop_timeout_is_the_default_configurations() {
+        let config = Config::parse(
+            "[[providers]]\nname='a'\nbase_url='http://x'\nmodel='m'\n",
+            Path::new("h.toml"),
+            Path::new("."),
+        )
+        .unwrap();
+        let expected = format!("TimeoutStopSec={}", stop_timeout_secs(&config.workers));
+        for unit in [SYSTEM_UNIT, USER_UNIT] {
+            assert!(unit.lines().any(|l| l == expected), "{expected}");
+            let watchdog = seconds_of(unit, "WatchdogSec").unwrap();
+            assert!(
+                watchdog > watchdog_floor_secs(&config),
+                "WatchdogSec={watchdog}"
+            );
+        }
+        assert_eq!(
+            seconds_of("A=1\nTimeoutStopSec=30s\n", "TimeoutStopSec"),
+            Some(30)
+        );
+        assert_eq!(seconds_of("TimeoutStopSec=2min", "TimeoutStopSec"), None);
+    }
+
+    #[test]
+    fn every_directive_has_a_reason_above_it() {
+        for unit in [SYSTEM_UNIT, USER_UNIT] {
+            let lines: Vec<&str> = unit.lines().collect();
+            for (i, line) in lines.iter().enumerate() {
+                let directive = line.contains('=') && !line.starts_with('#');
+                let obvious = line.starts_with("Description=") || line.starts_with("ExecStart=");
+                if directive && !obvious {
+                    let commented = lines[..i]
+                        .iter()
+                        .rev()
+                        .take_while(|l| !l.trim().is_empty() && !l.starts_with('['))
+                        .any(|l| l.starts_with('#'));
+                    assert!(commented, "no comment explains {line:?}");
+                }
+            }
+        }
+    }
+}
