@@ -32,6 +32,8 @@ hermes_tests::both_modes!(
     the_chat_shows_a_status_line_while_a_tool_runs,
     a_follow_up_question_sees_the_earlier_tool_results,
     a_model_that_keeps_calling_tools_is_stopped_after_max_steps,
+    stop_while_a_tool_runs_ends_the_tool_and_what_it_started,
+    a_tool_ignoring_sigterm_dies_with_the_group_at_the_deadline,
 );
 
 /// The tests crate's MCP server, built once per test binary.
@@ -150,10 +152,10 @@ async fn assert_gone(pid: i32, what: &str) {
     );
 }
 
-/// The chat got exactly `n` messages so far.
+/// The chat got exactly `n` messages so far (and the follow-up checks count on from
+/// there).
 fn assert_replies(rig: &Rig, n: usize) {
-    let sent = rig.telegram.sent_to(USER);
-    assert_eq!(sent.len(), n, "{sent:#?}\n{}", rig.gateway.log());
+    rig.assert_replies(n);
 }
 
 /// Acceptance 1: the model calls `add`, its result comes back to the model as a `tool`
@@ -601,6 +603,83 @@ async fn a_model_that_keeps_calling_tools_is_stopped_after_max_steps(mode: Worke
     );
     assert_eq!(rig.provider.request_count(), 2);
     assert_replies(&rig, 1);
+    rig.assert_still_serving().await;
+}
+
+/// A tool call of the stubborn kind (SIGTERM ignored, by the server and by a child it
+/// starts), with the child's pid written to `child_pid_file`.
+fn stubborn_call(child_pid_file: &Path) -> ProviderReply {
+    let arguments = json!({"secs": 600, "child_pid_file": child_pid_file}).to_string();
+    tool_call("calc__stubborn", &arguments)
+}
+
+/// The stubborn server and its child, once both run and ignore SIGTERM.
+async fn stubborn_processes(pid_file: &Path, child_pid_file: &Path) -> [i32; 2] {
+    let server = server_pid(pid_file).await;
+    let child = server_pid(child_pid_file).await;
+    for pid in [server, child] {
+        assert!(
+            eventually(PATIENCE, || procs::ignores(
+                pid,
+                nix::sys::signal::Signal::SIGTERM
+            ))
+            .await,
+            "{:?} does not ignore SIGTERM",
+            procs::info(pid)
+        );
+    }
+    [server, child]
+}
+
+/// `/stop` while a tool runs, and the tool is one that ignores SIGTERM and has started a
+/// child that ignores it too: the chat hears "Stopped" once the tool, its child and the
+/// worker are all gone, and the next message is answered.
+async fn stop_while_a_tool_runs_ends_the_tool_and_what_it_started(mode: WorkerMode) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pid_file = dir.path().join("calc.pid");
+    let child_pid_file = dir.path().join("child.pid");
+    let mut rig = rig(mode, calc(&pid_file, &["--stubborn-tool"], 600), |o| {
+        o.job_timeout_secs = 60;
+        o.pool_size = 1;
+    })
+    .await;
+    rig.provider.push(stubborn_call(&child_pid_file));
+    rig.telegram.send_text(USER, USER, "hold everything");
+    let [server, child] = stubborn_processes(&pid_file, &child_pid_file).await;
+    let reply = rig.ask("/stop").await;
+    assert!(reply.text.contains("Stopped"), "{}", reply.text);
+    assert_gone(server, "the stubborn tool server").await;
+    assert_gone(child, "the stubborn tool's child").await;
+    rig.assert_no_stray_processes().await;
+    rig.assert_replies(1);
+    rig.assert_still_serving().await;
+}
+
+/// The same stubborn tool still running at the job's deadline: "took too long", and the
+/// worker's group, the tool and its child included, gone.
+async fn a_tool_ignoring_sigterm_dies_with_the_group_at_the_deadline(mode: WorkerMode) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pid_file = dir.path().join("calc.pid");
+    let child_pid_file = dir.path().join("child.pid");
+    let mut rig = rig(mode, calc(&pid_file, &["--stubborn-tool"], 600), |o| {
+        o.job_timeout_secs = 3;
+        o.pool_size = 1;
+    })
+    .await;
+    rig.provider.push(stubborn_call(&child_pid_file));
+    rig.telegram.send_text(USER, USER, "hold everything");
+    let [server, child] = stubborn_processes(&pid_file, &child_pid_file).await;
+    let sent = rig.telegram.wait_for_chat_messages(USER, 1, PATIENCE).await;
+    assert!(
+        sent.first()
+            .is_some_and(|m| m.text.contains("took too long")),
+        "{sent:?}\n{}",
+        rig.gateway.log()
+    );
+    assert_gone(server, "the stubborn tool server").await;
+    assert_gone(child, "the stubborn tool's child").await;
+    rig.assert_no_stray_processes().await;
+    rig.assert_replies(1);
     rig.assert_still_serving().await;
 }
 

@@ -31,6 +31,8 @@ hermes_tests::both_modes!(
     worker_answering_another_job,
     worker_allocating_without_bound,
     worker_grandchildren_die_with_it,
+    worker_ignoring_sigterm_is_killed_after_the_grace_period,
+    worker_child_ignoring_sigterm_dies_with_the_group,
     worker_flooding_stderr,
     workers_that_die_at_start_back_off_and_users_still_get_replies,
     worker_with_a_wrong_token_is_refused,
@@ -132,10 +134,10 @@ async fn worker_grandchildren_die_with_it(mode: WorkerMode) {
         o.job_timeout_secs = 3;
     })
     .await;
-    let socket = rig.gateway.socket_path();
     rig.telegram.send_text(USER, USER, "spawn and hang");
     let sleeping = || {
-        procs::with_env("HERMES_WORKER_SOCKET", &socket)
+        rig.gateway
+            .descendants()
             .into_iter()
             .filter(|p| p.cmdline.starts_with("sleep"))
             .count()
@@ -161,6 +163,64 @@ async fn worker_grandchildren_die_with_it(mode: WorkerMode) {
     assert_eq!(sleeping(), 0);
     rig.gateway.assert_running(rig.pid);
     assert_eq!(rig.ask("next").await.text, "ok: next");
+}
+
+/// A worker that ignores SIGTERM is SIGKILLed `kill_grace_secs` later: the chat hears,
+/// its slot (the only one) takes the next message, and the log shows the SIGKILL was
+/// needed.
+async fn worker_ignoring_sigterm_is_killed_after_the_grace_period(mode: WorkerMode) {
+    let rig = fault_in_bad_worker_with(mode, "ignore sigterm and hang", "took too long", |o| {
+        o.pool_size = 1
+    })
+    .await;
+    rig.assert_logged("after SIGTERM; sending SIGKILL to its process group");
+}
+
+/// A worker dies on SIGTERM but leaves a child that ignores it: the group's SIGKILL after
+/// the worker is reaped ends the child too.
+async fn worker_child_ignoring_sigterm_dies_with_the_group(mode: WorkerMode) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let worker = bad_worker(dir.path(), "bad-worker");
+    let mut rig = Rig::start(mode, |o| {
+        o.worker_command = Some(worker);
+        o.job_timeout_secs = 2;
+        o.pool_size = 1;
+    })
+    .await;
+    rig.telegram
+        .send_text(USER, USER, "spawn a child that ignores sigterm and hang");
+    let stubborn = || {
+        rig.gateway
+            .descendants()
+            .into_iter()
+            .filter(|p| p.cmdline == "sleep 1000")
+            .collect::<Vec<_>>()
+    };
+    assert!(
+        eventually(PATIENCE, || !stubborn().is_empty()).await,
+        "the child never appeared"
+    );
+    for child in stubborn() {
+        assert!(
+            procs::ignores(child.pid, Signal::SIGTERM),
+            "{child:?} does not ignore SIGTERM"
+        );
+    }
+    let replies = rig.telegram.wait_for_chat_messages(USER, 1, PATIENCE).await;
+    assert!(
+        replies
+            .first()
+            .is_some_and(|r| r.text.contains("took too long")),
+        "{replies:?}\n{}",
+        rig.gateway.log()
+    );
+    rig.assert_replies(1);
+    rig.assert_no_stray_processes().await;
+    assert!(stubborn().is_empty());
+    // The worker itself died on SIGTERM: the grace period was not used up.
+    let log = rig.gateway.log();
+    assert!(!log.contains("after SIGTERM; sending SIGKILL"), "{log}");
+    rig.assert_still_answering_as_bad_worker().await;
 }
 
 async fn worker_flooding_stderr(mode: WorkerMode) {
@@ -308,18 +368,16 @@ async fn gateway_killed_with_sigkill_leaves_no_worker(mode: WorkerMode) {
     rig.provider.push(ProviderReply::Hang);
     rig.telegram.send_text(USER, USER, "slow question");
     assert!(rig.provider.wait_for_requests(1, PATIENCE).await);
-    let socket = rig.gateway.socket_path();
-    assert!(!hermes_tests::procs::with_env("HERMES_WORKER_SOCKET", &socket).is_empty());
+    assert!(!rig.gateway.descendants().is_empty());
     rig.gateway.signal(Signal::SIGKILL);
     assert!(rig.gateway.wait_exit(PATIENCE).await.is_some());
     assert!(
-        eventually(Duration::from_secs(10), || hermes_tests::procs::with_env(
-            "HERMES_WORKER_SOCKET",
-            &socket
-        )
-        .is_empty())
+        eventually(Duration::from_secs(10), || rig
+            .gateway
+            .descendants()
+            .is_empty())
         .await,
         "workers outlived a SIGKILLed gateway: {:?}",
-        hermes_tests::procs::with_env("HERMES_WORKER_SOCKET", &socket)
+        rig.gateway.descendants()
     );
 }
