@@ -648,9 +648,10 @@ async fn stop_while_a_tool_runs_ends_the_tool_and_what_it_started(mode: WorkerMo
     let [server, child] = stubborn_processes(&pid_file, &child_pid_file).await;
     let reply = rig.ask("/stop").await;
     assert!(reply.text.contains("Stopped"), "{}", reply.text);
+    // Found by the harness's own check (the gateway's session), then by pid.
+    rig.assert_no_stray_processes().await;
     assert_gone(server, "the stubborn tool server").await;
     assert_gone(child, "the stubborn tool's child").await;
-    rig.assert_no_stray_processes().await;
     rig.assert_replies(1);
     rig.assert_still_serving().await;
 }
@@ -676,9 +677,10 @@ async fn a_tool_ignoring_sigterm_dies_with_the_group_at_the_deadline(mode: Worke
         "{sent:?}\n{}",
         rig.gateway.log()
     );
+    // Found by the harness's own check (the gateway's session), then by pid.
+    rig.assert_no_stray_processes().await;
     assert_gone(server, "the stubborn tool server").await;
     assert_gone(child, "the stubborn tool's child").await;
-    rig.assert_no_stray_processes().await;
     rig.assert_replies(1);
     rig.assert_still_serving().await;
 }

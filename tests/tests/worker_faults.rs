@@ -285,11 +285,13 @@ async fn worker_with_a_wrong_token_is_refused(mode: WorkerMode) {
 }
 
 /// The box a worker runs in: its own process group, an environment without the
-/// gateway's secrets and service sockets, no core dumps, first in line for the OOM
-/// killer, and a socket directory only the gateway's user can enter.
+/// gateway's secrets and service sockets, its resource limits (no core dumps, the
+/// configured address space, 4096 open files), first in line for the OOM killer, and a
+/// socket directory only the gateway's user can enter.
 async fn worker_is_isolated_from_the_gateway(mode: WorkerMode) {
     let mut rig = Rig::start(mode, |o| {
         o.job_timeout_secs = 60;
+        o.memory_limit_mb = Some(1536);
         o.env = vec![
             ("NOTIFY_SOCKET".into(), "/run/systemd/notify".into()),
             (
@@ -332,13 +334,20 @@ async fn worker_is_isolated_from_the_gateway(mode: WorkerMode) {
         ] {
             assert!(!environ.contains(secret), "worker environment has {secret}");
         }
-        let limits =
-            std::fs::read_to_string(format!("/proc/{}/limits", worker.pid)).expect("limits");
-        let core = limits
-            .lines()
-            .find(|l| l.starts_with("Max core file size"))
-            .expect("core limit");
-        assert!(core.split_whitespace().nth(4) == Some("0"), "{core}");
+        // The limits as the kernel applies them, soft and hard: no core dumps, the
+        // configured address space, and a bounded number of open files.
+        let limit = |name: &str| {
+            let limit = procs::limit(worker.pid, name)
+                .unwrap_or_else(|| panic!("no {name:?} for worker {}", worker.pid));
+            (limit.soft, limit.hard)
+        };
+        let both = |value: u64| (value.to_string(), value.to_string());
+        assert_eq!(limit("Max core file size"), both(0));
+        assert_eq!(limit("Max address space"), both(1536 * 1024 * 1024));
+        let (_, hard_nofile) =
+            nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+                .expect("getrlimit");
+        assert_eq!(limit("Max open files"), both(hard_nofile.min(4096)));
         let oom =
             std::fs::read_to_string(format!("/proc/{}/oom_score_adj", worker.pid)).expect("oom");
         assert_eq!(oom.trim(), "1000");
