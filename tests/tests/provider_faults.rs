@@ -25,6 +25,7 @@ hermes_tests::both_modes!(
     provider_403_is_a_key_problem,
     provider_404_model_not_found_is_rejected,
     provider_400_context_too_long_is_retried_once,
+    provider_400_context_too_long_trims_the_history_and_answers,
     provider_408_is_retried_then_unavailable,
     provider_429_retry_after_http_date_is_honoured,
     provider_retry_after_past_the_deadline_gives_up_at_once,
@@ -160,6 +161,71 @@ async fn provider_400_context_too_long_is_retried_once(mode: WorkerMode) {
         2,
     )
     .await;
+}
+
+/// With a conversation behind it, the retry after "context too long" sends less of it:
+/// the oldest turns go, the system prompt and the new question stay, and the answer comes.
+async fn provider_400_context_too_long_trims_the_history_and_answers(mode: WorkerMode) {
+    let mut rig = Rig::start(mode, |o| {
+        o.extra_toml = "\n[agent]\nsystem_prompt = \"Be brief.\"\n".into();
+    })
+    .await;
+    for i in 0..4 {
+        assert_eq!(
+            rig.ask(&format!("turn {i}")).await.text,
+            format!("echo: turn {i}")
+        );
+    }
+    rig.provider.push(ProviderReply::status(
+        400,
+        r#"{"error":{"message":"This model's maximum context length is 8192 tokens.","type":"invalid_request_error","code":"context_length_exceeded"}}"#,
+    ));
+    assert_eq!(rig.ask("question").await.text, "echo: question");
+    let requests = rig.provider.requests();
+    assert_eq!(
+        requests.len(),
+        6,
+        "four turns, then the refused and the retried"
+    );
+    let contents = |n: usize| -> Vec<String> {
+        requests[n].body["messages"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|m| {
+                format!(
+                    "{}: {}",
+                    m["role"].as_str().unwrap_or(""),
+                    m["content"].as_str().unwrap_or("")
+                )
+            })
+            .collect()
+    };
+    let refused = contents(4);
+    let retried = contents(5);
+    assert_eq!(
+        refused.len(),
+        10,
+        "system, four turns, the question: {refused:#?}"
+    );
+    assert!(
+        retried.len() < refused.len(),
+        "the retry is no shorter: {retried:#?}"
+    );
+    assert_eq!(
+        retried.first().map(String::as_str),
+        Some("system: Be brief.")
+    );
+    assert_eq!(retried.last().map(String::as_str), Some("user: question"));
+    assert!(
+        !retried.contains(&"user: turn 0".to_string()),
+        "the oldest turn is kept: {retried:#?}"
+    );
+    assert!(
+        retried.contains(&"assistant: echo: turn 3".to_string()),
+        "the newest turn went: {retried:#?}"
+    );
+    rig.assert_still_serving().await;
 }
 
 async fn provider_408_is_retried_then_unavailable(mode: WorkerMode) {

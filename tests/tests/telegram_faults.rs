@@ -8,6 +8,7 @@
 use std::time::Duration;
 
 use hermes_config::WorkerMode;
+use hermes_tests::fake_provider::ProviderReply;
 use hermes_tests::fake_telegram::{PollFault, SendFault};
 use hermes_tests::harness::{PATIENCE, Rig, USER, eventually};
 use serde_json::json;
@@ -145,11 +146,20 @@ async fn send_message_429_is_waited_out(mode: WorkerMode) {
     rig.assert_still_serving().await;
 }
 
+/// The refused piece has markup, so its plain form differs from its HTML: the retry must
+/// be the text without tags and entities, not the HTML sent without a parse mode (which
+/// would show `<b>` and `&amp;` to the user).
 async fn send_message_bad_entities_is_sent_again_as_plain_text(mode: WorkerMode) {
     let mut rig = Rig::start(mode, |_| {}).await;
     rig.telegram.fail_send(SendFault::bad_entities());
-    let reply = rig.ask("*unbalanced").await;
-    assert_eq!(reply.text, "echo: *unbalanced");
+    rig.provider
+        .push(ProviderReply::Text("**Fish** & chips".into()));
+    let reply = rig.ask("dinner?").await;
+    let failed = rig.telegram.failed_sends();
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    assert_eq!(failed[0].text, "<b>Fish</b> &amp; chips");
+    assert_eq!(failed[0].parse_mode.as_deref(), Some("HTML"));
+    assert_eq!(reply.text, "Fish & chips");
     assert_eq!(reply.parse_mode, None, "the retry is plain text");
     rig.assert_still_serving().await;
 }
