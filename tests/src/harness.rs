@@ -591,10 +591,18 @@ impl Rig {
     /// then that no chat holds a reply the test did not account for
     /// ([`Rig::assert_one_reply_each`]): what every fault test ends with.
     pub async fn assert_still_serving(&mut self) {
+        self.assert_follow_up("are you still there?", "are you still there?")
+            .await;
+    }
+
+    /// [`Rig::assert_still_serving`] where the next message cannot be answered normally
+    /// (the fault persists): `text` gets one reply containing `expected`, the gateway is
+    /// the same process, and no chat holds a reply the test did not account for.
+    pub async fn assert_follow_up(&mut self, text: &str, expected: &str) {
         self.gateway.assert_running(self.pid);
-        let reply = self.ask("are you still there?").await;
+        let reply = self.ask(text).await;
         assert!(
-            reply.text.contains("are you still there?"),
+            reply.text.contains(expected),
             "unexpected reply after the fault: {:?}\n{}",
             reply.text,
             self.gateway.log()

@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime};
 
 use hermes_config::WorkerMode;
 use hermes_tests::fake_provider::{FakeProvider, ProviderReply, SEED_402_BODY};
-use hermes_tests::harness::{Rig, USER};
+use hermes_tests::harness::Rig;
 use serde_json::json;
 
 hermes_tests::both_modes!(
@@ -85,7 +85,7 @@ async fn provider_429_is_retried_after_retry_after(mode: WorkerMode) {
         gap >= Duration::from_secs(1),
         "retried after {gap:?}, before Retry-After"
     );
-    rig.gateway.assert_running(rig.pid);
+    rig.assert_still_serving().await;
 }
 
 async fn provider_500_on_every_attempt_is_reported_unavailable(mode: WorkerMode) {
@@ -364,7 +364,7 @@ async fn provider_chain_falls_back_after_402(mode: WorkerMode) {
     assert_eq!(rig.provider.request_count(), 1);
     assert_eq!(backup.request_count(), 1);
     assert_eq!(backup.requests()[0].body["model"], "model-1");
-    rig.gateway.assert_running(rig.pid);
+    rig.assert_still_serving().await;
 }
 
 async fn provider_chain_both_failing_names_the_first(mode: WorkerMode) {
@@ -375,9 +375,9 @@ async fn provider_chain_both_failing_names_the_first(mode: WorkerMode) {
     backup.push_n(ProviderReply::status(500, "{}"), 3);
     let reply = rig.ask("hello").await;
     assert!(reply.text.contains("quota or balance"), "{}", reply.text);
-    assert_eq!(rig.telegram.sent_to(USER).len(), 1);
+    rig.assert_replies(1);
     assert_eq!(backup.request_count(), 3);
-    rig.gateway.assert_running(rig.pid);
+    rig.assert_still_serving().await;
 }
 
 /// 20 messages after a 402: at most one request reaches the exhausted provider, and
@@ -395,7 +395,7 @@ async fn quota_circuit_spares_an_exhausted_provider(mode: WorkerMode) {
     }
     assert_eq!(rig.provider.request_count(), 1);
     assert!(rig.gateway.log().contains("skipping it for 600 s"));
-    rig.gateway.assert_running(rig.pid);
+    rig.assert_follow_up("and now?", "quota or balance").await;
 }
 
 async fn quota_circuit_probes_once_after_the_cooldown(mode: WorkerMode) {
@@ -425,7 +425,7 @@ async fn quota_circuit_sends_traffic_to_the_fallback(mode: WorkerMode) {
         "the exhausted primary is skipped"
     );
     assert_eq!(backup.request_count(), 5);
-    rig.gateway.assert_running(rig.pid);
+    rig.assert_still_serving().await;
 }
 
 /// Sends one message with `replies` scripted and checks the reply and request count.

@@ -132,7 +132,7 @@ async fn a_streamed_answer_longer_than_a_message_ends_as_several(mode: WorkerMod
 }
 
 async fn flood_control_on_an_edit_pauses_the_edits(mode: WorkerMode) {
-    let rig = Rig::start(mode, streaming(200)).await;
+    let mut rig = Rig::start(mode, streaming(200)).await;
     rig.telegram
         .fail_edit(hermes_tests::fake_telegram::SendFault::RetryAfter(2));
     rig.provider.push(ProviderReply::Stream {
@@ -154,12 +154,14 @@ async fn flood_control_on_an_edit_pauses_the_edits(mode: WorkerMode) {
         "edited again after {waited:?}"
     );
     assert_eq!(sent.iter().filter(|m| m.method == "sendMessage").count(), 1);
+    rig.assert_replies(1);
+    rig.assert_still_serving().await;
 }
 
 /// The refused edit has markup, so the plain edit must be its text without tags and
 /// entities (the HTML sent without a parse mode would show `<b>` and `&amp;`).
 async fn an_edit_telegram_cannot_parse_is_made_again_as_plain_text(mode: WorkerMode) {
-    let rig = Rig::start(mode, streaming(200)).await;
+    let mut rig = Rig::start(mode, streaming(200)).await;
     rig.telegram
         .fail_edit(hermes_tests::fake_telegram::SendFault::bad_entities());
     let mut pieces = vec!["**Fish** & chips come first. ".to_string()];
@@ -189,12 +191,14 @@ async fn an_edit_telegram_cannot_parse_is_made_again_as_plain_text(mode: WorkerM
         .replace("&amp;", "&");
     assert_eq!(plain.text, without_markup, "the same text, without markup");
     assert_eq!(sent.iter().filter(|m| m.method == "sendMessage").count(), 1);
+    rig.assert_replies(1);
+    rig.assert_still_serving().await;
 }
 
 /// A provider stream that breaks off is retried; the preview of the broken attempt is
 /// replaced, and the chat still has one message, showing the retry's answer.
 async fn a_stream_that_breaks_is_retried_and_the_preview_starts_over(mode: WorkerMode) {
-    let rig = Rig::start(mode, streaming(200)).await;
+    let mut rig = Rig::start(mode, streaming(200)).await;
     rig.provider.push(ProviderReply::StreamThenReset {
         pieces: sentences(8)[..7].to_vec(),
         every: Duration::from_millis(100),
@@ -217,6 +221,8 @@ async fn a_stream_that_breaks_is_retried_and_the_preview_starts_over(mode: Worke
         sent.last().map(|m| m.text.as_str()),
         Some("The second try worked.")
     );
+    rig.assert_replies(1);
+    rig.assert_still_serving().await;
 }
 
 async fn with_streaming_off_the_answer_arrives_finished(mode: WorkerMode) {

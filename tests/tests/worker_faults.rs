@@ -80,7 +80,7 @@ async fn worker_that_never_connects(mode: WorkerMode) {
     );
     rig.assert_logged("did not connect");
     rig.assert_no_stray_processes().await;
-    rig.gateway.assert_running(rig.pid);
+    rig.assert_follow_up("again?", "could not be started").await;
 }
 
 async fn worker_of_another_protocol_version(mode: WorkerMode) {
@@ -95,7 +95,7 @@ async fn worker_of_another_protocol_version(mode: WorkerMode) {
     );
     rig.assert_logged("protocol version mismatch");
     rig.assert_no_stray_processes().await;
-    rig.gateway.assert_running(rig.pid);
+    rig.assert_follow_up("again?", "could not be started").await;
 }
 
 async fn worker_sending_garbage_bytes(mode: WorkerMode) {
@@ -159,10 +159,10 @@ async fn worker_grandchildren_die_with_it(mode: WorkerMode) {
         "{}",
         replies[0].text
     );
+    rig.assert_replies(1);
     rig.assert_no_stray_processes().await;
     assert_eq!(sleeping(), 0);
-    rig.gateway.assert_running(rig.pid);
-    assert_eq!(rig.ask("next").await.text, "ok: next");
+    rig.assert_still_answering_as_bad_worker().await;
 }
 
 /// A worker that ignores SIGTERM is SIGKILLed `kill_grace_secs` later: the chat hears,
@@ -261,6 +261,7 @@ async fn workers_that_die_at_start_back_off_and_users_still_get_replies(mode: Wo
         "{log}"
     );
     assert!(log.contains("next attempt in"), "{log}");
+    rig.assert_one_reply_each();
     rig.gateway.assert_running(rig.pid);
     assert_eq!(rig.provider.request_count(), 0);
 }
@@ -281,7 +282,7 @@ async fn worker_with_a_wrong_token_is_refused(mode: WorkerMode) {
     assert!(log.contains("worker connection refused"), "{log}");
     assert_eq!(rig.provider.request_count(), 0);
     rig.assert_no_stray_processes().await;
-    rig.gateway.assert_running(rig.pid);
+    rig.assert_follow_up("again?", "could not be started").await;
 }
 
 /// The box a worker runs in: its own process group, an environment without the
