@@ -580,11 +580,8 @@ impl Rig {
 
     /// Like [`Rig::assert_still_serving`], for a gateway whose workers are `bad-worker`.
     pub async fn assert_still_answering_as_bad_worker(&mut self) {
-        self.gateway.assert_running(self.pid);
-        let reply = self.ask("still there?").await;
-        assert_eq!(reply.text, "ok: still there?", "{}", self.gateway.log());
-        self.assert_one_reply_each();
-        self.gateway.assert_running(self.pid);
+        self.assert_follow_up("still there?", "ok: still there?")
+            .await;
     }
 
     /// Asserts the gateway is still the same process, a healthy message is answered, and
@@ -595,18 +592,32 @@ impl Rig {
             .await;
     }
 
-    /// [`Rig::assert_still_serving`] where the next message cannot be answered normally
-    /// (the fault persists): `text` gets one reply containing `expected`, the gateway is
-    /// the same process, and no chat holds a reply the test did not account for.
+    /// The follow-up every fault test ends with: the gateway is the same process, `text`
+    /// gets a reply containing `expected`, and then no chat holds a message the test did
+    /// not account for ([`Rig::assert_one_reply_each`]).
+    ///
+    /// `expected` must be a text no reply to the fault contains (an echo of `text`, or a
+    /// command's answer): a chat's messages are answered in order, so once the reply to
+    /// `text` is there, everything the fault's job sent is there too, and a second reply
+    /// to the fault is counted rather than mistaken for the follow-up's.
     pub async fn assert_follow_up(&mut self, text: &str, expected: &str) {
         self.gateway.assert_running(self.pid);
-        let reply = self.ask(text).await;
+        let asked = Instant::now();
+        self.telegram.send_text(USER, USER, text);
+        let reply = self
+            .telegram
+            .wait_for_sent(
+                |m| m.chat_id == USER && m.at >= asked && m.text.contains(expected),
+                PATIENCE,
+            )
+            .await;
         assert!(
-            reply.text.contains(expected),
-            "unexpected reply after the fault: {:?}\n{}",
-            reply.text,
+            reply.is_some(),
+            "no reply containing {expected:?} to {text:?} after the fault: {:#?}\n{}",
+            self.telegram.sent_to(USER),
             self.gateway.log()
         );
+        *self.accounted().entry(USER).or_default() += 1;
         self.assert_one_reply_each();
         self.gateway.assert_running(self.pid);
     }
