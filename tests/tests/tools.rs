@@ -474,7 +474,7 @@ async fn reference_time_server_from_pypi_answers_a_call() {
     let python = match python_with_time_server() {
         Ok(python) => python,
         Err(reason) => {
-            eprintln!("skipped: {reason}");
+            hermes_tests::skip::skip(&reason);
             return;
         }
     };
