@@ -457,7 +457,7 @@ pub struct Rig {
     pub pid: i32,
     /// Messages (`sendMessage`s, edits not counted) each chat should hold by the test's
     /// own account: one per [`Rig::ask`], and what [`Rig::assert_replies_in`] recorded.
-    /// Checked again after each follow-up, so a reply that arrives late, twice, fails.
+    /// Checked again after each follow-up, so a reply that came twice fails the test.
     accounted: Mutex<HashMap<i64, usize>>,
 }
 
@@ -552,8 +552,9 @@ impl Rig {
     }
 
     /// Asserts every chat holds exactly the messages the test accounted for: one per
-    /// [`Rig::ask`], plus what [`Rig::assert_replies_in`] recorded. Run after a follow-up
-    /// message, it catches a fault's reply that came twice, however late.
+    /// [`Rig::ask`], plus what [`Rig::assert_replies_in`] recorded. Run once the reply to a
+    /// follow-up is in (a chat is answered in order, so whatever the fault's job sent is in
+    /// by then), it catches a reply to the fault that came twice, or one nobody asked for.
     pub fn assert_one_reply_each(&self) {
         let accounted = self.accounted().clone();
         for (chat, n) in accounted {

@@ -152,12 +152,6 @@ async fn assert_gone(pid: i32, what: &str) {
     );
 }
 
-/// The chat got exactly `n` messages so far (and the follow-up checks count on from
-/// there).
-fn assert_replies(rig: &Rig, n: usize) {
-    rig.assert_replies(n);
-}
-
 /// Acceptance 1: the model calls `add`, its result comes back to the model as a `tool`
 /// message, and the chat gets the answer. The server runs in its worker's process group,
 /// kept for the next job in pool mode, ended with the worker in per-request mode (the
@@ -171,7 +165,7 @@ async fn tool_result_reaches_the_model_and_the_answer_the_chat(mode: WorkerMode)
     rig.provider.push(ProviderReply::Text("2 + 3 = 5".into()));
     let reply = rig.ask("what is 2 + 3?").await;
     assert_eq!(reply.text, "2 + 3 = 5", "{}", rig.gateway.log());
-    assert_replies(&rig, 1);
+    rig.assert_replies(1);
 
     let requests = rig.provider.requests();
     assert_eq!(requests.len(), 2);
@@ -246,7 +240,7 @@ async fn tool_slower_than_its_timeout_is_an_error_result_for_the_model(mode: Wor
         "{:?}",
         started.elapsed()
     );
-    assert_replies(&rig, 1);
+    rig.assert_replies(1);
     let result = only_tool_result(&rig, 1);
     assert!(result.starts_with("error:"), "{result}");
     assert!(result.contains("did not answer within 1 s"), "{result}");
@@ -287,9 +281,9 @@ async fn tool_past_the_job_deadline_ends_the_workers_whole_group(mode: WorkerMod
         procs::live_group_members(group)
     );
     assert!(!alive(server));
-    assert_replies(&rig, 1);
+    rig.assert_replies(1);
     rig.assert_still_serving().await;
-    assert_replies(&rig, 2);
+    rig.assert_replies(2);
 }
 
 /// Acceptance 4: a server that dies at start costs its tools, not the answer.
@@ -299,7 +293,7 @@ async fn tool_server_crashing_at_start_leaves_the_job_without_its_tools(mode: Wo
     let mut rig = rig(mode, calc(&pid_file, &["--crash-at-start"], 30), |_| {}).await;
     let reply = rig.ask("hello").await;
     assert_eq!(reply.text, "echo: hello", "{}", rig.gateway.log());
-    assert_replies(&rig, 1);
+    rig.assert_replies(1);
     let requests = rig.provider.requests();
     assert!(
         requests[0].body.get("tools").is_none(),
@@ -327,7 +321,7 @@ async fn tool_server_crashing_mid_call_is_an_error_result(mode: WorkerMode) {
         .push(ProviderReply::Text("the calculator broke".into()));
     let reply = rig.ask("1 + 1?").await;
     assert_eq!(reply.text, "the calculator broke", "{}", rig.gateway.log());
-    assert_replies(&rig, 1);
+    rig.assert_replies(1);
     let result = only_tool_result(&rig, 1);
     assert!(result.contains("\"calc\" is not available"), "{result}");
     rig.assert_still_serving().await;
@@ -349,7 +343,7 @@ async fn unknown_tool_name_is_an_error_result(mode: WorkerMode) {
         .push(ProviderReply::Text("I cannot divide".into()));
     let reply = rig.ask("1 / 0?").await;
     assert_eq!(reply.text, "I cannot divide", "{}", rig.gateway.log());
-    assert_replies(&rig, 1);
+    rig.assert_replies(1);
     let result = only_tool_result(&rig, 1);
     assert!(
         result.contains("no tool named \"calc__divide\""),
@@ -371,7 +365,7 @@ async fn invalid_json_arguments_are_an_error_result(mode: WorkerMode) {
     rig.provider.push(ProviderReply::Text("oops".into()));
     let reply = rig.ask("2 + ?").await;
     assert_eq!(reply.text, "oops", "{}", rig.gateway.log());
-    assert_replies(&rig, 1);
+    rig.assert_replies(1);
     let result = only_tool_result(&rig, 1);
     assert!(result.contains("not valid JSON"), "{result}");
     rig.assert_still_serving().await;
@@ -602,7 +596,7 @@ async fn a_model_that_keeps_calling_tools_is_stopped_after_max_steps(mode: Worke
         reply.text
     );
     assert_eq!(rig.provider.request_count(), 2);
-    assert_replies(&rig, 1);
+    rig.assert_replies(1);
     rig.assert_still_serving().await;
 }
 
