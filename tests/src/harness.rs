@@ -283,10 +283,16 @@ impl Gateway {
         // A session of its own, as systemd gives a service: every process descended from
         // the gateway carries its pid as session id, even one reparented to init after its
         // parent died, and a worker's environment (which tools no longer inherit) is not
-        // needed to find it.
-        // SAFETY: setsid is async-signal-safe and allocates nothing.
+        // needed to find it. Out of the terminal's process group, it would no longer get
+        // the Ctrl-C that interrupts a test run: the parent-death signal stops it instead
+        // (sent when the thread that started it ends, which outlives the test's body).
+        // SAFETY: setsid and prctl are async-signal-safe and allocate nothing.
         unsafe {
-            command.pre_exec(|| nix::unistd::setsid().map(drop).map_err(Into::into));
+            command.pre_exec(|| {
+                nix::unistd::setsid()?;
+                nix::sys::prctl::set_pdeathsig(Some(nix::sys::signal::Signal::SIGTERM))?;
+                Ok(())
+            });
         }
         let child = command
             .args(["run", "--config"])
