@@ -522,6 +522,27 @@ impl FakeTelegram {
             .collect()
     }
 
+    /// What `chat_id` shows now: each message the bot sent there, in order, with the text
+    /// of its last edit (as sent, with its parse mode). An orphaned preview beside the
+    /// final reply shows here as a message of its own.
+    pub fn chat_now(&self, chat_id: i64) -> Vec<SentMessage> {
+        let mut shown: Vec<SentMessage> = Vec::new();
+        for message in self.sent_to(chat_id) {
+            match shown
+                .iter_mut()
+                .find(|m| m.message_id == message.message_id)
+            {
+                Some(earlier) if message.method == "editMessageText" => {
+                    earlier.text = message.text;
+                    earlier.parse_mode = message.parse_mode;
+                    earlier.at = message.at;
+                }
+                _ => shown.push(message),
+            }
+        }
+        shown
+    }
+
     pub fn failed_sends(&self) -> Vec<FailedSend> {
         self.state.lock().failed.clone()
     }

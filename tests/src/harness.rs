@@ -3,11 +3,13 @@
 //!
 //! Integration tests start the gateway exactly as an operator would (`hermes-gateway run
 //! --config FILE`), with the fake Telegram server and fake provider on 127.0.0.1, so what
-//! they prove is what runs in production.
+//! they prove is what runs in production. Each gateway leads a session of its own, as a
+//! service under systemd does, so every process it ever started can be found afterwards.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use hermes_config::WorkerMode;
@@ -152,6 +154,8 @@ pub struct GatewayOptions {
     pub providers: Vec<String>,
     pub max_retries: u32,
     pub poll_timeout_secs: u32,
+    /// `telegram.retry_max_secs`: short, so polling recovers quickly after a fault.
+    pub retry_max_secs: u64,
     /// Appended to the file verbatim.
     pub extra_toml: String,
     /// Extra environment of the gateway process.
@@ -185,6 +189,7 @@ impl GatewayOptions {
             providers: Vec::new(),
             max_retries: 2,
             poll_timeout_secs: 5,
+            retry_max_secs: 1,
             extra_toml: String::new(),
             env: Vec::new(),
             gateway_binary: None,
@@ -202,8 +207,8 @@ impl GatewayOptions {
     pub fn to_toml(&self, telegram_url: &str, state_dir: &Path) -> String {
         let mut toml = format!(
             "[telegram]\ntoken_env = \"HERMES_TEST_TELEGRAM_TOKEN\"\napi_url = \"{telegram_url}\"\n\
-             allowed_users = {:?}\npoll_timeout_secs = {}\nretry_max_secs = 1\n\n",
-            self.allowed_users, self.poll_timeout_secs
+             allowed_users = {:?}\npoll_timeout_secs = {}\nretry_max_secs = {}\n\n",
+            self.allowed_users, self.poll_timeout_secs, self.retry_max_secs
         );
         if !self.telegram_toml.is_empty() {
             toml = toml.replacen(
@@ -280,7 +285,22 @@ impl Gateway {
             .gateway_binary
             .clone()
             .unwrap_or_else(|| binaries().gateway.clone());
-        let child = Command::new(program)
+        let mut command = Command::new(program);
+        // A session of its own, as systemd gives a service: every process descended from
+        // the gateway carries its pid as session id, even one reparented to init after its
+        // parent died, and a worker's environment (which tools no longer inherit) is not
+        // needed to find it. Out of the terminal's process group, it would no longer get
+        // the Ctrl-C that interrupts a test run: the parent-death signal stops it instead
+        // (sent when the thread that started it ends, which outlives the test's body).
+        // SAFETY: setsid and prctl are async-signal-safe and allocate nothing.
+        unsafe {
+            command.pre_exec(|| {
+                nix::unistd::setsid()?;
+                nix::sys::prctl::set_pdeathsig(Some(nix::sys::signal::Signal::SIGTERM))?;
+                Ok(())
+            });
+        }
+        let child = command
             .args(["run", "--config"])
             .arg(&config_path)
             .env("HERMES_TEST_TELEGRAM_TOKEN", TOKEN)
@@ -362,8 +382,8 @@ impl Gateway {
         Some(status)
     }
 
-    /// The worker socket this gateway listens on; every worker (and whatever it spawns)
-    /// carries it in `HERMES_WORKER_SOCKET`.
+    /// The worker socket this gateway listens on (workers get it in
+    /// `HERMES_WORKER_SOCKET`; the tools they start do not).
     pub fn socket_path(&self) -> String {
         self.dir
             .path()
@@ -384,10 +404,45 @@ impl Gateway {
             .filter(|p| !p.is_zombie() && !p.cmdline.contains("sandbox-probe"))
             .collect()
     }
+
+    /// Every live process this gateway started, directly or not, wherever it was
+    /// reparented: the rest of its session.
+    pub fn descendants(&self) -> Vec<procs::ProcInfo> {
+        procs::live_in_session(self.pid)
+            .into_iter()
+            .filter(|p| p.pid != self.pid)
+            .collect()
+    }
+
+    /// Processes of this gateway that belong to no worker it runs now: anything in its
+    /// session but the gateway itself, its live workers and the members of their process
+    /// groups (a pool worker's tool servers). A process of a worker that was ended, or one
+    /// that left its worker's group, is here.
+    pub fn strays(&self) -> Vec<procs::ProcInfo> {
+        let workers: Vec<i32> = self.workers().iter().map(|w| w.pid).collect();
+        self.descendants()
+            .into_iter()
+            // The sandbox probe is the gateway's own short-lived helper, not a worker's
+            // leftover.
+            .filter(|p| {
+                !workers.contains(&p.pid)
+                    && !workers.contains(&p.pgid)
+                    && !p.cmdline.contains("sandbox-probe")
+            })
+            .collect()
+    }
 }
 
 impl Drop for Gateway {
     fn drop(&mut self) {
+        // Everything it started, whatever group it is in: a test that failed must not
+        // leave a stubborn process behind for the next.
+        for process in self.descendants() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(process.pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
         let own_group = nix::unistd::getpgrp().as_raw();
         for worker in procs::children_of(self.pid) {
             // A child caught between fork and its own setpgid is still in the gateway's
@@ -429,6 +484,10 @@ pub struct Rig {
     pub provider: FakeProvider,
     pub gateway: Gateway,
     pub pid: i32,
+    /// Messages (`sendMessage`s, edits not counted) each chat should hold by the test's
+    /// own account: one per [`Rig::ask`], and what [`Rig::assert_replies_in`] recorded.
+    /// Checked again after each follow-up, so a reply that came twice fails the test.
+    accounted: Mutex<HashMap<i64, usize>>,
 }
 
 impl Rig {
@@ -459,6 +518,7 @@ impl Rig {
             provider,
             gateway,
             pid,
+            accounted: Mutex::new(HashMap::new()),
         }
     }
 
@@ -475,11 +535,79 @@ impl Rig {
             .wait_for_chat_messages(chat, before + 1, PATIENCE)
             .await;
         match sent.get(before) {
-            Some(reply) => reply.clone(),
+            Some(reply) => {
+                *self.accounted().entry(chat).or_default() += 1;
+                reply.clone()
+            }
             None => panic!(
                 "no reply to {text:?} in chat {chat} within {PATIENCE:?}\n--- gateway log ---\n{}",
                 self.gateway.log()
             ),
+        }
+    }
+
+    /// A rig around a gateway the test started again itself (after killing the first),
+    /// with the fakes it already had; nothing is accounted for yet.
+    pub fn from_parts(telegram: FakeTelegram, provider: FakeProvider, gateway: Gateway) -> Rig {
+        Rig {
+            pid: gateway.pid(),
+            telegram,
+            provider,
+            gateway,
+            accounted: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn accounted(&self) -> std::sync::MutexGuard<'_, HashMap<i64, usize>> {
+        self.accounted.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The messages in `chat`: `sendMessage`s, each counted once however often it was
+    /// edited.
+    pub fn messages_in(&self, chat: i64) -> Vec<SentMessage> {
+        self.telegram
+            .sent_to(chat)
+            .into_iter()
+            .filter(|m| m.method == "sendMessage")
+            .collect()
+    }
+
+    /// Asserts [`USER`]'s chat holds exactly `n` messages now; see
+    /// [`Rig::assert_replies_in`].
+    pub fn assert_replies(&self, n: usize) {
+        self.assert_replies_in(USER, n);
+    }
+
+    /// Asserts `chat` holds exactly `n` messages now, and takes `n` as the test's account
+    /// of it (for replies it waited for without [`Rig::ask`]): every follow-up check counts
+    /// on from there.
+    pub fn assert_replies_in(&self, chat: i64, n: usize) {
+        let messages = self.messages_in(chat);
+        assert_eq!(
+            messages.len(),
+            n,
+            "messages in chat {chat}: {messages:#?}\n--- gateway log ---\n{}",
+            self.gateway.log()
+        );
+        self.accounted().insert(chat, n);
+    }
+
+    /// Asserts every chat holds exactly the messages the test accounted for: one per
+    /// [`Rig::ask`], plus what [`Rig::assert_replies_in`] recorded. Run once the reply to a
+    /// follow-up is in (a chat is answered in order, so whatever the fault's job sent is in
+    /// by then), it catches a reply to the fault that came twice, or one nobody asked for.
+    pub fn assert_one_reply_each(&self) {
+        let accounted = self.accounted().clone();
+        for (chat, n) in accounted {
+            let messages = self.messages_in(chat);
+            assert_eq!(
+                messages.len(),
+                n,
+                "chat {chat} holds {} messages where the test accounts for {n}: a reply \
+                 came twice or unasked\n{messages:#?}\n--- gateway log ---\n{}",
+                messages.len(),
+                self.gateway.log()
+            );
         }
     }
 
@@ -494,22 +622,45 @@ impl Rig {
 
     /// Like [`Rig::assert_still_serving`], for a gateway whose workers are `bad-worker`.
     pub async fn assert_still_answering_as_bad_worker(&mut self) {
-        self.gateway.assert_running(self.pid);
-        let reply = self.ask("still there?").await;
-        assert_eq!(reply.text, "ok: still there?", "{}", self.gateway.log());
-        self.gateway.assert_running(self.pid);
+        self.assert_follow_up("still there?", "ok: still there?")
+            .await;
     }
 
-    /// Asserts the gateway is still the same process and a healthy message is answered.
+    /// Asserts the gateway is still the same process, a healthy message is answered, and
+    /// then that no chat holds a reply the test did not account for
+    /// ([`Rig::assert_one_reply_each`]): what every fault test ends with.
     pub async fn assert_still_serving(&mut self) {
+        self.assert_follow_up("are you still there?", "are you still there?")
+            .await;
+    }
+
+    /// The follow-up every fault test ends with: the gateway is the same process, `text`
+    /// gets a reply containing `expected`, and then no chat holds a message the test did
+    /// not account for ([`Rig::assert_one_reply_each`]).
+    ///
+    /// `expected` must be a text no reply to the fault contains (an echo of `text`, or a
+    /// command's answer): a chat's messages are answered in order, so once the reply to
+    /// `text` is there, everything the fault's job sent is there too, and a second reply
+    /// to the fault is counted rather than mistaken for the follow-up's.
+    pub async fn assert_follow_up(&mut self, text: &str, expected: &str) {
         self.gateway.assert_running(self.pid);
-        let reply = self.ask("are you still there?").await;
+        let asked = Instant::now();
+        self.telegram.send_text(USER, USER, text);
+        let reply = self
+            .telegram
+            .wait_for_sent(
+                |m| m.chat_id == USER && m.at >= asked && m.text.contains(expected),
+                PATIENCE,
+            )
+            .await;
         assert!(
-            reply.text.contains("are you still there?"),
-            "unexpected reply after the fault: {:?}\n{}",
-            reply.text,
+            reply.is_some(),
+            "no reply containing {expected:?} to {text:?} after the fault: {:#?}\n{}",
+            self.telegram.sent_to(USER),
             self.gateway.log()
         );
+        *self.accounted().entry(USER).or_default() += 1;
+        self.assert_one_reply_each();
         self.gateway.assert_running(self.pid);
     }
 }
@@ -542,34 +693,25 @@ pub async fn fault_in_bad_worker_with(
         reply.text,
         rig.gateway.log()
     );
-    assert_eq!(rig.telegram.sent_to(USER).len(), 1, "exactly one reply");
+    rig.assert_replies(1);
     rig.assert_no_stray_processes().await;
-    rig.gateway.assert_running(rig.pid);
     // The bad worker answers anything else with "ok: …".
-    let next = rig.ask("and now?").await;
-    assert_eq!(next.text, "ok: and now?", "{}", rig.gateway.log());
-    rig.gateway.assert_running(rig.pid);
+    rig.assert_still_answering_as_bad_worker().await;
     rig
 }
 
 impl Rig {
-    /// No process that ever belonged to this gateway's workers is alive except the workers
-    /// it currently runs: every process carrying the gateway's worker socket in its
-    /// environment (workers and anything they spawned, even orphans reparented elsewhere)
-    /// is a direct child of the gateway.
+    /// No process this gateway ever started is alive except the workers it runs now and
+    /// the members of their groups ([`Gateway::strays`]): a worker ended after a fault
+    /// took its tools, their children and anything else in its group with it, even
+    /// orphans reparented to init, and even where they ignored SIGTERM.
     pub async fn assert_no_stray_processes(&self) {
-        let socket = self.gateway.socket_path();
-        let pid = self.pid;
-        let clean = eventually(Duration::from_secs(5), || {
-            procs::with_env("HERMES_WORKER_SOCKET", &socket)
-                .iter()
-                .all(|p| p.ppid == pid)
-        })
-        .await;
+        let clean = eventually(Duration::from_secs(5), || self.gateway.strays().is_empty()).await;
         assert!(
             clean,
-            "stray worker processes: {:?}",
-            procs::with_env("HERMES_WORKER_SOCKET", &socket)
+            "stray processes of this gateway's workers: {:#?}\n--- gateway log ---\n{}",
+            self.gateway.strays(),
+            self.gateway.log()
         );
     }
 }

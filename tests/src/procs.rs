@@ -1,7 +1,8 @@
 //! Read-only views of /proc, so tests can check what the gateway did to its processes:
 //! which workers exist, whether a killed worker's whole process group is gone, whether
-//! anything was left behind as a zombie, and how much memory or how many threads a process
-//! uses. Plain file reads, no extra crate: everything here is Linux-only anyway.
+//! anything was left behind as a zombie, what limits a process runs under, and how much
+//! memory or how many threads it uses. Plain file reads, no extra crate: everything here
+//! is Linux-only anyway.
 
 use std::{ffi::OsStr, fs, os::unix::ffi::OsStrExt};
 
@@ -11,6 +12,10 @@ pub struct ProcInfo {
     pub pid: i32,
     pub ppid: i32,
     pub pgid: i32,
+    /// The session: the harness starts each gateway as a session leader, so every process
+    /// descended from it (workers, tools, their children, orphans reparented to init)
+    /// carries its pid here unless it called `setsid` itself.
+    pub sid: i32,
     /// `R`, `S`, `D`, `Z` (zombie), `T`, ...
     pub state: char,
     /// Arguments joined with spaces; empty for kernel threads and zombies, and briefly
@@ -64,10 +69,12 @@ fn parse_stat(stat: &str) -> Option<ProcInfo> {
     let state = rest.next()?.chars().next()?;
     let ppid = rest.next()?.parse().ok()?;
     let pgid = rest.next()?.parse().ok()?;
+    let sid = rest.next()?.parse().ok()?;
     Some(ProcInfo {
         pid,
         ppid,
         pgid,
+        sid,
         state,
         cmdline: String::new(),
     })
@@ -88,6 +95,14 @@ pub fn live_group_members(pgid: i32) -> Vec<ProcInfo> {
     all()
         .into_iter()
         .filter(|p| p.pgid == pgid && !p.is_zombie())
+        .collect()
+}
+
+/// Live (not zombie) processes of session `sid`.
+pub fn live_in_session(sid: i32) -> Vec<ProcInfo> {
+    all()
+        .into_iter()
+        .filter(|p| p.sid == sid && !p.is_zombie())
         .collect()
 }
 
@@ -162,6 +177,33 @@ pub fn machine_ticks() -> Option<(u64, u64)> {
     Some((total - idle, total))
 }
 
+/// One resource limit of a process, as `/proc/PID/limits` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limit {
+    /// A number, or `unlimited`.
+    pub soft: String,
+    pub hard: String,
+}
+
+/// The limit called `name` (`Max address space`, `Max open files`, `Max core file size`,
+/// …) of process `pid`; `None` if the process or the line is gone.
+pub fn limit(pid: i32, name: &str) -> Option<Limit> {
+    let limits = fs::read_to_string(format!("/proc/{pid}/limits")).ok()?;
+    let line = limits.lines().find_map(|l| l.strip_prefix(name))?;
+    let mut values = line.split_whitespace();
+    Some(Limit {
+        soft: values.next()?.to_string(),
+        hard: values.next()?.to_string(),
+    })
+}
+
+/// Whether process `pid` ignores `signal` (`SigIgn` in /proc/PID/status).
+pub fn ignores(pid: i32, signal: nix::sys::signal::Signal) -> bool {
+    status_field(pid, "SigIgn")
+        .and_then(|mask| u64::from_str_radix(&mask, 16).ok())
+        .is_some_and(|mask| mask & (1 << (signal as i32 - 1)) != 0)
+}
+
 /// Number of threads (`Threads` in /proc/PID/status).
 pub fn threads(pid: i32) -> Option<u64> {
     status_field(pid, "Threads")?.trim().parse().ok()
@@ -181,9 +223,12 @@ mod tests {
 
     #[test]
     fn stat_with_hostile_comm() {
-        let p = parse_stat("42 (a) b (c)) S 1 42 42 0 -1 4194560 0 0").unwrap();
-        assert_eq!((p.pid, p.state, p.ppid, p.pgid), (42, 'S', 1, 42));
-        let p = parse_stat("7 (x y) Z 3 5 5").unwrap();
+        let p = parse_stat("42 (a) b (c)) S 1 42 40 0 -1 4194560 0 0").unwrap();
+        assert_eq!(
+            (p.pid, p.state, p.ppid, p.pgid, p.sid),
+            (42, 'S', 1, 42, 40)
+        );
+        let p = parse_stat("7 (x y) Z 3 5 5 0").unwrap();
         assert!(p.is_zombie());
         assert_eq!((p.ppid, p.pgid), (3, 5));
         assert!(parse_stat("garbage").is_none());
@@ -195,6 +240,27 @@ mod tests {
         assert_eq!(me.pid, std::process::id() as i32);
         assert_eq!(me.ppid, nix::unistd::getppid().as_raw());
         assert_eq!(me.pgid, nix::unistd::getpgrp().as_raw());
+        assert_eq!(
+            me.sid,
+            nix::unistd::getsid(None).map(|s| s.as_raw()).unwrap_or(-1)
+        );
+        let (soft, hard) =
+            nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).unwrap();
+        let shown = |n: u64| {
+            if n == nix::sys::resource::RLIM_INFINITY {
+                "unlimited".to_string()
+            } else {
+                n.to_string()
+            }
+        };
+        assert_eq!(
+            limit(me.pid, "Max open files"),
+            Some(Limit {
+                soft: shown(soft),
+                hard: shown(hard)
+            })
+        );
+        assert_eq!(limit(me.pid, "Max nonsense"), None);
         assert!(!me.cmdline.is_empty());
         assert!(rss_kib(me.pid).unwrap() > 0);
         assert!(threads(me.pid).unwrap() >= 1);
@@ -203,6 +269,9 @@ mod tests {
         assert!(busy <= total && total > 0);
         assert!(all().iter().any(|p| p.pid == me.pid));
         assert!(info(i32::MAX).is_none());
+        // The test harness ignores SIGPIPE (as every Rust program does), not SIGTERM.
+        assert!(ignores(me.pid, nix::sys::signal::Signal::SIGPIPE));
+        assert!(!ignores(me.pid, nix::sys::signal::Signal::SIGTERM));
     }
 
     #[test]
@@ -230,6 +299,8 @@ mod tests {
             }
             std::thread::yield_now();
         };
+        let sid = nix::unistd::getsid(None).map(|s| s.as_raw()).unwrap_or(-1);
+        let in_session = live_in_session(sid).iter().any(|p| p.pid == pid);
         let by_env: Vec<i32> = with_env("HERMES_PROCS_TEST", &marker)
             .iter()
             .map(|p| p.pid)
@@ -247,6 +318,7 @@ mod tests {
         assert_eq!(cmdline, "sleep 5");
         assert!(in_group);
         assert!(live);
+        assert!(in_session, "sleep is in our session");
         assert_eq!(by_env, vec![pid]);
         assert!(with_env("HERMES_PROCS_TEST", &marker).is_empty());
         assert!(info(pid).is_none());

@@ -344,12 +344,7 @@ async fn a_gateway_restarted_while_waiting_asks_again_and_old_buttons_have_expir
     provider.push(call);
     provider.push(ProviderReply::Text("done".into()));
     let restarted = Gateway::start_in(gateway.into_dir(), &options_again, &telegram.api_url());
-    let rig = Rig {
-        pid: restarted.pid(),
-        telegram,
-        provider,
-        gateway: restarted,
-    };
+    let rig = Rig::from_parts(telegram, provider, restarted);
     let new = question(&rig, 2).await;
     assert_ne!(new.message_id, old.message_id);
     press(&rig, &old, USER, ALLOW, "This request has expired.").await;

@@ -343,6 +343,7 @@ async fn long_replies_are_split_before_sending(mode: WorkerMode) {
         2000
     );
     assert!(rig.telegram.failed_sends().is_empty());
+    rig.assert_replies(3);
     rig.assert_still_serving().await;
 }
 

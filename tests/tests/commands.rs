@@ -6,7 +6,7 @@
 
 use hermes_config::WorkerMode;
 use hermes_tests::fake_provider::{FakeProvider, ProviderReply, SEED_402_BODY};
-use hermes_tests::harness::{PATIENCE, Rig, USER};
+use hermes_tests::harness::{PATIENCE, Rig, USER, eventually};
 
 hermes_tests::both_modes!(
     help_and_status_answer_without_a_job,
@@ -99,13 +99,17 @@ async fn stop_kills_the_job_in_flight_and_answers_once(mode: WorkerMode) {
         1,
         "one reply for the job and /stop"
     );
-    let answered = stored_replies(&rig);
-    assert_eq!(answered.len(), 2);
+    // The store is told once the reply is sent, so it may lag the chat a moment.
+    let both_stopped = |answered: &[(i64, Option<String>)]| {
+        answered.len() == 2
+            && answered
+                .iter()
+                .all(|(_, r)| r.as_deref().is_some_and(|r| r.contains("Stopped")))
+    };
     assert!(
-        answered
-            .iter()
-            .all(|(_, r)| r.as_deref().is_some_and(|r| r.contains("Stopped"))),
-        "{answered:?}"
+        eventually(PATIENCE, || both_stopped(&stored_replies(&rig))).await,
+        "{:?}",
+        stored_replies(&rig)
     );
     assert!(rig.gateway.log().contains("stopped by /stop"));
     rig.assert_still_serving().await;
@@ -152,6 +156,7 @@ async fn stop_for_a_job_still_waiting_for_a_worker_answers_at_once(mode: WorkerM
         rig.ask_in(other, other, "/stop").await.text,
         hermes_tests_stop_text()
     );
+    rig.assert_one_reply_each();
 }
 
 /// `/model` shows the chat's provider; only admins switch; the switch puts the chosen

@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime};
 
 use hermes_config::WorkerMode;
 use hermes_tests::fake_provider::{FakeProvider, ProviderReply, SEED_402_BODY};
-use hermes_tests::harness::{Rig, USER};
+use hermes_tests::harness::Rig;
 use serde_json::json;
 
 hermes_tests::both_modes!(
@@ -25,6 +25,7 @@ hermes_tests::both_modes!(
     provider_403_is_a_key_problem,
     provider_404_model_not_found_is_rejected,
     provider_400_context_too_long_is_retried_once,
+    provider_400_context_too_long_trims_the_history_and_answers,
     provider_408_is_retried_then_unavailable,
     provider_429_retry_after_http_date_is_honoured,
     provider_retry_after_past_the_deadline_gives_up_at_once,
@@ -84,7 +85,7 @@ async fn provider_429_is_retried_after_retry_after(mode: WorkerMode) {
         gap >= Duration::from_secs(1),
         "retried after {gap:?}, before Retry-After"
     );
-    rig.gateway.assert_running(rig.pid);
+    rig.assert_still_serving().await;
 }
 
 async fn provider_500_on_every_attempt_is_reported_unavailable(mode: WorkerMode) {
@@ -160,6 +161,71 @@ async fn provider_400_context_too_long_is_retried_once(mode: WorkerMode) {
         2,
     )
     .await;
+}
+
+/// With a conversation behind it, the retry after "context too long" sends less of it:
+/// the oldest turns go, the system prompt and the new question stay, and the answer comes.
+async fn provider_400_context_too_long_trims_the_history_and_answers(mode: WorkerMode) {
+    let mut rig = Rig::start(mode, |o| {
+        o.extra_toml = "\n[agent]\nsystem_prompt = \"Be brief.\"\n".into();
+    })
+    .await;
+    for i in 0..4 {
+        assert_eq!(
+            rig.ask(&format!("turn {i}")).await.text,
+            format!("echo: turn {i}")
+        );
+    }
+    rig.provider.push(ProviderReply::status(
+        400,
+        r#"{"error":{"message":"This model's maximum context length is 8192 tokens.","type":"invalid_request_error","code":"context_length_exceeded"}}"#,
+    ));
+    assert_eq!(rig.ask("question").await.text, "echo: question");
+    let requests = rig.provider.requests();
+    assert_eq!(
+        requests.len(),
+        6,
+        "four turns, then the refused and the retried"
+    );
+    let contents = |n: usize| -> Vec<String> {
+        requests[n].body["messages"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|m| {
+                format!(
+                    "{}: {}",
+                    m["role"].as_str().unwrap_or(""),
+                    m["content"].as_str().unwrap_or("")
+                )
+            })
+            .collect()
+    };
+    let refused = contents(4);
+    let retried = contents(5);
+    assert_eq!(
+        refused.len(),
+        10,
+        "system, four turns, the question: {refused:#?}"
+    );
+    assert!(
+        retried.len() < refused.len(),
+        "the retry is no shorter: {retried:#?}"
+    );
+    assert_eq!(
+        retried.first().map(String::as_str),
+        Some("system: Be brief.")
+    );
+    assert_eq!(retried.last().map(String::as_str), Some("user: question"));
+    assert!(
+        !retried.contains(&"user: turn 0".to_string()),
+        "the oldest turn is kept: {retried:#?}"
+    );
+    assert!(
+        retried.contains(&"assistant: echo: turn 3".to_string()),
+        "the newest turn went: {retried:#?}"
+    );
+    rig.assert_still_serving().await;
 }
 
 async fn provider_408_is_retried_then_unavailable(mode: WorkerMode) {
@@ -298,7 +364,7 @@ async fn provider_chain_falls_back_after_402(mode: WorkerMode) {
     assert_eq!(rig.provider.request_count(), 1);
     assert_eq!(backup.request_count(), 1);
     assert_eq!(backup.requests()[0].body["model"], "model-1");
-    rig.gateway.assert_running(rig.pid);
+    rig.assert_still_serving().await;
 }
 
 async fn provider_chain_both_failing_names_the_first(mode: WorkerMode) {
@@ -309,9 +375,9 @@ async fn provider_chain_both_failing_names_the_first(mode: WorkerMode) {
     backup.push_n(ProviderReply::status(500, "{}"), 3);
     let reply = rig.ask("hello").await;
     assert!(reply.text.contains("quota or balance"), "{}", reply.text);
-    assert_eq!(rig.telegram.sent_to(USER).len(), 1);
+    rig.assert_replies(1);
     assert_eq!(backup.request_count(), 3);
-    rig.gateway.assert_running(rig.pid);
+    rig.assert_still_serving().await;
 }
 
 /// 20 messages after a 402: at most one request reaches the exhausted provider, and
@@ -329,7 +395,8 @@ async fn quota_circuit_spares_an_exhausted_provider(mode: WorkerMode) {
     }
     assert_eq!(rig.provider.request_count(), 1);
     assert!(rig.gateway.log().contains("skipping it for 600 s"));
-    rig.gateway.assert_running(rig.pid);
+    rig.assert_follow_up("/status", "No provider is answering now")
+        .await;
 }
 
 async fn quota_circuit_probes_once_after_the_cooldown(mode: WorkerMode) {
@@ -359,7 +426,7 @@ async fn quota_circuit_sends_traffic_to_the_fallback(mode: WorkerMode) {
         "the exhausted primary is skipped"
     );
     assert_eq!(backup.request_count(), 5);
-    rig.gateway.assert_running(rig.pid);
+    rig.assert_still_serving().await;
 }
 
 /// Sends one message with `replies` scripted and checks the reply and request count.

@@ -184,13 +184,12 @@ async fn soak(mode: WorkerMode, messages: usize, chats: usize, seed: u64) {
     let rss_end = procs::rss_kib(rig.pid).unwrap_or(0);
     let growth = (rss_end as f64 - rss_start as f64) / rss_start.max(1) as f64 * 100.0;
 
-    let socket = rig.gateway.socket_path();
     rig.assert_no_stray_processes().await;
     rig.gateway.signal(Signal::SIGTERM);
     let status = rig.gateway.wait_exit(PATIENCE).await;
     assert_eq!(status.and_then(|s| s.code()), Some(0));
     let workers_left = eventually(Duration::from_secs(5), || {
-        procs::with_env("HERMES_WORKER_SOCKET", &socket).is_empty()
+        rig.gateway.descendants().is_empty()
     })
     .await;
 
@@ -207,7 +206,7 @@ async fn soak(mode: WorkerMode, messages: usize, chats: usize, seed: u64) {
         if workers_left {
             0
         } else {
-            procs::with_env("HERMES_WORKER_SOCKET", &socket).len()
+            rig.gateway.descendants().len()
         },
     );
     assert!(workers_left, "worker processes outlived the gateway");

@@ -1,6 +1,9 @@
 //! The answer shown as it is written: one message edited as it grows, flood control on
 //! edits, an edit Telegram cannot parse, a stream that breaks and starts over, an answer
-//! longer than one message, and streaming turned off.
+//! longer than one message, and streaming turned off. Then the fault matrix's core rows
+//! with streaming on, as the product ships: a worker crash, a timeout, a provider failing
+//! after some text, `/stop`, an edit Telegram refuses, each while a preview is showing;
+//! the chat must end with one message, the final one, and no preview left beside it.
 //!
 //! Real binaries against the fake Telegram and provider on 127.0.0.1; every scenario
 //! declared with `both_modes!` runs in both worker modes.
@@ -18,6 +21,11 @@ hermes_tests::both_modes!(
     an_edit_telegram_cannot_parse_is_made_again_as_plain_text,
     a_stream_that_breaks_is_retried_and_the_preview_starts_over,
     with_streaming_off_the_answer_arrives_finished,
+    a_worker_crash_mid_stream_turns_the_preview_into_the_error,
+    a_timeout_mid_stream_turns_the_preview_into_the_error,
+    a_provider_failing_after_streamed_text_turns_the_preview_into_the_error,
+    stop_mid_stream_turns_the_preview_into_stopped,
+    an_edit_telegram_refuses_mid_stream_still_ends_as_one_message,
 );
 
 /// The first sentences appear before the answer is done, as one message that is edited no
@@ -124,7 +132,7 @@ async fn a_streamed_answer_longer_than_a_message_ends_as_several(mode: WorkerMod
 }
 
 async fn flood_control_on_an_edit_pauses_the_edits(mode: WorkerMode) {
-    let rig = Rig::start(mode, streaming(200)).await;
+    let mut rig = Rig::start(mode, streaming(200)).await;
     rig.telegram
         .fail_edit(hermes_tests::fake_telegram::SendFault::RetryAfter(2));
     rig.provider.push(ProviderReply::Stream {
@@ -146,14 +154,20 @@ async fn flood_control_on_an_edit_pauses_the_edits(mode: WorkerMode) {
         "edited again after {waited:?}"
     );
     assert_eq!(sent.iter().filter(|m| m.method == "sendMessage").count(), 1);
+    rig.assert_replies(1);
+    rig.assert_still_serving().await;
 }
 
+/// The refused edit has markup, so the plain edit must be its text without tags and
+/// entities (the HTML sent without a parse mode would show `<b>` and `&amp;`).
 async fn an_edit_telegram_cannot_parse_is_made_again_as_plain_text(mode: WorkerMode) {
-    let rig = Rig::start(mode, streaming(200)).await;
+    let mut rig = Rig::start(mode, streaming(200)).await;
     rig.telegram
         .fail_edit(hermes_tests::fake_telegram::SendFault::bad_entities());
+    let mut pieces = vec!["**Fish** & chips come first. ".to_string()];
+    pieces.extend(sentences(12));
     rig.provider.push(ProviderReply::Stream {
-        pieces: sentences(12),
+        pieces,
         every: Duration::from_millis(100),
     });
     rig.telegram.send_text(USER, USER, "go");
@@ -161,18 +175,30 @@ async fn an_edit_telegram_cannot_parse_is_made_again_as_plain_text(mode: WorkerM
     let failed = rig.telegram.failed_sends();
     assert_eq!(failed.len(), 1, "{failed:?}");
     assert_eq!(failed[0].parse_mode.as_deref(), Some("HTML"));
+    assert!(
+        failed[0].text.starts_with("<b>Fish</b> &amp; chips"),
+        "{}",
+        failed[0].text
+    );
     let plain = sent
         .iter()
         .find(|m| m.method == "editMessageText" && m.parse_mode.is_none())
         .unwrap_or_else(|| panic!("no plain edit: {sent:#?}"));
-    assert_eq!(plain.text, failed[0].text, "the same text, without markup");
+    let without_markup = failed[0]
+        .text
+        .replace("<b>", "")
+        .replace("</b>", "")
+        .replace("&amp;", "&");
+    assert_eq!(plain.text, without_markup, "the same text, without markup");
     assert_eq!(sent.iter().filter(|m| m.method == "sendMessage").count(), 1);
+    rig.assert_replies(1);
+    rig.assert_still_serving().await;
 }
 
 /// A provider stream that breaks off is retried; the preview of the broken attempt is
 /// replaced, and the chat still has one message, showing the retry's answer.
 async fn a_stream_that_breaks_is_retried_and_the_preview_starts_over(mode: WorkerMode) {
-    let rig = Rig::start(mode, streaming(200)).await;
+    let mut rig = Rig::start(mode, streaming(200)).await;
     rig.provider.push(ProviderReply::StreamThenReset {
         pieces: sentences(8)[..7].to_vec(),
         every: Duration::from_millis(100),
@@ -195,6 +221,8 @@ async fn a_stream_that_breaks_is_retried_and_the_preview_starts_over(mode: Worke
         sent.last().map(|m| m.text.as_str()),
         Some("The second try worked.")
     );
+    rig.assert_replies(1);
+    rig.assert_still_serving().await;
 }
 
 async fn with_streaming_off_the_answer_arrives_finished(mode: WorkerMode) {
@@ -212,6 +240,152 @@ async fn with_streaming_off_the_answer_arrives_finished(mode: WorkerMode) {
     assert_eq!(rig.telegram.sent_to(USER).len(), 1);
     let request = &rig.provider.requests()[0].body;
     assert_ne!(request["stream"], true, "{request}");
+}
+
+/// A streamed answer still being written: sentences every 100 ms for 6 s.
+fn slow_stream() -> ProviderReply {
+    ProviderReply::Stream {
+        pieces: sentences(60),
+        every: Duration::from_millis(100),
+    }
+}
+
+/// Waits until the chat shows a preview of the streamed answer.
+async fn preview_shown(rig: &Rig) {
+    let preview = rig
+        .telegram
+        .wait_for_sent(
+            |m| m.chat_id == USER && m.text.starts_with("Sentence number 1 is here."),
+            PATIENCE,
+        )
+        .await;
+    assert!(
+        preview.is_some_and(|m| m.method == "sendMessage"),
+        "no preview: {:#?}\n{}",
+        rig.telegram.sent_to(USER),
+        rig.gateway.log()
+    );
+}
+
+/// Waits for a message showing `expected`, then asserts it is all the chat shows: the
+/// preview became it, and no other message (a stale preview, a second reply) is there.
+async fn ends_as_one_message(rig: &Rig, expected: &str) {
+    let found = rig
+        .telegram
+        .wait_for_sent(|m| m.chat_id == USER && m.text.contains(expected), PATIENCE)
+        .await;
+    assert!(
+        found.is_some(),
+        "{expected:?} never shown: {:#?}\n{}",
+        rig.telegram.sent_to(USER),
+        rig.gateway.log()
+    );
+    let chat = rig.telegram.chat_now(USER);
+    assert_eq!(
+        chat.len(),
+        1,
+        "the chat shows more than the final reply: {chat:#?}"
+    );
+    assert!(chat[0].text.contains(expected), "{chat:#?}");
+    let sent = rig.telegram.sent_to(USER);
+    assert!(
+        sent.iter()
+            .any(|m| m.method == "sendMessage" && m.text.starts_with("Sentence number 1")),
+        "no preview was shown before the end: {sent:#?}"
+    );
+    rig.assert_replies(1);
+}
+
+/// The worker is killed (as the OOM killer would) while its answer streams.
+async fn a_worker_crash_mid_stream_turns_the_preview_into_the_error(mode: WorkerMode) {
+    let mut rig = Rig::start(mode, |o| {
+        streaming(100)(o);
+        o.pool_size = 1;
+    })
+    .await;
+    rig.provider.push(slow_stream());
+    rig.telegram.send_text(USER, USER, "tell me a long story");
+    preview_shown(&rig).await;
+    let workers = rig.gateway.workers();
+    assert_eq!(workers.len(), 1, "{workers:?}");
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(workers[0].pid),
+        nix::sys::signal::Signal::SIGKILL,
+    );
+    ends_as_one_message(&rig, "crashed").await;
+    rig.assert_no_stray_processes().await;
+    rig.assert_still_serving().await;
+}
+
+async fn a_timeout_mid_stream_turns_the_preview_into_the_error(mode: WorkerMode) {
+    let mut rig = Rig::start(mode, |o| {
+        streaming(100)(o);
+        o.job_timeout_secs = 2;
+    })
+    .await;
+    rig.provider.push(slow_stream());
+    rig.telegram.send_text(USER, USER, "tell me a long story");
+    preview_shown(&rig).await;
+    ends_as_one_message(&rig, "took too long").await;
+    rig.assert_no_stray_processes().await;
+    rig.assert_still_serving().await;
+}
+
+/// Every attempt streams some text, then the connection breaks.
+async fn a_provider_failing_after_streamed_text_turns_the_preview_into_the_error(mode: WorkerMode) {
+    let mut rig = Rig::start(mode, |o| {
+        streaming(100)(o);
+        o.max_retries = 1;
+        o.quota_cooldown_secs = Some(0);
+    })
+    .await;
+    rig.provider.push_n(
+        ProviderReply::StreamThenReset {
+            pieces: sentences(8)[..7].to_vec(),
+            every: Duration::from_millis(100),
+        },
+        2,
+    );
+    rig.telegram.send_text(USER, USER, "tell me a story");
+    preview_shown(&rig).await;
+    ends_as_one_message(&rig, "unavailable").await;
+    assert_eq!(rig.provider.request_count(), 2);
+    rig.assert_still_serving().await;
+}
+
+/// `/stop` while the answer streams: the preview becomes "Stopped", the one reply for the
+/// message and the command.
+async fn stop_mid_stream_turns_the_preview_into_stopped(mode: WorkerMode) {
+    let mut rig = Rig::start(mode, streaming(100)).await;
+    rig.provider.push(slow_stream());
+    rig.telegram.send_text(USER, USER, "tell me a long story");
+    preview_shown(&rig).await;
+    rig.telegram.send_text(USER, USER, "/stop");
+    ends_as_one_message(&rig, "Stopped").await;
+    rig.assert_no_stray_processes().await;
+    rig.assert_still_serving().await;
+}
+
+/// Telegram refuses one edit of the preview: the previews stop, and the finished answer
+/// still lands in that same message rather than beside it.
+async fn an_edit_telegram_refuses_mid_stream_still_ends_as_one_message(mode: WorkerMode) {
+    let mut rig = Rig::start(mode, streaming(100)).await;
+    rig.telegram
+        .fail_edit(hermes_tests::fake_telegram::SendFault::Status {
+            status: 400,
+            description: "Bad Request: message can't be edited".into(),
+        });
+    rig.provider.push(ProviderReply::Stream {
+        pieces: sentences(20),
+        every: Duration::from_millis(100),
+    });
+    rig.telegram.send_text(USER, USER, "tell me a story");
+    preview_shown(&rig).await;
+    ends_as_one_message(&rig, "<b>Sentence 20 ends it.</b>").await;
+    let failed = rig.telegram.failed_sends();
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    assert_eq!(failed[0].method, "editMessageText");
+    rig.assert_still_serving().await;
 }
 
 /// Streaming on, with edits spaced `edit_interval_ms` apart.

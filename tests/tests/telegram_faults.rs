@@ -8,7 +8,8 @@
 use std::time::Duration;
 
 use hermes_config::WorkerMode;
-use hermes_tests::fake_telegram::{PollFault, SendFault};
+use hermes_tests::fake_provider::ProviderReply;
+use hermes_tests::fake_telegram::{PollFault, PollOutcome, SendFault};
 use hermes_tests::harness::{PATIENCE, Rig, USER, eventually};
 use serde_json::json;
 
@@ -64,6 +65,7 @@ async fn telegram_outage_mid_run_is_survived(mode: WorkerMode) {
         replies.get(1).map(|m| m.text.as_str()),
         Some("echo: during")
     );
+    rig.assert_replies(2);
     rig.assert_still_serving().await;
 }
 
@@ -132,7 +134,7 @@ async fn updates_of_other_kinds_are_skipped(mode: WorkerMode) {
     // The button press is not skipped: it goes to the approvals, which answer it (it
     // belongs to no question of theirs) and do nothing else.
     assert!(log.matches("skipping").count() >= 4, "{log}");
-    rig.gateway.assert_running(rig.pid);
+    rig.assert_still_serving().await;
 }
 
 async fn send_message_429_is_waited_out(mode: WorkerMode) {
@@ -147,11 +149,20 @@ async fn send_message_429_is_waited_out(mode: WorkerMode) {
     rig.assert_still_serving().await;
 }
 
+/// The refused piece has markup, so its plain form differs from its HTML: the retry must
+/// be the text without tags and entities, not the HTML sent without a parse mode (which
+/// would show `<b>` and `&amp;` to the user).
 async fn send_message_bad_entities_is_sent_again_as_plain_text(mode: WorkerMode) {
     let mut rig = Rig::start(mode, |_| {}).await;
     rig.telegram.fail_send(SendFault::bad_entities());
-    let reply = rig.ask("*unbalanced").await;
-    assert_eq!(reply.text, "echo: *unbalanced");
+    rig.provider
+        .push(ProviderReply::Text("**Fish** & chips".into()));
+    let reply = rig.ask("dinner?").await;
+    let failed = rig.telegram.failed_sends();
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    assert_eq!(failed[0].text, "<b>Fish</b> &amp; chips");
+    assert_eq!(failed[0].parse_mode.as_deref(), Some("HTML"));
+    assert_eq!(reply.text, "Fish & chips");
     assert_eq!(reply.parse_mode, None, "the retry is plain text");
     rig.assert_still_serving().await;
 }
@@ -173,6 +184,75 @@ async fn send_message_to_a_blocked_user_does_not_affect_other_chats(mode: Worker
     );
     assert_eq!(rig.ask_in(other, other, "me?").await.text, "echo: me?");
     rig.assert_still_serving().await;
+}
+
+/// `getUpdates` failing six times in a row, timed as the fake saw the requests: the waits
+/// grow as the exponential steps (0.5 s, 1 s, 2 s, … from half to all of each step), stop
+/// growing at `retry_max_secs` (2 s: above the first steps, far below the 16 s the sixth
+/// would reach uncapped), and are jittered (each lands at a different point of its step).
+/// About 7 s of backoff.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_updates_retries_back_off_exponentially_with_jitter_up_to_the_cap() {
+    const FAULTS: usize = 6;
+    const BASE: Duration = Duration::from_millis(500);
+    const CAP: Duration = Duration::from_secs(2);
+    // Scheduling and the request itself only ever add to a wait; this much is plenty, and
+    // still below the 8 s an uncapped sixth wait would at least take.
+    const SLACK: Duration = Duration::from_secs(3);
+    let mut rig = Rig::start(WorkerMode::Pool, |o| {
+        o.poll_timeout_secs = 1;
+        o.retry_max_secs = CAP.as_secs();
+    })
+    .await;
+    // Polling works (and a success resets the backoff) before the faults.
+    assert_eq!(rig.ask("before").await.text, "echo: before");
+    let polls = rig.telegram.get_updates_log().len();
+    for _ in 0..FAULTS {
+        rig.telegram.fail_get_updates(PollFault::InvalidJson);
+    }
+    // The poll waiting now ends within its 1 s timeout; the next ones meet the faults.
+    assert!(
+        rig.telegram
+            .wait_for_polls(polls + FAULTS + 2, PATIENCE)
+            .await,
+        "{}",
+        rig.gateway.log()
+    );
+    let log = rig.telegram.get_updates_log();
+    let first = log
+        .iter()
+        .position(|p| matches!(p.outcome, PollOutcome::Fault(_)))
+        .unwrap_or_else(|| panic!("no faulted poll: {log:#?}"));
+    let polls = &log[first..=first + FAULTS];
+    assert!(
+        polls[..FAULTS]
+            .iter()
+            .all(|p| matches!(p.outcome, PollOutcome::Fault(_)))
+            && !matches!(polls[FAULTS].outcome, PollOutcome::Fault(_)),
+        "{polls:#?}"
+    );
+    let mut fractions = Vec::new();
+    for (k, pair) in polls.windows(2).enumerate() {
+        let gap = pair[1].at.duration_since(pair[0].at);
+        let step = (BASE * (1 << k)).min(CAP);
+        assert!(
+            gap >= step / 2 && gap <= step + SLACK,
+            "wait {} after {} failures: {gap:?}, outside [{:?}, {step:?} + {SLACK:?}]",
+            k + 1,
+            k + 1,
+            step / 2
+        );
+        // Where in its step the wait landed: 0 at half the step, 1 at all of it.
+        fractions.push((gap - step / 2).as_secs_f64() / (step / 2).as_secs_f64());
+    }
+    let spread = fractions.iter().cloned().fold(f64::MIN, f64::max)
+        - fractions.iter().cloned().fold(f64::MAX, f64::min);
+    // Six independent uniform draws all within 0.1 of each other: about 1 in 18,000.
+    assert!(
+        spread > 0.1,
+        "every wait at the same point of its step, no jitter: {fractions:?}"
+    );
+    rig.gateway.assert_running(rig.pid);
 }
 
 /// Telegram refuses connections until the gateway has retried three more times, then

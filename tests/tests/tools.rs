@@ -32,6 +32,8 @@ hermes_tests::both_modes!(
     the_chat_shows_a_status_line_while_a_tool_runs,
     a_follow_up_question_sees_the_earlier_tool_results,
     a_model_that_keeps_calling_tools_is_stopped_after_max_steps,
+    stop_while_a_tool_runs_ends_the_tool_and_what_it_started,
+    a_tool_ignoring_sigterm_dies_with_the_group_at_the_deadline,
 );
 
 /// The tests crate's MCP server, built once per test binary.
@@ -156,12 +158,6 @@ async fn assert_gone(pid: i32, what: &str) {
     );
 }
 
-/// The chat got exactly `n` messages so far.
-fn assert_replies(rig: &Rig, n: usize) {
-    let sent = rig.telegram.sent_to(USER);
-    assert_eq!(sent.len(), n, "{sent:#?}\n{}", rig.gateway.log());
-}
-
 /// Acceptance 1: the model calls `add`, its result comes back to the model as a `tool`
 /// message, and the chat gets the answer. The server runs in its worker's process group,
 /// kept for the next job in pool mode, ended with the worker in per-request mode (the
@@ -175,7 +171,7 @@ async fn tool_result_reaches_the_model_and_the_answer_the_chat(mode: WorkerMode)
     rig.provider.push(ProviderReply::Text("2 + 3 = 5".into()));
     let reply = rig.ask("what is 2 + 3?").await;
     assert_eq!(reply.text, "2 + 3 = 5", "{}", rig.gateway.log());
-    assert_replies(&rig, 1);
+    rig.assert_replies(1);
 
     let requests = rig.provider.requests();
     assert_eq!(requests.len(), 2);
@@ -259,7 +255,7 @@ async fn tool_slower_than_its_timeout_is_an_error_result_for_the_model(mode: Wor
         "{:?}",
         started.elapsed()
     );
-    assert_replies(&rig, 1);
+    rig.assert_replies(1);
     let result = only_tool_result(&rig, 1);
     assert!(result.starts_with("error:"), "{result}");
     assert!(result.contains("did not answer within 1 s"), "{result}");
@@ -300,9 +296,9 @@ async fn tool_past_the_job_deadline_ends_the_workers_whole_group(mode: WorkerMod
         procs::live_group_members(group)
     );
     assert!(!alive(server));
-    assert_replies(&rig, 1);
+    rig.assert_replies(1);
     rig.assert_still_serving().await;
-    assert_replies(&rig, 2);
+    rig.assert_replies(2);
 }
 
 /// Acceptance 4: a server that dies at start costs its tools, not the answer.
@@ -312,7 +308,7 @@ async fn tool_server_crashing_at_start_leaves_the_job_without_its_tools(mode: Wo
     let mut rig = rig(mode, calc(&pid_file, &["--crash-at-start"], 30), |_| {}).await;
     let reply = rig.ask("hello").await;
     assert_eq!(reply.text, "echo: hello", "{}", rig.gateway.log());
-    assert_replies(&rig, 1);
+    rig.assert_replies(1);
     let requests = rig.provider.requests();
     assert!(
         requests[0].body.get("tools").is_none(),
@@ -340,7 +336,7 @@ async fn tool_server_crashing_mid_call_is_an_error_result(mode: WorkerMode) {
         .push(ProviderReply::Text("the calculator broke".into()));
     let reply = rig.ask("1 + 1?").await;
     assert_eq!(reply.text, "the calculator broke", "{}", rig.gateway.log());
-    assert_replies(&rig, 1);
+    rig.assert_replies(1);
     let result = only_tool_result(&rig, 1);
     assert!(result.contains("\"calc\" is not available"), "{result}");
     rig.assert_still_serving().await;
@@ -362,7 +358,7 @@ async fn unknown_tool_name_is_an_error_result(mode: WorkerMode) {
         .push(ProviderReply::Text("I cannot divide".into()));
     let reply = rig.ask("1 / 0?").await;
     assert_eq!(reply.text, "I cannot divide", "{}", rig.gateway.log());
-    assert_replies(&rig, 1);
+    rig.assert_replies(1);
     let result = only_tool_result(&rig, 1);
     assert!(
         result.contains("no tool named \"calc__divide\""),
@@ -384,7 +380,7 @@ async fn invalid_json_arguments_are_an_error_result(mode: WorkerMode) {
     rig.provider.push(ProviderReply::Text("oops".into()));
     let reply = rig.ask("2 + ?").await;
     assert_eq!(reply.text, "oops", "{}", rig.gateway.log());
-    assert_replies(&rig, 1);
+    rig.assert_replies(1);
     let result = only_tool_result(&rig, 1);
     assert!(result.contains("not valid JSON"), "{result}");
     rig.assert_still_serving().await;
@@ -484,7 +480,7 @@ async fn reference_time_server_from_pypi_answers_a_call() {
     let python = match python_with_time_server() {
         Ok(python) => python,
         Err(reason) => {
-            eprintln!("skipped: {reason}");
+            hermes_tests::skip::skip(&reason);
             return;
         }
     };
@@ -612,7 +608,86 @@ async fn a_model_that_keeps_calling_tools_is_stopped_after_max_steps(mode: Worke
         reply.text
     );
     assert_eq!(rig.provider.request_count(), 2);
-    assert_replies(&rig, 1);
+    rig.assert_replies(1);
+    rig.assert_still_serving().await;
+}
+
+/// A tool call of the stubborn kind (SIGTERM ignored, by the server and by a child it
+/// starts), with the child's pid written to `child_pid_file`.
+fn stubborn_call(child_pid_file: &Path) -> ProviderReply {
+    let arguments = json!({"secs": 600, "child_pid_file": child_pid_file}).to_string();
+    tool_call("calc__stubborn", &arguments)
+}
+
+/// The stubborn server and its child, once both run and ignore SIGTERM.
+async fn stubborn_processes(pid_file: &Path, child_pid_file: &Path) -> [i32; 2] {
+    let server = server_pid(pid_file).await;
+    let child = server_pid(child_pid_file).await;
+    for pid in [server, child] {
+        assert!(
+            eventually(PATIENCE, || procs::ignores(
+                pid,
+                nix::sys::signal::Signal::SIGTERM
+            ))
+            .await,
+            "{:?} does not ignore SIGTERM",
+            procs::info(pid)
+        );
+    }
+    [server, child]
+}
+
+/// `/stop` while a tool runs, and the tool is one that ignores SIGTERM and has started a
+/// child that ignores it too: the chat hears "Stopped" once the tool, its child and the
+/// worker are all gone, and the next message is answered.
+async fn stop_while_a_tool_runs_ends_the_tool_and_what_it_started(mode: WorkerMode) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pid_file = dir.path().join("calc.pid");
+    let child_pid_file = dir.path().join("child.pid");
+    let mut rig = rig(mode, calc(&pid_file, &["--stubborn-tool"], 600), |o| {
+        o.job_timeout_secs = 60;
+        o.pool_size = 1;
+    })
+    .await;
+    rig.provider.push(stubborn_call(&child_pid_file));
+    rig.telegram.send_text(USER, USER, "hold everything");
+    let [server, child] = stubborn_processes(&pid_file, &child_pid_file).await;
+    let reply = rig.ask("/stop").await;
+    assert!(reply.text.contains("Stopped"), "{}", reply.text);
+    // Found by the harness's own check (the gateway's session), then by pid.
+    rig.assert_no_stray_processes().await;
+    assert_gone(server, "the stubborn tool server").await;
+    assert_gone(child, "the stubborn tool's child").await;
+    rig.assert_replies(1);
+    rig.assert_still_serving().await;
+}
+
+/// The same stubborn tool still running at the job's deadline: "took too long", and the
+/// worker's group, the tool and its child included, gone.
+async fn a_tool_ignoring_sigterm_dies_with_the_group_at_the_deadline(mode: WorkerMode) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pid_file = dir.path().join("calc.pid");
+    let child_pid_file = dir.path().join("child.pid");
+    let mut rig = rig(mode, calc(&pid_file, &["--stubborn-tool"], 600), |o| {
+        o.job_timeout_secs = 3;
+        o.pool_size = 1;
+    })
+    .await;
+    rig.provider.push(stubborn_call(&child_pid_file));
+    rig.telegram.send_text(USER, USER, "hold everything");
+    let [server, child] = stubborn_processes(&pid_file, &child_pid_file).await;
+    let sent = rig.telegram.wait_for_chat_messages(USER, 1, PATIENCE).await;
+    assert!(
+        sent.first()
+            .is_some_and(|m| m.text.contains("took too long")),
+        "{sent:?}\n{}",
+        rig.gateway.log()
+    );
+    // Found by the harness's own check (the gateway's session), then by pid.
+    rig.assert_no_stray_processes().await;
+    assert_gone(server, "the stubborn tool server").await;
+    assert_gone(child, "the stubborn tool's child").await;
+    rig.assert_replies(1);
     rig.assert_still_serving().await;
 }
 

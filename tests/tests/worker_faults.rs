@@ -31,6 +31,8 @@ hermes_tests::both_modes!(
     worker_answering_another_job,
     worker_allocating_without_bound,
     worker_grandchildren_die_with_it,
+    worker_ignoring_sigterm_is_killed_after_the_grace_period,
+    worker_child_ignoring_sigterm_dies_with_the_group,
     worker_flooding_stderr,
     workers_that_die_at_start_back_off_and_users_still_get_replies,
     worker_with_a_wrong_token_is_refused,
@@ -78,7 +80,8 @@ async fn worker_that_never_connects(mode: WorkerMode) {
     );
     rig.assert_logged("did not connect");
     rig.assert_no_stray_processes().await;
-    rig.gateway.assert_running(rig.pid);
+    // No worker can answer; the gateway itself still does.
+    rig.assert_follow_up("/help", "/new").await;
 }
 
 async fn worker_of_another_protocol_version(mode: WorkerMode) {
@@ -93,7 +96,7 @@ async fn worker_of_another_protocol_version(mode: WorkerMode) {
     );
     rig.assert_logged("protocol version mismatch");
     rig.assert_no_stray_processes().await;
-    rig.gateway.assert_running(rig.pid);
+    rig.assert_follow_up("/help", "/new").await;
 }
 
 async fn worker_sending_garbage_bytes(mode: WorkerMode) {
@@ -132,10 +135,10 @@ async fn worker_grandchildren_die_with_it(mode: WorkerMode) {
         o.job_timeout_secs = 3;
     })
     .await;
-    let socket = rig.gateway.socket_path();
     rig.telegram.send_text(USER, USER, "spawn and hang");
     let sleeping = || {
-        procs::with_env("HERMES_WORKER_SOCKET", &socket)
+        rig.gateway
+            .descendants()
             .into_iter()
             .filter(|p| p.cmdline.starts_with("sleep"))
             .count()
@@ -157,10 +160,68 @@ async fn worker_grandchildren_die_with_it(mode: WorkerMode) {
         "{}",
         replies[0].text
     );
+    rig.assert_replies(1);
     rig.assert_no_stray_processes().await;
     assert_eq!(sleeping(), 0);
-    rig.gateway.assert_running(rig.pid);
-    assert_eq!(rig.ask("next").await.text, "ok: next");
+    rig.assert_still_answering_as_bad_worker().await;
+}
+
+/// A worker that ignores SIGTERM is SIGKILLed `kill_grace_secs` later: the chat hears,
+/// its slot (the only one) takes the next message, and the log shows the SIGKILL was
+/// needed.
+async fn worker_ignoring_sigterm_is_killed_after_the_grace_period(mode: WorkerMode) {
+    let rig = fault_in_bad_worker_with(mode, "ignore sigterm and hang", "took too long", |o| {
+        o.pool_size = 1
+    })
+    .await;
+    rig.assert_logged("after SIGTERM; sending SIGKILL to its process group");
+}
+
+/// A worker dies on SIGTERM but leaves a child that ignores it: the group's SIGKILL after
+/// the worker is reaped ends the child too.
+async fn worker_child_ignoring_sigterm_dies_with_the_group(mode: WorkerMode) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let worker = bad_worker(dir.path(), "bad-worker");
+    let mut rig = Rig::start(mode, |o| {
+        o.worker_command = Some(worker);
+        o.job_timeout_secs = 2;
+        o.pool_size = 1;
+    })
+    .await;
+    rig.telegram
+        .send_text(USER, USER, "spawn a child that ignores sigterm and hang");
+    let stubborn = || {
+        rig.gateway
+            .descendants()
+            .into_iter()
+            .filter(|p| p.cmdline == "sleep 1000")
+            .collect::<Vec<_>>()
+    };
+    assert!(
+        eventually(PATIENCE, || !stubborn().is_empty()).await,
+        "the child never appeared"
+    );
+    for child in stubborn() {
+        assert!(
+            procs::ignores(child.pid, Signal::SIGTERM),
+            "{child:?} does not ignore SIGTERM"
+        );
+    }
+    let replies = rig.telegram.wait_for_chat_messages(USER, 1, PATIENCE).await;
+    assert!(
+        replies
+            .first()
+            .is_some_and(|r| r.text.contains("took too long")),
+        "{replies:?}\n{}",
+        rig.gateway.log()
+    );
+    rig.assert_replies(1);
+    rig.assert_no_stray_processes().await;
+    assert!(stubborn().is_empty());
+    // The worker itself died on SIGTERM: the grace period was not used up.
+    let log = rig.gateway.log();
+    assert!(!log.contains("after SIGTERM; sending SIGKILL"), "{log}");
+    rig.assert_still_answering_as_bad_worker().await;
 }
 
 async fn worker_flooding_stderr(mode: WorkerMode) {
@@ -206,8 +267,8 @@ async fn workers_that_die_at_start_back_off_and_users_still_get_replies(mode: Wo
         "{log}"
     );
     assert!(log.contains("next attempt in"), "{log}");
-    rig.gateway.assert_running(rig.pid);
     assert_eq!(rig.provider.request_count(), 0);
+    rig.assert_follow_up("/help", "/new").await;
 }
 
 /// A process that connects to the worker socket with a token it was not given gets
@@ -226,15 +287,17 @@ async fn worker_with_a_wrong_token_is_refused(mode: WorkerMode) {
     assert!(log.contains("worker connection refused"), "{log}");
     assert_eq!(rig.provider.request_count(), 0);
     rig.assert_no_stray_processes().await;
-    rig.gateway.assert_running(rig.pid);
+    rig.assert_follow_up("/help", "/new").await;
 }
 
 /// The box a worker runs in: its own process group, an environment without the
-/// gateway's secrets and service sockets, no core dumps, first in line for the OOM
-/// killer, and a socket directory only the gateway's user can enter.
+/// gateway's secrets and service sockets, its resource limits (no core dumps, the
+/// configured address space, 4096 open files), first in line for the OOM killer, and a
+/// socket directory only the gateway's user can enter.
 async fn worker_is_isolated_from_the_gateway(mode: WorkerMode) {
     let mut rig = Rig::start(mode, |o| {
         o.job_timeout_secs = 60;
+        o.memory_limit_mb = Some(1536);
         o.env = vec![
             ("NOTIFY_SOCKET".into(), "/run/systemd/notify".into()),
             (
@@ -277,13 +340,20 @@ async fn worker_is_isolated_from_the_gateway(mode: WorkerMode) {
         ] {
             assert!(!environ.contains(secret), "worker environment has {secret}");
         }
-        let limits =
-            std::fs::read_to_string(format!("/proc/{}/limits", worker.pid)).expect("limits");
-        let core = limits
-            .lines()
-            .find(|l| l.starts_with("Max core file size"))
-            .expect("core limit");
-        assert!(core.split_whitespace().nth(4) == Some("0"), "{core}");
+        // The limits as the kernel applies them, soft and hard: no core dumps, the
+        // configured address space, and a bounded number of open files.
+        let limit = |name: &str| {
+            let limit = procs::limit(worker.pid, name)
+                .unwrap_or_else(|| panic!("no {name:?} for worker {}", worker.pid));
+            (limit.soft, limit.hard)
+        };
+        let both = |value: u64| (value.to_string(), value.to_string());
+        assert_eq!(limit("Max core file size"), both(0));
+        assert_eq!(limit("Max address space"), both(1536 * 1024 * 1024));
+        let (_, hard_nofile) =
+            nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+                .expect("getrlimit");
+        assert_eq!(limit("Max open files"), both(hard_nofile.min(4096)));
         let oom =
             std::fs::read_to_string(format!("/proc/{}/oom_score_adj", worker.pid)).expect("oom");
         assert_eq!(oom.trim(), "1000");
@@ -313,18 +383,16 @@ async fn gateway_killed_with_sigkill_leaves_no_worker(mode: WorkerMode) {
     rig.provider.push(ProviderReply::Hang);
     rig.telegram.send_text(USER, USER, "slow question");
     assert!(rig.provider.wait_for_requests(1, PATIENCE).await);
-    let socket = rig.gateway.socket_path();
-    assert!(!hermes_tests::procs::with_env("HERMES_WORKER_SOCKET", &socket).is_empty());
+    assert!(!rig.gateway.descendants().is_empty());
     rig.gateway.signal(Signal::SIGKILL);
     assert!(rig.gateway.wait_exit(PATIENCE).await.is_some());
     assert!(
-        eventually(Duration::from_secs(10), || hermes_tests::procs::with_env(
-            "HERMES_WORKER_SOCKET",
-            &socket
-        )
-        .is_empty())
+        eventually(Duration::from_secs(10), || rig
+            .gateway
+            .descendants()
+            .is_empty())
         .await,
         "workers outlived a SIGKILLed gateway: {:?}",
-        hermes_tests::procs::with_env("HERMES_WORKER_SOCKET", &socket)
+        rig.gateway.descendants()
     );
 }

@@ -304,7 +304,7 @@ async fn a_tool_cannot_signal_every_process_at_once() {
 #[tokio::test]
 async fn a_tool_cannot_signal_another_job() {
     if landlock_abi() < 6 {
-        println!("skipped: this kernel has no Landlock signal scoping (ABI 6)");
+        hermes_tests::skip::skip("this kernel has no Landlock signal scoping (ABI 6)");
         return;
     }
     let world = World::new();
@@ -504,7 +504,7 @@ async fn the_reference_time_server_answers_in_the_sandbox() {
         .plain(&["python3", "-c", "import mcp_server_time"])
         .await;
     if !installed.status.success() {
-        println!("skipped: mcp-server-time is not installed (pip install mcp-server-time)");
+        hermes_tests::skip::skip("mcp-server-time is not installed (pip install mcp-server-time)");
         return;
     }
     let sandbox = Sandbox::new(world.policy()).with_trampoline(TRAMPOLINE);

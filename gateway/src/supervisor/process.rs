@@ -157,6 +157,10 @@ pub async fn terminate(child: &mut Child, grace: Duration) -> Option<ExitStatus>
     let status = match tokio::time::timeout(grace, child.wait()).await {
         Ok(status) => status.ok(),
         Err(_) => {
+            tracing::warn!(
+                worker = pgid,
+                "worker still running {grace:?} after SIGTERM; sending SIGKILL to its process group"
+            );
             signal_group(pgid, Signal::SIGKILL);
             child.wait().await.ok()
         }

@@ -6,7 +6,9 @@
 //!
 //! Messages it understands: `panic`, `abort`, `segv`, `exit 0`, `exit 1`, `hang`,
 //! `partial then hang`, `spawn and hang`, `garbage`, `oversized`, `wrong job`, `alloc`,
-//! `stderr flood`. Anything else is answered `ok: <message>`.
+//! `stderr flood`, and the stubborn ones only SIGKILL ends ([`stubborn`]): `ignore
+//! sigterm and hang`, `spawn a child that ignores sigterm and hang`. Anything else is
+//! answered `ok: <message>`.
 
 use std::time::Duration;
 
@@ -153,6 +155,9 @@ async fn act(conn: &mut Connection<Stream>, job: Job) {
                 hoard.push(vec![1u8; 16 * 1024 * 1024]);
             }
         }
+        "ignore sigterm and hang" | "spawn a child that ignores sigterm and hang" => {
+            stubborn(&text).await
+        }
         "stderr flood" => {
             let line = "x".repeat(10_000);
             for _ in 0..800 {
@@ -166,6 +171,23 @@ async fn act(conn: &mut Connection<Stream>, job: Job) {
                 .await;
         }
     }
+}
+
+/// Faults that outlive SIGTERM, so the gateway's SIGKILL after `kill_grace_secs` is what
+/// ends them: this worker itself ignoring SIGTERM, or a child of it that does (the worker
+/// then dies on SIGTERM and leaves the child behind in its group).
+async fn stubborn(text: &str) {
+    if text == "ignore sigterm and hang" {
+        use nix::sys::signal::{SigHandler, Signal, signal};
+        // SAFETY: ignoring a signal runs no code of ours.
+        let _ = unsafe { signal(Signal::SIGTERM, SigHandler::SigIgn) };
+    } else {
+        // An ignored signal stays ignored across exec, so `sleep` ignores it too.
+        let _ = std::process::Command::new("sh")
+            .args(["-c", "trap '' TERM; exec sleep 1000"])
+            .spawn();
+    }
+    hang().await
 }
 
 fn reply(job_id: JobId, text: &str) -> FromWorker {

@@ -12,7 +12,9 @@
 //!
 //! Faults on request: `--crash-at-start` exits before answering anything,
 //! `--crash-on-call TOOL` exits abruptly when TOOL is called, `--pid-file PATH` writes its
-//! pid at start so a test can tell whether the process is still there.
+//! pid at start so a test can tell whether the process is still there, and
+//! `--stubborn-tool` offers one more tool, `stubborn`, that only SIGKILL ends
+//! ([`stubborn`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,6 +31,7 @@ use serde_json::{Value, json};
 #[derive(Clone)]
 struct Calc {
     crash_on_call: Option<String>,
+    stubborn_tool: bool,
 }
 
 fn schema(value: Value) -> Arc<JsonObject> {
@@ -148,7 +151,10 @@ impl ServerHandler for Calc {
         request: Option<PaginatedRequestParams>,
         _context: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, ErrorData> {
-        let all = tools();
+        let mut all = tools();
+        if self.stubborn_tool {
+            all.push(stubborn_tool());
+        }
         let second_page = request.and_then(|r| r.cursor).as_deref() == Some("page-2");
         if second_page {
             Ok(ListToolsResult::with_all_items(all[2..].to_vec()))
@@ -191,6 +197,7 @@ impl ServerHandler for Calc {
                 tokio::time::sleep(Duration::from_secs_f64(secs.clamp(0.0, 3600.0))).await;
                 format!("slept {secs} s")
             }
+            "stubborn" if self.stubborn_tool => stubborn(&arguments)?,
             "env" => std::env::vars()
                 .map(|(name, value)| format!("{name}={value}"))
                 .collect::<Vec<_>>()
@@ -206,9 +213,55 @@ impl ServerHandler for Calc {
     }
 }
 
+/// `stubborn {secs, child_pid_file}`: what a tool that will not be stopped looks like.
+fn stubborn_tool() -> Tool {
+    Tool::new(
+        "stubborn",
+        "Ignores SIGTERM, starts a child that ignores it too (its pid written to \
+         child_pid_file), then blocks for secs seconds.",
+        schema(json!({
+            "type": "object",
+            "properties": {
+                "secs": {"type": "number"},
+                "child_pid_file": {"type": "string"},
+            },
+            "required": ["secs", "child_pid_file"],
+        })),
+    )
+}
+
+/// Makes this server a process only SIGKILL ends, with a child just as stubborn: SIGTERM
+/// ignored, and the one thread blocked, so neither the signal nor its stdin closing (the
+/// worker gone) gets it to exit; the child is out of its stdio and ignores SIGTERM too
+/// (an ignored signal stays ignored across exec).
+fn stubborn(arguments: &JsonObject) -> Result<String, ErrorData> {
+    use nix::sys::signal::{SigHandler, Signal, signal};
+    let secs = number(arguments, "secs")?;
+    let Some(pid_file) = arguments.get("child_pid_file").and_then(Value::as_str) else {
+        return Err(ErrorData::invalid_params(
+            "child_pid_file must be a path",
+            None,
+        ));
+    };
+    // SAFETY: ignoring a signal runs no code of ours.
+    let _ = unsafe { signal(Signal::SIGTERM, SigHandler::SigIgn) };
+    let child = std::process::Command::new("sh")
+        .args(["-c", "trap '' TERM; exec sleep 3600"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .map_err(|e| ErrorData::internal_error(format!("cannot start sh: {e}"), None))?;
+    std::fs::write(pid_file, child.id().to_string())
+        .map_err(|e| ErrorData::internal_error(format!("cannot write {pid_file}: {e}"), None))?;
+    std::thread::sleep(Duration::from_secs_f64(secs.clamp(0.0, 3600.0)));
+    Ok(format!("held out {secs} s"))
+}
+
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
     let mut crash_on_call = None;
+    let mut stubborn_tool = false;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -217,6 +270,7 @@ async fn main() {
                 std::process::exit(69);
             }
             "--crash-on-call" => crash_on_call = args.next(),
+            "--stubborn-tool" => stubborn_tool = true,
             "--pid-file" => {
                 let Some(path) = args.next() else {
                     eprintln!("mcp-server: --pid-file needs a path");
@@ -233,9 +287,12 @@ async fn main() {
             }
         }
     }
-    let server = match (Calc { crash_on_call })
-        .serve(rmcp::transport::stdio())
-        .await
+    let server = match (Calc {
+        crash_on_call,
+        stubborn_tool,
+    })
+    .serve(rmcp::transport::stdio())
+    .await
     {
         Ok(server) => server,
         Err(e) => {
