@@ -158,7 +158,7 @@ pub async fn terminate(child: &mut Child, grace: Duration) -> Option<ExitStatus>
         Ok(status) => status.ok(),
         Err(_) => {
             tracing::warn!(
-                worker = pgid,
+                worker_pid = pgid,
                 "worker still running {grace:?} after SIGTERM; sending SIGKILL to its process group"
             );
             signal_group(pgid, Signal::SIGKILL);
