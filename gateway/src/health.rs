@@ -42,6 +42,10 @@ struct State {
     answered: u64,
     failed: BTreeMap<FailureClass, u64>,
     previous_shutdown: Option<ShutdownRecord>,
+    outbox_depth: usize,
+    outbox_oldest_unix: Option<u64>,
+    outbox_refused: u64,
+    outbox_expired: u64,
 }
 
 /// How a worker left the pool: from which state, and whether it was a fault.
@@ -100,6 +104,9 @@ pub struct Snapshot {
     pub providers: Vec<ProviderStatus>,
     pub jobs: Jobs,
     pub previous_shutdown: Option<ShutdownRecord>,
+    /// Replies committed and not yet delivered.
+    #[serde(default)]
+    pub outbox: OutboxStatus,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -128,6 +135,23 @@ pub struct ProviderStatus {
     pub open_for_secs: Option<u64>,
 }
 
+/// The outbox: what waits to be sent, and what this run had to give up on.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct OutboxStatus {
+    /// Pieces waiting.
+    pub depth: usize,
+    /// Age of the oldest piece waiting, in seconds.
+    pub oldest_age_secs: Option<u64>,
+    /// Pieces Telegram refused for good (bot blocked, chat gone).
+    pub refused: u64,
+    /// Pieces dropped undelivered after `telegram.outbox_max_age_secs`.
+    pub expired: u64,
+}
+
+/// A reply waiting longer than this makes the gateway degraded: Telegram is not taking
+/// what it sends.
+const OUTBOX_STUCK_SECS: u64 = 60;
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Jobs {
     pub answered: u64,
@@ -151,6 +175,17 @@ impl Snapshot {
             if p.circuit != CircuitState::Closed {
                 reasons.push(format!("provider {} quota circuit {}", p.name, p.circuit));
             }
+        }
+        if let Some(age) = self
+            .outbox
+            .oldest_age_secs
+            .filter(|age| *age >= OUTBOX_STUCK_SECS)
+        {
+            reasons.push(format!(
+                "{} repl{} waiting to be sent, the oldest for {age} s",
+                self.outbox.depth,
+                if self.outbox.depth == 1 { "y" } else { "ies" }
+            ));
         }
         reasons
     }
@@ -289,6 +324,21 @@ impl Health {
         }
     }
 
+    /// The outbox holds `depth` pieces, the oldest committed at `oldest_unix`.
+    pub fn outbox_changed(&self, depth: usize, oldest_unix: Option<u64>) {
+        let mut s = self.lock();
+        s.outbox_depth = depth;
+        s.outbox_oldest_unix = oldest_unix;
+    }
+
+    pub fn outbox_refused(&self) {
+        self.lock().outbox_refused += 1;
+    }
+
+    pub fn outbox_expired(&self) {
+        self.lock().outbox_expired += 1;
+    }
+
     pub fn job_done(&self, outcome: &Outcome) {
         let mut s = self.lock();
         match outcome {
@@ -335,6 +385,12 @@ impl Health {
                     .collect(),
             },
             previous_shutdown: s.previous_shutdown.clone(),
+            outbox: OutboxStatus {
+                depth: s.outbox_depth,
+                oldest_age_secs: s.outbox_oldest_unix.map(|at| unix_now().saturating_sub(at)),
+                refused: s.outbox_refused,
+                expired: s.outbox_expired,
+            },
         }
     }
 }

@@ -53,7 +53,7 @@ pub struct SupervisorConfig {
 /// A job handed to the supervisor, with where its outcome goes.
 struct Assignment {
     job: Job,
-    events: mpsc::UnboundedSender<Event>,
+    events: mpsc::Sender<Event>,
     done: oneshot::Sender<Outcome>,
     /// `/stop`: ends the job wherever it is, its worker's group included.
     cancel: CancellationToken,
@@ -76,7 +76,9 @@ pub struct Shutdown {
 }
 
 impl Supervisor {
-    /// Binds the worker socket and starts the slots on `tasks`.
+    /// Binds the worker socket and starts the slots on `tasks`. The socket's accept loop
+    /// is not one of them: it runs until `abort`, and a stop waits only for work in
+    /// flight, so an idle gateway stops at once.
     pub fn start(
         config: SupervisorConfig,
         shutdown: &Shutdown,
@@ -84,7 +86,7 @@ impl Supervisor {
     ) -> std::io::Result<Supervisor> {
         let (listener, socket) = listener::bind(&config.socket_dir)?;
         let pending = PendingWorkers::default();
-        tasks.spawn(listener::accept_loop(
+        tokio::spawn(listener::accept_loop(
             listener,
             pending.clone(),
             shutdown.abort.clone(),
@@ -119,7 +121,7 @@ impl Supervisor {
     async fn run_on_worker(
         &self,
         job: Job,
-        events: mpsc::UnboundedSender<Event>,
+        events: mpsc::Sender<Event>,
         cancel: CancellationToken,
     ) -> Outcome {
         let (done, mut outcome) = oneshot::channel();
@@ -153,7 +155,7 @@ impl JobRunner for Supervisor {
     fn run(
         &self,
         job: Job,
-        events: mpsc::UnboundedSender<Event>,
+        events: mpsc::Sender<Event>,
         cancel: CancellationToken,
     ) -> BoxFuture<'_, Outcome> {
         Box::pin(self.run_on_worker(job, events, cancel))

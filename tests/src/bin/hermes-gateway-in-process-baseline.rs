@@ -23,7 +23,7 @@ impl JobRunner for InProcess {
     fn run(
         &self,
         job: Job,
-        events: mpsc::UnboundedSender<Event>,
+        events: mpsc::Sender<Event>,
         _cancel: CancellationToken,
     ) -> BoxFuture<'_, Outcome> {
         Box::pin(async move {
@@ -32,7 +32,7 @@ impl JobRunner for InProcess {
             let outcome = hermes_worker::agent::run(&job, &self.client, &tx).await;
             drop(tx);
             while let Some(event) = rx.recv().await {
-                let _ = events.send(event);
+                let _ = events.send(event).await;
             }
             outcome
         })
