@@ -24,7 +24,7 @@ use teloxide_core::types::MessageId;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::clock::{sleep_until, unix_now};
+use crate::clock::unix_now;
 use crate::health::Health;
 use crate::store::{Exchange, OutPiece, ReplyRecord, Store, StoreError, Stored};
 use crate::telegram::format::Piece;
@@ -313,7 +313,9 @@ impl Inner {
         queued: &Queued,
         backoff: &mut Backoff,
     ) -> Resolution {
-        sleep_until(queued.not_before).await;
+        if let Some(at) = queued.not_before {
+            tokio::time::sleep_until(at.into()).await;
+        }
         let expires = queued
             .created_at
             .saturating_add(self.config.max_age.as_secs());
