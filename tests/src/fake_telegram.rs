@@ -331,6 +331,8 @@ struct Inner {
     migrated: HashMap<i64, i64>,
     /// The webhook set on the token, if any: `getUpdates` then answers 409.
     webhook: Option<String>,
+    /// How many entries of `sent` each chat has: waits per chat stay O(1).
+    sent_per_chat: HashMap<i64, usize>,
 }
 
 impl FakeTelegram {
@@ -656,6 +658,28 @@ impl FakeTelegram {
         self.sent_to(chat_id)
     }
 
+    /// How many messages were delivered to `chat_id` (sends and edits); O(1).
+    pub fn sent_count(&self, chat_id: i64) -> usize {
+        self.state
+            .lock()
+            .sent_per_chat
+            .get(&chat_id)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Waits until at least `n` messages were delivered to `chat_id` (sends and edits, as
+    /// [`FakeTelegram::wait_for_chat_messages`] counts them); O(1) per check, for
+    /// benchmarks whose many chats wait at once. Returns the count by then.
+    pub async fn wait_for_chat_count(&self, chat_id: i64, n: usize, timeout: Duration) -> usize {
+        self.state
+            .wait_until(timeout, |g| {
+                (g.sent_per_chat.get(&chat_id).copied().unwrap_or(0) >= n).then_some(())
+            })
+            .await;
+        self.sent_count(chat_id)
+    }
+
     /// Waits until at least `n` messages were sent in all chats together; O(1) per check,
     /// for benchmarks that count many thousands.
     pub async fn wait_for_sent_count(&self, n: usize, timeout: Duration) -> usize {
@@ -979,6 +1003,7 @@ impl State {
             "text": shown,
         });
         g.texts.insert((chat_id, message_id), (text.clone(), shown));
+        *g.sent_per_chat.entry(chat_id).or_default() += 1;
         g.sent.push(SentMessage {
             method: METHOD.to_string(),
             chat_id,
@@ -1038,6 +1063,7 @@ impl State {
             Ok(shown) => shown,
             Err(fault) => return self.refuse(g, METHOD, chat_id, text, parse_mode, fault),
         };
+        *g.sent_per_chat.entry(chat_id).or_default() += 1;
         g.sent.push(SentMessage {
             method: METHOD.to_string(),
             chat_id,
