@@ -61,9 +61,12 @@ async fn an_answer_due_while_telegram_fails_every_send_for_20_s_arrives_once_whe
     rig.telegram
         .fail_every_send(Some(SendFault::server_error()));
     let outage = Instant::now();
-    rig.telegram.send_text(USER, USER, "during the outage");
+    let id = rig.telegram.send_text(USER, USER, "during the outage");
     assert!(rig.provider.wait_for_requests(2, PATIENCE).await);
     assert!(rig.telegram.wait_for_failed_sends(1, PATIENCE).await);
+    let db = state_db(&rig.gateway);
+    assert_eq!(outbox_len(&db), 1, "the answer is in the outbox");
+    assert!(!inbox_done(&db, id), "a message is done only once its answer is out");
     // The answer waits in the outbox, and the status says so; /status too (its reply
     // queues behind the answer, in order).
     assert!(
@@ -90,6 +93,7 @@ async fn an_answer_due_while_telegram_fails_every_send_for_20_s_arrives_once_whe
         texts[2].contains("Replies waiting to be sent: 1, the oldest for"),
         "{texts:?}"
     );
+    assert!(eventually(PATIENCE, || inbox_done(&db, id)).await);
     assert_eq!(rig.ask("after").await.text, "echo: after");
     assert_eq!(
         texts_of(&rig.telegram, USER),
