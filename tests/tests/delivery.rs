@@ -16,7 +16,9 @@ use std::time::{Duration, Instant};
 
 use hermes_config::WorkerMode;
 use hermes_tests::fake_provider::{API_KEY, FakeProvider, ProviderReply};
-use hermes_tests::fake_telegram::{BOT_USERNAME, FakeTelegram, SendFault, SentMessage, TOKEN};
+use hermes_tests::fake_telegram::{
+    BOT_USERNAME, FakeTelegram, PollOutcome, SendFault, SentMessage, TOKEN,
+};
 use hermes_tests::harness::{
     Gateway, GatewayOptions, PATIENCE, Rig, USER, bad_worker, binaries, eventually,
 };
@@ -66,7 +68,10 @@ async fn an_answer_due_while_telegram_fails_every_send_for_20_s_arrives_once_whe
     assert!(rig.telegram.wait_for_failed_sends(1, PATIENCE).await);
     let db = state_db(&rig.gateway);
     assert_eq!(outbox_len(&db), 1, "the answer is in the outbox");
-    assert!(!inbox_done(&db, id), "a message is done only once its answer is out");
+    assert!(
+        !inbox_done(&db, id),
+        "a message is done only once its answer is out"
+    );
     // The answer waits in the outbox, and the status says so; /status too (its reply
     // queues behind the answer, in order).
     assert!(
@@ -418,6 +423,8 @@ async fn a_job_that_finishes_inside_the_drain_is_answered_before_exit(mode: Work
     let mut rig = Rig::start(mode, |_| {}).await;
     rig.provider
         .push_for("slow", ProviderReply::Delay(Duration::from_secs(1)));
+    // Its first send fails: the retry too must happen before the exit.
+    rig.telegram.fail_send(SendFault::Reset);
     rig.telegram.send_text(USER, USER, "slow");
     assert!(rig.provider.wait_for_requests(1, PATIENCE).await);
     rig.gateway.signal(Signal::SIGTERM);
@@ -518,7 +525,16 @@ async fn a_webhook_left_set_is_deleted_and_polling_goes_on(mode: WorkerMode) {
         rig.gateway.log()
     );
     assert_eq!(rig.telegram.webhook(), None);
-    rig.assert_logged("WEBHOOK SET");
+    // Found at start-up, before any poll met it.
+    rig.assert_logged("WEBHOOK SET on this bot's token (https://old-framework.example/hook)");
+    assert!(
+        rig.telegram
+            .get_updates_log()
+            .iter()
+            .all(|p| p.outcome != PollOutcome::Webhook),
+        "{:?}",
+        rig.telegram.get_updates_log()
+    );
     let deletes: Vec<Value> = rig
         .telegram
         .api_calls()

@@ -84,7 +84,8 @@ impl Store {
 
     /// Stores a batch of updates to answer, the updates that could not be parsed, and the
     /// offset past the whole batch, in one transaction: after this returns, acknowledging
-    /// the batch to Telegram is safe. A stranger's text is not stored.
+    /// the batch to Telegram is safe. (A stranger's message comes without its text:
+    /// `chats::classify` drops it.)
     pub fn accept(
         &self,
         messages: &[Pending],
@@ -95,11 +96,7 @@ impl Store {
         let tx = self.wrap(conn.transaction())?;
         let at = now();
         for m in messages {
-            let text = match m.kind {
-                Kind::Stranger => "",
-                Kind::Message | Kind::Stop => m.text.as_str(),
-            };
-            self.wrap(tx.prepare_cached("INSERT OR IGNORE INTO inbox (update_id, chat_id, user_id, text, received_at, kind) VALUES (?1, ?2, ?3, ?4, ?5, ?6)").and_then(|mut st| st.execute(params![m.update_id, m.chat_id, m.user_id as i64, text, at, m.kind.as_str()])))?;
+            self.wrap(tx.prepare_cached("INSERT OR IGNORE INTO inbox (update_id, chat_id, user_id, text, received_at, kind) VALUES (?1, ?2, ?3, ?4, ?5, ?6)").and_then(|mut st| st.execute(params![m.update_id, m.chat_id, m.user_id as i64, m.text, at, m.kind.as_str()])))?;
         }
         for u in unparsed {
             self.wrap(tx.prepare_cached("INSERT OR IGNORE INTO unparsed_updates (update_id, raw, received_at) VALUES (?1, ?2, ?3)").and_then(|mut st| st.execute(params![u.update_id, u.raw, at])))?;
