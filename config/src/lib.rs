@@ -53,8 +53,10 @@ pub struct TelegramConfig {
     pub poll_timeout_secs: u32,
     /// Cap of the backoff between failed Telegram calls.
     pub retry_max_secs: u64,
-    /// Messages a chat may have waiting behind its running job.
+    /// Messages a chat may have waiting for its next turn; one more is refused.
     pub max_queued_per_chat: usize,
+    /// A reply still undelivered this long after it was committed is dropped.
+    pub outbox_max_age_secs: u64,
     /// Users who may switch the model with `/model NAME` (they must also be allowed).
     pub admin_users: Vec<i64>,
     /// Show the answer while it is written (one message, edited as text arrives).
@@ -796,7 +798,8 @@ impl Doc<'_> {
             allowed_users: s.take_or("allowed_users", Vec::new(), self),
             poll_timeout_secs: s.take_in("poll_timeout_secs", 30, 0..=50, self),
             retry_max_secs: s.take_in("retry_max_secs", 30, 1..=3600, self),
-            max_queued_per_chat: s.take_in("max_queued_per_chat", 5, 1..=1000, self),
+            max_queued_per_chat: s.take_in("max_queued_per_chat", 20, 1..=1000, self),
+            outbox_max_age_secs: s.take_in("outbox_max_age_secs", 86_400, 60..=30 * 86_400, self),
             admin_users: s.take_or("admin_users", Vec::new(), self),
             streaming: s.take_or("streaming", true, self),
             edit_interval_ms: s.take_in("edit_interval_ms", 1500, 100..=60_000, self),
@@ -1200,6 +1203,7 @@ timeout = 3
             "poll_timeout_secs",
             "retry_max_secs",
             "max_queued_per_chat",
+            "outbox_max_age_secs",
             "admin_users",
             "streaming",
             "edit_interval_ms",

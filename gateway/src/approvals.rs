@@ -32,7 +32,7 @@ use crate::jobs::ApprovalAsk;
 use crate::replies;
 use crate::settings::LiveSettings;
 use crate::telegram::format::Piece;
-use crate::telegram::sender::{Edit, Sender};
+use crate::telegram::sender::Sender;
 
 /// Prefix of the callback data of the approval buttons: `ap:KEY:y` and `ap:KEY:n`.
 const DATA_PREFIX: &str = "ap:";
@@ -88,21 +88,24 @@ impl Desk {
         self.lock().insert(key.clone(), Open { chat, press });
         let timeout = Duration::from_millis(request.timeout_ms);
         let question = replies::approval::question(&request.tool, &request.arguments, timeout);
-        let Some(message) = self
+        let message = match self
             .sender
-            .send_piece_with(chat, &question, Some(keyboard(&key)))
+            .send_with_buttons(chat, &question, &keyboard(&key))
             .await
-        else {
-            self.lock().remove(&key);
-            tracing::warn!(
-                chat_id = chat,
-                tool = %request.tool,
-                "cannot ask the chat to approve a tool call; it is denied"
-            );
-            let _ = decide.send(Decision::Unavailable {
-                reason: "the question could not be sent to the chat".into(),
-            });
-            return;
+        {
+            Ok(message) => message,
+            Err(e) => {
+                self.lock().remove(&key);
+                tracing::warn!(
+                    chat_id = chat,
+                    tool = %request.tool,
+                    "cannot ask the chat to approve a tool call ({e:?}); it is denied"
+                );
+                let _ = decide.send(Decision::Unavailable {
+                    reason: "the question could not be sent to the chat".into(),
+                });
+                return;
+            }
         };
         tokio::pin!(pressed);
         let ending = tokio::select! {
@@ -149,7 +152,12 @@ impl Desk {
     /// Shows how a question ended in its place, without its buttons (an edit of the text
     /// drops them); when the text cannot be edited, the buttons are removed at least.
     async fn settle(&self, chat: i64, message: MessageId, shown: &Piece) {
-        if self.sender.replace_once(chat, message, shown).await != Edit::Done {
+        if self
+            .sender
+            .replace_once(chat, message, shown)
+            .await
+            .is_err()
+        {
             self.sender.remove_keyboard(chat, message).await;
         }
     }

@@ -46,6 +46,10 @@ struct State {
     answered: u64,
     failed: BTreeMap<FailureClass, u64>,
     previous_shutdown: Option<ShutdownRecord>,
+    outbox_depth: usize,
+    outbox_oldest_unix: Option<u64>,
+    outbox_refused: u64,
+    outbox_expired: u64,
     /// None until the probe has answered.
     sandbox_report: Option<Report>,
     unsandboxed: Vec<String>,
@@ -125,6 +129,9 @@ pub struct Snapshot {
     /// None until the probe has answered (and in files of older versions).
     #[serde(default)]
     pub sandbox: Option<SandboxStatus>,
+    /// Replies committed and not yet delivered.
+    #[serde(default)]
+    pub outbox: OutboxStatus,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -157,6 +164,23 @@ pub struct ProviderStatus {
     pub open_for_secs: Option<u64>,
 }
 
+/// The outbox: what waits to be sent, and what this run had to give up on.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct OutboxStatus {
+    /// Pieces waiting.
+    pub depth: usize,
+    /// Age of the oldest piece waiting, in seconds.
+    pub oldest_age_secs: Option<u64>,
+    /// Pieces Telegram refused for good (bot blocked, chat gone).
+    pub refused: u64,
+    /// Pieces dropped undelivered after `telegram.outbox_max_age_secs`.
+    pub expired: u64,
+}
+
+/// A reply waiting longer than this makes the gateway degraded: Telegram is not taking
+/// what it sends.
+const OUTBOX_STUCK_SECS: u64 = 60;
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Jobs {
     pub answered: u64,
@@ -180,6 +204,17 @@ impl Snapshot {
             if p.circuit != CircuitState::Closed {
                 reasons.push(format!("provider {} quota circuit {}", p.name, p.circuit));
             }
+        }
+        if let Some(age) = self
+            .outbox
+            .oldest_age_secs
+            .filter(|age| *age >= OUTBOX_STUCK_SECS)
+        {
+            reasons.push(format!(
+                "{} repl{} waiting to be sent, the oldest for {age} s",
+                self.outbox.depth,
+                if self.outbox.depth == 1 { "y" } else { "ies" }
+            ));
         }
         reasons
     }
@@ -343,6 +378,21 @@ impl Health {
         self.lock().unsandboxed = unsandboxed;
     }
 
+    /// The outbox holds `depth` pieces, the oldest committed at `oldest_unix`.
+    pub fn outbox_changed(&self, depth: usize, oldest_unix: Option<u64>) {
+        let mut s = self.lock();
+        s.outbox_depth = depth;
+        s.outbox_oldest_unix = oldest_unix;
+    }
+
+    pub fn outbox_refused(&self) {
+        self.lock().outbox_refused += 1;
+    }
+
+    pub fn outbox_expired(&self) {
+        self.lock().outbox_expired += 1;
+    }
+
     pub fn job_done(&self, outcome: &Outcome) {
         let mut s = self.lock();
         match outcome {
@@ -394,6 +444,12 @@ impl Health {
                 report,
                 unsandboxed: s.unsandboxed.clone(),
             }),
+            outbox: OutboxStatus {
+                depth: s.outbox_depth,
+                oldest_age_secs: s.outbox_oldest_unix.map(|at| unix_now().saturating_sub(at)),
+                refused: s.outbox_refused,
+                expired: s.outbox_expired,
+            },
         }
     }
 }

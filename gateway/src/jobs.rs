@@ -15,13 +15,20 @@ use hermes_protocol::{ApprovalRequest, Decision, Event, Job, Outcome};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
+/// The most of one answer the gateway keeps: streamed text beyond it is not kept, and a
+/// final answer longer than it is cut there with a note saying so (64 KiB: sixteen full
+/// Telegram messages). A runner cuts each streamed piece to it too, so the events waiting
+/// for a chat (at most the channel's bound) stay within a stated size.
+pub const MAX_ANSWER_BYTES: usize = 64 * 1024;
+
 /// A future a [`JobRunner`] returns.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// How a running job and its chat talk: the job's progress one way, its tool calls that
 /// need a person's approval one way and the decisions back, `/stop` the other way.
 pub struct JobLink {
-    pub events: mpsc::UnboundedSender<Event>,
+    /// Bounded: a runner waits for room, still minding the deadline and `cancel`.
+    pub events: mpsc::Sender<Event>,
     pub approvals: mpsc::UnboundedSender<ApprovalAsk>,
     /// Cancelled by `/stop`.
     pub cancel: CancellationToken,

@@ -16,16 +16,19 @@
 //!   (`telegram::sender`), the answer shown as it is written (`telegram::live`),
 //!   Markdown to Telegram HTML (`telegram::format`) and cutting to size
 //!   (`telegram::split`);
-//! - `chats`: one task per chat, from a stored message to its one reply: a message
-//!   becomes a job in `chats::prepare`, its progress and outcome reach the chat and the
-//!   store in `chats::deliver`;
+//! - `chats`: one task per chat, from stored messages to their one reply: a turn (the
+//!   messages that waited, together) becomes a job in `chats::prepare`, its progress and
+//!   outcome reach the chat and the outbox in `chats::deliver`;
 //! - `commands`: one module per command (`/new`, `/stop`, `/retry`, `/model`,
 //!   `/status`), each owning what it does; `replies`: every text the user reads;
 //! - `jobs`: the seam between the chats and what runs their jobs ([`JobRunner`]);
 //! - `supervisor`: the job runner of the product: starting, authenticating
 //!   (`supervisor::listener`), watching and killing workers, one slot each
 //!   (`supervisor::slot`), the Unix side in `supervisor::process`;
-//! - `store`: SQLite: the durable inbox and the conversations;
+//! - `store`: SQLite: the durable inbox, the outbox and the conversations; `outbox`:
+//!   sending every committed reply, in order per chat, until Telegram has it;
+//! - `state_dir`: the state directory private (0700, files 0600) and one gateway's alone
+//!   (a `flock`);
 //! - `circuit`: skipping a provider whose quota is exhausted, for a cool-down;
 //! - `health`, `systemd`: what the gateway knows about itself, and sd_notify
 //!   (READY, STATUS, WATCHDOG);
@@ -51,6 +54,7 @@ mod commands;
 mod health;
 mod jobs;
 mod logging;
+mod outbox;
 mod replies;
 mod run;
 mod sandbox;
@@ -58,6 +62,7 @@ mod service;
 mod settings;
 mod setup;
 mod signals;
+mod state_dir;
 mod status;
 mod store;
 mod supervisor;
@@ -79,7 +84,8 @@ pub use jobs::{ApprovalAsk, BoxFuture, JobLink, JobRunner, MakeRunner};
         The gateway polls Telegram and hands each message to a hermes-worker process in its own \
         process group. A provider error, a crash, a hang or memory exhaustion in a request ends \
         that request with a clear reply in the chat; the gateway and the other chats carry on.\n\n\
-        Exit codes: 0 after SIGTERM/SIGINT, 78 for invalid configuration."
+        Exit codes: 0 after SIGTERM/SIGINT, 75 when another gateway runs on the same state \
+        directory, 78 for invalid configuration."
 )]
 struct Cli {
     #[command(subcommand)]

@@ -28,6 +28,7 @@ const FIELDS: &[(&str, &str)] = &[
     ("worker_pid", "WORKER_PID"),
     ("provider", "PROVIDER"),
     ("update_id", "UPDATE_ID"),
+    ("update_ids", "UPDATE_IDS"),
     ("slot", "SLOT"),
     ("class", "CLASS"),
     ("pid", "PID"),

@@ -65,8 +65,30 @@ pub fn stranger_text(user_id: u64) -> String {
     )
 }
 
-/// A chat has `telegram.max_queued_per_chat` messages waiting already.
-pub const QUEUE_FULL: &str = "⏳ I'm still working on your earlier messages. Please wait for those answers before sending more.";
+/// A chat has `telegram.max_queued_per_chat` messages waiting already: this one is not
+/// answered, and the user is told so (never answered later, unannounced).
+pub const QUEUE_FULL: &str = "⏳ I'm still working on your earlier messages, so I did not process this one. \
+Please send it again once I have answered them.";
+
+/// The gateway stops while messages of the chat still wait (no job of theirs was cut
+/// short to say so): they stay stored and the next run answers them.
+pub const SAVED_FOR_RESTART: &str = "🔄 The bot is restarting. Your messages are saved and will be \
+answered as soon as it is back; no need to send them again.";
+
+/// A message whose jobs kept ending without an answer (the gateway or its worker died each
+/// time): answered with this instead of a further attempt.
+pub fn gave_up(attempts: u32) -> String {
+    format!(
+        "⚠️ Sorry: I tried to answer this message {attempts} times and each attempt was cut short \
+         (the bot restarted or crashed while working on it), so I have given up on it. \
+         Please send it again, perhaps in other words."
+    )
+}
+
+/// Ends an answer cut at the parent's bound on one answer.
+pub fn answer_cut(limit_kib: usize) -> String {
+    format!("\n\n✂️ (The answer was cut here: it was longer than {limit_kib} KiB.)")
+}
 
 /// The model answered with nothing but whitespace.
 pub const EMPTY_ANSWER: &str = "(The model returned an empty answer.)";
@@ -181,6 +203,16 @@ pub mod status {
 
     pub fn counts(uptime_min: u64, answered: u64, failed: u64) -> String {
         format!("Up {uptime_min} min; {answered} answered, {failed} failed.")
+    }
+
+    /// The outbox: replies committed and not yet delivered.
+    pub fn outbox(depth: usize, oldest_age_secs: Option<u64>) -> String {
+        match oldest_age_secs {
+            Some(age) if depth > 0 => {
+                format!("Replies waiting to be sent: {depth}, the oldest for {age} s.")
+            }
+            _ => "No replies waiting to be sent.".into(),
+        }
     }
 }
 

@@ -1,15 +1,22 @@
 //! `hermes-gateway run`: start-up, the long-lived loop, and the stop.
 //!
-//! The process leaves in two ways only. Invalid configuration (the file, a secret, the
-//! worker binary, the directories) exits with 78 before anything starts. SIGTERM or SIGINT
+//! The process leaves in three ways only. Invalid configuration (the file, a secret, the
+//! worker binary, the directories) exits with 78 before anything starts; another gateway
+//! holding the state directory, with 75, before anything is touched. SIGTERM or SIGINT
 //! stops polling, lets jobs in flight finish for `workers.shutdown_drain_secs`, cancels
-//! the rest (their chats are told to send again), ends every worker group, and exits 0.
-//! Nothing else (no Telegram error, no provider answer, no worker fault) ends it.
+//! the rest (their messages stay stored for the next run, and their chats are told),
+//! sends what the outbox can in what is left of that time, ends every worker group, and
+//! exits 0; with nothing in flight, at once. Nothing else (no Telegram error, no provider
+//! answer, no worker fault) ends it.
+//!
+//! Start-up goes in the order the guarantees need: the umask and the state directory's
+//! lock before anything touches the state; then the replies a previous run left
+//! undelivered, first, in their order; then its unanswered messages, each chat's as one
+//! turn; then polling.
 
 use std::path::Path;
-use std::time::Duration;
-
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use hermes_config::{Config, EXIT_CONFIG, WorkerMode, load_or_report};
 use teloxide_core::prelude::Requester;
@@ -18,15 +25,17 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::approvals::Desk;
-use crate::chats::{ChatRouter, JobContext};
+use crate::chats::{self, ChatRouter, JobContext};
 use crate::circuit::Circuits;
 use crate::commands;
 use crate::health::Health;
 use crate::jobs::{JobRunner, MakeRunner};
+use crate::outbox::{Outbox, OutboxConfig};
 use crate::sandbox;
 use crate::settings::{ChatSettings, LiveSettings, needs_restart};
 use crate::setup::{self, Setup};
 use crate::signals::{self, StopReason};
+use crate::state_dir::{self, ClaimError, EXIT_ALREADY_RUNNING};
 use crate::status::{self, Publisher};
 use crate::store::Store;
 use crate::supervisor::{Shutdown, Supervisor, SupervisorConfig};
@@ -46,15 +55,29 @@ pub fn run(path: &Path, runner: Option<MakeRunner>) -> i32 {
     if let Err(e) = nix::sys::prctl::set_dumpable(false) {
         tracing::warn!("cannot mark the gateway non-dumpable: {e}");
     }
+    // Before anything is created: the state holds every conversation.
+    state_dir::private_umask();
     let Some((config, setup)) = load_or_report(path, setup::resolve, |e| tracing::error!("{e}"))
     else {
         return EXIT_CONFIG;
     };
-    for dir in [&setup.state_dir, &setup.runtime_dir] {
-        if let Err(e) = std::fs::create_dir_all(dir) {
-            tracing::error!("cannot create directory {}: {e}", dir.display());
+    let lock = match state_dir::claim(&setup.state_dir) {
+        Ok(lock) => lock,
+        Err(e @ ClaimError::Taken { .. }) => {
+            tracing::error!("{e}");
+            return EXIT_ALREADY_RUNNING;
+        }
+        Err(e) => {
+            tracing::error!("{e}");
             return EXIT_CONFIG;
         }
+    };
+    if let Err(e) = std::fs::create_dir_all(&setup.runtime_dir) {
+        tracing::error!(
+            "cannot create directory {}: {e}",
+            setup.runtime_dir.display()
+        );
+        return EXIT_CONFIG;
     }
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -66,7 +89,12 @@ pub fn run(path: &Path, runner: Option<MakeRunner>) -> i32 {
             return EXIT_OS_ERROR;
         }
     };
-    runtime.block_on(serve(path, config, setup, runner))
+    let code = runtime.block_on(serve(path, config, setup, runner));
+    // Everything that holds the store ends with the runtime; only then may another
+    // gateway take the directory.
+    drop(runtime);
+    drop(lock);
+    code
 }
 
 async fn serve(path: &Path, config: Config, setup: Setup, runner: Option<MakeRunner>) -> i32 {
@@ -77,12 +105,22 @@ async fn serve(path: &Path, config: Config, setup: Setup, runner: Option<MakeRun
             return EXIT_OS_ERROR;
         }
     };
-    let bot = match telegram::bot(
+    let poll_timeout = Duration::from_secs(u64::from(config.telegram.poll_timeout_secs));
+    let bots = telegram::bot(
         setup.token.expose(),
         &config.telegram.api_url,
-        config.telegram.poll_timeout_secs,
-    ) {
-        Ok(bot) => bot,
+        poll_timeout + POLL_MARGIN,
+    )
+    .and_then(|bot| {
+        let sending = telegram::bot(
+            setup.token.expose(),
+            &config.telegram.api_url,
+            telegram::sender::SEND_TIMEOUT,
+        )?;
+        Ok((bot, sending))
+    });
+    let (bot, sending_bot) = match bots {
+        Ok(bots) => bots,
         Err(e) => {
             tracing::error!("{e}");
             return EXIT_CONFIG;
@@ -121,7 +159,10 @@ async fn serve(path: &Path, config: Config, setup: Setup, runner: Option<MakeRun
     let notifier = Arc::new(Notifier::from_env());
     let settings = LiveSettings::new(ChatSettings::new(&config, &setup));
     let circuits = Arc::new(Circuits::new(settings.get().cooldowns.clone()));
+    // Jobs and what serves them; the outbox's senders apart, so a stop can wait for each.
     let tasks = TaskTracker::new();
+    let outbox_tasks = TaskTracker::new();
+    let outbox_stop = CancellationToken::new();
     let shutdown = Shutdown {
         stop_taking: CancellationToken::new(),
         abort: CancellationToken::new(),
@@ -166,13 +207,32 @@ async fn serve(path: &Path, config: Config, setup: Setup, runner: Option<MakeRun
         }
         .run(publisher_stop.clone()),
     );
-    let desk = Desk::new(Sender::new(bot.clone()), settings.clone());
+    let sender = Sender::new(sending_bot);
+    let desk = Desk::new(sender.clone(), settings.clone());
+    let outbox = Outbox::new(
+        OutboxConfig {
+            store: store.clone(),
+            sender: sender.clone(),
+            health: health.clone(),
+            max_age: Duration::from_secs(config.telegram.outbox_max_age_secs),
+            retry_max: Duration::from_secs(config.telegram.retry_max_secs),
+        },
+        outbox_tasks.clone(),
+        outbox_stop.clone(),
+    );
+    // Replies the previous run committed but did not deliver go first, in their order.
+    match outbox.resume() {
+        Ok(0) => {}
+        Ok(n) => tracing::info!("sending {n} reply piece(s) left undelivered by the previous run"),
+        Err(e) => tracing::error!("cannot read the undelivered replies: {e}"),
+    }
     let router = ChatRouter::new(
         JobContext {
             runner,
             health: health.clone(),
             circuits: circuits.clone(),
-            sender: Sender::new(bot.clone()),
+            sender,
+            outbox,
             settings: settings.clone(),
             store: store.clone(),
             max_history: config.agent.max_history_messages,
@@ -182,8 +242,9 @@ async fn serve(path: &Path, config: Config, setup: Setup, runner: Option<MakeRun
         tasks.clone(),
         shutdown.stop_taking.clone(),
     );
-    // Messages the previous run stored but did not answer come first, in order.
-    match store.pending() {
+    // Messages the previous run stored but did not answer come next: each chat's as one
+    // turn.
+    match store.unanswered() {
         Ok(unanswered) => {
             if !unanswered.is_empty() {
                 tracing::info!(
@@ -191,9 +252,7 @@ async fn serve(path: &Path, config: Config, setup: Setup, runner: Option<MakeRun
                     unanswered.len()
                 );
             }
-            for message in unanswered {
-                router.handle(message);
-            }
+            router.resume(unanswered);
         }
         Err(e) => tracing::error!("cannot read unanswered messages: {e}"),
     }
@@ -215,8 +274,14 @@ async fn serve(path: &Path, config: Config, setup: Setup, runner: Option<MakeRun
         health.clone(),
         store.clone(),
         poll_stop.clone(),
-        move |message| router.handle(message),
-        move |press| desk.on_callback(press),
+        poller::Handlers {
+            classify: {
+                let settings = settings.clone();
+                move |message: &mut _| chats::classify(&settings, message)
+            },
+            deliver: move |message| router.handle(message),
+            pressed: move |press| desk.on_callback(press),
+        },
     ));
     // Ready once local start-up is done: a pool's first worker has had its try (bounded,
     // so a broken worker binary does not hold start-up hostage). Telegram is not waited
@@ -251,17 +316,20 @@ async fn serve(path: &Path, config: Config, setup: Setup, runner: Option<MakeRun
         "received {stop_reason}: stopping; jobs in flight get {} s to finish",
         drain.as_secs()
     );
+    let drain_ends = Instant::now() + drain;
     poll_stop.cancel();
     shutdown.stop_taking.cancel();
     if let Err(e) = poller.await {
         tracing::error!("poller task ended abnormally: {e}");
     }
     tasks.close();
+    let mut hurry = false;
     let drained = tokio::select! {
         _ = tasks.wait() => true,
-        _ = tokio::time::sleep(drain) => false,
+        _ = tokio::time::sleep_until(drain_ends.into()) => false,
         Some(signal) = next_stop(&mut signals) => {
             tracing::info!("received {signal} again: cancelling jobs now");
+            hurry = true;
             false
         }
     };
@@ -272,6 +340,25 @@ async fn serve(path: &Path, config: Config, setup: Setup, runner: Option<MakeRun
             tracing::warn!("some tasks did not finish within {bound:?}; exiting anyway");
         }
     }
+    // What the jobs said on their way out (answers, "restarting" notices) goes now, in
+    // what is left of the drain (a moment at least); what Telegram does not take by then
+    // stays in the outbox for the next run.
+    outbox_tasks.close();
+    if !hurry {
+        let flush = drain_ends
+            .saturating_duration_since(Instant::now())
+            .max(OUTBOX_FLUSH_MIN);
+        let flushed = tokio::select! {
+            _ = outbox_tasks.wait() => true,
+            _ = tokio::time::sleep(flush) => false,
+            Some(_) = next_stop(&mut signals) => false,
+        };
+        if !flushed {
+            tracing::warn!("replies not yet delivered stay in the outbox for the next run");
+        }
+    }
+    outbox_stop.cancel();
+    outbox_tasks.wait().await;
     shutdown.abort.cancel();
     publisher_stop.cancel();
     let _ = publisher.await;
@@ -320,6 +407,12 @@ fn reload(
 
 /// How long start-up waits for a pool's first worker before declaring itself ready.
 const FIRST_WORKER_WAIT: Duration = Duration::from_secs(10);
+/// A `getUpdates` request may take this much longer than its long poll before it counts
+/// as lost.
+const POLL_MARGIN: Duration = Duration::from_secs(15);
+/// At a stop, the outbox gets at least this long to send what the jobs said on their way
+/// out, even when the drain used up its time.
+const OUTBOX_FLUSH_MIN: Duration = Duration::from_secs(1);
 
 /// The next stop signal; reload signals are ignored here, as are descendants' signals.
 async fn next_stop(

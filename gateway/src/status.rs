@@ -437,6 +437,7 @@ fn print_status(s: &Snapshot, reasons: &[String]) {
             failed.join(", ")
         }
     );
+    println!("  outbox: {}", describe_outbox(&s.outbox));
     if let Some(record) = &s.previous_shutdown {
         println!(
             "  previous run: {} at {}",
@@ -459,6 +460,18 @@ fn print_status(s: &Snapshot, reasons: &[String]) {
         }
         None => println!("  tool sandbox: not probed yet"),
     }
+}
+
+/// `3 waiting, oldest 12 s; 1 refused, 0 expired`.
+fn describe_outbox(o: &crate::health::OutboxStatus) -> String {
+    let waiting = match o.oldest_age_secs {
+        Some(age) if o.depth > 0 => format!("{} waiting, oldest {age} s", o.depth),
+        _ => "empty".to_string(),
+    };
+    format!(
+        "{waiting}; {} refused by Telegram, {} expired",
+        o.refused, o.expired
+    )
 }
 
 /// The pid is alive and is a hermes-gateway (not a process that reused the pid).

@@ -56,6 +56,10 @@ const NOT_MODIFIED: &str = "Bad Request: message is not modified: specified new 
 
 const CONFLICT: &str = "Conflict: terminated by other getUpdates request; make sure that only one bot instance is running";
 
+const WEBHOOK_CONFLICT: &str = "Conflict: can't use getUpdates method while webhook is active; use deleteWebhook to delete the webhook first";
+
+const MIGRATED: &str = "Bad Request: group chat was upgraded to a supergroup chat";
+
 /// Update kinds a bot gets when it never set `allowed_updates` or set an empty list
 /// (Bot API, `getUpdates`): every kind but these.
 const NOT_BY_DEFAULT: [&str; 3] = ["chat_member", "message_reaction", "message_reaction_count"];
@@ -125,6 +129,9 @@ pub enum SendFault {
     Hang,
     /// Reset the connection (the message is not delivered).
     Reset,
+    /// The group became a supergroup with this id: 400 with
+    /// `parameters.migrate_to_chat_id`.
+    Migrated(i64),
 }
 
 impl SendFault {
@@ -135,6 +142,14 @@ impl SendFault {
             description:
                 "Bad Request: can't parse entities: Unsupported start tag \"foo\" at byte offset 0"
                     .into(),
+        }
+    }
+
+    /// An error page of Telegram's own, in its JSON form (5xx).
+    pub fn server_error() -> Self {
+        SendFault::Status {
+            status: 500,
+            description: "Internal Server Error".into(),
         }
     }
 
@@ -238,6 +253,8 @@ pub enum PollOutcome {
     Stalled,
     /// Ended with 409 because a newer `getUpdates` arrived while this one waited.
     Conflict,
+    /// Refused with 409 because a webhook is set.
+    Webhook,
 }
 
 /// One `getUpdates` request, logged when it arrives.
@@ -321,6 +338,16 @@ struct Inner {
     presses: HashMap<String, bool>,
     answers: Vec<CallbackAnswer>,
     last_query_id: u64,
+    /// While set, every send and edit fails with it.
+    every_send_fails: Option<SendFault>,
+    /// Chats whose user blocked the bot: 403 to every send there.
+    blocked: HashSet<i64>,
+    /// Groups that became supergroups: old id to new.
+    migrated: HashMap<i64, i64>,
+    /// The webhook set on the token, if any: `getUpdates` then answers 409.
+    webhook: Option<String>,
+    /// How many entries of `sent` each chat has: waits per chat stay O(1).
+    sent_per_chat: HashMap<i64, usize>,
 }
 
 impl FakeTelegram {
@@ -489,6 +516,46 @@ impl FakeTelegram {
         self.state.lock().edit_faults.push_back(fault);
     }
 
+    /// From now on (until `None`), every `sendMessage` and `editMessageText` fails with
+    /// `fault`: Telegram failing on the way out for a while.
+    pub fn fail_every_send(&self, fault: Option<SendFault>) {
+        self.state.lock().every_send_fails = fault;
+        self.state.bump();
+    }
+
+    /// The user of private chat `chat_id` blocks the bot: every send there is refused with
+    /// 403, as Telegram does.
+    pub fn block_chat(&self, chat_id: i64) {
+        self.state.lock().blocked.insert(chat_id);
+    }
+
+    /// Group `old` becomes supergroup `new`: sends to `old` are refused with
+    /// `migrate_to_chat_id`, and its messages come from `new` from now on.
+    pub fn migrate_chat(&self, old: i64, new: i64) {
+        let mut g = self.state.lock();
+        g.migrated.insert(old, new);
+        let chat = json!({"id": new, "type": "supergroup", "title": "Test group"});
+        g.chats.insert(new, chat);
+    }
+
+    /// The user deletes message `message_id` of chat `chat_id`: editing it fails from now
+    /// on ("message to edit not found").
+    pub fn delete_message(&self, chat_id: i64, message_id: i64) {
+        self.state.lock().texts.remove(&(chat_id, message_id));
+    }
+
+    /// Sets a webhook on the token, as another framework using it would: `getUpdates`
+    /// answers 409 until it is deleted, and a long poll waiting now ends with that 409.
+    pub fn set_webhook(&self, url: &str) {
+        self.state.lock().webhook = Some(url.to_string());
+        self.state.bump();
+    }
+
+    /// The webhook set on the token.
+    pub fn webhook(&self) -> Option<String> {
+        self.state.lock().webhook.clone()
+    }
+
     /// Apply flood control from now on (`FloodLimits::default()` turns it off again).
     pub fn set_flood_limits(&self, limits: FloodLimits) {
         self.state.lock().flood = limits;
@@ -625,6 +692,28 @@ impl FakeTelegram {
             })
             .await;
         self.sent_to(chat_id)
+    }
+
+    /// How many messages were delivered to `chat_id` (sends and edits); O(1).
+    pub fn sent_count(&self, chat_id: i64) -> usize {
+        self.state
+            .lock()
+            .sent_per_chat
+            .get(&chat_id)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Waits until at least `n` messages were delivered to `chat_id` (sends and edits, as
+    /// [`FakeTelegram::wait_for_chat_messages`] counts them); O(1) per check, for
+    /// benchmarks whose many chats wait at once. Returns the count by then.
+    pub async fn wait_for_chat_count(&self, chat_id: i64, n: usize, timeout: Duration) -> usize {
+        self.state
+            .wait_until(timeout, |g| {
+                (g.sent_per_chat.get(&chat_id).copied().unwrap_or(0) >= n).then_some(())
+            })
+            .await;
+        self.sent_count(chat_id)
     }
 
     /// Waits until at least `n` messages were sent in all chats together; O(1) per check,
@@ -769,7 +858,16 @@ impl State {
                 ok(json!(true))
             }
             "sendchataction" => chat_action(&params),
-            "deletewebhook" => ok(json!(true)),
+            "setwebhook" => self.set_webhook_call(&params),
+            "deletewebhook" => self.delete_webhook(&params),
+            "getwebhookinfo" => {
+                let g = self.lock();
+                ok(json!({
+                    "url": g.webhook.clone().unwrap_or_default(),
+                    "has_custom_certificate": false,
+                    "pending_update_count": g.pending.len(),
+                }))
+            }
             _ => not_found(),
         }
     }
@@ -810,6 +908,9 @@ impl State {
             let early = if let Some(fault) = g.poll_faults.pop_front() {
                 g.polls[index].outcome = PollOutcome::Fault(fault.clone());
                 Some(poll_fault_response(fault))
+            } else if g.webhook.is_some() {
+                g.polls[index].outcome = PollOutcome::Webhook;
+                Some(api_error(409, WEBHOOK_CONFLICT, None))
             } else if g.stalled {
                 g.polls[index].outcome = PollOutcome::Stalled;
                 Some(Response::Hang)
@@ -866,6 +967,10 @@ impl State {
                     g.polls[index].outcome = PollOutcome::Stalled;
                     return Response::Hang;
                 }
+                if g.webhook.is_some() {
+                    g.polls[index].outcome = PollOutcome::Webhook;
+                    return api_error(409, WEBHOOK_CONFLICT, None);
+                }
                 let batch: Vec<Value> = g
                     .pending
                     .iter()
@@ -911,7 +1016,10 @@ impl State {
             None if chat_id.is_none() => {
                 Err(SendFault::bad_request("Bad Request: chat_id is empty"))
             }
-            None => g.check_text(METHOD, chat_id.unwrap_or_default(), &text, &parse_mode),
+            None => match g.chat_refuses(chat_id.unwrap_or_default()) {
+                Some(fault) => Err(fault),
+                None => g.check_text(METHOD, chat_id.unwrap_or_default(), &text, &parse_mode),
+            },
         };
         let shown = shown.and_then(|shown| keyboard.clone().map(|_| shown));
         let keyboard = keyboard.unwrap_or_default();
@@ -941,6 +1049,7 @@ impl State {
             g.keyboards.insert((chat_id, message_id), markup.clone());
         }
         g.texts.insert((chat_id, message_id), (text.clone(), shown));
+        *g.sent_per_chat.entry(chat_id).or_default() += 1;
         g.sent.push(SentMessage {
             method: METHOD.to_string(),
             chat_id,
@@ -977,7 +1086,10 @@ impl State {
         // The Bot API parses the new text before it looks for the message.
         let shown = match g.edit_faults.pop_front() {
             Some(fault) => Err(fault),
-            None => g.check_text(METHOD, chat_id, &text, &parse_mode),
+            None => match g.chat_refuses(chat_id) {
+                Some(fault) => Err(fault),
+                None => g.check_text(METHOD, chat_id, &text, &parse_mode),
+            },
         };
         let shown = shown.and_then(|shown| keyboard.clone().map(|_| shown));
         let keyboard = keyboard.unwrap_or_default();
@@ -1006,6 +1118,7 @@ impl State {
             Ok(shown) => shown,
             Err(fault) => return self.refuse(g, METHOD, chat_id, text, parse_mode, fault),
         };
+        *g.sent_per_chat.entry(chat_id).or_default() += 1;
         g.sent.push(SentMessage {
             method: METHOD.to_string(),
             chat_id,
@@ -1041,6 +1154,43 @@ impl State {
             edited["reply_markup"] = markup;
         }
         ok(edited)
+    }
+
+    /// `setWebhook`: an https URL, as Telegram requires.
+    fn set_webhook_call(&self, params: &Value) -> Response {
+        let url = params.get("url").and_then(Value::as_str).unwrap_or("");
+        if url.is_empty() {
+            self.lock().webhook = None;
+            return ok(json!(true));
+        }
+        if !url.starts_with("https://") {
+            return api_error(
+                400,
+                "Bad Request: bad webhook: HTTPS url must be provided for webhook",
+                None,
+            );
+        }
+        self.lock().webhook = Some(url.to_string());
+        self.bump();
+        ok(json!(true))
+    }
+
+    /// `deleteWebhook`, dropping the updates Telegram holds only when asked to.
+    fn delete_webhook(&self, params: &Value) -> Response {
+        let drop_pending = matches!(params.get("drop_pending_updates"), Some(Value::Bool(true)))
+            || params.get("drop_pending_updates").and_then(Value::as_str) == Some("true");
+        let mut g = self.lock();
+        g.webhook = None;
+        if drop_pending {
+            let last = g.pending.back().map(|(id, _)| *id);
+            g.pending.clear();
+            if let Some(last) = last {
+                g.acked_up_to = g.acked_up_to.max(last);
+            }
+        }
+        drop(g);
+        self.bump();
+        ok(json!(true))
     }
 
     /// `setMyCommands`, with the Bot API's rules for a command (1-32 lowercase letters,
@@ -1099,6 +1249,9 @@ impl State {
         self.bump();
         match fault {
             SendFault::RetryAfter(secs) => Response::json(429, &retry_after_body(secs)),
+            SendFault::Migrated(to) => {
+                api_error(400, MIGRATED, Some(json!({"migrate_to_chat_id": to})))
+            }
             SendFault::Status {
                 status,
                 description,
@@ -1126,6 +1279,20 @@ impl Drop for LongPollGuard<'_> {
 }
 
 impl Inner {
+    /// Why a send or edit in `chat_id` fails whatever its text, if it does: Telegram
+    /// failing everything, the bot blocked there, the group moved.
+    fn chat_refuses(&self, chat_id: i64) -> Option<SendFault> {
+        if let Some(fault) = &self.every_send_fails {
+            return Some(fault.clone());
+        }
+        if self.blocked.contains(&chat_id) {
+            return Some(SendFault::blocked());
+        }
+        self.migrated
+            .get(&chat_id)
+            .map(|to| SendFault::Migrated(*to))
+    }
+
     /// Apply a `getUpdates` offset: Telegram forgets every update below a positive offset,
     /// and all but the last `-offset` updates for a negative one.
     fn acknowledge(&mut self, offset: i64) {

@@ -332,10 +332,19 @@ impl Gateway {
         self.pid
     }
 
-    /// Kills this gateway (if still running) and hands back its directory, so a next run
-    /// can start on the same state.
+    /// Kills this gateway (if still running), waits until it is gone (a next run would
+    /// find the state directory's lock still held), and hands back its directory, so a
+    /// next run can start on the same state.
     pub fn into_dir(mut self) -> tempfile::TempDir {
         let _ = self.child.start_kill();
+        let until = Instant::now() + PATIENCE;
+        while self.exited.is_none() && Instant::now() < until {
+            match self.child.try_wait() {
+                Ok(Some(status)) => self.exited = Some(status),
+                Ok(None) => std::thread::sleep(Duration::from_millis(5)),
+                Err(_) => break,
+            }
+        }
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
         std::mem::replace(&mut self.dir, dir)
     }

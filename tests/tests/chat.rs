@@ -139,8 +139,9 @@ async fn a_job_carries_the_system_prompt_and_the_last_turns(mode: WorkerMode) {
     }
 }
 
-/// One job at a time per chat, in arrival order; `max_queued_per_chat` may wait behind it;
-/// one more is told to wait.
+/// One job at a time per chat, in arrival order; `max_queued_per_chat` messages may wait
+/// behind it, and are asked together as the next turn; one more is refused with a reply
+/// saying it was not processed, and is done (never answered later).
 async fn a_chat_answers_in_order_and_asks_to_wait_beyond_its_queue(mode: WorkerMode) {
     let rig = Rig::start(mode, |o| o.max_queued_per_chat = Some(2)).await;
     rig.provider.push_for(
@@ -152,18 +153,31 @@ async fn a_chat_answers_in_order_and_asks_to_wait_beyond_its_queue(mode: WorkerM
     for text in ["second", "third", "fourth"] {
         rig.telegram.send_text(USER, USER, text);
     }
-    let replies = rig.telegram.wait_for_chat_messages(USER, 4, PATIENCE).await;
+    let replies = rig.telegram.wait_for_chat_messages(USER, 3, PATIENCE).await;
     let texts: Vec<&str> = replies.iter().map(|m| m.text.as_str()).collect();
-    assert!(
-        texts[0].contains("still working on your earlier messages"),
-        "{texts:?}"
-    );
-    assert_eq!(texts[1..], ["echo: first", "echo: second", "echo: third"]);
+    assert!(texts[0].contains("did not process this one"), "{texts:?}");
+    assert_eq!(texts[1..], ["echo: first", "echo: second\nthird"]);
     assert_eq!(
         rig.provider.request_count(),
-        3,
-        "the fourth reached no provider"
+        2,
+        "the waiting two were one turn; the fourth reached no provider"
     );
+    // Refused is done: a restart does not answer it.
+    let mut rig = rig;
+    rig.gateway.signal(Signal::SIGTERM);
+    assert!(rig.gateway.wait_exit(PATIENCE).await.is_some());
+    let options = options_like(&rig, mode);
+    let Rig {
+        telegram,
+        provider,
+        gateway,
+        ..
+    } = rig;
+    let _restarted = Gateway::start_in(gateway.into_dir(), &options, &telegram.api_url());
+    telegram.send_text(USER, USER, "fifth");
+    let replies = telegram.wait_for_chat_messages(USER, 4, PATIENCE).await;
+    assert_eq!(replies[3].text, "echo: fifth");
+    assert_eq!(provider.request_count(), 3);
 }
 
 async fn typing_shows_while_a_job_runs(mode: WorkerMode) {

@@ -13,6 +13,7 @@ hermes_tests::both_modes!(
     new_starts_a_fresh_conversation,
     retry_asks_the_last_message_again,
     stop_kills_the_job_in_flight_and_answers_once,
+    stop_ends_the_messages_waiting_behind_the_job_too,
     stop_with_nothing_running_says_so,
     stop_for_a_job_still_waiting_for_a_worker_answers_at_once,
     model_shows_the_chat_s_provider_and_admins_switch_it,
@@ -113,6 +114,40 @@ async fn stop_kills_the_job_in_flight_and_answers_once(mode: WorkerMode) {
     );
     assert!(rig.gateway.log().contains("stopped by /stop"));
     rig.assert_still_serving().await;
+}
+
+/// `/stop` ends the job in flight and the messages that waited behind it: one reply for
+/// all of them, none of them asked later.
+async fn stop_ends_the_messages_waiting_behind_the_job_too(mode: WorkerMode) {
+    let rig = Rig::start(mode, |o| o.job_timeout_secs = 60).await;
+    rig.provider.push(ProviderReply::Hang);
+    rig.telegram.send_text(USER, USER, "a long one");
+    assert!(rig.provider.wait_for_requests(1, PATIENCE).await);
+    rig.telegram.send_text(USER, USER, "and another");
+    rig.telegram.send_text(USER, USER, "and a third");
+    // Both stored before the /stop.
+    assert!(
+        eventually(PATIENCE, || stored_replies(&rig).len() == 3).await,
+        "{:?}",
+        stored_replies(&rig)
+    );
+    let reply = rig.ask("/stop").await;
+    assert!(reply.text.contains("Stopped"), "{}", reply.text);
+    let answered = stored_replies(&rig);
+    assert_eq!(answered.len(), 4, "{answered:?}");
+    assert!(
+        answered
+            .iter()
+            .all(|(_, r)| r.as_deref().is_some_and(|r| r.contains("Stopped"))),
+        "{answered:?}"
+    );
+    assert_eq!(rig.ask("fresh").await.text, "echo: fresh");
+    assert_eq!(
+        rig.provider.request_count(),
+        2,
+        "the waiting ones were never asked"
+    );
+    assert_eq!(rig.telegram.sent_to(USER).len(), 2);
 }
 
 async fn stop_with_nothing_running_says_so(mode: WorkerMode) {

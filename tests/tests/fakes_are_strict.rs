@@ -94,8 +94,10 @@ async fn markdown_of_every_kind_reaches_the_chat_as_html_telegram_accepts() {
         rig.provider
             .push_for(&question, ProviderReply::Text(sample.clone()));
         rig.telegram.send_text(USER, USER, &question);
-        // A chat is answered in order, so once the echo of a second question is there,
-        // every message of the sample's answer is too.
+        // Asked alone (messages that wait together are one turn), then a second
+        // question: a chat is answered in order, so once its echo is there, every
+        // message of the sample's answer is too.
+        assert!(rig.provider.wait_for_requests(2 * i + 1, PATIENCE).await);
         let ping = format!("ping {i}");
         rig.telegram.send_text(USER, USER, &ping);
         let echo = format!("echo: {ping}");

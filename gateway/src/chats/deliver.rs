@@ -1,7 +1,9 @@
 //! From a running job to the chat and the store. While the job runs, "typing…" and the
-//! answer as it grows ([`LiveReply`]); when it ends, the one final reply in its place (the
-//! answer, or the words for its failure), then the message marked answered in the store,
-//! with the exchange added to the conversation, so it is answered once.
+//! answer as it grows ([`LiveReply`], best effort); when it ends, the one final reply in
+//! its place (the answer, or the words for its failure), committed to the outbox together
+//! with everything it settles: the messages it answers, and a model's answer added to the
+//! conversation. So each message is answered once, and the answer is as durable as the
+//! question.
 
 use std::future::Future;
 use std::time::{Duration, Instant};
@@ -14,10 +16,13 @@ use tokio_util::sync::CancellationToken;
 use super::{Inner, JobContext, Request};
 use crate::clock::sleep_until;
 use crate::jobs::ApprovalAsk;
+use crate::outbox::Reply;
 use crate::replies;
 use crate::store::Exchange;
-use crate::telegram::live::LiveReply;
-use crate::telegram::sender::Sender;
+use crate::telegram::format;
+use crate::telegram::live::{LiveReply, bounded_answer};
+use crate::telegram::sender::{Sender, plain_pieces};
+use crate::telegram::split::MESSAGE_LIMIT;
 
 /// How often "typing…" is renewed while a job runs (Telegram shows it for ~5 s).
 const TYPING_EVERY: Duration = Duration::from_secs(4);
@@ -31,7 +36,7 @@ const SETTLE_BOUND: Duration = Duration::from_secs(30);
 
 /// What a running job sends its chat: progress, and tool calls to approve.
 pub struct Incoming {
-    pub events: mpsc::UnboundedReceiver<Event>,
+    pub events: mpsc::Receiver<Event>,
     pub approvals: mpsc::UnboundedReceiver<ApprovalAsk>,
 }
 
@@ -94,73 +99,130 @@ pub async fn follow(
     (outcome, fallbacks)
 }
 
-/// The one final reply for `outcome`, in place of the preview, and the store told: the
-/// message (and any `/stop` that came for it, `stop_requests`) answered, a model's answer
-/// added to the conversation.
-pub async fn deliver(
+/// Commits and sends the one final reply for `outcome`, in place of the preview: the
+/// turn's messages (and any `/stop` that came for it, `stop_requests`) answered, a
+/// model's answer added to the conversation. True when the job was cut short by the
+/// gateway stopping: its messages stay waiting for the next run, and the chat was told.
+pub fn deliver(
     inner: &Inner,
     request: Request,
     outcome: Outcome,
     live: LiveReply,
     stop_requests: Vec<i64>,
     started: Instant,
-) {
+) -> bool {
     let Request {
         id,
         chat,
-        update_id,
+        rows,
         user_id,
         text,
     } = request;
+    let outbox = &inner.ctx.outbox;
     let elapsed_ms = started.elapsed().as_millis();
+    let edit = live.final_edit();
+    // Store errors are logged by the outbox, which still sends the reply.
     match outcome {
         Outcome::Reply(reply) => {
             tracing::info!(job_id = %id, chat_id = chat, user_id, provider = %reply.provider, elapsed_ms, "answered");
             let shown = if reply.text.trim().is_empty() {
                 replies::EMPTY_ANSWER.to_string()
             } else {
-                reply.text.clone()
+                bounded_answer(reply.text.clone())
             };
-            live.finish_markdown(&shown).await;
-            let transcript = if reply.transcript.is_empty() {
-                vec![ChatMessage::new(Role::Assistant, reply.text)]
+            let mut transcript = if reply.transcript.is_empty() {
+                vec![ChatMessage::new(Role::Assistant, reply.text.clone())]
             } else {
                 reply.transcript
             };
+            // The conversation keeps what the user was shown.
+            if let Some(last) = transcript.last_mut()
+                && last.role == Role::Assistant
+                && last.content == reply.text
+            {
+                last.content = bounded_answer(std::mem::take(&mut last.content));
+            }
             let exchange = Exchange {
                 chat_id: chat,
-                question: text,
+                question: text.clone(),
                 transcript,
                 provider: reply.provider,
                 model: reply.model,
             };
-            inner.finish(update_id, &shown, Some(&exchange));
+            let _ = outbox.send(Reply {
+                chat,
+                answers: &rows,
+                text: &shown,
+                pieces: format::render(&shown, MESSAGE_LIMIT),
+                edit,
+                exchange: Some(&exchange),
+                question: Some(&text),
+            });
         }
         Outcome::Failed(Failure::Cancelled {
             reason: CancelReason::ByUser,
         }) => {
             tracing::info!(job_id = %id, chat_id = chat, user_id, elapsed_ms, "stopped by /stop");
-            live.finish_plain(replies::STOPPED).await;
-            inner.done(update_id, replies::STOPPED);
-            for stop_update in &stop_requests {
-                inner.done(*stop_update, replies::STOPPED);
-            }
-            return;
+            // One reply for the job's messages, the /stops, and what waited behind it.
+            let through = stop_requests.iter().copied().max().unwrap_or(i64::MAX);
+            let waiting = inner.ctx.store.waiting(chat, through).unwrap_or_else(|e| {
+                tracing::error!(chat_id = chat, "cannot read the waiting messages: {e}");
+                Vec::new()
+            });
+            inner.no_longer_waiting(chat, waiting.len());
+            let mut answers = rows;
+            answers.extend(stop_requests);
+            answers.extend(waiting);
+            let _ = outbox.send(Reply {
+                chat,
+                answers: &answers,
+                text: replies::STOPPED,
+                pieces: plain_pieces(replies::STOPPED),
+                edit,
+                exchange: None,
+                question: Some(&text),
+            });
+            return false;
+        }
+        Outcome::Failed(failure @ Failure::Cancelled { .. }) => {
+            tracing::warn!(job_id = %id, chat_id = chat, user_id, elapsed_ms, "failed: {failure}");
+            // Cut short by the gateway stopping: the messages stay waiting, answered by
+            // the next run; the chat is told so, and the reply answers nothing.
+            let notice = replies::failure_text(&failure);
+            let _ = outbox.send(Reply {
+                chat,
+                answers: &[],
+                text: &notice,
+                pieces: plain_pieces(&notice),
+                edit,
+                exchange: None,
+                question: None,
+            });
+            answer_late_stops(inner, chat, stop_requests);
+            return true;
         }
         Outcome::Failed(failure) => {
             tracing::warn!(job_id = %id, chat_id = chat, user_id, class = %failure.class(), elapsed_ms, "failed: {failure}");
             let reply = replies::failure_text(&failure);
-            live.finish_plain(&reply).await;
-            // A job cancelled by a stop stays in the inbox: the next run answers it.
-            if !matches!(failure, Failure::Cancelled { .. }) {
-                inner.done(update_id, &reply);
-            }
+            let _ = outbox.send(Reply {
+                chat,
+                answers: &rows,
+                text: &reply,
+                pieces: plain_pieces(&reply),
+                edit,
+                exchange: None,
+                question: Some(&text),
+            });
         }
     }
-    // A /stop that lost the race against the answer still gets its one reply.
+    answer_late_stops(inner, chat, stop_requests);
+    false
+}
+
+/// A /stop that lost the race against the answer still gets its one reply.
+fn answer_late_stops(inner: &Inner, chat: i64, stop_requests: Vec<i64>) {
     for stop_update in stop_requests {
-        inner.ctx.sender.send_text(chat, replies::TOO_LATE).await;
-        inner.done(stop_update, replies::TOO_LATE);
+        inner.reply(chat, &[stop_update], replies::TOO_LATE);
     }
 }
 

@@ -1,15 +1,23 @@
-//! From a Telegram update to a reply in the chat.
+//! From a stored message to its one reply.
 //!
-//! Each chat is served by its own task, one job at a time and in arrival order, so a
+//! Each chat is served by its own task, one turn at a time and in arrival order, so a
 //! conversation never answers out of order while many chats run side by side (as many as
-//! the supervisor has slots). Messages arriving while a chat's job runs wait in a bounded
-//! queue; beyond it the sender is asked to wait. A chat task ends after a quiet minute.
-//! `/stop` does not queue: it cancels the job in flight the moment it arrives.
+//! the supervisor has slots). A turn is everything the chat's people wrote since the last
+//! one began, asked as one question: several messages sent in a row are one thought, and
+//! the model reads them together. The messages wait in the store's inbox, not in memory,
+//! so a restart finds them there and asks them as one turn too. Beyond
+//! `telegram.max_queued_per_chat` waiting messages a new one is refused with a reply that
+//! says it was not processed. A chat task ends after a quiet minute. `/stop` does not wait
+//! for a turn: it ends the job in flight, and the messages waiting behind it, the moment
+//! it arrives.
 //!
-//! Whatever the job's outcome, the chat gets exactly one reply: the answer, or the
-//! plain-language text for the failure (see [`crate::replies`]). A message becomes a job
-//! in [`prepare`] and the job's progress and outcome reach the chat and the store in
-//! [`deliver`]; a command runs in [`crate::commands`].
+//! Whatever a turn's outcome, its messages get exactly one reply: the answer, or the
+//! plain-language text for the failure (see [`crate::replies`]), committed to the outbox
+//! ([`crate::outbox`]) with everything it settles before any of it is sent. A message
+//! becomes a job in [`prepare`] and the job's progress and outcome reach the chat and the
+//! store in [`deliver`]; a command runs in [`crate::commands`]. A message whose jobs keep
+//! dying with the gateway (or its worker) is given up after [`MAX_ATTEMPTS`] starts, with
+//! an apology, so it cannot take every restart down with it.
 
 mod deliver;
 mod prepare;
@@ -20,8 +28,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use hermes_protocol::{JobId, Outcome};
-use tokio::sync::mpsc;
-use tokio::sync::mpsc::error::TrySendError;
+use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -31,14 +38,20 @@ use crate::commands::stop::{InFlight, Stopping};
 use crate::commands::{self, Command};
 use crate::health::Health;
 use crate::jobs::{JobLink, JobRunner};
+use crate::outbox::{Outbox, Reply};
 use crate::replies;
 use crate::settings::LiveSettings;
-use crate::store::{Exchange, Pending, Store};
+use crate::store::{Kind, Pending, Store, Taken};
 use crate::telegram::live::LiveReply;
-use crate::telegram::sender::Sender;
+use crate::telegram::sender::{Sender, plain_pieces};
 
 /// A chat task with nothing to do for this long ends; the next message starts a new one.
 const CHAT_IDLE: Duration = Duration::from_secs(60);
+/// A message whose job was started this many times without an answer is given up.
+pub const MAX_ATTEMPTS: u32 = 3;
+/// Events of one job that may wait between its worker and its chat: the worker's stream
+/// waits (the socket fills) rather than the gateway's memory.
+const EVENTS_BOUND: usize = 64;
 
 /// What the chats need to build and run a job.
 pub struct JobContext {
@@ -46,6 +59,7 @@ pub struct JobContext {
     pub health: Arc<Health>,
     pub circuits: Arc<Circuits>,
     pub sender: Sender,
+    pub outbox: Outbox,
     pub settings: LiveSettings,
     pub store: Arc<Store>,
     /// Turns of history sent with each job.
@@ -54,13 +68,17 @@ pub struct JobContext {
     pub desk: Desk,
 }
 
-/// A chat task stops waiting for messages: idle too long, or the gateway is stopping.
-struct ChatEnds;
-
-impl From<tokio::time::error::Elapsed> for ChatEnds {
-    fn from(_: tokio::time::error::Elapsed) -> Self {
-        ChatEnds
-    }
+/// Decides what a message is before it is stored: a stranger's (its text is not kept), a
+/// `/stop`, or a message for the chat's turns.
+pub fn classify(settings: &LiveSettings, message: &mut Pending) {
+    message.kind = if !settings.get().allowed.contains(&message.user_id) {
+        message.text.clear();
+        Kind::Stranger
+    } else if commands::parse(&message.text) == Some(Command::Stop) {
+        Kind::Stop
+    } else {
+        Kind::Message
+    };
 }
 
 #[derive(Clone)]
@@ -70,17 +88,20 @@ pub struct ChatRouter {
 
 /// One chat's task, as the router reaches it.
 struct ChatEntry {
-    queue: mpsc::Sender<Pending>,
+    wake: Arc<Notify>,
     in_flight: Arc<InFlight>,
+    /// Messages that arrived in this run and were not taken into a turn yet.
+    waiting: usize,
 }
 
-/// One message on its way to becoming a job.
+/// One turn on its way to becoming a job.
 pub struct Request {
     pub id: JobId,
     pub chat: i64,
-    pub update_id: i64,
+    /// The inbox rows the turn answers.
+    pub rows: Vec<i64>,
     pub user_id: u64,
-    /// What the model is asked: the message, or the earlier one for `/retry`.
+    /// What the model is asked: the turn's messages, or the earlier question for `/retry`.
     pub text: String,
 }
 
@@ -90,30 +111,34 @@ struct Inner {
     queue_capacity: usize,
     next_job: AtomicU64,
     tasks: TaskTracker,
-    /// Cancelled when the gateway stops: chat tasks then answer what they hold and end.
+    /// Cancelled when the gateway stops: chat tasks take no further turn and end.
     closing: CancellationToken,
 }
 
 impl Inner {
-    /// Marks a stored message answered; failing that, it is answered again after a restart.
-    fn done(&self, update_id: i64, reply: &str) {
-        self.finish(update_id, reply, None);
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<i64, ChatEntry>> {
+        self.chats.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn finish(&self, update_id: i64, reply: &str, exchange: Option<&Exchange>) {
-        if let Err(e) = self.ctx.store.finish(update_id, reply, exchange) {
-            tracing::warn!(update_id, "cannot mark the message answered: {e}");
-        }
-    }
-
-    /// Replies with the gateway's own words and marks `update_id` answered, off the
-    /// caller's task.
-    fn reply_later(self: &Arc<Self>, chat: i64, update_id: i64, text: String) {
-        let inner = self.clone();
-        self.tasks.spawn(async move {
-            inner.ctx.sender.send_text(chat, &text).await;
-            inner.done(update_id, &text);
+    /// Commits the gateway's own words as the reply to `answers` and sends them.
+    fn reply(&self, chat: i64, answers: &[i64], text: &str) {
+        // A store error is logged where it happens; the reply still goes out.
+        let _ = self.ctx.outbox.send(Reply {
+            chat,
+            answers,
+            text,
+            pieces: plain_pieces(text),
+            edit: None,
+            exchange: None,
+            question: None,
         });
+    }
+
+    /// `count` of the chat's waiting messages were answered or taken.
+    fn no_longer_waiting(&self, chat: i64, count: usize) {
+        if let Some(entry) = self.lock().get_mut(&chat) {
+            entry.waiting = entry.waiting.saturating_sub(count);
+        }
     }
 }
 
@@ -136,35 +161,83 @@ impl ChatRouter {
         }
     }
 
-    /// Takes one stored message (from the poller, or left unanswered by the previous
-    /// run). Never blocks: jobs run in chat tasks.
+    /// Takes one message just stored by the poller. Never blocks: jobs run in chat tasks.
     pub fn handle(&self, message: Pending) {
         let chat = message.chat_id;
-        let user_id = message.user_id;
-        if !self.inner.ctx.settings.get().allowed.contains(&user_id) {
-            tracing::info!(
-                chat_id = chat,
-                user_id,
-                "message from a user not in telegram.allowed_users"
-            );
-            self.inner
-                .reply_later(chat, message.update_id, replies::stranger_text(user_id));
-            return;
+        match message.kind {
+            Kind::Stranger => {
+                tracing::info!(
+                    chat_id = chat,
+                    user_id = message.user_id,
+                    "message from a user not in telegram.allowed_users"
+                );
+                self.inner.reply(
+                    chat,
+                    &[message.update_id],
+                    &replies::stranger_text(message.user_id),
+                );
+            }
+            Kind::Stop => self.stop(chat, message.update_id),
+            Kind::Message => self.arrived(chat, message.update_id),
         }
-        if commands::parse(&message.text) == Some(Command::Stop) {
-            self.stop(chat, message.update_id);
-            return;
-        }
-        self.enqueue(chat, message);
     }
 
-    /// `/stop`: the job's own task answers once the job's processes are gone.
+    /// Takes up what the previous run left: `unanswered` messages, oldest first. Each
+    /// chat's waiting messages become its next turn (however many; none is refused).
+    pub fn resume(&self, unanswered: Vec<Pending>) {
+        for message in unanswered {
+            match message.kind {
+                Kind::Message => self.wake(message.chat_id, false),
+                Kind::Stop | Kind::Stranger => self.handle(message),
+            }
+        }
+    }
+
+    fn arrived(&self, chat: i64, update_id: i64) {
+        let full = self
+            .inner
+            .lock()
+            .get(&chat)
+            .is_some_and(|entry| entry.waiting >= self.inner.queue_capacity);
+        if full {
+            tracing::info!(chat_id = chat, "too many messages waiting; refusing one");
+            self.inner.reply(chat, &[update_id], replies::QUEUE_FULL);
+            return;
+        }
+        self.wake(chat, true);
+    }
+
+    /// Makes sure the chat's task runs and looks for a turn; `counted`: one more message
+    /// waits for it.
+    fn wake(&self, chat: i64, counted: bool) {
+        let mut chats = self.inner.lock();
+        if let Some(entry) = chats.get_mut(&chat) {
+            entry.waiting += usize::from(counted);
+            entry.wake.notify_one();
+            return;
+        }
+        let wake = Arc::new(Notify::new());
+        let in_flight = Arc::new(InFlight::default());
+        chats.insert(
+            chat,
+            ChatEntry {
+                wake: wake.clone(),
+                in_flight: in_flight.clone(),
+                waiting: usize::from(counted),
+            },
+        );
+        let router = self.clone();
+        self.inner
+            .tasks
+            .spawn(async move { router.serve_chat(chat, wake, in_flight).await });
+    }
+
+    /// `/stop`: ends the job in flight (its task answers, once the job's processes are
+    /// gone) and the messages waiting behind it.
     fn stop(&self, chat: i64, update_id: i64) {
         let in_flight = self
             .inner
-            .chats
             .lock()
-            .unwrap_or_else(|e| e.into_inner())
             .get(&chat)
             .map(|entry| entry.in_flight.clone());
         match in_flight.map_or(Stopping::NothingRunning, |slot| slot.stop(update_id)) {
@@ -172,90 +245,132 @@ impl ChatRouter {
                 tracing::info!(chat_id = chat, "stopping the job in flight (/stop)")
             }
             Stopping::NothingRunning => {
-                self.inner
-                    .reply_later(chat, update_id, replies::NOTHING_RUNNING.to_string())
-            }
-        }
-    }
-
-    fn enqueue(&self, chat: i64, message: Pending) {
-        let mut chats = self.inner.chats.lock().unwrap_or_else(|e| e.into_inner());
-        let message = match chats.get(&chat) {
-            None => message,
-            Some(entry) => match entry.queue.try_send(message) {
-                Ok(()) => return,
-                Err(TrySendError::Full(_)) => {
-                    tracing::info!(chat_id = chat, "chat queue full; asking the user to wait");
-                    let sender = self.inner.ctx.sender.clone();
-                    self.inner.tasks.spawn(async move {
-                        sender.send_text(chat, replies::QUEUE_FULL).await;
+                // Messages that came with the /stop but were not taken yet are ended too.
+                let waiting = self
+                    .inner
+                    .ctx
+                    .store
+                    .waiting(chat, update_id)
+                    .unwrap_or_else(|e| {
+                        tracing::error!(chat_id = chat, "cannot read the waiting messages: {e}");
+                        Vec::new()
                     });
-                    return;
-                }
-                Err(TrySendError::Closed(message)) => message,
-            },
-        };
-        let (tx, rx) = mpsc::channel(self.inner.queue_capacity);
-        // A fresh channel has room for one message.
-        let _ = tx.try_send(message);
-        let in_flight = Arc::new(InFlight::default());
-        chats.insert(
-            chat,
-            ChatEntry {
-                queue: tx.clone(),
-                in_flight: in_flight.clone(),
-            },
-        );
-        let router = self.clone();
-        self.inner
-            .tasks
-            .spawn(async move { router.serve_chat(chat, tx, rx, in_flight).await });
-    }
-
-    async fn serve_chat(
-        self,
-        chat: i64,
-        own: mpsc::Sender<Pending>,
-        mut rx: mpsc::Receiver<Pending>,
-        in_flight: Arc<InFlight>,
-    ) {
-        loop {
-            let next = tokio::select! {
-                next = tokio::time::timeout(CHAT_IDLE, rx.recv()) => next.map_err(ChatEnds::from),
-                _ = self.inner.closing.cancelled() => Err(ChatEnds),
-            };
-            match next {
-                Ok(Some(message)) => self.answer(chat, message, &in_flight).await,
-                Ok(None) => break,
-                Err(_) => {
-                    // Close first, then drain: a message that got in before the close is
-                    // still answered; one after it finds the channel closed and starts a
-                    // new task.
-                    rx.close();
-                    while let Ok(message) = rx.try_recv() {
-                        self.answer(chat, message, &in_flight).await;
-                    }
-                    break;
+                if waiting.is_empty() {
+                    self.inner
+                        .reply(chat, &[update_id], replies::NOTHING_RUNNING);
+                } else {
+                    self.inner.no_longer_waiting(chat, waiting.len());
+                    let mut answers = waiting;
+                    answers.push(update_id);
+                    self.inner.reply(chat, &answers, replies::STOPPED);
                 }
             }
         }
-        let mut chats = self.inner.chats.lock().unwrap_or_else(|e| e.into_inner());
+    }
+
+    async fn serve_chat(self, chat: i64, wake: Arc<Notify>, in_flight: Arc<InFlight>) {
+        // Whether this chat was told that the gateway restarts and its messages wait.
+        let mut announced = false;
+        loop {
+            if self.inner.closing.is_cancelled() {
+                self.announce_restart(chat, announced);
+                break;
+            }
+            let turn = match self
+                .inner
+                .ctx
+                .store
+                .take_turn(chat, |text| commands::parse(text).is_some())
+            {
+                Ok(turn) => turn,
+                Err(e) => {
+                    tracing::error!(chat_id = chat, "cannot take the chat's next messages: {e}");
+                    Vec::new()
+                }
+            };
+            if turn.is_empty() {
+                if let Some(entry) = self.inner.lock().get_mut(&chat) {
+                    entry.waiting = 0;
+                }
+            } else {
+                self.inner.no_longer_waiting(chat, turn.len());
+                announced |= self.run_turn(chat, turn, &in_flight).await;
+                continue;
+            }
+            let idle = tokio::select! {
+                _ = wake.notified() => false,
+                _ = self.inner.closing.cancelled() => false,
+                _ = tokio::time::sleep(CHAT_IDLE) => true,
+            };
+            // A message that arrived as the minute ran out counts: it is taken first.
+            if idle && self.inner.lock().get(&chat).is_none_or(|e| e.waiting == 0) {
+                break;
+            }
+        }
+        let mut chats = self.inner.lock();
         if chats
             .get(&chat)
-            .is_some_and(|entry| entry.queue.same_channel(&own))
+            .is_some_and(|entry| Arc::ptr_eq(&entry.wake, &wake))
         {
             chats.remove(&chat);
         }
     }
 
-    async fn answer(&self, chat: i64, message: Pending, in_flight: &InFlight) {
+    /// The gateway stops with messages of this chat still waiting and nobody told: they
+    /// are kept for the next run, and the chat hears so.
+    fn announce_restart(&self, chat: i64, announced: bool) {
+        if announced {
+            return;
+        }
+        match self.inner.ctx.store.waiting(chat, i64::MAX) {
+            Ok(waiting) if !waiting.is_empty() => {
+                self.inner.reply(chat, &[], replies::SAVED_FOR_RESTART);
+            }
+            Ok(_) => {}
+            Err(e) => tracing::error!(chat_id = chat, "cannot read the waiting messages: {e}"),
+        }
+    }
+
+    /// One turn: the messages taken, as a command or as one question for a job. True when
+    /// the chat was told its messages wait for the next run.
+    async fn run_turn(&self, chat: i64, turn: Vec<Taken>, in_flight: &InFlight) -> bool {
         let ctx = &self.inner.ctx;
-        let text = match commands::parse(&message.text) {
+        let settings = ctx.settings.get();
+        // Allowed when stored; a reload may have removed them since.
+        let (turn, strangers): (Vec<Taken>, Vec<Taken>) = turn
+            .into_iter()
+            .partition(|m| settings.allowed.contains(&m.user_id));
+        for stranger in strangers {
+            self.inner.reply(
+                chat,
+                &[stranger.update_id],
+                &replies::stranger_text(stranger.user_id),
+            );
+        }
+        let (poisoned, turn): (Vec<Taken>, Vec<Taken>) = turn
+            .into_iter()
+            .partition(|m| m.earlier_attempts >= MAX_ATTEMPTS);
+        if !poisoned.is_empty() {
+            let rows: Vec<i64> = poisoned.iter().map(|m| m.update_id).collect();
+            tracing::warn!(
+                chat_id = chat,
+                update_ids = ?rows,
+                "giving up on message(s) whose job was started {MAX_ATTEMPTS} times without an answer"
+            );
+            self.inner
+                .reply(chat, &rows, &replies::gave_up(MAX_ATTEMPTS));
+        }
+        let Some(first) = turn.first() else {
+            return false;
+        };
+        let user_id = first.user_id;
+        let rows: Vec<i64> = turn.iter().map(|m| m.update_id).collect();
+        // A command is always taken alone.
+        let text = match commands::parse(&first.text).filter(|_| turn.len() == 1) {
             Some(command) => {
-                let settings = ctx.settings.get();
                 let command_ctx = commands::Context {
                     chat,
-                    user: message.user_id,
+                    user: user_id,
                     store: &ctx.store,
                     settings: &settings,
                     health: &ctx.health,
@@ -263,28 +378,31 @@ impl ChatRouter {
                 };
                 match commands::execute(&command_ctx, command) {
                     commands::Outcome::Reply(reply) => {
-                        ctx.sender.send_text(chat, &reply).await;
-                        self.inner.done(message.update_id, &reply);
-                        return;
+                        self.inner.reply(chat, &rows, &reply);
+                        return false;
                     }
                     commands::Outcome::Ask(text) => text,
                 }
             }
-            None => message.text.clone(),
+            None => {
+                let texts: Vec<&str> = turn.iter().map(|m| m.text.as_str()).collect();
+                texts.join("\n")
+            }
         };
         let id = JobId(self.inner.next_job.fetch_add(1, Ordering::Relaxed));
         let request = Request {
             id,
             chat,
-            update_id: message.update_id,
-            user_id: message.user_id,
+            rows,
+            user_id,
             text,
         };
-        self.run_job(request, in_flight).await;
+        self.run_job(request, in_flight).await
     }
 
-    /// One message through one job: prepared, run with its progress shown, delivered.
-    async fn run_job(&self, request: Request, in_flight: &InFlight) {
+    /// One turn through one job: prepared, run with its progress shown, delivered. True
+    /// when the job was cut short by the gateway stopping (and the chat told).
+    async fn run_job(&self, request: Request, in_flight: &InFlight) -> bool {
         let ctx = &self.inner.ctx;
         // The settings this job starts with; a reload meanwhile does not change them.
         let settings = ctx.settings.get();
@@ -298,7 +416,7 @@ impl ChatRouter {
         let mut stop_requests = Vec::new();
         let outcome = match prepare::prepare(ctx, &settings, &request, started) {
             Ok(prepared) => {
-                let (events, events_rx) = mpsc::unbounded_channel();
+                let (events, events_rx) = mpsc::channel(EVENTS_BOUND);
                 let (approvals, approvals_rx) = mpsc::unbounded_channel();
                 let link = JobLink {
                     events,
@@ -325,6 +443,6 @@ impl ChatRouter {
             Err(failure) => Outcome::Failed(failure),
         };
         ctx.health.job_done(&outcome);
-        deliver::deliver(&self.inner, request, outcome, live, stop_requests, started).await;
+        deliver::deliver(&self.inner, request, outcome, live, stop_requests, started)
     }
 }

@@ -32,5 +32,9 @@ pub fn run(ctx: &Context) -> String {
         snapshot.jobs.answered,
         snapshot.jobs.failed.values().sum::<u64>(),
     ));
+    lines.push(replies::status::outbox(
+        snapshot.outbox.depth,
+        snapshot.outbox.oldest_age_secs,
+    ));
     lines.join("\n")
 }

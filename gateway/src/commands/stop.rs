@@ -1,6 +1,7 @@
 //! `/stop`: cancel the chat's job in flight. Its worker's whole process group is killed
 //! (tools included), and then the chat is told, so "stopped" means nothing of it still
-//! runs. Messages already waiting behind it are answered as usual.
+//! runs. Messages waiting behind it (sent before the `/stop`) are ended with it: one reply
+//! for all of them.
 //!
 //! `/stop` does not queue behind the very job it is meant to end: the router hands it to
 //! the chat's [`InFlight`] slot the moment it arrives, and the job's own task sends the one

@@ -5,7 +5,7 @@
 use hermes_protocol::{ChatMessage, Role, ToolCall};
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::{Store, StoreError, now};
+use super::{Store, StoreError};
 
 /// A question and what the job added to the conversation for it: tool calls, their
 /// results, and the answer.
@@ -61,36 +61,35 @@ impl Store {
         Ok(turns)
     }
 
-    /// Marks a message answered with `reply` and, for a model's answer, records the
-    /// exchange in the chat's conversation: one transaction, so the two cannot disagree.
-    pub fn finish(
-        &self,
-        update_id: i64,
-        reply: &str,
-        exchange: Option<&Exchange>,
-    ) -> Result<(), StoreError> {
-        let mut conn = self.lock();
-        let tx = self.wrap(conn.transaction())?;
-        let at = now();
-        if let Some(e) = exchange {
-            let conversation = self.wrap(Store::conversation(&tx, e.chat_id))?;
-            self.wrap(tx.prepare_cached("INSERT INTO turns (chat_id, conversation, role, content, at) VALUES (?1, ?2, 'user', ?3, ?4)").and_then(|mut st| st.execute(params![e.chat_id, conversation, e.question, at])))?;
-            for m in &e.transcript {
-                let tool_calls = encode_tool_calls(&m.tool_calls);
-                // Provider and model belong to what the model wrote, not to tool output.
-                let (provider, model) = if m.role == Role::Assistant {
-                    (Some(e.provider.as_str()), Some(e.model.as_str()))
-                } else {
-                    (None, None)
-                };
-                self.wrap(tx.prepare_cached("INSERT INTO turns (chat_id, conversation, role, content, at, provider, model, tool_calls, tool_call_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)").and_then(|mut st| st.execute(params![e.chat_id, conversation, m.role.as_str(), m.content, at, provider, model, tool_calls, m.tool_call_id])))?;
-            }
+    /// Adds `e` to its chat's current conversation: the question, then what the job
+    /// added (tool calls, their results, the answer). Part of the transaction that commits
+    /// the answer, so the conversation and the outbox cannot disagree.
+    pub(super) fn add_exchange(conn: &Connection, e: &Exchange, at: i64) -> rusqlite::Result<()> {
+        let conversation = Store::conversation(conn, e.chat_id)?;
+        conn.prepare_cached("INSERT INTO turns (chat_id, conversation, role, content, at) VALUES (?1, ?2, 'user', ?3, ?4)").and_then(|mut st| st.execute(params![e.chat_id, conversation, e.question, at]))?;
+        for m in &e.transcript {
+            let tool_calls = encode_tool_calls(&m.tool_calls);
+            // Provider and model belong to what the model wrote, not to tool output.
+            let (provider, model) = if m.role == Role::Assistant {
+                (Some(e.provider.as_str()), Some(e.model.as_str()))
+            } else {
+                (None, None)
+            };
+            conn.prepare_cached("INSERT INTO turns (chat_id, conversation, role, content, at, provider, model, tool_calls, tool_call_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)").and_then(|mut st| st.execute(params![e.chat_id, conversation, m.role.as_str(), m.content, at, provider, model, tool_calls, m.tool_call_id]))?;
         }
+        Ok(())
+    }
+
+    /// The question the chat's last job asked (its messages, joined), for `/retry`. Only
+    /// ever what allowed users wrote: a stranger's message never becomes a question.
+    pub fn last_question(&self, chat_id: i64) -> Result<Option<String>, StoreError> {
+        let conn = self.lock();
         self.wrap(
-            tx.prepare_cached("UPDATE inbox SET done_at = ?2, reply = ?3 WHERE update_id = ?1")
-                .and_then(|mut st| st.execute(params![update_id, at, reply])),
-        )?;
-        self.commit(tx)
+            conn.prepare_cached("SELECT last_question FROM chats WHERE chat_id = ?1")
+                .and_then(|mut st| st.query_row(params![chat_id], |r| r.get(0)))
+                .optional(),
+        )
+        .map(Option::flatten)
     }
 
     /// Starts a fresh conversation; the old one stays in the store, no longer sent.

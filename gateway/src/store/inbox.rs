@@ -1,10 +1,46 @@
 //! The inbox: every text message Telegram delivered, stored with the offset that
-//! acknowledges it before that offset is sent, and marked done once answered (see
-//! [`Store::finish`]), so a message is answered once, across restarts.
+//! acknowledges it before that offset is sent. A message waits here until its chat takes
+//! it into a turn ([`Store::take_turn`]: all the chat's waiting messages at once, so a
+//! burst becomes one question); it is answered once a reply for it is committed to the
+//! outbox, and done once that reply reached the chat (see [`super::outbox`]). So the
+//! backlog of a busy chat lives here, not in memory, and a restart loses none of it.
+//!
+//! A stranger's message (someone not in `telegram.allowed_users`) is kept only as far as
+//! its reply needs: who wrote, and where; never its text. Updates the Bot API client
+//! cannot parse are kept whole in a table of their own.
 
 use rusqlite::{OptionalExtension, params};
 
 use super::{Store, StoreError, now};
+
+/// What an inbox row is, decided when it is stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// A message (or a command) for the chat's next turn.
+    Message,
+    /// `/stop`: about the job in flight, never part of a turn.
+    Stop,
+    /// From someone not allowed: answered with their id, its text not kept.
+    Stranger,
+}
+
+impl Kind {
+    fn as_str(self) -> &'static str {
+        match self {
+            Kind::Message => "message",
+            Kind::Stop => "stop",
+            Kind::Stranger => "stranger",
+        }
+    }
+
+    fn parse(s: &str) -> Kind {
+        match s {
+            "stop" => Kind::Stop,
+            "stranger" => Kind::Stranger,
+            _ => Kind::Message,
+        }
+    }
+}
 
 /// An update waiting for (or being given) its answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -13,6 +49,25 @@ pub struct Pending {
     pub chat_id: i64,
     pub user_id: u64,
     pub text: String,
+    pub kind: Kind,
+}
+
+/// A message taken into a turn.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Taken {
+    pub update_id: i64,
+    pub user_id: u64,
+    pub text: String,
+    /// Jobs started for it before this one (by this run or earlier ones) that ended
+    /// without an answer.
+    pub earlier_attempts: u32,
+}
+
+/// An update the Bot API client could not parse, as Telegram sent it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unparsed {
+    pub update_id: i64,
+    pub raw: String,
 }
 
 impl Store {
@@ -27,24 +82,37 @@ impl Store {
         .map(|v| v.unwrap_or(0))
     }
 
-    /// Stores a batch of updates to answer and the offset past the whole batch, in one
-    /// transaction: after this returns, acknowledging the batch to Telegram is safe.
-    pub fn accept(&self, messages: &[Pending], next_update_id: i64) -> Result<(), StoreError> {
+    /// Stores a batch of updates to answer, the updates that could not be parsed, and the
+    /// offset past the whole batch, in one transaction: after this returns, acknowledging
+    /// the batch to Telegram is safe. (A stranger's message comes without its text:
+    /// `chats::classify` drops it.)
+    pub fn accept(
+        &self,
+        messages: &[Pending],
+        unparsed: &[Unparsed],
+        next_update_id: i64,
+    ) -> Result<(), StoreError> {
         let mut conn = self.lock();
         let tx = self.wrap(conn.transaction())?;
+        let at = now();
         for m in messages {
-            self.wrap(tx.prepare_cached("INSERT OR IGNORE INTO inbox (update_id, chat_id, user_id, text, received_at) VALUES (?1, ?2, ?3, ?4, ?5)").and_then(|mut st| st.execute(params![m.update_id, m.chat_id, m.user_id as i64, m.text, now()])))?;
+            self.wrap(tx.prepare_cached("INSERT OR IGNORE INTO inbox (update_id, chat_id, user_id, text, received_at, kind) VALUES (?1, ?2, ?3, ?4, ?5, ?6)").and_then(|mut st| st.execute(params![m.update_id, m.chat_id, m.user_id as i64, m.text, at, m.kind.as_str()])))?;
+        }
+        for u in unparsed {
+            self.wrap(tx.prepare_cached("INSERT OR IGNORE INTO unparsed_updates (update_id, raw, received_at) VALUES (?1, ?2, ?3)").and_then(|mut st| st.execute(params![u.update_id, u.raw, at])))?;
         }
         self.wrap(tx.prepare_cached("INSERT INTO telegram_offset (id, next_update_id) VALUES (1, ?1)
              ON CONFLICT (id) DO UPDATE SET next_update_id = max(next_update_id, excluded.next_update_id)").and_then(|mut st| st.execute(params![next_update_id])))?;
         self.commit(tx)
     }
 
-    /// Updates stored but not answered, oldest first.
-    pub fn pending(&self) -> Result<Vec<Pending>, StoreError> {
+    /// Messages stored and not answered yet (no reply committed for them), oldest first:
+    /// what a run finds left by the one before.
+    pub fn unanswered(&self) -> Result<Vec<Pending>, StoreError> {
         let conn = self.lock();
         let mut stmt = self.wrap(conn.prepare_cached(
-            "SELECT update_id, chat_id, user_id, text FROM inbox WHERE done_at IS NULL ORDER BY update_id",
+            "SELECT update_id, chat_id, user_id, text, kind FROM inbox
+             WHERE done_at IS NULL AND answered_by IS NULL ORDER BY update_id",
         ))?;
         let rows = self.wrap(stmt.query_map([], |r| {
             Ok(Pending {
@@ -52,17 +120,85 @@ impl Store {
                 chat_id: r.get(1)?,
                 user_id: r.get::<_, i64>(2)? as u64,
                 text: r.get(3)?,
+                kind: Kind::parse(&r.get::<_, String>(4)?),
             })
         }))?;
         self.wrap(rows.collect())
     }
 
-    /// The chat's last message that was not a command, for `/retry`.
-    pub fn last_user_text(&self, chat_id: i64) -> Result<Option<String>, StoreError> {
+    /// Takes the chat's next turn from its waiting messages, oldest first, and counts a
+    /// job started for each, in one transaction (so the count survives a crash of the job
+    /// and of the gateway): every waiting message up to the first command, or that
+    /// command alone when it comes first. Empty when nothing waits.
+    pub fn take_turn(
+        &self,
+        chat_id: i64,
+        is_command: impl Fn(&str) -> bool,
+    ) -> Result<Vec<Taken>, StoreError> {
+        let mut conn = self.lock();
+        let tx = self.wrap(conn.transaction())?;
+        let waiting: Vec<Taken> = {
+            let mut stmt = self.wrap(tx.prepare_cached(
+                "SELECT update_id, user_id, text, attempts FROM inbox
+                 WHERE chat_id = ?1 AND done_at IS NULL AND answered_by IS NULL AND kind = 'message'
+                 ORDER BY update_id",
+            ))?;
+            let rows = self.wrap(stmt.query_map(params![chat_id], |r| {
+                Ok(Taken {
+                    update_id: r.get(0)?,
+                    user_id: r.get::<_, i64>(1)? as u64,
+                    text: r.get(2)?,
+                    earlier_attempts: r.get::<_, i64>(3)?.clamp(0, i64::from(u32::MAX)) as u32,
+                })
+            }))?;
+            self.wrap(rows.collect())?
+        };
+        let turn = match waiting.iter().position(|m| is_command(&m.text)) {
+            Some(0) => 1,
+            Some(first_command) => first_command,
+            None => waiting.len(),
+        };
+        let mut taken = waiting;
+        taken.truncate(turn);
+        if taken.is_empty() {
+            return Ok(taken);
+        }
+        for m in &taken {
+            self.wrap(
+                tx.prepare_cached("UPDATE inbox SET attempts = attempts + 1 WHERE update_id = ?1")
+                    .and_then(|mut st| st.execute(params![m.update_id])),
+            )?;
+        }
+        self.commit(tx)?;
+        Ok(taken)
+    }
+
+    /// The chat's waiting messages (not taken into a turn, no reply committed) up to and
+    /// including update `through`.
+    pub fn waiting(&self, chat_id: i64, through: i64) -> Result<Vec<i64>, StoreError> {
         let conn = self.lock();
-        self.wrap(
-            conn.prepare_cached("SELECT text FROM inbox WHERE chat_id = ?1 AND text NOT LIKE '/%' ORDER BY update_id DESC LIMIT 1").and_then(|mut st| st.query_row(params![chat_id], |r| r.get(0)))
-            .optional(),
-        )
+        let mut stmt = self.wrap(conn.prepare_cached(
+            "SELECT update_id FROM inbox
+             WHERE chat_id = ?1 AND done_at IS NULL AND answered_by IS NULL AND kind = 'message'
+             AND update_id <= ?2 ORDER BY update_id",
+        ))?;
+        let rows = self.wrap(stmt.query_map(params![chat_id, through], |r| r.get(0)))?;
+        self.wrap(rows.collect())
+    }
+
+    /// The raw JSON of every update kept because it could not be parsed, oldest first.
+    #[cfg(test)]
+    pub fn unparsed(&self) -> Result<Vec<Unparsed>, StoreError> {
+        let conn = self.lock();
+        let mut stmt = self.wrap(
+            conn.prepare_cached("SELECT update_id, raw FROM unparsed_updates ORDER BY update_id"),
+        )?;
+        let rows = self.wrap(stmt.query_map([], |r| {
+            Ok(Unparsed {
+                update_id: r.get(0)?,
+                raw: r.get(1)?,
+            })
+        }))?;
+        self.wrap(rows.collect())
     }
 }

@@ -1,23 +1,27 @@
-//! Durable state in SQLite (`state.db` in the state directory): the inbox of updates and
-//! the conversations.
+//! Durable state in SQLite (`state.db` in the state directory): the inbox of updates, the
+//! outbox of replies, and the conversations.
 //!
 //! The inbox is what makes "no message is lost" true (DESIGN.md invariant 5): an update is
 //! committed here, together with the offset that will acknowledge it, before that offset
-//! is ever sent to Telegram; it is marked done only after its reply was sent. A gateway
-//! killed in between finds the update still pending when it starts again and answers it
-//! then, once.
+//! is ever sent to Telegram. The outbox makes the answer as durable as the question
+//! (invariant 8): a reply is committed here, tied to the messages it answers, before any
+//! of it is sent, and each piece leaves it once Telegram accepted or refused it for good;
+//! a message is done only when its whole reply is. A gateway killed anywhere in between
+//! finds the message waiting, or its reply waiting, when it starts again, and goes on
+//! from there: the message is answered once.
 //!
 //! The schema is versioned. A file written by a newer version is refused (the operator
 //! must not lose data to a downgrade); a file SQLite cannot read is moved aside and a fresh
 //! one started, with a loud log line saying what it held.
 //!
-//! This module opens, migrates and guards the file; [`inbox`] and [`conversation`] are
-//! what is kept in it, and [`checkpoint`] keeps the write-ahead log short off the async
-//! thread.
+//! This module opens, migrates and guards the file; [`inbox`], [`outbox`] and
+//! [`conversation`] are what is kept in it, and [`checkpoint`] keeps the write-ahead log
+//! short off the async thread.
 
 mod checkpoint;
 mod conversation;
 mod inbox;
+mod outbox;
 #[cfg(test)]
 mod tests;
 
@@ -26,11 +30,12 @@ use std::sync::Mutex;
 
 use checkpoint::Checkpointer;
 pub use conversation::Exchange;
-pub use inbox::Pending;
+pub use inbox::{Kind, Pending, Taken, Unparsed};
+pub use outbox::{OutPiece, ReplyRecord, Stored};
 use rusqlite::Connection;
 
 /// The schema this build writes. Bump it with a new entry in [`MIGRATIONS`].
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 
 /// `MIGRATIONS[n]` takes a store from version `n` to `n + 1`.
 const MIGRATIONS: &[&str] = &[
@@ -72,6 +77,39 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE turns ADD COLUMN tool_calls TEXT;
     ALTER TABLE turns ADD COLUMN tool_call_id TEXT;
     ALTER TABLE chats ADD COLUMN provider TEXT;
+"#,
+    // 3: delivery. The outbox holds every reply piece until Telegram accepted or refused
+    // it (`reply` is NULL on a reply's first piece, whose id names the reply, and that id
+    // on the others; `edit_message_id`: edit that message, or send anew if it cannot be
+    // edited). An inbox row knows its kind (a stranger's keeps no text), the jobs started
+    // for it, and the reply that answers it; it is done once that reply is delivered.
+    // Updates the Bot API client cannot parse are kept whole. A chat remembers the
+    // question it last asked, for `/retry`.
+    r#"
+    ALTER TABLE inbox ADD COLUMN kind TEXT NOT NULL DEFAULT 'message';
+    ALTER TABLE inbox ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE inbox ADD COLUMN answered_by INTEGER;
+    DROP INDEX inbox_pending;
+    DROP INDEX inbox_by_chat;
+    CREATE INDEX inbox_waiting ON inbox (chat_id, update_id)
+        WHERE done_at IS NULL AND answered_by IS NULL;
+    CREATE INDEX inbox_answered ON inbox (answered_by)
+        WHERE done_at IS NULL AND answered_by IS NOT NULL;
+    CREATE TABLE outbox (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        reply INTEGER,
+        chat_id INTEGER NOT NULL,
+        html TEXT NOT NULL,
+        plain TEXT NOT NULL,
+        edit_message_id INTEGER,
+        created_at INTEGER NOT NULL
+    );
+    CREATE TABLE unparsed_updates (
+        update_id INTEGER PRIMARY KEY,
+        raw TEXT NOT NULL,
+        received_at INTEGER NOT NULL
+    );
+    ALTER TABLE chats ADD COLUMN last_question TEXT;
 "#,
 ];
 

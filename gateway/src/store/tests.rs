@@ -11,7 +11,43 @@ fn pending(id: i64, text: &str) -> Pending {
         chat_id: 7,
         user_id: 7,
         text: text.into(),
+        kind: Kind::Message,
     }
+}
+
+fn piece(text: &str) -> OutPiece {
+    OutPiece {
+        html: format!("<b>{text}</b>"),
+        plain: text.into(),
+        edit_message_id: None,
+    }
+}
+
+/// Commits `text` as the one-piece reply to `answers`, with `exchange`.
+fn answer(store: &Store, answers: &[i64], text: &str, exchange: Option<&Exchange>) -> Vec<Stored> {
+    store
+        .commit_reply(&ReplyRecord {
+            chat_id: 7,
+            answers,
+            text,
+            pieces: &[piece(text)],
+            exchange,
+            question: None,
+        })
+        .unwrap()
+}
+
+/// Answers `id` and delivers the answer at once.
+fn finish(store: &Store, id: i64, exchange: Option<&Exchange>) {
+    for p in answer(store, &[id], "answer", exchange) {
+        store
+            .resolve_piece(p.id, p.last_of_reply.then_some(p.reply))
+            .unwrap();
+    }
+}
+
+fn is_command(text: &str) -> bool {
+    text.starts_with('/')
 }
 
 #[test]
@@ -20,14 +56,196 @@ fn the_inbox_survives_a_reopen_and_answers_once() {
     let store = Store::open(dir.path()).unwrap();
     assert_eq!(store.next_update_id().unwrap(), 0);
     store
-        .accept(&[pending(5, "a"), pending(6, "b")], 7)
+        .accept(&[pending(5, "a"), pending(6, "b")], &[], 7)
         .unwrap();
-    store.accept(&[pending(6, "b")], 7).unwrap();
-    store.finish(5, "answer", None).unwrap();
+    store.accept(&[pending(6, "b")], &[], 7).unwrap();
+    finish(&store, 5, None);
     drop(store);
     let store = Store::open(dir.path()).unwrap();
     assert_eq!(store.next_update_id().unwrap(), 7);
-    assert_eq!(store.pending().unwrap(), vec![pending(6, "b")]);
+    assert_eq!(store.unanswered().unwrap(), vec![pending(6, "b")]);
+}
+
+#[test]
+fn a_reply_is_done_only_when_its_last_piece_left_and_survives_a_reopen_until_then() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    store
+        .accept(&[pending(1, "a"), pending(2, "b"), pending(3, "c")], &[], 4)
+        .unwrap();
+    let stored = store
+        .commit_reply(&ReplyRecord {
+            chat_id: 7,
+            answers: &[1, 2],
+            text: "one two",
+            pieces: &[piece("one"), piece("two")],
+            exchange: None,
+            question: Some("a\nb"),
+        })
+        .unwrap();
+    assert_eq!(stored.len(), 2);
+    assert_eq!(stored[0].reply, stored[0].id);
+    assert_eq!(stored[1].reply, stored[0].id);
+    assert!(!stored[0].last_of_reply && stored[1].last_of_reply);
+    // Answered: no turn takes them again, and they are not unanswered.
+    assert_eq!(store.unanswered().unwrap(), vec![pending(3, "c")]);
+    store.resolve_piece(stored[0].id, None).unwrap();
+    drop(store);
+
+    let store = Store::open(dir.path()).unwrap();
+    let left = store.outbox().unwrap();
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].piece, piece("two"));
+    assert!(left[0].last_of_reply);
+    assert_eq!(left[0].reply, stored[0].id);
+    let done = |id: i64| -> bool {
+        store
+            .lock()
+            .query_row(
+                "SELECT done_at IS NOT NULL FROM inbox WHERE update_id = ?1",
+                [id],
+                |r| r.get(0),
+            )
+            .unwrap()
+    };
+    assert!(!done(1) && !done(2));
+    store
+        .resolve_piece(left[0].id, Some(left[0].reply))
+        .unwrap();
+    assert!(done(1) && done(2) && !done(3));
+    assert!(store.outbox().unwrap().is_empty());
+    assert_eq!(store.last_question(7).unwrap().as_deref(), Some("a\nb"));
+}
+
+#[test]
+fn a_reply_without_pieces_is_done_at_once_and_a_notice_answers_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    store.accept(&[pending(1, "a")], &[], 2).unwrap();
+    store
+        .commit_reply(&ReplyRecord {
+            chat_id: 7,
+            answers: &[],
+            text: "restarting",
+            pieces: &[piece("restarting")],
+            exchange: None,
+            question: None,
+        })
+        .unwrap();
+    assert_eq!(store.unanswered().unwrap(), vec![pending(1, "a")]);
+    store
+        .commit_reply(&ReplyRecord {
+            chat_id: 7,
+            answers: &[1],
+            text: "",
+            pieces: &[],
+            exchange: None,
+            question: None,
+        })
+        .unwrap();
+    assert!(store.unanswered().unwrap().is_empty());
+    assert_eq!(store.outbox().unwrap().len(), 1);
+}
+
+#[test]
+fn a_turn_takes_every_waiting_message_up_to_a_command_and_counts_its_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let stop = Pending {
+        kind: Kind::Stop,
+        ..pending(3, "/stop")
+    };
+    store
+        .accept(
+            &[
+                pending(1, "a"),
+                pending(2, "b"),
+                stop,
+                pending(4, "/new"),
+                pending(5, "c"),
+            ],
+            &[],
+            6,
+        )
+        .unwrap();
+    let texts = |taken: &[Taken]| -> Vec<String> { taken.iter().map(|t| t.text.clone()).collect() };
+    let first = store.take_turn(7, is_command).unwrap();
+    assert_eq!(texts(&first), ["a", "b"], "a /stop is never part of a turn");
+    assert!(first.iter().all(|t| t.earlier_attempts == 0));
+    // Not answered (the job died): the next turn takes them again, counted.
+    let again = store.take_turn(7, is_command).unwrap();
+    assert_eq!(texts(&again), ["a", "b"]);
+    assert!(again.iter().all(|t| t.earlier_attempts == 1));
+    finish(&store, 1, None);
+    finish(&store, 2, None);
+    assert_eq!(texts(&store.take_turn(7, is_command).unwrap()), ["/new"]);
+    finish(&store, 4, None);
+    drop(store);
+    let store = Store::open(dir.path()).unwrap();
+    let last = store.take_turn(7, is_command).unwrap();
+    assert_eq!(texts(&last), ["c"]);
+    assert_eq!(store.take_turn(8, is_command).unwrap(), []);
+    assert_eq!(store.waiting(7, 4).unwrap(), Vec::<i64>::new());
+    assert_eq!(store.waiting(7, 5).unwrap(), [5]);
+    let counted: i64 = store
+        .lock()
+        .query_row("SELECT attempts FROM inbox WHERE update_id = 5", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert_eq!(counted, 1, "the count survives a reopen");
+}
+
+#[test]
+fn a_strangers_row_is_never_part_of_a_turn_and_unparsed_updates_are_kept_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let stranger = Pending {
+        kind: Kind::Stranger,
+        user_id: 99,
+        ..pending(1, "")
+    };
+    let raw = r#"{"update_id":2,"message":{"date":"soon"}}"#;
+    store
+        .accept(
+            &[stranger],
+            &[Unparsed {
+                update_id: 2,
+                raw: raw.into(),
+            }],
+            3,
+        )
+        .unwrap();
+    assert_eq!(store.unanswered().unwrap()[0].kind, Kind::Stranger);
+    assert!(store.take_turn(7, is_command).unwrap().is_empty());
+    assert_eq!(store.unparsed().unwrap()[0].raw, raw);
+}
+
+#[test]
+fn a_migrated_group_takes_its_conversation_settings_and_outbox_along() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let exchange = Exchange {
+        chat_id: 7,
+        question: "q".into(),
+        transcript: vec![ChatMessage::new(Role::Assistant, "a")],
+        provider: "p".into(),
+        model: "m".into(),
+    };
+    store
+        .accept(&[pending(1, "q"), pending(2, "next")], &[], 3)
+        .unwrap();
+    store.set_chat_provider(7, Some("backup")).unwrap();
+    answer(&store, &[1], "a", Some(&exchange));
+    store.migrate_chat(7, -1007).unwrap();
+    assert!(store.history(7, 10).unwrap().is_empty());
+    assert_eq!(store.history(-1007, 10).unwrap().len(), 2);
+    assert_eq!(
+        store.chat_provider(-1007).unwrap().as_deref(),
+        Some("backup")
+    );
+    assert_eq!(store.outbox().unwrap()[0].chat_id, -1007);
+    assert_eq!(store.waiting(-1007, 10).unwrap(), [2]);
 }
 
 #[test]
@@ -42,7 +260,7 @@ fn history_is_per_conversation_and_limited() {
             provider: "p".into(),
             model: "m".into(),
         };
-        store.finish(i, "", Some(&exchange)).unwrap();
+        finish(&store, i, Some(&exchange));
     }
     let h = store.history(7, 4).unwrap();
     let texts: Vec<&str> = h.iter().map(|m| m.content.as_str()).collect();
@@ -76,7 +294,7 @@ fn tool_turns_round_trip_and_history_never_starts_inside_one() {
         provider: "p".into(),
         model: "m".into(),
     };
-    store.finish(1, "It is noon.", Some(&exchange)).unwrap();
+    finish(&store, 1, Some(&exchange));
     let all = store.history(7, 10).unwrap();
     assert_eq!(all.len(), 4);
     assert_eq!(all[0], ChatMessage::new(Role::User, "what time is it?"));
@@ -112,19 +330,76 @@ fn a_version_1_store_is_migrated_with_its_data() {
     drop(conn);
     let store = Store::open(dir.path()).unwrap();
     assert_eq!(store.history(7, 10).unwrap()[0].content, "old");
-    assert_eq!(store.pending().unwrap()[0].text, "pending");
+    assert_eq!(store.unanswered().unwrap()[0].text, "pending");
     store.set_chat_provider(7, Some("p")).unwrap();
 }
 
+/// A store written by the version before the outbox (schema 2), with a message answered,
+/// one waiting, a conversation and a chat's model choice: all of it reads the same after
+/// the migration, and the waiting message is the chat's next turn.
 #[test]
-fn retry_finds_the_last_message_that_is_not_a_command() {
+fn a_version_2_store_with_data_gains_the_outbox_and_keeps_everything() {
+    let dir = tempfile::tempdir().unwrap();
+    let conn = Connection::open(dir.path().join("state.db")).unwrap();
+    conn.execute_batch(MIGRATIONS[0]).unwrap();
+    conn.execute_batch(MIGRATIONS[1]).unwrap();
+    conn.execute_batch(
+        "PRAGMA user_version = 2;
+         INSERT INTO telegram_offset (id, next_update_id) VALUES (1, 12);
+         INSERT INTO turns (chat_id, conversation, role, content, at) VALUES (7, 1, 'user', 'hi', 0);
+         INSERT INTO turns (chat_id, conversation, role, content, at, provider, model) VALUES (7, 1, 'assistant', 'hello', 0, 'p', 'm');
+         INSERT INTO chats (chat_id, conversation, provider) VALUES (7, 1, 'backup');
+         INSERT INTO inbox (update_id, chat_id, user_id, text, received_at, done_at, reply) VALUES (10, 7, 7, 'hi', 0, 1, 'hello');
+         INSERT INTO inbox (update_id, chat_id, user_id, text, received_at) VALUES (11, 7, 7, 'still waiting', 0);",
+    )
+    .unwrap();
+    drop(conn);
+    let store = Store::open(dir.path()).unwrap();
+    let version: i64 = store
+        .lock()
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(version, SCHEMA_VERSION);
+    assert_eq!(store.next_update_id().unwrap(), 12);
+    let history: Vec<String> = store
+        .history(7, 10)
+        .unwrap()
+        .into_iter()
+        .map(|m| m.content)
+        .collect();
+    assert_eq!(history, ["hi", "hello"]);
+    assert_eq!(store.chat_provider(7).unwrap().as_deref(), Some("backup"));
+    assert_eq!(
+        store.unanswered().unwrap(),
+        vec![pending(11, "still waiting")]
+    );
+    assert!(store.outbox().unwrap().is_empty());
+    let turn = store.take_turn(7, is_command).unwrap();
+    assert_eq!(turn.len(), 1);
+    assert_eq!(turn[0].text, "still waiting");
+    assert_eq!(turn[0].earlier_attempts, 0);
+    assert_eq!(store.last_question(7).unwrap(), None);
+}
+
+#[test]
+fn retry_finds_the_question_the_last_job_asked() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path()).unwrap();
-    assert_eq!(store.last_user_text(7).unwrap(), None);
+    assert_eq!(store.last_question(7).unwrap(), None);
     store
-        .accept(&[pending(1, "hello"), pending(2, "/retry")], 3)
+        .accept(&[pending(1, "hello"), pending(2, "/retry")], &[], 3)
         .unwrap();
-    assert_eq!(store.last_user_text(7).unwrap().as_deref(), Some("hello"));
+    store
+        .commit_reply(&ReplyRecord {
+            chat_id: 7,
+            answers: &[1],
+            text: "quota",
+            pieces: &[piece("quota")],
+            exchange: None,
+            question: Some("hello"),
+        })
+        .unwrap();
+    assert_eq!(store.last_question(7).unwrap().as_deref(), Some("hello"));
 }
 
 #[test]
@@ -153,14 +428,14 @@ fn checkpoints_happen_off_the_writer_and_empty_the_log_at_close() {
         .unwrap();
     assert_eq!(automatic, 0, "commits must not checkpoint");
     for i in 0..200 {
-        store.accept(&[pending(i, "x")], i + 1).unwrap();
+        store.accept(&[pending(i, "x")], &[], i + 1).unwrap();
     }
     let wal = dir.path().join("state.db-wal");
     drop(store);
     let left = std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);
     assert_eq!(left, 0, "the last checkpoint truncates the log");
     let store = Store::open(dir.path()).unwrap();
-    assert_eq!(store.pending().unwrap().len(), 200);
+    assert_eq!(store.unanswered().unwrap().len(), 200);
 }
 
 #[test]
@@ -186,7 +461,7 @@ fn a_corrupt_file_is_moved_aside() {
     )
     .unwrap();
     let store = Store::open(dir.path()).unwrap();
-    assert!(store.pending().unwrap().is_empty());
+    assert!(store.unanswered().unwrap().is_empty());
     let aside = std::fs::read_dir(dir.path())
         .unwrap()
         .filter_map(|e| e.ok())

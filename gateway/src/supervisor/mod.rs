@@ -56,7 +56,7 @@ pub struct SupervisorConfig {
 /// A job handed to the supervisor, with where its outcome goes.
 struct Assignment {
     job: Job,
-    events: mpsc::UnboundedSender<Event>,
+    events: mpsc::Sender<Event>,
     approvals: mpsc::UnboundedSender<ApprovalAsk>,
     done: oneshot::Sender<Outcome>,
     /// `/stop`: ends the job wherever it is, its worker's group included.
@@ -80,7 +80,9 @@ pub struct Shutdown {
 }
 
 impl Supervisor {
-    /// Binds the worker socket and starts the slots on `tasks`.
+    /// Binds the worker socket and starts the slots on `tasks`. The socket's accept loop
+    /// is not one of them: it runs until `abort`, and a stop waits only for work in
+    /// flight, so an idle gateway stops at once.
     pub fn start(
         config: SupervisorConfig,
         shutdown: &Shutdown,
@@ -89,7 +91,7 @@ impl Supervisor {
         let (listener, socket) = listener::bind(&config.socket_dir)?;
         scratch::clear(&config.scratch_root)?;
         let pending = PendingWorkers::default();
-        tasks.spawn(listener::accept_loop(
+        tokio::spawn(listener::accept_loop(
             listener,
             pending.clone(),
             shutdown.abort.clone(),

@@ -24,7 +24,7 @@ use super::listener::{AuthRefusal, PendingWorkers};
 use super::process::{self, SpawnSpec};
 use super::scratch::ScratchDir;
 use super::stderr_log;
-use crate::jobs::ApprovalAsk;
+use crate::jobs::{ApprovalAsk, MAX_ANSWER_BYTES};
 
 /// A started worker that has not connected by then is killed.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -155,26 +155,51 @@ impl Worker {
     }
 
     /// Sends `job` and waits for its outcome, the worker's death, the deadline, or a stop.
-    /// Approvals the worker asks for go to `approvals`; their decisions go back to it.
+    /// Both the sending and the waiting mind the deadline and the stops: a worker that
+    /// does not read its socket, or a chat that does not take its events, cannot hold a
+    /// job past them. Approvals the worker asks for go to `approvals`; their decisions go
+    /// back to it.
     pub async fn run_job(
         &mut self,
         job: &Job,
-        events: &mpsc::UnboundedSender<Event>,
+        events: &mpsc::Sender<Event>,
         approvals: &mpsc::UnboundedSender<ApprovalAsk>,
         stops: Stops<'_>,
         kill_grace: Duration,
     ) -> JobRun {
         self.jobs_done += 1;
         let started = Instant::now();
-        if let Err(e) = self.conn.write_frame(&ToWorker::Job(job.clone())).await {
-            tracing::warn!(worker_pid = self.pid, job_id = %job.id, "cannot send job: {e}");
-            return self.broken(e).await;
-        }
         let deadline = started + Duration::from_millis(job.timeout_ms) + DEADLINE_MARGIN;
+        let frame = ToWorker::Job(job.clone());
+        let sent = tokio::select! {
+            sent = self.conn.write_frame(&frame) => sent,
+            ended = ended(deadline, &stops) => return self.end(ended, job, kill_grace).await,
+        };
+        match sent {
+            Ok(()) => {}
+            // Nothing was written: the worker is as it was, and the job is the gateway's
+            // problem (the chats trim a job to fit, so this is a bug), not the worker's.
+            Err(e @ (FrameError::Oversized { .. } | FrameError::Unencodable(_))) => {
+                tracing::error!(worker_pid = self.pid, job_id = %job.id, "cannot send job: {e}");
+                self.jobs_done -= 1;
+                return JobRun {
+                    outcome: Outcome::Failed(Failure::ContextTooLong {
+                        provider: "gateway".into(),
+                        detail: format!("the job could not be sent: {e}"),
+                    }),
+                    fate: Fate::Reusable,
+                };
+            }
+            Err(e) => {
+                tracing::warn!(worker_pid = self.pid, job_id = %job.id, "cannot send job: {e}");
+                return self.broken(e).await;
+            }
+        }
         // Decisions on their way back to the worker, by approval id.
         let mut decisions: JoinSet<(u64, Result<Decision, RecvError>)> = JoinSet::new();
         loop {
-            tokio::select! {
+            let frame = tokio::select! {
+                frame = self.conn.read_frame::<FromWorker>() => frame,
                 Some(decided) = decisions.join_next(), if !decisions.is_empty() => {
                     let Ok((approval, Ok(decision))) = decided else {
                         // The chat let the question go (the job is ending): the worker
@@ -182,56 +207,83 @@ impl Worker {
                         continue;
                     };
                     let answer = ToWorker::Decision { job_id: job.id, approval, decision };
-                    if let Err(e) = self.conn.write_frame(&answer).await {
+                    let sent = tokio::select! {
+                        sent = self.conn.write_frame(&answer) => sent,
+                        ended = ended(deadline, &stops) => return self.end(ended, job, kill_grace).await,
+                    };
+                    if let Err(e) = sent {
                         tracing::warn!(worker_pid = self.pid, job_id = %job.id, "cannot send a decision: {e}");
                         return self.broken(e).await;
                     }
+                    continue;
                 }
-                frame = self.conn.read_frame::<FromWorker>() => match frame {
-                    Ok(FromWorker::Event { job_id, event }) if job_id == job.id => {
-                        tracing::debug!(worker_pid = self.pid, job_id = %job.id, ?event, "event");
-                        let _ = events.send(event);
+                ended = ended(deadline, &stops) => return self.end(ended, job, kill_grace).await,
+            };
+            match frame {
+                Ok(FromWorker::Event { job_id, event }) if job_id == job.id => {
+                    tracing::debug!(worker_pid = self.pid, job_id = %job.id, ?event, "event");
+                    let event = bounded(event);
+                    tokio::select! {
+                        // A chat that is gone no longer wants events; the job goes on.
+                        _ = events.send(event) => {}
+                        ended = ended(deadline, &stops) => return self.end(ended, job, kill_grace).await,
                     }
-                    Ok(FromWorker::Approval { job_id, request }) if job_id == job.id => {
-                        tracing::info!(worker_pid = self.pid, job_id = %job.id, tool = %request.tool, "a tool call waits for approval");
-                        let (decide, decision) = oneshot::channel();
-                        let approval = request.id;
-                        if approvals.send(ApprovalAsk { request, decide }).is_ok() {
-                            decisions.spawn(async move { (approval, decision.await) });
-                        }
-                    }
-                    Ok(FromWorker::Outcome { job_id, outcome, retire }) if job_id == job.id => {
-                        if retire {
-                            tracing::info!(worker_pid = self.pid, job_id = %job.id, "worker asks to be retired (a tool outlived the job); ending its process group");
-                            process::terminate(&mut self.child, kill_grace).await;
-                        }
-                        let fate = if retire { Fate::Ended } else { Fate::Reusable };
-                        return JobRun { outcome, fate };
-                    }
-                    Ok(FromWorker::Event { job_id, .. } | FromWorker::Outcome { job_id, .. } | FromWorker::Approval { job_id, .. }) => {
-                        tracing::warn!(worker_pid = self.pid, job_id = %job.id, "dropped a message for {job_id}, which is not the job in flight");
-                    }
-                    Err(e) => {
-                        tracing::warn!(worker_pid = self.pid, job_id = %job.id, "worker connection failed: {e}");
-                        return self.broken(e).await;
-                    }
-                },
-                _ = tokio::time::sleep_until(deadline.into()) => {
-                    tracing::warn!(worker_pid = self.pid, job_id = %job.id, "job overran its deadline; ending the worker's process group");
-                    process::terminate(&mut self.child, kill_grace).await;
-                    return JobRun {
-                        outcome: Outcome::Failed(Failure::TimedOut { after_ms: job.timeout_ms }),
-                        fate: Fate::Broken,
-                    };
                 }
-                _ = stops.abort.cancelled() => {
-                    tracing::info!(worker_pid = self.pid, job_id = %job.id, "cancelling job: the gateway is stopping");
-                    return self.cancel(CancelReason::Shutdown, kill_grace).await;
+                Ok(FromWorker::Approval { job_id, request }) if job_id == job.id => {
+                    tracing::info!(worker_pid = self.pid, job_id = %job.id, tool = %request.tool, "a tool call waits for approval");
+                    let (decide, decision) = oneshot::channel();
+                    let approval = request.id;
+                    if approvals.send(ApprovalAsk { request, decide }).is_ok() {
+                        decisions.spawn(async move { (approval, decision.await) });
+                    }
                 }
-                _ = stops.cancel.cancelled() => {
-                    tracing::info!(worker_pid = self.pid, job_id = %job.id, "cancelling job: /stop; ending the worker's process group");
-                    return self.cancel(CancelReason::ByUser, kill_grace).await;
+                Ok(FromWorker::Outcome {
+                    job_id,
+                    outcome,
+                    retire,
+                }) if job_id == job.id => {
+                    if retire {
+                        tracing::info!(worker_pid = self.pid, job_id = %job.id, "worker asks to be retired (a tool outlived the job); ending its process group");
+                        process::terminate(&mut self.child, kill_grace).await;
+                    }
+                    let fate = if retire { Fate::Ended } else { Fate::Reusable };
+                    return JobRun { outcome, fate };
                 }
+                Ok(
+                    FromWorker::Event { job_id, .. }
+                    | FromWorker::Outcome { job_id, .. }
+                    | FromWorker::Approval { job_id, .. },
+                ) => {
+                    tracing::warn!(worker_pid = self.pid, job_id = %job.id, "dropped a message for {job_id}, which is not the job in flight");
+                }
+                Err(e) => {
+                    tracing::warn!(worker_pid = self.pid, job_id = %job.id, "worker connection failed: {e}");
+                    return self.broken(e).await;
+                }
+            }
+        }
+    }
+
+    /// The job ends before its outcome: its whole process group goes.
+    async fn end(&mut self, ended: Ended, job: &Job, kill_grace: Duration) -> JobRun {
+        match ended {
+            Ended::Deadline => {
+                tracing::warn!(worker_pid = self.pid, job_id = %job.id, "job overran its deadline; ending the worker's process group");
+                process::terminate(&mut self.child, kill_grace).await;
+                JobRun {
+                    outcome: Outcome::Failed(Failure::TimedOut {
+                        after_ms: job.timeout_ms,
+                    }),
+                    fate: Fate::Broken,
+                }
+            }
+            Ended::Abort => {
+                tracing::info!(worker_pid = self.pid, job_id = %job.id, "cancelling job: the gateway is stopping");
+                self.cancel(CancelReason::Shutdown, kill_grace).await
+            }
+            Ended::Cancel => {
+                tracing::info!(worker_pid = self.pid, job_id = %job.id, "cancelling job: /stop; ending the worker's process group");
+                self.cancel(CancelReason::ByUser, kill_grace).await
             }
         }
     }
@@ -285,6 +337,36 @@ impl Worker {
     /// Ends a worker that is known to be broken.
     pub async fn discard(mut self, grace: Duration) {
         process::terminate(&mut self.child, grace).await;
+    }
+}
+
+/// What ended a job before its outcome.
+enum Ended {
+    Deadline,
+    Abort,
+    Cancel,
+}
+
+/// Resolves when the job must end: its deadline passed, the gateway stops, or `/stop`.
+async fn ended(deadline: Instant, stops: &Stops<'_>) -> Ended {
+    tokio::select! {
+        _ = tokio::time::sleep_until(deadline.into()) => Ended::Deadline,
+        _ = stops.abort.cancelled() => Ended::Abort,
+        _ = stops.cancel.cancelled() => Ended::Cancel,
+    }
+}
+
+/// A streamed piece as the chat may hold it: at most [`MAX_ANSWER_BYTES`] of text.
+fn bounded(event: Event) -> Event {
+    match event {
+        Event::Delta(text) if text.len() > MAX_ANSWER_BYTES => {
+            let mut end = MAX_ANSWER_BYTES;
+            while !text.is_char_boundary(end) {
+                end -= 1;
+            }
+            Event::Delta(text[..end].to_string())
+        }
+        other => other,
     }
 }
 

@@ -1,11 +1,13 @@
 //! The answer as it is written: one message, sent once there is something worth reading
-//! and edited as the text grows, with a status line while tools run; at the end it becomes
-//! the finished, formatted answer (or the error), so the chat keeps exactly one reply.
+//! and edited as the text grows, with a status line while tools run. At the end the
+//! outbox makes it the finished, formatted answer (or the error), so the chat keeps
+//! exactly one reply: the preview is best effort, the final text is durable.
 //!
 //! Telegram limits how often a bot may edit, so edits are spaced by
 //! `telegram.edit_interval_ms` and a 429 pauses them for its `retry_after`; a preview that
-//! cannot be edited any more is left alone and the final text is sent as a new message.
-//! Nothing here waits inside the job's loop except the edit request itself.
+//! cannot be edited any more is left alone (the outbox then sends the final text as a new
+//! message). Nothing here waits inside the job's loop except the request itself. The
+//! streamed text kept here is bounded by [`MAX_ANSWER_BYTES`].
 
 use std::time::{Duration, Instant};
 
@@ -13,8 +15,9 @@ use hermes_protocol::Event;
 use teloxide_core::types::MessageId;
 
 use super::format::{self, Piece};
-use super::sender::{Delivery, Edit, Sender, plain_pieces};
+use super::sender::{SendError, Sender};
 use super::split::{MESSAGE_LIMIT, utf16_len};
+pub use crate::jobs::MAX_ANSWER_BYTES;
 use crate::replies;
 
 /// Streamed text is shown once it holds a sentence ending past this many characters…
@@ -87,6 +90,11 @@ impl LiveReply {
                 self.sentence_ended = false;
             }
             Event::Delta(piece) => {
+                let room = MAX_ANSWER_BYTES.saturating_sub(self.text.len());
+                if room == 0 {
+                    return;
+                }
+                let piece = cut_at_char(piece, room);
                 // The character before the piece too: an end may straddle two pieces.
                 let from = self
                     .text
@@ -193,52 +201,98 @@ impl LiveReply {
             return;
         }
         self.last_edit = Some(Instant::now());
+        let sender = &self.sender;
         match self.message {
-            None => match self.sender.send_piece(self.chat, &piece).await {
-                Some(id) => {
-                    self.message = Some(id);
-                    self.shown = Some(piece.html);
+            None => {
+                let sent = match sender.send_once(self.chat, &piece, false).await {
+                    Err(SendError::BadEntities(_)) => {
+                        sender.send_once(self.chat, &piece, true).await
+                    }
+                    other => other,
+                };
+                match sent {
+                    Ok(id) => {
+                        self.message = Some(id);
+                        self.shown = Some(piece.html);
+                    }
+                    Err(e) => {
+                        tracing::info!(chat_id = self.chat, "no preview of the answer: {e:?}");
+                        self.stuck = true;
+                    }
                 }
-                None => self.stuck = true,
-            },
-            Some(id) => match self.sender.edit_piece(self.chat, id, &piece).await {
-                Edit::Done => self.shown = Some(piece.html),
-                Edit::RetryAfter(wait) => {
-                    tracing::info!(
-                        chat_id = self.chat,
-                        "edits paused for {wait:?} (flood control)"
-                    );
-                    self.paused_until = Some(Instant::now() + wait.min(MAX_PAUSE));
-                    // Not shown yet: draw again once the pause is over.
-                    self.changed = true;
-                }
-                Edit::Failed => self.stuck = true,
-            },
-        }
-    }
-
-    /// Ends with the model's answer (Markdown), formatted.
-    pub async fn finish_markdown(self, markdown: &str) -> Delivery {
-        let pieces = format::render(markdown, MESSAGE_LIMIT);
-        self.finish(pieces).await
-    }
-
-    /// Ends with the gateway's own words (an error, a notice), as plain text.
-    pub async fn finish_plain(self, text: &str) -> Delivery {
-        self.finish(plain_pieces(text)).await
-    }
-
-    async fn finish(self, pieces: Vec<Piece>) -> Delivery {
-        let mut rest = pieces.as_slice();
-        if let (Some(id), Some((first, others))) = (self.message, pieces.split_first()) {
-            // The last edit keeps the spacing too (and a flood-control pause): the reader
-            // already sees nearly all of it, and an early edit would only earn a 429.
-            tokio::time::sleep_until(self.next_edit_allowed().into()).await;
-            if self.sender.replace_with(self.chat, id, first).await == Delivery::Dropped {
-                return Delivery::Dropped;
             }
-            rest = others;
+            Some(id) => {
+                let edited = match sender.edit_once(self.chat, id, &piece, false).await {
+                    Err(SendError::BadEntities(_)) => {
+                        sender.edit_once(self.chat, id, &piece, true).await
+                    }
+                    other => other,
+                };
+                match edited {
+                    Ok(()) => self.shown = Some(piece.html),
+                    Err(SendError::RetryAfter(wait)) => {
+                        tracing::info!(
+                            chat_id = self.chat,
+                            "edits paused for {wait:?} (flood control)"
+                        );
+                        self.paused_until = Some(Instant::now() + wait.min(MAX_PAUSE));
+                        // Not shown yet: draw again once the pause is over.
+                        self.changed = true;
+                    }
+                    Err(e) => {
+                        tracing::info!(chat_id = self.chat, "the preview stays as it is: {e:?}");
+                        self.stuck = true;
+                    }
+                }
+            }
         }
-        self.sender.send_pieces(self.chat, rest).await
+    }
+
+    /// The preview message the final text should replace, and the first moment an edit
+    /// keeps the spacing (and any flood-control pause): the reader already sees nearly all
+    /// of it, and an early edit would only earn a 429. None when nothing was shown.
+    pub fn final_edit(&self) -> Option<(MessageId, Instant)> {
+        self.message.map(|id| (id, self.next_edit_allowed()))
+    }
+}
+
+/// The longest prefix of `text` of at most `max` bytes that ends on a character boundary.
+pub fn cut_at_char(text: &str, max: usize) -> &str {
+    if text.len() <= max {
+        return text;
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
+/// `answer` as the gateway keeps and shows it: whole up to [`MAX_ANSWER_BYTES`], cut there
+/// with a note beyond.
+pub fn bounded_answer(answer: String) -> String {
+    if answer.len() <= MAX_ANSWER_BYTES {
+        return answer;
+    }
+    let mut cut = cut_at_char(&answer, MAX_ANSWER_BYTES).to_string();
+    cut.push_str(&replies::answer_cut(MAX_ANSWER_BYTES / 1024));
+    cut
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_answer_over_the_bound_is_cut_on_a_character_with_a_note() {
+        let short = "é".repeat(10);
+        assert_eq!(bounded_answer(short.clone()), short);
+        let long = "é".repeat(MAX_ANSWER_BYTES);
+        let cut = bounded_answer(long);
+        let note = replies::answer_cut(MAX_ANSWER_BYTES / 1024);
+        assert!(cut.ends_with(&note));
+        let kept = &cut[..cut.len() - note.len()];
+        assert!(kept.len() <= MAX_ANSWER_BYTES && kept.len() > MAX_ANSWER_BYTES - 4);
+        assert!(kept.chars().all(|c| c == 'é'));
     }
 }

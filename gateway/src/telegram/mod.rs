@@ -14,14 +14,15 @@ use std::time::Duration;
 
 use teloxide_core::Bot;
 
-/// Builds the bot client for `api_url`. HTTP requests time out a little after the
-/// long-poll period, so a connection that silently dies is noticed.
-pub fn bot(token: &str, api_url: &str, poll_timeout_secs: u32) -> Result<Bot, String> {
+/// Builds a bot client for `api_url` whose requests time out after `timeout`, so a
+/// connection that silently dies is noticed: a little after the long poll for polling,
+/// [`sender::SEND_TIMEOUT`] for sending.
+pub fn bot(token: &str, api_url: &str, timeout: Duration) -> Result<Bot, String> {
     let url = api_url
         .parse()
         .map_err(|e| format!("telegram.api_url {api_url:?}: {e}"))?;
     let client = teloxide_core::net::default_reqwest_settings()
-        .timeout(Duration::from_secs(u64::from(poll_timeout_secs) + 15))
+        .timeout(timeout)
         .build()
         .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
     Ok(Bot::with_client(token, client).set_api_url(url))

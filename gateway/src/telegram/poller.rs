@@ -18,26 +18,43 @@
 //! taken: a mention of it, a reply to one of its messages, or a command; a command for
 //! another bot (`/new@other_bot`) never is. Knowing its own name takes one `getMe`, made
 //! before the first poll and retried like one.
+//!
+//! Nothing is acknowledged unread: an update the Bot API client cannot parse (a field
+//! changed after a Bot API release) is kept whole in the store with a warning, and
+//! answered like any message when its raw form still holds a chat, a sender and text.
+//!
+//! A webhook left set on the token (a bot moved from another framework) makes every
+//! `getUpdates` fail with 409. It is deleted, keeping the updates Telegram holds, at
+//! start-up and whenever a poll meets it again, with a warning each time.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hermes_config::GroupMode;
-use teloxide_core::RequestError;
+use serde_json::Value;
 use teloxide_core::prelude::*;
 use teloxide_core::types::{
     AllowedUpdate, CallbackQuery, Message, MessageEntityKind, Update, UpdateKind,
 };
+use teloxide_core::{ApiError, RequestError};
 use tokio_util::sync::CancellationToken;
 
 use crate::health::Health;
-use crate::store::{Pending, Store};
+use crate::store::{Kind, Pending, Store, Unparsed};
 use hermes_retry::Backoff;
 
 pub struct PollSettings {
     pub timeout_secs: u32,
     pub retry_max: Duration,
     pub group_mode: GroupMode,
+}
+
+/// Where the poller hands what it receives: `classify` judges a message before it is
+/// stored, `deliver` gets it once stored, `pressed` gets a button press.
+pub struct Handlers<C, D, P> {
+    pub classify: C,
+    pub deliver: D,
+    pub pressed: P,
 }
 
 /// Who the bot is, for telling which group messages are addressed to it.
@@ -48,18 +65,22 @@ pub struct Identity {
     pub username: String,
 }
 
-/// Polls until `stop`, storing every text message and passing it to `deliver` in order.
-/// Button presses (`callback_query`) go to `pressed`, after the batch is acknowledged:
-/// they answer a question of this run, so they are not stored.
+/// Polls until `stop`, storing every text message (as `classify` judges it) and passing it
+/// to `deliver` in order. Button presses (`callback_query`) go to `pressed`, after the
+/// batch is acknowledged: they answer a question of this run, so they are not stored.
 pub async fn poll(
     bot: Bot,
     settings: PollSettings,
     health: Arc<Health>,
     store: Arc<Store>,
     stop: CancellationToken,
-    mut deliver: impl FnMut(Pending),
-    mut pressed: impl FnMut(CallbackQuery),
+    handlers: Handlers<impl Fn(&mut Pending), impl FnMut(Pending), impl FnMut(CallbackQuery)>,
 ) {
+    let Handlers {
+        classify,
+        mut deliver,
+        mut pressed,
+    } = handlers;
     let mut offset: i32 = match store.next_update_id() {
         Ok(next) => i32::try_from(next).unwrap_or(0),
         Err(e) => {
@@ -93,6 +114,9 @@ pub async fn poll(
         }
     };
     tracing::info!(bot = %me.username, "polling Telegram as @{}", me.username);
+    if !drop_webhook(&bot, &health, &stop, &mut backoff, &mut failing_since, true).await {
+        return;
+    }
     loop {
         // A long poll only after a success: a retry must answer at once to show recovery.
         let timeout = if failing_since.is_some() {
@@ -125,11 +149,34 @@ pub async fn poll(
                 let (presses, updates): (Vec<Update>, Vec<Update>) = updates
                     .into_iter()
                     .partition(|u| matches!(u.kind, UpdateKind::CallbackQuery(_)));
-                let messages: Vec<Pending> = updates
-                    .into_iter()
-                    .filter_map(|u| text_message(u, &me, settings.group_mode))
-                    .collect();
-                if let Err(e) = store.accept(&messages, i64::from(next)) {
+                let mut messages = Vec::new();
+                let mut unparsed = Vec::new();
+                for update in updates {
+                    match update.kind {
+                        UpdateKind::Error(raw) => {
+                            let message = raw_text_message(&raw, &me, settings.group_mode);
+                            tracing::warn!(
+                                update_id = update.id.0,
+                                "an update the Bot API client cannot parse was kept in the store (unparsed_updates); {}",
+                                if message.is_some() {
+                                    "its text is answered"
+                                } else {
+                                    "it holds no text message: skipping it"
+                                }
+                            );
+                            unparsed.push(Unparsed {
+                                update_id: i64::from(update.id.0),
+                                raw: raw.to_string(),
+                            });
+                            messages.extend(message);
+                        }
+                        _ => messages.extend(text_message(update, &me, settings.group_mode)),
+                    }
+                }
+                for message in &mut messages {
+                    classify(message);
+                }
+                if let Err(e) = store.accept(&messages, &unparsed, i64::from(next)) {
                     // Not acknowledged, so Telegram will send these again.
                     let delay = backoff.next_delay();
                     tracing::error!("cannot store updates ({e}); retrying in {delay:?}");
@@ -147,6 +194,22 @@ pub async fn poll(
                     if let UpdateKind::CallbackQuery(query) = press.kind {
                         pressed(query);
                     }
+                }
+            }
+            Err(error) if is_webhook_conflict(&error) => {
+                health.poll_failed(describe(&error));
+                failing_since.get_or_insert_with(Instant::now);
+                if !drop_webhook(
+                    &bot,
+                    &health,
+                    &stop,
+                    &mut backoff,
+                    &mut failing_since,
+                    false,
+                )
+                .await
+                {
+                    return;
                 }
             }
             Err(error) => {
@@ -173,6 +236,68 @@ fn recovered(failing_since: &mut Option<Instant>) {
             "Telegram reachable again after {:.1} s of failures",
             since.elapsed().as_secs_f64()
         );
+    }
+}
+
+/// Deletes a webhook set on the token, keeping the updates Telegram holds, so polling
+/// works; at start-up (`starting`) only if one is set. Retried like a poll until it is
+/// done. False when the gateway stops first.
+async fn drop_webhook(
+    bot: &Bot,
+    health: &Health,
+    stop: &CancellationToken,
+    backoff: &mut Backoff,
+    failing_since: &mut Option<Instant>,
+    starting: bool,
+) -> bool {
+    loop {
+        let result = tokio::select! {
+            _ = stop.cancelled() => return false,
+            result = webhook_gone(bot, starting) => result,
+        };
+        match result {
+            Ok(()) => return true,
+            Err(error) => {
+                let delay = backoff.next_delay();
+                failing_since.get_or_insert_with(Instant::now);
+                if !failed("deleteWebhook", &error, delay, health, stop).await {
+                    return false;
+                }
+            }
+        }
+    }
+}
+
+async fn webhook_gone(bot: &Bot, starting: bool) -> Result<(), RequestError> {
+    let url = if starting {
+        match bot.get_webhook_info().send().await?.url {
+            None => return Ok(()),
+            Some(url) => url.to_string(),
+        }
+    } else {
+        "(set again since start-up)".into()
+    };
+    tracing::warn!(
+        "WEBHOOK SET on this bot's token ({url}): Telegram does not answer getUpdates while one is set. \
+         Deleting it (the updates Telegram holds are kept) and polling instead; \
+         if another program set it, it will stop receiving this bot's updates"
+    );
+    bot.delete_webhook()
+        .drop_pending_updates(false)
+        .send()
+        .await?;
+    Ok(())
+}
+
+/// `getUpdates` refused because a webhook is set. teloxide knows only the short form of
+/// the description; Telegram sends a longer one.
+fn is_webhook_conflict(error: &RequestError) -> bool {
+    match error {
+        RequestError::Api(ApiError::CantGetUpdates) => true,
+        RequestError::Api(ApiError::Unknown(description)) => {
+            description.contains("can't use getUpdates method while webhook is active")
+        }
+        _ => false,
     }
 }
 
@@ -234,6 +359,54 @@ fn text_message(update: Update, me: &Identity, group_mode: GroupMode) -> Option<
         chat_id: message.chat.id.0,
         user_id: user.id.0,
         text,
+        kind: Kind::Message,
+    })
+}
+
+/// The text message in an update that could not be parsed, read from its raw JSON: a
+/// message with a chat, a sender and text, addressed to the bot as [`addressed`] would
+/// judge from what the raw form shows (in a group: a command of ours, or a mention).
+fn raw_text_message(raw: &Value, me: &Identity, group_mode: GroupMode) -> Option<Pending> {
+    let update_id = raw.get("update_id")?.as_i64()?;
+    let message = raw.get("message")?;
+    let chat = message.get("chat")?;
+    let chat_id = chat.get("id")?.as_i64()?;
+    let user_id = message.get("from")?.get("id")?.as_u64()?;
+    let text = message.get("text")?.as_str()?;
+    let mention = format!("@{}", me.username);
+    let text = if let Some(command) = text
+        .split_whitespace()
+        .next()
+        .filter(|w| w.starts_with('/'))
+    {
+        match command.split_once('@') {
+            Some((_, bot)) if !bot.eq_ignore_ascii_case(&me.username) => return None,
+            _ => text.to_string(),
+        }
+    } else if chat.get("type").and_then(Value::as_str) == Some("private")
+        || group_mode == GroupMode::All
+    {
+        text.to_string()
+    } else if !me.username.is_empty()
+        && text
+            .to_ascii_lowercase()
+            .contains(&mention.to_ascii_lowercase())
+    {
+        let stripped = strip_mention(text, &mention);
+        if stripped.is_empty() {
+            text.to_string()
+        } else {
+            stripped
+        }
+    } else {
+        return None;
+    };
+    Some(Pending {
+        update_id,
+        chat_id,
+        user_id,
+        text,
+        kind: Kind::Message,
     })
 }
 
@@ -304,8 +477,11 @@ fn update_offset(update: &Update) -> i32 {
 
 fn describe(error: &RequestError) -> String {
     match error {
-        RequestError::Api(teloxide_core::ApiError::TerminatedByOtherGetUpdates) => {
+        RequestError::Api(ApiError::TerminatedByOtherGetUpdates) => {
             "409 Conflict: another process is polling with this bot token".into()
+        }
+        error if is_webhook_conflict(error) => {
+            "409 Conflict: a webhook is set on this bot's token".into()
         }
         RequestError::Network(e) => {
             if e.is_timeout() {

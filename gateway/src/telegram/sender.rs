@@ -1,12 +1,14 @@
-//! Outgoing messages. Sending is best effort with bounded persistence: Telegram's flood
-//! control (`retry_after`) is waited out, network errors are retried a few times, and a
-//! refusal (the user blocked the bot, the chat is gone) is logged and dropped. Nothing
-//! here can fail the caller: a reply that cannot be delivered must not stop the next one.
+//! Outgoing messages, one Bot API call at a time, each failure named for what the caller
+//! should do next. Persistence is not here: the outbox ([`crate::outbox`]) retries a piece
+//! until Telegram accepts it or refuses it for good, and the streamed preview
+//! ([`super::live`]) gives up on an edit it cannot make.
 //!
-//! Everything goes out as [`Piece`]s: Telegram HTML plus the same text without markup.
-//! When Telegram cannot parse a piece's HTML, that piece goes again as plain text, so bad
-//! formatting never costs the user the answer. Edits (the streamed answer) are cheaper to
-//! lose: they report flood control to the caller, who pauses, instead of waiting here.
+//! Everything goes out as [`Piece`]s: Telegram HTML plus the same text without markup,
+//! so a piece whose HTML Telegram cannot parse can go again as plain text and bad
+//! formatting never costs the user the answer.
+//!
+//! Sends and edits use a client of their own with a short timeout: a `sendMessage` that
+//! hangs must not hold a chat for the long poll's timeout.
 
 use std::time::Duration;
 
@@ -21,34 +23,41 @@ use teloxide_core::{ApiError, RequestError};
 
 use super::format::{self, Piece};
 use super::split::{MESSAGE_LIMIT, split_message};
-use hermes_retry::Backoff;
 
-/// Tries per message piece before giving up on it.
-const MAX_TRIES: u32 = 5;
-/// Longest flood-control wait honoured; Telegram asks for seconds, rarely minutes.
-const MAX_RETRY_AFTER: Duration = Duration::from_secs(120);
+/// How long one `sendMessage` or `editMessageText` may take before it counts as failed.
+pub const SEND_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How often an interactive message (an approval question, its settled text) is tried
+/// before it is given up: it only matters while its job waits, so it is not kept in the
+/// outbox.
+const INTERACTIVE_TRIES: u32 = 3;
+
+/// The longest flood-control pause an interactive message waits out.
+const MAX_INTERACTIVE_PAUSE: Duration = Duration::from_secs(10);
 
 #[derive(Clone)]
 pub struct Sender {
     bot: Bot,
 }
 
-/// Whether a message reached the chat.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Delivery {
-    Sent,
-    Dropped,
-}
-
-/// How an edit ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Edit {
-    /// The message shows the new text (or already did).
-    Done,
-    /// Flood control: no edit before this much time has passed.
+/// Why a send or an edit did not show the piece, by what to do next.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SendError {
+    /// Flood control: not again before this much time has passed.
     RetryAfter(Duration),
-    /// The message cannot be edited (deleted, too old) or the request failed.
-    Failed,
+    /// Telegram or the network failed on the way (5xx, reset, timeout, not JSON): try
+    /// again later. Telegram may have shown the piece anyway when only its answer was
+    /// lost.
+    Transient(String),
+    /// Telegram cannot parse the piece's HTML: send it as plain text.
+    BadEntities(String),
+    /// This chat will not take the piece, ever: the bot was blocked or removed, the chat
+    /// does not exist, or the request itself is wrong.
+    Refused(String),
+    /// The group became a supergroup with this id: send there.
+    Migrated(i64),
+    /// (Edits only.) The message cannot be edited (deleted, too old): send anew.
+    CannotEdit(String),
 }
 
 /// Plain text as pieces: split to size, escaped for HTML.
@@ -67,35 +76,66 @@ impl Sender {
         Sender { bot }
     }
 
-    /// Sends plain `text` (the gateway's own words), split as Telegram's limit requires.
-    pub async fn send_text(&self, chat: i64, text: &str) -> Delivery {
-        self.send_pieces(chat, &plain_pieces(text)).await
-    }
-
-    pub async fn send_pieces(&self, chat: i64, pieces: &[Piece]) -> Delivery {
-        for piece in pieces {
-            if self.send_piece(chat, piece).await.is_none() {
-                return Delivery::Dropped;
-            }
-        }
-        Delivery::Sent
-    }
-
-    /// Sends one piece; the id of the message it became, or None when it was dropped.
-    pub async fn send_piece(&self, chat: i64, piece: &Piece) -> Option<MessageId> {
-        self.send_piece_with(chat, piece, None).await
-    }
-
-    /// [`Sender::send_piece`] with buttons under the message.
-    pub async fn send_piece_with(
+    /// One `sendMessage` of `piece`, as HTML or (`plain`) as its text alone.
+    pub async fn send_once(
         &self,
         chat: i64,
         piece: &Piece,
-        keyboard: Option<InlineKeyboardMarkup>,
-    ) -> Option<MessageId> {
-        let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(8));
+        plain: bool,
+    ) -> Result<MessageId, SendError> {
+        let request = if plain {
+            self.bot.send_message(ChatId(chat), piece.plain.as_str())
+        } else {
+            self.bot
+                .send_message(ChatId(chat), piece.html.as_str())
+                .parse_mode(ParseMode::Html)
+        };
+        request.await.map(|m| m.id).map_err(classify)
+    }
+
+    /// One `editMessageText` of message `id` to show `piece`. A message that already
+    /// shows it counts as edited.
+    pub async fn edit_once(
+        &self,
+        chat: i64,
+        id: MessageId,
+        piece: &Piece,
+        plain: bool,
+    ) -> Result<(), SendError> {
+        let request = if plain {
+            self.bot
+                .edit_message_text(ChatId(chat), id, piece.plain.as_str())
+        } else {
+            self.bot
+                .edit_message_text(ChatId(chat), id, piece.html.as_str())
+                .parse_mode(ParseMode::Html)
+        };
+        match request.await {
+            Ok(_) | Err(RequestError::Api(ApiError::MessageNotModified)) => Ok(()),
+            Err(RequestError::Api(
+                e @ (ApiError::MessageToEditNotFound
+                | ApiError::MessageCantBeEdited
+                | ApiError::MessageIdInvalid),
+            )) => Err(SendError::CannotEdit(e.to_string())),
+            Err(e) => Err(match classify(e) {
+                // An edit refused for its own sake (not the chat's) is sent anew instead.
+                SendError::Refused(why) if !refuses_the_chat(&why) => SendError::CannotEdit(why),
+                other => other,
+            }),
+        }
+    }
+
+    /// Sends `piece` with buttons under it, trying a few times on the way (flood control,
+    /// network, HTML Telegram cannot parse); the id of the message, or why it is not there.
+    pub async fn send_with_buttons(
+        &self,
+        chat: i64,
+        piece: &Piece,
+        keyboard: &InlineKeyboardMarkup,
+    ) -> Result<MessageId, SendError> {
         let mut plain = false;
-        for attempt in 1..=MAX_TRIES {
+        let mut last = SendError::Transient("not tried".into());
+        for _ in 0..INTERACTIVE_TRIES {
             let request = if plain {
                 self.bot.send_message(ChatId(chat), piece.plain.as_str())
             } else {
@@ -103,103 +143,49 @@ impl Sender {
                     .send_message(ChatId(chat), piece.html.as_str())
                     .parse_mode(ParseMode::Html)
             };
-            let request = match &keyboard {
-                Some(keyboard) => request.reply_markup(keyboard.clone()),
-                None => request,
+            let error = match request.reply_markup(keyboard.clone()).await {
+                Ok(message) => return Ok(message.id),
+                Err(e) => classify(e),
             };
-            let error = match request.await {
-                Ok(message) => return Some(message.id),
+            match &error {
+                SendError::BadEntities(_) if !plain => plain = true,
+                SendError::RetryAfter(wait) if *wait <= MAX_INTERACTIVE_PAUSE => {
+                    tokio::time::sleep(*wait).await
+                }
+                SendError::Transient(_) => {}
+                _ => return Err(error),
+            }
+            last = error;
+        }
+        Err(last)
+    }
+
+    /// Makes message `id` show `piece` (without any buttons it had: an edit of the text
+    /// drops them), waiting out short flood control; never a new message.
+    pub async fn replace_once(
+        &self,
+        chat: i64,
+        id: MessageId,
+        piece: &Piece,
+    ) -> Result<(), SendError> {
+        let mut plain = false;
+        let mut last = SendError::Transient("not tried".into());
+        for _ in 0..INTERACTIVE_TRIES {
+            let error = match self.edit_once(chat, id, piece, plain).await {
+                Ok(()) => return Ok(()),
                 Err(e) => e,
             };
-            let wait = match &error {
-                RequestError::RetryAfter(after) => after.duration().min(MAX_RETRY_AFTER),
-                RequestError::Network(_)
-                | RequestError::Io(_)
-                | RequestError::InvalidJson { .. } => backoff.next_delay(),
-                RequestError::Api(ApiError::CantParseEntities(why)) if !plain => {
-                    tracing::info!(
-                        chat_id = chat,
-                        "Telegram could not parse the message's entities ({why}); resending as plain text"
-                    );
-                    plain = true;
-                    continue;
+            match &error {
+                SendError::BadEntities(_) if !plain => plain = true,
+                SendError::RetryAfter(wait) if *wait <= MAX_INTERACTIVE_PAUSE => {
+                    tokio::time::sleep(*wait).await
                 }
-                RequestError::Api(api) => {
-                    tracing::warn!(
-                        chat_id = chat,
-                        "Telegram refused a message: {}",
-                        describe_api_error(api)
-                    );
-                    return None;
-                }
-                RequestError::MigrateToChatId(new) => {
-                    tracing::warn!(chat_id = chat, "chat moved to {new}; message dropped");
-                    return None;
-                }
-            };
-            if attempt < MAX_TRIES {
-                tracing::info!(
-                    chat_id = chat,
-                    attempt,
-                    "sendMessage failed ({error}); retrying in {wait:?}"
-                );
-                tokio::time::sleep(wait).await;
-            } else {
-                tracing::warn!(
-                    chat_id = chat,
-                    "sendMessage failed {MAX_TRIES} times ({error}); message dropped"
-                );
+                SendError::Transient(_) => {}
+                _ => return Err(error),
             }
+            last = error;
         }
-        None
-    }
-
-    /// Replaces the text of message `id` with `piece`, once (plain text again if Telegram
-    /// cannot parse the HTML).
-    pub async fn edit_piece(&self, chat: i64, id: MessageId, piece: &Piece) -> Edit {
-        let html = self
-            .bot
-            .edit_message_text(ChatId(chat), id, piece.html.as_str())
-            .parse_mode(ParseMode::Html)
-            .await;
-        let error = match html {
-            Ok(_) => return Edit::Done,
-            Err(RequestError::Api(ApiError::CantParseEntities(why))) => {
-                tracing::info!(
-                    chat_id = chat,
-                    "Telegram could not parse an edit's entities ({why}); editing as plain text"
-                );
-                match self
-                    .bot
-                    .edit_message_text(ChatId(chat), id, piece.plain.as_str())
-                    .await
-                {
-                    Ok(_) => return Edit::Done,
-                    Err(e) => e,
-                }
-            }
-            Err(e) => e,
-        };
-        match error {
-            RequestError::Api(ApiError::MessageNotModified) => Edit::Done,
-            RequestError::RetryAfter(after) => Edit::RetryAfter(after.duration()),
-            other => {
-                tracing::info!(chat_id = chat, "editMessageText failed: {other}");
-                Edit::Failed
-            }
-        }
-    }
-
-    /// Makes message `id` show `piece` (without any buttons it had), waiting out flood
-    /// control; never a new message.
-    pub async fn replace_once(&self, chat: i64, id: MessageId, piece: &Piece) -> Edit {
-        for _ in 0..MAX_TRIES {
-            match self.edit_piece(chat, id, piece).await {
-                Edit::RetryAfter(wait) => tokio::time::sleep(wait.min(MAX_RETRY_AFTER)).await,
-                done_or_failed => return done_or_failed,
-            }
-        }
-        Edit::Failed
+        Err(last)
     }
 
     /// Removes the buttons under message `id`, once; a failure is only logged.
@@ -223,23 +209,6 @@ impl Sender {
         }
     }
 
-    /// Makes message `id` show `piece`, waiting out flood control, and sends it as a new
-    /// message when the old one cannot be edited: for the final state of a streamed answer,
-    /// which must arrive.
-    pub async fn replace_with(&self, chat: i64, id: MessageId, piece: &Piece) -> Delivery {
-        for _ in 0..MAX_TRIES {
-            match self.edit_piece(chat, id, piece).await {
-                Edit::Done => return Delivery::Sent,
-                Edit::RetryAfter(wait) => tokio::time::sleep(wait.min(MAX_RETRY_AFTER)).await,
-                Edit::Failed => break,
-            }
-        }
-        match self.send_piece(chat, piece).await {
-            Some(_) => Delivery::Sent,
-            None => Delivery::Dropped,
-        }
-    }
-
     /// "typing…" in the chat. Purely cosmetic: errors are ignored.
     pub async fn typing(&self, chat: i64) {
         let _ = self
@@ -249,9 +218,49 @@ impl Sender {
     }
 }
 
-fn describe_api_error(error: &ApiError) -> String {
+/// What a failed request means for the piece.
+fn classify(error: RequestError) -> SendError {
     match error {
-        ApiError::BotBlocked => "the user blocked the bot".into(),
-        other => other.to_string(),
+        RequestError::RetryAfter(after) => SendError::RetryAfter(after.duration()),
+        RequestError::MigrateToChatId(to) => SendError::Migrated(to.0),
+        RequestError::Api(ApiError::CantParseEntities(why)) => SendError::BadEntities(why),
+        RequestError::Api(ApiError::BotBlocked) => {
+            SendError::Refused("the user blocked the bot".into())
+        }
+        // teloxide names the descriptions it knows; the rest it keeps as they came. Those
+        // of a request Telegram judged ("Bad Request: …", "Forbidden: …") will not change
+        // on a retry; anything else (an "Internal Server Error" body with a 5xx) may.
+        RequestError::Api(ApiError::Unknown(description)) => {
+            if ["Bad Request", "Forbidden"]
+                .iter()
+                .any(|p| description.starts_with(p))
+            {
+                SendError::Refused(description)
+            } else {
+                SendError::Transient(description)
+            }
+        }
+        // A revoked token is the operator's to fix; the reply waits for it (until it is
+        // too old).
+        RequestError::Api(e @ ApiError::InvalidToken) => SendError::Transient(e.to_string()),
+        RequestError::Api(e) => SendError::Refused(e.to_string()),
+        RequestError::Network(e) => SendError::Transient(if e.is_timeout() {
+            format!("no answer within {} s", SEND_TIMEOUT.as_secs())
+        } else {
+            format!("network error: {}", hermes_retry::root_cause(e.as_ref()))
+        }),
+        RequestError::Io(e) => SendError::Transient(format!("i/o error: {e}")),
+        RequestError::InvalidJson { raw, .. } => {
+            let snippet: String = raw.chars().take(80).collect();
+            SendError::Transient(format!("answer is not Bot API JSON: {snippet:?}"))
+        }
     }
+}
+
+/// A refusal that is about the chat (the bot may not write there), not the message.
+fn refuses_the_chat(why: &str) -> bool {
+    why.starts_with("Forbidden")
+        || why.contains("blocked")
+        || why.contains("chat not found")
+        || why.contains("kicked")
 }

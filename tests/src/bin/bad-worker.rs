@@ -2,7 +2,8 @@
 //! can fail. It speaks the real protocol; the fault is chosen by the user's message (so
 //! one running gateway can be shown a crash and then a normal answer), or, for faults that
 //! happen before any message, by the name it is started under (`argv[0]`: tests symlink
-//! it as `never-connect`, `wrong-token`, `old-protocol`, `garbage-hello`, `alloc-at-start`).
+//! it as `never-connect`, `wrong-token`, `old-protocol`, `garbage-hello`, `alloc-at-start`,
+//! `deaf`: connects, then never reads its socket again).
 //!
 //! Messages it understands: `panic`, `abort`, `segv`, `exit 0`, `exit 1`, `hang`,
 //! `partial then hang`, `spawn and hang`, `garbage`, `oversized`, `wrong job`, `alloc`,
@@ -77,6 +78,9 @@ async fn main() {
             eprintln!("bad-worker: no welcome: {e}");
             std::process::exit(2);
         }
+    }
+    if name == "deaf" {
+        std::future::pending::<()>().await;
     }
     loop {
         match conn.read_frame::<ToWorker>().await {

@@ -29,7 +29,7 @@ impl JobRunner for InProcess {
             let outcome = hermes_worker::agent::run(&job, &self.client, &tx).await;
             drop(tx);
             while let Some(event) = rx.recv().await {
-                let _ = events.send(event);
+                let _ = events.send(event).await;
             }
             outcome
         })

@@ -1,0 +1,206 @@
+//! The outbox: every reply the gateway will send, committed before any of it is sent and
+//! kept until Telegram accepted or refused each piece.
+//!
+//! A reply is committed in one transaction with everything it settles: the messages it
+//! answers (marked answered, so no turn takes them again), and for a model's answer the
+//! exchange added to the conversation. Each piece then leaves the outbox on its own, right
+//! after Telegram accepted it (or refused it for good): a crash can only ever find one
+//! piece sent and still here, and send it again. When a reply's last piece leaves, the
+//! messages it answers are done.
+
+use rusqlite::{Transaction, params};
+
+use super::{Exchange, Store, StoreError, now};
+
+/// One piece of a reply as stored: Telegram HTML, the same text without markup, and
+/// whether it replaces a message already shown (a streamed answer's preview).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutPiece {
+    pub html: String,
+    pub plain: String,
+    /// Edit this message to show the piece, or send it anew if it cannot be edited.
+    pub edit_message_id: Option<i32>,
+}
+
+/// A reply to commit.
+pub struct ReplyRecord<'a> {
+    pub chat_id: i64,
+    /// The inbox rows it answers (none for a notice that answers nothing).
+    pub answers: &'a [i64],
+    /// Its text, kept with each row it answers.
+    pub text: &'a str,
+    pub pieces: &'a [OutPiece],
+    /// A model's answer: added to the conversation in the same transaction.
+    pub exchange: Option<&'a Exchange>,
+    /// The question a job asked for these rows, for `/retry`.
+    pub question: Option<&'a str>,
+}
+
+/// A piece in the outbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stored {
+    pub id: i64,
+    /// The reply it belongs to: the id of the reply's first piece.
+    pub reply: i64,
+    /// The last piece of its reply: once it leaves, the rows the reply answers are done.
+    pub last_of_reply: bool,
+    pub chat_id: i64,
+    pub piece: OutPiece,
+    /// Unix seconds.
+    pub created_at: i64,
+}
+
+impl Store {
+    /// Commits `record`: its pieces into the outbox, the rows it answers marked answered
+    /// (done at once when it has no pieces), the exchange and the question kept. Returns
+    /// the pieces as stored, in order.
+    pub fn commit_reply(&self, record: &ReplyRecord) -> Result<Vec<Stored>, StoreError> {
+        let mut conn = self.lock();
+        let tx = self.wrap(conn.transaction())?;
+        let at = now();
+        if let Some(exchange) = record.exchange {
+            self.wrap(Store::add_exchange(&tx, exchange, at))?;
+        }
+        if let Some(question) = record.question {
+            self.wrap(
+                tx.prepare_cached(
+                    "INSERT INTO chats (chat_id, last_question) VALUES (?1, ?2)
+                     ON CONFLICT (chat_id) DO UPDATE SET last_question = excluded.last_question",
+                )
+                .and_then(|mut st| st.execute(params![record.chat_id, question])),
+            )?;
+        }
+        let mut stored = Vec::with_capacity(record.pieces.len());
+        let mut reply = None;
+        for (i, piece) in record.pieces.iter().enumerate() {
+            let id = self.wrap(
+                tx.prepare_cached(
+                    "INSERT INTO outbox (reply, chat_id, html, plain, edit_message_id, created_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                )
+                .and_then(|mut st| {
+                    st.insert(params![
+                        reply,
+                        record.chat_id,
+                        piece.html,
+                        piece.plain,
+                        piece.edit_message_id,
+                        at
+                    ])
+                }),
+            )?;
+            let reply_id = *reply.get_or_insert(id);
+            stored.push(Stored {
+                id,
+                reply: reply_id,
+                last_of_reply: i + 1 == record.pieces.len(),
+                chat_id: record.chat_id,
+                piece: piece.clone(),
+                created_at: at,
+            });
+        }
+        for update_id in record.answers {
+            self.wrap(
+                tx.prepare_cached(
+                    "UPDATE inbox SET answered_by = ?2, reply = ?3,
+                     done_at = CASE WHEN ?2 IS NULL THEN ?4 ELSE NULL END WHERE update_id = ?1",
+                )
+                .and_then(|mut st| st.execute(params![update_id, reply, record.text, at])),
+            )?;
+        }
+        self.commit(tx)?;
+        Ok(stored)
+    }
+
+    /// Piece `id` reached its chat, or was refused or dropped for good: it leaves the
+    /// outbox, and when it was its reply's last (`last_of`), the rows that reply answers
+    /// are done. One transaction.
+    pub fn resolve_piece(&self, id: i64, last_of: Option<i64>) -> Result<(), StoreError> {
+        let mut conn = self.lock();
+        let tx = self.wrap(conn.transaction())?;
+        self.wrap(
+            tx.prepare_cached("DELETE FROM outbox WHERE id = ?1")
+                .and_then(|mut st| st.execute(params![id])),
+        )?;
+        if let Some(reply) = last_of {
+            self.wrap(
+                tx.prepare_cached(
+                    "UPDATE inbox SET done_at = ?2 WHERE answered_by = ?1 AND done_at IS NULL",
+                )
+                .and_then(|mut st| st.execute(params![reply, now()])),
+            )?;
+        }
+        self.commit(tx)
+    }
+
+    /// Every piece still to send, in the order it was committed. Rows whose reply has no
+    /// piece left (a reply can only leave that way through [`Store::resolve_piece`], so
+    /// this repairs only a store edited by hand) are done first.
+    pub fn outbox(&self) -> Result<Vec<Stored>, StoreError> {
+        let mut conn = self.lock();
+        let tx = self.wrap(conn.transaction())?;
+        self.wrap(tx.execute(
+            "UPDATE inbox SET done_at = ?1 WHERE done_at IS NULL AND answered_by IS NOT NULL
+             AND answered_by NOT IN (SELECT coalesce(reply, id) FROM outbox)",
+            params![now()],
+        ))?;
+        let mut pieces: Vec<Stored> = {
+            let mut stmt = self.wrap(tx.prepare(
+                "SELECT id, coalesce(reply, id), chat_id, html, plain, edit_message_id, created_at
+                 FROM outbox ORDER BY id",
+            ))?;
+            let rows = self.wrap(stmt.query_map([], |r| {
+                Ok(Stored {
+                    id: r.get(0)?,
+                    reply: r.get(1)?,
+                    last_of_reply: false,
+                    chat_id: r.get(2)?,
+                    piece: OutPiece {
+                        html: r.get(3)?,
+                        plain: r.get(4)?,
+                        edit_message_id: r.get(5)?,
+                    },
+                    created_at: r.get(6)?,
+                })
+            }))?;
+            self.wrap(rows.collect())?
+        };
+        self.commit(tx)?;
+        let mut seen = std::collections::HashSet::new();
+        for piece in pieces.iter_mut().rev() {
+            piece.last_of_reply = seen.insert(piece.reply);
+        }
+        Ok(pieces)
+    }
+
+    /// A group became a supergroup (`from` → `to`): its conversation, its settings, its
+    /// waiting messages and its outbox move to the new id.
+    pub fn migrate_chat(&self, from: i64, to: i64) -> Result<(), StoreError> {
+        let mut conn = self.lock();
+        let tx = self.wrap(conn.transaction())?;
+        self.wrap(migrate(&tx, from, to))?;
+        self.commit(tx)
+    }
+}
+
+fn migrate(tx: &Transaction, from: i64, to: i64) -> rusqlite::Result<()> {
+    // The new chat's own row wins if it has one: messages may already have come from it.
+    tx.execute(
+        "UPDATE OR IGNORE chats SET chat_id = ?2 WHERE chat_id = ?1",
+        params![from, to],
+    )?;
+    tx.execute("DELETE FROM chats WHERE chat_id = ?1", params![from])?;
+    tx.execute(
+        "UPDATE turns SET chat_id = ?2 WHERE chat_id = ?1",
+        params![from, to],
+    )?;
+    tx.execute(
+        "UPDATE outbox SET chat_id = ?2 WHERE chat_id = ?1",
+        params![from, to],
+    )?;
+    tx.execute(
+        "UPDATE inbox SET chat_id = ?2 WHERE chat_id = ?1 AND done_at IS NULL",
+        params![from, to],
+    )?;
+    Ok(())
+}
