@@ -555,6 +555,29 @@ impl Rig {
         }
     }
 
+    /// The same fakes, and the same account of each chat's messages, around a new gateway:
+    /// `start` gets the stopped one (for its state) and starts the next.
+    pub fn restart_with(
+        self,
+        start: impl FnOnce(Gateway, &FakeTelegram, &FakeProvider) -> Gateway,
+    ) -> Rig {
+        let Rig {
+            telegram,
+            provider,
+            gateway,
+            accounted,
+            ..
+        } = self;
+        let gateway = start(gateway, &telegram, &provider);
+        Rig {
+            pid: gateway.pid(),
+            telegram,
+            provider,
+            gateway,
+            accounted,
+        }
+    }
+
     /// A rig around a gateway the test started again itself (after killing the first),
     /// with the fakes it already had; nothing is accounted for yet.
     pub fn from_parts(telegram: FakeTelegram, provider: FakeProvider, gateway: Gateway) -> Rig {

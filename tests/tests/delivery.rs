@@ -876,14 +876,9 @@ async fn restart(
 /// A new gateway on the state of `rig`'s (stopped) one, with the same fakes.
 fn start_again(rig: Rig, mode: WorkerMode, customize: impl FnOnce(&mut GatewayOptions)) -> Rig {
     let options = options(mode, &rig.provider, customize);
-    let Rig {
-        telegram,
-        provider,
-        gateway,
-        ..
-    } = rig;
-    let gateway = Gateway::start_in(gateway.into_dir(), &options, &telegram.api_url());
-    Rig::from_parts(telegram, provider, gateway)
+    rig.restart_with(|gateway, telegram, _| {
+        Gateway::start_in(gateway.into_dir(), &options, &telegram.api_url())
+    })
 }
 
 /// A rig whose gateway runs in `dir` (prepared by the test).
@@ -944,12 +939,15 @@ async fn status_command(gateway: &Gateway) -> (i32, String) {
     )
 }
 
+/// Done as the store defines it: marked done, or answered by a reply with no piece left to
+/// send.
 fn inbox_done(db: &Path, update_id: i64) -> bool {
     let Ok(conn) = rusqlite::Connection::open(db) else {
         return false;
     };
     conn.query_row(
-        "SELECT done_at IS NOT NULL FROM inbox WHERE update_id = ?1",
+        "SELECT done_at IS NOT NULL OR (answered_by IS NOT NULL AND answered_by NOT IN
+         (SELECT coalesce(reply, id) FROM outbox)) FROM inbox WHERE update_id = ?1",
         [update_id],
         |r| r.get(0),
     )
