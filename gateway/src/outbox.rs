@@ -89,8 +89,6 @@ struct Queue {
 struct Queued {
     /// None when the store could not take it: sent once, best effort.
     id: Option<i64>,
-    reply: i64,
-    last_of_reply: bool,
     piece: Piece,
     edit: Option<MessageId>,
     /// Unix seconds.
@@ -109,8 +107,6 @@ impl Queued {
     fn from_stored(stored: Stored, not_before: Option<Instant>) -> Queued {
         Queued {
             id: Some(stored.id),
-            reply: stored.reply,
-            last_of_reply: stored.last_of_reply,
             piece: Piece {
                 html: stored.piece.html,
                 plain: stored.piece.plain,
@@ -183,14 +179,11 @@ impl Outbox {
                     chat_id = reply.chat,
                     "cannot store a reply ({e}); sending it without a record"
                 );
-                let count = stored_pieces.len();
                 let queued = stored_pieces
                     .into_iter()
                     .enumerate()
                     .map(|(i, p)| Queued {
                         id: None,
-                        reply: 0,
-                        last_of_reply: i + 1 == count,
                         piece: Piece {
                             html: p.html,
                             plain: p.plain,
@@ -290,10 +283,7 @@ impl Inner {
                 }
             }
             if let Some(id) = next.id
-                && let Err(e) = self
-                    .config
-                    .store
-                    .resolve_piece(id, next.last_of_reply.then_some(next.reply))
+                && let Err(e) = self.config.store.resolve_piece(id)
             {
                 // Left in the store, the piece goes again at the next start: one duplicate.
                 tracing::error!(chat_id = dest, "cannot record a delivered reply: {e}");

@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::approvals::Desk;
-use crate::chats::{self, ChatRouter, JobContext};
+use crate::chats::{ChatRouter, JobContext};
 use crate::circuit::Circuits;
 use crate::commands;
 use crate::health::Health;
@@ -276,8 +276,8 @@ async fn serve(path: &Path, config: Config, setup: Setup, runner: Option<MakeRun
         poll_stop.clone(),
         poller::Handlers {
             classify: {
-                let settings = settings.clone();
-                move |message: &mut _| chats::classify(&settings, message)
+                let router = router.clone();
+                move |message: &mut _| router.classify(message)
             },
             deliver: move |message| router.handle(message),
             pressed: move |press| desk.on_callback(press),

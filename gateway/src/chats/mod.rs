@@ -22,7 +22,7 @@
 mod deliver;
 mod prepare;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -92,6 +92,10 @@ struct ChatEntry {
     in_flight: Arc<InFlight>,
     /// Messages that arrived in this run and were not taken into a turn yet.
     waiting: usize,
+    /// Of those, the ones whose job start was counted as they were stored.
+    counted: HashSet<i64>,
+    /// The chat's task has a turn in hand (from taking it to its reply).
+    busy: bool,
 }
 
 /// One turn on its way to becoming a job.
@@ -161,6 +165,19 @@ impl ChatRouter {
         }
     }
 
+    /// Decides what `message` is before it is stored ([`classify`]), and whether its job's
+    /// start is counted with it ([`Pending::counted`]): when its chat is idle, the job
+    /// starts as soon as it is stored.
+    pub fn classify(&self, message: &mut Pending) {
+        classify(&self.inner.ctx.settings, message);
+        message.counted = message.kind == Kind::Message
+            && self
+                .inner
+                .lock()
+                .get(&message.chat_id)
+                .is_none_or(|entry| !entry.busy && entry.waiting == 0);
+    }
+
     /// Takes one message just stored by the poller. Never blocks: jobs run in chat tasks.
     pub fn handle(&self, message: Pending) {
         let chat = message.chat_id;
@@ -178,7 +195,7 @@ impl ChatRouter {
                 );
             }
             Kind::Stop => self.stop(chat, message.update_id),
-            Kind::Message => self.arrived(chat, message.update_id),
+            Kind::Message => self.arrived(chat, message.update_id, message.counted),
         }
     }
 
@@ -187,13 +204,13 @@ impl ChatRouter {
     pub fn resume(&self, unanswered: Vec<Pending>) {
         for message in unanswered {
             match message.kind {
-                Kind::Message => self.wake(message.chat_id, false),
+                Kind::Message => self.wake(message.chat_id, None),
                 Kind::Stop | Kind::Stranger => self.handle(message),
             }
         }
     }
 
-    fn arrived(&self, chat: i64, update_id: i64) {
+    fn arrived(&self, chat: i64, update_id: i64, counted: bool) {
         let full = self
             .inner
             .lock()
@@ -204,15 +221,21 @@ impl ChatRouter {
             self.inner.reply(chat, &[update_id], replies::QUEUE_FULL);
             return;
         }
-        self.wake(chat, true);
+        self.wake(chat, Some((update_id, counted)));
     }
 
-    /// Makes sure the chat's task runs and looks for a turn; `counted`: one more message
-    /// waits for it.
-    fn wake(&self, chat: i64, counted: bool) {
+    /// Makes sure the chat's task runs and looks for a turn; `arrived`: one more message
+    /// waits for it (and whether its start was counted as it was stored), recorded before
+    /// the task can look.
+    fn wake(&self, chat: i64, arrived: Option<(i64, bool)>) {
         let mut chats = self.inner.lock();
         if let Some(entry) = chats.get_mut(&chat) {
-            entry.waiting += usize::from(counted);
+            if let Some((update_id, counted)) = arrived {
+                entry.waiting += 1;
+                if counted {
+                    entry.counted.insert(update_id);
+                }
+            }
             entry.wake.notify_one();
             return;
         }
@@ -223,7 +246,13 @@ impl ChatRouter {
             ChatEntry {
                 wake: wake.clone(),
                 in_flight: in_flight.clone(),
-                waiting: usize::from(counted),
+                waiting: usize::from(arrived.is_some()),
+                counted: arrived
+                    .filter(|(_, counted)| *counted)
+                    .map(|(update_id, _)| update_id)
+                    .into_iter()
+                    .collect(),
+                busy: false,
             },
         );
         let router = self.clone();
@@ -276,24 +305,36 @@ impl ChatRouter {
                 self.announce_restart(chat, announced);
                 break;
             }
-            let turn = match self
+            let counted = self
                 .inner
-                .ctx
-                .store
-                .take_turn(chat, |text| commands::parse(text).is_some())
-            {
+                .lock()
+                .get(&chat)
+                .map(|entry| entry.counted.clone())
+                .unwrap_or_default();
+            let turn = match self.inner.ctx.store.take_turn(
+                chat,
+                |text| commands::parse(text).is_some(),
+                |update_id| counted.contains(&update_id),
+            ) {
                 Ok(turn) => turn,
                 Err(e) => {
                     tracing::error!(chat_id = chat, "cannot take the chat's next messages: {e}");
                     Vec::new()
                 }
             };
-            if turn.is_empty() {
-                if let Some(entry) = self.inner.lock().get_mut(&chat) {
+            if let Some(entry) = self.inner.lock().get_mut(&chat) {
+                entry.busy = !turn.is_empty();
+                if turn.is_empty() {
                     entry.waiting = 0;
+                    entry.counted.clear();
+                } else {
+                    entry.waiting = entry.waiting.saturating_sub(turn.len());
+                    for taken in &turn {
+                        entry.counted.remove(&taken.update_id);
+                    }
                 }
-            } else {
-                self.inner.no_longer_waiting(chat, turn.len());
+            }
+            if !turn.is_empty() {
                 announced |= self.run_turn(chat, turn, &in_flight).await;
                 continue;
             }

@@ -50,6 +50,11 @@ pub struct Pending {
     pub user_id: u64,
     pub text: String,
     pub kind: Kind,
+    /// Its job's start is counted as it is stored: its chat is idle, so the job starts at
+    /// once, and the store is written once for both (the turn that takes it then writes
+    /// nothing). Only a gateway that dies between the two counts a start that did not
+    /// happen.
+    pub counted: bool,
 }
 
 /// A message taken into a turn.
@@ -96,7 +101,7 @@ impl Store {
         let tx = self.wrap(conn.transaction())?;
         let at = now();
         for m in messages {
-            self.wrap(tx.prepare_cached("INSERT OR IGNORE INTO inbox (update_id, chat_id, user_id, text, received_at, kind) VALUES (?1, ?2, ?3, ?4, ?5, ?6)").and_then(|mut st| st.execute(params![m.update_id, m.chat_id, m.user_id as i64, m.text, at, m.kind.as_str()])))?;
+            self.wrap(tx.prepare_cached("INSERT OR IGNORE INTO inbox (update_id, chat_id, user_id, text, received_at, kind, attempts) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)").and_then(|mut st| st.execute(params![m.update_id, m.chat_id, m.user_id as i64, m.text, at, m.kind.as_str(), i64::from(m.counted)])))?;
         }
         for u in unparsed {
             self.wrap(tx.prepare_cached("INSERT OR IGNORE INTO unparsed_updates (update_id, raw, received_at) VALUES (?1, ?2, ?3)").and_then(|mut st| st.execute(params![u.update_id, u.raw, at])))?;
@@ -121,24 +126,29 @@ impl Store {
                 user_id: r.get::<_, i64>(2)? as u64,
                 text: r.get(3)?,
                 kind: Kind::parse(&r.get::<_, String>(4)?),
+                counted: false,
             })
         }))?;
         self.wrap(rows.collect())
     }
 
     /// Takes the chat's next turn from its waiting messages, oldest first, and counts a
-    /// job started for each, in one transaction (so the count survives a crash of the job
-    /// and of the gateway): every waiting message up to the first command, or that
-    /// command alone when it comes first. Empty when nothing waits.
+    /// job started for each, committed before it returns (so the count survives a crash
+    /// of the job and of the gateway): every waiting message up to the first command, or
+    /// that command alone when it comes first. Empty when nothing waits. Messages
+    /// `counted_at_arrival` (this run counted their start as it stored them, see
+    /// [`Pending::counted`]) are not counted again.
     pub fn take_turn(
         &self,
         chat_id: i64,
         is_command: impl Fn(&str) -> bool,
+        counted_at_arrival: impl Fn(i64) -> bool,
     ) -> Result<Vec<Taken>, StoreError> {
         let mut conn = self.lock();
-        let tx = self.wrap(conn.transaction())?;
+        // One connection, behind this lock, and one gateway per store: nothing writes
+        // between the read and the update.
         let waiting: Vec<Taken> = {
-            let mut stmt = self.wrap(tx.prepare_cached(
+            let mut stmt = self.wrap(conn.prepare_cached(
                 "SELECT update_id, user_id, text, attempts FROM inbox
                  WHERE chat_id = ?1 AND done_at IS NULL AND answered_by IS NULL AND kind = 'message'
                  ORDER BY update_id",
@@ -160,13 +170,22 @@ impl Store {
         };
         let mut taken = waiting;
         taken.truncate(turn);
-        if taken.is_empty() {
+        let mut to_count = Vec::new();
+        for m in &mut taken {
+            if counted_at_arrival(m.update_id) {
+                m.earlier_attempts = m.earlier_attempts.saturating_sub(1);
+            } else {
+                to_count.push(m.update_id);
+            }
+        }
+        if to_count.is_empty() {
             return Ok(taken);
         }
-        for m in &taken {
+        let tx = self.wrap(conn.transaction())?;
+        for update_id in to_count {
             self.wrap(
                 tx.prepare_cached("UPDATE inbox SET attempts = attempts + 1 WHERE update_id = ?1")
-                    .and_then(|mut st| st.execute(params![m.update_id])),
+                    .and_then(|mut st| st.execute(params![update_id])),
             )?;
         }
         self.commit(tx)?;

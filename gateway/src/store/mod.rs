@@ -82,7 +82,8 @@ const MIGRATIONS: &[&str] = &[
     // it (`reply` is NULL on a reply's first piece, whose id names the reply, and that id
     // on the others; `edit_message_id`: edit that message, or send anew if it cannot be
     // edited). An inbox row knows its kind (a stranger's keeps no text), the jobs started
-    // for it, and the reply that answers it; it is done once that reply is delivered.
+    // for it, and the reply that answers it; it is done once that reply is delivered (no
+    // piece of it left in the outbox; `done_at` is written at the next start).
     // Updates the Bot API client cannot parse are kept whole. A chat remembers the
     // question it last asked, for `/retry`.
     r#"
@@ -93,8 +94,6 @@ const MIGRATIONS: &[&str] = &[
     DROP INDEX inbox_by_chat;
     CREATE INDEX inbox_waiting ON inbox (chat_id, update_id)
         WHERE done_at IS NULL AND answered_by IS NULL;
-    CREATE INDEX inbox_answered ON inbox (answered_by)
-        WHERE done_at IS NULL AND answered_by IS NOT NULL;
     CREATE TABLE outbox (
         id INTEGER PRIMARY KEY AUTOINCREMENT,
         reply INTEGER,

@@ -5,8 +5,10 @@
 //! answers (marked answered, so no turn takes them again), and for a model's answer the
 //! exchange added to the conversation. Each piece then leaves the outbox on its own, right
 //! after Telegram accepted it (or refused it for good): a crash can only ever find one
-//! piece sent and still here, and send it again. When a reply's last piece leaves, the
-//! messages it answers are done.
+//! piece sent and still here, and send it again. When a reply's last piece has left, the
+//! messages it answers are done: that is read from the outbox (no piece of their reply
+//! left), not written, so a delivered piece costs one row deleted; the next start writes
+//! `done_at` for them ([`Store::outbox`]).
 
 use rusqlite::{Transaction, params};
 
@@ -42,8 +44,6 @@ pub struct Stored {
     pub id: i64,
     /// The reply it belongs to: the id of the reply's first piece.
     pub reply: i64,
-    /// The last piece of its reply: once it leaves, the rows the reply answers are done.
-    pub last_of_reply: bool,
     pub chat_id: i64,
     pub piece: OutPiece,
     /// Unix seconds.
@@ -72,7 +72,7 @@ impl Store {
         }
         let mut stored = Vec::with_capacity(record.pieces.len());
         let mut reply = None;
-        for (i, piece) in record.pieces.iter().enumerate() {
+        for piece in record.pieces {
             let id = self.wrap(
                 tx.prepare_cached(
                     "INSERT INTO outbox (reply, chat_id, html, plain, edit_message_id, created_at)
@@ -93,7 +93,6 @@ impl Store {
             stored.push(Stored {
                 id,
                 reply: reply_id,
-                last_of_reply: i + 1 == record.pieces.len(),
                 chat_id: record.chat_id,
                 piece: piece.clone(),
                 created_at: at,
@@ -113,29 +112,32 @@ impl Store {
     }
 
     /// Piece `id` reached its chat, or was refused or dropped for good: it leaves the
-    /// outbox, and when it was its reply's last (`last_of`), the rows that reply answers
-    /// are done. One transaction.
-    pub fn resolve_piece(&self, id: i64, last_of: Option<i64>) -> Result<(), StoreError> {
-        let mut conn = self.lock();
-        let tx = self.wrap(conn.transaction())?;
+    /// outbox (one statement, committed on its own). Once its reply has no piece left, the
+    /// rows that reply answers are done.
+    pub fn resolve_piece(&self, id: i64) -> Result<(), StoreError> {
+        let conn = self.lock();
         self.wrap(
-            tx.prepare_cached("DELETE FROM outbox WHERE id = ?1")
+            conn.prepare_cached("DELETE FROM outbox WHERE id = ?1")
                 .and_then(|mut st| st.execute(params![id])),
         )?;
-        if let Some(reply) = last_of {
-            self.wrap(
-                tx.prepare_cached(
-                    "UPDATE inbox SET done_at = ?2 WHERE answered_by = ?1 AND done_at IS NULL",
-                )
-                .and_then(|mut st| st.execute(params![reply, now()])),
-            )?;
-        }
-        self.commit(tx)
+        Ok(())
+    }
+
+    /// Whether inbox row `update_id` is done: answered by a reply that has no piece left
+    /// to send (or marked done when it was answered without one).
+    #[cfg(test)]
+    pub fn is_done(&self, update_id: i64) -> Result<bool, StoreError> {
+        let conn = self.lock();
+        self.wrap(conn.query_row(
+            "SELECT done_at IS NOT NULL OR (answered_by IS NOT NULL AND answered_by NOT IN
+             (SELECT coalesce(reply, id) FROM outbox)) FROM inbox WHERE update_id = ?1",
+            params![update_id],
+            |r| r.get(0),
+        ))
     }
 
     /// Every piece still to send, in the order it was committed. Rows whose reply has no
-    /// piece left (a reply can only leave that way through [`Store::resolve_piece`], so
-    /// this repairs only a store edited by hand) are done first.
+    /// piece left (delivered by an earlier run) get their `done_at` first.
     pub fn outbox(&self) -> Result<Vec<Stored>, StoreError> {
         let mut conn = self.lock();
         let tx = self.wrap(conn.transaction())?;
@@ -144,7 +146,7 @@ impl Store {
              AND answered_by NOT IN (SELECT coalesce(reply, id) FROM outbox)",
             params![now()],
         ))?;
-        let mut pieces: Vec<Stored> = {
+        let pieces: Vec<Stored> = {
             let mut stmt = self.wrap(tx.prepare(
                 "SELECT id, coalesce(reply, id), chat_id, html, plain, edit_message_id, created_at
                  FROM outbox ORDER BY id",
@@ -153,7 +155,6 @@ impl Store {
                 Ok(Stored {
                     id: r.get(0)?,
                     reply: r.get(1)?,
-                    last_of_reply: false,
                     chat_id: r.get(2)?,
                     piece: OutPiece {
                         html: r.get(3)?,
@@ -166,10 +167,6 @@ impl Store {
             self.wrap(rows.collect())?
         };
         self.commit(tx)?;
-        let mut seen = std::collections::HashSet::new();
-        for piece in pieces.iter_mut().rev() {
-            piece.last_of_reply = seen.insert(piece.reply);
-        }
         Ok(pieces)
     }
 

@@ -12,6 +12,7 @@ fn pending(id: i64, text: &str) -> Pending {
         user_id: 7,
         text: text.into(),
         kind: Kind::Message,
+        counted: false,
     }
 }
 
@@ -40,9 +41,7 @@ fn answer(store: &Store, answers: &[i64], text: &str, exchange: Option<&Exchange
 /// Answers `id` and delivers the answer at once.
 fn finish(store: &Store, id: i64, exchange: Option<&Exchange>) {
     for p in answer(store, &[id], "answer", exchange) {
-        store
-            .resolve_piece(p.id, p.last_of_reply.then_some(p.reply))
-            .unwrap();
+        store.resolve_piece(p.id).unwrap();
     }
 }
 
@@ -86,33 +85,31 @@ fn a_reply_is_done_only_when_its_last_piece_left_and_survives_a_reopen_until_the
     assert_eq!(stored.len(), 2);
     assert_eq!(stored[0].reply, stored[0].id);
     assert_eq!(stored[1].reply, stored[0].id);
-    assert!(!stored[0].last_of_reply && stored[1].last_of_reply);
     // Answered: no turn takes them again, and they are not unanswered.
     assert_eq!(store.unanswered().unwrap(), vec![pending(3, "c")]);
-    store.resolve_piece(stored[0].id, None).unwrap();
+    store.resolve_piece(stored[0].id).unwrap();
     drop(store);
 
     let store = Store::open(dir.path()).unwrap();
     let left = store.outbox().unwrap();
     assert_eq!(left.len(), 1);
     assert_eq!(left[0].piece, piece("two"));
-    assert!(left[0].last_of_reply);
     assert_eq!(left[0].reply, stored[0].id);
-    let done = |id: i64| -> bool {
-        store
-            .lock()
-            .query_row(
-                "SELECT done_at IS NOT NULL FROM inbox WHERE update_id = ?1",
-                [id],
-                |r| r.get(0),
-            )
-            .unwrap()
-    };
+    let done = |id: i64| store.is_done(id).unwrap();
     assert!(!done(1) && !done(2));
-    store
-        .resolve_piece(left[0].id, Some(left[0].reply))
-        .unwrap();
+    store.resolve_piece(left[0].id).unwrap();
     assert!(done(1) && done(2) && !done(3));
+    // The next start writes it down.
+    assert!(store.outbox().unwrap().is_empty());
+    let written: i64 = store
+        .lock()
+        .query_row(
+            "SELECT count(*) FROM inbox WHERE done_at IS NOT NULL",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(written, 2);
     assert!(store.outbox().unwrap().is_empty());
     assert_eq!(store.last_question(7).unwrap().as_deref(), Some("a\nb"));
 }
@@ -169,22 +166,25 @@ fn a_turn_takes_every_waiting_message_up_to_a_command_and_counts_its_start() {
         )
         .unwrap();
     let texts = |taken: &[Taken]| -> Vec<String> { taken.iter().map(|t| t.text.clone()).collect() };
-    let first = store.take_turn(7, is_command).unwrap();
+    let first = store.take_turn(7, is_command, |_| false).unwrap();
     assert_eq!(texts(&first), ["a", "b"], "a /stop is never part of a turn");
     assert!(first.iter().all(|t| t.earlier_attempts == 0));
     // Not answered (the job died): the next turn takes them again, counted.
-    let again = store.take_turn(7, is_command).unwrap();
+    let again = store.take_turn(7, is_command, |_| false).unwrap();
     assert_eq!(texts(&again), ["a", "b"]);
     assert!(again.iter().all(|t| t.earlier_attempts == 1));
     finish(&store, 1, None);
     finish(&store, 2, None);
-    assert_eq!(texts(&store.take_turn(7, is_command).unwrap()), ["/new"]);
+    assert_eq!(
+        texts(&store.take_turn(7, is_command, |_| false).unwrap()),
+        ["/new"]
+    );
     finish(&store, 4, None);
     drop(store);
     let store = Store::open(dir.path()).unwrap();
-    let last = store.take_turn(7, is_command).unwrap();
+    let last = store.take_turn(7, is_command, |_| false).unwrap();
     assert_eq!(texts(&last), ["c"]);
-    assert_eq!(store.take_turn(8, is_command).unwrap(), []);
+    assert_eq!(store.take_turn(8, is_command, |_| false).unwrap(), []);
     assert_eq!(store.waiting(7, 4).unwrap(), Vec::<i64>::new());
     assert_eq!(store.waiting(7, 5).unwrap(), [5]);
     let counted: i64 = store
@@ -194,6 +194,37 @@ fn a_turn_takes_every_waiting_message_up_to_a_command_and_counts_its_start() {
         })
         .unwrap();
     assert_eq!(counted, 1, "the count survives a reopen");
+}
+
+#[test]
+fn a_start_counted_as_the_message_was_stored_is_not_counted_again_by_its_turn() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let counted = Pending {
+        counted: true,
+        ..pending(1, "a")
+    };
+    store.accept(&[counted, pending(2, "b")], &[], 3).unwrap();
+    let attempts = |store: &Store| -> Vec<i64> {
+        let conn = store.lock();
+        let mut st = conn
+            .prepare("SELECT attempts FROM inbox ORDER BY update_id")
+            .unwrap();
+        st.query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    };
+    assert_eq!(attempts(&store), [1, 0], "counted as it was stored");
+    let turn = store.take_turn(7, is_command, |id| id == 1).unwrap();
+    assert!(turn.iter().all(|t| t.earlier_attempts == 0));
+    assert_eq!(attempts(&store), [1, 1], "one start each, not two");
+    drop(store);
+    // The gateway died with the job: the next run counts the next start.
+    let store = Store::open(dir.path()).unwrap();
+    let turn = store.take_turn(7, is_command, |_| false).unwrap();
+    assert!(turn.iter().all(|t| t.earlier_attempts == 1));
+    assert_eq!(attempts(&store), [2, 2]);
 }
 
 #[test]
@@ -217,7 +248,12 @@ fn a_strangers_row_is_never_part_of_a_turn_and_unparsed_updates_are_kept_whole()
         )
         .unwrap();
     assert_eq!(store.unanswered().unwrap()[0].kind, Kind::Stranger);
-    assert!(store.take_turn(7, is_command).unwrap().is_empty());
+    assert!(
+        store
+            .take_turn(7, is_command, |_| false)
+            .unwrap()
+            .is_empty()
+    );
     assert_eq!(store.unparsed().unwrap()[0].raw, raw);
 }
 
@@ -374,7 +410,7 @@ fn a_version_2_store_with_data_gains_the_outbox_and_keeps_everything() {
         vec![pending(11, "still waiting")]
     );
     assert!(store.outbox().unwrap().is_empty());
-    let turn = store.take_turn(7, is_command).unwrap();
+    let turn = store.take_turn(7, is_command, |_| false).unwrap();
     assert_eq!(turn.len(), 1);
     assert_eq!(turn[0].text, "still waiting");
     assert_eq!(turn[0].earlier_attempts, 0);

@@ -6,6 +6,7 @@
 //! frames, it hangs past the deadline. The job then gets a [`Failure`] and the worker is
 //! discarded; the gateway itself only ever reads, waits and kills.
 
+use std::pin::Pin;
 use std::time::{Duration, Instant};
 
 use hermes_protocol::{
@@ -18,6 +19,7 @@ use tokio::process::Child;
 use tokio::sync::oneshot::error::RecvError;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
+use tokio::time::Sleep;
 use tokio_util::sync::CancellationToken;
 
 use super::listener::{AuthRefusal, PendingWorkers};
@@ -170,10 +172,13 @@ impl Worker {
         self.jobs_done += 1;
         let started = Instant::now();
         let deadline = started + Duration::from_millis(job.timeout_ms) + DEADLINE_MARGIN;
+        // One timer for the whole job: registering one per frame costs more than the frame.
+        let timer = tokio::time::sleep_until(deadline.into());
+        tokio::pin!(timer);
         let frame = ToWorker::Job(job.clone());
         let sent = tokio::select! {
             sent = self.conn.write_frame(&frame) => sent,
-            ended = ended(deadline, &stops) => return self.end(ended, job, kill_grace).await,
+            ended = ended(timer.as_mut(), &stops) => return self.end(ended, job, kill_grace).await,
         };
         match sent {
             Ok(()) => {}
@@ -209,7 +214,7 @@ impl Worker {
                     let answer = ToWorker::Decision { job_id: job.id, approval, decision };
                     let sent = tokio::select! {
                         sent = self.conn.write_frame(&answer) => sent,
-                        ended = ended(deadline, &stops) => return self.end(ended, job, kill_grace).await,
+                        ended = ended(timer.as_mut(), &stops) => return self.end(ended, job, kill_grace).await,
                     };
                     if let Err(e) = sent {
                         tracing::warn!(worker_pid = self.pid, job_id = %job.id, "cannot send a decision: {e}");
@@ -217,7 +222,7 @@ impl Worker {
                     }
                     continue;
                 }
-                ended = ended(deadline, &stops) => return self.end(ended, job, kill_grace).await,
+                ended = ended(timer.as_mut(), &stops) => return self.end(ended, job, kill_grace).await,
             };
             match frame {
                 Ok(FromWorker::Event { job_id, event }) if job_id == job.id => {
@@ -226,7 +231,7 @@ impl Worker {
                     tokio::select! {
                         // A chat that is gone no longer wants events; the job goes on.
                         _ = events.send(event) => {}
-                        ended = ended(deadline, &stops) => return self.end(ended, job, kill_grace).await,
+                        ended = ended(timer.as_mut(), &stops) => return self.end(ended, job, kill_grace).await,
                     }
                 }
                 Ok(FromWorker::Approval { job_id, request }) if job_id == job.id => {
@@ -348,9 +353,9 @@ enum Ended {
 }
 
 /// Resolves when the job must end: its deadline passed, the gateway stops, or `/stop`.
-async fn ended(deadline: Instant, stops: &Stops<'_>) -> Ended {
+async fn ended(deadline: Pin<&mut Sleep>, stops: &Stops<'_>) -> Ended {
     tokio::select! {
-        _ = tokio::time::sleep_until(deadline.into()) => Ended::Deadline,
+        _ = deadline => Ended::Deadline,
         _ = stops.abort.cancelled() => Ended::Abort,
         _ = stops.cancel.cancelled() => Ended::Cancel,
     }

@@ -360,6 +360,7 @@ fn text_message(update: Update, me: &Identity, group_mode: GroupMode) -> Option<
         user_id: user.id.0,
         text,
         kind: Kind::Message,
+        counted: false,
     })
 }
 
@@ -407,6 +408,7 @@ fn raw_text_message(raw: &Value, me: &Identity, group_mode: GroupMode) -> Option
         user_id,
         text,
         kind: Kind::Message,
+        counted: false,
     })
 }
 
