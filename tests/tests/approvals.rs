@@ -4,8 +4,9 @@
 //!
 //! In every case the question names the tool and its arguments, carries two buttons in one
 //! row, and ends edited to say what became of it with no buttons left; the model reads an
-//! error result unless the call was allowed; the chat gets one answer; the gateway is the
-//! same process and answers the next message.
+//! error result unless the call was allowed; the chat holds each question once and one
+//! answer, nothing else (counted again after the follow-up, so a question or an answer
+//! sent twice fails); the gateway is the same process and answers the next message.
 
 use std::path::{Path, PathBuf};
 
@@ -181,6 +182,13 @@ async fn press(rig: &Rig, question: &SentMessage, user: i64, label: &str, expect
     assert_eq!(answered.text.as_deref(), Some(expected));
 }
 
+/// The chat holds one question and one answer to it, nothing else; from here the follow-up
+/// counts on from those two ([`Rig::assert_replies`]), so a question asked twice, or an
+/// answer that comes again later, fails the test.
+fn assert_asked_once_and_answered_once(rig: &Rig) {
+    rig.assert_replies(2);
+}
+
 fn assert_question_shape(question: &SentMessage, marker: &Path) {
     assert!(question.text.contains("guard.shell"), "{}", question.text);
     assert!(
@@ -216,6 +224,7 @@ async fn an_allowed_call_runs_and_the_question_says_who_allowed_it(mode: WorkerM
     assert!(!result.starts_with("error:"), "{result}");
     let said = settled(&rig, &q).await;
     assert!(said.contains("allowed by User1001"), "{said}");
+    assert_asked_once_and_answered_once(&rig);
     rig.assert_still_serving().await;
 }
 
@@ -233,6 +242,7 @@ async fn a_denied_call_does_not_run_and_the_model_is_told(mode: WorkerMode) {
     assert!(result.contains("denied this call"), "{result}");
     let said = settled(&rig, &q).await;
     assert!(said.contains("denied by User1001"), "{said}");
+    assert_asked_once_and_answered_once(&rig);
     rig.assert_still_serving().await;
 }
 
@@ -258,6 +268,7 @@ async fn an_unanswered_question_counts_as_deny(mode: WorkerMode) {
             .press(USER, q.message_id, USER, ALLOW)
             .is_none()
     );
+    assert_asked_once_and_answered_once(&rig);
     rig.assert_still_serving().await;
 }
 
@@ -285,6 +296,8 @@ async fn only_an_allowed_user_can_answer(mode: WorkerMode) {
     assert!(marker.ran());
     let said = settled(&rig, &q).await;
     assert!(said.contains("allowed by User1001"), "{said}");
+    // The stranger's press was answered on the button only, not in the chat.
+    assert_asked_once_and_answered_once(&rig);
     rig.assert_still_serving().await;
 }
 
@@ -313,9 +326,10 @@ async fn stop_while_waiting_ends_the_job_and_removes_the_buttons(mode: WorkerMod
     assert!(!marker.ran(), "a stopped job's call ran");
     // The job ended at the question: the provider was not asked again.
     assert_eq!(rig.provider.request_count(), 1);
+    // The question, and "Stopped." as the one answer to the message.
+    assert_asked_once_and_answered_once(&rig);
     rig.provider.push(ProviderReply::Text("ok then".into()));
-    assert_eq!(rig.ask("anything else?").await.text, "ok then");
-    rig.gateway.assert_running(rig.pid);
+    rig.assert_follow_up("anything else?", "ok then").await;
 }
 
 /// The gateway is killed while a question waits. The next run answers the message once:
@@ -368,6 +382,8 @@ async fn a_gateway_restarted_while_waiting_asks_again_and_old_buttons_have_expir
         .filter(|m| m.text == "done")
         .count();
     assert_eq!(answers, 1);
+    // The first run's question, the second run's, and the answer: nothing else.
+    rig.assert_replies(3);
     let mut rig = rig;
     rig.assert_still_serving().await;
 }
