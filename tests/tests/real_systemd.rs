@@ -633,6 +633,19 @@ fn the_unit_under_a_real_systemd() {
             result.starts_with("error:"),
             "`{attack}` did not fail: {result}"
         );
+        // Refused by the sandbox (or hidden by ProtectProc=invisible), not merely by a
+        // missing polkit: unsandboxed, `systemctl stop` fails too, with "Transport
+        // endpoint is not connected".
+        assert!(
+            [
+                "Operation not permitted",
+                "Permission denied",
+                "No such file or directory"
+            ]
+            .iter()
+            .any(|refusal| result.contains(refusal)),
+            "`{attack}` was not refused by the sandbox: {result}"
+        );
         for secret in secrets {
             assert!(
                 !result.contains(secret),
