@@ -18,7 +18,14 @@
 //! 3. a poll loop that stalls (Telegram accepts the connection and never answers) gets the
 //!    unit restarted by the watchdog (`Result=watchdog`);
 //! 4. `kill -TERM` of a worker: replaced, same `MainPID`; of the gateway: it drains, exits
-//!    0, and `Restart=always` brings it back.
+//!    0, and `Restart=always` brings it back;
+//! 5. a tool told to stop the service (issue 11): the README's configuration with the tests'
+//!    shell MCP server as a tool, the host's fake Telegram and fake provider (reached from
+//!    the guest at 10.0.2.2), and a scripted model that makes the tool run `systemctl stop`,
+//!    `busctl … StopUnit`, `kill -TERM` of the main PID, and read the gateway's environment,
+//!    its credentials and its state database: every attack is an error result holding no
+//!    secret and no conversation, each chat still gets its answer, and the unit stays
+//!    active with the same `MainPID` and `NRestarts`.
 //!
 //! Skipped, with the reason printed, where the VM cannot start (not root, no apt); under
 //! CI (`HERMES_CI`) that fails it instead (`hermes_tests::skip`).
@@ -27,7 +34,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use hermes_tests::harness::binaries;
+use hermes_tests::fake_provider::{API_KEY, FakeProvider, ProviderReply};
+use hermes_tests::fake_telegram::{FakeTelegram, TOKEN};
+use hermes_tests::harness::{PATIENCE, USER, binaries};
+use hermes_tests::mcp::tool_results;
 
 struct Vm {
     script: PathBuf,
@@ -172,8 +182,14 @@ const TELEGRAM_STUB: &str = include_str!("../vm/telegram-stub.py");
 const STUB_URL: &str = "http://127.0.0.1:8081";
 /// Accepts connections and never answers: a stalled Telegram.
 const STALL_URL: &str = "http://127.0.0.1:8082";
-const TOKEN: &str = "123:vm-test-token";
-const PROVIDER_KEY: &str = "sk-vm-test-key";
+/// The fakes' own secrets (the in-guest stub takes any token): the same credentials serve
+/// the stub of the operator's path and the host's fakes of the tool attacks.
+const PROVIDER_KEY: &str = API_KEY;
+/// The host as the guest sees it (QEMU user networking): the fakes listen on the host's
+/// 127.0.0.1.
+const HOST_FROM_GUEST: &str = "10.0.2.2";
+/// Said in a chat before the attacks, so the state database holds it: no tool result may.
+const HISTORY: &str = "the launch code is swordfish-7731";
 
 fn readme() -> String {
     std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md"))
@@ -218,6 +234,73 @@ fn configuration(api_url: &str, extra: &str) -> String {
     format!("{}\n{extra}", lines.join("\n"))
 }
 
+/// The README's configuration pointed at the host's fakes, with the tests' shell MCP server
+/// (shared at /mnt/host) as the tool `shell`, sandboxed as by default.
+fn tools_configuration(telegram: &FakeTelegram, provider: &FakeProvider) -> String {
+    let guest = |url: String| url.replace("127.0.0.1", HOST_FROM_GUEST);
+    let readme = configuration(&guest(telegram.api_url()), "");
+    let users = "allowed_users = [123456789]";
+    let base_url = "base_url = \"https://api.openai.com/v1\"";
+    assert!(
+        readme.contains(users) && readme.contains(base_url),
+        "{readme}"
+    );
+    let toml = readme.replacen(users, &format!("allowed_users = [{USER}]"), 1);
+    let toml = toml.replacen(
+        base_url,
+        &format!("base_url = \"{}\"", guest(provider.base_url())),
+        1,
+    );
+    format!(
+        "{toml}\n[[tools.mcp]]\nname = \"shell\"\ncommand = \"/mnt/host/mcp-server\"\ntimeout_secs = 30\n"
+    )
+}
+
+/// Sends `text` in [`USER`]'s chat; the model calls `shell__shell` with `command` (if any),
+/// then answers `answer`. The tool result the model was sent (if a tool was called), once
+/// the chat has `answer`.
+fn ask(
+    runtime: &tokio::runtime::Runtime,
+    telegram: &FakeTelegram,
+    provider: &FakeProvider,
+    text: &str,
+    command: Option<&str>,
+    answer: &str,
+) -> Option<String> {
+    if let Some(command) = command {
+        let arguments = serde_json::json!({ "command": command }).to_string();
+        provider.push_for(
+            text,
+            ProviderReply::tool_calls(&[(&call_id(answer), "shell__shell", &arguments)]),
+        );
+    }
+    provider.push_for(text, ProviderReply::Text(answer.into()));
+    let asked = Instant::now();
+    telegram.send_text(USER, USER, text);
+    let reply = runtime.block_on(telegram.wait_for_sent(
+        |m| m.chat_id == USER && m.at >= asked && m.text == answer,
+        PATIENCE * 2,
+    ));
+    assert!(
+        reply.is_some(),
+        "no {answer:?} in the chat after {text:?}: {:#?}",
+        telegram.sent_to(USER)
+    );
+    command?;
+    // Earlier calls are in the conversation too: this one's result carries its own id.
+    provider
+        .requests()
+        .iter()
+        .flat_map(tool_results)
+        .find(|(id, _)| *id == call_id(answer))
+        .map(|(_, content)| content)
+}
+
+/// The id of the tool call answered by `answer`, unique in the conversation.
+fn call_id(answer: &str) -> String {
+    format!("call-{answer}")
+}
+
 /// The workers of the incidents: one, quick to stop, restarts never paused.
 fn workers(command: &str) -> String {
     format!(
@@ -239,6 +322,13 @@ fn the_unit_under_a_real_systemd() {
         std::fs::copy(from, share.path().join(name)).unwrap_or_else(|e| panic!("copy {name}: {e}"));
     }
     std::os::unix::fs::symlink("bad-worker", share.path().join("alloc-at-start")).expect("symlink");
+    std::fs::copy(hermes_tests::mcp::server(), share.path().join("mcp-server"))
+        .expect("copy mcp-server");
+    // The host's fakes for the tool attacks (5.), served by this runtime's threads while
+    // the test's own thread drives the VM.
+    let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+    let telegram = runtime.block_on(FakeTelegram::start());
+    let provider = runtime.block_on(FakeProvider::start());
     let files = [
         ("hermes.toml", configuration(STUB_URL, "")),
         (
@@ -253,6 +343,7 @@ fn the_unit_under_a_real_systemd() {
             "calm.toml",
             configuration(STUB_URL, &workers("/mnt/host/bad-worker")),
         ),
+        ("tools.toml", tools_configuration(&telegram, &provider)),
         ("telegram-stub.py", TELEGRAM_STUB.to_string()),
     ];
     for (name, text) in files {
@@ -267,6 +358,7 @@ fn the_unit_under_a_real_systemd() {
         }
     };
     let booted = began.elapsed();
+    println!("the VM booted in {:.0} s", booted.as_secs_f64());
     vm.run("systemd-run --unit=telegram-stub python3 /mnt/host/telegram-stub.py");
     vm.run("systemd-run --unit=stall-telegram python3 -c \"import socket,time; s=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(('127.0.0.1', 8082)); s.listen(100); time.sleep(100000)\"");
 
@@ -315,11 +407,18 @@ fn the_unit_under_a_real_systemd() {
         as_nobody.contains("(healthy), as systemd reports it"),
         "{as_nobody}"
     );
-    let warnings = vm.run("journalctl -u hermes-gateway -p warning -b --no-pager");
+    // The sandbox says at start-up which of its guarantees this kernel weakens (issue 11;
+    // the VM's 6.1 has Landlock ABI 2): news for the operator, not noise. Anything else is.
+    let warnings = vm.run("journalctl -u hermes-gateway -p warning -b --no-pager -o cat");
+    let (weaker, noise): (Vec<&str>, Vec<&str>) = warnings
+        .lines()
+        .filter(|l| !l.trim().is_empty() && !l.starts_with("-- "))
+        .partition(|l| l.starts_with("tool sandbox guarantee ") && l.contains(" is weaker: "));
     assert!(
-        warnings.contains("-- No entries --"),
+        noise.is_empty(),
         "start-up noise at priority warning or above:\n{warnings}"
     );
+    println!("start-up warnings: the sandbox on this kernel: {weaker:#?}");
     // Journal-native: no second timestamp in the message, priorities by level.
     let entries = vm.run(
         "journalctl -u hermes-gateway -b -o verbose --no-pager SYSLOG_IDENTIFIER=hermes-gateway",
@@ -491,6 +590,88 @@ fn the_unit_under_a_real_systemd() {
     );
     println!(
         "kill -TERM: a worker is replaced under the same MainPID; the gateway drains, exits 0 and is restarted"
+    );
+
+    // 5. A tool told to stop the service and read its secrets: the unit carries on.
+    vm.run("cp /mnt/host/tools.toml /etc/hermes/hermes.toml && systemctl restart hermes-gateway");
+    let (healthy, status) = vm.healthy_status(Duration::from_secs(60));
+    assert!(healthy, "{status}\n{}", vm.journal());
+    let main_pid = vm.show("MainPID");
+    let restarts = vm.show("NRestarts");
+    let since = vm.run("date +%s").trim().to_string();
+    let ask = |text: &str, command: Option<&str>, answer: &str| {
+        ask(&runtime, &telegram, &provider, text, command, answer)
+    };
+    ask(&format!("remember: {HISTORY}"), None, "noted");
+    // Where the conversation is: the attack on the state must have something to find.
+    let stored = vm.run("grep -rl swordfish-7731 /var/lib/private/hermes/ || true");
+    assert!(!stored.trim().is_empty(), "the conversation is not stored");
+    // The tool works: an error below is a refusal, not a server that never started.
+    let works = ask("who are you?", Some("id; echo fine"), "done-0").unwrap_or_default();
+    assert!(
+        works.contains("fine") && !works.starts_with("error:"),
+        "the shell tool does not run in the unit: {works}\n{}",
+        vm.journal()
+    );
+    println!("tools: `id; echo fine` -> {works:?}");
+    let attacks = [
+        "systemctl stop hermes-gateway".to_string(),
+        "busctl call org.freedesktop.systemd1 /org/freedesktop/systemd1 org.freedesktop.systemd1.Manager StopUnit ss hermes-gateway.service replace".to_string(),
+        // systemd gives the service no $MAINPID; the model can be told the number.
+        format!("kill -TERM ${{MAINPID:-{main_pid}}}"),
+        format!("cat /proc/{main_pid}/environ"),
+        "cat ${CREDENTIALS_DIRECTORY:-/run/credentials/hermes-gateway.service}/TELEGRAM_BOT_TOKEN".to_string(),
+        "cat /var/lib/hermes/state.db".to_string(),
+    ];
+    let secrets = [TOKEN, PROVIDER_KEY, "swordfish", "SQLite format 3"];
+    for (i, attack) in attacks.iter().enumerate() {
+        let answer = format!("done-{}", i + 1);
+        let result = ask(&format!("attack {}", i + 1), Some(attack), &answer)
+            .unwrap_or_else(|| panic!("no tool result for {attack:?}"));
+        println!("tools: `{attack}` -> {result:?}");
+        assert!(
+            result.starts_with("error:"),
+            "`{attack}` did not fail: {result}"
+        );
+        // Refused by the sandbox (or hidden by ProtectProc=invisible), not merely by a
+        // missing polkit: unsandboxed, `systemctl stop` fails too, with "Transport
+        // endpoint is not connected".
+        assert!(
+            [
+                "Operation not permitted",
+                "Permission denied",
+                "No such file or directory"
+            ]
+            .iter()
+            .any(|refusal| result.contains(refusal)),
+            "`{attack}` was not refused by the sandbox: {result}"
+        );
+        for secret in secrets {
+            assert!(
+                !result.contains(secret),
+                "`{attack}` handed the model {secret:?}: {result}"
+            );
+        }
+    }
+    assert_eq!(vm.show("ActiveState"), "active", "{}", vm.journal());
+    assert_eq!(
+        vm.show("MainPID"),
+        main_pid,
+        "the gateway was replaced:\n{}",
+        vm.journal()
+    );
+    assert_eq!(vm.show("NRestarts"), restarts, "{}", vm.journal());
+    // Neither a stop job nor a signal reached it (both are logged the moment they do).
+    let after = vm.run(&format!(
+        "journalctl -u hermes-gateway --since @{since} -o cat --no-pager"
+    ));
+    assert!(
+        !after.contains("Stopping") && !after.contains("received SIGTERM"),
+        "{after}"
+    );
+    println!(
+        "tools: {} attacks refused, unit active, MainPID {main_pid} and NRestarts={restarts} unchanged",
+        attacks.len()
     );
     println!(
         "the VM test took {:.0} s (boot {:.0} s)",
