@@ -151,9 +151,10 @@ async fn serve(path: &Path, config: Config, setup: Setup, runner: Option<MakeRun
     );
     let probing = health.clone();
     let worker_program = setup.worker_program.clone();
+    let tools = !config.tools.mcp.is_empty();
     tokio::spawn(async move {
         let report = sandbox::probe(&worker_program).await;
-        report.log();
+        report.log(tools);
         probing.set_sandbox_report(report);
     });
     let notifier = Arc::new(Notifier::from_env());

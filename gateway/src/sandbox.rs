@@ -12,9 +12,10 @@
 //! What the kernel provides is found by running the configured worker binary's
 //! `sandbox-probe --json` ([`probe`]): a subprocess, so Landlock and seccomp stay out of the
 //! gateway's own code, and the very binary that will apply the sandbox is the one asked.
-//! Start-up logs one warning per weaker guarantee (as soon as the probe answers, beside
-//! the rest of start-up), `status` and `check-config` show the summary; a probe that
-//! cannot be run is itself a warning. Never silently unguarded.
+//! Start-up logs one line per weaker guarantee (as soon as the probe answers, beside the
+//! rest of start-up: a warning when a tool is configured, information while none is),
+//! `status` and `check-config` show the summary; a probe that cannot be run is itself a
+//! warning. Never silently unguarded.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -102,14 +103,21 @@ impl Report {
         }
     }
 
-    /// Logs the summary (info when every guarantee holds) and one warning per weaker one.
-    pub fn log(&self) {
+    /// Logs the summary (info when every guarantee holds) and one line per weaker one: a
+    /// warning when `tools` are configured, else information (with no tool, nothing runs
+    /// under the sandbox, and an operator's warning log stays for what needs acting on).
+    /// A probe that failed is a warning either way: the worker binary itself is in doubt.
+    pub fn log(&self, tools: bool) {
         let warnings = self.warnings();
         if warnings.is_empty() {
             tracing::info!("{}", self.summary());
         }
         for line in warnings {
-            tracing::warn!("{line}");
+            if tools || matches!(self, Report::Failed(_)) {
+                tracing::warn!("{line}");
+            } else {
+                tracing::info!("{line} (no tool is configured: nothing runs under it yet)");
+            }
         }
     }
 }
