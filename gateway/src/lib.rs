@@ -10,7 +10,7 @@
 //!
 //! Modules, one responsibility each, from the command line down:
 //! - `run`: start-up, the signal loop, reload, drain and exit codes; `check_config`,
-//!   `status`, `service`: the other commands (`service::credentials`: the secrets a
+//!   `status::report`, `service`: the other commands (`service::credentials`: the secrets a
 //!   configuration names, delivered to the unit as systemd credentials);
 //! - `telegram`: the `getUpdates` loop (`telegram::poller`), sending
 //!   (`telegram::sender`), the answer shown as it is written (`telegram::live`),
@@ -31,7 +31,8 @@
 //!   (a `flock`);
 //! - `circuit`: skipping a provider whose quota is exhausted, for a cool-down;
 //! - `health`, `systemd`: what the gateway knows about itself, and sd_notify
-//!   (READY, STATUS, WATCHDOG);
+//!   (READY, STATUS, WATCHDOG); `status`: publishing it to the state directory, and
+//!   `status::report`, the `hermes-gateway status` command that reads it;
 //! - `signals`: stop and reload signals with their sender, for the shutdown record (and
 //!   ignored when a descendant sent them);
 //! - `sandbox`: what each tool server's sandbox hides and protects, and what the kernel

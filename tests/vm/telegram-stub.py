@@ -1,6 +1,7 @@
 # A Bot API stub on 127.0.0.1:8081 for the real-systemd test (the VM's python3-minimal has
 # no http.server or json): getMe answers, getUpdates is held for its timeout, as Telegram
-# holds it while no message comes, then answers an empty list; anything else answers true.
+# holds it while no message comes, then answers an empty list; getWebhookInfo says no
+# webhook is set; anything else answers true.
 import re, socket, threading, time
 
 def answer(method, body):
@@ -10,6 +11,8 @@ def answer(method, body):
                 '"can_join_groups":true,"can_read_all_group_messages":false,'
                 '"supports_inline_queries":false,"can_connect_to_business":false,'
                 '"has_main_web_app":false}')
+    if method == "getwebhookinfo":
+        return '{"url":"","has_custom_certificate":false,"pending_update_count":0}'
     if method == "getupdates":
         m = re.search(r'"?timeout"?[=:]\s*(\d+)', body)
         time.sleep(min(int(m.group(1)) if m else 0, 50))
