@@ -135,9 +135,13 @@ pub async fn probe(worker: &Path) -> Report {
         // must never reach the gateway's own.
         .process_group(0)
         .kill_on_drop(true);
-    // SAFETY: between fork and exec, one setrlimit system call and no allocation.
+    // SAFETY: between fork and exec, async-signal-safe system calls (prctl, open, write,
+    // close, setrlimit) and no allocation.
     unsafe {
         command.pre_exec(|| {
+            // It runs the worker binary, which may misbehave as a worker can: first for
+            // the OOM killer, as a worker is.
+            crate::supervisor::first_for_the_oom_killer();
             // A binary that is not what it should be must not take the machine's memory.
             nix::sys::resource::setrlimit(
                 nix::sys::resource::Resource::RLIMIT_AS,

@@ -74,10 +74,25 @@ pub fn binaries() -> &'static Binaries {
 
 /// `cargo build --quiet ARGS` in this binary's profile, from the workspace root.
 pub fn cargo_build(args: &[&str]) {
+    cargo_build_profile(args, !cfg!(debug_assertions));
+}
+
+/// `hermes-gateway` and `hermes-worker` as the README has an operator build them
+/// (`cargo build --release`), whatever profile the tests run in.
+pub fn release_binaries() -> Binaries {
+    cargo_build_profile(&["-p", "hermes-gateway", "-p", "hermes-worker"], true);
+    let dir = profile_dir().with_file_name("release");
+    Binaries {
+        gateway: dir.join("hermes-gateway"),
+        worker: dir.join("hermes-worker"),
+    }
+}
+
+fn cargo_build_profile(args: &[&str], release: bool) {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut build = std::process::Command::new(cargo);
     build.args(["build", "--quiet"]).args(args);
-    if !cfg!(debug_assertions) {
+    if release {
         build.arg("--release");
     }
     // Cargo runs tests with its package variables set (CARGO_PKG_NAME, …); passed on,

@@ -312,8 +312,10 @@ fn workers(command: &str) -> String {
 fn the_unit_under_a_real_systemd() {
     let began = Instant::now();
     let share = tempfile::tempdir().expect("tempdir");
-    let bins = binaries();
-    let bad_worker = bins.gateway.with_file_name("bad-worker");
+    // The operator's binaries as the README builds them (`cargo build --release`); the
+    // test's own misbehaving worker from this test's build.
+    let bins = hermes_tests::harness::release_binaries();
+    let bad_worker = binaries().gateway.with_file_name("bad-worker");
     for (from, name) in [
         (&bins.gateway, "hermes-gateway"),
         (&bins.worker, "hermes-worker"),
@@ -450,6 +452,11 @@ fn the_unit_under_a_real_systemd() {
     assert_eq!(idle_result, "success", "{}", vm.journal());
     println!(
         "operator path: installed from the README, healthy, no warnings; idle stop {idle_stop:.2} s"
+    );
+    // Where the stop's time went, as the journal saw it (the gateway's part and systemd's).
+    println!(
+        "{}",
+        vm.run("journalctl -b --no-pager -o short-precise -n 40 | grep -iE 'stopp|SIGTERM|deactivated|hermes-gateway\\[|worker' | tail -n 15")
     );
 
     // 1. A credential gone: systemd cannot start it (243/CREDENTIALS), and does not retry.

@@ -61,6 +61,24 @@ pub struct SpawnSpec {
     pub memory_limit_mb: u64,
 }
 
+/// In a child between fork and exec: makes it the OOM killer's first choice, whatever the
+/// binary it becomes does (it would otherwise inherit the gateway's own lowered score, and
+/// under a unit's `MemoryMax=` the kernel could pick the gateway while a worker's memory
+/// is still being freed). Only async-signal-safe calls (prctl, open, write, close).
+pub fn first_for_the_oom_killer() {
+    // The fork inherits the gateway's PR_SET_DUMPABLE 0, under which /proc/self belongs
+    // to root and an unprivileged service could not write its own score; exec resets the
+    // flag anyway (and the worker clears it again at start).
+    let _ = nix::sys::prctl::set_dumpable(true);
+    if let Ok(fd) = nix::fcntl::open(
+        c"/proc/self/oom_score_adj",
+        nix::fcntl::OFlag::O_WRONLY | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    ) {
+        let _ = nix::unistd::write(&fd, b"1000");
+    }
+}
+
 /// Starts `program serve` in its own process group with a one-time `token`, its tools to
 /// run in `scratch`.
 pub fn spawn(
@@ -90,19 +108,7 @@ pub fn spawn(
     unsafe {
         command.pre_exec(move || {
             nix::sys::prctl::set_pdeathsig(Some(Signal::SIGKILL))?;
-            // The fork inherits the gateway's PR_SET_DUMPABLE 0, under which /proc/self
-            // belongs to root and an unprivileged service could not write its own score;
-            // exec resets the flag anyway (and the worker clears it again at start).
-            let _ = nix::sys::prctl::set_dumpable(true);
-            // First in line for the OOM killer, whatever the worker binary does: it would
-            // otherwise inherit the gateway's own (lowered) score.
-            if let Ok(fd) = nix::fcntl::open(
-                c"/proc/self/oom_score_adj",
-                nix::fcntl::OFlag::O_WRONLY | nix::fcntl::OFlag::O_CLOEXEC,
-                nix::sys::stat::Mode::empty(),
-            ) {
-                let _ = nix::unistd::write(&fd, b"1000");
-            }
+            first_for_the_oom_killer();
             setrlimit(Resource::RLIMIT_CORE, 0, 0)?;
             if memory_limit > 0 {
                 setrlimit(Resource::RLIMIT_AS, memory_limit, memory_limit)?;
