@@ -1,0 +1,594 @@
+//! Voice notes, photos and files: transcribed, seen, read, or refused with a reply that
+//! says why; fetched by the gateway alone (the download URL holds the token) within a size
+//! and a time bound, into a per-job directory that is gone when the job ends, however it
+//! ends; and everything else a user can send (a sticker, a location) answered with what
+//! the bot understands, never with silence.
+//!
+//! Real binaries against the fake Telegram (`getFile` and the file download path) and the
+//! fake provider (`/audio/transcriptions`, image content parts), in both worker modes.
+
+use base64::Engine;
+use hermes_config::WorkerMode;
+use hermes_tests::fake_provider::{FakeProvider, ProviderReply, image_urls};
+use hermes_tests::fake_telegram::TOKEN;
+use hermes_tests::harness::{Gateway, GatewayOptions, PATIENCE, Rig, USER};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use serde_json::json;
+
+hermes_tests::both_modes!(
+    a_voice_note_is_transcribed_answered_and_kept_as_its_words,
+    a_photo_with_caption_reaches_the_provider_as_an_image_part_and_the_caption,
+    a_photo_goes_to_the_next_provider_with_vision_or_gets_a_clear_reply,
+    a_text_document_reaches_the_provider_as_text_and_other_files_are_refused_by_name,
+    an_oversized_file_gets_the_size_reply_and_nothing_is_downloaded_past_the_bound,
+    a_worker_killed_mid_transcription_gives_the_crash_reply_and_leaves_no_file,
+    transcription_402_gives_the_quota_reply,
+    a_voice_note_without_transcription_configured_is_told_voice_is_not_enabled,
+    a_sticker_or_a_location_gets_what_the_bot_understands,
+    a_voice_note_received_before_a_gateway_kill_9_is_answered_once_after_the_restart,
+    the_worker_never_sees_the_token,
+    an_edited_message_is_not_answered_again,
+);
+
+/// A rig whose provider `p0` transcribes (`[transcription]`) and reads images.
+async fn media_rig(mode: WorkerMode, customize: impl FnOnce(&mut GatewayOptions)) -> Rig {
+    Rig::start(mode, |o| {
+        o.extra_toml = "\n[transcription]\nprovider = \"p0\"\n".into();
+        o.vision = vec![0];
+        customize(o);
+    })
+    .await
+}
+
+/// Where the gateway keeps the files of running jobs (its runtime directory is
+/// `state/run` when systemd gives it none).
+fn job_files(rig: &Rig) -> Vec<String> {
+    let dir = rig.gateway.dir.path().join("state/run/media");
+    std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .flatten()
+        .map(|e| e.path().display().to_string())
+        .collect()
+}
+
+fn chat_requests(provider: &FakeProvider) -> Vec<hermes_tests::fake_provider::ProviderRequest> {
+    provider
+        .requests()
+        .into_iter()
+        .filter(|r| r.path.ends_with("/chat/completions"))
+        .collect()
+}
+
+fn transcription_requests(
+    provider: &FakeProvider,
+) -> Vec<hermes_tests::fake_provider::ProviderRequest> {
+    provider
+        .requests()
+        .into_iter()
+        .filter(|r| r.path.ends_with("/audio/transcriptions"))
+        .collect()
+}
+
+async fn a_voice_note_is_transcribed_answered_and_kept_as_its_words(mode: WorkerMode) {
+    let mut rig = media_rig(mode, |_| {}).await;
+    let said = "what is the capital of France";
+    let reply = rig
+        .reply_to(USER, "a voice note", |t| {
+            t.send_voice(USER, USER, said.as_bytes(), 3);
+        })
+        .await;
+    assert!(
+        reply.text.starts_with(&format!("🎤 “{said}”")),
+        "the transcript line: {}",
+        reply.text
+    );
+    assert!(
+        reply.text.contains(&format!("echo: {said}")),
+        "{}",
+        reply.text
+    );
+    let heard = transcription_requests(&rig.provider);
+    assert_eq!(heard.len(), 1);
+    assert_eq!(heard[0].path, "/v1/audio/transcriptions");
+    assert_eq!(
+        heard[0].authorization.as_deref(),
+        Some("Bearer sk-test-key")
+    );
+    assert_eq!(heard[0].body["model"], "whisper-1");
+    assert_eq!(heard[0].body["file_name"], "voice.ogg");
+    assert_eq!(heard[0].body["file_bytes"], said.len());
+    let asked = chat_requests(&rig.provider);
+    assert_eq!(asked.len(), 1);
+    assert_eq!(asked[0].last_user_text().as_deref(), Some(said));
+    assert_eq!(rig.telegram.downloads().len(), 1);
+    assert!(
+        job_files(&rig).is_empty(),
+        "left behind: {:?}",
+        job_files(&rig)
+    );
+    // The transcript is the user's turn in the conversation.
+    rig.ask("and its population?").await;
+    let follow_up = chat_requests(&rig.provider).pop().unwrap();
+    assert_eq!(follow_up.body["messages"][0]["content"], said);
+    rig.assert_follow_up("/help", "/new").await;
+}
+
+async fn a_photo_with_caption_reaches_the_provider_as_an_image_part_and_the_caption(
+    mode: WorkerMode,
+) {
+    let mut rig = media_rig(mode, |_| {}).await;
+    let small: &[u8] = b"\xff\xd8 a small jpeg";
+    let large: &[u8] = b"\xff\xd8 the largest jpeg, under the bound";
+    let mut files = Vec::new();
+    let reply = rig
+        .reply_to(USER, "a photo", |t| {
+            files = t
+                .send_photo(USER, USER, &[small, large], Some("what is this?"))
+                .1;
+        })
+        .await;
+    assert_eq!(reply.text, "echo: what is this?");
+    let asked = chat_requests(&rig.provider);
+    assert_eq!(asked.len(), 1);
+    let url = format!(
+        "data:image/jpeg;base64,{}",
+        base64::engine::general_purpose::STANDARD.encode(large)
+    );
+    assert_eq!(
+        asked[0].body["messages"][0]["content"],
+        json!([
+            {"type": "text", "text": "what is this?"},
+            {"type": "image_url", "image_url": {"url": url}},
+        ])
+    );
+    let downloads = rig.telegram.downloads();
+    assert_eq!(downloads.len(), 1, "only the size chosen is fetched");
+    assert_eq!(downloads[0].path, files[1].path, "the largest size");
+    assert!(job_files(&rig).is_empty());
+    // The image goes with its own turn only; later turns carry its placeholder.
+    rig.ask("and the colour?").await;
+    let follow_up = chat_requests(&rig.provider).pop().unwrap();
+    assert!(
+        image_urls(&follow_up.body).is_empty(),
+        "the image was sent again"
+    );
+    assert_eq!(
+        follow_up.body["messages"][0]["content"],
+        "[photo]\nwhat is this?"
+    );
+    rig.assert_follow_up("/help", "/new").await;
+}
+
+async fn a_photo_goes_to_the_next_provider_with_vision_or_gets_a_clear_reply(mode: WorkerMode) {
+    let seeing = FakeProvider::start().await;
+    let seeing_url = seeing.base_url();
+    let mut rig = media_rig(mode, |o| {
+        o.providers.push(seeing_url);
+        o.vision = vec![1];
+    })
+    .await;
+    // The first provider's model would refuse an image part, as OpenAI does.
+    rig.provider.set_vision(false);
+    let reply = rig
+        .reply_to(USER, "a photo", |t| {
+            t.send_photo(USER, USER, &[b"\xff\xd8 jpeg"], Some("look"));
+        })
+        .await;
+    assert_eq!(reply.text, "echo: look");
+    assert_eq!(
+        rig.provider.request_count(),
+        0,
+        "sent to a provider without vision"
+    );
+    assert_eq!(seeing.image_urls().len(), 1);
+    assert_eq!(chat_requests(&seeing)[0].model(), Some("model-1"));
+    rig.assert_follow_up("/help", "/new").await;
+
+    // No provider with vision: a clear reply, and nothing fetched.
+    let mut blind = Rig::start(mode, |_| {}).await;
+    let reply = blind
+        .reply_to(USER, "a photo", |t| {
+            t.send_photo(USER, USER, &[b"\xff\xd8 jpeg"], None);
+        })
+        .await;
+    assert!(
+        reply.text.contains("can't look at images"),
+        "{}",
+        reply.text
+    );
+    assert_eq!(blind.provider.request_count(), 0);
+    assert_eq!(blind.telegram.calls("getFile"), 0);
+    assert!(blind.telegram.downloads().is_empty());
+    blind.assert_follow_up("/help", "/new").await;
+}
+
+async fn a_text_document_reaches_the_provider_as_text_and_other_files_are_refused_by_name(
+    mode: WorkerMode,
+) {
+    let mut rig = media_rig(mode, |_| {}).await;
+    let reply = rig
+        .reply_to(USER, "a Markdown file", |t| {
+            t.send_document(
+                USER,
+                USER,
+                "notes.md",
+                Some("text/markdown"),
+                b"# Plan\nbuy milk",
+                Some("summarize"),
+            );
+        })
+        .await;
+    assert!(reply.text.contains("summarize"), "{}", reply.text);
+    let asked = chat_requests(&rig.provider).pop().unwrap();
+    assert_eq!(
+        asked.last_user_text().as_deref(),
+        Some("File notes.md:\n# Plan\nbuy milk\n(end of notes.md)\nsummarize")
+    );
+    // Source code sent as octet-stream is taken by its name.
+    rig.reply_to(USER, "a source file", |t| {
+        t.send_document(USER, USER, "main.rs", None, b"fn main() {}", None);
+    })
+    .await;
+    let asked = chat_requests(&rig.provider).pop().unwrap();
+    assert!(
+        asked
+            .last_user_text()
+            .unwrap()
+            .contains("File main.rs:\nfn main() {}"),
+        "{asked:?}"
+    );
+    let downloads = rig.telegram.downloads().len();
+
+    // A type the bot cannot read: refused by its name, never fetched.
+    let reply = rig
+        .reply_to(USER, "a binary", |t| {
+            t.send_document(
+                USER,
+                USER,
+                "setup.exe",
+                Some("application/x-msdownload"),
+                b"MZ",
+                None,
+            );
+        })
+        .await;
+    assert!(
+        reply.text.contains("I can't read setup.exe"),
+        "{}",
+        reply.text
+    );
+    assert!(
+        reply.text.contains("PDF"),
+        "names what is supported: {}",
+        reply.text
+    );
+    assert_eq!(rig.telegram.downloads().len(), downloads);
+    // A "text" file that is not UTF-8: read by the worker, refused in plain words.
+    let reply = rig
+        .reply_to(USER, "a broken CSV", |t| {
+            t.send_document(
+                USER,
+                USER,
+                "data.csv",
+                Some("text/csv"),
+                &[0xff, 0xfe, 0x00],
+                None,
+            );
+        })
+        .await;
+    assert!(
+        reply
+            .text
+            .contains("couldn't read data.csv: it is not UTF-8 text"),
+        "{}",
+        reply.text
+    );
+    assert!(job_files(&rig).is_empty());
+    rig.assert_follow_up("/help", "/new").await;
+}
+
+async fn an_oversized_file_gets_the_size_reply_and_nothing_is_downloaded_past_the_bound(
+    mode: WorkerMode,
+) {
+    let mut rig = media_rig(mode, |o| {
+        o.telegram_toml.push_str("max_file_mb = 1\n");
+    })
+    .await;
+    // Telegram states 2 MiB: refused before anything is fetched.
+    let big = vec![b'a'; 2 * 1024 * 1024];
+    let reply = rig
+        .reply_to(USER, "a 2 MiB file", |t| {
+            t.send_document(USER, USER, "big.txt", Some("text/plain"), &big, None);
+        })
+        .await;
+    assert!(
+        reply.text.contains("too big for me (2 MB)"),
+        "{}",
+        reply.text
+    );
+    assert!(reply.text.contains("up to 1 MB"), "{}", reply.text);
+    assert_eq!(rig.telegram.calls("getFile"), 0);
+    assert!(rig.telegram.downloads().is_empty());
+
+    // Telegram states 1000 bytes, and sends 3 MiB without a length: the download is
+    // stopped at the bound, and the file never reaches the worker.
+    let reply = rig
+        .reply_to(USER, "a file larger than stated", |t| {
+            let file = t.add_file_stating(&vec![b'b'; 3 * 1024 * 1024], Some(1000), true);
+            t.send_document_file(USER, USER, "liar.txt", Some("text/plain"), &file, None);
+        })
+        .await;
+    assert!(reply.text.contains("too big for me"), "{}", reply.text);
+    assert_eq!(rig.telegram.downloads().len(), 1);
+    assert_eq!(rig.provider.request_count(), 0, "the file reached a job");
+    let log = rig.gateway.log();
+    assert!(log.contains("over the 1048576-byte bound"), "{log}");
+    assert!(
+        job_files(&rig).is_empty(),
+        "left behind: {:?}",
+        job_files(&rig)
+    );
+    rig.assert_follow_up("/help", "/new").await;
+}
+
+async fn a_worker_killed_mid_transcription_gives_the_crash_reply_and_leaves_no_file(
+    mode: WorkerMode,
+) {
+    let mut rig = media_rig(mode, |o| o.job_timeout_secs = 60).await;
+    rig.provider.push_transcription(ProviderReply::Hang);
+    let before = rig.telegram.sent_to(USER).len();
+    rig.telegram.send_voice(USER, USER, b"never heard", 2);
+    assert!(
+        rig.provider.wait_for_requests(1, PATIENCE).await,
+        "{}",
+        rig.gateway.log()
+    );
+    assert_eq!(job_files(&rig).len(), 1, "the job's files while it runs");
+    for worker in rig.gateway.workers() {
+        let _ = kill(Pid::from_raw(worker.pid), Signal::SIGKILL);
+    }
+    let replies = rig
+        .telegram
+        .wait_for_chat_messages(USER, before + 1, PATIENCE)
+        .await;
+    let reply = replies.get(before).expect("no reply after the kill");
+    assert!(reply.text.contains("agent crashed"), "{}", reply.text);
+    rig.assert_replies(before + 1);
+    assert!(
+        job_files(&rig).is_empty(),
+        "left behind: {:?}",
+        job_files(&rig)
+    );
+    rig.assert_no_stray_processes().await;
+    rig.assert_follow_up("/help", "/new").await;
+}
+
+async fn transcription_402_gives_the_quota_reply(mode: WorkerMode) {
+    let mut rig = media_rig(mode, |_| {}).await;
+    rig.provider.push_transcription(ProviderReply::seed_402());
+    let reply = rig
+        .reply_to(USER, "a voice note", |t| {
+            t.send_voice(USER, USER, b"hello", 1);
+        })
+        .await;
+    assert!(reply.text.contains("quota or balance"), "{}", reply.text);
+    assert_eq!(
+        transcription_requests(&rig.provider).len(),
+        1,
+        "never retried"
+    );
+    assert!(chat_requests(&rig.provider).is_empty());
+    assert!(job_files(&rig).is_empty());
+    rig.assert_follow_up("/help", "/new").await;
+}
+
+async fn a_voice_note_without_transcription_configured_is_told_voice_is_not_enabled(
+    mode: WorkerMode,
+) {
+    let mut rig = Rig::start(mode, |_| {}).await;
+    let reply = rig
+        .reply_to(USER, "a voice note", |t| {
+            t.send_voice(USER, USER, b"hello", 1);
+        })
+        .await;
+    assert!(
+        reply.text.contains("Voice messages are not enabled"),
+        "{}",
+        reply.text
+    );
+    assert_eq!(rig.provider.request_count(), 0);
+    assert!(rig.telegram.downloads().is_empty());
+    rig.assert_follow_up("/help", "/new").await;
+}
+
+async fn a_sticker_or_a_location_gets_what_the_bot_understands(mode: WorkerMode) {
+    let mut rig = media_rig(mode, |_| {}).await;
+    let reply = rig
+        .reply_to(USER, "a sticker", |t| {
+            t.send_sticker(USER, USER);
+        })
+        .await;
+    assert!(
+        reply.text.contains("I can't use stickers"),
+        "{}",
+        reply.text
+    );
+    assert!(
+        reply
+            .text
+            .contains("I understand text messages, voice notes"),
+        "{}",
+        reply.text
+    );
+    let reply = rig
+        .reply_to(USER, "a location", |t| {
+            t.send_location(USER, USER);
+        })
+        .await;
+    assert!(
+        reply.text.contains("I can't use locations"),
+        "{}",
+        reply.text
+    );
+    assert_eq!(rig.provider.request_count(), 0);
+    rig.assert_follow_up("hello", "echo: hello").await;
+}
+
+async fn a_voice_note_received_before_a_gateway_kill_9_is_answered_once_after_the_restart(
+    mode: WorkerMode,
+) {
+    let rig = media_rig(mode, |o| o.job_timeout_secs = 60).await;
+    rig.provider.push_transcription(ProviderReply::Hang);
+    let said = "remember the milk";
+    let id = rig.telegram.send_voice(USER, USER, said.as_bytes(), 2);
+    assert!(rig.provider.wait_for_requests(1, PATIENCE).await);
+    assert!(
+        rig.telegram.wait_for_ack(id, PATIENCE).await,
+        "{}",
+        rig.gateway.log()
+    );
+    rig.gateway.signal(Signal::SIGKILL);
+    let Rig {
+        telegram,
+        provider,
+        mut gateway,
+        ..
+    } = rig;
+    assert!(gateway.wait_exit(PATIENCE).await.is_some());
+    assert!(telegram.sent_to(USER).is_empty());
+    let options = GatewayOptions {
+        providers: vec![provider.base_url()],
+        extra_toml: "\n[transcription]\nprovider = \"p0\"\n".into(),
+        vision: vec![0],
+        ..GatewayOptions::new(mode)
+    };
+    let restarted = Gateway::start_in(gateway.into_dir(), &options, &telegram.api_url());
+    let replies = telegram.wait_for_chat_messages(USER, 1, PATIENCE).await;
+    assert!(
+        replies
+            .first()
+            .is_some_and(|r| r.text.contains(&format!("echo: {said}"))),
+        "{replies:?}\n{}",
+        restarted.log()
+    );
+    assert_eq!(
+        telegram.downloads().len(),
+        2,
+        "fetched again after the restart"
+    );
+    // Once: the next message's answer is the very next reply.
+    telegram.send_text(USER, USER, "after");
+    let replies = telegram.wait_for_chat_messages(USER, 2, PATIENCE).await;
+    assert_eq!(replies.len(), 2);
+    assert_eq!(replies[1].text, "echo: after");
+    assert!(
+        !restarted
+            .dir
+            .path()
+            .join("state/run/media")
+            .read_dir()
+            .unwrap()
+            .any(|_| true),
+        "the killed run's files were wiped"
+    );
+}
+
+/// While a voice note's job runs, the worker's environment, its command line and every
+/// file it has open or was given (the job's directory) hold neither the token nor the
+/// download URL; and a failed download's error, logged by the gateway, does not either.
+async fn the_worker_never_sees_the_token(mode: WorkerMode) {
+    let rig = media_rig(mode, |o| o.job_timeout_secs = 60).await;
+    rig.provider.push_transcription(ProviderReply::Hang);
+    rig.telegram.send_voice(USER, USER, b"secret plans", 2);
+    assert!(rig.provider.wait_for_requests(1, PATIENCE).await);
+    let workers = rig.gateway.workers();
+    assert!(!workers.is_empty());
+    let holds_token = |bytes: &[u8]| {
+        let text = String::from_utf8_lossy(bytes);
+        text.contains(TOKEN) || text.contains("/file/bot")
+    };
+    for worker in &workers {
+        let pid = worker.pid;
+        for what in ["environ", "cmdline"] {
+            let bytes = std::fs::read(format!("/proc/{pid}/{what}")).unwrap();
+            assert!(!holds_token(&bytes), "the worker's {what} holds the token");
+        }
+        for fd in std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .unwrap()
+            .flatten()
+        {
+            let Ok(target) = std::fs::read_link(fd.path()) else {
+                continue;
+            };
+            if target.is_file() {
+                let bytes = std::fs::read(&target).unwrap_or_default();
+                assert!(
+                    !holds_token(&bytes),
+                    "the worker has {} open, which holds the token",
+                    target.display()
+                );
+            }
+        }
+    }
+    let given = job_files(&rig);
+    assert_eq!(given.len(), 1);
+    for entry in walk(std::path::Path::new(&given[0])) {
+        assert!(!holds_token(entry.display().to_string().as_bytes()));
+        assert!(!holds_token(&std::fs::read(&entry).unwrap()));
+    }
+    // The transcription hangs until the deadline; end it.
+    rig.telegram.send_text(USER, USER, "/stop");
+    rig.telegram.wait_for_chat_messages(USER, 1, PATIENCE).await;
+
+    // A download that fails: its error reaches the log, never the token with it.
+    rig.telegram.fail_downloads(true);
+    let reply = rig
+        .reply_to(USER, "a voice note", |t| {
+            t.send_voice(USER, USER, b"hello", 1);
+        })
+        .await;
+    assert!(
+        reply.text.contains("couldn't fetch your file"),
+        "{}",
+        reply.text
+    );
+    let log = rig.gateway.log();
+    assert!(log.contains("download failed"), "{log}");
+    assert!(!log.contains(TOKEN), "the log holds the token:\n{log}");
+    rig.assert_replies(2);
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            files.extend(walk(&path));
+        } else {
+            files.push(path);
+        }
+    }
+    files
+}
+
+/// The README says: an edit is not answered again (answering it would be a second answer
+/// to one question). The gateway does not ask Telegram for edits at all.
+async fn an_edited_message_is_not_answered_again(mode: WorkerMode) {
+    let mut rig = media_rig(mode, |_| {}).await;
+    assert_eq!(rig.ask("hello").await.text, "echo: hello");
+    let allowed = rig.telegram.allowed_updates().unwrap_or_default();
+    assert!(
+        !allowed.iter().any(|k| k == "edited_message"),
+        "edits are asked for: {allowed:?}"
+    );
+    rig.telegram
+        .edit_user_message(USER, USER, 1, "hello, edited");
+    assert_eq!(
+        rig.telegram.withheld_updates().len(),
+        1,
+        "the edit was delivered"
+    );
+    rig.assert_follow_up("next", "echo: next").await;
+    assert_eq!(chat_requests(&rig.provider).len(), 2);
+}
