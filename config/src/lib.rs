@@ -1315,12 +1315,51 @@ timeout = 3
             "sandbox",
             "confirm",
             "confirm_timeout_secs",
+            "max_file_mb",
+            "download_timeout_secs",
+            "vision",
+            "provider",
+            "max_seconds",
+            "show_transcript",
         ] {
             assert!(
                 text.contains(&format!("{key} =")),
                 "the example does not show {key}"
             );
         }
+    }
+
+    /// The example's `[transcription]`, uncommented, is valid as it stands; one naming no
+    /// provider is refused with the names it could use.
+    #[test]
+    fn transcription_names_a_provider_and_has_defaults() {
+        let example = include_str!("../../deploy/hermes.example.toml");
+        let uncommented = example
+            .replace("# [transcription]", "[transcription]")
+            .replace("# provider = \"main\"", "provider = \"main\"");
+        let config = parse(&uncommented).unwrap_or_else(|p| panic!("{p:#?}"));
+        let t = config.transcription.expect("[transcription]");
+        assert_eq!(
+            (
+                t.provider.as_str(),
+                t.model.as_str(),
+                t.max_seconds,
+                t.show_transcript
+            ),
+            ("main", "whisper-1", 600, true)
+        );
+        assert!(!config.providers[0].vision);
+        assert_eq!(config.telegram.max_file_mb, 20);
+        let wrong = format!("{MINIMAL}\n[transcription]\nprovider = \"whisper\"\n");
+        let problems = parse(&wrong).unwrap_err();
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.key == "transcription.provider" && p.message.contains("names no")),
+            "{problems:#?}"
+        );
+        let too_big = MINIMAL.replace("[telegram]", "[telegram]\nmax_file_mb = 50");
+        assert!(parse(&too_big).is_err(), "over the Bot API's 20 MB");
     }
 
     #[test]

@@ -233,3 +233,90 @@ pub fn transcription_request(req: &Request) -> Result<(Value, String), Response>
 pub fn transcript(text: &str) -> Response {
     Response::json(200, &json!({ "text": text }))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::API_KEY;
+    use super::*;
+    use reqwest::multipart::{Form, Part};
+
+    fn form(file_name: &str, bytes: &[u8], model: bool) -> Form {
+        let mut form = Form::new().part(
+            "file",
+            Part::bytes(bytes.to_vec()).file_name(file_name.to_string()),
+        );
+        if model {
+            form = form.text("model", "whisper-1");
+        }
+        form
+    }
+
+    /// The transcript of an accepted file is its bytes as text; a missing model, an
+    /// unsupported format, a JSON body and a wrong key are refused as OpenAI refuses them.
+    #[tokio::test]
+    async fn transcriptions_are_as_strict_as_openai() {
+        let fake = FakeProvider::start().await;
+        let url = format!("{}/audio/transcriptions", fake.base_url());
+        let client = reqwest::Client::new();
+        let post = |form: Form| {
+            client
+                .post(&url)
+                .bearer_auth(API_KEY)
+                .multipart(form)
+                .send()
+        };
+        let ok = post(form("voice.ogg", b"hi there", true)).await.unwrap();
+        assert_eq!(ok.status(), 200);
+        assert_eq!(
+            ok.json::<Value>().await.unwrap(),
+            json!({"text": "hi there"})
+        );
+        for (form, needle) in [
+            (form("voice.ogg", b"x", false), "model"),
+            (form("voice.oga.exe", b"x", true), "Invalid file format"),
+        ] {
+            let refused = post(form).await.unwrap();
+            assert_eq!(refused.status(), 400);
+            assert!(refused.text().await.unwrap().contains(needle), "{needle}");
+        }
+        let json_body = client
+            .post(&url)
+            .bearer_auth(API_KEY)
+            .json(&json!({"model": "whisper-1"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(json_body.status(), 400);
+        let no_key = client
+            .post(&url)
+            .multipart(form("voice.ogg", b"x", true))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(no_key.status(), 401);
+        fake.push_transcription(ProviderReply::seed_402());
+        assert_eq!(post(form("a.mp3", b"x", true)).await.unwrap().status(), 402);
+    }
+
+    #[test]
+    fn image_parts_must_be_valid_images_for_a_model_with_vision() {
+        let body = |url: &str| {
+            json!({"messages": [{"role": "user", "content": [
+                {"type": "text", "text": "what?"},
+                {"type": "image_url", "image_url": {"url": url}},
+            ]}]})
+        };
+        assert!(content_problem(&body("data:image/png;base64,AAAA"), false).is_none());
+        assert!(content_problem(&body("data:image/png;base64,AAAA"), true).is_some());
+        assert!(content_problem(&body("data:image/png;base64,A@A="), false).is_some());
+        assert!(content_problem(&body("data:image/tiff;base64,AAAA"), false).is_some());
+        assert!(content_problem(&body("file:///etc/passwd"), false).is_some());
+        assert!(
+            content_problem(
+                &json!({"messages": [{"role": "user", "content": [{"type": "audio"}]}]}),
+                false
+            )
+            .is_some()
+        );
+    }
+}

@@ -310,3 +310,64 @@ impl State {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use teloxide_core::net::Download;
+    use teloxide_core::prelude::Requester;
+    use teloxide_core::types::FileId;
+
+    fn bot(fake: &FakeTelegram, token: &str) -> teloxide_core::Bot {
+        teloxide_core::Bot::with_client(token, reqwest::Client::new())
+            .set_api_url(reqwest::Url::parse(&fake.api_url()).unwrap())
+    }
+
+    /// teloxide reads a voice note as Telegram sends it, gets its path, and downloads the
+    /// bytes; a wrong id, a wrong token and a file over 20 MB are refused as Telegram
+    /// refuses them.
+    #[tokio::test]
+    async fn files_are_fetched_as_the_bot_api_serves_them() {
+        let fake = FakeTelegram::start().await;
+        let id = fake.send_voice(5, 5, b"hello there", 3);
+        let updates = bot(&fake, TOKEN).get_updates().await.unwrap();
+        let update = updates.iter().find(|u| u.id.0 as i64 == id).unwrap();
+        let teloxide_core::types::UpdateKind::Message(message) = &update.kind else {
+            panic!("{update:?}")
+        };
+        let voice = message.voice().expect("a voice note");
+        assert_eq!(voice.duration.seconds(), 3);
+        let file = bot(&fake, TOKEN)
+            .get_file(voice.file.id.clone())
+            .await
+            .unwrap();
+        assert_eq!(file.meta.size, 11);
+        let mut bytes = Vec::new();
+        bot(&fake, TOKEN)
+            .download_file(&file.path, &mut bytes)
+            .await
+            .unwrap();
+        assert_eq!(bytes, b"hello there");
+        assert_eq!(fake.downloads().len(), 1);
+
+        let err = bot(&fake, TOKEN)
+            .get_file(FileId("nope".into()))
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("invalid file_id"), "{err}");
+        let mut sink = Vec::new();
+        assert!(
+            bot(&fake, "1:WRONG")
+                .download_file(&file.path, &mut sink)
+                .await
+                .is_err()
+        );
+        assert!(sink.is_empty());
+        let huge = fake.add_file(&vec![0; MAX_DOWNLOAD_BYTES as usize + 1]);
+        let err = bot(&fake, TOKEN)
+            .get_file(FileId(huge.file_id))
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("file is too big"), "{err}");
+    }
+}
