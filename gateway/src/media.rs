@@ -664,6 +664,25 @@ mod tests {
         assert_eq!(refuse(&document("a.txt", None), &l), None);
     }
 
+    /// A download that passes the bound fails at the write that would pass it: the file
+    /// on disk never holds more than the bound.
+    #[tokio::test]
+    async fn nothing_is_written_past_the_bound() {
+        use tokio::io::AsyncWriteExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let mut sink = Bounded {
+            file: tokio::fs::File::create(&path).await.unwrap(),
+            written: 0,
+            max: 10,
+        };
+        sink.write_all(b"12345678").await.unwrap();
+        assert!(sink.write_all(b"901").await.is_err());
+        assert!(sink.written > sink.max, "seen as over the bound");
+        sink.flush().await.unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"12345678");
+    }
+
     #[test]
     fn job_files_go_with_the_job() {
         let root = tempfile::tempdir().unwrap();

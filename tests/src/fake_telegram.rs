@@ -24,7 +24,7 @@ mod files;
 mod html;
 
 pub use buttons::CallbackAnswer;
-pub use files::{FakeFile, FileDownload, MAX_DOWNLOAD_BYTES};
+pub use files::{Body, FakeFile, FileDownload, MAX_DOWNLOAD_BYTES};
 
 use std::{
     collections::{HashMap, HashSet, VecDeque},

@@ -10,7 +10,7 @@
 use base64::Engine;
 use hermes_config::WorkerMode;
 use hermes_tests::fake_provider::{FakeProvider, ProviderReply, image_urls};
-use hermes_tests::fake_telegram::TOKEN;
+use hermes_tests::fake_telegram::{Body, TOKEN};
 use hermes_tests::harness::{Gateway, GatewayOptions, PATIENCE, Rig, USER};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
@@ -292,7 +292,9 @@ async fn an_oversized_file_gets_the_size_reply_and_nothing_is_downloaded_past_th
     mode: WorkerMode,
 ) {
     let mut rig = media_rig(mode, |o| {
-        o.telegram_toml.push_str("max_file_mb = 1\n");
+        // A download the bound does not stop would run into this instead: another reply.
+        o.telegram_toml
+            .push_str("max_file_mb = 1\ndownload_timeout_secs = 5\n");
     })
     .await;
     // Telegram states 2 MiB: refused before anything is fetched.
@@ -315,12 +317,23 @@ async fn an_oversized_file_gets_the_size_reply_and_nothing_is_downloaded_past_th
     // stopped at the bound, and the file never reaches the worker.
     let reply = rig
         .reply_to(USER, "a file larger than stated", |t| {
-            let file = t.add_file_stating(&vec![b'b'; 3 * 1024 * 1024], Some(1000), true);
+            let file = t.add_file_stating(&vec![b'b'; 3 * 1024 * 1024], Some(1000), Body::Chunked);
             t.send_document_file(USER, USER, "liar.txt", Some("text/plain"), &file, None);
         })
         .await;
     assert!(reply.text.contains("too big for me"), "{}", reply.text);
     assert_eq!(rig.telegram.downloads().len(), 1);
+    // The same, from a body that never ends: the bound ends the download, not the
+    // download's time bound (which would be "couldn't fetch your file").
+    let reply = rig
+        .reply_to(USER, "a file that never ends", |t| {
+            let file =
+                t.add_file_stating(&vec![b'c'; 2 * 1024 * 1024], Some(1000), Body::NeverEnds);
+            t.send_document_file(USER, USER, "endless.txt", Some("text/plain"), &file, None);
+        })
+        .await;
+    assert!(reply.text.contains("too big for me"), "{}", reply.text);
+    assert_eq!(rig.telegram.downloads().len(), 2);
     assert_eq!(rig.provider.request_count(), 0, "the file reached a job");
     let log = rig.gateway.log();
     assert!(log.contains("over the 1048576-byte bound"), "{log}");
@@ -449,6 +462,7 @@ async fn a_voice_note_received_before_a_gateway_kill_9_is_answered_once_after_th
         rig.gateway.log()
     );
     rig.gateway.signal(Signal::SIGKILL);
+    let media = rig.gateway.dir.path().join("state/run/media");
     let Rig {
         telegram,
         provider,
@@ -457,6 +471,14 @@ async fn a_voice_note_received_before_a_gateway_kill_9_is_answered_once_after_th
     } = rig;
     assert!(gateway.wait_exit(PATIENCE).await.is_some());
     assert!(telegram.sent_to(USER).is_empty());
+    // What the killed run left: its job's files, and (standing for anything else) a
+    // stray file of no job.
+    assert_eq!(
+        std::fs::read_dir(&media).unwrap().count(),
+        1,
+        "the job's files"
+    );
+    std::fs::write(media.join("stray"), b"left by a killed run").unwrap();
     let options = GatewayOptions {
         providers: vec![provider.base_url()],
         extra_toml: "\n[transcription]\nprovider = \"p0\"\n".into(),
@@ -483,15 +505,10 @@ async fn a_voice_note_received_before_a_gateway_kill_9_is_answered_once_after_th
     assert_eq!(replies.len(), 2);
     assert_eq!(replies[1].text, "echo: after");
     assert!(
-        !restarted
-            .dir
-            .path()
-            .join("state/run/media")
-            .read_dir()
-            .unwrap()
-            .any(|_| true),
-        "the killed run's files were wiped"
+        !media.join("stray").exists(),
+        "the killed run's files were not wiped at start-up"
     );
+    assert_eq!(std::fs::read_dir(&media).unwrap().count(), 0);
 }
 
 /// While a voice note's job runs, the worker's environment, its command line and every

@@ -29,8 +29,19 @@ pub struct FakeFile {
     pub bytes: Vec<u8>,
     /// What messages and `getFile` say its size is; `None`: they omit it.
     pub stated_size: Option<u64>,
-    /// Served chunked, without a `Content-Length`.
-    pub chunked: bool,
+    pub body: Body,
+}
+
+/// How a file's bytes are served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Body {
+    /// With a `Content-Length`, whole.
+    Whole,
+    /// Chunked, without a length: the client learns the size only by reading it.
+    Chunked,
+    /// A `Content-Length` 1 MiB past the bytes, the bytes, then nothing more, ever: a
+    /// client that reads on waits until its own time bound.
+    NeverEnds,
 }
 
 impl FakeFile {
@@ -54,17 +65,11 @@ pub struct FileDownload {
 impl FakeTelegram {
     /// Adds a file with `bytes`, stating its true size; returns it.
     pub fn add_file(&self, bytes: &[u8]) -> FakeFile {
-        self.add_file_stating(bytes, Some(bytes.len() as u64), false)
+        self.add_file_stating(bytes, Some(bytes.len() as u64), Body::Whole)
     }
 
-    /// Adds a file that states `stated_size` (`None`: no size) and is served chunked
-    /// (without a length) if `chunked`.
-    pub fn add_file_stating(
-        &self,
-        bytes: &[u8],
-        stated_size: Option<u64>,
-        chunked: bool,
-    ) -> FakeFile {
+    /// Adds a file that states `stated_size` (`None`: no size), served as `body` says.
+    pub fn add_file_stating(&self, bytes: &[u8], stated_size: Option<u64>, body: Body) -> FakeFile {
         let mut g = self.state.lock();
         g.last_file += 1;
         let n = g.last_file;
@@ -74,7 +79,7 @@ impl FakeTelegram {
             path: format!("documents/file_{n}"),
             bytes: bytes.to_vec(),
             stated_size,
-            chunked,
+            body,
         };
         g.files.push(file.clone());
         file
@@ -291,8 +296,8 @@ impl State {
             "Content-Type".to_string(),
             "application/octet-stream".to_string(),
         )];
-        if file.chunked {
-            Response::Stream {
+        match file.body {
+            Body::Chunked => Response::Stream {
                 status: 200,
                 headers: content_type,
                 chunks: file
@@ -304,9 +309,14 @@ impl State {
                     })
                     .collect(),
                 complete: true,
-            }
-        } else {
-            Response::new(200, content_type, file.bytes)
+            },
+            Body::NeverEnds => Response::PartialBodyThenHang {
+                status: 200,
+                headers: content_type,
+                declared_len: file.bytes.len() + 1024 * 1024,
+                body_prefix: file.bytes,
+            },
+            Body::Whole => Response::new(200, content_type, file.bytes),
         }
     }
 }
