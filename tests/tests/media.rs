@@ -20,7 +20,7 @@ hermes_tests::both_modes!(
     a_voice_note_is_transcribed_answered_and_kept_as_its_words,
     a_photo_with_caption_reaches_the_provider_as_an_image_part_and_the_caption,
     a_photo_goes_to_the_next_provider_with_vision_or_gets_a_clear_reply,
-    a_text_document_reaches_the_provider_as_text_and_other_files_are_refused_by_name,
+    a_text_or_pdf_document_reaches_the_provider_as_text_and_other_files_are_refused_by_name,
     an_oversized_file_gets_the_size_reply_and_nothing_is_downloaded_past_the_bound,
     a_worker_killed_mid_transcription_gives_the_crash_reply_and_leaves_no_file,
     transcription_402_gives_the_quota_reply,
@@ -203,7 +203,7 @@ async fn a_photo_goes_to_the_next_provider_with_vision_or_gets_a_clear_reply(mod
     blind.assert_follow_up("/help", "/new").await;
 }
 
-async fn a_text_document_reaches_the_provider_as_text_and_other_files_are_refused_by_name(
+async fn a_text_or_pdf_document_reaches_the_provider_as_text_and_other_files_are_refused_by_name(
     mode: WorkerMode,
 ) {
     let mut rig = media_rig(mode, |_| {}).await;
@@ -238,6 +238,27 @@ async fn a_text_document_reaches_the_provider_as_text_and_other_files_are_refuse
             .contains("File main.rs:\nfn main() {}"),
         "{asked:?}"
     );
+    // A PDF: its text, extracted in the worker.
+    rig.reply_to(USER, "a PDF", |t| {
+        let pdf = hermes_tests::pdf::one_page("Quarterly revenue grew 12 percent");
+        t.send_document(
+            USER,
+            USER,
+            "report.pdf",
+            Some("application/pdf"),
+            &pdf,
+            Some("the gist?"),
+        );
+    })
+    .await;
+    let asked = chat_requests(&rig.provider).pop().unwrap();
+    let text = asked.last_user_text().unwrap();
+    assert!(text.starts_with("File report.pdf:\n"), "{text:?}");
+    assert!(
+        text.contains("Quarterly revenue grew 12 percent"),
+        "{text:?}"
+    );
+    assert!(text.ends_with("(end of report.pdf)\nthe gist?"), "{text:?}");
     let downloads = rig.telegram.downloads().len();
 
     // A type the bot cannot read: refused by its name, never fetched.

@@ -77,7 +77,18 @@ pub async fn prepare(
             }
             MediaKind::Document => {
                 let bytes = read(attachment).map_err(media)?;
-                let text = document_text(attachment, &bytes).map_err(media)?;
+                // Parsing (a PDF above all) is CPU work: off the thread that listens to
+                // the gateway.
+                let owned = attachment.clone();
+                let text = tokio::task::spawn_blocking(move || document_text(&owned, &bytes))
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(MediaProblem::Unreadable {
+                            file_name: attachment.file_name.clone(),
+                            detail: "it could not be read".into(),
+                        })
+                    })
+                    .map_err(media)?;
                 format!(
                     "File {}:\n{text}\n(end of {})",
                     attachment.file_name, attachment.file_name
@@ -191,8 +202,15 @@ pub fn is_pdf(file_name: &str, mime_type: Option<&str>) -> bool {
     mime_type == Some("application/pdf") || file_name.to_ascii_lowercase().ends_with(".pdf")
 }
 
-fn pdf_text(_bytes: &[u8]) -> Result<String, String> {
-    Err("PDF files are not supported here".into())
+/// A PDF's text, by `pdf-extract` (maintained, pure Rust, on `lopdf`). A PDF built to
+/// crash a parser can panic it: that is caught here and told as unreadable; one that
+/// hangs it ends with the job's deadline, when the gateway ends this worker's group.
+fn pdf_text(bytes: &[u8]) -> Result<String, String> {
+    match std::panic::catch_unwind(|| pdf_extract::extract_text_from_mem(bytes)) {
+        Ok(Ok(text)) => Ok(text),
+        Ok(Err(e)) => Err(format!("the PDF could not be read ({e})")),
+        Err(_) => Err("the PDF could not be read".into()),
+    }
 }
 
 #[cfg(test)]
@@ -229,6 +247,22 @@ mod tests {
         let kept = document_text(&notes, long.as_bytes()).unwrap();
         assert!(kept.starts_with(&"é".repeat(MAX_DOCUMENT_CHARS)));
         assert!(kept.ends_with("characters]"));
+    }
+
+    #[test]
+    fn a_pdfs_text_is_extracted_and_a_broken_one_is_unreadable() {
+        let report = attachment("report.pdf", Some("application/pdf"));
+        let pdf = hermes_tests::pdf::one_page("Quarterly revenue grew 12 percent");
+        let text = document_text(&report, &pdf).unwrap();
+        assert!(
+            text.contains("Quarterly revenue grew 12 percent"),
+            "{text:?}"
+        );
+        let broken = document_text(&report, b"%PDF-1.4 garbage");
+        assert!(
+            matches!(&broken, Err(MediaProblem::Unreadable { detail, .. }) if detail.contains("PDF")),
+            "{broken:?}"
+        );
     }
 
     #[test]
