@@ -630,3 +630,87 @@ async fn an_edited_message_is_not_answered_again(mode: WorkerMode) {
     rig.assert_follow_up("next", "echo: next").await;
     assert_eq!(chat_requests(&rig.provider).len(), 2);
 }
+
+/// `hermes-worker ask --file`: the media path without Telegram, for an operator debugging
+/// a transcription or vision problem. Audio is transcribed (the transcript printed), an
+/// image goes as an image part to the provider with vision, a document as its text, and
+/// a transcription failure is the typed failure, as for a chat.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ask_with_a_file_runs_the_same_media_path() {
+    let provider = FakeProvider::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("hermes.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[providers]]\nname = \"main\"\nbase_url = \"{}\"\nmodel = \"m\"\n\
+             api_key_env = \"HERMES_TEST_KEY\"\nvision = true\n\n\
+             [transcription]\nprovider = \"main\"\nmodel = \"whisper-large\"\n",
+            provider.base_url()
+        ),
+    )
+    .unwrap();
+    let ask = |file: &std::path::Path, question: &str| {
+        tokio::process::Command::new(&hermes_tests::harness::binaries().worker)
+            .args(["ask", "--config"])
+            .arg(&config)
+            .arg("--file")
+            .arg(file)
+            .arg(question)
+            .env("HERMES_TEST_KEY", hermes_tests::fake_provider::API_KEY)
+            .output()
+    };
+    let voice = dir.path().join("note.ogg");
+    std::fs::write(&voice, "book a table for two").unwrap();
+    let out = ask(&voice, "").await.unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("transcribing with main"), "{stderr}");
+    assert!(
+        stderr.contains("transcript: book a table for two"),
+        "{stderr}"
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "echo: book a table for two"
+    );
+    assert_eq!(
+        transcription_requests(&provider)[0].body["model"],
+        "whisper-large"
+    );
+
+    let photo = dir.path().join("cat.png");
+    std::fs::write(&photo, b"\x89PNG fake").unwrap();
+    let out = ask(&photo, "what is this?").await.unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("sent as an image part to main"), "{stderr}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "echo: what is this?"
+    );
+    assert_eq!(
+        provider.image_urls(),
+        [format!(
+            "data:image/png;base64,{}",
+            base64::engine::general_purpose::STANDARD.encode(b"\x89PNG fake")
+        )]
+    );
+
+    let notes = dir.path().join("notes.txt");
+    std::fs::write(&notes, "milk, eggs").unwrap();
+    let out = ask(&notes, "sum up").await.unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "echo: File notes.txt:\nmilk, eggs\n(end of notes.txt)\nsum up"
+    );
+
+    provider.push_transcription(ProviderReply::seed_402());
+    let out = ask(&voice, "").await.unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("error: quota_exhausted (provider main)"),
+        "{stderr}"
+    );
+}
