@@ -29,6 +29,7 @@ hermes_tests::both_modes!(
     a_voice_note_received_before_a_gateway_kill_9_is_answered_once_after_the_restart,
     the_worker_never_sees_the_token,
     an_edited_message_is_not_answered_again,
+    stop_during_a_download_ends_it_with_one_reply,
 );
 
 /// A rig whose provider `p0` transcribes (`[transcription]`) and reads images.
@@ -629,6 +630,47 @@ async fn an_edited_message_is_not_answered_again(mode: WorkerMode) {
     );
     rig.assert_follow_up("next", "echo: next").await;
     assert_eq!(chat_requests(&rig.provider).len(), 2);
+}
+
+/// A media job is a job like any other: `/stop` while its file is still coming ends it
+/// at once (one reply for both messages), and its files go with it.
+async fn stop_during_a_download_ends_it_with_one_reply(mode: WorkerMode) {
+    let mut rig = media_rig(mode, |o| {
+        o.telegram_toml.push_str("download_timeout_secs = 600\n");
+    })
+    .await;
+    rig.telegram.send_text(USER, USER, "ready?");
+    rig.telegram.wait_for_chat_messages(USER, 1, PATIENCE).await;
+    let file = rig
+        .telegram
+        .add_file_stating(b"slow", Some(4), Body::NeverEnds);
+    rig.telegram
+        .send_document_file(USER, USER, "slow.txt", Some("text/plain"), &file, None);
+    let downloads = rig.telegram.downloads();
+    let started =
+        hermes_tests::harness::eventually(PATIENCE, || !rig.telegram.downloads().is_empty()).await;
+    assert!(started, "{downloads:?}\n{}", rig.gateway.log());
+    let reply = rig
+        .reply_to(USER, "/stop", |t| {
+            t.send_text(USER, USER, "/stop");
+        })
+        .await;
+    assert_eq!(
+        reply.text,
+        "⏹ Stopped. Send a new message whenever you like."
+    );
+    assert_eq!(
+        rig.provider.request_count(),
+        1,
+        "only the first message reached a job"
+    );
+    assert!(
+        job_files(&rig).is_empty(),
+        "left behind: {:?}",
+        job_files(&rig)
+    );
+    rig.assert_replies(2);
+    rig.assert_follow_up("/help", "/new").await;
 }
 
 /// `hermes-worker ask --file`: the media path without Telegram, for an operator debugging
