@@ -22,6 +22,7 @@
 mod deliver;
 mod prepare;
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -410,18 +411,18 @@ impl ChatRouter {
                 }
             }
             None => {
-                let texts: Vec<String> = turn
+                let texts: Vec<Cow<str>> = turn
                     .iter()
                     .map(|m| match &m.media {
-                        None => m.text.clone(),
+                        None => Cow::Borrowed(m.text.as_str()),
                         Some(file) => {
                             let placeholder = file.placeholder();
                             media.push((file.clone(), placeholder.clone()));
-                            if m.text.trim().is_empty() {
+                            Cow::Owned(if m.text.trim().is_empty() {
                                 placeholder
                             } else {
                                 format!("{placeholder}\n{}", m.text)
-                            }
+                            })
                         }
                     })
                     .collect();
