@@ -25,7 +25,7 @@ use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
 use hermes_protocol::sandbox::Confinement;
-use hermes_protocol::{Confirm, ProviderPlan, Secret, ToolServer};
+use hermes_protocol::{Confirm, ProviderPlan, Secret, ToolServer, TranscriptionPlan};
 
 /// Exit status for a configuration the process cannot run with (`EX_CONFIG` of
 /// sysexits.h); the systemd unit does not restart on it.
@@ -41,6 +41,22 @@ pub struct Config {
     pub state: StateConfig,
     pub agent: AgentConfig,
     pub tools: ToolsConfig,
+    /// `[transcription]`; `None`: voice notes get a reply saying voice is not enabled.
+    pub transcription: Option<TranscriptionConfig>,
+}
+
+/// `[transcription]`: voice notes and audio, transcribed by an OpenAI-compatible
+/// `POST {base_url}/audio/transcriptions` of one `[[providers]]` entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TranscriptionConfig {
+    /// The `[[providers]]` entry whose base URL and key are used.
+    pub provider: String,
+    pub model: String,
+    /// Longer recordings (as Telegram states their length) are refused before download.
+    pub max_seconds: u32,
+    /// Show the transcript as a quoted line above the answer.
+    pub show_transcript: bool,
+    pub line: Option<usize>,
 }
 
 #[derive(Debug, Clone)]
@@ -65,6 +81,11 @@ pub struct TelegramConfig {
     pub edit_interval_ms: u64,
     /// Which group messages the bot answers.
     pub group_mode: GroupMode,
+    /// Files (voice notes, photos, documents) larger than this are refused; 20 is the Bot
+    /// API's own limit for bots.
+    pub max_file_mb: u64,
+    /// Bound on fetching one file from Telegram (`getFile` and the download).
+    pub download_timeout_secs: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -88,6 +109,8 @@ pub struct ProviderConfig {
     /// After this provider answers "quota exhausted", jobs skip it this long, then one job
     /// probes it again.
     pub quota_cooldown_secs: u64,
+    /// The model reads images (OpenAI-compatible `image_url` content parts).
+    pub vision: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -348,6 +371,7 @@ impl ProviderConfig {
             api_key,
             request_timeout_ms: self.request_timeout_secs.saturating_mul(1000),
             max_retries: self.max_retries,
+            vision: self.vision,
         })
     }
 }
@@ -405,6 +429,10 @@ impl Config {
         let agent = doc.agent(agent_table.as_ref());
         let tools_table = top.table("tools", &mut doc);
         let tools = doc.tools(tools_table.as_ref());
+        let transcription_table = top.table("transcription", &mut doc);
+        let transcription = transcription_table
+            .as_ref()
+            .and_then(|t| doc.transcription(t, &providers));
         top.finish(&mut doc);
         for server in tools.mcp.iter().filter(|m| m.confirm != Confirm::Never) {
             if server.confirm_timeout_secs >= workers.job_timeout_secs {
@@ -429,6 +457,7 @@ impl Config {
                 state,
                 agent,
                 tools,
+                transcription,
             })
         } else {
             doc.problems.sort_by_key(|p| p.line.unwrap_or(usize::MAX));
@@ -485,6 +514,13 @@ impl Config {
                 }),
             }
         }
+        plans.transcription = self.transcription.as_ref().and_then(|t| {
+            let provider = plans.providers.iter().find(|p| p.name == t.provider)?;
+            Some(TranscriptionPlan {
+                provider: provider.clone(),
+                model: t.model.clone(),
+            })
+        });
         if problems.is_empty() {
             Ok(plans)
         } else {
@@ -504,6 +540,8 @@ pub struct JobPlans {
     /// Tried in order: the first is the primary, the rest are fallbacks.
     pub providers: Vec<ProviderPlan>,
     pub tools: Vec<ToolServer>,
+    /// `[transcription]` with its provider's key read.
+    pub transcription: Option<TranscriptionPlan>,
 }
 
 /// Reads the file at `path`, then lets the caller judge it against this machine
@@ -804,6 +842,8 @@ impl Doc<'_> {
             streaming: s.take_or("streaming", true, self),
             edit_interval_ms: s.take_in("edit_interval_ms", 1500, 100..=60_000, self),
             group_mode: s.take_or("group_mode", GroupMode::Mention, self),
+            max_file_mb: s.take_in("max_file_mb", 20, 1..=20, self),
+            download_timeout_secs: s.take_in("download_timeout_secs", 60, 1..=3600, self),
         };
         s.finish(self);
         config
@@ -893,6 +933,7 @@ impl Doc<'_> {
             let request_timeout_secs = s.take_in("request_timeout_secs", 60, 1..=3600, self);
             let max_retries = s.take_in("max_retries", 2, 0..=10, self);
             let quota_cooldown_secs = s.take_in("quota_cooldown_secs", 600, 0..=86_400, self);
+            let vision = s.take_or("vision", false, self);
             let taken: Vec<&str> = providers.iter().map(|p| p.name.as_str()).collect();
             self.unique_name(&mut s, &name, &taken);
             s.finish(self);
@@ -905,10 +946,47 @@ impl Doc<'_> {
                     request_timeout_secs,
                     max_retries,
                     quota_cooldown_secs,
+                    vision,
                 });
             }
         }
         providers
+    }
+
+    /// `[transcription]`, whose `provider` must name a `[[providers]]` entry.
+    fn transcription(
+        &mut self,
+        table: &Table,
+        providers: &[ProviderConfig],
+    ) -> Option<TranscriptionConfig> {
+        let mut s = Section::new("transcription", Some(table.clone()));
+        let line = s.line(self);
+        let provider: Option<String> = s.require("provider", self);
+        let provider_line = s.raw_line("provider", self);
+        let model = s.take_or("model", "whisper-1".to_string(), self);
+        let max_seconds = s.take_in("max_seconds", 600, 1..=86_400, self);
+        let show_transcript = s.take_or("show_transcript", true, self);
+        s.finish(self);
+        let provider = provider?;
+        if !providers.iter().any(|p| p.name == provider) {
+            let names: Vec<&str> = providers.iter().map(|p| p.name.as_str()).collect();
+            self.problems.push(Problem {
+                line: provider_line,
+                key: "transcription.provider".into(),
+                message: format!(
+                    "{provider:?} names no [[providers]] entry (known: {})",
+                    names.join(", ")
+                ),
+            });
+            return None;
+        }
+        Some(TranscriptionConfig {
+            provider,
+            model,
+            max_seconds,
+            show_transcript,
+            line,
+        })
     }
 
     fn workers(&mut self, table: Option<&Table>) -> WorkersConfig {
@@ -1237,12 +1315,51 @@ timeout = 3
             "sandbox",
             "confirm",
             "confirm_timeout_secs",
+            "max_file_mb",
+            "download_timeout_secs",
+            "vision",
+            "provider",
+            "max_seconds",
+            "show_transcript",
         ] {
             assert!(
                 text.contains(&format!("{key} =")),
                 "the example does not show {key}"
             );
         }
+    }
+
+    /// The example's `[transcription]`, uncommented, is valid as it stands; one naming no
+    /// provider is refused with the names it could use.
+    #[test]
+    fn transcription_names_a_provider_and_has_defaults() {
+        let example = include_str!("../../deploy/hermes.example.toml");
+        let uncommented = example
+            .replace("# [transcription]", "[transcription]")
+            .replace("# provider = \"main\"", "provider = \"main\"");
+        let config = parse(&uncommented).unwrap_or_else(|p| panic!("{p:#?}"));
+        let t = config.transcription.expect("[transcription]");
+        assert_eq!(
+            (
+                t.provider.as_str(),
+                t.model.as_str(),
+                t.max_seconds,
+                t.show_transcript
+            ),
+            ("main", "whisper-1", 600, true)
+        );
+        assert!(!config.providers[0].vision);
+        assert_eq!(config.telegram.max_file_mb, 20);
+        let wrong = format!("{MINIMAL}\n[transcription]\nprovider = \"whisper\"\n");
+        let problems = parse(&wrong).unwrap_err();
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.key == "transcription.provider" && p.message.contains("names no")),
+            "{problems:#?}"
+        );
+        let too_big = MINIMAL.replace("[telegram]", "[telegram]\nmax_file_mb = 50");
+        assert!(parse(&too_big).is_err(), "over the Bot API's 20 MB");
     }
 
     #[test]

@@ -192,6 +192,7 @@ mod tests {
             api_key: None,
             request_timeout_ms: 1000,
             max_retries: 0,
+            vision: false,
         }
     }
 
@@ -254,6 +255,7 @@ mod tests {
         }];
         let reply = Outcome::Reply(hermes_protocol::Reply {
             transcript: Vec::new(),
+            heard: Vec::new(),
             text: "hi".into(),
             provider: "b".into(),
             model: "m".into(),

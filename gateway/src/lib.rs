@@ -22,6 +22,8 @@
 //! - `commands`: one module per command (`/new`, `/stop`, `/retry`, `/model`,
 //!   `/status`), each owning what it does; `replies`: every text the user reads;
 //! - `jobs`: the seam between the chats and what runs their jobs ([`JobRunner`]);
+//! - `media`: voice notes, photos and files: what the inbox keeps of them, fetched from
+//!   Telegram (size and time bounds) into a per-job directory the job's end removes;
 //! - `supervisor`: the job runner of the product: starting, authenticating
 //!   (`supervisor::listener`), watching and killing workers, one slot each
 //!   (`supervisor::slot`), the Unix side in `supervisor::process`;
@@ -55,6 +57,7 @@ mod commands;
 mod health;
 mod jobs;
 mod logging;
+mod media;
 mod outbox;
 mod replies;
 mod run;

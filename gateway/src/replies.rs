@@ -6,7 +6,7 @@
 //! technical detail goes to the log, not to the chat. The rest of the gateway decides
 //! what to say; the words are here.
 
-use hermes_protocol::{CancelReason, CrashCause, Failure};
+use hermes_protocol::{CancelReason, CrashCause, Failure, MediaProblem};
 
 pub fn failure_text(failure: &Failure) -> String {
     match failure {
@@ -52,7 +52,69 @@ pub fn failure_text(failure: &Failure) -> String {
         Failure::Cancelled { .. } => "🔄 The bot is restarting. Your message is saved and will be \
              answered as soon as it is back; no need to send it again."
             .into(),
+        Failure::Media { problem } => media_text(problem),
     }
+}
+
+/// What the bot understands, for every reply about a message it cannot use.
+pub const UNDERSTOOD: &str = "I understand text messages, voice notes, photos and images, and \
+text files (plain text, Markdown, CSV, JSON, source code) or PDFs.";
+
+/// A file of the turn that could not be given to the model.
+fn media_text(problem: &MediaProblem) -> String {
+    let mb = |bytes: u64| bytes.div_ceil(1024 * 1024);
+    match problem {
+        MediaProblem::TooBig { size, max } => format!(
+            "📎 That file is too big for me ({} MB); I can take files up to {} MB. \
+             Please send a smaller one.",
+            mb(*size),
+            mb(*max)
+        ),
+        MediaProblem::TooLong { seconds, max } => format!(
+            "🎤 That recording is {} long; I can listen to up to {}. \
+             Please send a shorter one, or type your message.",
+            duration(*seconds),
+            duration(*max)
+        ),
+        MediaProblem::VoiceNotEnabled => "🎤 Voice messages are not enabled on this bot, so I \
+             can't listen to this one. Please type your message instead."
+            .into(),
+        MediaProblem::NoVision => "🖼 The AI model this bot uses can't look at images, so I \
+             can't see this one. Please describe it in words."
+            .into(),
+        MediaProblem::UnsupportedFile { file_name } => {
+            format!("📄 I can't read {file_name}. {UNDERSTOOD}")
+        }
+        MediaProblem::Unreadable { file_name, detail } => {
+            format!("📄 I couldn't read {file_name}: {detail}. {UNDERSTOOD}")
+        }
+        MediaProblem::DownloadFailed { .. } => "⚠️ I couldn't fetch your file from Telegram just \
+             now, so it was not processed. Please send it again."
+            .into(),
+    }
+}
+
+fn duration(seconds: u32) -> String {
+    if seconds < 120 {
+        format!("{seconds} s")
+    } else {
+        format!("{} min", seconds.div_ceil(60))
+    }
+}
+
+/// The reply to a sticker, a location, a video and the like (`what`: "stickers").
+pub fn not_understood(what: &str) -> String {
+    format!("🤷 I can't use {what}. {UNDERSTOOD}")
+}
+
+/// The line above an answer to a voice note: what was heard, quoted and kept short.
+pub fn heard(transcripts: &[String]) -> String {
+    const SHOWN_CHARS: usize = 200;
+    let all = transcripts.join(" ");
+    let all = all.trim();
+    let shown: String = all.chars().take(SHOWN_CHARS).collect();
+    let cut = if shown.len() < all.len() { "…" } else { "" };
+    format!("🎤 “{shown}{cut}”")
 }
 
 /// The answer to someone not on `telegram.allowed_users`: their id, so the operator can

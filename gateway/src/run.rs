@@ -30,6 +30,7 @@ use crate::circuit::Circuits;
 use crate::commands;
 use crate::health::Health;
 use crate::jobs::{JobRunner, MakeRunner};
+use crate::media::Fetcher;
 use crate::outbox::{Outbox, OutboxConfig};
 use crate::sandbox;
 use crate::settings::{ChatSettings, LiveSettings, needs_restart};
@@ -117,9 +118,16 @@ async fn serve(path: &Path, config: Config, setup: Setup, runner: Option<MakeRun
             &config.telegram.api_url,
             telegram::sender::SEND_TIMEOUT,
         )?;
-        Ok((bot, sending))
+        // Files: each fetch is bounded by telegram.download_timeout_secs as it stands
+        // when the job starts (a reload may change it); this is only the outer bound.
+        let fetching = telegram::bot(
+            setup.token.expose(),
+            &config.telegram.api_url,
+            FETCH_CLIENT_TIMEOUT,
+        )?;
+        Ok((bot, sending, fetching))
     });
-    let (bot, sending_bot) = match bots {
+    let (bot, sending_bot, fetching_bot) = match bots {
         Ok(bots) => bots,
         Err(e) => {
             tracing::error!("{e}");
@@ -208,6 +216,16 @@ async fn serve(path: &Path, config: Config, setup: Setup, runner: Option<MakeRun
         }
         .run(publisher_stop.clone()),
     );
+    let fetcher = match Fetcher::new(fetching_bot, setup.runtime_dir.join("media")) {
+        Ok(fetcher) => fetcher,
+        Err(e) => {
+            tracing::error!(
+                "cannot create the media directory in {}: {e}",
+                setup.runtime_dir.display()
+            );
+            return EXIT_CONFIG;
+        }
+    };
     let sender = Sender::new(sending_bot);
     let desk = Desk::new(sender.clone(), settings.clone());
     let outbox = Outbox::new(
@@ -238,6 +256,7 @@ async fn serve(path: &Path, config: Config, setup: Setup, runner: Option<MakeRun
             store: store.clone(),
             max_history: config.agent.max_history_messages,
             desk: desk.clone(),
+            fetcher,
         },
         config.telegram.max_queued_per_chat,
         tasks.clone(),
@@ -271,6 +290,7 @@ async fn serve(path: &Path, config: Config, setup: Setup, runner: Option<MakeRun
             timeout_secs: config.telegram.poll_timeout_secs,
             retry_max: Duration::from_secs(config.telegram.retry_max_secs),
             group_mode: config.telegram.group_mode,
+            max_file_bytes: config.telegram.max_file_mb * 1024 * 1024,
         },
         health.clone(),
         store.clone(),
@@ -411,6 +431,9 @@ const FIRST_WORKER_WAIT: Duration = Duration::from_secs(10);
 /// A `getUpdates` request may take this much longer than its long poll before it counts
 /// as lost.
 const POLL_MARGIN: Duration = Duration::from_secs(15);
+/// The HTTP client's own bound on a file fetch; `telegram.download_timeout_secs` (at most
+/// an hour) is the one that applies.
+const FETCH_CLIENT_TIMEOUT: Duration = Duration::from_secs(3600);
 /// At a stop, the outbox gets at least this long to send what the jobs said on their way
 /// out, even when the drain used up its time.
 const OUTBOX_FLUSH_MIN: Duration = Duration::from_secs(1);

@@ -14,7 +14,9 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use hermes_config::Config;
-use hermes_protocol::{ProviderPlan, ToolServer};
+use hermes_protocol::{ProviderPlan, ToolServer, TranscriptionPlan};
+
+use crate::media::Limits;
 
 use crate::setup::Setup;
 
@@ -33,6 +35,12 @@ pub struct ChatSettings {
     pub job_timeout: Duration,
     pub tools: Vec<ToolServer>,
     pub max_steps: u32,
+    /// How voice notes are transcribed (`[transcription]`), if they are.
+    pub transcription: Option<TranscriptionPlan>,
+    /// Show a voice note's transcript above the answer.
+    pub show_transcript: bool,
+    /// What a file may be.
+    pub media: Limits,
 }
 
 impl ChatSettings {
@@ -62,6 +70,17 @@ impl ChatSettings {
             job_timeout: config.workers.job_timeout(),
             tools: setup.tools.clone(),
             max_steps: config.agent.max_steps,
+            transcription: setup.transcription.clone(),
+            show_transcript: config
+                .transcription
+                .as_ref()
+                .is_none_or(|t| t.show_transcript),
+            media: Limits {
+                max_bytes: config.telegram.max_file_mb * 1024 * 1024,
+                download_timeout: Duration::from_secs(config.telegram.download_timeout_secs),
+                voice_max_secs: config.transcription.as_ref().map(|t| t.max_seconds),
+                vision: setup.providers.iter().any(|p| p.vision),
+            },
         }
     }
 }

@@ -7,7 +7,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use hermes_config::{Config, Problem};
-use hermes_protocol::{ProviderPlan, Secret, ToolServer};
+use hermes_protocol::{ProviderPlan, Secret, ToolServer, TranscriptionPlan};
 
 pub struct Setup {
     pub token: Secret,
@@ -15,6 +15,8 @@ pub struct Setup {
     /// MCP servers with their passed-through variables read, and what their sandbox
     /// hides and protects.
     pub tools: Vec<ToolServer>,
+    /// `[transcription]` with its provider's key read.
+    pub transcription: Option<TranscriptionPlan>,
     pub worker_program: PathBuf,
     pub state_dir: PathBuf,
     pub runtime_dir: PathBuf,
@@ -45,6 +47,7 @@ pub fn resolve(config: &Config) -> Result<Setup, Vec<Problem>> {
         token,
         providers: plans.providers,
         tools,
+        transcription: plans.transcription,
         worker_program,
         state_dir,
         runtime_dir,

@@ -22,7 +22,7 @@ use crate::sandbox::Confinement;
 
 /// Bumped on any change to these types. Leads the first frame so a mismatch is reported as
 /// one, not as an undecodable frame.
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// A string that must not end up in logs: API keys, worker tokens.
 #[derive(Serialize, Deserialize, Clone, PartialEq, Eq)]
@@ -72,6 +72,55 @@ pub struct Job {
     /// Provider round trips the agent loop may make before it stops with a reply saying
     /// so (each answer with tool calls is one step).
     pub max_steps: u32,
+    /// Files that came with the new user message (voice notes, photos, documents), each
+    /// named in that message's text by its [`Attachment::placeholder`].
+    pub attachments: Vec<Attachment>,
+    /// How voice notes and audio are transcribed; `None`: they are not (the gateway
+    /// answers that itself before a worker is involved).
+    pub transcription: Option<Box<TranscriptionPlan>>,
+}
+
+/// A file of the user's turn, as the worker reads it. The bytes never travel in a frame:
+/// the gateway downloaded the file into a private per-job directory under its runtime
+/// directory (0700, hidden from tool servers by their sandbox) and deletes that directory
+/// when the job ends, however it ends.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct Attachment {
+    pub kind: MediaKind,
+    /// Where the file is, for this job only.
+    pub path: String,
+    /// The name the user's client gave it, or one the gateway made up (`photo.jpg`).
+    pub file_name: String,
+    pub mime_type: Option<String>,
+    /// Bytes, as downloaded.
+    pub size: u64,
+    /// Voice notes and audio: the length Telegram stated.
+    pub duration_secs: Option<u32>,
+    /// The text standing for the file in the user's message; the worker replaces it with
+    /// what the model reads (a transcript, a document's text, or nothing beside an image
+    /// part).
+    pub placeholder: String,
+}
+
+/// What kind of file an [`Attachment`] is, which decides how the model gets it.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MediaKind {
+    /// Transcribed; the transcript is the user's words.
+    Voice,
+    /// An audio file (music, a recording): transcribed like a voice note.
+    Audio,
+    /// A photo, or an image sent as a file: an image part for a provider with vision.
+    Image,
+    /// A text-like file or a PDF: its text, with its name.
+    Document,
+}
+
+/// The `[transcription]` section as a job carries it.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct TranscriptionPlan {
+    /// Its base URL and key serve `POST {base_url}/audio/transcriptions`.
+    pub provider: ProviderPlan,
+    pub model: String,
 }
 
 /// One MCP tool server (stdio), started by the worker inside its own process group.
@@ -264,6 +313,9 @@ pub struct ProviderPlan {
     pub request_timeout_ms: u64,
     /// Retries after the first attempt, for retryable failures only.
     pub max_retries: u32,
+    /// The model reads images (`image_url` content parts); a turn with an image goes only
+    /// to providers that do.
+    pub vision: bool,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
@@ -341,6 +393,9 @@ pub struct Reply {
     /// tool calls, the tool results, and last the answer itself. Stored as the
     /// conversation, so a follow-up question can refer to what the tools returned.
     pub transcript: Vec<ChatMessage>,
+    /// What each voice note or audio file of the job said, in the order of the job's
+    /// attachments: the user's words, stored as their turn and shown above the answer.
+    pub heard: Vec<String>,
 }
 
 /// Why a job produced no answer. Provider variants come from the worker; the others from
@@ -375,6 +430,50 @@ pub enum Failure {
     WorkerCrashed { cause: CrashCause },
     /// The job was stopped on purpose.
     Cancelled { reason: CancelReason },
+    /// A file of the turn could not be given to the model.
+    Media { problem: MediaProblem },
+}
+
+/// Why a voice note, photo or file could not be given to the model: each one a reply
+/// that says what the user can do instead.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub enum MediaProblem {
+    /// Over `telegram.max_file_mb` (as Telegram stated it, or as it downloaded).
+    TooBig { size: u64, max: u64 },
+    /// A voice note or audio longer than `transcription.max_seconds`.
+    TooLong { seconds: u32, max: u32 },
+    /// No `[transcription]` configured.
+    VoiceNotEnabled,
+    /// No provider of the chain has `vision = true`.
+    NoVision,
+    /// A file that is neither text-like, a PDF nor an image.
+    UnsupportedFile { file_name: String },
+    /// A file that claimed to be text but is not UTF-8, or a PDF without extractable text.
+    Unreadable { file_name: String, detail: String },
+    /// Telegram would not give the file (getFile or the download failed, or took too long).
+    DownloadFailed { detail: String },
+}
+
+impl fmt::Display for MediaProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            MediaProblem::TooBig { size, max } => {
+                write!(f, "file of {size} bytes is over the {max}-byte bound")
+            }
+            MediaProblem::TooLong { seconds, max } => {
+                write!(f, "recording of {seconds} s is over the {max} s bound")
+            }
+            MediaProblem::VoiceNotEnabled => f.write_str("no [transcription] configured"),
+            MediaProblem::NoVision => f.write_str("no provider of the chain has vision = true"),
+            MediaProblem::UnsupportedFile { file_name } => {
+                write!(f, "unsupported file type: {file_name}")
+            }
+            MediaProblem::Unreadable { file_name, detail } => {
+                write!(f, "cannot read {file_name}: {detail}")
+            }
+            MediaProblem::DownloadFailed { detail } => write!(f, "download failed: {detail}"),
+        }
+    }
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
@@ -418,6 +517,7 @@ pub enum FailureClass {
     TimedOut,
     WorkerCrashed,
     Cancelled,
+    Media,
 }
 
 impl FailureClass {
@@ -433,6 +533,7 @@ impl FailureClass {
             FailureClass::TimedOut => "timed_out",
             FailureClass::WorkerCrashed => "worker_crashed",
             FailureClass::Cancelled => "cancelled",
+            FailureClass::Media => "media",
         }
     }
 }
@@ -456,6 +557,7 @@ impl Failure {
             Failure::TimedOut { .. } => FailureClass::TimedOut,
             Failure::WorkerCrashed { .. } => FailureClass::WorkerCrashed,
             Failure::Cancelled { .. } => FailureClass::Cancelled,
+            Failure::Media { .. } => FailureClass::Media,
         }
     }
 
@@ -493,6 +595,7 @@ impl fmt::Display for Failure {
             Failure::TimedOut { after_ms } => write!(f, "timed_out after {after_ms} ms"),
             Failure::WorkerCrashed { cause } => write!(f, "worker_crashed: {cause}"),
             Failure::Cancelled { reason } => write!(f, "cancelled: {reason:?}"),
+            Failure::Media { problem } => write!(f, "media: {problem}"),
         }
     }
 }
@@ -524,6 +627,7 @@ mod tests {
             api_key: Some(Secret::new("sk-very-secret")),
             request_timeout_ms: 1,
             max_retries: 0,
+            vision: false,
         };
         assert!(!format!("{plan:?}").contains("sk-very-secret"));
     }
@@ -583,7 +687,7 @@ mod tests {
         assert_eq!(
             (PROTOCOL_VERSION, decision, server),
             (
-                3,
+                4,
                 vec![1, 1, 2, 1, 1, b'A'],
                 vec![
                     1, b's', 1, b'c', 0, 0, 0xb0, 0xea, 0x01, 1, 0, 0, 0, 0, 2, 1, 1, b'x', 0xc0,

@@ -27,6 +27,10 @@ use tokio::sync::watch;
 
 use crate::http::{Chunk, HttpServer, Request, Response};
 
+mod audio;
+
+pub use audio::{FormPart, image_urls};
+
 /// The 402 body the real provider returned when the daily quota was exhausted by requests
 /// still in flight; the gateway must classify it without retrying forever.
 pub const SEED_402_BODY: &str = r#"{"error":{"message":"Insufficient available balance for new requests. Daily quota: $200.00, spent: $199.8100, in use by pending requests: $0.1900 (available: $0.0000). Please wait for ongoing requests to complete.","type":"insufficient_balance","code":"daily_limit_busy"}}"#;
@@ -191,6 +195,10 @@ struct Inner {
     /// lets tests with many concurrent chats script each message's fate.
     by_message: std::collections::HashMap<String, VecDeque<ProviderReply>>,
     requests: Vec<ProviderRequest>,
+    /// Scripted answers for transcription requests.
+    transcriptions: VecDeque<ProviderReply>,
+    /// The model refuses image parts.
+    no_vision: bool,
 }
 
 impl FakeProvider {
@@ -297,6 +305,9 @@ impl State {
     }
 
     async fn handle(&self, req: Request) -> Response {
+        if req.path_only().ends_with("/audio/transcriptions") {
+            return self.transcription(req).await;
+        }
         let body = if req.body.is_empty() {
             Value::Null
         } else {
@@ -306,9 +317,15 @@ impl State {
         let path = req.path_only().to_string();
         let is_chat =
             req.method.eq_ignore_ascii_case("POST") && path.ends_with("/chat/completions");
+        let no_vision = self.lock().no_vision;
         let refusal = self
             .key_problem(req.header("authorization"))
-            .or_else(|| is_chat.then(|| request_problem(&body)).flatten());
+            .or_else(|| is_chat.then(|| request_problem(&body)).flatten())
+            .or_else(|| {
+                is_chat
+                    .then(|| audio::content_problem(&body, no_vision))
+                    .flatten()
+            });
         let scripted = {
             let mut g = self.lock();
             g.requests.push(ProviderRequest {
@@ -373,6 +390,63 @@ impl State {
 }
 
 impl State {
+    /// `POST /v1/audio/transcriptions` (see [`audio`]).
+    async fn transcription(&self, req: Request) -> Response {
+        let path = req.path_only().to_string();
+        let checked = if req.method.eq_ignore_ascii_case("POST") {
+            audio::transcription_request(&req)
+        } else {
+            Err(openai_error(405, "Method not allowed"))
+        };
+        let refusal = self.key_problem(req.header("authorization"));
+        let (logged, said) = match &checked {
+            Ok((logged, said)) => (logged.clone(), said.clone()),
+            Err(_) => (
+                Value::String(String::from_utf8_lossy(&req.body).into_owned()),
+                String::new(),
+            ),
+        };
+        let scripted = {
+            let mut g = self.lock();
+            g.requests.push(ProviderRequest {
+                at: Instant::now(),
+                path,
+                authorization: req.header("authorization").map(str::to_string),
+                body: logged,
+            });
+            if refusal.is_none() && checked.is_ok() {
+                g.transcriptions.pop_front()
+            } else {
+                None
+            }
+        };
+        self.changed.send_replace(());
+        if let Some(refusal) = refusal {
+            return refusal;
+        }
+        if let Err(refusal) = checked {
+            return refusal;
+        }
+        match scripted {
+            None => audio::transcript(&said),
+            Some(ProviderReply::Text(text)) => audio::transcript(&text),
+            Some(ProviderReply::Status {
+                status,
+                headers,
+                body,
+            }) => Response::new(status, headers, body),
+            Some(ProviderReply::Hang) => Response::Hang,
+            Some(ProviderReply::Delay(delay)) => {
+                tokio::time::sleep(delay).await;
+                audio::transcript(&said)
+            }
+            Some(ProviderReply::Reset) => Response::Reset,
+            Some(ProviderReply::RawBody(raw)) => Response::with_type(200, "application/json", raw),
+            Some(ProviderReply::Json(value)) => Response::json(200, &value),
+            Some(other) => openai_error(500, &format!("not a transcription answer: {other:?}")),
+        }
+    }
+
     /// OpenAI's 401 for a missing or wrong key, if this provider wants one.
     fn key_problem(&self, authorization: Option<&str>) -> Option<Response> {
         let key = self.key.as_deref()?;

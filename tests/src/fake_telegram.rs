@@ -20,9 +20,11 @@
 //! id once (see [`buttons`]).
 
 mod buttons;
+mod files;
 mod html;
 
 pub use buttons::CallbackAnswer;
+pub use files::{Body, FakeFile, FileDownload, MAX_DOWNLOAD_BYTES};
 
 use std::{
     collections::{HashMap, HashSet, VecDeque},
@@ -348,6 +350,12 @@ struct Inner {
     webhook: Option<String>,
     /// How many entries of `sent` each chat has: waits per chat stay O(1).
     sent_per_chat: HashMap<i64, usize>,
+    /// Files the bot may fetch (`getFile`, then the download path).
+    files: Vec<files::FakeFile>,
+    last_file: u64,
+    downloads: Vec<files::FileDownload>,
+    /// While set, every download is reset before a byte is sent.
+    downloads_fail: bool,
 }
 
 impl FakeTelegram {
@@ -814,6 +822,9 @@ impl State {
 
     async fn handle(&self, req: Request) -> Response {
         let path = percent_decode(req.path_only());
+        if let Some(rest) = path.strip_prefix("/file/bot") {
+            return self.download(&req, rest);
+        }
         let Some((token, method)) = path
             .strip_prefix("/bot")
             .and_then(|rest| rest.split_once('/'))
@@ -844,6 +855,7 @@ impl State {
             "editmessagereplymarkup" => self.edit_markup(&params),
             "answercallbackquery" => self.answer_callback(&params),
             "getme" => ok(me()),
+            "getfile" => self.get_file(&params),
             "getmycommands" => {
                 let commands = self.lock().commands.clone();
                 ok(if commands.is_null() {

@@ -191,6 +191,8 @@ pub struct GatewayOptions {
     /// Name the state directory in the file (`state.dir`); false leaves it to
     /// `$STATE_DIRECTORY`, as under systemd.
     pub state_dir_in_config: bool,
+    /// Indices of the providers whose entry says `vision = true`.
+    pub vision: Vec<usize>,
 }
 
 impl GatewayOptions {
@@ -216,6 +218,7 @@ impl GatewayOptions {
             // finished reply, so streaming is on only where a test is about it.
             telegram_toml: "streaming = false\n".into(),
             state_dir_in_config: true,
+            vision: Vec::new(),
         }
     }
 
@@ -247,6 +250,9 @@ impl GatewayOptions {
             ));
             if let Some(secs) = self.quota_cooldown_secs {
                 toml.push_str(&format!("quota_cooldown_secs = {secs}\n\n"));
+            }
+            if self.vision.contains(&i) {
+                toml.push_str("vision = true\n\n");
             }
         }
         toml.push_str(&format!(
@@ -552,8 +558,23 @@ impl Rig {
     }
 
     pub async fn ask_in(&self, chat: i64, user: i64, text: &str) -> SentMessage {
+        self.reply_to(chat, text, |telegram| {
+            telegram.send_text(chat, user, text);
+        })
+        .await
+    }
+
+    /// Lets `send` deliver anything to the fake Telegram (a voice note, a photo, a
+    /// sticker) and returns the one reply in `chat`; `what` names it in a failure.
+    pub async fn reply_to(
+        &self,
+        chat: i64,
+        what: &str,
+        send: impl FnOnce(&FakeTelegram),
+    ) -> SentMessage {
+        let text = what;
         let before = self.telegram.sent_to(chat).len();
-        self.telegram.send_text(chat, user, text);
+        send(&self.telegram);
         let sent = self
             .telegram
             .wait_for_chat_messages(chat, before + 1, PATIENCE)

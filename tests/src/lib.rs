@@ -7,5 +7,6 @@ pub mod fake_telegram;
 pub mod harness;
 pub mod http;
 pub mod mcp;
+pub mod pdf;
 pub mod procs;
 pub mod skip;

@@ -110,12 +110,11 @@ async fn updates_of_other_kinds_are_skipped(mode: WorkerMode) {
     let mut rig = Rig::start(mode, |_| {}).await;
     let chat = json!({"id": USER, "type": "private", "first_name": "Test"});
     let from = json!({"id": USER, "is_bot": false, "first_name": "Test"});
+    // A service message (photos, stickers and files are answered: `media.rs`).
     rig.telegram.push_update(
-        json!({"message": {"message_id": 90, "date": 1, "chat": chat, "from": from,
-        "photo": [{"file_id": "a", "file_unique_id": "b", "width": 1, "height": 1}]}}),
+        json!({"message": {"message_id": 90, "date": 1, "chat": chat,
+        "from": from, "new_chat_title": "Renamed"}}),
     );
-    rig.telegram.push_update(json!({"message": {"message_id": 91, "date": 1, "chat": chat, "from": from,
-        "sticker": {"file_id": "a", "file_unique_id": "b", "type": "regular", "width": 1, "height": 1, "is_animated": false, "is_video": false}}}));
     rig.telegram.push_update(json!({"edited_message": {"message_id": 92, "date": 1, "edit_date": 2, "chat": chat, "from": from, "text": "edited"}}));
     rig.telegram.push_update(
         json!({"callback_query": {"id": "1", "from": from, "chat_instance": "x", "data": "d"}}),
@@ -133,7 +132,7 @@ async fn updates_of_other_kinds_are_skipped(mode: WorkerMode) {
     let log = rig.gateway.log();
     // The button press is not skipped: it goes to the approvals, which answer it (it
     // belongs to no question of theirs) and do nothing else.
-    assert!(log.matches("skipping").count() >= 4, "{log}");
+    assert!(log.matches("skipping").count() >= 3, "{log}");
     rig.assert_still_serving().await;
 }
 

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use hermes_protocol::{ChatMessage, Event, Failure, Job, Outcome, Reply, Role};
 use tokio::sync::mpsc::UnboundedSender;
 
+use crate::media;
 use crate::provider::{self, Prompt, ProviderError};
 use crate::tools::{Abandoned, Toolbox};
 
@@ -49,9 +50,28 @@ pub async fn run_with_tools(
     tools: &Toolbox,
     deadline: Instant,
 ) -> Run {
-    let mut messages = job.messages.clone();
+    // The turn's files first: a voice note's transcript is the question.
+    let turn = match media::prepare(job, client, deadline, events).await {
+        Ok(turn) => turn,
+        Err(ProviderError::Deadline) => {
+            return done(Outcome::Failed(Failure::TimedOut {
+                after_ms: job.timeout_ms,
+            }));
+        }
+        Err(ProviderError::Failed(failure)) => {
+            tracing::warn!("the turn's files could not be given to the model: {failure}");
+            return done(Outcome::Failed(failure));
+        }
+    };
+    let media::Turn {
+        mut messages,
+        images,
+        heard,
+    } = turn;
     let mut transcript: Vec<ChatMessage> = Vec::new();
-    let mut chain = job.providers.iter().peekable();
+    // A turn with an image goes only to providers that read images.
+    let providers = media::usable(&job.providers, !images.is_empty());
+    let mut chain = providers.iter().peekable();
     let mut first_failure: Option<Failure> = None;
     // Who answered last, for the reply when the step budget runs out.
     let mut answered_by = (String::new(), String::new());
@@ -66,6 +86,7 @@ pub async fn run_with_tools(
             messages: &messages,
             tools: tools.definitions(),
             stream: job.stream,
+            images: &images,
         };
         let (completion, plan) = loop {
             let Some(plan) = chain.peek() else {
@@ -96,6 +117,7 @@ pub async fn run_with_tools(
                 provider: plan.name.clone(),
                 model: completion.model,
                 transcript,
+                heard,
             }));
         }
         answer.tool_calls = completion.tool_calls.clone();
@@ -135,6 +157,7 @@ pub async fn run_with_tools(
         provider,
         model,
         transcript,
+        heard,
     }))
 }
 

@@ -6,13 +6,20 @@
 //! configuration, its secret files and the state directory), with a scratch directory of
 //! their own under `$TMPDIR` that is removed afterwards. Nobody can approve a call here:
 //! calls to tools an entry says to confirm are denied.
+//!
+//! `--file PATH` sends a file with the question, through the same media path as a file
+//! from Telegram ([`hermes_worker::media`]): audio is transcribed with `[transcription]`
+//! (the transcript is printed), an image goes as an image part to the providers with
+//! `vision = true`, a document as its text. Its kind is judged by its extension.
 
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use hermes_config::{Config, EXIT_CONFIG, load_or_report};
-use hermes_protocol::{ChatMessage, Event, Failure, FailureClass, Job, JobId, Outcome, Role};
+use hermes_protocol::{
+    Attachment, ChatMessage, Event, Failure, FailureClass, Job, JobId, MediaKind, Outcome, Role,
+};
 use tokio::sync::mpsc;
 
 use crate::agent;
@@ -22,6 +29,8 @@ use hermes_worker::tools::Toolbox;
 pub struct AskOptions {
     pub timeout: Option<Duration>,
     pub stream: bool,
+    /// A file sent with the question, as if it came with the message.
+    pub file: Option<PathBuf>,
 }
 
 pub async fn ask(
@@ -39,7 +48,24 @@ pub async fn ask(
     if let Some(prompt) = &config.agent.system_prompt {
         messages.push(ChatMessage::new(Role::System, prompt.clone()));
     }
-    messages.push(ChatMessage::new(Role::User, question));
+    let attachments = match &options.file {
+        None => Vec::new(),
+        Some(path) => match attachment(path) {
+            Ok(a) => {
+                eprintln!("{}", describe_file(&a, &plans));
+                vec![a]
+            }
+            Err(e) => {
+                eprintln!("error: cannot read {}: {e}", path.display());
+                return 1;
+            }
+        },
+    };
+    let question = match attachments.first() {
+        Some(a) => format!("{}\n{question}", a.placeholder),
+        None => question.to_string(),
+    };
+    messages.push(ChatMessage::new(Role::User, question.trim()));
     let timeout = options
         .timeout
         .unwrap_or_else(|| config.workers.job_timeout());
@@ -52,6 +78,8 @@ pub async fn ask(
         stream: options.stream,
         tools: plans.tools,
         max_steps: config.agent.max_steps,
+        attachments,
+        transcription: plans.transcription.clone().map(Box::new),
     };
     let (events_tx, mut events) = mpsc::unbounded_channel();
     let printer = tokio::spawn(async move {
@@ -93,6 +121,9 @@ pub async fn ask(
     let outcome = run.outcome;
     match outcome {
         Outcome::Reply(reply) => {
+            for heard in &reply.heard {
+                eprintln!("transcript: {heard}");
+            }
             eprintln!("[{}] answered (model {})", reply.provider, reply.model);
             println!("{}", reply.text);
             0
@@ -154,5 +185,90 @@ fn advice(failure: &Failure) -> &'static str {
             "no answer within the job timeout: raise workers.job_timeout_secs or --timeout"
         }
         FailureClass::WorkerCrashed | FailureClass::Cancelled => "the job did not finish",
+        FailureClass::Media => {
+            "the file could not be given to the model: see [transcription], vision = true, and the supported file types in the README"
+        }
+    }
+}
+
+/// The file at `path` as an attachment, its kind and type judged by its extension.
+fn attachment(path: &Path) -> std::io::Result<Attachment> {
+    let size = std::fs::metadata(path)?.len();
+    let file_name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "file".into());
+    let extension = file_name
+        .rsplit_once('.')
+        .map(|(_, e)| e.to_ascii_lowercase())
+        .unwrap_or_default();
+    let (kind, mime) = match extension.as_str() {
+        "ogg" | "oga" | "opus" => (MediaKind::Voice, Some("audio/ogg")),
+        "mp3" => (MediaKind::Audio, Some("audio/mpeg")),
+        "m4a" => (MediaKind::Audio, Some("audio/mp4")),
+        "wav" => (MediaKind::Audio, Some("audio/wav")),
+        "flac" => (MediaKind::Audio, Some("audio/flac")),
+        "webm" => (MediaKind::Audio, Some("audio/webm")),
+        "jpg" | "jpeg" => (MediaKind::Image, Some("image/jpeg")),
+        "png" => (MediaKind::Image, Some("image/png")),
+        "webp" => (MediaKind::Image, Some("image/webp")),
+        "gif" => (MediaKind::Image, Some("image/gif")),
+        "pdf" => (MediaKind::Document, Some("application/pdf")),
+        _ => (MediaKind::Document, None),
+    };
+    let placeholder = match kind {
+        MediaKind::Voice | MediaKind::Audio => "[voice note]".to_string(),
+        MediaKind::Image => format!("[photo: {file_name}]"),
+        MediaKind::Document => format!("[file: {file_name}]"),
+    };
+    Ok(Attachment {
+        kind,
+        path: hermes_config::absolute(path).display().to_string(),
+        file_name,
+        mime_type: mime.map(str::to_string),
+        size,
+        duration_secs: None,
+        placeholder,
+    })
+}
+
+/// What will be done with the file, for stderr.
+fn describe_file(a: &Attachment, plans: &hermes_config::JobPlans) -> String {
+    match a.kind {
+        MediaKind::Voice | MediaKind::Audio => match &plans.transcription {
+            Some(t) => format!(
+                "{} ({} bytes): transcribing with {} ({}/audio/transcriptions, model {})",
+                a.file_name, a.size, t.provider.name, t.provider.base_url, t.model
+            ),
+            None => format!(
+                "{}: audio, but no [transcription] is configured",
+                a.file_name
+            ),
+        },
+        MediaKind::Image => {
+            let vision: Vec<&str> = plans
+                .providers
+                .iter()
+                .filter(|p| p.vision)
+                .map(|p| p.name.as_str())
+                .collect();
+            if vision.is_empty() {
+                format!(
+                    "{}: an image, but no provider has vision = true",
+                    a.file_name
+                )
+            } else {
+                format!(
+                    "{} ({} bytes): sent as an image part to {}",
+                    a.file_name,
+                    a.size,
+                    vision.join(", ")
+                )
+            }
+        }
+        MediaKind::Document => format!(
+            "{} ({} bytes): given to the model as text",
+            a.file_name, a.size
+        ),
     }
 }

@@ -11,6 +11,7 @@
 //! it (`hermes-worker sandbox-exec`), and the probe of what this kernel supports.
 
 pub mod agent;
+pub mod media;
 pub mod provider;
 pub mod sandbox;
 pub mod tools;

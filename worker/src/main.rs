@@ -53,6 +53,11 @@ enum Command {
         /// Ask the provider to stream, and print the answer to stderr as it grows.
         #[arg(long)]
         stream: bool,
+        /// Send this file with the question, through the media path a Telegram file
+        /// takes: audio is transcribed, an image goes to providers with vision, a
+        /// document as its text.
+        #[arg(long, value_name = "PATH")]
+        file: Option<PathBuf>,
         /// The question.
         question: String,
     },
@@ -135,6 +140,7 @@ fn main() {
             config,
             timeout,
             stream,
+            file,
             question,
         } => runtime.block_on(ask::ask(
             &config,
@@ -142,6 +148,7 @@ fn main() {
             ask::AskOptions {
                 timeout: timeout.map(Duration::from_secs),
                 stream,
+                file,
             },
             client,
         )),

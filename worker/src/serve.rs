@@ -332,6 +332,7 @@ mod tests {
             provider: "p".into(),
             model: "m".into(),
             transcript,
+            heard: Vec::new(),
         })
     }
 

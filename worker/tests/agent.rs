@@ -22,6 +22,7 @@ fn plan(provider: &FakeProvider, name: &str) -> ProviderPlan {
         api_key: Some(Secret::new(API_KEY)),
         request_timeout_ms: 10_000,
         max_retries: 2,
+        vision: false,
     }
 }
 
@@ -38,6 +39,8 @@ fn job(providers: Vec<ProviderPlan>, stream: bool) -> Job {
         stream,
         tools: Vec::new(),
         max_steps: 8,
+        attachments: Vec::new(),
+        transcription: None,
     }
 }
 

@@ -8,7 +8,7 @@
 use std::future::Future;
 use std::time::{Duration, Instant};
 
-use hermes_protocol::{CancelReason, ChatMessage, Event, Failure, Outcome, Role};
+use hermes_protocol::{CancelReason, ChatMessage, Event, Failure, MediaKind, Outcome, Role};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use super::{Inner, JobContext, Request};
 use crate::clock::sleep_until;
 use crate::jobs::ApprovalAsk;
+use crate::media::MediaRef;
 use crate::outbox::Reply;
 use crate::replies;
 use crate::store::Exchange;
@@ -117,6 +118,7 @@ pub fn deliver(
         rows,
         user_id,
         text,
+        media,
     } = request;
     let outbox = &inner.ctx.outbox;
     let elapsed_ms = started.elapsed().as_millis();
@@ -125,11 +127,17 @@ pub fn deliver(
     match outcome {
         Outcome::Reply(reply) => {
             tracing::info!(job_id = %id, chat_id = chat, user_id, provider = %reply.provider, elapsed_ms, "answered");
-            let shown = if reply.text.trim().is_empty() {
+            let mut shown = if reply.text.trim().is_empty() {
                 replies::EMPTY_ANSWER.to_string()
             } else {
                 bounded_answer(reply.text.clone())
             };
+            if !reply.heard.is_empty() && inner.ctx.settings.get().show_transcript {
+                shown = format!("{}\n\n{shown}", replies::heard(&reply.heard));
+            }
+            // The conversation keeps a voice note as what it said, and any other file as
+            // its placeholder: later turns send the model a reference, not the file.
+            let question = heard_question(&text, &media, &reply.heard);
             let mut transcript = if reply.transcript.is_empty() {
                 vec![ChatMessage::new(Role::Assistant, reply.text.clone())]
             } else {
@@ -144,7 +152,7 @@ pub fn deliver(
             }
             let exchange = Exchange {
                 chat_id: chat,
-                question: text.clone(),
+                question: question.clone(),
                 transcript,
                 provider: reply.provider,
                 model: reply.model,
@@ -156,7 +164,7 @@ pub fn deliver(
                 pieces: format::render(&shown, MESSAGE_LIMIT),
                 edit,
                 exchange: Some(&exchange),
-                question: Some(&text),
+                question: Some(&question),
             });
         }
         Outcome::Failed(Failure::Cancelled {
@@ -217,6 +225,18 @@ pub fn deliver(
     }
     answer_late_stops(inner, chat, stop_requests);
     false
+}
+
+/// The turn's text with each voice note's placeholder replaced by what it said.
+fn heard_question(text: &str, media: &[(MediaRef, String)], heard: &[String]) -> String {
+    let voices = media
+        .iter()
+        .filter(|(m, _)| matches!(m.media_kind(), MediaKind::Voice | MediaKind::Audio));
+    let mut question = text.to_string();
+    for ((_, placeholder), said) in voices.zip(heard) {
+        question = question.replacen(placeholder, said, 1);
+    }
+    question
 }
 
 /// A /stop that lost the race against the answer still gets its one reply.

@@ -22,12 +22,13 @@
 mod deliver;
 mod prepare;
 
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use hermes_protocol::{JobId, Outcome};
+use hermes_protocol::{CancelReason, Failure, JobId, Outcome};
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -38,9 +39,10 @@ use crate::commands::stop::{InFlight, Stopping};
 use crate::commands::{self, Command};
 use crate::health::Health;
 use crate::jobs::{JobLink, JobRunner};
+use crate::media::{Fetcher, JobFiles, MediaRef};
 use crate::outbox::{Outbox, Reply};
 use crate::replies;
-use crate::settings::LiveSettings;
+use crate::settings::{ChatSettings, LiveSettings};
 use crate::store::{Kind, Pending, Store, Taken};
 use crate::telegram::live::LiveReply;
 use crate::telegram::sender::{Sender, plain_pieces};
@@ -66,15 +68,21 @@ pub struct JobContext {
     pub max_history: usize,
     /// Where a job's tool calls that need approval are asked about.
     pub desk: Desk,
+    /// Fetches the voice notes, photos and files of a turn for its job.
+    pub fetcher: Fetcher,
 }
 
-/// Decides what a message is before it is stored: a stranger's (its text is not kept), a
-/// `/stop`, or a message for the chat's turns.
+/// Decides what a message is before it is stored: a stranger's (its text and file are
+/// not kept), a `/stop`, something the bot cannot use (as the poller found), or a message
+/// for the chat's turns.
 pub fn classify(settings: &LiveSettings, message: &mut Pending) {
     message.kind = if !settings.get().allowed.contains(&message.user_id) {
         message.text.clear();
+        message.media = None;
         Kind::Stranger
-    } else if commands::parse(&message.text) == Some(Command::Stop) {
+    } else if message.kind == Kind::Unsupported {
+        Kind::Unsupported
+    } else if message.media.is_none() && commands::parse(&message.text) == Some(Command::Stop) {
         Kind::Stop
     } else {
         Kind::Message
@@ -106,7 +114,10 @@ pub struct Request {
     pub rows: Vec<i64>,
     pub user_id: u64,
     /// What the model is asked: the turn's messages, or the earlier question for `/retry`.
+    /// A voice note, photo or file stands in it as its placeholder.
     pub text: String,
+    /// The turn's files, each with the placeholder that stands for it in `text`.
+    pub media: Vec<(MediaRef, String)>,
 }
 
 struct Inner {
@@ -195,6 +206,18 @@ impl ChatRouter {
                 );
             }
             Kind::Stop => self.stop(chat, message.update_id),
+            Kind::Unsupported => {
+                tracing::info!(
+                    chat_id = chat,
+                    "a message the bot cannot use ({})",
+                    message.text
+                );
+                self.inner.reply(
+                    chat,
+                    &[message.update_id],
+                    &replies::not_understood(&message.text),
+                );
+            }
             Kind::Message => self.arrived(chat, message.update_id, message.counted),
         }
     }
@@ -205,7 +228,7 @@ impl ChatRouter {
         for message in unanswered {
             match message.kind {
                 Kind::Message => self.wake(message.chat_id, None),
-                Kind::Stop | Kind::Stranger => self.handle(message),
+                Kind::Stop | Kind::Stranger | Kind::Unsupported => self.handle(message),
             }
         }
     }
@@ -406,8 +429,11 @@ impl ChatRouter {
         };
         let user_id = first.user_id;
         let rows: Vec<i64> = turn.iter().map(|m| m.update_id).collect();
-        // A command is always taken alone.
-        let text = match commands::parse(&first.text).filter(|_| turn.len() == 1) {
+        // A command is always taken alone; a caption is never one.
+        let mut media = Vec::new();
+        let command =
+            commands::parse(&first.text).filter(|_| turn.len() == 1 && first.media.is_none());
+        let text = match command {
             Some(command) => {
                 let command_ctx = commands::Context {
                     chat,
@@ -426,7 +452,21 @@ impl ChatRouter {
                 }
             }
             None => {
-                let texts: Vec<&str> = turn.iter().map(|m| m.text.as_str()).collect();
+                let texts: Vec<Cow<str>> = turn
+                    .iter()
+                    .map(|m| match &m.media {
+                        None => Cow::Borrowed(m.text.as_str()),
+                        Some(file) => {
+                            let placeholder = file.placeholder();
+                            media.push((file.clone(), placeholder.clone()));
+                            Cow::Owned(if m.text.trim().is_empty() {
+                                placeholder
+                            } else {
+                                format!("{placeholder}\n{}", m.text)
+                            })
+                        }
+                    })
+                    .collect();
                 texts.join("\n")
             }
         };
@@ -437,6 +477,7 @@ impl ChatRouter {
             rows,
             user_id,
             text,
+            media,
         };
         self.run_job(request, in_flight).await
     }
@@ -455,14 +496,29 @@ impl ChatRouter {
             settings.edit_interval,
         );
         let mut stop_requests = Vec::new();
+        // The turn's files, kept for its job and removed when it ends, however it ends.
+        let mut files: Option<JobFiles> = None;
         let outcome = match prepare::prepare(ctx, &settings, &request, started) {
-            Ok(prepared) => {
+            Ok(mut prepared) => 'job: {
+                let cancel = in_flight.begin();
+                if !request.media.is_empty() {
+                    match fetch(ctx, &settings, &request, &cancel).await {
+                        Ok((fetched, attachments)) => {
+                            files = Some(fetched);
+                            prepared.job.attachments = attachments;
+                        }
+                        Err(failure) => {
+                            stop_requests = in_flight.end();
+                            break 'job Outcome::Failed(failure);
+                        }
+                    }
+                }
                 let (events, events_rx) = mpsc::channel(EVENTS_BOUND);
                 let (approvals, approvals_rx) = mpsc::unbounded_channel();
                 let link = JobLink {
                     events,
                     approvals,
-                    cancel: in_flight.begin(),
+                    cancel,
                 };
                 let run = ctx.runner.run(prepared.job, link);
                 let (outcome, fallbacks) = deliver::follow(
@@ -483,7 +539,27 @@ impl ChatRouter {
             }
             Err(failure) => Outcome::Failed(failure),
         };
+        drop(files);
         ctx.health.job_done(&outcome);
         deliver::deliver(&self.inner, request, outcome, live, stop_requests, started)
+    }
+}
+
+/// Fetches the files of `request` for its job, within the limits and the time bound, or
+/// until `/stop`.
+async fn fetch(
+    ctx: &JobContext,
+    settings: &ChatSettings,
+    request: &Request,
+    cancel: &CancellationToken,
+) -> Result<(JobFiles, Vec<hermes_protocol::Attachment>), Failure> {
+    tokio::select! {
+        _ = cancel.cancelled() => Err(Failure::Cancelled { reason: CancelReason::ByUser }),
+        fetched = ctx.fetcher.fetch(request.id, &request.media, &settings.media) => {
+            fetched.map_err(|problem| {
+                tracing::info!(chat_id = request.chat, "a file of the turn is refused: {problem}");
+                Failure::Media { problem }
+            })
+        }
     }
 }

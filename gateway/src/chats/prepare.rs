@@ -8,7 +8,7 @@
 
 use std::time::Instant;
 
-use hermes_protocol::{ChatMessage, Failure, Job, MAX_FRAME_LEN, Role, codec};
+use hermes_protocol::{ChatMessage, Failure, Job, MAX_FRAME_LEN, MediaKind, Role, codec};
 
 use super::{JobContext, Request};
 use crate::circuit::Plan;
@@ -58,6 +58,14 @@ pub fn prepare(
         stream: settings.streaming,
         tools: settings.tools.clone(),
         max_steps: settings.max_steps,
+        // Filled in once the turn's files are fetched.
+        attachments: Vec::new(),
+        transcription: request
+            .media
+            .iter()
+            .any(|(m, _)| matches!(m.media_kind(), MediaKind::Voice | MediaKind::Audio))
+            .then(|| settings.transcription.clone().map(Box::new))
+            .flatten(),
     };
     let trimmed = fit_in_frame(&mut job, history_from)?;
     if trimmed > 0 {
@@ -188,6 +196,8 @@ mod tests {
             stream: false,
             tools: Vec::new(),
             max_steps: 8,
+            attachments: Vec::new(),
+            transcription: None,
         }
     }
 

@@ -12,6 +12,7 @@
 use rusqlite::{OptionalExtension, params};
 
 use super::{Store, StoreError, now};
+use crate::media::MediaRef;
 
 /// What an inbox row is, decided when it is stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -22,6 +23,9 @@ pub enum Kind {
     Stop,
     /// From someone not allowed: answered with their id, its text not kept.
     Stranger,
+    /// Something the bot cannot use (a sticker, a location, …; `text` says what):
+    /// answered with what it understands.
+    Unsupported,
 }
 
 impl Kind {
@@ -30,6 +34,7 @@ impl Kind {
             Kind::Message => "message",
             Kind::Stop => "stop",
             Kind::Stranger => "stranger",
+            Kind::Unsupported => "unsupported",
         }
     }
 
@@ -37,6 +42,7 @@ impl Kind {
         match s {
             "stop" => Kind::Stop,
             "stranger" => Kind::Stranger,
+            "unsupported" => Kind::Unsupported,
             _ => Kind::Message,
         }
     }
@@ -48,6 +54,7 @@ pub struct Pending {
     pub update_id: i64,
     pub chat_id: i64,
     pub user_id: u64,
+    /// The text, or a file's caption.
     pub text: String,
     pub kind: Kind,
     /// Its job's start is counted as it is stored: its chat is idle, so the job starts at
@@ -55,6 +62,8 @@ pub struct Pending {
     /// nothing). Only a gateway that dies between the two counts a start that did not
     /// happen.
     pub counted: bool,
+    /// The voice note, photo or file the message carries.
+    pub media: Option<MediaRef>,
 }
 
 /// A message taken into a turn.
@@ -63,9 +72,27 @@ pub struct Taken {
     pub update_id: i64,
     pub user_id: u64,
     pub text: String,
+    pub media: Option<MediaRef>,
     /// Jobs started for it before this one (by this run or earlier ones) that ended
     /// without an answer.
     pub earlier_attempts: u32,
+}
+
+fn encode_media(media: &MediaRef) -> Option<String> {
+    serde_json::to_string(media).ok()
+}
+
+/// A stored reference; one this build cannot read is logged and dropped (the message is
+/// then answered from its caption alone).
+fn decode_media(json: Option<String>) -> Option<MediaRef> {
+    let json = json?;
+    match serde_json::from_str(&json) {
+        Ok(media) => Some(media),
+        Err(e) => {
+            tracing::warn!("an unreadable media reference in the inbox ({e}): {json}");
+            None
+        }
+    }
 }
 
 /// An update the Bot API client could not parse, as Telegram sent it.
@@ -101,7 +128,8 @@ impl Store {
         let tx = self.wrap(conn.transaction())?;
         let at = now();
         for m in messages {
-            self.wrap(tx.prepare_cached("INSERT OR IGNORE INTO inbox (update_id, chat_id, user_id, text, received_at, kind, attempts) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)").and_then(|mut st| st.execute(params![m.update_id, m.chat_id, m.user_id as i64, m.text, at, m.kind.as_str(), i64::from(m.counted)])))?;
+            let media = m.media.as_ref().and_then(encode_media);
+            self.wrap(tx.prepare_cached("INSERT OR IGNORE INTO inbox (update_id, chat_id, user_id, text, received_at, kind, media, attempts) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)").and_then(|mut st| st.execute(params![m.update_id, m.chat_id, m.user_id as i64, m.text, at, m.kind.as_str(), media, i64::from(m.counted)])))?;
         }
         for u in unparsed {
             self.wrap(tx.prepare_cached("INSERT OR IGNORE INTO unparsed_updates (update_id, raw, received_at) VALUES (?1, ?2, ?3)").and_then(|mut st| st.execute(params![u.update_id, u.raw, at])))?;
@@ -116,7 +144,7 @@ impl Store {
     pub fn unanswered(&self) -> Result<Vec<Pending>, StoreError> {
         let conn = self.lock();
         let mut stmt = self.wrap(conn.prepare_cached(
-            "SELECT update_id, chat_id, user_id, text, kind FROM inbox
+            "SELECT update_id, chat_id, user_id, text, kind, media FROM inbox
              WHERE done_at IS NULL AND answered_by IS NULL ORDER BY update_id",
         ))?;
         let rows = self.wrap(stmt.query_map([], |r| {
@@ -127,6 +155,7 @@ impl Store {
                 text: r.get(3)?,
                 kind: Kind::parse(&r.get::<_, String>(4)?),
                 counted: false,
+                media: decode_media(r.get(5)?),
             })
         }))?;
         self.wrap(rows.collect())
@@ -149,7 +178,7 @@ impl Store {
         // between the read and the update.
         let waiting: Vec<Taken> = {
             let mut stmt = self.wrap(conn.prepare_cached(
-                "SELECT update_id, user_id, text, attempts FROM inbox
+                "SELECT update_id, user_id, text, attempts, media FROM inbox
                  WHERE chat_id = ?1 AND done_at IS NULL AND answered_by IS NULL AND kind = 'message'
                  ORDER BY update_id",
             ))?;
@@ -159,11 +188,16 @@ impl Store {
                     user_id: r.get::<_, i64>(1)? as u64,
                     text: r.get(2)?,
                     earlier_attempts: r.get::<_, i64>(3)?.clamp(0, i64::from(u32::MAX)) as u32,
+                    media: decode_media(r.get(4)?),
                 })
             }))?;
             self.wrap(rows.collect())?
         };
-        let turn = match waiting.iter().position(|m| is_command(&m.text)) {
+        // A caption is never a command.
+        let turn = match waiting
+            .iter()
+            .position(|m| m.media.is_none() && is_command(&m.text))
+        {
             Some(0) => 1,
             Some(first_command) => first_command,
             None => waiting.len(),

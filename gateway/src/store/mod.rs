@@ -35,7 +35,7 @@ pub use outbox::{OutPiece, ReplyRecord, Stored};
 use rusqlite::Connection;
 
 /// The schema this build writes. Bump it with a new entry in [`MIGRATIONS`].
-pub const SCHEMA_VERSION: i64 = 3;
+pub const SCHEMA_VERSION: i64 = 4;
 
 /// `MIGRATIONS[n]` takes a store from version `n` to `n + 1`.
 const MIGRATIONS: &[&str] = &[
@@ -109,6 +109,14 @@ const MIGRATIONS: &[&str] = &[
         received_at INTEGER NOT NULL
     );
     ALTER TABLE chats ADD COLUMN last_question TEXT;
+"#,
+    // 4: media. A message with a voice note, photo or file keeps what Telegram said about
+    // it (`media`: JSON of `media::MediaRef`: kind, file_id, size, type, name, duration;
+    // never the bytes), so it is fetched again and answered after a restart; its caption
+    // is its `text`. A message the bot cannot use (a sticker, a location) has kind
+    // 'unsupported' and `text` saying what it was.
+    r#"
+    ALTER TABLE inbox ADD COLUMN media TEXT;
 "#,
 ];
 

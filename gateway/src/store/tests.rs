@@ -13,6 +13,7 @@ fn pending(id: i64, text: &str) -> Pending {
         text: text.into(),
         kind: Kind::Message,
         counted: false,
+        media: None,
     }
 }
 
@@ -415,6 +416,55 @@ fn a_version_2_store_with_data_gains_the_outbox_and_keeps_everything() {
     assert_eq!(turn[0].text, "still waiting");
     assert_eq!(turn[0].earlier_attempts, 0);
     assert_eq!(store.last_question(7).unwrap(), None);
+}
+
+/// A store of schema 3 (the outbox's) with a message waiting: after the migration it
+/// reads the same, and a voice note stored now keeps what is needed to fetch it again
+/// after a restart (not its bytes), and is never taken for a command by its caption.
+#[test]
+fn a_version_3_store_gains_media_references_and_keeps_its_waiting_message() {
+    use crate::media::{MediaRef, RefKind};
+    let dir = tempfile::tempdir().unwrap();
+    let conn = Connection::open(dir.path().join("state.db")).unwrap();
+    for m in &MIGRATIONS[..3] {
+        conn.execute_batch(m).unwrap();
+    }
+    conn.execute_batch(
+        "PRAGMA user_version = 3;
+         INSERT INTO inbox (update_id, chat_id, user_id, text, received_at) VALUES (11, 7, 7, 'still waiting', 0);",
+    )
+    .unwrap();
+    drop(conn);
+    let store = Store::open(dir.path()).unwrap();
+    assert_eq!(
+        store.unanswered().unwrap(),
+        vec![pending(11, "still waiting")]
+    );
+    let voice = MediaRef {
+        kind: RefKind::Voice,
+        file_id: "AwACAgIAAxkBAAI".into(),
+        size: Some(12_345),
+        mime_type: Some("audio/ogg".into()),
+        file_name: None,
+        duration_secs: Some(7),
+    };
+    let with_voice = Pending {
+        media: Some(voice.clone()),
+        ..pending(12, "/new")
+    };
+    store
+        .accept(std::slice::from_ref(&with_voice), &[], 13)
+        .unwrap();
+    drop(store);
+    let store = Store::open(dir.path()).unwrap();
+    assert_eq!(store.unanswered().unwrap()[1], with_voice);
+    let turn = store.take_turn(7, is_command, |_| false).unwrap();
+    assert_eq!(
+        turn.len(),
+        2,
+        "a caption that looks like a command is not one"
+    );
+    assert_eq!(turn[1].media.as_ref(), Some(&voice));
 }
 
 #[test]

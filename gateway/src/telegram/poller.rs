@@ -40,6 +40,7 @@ use teloxide_core::{ApiError, RequestError};
 use tokio_util::sync::CancellationToken;
 
 use crate::health::Health;
+use crate::media::{self, MediaRef};
 use crate::store::{Kind, Pending, Store, Unparsed};
 use hermes_retry::Backoff;
 
@@ -47,6 +48,8 @@ pub struct PollSettings {
     pub timeout_secs: u32,
     pub retry_max: Duration,
     pub group_mode: GroupMode,
+    /// `telegram.max_file_mb` in bytes: the photo size chosen is the largest within it.
+    pub max_file_bytes: u64,
 }
 
 /// Where the poller hands what it receives: `classify` judges a message before it is
@@ -170,7 +173,7 @@ pub async fn poll(
                             });
                             messages.extend(message);
                         }
-                        _ => messages.extend(text_message(update, &me, settings.group_mode)),
+                        _ => messages.extend(user_message(update, &me, &settings)),
                     }
                 }
                 for message in &mut messages {
@@ -327,23 +330,56 @@ async fn pause(delay: Duration, stop: &CancellationToken) -> bool {
     }
 }
 
-/// The text message in `update`, if it is one for the bot; anything else is skipped with a
-/// log line.
-fn text_message(update: Update, me: &Identity, group_mode: GroupMode) -> Option<Pending> {
+/// The message in `update`, if it is one for the bot: text, a voice note, photo or file
+/// (with its caption), or something the bot cannot use (a sticker, a location: kept as
+/// [`Kind::Unsupported`], to be answered with what it understands). Anything else (an
+/// update of another kind, a service message) is skipped with a log line.
+fn user_message(update: Update, me: &Identity, settings: &PollSettings) -> Option<Pending> {
     let id = update.id.0;
     let UpdateKind::Message(message) = update.kind else {
         tracing::info!(update_id = id, "skipping an update that is not a message");
         return None;
     };
-    let (Some(text), Some(user)) = (message.text(), message.from.as_ref()) else {
+    let Some(user) = message.from.as_ref() else {
         tracing::info!(
             update_id = id,
             chat_id = message.chat.id.0,
-            "skipping a message without text"
+            "skipping a message without a sender"
         );
         return None;
     };
-    let text = match addressed(&message, text, me, group_mode) {
+    let media = MediaRef::of(&message, settings.max_file_bytes);
+    let unsupported = media::unsupported(&message);
+    let (text, kind) = match (message.text(), &media, unsupported) {
+        (Some(text), _, _) => (text, Kind::Message),
+        (None, Some(_), _) => (message.caption().unwrap_or_default(), Kind::Message),
+        (None, None, Some(what)) => (what, Kind::Unsupported),
+        (None, None, None) => {
+            tracing::info!(
+                update_id = id,
+                chat_id = message.chat.id.0,
+                "skipping a message without text (a service message)"
+            );
+            return None;
+        }
+    };
+    let addressed_text = if media.is_some() || kind == Kind::Unsupported {
+        media_addressed(&message, me, settings.group_mode).then(|| {
+            if kind == Kind::Unsupported {
+                text.to_string()
+            } else {
+                let stripped = strip_mention(text, &format!("@{}", me.username));
+                if me.username.is_empty() {
+                    text.trim().to_string()
+                } else {
+                    stripped
+                }
+            }
+        })
+    } else {
+        addressed(&message, text, me, settings.group_mode)
+    };
+    let text = match addressed_text {
         Some(text) => text,
         None => {
             tracing::debug!(
@@ -359,9 +395,38 @@ fn text_message(update: Update, me: &Identity, group_mode: GroupMode) -> Option<
         chat_id: message.chat.id.0,
         user_id: user.id.0,
         text,
-        kind: Kind::Message,
+        kind,
+        media,
         counted: false,
     })
+}
+
+/// Whether a message without text of its own (a file, a sticker) is for the bot: in a
+/// private chat or with `group_mode = "all"` always; in a group when it replies to one of
+/// the bot's messages or its caption mentions the bot (never as a command: a caption is
+/// not one).
+fn media_addressed(message: &Message, me: &Identity, mode: GroupMode) -> bool {
+    if message.chat.is_private() || mode == GroupMode::All {
+        return true;
+    }
+    if !(message.chat.is_group() || message.chat.is_supergroup()) {
+        return false;
+    }
+    let replied_to_bot = message
+        .reply_to_message()
+        .and_then(|m| m.from.as_ref())
+        .is_some_and(|u| u.id.0 == me.id);
+    let mention = format!("@{}", me.username);
+    let mentioned = message.parse_caption_entities().is_some_and(|entities| {
+        entities.iter().any(|e| match e.kind() {
+            MessageEntityKind::Mention => {
+                !me.username.is_empty() && e.text().eq_ignore_ascii_case(&mention)
+            }
+            MessageEntityKind::TextMention { user } => user.id.0 == me.id,
+            _ => false,
+        })
+    });
+    replied_to_bot || mentioned
 }
 
 /// The text message in an update that could not be parsed, read from its raw JSON: a
@@ -409,6 +474,7 @@ fn raw_text_message(raw: &Value, me: &Identity, group_mode: GroupMode) -> Option
         text,
         kind: Kind::Message,
         counted: false,
+        media: None,
     })
 }
 

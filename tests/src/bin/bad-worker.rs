@@ -206,6 +206,7 @@ fn reply(job_id: JobId, text: &str) -> FromWorker {
                 hermes_protocol::Role::Assistant,
                 text,
             )],
+            heard: Vec::new(),
         }),
     }
 }

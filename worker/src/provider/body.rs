@@ -24,13 +24,40 @@ pub struct Completion {
 /// The JSON body of one request. `tools` are OpenAI function definitions and are sent
 /// only when there are some: a provider that does not support tools must keep working
 /// for a deployment that configured none.
-pub fn request_body(model: &str, messages: &[ChatMessage], tools: &[Value], stream: bool) -> Value {
+/// `images` (`data:` URLs) go with the last user message, as `image_url` content parts
+/// after its text.
+pub fn request_body(
+    model: &str,
+    messages: &[ChatMessage],
+    tools: &[Value],
+    stream: bool,
+    images: &[String],
+) -> Value {
     let mut body = Map::new();
     body.insert("model".into(), json!(model));
-    body.insert(
-        "messages".into(),
-        Value::Array(messages.iter().map(message_json).collect()),
-    );
+    let mut messages: Vec<Value> = messages.iter().map(message_json).collect();
+    if !images.is_empty()
+        && let Some(last_user) = messages
+            .iter_mut()
+            .rev()
+            .find(|m| m["role"] == json!("user"))
+    {
+        let text = last_user["content"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let mut parts = Vec::new();
+        if !text.is_empty() {
+            parts.push(json!({"type": "text", "text": text}));
+        }
+        parts.extend(
+            images
+                .iter()
+                .map(|url| json!({"type": "image_url", "image_url": {"url": url}})),
+        );
+        last_user["content"] = Value::Array(parts);
+    }
+    body.insert("messages".into(), Value::Array(messages));
     if !tools.is_empty() {
         body.insert("tools".into(), Value::Array(tools.to_vec()));
     }
@@ -213,7 +240,7 @@ mod tests {
             assistant,
             ChatMessage::tool_result("call_1", "5"),
         ];
-        let body = request_body("m", &messages, &[], false);
+        let body = request_body("m", &messages, &[], false, &[]);
         assert_eq!(
             body,
             json!({"model": "m", "messages": [
@@ -227,8 +254,30 @@ mod tests {
             ]})
         );
         let tools = vec![json!({"type": "function", "function": {"name": "calc__add"}})];
-        let body = request_body("m", &messages[..2], &tools, true);
+        let body = request_body("m", &messages[..2], &tools, true, &[]);
         assert_eq!(body["tools"], json!(tools));
         assert_eq!(body["stream"], json!(true));
+    }
+
+    #[test]
+    fn images_go_with_the_last_user_message_as_parts_after_its_text() {
+        let messages = vec![
+            ChatMessage::new(Role::User, "[photo: a.jpg] earlier"),
+            ChatMessage::new(Role::Assistant, "ok"),
+            ChatMessage::new(Role::User, "what is this?"),
+        ];
+        let url = "data:image/jpeg;base64,AAAA".to_string();
+        let body = request_body("m", &messages, &[], false, std::slice::from_ref(&url));
+        assert_eq!(
+            body["messages"][0]["content"],
+            json!("[photo: a.jpg] earlier")
+        );
+        assert_eq!(
+            body["messages"][2]["content"],
+            json!([
+                {"type": "text", "text": "what is this?"},
+                {"type": "image_url", "image_url": {"url": url}},
+            ])
+        );
     }
 }

@@ -7,6 +7,7 @@ pub mod body;
 pub mod classify;
 pub mod retry;
 pub mod sse;
+pub mod transcribe;
 
 use std::time::{Duration, Instant, SystemTime};
 
@@ -26,6 +27,9 @@ pub struct Prompt<'a> {
     pub tools: &'a [Value],
     /// Ask for Server-Sent Events and send [`Event::Delta`]s as text arrives.
     pub stream: bool,
+    /// `data:` URLs of images that go with the last user message (the turn they came in
+    /// with; later turns carry only their placeholder).
+    pub images: &'a [String],
 }
 
 /// Why a provider gave no answer.
@@ -188,7 +192,13 @@ async fn send_once(
     budget: Duration,
     events: &UnboundedSender<Event>,
 ) -> Result<Completion, Attempt> {
-    let body = body::request_body(&plan.model, prompt.messages, prompt.tools, prompt.stream);
+    let body = body::request_body(
+        &plan.model,
+        prompt.messages,
+        prompt.tools,
+        prompt.stream,
+        prompt.images,
+    );
     let mut request = client
         .post(format!(
             "{}/chat/completions",
