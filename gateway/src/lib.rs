@@ -9,21 +9,26 @@
 //! itself runs no provider or agent code.
 //!
 //! Modules, one responsibility each, from the command line down:
-//! - `run`: start-up, the signal loop, reload, drain and exit codes; `check_config`,
+//! - `run`: start-up, the signal loop and exit codes, a SIGHUP's reload (`run::reload`)
+//!   and the stop's drain (`run::stop`); `check_config`,
 //!   `status::report`, `service`: the other commands (`service::credentials`: the secrets a
 //!   configuration names, delivered to the unit as systemd credentials);
-//! - `telegram`: the `getUpdates` loop (`telegram::poller`), sending
-//!   (`telegram::sender`), the answer shown as it is written (`telegram::live`),
-//!   Markdown to Telegram HTML (`telegram::format`) and cutting to size
-//!   (`telegram::split`);
-//! - `chats`: one task per chat, from stored messages to their one reply: a turn (the
-//!   messages that waited, together) becomes a job in `chats::prepare`, its progress and
-//!   outcome reach the chat and the outbox in `chats::deliver`;
+//! - `telegram`: the `getUpdates` loop (`telegram::poller`), what an update says and
+//!   whether it is for the bot (`telegram::incoming`), a webhook in polling's way
+//!   (`telegram::webhook`), sending (`telegram::sender`), the answer shown as it is
+//!   written (`telegram::live`), Markdown to Telegram HTML (`telegram::format`) and
+//!   cutting to size (`telegram::split`);
+//! - `chats`: one task per chat, from stored messages to their one reply: the task takes
+//!   its turns (the messages that waited, together) in `chats::turns`, a turn becomes a
+//!   job in `chats::prepare`, its progress and outcome reach the chat and the outbox in
+//!   `chats::deliver`;
 //! - `commands`: one module per command (`/new`, `/stop`, `/retry`, `/model`,
 //!   `/status`), each owning what it does; `replies`: every text the user reads;
 //! - `jobs`: the seam between the chats and what runs their jobs ([`JobRunner`]);
-//! - `media`: voice notes, photos and files: what the inbox keeps of them, fetched from
-//!   Telegram (size and time bounds) into a per-job directory the job's end removes;
+//! - `media`: voice notes, photos and files: what the inbox keeps of them
+//!   (`media::reference`), what the configuration refuses (`media::refusal`), fetched
+//!   from Telegram (size and time bounds, `media::download`) into a per-job directory the
+//!   job's end removes (`media::job_files`);
 //! - `supervisor`: the job runner of the product: starting, authenticating
 //!   (`supervisor::listener`), watching and killing workers, one slot each
 //!   (`supervisor::slot`), the Unix side in `supervisor::process`;

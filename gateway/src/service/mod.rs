@@ -33,7 +33,7 @@ pub const SYSTEM_STATE: &str = "/var/lib/hermes";
 
 /// Seconds `TimeoutStopSec=` adds to the drain and the kill grace: after the drain the
 /// gateway waits at most `kill_grace_secs` + 5 s for the cancelled jobs' worker groups to
-/// end (run.rs), and 5 s more covers its exit (the status file, the shutdown record).
+/// end (`run::stop`), and 5 s more covers its exit (the status file, the shutdown record).
 pub const STOP_MARGIN_SECS: u64 = 10;
 
 /// The longest a stop of this configuration takes: what `TimeoutStopSec=` must allow.

@@ -1,14 +1,16 @@
-//! Everything that talks to the Telegram Bot API: the `getUpdates` loop, outgoing
-//! messages, the answer shown while it is written, and Markdown made into Telegram's HTML
-//! and cut to size. Built on teloxide's `Bot` (its typed
-//! requests), not its `Dispatcher`: the gateway must own the update offset and every error
-//! path, and no handler code may run inside the poll loop.
+//! Everything that talks to the Telegram Bot API: the `getUpdates` loop (with what an
+//! update says, and a webhook that would stop it), outgoing messages, the answer shown
+//! while it is written, and Markdown made into Telegram's HTML and cut to size. Built on
+//! teloxide's `Bot` (its typed requests), not its `Dispatcher`: the gateway must own the
+//! update offset and every error path, and no handler code may run inside the poll loop.
 
 pub mod format;
+mod incoming;
 pub mod live;
 pub mod poller;
 pub mod sender;
 pub mod split;
+mod webhook;
 
 use std::time::Duration;
 

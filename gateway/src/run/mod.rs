@@ -12,18 +12,23 @@
 //! Start-up goes in the order the guarantees need: the umask and the state directory's
 //! lock before anything touches the state; then the replies a previous run left
 //! undelivered, first, in their order; then its unanswered messages, each chat's as one
-//! turn; then polling.
+//! turn; then polling. While it runs, SIGHUP reloads the configuration ([`reload`]); the
+//! stop's sequence is in [`stop`].
+
+mod reload;
+mod stop;
 
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use hermes_config::{Config, EXIT_CONFIG, WorkerMode, load_or_report};
 use teloxide_core::prelude::Requester;
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use self::reload::reload;
+use self::stop::{Running, ignore_from_descendant};
 use crate::approvals::Desk;
 use crate::chats::{ChatRouter, JobContext};
 use crate::circuit::Circuits;
@@ -33,7 +38,7 @@ use crate::jobs::{JobRunner, MakeRunner};
 use crate::media::Fetcher;
 use crate::outbox::{Outbox, OutboxConfig};
 use crate::sandbox;
-use crate::settings::{ChatSettings, LiveSettings, needs_restart};
+use crate::settings::{ChatSettings, LiveSettings};
 use crate::setup::{self, Setup};
 use crate::signals::{self, StopReason};
 use crate::state_dir::{self, ClaimError, EXIT_ALREADY_RUNNING};
@@ -337,93 +342,25 @@ async fn serve(path: &Path, config: Config, setup: Setup, runner: Option<MakeRun
         "received {stop_reason}: stopping; jobs in flight get {} s to finish",
         drain.as_secs()
     );
-    let drain_ends = Instant::now() + drain;
-    poll_stop.cancel();
-    shutdown.stop_taking.cancel();
-    if let Err(e) = poller.await {
-        tracing::error!("poller task ended abnormally: {e}");
-    }
-    tasks.close();
-    let mut hurry = false;
-    let drained = tokio::select! {
-        _ = tasks.wait() => true,
-        _ = tokio::time::sleep_until(drain_ends.into()) => false,
-        Some(signal) = next_stop(&mut signals) => {
-            tracing::info!("received {signal} again: cancelling jobs now");
-            hurry = true;
-            false
-        }
-    };
-    if !drained {
-        shutdown.abort.cancel();
-        let bound = Duration::from_secs(workers.kill_grace_secs) + Duration::from_secs(5);
-        if tokio::time::timeout(bound, tasks.wait()).await.is_err() {
-            tracing::warn!("some tasks did not finish within {bound:?}; exiting anyway");
-        }
-    }
-    // What the jobs said on their way out (answers, "restarting" notices) goes now, in
-    // what is left of the drain (a moment at least); what Telegram does not take by then
-    // stays in the outbox for the next run.
-    outbox_tasks.close();
-    if !hurry {
-        let flush = drain_ends
-            .saturating_duration_since(Instant::now())
-            .max(OUTBOX_FLUSH_MIN);
-        let flushed = tokio::select! {
-            _ = outbox_tasks.wait() => true,
-            _ = tokio::time::sleep(flush) => false,
-            Some(_) = next_stop(&mut signals) => false,
-        };
-        if !flushed {
-            tracing::warn!("replies not yet delivered stay in the outbox for the next run");
-        }
-    }
-    outbox_stop.cancel();
-    outbox_tasks.wait().await;
-    shutdown.abort.cancel();
-    publisher_stop.cancel();
-    let _ = publisher.await;
+    stop::stop(
+        Running {
+            poller,
+            poll_stop,
+            shutdown,
+            tasks,
+            outbox_tasks,
+            outbox_stop,
+            publisher,
+            publisher_stop,
+            drain,
+            kill_grace: Duration::from_secs(workers.kill_grace_secs),
+        },
+        &mut signals,
+    )
+    .await;
     status::record_shutdown(&setup.state_dir, health.run_id(), &stop_reason);
     tracing::info!("hermes-gateway stopped");
     0
-}
-
-/// Applies a changed configuration file to the live settings, or keeps the old ones and
-/// says why. Jobs in flight keep the settings they started with.
-fn reload(
-    path: &Path,
-    running: &Config,
-    settings: &LiveSettings,
-    circuits: &Circuits,
-    health: &Health,
-) {
-    let Some((new, setup)) = load_or_report(path, setup::resolve, |e| {
-        tracing::error!("reload failed, keeping the old configuration: {e}")
-    }) else {
-        return;
-    };
-    let restart = needs_restart(running, &new);
-    if !restart.is_empty() {
-        tracing::warn!(
-            "changed keys that only take effect after a restart: {}",
-            restart.join(", ")
-        );
-    }
-    sandbox::warn_opted_out(&new);
-    health.set_unsandboxed(
-        sandbox::opted_out(&new)
-            .iter()
-            .map(|n| n.to_string())
-            .collect(),
-    );
-    let fresh = ChatSettings::new(&new, &setup);
-    circuits.set_cooldowns(fresh.cooldowns.clone());
-    tracing::info!(
-        allowed_users = fresh.allowed.len(),
-        providers = fresh.providers.len(),
-        "configuration reloaded"
-    );
-    settings.replace(fresh);
 }
 
 /// How long start-up waits for a pool's first worker before declaring itself ready.
@@ -434,30 +371,3 @@ const POLL_MARGIN: Duration = Duration::from_secs(15);
 /// The HTTP client's own bound on a file fetch; `telegram.download_timeout_secs` (at most
 /// an hour) is the one that applies.
 const FETCH_CLIENT_TIMEOUT: Duration = Duration::from_secs(3600);
-/// At a stop, the outbox gets at least this long to send what the jobs said on their way
-/// out, even when the drain used up its time.
-const OUTBOX_FLUSH_MIN: Duration = Duration::from_secs(1);
-
-/// The next stop signal; reload signals are ignored here, as are descendants' signals.
-async fn next_stop(
-    signals: &mut mpsc::UnboundedReceiver<signals::Received>,
-) -> Option<signals::Received> {
-    loop {
-        match signals.recv().await {
-            Some(signal) if signal.from_descendant => ignore_from_descendant(&signal),
-            Some(signal) if signal.is_reload() => continue,
-            other => return other,
-        }
-    }
-}
-
-/// A worker, or a tool a worker runs, sent a stop or reload signal: not obeyed, since
-/// nothing a request does may stop the service (the sandbox should have refused it; this
-/// covers `sandbox = false` and kernels without the filters).
-fn ignore_from_descendant(signal: &signals::Received) {
-    tracing::warn!(
-        "ignoring {signal}: the sender is one of the gateway's own workers or a process it \
-         runs (a tool); stop or reload the service from outside (systemctl, or a signal \
-         from another process)"
-    );
-}

@@ -1,0 +1,284 @@
+//! A chat's task: its turns, one at a time, in arrival order.
+//!
+//! The task takes everything the chat's people wrote since the last turn began, as one
+//! turn, from the store's inbox (so a restart finds the same messages and asks them as one
+//! turn too), runs it, and looks again; after a quiet minute it ends. A turn is a command,
+//! answered at once, or one question for one job: prepared ([`super::prepare`]), its files
+//! fetched, run with its progress shown, and delivered ([`super::deliver`]). A message
+//! whose jobs keep dying with the gateway (or its worker) is given up after
+//! [`MAX_ATTEMPTS`] starts, with an apology, so it cannot take every restart down with it.
+//! When the gateway stops, a chat whose messages still wait is told they are kept for the
+//! next run.
+
+use std::borrow::Cow;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use hermes_protocol::{CancelReason, Failure, JobId, Outcome};
+use tokio::sync::{Notify, mpsc};
+use tokio_util::sync::CancellationToken;
+
+use super::{ChatRouter, JobContext, Request, deliver, prepare};
+use crate::commands;
+use crate::commands::stop::InFlight;
+use crate::jobs::JobLink;
+use crate::media::JobFiles;
+use crate::replies;
+use crate::settings::ChatSettings;
+use crate::store::Taken;
+use crate::telegram::live::LiveReply;
+
+/// A chat task with nothing to do for this long ends; the next message starts a new one.
+const CHAT_IDLE: Duration = Duration::from_secs(60);
+/// A message whose job was started this many times without an answer is given up.
+pub const MAX_ATTEMPTS: u32 = 3;
+/// Events of one job that may wait between its worker and its chat: the worker's stream
+/// waits (the socket fills) rather than the gateway's memory.
+const EVENTS_BOUND: usize = 64;
+
+impl ChatRouter {
+    /// The chat's task: takes turns until a quiet minute passes or the gateway stops.
+    pub(super) async fn serve_chat(self, chat: i64, wake: Arc<Notify>, in_flight: Arc<InFlight>) {
+        // Whether this chat was told that the gateway restarts and its messages wait.
+        let mut announced = false;
+        loop {
+            if self.inner.closing.is_cancelled() {
+                self.announce_restart(chat, announced);
+                break;
+            }
+            let counted = self
+                .inner
+                .lock()
+                .get(&chat)
+                .map(|entry| entry.counted.clone())
+                .unwrap_or_default();
+            let turn = match self.inner.ctx.store.take_turn(
+                chat,
+                |text| commands::parse(text).is_some(),
+                |update_id| counted.contains(&update_id),
+            ) {
+                Ok(turn) => turn,
+                Err(e) => {
+                    tracing::error!(chat_id = chat, "cannot take the chat's next messages: {e}");
+                    Vec::new()
+                }
+            };
+            if let Some(entry) = self.inner.lock().get_mut(&chat) {
+                entry.busy = !turn.is_empty();
+                if turn.is_empty() {
+                    entry.waiting = 0;
+                    entry.counted.clear();
+                } else {
+                    entry.waiting = entry.waiting.saturating_sub(turn.len());
+                    for taken in &turn {
+                        entry.counted.remove(&taken.update_id);
+                    }
+                }
+            }
+            if !turn.is_empty() {
+                announced |= self.run_turn(chat, turn, &in_flight).await;
+                continue;
+            }
+            let idle = tokio::select! {
+                _ = wake.notified() => false,
+                _ = self.inner.closing.cancelled() => false,
+                _ = tokio::time::sleep(CHAT_IDLE) => true,
+            };
+            // A message that arrived as the minute ran out counts: it is taken first.
+            if idle && self.inner.lock().get(&chat).is_none_or(|e| e.waiting == 0) {
+                break;
+            }
+        }
+        let mut chats = self.inner.lock();
+        if chats
+            .get(&chat)
+            .is_some_and(|entry| Arc::ptr_eq(&entry.wake, &wake))
+        {
+            chats.remove(&chat);
+        }
+    }
+
+    /// The gateway stops with messages of this chat still waiting and nobody told: they
+    /// are kept for the next run, and the chat hears so.
+    fn announce_restart(&self, chat: i64, announced: bool) {
+        if announced {
+            return;
+        }
+        match self.inner.ctx.store.waiting(chat, i64::MAX) {
+            Ok(waiting) if !waiting.is_empty() => {
+                self.inner.reply(chat, &[], replies::SAVED_FOR_RESTART);
+            }
+            Ok(_) => {}
+            Err(e) => tracing::error!(chat_id = chat, "cannot read the waiting messages: {e}"),
+        }
+    }
+
+    /// One turn: the messages taken, as a command or as one question for a job. True when
+    /// the chat was told its messages wait for the next run.
+    async fn run_turn(&self, chat: i64, turn: Vec<Taken>, in_flight: &InFlight) -> bool {
+        let ctx = &self.inner.ctx;
+        let settings = ctx.settings.get();
+        // Allowed when stored; a reload may have removed them since.
+        let (turn, strangers): (Vec<Taken>, Vec<Taken>) = turn
+            .into_iter()
+            .partition(|m| settings.allowed.contains(&m.user_id));
+        for stranger in strangers {
+            self.inner.reply(
+                chat,
+                &[stranger.update_id],
+                &replies::stranger_text(stranger.user_id),
+            );
+        }
+        let (poisoned, turn): (Vec<Taken>, Vec<Taken>) = turn
+            .into_iter()
+            .partition(|m| m.earlier_attempts >= MAX_ATTEMPTS);
+        if !poisoned.is_empty() {
+            let rows: Vec<i64> = poisoned.iter().map(|m| m.update_id).collect();
+            tracing::warn!(
+                chat_id = chat,
+                update_ids = ?rows,
+                "giving up on message(s) whose job was started {MAX_ATTEMPTS} times without an answer"
+            );
+            self.inner
+                .reply(chat, &rows, &replies::gave_up(MAX_ATTEMPTS));
+        }
+        let Some(first) = turn.first() else {
+            return false;
+        };
+        let user_id = first.user_id;
+        let rows: Vec<i64> = turn.iter().map(|m| m.update_id).collect();
+        // A command is always taken alone; a caption is never one.
+        let mut media = Vec::new();
+        let command =
+            commands::parse(&first.text).filter(|_| turn.len() == 1 && first.media.is_none());
+        let text = match command {
+            Some(command) => {
+                let command_ctx = commands::Context {
+                    chat,
+                    user: user_id,
+                    store: &ctx.store,
+                    settings: &settings,
+                    health: &ctx.health,
+                    circuits: &ctx.circuits,
+                };
+                match commands::execute(&command_ctx, command) {
+                    commands::Outcome::Reply(reply) => {
+                        self.inner.reply(chat, &rows, &reply);
+                        return false;
+                    }
+                    commands::Outcome::Ask(text) => text,
+                }
+            }
+            None => {
+                let texts: Vec<Cow<str>> = turn
+                    .iter()
+                    .map(|m| match &m.media {
+                        None => Cow::Borrowed(m.text.as_str()),
+                        Some(file) => {
+                            let placeholder = file.placeholder();
+                            media.push((file.clone(), placeholder.clone()));
+                            Cow::Owned(if m.text.trim().is_empty() {
+                                placeholder
+                            } else {
+                                format!("{placeholder}\n{}", m.text)
+                            })
+                        }
+                    })
+                    .collect();
+                texts.join("\n")
+            }
+        };
+        let id = JobId(self.inner.next_job.fetch_add(1, Ordering::Relaxed));
+        let request = Request {
+            id,
+            chat,
+            rows,
+            user_id,
+            text,
+            media,
+        };
+        self.run_job(request, in_flight).await
+    }
+
+    /// One turn through one job: prepared, run with its progress shown, delivered. True
+    /// when the job was cut short by the gateway stopping (and the chat told).
+    async fn run_job(&self, request: Request, in_flight: &InFlight) -> bool {
+        let ctx = &self.inner.ctx;
+        // The settings this job starts with; a reload meanwhile does not change them.
+        let settings = ctx.settings.get();
+        let started = Instant::now();
+        let mut live = LiveReply::new(
+            ctx.sender.clone(),
+            request.chat,
+            settings.streaming,
+            settings.edit_interval,
+        );
+        let mut stop_requests = Vec::new();
+        // The turn's files, kept for its job and removed when it ends, however it ends.
+        let mut files: Option<JobFiles> = None;
+        let outcome = match prepare::prepare(ctx, &settings, &request, started) {
+            Ok(mut prepared) => 'job: {
+                let cancel = in_flight.begin();
+                if !request.media.is_empty() {
+                    match fetch(ctx, &settings, &request, &cancel).await {
+                        Ok((fetched, attachments)) => {
+                            files = Some(fetched);
+                            prepared.job.attachments = attachments;
+                        }
+                        Err(failure) => {
+                            stop_requests = in_flight.end();
+                            break 'job Outcome::Failed(failure);
+                        }
+                    }
+                }
+                let (events, events_rx) = mpsc::channel(EVENTS_BOUND);
+                let (approvals, approvals_rx) = mpsc::unbounded_channel();
+                let link = JobLink {
+                    events,
+                    approvals,
+                    cancel,
+                };
+                let run = ctx.runner.run(prepared.job, link);
+                let (outcome, fallbacks) = deliver::follow(
+                    ctx,
+                    request.chat,
+                    run,
+                    deliver::Incoming {
+                        events: events_rx,
+                        approvals: approvals_rx,
+                    },
+                    &mut live,
+                )
+                .await;
+                stop_requests = in_flight.end();
+                ctx.circuits
+                    .settle(&prepared.plan, &fallbacks, &outcome, Instant::now());
+                outcome
+            }
+            Err(failure) => Outcome::Failed(failure),
+        };
+        drop(files);
+        ctx.health.job_done(&outcome);
+        deliver::deliver(&self.inner, request, outcome, live, stop_requests, started)
+    }
+}
+
+/// Fetches the files of `request` for its job, within the limits and the time bound, or
+/// until `/stop`.
+async fn fetch(
+    ctx: &JobContext,
+    settings: &ChatSettings,
+    request: &Request,
+    cancel: &CancellationToken,
+) -> Result<(JobFiles, Vec<hermes_protocol::Attachment>), Failure> {
+    tokio::select! {
+        _ = cancel.cancelled() => Err(Failure::Cancelled { reason: CancelReason::ByUser }),
+        fetched = ctx.fetcher.fetch(request.id, &request.media, &settings.media) => {
+            fetched.map_err(|problem| {
+                tracing::info!(chat_id = request.chat, "a file of the turn is refused: {problem}");
+                Failure::Media { problem }
+            })
+        }
+    }
+}
