@@ -2,9 +2,10 @@
 //!
 //! The task takes everything the chat's people wrote since the last turn began, as one
 //! turn, from the store's inbox (so a restart finds the same messages and asks them as one
-//! turn too), runs it, and looks again; after a quiet minute it ends. A turn is a command,
-//! answered at once, or one question for one job: prepared ([`super::prepare`]), its files
-//! fetched, run with its progress shown, and delivered ([`super::deliver`]). A message
+//! turn too), runs it, and looks again; after a quiet minute it ends. A turn is a command
+//! (taken alone, answered at once unless it asks the model again, as `/retry` does) or one
+//! question for one job: prepared ([`super::prepare`]), its files fetched, run with its
+//! progress shown, and delivered ([`super::deliver`]). A message
 //! whose jobs keep dying with the gateway (or its worker) is given up after
 //! [`MAX_ATTEMPTS`] starts, with an apology, so it cannot take every restart down with it.
 //! When the gateway stops, a chat whose messages still wait is told they are kept for the
