@@ -133,9 +133,7 @@ impl Sender {
         piece: &Piece,
         keyboard: &InlineKeyboardMarkup,
     ) -> Result<MessageId, SendError> {
-        let mut plain = false;
-        let mut last = SendError::Transient("not tried".into());
-        for _ in 0..INTERACTIVE_TRIES {
+        interactive(|plain| async move {
             let request = if plain {
                 self.bot.send_message(ChatId(chat), piece.plain.as_str())
             } else {
@@ -143,21 +141,13 @@ impl Sender {
                     .send_message(ChatId(chat), piece.html.as_str())
                     .parse_mode(ParseMode::Html)
             };
-            let error = match request.reply_markup(keyboard.clone()).await {
-                Ok(message) => return Ok(message.id),
-                Err(e) => classify(e),
-            };
-            match &error {
-                SendError::BadEntities(_) if !plain => plain = true,
-                SendError::RetryAfter(wait) if *wait <= MAX_INTERACTIVE_PAUSE => {
-                    tokio::time::sleep(*wait).await
-                }
-                SendError::Transient(_) => {}
-                _ => return Err(error),
-            }
-            last = error;
-        }
-        Err(last)
+            request
+                .reply_markup(keyboard.clone())
+                .await
+                .map(|message| message.id)
+                .map_err(classify)
+        })
+        .await
     }
 
     /// Makes message `id` show `piece` (without any buttons it had: an edit of the text
@@ -168,24 +158,7 @@ impl Sender {
         id: MessageId,
         piece: &Piece,
     ) -> Result<(), SendError> {
-        let mut plain = false;
-        let mut last = SendError::Transient("not tried".into());
-        for _ in 0..INTERACTIVE_TRIES {
-            let error = match self.edit_once(chat, id, piece, plain).await {
-                Ok(()) => return Ok(()),
-                Err(e) => e,
-            };
-            match &error {
-                SendError::BadEntities(_) if !plain => plain = true,
-                SendError::RetryAfter(wait) if *wait <= MAX_INTERACTIVE_PAUSE => {
-                    tokio::time::sleep(*wait).await
-                }
-                SendError::Transient(_) => {}
-                _ => return Err(error),
-            }
-            last = error;
-        }
-        Err(last)
+        interactive(|plain| self.edit_once(chat, id, piece, plain)).await
     }
 
     /// Removes the buttons under message `id`, once; a failure is only logged.
@@ -216,6 +189,32 @@ impl Sender {
             .send_chat_action(ChatId(chat), ChatAction::Typing)
             .await;
     }
+}
+
+/// An interactive request (`attempt(plain)`) tried a few times: again as plain text when
+/// Telegram cannot parse the HTML, after a short flood-control pause, or after a transient
+/// failure; anything else is given up at once.
+async fn interactive<T, F: Future<Output = Result<T, SendError>>>(
+    mut attempt: impl FnMut(bool) -> F,
+) -> Result<T, SendError> {
+    let mut plain = false;
+    let mut last = SendError::Transient("not tried".into());
+    for _ in 0..INTERACTIVE_TRIES {
+        let error = match attempt(plain).await {
+            Ok(done) => return Ok(done),
+            Err(e) => e,
+        };
+        match &error {
+            SendError::BadEntities(_) if !plain => plain = true,
+            SendError::RetryAfter(wait) if *wait <= MAX_INTERACTIVE_PAUSE => {
+                tokio::time::sleep(*wait).await
+            }
+            SendError::Transient(_) => {}
+            _ => return Err(error),
+        }
+        last = error;
+    }
+    Err(last)
 }
 
 /// What a failed request means for the piece.
