@@ -146,19 +146,7 @@ pub async fn complete(
             ),
             Attempt::Transport(detail) => (Verdict::Unavailable, detail, None),
         };
-        let give_up = || {
-            if verdict == Verdict::RateLimited {
-                Failure::RateLimited {
-                    provider: provider.clone(),
-                    detail: detail.clone(),
-                }
-            } else {
-                Failure::ProviderUnavailable {
-                    provider: provider.clone(),
-                    detail: detail.clone(),
-                }
-            }
-        };
+        let give_up = || gave_up(verdict, &provider, &detail);
         if retries >= plan.max_retries {
             return fail(give_up());
         }
@@ -314,6 +302,22 @@ fn trim_history(messages: &mut Vec<ChatMessage>) {
         drop += 1;
     }
     messages.drain(system..system + drop);
+}
+
+/// The failure of a request whose retries are spent: rate limited (the chat is told when
+/// to try again), or the provider unavailable.
+pub(crate) fn gave_up(verdict: Verdict, provider: &str, detail: &str) -> Failure {
+    if verdict == Verdict::RateLimited {
+        Failure::RateLimited {
+            provider: provider.to_string(),
+            detail: detail.to_string(),
+        }
+    } else {
+        Failure::ProviderUnavailable {
+            provider: provider.to_string(),
+            detail: detail.to_string(),
+        }
+    }
 }
 
 #[cfg(test)]

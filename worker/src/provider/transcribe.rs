@@ -13,7 +13,7 @@ use serde_json::Value;
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::classify::{Verdict, classify, describe, shorten};
-use super::{ProviderError, retry};
+use super::{ProviderError, gave_up, retry};
 
 /// The transcript of `attachment` (its bytes in `bytes`), retrying what is worth
 /// retrying, until `deadline`.
@@ -93,19 +93,7 @@ pub async fn transcribe(
                 ),
                 Err(Failed::Transport(detail)) => (Verdict::Unavailable, detail, None),
             };
-        let give_up = || {
-            if verdict == Verdict::RateLimited {
-                Failure::RateLimited {
-                    provider: provider.clone(),
-                    detail: detail.clone(),
-                }
-            } else {
-                Failure::ProviderUnavailable {
-                    provider: provider.clone(),
-                    detail: detail.clone(),
-                }
-            }
-        };
+        let give_up = || gave_up(verdict, &provider, &detail);
         if retries >= plan.provider.max_retries {
             return fail(give_up());
         }
