@@ -40,6 +40,23 @@ pub enum Landlock {
     Unavailable(String),
 }
 
+/// A PID namespace of the tool's own (a user namespace with it, so no privilege is
+/// needed), as the probe found it: where Landlock cannot scope signals (ABI < 6), what
+/// keeps a tool from seeing or signalling any process outside its job.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum PidNamespace {
+    Available,
+    /// Why one cannot be made.
+    Unavailable(String),
+}
+
+impl Default for PidNamespace {
+    fn default() -> Self {
+        PidNamespace::Unavailable("not probed".into())
+    }
+}
+
 /// seccomp on this system, as the probe found it.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
@@ -77,6 +94,8 @@ pub struct Probe {
     /// Landlock ABI 6: no connection to an abstract Unix socket made outside it.
     pub abstract_socket_scope: bool,
     pub seccomp: Seccomp,
+    #[serde(default)]
+    pub pid_namespace: PidNamespace,
     pub guarantees: Vec<Guarantee>,
     /// The whole in one line, for a log.
     pub summary: String,
@@ -134,6 +153,12 @@ impl fmt::Display for Probe {
         match &self.seccomp {
             Seccomp::Available => writeln!(f, "seccomp: yes")?,
             Seccomp::Unavailable(reason) => writeln!(f, "seccomp: unavailable, {reason}")?,
+        }
+        match &self.pid_namespace {
+            PidNamespace::Available => writeln!(f, "PID namespace: yes")?,
+            PidNamespace::Unavailable(reason) => {
+                writeln!(f, "PID namespace: unavailable, {reason}")?
+            }
         }
         for g in &self.guarantees {
             writeln!(f, "{}. a tool {}: {}: {}", g.number, g.what, g.level, g.why)?;

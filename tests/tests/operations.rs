@@ -462,8 +462,9 @@ async fn systemd_analyze_verifies_the_generated_units() {
             String::from_utf8_lossy(&output.stderr)
         );
     }
-    // The system unit's hardening stays rated OK or better (1.7 OK on systemd 252): the
-    // credentials and the Landlock calls must not have cost any of it.
+    // The system unit's hardening stays rated OK or better (2.0 OK on systemd 252): the
+    // credentials, the Landlock calls and the tool sandbox's user and PID namespaces
+    // must not cost more.
     let (unit, _) = generated_unit(false, dir.path()).await;
     let units = tempfile::tempdir().expect("tempdir");
     let path = units.path().join("hermes-gateway.service");

@@ -211,10 +211,11 @@ async fn a_tool_cannot_stop_or_freeze_the_gateway(mode: WorkerMode) {
 
 /// Chat A's job runs a tool (a long `sleep`); chat B's tool tries to end or freeze chat
 /// A's worker and its tool. Landlock's signal scoping (ABI 6, Linux 6.12) refuses it;
-/// without it the seccomp filter protects only the gateway and the attacker's own worker.
+/// without it, a PID namespace per tool server (worker/tests/sandbox.rs runs that here).
 async fn a_tool_cannot_signal_another_worker_or_its_tools(mode: WorkerMode) {
-    if !hermes_worker::sandbox::probe().signal_scope {
-        println!("skipped: this kernel has no Landlock signal scoping (ABI 6)");
+    let probe = hermes_worker::sandbox::probe();
+    if probe.guarantees[1].level != hermes_worker::sandbox::Level::Full {
+        hermes_tests::skip::skip(&probe.guarantees[1].why);
         return;
     }
     let pids = tempfile::tempdir().expect("tempdir");

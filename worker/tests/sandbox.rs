@@ -587,7 +587,7 @@ async fn the_trampoline_refuses_a_policy_it_cannot_apply_and_runs_nothing() {
 fn the_seccomp_filter_alone_protects_the_gateway_from_signals() {
     let gateway = sleeper(None);
     let pid = gateway.id() as i32;
-    let filter = sandbox::seccomp::Filter::new(&[pid], None).unwrap();
+    let filter = sandbox::seccomp::Filter::new(&[pid], None, false).unwrap();
     for (target, signal) in [(pid, 0), (-pid, 0), (-1, 0), (pid, libc::SIGTERM)] {
         // SAFETY: the child makes only raw system calls (prctl, kill) and _exits.
         let child = unsafe { libc::fork() };
@@ -620,7 +620,7 @@ fn the_seccomp_filter_alone_protects_the_gateway_from_signals() {
 /// The same for Unix sockets: the filter alone refuses them, socketpair excepted.
 #[test]
 fn the_seccomp_filter_alone_refuses_unix_sockets_but_not_socketpairs() {
-    let filter = sandbox::seccomp::Filter::new(&[], None).unwrap();
+    let filter = sandbox::seccomp::Filter::new(&[], None, false).unwrap();
     // SAFETY: as above: raw system calls, then _exit.
     let child = unsafe { libc::fork() };
     if child == 0 {
@@ -845,7 +845,7 @@ async fn the_probe_prints_what_this_kernel_allows() {
 #[test]
 fn the_seccomp_filter_refuses_x32_system_calls() {
     const X32_SYSCALL_BIT: libc::c_long = 0x4000_0000;
-    let filter = sandbox::seccomp::Filter::new(&[], None).unwrap();
+    let filter = sandbox::seccomp::Filter::new(&[], None, false).unwrap();
     // SAFETY: as above: raw system calls, then _exit.
     let child = unsafe { libc::fork() };
     if child == 0 {
@@ -956,4 +956,258 @@ async fn under_a_filter_that_blocks_landlock_the_probe_says_so_and_tools_keep_se
     let output = run(command).await;
     assert_eq!(stdout(&output), "ran", "{}", text(&output));
     assert_refused(&output, "");
+}
+
+// Debian 12's kernel (Linux 6.1, Landlock ABI 2), emulated on this one: the policy caps
+// Landlock at ABI 2, so the tool gets exactly the rights ABI 2 has and the fallbacks the
+// trampoline makes up with there (a PID namespace for the signal scoping of ABI 6, the
+// truncation filter for ABI 3's control). The VM test runs the real thing under systemd.
+
+impl World {
+    fn debian_12(&self) -> Policy {
+        Policy {
+            landlock_abi_limit: Some(2),
+            ..self.policy()
+        }
+    }
+
+    async fn on_debian_12(&self, argv: &[&str]) -> Output {
+        self.sandboxed_with(&self.debian_12(), argv).await
+    }
+}
+
+/// Refused by the PID namespace: the target does not exist as far as the tool can see.
+fn assert_not_found(output: &Output) {
+    assert!(
+        !output.status.success(),
+        "the attack worked:\n{}",
+        text(output)
+    );
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("No such process"),
+        "{}",
+        text(output)
+    );
+}
+
+#[tokio::test]
+async fn with_debian_12s_landlock_a_tool_cannot_signal_another_job() {
+    let world = World::new();
+    let pid = world.bystander_pid().to_string();
+    let plain = world.plain(&["kill", "-0", &pid]).await;
+    assert!(plain.status.success(), "precondition\n{}", text(&plain));
+    for signal in ["-TERM", "-STOP", "-KILL"] {
+        assert_not_found(&world.on_debian_12(&["kill", signal, &pid]).await);
+    }
+    let group = format!("-{pid}");
+    assert_not_found(&world.on_debian_12(&["kill", "-TERM", "--", &group]).await);
+    let script = format!("import os; os.pidfd_open({pid})");
+    assert_not_found(&world.on_debian_12(&["python3", "-c", &script]).await);
+    assert!(
+        World::alive(world.bystander_pid()),
+        "the other job's process is gone or stopped"
+    );
+}
+
+#[tokio::test]
+async fn with_debian_12s_landlock_a_tool_sees_and_signals_only_its_own_processes() {
+    let world = World::new();
+    let output = world
+        .on_debian_12(&[
+            "sh",
+            "-c",
+            "echo $$; sleep 30 & kill -TERM $! && wait $!; echo $?; \
+             while read key value; do [ \"$key\" = NSpid: ] && echo $value; done < /proc/self/status; true",
+        ])
+        .await;
+    assert!(output.status.success(), "{}", text(&output));
+    // The tool server is its namespace's init (its pid there is 1, beside its pid on the
+    // host), and its own child can be signalled.
+    let out = stdout(&output);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 3, "{}", text(&output));
+    assert_eq!(&lines[..2], ["1", "143"], "{}", text(&output));
+    let pids: Vec<&str> = lines[2].split_whitespace().collect();
+    assert!(
+        pids.len() == 2 && pids[1] == "1",
+        "not in a PID namespace of its own: {}",
+        text(&output)
+    );
+}
+
+#[tokio::test]
+async fn with_debian_12s_landlock_a_tool_cannot_signal_the_workers_process_group() {
+    let world = World::new();
+    // kill(0, …) reaches the caller's whole process group, which the worker leads; from
+    // a PID namespace as much as from outside one. Signal 0 sends nothing either way.
+    let mut plain = tokio::process::Command::new("sh");
+    plain.args(["-c", "kill -0 0"]).process_group(0);
+    let plain = run(plain).await;
+    assert!(plain.status.success(), "precondition\n{}", text(&plain));
+    for policy in [world.policy(), world.debian_12()] {
+        let sandbox = Sandbox::new(policy).with_trampoline(TRAMPOLINE);
+        let mut command = tokio::process::Command::new(&sandbox.trampoline);
+        command
+            .args(sandbox.arguments("sh".as_ref()))
+            .args(["-c", "kill -0 0"])
+            .process_group(0);
+        assert_refused(&run(command).await, "");
+    }
+}
+
+#[tokio::test]
+async fn with_debian_12s_landlock_a_tool_cannot_truncate_what_it_may_only_read() {
+    let world = World::new();
+    let readme = world.path("public/readme.txt");
+    let victim = world.path("public/victim.txt");
+    let truncations = [
+        "import os, sys; os.open(sys.argv[1], os.O_RDONLY | os.O_TRUNC)",
+        "import os, sys; os.truncate(sys.argv[1], 0)",
+    ];
+    for script in truncations {
+        std::fs::write(&victim, "kept").unwrap();
+        let victim = victim.display().to_string();
+        let plain = world.plain(&["python3", "-c", script, &victim]).await;
+        assert!(plain.status.success(), "precondition\n{}", text(&plain));
+        assert_eq!(
+            std::fs::read_to_string(&victim).unwrap(),
+            "",
+            "precondition"
+        );
+    }
+    let readme = readme.display().to_string();
+    for script in truncations {
+        let output = world
+            .on_debian_12(&["python3", "-c", script, &readme])
+            .await;
+        assert_refused(&output, "");
+        assert_eq!(
+            std::fs::read_to_string(&readme).unwrap(),
+            "anyone may read this",
+            "{script} truncated a file the tool may only read"
+        );
+    }
+    // Truncating its own files still works: a file opened for writing, in the scratch.
+    let output = world
+        .on_debian_12(&[
+            "python3",
+            "-c",
+            "f = open('own', 'w+'); f.write('abc'); f.truncate(1); f.close(); print(open('own').read())",
+        ])
+        .await;
+    assert_eq!(stdout(&output), "a", "{}", text(&output));
+}
+
+#[tokio::test]
+async fn with_debian_12s_landlock_the_other_attacks_still_fail() {
+    let world = World::new();
+    let environ = format!("/proc/{}/environ", world.gateway_pid());
+    assert_refused(
+        &world.on_debian_12(&["cat", &environ]).await,
+        "stand-in-secret",
+    );
+    let state = world.path("state/state.db").display().to_string();
+    assert_refused(
+        &world.on_debian_12(&["cat", &state]).await,
+        "every chat's history",
+    );
+    let outside = world.path("public/written");
+    let write = format!("echo x > {}", outside.display());
+    assert_refused(&world.on_debian_12(&["sh", "-c", &write]).await, "");
+    assert!(!outside.exists(), "wrote outside the scratch directory");
+    let connect = format!(
+        "import socket; s = socket.socket(socket.AF_UNIX); s.connect({:?}); print('connected')",
+        world.unix_path.display().to_string()
+    );
+    assert_refused(
+        &world.on_debian_12(&["python3", "-c", &connect]).await,
+        "connected",
+    );
+    let output = world
+        .on_debian_12(&["python3", "-c", "import os; os.setsid()"])
+        .await;
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("Operation not permitted"),
+        "{}",
+        text(&output)
+    );
+    assert!(World::alive(world.gateway_pid()));
+}
+
+#[tokio::test]
+async fn with_debian_12s_landlock_the_trampoline_passes_on_the_tools_exit_status() {
+    let world = World::new();
+    let output = world.on_debian_12(&["sh", "-c", "exit 7"]).await;
+    assert_eq!(output.status.code(), Some(7), "{}", text(&output));
+    let output = world.on_debian_12(&["/nonexistent/tool"]).await;
+    assert_eq!(
+        output.status.code(),
+        Some(sandbox::EXIT_NOT_FOUND),
+        "{}",
+        text(&output)
+    );
+}
+
+/// Started in a process group of its own (as a worker's), printing "up" once everything
+/// it starts is running: a tool server whose children ignore SIGTERM.
+fn stubborn_tool(world: &World) -> (std::process::Child, i32) {
+    let sandbox = Sandbox::new(world.debian_12()).with_trampoline(TRAMPOLINE);
+    let mut child = std::process::Command::new(&sandbox.trampoline)
+        .args(sandbox.arguments("sh".as_ref()))
+        .args(["-c", "trap '' TERM; sleep 300 & sleep 300 & echo up; wait"])
+        .process_group(0)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    let stdout = child.stdout.take().unwrap();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line).unwrap();
+    assert_eq!(line.trim(), "up");
+    let group = child.id() as i32;
+    (child, group)
+}
+
+async fn gone(group: i32) -> bool {
+    hermes_tests::harness::eventually(BOUND, || {
+        hermes_tests::procs::live_group_members(group).is_empty()
+    })
+    .await
+}
+
+#[tokio::test]
+async fn with_debian_12s_landlock_the_jobs_sigterm_ends_the_tool_and_all_it_started() {
+    let world = World::new();
+    let (mut child, group) = stubborn_tool(&world);
+    assert_eq!(
+        hermes_tests::procs::live_group_members(group).len(),
+        4,
+        "trampoline, tool, two sleeps"
+    );
+    nix::sys::signal::killpg(nix::unistd::Pid::from_raw(group), nix::sys::signal::SIGTERM).unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(
+        status.code(),
+        Some(128 + 9),
+        "the tool was ended by SIGKILL"
+    );
+    assert!(
+        gone(group).await,
+        "left behind: {:?}",
+        hermes_tests::procs::live_group_members(group)
+    );
+}
+
+#[tokio::test]
+async fn with_debian_12s_landlock_the_tool_dies_with_its_trampoline() {
+    let world = World::new();
+    let (mut child, group) = stubborn_tool(&world);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(
+        gone(group).await,
+        "left behind: {:?}",
+        hermes_tests::procs::live_group_members(group)
+    );
 }

@@ -45,12 +45,40 @@ pub struct Grant {
     pub dir: bool,
 }
 
-/// Restricts this thread (and what it later starts) to `policy`'s paths and scopes.
-/// Best effort: on a kernel with an older Landlock or none, what it lacks is not applied
-/// (the probe reports which guarantee is then weaker).
-pub fn restrict(policy: &Policy) -> Result<RestrictionStatus, landlock::RulesetError> {
-    let read = AccessFs::from_read(TESTED_ABI);
-    let all = AccessFs::from_all(TESTED_ABI);
+/// The Landlock ABI a tool is confined with: this kernel's (0 without Landlock), capped
+/// at [`TESTED_ABI`] and at the policy's `landlock_abi_limit`.
+pub fn abi_in_effect(policy: &Policy) -> u32 {
+    let kernel = kernel_abi().unwrap_or(0);
+    let limit = policy.landlock_abi_limit.unwrap_or(u32::MAX);
+    kernel.min(TESTED_ABI as u32).min(limit)
+}
+
+/// The kernel's Landlock ABI version.
+pub fn kernel_abi() -> Result<u32, io::Error> {
+    const LANDLOCK_CREATE_RULESET_VERSION: libc::c_uint = 1;
+    // SAFETY: the version query reads no memory (null attributes, size 0).
+    let v = unsafe {
+        libc::syscall(
+            libc::SYS_landlock_create_ruleset,
+            std::ptr::null::<u8>(),
+            0usize,
+            LANDLOCK_CREATE_RULESET_VERSION,
+        )
+    };
+    if v < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    u32::try_from(v).map_err(|_| io::Error::other("negative ABI"))
+}
+
+/// Restricts this thread (and what it later starts) to `policy`'s paths and scopes, with
+/// the rights of ABI `abi` (see [`abi_in_effect`]). Best effort: on a kernel with an older
+/// Landlock or none, what it lacks is not applied (the probe reports which guarantee is
+/// then weaker, and the trampoline makes up for what it can).
+pub fn restrict(policy: &Policy, abi: u32) -> Result<RestrictionStatus, landlock::RulesetError> {
+    let abi = ABI::from(i32::try_from(abi).unwrap_or(i32::MAX)).min(TESTED_ABI);
+    let read = AccessFs::from_read(abi);
+    let all = AccessFs::from_all(abi);
     let hidden: Vec<PathBuf> = policy
         .hidden
         .iter()
@@ -66,7 +94,7 @@ pub fn restrict(policy: &Policy) -> Result<RestrictionStatus, landlock::RulesetE
     rules.extend(proc_grants().into_iter().map(|g| (g, read)));
     for (device, writable) in DEVICES {
         let access = if *writable {
-            read | AccessFs::WriteFile | AccessFs::Truncate | AccessFs::IoctlDev
+            (read | AccessFs::WriteFile | AccessFs::Truncate | AccessFs::IoctlDev) & all
         } else {
             read
         };
@@ -78,15 +106,16 @@ pub fn restrict(policy: &Policy) -> Result<RestrictionStatus, landlock::RulesetE
     for path in policy.writable.iter().chain([&policy.scratch]) {
         rules.push((existing(path), all));
     }
-    let mut ruleset = Ruleset::default()
-        .handle_access(all)?
-        .scope(Scope::from_all(TESTED_ABI))?
-        .create()?;
+    let mut ruleset = Ruleset::default().handle_access(all)?;
+    if abi >= ABI::V6 {
+        ruleset = ruleset.scope(Scope::from_all(abi))?;
+    }
+    let mut ruleset = ruleset.create()?;
     for (grant, access) in rules {
         let access = if grant.dir {
             access
         } else {
-            access & AccessFs::from_file(TESTED_ABI)
+            access & AccessFs::from_file(abi)
         };
         // A path that vanished or cannot be opened since it was listed is simply not
         // granted: less access, never more.

@@ -64,6 +64,7 @@
 //! the same user cannot read the worker's `/proc/PID/environ` or memory.
 
 pub mod fs;
+pub mod pid_namespace;
 pub mod probe;
 pub mod seccomp;
 
@@ -106,6 +107,23 @@ pub struct Policy {
     /// Deny `setsid` and `setpgid` to another group, so a job's kill reaches every
     /// process its tools start.
     pub keep_process_group: bool,
+    /// Confine as a kernel whose Landlock ABI is at most this would (None: this kernel's
+    /// ABI): how the tests run the older kernels' fallbacks, a PID namespace below ABI 6
+    /// and the truncation filter below ABI 3, on a newer kernel.
+    pub landlock_abi_limit: Option<u32>,
+    /// Set by the trampoline for its second stage, which runs inside the tool's PID
+    /// namespace where the worker and the process group are out of sight: what the first
+    /// stage saw of them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub outside: Option<Outside>,
+}
+
+/// The worker's pid and the process group, as the trampoline saw them before it made
+/// the tool's PID namespace.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Outside {
+    pub worker: i32,
+    pub process_group: i32,
 }
 
 impl Default for Policy {
@@ -117,6 +135,8 @@ impl Default for Policy {
             scratch: PathBuf::new(),
             protected_pids: Vec::new(),
             keep_process_group: true,
+            landlock_abi_limit: None,
+            outside: None,
         }
     }
 }
@@ -245,16 +265,33 @@ pub fn exec(policy: &Policy, program: &OsStr, args: &[OsString]) -> ExecError {
         ));
     }
     close_inherited_on_exec();
+    let outside = policy.outside.unwrap_or_else(|| Outside {
+        worker: nix::unistd::getppid().as_raw(),
+        process_group: nix::unistd::getpgrp().as_raw(),
+    });
+    let abi = fs::abi_in_effect(policy);
+    if abi < 6 && policy.outside.is_none() {
+        // No Landlock signal scoping: the tool gets a PID namespace of its own, and this
+        // process waits outside it. Where namespaces cannot be made, the tool runs as
+        // before, with what the probe reported.
+        match pid_namespace::run(policy, outside, program, args) {
+            pid_namespace::NotRun::Unsupported(_) => {}
+            pid_namespace::NotRun::Failed(error) => return error,
+        }
+    }
     let mut protected = policy.protected_pids.clone();
     // The worker: a tool may end its own job by failing, not by killing its agent.
-    protected.push(nix::unistd::getppid().as_raw());
-    let own_group = policy
-        .keep_process_group
-        .then(|| nix::unistd::getpgrp().as_raw());
-    if let Err(error) = fs::restrict(policy) {
+    protected.push(outside.worker);
+    let own_group = policy.keep_process_group.then_some(outside.process_group);
+    // Without Landlock (none here, or blocked by the unit's filter) there is nothing to
+    // restrict with; the probe says which guarantee that weakens.
+    if abi > 0
+        && let Err(error) = fs::restrict(policy, abi)
+    {
         return ExecError::Setup(format!("Landlock: {error}"));
     }
-    match seccomp::Filter::new(&protected, own_group) {
+    // Below ABI 3 Landlock does not control truncation: the filter refuses it instead.
+    match seccomp::Filter::new(&protected, own_group, abi < 3) {
         Ok(filter) => {
             if let Err(error) = filter.install() {
                 return ExecError::Setup(format!("seccomp: {error}"));

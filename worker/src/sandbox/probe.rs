@@ -7,16 +7,16 @@
 //! installs the real seccomp filter, then exits. The child makes only raw system calls,
 //! so the probe is safe from a multi-threaded process too.
 
-use super::fs::{TESTED_ABI, unavailable_reason};
+use super::fs::{TESTED_ABI, kernel_abi, unavailable_reason};
 use super::seccomp::Filter;
 
 /// The record's types are the protocol's: the gateway reads it from this binary's
 /// `sandbox-probe --json`.
-pub use hermes_protocol::sandbox::{Guarantee, Landlock, Level, Probe, Seccomp};
+pub use hermes_protocol::sandbox::{Guarantee, Landlock, Level, PidNamespace, Probe, Seccomp};
 
 /// Tries each mechanism and says what holds.
 pub fn probe() -> Probe {
-    let landlock = match landlock_abi() {
+    let landlock = match kernel_abi() {
         Ok(abi) => match try_in_child(enforce_landlock) {
             Ok(()) => Landlock::Abi(abi.min(TESTED_ABI as u32)),
             Err(errno) => Landlock::Unavailable(format!(
@@ -26,7 +26,7 @@ pub fn probe() -> Probe {
         },
         Err(error) => Landlock::Unavailable(unavailable_reason(&error).to_string()),
     };
-    let seccomp = match Filter::new(&[1], Some(1)) {
+    let seccomp = match Filter::new(&[1], Some(1), true) {
         Err(error) => Seccomp::Unavailable(error.to_string()),
         Ok(filter) => {
             let program = filter.program();
@@ -39,12 +39,18 @@ pub fn probe() -> Probe {
             }
         }
     };
-    assess(landlock, seccomp)
+    let pid_namespace = match try_in_child(enter_pid_namespace) {
+        Ok(()) => PidNamespace::Available,
+        Err(errno) => PidNamespace::Unavailable(super::pid_namespace::unavailable_reason(
+            &std::io::Error::from_raw_os_error(errno),
+        )),
+    };
+    assess(landlock, seccomp, pid_namespace)
 }
 
-/// The guarantees that `landlock` and `seccomp` give (separate from [`probe`] so every
-/// combination can be tested on one kernel).
-pub fn assess(landlock: Landlock, seccomp: Seccomp) -> Probe {
+/// The guarantees that `landlock`, `seccomp` and `pid_namespace` give (separate from
+/// [`probe`] so every combination can be tested on one kernel).
+pub fn assess(landlock: Landlock, seccomp: Seccomp, pid_namespace: PidNamespace) -> Probe {
     let abi = match &landlock {
         Landlock::Abi(abi) => *abi,
         Landlock::Unavailable(_) => 0,
@@ -85,43 +91,63 @@ pub fn assess(landlock: Landlock, seccomp: Seccomp) -> Probe {
             ),
         )
     };
-    let signal = match (abi >= 6, filter) {
-        (true, true) => guarantee(
+    // The trampoline gives a tool a PID namespace where Landlock cannot scope signals.
+    let namespace = abi < 6 && pid_namespace == PidNamespace::Available;
+    let signal_what = "cannot signal the gateway or any process outside its job";
+    let signal = match (abi >= 6, filter, namespace) {
+        (true, true, _) => guarantee(
             2,
-            "cannot signal the gateway or any process outside its job",
+            signal_what,
             Level::Full,
             "Landlock scopes signals to the tool's own processes; seccomp protects the \
              gateway's and the worker's pids, also from prlimit and pidfds"
                 .into(),
         ),
-        (true, false) => guarantee(
+        (true, false, _) => guarantee(
             2,
-            "cannot signal the gateway or any process outside its job",
+            signal_what,
             Level::Weaker,
             format!(
                 "{no_filter}: Landlock scopes signals, but a tool can still set the gateway's \
                  resource limits (prlimit)"
             ),
         ),
-        (false, true) => guarantee(
+        (false, _, true) => guarantee(
             2,
-            "cannot signal the gateway or any process outside its job",
-            Level::Weaker,
+            signal_what,
+            if filter { Level::Full } else { Level::Weaker },
             format!(
-                "no Landlock signal scoping (ABI 6, Linux 6.12; {}): seccomp protects the \
-                 gateway and the worker, but other workers and their tools can be signalled",
-                if abi >= 1 {
-                    format!("here ABI {abi}")
+                "no Landlock signal scoping ({}), so each tool server runs in a PID \
+                 namespace of its own: it sees, signals, traces and re-limits only its own \
+                 processes{}",
+                landlock_here(abi),
+                if filter {
+                    "; seccomp refuses signals to its process group, which the worker leads"
                 } else {
-                    no_landlock.to_string()
+                    ", but without seccomp it can signal its process group, the worker's"
                 }
             ),
         ),
-        (false, false) => guarantee(
+        (false, true, false) => guarantee(
             2,
-            "cannot signal the gateway or any process outside its job",
+            signal_what,
+            Level::Weaker,
+            format!(
+                "no Landlock signal scoping ({}) and no PID namespace ({}): seccomp \
+                 protects the gateway and the worker, but other workers and their tools \
+                 can be signalled",
+                landlock_here(abi),
+                namespace_reason(&pid_namespace)
+            ),
+        ),
+        (false, false, false) => guarantee(
+            2,
+            signal_what,
             Level::None,
-            format!("{no_filter}, and no Landlock signal scoping"),
+            format!(
+                "{no_filter}, no Landlock signal scoping and no PID namespace ({})",
+                namespace_reason(&pid_namespace)
+            ),
         ),
     };
     let reach = match (filter, abi >= 6) {
@@ -147,27 +173,39 @@ pub fn assess(landlock: Landlock, seccomp: Seccomp) -> Probe {
             format!("{no_filter}, and no Landlock scoping of abstract sockets"),
         ),
     };
+    let write_what = "can write only to its scratch directory and its grants";
     let write = if abi >= 3 {
         guarantee(
             4,
-            "can write only to its scratch directory and its grants",
+            write_what,
             Level::Full,
             "Landlock grants writing only there (truncation included)".into(),
+        )
+    } else if abi >= 1 && filter {
+        guarantee(
+            4,
+            write_what,
+            Level::Full,
+            format!(
+                "Landlock grants writing only there; ABI {abi} cannot control truncation \
+                 (ABI 3, Linux 6.2), so seccomp refuses truncate(2) and opening a file \
+                 read-only with O_TRUNC (ftruncate of a file opened for writing stays)"
+            ),
         )
     } else if abi >= 1 {
         guarantee(
             4,
-            "can write only to its scratch directory and its grants",
+            write_what,
             Level::Weaker,
             format!(
-                "Landlock ABI {abi} cannot control truncation (ABI 3, Linux 6.2): a tool can \
-                 empty any file the service's user may write"
+                "Landlock ABI {abi} cannot control truncation (ABI 3, Linux 6.2) and \
+                 {no_filter}: a tool can empty any file the service's user may write"
             ),
         )
     } else {
         guarantee(
             4,
-            "can write only to its scratch directory and its grants",
+            write_what,
             Level::None,
             format!(
                 "{no_landlock}: a tool writes wherever the service's user may (the unit's \
@@ -189,7 +227,11 @@ pub fn assess(landlock: Landlock, seccomp: Seccomp) -> Probe {
             Seccomp::Available => "seccomp".to_string(),
             Seccomp::Unavailable(reason) => format!("no seccomp ({reason})"),
         }
-    );
+    ) + if namespace {
+        "; a PID namespace per tool server"
+    } else {
+        ""
+    };
     let weaker: Vec<String> = guarantees
         .iter()
         .filter(|g| g.level != Level::Full)
@@ -208,27 +250,25 @@ pub fn assess(landlock: Landlock, seccomp: Seccomp) -> Probe {
         abstract_socket_scope: abi >= 6,
         landlock,
         seccomp,
+        pid_namespace,
         guarantees,
         summary,
     }
 }
 
-/// The kernel's Landlock ABI version.
-fn landlock_abi() -> Result<u32, std::io::Error> {
-    const LANDLOCK_CREATE_RULESET_VERSION: libc::c_uint = 1;
-    // SAFETY: the version query reads no memory (null attributes, size 0).
-    let v = unsafe {
-        libc::syscall(
-            libc::SYS_landlock_create_ruleset,
-            std::ptr::null::<u8>(),
-            0usize,
-            LANDLOCK_CREATE_RULESET_VERSION,
-        )
-    };
-    if v < 0 {
-        return Err(std::io::Error::last_os_error());
+fn landlock_here(abi: u32) -> String {
+    if abi >= 1 {
+        format!("ABI 6, Linux 6.12; here ABI {abi}")
+    } else {
+        "ABI 6, Linux 6.12; here no Landlock".into()
     }
-    u32::try_from(v).map_err(|_| std::io::Error::other("negative ABI"))
+}
+
+fn namespace_reason(pid_namespace: &PidNamespace) -> &str {
+    match pid_namespace {
+        PidNamespace::Available => "available",
+        PidNamespace::Unavailable(reason) => reason,
+    }
 }
 
 /// Runs `check` in a forked child and returns its errno (0: it worked). `check` must make
@@ -270,6 +310,15 @@ fn try_in_child(check: impl Fn() -> i32) -> Result<(), i32> {
 fn errno() -> i32 {
     // SAFETY: reads this thread's errno.
     unsafe { *libc::__errno_location() }
+}
+
+/// What the trampoline does for a tool on a kernel without Landlock signal scoping.
+fn enter_pid_namespace() -> i32 {
+    // SAFETY: a raw system call, in the forked child that `try_in_child` runs this in.
+    if unsafe { libc::unshare(libc::CLONE_NEWUSER | libc::CLONE_NEWPID) } != 0 {
+        return errno();
+    }
+    0
 }
 
 fn enforce_landlock() -> i32 {
@@ -326,9 +375,13 @@ fn install_in_child(program: &[libc::sock_filter]) -> i32 {
 mod tests {
     use super::*;
 
+    fn no_namespace() -> PidNamespace {
+        PidNamespace::Unavailable("not permitted".into())
+    }
+
     #[test]
     fn every_guarantee_holds_with_landlock_6_and_seccomp() {
-        let probe = assess(Landlock::Abi(7), Seccomp::Available);
+        let probe = assess(Landlock::Abi(7), Seccomp::Available, no_namespace());
         assert_eq!(probe.level(), Level::Full, "{probe}");
         assert!(
             probe
@@ -338,21 +391,61 @@ mod tests {
     }
 
     #[test]
-    fn debian_12s_kernel_protects_the_gateway_but_not_other_workers_from_signals() {
-        let probe = assess(Landlock::Abi(2), Seccomp::Available);
+    fn debian_12s_kernel_keeps_every_guarantee_with_a_pid_namespace_and_seccomp() {
+        let probe = assess(
+            Landlock::Abi(2),
+            Seccomp::Available,
+            PidNamespace::Available,
+        );
+        assert_eq!(probe.level(), Level::Full, "{probe}");
+        assert!(probe.guarantees[1].why.contains("PID namespace"), "{probe}");
+        assert!(probe.guarantees[3].why.contains("O_TRUNC"), "{probe}");
+        assert!(
+            probe.summary.contains("a PID namespace per tool server"),
+            "{probe}"
+        );
+    }
+
+    #[test]
+    fn without_a_pid_namespace_debian_12s_kernel_leaves_other_workers_open_to_signals() {
+        let probe = assess(Landlock::Abi(2), Seccomp::Available, no_namespace());
         let levels: Vec<Level> = probe.guarantees.iter().map(|g| g.level).collect();
         assert_eq!(
             levels,
-            [Level::Full, Level::Weaker, Level::Full, Level::Weaker],
+            [Level::Full, Level::Weaker, Level::Full, Level::Full],
             "{probe}"
         );
         assert!(probe.summary.contains("other workers"), "{}", probe.summary);
+        assert!(
+            probe.summary.contains("no PID namespace (not permitted)"),
+            "{}",
+            probe.summary
+        );
+    }
+
+    #[test]
+    fn without_seccomp_old_landlock_cannot_keep_truncation_or_the_workers_group() {
+        let probe = assess(
+            Landlock::Abi(2),
+            Seccomp::Unavailable("no".into()),
+            PidNamespace::Available,
+        );
+        let levels: Vec<Level> = probe.guarantees.iter().map(|g| g.level).collect();
+        assert_eq!(
+            levels,
+            [Level::Full, Level::Weaker, Level::None, Level::Weaker],
+            "{probe}"
+        );
     }
 
     #[test]
     fn landlock_blocked_by_the_units_filter_is_named_in_the_summary() {
         let reason = unavailable_reason(&std::io::Error::from_raw_os_error(libc::EPERM));
-        let probe = assess(Landlock::Unavailable(reason.into()), Seccomp::Available);
+        let probe = assess(
+            Landlock::Unavailable(reason.into()),
+            Seccomp::Available,
+            no_namespace(),
+        );
         assert_eq!(probe.level(), Level::None);
         assert!(
             probe.summary.contains("SystemCallFilter"),
@@ -366,6 +459,7 @@ mod tests {
         let probe = assess(
             Landlock::Unavailable("not built into this kernel".into()),
             Seccomp::Unavailable("no".into()),
+            no_namespace(),
         );
         assert_eq!(probe.level(), Level::None);
         let json = serde_json::to_string(&probe).unwrap();

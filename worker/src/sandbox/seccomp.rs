@@ -8,8 +8,8 @@
 //!   another process's memory and descriptors.
 //! - `io_uring_setup` (and `_enter`, `_register`): io_uring creates sockets and opens files
 //!   without the system calls this filter sees.
-//! - Aimed at a protected pid, its process group (the negated pid) or every process (-1):
-//!   `kill`, `rt_sigqueueinfo`; aimed at a protected pid: `tgkill`, `rt_tgsigqueueinfo`,
+//! - Aimed at a protected pid, its process group (the negated pid), every process (-1) or
+//!   the caller's own process group (0: the worker leads it): `kill`, `rt_sigqueueinfo`; aimed at a protected pid: `tgkill`, `rt_tgsigqueueinfo`,
 //!   `pidfd_open` (the way to `pidfd_send_signal`), `prlimit64` (a tiny `RLIMIT_CPU` is a
 //!   kill by other means), `fcntl(F_SETOWN)` (SIGIO, or any signal `F_SETSIG` picks).
 //!   `tkill`, `F_SETOWN_EX` and thread pidfds (`PIDFD_THREAD`) name a thread, whose id the
@@ -17,6 +17,13 @@
 //!   common runtimes use `tgkill`).
 //! - `setsid`, and `setpgid` into any group but the worker's, when the policy keeps the
 //!   process group.
+//! - `ioctl(TIOCSTI)` and `ioctl(TIOCLINUX)`: typing into, or pasting into, the terminal
+//!   the gateway may have been started from (Landlock controls device ioctls only from
+//!   ABI 5).
+//! - Where Landlock cannot control truncation (ABI < 3, e.g. Debian 12's 6.1): `truncate`,
+//!   `open`/`openat` of a file read-only with `O_TRUNC` (which truncates what Landlock
+//!   let it read), and `openat2`, whose flags the filter cannot see. `ftruncate` of a file
+//!   opened for writing stays: Landlock already checked that write.
 //!
 //! On x86-64 the filter also refuses the x32 ABI's system-call numbers, which would
 //! otherwise reach the same calls under numbers the rules above do not name.
@@ -51,12 +58,17 @@ pub struct Filter {
 
 impl Filter {
     /// The filter protecting `protected` pids; `own_group` is the process group the tool
-    /// must stay in (None: it may leave).
-    pub fn new(protected: &[i32], own_group: Option<i32>) -> Result<Filter, Error> {
+    /// must stay in (None: it may leave); `truncation` adds the rules that stand in for
+    /// Landlock's control of truncation.
+    pub fn new(
+        protected: &[i32],
+        own_group: Option<i32>,
+        truncation: bool,
+    ) -> Result<Filter, Error> {
         let arch = TargetArch::try_from(std::env::consts::ARCH)
             .map_err(|_| Error::Architecture(std::env::consts::ARCH.to_string()))?;
         let program: BpfProgram = SeccompFilter::new(
-            rules(protected, own_group)?,
+            rules(protected, own_group, truncation)?,
             SeccompAction::Allow,
             deny(),
             arch,
@@ -153,6 +165,17 @@ fn arg_is(index: u8, value: i64) -> Result<SeccompCondition, seccompiler::Backen
     )
 }
 
+/// The open flags at argument `index` ask for a read-only open with `O_TRUNC`.
+fn read_only_truncating(index: u8) -> Result<SeccompRule, seccompiler::BackendError> {
+    let mask = (libc::O_ACCMODE | libc::O_TRUNC) as u64;
+    SeccompRule::new(vec![SeccompCondition::new(
+        index,
+        SeccompCmpArgLen::Dword,
+        SeccompCmpOp::MaskedEq(mask),
+        (libc::O_RDONLY | libc::O_TRUNC) as u64,
+    )?])
+}
+
 /// One rule per value: any match denies.
 fn any_of(
     index: u8,
@@ -172,15 +195,16 @@ fn any_of(
 fn rules(
     protected: &[i32],
     own_group: Option<i32>,
+    truncation: bool,
 ) -> Result<BTreeMap<i64, Vec<SeccompRule>>, seccompiler::BackendError> {
     let pids: Vec<i64> = protected
         .iter()
         .filter(|p| **p > 0)
         .map(|p| i64::from(*p))
         .collect();
-    // A pid, its process group, and every process.
+    // A pid, its process group, every process, and the caller's own group.
     let mut targets: Vec<i64> = pids.iter().flat_map(|p| [*p, -*p]).collect();
-    targets.push(-1);
+    targets.extend([-1, 0]);
 
     let mut rules: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
     rules.insert(
@@ -222,6 +246,20 @@ fn rules(
     let mut fcntl = any_of(2, &targets, &[set_owner])?;
     fcntl.push(SeccompRule::new(vec![arg_is(1, i64::from(F_SETOWN_EX))?])?);
     rules.insert(libc::SYS_fcntl, fcntl);
+    rules.insert(
+        libc::SYS_ioctl,
+        vec![
+            SeccompRule::new(vec![arg_is(1, i64::from(libc::TIOCSTI as u32))?])?,
+            SeccompRule::new(vec![arg_is(1, i64::from(libc::TIOCLINUX as u32))?])?,
+        ],
+    );
+    if truncation {
+        rules.insert(libc::SYS_truncate, Vec::new());
+        rules.insert(libc::SYS_openat2, Vec::new());
+        rules.insert(libc::SYS_openat, vec![read_only_truncating(2)?]);
+        #[cfg(target_arch = "x86_64")]
+        rules.insert(libc::SYS_open, vec![read_only_truncating(1)?]);
+    }
     if let Some(group) = own_group {
         rules.insert(libc::SYS_setsid, Vec::new());
         rules.insert(
@@ -244,7 +282,7 @@ mod tests {
     #[test]
     fn the_filter_compiles_for_many_protected_pids() {
         let pids: Vec<i32> = (1000..1064).collect();
-        let filter = Filter::new(&pids, Some(4242)).unwrap();
+        let filter = Filter::new(&pids, Some(4242), true).unwrap();
         assert!(filter.program().len() < 4096);
     }
 }
