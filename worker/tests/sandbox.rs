@@ -1211,3 +1211,53 @@ async fn with_debian_12s_landlock_the_tool_dies_with_its_trampoline() {
         hermes_tests::procs::live_group_members(group)
     );
 }
+
+/// The service runs as an unprivileged user of its own (`DynamicUser=`), for whom making
+/// and mapping the namespaces is a different check than for root (the tests above run as
+/// root): here as `nobody`, the probe and the trampoline both.
+#[tokio::test]
+async fn with_debian_12s_landlock_an_unprivileged_user_gets_its_pid_namespace() {
+    const NOBODY: u32 = 65534;
+    let home = tempfile::tempdir().unwrap();
+    std::os::unix::fs::chown(home.path(), Some(NOBODY), Some(NOBODY)).unwrap();
+    let as_nobody = |command: &mut tokio::process::Command| {
+        command.uid(NOBODY).gid(NOBODY).current_dir(home.path());
+    };
+    let mut probe = tokio::process::Command::new(TRAMPOLINE);
+    probe.args(["sandbox-probe", "--json"]);
+    as_nobody(&mut probe);
+    let output = run(probe).await;
+    let probe: sandbox::Probe =
+        serde_json::from_slice(&output.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&output)));
+    assert_eq!(
+        probe.pid_namespace,
+        sandbox::PidNamespace::Available,
+        "{probe}"
+    );
+
+    let policy = Policy {
+        scratch: home.path().join("scratch"),
+        landlock_abi_limit: Some(2),
+        ..Policy::default()
+    };
+    let sandbox = Sandbox::new(policy).with_trampoline(TRAMPOLINE);
+    let mut command = tokio::process::Command::new(&sandbox.trampoline);
+    command.args(sandbox.arguments("sh".as_ref())).args([
+        "-c",
+        "id -u; while read key value; do [ \"$key\" = NSpid: ] && echo $value; done < /proc/self/status; true",
+    ]);
+    as_nobody(&mut command);
+    let output = run(command).await;
+    assert!(output.status.success(), "{}", text(&output));
+    let out = stdout(&output);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.first(), Some(&"65534"), "{}", text(&output));
+    let pids: Vec<&str> = lines
+        .get(1)
+        .map_or(vec![], |l| l.split_whitespace().collect());
+    assert!(
+        pids.len() == 2 && pids[1] == "1",
+        "not in a PID namespace of its own: {}",
+        text(&output)
+    );
+}

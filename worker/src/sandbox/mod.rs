@@ -75,7 +75,7 @@ use std::path::{Path, PathBuf};
 use hermes_protocol::sandbox::Confinement;
 use serde::{Deserialize, Serialize};
 
-pub use probe::{Guarantee, Landlock, Level, Probe, Seccomp, probe};
+pub use probe::{Guarantee, Landlock, Level, PidNamespace, Probe, Seccomp, probe};
 
 /// The trampoline's exit status when the sandbox could not be set up (the command did
 /// not run). 126 and 127 keep the shell's meanings: found but not executable, not found.

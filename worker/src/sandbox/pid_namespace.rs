@@ -61,6 +61,13 @@ pub enum NotRun {
 pub fn run(policy: &Policy, outside: Outside, program: &OsStr, args: &[OsString]) -> NotRun {
     // Read before: in the new namespace they read as the overflow ids until mapped.
     let (uid, gid) = (nix::unistd::geteuid(), nix::unistd::getegid());
+    // The worker binary makes itself non-dumpable at start, and a non-dumpable process's
+    // /proc/self files belong to root: the service's user could not write its own id
+    // maps. This process holds nothing to hide (the tool's scrubbed environment, the
+    // policy), and the tool's own exec makes it dumpable anyway.
+    if let Err(errno) = nix::sys::prctl::set_dumpable(true) {
+        return NotRun::Failed(setup("cannot make the trampoline dumpable", &errno.into()));
+    }
     if let Err(errno) = unshare(CloneFlags::CLONE_NEWUSER | CloneFlags::CLONE_NEWPID) {
         let error = io::Error::from(errno);
         return match errno {
@@ -156,6 +163,6 @@ pub fn unavailable_reason(error: &io::Error) -> String {
         Some(libc::ENOSPC) => "too many namespaces (user.max_user_namespaces, \
                                user.max_pid_namespaces)"
             .into(),
-        _ => format!("unshare failed: {error}"),
+        _ => format!("cannot make or map it: {error}"),
     }
 }

@@ -39,7 +39,8 @@ pub fn probe() -> Probe {
             }
         }
     };
-    let pid_namespace = match try_in_child(enter_pid_namespace) {
+    let maps = IdMaps::of_this_process();
+    let pid_namespace = match try_in_child(|| enter_pid_namespace(&maps)) {
         Ok(()) => PidNamespace::Available,
         Err(errno) => PidNamespace::Unavailable(super::pid_namespace::unavailable_reason(
             &std::io::Error::from_raw_os_error(errno),
@@ -312,11 +313,52 @@ fn errno() -> i32 {
     unsafe { *libc::__errno_location() }
 }
 
-/// What the trampoline does for a tool on a kernel without Landlock signal scoping.
-fn enter_pid_namespace() -> i32 {
-    // SAFETY: a raw system call, in the forked child that `try_in_child` runs this in.
-    if unsafe { libc::unshare(libc::CLONE_NEWUSER | libc::CLONE_NEWPID) } != 0 {
-        return errno();
+/// The id maps the trampoline writes for its namespace, made before the fork (the child
+/// may not allocate).
+struct IdMaps {
+    uid: String,
+    gid: String,
+}
+
+impl IdMaps {
+    fn of_this_process() -> IdMaps {
+        let (uid, gid) = (nix::unistd::geteuid(), nix::unistd::getegid());
+        IdMaps {
+            uid: format!("{uid} {uid} 1"),
+            gid: format!("{gid} {gid} 1"),
+        }
+    }
+}
+
+/// What the trampoline does for a tool on a kernel without Landlock signal scoping, up to
+/// its start of the tool: dumpable again, the namespaces made, the service's ids mapped.
+fn enter_pid_namespace(maps: &IdMaps) -> i32 {
+    let files: [(&[u8], &[u8]); 3] = [
+        (b"/proc/self/uid_map\0", maps.uid.as_bytes()),
+        (b"/proc/self/setgroups\0", b"deny"),
+        (b"/proc/self/gid_map\0", maps.gid.as_bytes()),
+    ];
+    // SAFETY: raw system calls, in the forked child that `try_in_child` runs this in, on
+    // buffers made before the fork.
+    unsafe {
+        if libc::prctl(libc::PR_SET_DUMPABLE, 1, 0, 0, 0) != 0 {
+            return errno();
+        }
+        if libc::unshare(libc::CLONE_NEWUSER | libc::CLONE_NEWPID) != 0 {
+            return errno();
+        }
+        for (path, content) in files {
+            let fd = libc::open(path.as_ptr().cast(), libc::O_WRONLY);
+            if fd < 0 {
+                return errno();
+            }
+            let written = libc::write(fd, content.as_ptr().cast(), content.len());
+            let error = errno();
+            libc::close(fd);
+            if written < 0 {
+                return error;
+            }
+        }
     }
     0
 }
