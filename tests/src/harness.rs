@@ -52,7 +52,7 @@ pub struct Binaries {
 pub fn binaries() -> &'static Binaries {
     static BINARIES: OnceLock<Binaries> = OnceLock::new();
     BINARIES.get_or_init(|| {
-        cargo_build(&["-p", "hermes-gateway", "-p", "hermes-worker"]);
+        cargo_build();
         let profile_dir = profile_dir();
         let binaries = Binaries {
             gateway: profile_dir.join("hermes-gateway"),
@@ -72,15 +72,20 @@ pub fn binaries() -> &'static Binaries {
     })
 }
 
-/// `cargo build --quiet ARGS` in this binary's profile, from the workspace root.
-pub fn cargo_build(args: &[&str]) {
-    cargo_build_profile(args, !cfg!(debug_assertions));
+/// Builds every binary of the workspace (the gateway, the worker, this crate's fakes and
+/// tools) in this binary's profile, from the workspace root, so a test never runs a stale
+/// one. Always the whole workspace, with the features `cargo test --workspace` resolves:
+/// building `-p hermes-gateway -p hermes-worker` alone resolved fewer features (this
+/// crate's `tokio`, `reqwest` and `rmcp` ones), and compiled tokio and the twenty crates
+/// built on it a second time, about 110 s of the first test binary's time in CI.
+pub fn cargo_build() {
+    cargo_build_profile(!cfg!(debug_assertions));
 }
 
 /// `hermes-gateway` and `hermes-worker` as the README has an operator build them
-/// (`cargo build --release`), whatever profile the tests run in.
+/// (`cargo build --release`: the whole workspace), whatever profile the tests run in.
 pub fn release_binaries() -> Binaries {
-    cargo_build_profile(&["-p", "hermes-gateway", "-p", "hermes-worker"], true);
+    cargo_build_profile(true);
     let dir = profile_dir().with_file_name("release");
     Binaries {
         gateway: dir.join("hermes-gateway"),
@@ -88,12 +93,19 @@ pub fn release_binaries() -> Binaries {
     }
 }
 
-fn cargo_build_profile(args: &[&str], release: bool) {
+/// A small test target of this crate: naming one makes cargo resolve the dev-dependencies'
+/// features too, as the debug test build did, while building only the binaries beside it.
+const FEATURES_AS_TESTED: &str = "fakes_are_strict";
+
+fn cargo_build_profile(release: bool) {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut build = std::process::Command::new(cargo);
-    build.args(["build", "--quiet"]).args(args);
+    build.args(["build", "--quiet", "--workspace", "--bins"]);
     if release {
+        // The operator's build: `cargo build --release`, no test target.
         build.arg("--release");
+    } else {
+        build.args(["--test", FEATURES_AS_TESTED]);
     }
     // Cargo runs tests with its package variables set (CARGO_PKG_NAME, …); passed on,
     // they would make build scripts that watch them rebuild everything each time.
@@ -110,7 +122,7 @@ fn cargo_build_profile(args: &[&str], release: bool) {
         .current_dir(workspace_dir())
         .status()
         .unwrap_or_else(|e| panic!("cannot run cargo: {e}"));
-    assert!(status.success(), "cargo build {args:?} failed");
+    assert!(status.success(), "cargo build (release: {release}) failed");
 }
 
 /// `target/<profile>`, where [`cargo_build`] puts binaries.

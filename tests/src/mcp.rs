@@ -11,7 +11,7 @@ use crate::harness::{cargo_build, target_profile_dir};
 pub fn server() -> &'static Path {
     static BINARY: OnceLock<PathBuf> = OnceLock::new();
     BINARY.get_or_init(|| {
-        cargo_build(&["-p", "hermes-tests", "--bin", "mcp-server"]);
+        cargo_build();
         let path = target_profile_dir().join("mcp-server");
         assert!(path.is_file(), "{} missing", path.display());
         path

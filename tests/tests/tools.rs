@@ -40,7 +40,7 @@ hermes_tests::both_modes!(
 fn mcp_server() -> &'static Path {
     static BINARY: OnceLock<PathBuf> = OnceLock::new();
     BINARY.get_or_init(|| {
-        cargo_build(&["-p", "hermes-tests", "--bin", "mcp-server"]);
+        cargo_build();
         let path = target_profile_dir().join("mcp-server");
         assert!(path.is_file(), "{} missing", path.display());
         path

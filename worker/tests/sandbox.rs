@@ -655,7 +655,7 @@ fn the_seccomp_filter_alone_refuses_unix_sockets_but_not_socketpairs() {
 fn mcp_server() -> &'static Path {
     static BINARY: OnceLock<PathBuf> = OnceLock::new();
     BINARY.get_or_init(|| {
-        cargo_build(&["-p", "hermes-tests", "--bin", "mcp-server"]);
+        cargo_build();
         target_profile_dir().join("mcp-server")
     })
 }

@@ -15,7 +15,7 @@ use tokio::sync::mpsc;
 fn mcp_server() -> &'static Path {
     static BINARY: OnceLock<PathBuf> = OnceLock::new();
     BINARY.get_or_init(|| {
-        cargo_build(&["-p", "hermes-tests", "--bin", "mcp-server"]);
+        cargo_build();
         target_profile_dir().join("mcp-server")
     })
 }

@@ -228,7 +228,7 @@ async fn footprint_rows(rows: &mut Vec<Row>, n: usize) {
 /// Builds the in-process baseline (a binary of this crate: the gateway's library with the
 /// agent library running its jobs).
 fn build_baseline() -> PathBuf {
-    cargo_build(&["-p", "hermes-tests", "--bin", BASELINE]);
+    cargo_build();
     target_profile_dir().join(BASELINE)
 }
 
