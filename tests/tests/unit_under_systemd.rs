@@ -111,6 +111,18 @@ impl Vm {
     }
 
     /// `hermes-gateway status` as an operator types it, until it exits 0 (or `timeout`).
+    /// The unit is active, under the same main process, not restarted since `restarts`.
+    fn assert_carried_on(&self, main_pid: &str, restarts: &str) {
+        assert_eq!(self.show("ActiveState"), "active", "{}", self.journal());
+        assert_eq!(
+            self.show("MainPID"),
+            main_pid,
+            "the gateway was replaced:\n{}",
+            self.journal()
+        );
+        assert_eq!(self.show("NRestarts"), restarts, "{}", self.journal());
+    }
+
     fn healthy_status(&self, timeout: Duration) -> (bool, String) {
         let mut last = String::new();
         let healthy = self.wait(timeout, |vm| {
@@ -508,14 +520,7 @@ fn the_unit_under_a_real_systemd() {
         oom_kills(&vm),
         vm.journal()
     );
-    assert_eq!(vm.show("ActiveState"), "active", "{}", vm.journal());
-    assert_eq!(
-        vm.show("MainPID"),
-        main_pid,
-        "the gateway was replaced:\n{}",
-        vm.journal()
-    );
-    assert_eq!(vm.show("NRestarts"), "0", "{}", vm.journal());
+    vm.assert_carried_on(&main_pid, "0");
     println!(
         "OOM: {} worker OOM kills, unit active, MainPID {main_pid} unchanged, NRestarts=0",
         oom_kills(&vm)
@@ -702,14 +707,7 @@ fn the_unit_under_a_real_systemd() {
             );
         }
     }
-    assert_eq!(vm.show("ActiveState"), "active", "{}", vm.journal());
-    assert_eq!(
-        vm.show("MainPID"),
-        main_pid,
-        "the gateway was replaced:\n{}",
-        vm.journal()
-    );
-    assert_eq!(vm.show("NRestarts"), restarts, "{}", vm.journal());
+    vm.assert_carried_on(&main_pid, &restarts);
     assert_eq!(
         vm.run("pgrep -x hermes-worker | sort").trim(),
         workers_before,

@@ -1016,22 +1016,29 @@ async fn with_debian_12s_landlock_a_tool_sees_and_signals_only_its_own_processes
         .on_debian_12(&[
             "sh",
             "-c",
-            "echo $$; sleep 30 & kill -TERM $! && wait $!; echo $?; \
-             while read key value; do [ \"$key\" = NSpid: ] && echo $value; done < /proc/self/status; true",
+            &format!("echo $$; sleep 30 & kill -TERM $! && wait $!; echo $?; {PRINT_NSPID}"),
         ])
         .await;
     assert!(output.status.success(), "{}", text(&output));
-    // The tool server is its namespace's init (its pid there is 1, beside its pid on the
-    // host), and its own child can be signalled.
+    // The tool server is its namespace's init, and its own child can be signalled.
     let out = stdout(&output);
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines.len(), 3, "{}", text(&output));
     assert_eq!(&lines[..2], ["1", "143"], "{}", text(&output));
-    let pids: Vec<&str> = lines[2].split_whitespace().collect();
+    assert_init_of_its_own_namespace(lines[2], &output);
+}
+
+/// Prints the shell's pids in each PID namespace it is in, the host's first (`NSpid`).
+const PRINT_NSPID: &str =
+    "while read key value; do [ \"$key\" = NSpid: ] && echo $value; done < /proc/self/status; true";
+
+/// `nspid` (a [`PRINT_NSPID`] line) says pid 1 of a namespace below the host's.
+fn assert_init_of_its_own_namespace(nspid: &str, output: &Output) {
+    let pids: Vec<&str> = nspid.split_whitespace().collect();
     assert!(
         pids.len() == 2 && pids[1] == "1",
         "not in a PID namespace of its own: {}",
-        text(&output)
+        text(output)
     );
 }
 
@@ -1242,22 +1249,14 @@ async fn with_debian_12s_landlock_an_unprivileged_user_gets_its_pid_namespace() 
     };
     let sandbox = Sandbox::new(policy).with_trampoline(TRAMPOLINE);
     let mut command = tokio::process::Command::new(&sandbox.trampoline);
-    command.args(sandbox.arguments("sh".as_ref())).args([
-        "-c",
-        "id -u; while read key value; do [ \"$key\" = NSpid: ] && echo $value; done < /proc/self/status; true",
-    ]);
+    command
+        .args(sandbox.arguments("sh".as_ref()))
+        .args(["-c", &format!("id -u; {PRINT_NSPID}")]);
     as_nobody(&mut command);
     let output = run(command).await;
     assert!(output.status.success(), "{}", text(&output));
     let out = stdout(&output);
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines.first(), Some(&"65534"), "{}", text(&output));
-    let pids: Vec<&str> = lines
-        .get(1)
-        .map_or(vec![], |l| l.split_whitespace().collect());
-    assert!(
-        pids.len() == 2 && pids[1] == "1",
-        "not in a PID namespace of its own: {}",
-        text(&output)
-    );
+    assert_init_of_its_own_namespace(lines.get(1).copied().unwrap_or(""), &output);
 }
