@@ -168,7 +168,14 @@ fn boot(share: &Path) -> Result<Vm, String> {
     let cache = std::env::var_os("SDSB_CACHE")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("/var/cache/hermes-systemd-sandbox"));
-    let output = Command::new(&script)
+    // The script does not lock its cache; .ci/run builds the image beside the earlier tests
+    // under this same lock (flock(1)), and this waits for it rather than build it twice at
+    // once.
+    let mut lock_path = cache.clone().into_os_string();
+    lock_path.push(".lock");
+    let output = Command::new("flock")
+        .arg(&lock_path)
+        .arg(&script)
         .arg(&cache)
         .arg("up")
         .env("SDSB_SHARE", share)
