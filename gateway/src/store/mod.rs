@@ -26,7 +26,7 @@ mod outbox;
 mod tests;
 
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use checkpoint::Checkpointer;
 pub use conversation::Exchange;
@@ -134,7 +134,8 @@ pub enum StoreError {
 }
 
 pub struct Store {
-    conn: Mutex<Connection>,
+    /// Shared with the checkpointer, which holds it to let the log start over.
+    conn: Arc<Mutex<Connection>>,
     path: PathBuf,
     /// None when its thread could not start: SQLite then checkpoints on its own.
     checkpointer: Option<Checkpointer>,
@@ -212,9 +213,11 @@ impl Store {
             tx.commit().map_err(err)?;
             tracing::info!("state store migrated to schema {}", from + 1);
         }
-        let checkpointer = match Checkpointer::start(path) {
+        let conn = Arc::new(Mutex::new(conn));
+        let checkpointer = match Checkpointer::start(path, conn.clone()) {
             Ok(c) => {
-                conn.pragma_update(None, "wal_autocheckpoint", 0)
+                lock(&conn)
+                    .pragma_update(None, "wal_autocheckpoint", 0)
                     .map_err(err)?;
                 Some(c)
             }
@@ -224,14 +227,14 @@ impl Store {
             }
         };
         Ok(Store {
-            conn: Mutex::new(conn),
+            conn,
             path: path.to_path_buf(),
             checkpointer,
         })
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Connection> {
-        self.conn.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock(&self) -> MutexGuard<'_, Connection> {
+        lock(&self.conn)
     }
 
     /// Commits `tx` and counts the write for the checkpointer.
@@ -249,6 +252,12 @@ impl Store {
             source,
         })
     }
+}
+
+/// The gateway's connection, also when a thread panicked holding it: every transaction
+/// on it either committed or rolled back with its guard.
+fn lock(conn: &Mutex<Connection>) -> MutexGuard<'_, Connection> {
+    conn.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn is_corruption(error: &rusqlite::Error) -> bool {

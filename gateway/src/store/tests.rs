@@ -558,3 +558,34 @@ fn a_corrupt_file_is_moved_aside() {
         });
     assert!(aside);
 }
+
+/// Each checkpoint runs on its own connection while the gateway goes on committing, so it
+/// never catches the last commit by itself; the log must start over anyway, or it grows
+/// with every message and each commit costs more (see `checkpoint`).
+#[test]
+fn the_log_starts_over_while_commits_go_on_during_checkpoints() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let checkpointer = store.checkpointer.as_ref().unwrap();
+    let wal = dir.path().join("state.db-wal");
+    let mut largest = 0;
+    for i in 1..=3000 {
+        let passes = checkpointer.passes_started();
+        store.accept(&[pending(i, "hi")], &[], i + 1).unwrap();
+        let stored = answer(&store, &[i], "an answer", None);
+        store.resolve_piece(stored[0].id).unwrap();
+        // Two counted commits a message: a pass was asked for. Let it begin, then go on
+        // writing while it runs, as the gateway does.
+        if i % 32 == 0 {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            while checkpointer.passes_started() == passes {
+                assert!(std::time::Instant::now() < deadline, "no checkpoint began");
+                std::thread::yield_now();
+            }
+        }
+        largest = largest.max(std::fs::metadata(&wal).unwrap().len());
+    }
+    // 1,024 frames of 4 KiB, and what is written while two checkpoints run; 3,000
+    // messages written to a log that never starts over take about 90 MiB.
+    assert!(largest < 16 << 20, "the log grew to {largest} bytes");
+}
