@@ -7,16 +7,18 @@
 //! waiting out flood control and backing off (capped, jittered) while Telegram or the
 //! network fails, for as long as `telegram.outbox_max_age_secs` allows. Telegram refusing
 //! it for good (the bot blocked, the chat gone) ends it; a group that became a supergroup
-//! gets it at its new id, its conversation moved there. Each piece leaves the store right
-//! after Telegram accepted it, and when a reply's last piece has left, the messages it
-//! answers are done. Pieces a run did not deliver are the next run's first work, in the
-//! same order.
+//! gets it at its new id, its conversation moved there. Each piece leaves the store once
+//! Telegram accepted it: with the store's next write, and at the latest before its chat's
+//! next piece goes, or [`RECORD_WITHIN`] after its chat's last; when a reply's last piece
+//! has left, the messages it answers are done. Pieces a run did not deliver are the next
+//! run's first work, in the same order.
 //!
-//! Telegram has no idempotency key, so exactly-once is "at most one piece twice": a crash
-//! between Telegram accepting a piece and the store forgetting it, or an accepted send
-//! whose answer was lost, sends that one piece again. Nothing else can.
+//! Telegram has no idempotency key, so exactly-once is "at most one piece of a chat
+//! twice": a crash between Telegram accepting a piece and the store forgetting it, or an
+//! accepted send whose answer was lost, sends that one piece again. Nothing else can.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -35,6 +37,9 @@ use hermes_retry::Backoff;
 const FIRST_RETRY: Duration = Duration::from_millis(500);
 /// A chat that moves more often than this while one piece is sent is given up on.
 const MAX_MOVES: u32 = 3;
+/// A delivered piece is removed from the store within this time even when nothing else
+/// is written (under load the next message's commit removes it sooner, at no cost).
+const RECORD_WITHIN: Duration = Duration::from_millis(10);
 
 #[derive(Clone)]
 pub struct Outbox {
@@ -74,6 +79,8 @@ struct Inner {
     chats: Mutex<HashMap<i64, Queue>>,
     tasks: TaskTracker,
     stop: CancellationToken,
+    /// A task will remove the pieces that left from the store.
+    recording: AtomicBool,
 }
 
 /// One chat's pieces waiting to go, and whether its task runs.
@@ -127,6 +134,7 @@ impl Outbox {
                 chats: Mutex::new(HashMap::new()),
                 tasks,
                 stop,
+                recording: AtomicBool::new(false),
             }),
         }
     }
@@ -243,7 +251,7 @@ impl Inner {
     }
 
     /// Sends the chat's pieces in order until none is left.
-    async fn drain(&self, chat: i64) {
+    async fn drain(self: &Arc<Self>, chat: i64) {
         let mut backoff = Backoff::new(FIRST_RETRY, self.config.retry_max);
         loop {
             let (next, dest) = {
@@ -282,17 +290,48 @@ impl Inner {
                     self.config.health.outbox_expired();
                 }
             }
-            if let Some(id) = next.id
-                && let Err(e) = self.config.store.resolve_piece(id)
-            {
-                // Left in the store, the piece goes again at the next start: one duplicate.
-                tracing::error!(chat_id = dest, "cannot record a delivered reply: {e}");
+            if let Some(id) = next.id {
+                self.config.store.piece_left(id);
             }
-            if let Some(queue) = self.lock().get_mut(&chat) {
+            let more = self.lock().get_mut(&chat).is_some_and(|queue| {
                 queue.pieces.pop_front();
+                !queue.pieces.is_empty()
+            });
+            if more {
+                // Recorded before the chat's next piece goes: a crash sends one piece of
+                // a chat again, never two.
+                self.record_left();
+            } else {
+                self.record_soon();
             }
             self.report();
         }
+    }
+
+    /// Removes the pieces that left from the store now.
+    fn record_left(&self) {
+        if let Err(e) = self.config.store.record_left() {
+            // Left in the store, a piece goes again at the next start: one duplicate.
+            tracing::error!("cannot record delivered replies: {e}");
+        }
+    }
+
+    /// Makes sure the pieces that left are removed from the store within
+    /// [`RECORD_WITHIN`], or at once when the gateway stops.
+    fn record_soon(self: &Arc<Self>) {
+        if self.recording.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let inner = self.clone();
+        self.tasks.spawn(async move {
+            tokio::select! {
+                _ = tokio::time::sleep(RECORD_WITHIN) => {}
+                _ = inner.stop.cancelled() => {}
+            }
+            // Cleared first: a piece that leaves from now on asks for a task of its own.
+            inner.recording.store(false, Ordering::Release);
+            inner.record_left();
+        });
     }
 
     /// Tries one piece until it is delivered, refused for good, or too old.

@@ -29,6 +29,7 @@ hermes_tests::both_modes!(
     an_answer_due_while_telegram_fails_every_send_for_20_s_arrives_once_when_it_recovers,
     an_answer_due_in_a_telegram_outage_arrives_once_across_a_gateway_restart,
     a_burst_of_ten_is_one_or_two_turns_with_every_text_and_nothing_is_sent_after_a_restart,
+    a_reply_delivered_to_an_idle_gateway_is_recorded_and_a_kill_sends_nothing_again,
     an_idle_gateway_exits_within_half_a_second_of_sigterm,
     a_second_gateway_on_the_same_state_is_refused_and_the_first_is_untouched,
     a_webhook_left_set_is_deleted_and_polling_goes_on,
@@ -390,6 +391,33 @@ async fn a_burst_of_ten_is_one_or_two_turns_with_every_text_and_nothing_is_sent_
         texts_of(&rig.telegram, USER).len(),
         1 + turns + 1,
         "nothing was sent again after the restart"
+    );
+}
+
+/// A delivered piece leaves the store with its next write, and an idle gateway writes
+/// nothing else: it is recorded on its own within moments, so a SIGKILL after that sends
+/// nothing twice.
+async fn a_reply_delivered_to_an_idle_gateway_is_recorded_and_a_kill_sends_nothing_again(
+    mode: WorkerMode,
+) {
+    // The next long poll's (empty) commit comes only after 30 s.
+    let rig = Rig::start(mode, |o| o.poll_timeout_secs = 30).await;
+    let id = rig.telegram.send_text(USER, USER, "hello");
+    let replies = rig.telegram.wait_for_chat_messages(USER, 1, PATIENCE).await;
+    assert_eq!(texts(&replies), ["echo: hello"]);
+    let db = state_db(&rig.gateway);
+    assert!(
+        eventually(Duration::from_secs(5), || outbox_len(&db) == 0
+            && inbox_done(&db, id))
+        .await,
+        "the delivered reply is still in the outbox: {}",
+        outbox_len(&db)
+    );
+    let rig = restart(rig, mode, Stop::Kill, |_| {}).await;
+    assert_eq!(rig.ask("after").await.text, "echo: after");
+    assert_eq!(
+        texts_of(&rig.telegram, USER),
+        ["echo: hello", "echo: after"]
     );
 }
 

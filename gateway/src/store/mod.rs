@@ -139,6 +139,9 @@ pub struct Store {
     path: PathBuf,
     /// None when its thread could not start: SQLite then checkpoints on its own.
     checkpointer: Option<Checkpointer>,
+    /// Outbox pieces that left (delivered, or refused for good) and are still in the
+    /// table: removed by the next transaction, whatever it commits (see [`outbox`]).
+    left: Mutex<Vec<i64>>,
 }
 
 fn now() -> i64 {
@@ -230,6 +233,7 @@ impl Store {
             conn,
             path: path.to_path_buf(),
             checkpointer,
+            left: Mutex::new(Vec::new()),
         })
     }
 
@@ -237,9 +241,21 @@ impl Store {
         lock(&self.conn)
     }
 
-    /// Commits `tx` and counts the write for the checkpointer.
+    /// Commits `tx` with the outbox pieces that left since the last commit removed, and
+    /// counts the write for the checkpointer. When it fails, those pieces wait for the
+    /// next one.
     fn commit(&self, tx: rusqlite::Transaction) -> Result<(), StoreError> {
-        self.wrap(tx.commit())?;
+        let left = std::mem::take(&mut *lock(&self.left));
+        let removed = left.iter().try_for_each(|id| {
+            tx.prepare_cached("DELETE FROM outbox WHERE id = ?1")
+                .and_then(|mut st| st.execute([id]))
+                .map(|_| ())
+        });
+        let committed = removed.and_then(|()| tx.commit());
+        if committed.is_err() {
+            lock(&self.left).extend(left);
+        }
+        self.wrap(committed)?;
         if let Some(c) = &self.checkpointer {
             c.wrote();
         }
@@ -254,10 +270,18 @@ impl Store {
     }
 }
 
-/// The gateway's connection, also when a thread panicked holding it: every transaction
-/// on it either committed or rolled back with its guard.
-fn lock(conn: &Mutex<Connection>) -> MutexGuard<'_, Connection> {
-    conn.lock().unwrap_or_else(|e| e.into_inner())
+impl Drop for Store {
+    fn drop(&mut self) {
+        if let Err(e) = self.record_left() {
+            tracing::error!("cannot record the delivered replies: {e}");
+        }
+    }
+}
+
+/// `mutex`'s value, also when a thread panicked holding it: a transaction either committed
+/// or rolled back with its guard, and a list of ids is whole after each push.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn is_corruption(error: &rusqlite::Error) -> bool {

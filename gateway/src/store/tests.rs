@@ -39,10 +39,16 @@ fn answer(store: &Store, answers: &[i64], text: &str, exchange: Option<&Exchange
         .unwrap()
 }
 
+/// Piece `id` was delivered, and the store records it now.
+fn deliver(store: &Store, id: i64) {
+    store.piece_left(id);
+    store.record_left().unwrap();
+}
+
 /// Answers `id` and delivers the answer at once.
 fn finish(store: &Store, id: i64, exchange: Option<&Exchange>) {
     for p in answer(store, &[id], "answer", exchange) {
-        store.resolve_piece(p.id).unwrap();
+        deliver(store, p.id);
     }
 }
 
@@ -88,7 +94,8 @@ fn a_reply_is_done_only_when_its_last_piece_left_and_survives_a_reopen_until_the
     assert_eq!(stored[1].reply, stored[0].id);
     // Answered: no turn takes them again, and they are not unanswered.
     assert_eq!(store.unanswered().unwrap(), vec![pending(3, "c")]);
-    store.resolve_piece(stored[0].id).unwrap();
+    // Closing the store records a piece that left.
+    store.piece_left(stored[0].id);
     drop(store);
 
     let store = Store::open(dir.path()).unwrap();
@@ -98,7 +105,7 @@ fn a_reply_is_done_only_when_its_last_piece_left_and_survives_a_reopen_until_the
     assert_eq!(left[0].reply, stored[0].id);
     let done = |id: i64| store.is_done(id).unwrap();
     assert!(!done(1) && !done(2));
-    store.resolve_piece(left[0].id).unwrap();
+    deliver(&store, left[0].id);
     assert!(done(1) && done(2) && !done(3));
     // The next start writes it down.
     assert!(store.outbox().unwrap().is_empty());
@@ -113,6 +120,25 @@ fn a_reply_is_done_only_when_its_last_piece_left_and_survives_a_reopen_until_the
     assert_eq!(written, 2);
     assert!(store.outbox().unwrap().is_empty());
     assert_eq!(store.last_question(7).unwrap().as_deref(), Some("a\nb"));
+}
+
+#[test]
+fn a_piece_that_left_is_removed_by_the_next_write_whatever_it_is() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    store.accept(&[pending(1, "a")], &[], 2).unwrap();
+    let stored = answer(&store, &[1], "answer", None);
+    store.piece_left(stored[0].id);
+    assert!(!store.is_done(1).unwrap(), "not written yet");
+    // The next message's commit takes it along.
+    store.accept(&[pending(2, "b")], &[], 3).unwrap();
+    assert!(store.is_done(1).unwrap());
+    assert!(store.outbox().unwrap().is_empty());
+    // With nothing else to write, recording commits it alone.
+    let stored = answer(&store, &[2], "answer", None);
+    store.piece_left(stored[0].id);
+    store.record_left().unwrap();
+    assert!(store.is_done(2).unwrap());
 }
 
 #[test]
@@ -573,7 +599,7 @@ fn the_log_starts_over_while_commits_go_on_during_checkpoints() {
         let passes = checkpointer.passes_started();
         store.accept(&[pending(i, "hi")], &[], i + 1).unwrap();
         let stored = answer(&store, &[i], "an answer", None);
-        store.resolve_piece(stored[0].id).unwrap();
+        store.piece_left(stored[0].id);
         // Two counted commits a message: a pass was asked for. Let it begin, then go on
         // writing while it runs, as the gateway does.
         if i % 32 == 0 {
