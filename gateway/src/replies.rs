@@ -152,6 +152,12 @@ pub fn answer_cut(limit_kib: usize) -> String {
     format!("\n\n✂️ (The answer was cut here: it was longer than {limit_kib} KiB.)")
 }
 
+/// The end of an answer's last message when the answer would have taken more than
+/// `messages` messages.
+pub fn answer_too_many_messages(messages: usize) -> String {
+    format!("\n\n✂️ (The answer was cut here: it was longer than {messages} messages.)")
+}
+
 /// The model answered with nothing but whitespace.
 pub const EMPTY_ANSWER: &str = "(The model returned an empty answer.)";
 

@@ -2,10 +2,20 @@
 //! over each run of it, with the blocks laid out as Telegram shows plain text (blank lines
 //! between paragraphs, bullets and numbers for lists, cells joined with `|`), and nothing
 //! Telegram would refuse (a link in a link, a quote in a quote, a scheme it forbids).
+//!
+//! Every step is bounded by the size of its input (invariant 9): a list nested a thousand
+//! deep is indented no further than [`MAX_INDENT_LEVELS`] levels, so no line's indentation
+//! grows with the nesting, and no step looks back over what was already laid out.
 
 use pulldown_cmark::{CodeBlockKind, Event, Options, Parser, Tag, TagEnd};
 
 use super::{Kind, Layout, Run, Style, common_prefix};
+
+/// Items nested deeper than this many levels stand beside the first item past them:
+/// deeper indentation tells a reader
+/// nothing more, and indenting each level by all the outer ones made a few KB of nested
+/// `- ` markers into megabytes of spaces (thousands of messages).
+pub(super) const MAX_INDENT_LEVELS: usize = 4;
 
 /// Lays out `markdown` (line ends already `\n`).
 pub(super) fn lay_out(markdown: &str) -> Layout {
@@ -30,8 +40,11 @@ struct Writer {
     pending: usize,
     /// The current list item's bullet or number, until its first text.
     marker: Option<String>,
-    /// One per open list item: the indentation that lines its text up under its marker.
-    indents: Vec<String>,
+    /// One per open list item, the outermost [`MAX_INDENT_LEVELS`] only: the width that
+    /// lines its text up under its marker.
+    indents: Vec<usize>,
+    /// Open list items past [`MAX_INDENT_LEVELS`]: they are not indented any further.
+    deeper_items: usize,
     /// One per open list: the next item's number, or `None` for bullets.
     lists: Vec<Option<u64>>,
     /// One per open tag that may add a style (some are dropped where Telegram forbids
@@ -126,7 +139,11 @@ impl Writer {
                     }
                     _ => "• ".to_string(),
                 };
-                self.indents.push(" ".repeat(marker.chars().count()));
+                if self.indents.len() < MAX_INDENT_LEVELS {
+                    self.indents.push(marker.chars().count());
+                } else {
+                    self.deeper_items += 1;
+                }
                 self.marker = Some(marker);
             }
             Tag::Table(_) => self.block_break(1),
@@ -199,7 +216,11 @@ impl Writer {
                     // An empty item still shows its bullet.
                     self.flush(false);
                 }
-                self.indents.pop();
+                if self.deeper_items > 0 {
+                    self.deeper_items -= 1;
+                } else {
+                    self.indents.pop();
+                }
                 self.block_break(1);
             }
             TagEnd::TableHead => {
@@ -319,10 +340,16 @@ impl Writer {
         let at_line_start = self.out.text.is_empty() || self.out.text.ends_with('\n');
         let prefix = match self.marker.take() {
             Some(marker) => {
-                let outer = self.indents.len().saturating_sub(1);
-                format!("{}{marker}", self.indents[..outer].concat())
+                // Past the kept depth every item stands where the first one past it does.
+                let outer = if self.deeper_items > 0 {
+                    self.indents.len()
+                } else {
+                    self.indents.len().saturating_sub(1)
+                };
+                let width: usize = self.indents[..outer].iter().sum();
+                format!("{}{marker}", " ".repeat(width))
             }
-            None if at_line_start && !code => self.indents.concat(),
+            None if at_line_start && !code => " ".repeat(self.indents.iter().sum()),
             None => String::new(),
         };
         self.push(&prefix, self.block_styles());
@@ -360,9 +387,18 @@ impl Writer {
         self.truncate(end);
     }
 
+    /// Cuts the text back to `end`: only the runs at the end are touched, so trimming
+    /// after every line costs nothing however long the answer is.
     fn truncate(&mut self, end: usize) {
         self.out.text.truncate(end);
-        self.out.runs.retain(|run| run.range.start < end);
+        while self
+            .out
+            .runs
+            .last()
+            .is_some_and(|run| run.range.start >= end)
+        {
+            self.out.runs.pop();
+        }
         if let Some(last) = self.out.runs.last_mut() {
             last.range.end = last.range.end.min(end);
         }
@@ -389,12 +425,37 @@ fn sanitize_language(info: &str) -> Option<String> {
 }
 
 /// Whether `url` has one of `schemes` (case-insensitive) and nothing Telegram would refuse
-/// in a URL: a link it refuses costs the whole message its formatting.
+/// in a URL (a link it refuses costs the whole message its formatting), and is not one of
+/// Telegram's own web links that act like a `tg:` link when tapped.
 fn link_allowed(url: &str, schemes: &[&str]) -> bool {
     let has_scheme = schemes.iter().any(|scheme| {
         url.get(..scheme.len())
             .is_some_and(|head| head.eq_ignore_ascii_case(scheme))
             && url.len() > scheme.len()
     });
-    has_scheme && !url.chars().any(|c| c.is_whitespace() || c.is_control())
+    has_scheme
+        && !url.chars().any(|c| c.is_whitespace() || c.is_control())
+        && !acts_in_telegram(url)
+}
+
+/// `t.me/proxy`, `t.me/socks`, `t.me/+…` and `t.me/joinchat/…` (and the same on
+/// telegram.me and telegram.dog): one tap sets up a proxy or joins a chat, so a model
+/// talked into one by a web page must not hide it behind innocent link text.
+fn acts_in_telegram(url: &str) -> bool {
+    let lower = url.to_ascii_lowercase();
+    let Some(rest) = ["https://", "http://"]
+        .iter()
+        .find_map(|scheme| lower.strip_prefix(scheme))
+    else {
+        return false;
+    };
+    let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
+    // Credentials or a port before the host do not change where the link goes.
+    let host = host.rsplit('@').next().unwrap_or(host);
+    let host = host.split(':').next().unwrap_or(host).trim_end_matches('.');
+    let host = host.strip_prefix("www.").unwrap_or(host);
+    ["t.me", "telegram.me", "telegram.dog"].contains(&host)
+        && ["proxy", "socks", "+", "%2b", "joinchat"]
+            .iter()
+            .any(|kind| path.starts_with(kind))
 }

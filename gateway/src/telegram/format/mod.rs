@@ -13,11 +13,17 @@
 
 use std::ops::Range;
 
-use super::split::cut;
+use super::split::{Cutter, utf16_len};
+use crate::replies;
 
 mod markdown;
 #[cfg(test)]
 mod tests;
+
+/// The most messages one answer becomes. An answer is at most 64 KiB of text, but a
+/// model's Markdown can lay out far longer (or be cut very fine), and a chat flooded with
+/// hundreds of messages is not an answer; past this the last message ends with a note.
+pub const MAX_PIECES: usize = 10;
 
 /// One message's worth of a reply: Telegram HTML, and the same text without markup for
 /// when Telegram refuses the HTML.
@@ -27,25 +33,43 @@ pub struct Piece {
     pub plain: String,
 }
 
-/// Renders `markdown` and cuts it into pieces whose visible text is at most `limit` UTF-16
-/// units (a `limit` under 2 is taken as 2: a character outside the BMP needs two).
+/// Renders `markdown` and cuts it into at most [`MAX_PIECES`] pieces whose visible text is
+/// at most `limit` UTF-16 units (a `limit` under 2 is taken as 2: a character outside the
+/// BMP needs two). Time and memory are linear in the length of `markdown`.
 ///
 /// Always returns at least one piece, and no piece is empty, except for blank `markdown`:
 /// then the one piece is empty, as there is nothing to send. Markdown that renders to
 /// nothing visible (only a link reference definition, an empty fence) is sent as its source
-/// text rather than lost.
+/// text rather than lost. An answer that needs more pieces is cut in the last one, which
+/// ends with a note saying so (when the limit leaves room for it).
 pub fn render(markdown: &str, limit: usize) -> Vec<Piece> {
     let limit = limit.max(2);
     let layout = layout(markdown);
     if layout.text.is_empty() {
         return vec![Piece::default()];
     }
-    let mut pieces: Vec<Piece> = cut(&layout.text, limit)
-        .into_iter()
-        .map(|range| layout.piece(range))
-        .collect();
+    let mut cutter = Cutter::new(&layout.text);
+    let mut pieces = Vec::new();
+    while pieces.len() + 1 < MAX_PIECES {
+        match cutter.next_piece(limit) {
+            Some(range) => pieces.push(layout.piece(range)),
+            None => break,
+        }
+    }
+    if pieces.len() + 1 == MAX_PIECES {
+        let note = replies::answer_too_many_messages(MAX_PIECES);
+        let room = limit.saturating_sub(utf16_len(&note));
+        if cutter.rest_fits(limit) || room < 2 {
+            pieces.extend(cutter.next_piece(limit).map(|range| layout.piece(range)));
+        } else if let Some(range) = cutter.next_piece(room) {
+            let mut last = layout.piece(range);
+            last.html.push_str(&escape(&note));
+            last.plain.push_str(&note);
+            pieces.push(last);
+        }
+    }
     if pieces.is_empty() {
-        // `cut` always keeps the last, non-blank piece; this only guards that promise.
+        // The cutter always keeps the last, non-blank piece; this only guards that promise.
         pieces.push(Piece::default());
     }
     pieces

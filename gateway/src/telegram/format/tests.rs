@@ -118,9 +118,14 @@ fn check(markdown: &str, limit: usize) -> Result<(), String> {
     if pieces.is_empty() {
         return Err("no piece".into());
     }
+    if pieces.len() > MAX_PIECES {
+        return Err(format!("{} pieces", pieces.len()));
+    }
     let whole = layout(markdown).text;
+    let note = crate::replies::answer_too_many_messages(MAX_PIECES);
+    let mut cut_short = false;
     let mut at = 0;
-    for piece in &pieces {
+    for (i, piece) in pieces.iter().enumerate() {
         let visible = visible_text(&piece.html).map_err(|e| format!("{e} in {:?}", piece.html))?;
         if visible != piece.plain {
             return Err(format!("visible {visible:?} != plain {:?}", piece.plain));
@@ -131,16 +136,25 @@ fn check(markdown: &str, limit: usize) -> Result<(), String> {
         if piece.plain.trim().is_empty() && !markdown.trim().is_empty() {
             return Err("empty piece".into());
         }
+        let mut shown = piece.plain.as_str();
+        if i + 1 == MAX_PIECES
+            && let Some(before_note) = shown.strip_suffix(note.as_str())
+        {
+            shown = before_note;
+            cut_short = true;
+        }
         // The pieces are the whole text, in order, but for whitespace between them.
-        let gap = whole[at..]
-            .find(&piece.plain)
-            .ok_or("piece not in the text")?;
+        let gap = whole[at..].find(shown).ok_or("piece not in the text")?;
         if !whole[at..at + gap].trim().is_empty() {
             return Err(format!("lost {:?}", &whole[at..at + gap]));
         }
-        at += gap + piece.plain.len();
+        at += gap + shown.len();
     }
-    if !whole[at..].trim().is_empty() {
+    // Only the last allowed piece may leave the rest out, and it says so (a limit too
+    // small for the note cuts without one).
+    let note_fits = utf16_len(&note) + 2 <= limit.max(2);
+    let may_lose_the_end = cut_short || (pieces.len() == MAX_PIECES && !note_fits);
+    if !may_lose_the_end && !whole[at..].trim().is_empty() {
         return Err(format!("lost the end {:?}", &whole[at..]));
     }
     Ok(())
@@ -512,6 +526,94 @@ fn the_checker_rejects_what_telegram_would() {
     );
 }
 
+/// The worst shapes found for layout: each nesting construct a few thousand deep. Today's
+/// renderer must lay each out in proportion to its length (no line indented by all the
+/// levels above it) and send it in at most [`MAX_PIECES`] messages.
+fn nested_answers(depth: usize) -> Vec<(&'static str, String)> {
+    vec![
+        ("bullets", format!("{}text", "- ".repeat(depth))),
+        ("numbers", format!("{}text", "1. ".repeat(depth))),
+        (
+            // Its own source grows with the square of the depth: a few hundred levels.
+            "indented bullets",
+            (0..depth.min(300))
+                .map(|i| format!("{}- item {i}\n", "  ".repeat(i)))
+                .collect(),
+        ),
+        ("quotes", format!("{}text", "> ".repeat(depth))),
+        ("quoted bullets", format!("{}text", "> - ".repeat(depth))),
+        (
+            "emphasis",
+            format!("{}text{}", "*_".repeat(depth), "_*".repeat(depth)),
+        ),
+        (
+            "links",
+            format!("{}x{}", "[".repeat(depth), "](https://x.org)".repeat(depth)),
+        ),
+    ]
+}
+
+#[test]
+fn deeply_nested_markdown_lays_out_in_proportion_to_its_length() {
+    for (shape, markdown) in nested_answers(3000) {
+        let laid_out = layout(&markdown).text.len();
+        assert!(
+            laid_out <= 8 * markdown.len() + 64,
+            "{shape}: {} bytes of Markdown laid out as {laid_out}",
+            markdown.len()
+        );
+        check(&markdown, LIMIT).unwrap_or_else(|e| panic!("{shape}: {e}"));
+    }
+}
+
+#[test]
+fn items_past_the_kept_depth_stand_beside_the_first_one_past_it() {
+    let markdown = "- a\n  - b\n    - c\n      - d\n        - e\n          - f";
+    assert_eq!(
+        layout(markdown).text,
+        "• a\n  • b\n    • c\n      • d\n        • e\n        • f"
+    );
+}
+
+#[test]
+fn an_answer_of_many_messages_is_cut_in_the_last_allowed_one_with_a_note() {
+    let markdown = "word ".repeat(20_000);
+    let pieces = render(&markdown, LIMIT);
+    assert_eq!(pieces.len(), MAX_PIECES);
+    let note = crate::replies::answer_too_many_messages(MAX_PIECES);
+    let last = &pieces[MAX_PIECES - 1];
+    assert!(last.plain.ends_with(&note), "{:?}", last.plain);
+    assert!(last.html.ends_with(&escape(&note)));
+    check(&markdown, LIMIT).unwrap();
+    // Exactly the allowance: no note.
+    let fits = "word ".repeat(4000);
+    let pieces = render(&fits, 2000);
+    assert_eq!(pieces.len(), MAX_PIECES);
+    assert!(!pieces[MAX_PIECES - 1].plain.contains('✂'));
+    check(&fits, 2000).unwrap();
+}
+
+#[test]
+fn telegram_links_that_act_on_a_tap_are_shown_as_text() {
+    for url in [
+        "https://t.me/proxy?server=evil.example&port=443&secret=ee",
+        "https://T.ME/socks?server=evil.example&port=1080",
+        "https://t.me/+AbCdEf",
+        "https://t.me/%2BAbCdEf",
+        "https://t.me/joinchat/AbCdEf",
+        "http://telegram.me/joinchat/AbCdEf",
+        "https://www.telegram.dog/proxy?server=x",
+        "https://user@t.me:443/+x",
+    ] {
+        let piece = one(&format!("[free stuff]({url})"));
+        assert_eq!(piece.html, "free stuff", "{url}");
+    }
+    assert_eq!(
+        html("[channel](https://t.me/durov)"),
+        "<a href=\"https://t.me/durov\">channel</a>"
+    );
+}
+
 /// Fragments a model's Markdown is made of, with the awkward ones over-represented.
 fn markdownish() -> impl Strategy<Value = String> {
     let fragment = prop::sample::select(vec![
@@ -595,5 +697,23 @@ proptest! {
     fn markdownish_text_at_telegrams_limit(text in prop::collection::vec(markdownish(), 0..30)) {
         let text = text.concat().repeat(8);
         prop_assert_eq!(check(&text, LIMIT), Ok(()));
+    }
+}
+
+proptest! {
+    // Answers up to the gateway's bound: a few cases, each of up to 64 KiB.
+    #![proptest_config(ProptestConfig::with_cases(24))]
+
+    #[test]
+    fn any_answer_up_to_the_bound_stays_within_the_piece_cap(
+        text in prop::collection::vec(markdownish(), 1..40),
+        nesting in 0usize..2000,
+    ) {
+        let unit = text.concat();
+        let mut answer = "- ".repeat(nesting);
+        while answer.len() + unit.len() <= crate::jobs::MAX_ANSWER_BYTES && !unit.is_empty() {
+            answer.push_str(&unit);
+        }
+        prop_assert_eq!(check(&answer, LIMIT), Ok(()));
     }
 }
