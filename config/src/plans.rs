@@ -1,0 +1,114 @@
+//! What every job of a configuration is sent with ([`JobPlans`]): the provider chain with
+//! its keys read, the tool servers with their variables resolved and what their sandbox
+//! hides (the file itself, its secret files, the credentials and state directories).
+
+use std::path::{Path, PathBuf};
+
+use hermes_protocol::{ProviderPlan, ToolServer, TranscriptionPlan};
+
+use crate::Config;
+use crate::report::Problem;
+use crate::secrets::SecretSource;
+
+impl Config {
+    /// What no tool may read, as far as this file tells: the file itself, every secret
+    /// file it names, systemd's credentials directory (`$CREDENTIALS_DIRECTORY`) and
+    /// `state.dir` when set. Absolute (relative ones are taken from the working
+    /// directory). The gateway adds the state and runtime directories it chose.
+    pub fn hidden_paths(&self) -> Vec<PathBuf> {
+        let secrets = std::iter::once(&self.telegram.token)
+            .chain(self.providers.iter().filter_map(|p| p.api_key.as_ref()))
+            .filter_map(SecretSource::file);
+        let credentials = std::env::var_os("CREDENTIALS_DIRECTORY")
+            .filter(|d| !d.is_empty())
+            .map(PathBuf::from);
+        let mut hidden: Vec<PathBuf> = std::iter::once(self.path.clone())
+            .chain(secrets)
+            .chain(credentials)
+            .chain(self.state.dir.clone())
+            .map(|p| absolute(&p))
+            .collect();
+        hidden.sort();
+        hidden.dedup();
+        hidden
+    }
+
+    /// The provider chain and the tool servers as a job carries them, every key and
+    /// passed-through variable read now; each one that cannot be is a problem.
+    pub fn job_plans(&self) -> Result<JobPlans, Vec<Problem>> {
+        let mut problems = Vec::new();
+        let mut plans = JobPlans::default();
+        for provider in &self.providers {
+            match provider.plan() {
+                Ok(plan) => plans.providers.push(plan),
+                Err(problem) => problems.push(problem),
+            }
+        }
+        let hidden = self.hidden_paths();
+        for server in &self.tools.mcp {
+            match server.spec() {
+                Ok(mut spec) => {
+                    if let Some(confinement) = &mut spec.sandbox {
+                        confinement.hidden = hidden.clone();
+                    }
+                    plans.tools.push(spec);
+                }
+                Err(message) => problems.push(Problem {
+                    line: server.line,
+                    key: format!("{}.env", server.key),
+                    message,
+                }),
+            }
+        }
+        plans.transcription = self.transcription.as_ref().and_then(|t| {
+            let provider = plans.providers.iter().find(|p| p.name == t.provider)?;
+            Some(TranscriptionPlan {
+                provider: provider.clone(),
+                model: t.model.clone(),
+            })
+        });
+        if problems.is_empty() {
+            Ok(plans)
+        } else {
+            Err(problems)
+        }
+    }
+}
+
+/// `path` from the working directory when relative; as it is when that cannot be known.
+pub fn absolute(path: &Path) -> PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
+}
+
+/// What every job of this configuration is sent with.
+#[derive(Debug, Clone, Default)]
+pub struct JobPlans {
+    /// Tried in order: the first is the primary, the rest are fallbacks.
+    pub providers: Vec<ProviderPlan>,
+    pub tools: Vec<ToolServer>,
+    /// `[transcription]` with its provider's key read.
+    pub transcription: Option<TranscriptionPlan>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_support::{MINIMAL, parse};
+
+    #[test]
+    fn the_configuration_and_its_secret_files_are_hidden_from_tools() {
+        let text = MINIMAL
+            .replace("token_env = \"TG\"", "token_file = \"/run/keys/telegram\"")
+            .replace(
+                "model = \"m\"",
+                "model = \"m\"\napi_key_file = \"/run/keys/provider\"",
+            );
+        let config = parse(&text).unwrap();
+        let hidden = config.hidden_paths();
+        for path in ["/run/keys/telegram", "/run/keys/provider"] {
+            assert!(hidden.contains(&PathBuf::from(path)), "{hidden:?}");
+        }
+        assert!(hidden.iter().all(|p| p.is_absolute()), "{hidden:?}");
+        assert!(hidden.contains(&absolute(Path::new("hermes.toml"))));
+    }
+}
