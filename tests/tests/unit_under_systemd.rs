@@ -2,9 +2,9 @@
 //! the throwaway VM of `../shared/systemd-sandbox/` (containers on these machines cannot
 //! enforce `MemoryMax=` or trigger `OOMPolicy=`). One boot:
 //!
-//! 0. the README's "Operating it", line for line: binaries in `/usr/local/bin`, the
-//!    README's own configuration (its `*_env` keys exported in the installing shell, and
-//!    the URL of a Bot API stub that holds `getUpdates` for its timeout as Telegram does),
+//! 0. "Operating it" (`docs/OPERATING.md`), line for line: binaries in `/usr/local/bin`,
+//!    the README's own configuration (its `*_env` keys exported in the installing shell,
+//!    and the URL of a Bot API stub that holds `getUpdates` for its timeout as Telegram does),
 //!    `check-config`, `service install`, `systemctl enable --now`; no drop-in touches
 //!    credentials or the environment. Then the unit is active, `hermes-gateway status` with
 //!    no arguments exits 0 and names the workers (as root from the state, as another user
@@ -210,18 +210,19 @@ const HOST_FROM_GUEST: &str = "10.0.2.2";
 /// Said in a chat before the attacks, so the state database holds it: no tool result may.
 const HISTORY: &str = "the launch code is swordfish-7731";
 
-fn readme() -> String {
-    std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md"))
-        .expect("read README.md")
+/// A Markdown file of the repository, by its path from the root (`docs/OPERATING.md`).
+fn doc(path: &str) -> String {
+    std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(path))
+        .unwrap_or_else(|e| panic!("read {path}: {e}"))
 }
 
-/// The lines of the first fenced block of `language` after `heading` in the README.
-fn readme_block(readme: &str, heading: &str, language: &str) -> Vec<String> {
-    let lines: Vec<&str> = readme.lines().collect();
+/// The lines of the first fenced block of `language` after `heading` in `doc`.
+fn doc_block(doc: &str, heading: &str, language: &str) -> Vec<String> {
+    let lines: Vec<&str> = doc.lines().collect();
     let from = lines
         .iter()
         .position(|l| l.trim() == heading)
-        .unwrap_or_else(|| panic!("README has no {heading:?}"));
+        .unwrap_or_else(|| panic!("no heading {heading:?}"));
     let fence = format!("```{language}");
     let start = from
         + lines[from..]
@@ -244,7 +245,7 @@ fn readme_block(readme: &str, heading: &str, language: &str) -> Vec<String> {
 /// The README's configuration (step 3 of "Running it for real"), pointed at `api_url`,
 /// with `extra` appended (a `[workers]` table for the incidents).
 fn configuration(api_url: &str, extra: &str) -> String {
-    let mut lines = readme_block(&readme(), "## Running it for real", "toml");
+    let mut lines = doc_block(&doc("README.md"), "## Running it for real", "toml");
     let telegram = lines
         .iter()
         .position(|l| l == "[telegram]")
@@ -390,9 +391,9 @@ fn the_unit_under_a_real_systemd() {
         began.elapsed().as_secs_f64()
     );
 
-    // 0. The README's "Operating it", line for line, in one shell: the exported secrets
-    // are the installing shell's, as an operator's would be.
-    let install: Vec<String> = readme_block(&readme(), "## Operating it", "sh")
+    // 0. "Operating it" (docs/OPERATING.md), line for line, in one shell: the exported
+    // secrets are the installing shell's, as an operator's would be.
+    let install: Vec<String> = doc_block(&doc("docs/OPERATING.md"), "## Operating it", "sh")
         .into_iter()
         .map(|l| {
             l.replace(
@@ -435,9 +436,9 @@ fn the_unit_under_a_real_systemd() {
         as_nobody.contains("(healthy), as systemd reports it"),
         "{as_nobody}"
     );
-    // As the README says: nothing at priority warning or above. (A guarantee the sandbox
-    // cannot keep would be information while no tool is configured, a warning once one
-    // is: phase 5 checks that there is none.)
+    // As docs/OPERATING.md says: nothing at priority warning or above. (A guarantee the
+    // sandbox cannot keep would be information while no tool is configured, a warning once
+    // one is: phase 5 checks that there is none.)
     let warnings = vm.run("journalctl -u hermes-gateway -p warning -b --no-pager -o cat");
     let noise: Vec<&str> = warnings
         .lines()
@@ -477,7 +478,7 @@ fn the_unit_under_a_real_systemd() {
     let (idle_stop, idle_result) = vm.timed_stop();
     assert_eq!(idle_result, "success", "{}", vm.journal());
     println!(
-        "operator path: installed from the README, healthy, no warnings; idle stop {idle_stop:.2} s"
+        "operator path: installed as docs/OPERATING.md says, healthy, no warnings; idle stop {idle_stop:.2} s"
     );
     // Where the stop's time went, as the journal saw it (the gateway's part and systemd's).
     println!(

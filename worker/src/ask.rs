@@ -186,7 +186,7 @@ fn advice(failure: &Failure) -> &'static str {
         }
         FailureClass::WorkerCrashed | FailureClass::Cancelled => "the job did not finish",
         FailureClass::Media => {
-            "the file could not be given to the model: see [transcription], vision = true, and the supported file types in the README"
+            "the file could not be given to the model: see [transcription], vision = true, and the supported file types in docs/CHAT.md"
         }
     }
 }
