@@ -56,6 +56,7 @@
 mod approvals;
 mod chats;
 mod check_config;
+mod child;
 mod circuit;
 mod clock;
 mod commands;
