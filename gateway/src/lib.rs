@@ -16,14 +16,15 @@
 //! - `telegram`: the `getUpdates` loop (`telegram::poller`), what an update says and
 //!   whether it is for the bot (`telegram::incoming`), a webhook in polling's way
 //!   (`telegram::webhook`), sending (`telegram::sender`), the answer shown as it is
-//!   written (`telegram::live`), Markdown to Telegram HTML (`telegram::format`) and
-//!   cutting to size (`telegram::split`);
+//!   written (`telegram::live`), Markdown to Telegram HTML (`telegram::format`, its
+//!   parsing in `telegram::format::markdown`) and cutting to size (`telegram::split`);
 //! - `chats`: one task per chat, from stored messages to their one reply: the task takes
 //!   its turns (the messages that waited, together) in `chats::turns`, a turn becomes a
 //!   job in `chats::prepare`, its progress and outcome reach the chat and the outbox in
 //!   `chats::deliver`;
-//! - `commands`: one module per command (`/new`, `/stop`, `/retry`, `/model`,
-//!   `/status`), each owning what it does; `replies`: every text the user reads;
+//! - `commands`: one module per command (`commands::new`, `commands::stop`,
+//!   `commands::retry`, `commands::model`, `commands::status`), each owning what it does;
+//!   `replies`: every text the user reads;
 //! - `jobs`: the seam between the chats and what runs their jobs ([`JobRunner`]);
 //! - `media`: voice notes, photos and files: what the inbox keeps of them
 //!   (`media::reference`), what the configuration refuses (`media::refusal`), fetched
@@ -31,15 +32,23 @@
 //!   job's end removes (`media::job_files`);
 //! - `supervisor`: the job runner of the product: starting, authenticating
 //!   (`supervisor::listener`), watching and killing workers, one slot each
-//!   (`supervisor::slot`), the Unix side in `supervisor::process`;
-//! - `store`: SQLite: the durable inbox, the outbox and the conversations; `outbox`:
-//!   sending every committed reply, in order per chat, until Telegram has it;
+//!   (`supervisor::slot`), one worker as the supervisor sees it (`supervisor::worker`),
+//!   its scratch directory (`supervisor::scratch`) and its stderr in the log
+//!   (`supervisor::stderr_log`), the Unix side in `supervisor::process`; `child`: what
+//!   every process started from the worker binary gets between fork and exec (first for
+//!   the OOM killer), below the supervisor and the sandbox probe alike;
+//! - `store`: SQLite: the durable inbox (`store::inbox`), the outbox (`store::outbox`)
+//!   and the conversations (`store::conversation`), WAL checkpoints on a thread of their
+//!   own (`store::checkpoint`); `outbox`: sending every committed reply, in order per
+//!   chat, until Telegram has it (each chat's queue in `outbox::queue`, sending it in
+//!   `outbox::delivery`);
 //! - `state_dir`: the state directory private (0700, files 0600) and one gateway's alone
 //!   (a `flock`);
 //! - `circuit`: skipping a provider whose quota is exhausted, for a cool-down;
-//! - `health`, `systemd`: what the gateway knows about itself, and sd_notify
-//!   (READY, STATUS, WATCHDOG); `status`: publishing it to the state directory, and
-//!   `status::report`, the `hermes-gateway status` command that reads it;
+//! - `health`, `systemd`: what the gateway knows about itself (the published snapshot
+//!   and how it is judged: `health::snapshot`), and sd_notify (READY, STATUS, WATCHDOG);
+//!   `status`: publishing it to the state directory, and `status::report`, the
+//!   `hermes-gateway status` command that reads it;
 //! - `signals`: stop and reload signals with their sender, for the shutdown record (and
 //!   ignored when a descendant sent them);
 //! - `sandbox`: what each tool server's sandbox hides and protects, and what the kernel
@@ -56,6 +65,7 @@
 mod approvals;
 mod chats;
 mod check_config;
+mod child;
 mod circuit;
 mod clock;
 mod commands;

@@ -141,7 +141,7 @@ pub async fn probe(worker: &Path) -> Report {
         command.pre_exec(|| {
             // It runs the worker binary, which may misbehave as a worker can: first for
             // the OOM killer, as a worker is.
-            crate::supervisor::first_for_the_oom_killer();
+            crate::child::first_for_the_oom_killer();
             // A binary that is not what it should be must not take the machine's memory.
             nix::sys::resource::setrlimit(
                 nix::sys::resource::Resource::RLIMIT_AS,

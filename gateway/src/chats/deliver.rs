@@ -112,21 +112,14 @@ pub fn deliver(
     stop_requests: Vec<i64>,
     started: Instant,
 ) -> bool {
-    let Request {
-        id,
-        chat,
-        rows,
-        user_id,
-        text,
-        media,
-    } = request;
+    let chat = request.chat;
     let outbox = &inner.ctx.outbox;
     let elapsed_ms = started.elapsed().as_millis();
     let edit = live.final_edit();
     // Store errors are logged by the outbox, which still sends the reply.
     match outcome {
         Outcome::Reply(reply) => {
-            tracing::info!(job_id = %id, chat_id = chat, user_id, provider = %reply.provider, elapsed_ms, "answered");
+            tracing::info!(job_id = %request.id, chat_id = chat, user_id = request.user_id, provider = %reply.provider, elapsed_ms, "answered");
             let mut shown = if reply.text.trim().is_empty() {
                 replies::EMPTY_ANSWER.to_string()
             } else {
@@ -137,7 +130,7 @@ pub fn deliver(
             }
             // The conversation keeps a voice note as what it said, and any other file as
             // its placeholder: later turns send the model a reference, not the file.
-            let question = heard_question(&text, &media, &reply.heard);
+            let question = heard_question(&request.text, &request.media, &reply.heard);
             let mut transcript = if reply.transcript.is_empty() {
                 vec![ChatMessage::new(Role::Assistant, reply.text.clone())]
             } else {
@@ -159,7 +152,7 @@ pub fn deliver(
             };
             let _ = outbox.send(Reply {
                 chat,
-                answers: &rows,
+                answers: &request.rows,
                 text: &shown,
                 pieces: format::render(&shown, MESSAGE_LIMIT),
                 edit,
@@ -170,7 +163,7 @@ pub fn deliver(
         Outcome::Failed(Failure::Cancelled {
             reason: CancelReason::ByUser,
         }) => {
-            tracing::info!(job_id = %id, chat_id = chat, user_id, elapsed_ms, "stopped by /stop");
+            tracing::info!(job_id = %request.id, chat_id = chat, user_id = request.user_id, elapsed_ms, "stopped by /stop");
             // One reply for the job's messages, the /stops, and what waited behind it.
             let through = stop_requests.iter().copied().max().unwrap_or(i64::MAX);
             let waiting = inner.ctx.store.waiting(chat, through).unwrap_or_else(|e| {
@@ -178,7 +171,7 @@ pub fn deliver(
                 Vec::new()
             });
             inner.no_longer_waiting(chat, waiting.len());
-            let mut answers = rows;
+            let mut answers = request.rows;
             answers.extend(stop_requests);
             answers.extend(waiting);
             let _ = outbox.send(Reply {
@@ -188,12 +181,12 @@ pub fn deliver(
                 pieces: plain_pieces(replies::STOPPED),
                 edit,
                 exchange: None,
-                question: Some(&text),
+                question: Some(&request.text),
             });
             return false;
         }
         Outcome::Failed(failure @ Failure::Cancelled { .. }) => {
-            tracing::warn!(job_id = %id, chat_id = chat, user_id, elapsed_ms, "failed: {failure}");
+            tracing::warn!(job_id = %request.id, chat_id = chat, user_id = request.user_id, elapsed_ms, "failed: {failure}");
             // Cut short by the gateway stopping: the messages stay waiting, answered by
             // the next run; the chat is told so, and the reply answers nothing.
             let notice = replies::failure_text(&failure);
@@ -210,16 +203,16 @@ pub fn deliver(
             return true;
         }
         Outcome::Failed(failure) => {
-            tracing::warn!(job_id = %id, chat_id = chat, user_id, class = %failure.class(), elapsed_ms, "failed: {failure}");
+            tracing::warn!(job_id = %request.id, chat_id = chat, user_id = request.user_id, class = %failure.class(), elapsed_ms, "failed: {failure}");
             let reply = replies::failure_text(&failure);
             let _ = outbox.send(Reply {
                 chat,
-                answers: &rows,
+                answers: &request.rows,
                 text: &reply,
                 pieces: plain_pieces(&reply),
                 edit,
                 exchange: None,
-                question: Some(&text),
+                question: Some(&request.text),
             });
         }
     }

@@ -14,7 +14,6 @@
 
 mod listener;
 mod process;
-pub use process::first_for_the_oom_killer;
 mod scratch;
 mod slot;
 mod stderr_log;

@@ -24,6 +24,8 @@ use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use tokio::process::{Child, ChildStderr, Command};
 
+use crate::child::first_for_the_oom_killer;
+
 /// Environment variables a worker inherits from the gateway; everything else is dropped.
 /// Proxy settings stay because providers may only be reachable through one.
 const INHERITED_ENV: &[&str] = &[
@@ -59,24 +61,6 @@ pub struct SpawnSpec {
     pub scratch_root: PathBuf,
     /// `RLIMIT_AS` in MiB; 0 for none.
     pub memory_limit_mb: u64,
-}
-
-/// In a child between fork and exec: makes it the OOM killer's first choice, whatever the
-/// binary it becomes does (it would otherwise inherit the gateway's own lowered score, and
-/// under a unit's `MemoryMax=` the kernel could pick the gateway while a worker's memory
-/// is still being freed). Only async-signal-safe calls (prctl, open, write, close).
-pub fn first_for_the_oom_killer() {
-    // The fork inherits the gateway's PR_SET_DUMPABLE 0, under which /proc/self belongs
-    // to root and an unprivileged service could not write its own score; exec resets the
-    // flag anyway (and the worker clears it again at start).
-    let _ = nix::sys::prctl::set_dumpable(true);
-    if let Ok(fd) = nix::fcntl::open(
-        c"/proc/self/oom_score_adj",
-        nix::fcntl::OFlag::O_WRONLY | nix::fcntl::OFlag::O_CLOEXEC,
-        nix::sys::stat::Mode::empty(),
-    ) {
-        let _ = nix::unistd::write(&fd, b"1000");
-    }
 }
 
 /// Starts `program serve` in its own process group with a one-time `token`, its tools to

@@ -1,0 +1,223 @@
+//! The outbox's delivery: one chat's pieces sent in order, each tried until Telegram takes
+//! it, refuses it for good, or it is too old, through flood control, network failures,
+//! entities Telegram cannot parse, a preview that cannot be edited and a group that became
+//! a supergroup; and the store told which pieces left, before the chat's next piece goes.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use hermes_retry::Backoff;
+
+use super::Inner;
+use super::queue::Queued;
+use crate::clock::unix_now;
+use crate::telegram::sender::SendError;
+
+/// First wait after a failed send; the cap is `telegram.retry_max_secs`.
+const FIRST_RETRY: Duration = Duration::from_millis(500);
+/// A chat that moves more often than this while one piece is sent is given up on.
+const MAX_MOVES: u32 = 3;
+/// A delivered piece is removed from the store within this time even when nothing else
+/// is written (under load the next message's commit removes it sooner, at no cost).
+const RECORD_WITHIN: Duration = Duration::from_millis(10);
+
+/// How a piece left the outbox.
+enum Resolution {
+    Delivered,
+    Refused(String),
+    Expired,
+}
+
+impl Inner {
+    /// Sends the chat's pieces in order until none is left.
+    pub(super) async fn drain(self: &Arc<Self>, chat: i64) {
+        let mut backoff = Backoff::new(FIRST_RETRY, self.config.retry_max);
+        loop {
+            let (next, dest) = {
+                let mut chats = self.lock();
+                let Some(queue) = chats.get_mut(&chat) else {
+                    return;
+                };
+                match queue.pieces.front() {
+                    Some(next) => (next.clone(), queue.moved_to.unwrap_or(chat)),
+                    None => {
+                        if queue.moved_to.is_none() {
+                            chats.remove(&chat);
+                        } else {
+                            queue.draining = false;
+                        }
+                        return;
+                    }
+                }
+            };
+            let resolution = self.deliver(chat, dest, &next, &mut backoff).await;
+            match &resolution {
+                Resolution::Delivered => {}
+                Resolution::Refused(why) => {
+                    tracing::warn!(
+                        chat_id = dest,
+                        "Telegram refused a reply for good ({why}); it is dropped"
+                    );
+                    self.config.health.outbox_refused();
+                }
+                Resolution::Expired => {
+                    tracing::warn!(
+                        chat_id = dest,
+                        "dropped a reply that could not be delivered within {} s",
+                        self.config.max_age.as_secs()
+                    );
+                    self.config.health.outbox_expired();
+                }
+            }
+            if let Some(id) = next.id {
+                self.config.store.piece_left(id);
+            }
+            let more = self.lock().get_mut(&chat).is_some_and(|queue| {
+                queue.pieces.pop_front();
+                !queue.pieces.is_empty()
+            });
+            if more {
+                // Recorded before the chat's next piece goes: a crash sends one piece of
+                // a chat again, never two.
+                self.record_left();
+            } else {
+                self.record_soon();
+            }
+            self.report();
+        }
+    }
+
+    /// Removes the pieces that left from the store now.
+    fn record_left(&self) {
+        if let Err(e) = self.config.store.record_left() {
+            // Left in the store, a piece goes again at the next start: one duplicate.
+            tracing::error!("cannot record delivered replies: {e}");
+        }
+    }
+
+    /// Makes sure the pieces that left are removed from the store within
+    /// [`RECORD_WITHIN`], or at once when the gateway stops.
+    fn record_soon(self: &Arc<Self>) {
+        if self.recording.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let inner = self.clone();
+        self.tasks.spawn(async move {
+            tokio::select! {
+                _ = tokio::time::sleep(RECORD_WITHIN) => {}
+                _ = inner.stop.cancelled() => {}
+            }
+            // Cleared first: a piece that leaves from now on asks for a task of its own.
+            inner.recording.store(false, Ordering::Release);
+            inner.record_left();
+        });
+    }
+
+    /// Tries one piece until it is delivered, refused for good, or too old.
+    async fn deliver(
+        &self,
+        chat: i64,
+        mut dest: i64,
+        queued: &Queued,
+        backoff: &mut Backoff,
+    ) -> Resolution {
+        if let Some(at) = queued.not_before {
+            tokio::time::sleep_until(at.into()).await;
+        }
+        let expires = queued
+            .created_at
+            .saturating_add(self.config.max_age.as_secs());
+        let sender = &self.config.sender;
+        let piece = &queued.piece;
+        let mut plain = false;
+        let mut edit = queued.edit;
+        let mut failures = 0u32;
+        let mut moves = 0u32;
+        loop {
+            let now = unix_now();
+            if now >= expires {
+                return Resolution::Expired;
+            }
+            let result = match edit {
+                Some(id) => sender.edit_once(dest, id, piece, plain).await,
+                None => sender.send_once(dest, piece, plain).await.map(|_| ()),
+            };
+            let wait = match result {
+                Ok(()) => {
+                    if failures > 0 {
+                        tracing::info!(
+                            chat_id = dest,
+                            "reply delivered after {failures} failed attempt(s)"
+                        );
+                    }
+                    backoff.reset();
+                    return Resolution::Delivered;
+                }
+                Err(SendError::BadEntities(why)) if !plain => {
+                    tracing::info!(
+                        chat_id = dest,
+                        "Telegram could not parse the reply's entities ({why}); sending it as plain text"
+                    );
+                    plain = true;
+                    continue;
+                }
+                Err(SendError::BadEntities(why) | SendError::Refused(why)) => {
+                    return Resolution::Refused(why);
+                }
+                Err(SendError::CannotEdit(why)) => {
+                    tracing::info!(
+                        chat_id = dest,
+                        "the answer's message cannot be edited ({why}); sending it anew"
+                    );
+                    edit = None;
+                    continue;
+                }
+                Err(SendError::Migrated(to)) if to == dest || moves >= MAX_MOVES => {
+                    return Resolution::Refused(format!(
+                        "the chat keeps moving (to {to}); given up after {moves} moves"
+                    ));
+                }
+                Err(SendError::Migrated(to)) => {
+                    moves += 1;
+                    tracing::warn!(
+                        chat_id = dest,
+                        "the group became supergroup {to}: sending there, and moving its conversation"
+                    );
+                    if let Err(e) = self.config.store.migrate_chat(dest, to) {
+                        tracing::error!(chat_id = dest, "cannot move the chat to {to}: {e}");
+                    }
+                    if let Some(queue) = self.lock().get_mut(&chat) {
+                        queue.moved_to = Some(to);
+                    }
+                    dest = to;
+                    continue;
+                }
+                Err(SendError::RetryAfter(wait)) => {
+                    tracing::info!(chat_id = dest, "flood control: sending again in {wait:?}");
+                    wait.max(FIRST_RETRY)
+                }
+                Err(SendError::Transient(why)) => {
+                    let wait = backoff.next_delay();
+                    failures += 1;
+                    if failures == 1 {
+                        tracing::warn!(
+                            chat_id = dest,
+                            "cannot deliver a reply ({why}); retrying (next in {wait:?}) for up to {} s",
+                            self.config.max_age.as_secs()
+                        );
+                    } else {
+                        tracing::info!(
+                            chat_id = dest,
+                            attempt = failures + 1,
+                            "reply still not delivered ({why}); next try in {wait:?}"
+                        );
+                    }
+                    wait
+                }
+            };
+            let left = Duration::from_secs(expires.saturating_sub(unix_now()));
+            tokio::time::sleep(wait.min(left)).await;
+        }
+    }
+}

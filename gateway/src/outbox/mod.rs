@@ -1,0 +1,166 @@
+//! Sending what the gateway has committed to say, until Telegram has it.
+//!
+//! Every reply (a model's answer, an error, a command's reply, the stranger reply, a
+//! notice) is committed to the store's outbox before any of it is sent, tied to the
+//! messages it answers ([`Outbox::send`]). Each chat's pieces then go out in order, one at
+//! a time, from a task of the chat's own: a piece is tried until Telegram accepts it,
+//! waiting out flood control and backing off (capped, jittered) while Telegram or the
+//! network fails, for as long as `telegram.outbox_max_age_secs` allows. Telegram refusing
+//! it for good (the bot blocked, the chat gone) ends it; a group that became a supergroup
+//! gets it at its new id, its conversation moved there. Each piece leaves the store once
+//! Telegram accepted it: with the store's next write, and at the latest before its chat's
+//! next piece goes, or [`RECORD_WITHIN`](delivery::RECORD_WITHIN) after its chat's last; when a reply's last piece
+//! has left, the messages it answers are done. Pieces a run did not deliver are the next
+//! run's first work, in the same order.
+//!
+//! Telegram has no idempotency key, so exactly-once is "at most one piece of a chat
+//! twice": a crash between Telegram accepting a piece and the store forgetting it, or an
+//! accepted send whose answer was lost, sends that one piece again. Nothing else can.
+//!
+//! Here: committing a reply and resuming a previous run's pieces; each chat's queue in
+//! [`queue`], sending it in [`delivery`].
+
+mod delivery;
+mod queue;
+
+use std::collections::HashMap;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use teloxide_core::types::MessageId;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::clock::unix_now;
+use crate::health::Health;
+use crate::store::{Exchange, OutPiece, ReplyRecord, Store, StoreError};
+use crate::telegram::format::Piece;
+use crate::telegram::sender::Sender;
+use queue::{Queue, Queued};
+
+#[derive(Clone)]
+pub struct Outbox {
+    inner: Arc<Inner>,
+}
+
+/// A reply to commit and send.
+pub struct Reply<'a> {
+    pub chat: i64,
+    /// The inbox rows it answers.
+    pub answers: &'a [i64],
+    /// Its text, kept with the rows (for the record).
+    pub text: &'a str,
+    pub pieces: Vec<Piece>,
+    /// The first piece replaces this message (a streamed answer's preview), not before
+    /// the moment given (edits keep their spacing); sent anew if it cannot be edited.
+    pub edit: Option<(MessageId, Instant)>,
+    /// A model's answer, added to the conversation with the reply.
+    pub exchange: Option<&'a Exchange>,
+    /// The question a job asked, for `/retry`.
+    pub question: Option<&'a str>,
+}
+
+/// What the outbox's settings and neighbours are.
+pub struct OutboxConfig {
+    pub store: Arc<Store>,
+    pub sender: Sender,
+    pub health: Arc<Health>,
+    /// A piece still undelivered this long after it was committed is dropped.
+    pub max_age: Duration,
+    /// Cap of the backoff between failed sends.
+    pub retry_max: Duration,
+}
+
+struct Inner {
+    config: OutboxConfig,
+    chats: Mutex<HashMap<i64, Queue>>,
+    tasks: TaskTracker,
+    stop: CancellationToken,
+    /// A task will remove the pieces that left from the store.
+    recording: AtomicBool,
+}
+
+impl Outbox {
+    /// Drainers run on `tasks` until `stop`.
+    pub fn new(config: OutboxConfig, tasks: TaskTracker, stop: CancellationToken) -> Outbox {
+        Outbox {
+            inner: Arc::new(Inner {
+                config,
+                chats: Mutex::new(HashMap::new()),
+                tasks,
+                stop,
+                recording: AtomicBool::new(false),
+            }),
+        }
+    }
+
+    /// Queues every piece a previous run left in the store, in order, and starts sending;
+    /// the number of pieces.
+    pub fn resume(&self) -> Result<usize, StoreError> {
+        let stored = self.inner.config.store.outbox()?;
+        let count = stored.len();
+        for piece in stored {
+            let chat = piece.chat_id;
+            self.push(chat, vec![Queued::from_stored(piece, None)]);
+        }
+        Ok(count)
+    }
+
+    /// Commits `reply` and queues it for its chat. When the store refuses the commit the
+    /// reply is still sent, once, and the error returned: its messages stay unanswered.
+    pub fn send(&self, reply: Reply) -> Result<(), StoreError> {
+        let stored_pieces: Vec<OutPiece> = reply
+            .pieces
+            .iter()
+            .enumerate()
+            .map(|(i, p)| OutPiece {
+                html: p.html.clone(),
+                plain: p.plain.clone(),
+                edit_message_id: reply.edit.filter(|_| i == 0).map(|(id, _)| id.0),
+            })
+            .collect();
+        let not_before = reply.edit.map(|(_, at)| at);
+        let committed = self.inner.config.store.commit_reply(&ReplyRecord {
+            chat_id: reply.chat,
+            answers: reply.answers,
+            text: reply.text,
+            pieces: &stored_pieces,
+            exchange: reply.exchange,
+            question: reply.question,
+        });
+        let (queued, result) = match committed {
+            Ok(stored) => (
+                stored
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, s)| Queued::from_stored(s, not_before.filter(|_| i == 0)))
+                    .collect(),
+                Ok(()),
+            ),
+            Err(e) => {
+                tracing::error!(
+                    chat_id = reply.chat,
+                    "cannot store a reply ({e}); sending it without a record"
+                );
+                let queued = stored_pieces
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, p)| Queued {
+                        id: None,
+                        piece: Piece {
+                            html: p.html,
+                            plain: p.plain,
+                        },
+                        edit: p.edit_message_id.map(MessageId),
+                        created_at: unix_now(),
+                        not_before: not_before.filter(|_| i == 0),
+                    })
+                    .collect();
+                (queued, Err(e))
+            }
+        };
+        self.push(reply.chat, queued);
+        result
+    }
+}
