@@ -1,7 +1,8 @@
 //! One provider of the chain: an OpenAI-compatible `POST {base_url}/chat/completions`,
 //! tried, retried and given up on according to [`classify`] and [`retry`], all within
-//! the job's deadline. `attempts` sends and retries it (as it does a transcription),
-//! [`body`] builds requests and reads whole answers, [`sse`] reads streamed ones.
+//! the job's deadline. `attempts` sends and retries it, as it does [`transcribe`]'s
+//! requests; [`body`] builds requests and reads whole answers, [`sse`] reads streamed
+//! ones.
 
 mod attempts;
 pub mod body;

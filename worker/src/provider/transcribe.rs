@@ -1,9 +1,10 @@
 //! Voice notes and audio into text: an OpenAI-compatible `POST
 //! {base_url}/audio/transcriptions` (multipart: the file and `model`), with the
-//! `[transcription]` provider's key. Its failures are the chat's failures: the same
-//! [`classify`] decides what an error answer means (402 quota, 401 key, 429 with
-//! `Retry-After`, 5xx), the same retry policy and the job's deadline apply, and the user
-//! reads the same plain words.
+//! `[transcription]` provider's key. Its failures are the chat's failures: it goes
+//! through the chat's own attempt loop (`attempts`), so the same
+//! [`classify`](super::classify) decides what an error answer means (402 quota, 401 key,
+//! 429 with `Retry-After`, 5xx), the same retry policy and the job's deadline apply, and
+//! the user reads the same plain words.
 
 use std::time::{Duration, Instant};
 
