@@ -1,6 +1,8 @@
 //! The agent of hermes-gateway as a library: [`agent`] (the loop of one job: provider
 //! chain, tool calls, step budget), [`provider`] (the OpenAI-compatible client, streaming,
-//! its failure taxonomy and retries) and [`tools`] (MCP tool servers and their calls).
+//! its failure taxonomy and the retry loop chat completions and transcriptions share),
+//! [`media`] (the files of a turn made into what the model reads) and [`tools`] (MCP tool
+//! servers: the registry of what runs, and the loop of one answer's calls).
 //!
 //! The `hermes-worker` binary is the only production user. The library exists so the
 //! benchmark's in-process baseline (`hermes-gateway-in-process-baseline` in the tests

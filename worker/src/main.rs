@@ -10,7 +10,7 @@
 //! server), and `sandbox-probe` says what sandbox this kernel allows.
 //!
 //! Modules: [`serve`] (the gateway protocol), [`ask`] (standalone); the agent itself is
-//! the crate's library (`agent`, `provider`, `sandbox`, `tools`).
+//! the crate's library (`agent`, `media`, `provider`, `sandbox`, `tools`).
 
 mod ask;
 mod serve;

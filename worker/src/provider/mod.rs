@@ -1,22 +1,24 @@
 //! One provider of the chain: an OpenAI-compatible `POST {base_url}/chat/completions`,
 //! tried, retried and given up on according to [`classify`] and [`retry`], all within
-//! the job's deadline. [`body`] builds requests and reads whole answers, [`sse`] reads
-//! streamed ones.
+//! the job's deadline. `attempts` sends and retries it, as it does [`transcribe`]'s
+//! requests; [`body`] builds requests and reads whole answers, [`sse`] reads streamed
+//! ones.
 
+mod attempts;
 pub mod body;
 pub mod classify;
 pub mod retry;
 pub mod sse;
 pub mod transcribe;
 
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use hermes_protocol::{ChatMessage, Event, Failure, ProviderPlan, Role};
 use serde_json::Value;
 use tokio::sync::mpsc::UnboundedSender;
 
+use attempts::{Attempt, Request};
 pub use body::Completion;
-use classify::{Verdict, classify, describe};
 
 /// What one step asks of a provider.
 #[derive(Debug, Clone, Copy)]
@@ -41,23 +43,6 @@ pub enum ProviderError {
     Deadline,
 }
 
-/// One failed attempt, before the retry policy has looked at it.
-#[derive(Debug)]
-enum Attempt {
-    Status {
-        status: u16,
-        verdict: Verdict,
-        detail: String,
-        retry_after: Option<Duration>,
-    },
-    /// Connection refused or reset, body cut off: worth retrying.
-    Transport(String),
-    /// The attempt's own timeout fired.
-    TimedOut(Duration),
-    /// A 2xx answer that is not a chat completion.
-    Protocol(String),
-}
-
 /// Asks `plan` for a completion of `prompt`, retrying what is worth retrying, until
 /// `deadline`.
 pub async fn complete(
@@ -67,163 +52,84 @@ pub async fn complete(
     deadline: Instant,
     events: &UnboundedSender<Event>,
 ) -> Result<Completion, ProviderError> {
-    let provider = plan.name.clone();
-    let mut messages = prompt.messages.to_vec();
-    let mut attempt = 0u32;
-    let mut retries = 0u32;
-    let mut trimmed = false;
-    let mut protocol_retried = false;
-    loop {
-        let now = Instant::now();
-        if now >= deadline {
-            return Err(ProviderError::Deadline);
+    let mut request = Chat {
+        client,
+        plan,
+        prompt,
+        messages: prompt.messages.to_vec(),
+        trimmed: false,
+        events,
+    };
+    attempts::run(&mut request, plan, &plan.name, deadline, events).await
+}
+
+/// A chat completion as `attempts::run` sends it: the history it may trim once.
+struct Chat<'a> {
+    client: &'a reqwest::Client,
+    plan: &'a ProviderPlan,
+    prompt: Prompt<'a>,
+    /// `prompt`'s messages, as trimmed.
+    messages: Vec<ChatMessage>,
+    trimmed: bool,
+    events: &'a UnboundedSender<Event>,
+}
+
+impl Request for Chat<'_> {
+    type Answer = Completion;
+    const ANSWER: &'static str = "answer";
+
+    async fn send(&mut self, budget: Duration) -> Result<Completion, Attempt> {
+        let prompt = Prompt {
+            messages: &self.messages,
+            ..self.prompt
+        };
+        let body = body::request_body(
+            &self.plan.model,
+            prompt.messages,
+            prompt.tools,
+            prompt.stream,
+            prompt.images,
+        );
+        let response = attempts::post(self.client, self.plan, "chat/completions", budget)
+            .json(&body)
+            .send()
+            .await
+            .map_err(|e| transport(&e, budget))?;
+        let response = attempts::check(response, |e| body_error(e, budget)).await?;
+        // Some servers ignore `stream` and answer with one JSON object: the content type
+        // decides how the body is read, not what was asked for.
+        let is_event_stream = response
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.trim_start().starts_with("text/event-stream"));
+        if is_event_stream {
+            return read_stream(response, &self.plan.model, budget, self.events).await;
         }
-        attempt += 1;
-        let _ = events.send(Event::Attempt {
-            provider: provider.clone(),
-            attempt,
-        });
-        let budget = Duration::from_millis(plan.request_timeout_ms).min(deadline - now);
-        let attempt_prompt = Prompt {
-            messages: &messages,
-            ..prompt
-        };
-        let failed = match send_once(client, plan, attempt_prompt, budget, events).await {
-            Ok(completion) => return Ok(completion),
-            Err(failed) => failed,
-        };
-        let (verdict, detail, retry_after) = match failed {
-            Attempt::Status {
-                status,
-                verdict,
+        let text = response.text().await.map_err(|e| body_error(&e, budget))?;
+        body::parse_completion(&text, &self.plan.model).map_err(Attempt::Protocol)
+    }
+
+    fn context_too_long(
+        &mut self,
+        provider: &str,
+        _status: u16,
+        detail: String,
+    ) -> Result<(), Failure> {
+        if self.trimmed {
+            return Err(Failure::ContextTooLong {
+                provider: provider.to_string(),
                 detail,
-                retry_after,
-            } => match verdict {
-                Verdict::Quota => return fail(Failure::QuotaExhausted { provider, detail }),
-                Verdict::Auth => {
-                    return fail(Failure::ProviderAuth {
-                        provider,
-                        status,
-                        detail,
-                    });
-                }
-                Verdict::Rejected => {
-                    return fail(Failure::ProviderRejected {
-                        provider,
-                        status,
-                        detail,
-                    });
-                }
-                Verdict::ContextTooLong if !trimmed => {
-                    trimmed = true;
-                    trim_history(&mut messages);
-                    tracing::info!(
-                        provider,
-                        "context too long; retrying once with older history trimmed"
-                    );
-                    continue;
-                }
-                Verdict::ContextTooLong => {
-                    return fail(Failure::ContextTooLong { provider, detail });
-                }
-                Verdict::RateLimited | Verdict::Unavailable => (verdict, detail, retry_after),
-            },
-            Attempt::Protocol(detail) if !protocol_retried => {
-                protocol_retried = true;
-                tracing::info!(provider, "unreadable answer ({detail}); retrying once");
-                continue;
-            }
-            Attempt::Protocol(detail) => {
-                return fail(Failure::ProviderProtocol { provider, detail });
-            }
-            Attempt::TimedOut(_) if Instant::now() >= deadline => {
-                return Err(ProviderError::Deadline);
-            }
-            Attempt::TimedOut(after) => (
-                Verdict::Unavailable,
-                format!("no answer within {:.0} s", after.as_secs_f64()),
-                None,
-            ),
-            Attempt::Transport(detail) => (Verdict::Unavailable, detail, None),
-        };
-        let give_up = || gave_up(verdict, &provider, &detail);
-        if retries >= plan.max_retries {
-            return fail(give_up());
+            });
         }
-        retries += 1;
-        let wait = retry::delay(retries, retry_after);
-        if Instant::now() + wait >= deadline {
-            tracing::info!(
-                provider,
-                "not retrying: the wait of {wait:?} would pass the job's deadline"
-            );
-            return fail(give_up());
-        }
-        tracing::info!(provider, attempt, "{detail}; retrying in {wait:?}");
-        let _ = events.send(Event::Retrying {
-            provider: provider.clone(),
-            after_ms: u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
-            reason: detail.clone(),
-        });
-        tokio::time::sleep(wait).await;
+        self.trimmed = true;
+        trim_history(&mut self.messages);
+        tracing::info!(
+            provider,
+            "context too long; retrying once with older history trimmed"
+        );
+        Ok(())
     }
-}
-
-fn fail(failure: Failure) -> Result<Completion, ProviderError> {
-    Err(ProviderError::Failed(failure))
-}
-
-async fn send_once(
-    client: &reqwest::Client,
-    plan: &ProviderPlan,
-    prompt: Prompt<'_>,
-    budget: Duration,
-    events: &UnboundedSender<Event>,
-) -> Result<Completion, Attempt> {
-    let body = body::request_body(
-        &plan.model,
-        prompt.messages,
-        prompt.tools,
-        prompt.stream,
-        prompt.images,
-    );
-    let mut request = client
-        .post(format!(
-            "{}/chat/completions",
-            plan.base_url.trim_end_matches('/')
-        ))
-        .timeout(budget)
-        .json(&body);
-    if let Some(key) = &plan.api_key {
-        request = request.bearer_auth(key.expose());
-    }
-    let response = request.send().await.map_err(|e| transport(&e, budget))?;
-    let status = response.status().as_u16();
-    let retry_after = response
-        .headers()
-        .get(reqwest::header::RETRY_AFTER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| retry::parse_retry_after(v, SystemTime::now()));
-    // Some servers ignore `stream` and answer with one JSON object: the content type
-    // decides how the body is read, not what was asked for.
-    let is_event_stream = response
-        .headers()
-        .get(reqwest::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.trim_start().starts_with("text/event-stream"));
-    if (200..300).contains(&status) && is_event_stream {
-        return read_stream(response, &plan.model, budget, events).await;
-    }
-    let text = response.text().await.map_err(|e| body_error(&e, budget))?;
-    if !(200..300).contains(&status) {
-        return Err(Attempt::Status {
-            status,
-            verdict: classify(status, &text),
-            detail: describe(status, &text),
-            retry_after,
-        });
-    }
-    body::parse_completion(&text, &plan.model).map_err(Attempt::Protocol)
 }
 
 /// Reads an event stream to its end, sending each text piece as it arrives.
@@ -302,22 +208,6 @@ fn trim_history(messages: &mut Vec<ChatMessage>) {
         drop += 1;
     }
     messages.drain(system..system + drop);
-}
-
-/// The failure of a request whose retries are spent: rate limited (the chat is told when
-/// to try again), or the provider unavailable.
-pub(crate) fn gave_up(verdict: Verdict, provider: &str, detail: &str) -> Failure {
-    if verdict == Verdict::RateLimited {
-        Failure::RateLimited {
-            provider: provider.to_string(),
-            detail: detail.to_string(),
-        }
-    } else {
-        Failure::ProviderUnavailable {
-            provider: provider.to_string(),
-            detail: detail.to_string(),
-        }
-    }
 }
 
 #[cfg(test)]

@@ -3,12 +3,14 @@
 
 use std::time::{Duration, Instant};
 
-use hermes_protocol::{Role, Secret, ToolCall, ToolServer};
-use rmcp::model::{CallToolResult, ContentBlock};
+use hermes_protocol::{Event, Role, Secret, ToolCall, ToolServer};
+use rmcp::model::{CallToolResult, ContentBlock, JsonObject, Tool};
 use serde_json::json;
 use tokio::sync::mpsc;
 
+use super::calls::{MAX_RESULT_CHARS, cap, parse_arguments, read_result};
 use super::mcp::{PASSED_ENV, Server};
+use super::registry::{definition, function_name};
 use super::*;
 
 fn spec(name: &str, command: &str, args: &[&str]) -> ToolServer {
