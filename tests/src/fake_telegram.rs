@@ -21,10 +21,10 @@
 //!
 //! This file is the server and its state: the handle, the call log, routing each method
 //! to its area, and the bot's own profile (`getMe`, its command menu). Each area of the
-//! API is a module of its own: [`updates`] (queuing and polling, offsets, the webhook),
-//! [`sending`] (sends, edits, chat actions, and their records), [`chats`] (what users do
-//! in them, blocking, migration), [`faults`] (the scripted misbehaviours and flood
-//! control), [`buttons`], [`files`], and [`params`] (how a call's parameters arrive).
+//! API is a module of its own: `updates` (queuing and polling, offsets, the webhook),
+//! `sending` (sends, edits, chat actions, and their records), `chats` (what users do
+//! in them, blocking, migration), `faults` (the scripted misbehaviours and flood
+//! control), `buttons`, `files`, and `params` (how a call's parameters arrive).
 
 mod buttons;
 mod chats;

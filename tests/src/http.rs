@@ -13,10 +13,10 @@
 //! - the connection loop in this file: accepting, keep-alive and pipelining, counting open
 //!   and idle connections, and refusing then accepting again on the same port, which
 //!   tests script and wait on;
-//! - the body framing in [`request`]: reading `Content-Length` bytes, and the chunk loop
+//! - the body framing in `request`: reading `Content-Length` bytes, and the chunk loop
 //!   around `httparse::parse_chunk_size` (hyper's decoder is not public, and no crate in
 //!   the lock offers one);
-//! - everything written back, in [`response`]: heads and bodies byte by byte, because the
+//! - everything written back, in `response`: heads and bodies byte by byte, because the
 //!   misbehaviours are wrong bytes (a `Content-Length` the body never reaches, a chunked
 //!   body without its last chunk) or no bytes (an RST, a silent connection).
 //!
