@@ -12,9 +12,11 @@
 //! base64, and are refused as OpenAI refuses them when the provider is set to a model
 //! without vision ([`FakeProvider::set_vision`]).
 
+use std::time::Instant;
+
 use serde_json::{Value, json};
 
-use super::{FakeProvider, ProviderReply, openai_error};
+use super::{FakeProvider, ProviderReply, ProviderRequest, State, openai_error};
 use crate::http::{Request, Response};
 
 /// The formats OpenAI's transcription endpoint takes, by extension.
@@ -232,6 +234,65 @@ pub fn transcription_request(req: &Request) -> Result<(Value, String), Response>
 /// A transcription answer: `{"text": ...}`.
 pub fn transcript(text: &str) -> Response {
     Response::json(200, &json!({ "text": text }))
+}
+
+impl State {
+    /// `POST /v1/audio/transcriptions`.
+    pub(super) async fn transcription(&self, req: Request) -> Response {
+        let path = req.path_only().to_string();
+        let checked = if req.method.eq_ignore_ascii_case("POST") {
+            transcription_request(&req)
+        } else {
+            Err(openai_error(405, "Method not allowed"))
+        };
+        let refusal = self.key_problem(req.header("authorization"));
+        let (logged, said) = match &checked {
+            Ok((logged, said)) => (logged.clone(), said.clone()),
+            Err(_) => (
+                Value::String(String::from_utf8_lossy(&req.body).into_owned()),
+                String::new(),
+            ),
+        };
+        let scripted = {
+            let mut g = self.lock();
+            g.requests.push(ProviderRequest {
+                at: Instant::now(),
+                path,
+                authorization: req.header("authorization").map(str::to_string),
+                body: logged,
+            });
+            if refusal.is_none() && checked.is_ok() {
+                g.transcriptions.pop_front()
+            } else {
+                None
+            }
+        };
+        self.changed.send_replace(());
+        if let Some(refusal) = refusal {
+            return refusal;
+        }
+        if let Err(refusal) = checked {
+            return refusal;
+        }
+        match scripted {
+            None => transcript(&said),
+            Some(ProviderReply::Text(text)) => transcript(&text),
+            Some(ProviderReply::Status {
+                status,
+                headers,
+                body,
+            }) => Response::new(status, headers, body),
+            Some(ProviderReply::Hang) => Response::Hang,
+            Some(ProviderReply::Delay(delay)) => {
+                tokio::time::sleep(delay).await;
+                transcript(&said)
+            }
+            Some(ProviderReply::Reset) => Response::Reset,
+            Some(ProviderReply::RawBody(raw)) => Response::with_type(200, "application/json", raw),
+            Some(ProviderReply::Json(value)) => Response::json(200, &value),
+            Some(other) => openai_error(500, &format!("not a transcription answer: {other:?}")),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -11,7 +11,8 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use super::{
-    FakeTelegram, NOT_MODIFIED, Response, SendFault, State, api_error, bot_user, ok, unix_now,
+    FakeTelegram, Response, SendFault, State, api_error, bot_user, ok, sending::NOT_MODIFIED,
+    unix_now,
 };
 
 /// One `answerCallbackQuery` the bot made.
@@ -225,5 +226,97 @@ impl FakeTelegram {
                 g.answers.iter().find(|a| a.query_id == query_id).cloned()
             })
             .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::bot;
+    use super::super::*;
+    use teloxide_core::{
+        payloads::SendMessageSetters,
+        prelude::Requester,
+        types::{ChatId, UpdateKind, UserId},
+    };
+
+    /// Buttons as the gateway uses them: sent with a message, pressed by a user (an update
+    /// teloxide parses), answered once, and gone after an edit of the text.
+    #[tokio::test]
+    async fn buttons_are_pressed_answered_once_and_removed_by_edits() {
+        use teloxide_core::payloads::{AnswerCallbackQuerySetters, EditMessageReplyMarkupSetters};
+        use teloxide_core::types::{InlineKeyboardButton, InlineKeyboardMarkup};
+        let fake = FakeTelegram::start().await;
+        let bot = bot(&fake);
+        let markup = InlineKeyboardMarkup::new([[
+            InlineKeyboardButton::callback("Yes", "k:y"),
+            InlineKeyboardButton::callback("No", "k:n"),
+        ]]);
+        let sent = bot
+            .send_message(ChatId(42), "sure?")
+            .reply_markup(markup.clone())
+            .await
+            .expect("sendMessage with buttons parses");
+        let id = i64::from(sent.id.0);
+        assert!(fake.keyboard(42, id).is_some());
+        assert!(fake.sent()[0].keyboard.is_some());
+        let press = fake.press(42, id, 7, "No").expect("the button is there");
+        let updates = bot.get_updates().await.expect("a callback query parses");
+        let UpdateKind::CallbackQuery(query) = &updates[0].kind else {
+            panic!("not a callback query: {:?}", updates[0].kind);
+        };
+        assert_eq!(query.data.as_deref(), Some("k:n"));
+        assert_eq!(query.from.id, UserId(7));
+        assert_eq!(query.id.0, press);
+        bot.answer_callback_query(query.id.clone())
+            .text("Denied.")
+            .await
+            .expect("answerCallbackQuery");
+        assert!(
+            bot.answer_callback_query(query.id.clone()).await.is_err(),
+            "a press is answered once"
+        );
+        assert_eq!(
+            fake.wait_for_callback_answer(&press, Duration::from_secs(1))
+                .await
+                .and_then(|a| a.text),
+            Some("Denied.".into())
+        );
+        assert!(fake.press(42, id, 7, "Maybe").is_none());
+        bot.edit_message_text(ChatId(42), sent.id, "denied")
+            .await
+            .expect("an edit");
+        assert_eq!(
+            fake.keyboard(42, id),
+            None,
+            "an edit without markup drops the buttons"
+        );
+        assert!(
+            fake.press(42, id, 7, "Yes").is_none(),
+            "nothing left to press"
+        );
+        bot.edit_message_reply_markup(ChatId(42), sent.id)
+            .reply_markup(markup)
+            .await
+            .expect("buttons back");
+        assert!(fake.keyboard(42, id).is_some());
+        bot.edit_message_reply_markup(ChatId(42), sent.id)
+            .await
+            .expect("buttons removed");
+        assert_eq!(fake.keyboard(42, id), None);
+        assert!(
+            bot.edit_message_reply_markup(ChatId(42), sent.id)
+                .await
+                .is_err(),
+            "removing nothing is 'not modified'"
+        );
+        let bad =
+            InlineKeyboardMarkup::new([[InlineKeyboardButton::callback("x", "d".repeat(65))]]);
+        assert!(
+            bot.send_message(ChatId(42), "long data")
+                .reply_markup(bad)
+                .await
+                .is_err(),
+            "callback data over 64 bytes is refused"
+        );
     }
 }
