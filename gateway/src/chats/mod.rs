@@ -193,24 +193,21 @@ impl ChatRouter {
                 );
                 self.inner.reply(
                     chat,
-                    &[message.update_id],
+                    &[message.id],
                     &replies::stranger_text(message.user_id),
                 );
             }
-            Kind::Stop => self.stop(chat, message.update_id),
+            Kind::Stop => self.stop(chat, message.id),
             Kind::Unsupported => {
                 tracing::info!(
                     chat_id = chat,
                     "a message the bot cannot use ({})",
                     message.text
                 );
-                self.inner.reply(
-                    chat,
-                    &[message.update_id],
-                    &replies::not_understood(&message.text),
-                );
+                self.inner
+                    .reply(chat, &[message.id], &replies::not_understood(&message.text));
             }
-            Kind::Message => self.arrived(chat, message.update_id, message.counted),
+            Kind::Message => self.arrived(chat, message.id, message.counted),
         }
     }
 
@@ -225,7 +222,7 @@ impl ChatRouter {
         }
     }
 
-    fn arrived(&self, chat: i64, update_id: i64, counted: bool) {
+    fn arrived(&self, chat: i64, row: i64, counted: bool) {
         let full = self
             .inner
             .lock()
@@ -233,10 +230,10 @@ impl ChatRouter {
             .is_some_and(|entry| entry.waiting >= self.inner.queue_capacity);
         if full {
             tracing::info!(chat_id = chat, "too many messages waiting; refusing one");
-            self.inner.reply(chat, &[update_id], replies::QUEUE_FULL);
+            self.inner.reply(chat, &[row], replies::QUEUE_FULL);
             return;
         }
-        self.wake(chat, Some((update_id, counted)));
+        self.wake(chat, Some((row, counted)));
     }
 
     /// Makes sure the chat's task runs and looks for a turn; `arrived`: one more message
@@ -245,10 +242,10 @@ impl ChatRouter {
     fn wake(&self, chat: i64, arrived: Option<(i64, bool)>) {
         let mut chats = self.inner.lock();
         if let Some(entry) = chats.get_mut(&chat) {
-            if let Some((update_id, counted)) = arrived {
+            if let Some((row, counted)) = arrived {
                 entry.waiting += 1;
                 if counted {
-                    entry.counted.insert(update_id);
+                    entry.counted.insert(row);
                 }
             }
             entry.wake.notify_one();
@@ -264,7 +261,7 @@ impl ChatRouter {
                 waiting: usize::from(arrived.is_some()),
                 counted: arrived
                     .filter(|(_, counted)| *counted)
-                    .map(|(update_id, _)| update_id)
+                    .map(|(row, _)| row)
                     .into_iter()
                     .collect(),
                 busy: false,
@@ -278,34 +275,28 @@ impl ChatRouter {
 
     /// `/stop`: ends the job in flight (its task answers, once the job's processes are
     /// gone) and the messages waiting behind it.
-    fn stop(&self, chat: i64, update_id: i64) {
+    fn stop(&self, chat: i64, row: i64) {
         let in_flight = self
             .inner
             .lock()
             .get(&chat)
             .map(|entry| entry.in_flight.clone());
-        match in_flight.map_or(Stopping::NothingRunning, |slot| slot.stop(update_id)) {
+        match in_flight.map_or(Stopping::NothingRunning, |slot| slot.stop(row)) {
             Stopping::Cancelled => {
                 tracing::info!(chat_id = chat, "stopping the job in flight (/stop)")
             }
             Stopping::NothingRunning => {
                 // Messages that came with the /stop but were not taken yet are ended too.
-                let waiting = self
-                    .inner
-                    .ctx
-                    .store
-                    .waiting(chat, update_id)
-                    .unwrap_or_else(|e| {
-                        tracing::error!(chat_id = chat, "cannot read the waiting messages: {e}");
-                        Vec::new()
-                    });
+                let waiting = self.inner.ctx.store.waiting(chat, row).unwrap_or_else(|e| {
+                    tracing::error!(chat_id = chat, "cannot read the waiting messages: {e}");
+                    Vec::new()
+                });
                 if waiting.is_empty() {
-                    self.inner
-                        .reply(chat, &[update_id], replies::NOTHING_RUNNING);
+                    self.inner.reply(chat, &[row], replies::NOTHING_RUNNING);
                 } else {
                     self.inner.no_longer_waiting(chat, waiting.len());
                     let mut answers = waiting;
-                    answers.push(update_id);
+                    answers.push(row);
                     self.inner.reply(chat, &answers, replies::STOPPED);
                 }
             }

@@ -57,7 +57,7 @@ impl ChatRouter {
             let turn = match self.inner.ctx.store.take_turn(
                 chat,
                 |text| commands::parse(text).is_some(),
-                |update_id| counted.contains(&update_id),
+                |row| counted.contains(&row),
             ) {
                 Ok(turn) => turn,
                 Err(e) => {
@@ -73,7 +73,7 @@ impl ChatRouter {
                 } else {
                     entry.waiting = entry.waiting.saturating_sub(turn.len());
                     for taken in &turn {
-                        entry.counted.remove(&taken.update_id);
+                        entry.counted.remove(&taken.id);
                     }
                 }
             }
@@ -127,7 +127,7 @@ impl ChatRouter {
         for stranger in strangers {
             self.inner.reply(
                 chat,
-                &[stranger.update_id],
+                &[stranger.id],
                 &replies::stranger_text(stranger.user_id),
             );
         }
@@ -135,10 +135,10 @@ impl ChatRouter {
             .into_iter()
             .partition(|m| m.earlier_attempts >= MAX_ATTEMPTS);
         if !poisoned.is_empty() {
-            let rows: Vec<i64> = poisoned.iter().map(|m| m.update_id).collect();
+            let rows: Vec<i64> = poisoned.iter().map(|m| m.id).collect();
             tracing::warn!(
                 chat_id = chat,
-                update_ids = ?rows,
+                rows = ?rows,
                 "giving up on message(s) whose job was started {MAX_ATTEMPTS} times without an answer"
             );
             self.inner
@@ -148,7 +148,7 @@ impl ChatRouter {
             return false;
         };
         let user_id = first.user_id;
-        let rows: Vec<i64> = turn.iter().map(|m| m.update_id).collect();
+        let rows: Vec<i64> = turn.iter().map(|m| m.id).collect();
         // A command is always taken alone; a caption is never one.
         let mut media = Vec::new();
         let command =

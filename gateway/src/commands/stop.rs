@@ -53,11 +53,11 @@ impl InFlight {
             .unwrap_or_default()
     }
 
-    /// `/stop` message `update_id` arrived.
-    pub fn stop(&self, update_id: i64) -> Stopping {
+    /// `/stop` (inbox row `row`) arrived.
+    pub fn stop(&self, row: i64) -> Stopping {
         match self.lock().as_mut() {
             Some(running) => {
-                running.stop_requests.push(update_id);
+                running.stop_requests.push(row);
                 running.cancel.cancel();
                 Stopping::Cancelled
             }

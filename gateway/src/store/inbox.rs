@@ -9,7 +9,7 @@
 //! its reply needs: who wrote, and where; never its text. Updates the Bot API client
 //! cannot parse are kept whole in a table of their own.
 
-use rusqlite::{OptionalExtension, params};
+use rusqlite::params;
 
 use super::{Store, StoreError, now};
 use crate::media::MediaRef;
@@ -51,7 +51,13 @@ impl Kind {
 /// An update waiting for (or being given) its answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Pending {
-    pub update_id: i64,
+    /// Its inbox row, in arrival order: given by the store as it keeps the message (0
+    /// before). Not Telegram's `update_id`, which starts over at a random lower number
+    /// after a quiet week, and at 1 when a local Bot API server restarts.
+    pub id: i64,
+    /// Telegram's id of the message in its chat: with the chat, what tells a message
+    /// delivered again from a new one.
+    pub message_id: i64,
     pub chat_id: i64,
     pub user_id: u64,
     /// The text, or a file's caption.
@@ -69,7 +75,8 @@ pub struct Pending {
 /// A message taken into a turn.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Taken {
-    pub update_id: i64,
+    /// Its inbox row ([`Pending::id`]).
+    pub id: i64,
     pub user_id: u64,
     pub text: String,
     pub media: Option<MediaRef>,
@@ -103,40 +110,41 @@ pub struct Unparsed {
 }
 
 impl Store {
-    /// The offset to poll from: everything before it is stored.
-    pub fn next_update_id(&self) -> Result<i64, StoreError> {
-        let conn = self.lock();
-        self.wrap(
-            conn.prepare_cached("SELECT next_update_id FROM telegram_offset WHERE id = 1")
-                .and_then(|mut st| st.query_row([], |r| r.get(0)))
-                .optional(),
-        )
-        .map(|v| v.unwrap_or(0))
-    }
-
-    /// Stores a batch of updates to answer, the updates that could not be parsed, and the
-    /// offset past the whole batch, in one transaction: after this returns, acknowledging
-    /// the batch to Telegram is safe. (A stranger's message comes without its text:
+    /// Stores a batch of updates to answer and the updates that could not be parsed, in
+    /// one transaction: after this returns, acknowledging the batch to Telegram is safe.
+    /// Each new message gets its row id; one already stored (the same message of the same
+    /// chat, delivered again because its acknowledgement was lost) is taken out of
+    /// `messages`, so it is answered once. (A stranger's message comes without its text:
     /// `chats::classify` drops it.)
     pub fn accept(
         &self,
-        messages: &[Pending],
+        messages: &mut Vec<Pending>,
         unparsed: &[Unparsed],
-        next_update_id: i64,
     ) -> Result<(), StoreError> {
         let mut conn = self.lock();
         let tx = self.wrap(conn.transaction())?;
         let at = now();
-        for m in messages {
+        let mut new = Vec::with_capacity(messages.len());
+        for mut m in messages.drain(..) {
             let media = m.media.as_ref().and_then(encode_media);
-            self.wrap(tx.prepare_cached("INSERT OR IGNORE INTO inbox (update_id, chat_id, user_id, text, received_at, kind, media, attempts) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)").and_then(|mut st| st.execute(params![m.update_id, m.chat_id, m.user_id as i64, m.text, at, m.kind.as_str(), media, i64::from(m.counted)])))?;
+            let inserted = self.wrap(tx.prepare_cached("INSERT OR IGNORE INTO inbox (message_id, chat_id, user_id, text, received_at, kind, media, attempts) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)").and_then(|mut st| st.execute(params![m.message_id, m.chat_id, m.user_id as i64, m.text, at, m.kind.as_str(), media, i64::from(m.counted)])))?;
+            if inserted == 1 {
+                m.id = tx.last_insert_rowid();
+                new.push(m);
+            } else {
+                tracing::info!(
+                    chat_id = m.chat_id,
+                    message_id = m.message_id,
+                    "a message delivered again was already stored: answering it once"
+                );
+            }
         }
         for u in unparsed {
-            self.wrap(tx.prepare_cached("INSERT OR IGNORE INTO unparsed_updates (update_id, raw, received_at) VALUES (?1, ?2, ?3)").and_then(|mut st| st.execute(params![u.update_id, u.raw, at])))?;
+            self.wrap(tx.prepare_cached("INSERT INTO unparsed_updates (update_id, raw, received_at) VALUES (?1, ?2, ?3)").and_then(|mut st| st.execute(params![u.update_id, u.raw, at])))?;
         }
-        self.wrap(tx.prepare_cached("INSERT INTO telegram_offset (id, next_update_id) VALUES (1, ?1)
-             ON CONFLICT (id) DO UPDATE SET next_update_id = max(next_update_id, excluded.next_update_id)").and_then(|mut st| st.execute(params![next_update_id])))?;
-        self.commit(tx)
+        self.commit(tx)?;
+        *messages = new;
+        Ok(())
     }
 
     /// Messages stored and not answered yet (no reply committed for them), oldest first:
@@ -144,12 +152,15 @@ impl Store {
     pub fn unanswered(&self) -> Result<Vec<Pending>, StoreError> {
         let conn = self.lock();
         let mut stmt = self.wrap(conn.prepare_cached(
-            "SELECT update_id, chat_id, user_id, text, kind, media FROM inbox
-             WHERE done_at IS NULL AND answered_by IS NULL ORDER BY update_id",
+            "SELECT id, chat_id, user_id, text, kind, media, message_id FROM inbox
+             WHERE done_at IS NULL AND answered_by IS NULL ORDER BY id",
         ))?;
         let rows = self.wrap(stmt.query_map([], |r| {
             Ok(Pending {
-                update_id: r.get(0)?,
+                id: r.get(0)?,
+                // Rows of stores before schema 5 have none; nothing is delivered again
+                // for them any more.
+                message_id: r.get::<_, Option<i64>>(6)?.unwrap_or(0),
                 chat_id: r.get(1)?,
                 user_id: r.get::<_, i64>(2)? as u64,
                 text: r.get(3)?,
@@ -178,13 +189,13 @@ impl Store {
         // between the read and the update.
         let waiting: Vec<Taken> = {
             let mut stmt = self.wrap(conn.prepare_cached(
-                "SELECT update_id, user_id, text, attempts, media FROM inbox
+                "SELECT id, user_id, text, attempts, media FROM inbox
                  WHERE chat_id = ?1 AND done_at IS NULL AND answered_by IS NULL AND kind = 'message'
-                 ORDER BY update_id",
+                 ORDER BY id",
             ))?;
             let rows = self.wrap(stmt.query_map(params![chat_id], |r| {
                 Ok(Taken {
-                    update_id: r.get(0)?,
+                    id: r.get(0)?,
                     user_id: r.get::<_, i64>(1)? as u64,
                     text: r.get(2)?,
                     earlier_attempts: r.get::<_, i64>(3)?.clamp(0, i64::from(u32::MAX)) as u32,
@@ -206,20 +217,20 @@ impl Store {
         taken.truncate(turn);
         let mut to_count = Vec::new();
         for m in &mut taken {
-            if counted_at_arrival(m.update_id) {
+            if counted_at_arrival(m.id) {
                 m.earlier_attempts = m.earlier_attempts.saturating_sub(1);
             } else {
-                to_count.push(m.update_id);
+                to_count.push(m.id);
             }
         }
         if to_count.is_empty() {
             return Ok(taken);
         }
         let tx = self.wrap(conn.transaction())?;
-        for update_id in to_count {
+        for row in to_count {
             self.wrap(
-                tx.prepare_cached("UPDATE inbox SET attempts = attempts + 1 WHERE update_id = ?1")
-                    .and_then(|mut st| st.execute(params![update_id])),
+                tx.prepare_cached("UPDATE inbox SET attempts = attempts + 1 WHERE id = ?1")
+                    .and_then(|mut st| st.execute(params![row])),
             )?;
         }
         self.commit(tx)?;
@@ -227,13 +238,13 @@ impl Store {
     }
 
     /// The chat's waiting messages (not taken into a turn, no reply committed) up to and
-    /// including update `through`.
+    /// including row `through`.
     pub fn waiting(&self, chat_id: i64, through: i64) -> Result<Vec<i64>, StoreError> {
         let conn = self.lock();
         let mut stmt = self.wrap(conn.prepare_cached(
-            "SELECT update_id FROM inbox
+            "SELECT id FROM inbox
              WHERE chat_id = ?1 AND done_at IS NULL AND answered_by IS NULL AND kind = 'message'
-             AND update_id <= ?2 ORDER BY update_id",
+             AND id <= ?2 ORDER BY id",
         ))?;
         let rows = self.wrap(stmt.query_map(params![chat_id, through], |r| r.get(0)))?;
         self.wrap(rows.collect())
@@ -243,9 +254,8 @@ impl Store {
     #[cfg(test)]
     pub fn unparsed(&self) -> Result<Vec<Unparsed>, StoreError> {
         let conn = self.lock();
-        let mut stmt = self.wrap(
-            conn.prepare_cached("SELECT update_id, raw FROM unparsed_updates ORDER BY update_id"),
-        )?;
+        let mut stmt = self
+            .wrap(conn.prepare_cached("SELECT update_id, raw FROM unparsed_updates ORDER BY id"))?;
         let rows = self.wrap(stmt.query_map([], |r| {
             Ok(Unparsed {
                 update_id: r.get(0)?,

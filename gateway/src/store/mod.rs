@@ -35,7 +35,7 @@ pub use outbox::{OutPiece, ReplyRecord, Stored};
 use rusqlite::Connection;
 
 /// The schema this build writes. Bump it with a new entry in [`MIGRATIONS`].
-pub const SCHEMA_VERSION: i64 = 4;
+pub const SCHEMA_VERSION: i64 = 5;
 
 /// `MIGRATIONS[n]` takes a store from version `n` to `n + 1`.
 const MIGRATIONS: &[&str] = &[
@@ -117,6 +117,29 @@ const MIGRATIONS: &[&str] = &[
     // 'unsupported' and `text` saying what it was.
     r#"
     ALTER TABLE inbox ADD COLUMN media TEXT;
+"#,
+    // 5: Telegram's update_id is no key. It starts over lower after a quiet week (and at 1
+    // when a local Bot API server restarts), so a reused id was dropped as a duplicate. An
+    // inbox row's id is now its own, in arrival order (old rows keep theirs, new ones
+    // count on from the highest), and a message delivered twice is known by its chat and
+    // message id. The offset is no longer kept: every run starts from what Telegram has
+    // not had acknowledged (`telegram::poller`). Unparsed updates get a row id too.
+    r#"
+    ALTER TABLE inbox RENAME COLUMN update_id TO id;
+    ALTER TABLE inbox ADD COLUMN message_id INTEGER;
+    CREATE UNIQUE INDEX inbox_message ON inbox (chat_id, message_id)
+        WHERE message_id IS NOT NULL;
+    DROP TABLE telegram_offset;
+    CREATE TABLE unparsed (
+        id INTEGER PRIMARY KEY,
+        update_id INTEGER NOT NULL,
+        raw TEXT NOT NULL,
+        received_at INTEGER NOT NULL
+    );
+    INSERT INTO unparsed (update_id, raw, received_at)
+        SELECT update_id, raw, received_at FROM unparsed_updates ORDER BY update_id;
+    DROP TABLE unparsed_updates;
+    ALTER TABLE unparsed RENAME TO unparsed_updates;
 "#,
 ];
 

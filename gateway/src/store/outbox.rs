@@ -102,13 +102,13 @@ impl Store {
                 created_at: at,
             });
         }
-        for update_id in record.answers {
+        for row in record.answers {
             self.wrap(
                 tx.prepare_cached(
                     "UPDATE inbox SET answered_by = ?2, reply = ?3,
-                     done_at = CASE WHEN ?2 IS NULL THEN ?4 ELSE NULL END WHERE update_id = ?1",
+                     done_at = CASE WHEN ?2 IS NULL THEN ?4 ELSE NULL END WHERE id = ?1",
                 )
-                .and_then(|mut st| st.execute(params![update_id, reply, record.text, at])),
+                .and_then(|mut st| st.execute(params![row, reply, record.text, at])),
             )?;
         }
         self.commit(tx)?;
@@ -133,15 +133,15 @@ impl Store {
         self.commit(tx)
     }
 
-    /// Whether inbox row `update_id` is done: answered by a reply that has no piece left
+    /// Whether inbox row `row` is done: answered by a reply that has no piece left
     /// to send (or marked done when it was answered without one).
     #[cfg(test)]
-    pub fn is_done(&self, update_id: i64) -> Result<bool, StoreError> {
+    pub fn is_done(&self, row: i64) -> Result<bool, StoreError> {
         let conn = self.lock();
         self.wrap(conn.query_row(
             "SELECT done_at IS NOT NULL OR (answered_by IS NOT NULL AND answered_by NOT IN
-             (SELECT coalesce(reply, id) FROM outbox)) FROM inbox WHERE update_id = ?1",
-            params![update_id],
+             (SELECT coalesce(reply, id) FROM outbox)) FROM inbox WHERE id = ?1",
+            params![row],
             |r| r.get(0),
         ))
     }

@@ -5,9 +5,12 @@ use rusqlite::{Connection, params};
 
 use super::*;
 
+/// Message `id` of chat 7: in a store that numbers rows from 1 as they arrive, its row id
+/// too when the messages are stored in order.
 fn pending(id: i64, text: &str) -> Pending {
     Pending {
-        update_id: id,
+        id,
+        message_id: id,
         chat_id: 7,
         user_id: 7,
         text: text.into(),
@@ -15,6 +18,17 @@ fn pending(id: i64, text: &str) -> Pending {
         counted: false,
         media: None,
     }
+}
+
+/// Stores `batch` as the poller does (each new message gets its row id from the store)
+/// and returns what was new.
+fn accept(store: &Store, batch: &[Pending]) -> Vec<Pending> {
+    let mut batch: Vec<Pending> = batch
+        .iter()
+        .map(|m| Pending { id: 0, ..m.clone() })
+        .collect();
+    store.accept(&mut batch, &[]).unwrap();
+    batch
 }
 
 fn piece(text: &str) -> OutPiece {
@@ -60,25 +74,23 @@ fn is_command(text: &str) -> bool {
 fn the_inbox_survives_a_reopen_and_answers_once() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path()).unwrap();
-    assert_eq!(store.next_update_id().unwrap(), 0);
-    store
-        .accept(&[pending(5, "a"), pending(6, "b")], &[], 7)
-        .unwrap();
-    store.accept(&[pending(6, "b")], &[], 7).unwrap();
-    finish(&store, 5, None);
+    assert_eq!(
+        accept(&store, &[pending(1, "a"), pending(2, "b")]),
+        [pending(1, "a"), pending(2, "b")]
+    );
+    // Delivered again (its acknowledgement was lost): stored once, answered once.
+    assert_eq!(accept(&store, &[pending(2, "b")]), []);
+    finish(&store, 1, None);
     drop(store);
     let store = Store::open(dir.path()).unwrap();
-    assert_eq!(store.next_update_id().unwrap(), 7);
-    assert_eq!(store.unanswered().unwrap(), vec![pending(6, "b")]);
+    assert_eq!(store.unanswered().unwrap(), vec![pending(2, "b")]);
 }
 
 #[test]
 fn a_reply_is_done_only_when_its_last_piece_left_and_survives_a_reopen_until_then() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path()).unwrap();
-    store
-        .accept(&[pending(1, "a"), pending(2, "b"), pending(3, "c")], &[], 4)
-        .unwrap();
+    accept(&store, &[pending(1, "a"), pending(2, "b"), pending(3, "c")]);
     let stored = store
         .commit_reply(&ReplyRecord {
             chat_id: 7,
@@ -126,12 +138,12 @@ fn a_reply_is_done_only_when_its_last_piece_left_and_survives_a_reopen_until_the
 fn a_piece_that_left_is_removed_by_the_next_write_whatever_it_is() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path()).unwrap();
-    store.accept(&[pending(1, "a")], &[], 2).unwrap();
+    accept(&store, &[pending(1, "a")]);
     let stored = answer(&store, &[1], "answer", None);
     store.piece_left(stored[0].id);
     assert!(!store.is_done(1).unwrap(), "not written yet");
     // The next message's commit takes it along.
-    store.accept(&[pending(2, "b")], &[], 3).unwrap();
+    accept(&store, &[pending(2, "b")]);
     assert!(store.is_done(1).unwrap());
     assert!(store.outbox().unwrap().is_empty());
     // With nothing else to write, recording commits it alone.
@@ -145,7 +157,7 @@ fn a_piece_that_left_is_removed_by_the_next_write_whatever_it_is() {
 fn a_reply_without_pieces_is_done_at_once_and_a_notice_answers_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path()).unwrap();
-    store.accept(&[pending(1, "a")], &[], 2).unwrap();
+    accept(&store, &[pending(1, "a")]);
     store
         .commit_reply(&ReplyRecord {
             chat_id: 7,
@@ -179,19 +191,16 @@ fn a_turn_takes_every_waiting_message_up_to_a_command_and_counts_its_start() {
         kind: Kind::Stop,
         ..pending(3, "/stop")
     };
-    store
-        .accept(
-            &[
-                pending(1, "a"),
-                pending(2, "b"),
-                stop,
-                pending(4, "/new"),
-                pending(5, "c"),
-            ],
-            &[],
-            6,
-        )
-        .unwrap();
+    accept(
+        &store,
+        &[
+            pending(1, "a"),
+            pending(2, "b"),
+            stop,
+            pending(4, "/new"),
+            pending(5, "c"),
+        ],
+    );
     let texts = |taken: &[Taken]| -> Vec<String> { taken.iter().map(|t| t.text.clone()).collect() };
     let first = store.take_turn(7, is_command, |_| false).unwrap();
     assert_eq!(texts(&first), ["a", "b"], "a /stop is never part of a turn");
@@ -216,9 +225,7 @@ fn a_turn_takes_every_waiting_message_up_to_a_command_and_counts_its_start() {
     assert_eq!(store.waiting(7, 5).unwrap(), [5]);
     let counted: i64 = store
         .lock()
-        .query_row("SELECT attempts FROM inbox WHERE update_id = 5", [], |r| {
-            r.get(0)
-        })
+        .query_row("SELECT attempts FROM inbox WHERE id = 5", [], |r| r.get(0))
         .unwrap();
     assert_eq!(counted, 1, "the count survives a reopen");
 }
@@ -231,11 +238,11 @@ fn a_start_counted_as_the_message_was_stored_is_not_counted_again_by_its_turn() 
         counted: true,
         ..pending(1, "a")
     };
-    store.accept(&[counted, pending(2, "b")], &[], 3).unwrap();
+    accept(&store, &[counted, pending(2, "b")]);
     let attempts = |store: &Store| -> Vec<i64> {
         let conn = store.lock();
         let mut st = conn
-            .prepare("SELECT attempts FROM inbox ORDER BY update_id")
+            .prepare("SELECT attempts FROM inbox ORDER BY id")
             .unwrap();
         st.query_map([], |r| r.get(0))
             .unwrap()
@@ -266,12 +273,11 @@ fn a_strangers_row_is_never_part_of_a_turn_and_unparsed_updates_are_kept_whole()
     let raw = r#"{"update_id":2,"message":{"date":"soon"}}"#;
     store
         .accept(
-            &[stranger],
+            &mut vec![stranger],
             &[Unparsed {
                 update_id: 2,
                 raw: raw.into(),
             }],
-            3,
         )
         .unwrap();
     assert_eq!(store.unanswered().unwrap()[0].kind, Kind::Stranger);
@@ -295,9 +301,7 @@ fn a_migrated_group_takes_its_conversation_settings_and_outbox_along() {
         provider: "p".into(),
         model: "m".into(),
     };
-    store
-        .accept(&[pending(1, "q"), pending(2, "next")], &[], 3)
-        .unwrap();
+    accept(&store, &[pending(1, "q"), pending(2, "next")]);
     store.set_chat_provider(7, Some("backup")).unwrap();
     answer(&store, &[1], "a", Some(&exchange));
     store.migrate_chat(7, -1007).unwrap();
@@ -423,7 +427,6 @@ fn a_version_2_store_with_data_gains_the_outbox_and_keeps_everything() {
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .unwrap();
     assert_eq!(version, SCHEMA_VERSION);
-    assert_eq!(store.next_update_id().unwrap(), 12);
     let history: Vec<String> = store
         .history(7, 10)
         .unwrap()
@@ -434,7 +437,10 @@ fn a_version_2_store_with_data_gains_the_outbox_and_keeps_everything() {
     assert_eq!(store.chat_provider(7).unwrap().as_deref(), Some("backup"));
     assert_eq!(
         store.unanswered().unwrap(),
-        vec![pending(11, "still waiting")]
+        vec![Pending {
+            message_id: 0,
+            ..pending(11, "still waiting")
+        }]
     );
     assert!(store.outbox().unwrap().is_empty());
     let turn = store.take_turn(7, is_command, |_| false).unwrap();
@@ -464,7 +470,10 @@ fn a_version_3_store_gains_media_references_and_keeps_its_waiting_message() {
     let store = Store::open(dir.path()).unwrap();
     assert_eq!(
         store.unanswered().unwrap(),
-        vec![pending(11, "still waiting")]
+        vec![Pending {
+            message_id: 0,
+            ..pending(11, "still waiting")
+        }]
     );
     let voice = MediaRef {
         kind: RefKind::Voice,
@@ -478,9 +487,7 @@ fn a_version_3_store_gains_media_references_and_keeps_its_waiting_message() {
         media: Some(voice.clone()),
         ..pending(12, "/new")
     };
-    store
-        .accept(std::slice::from_ref(&with_voice), &[], 13)
-        .unwrap();
+    accept(&store, std::slice::from_ref(&with_voice));
     drop(store);
     let store = Store::open(dir.path()).unwrap();
     assert_eq!(store.unanswered().unwrap()[1], with_voice);
@@ -498,9 +505,7 @@ fn retry_finds_the_question_the_last_job_asked() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path()).unwrap();
     assert_eq!(store.last_question(7).unwrap(), None);
-    store
-        .accept(&[pending(1, "hello"), pending(2, "/retry")], &[], 3)
-        .unwrap();
+    accept(&store, &[pending(1, "hello"), pending(2, "/retry")]);
     store
         .commit_reply(&ReplyRecord {
             chat_id: 7,
@@ -540,7 +545,7 @@ fn checkpoints_happen_off_the_writer_and_empty_the_log_at_close() {
         .unwrap();
     assert_eq!(automatic, 0, "commits must not checkpoint");
     for i in 0..200 {
-        store.accept(&[pending(i, "x")], &[], i + 1).unwrap();
+        accept(&store, &[pending(i, "x")]);
     }
     let wal = dir.path().join("state.db-wal");
     drop(store);
@@ -597,7 +602,7 @@ fn the_log_starts_over_while_commits_go_on_during_checkpoints() {
     let mut largest = 0;
     for i in 1..=3000 {
         let passes = checkpointer.passes_started();
-        store.accept(&[pending(i, "hi")], &[], i + 1).unwrap();
+        accept(&store, &[pending(i, "hi")]);
         let stored = answer(&store, &[i], "an answer", None);
         store.piece_left(stored[0].id);
         // Two counted commits a message: a pass was asked for. Let it begin, then go on

@@ -91,7 +91,8 @@ pub fn user_message(
         }
     };
     Some(Pending {
-        update_id: i64::from(id),
+        id: 0,
+        message_id: i64::from(message.id.0),
         chat_id: message.chat.id.0,
         user_id: user.id.0,
         text,
@@ -133,8 +134,8 @@ fn media_addressed(message: &Message, me: &Identity, mode: GroupMode) -> bool {
 /// message with a chat, a sender and text, addressed to the bot as [`addressed`] would
 /// judge from what the raw form shows (in a group: a command of ours, or a mention).
 pub fn raw_text_message(raw: &Value, me: &Identity, group_mode: GroupMode) -> Option<Pending> {
-    let update_id = raw.get("update_id")?.as_i64()?;
     let message = raw.get("message")?;
+    let message_id = message.get("message_id")?.as_i64()?;
     let chat = message.get("chat")?;
     let chat_id = chat.get("id")?.as_i64()?;
     let user_id = message.get("from")?.get("id")?.as_u64()?;
@@ -168,7 +169,8 @@ pub fn raw_text_message(raw: &Value, me: &Identity, group_mode: GroupMode) -> Op
         return None;
     };
     Some(Pending {
-        update_id,
+        id: 0,
+        message_id,
         chat_id,
         user_id,
         text,

@@ -73,13 +73,8 @@ pub async fn poll(
         mut deliver,
         mut pressed,
     } = handlers;
-    let mut offset: i32 = match store.next_update_id() {
-        Ok(next) => i32::try_from(next).unwrap_or(0),
-        Err(e) => {
-            tracing::error!("cannot read the stored offset ({e}); polling from Telegram's");
-            0
-        }
-    };
+    // No offset: what Telegram has not had acknowledged, whichever sequence it is on.
+    let mut offset: Option<i32> = None;
     let mut backoff = Backoff::new(Duration::from_millis(500), settings.retry_max);
     let mut failing_since: Option<Instant> = None;
     let me = loop {
@@ -116,11 +111,13 @@ pub async fn poll(
         } else {
             settings.timeout_secs
         };
-        let request = bot
+        let mut request = bot
             .get_updates()
-            .offset(offset)
             .timeout(timeout)
             .allowed_updates([AllowedUpdate::Message, AllowedUpdate::CallbackQuery]);
+        if let Some(offset) = offset {
+            request = request.offset(offset);
+        }
         if timeout > 0 {
             health.long_poll_open();
         }
@@ -132,12 +129,9 @@ pub async fn poll(
             Ok(updates) => {
                 health.poll_ok();
                 recovered(&mut failing_since);
-                let next = updates
-                    .iter()
-                    .map(update_offset)
-                    .max()
-                    .unwrap_or(offset)
-                    .max(offset);
+                // What Telegram returned decides, lower than before included: its ids
+                // start over after a quiet week or a local server's restart.
+                let next = updates.iter().map(update_offset).max();
                 let (presses, updates): (Vec<Update>, Vec<Update>) = updates
                     .into_iter()
                     .partition(|u| matches!(u.kind, UpdateKind::CallbackQuery(_)));
@@ -173,10 +167,11 @@ pub async fn poll(
                 for message in &mut messages {
                     classify(message);
                 }
-                if let Err(e) = store.accept(&messages, &unparsed, i64::from(next)) {
+                if let Err(e) = store.accept(&mut messages, &unparsed) {
                     // Not acknowledged, so Telegram will send these again.
                     let delay = backoff.next_delay();
                     tracing::error!("cannot store updates ({e}); retrying in {delay:?}");
+                    offset = None;
                     if !pause(delay, &stop).await {
                         return;
                     }
@@ -196,6 +191,7 @@ pub async fn poll(
             Err(error) if is_webhook_conflict(&error) => {
                 health.poll_failed(describe(&error));
                 failing_since.get_or_insert_with(Instant::now);
+                offset = None;
                 if !drop_webhook(
                     &bot,
                     &health,
@@ -217,6 +213,10 @@ pub async fn poll(
                     _ => backoff.next_delay(),
                 };
                 failing_since.get_or_insert_with(Instant::now);
+                // Whether the last offset reached Telegram is unknown, and a server that
+                // went away may come back numbering from 1: the next poll asks for what
+                // is unacknowledged (a batch stored already is known by its messages).
+                offset = None;
                 if !failed("getUpdates", &error, delay, &health, &stop).await {
                     return;
                 }

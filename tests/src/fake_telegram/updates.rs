@@ -58,6 +58,16 @@ pub struct PollRecord {
 }
 
 impl FakeTelegram {
+    /// Numbers updates anew from `next`, as Telegram does after a week without updates (a
+    /// random start, maybe lower than every id before and reusing them) and a local Bot
+    /// API server does when it restarts (from 1). What was acknowledged belongs to the
+    /// old sequence and is forgotten with it.
+    pub fn restart_update_ids(&self, next: i64) {
+        let mut g = self.state.lock();
+        g.last_update_id = next - 1;
+        g.acked_up_to = 0;
+    }
+
     /// Queue a raw update object; its `update_id` is set by the fake. Returns the update id.
     ///
     /// As on Telegram, an update of a kind the bot's last `allowed_updates` excludes is
