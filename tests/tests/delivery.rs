@@ -767,6 +767,16 @@ async fn an_update_the_client_cannot_parse_is_kept_and_its_text_answered(mode: W
     rig.telegram
         .push_update(json!({"message": {"message_id": 51, "date": "tomorrow",
         "chat": chat, "from": from, "sticker": "not text"}}));
+    // A stranger's, with text and without: the store keeps that they came, never what
+    // they said.
+    let stranger = json!({"id": 666, "is_bot": false, "first_name": "Stranger"});
+    let strangers_chat = json!({"id": 666, "type": "private", "first_name": "Stranger"});
+    rig.telegram
+        .push_update(json!({"message": {"message_id": 52, "date": "tomorrow",
+        "chat": strangers_chat, "from": stranger, "text": "my secret words"}}));
+    rig.telegram
+        .push_update(json!({"message": {"message_id": 53, "date": "tomorrow",
+        "chat": strangers_chat, "from": stranger, "caption": "my other secret"}}));
     let replies = rig.telegram.wait_for_chat_messages(USER, 1, PATIENCE).await;
     assert_eq!(
         texts(&replies),
@@ -775,13 +785,24 @@ async fn an_update_the_client_cannot_parse_is_kept_and_its_text_answered(mode: W
         rig.gateway.log()
     );
     rig.assert_logged("cannot parse");
+    assert!(
+        rig.telegram
+            .wait_for_chat_messages(666, 1, PATIENCE)
+            .await
+            .len()
+            == 1
+    );
     let db = rusqlite::Connection::open(state_db(&rig.gateway)).expect("open state.db");
     let kept: Vec<String> = db
-        .prepare("SELECT raw FROM unparsed_updates ORDER BY update_id")
+        .prepare("SELECT raw FROM unparsed_updates ORDER BY id")
         .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
         .expect("read unparsed_updates");
-    assert_eq!(kept.len(), 2, "{kept:?}");
-    assert!(kept.iter().all(|raw| raw.contains("tomorrow")));
+    assert_eq!(kept.len(), 4, "{kept:?}");
+    assert!(kept[..2].iter().all(|raw| raw.contains("tomorrow")));
+    assert!(
+        kept[2..].iter().all(|raw| !raw.contains("secret")),
+        "{kept:?}"
+    );
     assert_eq!(
         rig.ask("and a normal one").await.text,
         "echo: and a normal one"

@@ -289,6 +289,10 @@ async fn serve(path: &Path, config: Config, setup: Setup, runner: Option<MakeRun
         }
     });
     let poll_stop = CancellationToken::new();
+    tokio::spawn(crate::store::prune_on_schedule(
+        store.clone(),
+        poll_stop.clone(),
+    ));
     let poller = tokio::spawn(poller::poll(
         bot,
         poller::PollSettings {

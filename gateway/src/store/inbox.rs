@@ -15,9 +15,10 @@ use super::{Store, StoreError, now};
 use crate::media::MediaRef;
 
 /// What an inbox row is, decided when it is stored.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Kind {
     /// A message (or a command) for the chat's next turn.
+    #[default]
     Message,
     /// `/stop`: about the job in flight, never part of a turn.
     Stop,
@@ -49,7 +50,7 @@ impl Kind {
 }
 
 /// An update waiting for (or being given) its answer.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Pending {
     /// Its inbox row, in arrival order: given by the store as it keeps the message (0
     /// before). Not Telegram's `update_id`, which starts over at a random lower number

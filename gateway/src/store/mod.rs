@@ -2,8 +2,7 @@
 //! outbox of replies, and the conversations.
 //!
 //! The inbox is what makes "no message is lost" true (DESIGN.md invariant 5): an update is
-//! committed here, together with the offset that will acknowledge it, before that offset
-//! is ever sent to Telegram. The outbox makes the answer as durable as the question
+//! committed here before the offset that acknowledges it is ever sent to Telegram. The outbox makes the answer as durable as the question
 //! (invariant 8): a reply is committed here, tied to the messages it answers, before any
 //! of it is sent, and each piece leaves it once Telegram accepted or refused it for good;
 //! a message is done only when its whole reply is. A gateway killed anywhere in between
@@ -15,13 +14,14 @@
 //! one started, with a loud log line saying what it held.
 //!
 //! This module opens, migrates and guards the file; [`inbox`], [`outbox`] and
-//! [`conversation`] are what is kept in it, and [`checkpoint`] keeps the write-ahead log
-//! short off the async thread.
+//! [`conversation`] are what is kept in it, [`checkpoint`] keeps the write-ahead log
+//! short off the async thread, and [`prune`] forgets what is no longer needed.
 
 mod checkpoint;
 mod conversation;
 mod inbox;
 mod outbox;
+mod prune;
 #[cfg(test)]
 mod tests;
 
@@ -32,6 +32,7 @@ use checkpoint::Checkpointer;
 pub use conversation::Exchange;
 pub use inbox::{Kind, Pending, Taken, Unparsed};
 pub use outbox::{OutPiece, ReplyRecord, Stored};
+pub use prune::on_schedule as prune_on_schedule;
 use rusqlite::Connection;
 
 /// The schema this build writes. Bump it with a new entry in [`MIGRATIONS`].
@@ -175,7 +176,15 @@ impl Store {
     /// Opens (creating or migrating) `dir/state.db`.
     pub fn open(dir: &Path) -> Result<Store, StoreError> {
         let path = dir.join("state.db");
-        match Store::open_at(&path) {
+        // SQLite removes a log it cannot use when the failed connection closes, so the log
+        // of a store that turns out unreadable is held by a second name until the open is
+        // over (a hard link: no copy, and the log itself is untouched).
+        let wal = dir.join("state.db-wal");
+        let held_wal = dir.join("state.db-wal.opening");
+        let _ = std::fs::remove_file(&held_wal);
+        let holding = std::fs::hard_link(&wal, &held_wal).is_ok();
+        let opened = Store::open_at(&path);
+        match opened {
             Err(StoreError::Sqlite { source, .. }) if is_corruption(&source) => {
                 let aside = dir.join(format!("state.db.corrupt-{}", now()));
                 let held = describe_corrupt(&path);
@@ -185,12 +194,21 @@ impl Store {
                     aside.display()
                 );
                 let _ = std::fs::rename(&path, &aside);
-                for suffix in ["-wal", "-shm"] {
-                    let _ = std::fs::remove_file(dir.join(format!("state.db{suffix}")));
+                // The log may hold the newest commits: it goes with the copy, where SQLite
+                // looks for it (`<db>-wal`), so the copy opens with them. The shared
+                // memory index is rebuilt from the log; it only goes.
+                let aside_wal = PathBuf::from(format!("{}-wal", aside.display()));
+                if holding {
+                    let _ = std::fs::rename(&held_wal, &aside_wal);
                 }
+                let _ = std::fs::remove_file(&wal);
+                let _ = std::fs::remove_file(dir.join("state.db-shm"));
                 Store::open_at(&path)
             }
-            other => other,
+            other => {
+                let _ = std::fs::remove_file(&held_wal);
+                other
+            }
         }
     }
 

@@ -577,17 +577,26 @@ fn a_corrupt_file_is_moved_aside() {
         b"this is not a database, not even close........",
     )
     .unwrap();
+    // The log may hold the newest commits: it goes with the copy, under the name SQLite
+    // looks for beside it.
+    std::fs::write(dir.path().join("state.db-wal"), b"the last commits").unwrap();
     let store = Store::open(dir.path()).unwrap();
     assert!(store.unanswered().unwrap().is_empty());
-    let aside = std::fs::read_dir(dir.path())
+    let names: Vec<String> = std::fs::read_dir(dir.path())
         .unwrap()
         .filter_map(|e| e.ok())
-        .any(|e| {
-            e.file_name()
-                .to_string_lossy()
-                .starts_with("state.db.corrupt-")
-        });
-    assert!(aside);
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    let copy = names
+        .iter()
+        .find(|n| n.starts_with("state.db.corrupt-") && !n.ends_with("-wal"))
+        .unwrap_or_else(|| panic!("no copy in {names:?}"));
+    let wal = dir.path().join(format!("{copy}-wal"));
+    assert_eq!(
+        std::fs::read(&wal).unwrap(),
+        b"the last commits",
+        "{names:?}"
+    );
 }
 
 /// Each checkpoint runs on its own connection while the gateway goes on committing, so it
@@ -619,4 +628,67 @@ fn the_log_starts_over_while_commits_go_on_during_checkpoints() {
     // 1,024 frames of 4 KiB, and what is written while two checkpoints run; 3,000
     // messages written to a log that never starts over take about 90 MiB.
     assert!(largest < 16 << 20, "the log grew to {largest} bytes");
+}
+
+/// A year of use leaves a store the size of its recent weeks: answered inbox rows, old
+/// unparsed updates, ended conversations and history past what a job may be sent are
+/// forgotten; what is waiting, recent or still sent to the model stays.
+#[test]
+fn pruning_forgets_what_is_no_longer_needed_and_keeps_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let now = 1_000_000_000;
+    let long_ago = now - 40 * 24 * 60 * 60;
+    {
+        let conn = store.lock();
+        conn.execute_batch(&format!(
+            "INSERT INTO inbox (id, chat_id, user_id, text, received_at, done_at, message_id) VALUES (1, 7, 7, 'old, done', {long_ago}, {long_ago}, 1);
+             INSERT INTO inbox (id, chat_id, user_id, text, received_at, message_id) VALUES (2, 7, 7, 'old, waiting', {long_ago}, 2);
+             INSERT INTO inbox (id, chat_id, user_id, text, received_at, done_at, message_id) VALUES (3, 7, 7, 'new, done', {now}, {now}, 3);
+             INSERT INTO unparsed_updates (update_id, raw, received_at) VALUES (1, 'old', {long_ago});
+             INSERT INTO unparsed_updates (update_id, raw, received_at) VALUES (2, 'new', {now});
+             INSERT INTO chats (chat_id, conversation) VALUES (7, 2);
+             INSERT INTO turns (chat_id, conversation, role, content, at) VALUES (7, 1, 'user', 'ended long ago', {long_ago});
+             INSERT INTO turns (chat_id, conversation, role, content, at) VALUES (7, 1, 'user', 'ended lately', {now});"
+        ))
+        .unwrap();
+        for i in 0..1_200 {
+            conn.execute(
+                "INSERT INTO turns (chat_id, conversation, role, content, at) VALUES (7, 2, 'user', ?1, ?2)",
+                params![format!("turn {i}"), long_ago],
+            )
+            .unwrap();
+        }
+    }
+    let pruned = store.prune_at(now).unwrap();
+    assert_eq!(
+        pruned,
+        prune::Pruned {
+            inbox: 1,
+            unparsed: 1,
+            turns: 1 + 200
+        }
+    );
+    let conn = store.lock();
+    let texts = |sql: &str| -> Vec<String> {
+        let mut st = conn.prepare(sql).unwrap();
+        st.query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    };
+    assert_eq!(
+        texts("SELECT text FROM inbox ORDER BY id"),
+        ["old, waiting", "new, done"]
+    );
+    assert_eq!(texts("SELECT raw FROM unparsed_updates"), ["new"]);
+    let current = texts("SELECT content FROM turns WHERE conversation = 2 ORDER BY id");
+    assert_eq!(current.len(), 1_000);
+    assert_eq!(current[0], "turn 200");
+    assert_eq!(
+        texts("SELECT content FROM turns WHERE conversation = 1"),
+        ["ended lately"]
+    );
+    drop(conn);
+    assert_eq!(store.prune_at(now).unwrap(), prune::Pruned::default());
 }

@@ -238,6 +238,35 @@ fn strip_mention(text: &str, mention: &str) -> String {
     out.trim().to_string()
 }
 
+/// Who sent an update the client could not parse, as its raw form shows: the `from` of
+/// the object it carries (a message, an edit, a press, …).
+pub fn raw_sender(raw: &Value) -> Option<u64> {
+    raw.as_object()?
+        .values()
+        .find_map(|v| v.get("from")?.get("id")?.as_u64())
+}
+
+/// What is kept of an update that could not be parsed and is not known to come from an
+/// allowed user: that it came, and of what kind, never what it said (a stranger's text is
+/// not kept anywhere).
+pub fn withheld(raw: &Value) -> String {
+    let kinds: Vec<&str> = raw
+        .as_object()
+        .map(|o| {
+            o.keys()
+                .map(String::as_str)
+                .filter(|k| *k != "update_id")
+                .collect()
+        })
+        .unwrap_or_default();
+    serde_json::json!({
+        "update_id": raw.get("update_id"),
+        "kinds": kinds,
+        "withheld": "not from an allowed user",
+    })
+    .to_string()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

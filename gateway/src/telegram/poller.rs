@@ -35,10 +35,10 @@ use teloxide_core::types::{AllowedUpdate, CallbackQuery, Update, UpdateKind};
 use teloxide_core::{ApiError, RequestError};
 use tokio_util::sync::CancellationToken;
 
-use super::incoming::{Identity, raw_text_message, user_message};
+use super::incoming::{Identity, raw_sender, raw_text_message, user_message, withheld};
 use super::webhook::{is_webhook_conflict, webhook_gone};
 use crate::health::Health;
-use crate::store::{Pending, Store, Unparsed};
+use crate::store::{Kind, Pending, Store, Unparsed};
 use hermes_retry::Backoff;
 
 pub struct PollSettings {
@@ -150,9 +150,23 @@ pub async fn poll(
                                     "it holds no text message: skipping it"
                                 }
                             );
+                            // Kept whole only when it is an allowed user's: `classify`,
+                            // the one judge of that, is asked about its sender.
+                            let from_member = raw_sender(&raw).is_some_and(|user_id| {
+                                let mut sender = Pending {
+                                    user_id,
+                                    ..Pending::default()
+                                };
+                                classify(&mut sender);
+                                sender.kind != Kind::Stranger
+                            });
                             unparsed.push(Unparsed {
                                 update_id: i64::from(update.id.0),
-                                raw: raw.to_string(),
+                                raw: if from_member {
+                                    raw.to_string()
+                                } else {
+                                    withheld(&raw)
+                                },
                             });
                             messages.extend(message);
                         }
