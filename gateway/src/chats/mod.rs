@@ -20,14 +20,20 @@
 //! jobs keep dying with the gateway (or its worker) is given up after
 //! [`turns::MAX_ATTEMPTS`] starts, with an apology, so it cannot take every restart down
 //! with it.
+//!
+//! A stranger (someone not in `telegram.allowed_users`) is told their user id at most once
+//! an hour ([`strangers`]); the rest of their messages are dropped, counted in the status.
+//! Their replies wait behind the members' answers of the chat ([`Outbox::send_to_stranger`]).
 
 mod deliver;
 mod prepare;
+mod strangers;
 mod turns;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use hermes_protocol::JobId;
 use tokio::sync::Notify;
@@ -120,6 +126,8 @@ struct Inner {
     tasks: TaskTracker,
     /// Cancelled when the gateway stops: chat tasks take no further turn and end.
     closing: CancellationToken,
+    /// Which strangers were answered within the hour.
+    strangers: Mutex<strangers::StrangerLimit>,
 }
 
 impl Inner {
@@ -164,6 +172,7 @@ impl ChatRouter {
                 next_job: AtomicU64::new(1),
                 tasks,
                 closing,
+                strangers: Mutex::new(strangers::StrangerLimit::default()),
             }),
         }
     }
@@ -185,18 +194,7 @@ impl ChatRouter {
     pub fn handle(&self, message: Pending) {
         let chat = message.chat_id;
         match message.kind {
-            Kind::Stranger => {
-                tracing::info!(
-                    chat_id = chat,
-                    user_id = message.user_id,
-                    "message from a user not in telegram.allowed_users"
-                );
-                self.inner.reply(
-                    chat,
-                    &[message.update_id],
-                    &replies::stranger_text(message.user_id),
-                );
-            }
+            Kind::Stranger => self.stranger(chat, message.update_id, message.user_id),
             Kind::Stop => self.stop(chat, message.update_id),
             Kind::Unsupported => {
                 tracing::info!(
@@ -212,6 +210,48 @@ impl ChatRouter {
             }
             Kind::Message => self.arrived(chat, message.update_id, message.counted),
         }
+    }
+
+    /// A stranger's message: answered with their id once an hour, behind the chat's
+    /// members; otherwise closed without a reply (so a restart does not answer it either).
+    fn stranger(&self, chat: i64, update_id: i64, user_id: u64) {
+        let admitted = self
+            .inner
+            .strangers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .admit(user_id, Instant::now());
+        self.inner.ctx.health.stranger(admitted);
+        let text = if admitted {
+            tracing::info!(
+                chat_id = chat,
+                user_id,
+                "message from a user not in telegram.allowed_users"
+            );
+            replies::stranger_text(user_id)
+        } else {
+            // Not logged at info: a crowd of strangers would flood the journal instead.
+            tracing::debug!(
+                chat_id = chat,
+                user_id,
+                "a stranger's message dropped: answered within the hour"
+            );
+            String::new()
+        };
+        // A store error is logged where it happens; the reply still goes out.
+        let _ = self.inner.ctx.outbox.send_to_stranger(Reply {
+            chat,
+            answers: &[update_id],
+            text: &text,
+            pieces: if admitted {
+                plain_pieces(&text)
+            } else {
+                Vec::new()
+            },
+            edit: None,
+            exchange: None,
+            question: None,
+        });
     }
 
     /// Takes up what the previous run left: `unanswered` messages, oldest first. Each
