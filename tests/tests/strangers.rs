@@ -1,11 +1,15 @@
 //! Strangers (people not in `telegram.allowed_users`) cannot delay members: each gets at
 //! most one reply an hour, the rest are dropped and counted in the status, and their
-//! replies wait behind every member's answer in the same chat.
+//! replies wait behind every member's answer in the same chat. And a group that became a
+//! supergroup has its waiting messages answered there at once.
 //!
 //! Real binaries against the fake Telegram and provider on 127.0.0.1; every scenario runs
 //! in both worker modes.
 
+use std::time::Duration;
+
 use hermes_config::WorkerMode;
+use hermes_tests::fake_provider::ProviderReply;
 use hermes_tests::fake_telegram::{BOT_USERNAME, FloodLimits, SentMessage};
 use hermes_tests::harness::{Gateway, PATIENCE, Rig, USER, binaries, eventually};
 use serde_json::Value;
@@ -13,6 +17,7 @@ use serde_json::Value;
 hermes_tests::both_modes!(
     fifty_strangers_in_a_group_do_not_hold_back_a_members_answer,
     a_stranger_writing_three_times_in_an_hour_is_answered_once_and_two_are_counted,
+    a_migrated_groups_waiting_message_is_answered_there_at_once,
 );
 
 const STRANGERS: i64 = 50;
@@ -95,6 +100,50 @@ async fn a_stranger_writing_three_times_in_an_hour_is_answered_once_and_two_are_
         out.contains("strangers: 1 answered, 2 dropped"),
         "status says:\n{out}"
     );
+}
+
+async fn a_migrated_groups_waiting_message_is_answered_there_at_once(mode: WorkerMode) {
+    let group = -600;
+    let supergroup = -1_000_000_000_600;
+    let stranger = 5555;
+    let rig = Rig::start(mode, |_| {}).await;
+    let bot = format!("@{BOT_USERNAME}");
+    assert_eq!(
+        rig.ask_in(group, USER, &format!("{bot} first")).await.text,
+        "echo: first"
+    );
+    rig.provider
+        .push_for("slow", ProviderReply::Delay(Duration::from_secs(3)));
+    rig.telegram.send_text(group, USER, &format!("{bot} slow"));
+    assert!(rig.provider.wait_for_requests(2, PATIENCE).await);
+    // While the job runs, a message waits in the group for the next turn...
+    let waiting = rig
+        .telegram
+        .send_text(group, USER, &format!("{bot} waiting"));
+    assert!(rig.telegram.wait_for_ack(waiting, PATIENCE).await);
+    // ... the group becomes a supergroup, and a reply sent there (to a stranger) is the
+    // first to learn it: the waiting message moves with the group.
+    rig.telegram.migrate_chat(group, supergroup);
+    rig.telegram
+        .send_text(group, stranger, &format!("{bot} let me in"));
+    let answered = rig
+        .telegram
+        .wait_for_sent(|m| m.text == "echo: waiting", PATIENCE)
+        .await;
+    assert!(
+        answered.is_some(),
+        "the moved message was never answered\n{}",
+        rig.gateway.log()
+    );
+    let texts: Vec<String> = rig
+        .telegram
+        .sent_to(supergroup)
+        .into_iter()
+        .filter(|m| m.text.starts_with("echo: "))
+        .map(|m| m.text)
+        .collect();
+    assert_eq!(texts, ["echo: slow", "echo: waiting"], "in turn order");
+    assert_eq!(rig.provider.requests().len(), 3);
 }
 
 fn status_json(gateway: &Gateway) -> Value {

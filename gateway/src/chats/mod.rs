@@ -24,6 +24,8 @@
 //! A stranger (someone not in `telegram.allowed_users`) is told their user id at most once
 //! an hour ([`strangers`]); the rest of their messages are dropped, counted in the status.
 //! Their replies wait behind the members' answers of the chat ([`Outbox::send_to_stranger`]).
+//! A group that became a supergroup (the outbox learns it from Telegram) is served under its
+//! new id at once, by the task that served it, so its waiting messages keep their turn.
 
 mod deliver;
 mod prepare;
@@ -31,8 +33,8 @@ mod strangers;
 mod turns;
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Instant;
 
 use hermes_protocol::JobId;
@@ -94,6 +96,8 @@ pub struct ChatRouter {
 
 /// One chat's task, as the router reaches it.
 struct ChatEntry {
+    /// The chat the task serves: a group's id changes when it becomes a supergroup.
+    id: Arc<AtomicI64>,
     wake: Arc<Notify>,
     in_flight: Arc<InFlight>,
     /// Messages that arrived in this run and were not taken into a turn yet.
@@ -164,17 +168,23 @@ impl ChatRouter {
         tasks: TaskTracker,
         closing: CancellationToken,
     ) -> Self {
-        ChatRouter {
-            inner: Arc::new(Inner {
-                chats: Mutex::new(HashMap::new()),
-                ctx,
-                queue_capacity: queue_capacity.max(1),
-                next_job: AtomicU64::new(1),
-                tasks,
-                closing,
-                strangers: Mutex::new(strangers::StrangerLimit::default()),
-            }),
-        }
+        let inner = Arc::new(Inner {
+            chats: Mutex::new(HashMap::new()),
+            ctx,
+            queue_capacity: queue_capacity.max(1),
+            next_job: AtomicU64::new(1),
+            tasks,
+            closing,
+            strangers: Mutex::new(strangers::StrangerLimit::default()),
+        });
+        // Weak: the outbox lives in the router's context and must not keep it alive.
+        let router: Weak<Inner> = Arc::downgrade(&inner);
+        inner.ctx.outbox.on_chat_moved(move |from, to| {
+            if let Some(inner) = router.upgrade() {
+                ChatRouter { inner }.moved(from, to);
+            }
+        });
+        ChatRouter { inner }
     }
 
     /// Decides what `message` is before it is stored ([`classify`]), and whether its job's
@@ -254,6 +264,29 @@ impl ChatRouter {
         });
     }
 
+    /// Group `from` became supergroup `to`, and its waiting messages moved there in the
+    /// store: the task that served it serves `to` from now on and looks at once (after
+    /// the turn it has in hand, so the turns stay in order); if `to` has a task of its
+    /// own already (a message came from the supergroup first), that one looks.
+    fn moved(&self, from: i64, to: i64) {
+        let mut chats = self.inner.lock();
+        if let Some(entry) = chats.get(&to) {
+            entry.wake.notify_one();
+            return;
+        }
+        match chats.remove(&from) {
+            Some(entry) => {
+                entry.id.store(to, Ordering::Release);
+                entry.wake.notify_one();
+                chats.insert(to, entry);
+            }
+            None => {
+                drop(chats);
+                self.wake(to, None);
+            }
+        }
+    }
+
     /// Takes up what the previous run left: `unanswered` messages, oldest first. Each
     /// chat's waiting messages become its next turn (however many; none is refused).
     pub fn resume(&self, unanswered: Vec<Pending>) {
@@ -294,11 +327,13 @@ impl ChatRouter {
             entry.wake.notify_one();
             return;
         }
+        let id = Arc::new(AtomicI64::new(chat));
         let wake = Arc::new(Notify::new());
         let in_flight = Arc::new(InFlight::default());
         chats.insert(
             chat,
             ChatEntry {
+                id: id.clone(),
                 wake: wake.clone(),
                 in_flight: in_flight.clone(),
                 waiting: usize::from(arrived.is_some()),
@@ -313,7 +348,7 @@ impl ChatRouter {
         let router = self.clone();
         self.inner
             .tasks
-            .spawn(async move { router.serve_chat(chat, wake, in_flight).await });
+            .spawn(async move { router.serve_chat(id, wake, in_flight).await });
     }
 
     /// `/stop`: ends the job in flight (its task answers, once the job's processes are

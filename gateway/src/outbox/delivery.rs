@@ -186,8 +186,13 @@ impl Inner {
                         chat_id = dest,
                         "the group became supergroup {to}: sending there, and moving its conversation"
                     );
-                    if let Err(e) = self.config.store.migrate_chat(dest, to) {
-                        tracing::error!(chat_id = dest, "cannot move the chat to {to}: {e}");
+                    match self.config.store.migrate_chat(dest, to) {
+                        // Its waiting messages are the new chat's now: they are taken
+                        // there at once, not when someone next writes in it.
+                        Ok(()) => self.chat_moved(dest, to),
+                        Err(e) => {
+                            tracing::error!(chat_id = dest, "cannot move the chat to {to}: {e}")
+                        }
                     }
                     if let Some(queue) = self.lock().get_mut(&chat) {
                         queue.moved_to = Some(to);

@@ -26,7 +26,7 @@ mod queue;
 
 use std::collections::HashMap;
 use std::sync::atomic::AtomicBool;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use teloxide_core::types::MessageId;
@@ -39,6 +39,9 @@ use crate::store::{Exchange, OutPiece, ReplyRecord, Store, StoreError};
 use crate::telegram::format::Piece;
 use crate::telegram::sender::Sender;
 use queue::{Lane, Queue, Queued};
+
+/// Told that a group became a supergroup: old id, new id.
+type MovedHook = Box<dyn Fn(i64, i64) + Send + Sync>;
 
 #[derive(Clone)]
 pub struct Outbox {
@@ -80,6 +83,17 @@ struct Inner {
     stop: CancellationToken,
     /// A task will remove the pieces that left from the store.
     recording: AtomicBool,
+    /// Who is told when a chat moved ([`Outbox::on_chat_moved`]).
+    moved: OnceLock<MovedHook>,
+}
+
+impl Inner {
+    /// Chat `from` moved to `to`, its waiting messages with it (in the store).
+    fn chat_moved(&self, from: i64, to: i64) {
+        if let Some(hook) = self.moved.get() {
+            hook(from, to);
+        }
+    }
 }
 
 impl Outbox {
@@ -92,7 +106,17 @@ impl Outbox {
                 tasks,
                 stop,
                 recording: AtomicBool::new(false),
+                moved: OnceLock::new(),
             }),
+        }
+    }
+
+    /// `hook` is told when sending showed that a group became a supergroup, after its
+    /// conversation and waiting messages moved in the store (set once: later calls are
+    /// ignored).
+    pub fn on_chat_moved(&self, hook: impl Fn(i64, i64) + Send + Sync + 'static) {
+        if self.inner.moved.set(Box::new(hook)).is_err() {
+            tracing::warn!("the outbox's chat-moved hook was set twice; kept the first");
         }
     }
 
