@@ -28,7 +28,7 @@ const FIELDS: &[(&str, &str)] = &[
     ("worker_pid", "WORKER_PID"),
     ("provider", "PROVIDER"),
     ("update_id", "UPDATE_ID"),
-    ("rows", "INBOX_ROWS"),
+    ("rows", "ROWS"),
     ("message_id", "MESSAGE_ID"),
     ("slot", "SLOT"),
     ("class", "CLASS"),

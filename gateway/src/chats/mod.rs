@@ -20,14 +20,22 @@
 //! jobs keep dying with the gateway (or its worker) is given up after
 //! [`turns::MAX_ATTEMPTS`] starts, with an apology, so it cannot take every restart down
 //! with it.
+//!
+//! A stranger (someone not in `telegram.allowed_users`) is told their user id at most once
+//! an hour ([`strangers`]); the rest of their messages are dropped, counted in the status.
+//! Their replies wait behind the members' answers of the chat ([`Outbox::send_to_stranger`]).
+//! A group that became a supergroup (the outbox learns it from Telegram) is served under its
+//! new id at once, by the task that served it, so its waiting messages keep their turn.
 
 mod deliver;
 mod prepare;
+mod strangers;
 mod turns;
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Instant;
 
 use hermes_protocol::JobId;
 use tokio::sync::Notify;
@@ -88,6 +96,8 @@ pub struct ChatRouter {
 
 /// One chat's task, as the router reaches it.
 struct ChatEntry {
+    /// The chat the task serves: a group's id changes when it becomes a supergroup.
+    id: Arc<AtomicI64>,
     wake: Arc<Notify>,
     in_flight: Arc<InFlight>,
     /// Messages that arrived in this run and were not taken into a turn yet.
@@ -120,6 +130,8 @@ struct Inner {
     tasks: TaskTracker,
     /// Cancelled when the gateway stops: chat tasks take no further turn and end.
     closing: CancellationToken,
+    /// Which strangers were answered within the hour.
+    strangers: Mutex<strangers::StrangerLimit>,
 }
 
 impl Inner {
@@ -156,16 +168,23 @@ impl ChatRouter {
         tasks: TaskTracker,
         closing: CancellationToken,
     ) -> Self {
-        ChatRouter {
-            inner: Arc::new(Inner {
-                chats: Mutex::new(HashMap::new()),
-                ctx,
-                queue_capacity: queue_capacity.max(1),
-                next_job: AtomicU64::new(1),
-                tasks,
-                closing,
-            }),
-        }
+        let inner = Arc::new(Inner {
+            chats: Mutex::new(HashMap::new()),
+            ctx,
+            queue_capacity: queue_capacity.max(1),
+            next_job: AtomicU64::new(1),
+            tasks,
+            closing,
+            strangers: Mutex::new(strangers::StrangerLimit::default()),
+        });
+        // Weak: the outbox lives in the router's context and must not keep it alive.
+        let router: Weak<Inner> = Arc::downgrade(&inner);
+        inner.ctx.outbox.on_chat_moved(move |from, to| {
+            if let Some(inner) = router.upgrade() {
+                ChatRouter { inner }.moved(from, to);
+            }
+        });
+        ChatRouter { inner }
     }
 
     /// Decides what `message` is before it is stored ([`classify`]), and whether its job's
@@ -185,18 +204,7 @@ impl ChatRouter {
     pub fn handle(&self, message: Pending) {
         let chat = message.chat_id;
         match message.kind {
-            Kind::Stranger => {
-                tracing::info!(
-                    chat_id = chat,
-                    user_id = message.user_id,
-                    "message from a user not in telegram.allowed_users"
-                );
-                self.inner.reply(
-                    chat,
-                    &[message.id],
-                    &replies::stranger_text(message.user_id),
-                );
-            }
+            Kind::Stranger => self.stranger(chat, message.id, message.user_id),
             Kind::Stop => self.stop(chat, message.id),
             Kind::Unsupported => {
                 tracing::info!(
@@ -208,6 +216,71 @@ impl ChatRouter {
                     .reply(chat, &[message.id], &replies::not_understood(&message.text));
             }
             Kind::Message => self.arrived(chat, message.id, message.counted),
+        }
+    }
+
+    /// A stranger's message: answered with their id once an hour, behind the chat's
+    /// members; otherwise closed without a reply (so a restart does not answer it either).
+    fn stranger(&self, chat: i64, row: i64, user_id: u64) {
+        let admitted = self
+            .inner
+            .strangers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .admit(user_id, Instant::now());
+        self.inner.ctx.health.stranger(admitted);
+        let text = if admitted {
+            tracing::info!(
+                chat_id = chat,
+                user_id,
+                "message from a user not in telegram.allowed_users"
+            );
+            replies::stranger_text(user_id)
+        } else {
+            // Not logged at info: a crowd of strangers would flood the journal instead.
+            tracing::debug!(
+                chat_id = chat,
+                user_id,
+                "a stranger's message dropped: answered within the hour"
+            );
+            String::new()
+        };
+        // A store error is logged where it happens; the reply still goes out.
+        let _ = self.inner.ctx.outbox.send_to_stranger(Reply {
+            chat,
+            answers: &[row],
+            text: &text,
+            pieces: if admitted {
+                plain_pieces(&text)
+            } else {
+                Vec::new()
+            },
+            edit: None,
+            exchange: None,
+            question: None,
+        });
+    }
+
+    /// Group `from` became supergroup `to`, and its waiting messages moved there in the
+    /// store: the task that served it serves `to` from now on and looks at once (after
+    /// the turn it has in hand, so the turns stay in order); if `to` has a task of its
+    /// own already (a message came from the supergroup first), that one looks.
+    fn moved(&self, from: i64, to: i64) {
+        let mut chats = self.inner.lock();
+        if let Some(entry) = chats.get(&to) {
+            entry.wake.notify_one();
+            return;
+        }
+        match chats.remove(&from) {
+            Some(entry) => {
+                entry.id.store(to, Ordering::Release);
+                entry.wake.notify_one();
+                chats.insert(to, entry);
+            }
+            None => {
+                drop(chats);
+                self.wake(to, None);
+            }
         }
     }
 
@@ -251,11 +324,13 @@ impl ChatRouter {
             entry.wake.notify_one();
             return;
         }
+        let id = Arc::new(AtomicI64::new(chat));
         let wake = Arc::new(Notify::new());
         let in_flight = Arc::new(InFlight::default());
         chats.insert(
             chat,
             ChatEntry {
+                id: id.clone(),
                 wake: wake.clone(),
                 in_flight: in_flight.clone(),
                 waiting: usize::from(arrived.is_some()),
@@ -270,7 +345,7 @@ impl ChatRouter {
         let router = self.clone();
         self.inner
             .tasks
-            .spawn(async move { router.serve_chat(chat, wake, in_flight).await });
+            .spawn(async move { router.serve_chat(id, wake, in_flight).await });
     }
 
     /// `/stop`: ends the job in flight (its task answers, once the job's processes are

@@ -13,7 +13,7 @@
 
 use std::borrow::Cow;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 
 use hermes_protocol::{CancelReason, Failure, JobId, Outcome};
@@ -40,10 +40,17 @@ const EVENTS_BOUND: usize = 64;
 
 impl ChatRouter {
     /// The chat's task: takes turns until a quiet minute passes or the gateway stops.
-    pub(super) async fn serve_chat(self, chat: i64, wake: Arc<Notify>, in_flight: Arc<InFlight>) {
+    pub(super) async fn serve_chat(
+        self,
+        id: Arc<AtomicI64>,
+        wake: Arc<Notify>,
+        in_flight: Arc<InFlight>,
+    ) {
         // Whether this chat was told that the gateway restarts and its messages wait.
         let mut announced = false;
         loop {
+            // Read at every look: a group that became a supergroup is served at its new id.
+            let chat = id.load(Ordering::Acquire);
             if self.inner.closing.is_cancelled() {
                 self.announce_restart(chat, announced);
                 break;
@@ -86,12 +93,19 @@ impl ChatRouter {
                 _ = self.inner.closing.cancelled() => false,
                 _ = tokio::time::sleep(CHAT_IDLE) => true,
             };
-            // A message that arrived as the minute ran out counts: it is taken first.
-            if idle && self.inner.lock().get(&chat).is_none_or(|e| e.waiting == 0) {
+            // A message that arrived as the minute ran out counts: it is taken first; so
+            // does a move as it ran out (read under the lock that a move takes).
+            let chats = self.inner.lock();
+            let quiet = id.load(Ordering::Acquire) == chat
+                && chats.get(&chat).is_none_or(|e| e.waiting == 0);
+            drop(chats);
+            if idle && quiet {
                 break;
             }
         }
         let mut chats = self.inner.lock();
+        // Read under the lock that a move takes to change it.
+        let chat = id.load(Ordering::Acquire);
         if chats
             .get(&chat)
             .is_some_and(|entry| Arc::ptr_eq(&entry.wake, &wake))

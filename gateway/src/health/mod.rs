@@ -16,7 +16,7 @@ use crate::clock::{unix, unix_now};
 use crate::sandbox::Report;
 pub use snapshot::{
     DEGRADED_MARK, Jobs, OutboxStatus, Polling, PollingState, ProviderStatus, SandboxStatus,
-    ShutdownRecord, Snapshot, Workers,
+    ShutdownRecord, Snapshot, StrangersStatus, Workers,
 };
 
 pub struct Health {
@@ -54,6 +54,7 @@ struct State {
     outbox_oldest_unix: Option<u64>,
     outbox_refused: u64,
     outbox_expired: u64,
+    strangers: StrangersStatus,
     /// None until the probe has answered.
     sandbox_report: Option<Report>,
     unsandboxed: Vec<String>,
@@ -208,6 +209,16 @@ impl Health {
         self.lock().outbox_expired += 1;
     }
 
+    /// A stranger's message was answered (`true`) or dropped.
+    pub fn stranger(&self, answered: bool) {
+        let mut s = self.lock();
+        if answered {
+            s.strangers.answered += 1;
+        } else {
+            s.strangers.dropped += 1;
+        }
+    }
+
     pub fn job_done(&self, outcome: &Outcome) {
         let mut s = self.lock();
         match outcome {
@@ -265,6 +276,7 @@ impl Health {
                 refused: s.outbox_refused,
                 expired: s.outbox_expired,
             },
+            strangers: s.strangers.clone(),
         }
     }
 }

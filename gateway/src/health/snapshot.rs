@@ -76,6 +76,8 @@ pub struct Snapshot {
     /// Replies committed and not yet delivered.
     #[serde(default)]
     pub outbox: OutboxStatus,
+    #[serde(default)]
+    pub strangers: StrangersStatus,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -119,6 +121,16 @@ pub struct OutboxStatus {
     pub refused: u64,
     /// Pieces dropped undelivered after `telegram.outbox_max_age_secs`.
     pub expired: u64,
+}
+
+/// People not in `telegram.allowed_users` who wrote in this run: each gets at most one
+/// reply an hour, so a crowd of them cannot fill the chats' queues.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct StrangersStatus {
+    /// Messages answered with the stranger reply.
+    pub answered: u64,
+    /// Messages left without a reply: their writer had one within the hour.
+    pub dropped: u64,
 }
 
 /// A reply waiting longer than this makes the gateway degraded: Telegram is not taking

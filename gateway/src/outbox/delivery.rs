@@ -34,13 +34,13 @@ impl Inner {
     pub(super) async fn drain(self: &Arc<Self>, chat: i64) {
         let mut backoff = Backoff::new(FIRST_RETRY, self.config.retry_max);
         loop {
-            let (next, dest) = {
+            let (next, lane, dest) = {
                 let mut chats = self.lock();
                 let Some(queue) = chats.get_mut(&chat) else {
                     return;
                 };
-                match queue.pieces.front() {
-                    Some(next) => (next.clone(), queue.moved_to.unwrap_or(chat)),
+                match queue.next() {
+                    Some((next, lane)) => (next.clone(), lane, queue.moved_to.unwrap_or(chat)),
                     None => {
                         if queue.moved_to.is_none() {
                             chats.remove(&chat);
@@ -73,9 +73,11 @@ impl Inner {
             if let Some(id) = next.id {
                 self.config.store.piece_left(id);
             }
+            // Only this task takes pieces off the queue, so the one sent is still its
+            // lane's first, whatever was added meanwhile.
             let more = self.lock().get_mut(&chat).is_some_and(|queue| {
-                queue.pieces.pop_front();
-                !queue.pieces.is_empty()
+                queue.lane(lane).pop_front();
+                !queue.is_empty()
             });
             if more {
                 // Recorded before the chat's next piece goes: a crash sends one piece of
@@ -184,8 +186,13 @@ impl Inner {
                         chat_id = dest,
                         "the group became supergroup {to}: sending there, and moving its conversation"
                     );
-                    if let Err(e) = self.config.store.migrate_chat(dest, to) {
-                        tracing::error!(chat_id = dest, "cannot move the chat to {to}: {e}");
+                    match self.config.store.migrate_chat(dest, to) {
+                        // Its waiting messages are the new chat's now: they are taken
+                        // there at once, not when someone next writes in it.
+                        Ok(()) => self.chat_moved(dest, to),
+                        Err(e) => {
+                            tracing::error!(chat_id = dest, "cannot move the chat to {to}: {e}")
+                        }
                     }
                     if let Some(queue) = self.lock().get_mut(&chat) {
                         queue.moved_to = Some(to);

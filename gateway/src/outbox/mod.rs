@@ -11,7 +11,8 @@
 //! Telegram accepted it: with the store's next write, and at the latest before its chat's
 //! next piece goes, or [`RECORD_WITHIN`](delivery::RECORD_WITHIN) after its chat's last; when a reply's last piece
 //! has left, the messages it answers are done. Pieces a run did not deliver are the next
-//! run's first work, in the same order.
+//! run's first work, in the same order. A reply to a stranger waits behind every member's
+//! piece of its chat ([`Outbox::send_to_stranger`]).
 //!
 //! Telegram has no idempotency key, so exactly-once is "at most one piece of a chat
 //! twice": a crash between Telegram accepting a piece and the store forgetting it, or an
@@ -25,7 +26,7 @@ mod queue;
 
 use std::collections::HashMap;
 use std::sync::atomic::AtomicBool;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use teloxide_core::types::MessageId;
@@ -37,7 +38,10 @@ use crate::health::Health;
 use crate::store::{Exchange, OutPiece, ReplyRecord, Store, StoreError};
 use crate::telegram::format::Piece;
 use crate::telegram::sender::Sender;
-use queue::{Queue, Queued};
+use queue::{Lane, Queue, Queued};
+
+/// Told that a group became a supergroup: old id, new id.
+type MovedHook = Box<dyn Fn(i64, i64) + Send + Sync>;
 
 #[derive(Clone)]
 pub struct Outbox {
@@ -79,6 +83,17 @@ struct Inner {
     stop: CancellationToken,
     /// A task will remove the pieces that left from the store.
     recording: AtomicBool,
+    /// Who is told when a chat moved ([`Outbox::on_chat_moved`]).
+    moved: OnceLock<MovedHook>,
+}
+
+impl Inner {
+    /// Chat `from` moved to `to`, its waiting messages with it (in the store).
+    fn chat_moved(&self, from: i64, to: i64) {
+        if let Some(hook) = self.moved.get() {
+            hook(from, to);
+        }
+    }
 }
 
 impl Outbox {
@@ -91,7 +106,17 @@ impl Outbox {
                 tasks,
                 stop,
                 recording: AtomicBool::new(false),
+                moved: OnceLock::new(),
             }),
+        }
+    }
+
+    /// `hook` is told when sending showed that a group became a supergroup, after its
+    /// conversation and waiting messages moved in the store (set once: later calls are
+    /// ignored).
+    pub fn on_chat_moved(&self, hook: impl Fn(i64, i64) + Send + Sync + 'static) {
+        if self.inner.moved.set(Box::new(hook)).is_err() {
+            tracing::warn!("the outbox's chat-moved hook was set twice; kept the first");
         }
     }
 
@@ -102,7 +127,9 @@ impl Outbox {
         let count = stored.len();
         for piece in stored {
             let chat = piece.chat_id;
-            self.push(chat, vec![Queued::from_stored(piece, None)]);
+            // The store does not say whose a piece is: a previous run's replies go in the
+            // order they were committed.
+            self.push(chat, Lane::Members, vec![Queued::from_stored(piece, None)]);
         }
         Ok(count)
     }
@@ -110,6 +137,16 @@ impl Outbox {
     /// Commits `reply` and queues it for its chat. When the store refuses the commit the
     /// reply is still sent, once, and the error returned: its messages stay unanswered.
     pub fn send(&self, reply: Reply) -> Result<(), StoreError> {
+        self.commit(reply, Lane::Members)
+    }
+
+    /// Like [`Outbox::send`], for a reply to a stranger: it waits until no member's piece
+    /// of its chat does.
+    pub fn send_to_stranger(&self, reply: Reply) -> Result<(), StoreError> {
+        self.commit(reply, Lane::Strangers)
+    }
+
+    fn commit(&self, reply: Reply, lane: Lane) -> Result<(), StoreError> {
         let stored_pieces: Vec<OutPiece> = reply
             .pieces
             .iter()
@@ -160,7 +197,7 @@ impl Outbox {
                 (queued, Err(e))
             }
         };
-        self.push(reply.chat, queued);
+        self.push(reply.chat, lane, queued);
         result
     }
 }

@@ -2,6 +2,11 @@
 //! store's copy, and the one task per chat that sends them ([`super::delivery`]) started
 //! when the first piece arrives. Its depth and age are what the health report shows of
 //! the outbox.
+//!
+//! A chat's queue has two lanes: its members' replies, in the order they were committed,
+//! and the replies to strangers, which go only when no member's piece waits. A crowd of
+//! strangers in a group then costs the members at most the one stranger's piece being
+//! sent when their answer comes, never the group's send limit for all of them.
 
 use std::collections::{HashMap, VecDeque};
 use std::time::Instant;
@@ -12,10 +17,20 @@ use super::{Inner, Outbox};
 use crate::store::Stored;
 use crate::telegram::format::Piece;
 
+/// Whose reply a piece is: it decides which lane of its chat's queue it waits in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Lane {
+    /// The chat's allowed users: sent in the order committed.
+    Members,
+    /// People not allowed: sent when no member's piece waits.
+    Strangers,
+}
+
 /// One chat's pieces waiting to go, and whether its task runs.
 #[derive(Default)]
 pub(super) struct Queue {
     pub(super) pieces: VecDeque<Queued>,
+    pub(super) strangers: VecDeque<Queued>,
     pub(super) draining: bool,
     /// The supergroup this group became: where its pieces go now.
     pub(super) moved_to: Option<i64>,
@@ -47,15 +62,40 @@ impl Queued {
     }
 }
 
+impl Queue {
+    /// The piece to send next, and its lane: a member's first.
+    pub(super) fn next(&self) -> Option<(&Queued, Lane)> {
+        match self.pieces.front() {
+            Some(piece) => Some((piece, Lane::Members)),
+            None => self.strangers.front().map(|piece| (piece, Lane::Strangers)),
+        }
+    }
+
+    pub(super) fn lane(&mut self, lane: Lane) -> &mut VecDeque<Queued> {
+        match lane {
+            Lane::Members => &mut self.pieces,
+            Lane::Strangers => &mut self.strangers,
+        }
+    }
+
+    pub(super) fn is_empty(&self) -> bool {
+        self.pieces.is_empty() && self.strangers.is_empty()
+    }
+
+    fn all(&self) -> impl Iterator<Item = &Queued> {
+        self.pieces.iter().chain(&self.strangers)
+    }
+}
+
 impl Outbox {
-    pub(super) fn push(&self, chat: i64, pieces: Vec<Queued>) {
+    pub(super) fn push(&self, chat: i64, lane: Lane, pieces: Vec<Queued>) {
         if pieces.is_empty() {
             return;
         }
         let start = {
             let mut chats = self.inner.lock();
             let queue = chats.entry(chat).or_default();
-            queue.pieces.extend(pieces);
+            queue.lane(lane).extend(pieces);
             !std::mem::replace(&mut queue.draining, true)
         };
         self.inner.report();
@@ -80,10 +120,13 @@ impl Inner {
     pub(super) fn report(&self) {
         let (depth, oldest) = {
             let chats = self.lock();
-            let depth = chats.values().map(|q| q.pieces.len()).sum();
+            let depth = chats
+                .values()
+                .map(|q| q.pieces.len() + q.strangers.len())
+                .sum();
             let oldest = chats
                 .values()
-                .filter_map(|q| q.pieces.iter().map(|p| p.created_at).min())
+                .filter_map(|q| q.all().map(|p| p.created_at).min())
                 .min();
             (depth, oldest)
         };

@@ -308,6 +308,10 @@ fn print_status(s: &Snapshot, reasons: &[String]) {
         }
     );
     println!("  outbox: {}", describe_outbox(&s.outbox));
+    println!(
+        "  strangers: {} answered, {} dropped (one reply per stranger an hour)",
+        s.strangers.answered, s.strangers.dropped
+    );
     if let Some(record) = &s.previous_shutdown {
         println!(
             "  previous run: {} at {}",

@@ -1,0 +1,168 @@
+//! Strangers (people not in `telegram.allowed_users`) cannot delay members: each gets at
+//! most one reply an hour, the rest are dropped and counted in the status, and their
+//! replies wait behind every member's answer in the same chat. And a group that became a
+//! supergroup has its waiting messages answered there at once.
+//!
+//! Real binaries against the fake Telegram and provider on 127.0.0.1; every scenario runs
+//! in both worker modes.
+
+use std::time::Duration;
+
+use hermes_config::WorkerMode;
+use hermes_tests::fake_provider::ProviderReply;
+use hermes_tests::fake_telegram::{BOT_USERNAME, FloodLimits, SentMessage};
+use hermes_tests::harness::{Gateway, PATIENCE, Rig, USER, binaries, eventually};
+use serde_json::Value;
+
+hermes_tests::both_modes!(
+    fifty_strangers_in_a_group_do_not_hold_back_a_members_answer,
+    a_stranger_writing_three_times_in_an_hour_is_answered_once_and_two_are_counted,
+    a_migrated_groups_waiting_message_is_answered_there_at_once,
+);
+
+const STRANGERS: i64 = 50;
+
+fn is_stranger_reply(m: &SentMessage) -> bool {
+    m.text.contains("Your Telegram user id is")
+}
+
+async fn fifty_strangers_in_a_group_do_not_hold_back_a_members_answer(mode: WorkerMode) {
+    let group = -7070;
+    let rig = Rig::start(mode, |_| {}).await;
+    // Telegram's own limits: 20 messages a minute in a group, so fifty replies take
+    // two and a half minutes to go out.
+    rig.telegram.set_flood_limits(FloodLimits::telegram());
+    let bot = format!("@{BOT_USERNAME}");
+    for i in 0..STRANGERS {
+        rig.telegram
+            .send_text(group, 800_000 + i, &format!("{bot} let me in"));
+    }
+    rig.telegram
+        .send_text(group, USER, &format!("{bot} member question"));
+    let answer = rig
+        .telegram
+        .wait_for_sent(|m| m.text == "echo: member question", PATIENCE)
+        .await;
+    assert!(
+        answer.is_some(),
+        "the member's answer waited behind the strangers' replies\n{}",
+        rig.gateway.log()
+    );
+    let before: Vec<SentMessage> = rig
+        .telegram
+        .sent_to(group)
+        .into_iter()
+        .take_while(|m| m.text != "echo: member question")
+        .collect();
+    let strangers_first = before.iter().filter(|m| is_stranger_reply(m)).count();
+    assert!(
+        strangers_first < 10,
+        "{strangers_first} strangers' replies went before the member's answer"
+    );
+    // The strangers are answered too, after it, as the group's limit allows.
+    assert!(
+        rig.telegram
+            .wait_for_sent(is_stranger_reply, PATIENCE)
+            .await
+            .is_some()
+    );
+}
+
+async fn a_stranger_writing_three_times_in_an_hour_is_answered_once_and_two_are_counted(
+    mode: WorkerMode,
+) {
+    let stranger = 777_000_321;
+    let group = -7171;
+    let rig = Rig::start(mode, |_| {}).await;
+    let told = rig.ask_in(stranger, stranger, "let me in").await;
+    assert!(told.text.contains(&stranger.to_string()), "{}", told.text);
+    rig.telegram.send_text(stranger, stranger, "please");
+    // The hour is the stranger's, not the chat's.
+    rig.telegram
+        .send_text(group, stranger, &format!("@{BOT_USERNAME} please"));
+    assert!(
+        eventually(
+            PATIENCE,
+            || status_json(&rig.gateway)["strangers"]["dropped"] == 2
+        )
+        .await,
+        "{}\n{}",
+        status_json(&rig.gateway),
+        rig.gateway.log()
+    );
+    // A member's turn after them: everything before it was handled.
+    assert_eq!(rig.ask("still here?").await.text, "echo: still here?");
+    assert_eq!(rig.telegram.sent_to(stranger).len(), 1);
+    assert!(rig.telegram.sent_to(group).is_empty());
+    let (code, out) = status_command(&rig.gateway).await;
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("strangers: 1 answered, 2 dropped"),
+        "status says:\n{out}"
+    );
+}
+
+async fn a_migrated_groups_waiting_message_is_answered_there_at_once(mode: WorkerMode) {
+    let group = -600;
+    let supergroup = -1_000_000_000_600;
+    let stranger = 5555;
+    let rig = Rig::start(mode, |_| {}).await;
+    let bot = format!("@{BOT_USERNAME}");
+    assert_eq!(
+        rig.ask_in(group, USER, &format!("{bot} first")).await.text,
+        "echo: first"
+    );
+    rig.provider
+        .push_for("slow", ProviderReply::Delay(Duration::from_secs(3)));
+    rig.telegram.send_text(group, USER, &format!("{bot} slow"));
+    assert!(rig.provider.wait_for_requests(2, PATIENCE).await);
+    // While the job runs, a message waits in the group for the next turn...
+    let waiting = rig
+        .telegram
+        .send_text(group, USER, &format!("{bot} waiting"));
+    assert!(rig.telegram.wait_for_ack(waiting, PATIENCE).await);
+    // ... the group becomes a supergroup, and a reply sent there (to a stranger) is the
+    // first to learn it: the waiting message moves with the group.
+    rig.telegram.migrate_chat(group, supergroup);
+    rig.telegram
+        .send_text(group, stranger, &format!("{bot} let me in"));
+    let answered = rig
+        .telegram
+        .wait_for_sent(|m| m.text == "echo: waiting", PATIENCE)
+        .await;
+    assert!(
+        answered.is_some(),
+        "the moved message was never answered\n{}",
+        rig.gateway.log()
+    );
+    let texts: Vec<String> = rig
+        .telegram
+        .sent_to(supergroup)
+        .into_iter()
+        .filter(|m| m.text.starts_with("echo: "))
+        .map(|m| m.text)
+        .collect();
+    assert_eq!(texts, ["echo: slow", "echo: waiting"], "in turn order");
+    assert_eq!(rig.provider.requests().len(), 3);
+}
+
+fn status_json(gateway: &Gateway) -> Value {
+    std::fs::read_to_string(gateway.dir.path().join("state/status.json"))
+        .ok()
+        .and_then(|text| serde_json::from_str(&text).ok())
+        .unwrap_or(Value::Null)
+}
+
+/// `hermes-gateway status` for this gateway: exit code and output.
+async fn status_command(gateway: &Gateway) -> (i32, String) {
+    let out = tokio::process::Command::new(&binaries().gateway)
+        .args(["status", "--config"])
+        .arg(&gateway.config_path)
+        .output()
+        .await
+        .expect("run status");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
