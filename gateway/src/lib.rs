@@ -24,7 +24,8 @@
 //!   `chats::deliver`;
 //! - `commands`: one module per command (`commands::new`, `commands::stop`,
 //!   `commands::retry`, `commands::model`, `commands::status`), each owning what it does;
-//!   `replies`: every text the user reads;
+//!   `replies`: every text the user reads; `html`: a message as Telegram's HTML and as
+//!   plain text, and escaping (below both `replies` and `telegram::format`);
 //! - `jobs`: the seam between the chats and what runs their jobs ([`JobRunner`]);
 //! - `media`: voice notes, photos and files: what the inbox keeps of them
 //!   (`media::reference`), what the configuration refuses (`media::refusal`), fetched
@@ -70,6 +71,7 @@ mod circuit;
 mod clock;
 mod commands;
 mod health;
+mod html;
 mod jobs;
 mod logging;
 mod media;
@@ -169,6 +171,17 @@ enum ServiceCommand {
         dry_run: bool,
     },
 }
+
+/// Renders an answer as its chat would get it and returns how many messages it became:
+/// what the benchmark times for the worst answers it knows (invariant 9).
+#[doc(hidden)]
+pub fn render_answer(markdown: &str) -> usize {
+    telegram::format::render(markdown, telegram::split::MESSAGE_LIMIT).len()
+}
+
+/// The largest answer the gateway keeps and renders, in bytes.
+#[doc(hidden)]
+pub const MAX_ANSWER_BYTES: usize = jobs::MAX_ANSWER_BYTES;
 
 /// The command line of `hermes-gateway`: parses the arguments, runs the command, and
 /// returns the exit status. `runner` replaces the worker pool as what runs the jobs of

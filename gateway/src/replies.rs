@@ -289,7 +289,7 @@ pub mod status {
 pub mod approval {
     use std::time::Duration;
 
-    use crate::telegram::format::{Piece, escape};
+    use crate::html::{Piece, escape};
 
     /// Arguments longer than this (in characters) are cut in the question.
     const ARGUMENTS_SHOWN: usize = 300;

@@ -47,7 +47,7 @@ hermes_tests::both_modes!(
     send_message_json_5xx_is_retried_and_answered_once,
     send_message_that_hangs_is_retried_and_answered_once,
     a_final_edit_that_fails_is_sent_anew_once,
-    an_answer_over_the_bound_ends_with_a_note_that_it_was_cut,
+    an_answer_past_the_bounds_is_ten_messages_ending_with_a_note_that_it_was_cut,
     a_worker_that_never_reads_its_job_is_timed_out_not_waited_on,
     update_ids_that_start_over_lower_after_a_quiet_week_are_followed,
     a_local_bot_api_server_that_restarts_numbering_from_1_is_followed,
@@ -890,7 +890,9 @@ async fn a_message_whose_job_dies_with_the_gateway_three_times_gets_an_apology(m
     assert_eq!(rig.ask("next").await.text, "echo: next");
 }
 
-async fn an_answer_over_the_bound_ends_with_a_note_that_it_was_cut(mode: WorkerMode) {
+async fn an_answer_past_the_bounds_is_ten_messages_ending_with_a_note_that_it_was_cut(
+    mode: WorkerMode,
+) {
     let rig = Rig::start(mode, |o| {
         o.telegram_toml = "streaming = true\nedit_interval_ms = 200\n".into();
     })
@@ -907,7 +909,9 @@ async fn an_answer_over_the_bound_ends_with_a_note_that_it_was_cut(mode: WorkerM
         every: Duration::from_millis(20),
     });
     rig.telegram.send_text(USER, USER, "say a lot");
-    let note = "(The answer was cut here: it was longer than 64 KiB.)";
+    // 100 KB is past both bounds: 64 KiB kept, and at most 10 messages of it shown (the
+    // 10th ends with the note).
+    let note = "(The answer was cut here: it was longer than 10 messages.)";
     assert!(
         rig.telegram
             .wait_for_sent(|m| m.text.contains(note), PATIENCE)
@@ -932,9 +936,10 @@ async fn an_answer_over_the_bound_ends_with_a_note_that_it_was_cut(mode: WorkerM
     );
     let words = all.matches("word").count();
     assert!(
-        words * 5 <= 64 * 1024 && words * 5 > 60 * 1024,
+        words * 5 <= 10 * 4096 && words * 5 > 9 * 4096,
         "{words} words shown"
     );
+    assert_eq!(shown.len(), 10, "{}", &all[all.len() - 200..]);
 }
 
 /// The job frame is sent inside the deadline: a worker that never reads its socket (with

@@ -115,6 +115,21 @@ async fn main() -> ExitCode {
         }
     }
 
+    if runs("render") {
+        let (shape, samples, pieces) = worst_render(if quick { 5 } else { 30 });
+        let r = stats(samples);
+        rows.push(Row {
+            name: format!("render + split, worst 64 KiB answer found ({shape})"),
+            value: format!(
+                "p50 {:.2} / max {:.2} ms, {pieces} messages",
+                r.p50, r.max
+            ),
+            target: "< 50 ms, <= 10 messages".into(),
+            met: Some(r.max < 50.0 && pieces <= 10),
+            json: json!({"shape": shape, "p50_ms": r.p50, "max_ms": r.max, "n": r.n, "messages": pieces}),
+        });
+    }
+
     if runs("recovery") {
         let recovery_ms = recovery(sizes.recovery).await;
         rows.push(Row {
@@ -239,6 +254,57 @@ struct Stats {
     p99: f64,
     max: f64,
     n: usize,
+}
+
+/// The answers that cost the renderer most (nesting of every kind, a few thousand deep,
+/// and long plain text), each filled to the gateway's answer bound: the one whose median
+/// render is slowest, its `n` timings in ms, and how many messages it became.
+fn worst_render(n: usize) -> (String, Vec<f64>, usize) {
+    let fill = |unit: &str| -> String {
+        let mut answer = String::new();
+        while answer.len() + unit.len() <= hermes_gateway::MAX_ANSWER_BYTES {
+            answer.push_str(unit);
+        }
+        answer
+    };
+    let nested = |open: &str, close: &str| -> String {
+        let depth = hermes_gateway::MAX_ANSWER_BYTES / (open.len() + close.len() + 1) - 8;
+        format!("{}text{}", open.repeat(depth), close.repeat(depth))
+    };
+    let shapes = [
+        ("nested bullets", nested("- ", "")),
+        ("nested numbers", nested("1. ", "")),
+        ("nested quotes", nested("> ", "")),
+        ("quoted bullets", nested("> - ", "")),
+        ("nested emphasis", nested("*_", "_*")),
+        ("nested links", nested("[", "](https://x.org)")),
+        ("empty bullets", fill("-\n")),
+        ("table rows", fill("| a | **b** | `c` |\n")),
+        ("words", fill("word ")),
+        (
+            "mixed markup",
+            fill("**bold** _it_ `code` [l](https://x.org) ~~s~~\n- item\n> quote\n"),
+        ),
+    ];
+    let mut worst: Option<(String, Vec<f64>, usize)> = None;
+    for (shape, answer) in shapes {
+        let mut pieces = 0;
+        let samples: Vec<f64> = (0..n)
+            .map(|_| {
+                let start = Instant::now();
+                pieces = hermes_gateway::render_answer(std::hint::black_box(&answer));
+                ms(start.elapsed())
+            })
+            .collect();
+        let median = stats(samples.clone()).p50;
+        if worst
+            .as_ref()
+            .is_none_or(|(_, w, _)| stats(w.clone()).p50 < median)
+        {
+            worst = Some((shape.to_string(), samples, pieces));
+        }
+    }
+    worst.unwrap_or_default()
 }
 
 fn stats(mut samples: Vec<f64>) -> Stats {

@@ -14,6 +14,8 @@
 use std::ops::Range;
 
 use super::split::{Cutter, utf16_len};
+use crate::html::escape_as;
+pub use crate::html::{Piece, escape};
 use crate::replies;
 
 mod markdown;
@@ -24,14 +26,6 @@ mod tests;
 /// model's Markdown can lay out far longer (or be cut very fine), and a chat flooded with
 /// hundreds of messages is not an answer; past this the last message ends with a note.
 pub const MAX_PIECES: usize = 10;
-
-/// One message's worth of a reply: Telegram HTML, and the same text without markup for
-/// when Telegram refuses the HTML.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Piece {
-    pub html: String,
-    pub plain: String,
-}
 
 /// Renders `markdown` and cuts it into at most [`MAX_PIECES`] pieces whose visible text is
 /// at most `limit` UTF-16 units (a `limit` under 2 is taken as 2: a character outside the
@@ -178,27 +172,6 @@ impl Layout {
 
 fn common_prefix(a: &[Style], b: &[Style]) -> usize {
     a.iter().zip(b).take_while(|(x, y)| x == y).count()
-}
-
-/// Escapes text for Telegram's HTML, outside tags: the gateway's own words sent with the
-/// HTML parse mode.
-pub fn escape(text: &str) -> String {
-    escape_as(text, false)
-}
-
-/// Escapes text for Telegram's HTML: `&`, `<`, `>`, and `"` inside an attribute.
-fn escape_as(text: &str, attribute: bool) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' if attribute => out.push_str("&quot;"),
-            c => out.push(c),
-        }
-    }
-    out
 }
 
 /// Lays out `markdown`; falls back to its source when it renders to nothing visible.
