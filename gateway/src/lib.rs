@@ -105,8 +105,13 @@ pub use jobs::{ApprovalAsk, BoxFuture, JobLink, JobRunner, MakeRunner};
         The gateway polls Telegram and hands each message to a hermes-worker process in its own \
         process group. A provider error, a crash, a hang or memory exhaustion in a request ends \
         that request with a clear reply in the chat; the gateway and the other chats carry on.\n\n\
-        Exit codes: 0 after SIGTERM/SIGINT, 75 when another gateway runs on the same state \
-        directory, 78 for invalid configuration."
+        Exit codes: 0 after SIGTERM/SIGINT; 78 for what the operator must fix (invalid \
+        configuration, a directory the service may not write, a state store from a newer \
+        version), which the units do not restart; 75 when another gateway runs on the same \
+        state directory; 74 for trouble at start-up that can pass by itself (the state store \
+        busy or locked, a full disk or runtime directory, an I/O error); 71 when the \
+        operating system refuses a runtime or a signal handler. The units restart every \
+        code but 78."
 )]
 struct Cli {
     #[command(subcommand)]

@@ -11,6 +11,11 @@
 //! writes its pid in it; a second `run` finds the lock held, says which pid holds it, and
 //! exits with [`EXIT_ALREADY_RUNNING`] having touched nothing. The kernel drops the lock
 //! when the process ends, however it ends, so a crash never leaves a stale lock behind.
+//!
+//! Any other failure to claim it ([`ClaimError::Io`]: the directory cannot be made, the
+//! lock file cannot be opened or written) keeps its `io::Error`, so `run` can tell what
+//! the operator must fix (permission denied, a read-only file system: exit 78) from what
+//! passes by itself (a full disk, an I/O error: exit 74, restarted).
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, Write};

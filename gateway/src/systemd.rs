@@ -4,8 +4,9 @@
 //!   worker), not once Telegram answers, so a Telegram outage at boot is not a restart loop;
 //! - `STATUS=…`, the line `systemctl status` shows, whenever it changes;
 //! - `WATCHDOG=1` only while the poll loop makes progress (a `getUpdates` round trip,
-//!   success or error, within the watchdog period), so a poller that silently stalls gets
-//!   the unit restarted by systemd;
+//!   success or error, within the watchdog period) and the state store has not refused
+//!   every write for a whole period, so a poller that silently stalls, or a store that
+//!   stays stuck, gets the unit restarted by systemd (`Health::alive_within`);
 //! - `STOPPING=1` when a stop begins.
 //!
 //! Outside systemd (no `$NOTIFY_SOCKET`) every call is a no-op. Workers never see these

@@ -116,7 +116,7 @@ pub fn deliver(
     let outbox = &inner.ctx.outbox;
     let elapsed_ms = started.elapsed().as_millis();
     let edit = live.final_edit();
-    // Store errors are logged by the outbox, which still sends the reply.
+    // A reply the store refuses is the outbox's to hold and commit again before it goes.
     match outcome {
         Outcome::Reply(reply) => {
             tracing::info!(job_id = %request.id, chat_id = chat, user_id = request.user_id, provider = %reply.provider, elapsed_ms, "answered");

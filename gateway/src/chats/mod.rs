@@ -141,7 +141,7 @@ impl Inner {
 
     /// Commits the gateway's own words as the reply to `answers` and sends them.
     fn reply(&self, chat: i64, answers: &[i64], text: &str) {
-        // A store error is logged where it happens; the reply still goes out.
+        // A reply the store refuses is the outbox's to hold and commit again before it goes.
         let _ = self.ctx.outbox.send(Reply {
             chat,
             answers,

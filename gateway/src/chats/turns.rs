@@ -55,6 +55,12 @@ impl ChatRouter {
                 self.announce_restart(chat, announced);
                 break;
             }
+            // A reply the store has not taken yet leaves its messages waiting there:
+            // taken again now, they would be answered twice.
+            tokio::select! {
+                _ = self.inner.ctx.outbox.committed(chat) => {}
+                _ = self.inner.closing.cancelled() => continue,
+            }
             let counted = self
                 .inner
                 .lock()

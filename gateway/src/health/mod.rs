@@ -2,12 +2,14 @@
 //! provider circuits. Every part of the gateway reports here; `status.json` (read by
 //! `hermes-gateway status`), the `STATUS=` line `systemctl status` shows, and the watchdog
 //! all read from here, so they can never disagree. What a snapshot of it says, and how it
-//! is judged, is in [`snapshot`].
+//! is judged, is in [`snapshot`]; whether the state store takes writes, in
+//! [`store_writes`].
 
 mod snapshot;
+mod store_writes;
 
 use std::collections::BTreeMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use hermes_protocol::{FailureClass, Outcome};
@@ -16,14 +18,17 @@ use crate::clock::{unix, unix_now};
 use crate::sandbox::Report;
 pub use snapshot::{
     DEGRADED_MARK, Jobs, OutboxStatus, Polling, PollingState, ProviderStatus, SandboxStatus,
-    ShutdownRecord, Snapshot, StrangersStatus, Workers,
+    ShutdownRecord, Snapshot, StoreStatus, StrangersStatus, Workers,
 };
+pub use store_writes::StoreWrites;
 
 pub struct Health {
     state: Mutex<State>,
     /// Signalled when the first worker start attempt ends, either way (a stored permit, so
     /// a waiter that comes late still wakes).
     first_worker: tokio::sync::Notify,
+    /// What the store reports of its writes.
+    store: Arc<StoreWrites>,
     pid: u32,
     run_id: String,
     mode: String,
@@ -75,7 +80,11 @@ pub enum WorkerLeft {
 }
 
 impl Health {
-    pub fn new(mode: &str, previous_shutdown: Option<ShutdownRecord>) -> Self {
+    pub fn new(
+        mode: &str,
+        previous_shutdown: Option<ShutdownRecord>,
+        store: Arc<StoreWrites>,
+    ) -> Self {
         let started = SystemTime::now();
         let run_id = format!("{:x}-{:x}", unix(started), std::process::id());
         Health {
@@ -84,6 +93,7 @@ impl Health {
                 ..State::default()
             }),
             first_worker: tokio::sync::Notify::new(),
+            store,
             pid: std::process::id(),
             run_id,
             mode: mode.to_string(),
@@ -129,6 +139,13 @@ impl Health {
         self.lock()
             .last_round_trip
             .is_some_and(|t| t.elapsed() <= period)
+    }
+
+    /// Whether the watchdog is fed: the poll loop is alive ([`Health::polled_within`]),
+    /// and the state store has not been failing for the whole of `period` (a store stuck
+    /// that long is not passing by itself: a restart reopens it, or says why it cannot).
+    pub fn alive_within(&self, period: Duration) -> bool {
+        self.polled_within(period) && !self.store.stuck_for(period)
     }
 
     pub fn worker_started(&self) {
@@ -277,6 +294,14 @@ impl Health {
                 expired: s.outbox_expired,
             },
             strangers: s.strangers.clone(),
+            store: self
+                .store
+                .trouble()
+                .map(|t| StoreStatus {
+                    failing_since_unix: Some(t.since_unix),
+                    last_error: Some(t.error),
+                })
+                .unwrap_or_default(),
         }
     }
 }
@@ -288,7 +313,7 @@ mod tests {
 
     #[test]
     fn snapshot_counts_and_judges() {
-        let h = Health::new("pool", None);
+        let h = Health::new("pool", None, Arc::default());
         assert_eq!(h.snapshot(vec![]).polling.state, PollingState::Starting);
         h.poll_failed("502".into());
         let snap = h.snapshot(vec![]);
@@ -312,7 +337,7 @@ mod tests {
 
     #[test]
     fn an_open_long_poll_after_a_success_is_health_not_failure() {
-        let h = Health::new("pool", None);
+        let h = Health::new("pool", None, Arc::default());
         // getMe answered, the first long poll is open and Telegram holds it.
         h.poll_ok();
         h.long_poll_open();
@@ -331,5 +356,49 @@ mod tests {
         let snap = h.snapshot(vec![]);
         assert_eq!(snap.polling.state, PollingState::Failing);
         assert!(snap.polling.long_poll_open_since_unix.is_none());
+    }
+
+    #[test]
+    fn a_failing_store_is_degraded_with_its_error_until_a_commit() {
+        let store = Arc::new(StoreWrites::default());
+        let h = Health::new("pool", None, store.clone());
+        h.poll_ok();
+        store.failed(&"database or disk is full");
+        let snap = h.snapshot(vec![]);
+        let reasons = snap.degraded_reasons();
+        assert_eq!(reasons.len(), 1, "{reasons:?}");
+        assert!(
+            reasons[0].contains("state store") && reasons[0].contains("disk is full"),
+            "{reasons:?}"
+        );
+        assert!(
+            snap.status_line().contains(DEGRADED_MARK),
+            "{}",
+            snap.status_line()
+        );
+        // Failing for a moment is not stuck: the watchdog is still fed.
+        assert!(h.alive_within(Duration::from_secs(60)));
+        store.committed();
+        let snap = h.snapshot(vec![]);
+        assert!(snap.degraded_reasons().is_empty());
+        assert!(!snap.status_line().contains(DEGRADED_MARK));
+    }
+
+    #[test]
+    fn a_store_failing_for_a_whole_period_stops_the_watchdog() {
+        let store = Arc::new(StoreWrites::default());
+        let h = Health::new("pool", None, store.clone());
+        let period = Duration::from_millis(50);
+        store.failed(&"disk I/O error");
+        std::thread::sleep(period * 2);
+        h.poll_ok();
+        store.failed(&"disk I/O error");
+        assert!(h.polled_within(period));
+        assert!(
+            !h.alive_within(period),
+            "a stuck store starves the watchdog"
+        );
+        store.committed();
+        assert!(h.alive_within(period));
     }
 }

@@ -78,6 +78,17 @@ pub struct Snapshot {
     pub outbox: OutboxStatus,
     #[serde(default)]
     pub strangers: StrangersStatus,
+    /// Whether the state store takes writes.
+    #[serde(default)]
+    pub store: StoreStatus,
+}
+
+/// The state store: failing (since when, with which error) or not (both None).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct StoreStatus {
+    /// From its first failed write until a commit succeeds again.
+    pub failing_since_unix: Option<u64>,
+    pub last_error: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -144,9 +155,13 @@ pub struct Jobs {
 }
 
 impl Snapshot {
-    /// Healthy: polling works, no worker slot is backing off, no provider circuit open.
+    /// Healthy: polling works, the state store takes writes, no worker slot is backing
+    /// off, no provider circuit open, no reply stuck.
     pub fn degraded_reasons(&self) -> Vec<String> {
         let mut reasons = Vec::new();
+        if let Some(why) = self.store_trouble() {
+            reasons.push(why);
+        }
         if self.polling.state != PollingState::Ok {
             reasons.push(format!("Telegram polling is {}", self.polling.state));
         }
@@ -175,6 +190,16 @@ impl Snapshot {
         reasons
     }
 
+    /// Why the store is failing, in words, when it is.
+    fn store_trouble(&self) -> Option<String> {
+        let since = self.store.failing_since_unix?;
+        Some(format!(
+            "the state store cannot save since {}: {}",
+            format_unix(since),
+            self.store.last_error.as_deref().unwrap_or("unknown error")
+        ))
+    }
+
     /// One line for systemd's `STATUS=`.
     pub fn status_line(&self) -> String {
         let polling = match self.polling.state {
@@ -195,6 +220,9 @@ impl Snapshot {
             self.jobs.answered,
             self.jobs.failed.values().sum::<u64>()
         );
+        if let Some(why) = self.store_trouble() {
+            line.push_str(&format!("; {DEGRADED_MARK}{why}"));
+        }
         if self.workers.slots_backing_off > 0 {
             line.push_str(&format!(
                 "; {DEGRADED_MARK}{} worker slot(s) backing off",

@@ -82,7 +82,7 @@ impl Inner {
             if more {
                 // Recorded before the chat's next piece goes: a crash sends one piece of
                 // a chat again, never two.
-                self.record_left();
+                self.record_before_next(dest).await;
             } else {
                 self.record_soon();
             }
@@ -95,6 +95,21 @@ impl Inner {
         if let Err(e) = self.config.store.record_left() {
             // Left in the store, a piece goes again at the next start: one duplicate.
             tracing::error!("cannot record delivered replies: {e}");
+        }
+    }
+
+    /// Removes the pieces that left from the store before the chat's next piece goes,
+    /// trying again with backoff while the store refuses: a piece sent before the one
+    /// ahead of it is recorded would be a second piece sent again after a crash.
+    async fn record_before_next(&self, chat: i64) {
+        let mut backoff = Backoff::new(FIRST_RETRY, self.config.retry_max);
+        while let Err(e) = self.config.store.record_left() {
+            let wait = backoff.next_delay();
+            tracing::warn!(
+                chat_id = chat,
+                "cannot record a delivered reply piece ({e}); the chat's next piece waits, next try in {wait:?}"
+            );
+            tokio::time::sleep(wait).await;
         }
     }
 

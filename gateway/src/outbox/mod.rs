@@ -18,10 +18,17 @@
 //! twice": a crash between Telegram accepting a piece and the store forgetting it, or an
 //! accepted send whose answer was lost, sends that one piece again. Nothing else can.
 //!
+//! A reply the store refuses for a reason that can pass (busy, full, failing disk) is not
+//! sent: sent without its record, its messages would still wait, and the next turn or the
+//! next run would answer them again. It is held, with every later reply of its chat, and
+//! committed again with backoff until the store takes it; only then does it go
+//! ([`held`]). Its chat takes no further turn meanwhile ([`Outbox::committed`]).
+//!
 //! Here: committing a reply and resuming a previous run's pieces; each chat's queue in
-//! [`queue`], sending it in [`delivery`].
+//! [`queue`], sending it in [`delivery`], replies waiting for the store in [`held`].
 
 mod delivery;
+mod held;
 mod queue;
 
 use std::collections::HashMap;
@@ -35,9 +42,10 @@ use tokio_util::task::TaskTracker;
 
 use crate::clock::unix_now;
 use crate::health::Health;
-use crate::store::{Exchange, OutPiece, ReplyRecord, Store, StoreError};
+use crate::store::{Exchange, OutPiece, ReplyRecord, Store, StoreError, Stored};
 use crate::telegram::format::Piece;
 use crate::telegram::sender::Sender;
+use held::{Held, HeldReplies};
 use queue::{Lane, Queue, Queued};
 
 /// Told that a group became a supergroup: old id, new id.
@@ -83,6 +91,8 @@ struct Inner {
     stop: CancellationToken,
     /// A task will remove the pieces that left from the store.
     recording: AtomicBool,
+    /// Replies the store has not taken yet, per chat.
+    held: HeldReplies,
     /// Who is told when a chat moved ([`Outbox::on_chat_moved`]).
     moved: OnceLock<MovedHook>,
 }
@@ -107,6 +117,7 @@ impl Outbox {
                 stop,
                 recording: AtomicBool::new(false),
                 moved: OnceLock::new(),
+                held: HeldReplies::default(),
             }),
         }
     }
@@ -120,10 +131,9 @@ impl Outbox {
         }
     }
 
-    /// Queues every piece a previous run left in the store, in order, and starts sending;
-    /// the number of pieces.
-    pub fn resume(&self) -> Result<usize, StoreError> {
-        let stored = self.inner.config.store.outbox()?;
+    /// Queues every piece a previous run left in the store (`stored`, as
+    /// [`Store::outbox`] read it), in order, and starts sending; the number of pieces.
+    pub fn resume(&self, stored: Vec<Stored>) -> usize {
         let count = stored.len();
         for piece in stored {
             let chat = piece.chat_id;
@@ -131,11 +141,14 @@ impl Outbox {
             // order they were committed.
             self.push(chat, Lane::Members, vec![Queued::from_stored(piece, None)]);
         }
-        Ok(count)
+        count
     }
 
-    /// Commits `reply` and queues it for its chat. When the store refuses the commit the
-    /// reply is still sent, once, and the error returned: its messages stay unanswered.
+    /// Commits `reply` and queues it for its chat. When the store refuses the commit for
+    /// a reason that can pass, the reply is held and committed again until the store
+    /// takes it, then sent ([`held`]); so is every reply of its chat that comes while one
+    /// is held, in order. When it refuses it for good, the reply is still sent, once,
+    /// and the error returned: its messages stay unanswered.
     pub fn send(&self, reply: Reply) -> Result<(), StoreError> {
         self.commit(reply, Lane::Members)
     }
@@ -147,16 +160,11 @@ impl Outbox {
     }
 
     fn commit(&self, reply: Reply, lane: Lane) -> Result<(), StoreError> {
-        let stored_pieces: Vec<OutPiece> = reply
-            .pieces
-            .iter()
-            .enumerate()
-            .map(|(i, p)| OutPiece {
-                html: p.html.clone(),
-                plain: p.plain.clone(),
-                edit_message_id: reply.edit.filter(|_| i == 0).map(|(id, _)| id.0),
-            })
-            .collect();
+        if self.inner.held.holds(reply.chat) {
+            self.inner.held.push(Held::new(&reply, lane));
+            return Ok(());
+        }
+        let stored_pieces = out_pieces(&reply);
         let not_before = reply.edit.map(|(_, at)| at);
         let committed = self.inner.config.store.commit_reply(&ReplyRecord {
             chat_id: reply.chat,
@@ -175,29 +183,56 @@ impl Outbox {
                     .collect(),
                 Ok(()),
             ),
+            Err(e) if e.is_transient() => {
+                tracing::error!(
+                    chat_id = reply.chat,
+                    "cannot store a reply ({e}); holding it until the store takes it"
+                );
+                self.inner.held.push(Held::new(&reply, lane));
+                self.inner.spawn_committer(reply.chat);
+                return Err(e);
+            }
             Err(e) => {
                 tracing::error!(
                     chat_id = reply.chat,
                     "cannot store a reply ({e}); sending it without a record"
                 );
-                let queued = stored_pieces
-                    .into_iter()
-                    .enumerate()
-                    .map(|(i, p)| Queued {
-                        id: None,
-                        piece: Piece {
-                            html: p.html,
-                            plain: p.plain,
-                        },
-                        edit: p.edit_message_id.map(MessageId),
-                        created_at: unix_now(),
-                        not_before: not_before.filter(|_| i == 0),
-                    })
-                    .collect();
-                (queued, Err(e))
+                (unrecorded(stored_pieces, not_before), Err(e))
             }
         };
         self.push(reply.chat, lane, queued);
         result
     }
+}
+
+/// `reply`'s pieces as the store keeps them.
+fn out_pieces(reply: &Reply) -> Vec<OutPiece> {
+    reply
+        .pieces
+        .iter()
+        .enumerate()
+        .map(|(i, p)| OutPiece {
+            html: p.html.clone(),
+            plain: p.plain.clone(),
+            edit_message_id: reply.edit.filter(|_| i == 0).map(|(id, _)| id.0),
+        })
+        .collect()
+}
+
+/// Pieces the store refused for good, to send once, best effort.
+fn unrecorded(pieces: Vec<OutPiece>, not_before: Option<Instant>) -> Vec<Queued> {
+    pieces
+        .into_iter()
+        .enumerate()
+        .map(|(i, p)| Queued {
+            id: None,
+            piece: Piece {
+                html: p.html,
+                plain: p.plain,
+            },
+            edit: p.edit_message_id.map(MessageId),
+            created_at: unix_now(),
+            not_before: not_before.filter(|_| i == 0),
+        })
+        .collect()
 }

@@ -1,8 +1,11 @@
 //! `hermes-gateway run`: start-up, the long-lived loop, and the stop.
 //!
-//! The process leaves in three ways only. Invalid configuration (the file, a secret, the
-//! worker binary, the directories) exits with 78 before anything starts; another gateway
-//! holding the state directory, with 75, before anything is touched. SIGTERM or SIGINT
+//! The process leaves in four ways only. Invalid configuration (the file, a secret, the
+//! worker binary, directories it may not write, a store of a newer version) exits with 78
+//! before anything starts; another gateway holding the state directory, with 75, before
+//! anything is touched; local trouble that can pass by itself at start-up (the store busy,
+//! a disk or the runtime directory full, an I/O error), with 74, which the units restart
+//! ([`exit`]). Once running, store trouble is retried, never an exit. SIGTERM or SIGINT
 //! stops polling, lets jobs in flight finish for `workers.shutdown_drain_secs`, cancels
 //! the rest (their messages stay stored for the next run, and their chats are told),
 //! sends what the outbox can in what is left of that time, ends every worker group, and
@@ -15,6 +18,7 @@
 //! turn; then polling. While it runs, SIGHUP reloads the configuration ([`reload`]); the
 //! stop's sequence is in [`stop`].
 
+mod exit;
 mod reload;
 mod stop;
 
@@ -41,16 +45,14 @@ use crate::sandbox;
 use crate::settings::{ChatSettings, LiveSettings};
 use crate::setup::{self, Setup};
 use crate::signals::{self, StopReason};
-use crate::state_dir::{self, ClaimError, EXIT_ALREADY_RUNNING};
+use crate::state_dir;
 use crate::status::{self, Publisher};
 use crate::store::Store;
 use crate::supervisor::{Shutdown, Supervisor, SupervisorConfig};
 use crate::systemd::Notifier;
 use crate::telegram::{self, poller, sender::Sender};
 
-/// Exit status when the operating system refuses the basics (a runtime, a signal handler):
-/// `EX_OSERR`, which the unit restarts.
-const EXIT_OS_ERROR: i32 = 71;
+use self::exit::EXIT_OS_ERROR;
 
 /// Runs the gateway with the configuration at `path`; `runner`, when given, runs the jobs
 /// instead of a worker pool (the benchmark's baseline).
@@ -69,13 +71,9 @@ pub fn run(path: &Path, runner: Option<MakeRunner>) -> i32 {
     };
     let lock = match state_dir::claim(&setup.state_dir) {
         Ok(lock) => lock,
-        Err(e @ ClaimError::Taken { .. }) => {
-            tracing::error!("{e}");
-            return EXIT_ALREADY_RUNNING;
-        }
         Err(e) => {
             tracing::error!("{e}");
-            return EXIT_CONFIG;
+            return exit::for_claim(&e);
         }
     };
     if let Err(e) = std::fs::create_dir_all(&setup.runtime_dir) {
@@ -83,7 +81,7 @@ pub fn run(path: &Path, runner: Option<MakeRunner>) -> i32 {
             "cannot create directory {}: {e}",
             setup.runtime_dir.display()
         );
-        return EXIT_CONFIG;
+        return exit::for_io(&e);
     }
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -148,10 +146,23 @@ async fn serve(path: &Path, config: Config, setup: Setup, runner: Option<MakeRun
         Ok(store) => Arc::new(store),
         Err(e) => {
             tracing::error!("{e}");
-            return EXIT_CONFIG;
+            return exit::for_store(&e);
         }
     };
-    let health = Arc::new(Health::new(workers.mode.as_str(), previous));
+    // What the previous run left, read before anything starts: a store that cannot be
+    // read now would leave those replies unsent and those messages unanswered for the
+    // whole run, so it is a failed start, restarted while the trouble lasts.
+    let left_over = store
+        .outbox()
+        .and_then(|pieces| Ok((pieces, store.unanswered()?)));
+    let (undelivered, unanswered) = match left_over {
+        Ok(left_over) => left_over,
+        Err(e) => {
+            tracing::error!("cannot read what the previous run left: {e}");
+            return exit::for_store(&e);
+        }
+    };
+    let health = Arc::new(Health::new(workers.mode.as_str(), previous, store.writes()));
     // What the sandbox can apply here, and who opted out. The probe runs beside start-up
     // (a worker binary that hangs must not hold it up); its answer goes to the log and
     // the status as soon as it comes.
@@ -206,7 +217,7 @@ async fn serve(path: &Path, config: Config, setup: Setup, runner: Option<MakeRun
                     "cannot create the worker socket or scratch directories in {}: {e}",
                     setup.runtime_dir.display()
                 );
-                return EXIT_CONFIG;
+                return exit::for_io(&e);
             }
         },
     };
@@ -228,7 +239,7 @@ async fn serve(path: &Path, config: Config, setup: Setup, runner: Option<MakeRun
                 "cannot create the media directory in {}: {e}",
                 setup.runtime_dir.display()
             );
-            return EXIT_CONFIG;
+            return exit::for_io(&e);
         }
     };
     let sender = Sender::new(sending_bot);
@@ -245,10 +256,9 @@ async fn serve(path: &Path, config: Config, setup: Setup, runner: Option<MakeRun
         outbox_stop.clone(),
     );
     // Replies the previous run committed but did not deliver go first, in their order.
-    match outbox.resume() {
-        Ok(0) => {}
-        Ok(n) => tracing::info!("sending {n} reply piece(s) left undelivered by the previous run"),
-        Err(e) => tracing::error!("cannot read the undelivered replies: {e}"),
+    match outbox.resume(undelivered) {
+        0 => {}
+        n => tracing::info!("sending {n} reply piece(s) left undelivered by the previous run"),
     }
     let router = ChatRouter::new(
         JobContext {
@@ -269,18 +279,13 @@ async fn serve(path: &Path, config: Config, setup: Setup, runner: Option<MakeRun
     );
     // Messages the previous run stored but did not answer come next: each chat's as one
     // turn.
-    match store.unanswered() {
-        Ok(unanswered) => {
-            if !unanswered.is_empty() {
-                tracing::info!(
-                    "answering {} message(s) left unanswered by the previous run",
-                    unanswered.len()
-                );
-            }
-            router.resume(unanswered);
-        }
-        Err(e) => tracing::error!("cannot read unanswered messages: {e}"),
+    if !unanswered.is_empty() {
+        tracing::info!(
+            "answering {} message(s) left unanswered by the previous run",
+            unanswered.len()
+        );
     }
+    router.resume(unanswered);
     let menu_bot = bot.clone();
     tokio::spawn(async move {
         // Cosmetic (the command menu in Telegram's clients): a failure costs nothing.

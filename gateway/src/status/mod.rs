@@ -89,7 +89,7 @@ impl Publisher {
     }
 
     /// Publishes until `stop`: the status file every second, `STATUS=` on change, and the
-    /// watchdog ping while polling makes progress.
+    /// watchdog ping while polling makes progress and the store is not stuck.
     pub async fn run(self, stop: CancellationToken) {
         let watchdog = self.notifier.watchdog_period();
         let tick = watchdog
@@ -117,7 +117,7 @@ impl Publisher {
                 last_line = line;
             }
             if let Some(period) = watchdog
-                && self.health.polled_within(period)
+                && self.health.alive_within(period)
             {
                 self.notifier.watchdog();
             }

@@ -13,6 +13,12 @@
 //! must not lose data to a downgrade); a file SQLite cannot read is moved aside and a fresh
 //! one started, with a loud log line saying what it held.
 //!
+//! Whether the store takes writes is reported as it happens ([`crate::health::StoreWrites`]:
+//! every error, and every commit that clears it), so the status says when it does not.
+//! An error says whether it can pass by itself ([`StoreError::is_transient`]): a busy,
+//! full or failing disk is retried (or restarted from), a file the operator must deal
+//! with is not.
+//!
 //! This module opens, migrates and guards the file; [`inbox`], [`outbox`] and
 //! [`conversation`] are what is kept in it, [`checkpoint`] keeps the write-ahead log
 //! short off the async thread, and [`prune`] forgets what is no longer needed.
@@ -28,6 +34,7 @@ mod tests;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use crate::health::StoreWrites;
 use checkpoint::Checkpointer;
 pub use conversation::Exchange;
 pub use inbox::{Kind, Pending, Taken, Unparsed};
@@ -157,6 +164,30 @@ pub enum StoreError {
     },
 }
 
+impl StoreError {
+    /// Whether the error can pass by itself (the database busy or locked by another
+    /// process, the disk full or failing, memory short, no file descriptor or inode left
+    /// to open it with), as opposed to what the operator must fix: a store of a newer
+    /// version, a file the gateway may not write. Anything SQLite does not say is
+    /// permanent counts as transient (its "cannot open" too: the state directory was
+    /// claimed, so it is writable, and what is left is a full disk or descriptor table):
+    /// giving up on a passing error leaves the bot silent, retrying a lasting one only
+    /// repeats its log line.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            StoreError::TooNew { .. } => false,
+            StoreError::Sqlite { source, .. } => !matches!(
+                source.sqlite_error_code(),
+                Some(
+                    rusqlite::ErrorCode::ReadOnly
+                        | rusqlite::ErrorCode::PermissionDenied
+                        | rusqlite::ErrorCode::AuthorizationForStatementDenied
+                )
+            ),
+        }
+    }
+}
+
 pub struct Store {
     /// Shared with the checkpointer, which holds it to let the log start over.
     conn: Arc<Mutex<Connection>>,
@@ -166,6 +197,8 @@ pub struct Store {
     /// Outbox pieces that left (delivered, or refused for good) and are still in the
     /// table: removed by the next transaction, whatever it commits (see [`outbox`]).
     left: Mutex<Vec<i64>>,
+    /// Told of every error and every commit, for the health report.
+    writes: Arc<StoreWrites>,
 }
 
 fn now() -> i64 {
@@ -275,7 +308,13 @@ impl Store {
             path: path.to_path_buf(),
             checkpointer,
             left: Mutex::new(Vec::new()),
+            writes: Arc::default(),
         })
+    }
+
+    /// Whether the store's writes succeed, as it finds out.
+    pub fn writes(&self) -> Arc<StoreWrites> {
+        self.writes.clone()
     }
 
     fn lock(&self) -> MutexGuard<'_, Connection> {
@@ -297,6 +336,7 @@ impl Store {
             lock(&self.left).extend(left);
         }
         self.wrap(committed)?;
+        self.writes.committed();
         if let Some(c) = &self.checkpointer {
             c.wrote();
         }
@@ -304,9 +344,15 @@ impl Store {
     }
 
     fn wrap<T>(&self, result: rusqlite::Result<T>) -> Result<T, StoreError> {
-        result.map_err(|source| StoreError::Sqlite {
-            path: self.path.display().to_string(),
-            source,
+        result.map_err(|source| {
+            // An absent row is an answer, not trouble.
+            if !matches!(source, rusqlite::Error::QueryReturnedNoRows) {
+                self.writes.failed(&source);
+            }
+            StoreError::Sqlite {
+                path: self.path.display().to_string(),
+                source,
+            }
         })
     }
 }
