@@ -254,11 +254,11 @@ async fn model_shows_the_chat_s_provider_and_admins_switch_it(mode: WorkerMode) 
     assert!(status.contains("Answering now: p0 (model-0)"), "{status}");
 }
 
-/// What the store says was answered for each update, in update order.
+/// What the store says was answered for each message, in arrival order.
 fn stored_replies(rig: &Rig) -> Vec<(i64, Option<String>)> {
     let db = rig.gateway.dir.path().join("state/state.db");
     let conn = rusqlite::Connection::open(db).expect("open state.db");
-    conn.prepare("SELECT update_id, reply FROM inbox ORDER BY update_id")
+    conn.prepare("SELECT id, reply FROM inbox ORDER BY id")
         .and_then(|mut s| s.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect())
         .expect("read inbox")
 }

@@ -132,13 +132,13 @@ async fn an_answer_due_while_telegram_fails_every_send_for_20_s_arrives_once_whe
     rig.telegram
         .fail_every_send(Some(SendFault::server_error()));
     let outage = Instant::now();
-    let id = rig.telegram.send_text(USER, USER, "during the outage");
+    rig.telegram.send_text(USER, USER, "during the outage");
     assert!(rig.provider.wait_for_requests(2, PATIENCE).await);
     assert!(rig.telegram.wait_for_failed_sends(1, PATIENCE).await);
     let db = state_db(&rig.gateway);
     assert_eq!(outbox_len(&db), 1, "the answer is in the outbox");
     assert!(
-        !inbox_done(&db, id),
+        !inbox_done(&db, "during the outage"),
         "a message is done only once its answer is out"
     );
     // The answer waits in the outbox, and the status says so; /status too (its reply
@@ -167,7 +167,7 @@ async fn an_answer_due_while_telegram_fails_every_send_for_20_s_arrives_once_whe
         texts[2].contains("Replies waiting to be sent: 1, the oldest for"),
         "{texts:?}"
     );
-    assert!(eventually(PATIENCE, || inbox_done(&db, id)).await);
+    assert!(eventually(PATIENCE, || inbox_done(&db, "during the outage")).await);
     assert_eq!(rig.ask("after").await.text, "echo: after");
     assert_eq!(
         texts_of(&rig.telegram, USER),
@@ -234,11 +234,11 @@ async fn a_blocked_chats_reply_is_refused_for_good_and_its_message_done(mode: Wo
     let other = 2002;
     let rig = Rig::start(mode, |o| o.allowed_users.push(other)).await;
     rig.telegram.block_chat(USER);
-    let id = rig.telegram.send_text(USER, USER, "you will not see this");
+    rig.telegram.send_text(USER, USER, "you will not see this");
     assert!(rig.telegram.wait_for_failed_sends(1, PATIENCE).await);
     let db = state_db(&rig.gateway);
     assert!(
-        eventually(PATIENCE, || inbox_done(&db, id)).await,
+        eventually(PATIENCE, || inbox_done(&db, "you will not see this")).await,
         "the refused reply's message is done\n{}",
         rig.gateway.log()
     );
@@ -302,7 +302,7 @@ async fn a_reply_older_than_the_outbox_age_limit_is_dropped_and_counted(mode: Wo
     )
     .expect("insert the stale piece");
     conn.execute(
-        "INSERT INTO inbox (update_id, chat_id, user_id, text, received_at, answered_by, reply) VALUES (9000, ?1, ?1, 'old question', ?2, 900, 'stale')",
+        "INSERT INTO inbox (id, chat_id, user_id, text, received_at, answered_by, reply) VALUES (9000, ?1, ?1, 'old question', ?2, 900, 'stale')",
         rusqlite::params![USER, two_days_ago],
     )
     .expect("insert its message");
@@ -310,7 +310,7 @@ async fn a_reply_older_than_the_outbox_age_limit_is_dropped_and_counted(mode: Wo
     let rig = start_again(rig, mode, |_| {});
     let db = state_db(&rig.gateway);
     assert!(
-        eventually(PATIENCE, || inbox_done(&db, 9000)).await,
+        eventually(PATIENCE, || inbox_done(&db, "old question")).await,
         "{}",
         rig.gateway.log()
     );
@@ -470,13 +470,13 @@ async fn a_reply_delivered_to_an_idle_gateway_is_recorded_and_a_kill_sends_nothi
 ) {
     // The next long poll's (empty) commit comes only after 30 s.
     let rig = Rig::start(mode, |o| o.poll_timeout_secs = 30).await;
-    let id = rig.telegram.send_text(USER, USER, "hello");
+    rig.telegram.send_text(USER, USER, "hello");
     let replies = rig.telegram.wait_for_chat_messages(USER, 1, PATIENCE).await;
     assert_eq!(texts(&replies), ["echo: hello"]);
     let db = state_db(&rig.gateway);
     assert!(
         eventually(Duration::from_secs(5), || outbox_len(&db) == 0
-            && inbox_done(&db, id))
+            && inbox_done(&db, "hello"))
         .await,
         "the delivered reply is still in the outbox: {}",
         outbox_len(&db)
@@ -1071,15 +1071,15 @@ async fn status_command(gateway: &Gateway) -> (i32, String) {
 }
 
 /// Done as the store defines it: marked done, or answered by a reply with no piece left to
-/// send.
-fn inbox_done(db: &Path, update_id: i64) -> bool {
+/// send. The message is found by its text (the store keys rows by their own id).
+fn inbox_done(db: &Path, text: &str) -> bool {
     let Ok(conn) = rusqlite::Connection::open(db) else {
         return false;
     };
     conn.query_row(
         "SELECT done_at IS NOT NULL OR (answered_by IS NOT NULL AND answered_by NOT IN
-         (SELECT coalesce(reply, id) FROM outbox)) FROM inbox WHERE update_id = ?1",
-        [update_id],
+         (SELECT coalesce(reply, id) FROM outbox)) FROM inbox WHERE text = ?1",
+        [text],
         |r| r.get(0),
     )
     .unwrap_or(false)
