@@ -756,3 +756,37 @@ async fn ask_with_a_file_runs_the_same_media_path() {
         "{stderr}"
     );
 }
+
+hermes_tests::both_modes!(a_document_whose_name_passes_name_max_is_saved_and_read);
+
+/// A file name is cut to fit NAME_MAX (255 bytes) on disk, on a character boundary and
+/// with its extension kept (issue 21.11); the model still reads the name as sent.
+async fn a_document_whose_name_passes_name_max_is_saved_and_read(mode: WorkerMode) {
+    let mut rig = media_rig(mode, |_| {}).await;
+    // 300 bytes of UTF-8: 74 four-byte letters (CJK Extension B) and ".txt".
+    let name = format!("{}.txt", "\u{20000}".repeat(74));
+    assert_eq!(name.len(), 300);
+    let reply = rig
+        .reply_to(USER, "a file with a 300-byte name", |t| {
+            t.send_document(
+                USER,
+                USER,
+                &name,
+                Some("text/plain"),
+                b"the long one",
+                Some("read it"),
+            );
+        })
+        .await;
+    assert!(reply.text.contains("read it"), "{}", reply.text);
+    let asked = chat_requests(&rig.provider)
+        .pop()
+        .expect("the model was asked");
+    assert_eq!(
+        asked.last_user_text(),
+        Some(format!(
+            "File {name}:\nthe long one\n(end of {name})\nread it"
+        ))
+    );
+    rig.assert_follow_up("/help", "/new").await;
+}

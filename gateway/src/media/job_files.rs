@@ -79,7 +79,7 @@ impl Fetcher {
             if let Some(problem) = refuse(media, limits) {
                 return Err(problem);
             }
-            let path = files.dir.join(format!("{i}-{}", safe_name(&media.name())));
+            let path = files.dir.join(file_name(i, &media.name()));
             let size = match tokio::time::timeout(
                 limits.download_timeout,
                 download(&self.bot, media, &path, limits.max_bytes),
@@ -110,6 +110,38 @@ impl Fetcher {
     }
 }
 
+/// The longest file name Linux file systems take (`NAME_MAX`), in bytes.
+const NAME_MAX: usize = 255;
+/// An extension longer than this is not one worth keeping over the name's stem.
+const MAX_EXTENSION: usize = 16;
+
+/// The name of the job's `index`th file on disk: `name` made safe ([`safe_name`]) behind
+/// the index, cut to fit `NAME_MAX` bytes on a character boundary, its extension kept
+/// (the worker knows a file's kind by it). The model is told the name as sent.
+fn file_name(index: usize, name: &str) -> String {
+    let prefix = format!("{index}-");
+    let safe = safe_name(name);
+    let room = NAME_MAX.saturating_sub(prefix.len());
+    if safe.len() <= room {
+        return format!("{prefix}{safe}");
+    }
+    let (stem, extension) = match safe.rfind('.') {
+        Some(dot) if safe.len() - dot <= MAX_EXTENSION && dot > 0 => safe.split_at(dot),
+        _ => (safe.as_str(), ""),
+    };
+    let stem = cut(stem, room.saturating_sub(extension.len()));
+    format!("{prefix}{stem}{extension}")
+}
+
+/// The longest start of `text` of at most `max` bytes that ends on a character boundary.
+fn cut(text: &str, max: usize) -> &str {
+    let mut end = max.min(text.len());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
 /// A file name safe to use in the job's directory (no separators, no leading dot).
 fn safe_name(name: &str) -> String {
     let cleaned: String = name
@@ -121,7 +153,6 @@ fn safe_name(name: &str) -> String {
                 '_'
             }
         })
-        .take(80)
         .collect();
     cleaned.trim_start_matches('.').to_string()
 }
@@ -139,5 +170,23 @@ mod tests {
         drop(JobFiles { dir: dir.clone() });
         assert!(!dir.exists());
         assert_eq!(safe_name("../../etc/passwd"), "_.._etc_passwd");
+    }
+
+    #[test]
+    fn a_name_is_cut_to_name_max_on_a_character_boundary_keeping_its_extension() {
+        let root = tempfile::tempdir().unwrap();
+        for (name, extension) in [
+            (format!("{}.txt", "\u{20000}".repeat(74)), ".txt"),
+            (format!("{}.pdf", "é".repeat(200)), ".pdf"),
+            ("a".repeat(400), ""),
+            (format!("x.{}", "y".repeat(300)), ""),
+        ] {
+            let on_disk = file_name(12, &name);
+            assert!(on_disk.len() <= NAME_MAX, "{} bytes", on_disk.len());
+            assert!(on_disk.len() > NAME_MAX - 4, "cut too short: {on_disk}");
+            assert!(on_disk.starts_with("12-") && on_disk.ends_with(extension));
+            std::fs::write(root.path().join(&on_disk), b"x").unwrap();
+        }
+        assert_eq!(file_name(0, "notes.md"), "0-notes.md");
     }
 }
