@@ -8,23 +8,28 @@ use hermes_protocol::{ProviderPlan, ToolServer, TranscriptionPlan};
 
 use crate::Config;
 use crate::report::Problem;
-use crate::secrets::SecretSource;
+use crate::secrets::{SecretFrom, SecretSource};
 
 impl Config {
     /// What no tool may read, as far as this file tells: the file itself, every secret
     /// file it names, systemd's credentials directory (`$CREDENTIALS_DIRECTORY`) and
     /// `state.dir` when set. Absolute (relative ones are taken from the working
-    /// directory). The gateway adds the state and runtime directories it chose.
+    /// directory). The gateway adds the state and runtime directories it chose, and the
+    /// directories `service install` stores credentials in.
     pub fn hidden_paths(&self) -> Vec<PathBuf> {
-        let secrets = std::iter::once(&self.telegram.token)
-            .chain(self.providers.iter().filter_map(|p| p.api_key.as_ref()))
-            .filter_map(SecretSource::file);
         let credentials = std::env::var_os("CREDENTIALS_DIRECTORY")
             .filter(|d| !d.is_empty())
             .map(PathBuf::from);
+        self.hidden_paths_with(credentials.as_deref())
+    }
+
+    fn hidden_paths_with(&self, credentials: Option<&Path>) -> Vec<PathBuf> {
+        let secrets = std::iter::once(&self.telegram.token)
+            .chain(self.providers.iter().filter_map(|p| p.api_key.as_ref()))
+            .flat_map(|source| secret_files(source, credentials));
         let mut hidden: Vec<PathBuf> = std::iter::once(self.path.clone())
             .chain(secrets)
-            .chain(credentials)
+            .chain(credentials.map(Path::to_path_buf))
             .chain(self.state.dir.clone())
             .map(|p| absolute(&p))
             .collect();
@@ -75,6 +80,20 @@ impl Config {
     }
 }
 
+/// Every file a `*_file` secret may be read from: an absolute one is itself; a relative
+/// one is the credential of that name and the file beside the configuration, both, since
+/// which one is read depends on what exists when it is read (a credential stored later,
+/// a copy left beside the file).
+fn secret_files(source: &SecretSource, credentials: Option<&Path>) -> Vec<PathBuf> {
+    match &source.from {
+        SecretFrom::Env(_) => Vec::new(),
+        SecretFrom::File { path, .. } if path.is_absolute() => vec![path.clone()],
+        SecretFrom::File { path, base } => std::iter::once(base.join(path))
+            .chain(credentials.map(|dir| dir.join(path)))
+            .collect(),
+    }
+}
+
 /// `path` from the working directory when relative; as it is when that cannot be known.
 pub fn absolute(path: &Path) -> PathBuf {
     std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
@@ -110,5 +129,19 @@ mod tests {
         }
         assert!(hidden.iter().all(|p| p.is_absolute()), "{hidden:?}");
         assert!(hidden.contains(&absolute(Path::new("hermes.toml"))));
+    }
+
+    #[test]
+    fn a_relative_secret_file_is_hidden_as_a_credential_and_beside_the_configuration() {
+        let text = MINIMAL.replace("token_env = \"TG\"", "token_file = \"telegram-token\"");
+        let config = parse(&text).unwrap();
+        let creds = Path::new("/run/credentials/hermes-gateway.service");
+        let hidden = config.hidden_paths_with(Some(creds));
+        for path in [creds.join("telegram-token"), creds.to_path_buf()] {
+            assert!(hidden.contains(&path), "{hidden:?}");
+        }
+        // test_support parses as if the file were in /etc/hermes.
+        let beside = PathBuf::from("/etc/hermes/telegram-token");
+        assert!(hidden.contains(&beside), "{hidden:?}");
     }
 }

@@ -4,6 +4,7 @@
 
 use serde::Deserialize;
 
+use crate::report::Problem;
 use crate::secrets::{SecretFrom, SecretSource};
 use crate::section::{Doc, Section, Table};
 
@@ -34,6 +35,10 @@ pub struct TelegramConfig {
     pub max_file_mb: u64,
     /// Bound on fetching one file from Telegram (`getFile` and the download).
     pub download_timeout_secs: u64,
+    /// Disk all chats' files may take at once (the files of running turns, in the state
+    /// directory); a turn whose files do not fit waits for others to end. At least
+    /// `max_file_mb`, so any one file fits.
+    pub max_files_total_mb: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -74,7 +79,18 @@ impl Doc<'_> {
             group_mode: s.take_or("group_mode", GroupMode::Mention, self),
             max_file_mb: s.take_in("max_file_mb", 20, 1..=20, self),
             download_timeout_secs: s.take_in("download_timeout_secs", 60, 1..=3600, self),
+            max_files_total_mb: s.take_in("max_files_total_mb", 1024, 1..=1_048_576, self),
         };
+        if config.max_files_total_mb < config.max_file_mb {
+            self.problems.push(Problem {
+                line: s.raw_line("max_files_total_mb", self),
+                key: s.key_path("max_files_total_mb"),
+                message: format!(
+                    "{} is less than max_file_mb ({}): one file would never fit",
+                    config.max_files_total_mb, config.max_file_mb
+                ),
+            });
+        }
         s.finish(self);
         config
     }
@@ -91,6 +107,22 @@ mod tests {
         assert_eq!(
             c.telegram.token.from,
             SecretFrom::Env("TELEGRAM_BOT_TOKEN".into())
+        );
+    }
+
+    #[test]
+    fn the_room_for_files_holds_at_least_one_file() {
+        let c = parse(MINIMAL).unwrap();
+        assert_eq!(c.telegram.max_files_total_mb, 1024);
+        let text = MINIMAL.replace(
+            "token_env = \"TG\"",
+            "token_env = \"TG\"\nmax_file_mb = 20\nmax_files_total_mb = 10",
+        );
+        let lines = problem_lines(&text);
+        assert!(
+            lines.iter().any(|l| l
+                .contains("line 5: telegram.max_files_total_mb: 10 is less than max_file_mb (20)")),
+            "{lines:#?}"
         );
     }
 

@@ -91,6 +91,12 @@ fn media_text(problem: &MediaProblem) -> String {
         MediaProblem::DownloadFailed { .. } => "⚠️ I couldn't fetch your file from Telegram just \
              now, so it was not processed. Please send it again."
             .into(),
+        MediaProblem::TooMuchAtOnce { size, max } => format!(
+            "📎 These files together are too much for me at once ({} MB); I can take up to \
+             {} MB of files at a time. Please send them in smaller groups.",
+            mb(*size),
+            mb(*max)
+        ),
     }
 }
 

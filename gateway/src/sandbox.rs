@@ -6,7 +6,8 @@
 //! every job's tool-server specs, what to hide and whom to protect: the state directory
 //! (the conversations), the runtime directory (the worker socket, the other workers'
 //! scratch directories), the configuration file, every secret file it names, systemd's
-//! credentials directory, and the gateway's own pid. That is computed once per settings
+//! credentials directory, every directory `service install` stores credentials in (a
+//! user install's are plaintext files), and the gateway's own pid. That is computed once per settings
 //! snapshot ([`confine`], from `setup::resolve`), so a reload recomputes it with the rest.
 //!
 //! What the kernel provides is found by running the configured worker binary's
@@ -32,8 +33,9 @@ const PROBE_MEMORY: u64 = 1 << 30;
 
 /// Fills in what every sandboxed server of `tools` must not reach: `hidden` (from the
 /// configuration: its file, secret files, credentials directory) plus the state and
-/// runtime directories, and the gateway's pid to protect. Entries with `sandbox = false`
-/// are left as they are (unconfined).
+/// runtime directories and every directory `service install` may have stored credentials
+/// in (system or user, whichever unit runs), and the gateway's pid to protect. Entries
+/// with `sandbox = false` are left as they are (unconfined).
 pub fn confine(tools: &mut [ToolServer], state_dir: &Path, runtime_dir: &Path) {
     let gateway = i32::try_from(std::process::id()).unwrap_or(i32::MAX);
     for confinement in tools.iter_mut().filter_map(|t| t.sandbox.as_mut()) {
@@ -42,6 +44,7 @@ pub fn confine(tools: &mut [ToolServer], state_dir: &Path, runtime_dir: &Path) {
             .iter()
             .cloned()
             .chain([absolute(state_dir), absolute(runtime_dir)])
+            .chain(crate::service::stored_credentials_dirs())
             .collect();
         hidden.sort();
         hidden.dedup();
@@ -218,7 +221,12 @@ mod tests {
             Path::new("/run/hermes"),
         );
         let confinement = tools[0].sandbox.as_ref().expect("still sandboxed");
-        for hidden in ["/etc/hermes/hermes.toml", "/var/lib/hermes", "/run/hermes"] {
+        for hidden in [
+            "/etc/hermes/hermes.toml",
+            "/var/lib/hermes",
+            "/run/hermes",
+            "/etc/hermes/credentials",
+        ] {
             assert!(
                 confinement.hidden.contains(&PathBuf::from(hidden)),
                 "{confinement:?}"

@@ -121,7 +121,7 @@ pub fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
     )];
     let telegram = changed_keys!(old.telegram, new.telegram, "telegram":
         api_url, poll_timeout_secs, retry_max_secs, max_queued_per_chat, outbox_max_age_secs,
-        group_mode);
+        group_mode, max_files_total_mb);
     let workers = changed_keys!(old.workers, new.workers, "workers":
         mode, pool_size, command, max_jobs_per_worker, memory_limit_mb, kill_grace_secs,
         shutdown_drain_secs, max_restarts, restart_window_secs);

@@ -42,10 +42,9 @@ async fn media_rig(mode: WorkerMode, customize: impl FnOnce(&mut GatewayOptions)
     .await
 }
 
-/// Where the gateway keeps the files of running jobs (its runtime directory is
-/// `state/run` when systemd gives it none).
+/// Where the gateway keeps the files of running jobs: the state directory's `files/`.
 fn job_files(rig: &Rig) -> Vec<String> {
-    let dir = rig.gateway.dir.path().join("state/run/media");
+    let dir = rig.gateway.dir.path().join("state/files");
     std::fs::read_dir(&dir)
         .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
         .flatten()
@@ -484,7 +483,9 @@ async fn a_voice_note_received_before_a_gateway_kill_9_is_answered_once_after_th
         rig.gateway.log()
     );
     rig.gateway.signal(Signal::SIGKILL);
-    let media = rig.gateway.dir.path().join("state/run/media");
+    let media = rig.gateway.dir.path().join("state/files");
+    // Where versions before issue 21 kept them, under the runtime directory.
+    let old_place = rig.gateway.dir.path().join("state/run/media");
     let Rig {
         telegram,
         provider,
@@ -501,6 +502,12 @@ async fn a_voice_note_received_before_a_gateway_kill_9_is_answered_once_after_th
         "the job's files"
     );
     std::fs::write(media.join("stray"), b"left by a killed run").unwrap();
+    std::fs::create_dir_all(old_place.join("job-9")).unwrap();
+    std::fs::write(
+        old_place.join("job-9/0-old.ogg"),
+        b"left by an older version",
+    )
+    .unwrap();
     let options = GatewayOptions {
         providers: vec![provider.base_url()],
         extra_toml: "\n[transcription]\nprovider = \"p0\"\n".into(),
@@ -531,6 +538,7 @@ async fn a_voice_note_received_before_a_gateway_kill_9_is_answered_once_after_th
         "the killed run's files were not wiped at start-up"
     );
     assert_eq!(std::fs::read_dir(&media).unwrap().count(), 0);
+    assert!(!old_place.exists(), "the old place was not wiped");
 }
 
 /// While a voice note's job runs, the worker's environment, its command line and every
@@ -755,4 +763,122 @@ async fn ask_with_a_file_runs_the_same_media_path() {
         stderr.contains("error: quota_exhausted (provider main)"),
         "{stderr}"
     );
+}
+
+hermes_tests::both_modes!(a_document_whose_name_passes_name_max_is_saved_and_read);
+
+/// A file name is cut to fit NAME_MAX (255 bytes) on disk, on a character boundary and
+/// with its extension kept (issue 21.11); the model still reads the name as sent.
+async fn a_document_whose_name_passes_name_max_is_saved_and_read(mode: WorkerMode) {
+    let mut rig = media_rig(mode, |_| {}).await;
+    // 300 bytes of UTF-8: 74 four-byte letters (CJK Extension B) and ".txt".
+    let name = format!("{}.txt", "\u{20000}".repeat(74));
+    assert_eq!(name.len(), 300);
+    let reply = rig
+        .reply_to(USER, "a file with a 300-byte name", |t| {
+            t.send_document(
+                USER,
+                USER,
+                &name,
+                Some("text/plain"),
+                b"the long one",
+                Some("read it"),
+            );
+        })
+        .await;
+    assert!(reply.text.contains("read it"), "{}", reply.text);
+    let asked = chat_requests(&rig.provider)
+        .pop()
+        .expect("the model was asked");
+    assert_eq!(
+        asked.last_user_text(),
+        Some(format!(
+            "File {name}:\nthe long one\n(end of {name})\nread it"
+        ))
+    );
+    rig.assert_follow_up("/help", "/new").await;
+}
+
+hermes_tests::both_modes!(the_files_of_running_turns_stay_on_disk_within_their_room);
+
+/// A turn's files go to the state directory's `files/`, on disk, not to the runtime
+/// directory (RAM under systemd), and all chats' files share `telegram.max_files_total_mb`
+/// (issue 21.10): a turn whose files do not fit beside another's waits for it to end,
+/// fetching nothing meanwhile, and is answered after.
+async fn the_files_of_running_turns_stay_on_disk_within_their_room(mode: WorkerMode) {
+    const OTHER: i64 = 1002;
+    let runtime = tempfile::tempdir().expect("tempdir");
+    let mut rig = media_rig(mode, |o| {
+        o.allowed_users = vec![USER, OTHER];
+        o.job_timeout_secs = 60;
+        o.telegram_toml
+            .push_str("max_file_mb = 1\nmax_files_total_mb = 1\n");
+        o.env.push((
+            "RUNTIME_DIRECTORY".into(),
+            runtime.path().display().to_string(),
+        ));
+    })
+    .await;
+    rig.provider.push(ProviderReply::Hang);
+    rig.provider.push(ProviderReply::Text("read".into()));
+    let text = vec![b'a'; 700 * 1024];
+    rig.telegram
+        .send_document(USER, USER, "first.txt", Some("text/plain"), &text, None);
+    assert!(
+        rig.provider.wait_for_requests(1, PATIENCE).await,
+        "{}",
+        rig.gateway.log()
+    );
+    let held = job_files(&rig);
+    assert_eq!(held.len(), 1, "the job's files while it runs: {held:?}");
+    assert!(
+        !runtime.path().join("media").exists(),
+        "files in the runtime directory"
+    );
+
+    // 700 KB more would pass the 1 MB room: the second chat's turn waits, unfetched.
+    rig.telegram
+        .send_document(OTHER, OTHER, "second.txt", Some("text/plain"), &text, None);
+    assert!(
+        hermes_tests::harness::eventually(PATIENCE, || rig.gateway.log().contains("wait for room"))
+            .await,
+        "{}",
+        rig.gateway.log()
+    );
+    assert_eq!(rig.telegram.calls("getFile"), 1, "fetched beyond the room");
+    assert!(rig.telegram.sent_to(OTHER).is_empty());
+
+    // The first turn ends: its room is the second's, which is answered.
+    let stopped = rig
+        .reply_to(USER, "/stop", |t| {
+            t.send_text(USER, USER, "/stop");
+        })
+        .await;
+    assert!(stopped.text.starts_with("⏹ Stopped"), "{}", stopped.text);
+    let answered = rig
+        .telegram
+        .wait_for_chat_messages(OTHER, 1, PATIENCE)
+        .await;
+    assert_eq!(answered.len(), 1, "{}", rig.gateway.log());
+    assert_eq!(answered[0].text, "read");
+    let asked = chat_requests(&rig.provider)
+        .pop()
+        .expect("the model was asked");
+    assert!(
+        asked
+            .last_user_text()
+            .is_some_and(|t| t.starts_with("File second.txt:\naaa")),
+        "{:?}",
+        asked
+            .last_user_text()
+            .map(|t| t.chars().take(80).collect::<String>())
+    );
+    rig.assert_replies_in(OTHER, 1);
+    assert_eq!(rig.telegram.calls("getFile"), 2);
+    assert!(
+        hermes_tests::harness::eventually(PATIENCE, || job_files(&rig).is_empty()).await,
+        "left behind: {:?}",
+        job_files(&rig)
+    );
+    rig.assert_follow_up("/help", "/new").await;
 }

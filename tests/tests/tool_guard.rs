@@ -11,6 +11,7 @@
 
 use std::io::ErrorKind;
 use std::os::linux::net::SocketAddrExt;
+use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{SocketAddr, UnixListener};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -532,4 +533,111 @@ async fn the_sandbox_is_said_at_start_up_in_status_and_in_check_config() {
         "{}",
         rig.gateway.log()
     );
+}
+
+hermes_tests::both_modes!(a_tool_cannot_read_the_credentials_a_user_install_stored);
+
+/// `service install --user` (issue 21.5) keeps the secrets as plaintext 0600 files in
+/// `~/.config/hermes/credentials`, and a newer systemd keeps a user unit's state in
+/// `~/.local/state/hermes`, nowhere near them. A real user install into a temporary HOME
+/// (with a `systemctl` that only says yes, as no user manager runs here) lays them out;
+/// the gateway then runs as the user unit would start it, and a tool asks for them.
+async fn a_tool_cannot_read_the_credentials_a_user_install_stored(mode: WorkerMode) {
+    let outside = tempfile::tempdir().expect("tempdir");
+    let home = outside.path().join("home");
+    let xdg_config = home.join(".config");
+    let config = xdg_config.join("hermes/hermes.toml");
+    std::fs::create_dir_all(config.parent().expect("a parent")).expect("config dir");
+    std::fs::write(
+        &config,
+        "[telegram]\ntoken_env = \"HERMES_TEST_TELEGRAM_TOKEN\"\n\n[[providers]]\n\
+         name = \"p0\"\nbase_url = \"http://127.0.0.1:9/v1\"\nmodel = \"m\"\n\
+         api_key_env = \"HERMES_TEST_PROVIDER_KEY\"\n",
+    )
+    .expect("write config");
+    let bin = outside.path().join("bin");
+    std::fs::create_dir(&bin).expect("bin dir");
+    let systemctl = bin.join("systemctl");
+    std::fs::write(&systemctl, "#!/bin/sh\nexit 0\n").expect("write systemctl");
+    std::fs::set_permissions(&systemctl, std::fs::Permissions::from_mode(0o755))
+        .expect("chmod systemctl");
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let install = std::process::Command::new(&hermes_tests::harness::binaries().gateway)
+        .args(["service", "install", "--user", "--config"])
+        .arg(&config)
+        .env("HOME", &home)
+        .env("XDG_CONFIG_HOME", &xdg_config)
+        .env("PATH", &path)
+        .env("HERMES_TEST_TELEGRAM_TOKEN", TOKEN)
+        .env("HERMES_TEST_PROVIDER_KEY", API_KEY)
+        .output()
+        .expect("run service install");
+    assert!(
+        install.status.success(),
+        "{}",
+        String::from_utf8_lossy(&install.stderr)
+    );
+    let stored = xdg_config.join("hermes/credentials");
+    let token_file = stored.join("HERMES_TEST_TELEGRAM_TOKEN");
+    assert_eq!(
+        std::fs::read_to_string(&token_file).expect("the stored token"),
+        TOKEN
+    );
+    // What the unit gives the service: the credentials copied to a directory of
+    // systemd's, the state where systemd 253 and later keep a user unit's.
+    let delivered = outside
+        .path()
+        .join("run/credentials/hermes-gateway.service");
+    std::fs::create_dir_all(&delivered).expect("delivered dir");
+    for entry in std::fs::read_dir(&stored).expect("stored credentials") {
+        let entry = entry.expect("entry");
+        std::fs::copy(entry.path(), delivered.join(entry.file_name())).expect("deliver");
+    }
+    let state = home.join(".local/state/hermes");
+    let mut g = Guarded {
+        rig: Rig::start(mode, |o| {
+            o.allowed_users = vec![USER];
+            o.extra_toml = guard();
+            o.state_dir_in_config = false;
+            for (key, value) in [
+                ("HOME", &home),
+                ("XDG_CONFIG_HOME", &xdg_config),
+                ("CREDENTIALS_DIRECTORY", &delivered),
+                ("STATE_DIRECTORY", &state),
+            ] {
+                o.env.push((key.into(), value.display().to_string()));
+            }
+        })
+        .await,
+        outside,
+    };
+    assert!(
+        eventually(PATIENCE, || g
+            .rig
+            .gateway
+            .log()
+            .contains("hermes-gateway running"))
+        .await,
+        "the gateway did not start\n{}",
+        g.rig.gateway.log()
+    );
+    let read = g.shell(&format!("cat {}", token_file.display())).await;
+    // The refusal names the file, so only the values may not appear.
+    assert_refused(&read, &[TOKEN, API_KEY]);
+    let listing = g.shell(&format!("ls -a {}", stored.display())).await;
+    assert_refused(&listing, &["HERMES_TEST_TELEGRAM_TOKEN"]);
+    // Hiding is exact: the unit the install wrote beside them (no secret in it) is not.
+    let unit = xdg_config.join("systemd/user/hermes-gateway.service");
+    let beside = g
+        .shell(&format!(
+            "grep -c LoadCredential {} && echo readable",
+            unit.display()
+        ))
+        .await;
+    assert!(beside.contains("readable"), "{beside}");
+    g.rig.assert_still_serving().await;
 }

@@ -21,15 +21,17 @@ use teloxide_core::{DownloadError, RequestError};
 use tokio::io::AsyncWrite;
 
 use super::MediaRef;
+use super::job_files::Allowance;
 use super::reference::stated;
 
-/// Fetches `media` with `bot` into a new file at `path` (0600), within `max_bytes`; the
-/// bytes written.
+/// Fetches `media` with `bot` into a new file at `path` (0600), within `max_bytes` and
+/// what `room` lets the turn's files take; the bytes written.
 pub async fn download(
     bot: &Bot,
     media: &MediaRef,
     path: &Path,
     max_bytes: u64,
+    room: &mut Allowance,
 ) -> Result<u64, MediaProblem> {
     let failed = |detail: String| MediaProblem::DownloadFailed { detail };
     let file = bot
@@ -53,6 +55,8 @@ pub async fn download(
         file: tokio::fs::File::from_std(out),
         written: 0,
         max: max_bytes,
+        room,
+        no_room: false,
     };
     let result = bot.download_file(&file.path, &mut sink).await;
     if sink.written > max_bytes {
@@ -60,6 +64,13 @@ pub async fn download(
             size: sink.written,
             max: max_bytes,
         });
+    }
+    if sink.no_room {
+        return Err(failed(
+            "larger than Telegram stated, and the files of running turns fill \
+             telegram.max_files_total_mb"
+                .into(),
+        ));
     }
     result.map_err(|e| {
         failed(match &e {
@@ -84,15 +95,19 @@ fn without_token(error: &RequestError) -> String {
     }
 }
 
-/// A file that refuses to grow past `max` bytes: the download stops at the bound (the
-/// writer's error ends it) instead of trusting the size Telegram stated.
-struct Bounded {
+/// A file that refuses to grow past `max` bytes, or past the room the turn's files may
+/// take: the download stops at the bound (the writer's error ends it) instead of
+/// trusting the size Telegram stated.
+struct Bounded<'a> {
     file: tokio::fs::File,
     written: u64,
     max: u64,
+    room: &'a mut Allowance,
+    /// The room had no more to give.
+    no_room: bool,
 }
 
-impl AsyncWrite for Bounded {
+impl AsyncWrite for Bounded<'_> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -104,13 +119,18 @@ impl AsyncWrite for Bounded {
             return Poll::Ready(Err(io::Error::other("the file passed the size bound")));
         }
         let this = &mut *self;
-        match Pin::new(&mut this.file).poll_write(cx, buf) {
-            Poll::Ready(Ok(n)) => {
-                this.written += u64::try_from(n).unwrap_or(0);
-                Poll::Ready(Ok(n))
-            }
-            other => other,
+        if !this.room.take(len) {
+            this.no_room = true;
+            return Poll::Ready(Err(io::Error::other("no room left for the turn's files")));
         }
+        let polled = Pin::new(&mut this.file).poll_write(cx, buf);
+        let written = match &polled {
+            Poll::Ready(Ok(n)) => u64::try_from(*n).unwrap_or(0),
+            _ => 0,
+        };
+        this.written += written;
+        this.room.give_back(len - written.min(len));
+        polled
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -125,6 +145,7 @@ impl AsyncWrite for Bounded {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::media::job_files::Room;
 
     /// A download that passes the bound fails at the write that would pass it: the file
     /// on disk never holds more than the bound.
@@ -133,10 +154,13 @@ mod tests {
         use tokio::io::AsyncWriteExt;
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("f");
+        let mut room = Room::new(1 << 20).reserve(10).await.unwrap();
         let mut sink = Bounded {
             file: tokio::fs::File::create(&path).await.unwrap(),
             written: 0,
             max: 10,
+            room: &mut room,
+            no_room: false,
         };
         sink.write_all(b"12345678").await.unwrap();
         assert!(sink.write_all(b"901").await.is_err());

@@ -12,13 +12,14 @@
 //! goes to disk as it arrives, a chunk at a time, never whole in the gateway's memory
 //! (DESIGN.md invariant 6: every per-job buffer in the parent has a stated bound).
 //!
-//! How the worker gets the file: a per-job directory (0700) under the gateway's runtime
-//! directory, which the gateway removes when the job ends, whatever happened ([`JobFiles`]
-//! is dropped with the job), and wipes whole at start-up (what a SIGKILLed gateway left).
-//! So a crashed or killed worker leaves nothing behind: the worker never owns the file
-//! (invariant 4: nothing of a job outlives it). The runtime directory is hidden from every
-//! tool server by its sandbox, as the scratch directories are, so a tool cannot read
-//! another job's file (invariant 7). The alternative, an unlinked file passed as a file
+//! How the worker gets the file: a per-job directory (0700) under the state directory's
+//! `files/` (on disk: the runtime directory is RAM under systemd), which the gateway
+//! removes when the job ends, whatever happened ([`JobFiles`] is dropped with the job),
+//! and wipes whole at start-up (what a SIGKILLed gateway left). All jobs' files together
+//! stay within `telegram.max_files_total_mb` (see `job_files`). So a crashed or killed
+//! worker leaves nothing behind: the worker never owns the file (invariant 4: nothing of
+//! a job outlives it). The state directory is hidden from every tool server by its
+//! sandbox, so a tool cannot read another job's file (invariant 7). The alternative, an unlinked file passed as a file
 //! descriptor with `SCM_RIGHTS`, would leave nothing on disk even for a gateway killed
 //! mid-download, but the framed byte stream both ends share (`hermes_protocol::Connection`)
 //! would have to carry ancillary data on both ends, for one file per job: a path in the
@@ -33,7 +34,7 @@ mod job_files;
 mod reference;
 mod refusal;
 
-pub use job_files::{Fetcher, JobFiles};
+pub use job_files::{FILES_DIR, Fetcher, JobFiles, wipe};
 pub use reference::{DocumentKind, MediaRef, unsupported};
 // Outside this module only tests (the store's) name a file's kind.
 #[cfg(test)]

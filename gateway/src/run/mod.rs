@@ -39,7 +39,7 @@ use crate::circuit::Circuits;
 use crate::commands;
 use crate::health::Health;
 use crate::jobs::{JobRunner, MakeRunner};
-use crate::media::Fetcher;
+use crate::media::{self, Fetcher};
 use crate::outbox::{Outbox, OutboxConfig};
 use crate::sandbox;
 use crate::settings::{ChatSettings, LiveSettings};
@@ -232,12 +232,25 @@ async fn serve(path: &Path, config: Config, setup: Setup, runner: Option<MakeRun
         }
         .run(publisher_stop.clone()),
     );
-    let fetcher = match Fetcher::new(fetching_bot, setup.runtime_dir.join("media")) {
+    // Where versions before issue 21 kept a job's files: a killed run's are not left
+    // there for good (the runtime directory is `state/run` outside systemd).
+    if let Err(e) = media::wipe(&setup.runtime_dir.join("media")) {
+        tracing::warn!(
+            "cannot remove the old job files in {}: {e}",
+            setup.runtime_dir.display()
+        );
+    }
+    let room = config
+        .telegram
+        .max_files_total_mb
+        .saturating_mul(1024 * 1024);
+    let files = setup.state_dir.join(media::FILES_DIR);
+    let fetcher = match Fetcher::new(fetching_bot, files, room) {
         Ok(fetcher) => fetcher,
         Err(e) => {
             tracing::error!(
-                "cannot create the media directory in {}: {e}",
-                setup.runtime_dir.display()
+                "cannot create the job files' directory in {}: {e}",
+                setup.state_dir.display()
             );
             return exit::for_io(&e);
         }

@@ -134,6 +134,32 @@ fn credentials_dir(user: bool) -> Result<PathBuf, String> {
     }
 }
 
+/// Every directory an install may have stored this machine's credentials in, whichever
+/// kind of unit runs now: the system one, and the user one as `$XDG_CONFIG_HOME` and as
+/// `$HOME/.config` (a user manager sets `HOME` but need not set `XDG_CONFIG_HOME` as the
+/// installing shell had it). The gateway hides them all from tools: `$CREDENTIALS_DIRECTORY`
+/// holds systemd's copies, but a user install's originals are plaintext files that the
+/// state directory covers only by chance (`~/.config/hermes` under systemd 252, not
+/// `~/.local/state/hermes` under later ones). One that does not exist is hidden still, so
+/// an install made while the gateway runs is covered too.
+pub fn stored_credentials_dirs() -> Vec<PathBuf> {
+    stored_credentials_dirs_in(|name| std::env::var_os(name).filter(|v| !v.is_empty()))
+}
+
+fn stored_credentials_dirs_in(var: impl Fn(&str) -> Option<std::ffi::OsString>) -> Vec<PathBuf> {
+    let user = [
+        var("XDG_CONFIG_HOME").map(PathBuf::from),
+        var("HOME").map(|home| PathBuf::from(home).join(".config")),
+    ];
+    std::iter::once(PathBuf::from(SYSTEM_CREDENTIALS))
+        .chain(
+            user.into_iter()
+                .flatten()
+                .map(|config| config.join("hermes/credentials")),
+        )
+        .collect()
+}
+
 pub fn unit_path(user: bool) -> Result<PathBuf, String> {
     if !user {
         return Ok(PathBuf::from("/etc/systemd/system").join(UNIT_NAME));
@@ -398,6 +424,33 @@ mod tests {
         assert!(user.contains("ExecStart=/opt/h/hermes-gateway run --config /srv/h.toml"));
         assert!(user.contains("WantedBy=default.target"));
         assert!(user.contains("\nLoadCredential=T:/srv/creds/T\n"), "{user}");
+    }
+
+    #[test]
+    fn every_place_an_install_keeps_credentials_is_known_in_any_mode() {
+        let env = |vars: &'static [(&'static str, &'static str)]| {
+            move |name: &str| {
+                vars.iter()
+                    .find(|(k, _)| *k == name)
+                    .map(|(_, v)| std::ffi::OsString::from(v))
+            }
+        };
+        let dirs = stored_credentials_dirs_in(env(&[
+            ("HOME", "/home/ann"),
+            ("XDG_CONFIG_HOME", "/home/ann/cfg"),
+        ]));
+        assert_eq!(
+            dirs,
+            [
+                PathBuf::from(SYSTEM_CREDENTIALS),
+                PathBuf::from("/home/ann/cfg/hermes/credentials"),
+                PathBuf::from("/home/ann/.config/hermes/credentials"),
+            ]
+        );
+        // Under a user manager that does not set XDG_CONFIG_HOME, the unit's `%h` path.
+        let dirs = stored_credentials_dirs_in(env(&[("HOME", "/home/ann")]));
+        let unit = USER_CREDENTIALS.replace("%h", "/home/ann");
+        assert!(dirs.contains(&PathBuf::from(unit)), "{dirs:?}");
     }
 
     #[test]

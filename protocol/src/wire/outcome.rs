@@ -82,6 +82,10 @@ pub enum MediaProblem {
     Unreadable { file_name: String, detail: String },
     /// Telegram would not give the file (getFile or the download failed, or took too long).
     DownloadFailed { detail: String },
+    /// The turn's files together are larger than all chats' files may be at once
+    /// (`telegram.max_files_total_mb`); `size` is what Telegram stated, or the file bound
+    /// for a file whose size it did not.
+    TooMuchAtOnce { size: u64, max: u64 },
 }
 
 impl fmt::Display for MediaProblem {
@@ -102,6 +106,12 @@ impl fmt::Display for MediaProblem {
                 write!(f, "cannot read {file_name}: {detail}")
             }
             MediaProblem::DownloadFailed { detail } => write!(f, "download failed: {detail}"),
+            MediaProblem::TooMuchAtOnce { size, max } => {
+                write!(
+                    f,
+                    "files of {size} bytes together are over the {max}-byte room"
+                )
+            }
         }
     }
 }
