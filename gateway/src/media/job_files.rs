@@ -58,13 +58,15 @@ impl Fetcher {
     }
 
     /// Fetches each of `media` (with the placeholder standing for it) into a directory
-    /// of job `job`'s own, within `limits`.
+    /// of job `job`'s own, within `limits`. A file refused or not fetched does not stop
+    /// the others: it is in [`Fetched::refused`], and the turn goes on without it. Only a
+    /// directory that cannot be made fails the whole.
     pub async fn fetch(
         &self,
         job: JobId,
         media: &[(MediaRef, String)],
         limits: &Limits,
-    ) -> Result<(JobFiles, Vec<Attachment>), MediaProblem> {
+    ) -> Result<Fetched, MediaProblem> {
         let dir = self.root.join(format!("job-{}", job.0));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::DirBuilder::new()
@@ -73,41 +75,68 @@ impl Fetcher {
             .map_err(|e| MediaProblem::DownloadFailed {
                 detail: format!("cannot make {}: {e}", dir.display()),
             })?;
-        let files = JobFiles { dir };
-        let mut attachments = Vec::new();
+        let mut fetched = Fetched {
+            files: JobFiles { dir },
+            attachments: Vec::new(),
+            refused: Vec::new(),
+        };
         for (i, (media, placeholder)) in media.iter().enumerate() {
-            if let Some(problem) = refuse(media, limits) {
-                return Err(problem);
-            }
-            let path = files.dir.join(format!("{i}-{}", safe_name(&media.name())));
-            let size = match tokio::time::timeout(
-                limits.download_timeout,
-                download(&self.bot, media, &path, limits.max_bytes),
-            )
-            .await
-            {
-                Ok(result) => result?,
-                Err(_) => {
-                    return Err(MediaProblem::DownloadFailed {
-                        detail: format!(
-                            "not fetched within {} s",
-                            limits.download_timeout.as_secs()
-                        ),
-                    });
+            let path = fetched
+                .files
+                .dir
+                .join(format!("{i}-{}", safe_name(&media.name())));
+            match self.fetch_one(media, &path, limits).await {
+                Ok(size) => fetched.attachments.push(Attachment {
+                    kind: media.media_kind(),
+                    path: path.display().to_string(),
+                    file_name: media.name(),
+                    mime_type: media.mime_type.clone(),
+                    size,
+                    duration_secs: media.duration_secs,
+                    placeholder: placeholder.clone(),
+                }),
+                Err(problem) => {
+                    // A partial download is not left for the job to find.
+                    let _ = std::fs::remove_file(&path);
+                    fetched.refused.push((i, problem));
                 }
-            };
-            attachments.push(Attachment {
-                kind: media.media_kind(),
-                path: path.display().to_string(),
-                file_name: media.name(),
-                mime_type: media.mime_type.clone(),
-                size,
-                duration_secs: media.duration_secs,
-                placeholder: placeholder.clone(),
-            });
+            }
         }
-        Ok((files, attachments))
+        Ok(fetched)
     }
+
+    /// One file: judged against `limits`, then downloaded to `path` within the time bound;
+    /// its size.
+    async fn fetch_one(
+        &self,
+        media: &MediaRef,
+        path: &std::path::Path,
+        limits: &Limits,
+    ) -> Result<u64, MediaProblem> {
+        if let Some(problem) = refuse(media, limits) {
+            return Err(problem);
+        }
+        tokio::time::timeout(
+            limits.download_timeout,
+            download(&self.bot, media, path, limits.max_bytes),
+        )
+        .await
+        .unwrap_or_else(|_| {
+            Err(MediaProblem::DownloadFailed {
+                detail: format!("not fetched within {} s", limits.download_timeout.as_secs()),
+            })
+        })
+    }
+}
+
+/// What a turn's fetch brought: the files for its job, and the ones it could not have.
+#[derive(Debug)]
+pub struct Fetched {
+    pub files: JobFiles,
+    /// The files fetched, in the turn's order.
+    pub attachments: Vec<Attachment>,
+    /// The files refused or not fetched: their index in the turn's media, and why.
+    pub refused: Vec<(usize, MediaProblem)>,
 }
 
 /// A file name safe to use in the job's directory (no separators, no leading dot).

@@ -33,7 +33,7 @@ mod job_files;
 mod reference;
 mod refusal;
 
-pub use job_files::{Fetcher, JobFiles};
+pub use job_files::{Fetched, Fetcher, JobFiles};
 pub use reference::{DocumentKind, MediaRef, unsupported};
 // Outside this module only tests (the store's) name a file's kind.
 #[cfg(test)]
