@@ -278,7 +278,18 @@ impl ChatRouter {
         };
         drop(files);
         ctx.health.job_done(&outcome);
-        deliver::deliver(&self.inner, request, outcome, live, stop_requests, started)
+        let (chat, rows) = (request.chat, request.rows.clone());
+        let cut_short =
+            deliver::deliver(&self.inner, request, outcome, live, stop_requests, started);
+        // The gateway's own stop cut the job short: not the messages' fault, so their
+        // start does not count toward giving up on them (a crash is never taken back).
+        if cut_short && let Err(e) = ctx.store.uncount_start(&rows) {
+            tracing::error!(
+                chat_id = chat,
+                "cannot take back the start of a job cut short by the stop: {e}"
+            );
+        }
+        cut_short
     }
 
     /// Takes the messages whose file was `refused` (by index in the turn's media) out of

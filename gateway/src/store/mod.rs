@@ -18,6 +18,7 @@
 //! [`conversation`] are what is kept in it, and [`checkpoint`] keeps the write-ahead log
 //! short off the async thread.
 
+mod attempts;
 mod checkpoint;
 mod conversation;
 mod inbox;
