@@ -220,7 +220,8 @@ impl ChatRouter {
             request.chat,
             settings.streaming,
             settings.edit_interval,
-        );
+        )
+        .recorded_in(ctx.store.clone());
         let mut stop_requests = Vec::new();
         // The turn's files, kept for its job and removed when it ends, however it ends.
         let mut files: Option<JobFiles> = None;

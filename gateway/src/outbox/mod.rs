@@ -37,7 +37,12 @@ use crate::health::Health;
 use crate::store::{Exchange, OutPiece, ReplyRecord, Store, StoreError};
 use crate::telegram::format::Piece;
 use crate::telegram::sender::Sender;
+use crate::telegram::sender::plain_pieces;
 use queue::{Queue, Queued};
+
+/// What a preview left by a killed run is edited to say. The message it was answering is
+/// answered again by the new run (or given up with an apology), in a message of its own.
+const INTERRUPTED: &str = "⚠️ This answer was cut short: the bot restarted while writing it. The answer follows in a new message.";
 
 #[derive(Clone)]
 pub struct Outbox {
@@ -96,13 +101,31 @@ impl Outbox {
     }
 
     /// Queues every piece a previous run left in the store, in order, and starts sending;
-    /// the number of pieces.
+    /// the number of pieces. Then each preview a killed run left showing a half-written
+    /// answer is edited to say it was interrupted (committed like any reply), before the
+    /// chat's new answer.
     pub fn resume(&self) -> Result<usize, StoreError> {
         let stored = self.inner.config.store.outbox()?;
         let count = stored.len();
         for piece in stored {
             let chat = piece.chat_id;
             self.push(chat, vec![Queued::from_stored(piece, None)]);
+        }
+        for preview in self.inner.config.store.previews()? {
+            tracing::info!(
+                chat_id = preview.chat_id,
+                "the previous run was killed while it showed an answer being written; marking it interrupted"
+            );
+            // A store error is logged by `send`, which still sends the edit.
+            let _ = self.send(Reply {
+                chat: preview.chat_id,
+                answers: &[],
+                text: INTERRUPTED,
+                pieces: plain_pieces(INTERRUPTED),
+                edit: Some((MessageId(preview.message_id), Instant::now())),
+                exchange: None,
+                question: None,
+            });
         }
         Ok(count)
     }
