@@ -166,6 +166,11 @@ impl Outbox {
                     chat_id = reply.chat,
                     "cannot store a reply ({e}); sending it without a record"
                 );
+                // The preview it replaces must not be taken for a killed run's at the
+                // next start (and edited over the answer): forgotten, if the store lets.
+                if let Some((id, _)) = reply.edit {
+                    let _ = self.inner.config.store.preview_forgotten(reply.chat, id.0);
+                }
                 let queued = stored_pieces
                     .into_iter()
                     .enumerate()

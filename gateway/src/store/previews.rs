@@ -31,6 +31,17 @@ impl Store {
         Ok(())
     }
 
+    /// Message `message_id` in `chat_id` is no preview any more, though no reply that
+    /// replaces it could be committed.
+    pub fn preview_forgotten(&self, chat_id: i64, message_id: i32) -> Result<(), StoreError> {
+        let conn = self.lock();
+        self.wrap(
+            conn.prepare_cached("DELETE FROM previews WHERE chat_id = ?1 AND message_id = ?2")
+                .and_then(|mut st| st.execute(params![chat_id, message_id])),
+        )?;
+        Ok(())
+    }
+
     /// The previews no reply replaced, oldest first.
     pub fn previews(&self) -> Result<Vec<Preview>, StoreError> {
         let conn = self.lock();
@@ -103,6 +114,8 @@ mod tests {
             ]
         );
         replace(&store, 7, Some(40));
+        store.preview_shown(9, 1).unwrap();
+        store.preview_forgotten(9, 1).unwrap();
         drop(store);
         let store = Store::open(dir.path()).unwrap();
         assert_eq!(
