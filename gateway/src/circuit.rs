@@ -8,10 +8,17 @@
 //! provider is left the user gets the quota reply at once, with no worker and no request.
 //! After the cool-down exactly one job probes the provider again; its result closes the
 //! circuit or opens it for another cool-down.
+//!
+//! A probe is a [`Plan`] value, not a state to remember to clear: a plan dropped without
+//! [`Plan::settle`] (its turn ended before any worker asked the provider: a refused or
+//! unfetchable file, `/stop` during a download, a question too big to send) gives its
+//! probes back, and the next job probes instead. Otherwise one such turn would leave the
+//! provider probing for good, and every later message would get the quota reply until a
+//! restart.
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use hermes_protocol::{Event, Failure, Outcome, ProviderPlan};
@@ -31,13 +38,31 @@ pub struct Circuits {
     state: Mutex<HashMap<String, State>>,
 }
 
-/// The providers one job may use, and which of them it probes.
-#[derive(Debug, Default)]
+/// The providers one job may use, and which of them it probes. Dropped unsettled, it
+/// gives its probes back (see the module's documentation).
 pub struct Plan {
     pub providers: Vec<ProviderPlan>,
-    probes: Vec<String>,
+    /// The providers this job probes, each with the end of the cool-down it probes after.
+    probes: Vec<(String, Instant)>,
     /// The first provider skipped because its circuit is open, with when it reopens.
     pub first_skipped: Option<(String, Duration)>,
+    circuits: Arc<Circuits>,
+}
+
+impl Plan {
+    /// Records what the job learnt (see [`Circuits::settle`]); the probes are settled.
+    pub fn settle(mut self, events: &[Event], outcome: &Outcome, now: Instant) {
+        let probes = std::mem::take(&mut self.probes);
+        self.circuits.settle(&probes, events, outcome, now);
+    }
+}
+
+impl Drop for Plan {
+    fn drop(&mut self) {
+        if !self.probes.is_empty() {
+            self.circuits.give_back(&self.probes);
+        }
+    }
 }
 
 /// What a caller sees of one provider's circuit.
@@ -95,15 +120,20 @@ impl Circuits {
     }
 
     /// Chooses the providers for a job, in chain order, skipping open circuits.
-    pub fn plan(&self, all: &[ProviderPlan], now: Instant) -> Plan {
+    pub fn plan(self: &Arc<Self>, all: &[ProviderPlan], now: Instant) -> Plan {
         let mut state = self.lock();
-        let mut plan = Plan::default();
+        let mut plan = Plan {
+            providers: Vec::new(),
+            probes: Vec::new(),
+            first_skipped: None,
+            circuits: self.clone(),
+        };
         for provider in all {
             match state.get(&provider.name).copied() {
                 None => plan.providers.push(provider.clone()),
                 Some(State::Open { until }) if now >= until => {
                     state.insert(provider.name.clone(), State::Probing);
-                    plan.probes.push(provider.name.clone());
+                    plan.probes.push((provider.name.clone(), until));
                     plan.providers.push(provider.clone());
                 }
                 Some(State::Open { until }) => {
@@ -121,7 +151,13 @@ impl Circuits {
 
     /// Records what a job learnt: every provider that answered "quota exhausted" (in a
     /// fallback event or as the final failure) opens; every probe that did not, closes.
-    pub fn settle(&self, plan: &Plan, events: &[Event], outcome: &Outcome, now: Instant) {
+    fn settle(
+        &self,
+        probes: &[(String, Instant)],
+        events: &[Event],
+        outcome: &Outcome,
+        now: Instant,
+    ) {
         let mut exhausted: Vec<&str> = events
             .iter()
             .filter_map(|e| match e {
@@ -161,10 +197,22 @@ impl Circuits {
                 },
             );
         }
-        for probe in &plan.probes {
+        for (probe, _) in probes {
             if !exhausted.contains(&probe.as_str()) && state.get(probe) == Some(&State::Probing) {
                 tracing::info!(provider = %probe, "provider probed after its quota cool-down; using it again");
                 state.remove(probe);
+            }
+        }
+    }
+
+    /// Probes whose job never asked the provider: their circuits are open again with the
+    /// cool-down they had, which is over, so the next job probes.
+    fn give_back(&self, probes: &[(String, Instant)]) {
+        let mut state = self.lock();
+        for (probe, until) in probes {
+            if state.get(probe) == Some(&State::Probing) {
+                tracing::info!(provider = %probe, "the probing job ended before asking the provider; the next job probes it");
+                state.insert(probe.clone(), State::Open { until: *until });
             }
         }
     }
@@ -205,12 +253,12 @@ mod tests {
 
     #[test]
     fn quota_opens_the_circuit_until_the_cooldown_then_one_probe_passes() {
-        let c = Circuits::new([("a".to_string(), Duration::from_secs(600))]);
+        let c = Arc::new(Circuits::new([("a".to_string(), Duration::from_secs(600))]));
         let all = [provider("a")];
         let t0 = Instant::now();
         let plan = c.plan(&all, t0);
         assert_eq!(plan.providers.len(), 1);
-        c.settle(&plan, &[], &quota("a"), t0);
+        plan.settle(&[], &quota("a"), t0);
 
         let during = c.plan(&all, t0 + Duration::from_secs(599));
         assert!(during.providers.is_empty());
@@ -225,11 +273,10 @@ mod tests {
         let second = c.plan(&all, after);
         assert!(second.providers.is_empty(), "only one probe at a time");
 
-        c.settle(&probe, &[], &quota("a"), after);
+        probe.settle(&[], &quota("a"), after);
         assert!(matches!(c.view("a", after), View::Open { .. }));
         let probe = c.plan(&all, after + Duration::from_secs(600));
-        c.settle(
-            &probe,
+        probe.settle(
             &[],
             &Outcome::Failed(Failure::TimedOut { after_ms: 1 }),
             after,
@@ -239,10 +286,10 @@ mod tests {
 
     #[test]
     fn a_fallback_event_opens_the_primary_and_the_chain_continues() {
-        let c = Circuits::new([
+        let c = Arc::new(Circuits::new([
             ("a".to_string(), Duration::from_secs(60)),
             ("b".to_string(), Duration::from_secs(60)),
-        ]);
+        ]));
         let all = [provider("a"), provider("b")];
         let t0 = Instant::now();
         let plan = c.plan(&all, t0);
@@ -260,7 +307,7 @@ mod tests {
             provider: "b".into(),
             model: "m".into(),
         });
-        c.settle(&plan, &events, &reply, t0);
+        plan.settle(&events, &reply, t0);
         let next = c.plan(&all, t0);
         assert_eq!(
             next.providers
@@ -273,10 +320,66 @@ mod tests {
 
     #[test]
     fn zero_cooldown_never_opens() {
-        let c = Circuits::new([("a".to_string(), Duration::ZERO)]);
+        let c = Arc::new(Circuits::new([("a".to_string(), Duration::ZERO)]));
         let t0 = Instant::now();
         let plan = c.plan(&[provider("a")], t0);
-        c.settle(&plan, &[], &quota("a"), t0);
+        plan.settle(&[], &quota("a"), t0);
         assert_eq!(c.view("a", t0), View::Closed);
+    }
+
+    /// Opens `a` at `t0` for 600 s and returns the moment its cool-down ends.
+    fn opened(c: &Arc<Circuits>, t0: Instant) -> Instant {
+        let plan = c.plan(&[provider("a")], t0);
+        plan.settle(&[], &quota("a"), t0);
+        t0 + Duration::from_secs(600)
+    }
+
+    #[test]
+    fn a_probe_dropped_unsettled_is_given_back_and_the_next_job_probes() {
+        let c = Arc::new(Circuits::new([("a".to_string(), Duration::from_secs(600))]));
+        let after = opened(&c, Instant::now());
+        let probe = c.plan(&[provider("a")], after);
+        assert_eq!(probe.providers.len(), 1);
+        assert_eq!(c.view("a", after), View::Probing);
+        // The turn ended before any worker ran: a refused file, /stop during a download.
+        drop(probe);
+        assert!(
+            matches!(c.view("a", after), View::Open { remaining } if remaining.is_zero()),
+            "{:?}",
+            c.view("a", after)
+        );
+        let next = c.plan(&[provider("a")], after);
+        assert_eq!(next.providers.len(), 1, "the next job probes");
+        next.settle(
+            &[],
+            &Outcome::Failed(Failure::TimedOut { after_ms: 1 }),
+            after,
+        );
+        assert_eq!(c.view("a", after), View::Closed);
+    }
+
+    #[test]
+    fn a_settled_probe_is_not_given_back_when_dropped() {
+        let c = Arc::new(Circuits::new([("a".to_string(), Duration::from_secs(600))]));
+        let after = opened(&c, Instant::now());
+        c.plan(&[provider("a")], after)
+            .settle(&[], &quota("a"), after);
+        assert!(
+            matches!(c.view("a", after), View::Open { remaining } if remaining == Duration::from_secs(600)),
+            "the new cool-down stands"
+        );
+    }
+
+    #[test]
+    fn a_plan_without_probes_changes_nothing_when_dropped() {
+        let c = Arc::new(Circuits::new([("a".to_string(), Duration::from_secs(600))]));
+        let t0 = Instant::now();
+        let after = opened(&c, t0);
+        let probe = c.plan(&[provider("a")], after);
+        // A second job meanwhile skips the provider; its plan going does not touch the probe.
+        drop(c.plan(&[provider("a")], after));
+        assert_eq!(c.view("a", after), View::Probing);
+        drop(probe);
+        drop(c.plan(&[provider("a")], t0));
     }
 }

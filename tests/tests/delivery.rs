@@ -1138,3 +1138,35 @@ fn assert_private(state: &Path) {
         }
     }
 }
+
+// Clean restarts are not failed attempts (issue 21.11).
+hermes_tests::both_modes!(a_message_cut_short_by_sigterm_at_every_start_is_still_answered);
+
+/// A stop by SIGTERM during a slow job, as many times as the bound on failed starts
+/// (`MAX_ATTEMPTS`, 3): none of them is the message's fault, so the next run answers it
+/// instead of giving up on it.
+async fn a_message_cut_short_by_sigterm_at_every_start_is_still_answered(mode: WorkerMode) {
+    const MAX_ATTEMPTS: usize = 3;
+    let mut rig = Rig::start(mode, |o| o.job_timeout_secs = 60).await;
+    for _ in 0..MAX_ATTEMPTS {
+        rig.provider.push_for("slow", ProviderReply::Hang);
+    }
+    rig.telegram.send_text(USER, USER, "slow");
+    for start in 1..=MAX_ATTEMPTS {
+        assert!(
+            rig.provider.wait_for_requests(start, PATIENCE).await,
+            "start {start}\n{}",
+            rig.gateway.log()
+        );
+        rig = restart(rig, mode, Stop::Term, |o| o.job_timeout_secs = 60).await;
+    }
+    let answered = rig
+        .telegram
+        .wait_for_sent(|m| m.text == "echo: slow", PATIENCE)
+        .await;
+    let texts = texts_of(&rig.telegram, USER);
+    assert!(answered.is_some(), "{texts:?}\n{}", rig.gateway.log());
+    assert!(!texts.iter().any(|t| t.contains("given up")), "{texts:?}");
+    assert_eq!(rig.provider.request_count(), MAX_ATTEMPTS + 1);
+    assert_eq!(rig.ask("next").await.text, "echo: next");
+}

@@ -882,3 +882,54 @@ async fn the_files_of_running_turns_stay_on_disk_within_their_room(mode: WorkerM
     );
     rig.assert_follow_up("/help", "/new").await;
 }
+
+// A file refused or not fetched in a burst is answered with why, and the rest of the
+// burst still goes to the model (issue 21.7).
+hermes_tests::both_modes!(a_bad_file_in_a_burst_is_refused_and_the_questions_are_answered);
+
+async fn a_bad_file_in_a_burst_is_refused_and_the_questions_are_answered(mode: WorkerMode) {
+    let mut rig = Rig::start(mode, |_| {}).await;
+    // A first job holds the chat, so what follows waits and is taken as one turn.
+    rig.provider.push_for(
+        "first",
+        ProviderReply::Delay(std::time::Duration::from_secs(2)),
+    );
+    rig.telegram.send_text(USER, USER, "first");
+    assert!(rig.provider.wait_for_requests(1, PATIENCE).await);
+    rig.telegram.send_text(USER, USER, "what is 2+2?");
+    rig.telegram.send_document(
+        USER,
+        USER,
+        "setup.exe",
+        Some("application/x-msdownload"),
+        b"MZ",
+        Some("and run this"),
+    );
+    rig.telegram.send_voice(USER, USER, b"hello", 1);
+    // Telegram's file server unreachable: this one cannot be fetched.
+    rig.telegram.fail_downloads(true);
+    rig.telegram
+        .send_document(USER, USER, "notes.txt", Some("text/plain"), b"hi", None);
+    rig.telegram.send_text(USER, USER, "and 3+3?");
+    let replies = rig.telegram.wait_for_chat_messages(USER, 5, PATIENCE).await;
+    let texts: Vec<&str> = replies.iter().map(|m| m.text.as_str()).collect();
+    assert_eq!(texts.len(), 5, "{texts:?}\n{}", rig.gateway.log());
+    assert_eq!(texts[0], "echo: first");
+    assert!(texts[1].contains("I can't read setup.exe"), "{texts:?}");
+    assert!(
+        texts[2].contains("Voice messages are not enabled"),
+        "{texts:?}"
+    );
+    assert!(texts[3].contains("couldn't fetch your file"), "{texts:?}");
+    assert_eq!(texts[4], "echo: what is 2+2?\nand 3+3?");
+    let asked = chat_requests(&rig.provider);
+    assert_eq!(asked.len(), 2, "the burst is one job");
+    assert_eq!(
+        asked[1].last_user_text().as_deref(),
+        Some("what is 2+2?\nand 3+3?"),
+        "the model is asked the questions, without the refused files or their captions"
+    );
+    rig.assert_replies(5);
+    rig.telegram.fail_downloads(false);
+    rig.assert_follow_up("/help", "/new").await;
+}

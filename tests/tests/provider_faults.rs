@@ -464,3 +464,111 @@ fn repeat(reply: ProviderReply, n: usize) -> Vec<ProviderReply> {
 fn httpdate(at: SystemTime) -> String {
     ::httpdate::fmt_http_date(at)
 }
+
+// A probe after the quota cool-down whose turn never reaches a worker gives the probe
+// back: the next message probes, and is answered (issue 21.3).
+hermes_tests::both_modes!(
+    quota_probe_given_back_when_its_file_is_refused,
+    quota_probe_given_back_when_its_file_cannot_be_fetched,
+    quota_probe_given_back_when_stopped_during_its_download,
+);
+
+/// A rig whose provider `p0` answered one message with a 402, its one-second cool-down
+/// over: the next turn probes it.
+async fn after_a_quota_cooldown(
+    mode: WorkerMode,
+    customize: impl FnOnce(&mut hermes_tests::harness::GatewayOptions),
+) -> Rig {
+    let rig = Rig::start(mode, |o| {
+        o.quota_cooldown_secs = Some(1);
+        customize(o);
+    })
+    .await;
+    rig.provider.push(ProviderReply::status(402, SEED_402_BODY));
+    assert!(rig.ask("one").await.text.contains("quota or balance"));
+    assert!(rig.ask("two").await.text.contains("quota or balance"));
+    assert_eq!(rig.provider.request_count(), 1);
+    // The cool-down is a duration by definition: wait it out.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    rig
+}
+
+/// The probe ended without asking the provider; the next message probes and is answered.
+async fn assert_the_next_message_probes(mut rig: Rig) {
+    assert_eq!(rig.provider.request_count(), 1, "no request for the probe");
+    assert_eq!(rig.ask("three").await.text, "echo: three");
+    assert_eq!(rig.provider.request_count(), 2);
+    rig.assert_still_serving().await;
+}
+
+async fn quota_probe_given_back_when_its_file_is_refused(mode: WorkerMode) {
+    let rig = after_a_quota_cooldown(mode, |_| {}).await;
+    // No `[transcription]`: refused by what Telegram states, before any fetch.
+    let reply = rig
+        .reply_to(hermes_tests::harness::USER, "a voice note", |t| {
+            t.send_voice(
+                hermes_tests::harness::USER,
+                hermes_tests::harness::USER,
+                b"hi",
+                1,
+            );
+        })
+        .await;
+    assert!(
+        reply.text.contains("Voice messages are not enabled"),
+        "{}",
+        reply.text
+    );
+    assert_the_next_message_probes(rig).await;
+}
+
+async fn quota_probe_given_back_when_its_file_cannot_be_fetched(mode: WorkerMode) {
+    let rig = after_a_quota_cooldown(mode, |_| {}).await;
+    rig.telegram.fail_downloads(true);
+    let reply = rig
+        .reply_to(hermes_tests::harness::USER, "a file", |t| {
+            t.send_document(
+                hermes_tests::harness::USER,
+                hermes_tests::harness::USER,
+                "notes.txt",
+                Some("text/plain"),
+                b"hello",
+                None,
+            );
+        })
+        .await;
+    assert!(
+        reply.text.contains("couldn't fetch your file"),
+        "{}",
+        reply.text
+    );
+    rig.telegram.fail_downloads(false);
+    assert_the_next_message_probes(rig).await;
+}
+
+async fn quota_probe_given_back_when_stopped_during_its_download(mode: WorkerMode) {
+    use hermes_tests::harness::{PATIENCE, USER, eventually};
+    let rig = after_a_quota_cooldown(mode, |o| {
+        o.telegram_toml.push_str("download_timeout_secs = 600\n");
+    })
+    .await;
+    let file = rig.telegram.add_file_stating(
+        b"slow",
+        Some(4),
+        hermes_tests::fake_telegram::Body::NeverEnds,
+    );
+    rig.telegram
+        .send_document_file(USER, USER, "slow.txt", Some("text/plain"), &file, None);
+    let started = eventually(PATIENCE, || !rig.telegram.downloads().is_empty()).await;
+    assert!(started, "{}", rig.gateway.log());
+    let reply = rig
+        .reply_to(USER, "/stop", |t| {
+            t.send_text(USER, USER, "/stop");
+        })
+        .await;
+    assert_eq!(
+        reply.text,
+        "⏹ Stopped. Send a new message whenever you like."
+    );
+    assert_the_next_message_probes(rig).await;
+}

@@ -422,3 +422,67 @@ async fn until_finished(rig: &Rig, last: &str) -> Vec<hermes_tests::fake_telegra
     );
     rig.telegram.sent_to(USER)
 }
+
+// A preview left by a gateway killed mid-answer is marked, not left beside the new answer
+// (issue 21.11).
+hermes_tests::both_modes!(a_gateway_killed_mid_stream_marks_its_preview_interrupted);
+
+async fn a_gateway_killed_mid_stream_marks_its_preview_interrupted(mode: WorkerMode) {
+    let mut rig = Rig::start(mode, streaming(100)).await;
+    rig.provider.push(slow_stream());
+    rig.telegram.send_text(USER, USER, "tell me a long story");
+    preview_shown(&rig).await;
+    // Once the preview is edited, the gateway has its id (a crash in the moment between
+    // Telegram sending the preview and the gateway hearing its id leaves it as it is).
+    let edited = rig
+        .telegram
+        .wait_for_sent(
+            |m| m.chat_id == USER && m.method == "editMessageText",
+            PATIENCE,
+        )
+        .await;
+    assert!(edited.is_some(), "{}", rig.gateway.log());
+    let preview = rig.telegram.chat_now(USER);
+    assert_eq!(preview.len(), 1, "{preview:#?}");
+    rig.gateway.signal(nix::sys::signal::Signal::SIGKILL);
+    assert!(rig.gateway.wait_exit(PATIENCE).await.is_some());
+    let mut options = GatewayOptions::new(mode);
+    options.providers = vec![rig.provider.base_url()];
+    streaming(100)(&mut options);
+    let rig = rig.restart_with(|gateway, telegram, _| {
+        hermes_tests::harness::Gateway::start_in(gateway.into_dir(), &options, &telegram.api_url())
+    });
+    let answered = rig
+        .telegram
+        .wait_for_sent(
+            |m| m.chat_id == USER && m.text == "echo: tell me a long story",
+            PATIENCE,
+        )
+        .await;
+    assert!(answered.is_some(), "{}", rig.gateway.log());
+    let marked = hermes_tests::harness::eventually(PATIENCE, || {
+        rig.telegram
+            .chat_now(USER)
+            .first()
+            .is_some_and(|m| m.text.contains("cut short"))
+    })
+    .await;
+    let chat = rig.telegram.chat_now(USER);
+    assert!(
+        marked,
+        "the preview still shows the killed run's text: {chat:#?}\n{}",
+        rig.gateway.log()
+    );
+    assert_eq!(chat.len(), 2, "{chat:#?}");
+    assert_eq!(
+        chat[0].message_id, preview[0].message_id,
+        "edited, not sent anew"
+    );
+    assert_eq!(chat[1].text, "echo: tell me a long story");
+    let sent = rig.telegram.sent_to(USER);
+    let position = |f: &dyn Fn(&str) -> bool| sent.iter().position(|m| f(&m.text));
+    assert!(
+        position(&|t| t.contains("cut short")) < position(&|t| t == "echo: tell me a long story"),
+        "marked before the new answer: {sent:#?}"
+    );
+}

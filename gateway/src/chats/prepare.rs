@@ -60,12 +60,7 @@ pub fn prepare(
         max_steps: settings.max_steps,
         // Filled in once the turn's files are fetched.
         attachments: Vec::new(),
-        transcription: request
-            .media
-            .iter()
-            .any(|(m, _)| matches!(m.media_kind(), MediaKind::Voice | MediaKind::Audio))
-            .then(|| settings.transcription.clone().map(Box::new))
-            .flatten(),
+        transcription: transcription(settings, request),
     };
     let trimmed = fit_in_frame(&mut job, history_from)?;
     if trimmed > 0 {
@@ -76,6 +71,32 @@ pub fn prepare(
         );
     }
     Ok(Prepared { job, plan })
+}
+
+impl Prepared {
+    /// The job asks `request` after some of the turn's messages were taken out of it (their
+    /// file was refused or not fetched, and they were answered with why): the question is
+    /// what is left. The history stays as it was: the question only got shorter, so the
+    /// job still fits in its frame.
+    pub fn narrow_to(&mut self, settings: &ChatSettings, request: &Request) {
+        if let Some(question) = self.job.messages.last_mut() {
+            question.content = request.text.clone();
+        }
+        self.job.transcription = transcription(settings, request);
+    }
+}
+
+/// What transcribes the turn's voice notes, when it has any.
+fn transcription(
+    settings: &ChatSettings,
+    request: &Request,
+) -> Option<Box<hermes_protocol::TranscriptionPlan>> {
+    request
+        .media
+        .iter()
+        .any(|(m, _)| matches!(m.media_kind(), MediaKind::Voice | MediaKind::Audio))
+        .then(|| settings.transcription.clone().map(Box::new))
+        .flatten()
 }
 
 /// The system prompt (if any), the history the chat's conversation keeps, and last the

@@ -5,7 +5,9 @@
 //! turn too), runs it, and looks again; after a quiet minute it ends. A turn is a command
 //! (taken alone, answered at once unless it asks the model again, as `/retry` does) or one
 //! question for one job: prepared ([`super::prepare`]), its files fetched, run with its
-//! progress shown, and delivered ([`super::deliver`]). A message
+//! progress shown, and delivered ([`super::deliver`]). A message whose file is refused or
+//! cannot be fetched is answered with why, and the rest of the turn still goes to the
+//! model: one bad file does not swallow the questions sent with it. A message
 //! whose jobs keep dying with the gateway (or its worker) is given up after
 //! [`MAX_ATTEMPTS`] starts, with an apology, so it cannot take every restart down with it.
 //! When the gateway stops, a chat whose messages still wait is told they are kept for the
@@ -16,7 +18,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 
-use hermes_protocol::{CancelReason, Failure, JobId, Outcome};
+use hermes_protocol::{CancelReason, Failure, JobId, MediaProblem, Outcome};
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
@@ -24,7 +26,7 @@ use super::{ChatRouter, JobContext, Request, deliver, prepare};
 use crate::commands;
 use crate::commands::stop::InFlight;
 use crate::jobs::JobLink;
-use crate::media::JobFiles;
+use crate::media::{Fetched, JobFiles, MediaRef};
 use crate::replies;
 use crate::settings::ChatSettings;
 use crate::store::Taken;
@@ -168,13 +170,12 @@ impl ChatRouter {
             return false;
         };
         let user_id = first.user_id;
-        let rows: Vec<i64> = turn.iter().map(|m| m.id).collect();
         // A command is always taken alone; a caption is never one.
-        let mut media = Vec::new();
         let command =
             commands::parse(&first.text).filter(|_| turn.len() == 1 && first.media.is_none());
-        let text = match command {
+        let asked: Vec<Asked> = match command {
             Some(command) => {
+                let rows: Vec<i64> = turn.iter().map(|m| m.id).collect();
                 let command_ctx = commands::Context {
                     chat,
                     user: user_id,
@@ -188,28 +189,26 @@ impl ChatRouter {
                         self.inner.reply(chat, &rows, &reply);
                         return false;
                     }
-                    commands::Outcome::Ask(text) => text,
+                    commands::Outcome::Ask(text) => vec![Asked {
+                        row: first.id,
+                        text,
+                        file: None,
+                    }],
                 }
             }
-            None => {
-                let texts: Vec<Cow<str>> = turn
-                    .iter()
-                    .map(|m| match &m.media {
-                        None => Cow::Borrowed(m.text.as_str()),
-                        Some(file) => {
-                            let placeholder = file.placeholder();
-                            media.push((file.clone(), placeholder.clone()));
-                            Cow::Owned(if m.text.trim().is_empty() {
-                                placeholder
-                            } else {
-                                format!("{placeholder}\n{}", m.text)
-                            })
-                        }
-                    })
-                    .collect();
-                texts.join("\n")
-            }
+            None => turn
+                .iter()
+                .map(|m| Asked {
+                    row: m.id,
+                    text: m.text.clone(),
+                    file: m.media.clone().map(|file| {
+                        let placeholder = file.placeholder();
+                        (file, placeholder)
+                    }),
+                })
+                .collect(),
         };
+        let (rows, text, media) = compose(&asked);
         let id = JobId(self.inner.next_job.fetch_add(1, Ordering::Relaxed));
         let request = Request {
             id,
@@ -219,12 +218,19 @@ impl ChatRouter {
             text,
             media,
         };
-        self.run_job(request, in_flight).await
+        self.run_job(request, asked, in_flight).await
     }
 
-    /// One turn through one job: prepared, run with its progress shown, delivered. True
-    /// when the job was cut short by the gateway stopping (and the chat told).
-    async fn run_job(&self, request: Request, in_flight: &InFlight) -> bool {
+    /// One turn through one job: prepared, its files fetched, run with its progress shown,
+    /// delivered. A message whose file is refused or not fetched is answered with why, and
+    /// the rest of the turn (`asked`) goes on without it. True when the job was cut short
+    /// by the gateway stopping (and the chat told).
+    async fn run_job(
+        &self,
+        mut request: Request,
+        mut asked: Vec<Asked>,
+        in_flight: &InFlight,
+    ) -> bool {
         let ctx = &self.inner.ctx;
         // The settings this job starts with; a reload meanwhile does not change them.
         let settings = ctx.settings.get();
@@ -234,18 +240,31 @@ impl ChatRouter {
             request.chat,
             settings.streaming,
             settings.edit_interval,
-        );
+        )
+        .recorded_in(ctx.store.clone());
         let mut stop_requests = Vec::new();
         // The turn's files, kept for its job and removed when it ends, however it ends.
         let mut files: Option<JobFiles> = None;
+        // Until it is settled, `prepared.plan` holds the turn's probes of providers after
+        // their quota cool-down: every way out of this block before the job ran drops it,
+        // which gives them back.
         let outcome = match prepare::prepare(ctx, &settings, &request, started) {
             Ok(mut prepared) => 'job: {
                 let cancel = in_flight.begin();
                 if !request.media.is_empty() {
                     match fetch(ctx, &settings, &request, &cancel).await {
-                        Ok((fetched, attachments)) => {
-                            files = Some(fetched);
-                            prepared.job.attachments = attachments;
+                        Ok(fetched) => {
+                            files = Some(fetched.files);
+                            prepared.job.attachments = fetched.attachments;
+                            if !fetched.refused.is_empty() {
+                                if let Some(failure) =
+                                    self.leave_out(&mut request, &mut asked, fetched.refused)
+                                {
+                                    stop_requests = in_flight.end();
+                                    break 'job Outcome::Failed(failure);
+                                }
+                                prepared.narrow_to(&settings, &request);
+                            }
                         }
                         Err(failure) => {
                             stop_requests = in_flight.end();
@@ -273,16 +292,99 @@ impl ChatRouter {
                 )
                 .await;
                 stop_requests = in_flight.end();
-                ctx.circuits
-                    .settle(&prepared.plan, &fallbacks, &outcome, Instant::now());
+                prepared.plan.settle(&fallbacks, &outcome, Instant::now());
                 outcome
             }
             Err(failure) => Outcome::Failed(failure),
         };
         drop(files);
         ctx.health.job_done(&outcome);
-        deliver::deliver(&self.inner, request, outcome, live, stop_requests, started)
+        let (chat, rows) = (request.chat, request.rows.clone());
+        let cut_short =
+            deliver::deliver(&self.inner, request, outcome, live, stop_requests, started);
+        // The gateway's own stop cut the job short: not the messages' fault, so their
+        // start does not count toward giving up on them (a crash is never taken back).
+        if cut_short && let Err(e) = ctx.store.uncount_start(&rows) {
+            tracing::error!(
+                chat_id = chat,
+                "cannot take back the start of a job cut short by the stop: {e}"
+            );
+        }
+        cut_short
     }
+
+    /// Takes the messages whose file was `refused` (by index in the turn's media) out of
+    /// the turn, each answered with why, and narrows `request` to the rest. When no
+    /// message is left, the last refused one stays as the turn, and its refusal is the
+    /// failure to answer it with (so the turn's reply, and any `/stop` that came for it,
+    /// take the usual way).
+    fn leave_out(
+        &self,
+        request: &mut Request,
+        asked: &mut Vec<Asked>,
+        refused: Vec<(usize, MediaProblem)>,
+    ) -> Option<Failure> {
+        let files: Vec<i64> = asked
+            .iter()
+            .filter(|a| a.file.is_some())
+            .map(|a| a.row)
+            .collect();
+        let mut refused: Vec<(i64, Failure)> = refused
+            .into_iter()
+            .filter_map(|(i, problem)| {
+                let row = files.get(i).copied()?;
+                tracing::info!(
+                    chat_id = request.chat,
+                    "a file of the turn is refused: {problem}"
+                );
+                Some((row, Failure::Media { problem }))
+            })
+            .collect();
+        let everything = asked
+            .iter()
+            .all(|a| refused.iter().any(|(row, _)| *row == a.row));
+        let last = everything.then(|| refused.pop()).flatten();
+        for (row, failure) in &refused {
+            self.inner
+                .ctx
+                .health
+                .job_done(&Outcome::Failed(failure.clone()));
+            self.inner
+                .reply(request.chat, &[*row], &replies::failure_text(failure));
+        }
+        asked.retain(|a| {
+            refused.iter().all(|(row, _)| *row != a.row)
+                && last.as_ref().is_none_or(|(row, _)| *row == a.row)
+        });
+        (request.rows, request.text, request.media) = compose(asked);
+        last.map(|(_, failure)| failure)
+    }
+}
+
+/// One message of a turn as the model is asked it: its row, its text, its file (with the
+/// placeholder that stands for it in the question).
+pub(super) struct Asked {
+    row: i64,
+    text: String,
+    file: Option<(MediaRef, String)>,
+}
+
+/// The turn's rows, its question (each message on its own lines, a file's placeholder
+/// before its caption), and its files.
+fn compose(asked: &[Asked]) -> (Vec<i64>, String, Vec<(MediaRef, String)>) {
+    let rows = asked.iter().map(|a| a.row).collect();
+    let texts: Vec<Cow<str>> = asked
+        .iter()
+        .map(|a| match &a.file {
+            None => Cow::Borrowed(a.text.as_str()),
+            Some((_, placeholder)) if a.text.trim().is_empty() => {
+                Cow::Borrowed(placeholder.as_str())
+            }
+            Some((_, placeholder)) => Cow::Owned(format!("{placeholder}\n{}", a.text)),
+        })
+        .collect();
+    let media = asked.iter().filter_map(|a| a.file.clone()).collect();
+    (rows, texts.join("\n"), media)
 }
 
 /// Fetches the files of `request` for its job, within the limits and the time bound, or
@@ -292,12 +394,12 @@ async fn fetch(
     settings: &ChatSettings,
     request: &Request,
     cancel: &CancellationToken,
-) -> Result<(JobFiles, Vec<hermes_protocol::Attachment>), Failure> {
+) -> Result<Fetched, Failure> {
     tokio::select! {
         _ = cancel.cancelled() => Err(Failure::Cancelled { reason: CancelReason::ByUser }),
         fetched = ctx.fetcher.fetch(request.id, &request.media, &settings.media) => {
             fetched.map_err(|problem| {
-                tracing::info!(chat_id = request.chat, "a file of the turn is refused: {problem}");
+                tracing::warn!(chat_id = request.chat, "cannot fetch the turn's files: {problem}");
                 Failure::Media { problem }
             })
         }

@@ -179,24 +179,15 @@ impl Fetcher {
     }
 
     /// Fetches each of `media` (with the placeholder standing for it) into a directory
-    /// of job `job`'s own, within `limits`.
+    /// of job `job`'s own, within `limits`. A file refused or not fetched does not stop
+    /// the others: it is in [`Fetched::refused`], and the turn goes on without it. Only a
+    /// directory that cannot be made fails the whole.
     pub async fn fetch(
         &self,
         job: JobId,
         media: &[(MediaRef, String)],
         limits: &Limits,
-    ) -> Result<(JobFiles, Vec<Attachment>), MediaProblem> {
-        for (media, _) in media {
-            if let Some(problem) = refuse(media, limits) {
-                return Err(problem);
-            }
-        }
-        // What Telegram stated, else the most a file may be (the download stops there).
-        let stated: u64 = media
-            .iter()
-            .map(|(m, _)| m.size.unwrap_or(limits.max_bytes).min(limits.max_bytes))
-            .sum();
-        let mut allowance = self.room.reserve(stated).await?;
+    ) -> Result<Fetched, MediaProblem> {
         let dir = self.root.join(format!("job-{}", job.0));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::DirBuilder::new()
@@ -205,39 +196,91 @@ impl Fetcher {
             .map_err(|e| MediaProblem::DownloadFailed {
                 detail: format!("cannot make {}: {e}", dir.display()),
             })?;
-        let mut files = JobFiles { dir, _room: None };
-        let mut attachments = Vec::new();
+        let mut fetched = Fetched {
+            files: JobFiles { dir, _room: None },
+            attachments: Vec::new(),
+            refused: Vec::new(),
+        };
+        // Refused by the configuration: never fetched, never given room.
+        let mut wanted = Vec::new();
         for (i, (media, placeholder)) in media.iter().enumerate() {
-            let path = files.dir.join(file_name(i, &media.name()));
-            let size = match tokio::time::timeout(
-                limits.download_timeout,
-                download(&self.bot, media, &path, limits.max_bytes, &mut allowance),
-            )
-            .await
-            {
-                Ok(result) => result?,
-                Err(_) => {
-                    return Err(MediaProblem::DownloadFailed {
-                        detail: format!(
-                            "not fetched within {} s",
-                            limits.download_timeout.as_secs()
-                        ),
-                    });
-                }
-            };
-            attachments.push(Attachment {
-                kind: media.media_kind(),
-                path: path.display().to_string(),
-                file_name: media.name(),
-                mime_type: media.mime_type.clone(),
-                size,
-                duration_secs: media.duration_secs,
-                placeholder: placeholder.clone(),
-            });
+            match refuse(media, limits) {
+                Some(problem) => fetched.refused.push((i, problem)),
+                None => wanted.push((i, media, placeholder)),
+            }
         }
-        files._room = Some(allowance);
-        Ok((files, attachments))
+        if wanted.is_empty() {
+            return Ok(fetched);
+        }
+        // The room for all of them at once: what Telegram stated, else the most a file may
+        // be (the download stops there).
+        let stated: u64 = wanted
+            .iter()
+            .map(|(_, m, _)| m.size.unwrap_or(limits.max_bytes).min(limits.max_bytes))
+            .sum();
+        let mut allowance = match self.room.reserve(stated).await {
+            Ok(allowance) => allowance,
+            Err(problem) => {
+                fetched
+                    .refused
+                    .extend(wanted.iter().map(|(i, _, _)| (*i, problem.clone())));
+                fetched.refused.sort_by_key(|(i, _)| *i);
+                return Ok(fetched);
+            }
+        };
+        for (i, media, placeholder) in wanted {
+            let path = fetched.files.dir.join(file_name(i, &media.name()));
+            match self.fetch_one(media, &path, limits, &mut allowance).await {
+                Ok(size) => fetched.attachments.push(Attachment {
+                    kind: media.media_kind(),
+                    path: path.display().to_string(),
+                    file_name: media.name(),
+                    mime_type: media.mime_type.clone(),
+                    size,
+                    duration_secs: media.duration_secs,
+                    placeholder: placeholder.clone(),
+                }),
+                Err(problem) => {
+                    // A partial download is not left for the job to find.
+                    let _ = std::fs::remove_file(&path);
+                    fetched.refused.push((i, problem));
+                }
+            }
+        }
+        fetched.refused.sort_by_key(|(i, _)| *i);
+        fetched.files._room = Some(allowance);
+        Ok(fetched)
     }
+
+    /// One file, downloaded to `path` within the time bound and the turn's room; its size.
+    async fn fetch_one(
+        &self,
+        media: &MediaRef,
+        path: &std::path::Path,
+        limits: &Limits,
+        allowance: &mut Allowance,
+    ) -> Result<u64, MediaProblem> {
+        tokio::time::timeout(
+            limits.download_timeout,
+            download(&self.bot, media, path, limits.max_bytes, allowance),
+        )
+        .await
+        .unwrap_or_else(|_| {
+            Err(MediaProblem::DownloadFailed {
+                detail: format!("not fetched within {} s", limits.download_timeout.as_secs()),
+            })
+        })
+    }
+}
+
+/// What a turn's fetch brought: the files for its job, and the ones it could not have.
+#[derive(Debug)]
+pub struct Fetched {
+    pub files: JobFiles,
+    /// The files fetched, in the turn's order.
+    pub attachments: Vec<Attachment>,
+    /// The files refused or not fetched: their index in the turn's media, and why.
+    pub refused: Vec<(usize, MediaProblem)>,
 }
 
 /// The longest file name Linux file systems take (`NAME_MAX`), in bytes.

@@ -34,7 +34,7 @@ mod job_files;
 mod reference;
 mod refusal;
 
-pub use job_files::{FILES_DIR, Fetcher, JobFiles, wipe};
+pub use job_files::{FILES_DIR, Fetched, Fetcher, JobFiles, wipe};
 pub use reference::{DocumentKind, MediaRef, unsupported};
 // Outside this module only tests (the store's) name a file's kind.
 #[cfg(test)]

@@ -42,14 +42,19 @@ use tokio_util::task::TaskTracker;
 
 use crate::clock::unix_now;
 use crate::health::Health;
-use crate::store::{Exchange, OutPiece, ReplyRecord, Store, StoreError, Stored};
+use crate::store::{Exchange, OutPiece, Preview, ReplyRecord, Store, StoreError, Stored};
 use crate::telegram::format::Piece;
 use crate::telegram::sender::Sender;
+use crate::telegram::sender::plain_pieces;
 use held::{Held, HeldReplies};
 use queue::{Lane, Queue, Queued};
 
 /// Told that a group became a supergroup: old id, new id.
 type MovedHook = Box<dyn Fn(i64, i64) + Send + Sync>;
+
+/// What a preview left by a killed run is edited to say. The message it was answering is
+/// answered again by the new run (or given up with an apology), in a message of its own.
+const INTERRUPTED: &str = "⚠️ This answer was cut short: the bot restarted while writing it. The answer follows in a new message.";
 
 #[derive(Clone)]
 pub struct Outbox {
@@ -133,13 +138,32 @@ impl Outbox {
 
     /// Queues every piece a previous run left in the store (`stored`, as
     /// [`Store::outbox`] read it), in order, and starts sending; the number of pieces.
-    pub fn resume(&self, stored: Vec<Stored>) -> usize {
+    /// Then each preview a killed run left showing a half-written answer (`previews`, as
+    /// [`Store::previews`] read it) is edited to say it was interrupted (committed like
+    /// any reply), before the chat's new answer.
+    pub fn resume(&self, stored: Vec<Stored>, previews: Vec<Preview>) -> usize {
         let count = stored.len();
         for piece in stored {
             let chat = piece.chat_id;
             // The store does not say whose a piece is: a previous run's replies go in the
             // order they were committed.
             self.push(chat, Lane::Members, vec![Queued::from_stored(piece, None)]);
+        }
+        for preview in previews {
+            tracing::info!(
+                chat_id = preview.chat_id,
+                "the previous run was killed while it showed an answer being written; marking it interrupted"
+            );
+            // A store error is logged by `send`, which still sends the edit.
+            let _ = self.send(Reply {
+                chat: preview.chat_id,
+                answers: &[],
+                text: INTERRUPTED,
+                pieces: plain_pieces(INTERRUPTED),
+                edit: Some((MessageId(preview.message_id), Instant::now())),
+                exchange: None,
+                question: None,
+            });
         }
         count
     }
@@ -197,6 +221,11 @@ impl Outbox {
                     chat_id = reply.chat,
                     "cannot store a reply ({e}); sending it without a record"
                 );
+                // The preview it replaces must not be taken for a killed run's at the
+                // next start (and edited over the answer): forgotten, if the store lets.
+                if let Some((id, _)) = reply.edit {
+                    let _ = self.inner.config.store.preview_forgotten(reply.chat, id.0);
+                }
                 (unrecorded(stored_pieces, not_before), Err(e))
             }
         };

@@ -154,8 +154,8 @@ async fn serve(path: &Path, config: Config, setup: Setup, runner: Option<MakeRun
     // whole run, so it is a failed start, restarted while the trouble lasts.
     let left_over = store
         .outbox()
-        .and_then(|pieces| Ok((pieces, store.unanswered()?)));
-    let (undelivered, unanswered) = match left_over {
+        .and_then(|pieces| Ok((pieces, store.previews()?, store.unanswered()?)));
+    let (undelivered, previews, unanswered) = match left_over {
         Ok(left_over) => left_over,
         Err(e) => {
             tracing::error!("cannot read what the previous run left: {e}");
@@ -269,7 +269,7 @@ async fn serve(path: &Path, config: Config, setup: Setup, runner: Option<MakeRun
         outbox_stop.clone(),
     );
     // Replies the previous run committed but did not deliver go first, in their order.
-    match outbox.resume(undelivered) {
+    match outbox.resume(undelivered, previews) {
         0 => {}
         n => tracing::info!("sending {n} reply piece(s) left undelivered by the previous run"),
     }

@@ -23,10 +23,12 @@
 //! [`conversation`] are what is kept in it, [`checkpoint`] keeps the write-ahead log
 //! short off the async thread, and [`prune`] forgets what is no longer needed.
 
+mod attempts;
 mod checkpoint;
 mod conversation;
 mod inbox;
 mod outbox;
+mod previews;
 mod prune;
 #[cfg(test)]
 mod tests;
@@ -39,11 +41,12 @@ use checkpoint::Checkpointer;
 pub use conversation::Exchange;
 pub use inbox::{Kind, Pending, Taken, Unparsed};
 pub use outbox::{OutPiece, ReplyRecord, Stored};
+pub use previews::Preview;
 pub use prune::on_schedule as prune_on_schedule;
 use rusqlite::Connection;
 
 /// The schema this build writes. Bump it with a new entry in [`MIGRATIONS`].
-pub const SCHEMA_VERSION: i64 = 5;
+pub const SCHEMA_VERSION: i64 = 6;
 
 /// `MIGRATIONS[n]` takes a store from version `n` to `n + 1`.
 const MIGRATIONS: &[&str] = &[
@@ -148,6 +151,16 @@ const MIGRATIONS: &[&str] = &[
         SELECT update_id, raw, received_at FROM unparsed_updates ORDER BY update_id;
     DROP TABLE unparsed_updates;
     ALTER TABLE unparsed RENAME TO unparsed_updates;
+"#,
+    // 6: the streamed previews on show (`previews`: the chat and the message), each until
+    // a reply that replaces it is committed; one left at a start is what a killed run
+    // showed, and is edited to say it was interrupted.
+    r#"
+    CREATE TABLE previews (
+        chat_id INTEGER NOT NULL,
+        message_id INTEGER NOT NULL,
+        PRIMARY KEY (chat_id, message_id)
+    );
 "#,
 ];
 

@@ -93,6 +93,9 @@ impl Store {
                     ])
                 }),
             )?;
+            if let Some(message_id) = piece.edit_message_id {
+                self.wrap(Store::preview_replaced(&tx, record.chat_id, message_id))?;
+            }
             let reply_id = *reply.get_or_insert(id);
             stored.push(Stored {
                 id,

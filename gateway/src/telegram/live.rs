@@ -8,7 +8,12 @@
 //! cannot be edited any more is left alone (the outbox then sends the final text as a new
 //! message). Nothing here waits inside the job's loop except the request itself. The
 //! streamed text kept here is bounded by [`MAX_ANSWER_BYTES`].
+//!
+//! The preview's message is recorded in the store as soon as it exists
+//! ([`LiveReply::recorded_in`]): a run killed mid-answer cannot edit it, so the next run
+//! does, to say it was interrupted, instead of leaving it beside the new answer.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hermes_protocol::Event;
@@ -19,6 +24,7 @@ use super::sender::{SendError, Sender};
 use super::split::{MESSAGE_LIMIT, utf16_len};
 pub use crate::jobs::MAX_ANSWER_BYTES;
 use crate::replies;
+use crate::store::Store;
 
 /// Streamed text is shown once it holds a sentence ending past this many characters…
 const FIRST_SENTENCE_CHARS: usize = 60;
@@ -55,6 +61,8 @@ pub struct LiveReply {
     paused_until: Option<Instant>,
     /// Editing failed for good (message deleted, …): no more previews.
     stuck: bool,
+    /// Where the preview's message is recorded, for a run killed before replacing it.
+    store: Option<Arc<Store>>,
 }
 
 impl LiveReply {
@@ -76,7 +84,15 @@ impl LiveReply {
             last_edit: Some(Instant::now()),
             paused_until: None,
             stuck: false,
+            store: None,
         }
+    }
+
+    /// The preview's message is recorded in `store` once sent (see the module's
+    /// documentation).
+    pub fn recorded_in(mut self, store: Arc<Store>) -> Self {
+        self.store = Some(store);
+        self
     }
 
     /// Takes in a job event.
@@ -214,6 +230,14 @@ impl LiveReply {
                     Ok(id) => {
                         self.message = Some(id);
                         self.shown = Some(piece.html);
+                        if let Some(store) = &self.store
+                            && let Err(e) = store.preview_shown(self.chat, id.0)
+                        {
+                            tracing::warn!(
+                                chat_id = self.chat,
+                                "cannot record the preview; a crash now would leave it as it is: {e}"
+                            );
+                        }
                     }
                     Err(e) => {
                         tracing::info!(chat_id = self.chat, "no preview of the answer: {e:?}");
