@@ -3,9 +3,13 @@
 //!
 //! Every way a worker can misbehave ends here as a value: it cannot be started, it never
 //! connects, it dies mid-job (panic, abort, signal, exit), it sends bytes that are not
-//! frames, it hangs past the deadline. The job then gets a [`Failure`] and the worker is
-//! discarded; the gateway itself only ever reads, waits and kills.
+//! frames, it hangs past the deadline, it sends more than a worker can mean (more
+//! fallbacks than the job has providers, more tools running at once than
+//! [`MAX_TOOLS_RUNNING`], more approvals than its steps allow, or one approval id twice).
+//! The job then gets a [`Failure`] and the worker is discarded; the gateway itself only
+//! ever reads, waits and kills, and what it keeps for a job stays within stated bounds.
 
+use std::collections::{HashMap, HashSet};
 use std::pin::Pin;
 use std::time::{Duration, Instant};
 
@@ -26,7 +30,9 @@ use super::listener::{AuthRefusal, PendingWorkers};
 use super::process::{self, SpawnSpec};
 use super::scratch::ScratchDir;
 use super::stderr_log;
+use crate::approvals::{MAX_WAITING, Unaskable};
 use crate::jobs::{ApprovalAsk, MAX_ANSWER_BYTES};
+use crate::telegram::live::{MAX_TOOL_NAME_BYTES, MAX_TOOLS_RUNNING, cut_at_char};
 
 /// A started worker that has not connected by then is killed.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -202,23 +208,13 @@ impl Worker {
         }
         // Decisions on their way back to the worker, by approval id.
         let mut decisions: JoinSet<(u64, Result<Decision, RecvError>)> = JoinSet::new();
+        let mut kept = Kept::new(job);
         loop {
             let frame = tokio::select! {
                 frame = self.conn.read_frame::<FromWorker>() => frame,
                 Some(decided) = decisions.join_next(), if !decisions.is_empty() => {
-                    let Ok((approval, Ok(decision))) = decided else {
-                        // The chat let the question go (the job is ending): the worker
-                        // waits until its deadline or its end, whichever comes first.
-                        continue;
-                    };
-                    let answer = ToWorker::Decision { job_id: job.id, approval, decision };
-                    let sent = tokio::select! {
-                        sent = self.conn.write_frame(&answer) => sent,
-                        ended = ended(timer.as_mut(), &stops) => return self.end(ended, job, kill_grace).await,
-                    };
-                    if let Err(e) = sent {
-                        tracing::warn!(worker_pid = self.pid, job_id = %job.id, "cannot send a decision: {e}");
-                        return self.broken(e).await;
+                    if let Err(run) = self.pass_on(decided, &mut kept, job, timer.as_mut(), &stops, kill_grace).await {
+                        return run;
                     }
                     continue;
                 }
@@ -228,6 +224,9 @@ impl Worker {
                 Ok(FromWorker::Event { job_id, event }) if job_id == job.id => {
                     tracing::debug!(worker_pid = self.pid, job_id = %job.id, ?event, "event");
                     let event = bounded(event);
+                    if let Err(detail) = kept.event(&event) {
+                        return self.violated(job, detail).await;
+                    }
                     tokio::select! {
                         // A chat that is gone no longer wants events; the job goes on.
                         _ = events.send(event) => {}
@@ -236,10 +235,41 @@ impl Worker {
                 }
                 Ok(FromWorker::Approval { job_id, request }) if job_id == job.id => {
                     tracing::info!(worker_pid = self.pid, job_id = %job.id, tool = %request.tool, "a tool call waits for approval");
-                    let (decide, decision) = oneshot::channel();
+                    // Decisions already made are passed on first, so they make room.
+                    while let Some(decided) = decisions.try_join_next() {
+                        if let Err(run) = self
+                            .pass_on(decided, &mut kept, job, timer.as_mut(), &stops, kill_grace)
+                            .await
+                        {
+                            return run;
+                        }
+                    }
                     let approval = request.id;
-                    if approvals.send(ApprovalAsk { request, decide }).is_ok() {
-                        decisions.spawn(async move { (approval, decision.await) });
+                    match kept.approval(approval) {
+                        Err(detail) => return self.violated(job, detail).await,
+                        Ok(false) => {
+                            let denial = ToWorker::Decision {
+                                job_id: job.id,
+                                approval,
+                                decision: Decision::Unavailable {
+                                    reason: Unaskable::TooManyWaiting.for_model(),
+                                },
+                            };
+                            if let Err(run) = self
+                                .tell(&denial, job, timer.as_mut(), &stops, kill_grace)
+                                .await
+                            {
+                                return run;
+                            }
+                        }
+                        Ok(true) => {
+                            let (decide, decision) = oneshot::channel();
+                            if approvals.send(ApprovalAsk { request, decide }).is_ok() {
+                                decisions.spawn(async move { (approval, decision.await) });
+                            } else {
+                                kept.waiting.remove(&approval);
+                            }
+                        }
                     }
                 }
                 Ok(FromWorker::Outcome {
@@ -266,6 +296,64 @@ impl Worker {
                     return self.broken(e).await;
                 }
             }
+        }
+    }
+
+    /// Passes a decision the chat made on to the worker; one the chat let go (the job is
+    /// ending) is not passed on: the worker waits until its deadline or its end.
+    async fn pass_on(
+        &mut self,
+        decided: Result<(u64, Result<Decision, RecvError>), tokio::task::JoinError>,
+        kept: &mut Kept,
+        job: &Job,
+        timer: Pin<&mut Sleep>,
+        stops: &Stops<'_>,
+        kill_grace: Duration,
+    ) -> Result<(), JobRun> {
+        // The tasks only wait on a channel: they neither panic nor are aborted.
+        let Ok((approval, decision)) = decided else {
+            return Ok(());
+        };
+        kept.waiting.remove(&approval);
+        let Ok(decision) = decision else {
+            return Ok(());
+        };
+        let answer = ToWorker::Decision {
+            job_id: job.id,
+            approval,
+            decision,
+        };
+        self.tell(&answer, job, timer, stops, kill_grace).await
+    }
+
+    /// Writes `frame` to the worker, still minding the deadline and the stops.
+    async fn tell(
+        &mut self,
+        frame: &ToWorker,
+        job: &Job,
+        timer: Pin<&mut Sleep>,
+        stops: &Stops<'_>,
+        kill_grace: Duration,
+    ) -> Result<(), JobRun> {
+        let sent = tokio::select! {
+            sent = self.conn.write_frame(frame) => sent,
+            ended = ended(timer, stops) => return Err(self.end(ended, job, kill_grace).await),
+        };
+        if let Err(e) = sent {
+            tracing::warn!(worker_pid = self.pid, job_id = %job.id, "cannot send a decision: {e}");
+            return Err(self.broken(e).await);
+        }
+        Ok(())
+    }
+
+    /// The worker sent more than a worker can mean: the same end as for garbage bytes.
+    async fn violated(&mut self, job: &Job, detail: String) -> JobRun {
+        process::kill(&mut self.child).await;
+        let cause = CrashCause::ProtocolViolation { detail };
+        tracing::warn!(worker_pid = self.pid, job_id = %job.id, "worker {cause}");
+        JobRun {
+            outcome: Outcome::Failed(Failure::WorkerCrashed { cause }),
+            fate: Fate::Broken,
         }
     }
 
@@ -361,17 +449,110 @@ async fn ended(deadline: Pin<&mut Sleep>, stops: &Stops<'_>) -> Ended {
     }
 }
 
-/// A streamed piece as the chat may hold it: at most [`MAX_ANSWER_BYTES`] of text.
+/// An event as the chat may hold it: at most [`MAX_ANSWER_BYTES`] of streamed text, tool
+/// names of at most [`MAX_TOOL_NAME_BYTES`].
 fn bounded(event: Event) -> Event {
     match event {
         Event::Delta(text) if text.len() > MAX_ANSWER_BYTES => {
-            let mut end = MAX_ANSWER_BYTES;
-            while !text.is_char_boundary(end) {
-                end -= 1;
+            Event::Delta(cut_at_char(&text, MAX_ANSWER_BYTES).to_string())
+        }
+        Event::ToolStarted { name } if name.len() > MAX_TOOL_NAME_BYTES => Event::ToolStarted {
+            name: cut_at_char(&name, MAX_TOOL_NAME_BYTES).to_string(),
+        },
+        Event::ToolFinished { name, ok, ms } if name.len() > MAX_TOOL_NAME_BYTES => {
+            Event::ToolFinished {
+                name: cut_at_char(&name, MAX_TOOL_NAME_BYTES).to_string(),
+                ok,
+                ms,
             }
-            Event::Delta(text[..end].to_string())
         }
         other => other,
+    }
+}
+
+/// What one job's messages made the gateway keep, each within what an honest worker can
+/// send: one fallback per provider of the job, at most [`MAX_TOOLS_RUNNING`] tools running
+/// at once, at most that many approvals per step, each id waiting once. Past a bound the
+/// worker is broken (its own words say so), not merely busy.
+struct Kept {
+    max_fallbacks: usize,
+    fallbacks: usize,
+    /// Tools started and not finished, by name (a name may run more than once at once).
+    running: HashMap<String, usize>,
+    running_total: usize,
+    max_approvals: usize,
+    approvals: usize,
+    /// Approvals asked in the chat and not yet decided.
+    waiting: HashSet<u64>,
+}
+
+impl Kept {
+    fn new(job: &Job) -> Kept {
+        let steps = usize::try_from(job.max_steps.max(1)).unwrap_or(usize::MAX);
+        Kept {
+            max_fallbacks: job.providers.len(),
+            fallbacks: 0,
+            running: HashMap::new(),
+            running_total: 0,
+            max_approvals: steps.saturating_mul(MAX_TOOLS_RUNNING),
+            approvals: 0,
+            waiting: HashSet::new(),
+        }
+    }
+
+    /// Counts `event` (already [`bounded`]); Err says which bound it broke.
+    fn event(&mut self, event: &Event) -> Result<(), String> {
+        match event {
+            Event::FellBack { .. } => {
+                self.fallbacks += 1;
+                if self.fallbacks > self.max_fallbacks {
+                    return Err(format!(
+                        "{} fallback events for a job of {} provider(s)",
+                        self.fallbacks, self.max_fallbacks
+                    ));
+                }
+            }
+            Event::ToolStarted { name } => {
+                if self.running_total >= MAX_TOOLS_RUNNING {
+                    return Err(format!(
+                        "more than {MAX_TOOLS_RUNNING} tools running at once"
+                    ));
+                }
+                *self.running.entry(name.clone()).or_default() += 1;
+                self.running_total += 1;
+            }
+            Event::ToolFinished { name, .. } => {
+                if let Some(count) = self.running.get_mut(name) {
+                    *count -= 1;
+                    self.running_total -= 1;
+                    if *count == 0 {
+                        self.running.remove(name);
+                    }
+                }
+            }
+            Event::Attempt { .. } | Event::Retrying { .. } | Event::Delta(_) => {}
+        }
+        Ok(())
+    }
+
+    /// Counts an approval request `id`: Ok(true) to ask the chat, Ok(false) to deny it
+    /// as one too many waiting, Err for a bound broken.
+    fn approval(&mut self, id: u64) -> Result<bool, String> {
+        self.approvals += 1;
+        if self.approvals > self.max_approvals {
+            return Err(format!(
+                "{} approval requests in a job allowed at most {}",
+                self.approvals, self.max_approvals
+            ));
+        }
+        if self.waiting.contains(&id) {
+            return Err(format!("approval {id} asked again while it waits"));
+        }
+        if self.waiting.len() >= MAX_WAITING {
+            return Ok(false);
+        }
+        self.waiting.insert(id);
+        Ok(true)
     }
 }
 
