@@ -208,7 +208,7 @@ impl Worker {
         }
         // Decisions on their way back to the worker, by approval id.
         let mut decisions: JoinSet<(u64, Result<Decision, RecvError>)> = JoinSet::new();
-        let mut kept = Kept::new(job);
+        let mut kept = Kept::new(job.providers.len(), job.max_steps);
         loop {
             let frame = tokio::select! {
                 frame = self.conn.read_frame::<FromWorker>() => frame,
@@ -487,10 +487,10 @@ struct Kept {
 }
 
 impl Kept {
-    fn new(job: &Job) -> Kept {
-        let steps = usize::try_from(job.max_steps.max(1)).unwrap_or(usize::MAX);
+    fn new(providers: usize, max_steps: u32) -> Kept {
+        let steps = usize::try_from(max_steps.max(1)).unwrap_or(usize::MAX);
         Kept {
-            max_fallbacks: job.providers.len(),
+            max_fallbacks: providers,
             fallbacks: 0,
             running: HashMap::new(),
             running_total: 0,
@@ -559,4 +559,82 @@ impl Kept {
 fn new_token() -> String {
     let bytes: [u8; 24] = rand::rng().random();
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn started(name: &str) -> Event {
+        Event::ToolStarted { name: name.into() }
+    }
+
+    fn finished(name: &str) -> Event {
+        Event::ToolFinished {
+            name: name.into(),
+            ok: true,
+            ms: 1,
+        }
+    }
+
+    #[test]
+    fn a_worker_past_a_bound_is_told_apart_from_a_busy_one() {
+        let mut kept = Kept::new(2, 1);
+        let fell = Event::FellBack {
+            from: "p".into(),
+            failure: Failure::TimedOut { after_ms: 1 },
+        };
+        assert!(kept.event(&fell).is_ok());
+        assert!(kept.event(&fell).is_ok());
+        assert!(
+            kept.event(&fell).is_err(),
+            "a third fallback for two providers"
+        );
+
+        // The same tool may run many times at once; only what is running counts.
+        let mut kept = Kept::new(1, 1);
+        for _ in 0..MAX_TOOLS_RUNNING {
+            assert!(kept.event(&started("s.t")).is_ok());
+        }
+        assert!(kept.event(&started("s.u")).is_err());
+        let mut kept = Kept::new(1, 1);
+        for _ in 0..10 * MAX_TOOLS_RUNNING {
+            assert!(kept.event(&started("s.t")).is_ok());
+            assert!(kept.event(&finished("s.t")).is_ok());
+        }
+        // A finish for a tool never started frees nothing.
+        for _ in 0..MAX_TOOLS_RUNNING {
+            assert!(kept.event(&finished("s.x")).is_ok());
+            assert!(kept.event(&started("s.t")).is_ok());
+        }
+        assert!(kept.event(&started("s.t")).is_err());
+    }
+
+    #[test]
+    fn approvals_wait_three_at_a_time_once_each_within_the_steps() {
+        let mut kept = Kept::new(1, 1);
+        assert_eq!(kept.approval(1), Ok(true));
+        assert!(
+            kept.approval(1).is_err(),
+            "one id asked twice while it waits"
+        );
+        let mut kept = Kept::new(1, 1);
+        for id in 0..MAX_WAITING as u64 {
+            assert_eq!(kept.approval(id), Ok(true));
+        }
+        assert_eq!(kept.approval(100), Ok(false), "denied: three wait");
+        kept.waiting.remove(&0);
+        assert_eq!(
+            kept.approval(101),
+            Ok(true),
+            "room again once one is decided"
+        );
+        // One step allows MAX_TOOLS_RUNNING requests in all, denied or not.
+        let mut asked = 5;
+        while asked < MAX_TOOLS_RUNNING {
+            assert_eq!(kept.approval(1000 + asked as u64), Ok(false));
+            asked += 1;
+        }
+        assert!(kept.approval(5000).is_err());
+    }
 }
