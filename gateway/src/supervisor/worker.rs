@@ -449,24 +449,98 @@ async fn ended(deadline: Pin<&mut Sleep>, stops: &Stops<'_>) -> Ended {
     }
 }
 
+/// The longest name, reason or detail an event keeps: plenty for a provider's error
+/// message, and the most a chat's queue of events holds is then stated by its length.
+const MAX_EVENT_TEXT_BYTES: usize = 1024;
+
 /// An event as the chat may hold it: at most [`MAX_ANSWER_BYTES`] of streamed text, tool
-/// names of at most [`MAX_TOOL_NAME_BYTES`].
+/// names of at most [`MAX_TOOL_NAME_BYTES`], every other text of at most
+/// [`MAX_EVENT_TEXT_BYTES`] (a frame may carry 4 MiB of it, and the chat's queue of
+/// events is bounded by count).
 fn bounded(event: Event) -> Event {
     match event {
-        Event::Delta(text) if text.len() > MAX_ANSWER_BYTES => {
-            Event::Delta(cut_at_char(&text, MAX_ANSWER_BYTES).to_string())
+        Event::Delta(mut text) => {
+            cut(&mut text, MAX_ANSWER_BYTES);
+            Event::Delta(text)
         }
-        Event::ToolStarted { name } if name.len() > MAX_TOOL_NAME_BYTES => Event::ToolStarted {
-            name: cut_at_char(&name, MAX_TOOL_NAME_BYTES).to_string(),
-        },
-        Event::ToolFinished { name, ok, ms } if name.len() > MAX_TOOL_NAME_BYTES => {
-            Event::ToolFinished {
-                name: cut_at_char(&name, MAX_TOOL_NAME_BYTES).to_string(),
-                ok,
-                ms,
+        Event::ToolStarted { mut name } => {
+            cut(&mut name, MAX_TOOL_NAME_BYTES);
+            Event::ToolStarted { name }
+        }
+        Event::ToolFinished { mut name, ok, ms } => {
+            cut(&mut name, MAX_TOOL_NAME_BYTES);
+            Event::ToolFinished { name, ok, ms }
+        }
+        Event::Attempt {
+            mut provider,
+            attempt,
+        } => {
+            cut(&mut provider, MAX_EVENT_TEXT_BYTES);
+            Event::Attempt { provider, attempt }
+        }
+        Event::Retrying {
+            mut provider,
+            after_ms,
+            mut reason,
+        } => {
+            cut(&mut provider, MAX_EVENT_TEXT_BYTES);
+            cut(&mut reason, MAX_EVENT_TEXT_BYTES);
+            Event::Retrying {
+                provider,
+                after_ms,
+                reason,
             }
         }
-        other => other,
+        Event::FellBack {
+            mut from,
+            mut failure,
+        } => {
+            cut(&mut from, MAX_EVENT_TEXT_BYTES);
+            for text in failure_texts(&mut failure) {
+                cut(text, MAX_EVENT_TEXT_BYTES);
+            }
+            Event::FellBack { from, failure }
+        }
+    }
+}
+
+fn cut(text: &mut String, max: usize) {
+    let end = cut_at_char(text, max).len();
+    text.truncate(end);
+}
+
+/// Every text a failure carries.
+fn failure_texts(failure: &mut Failure) -> Vec<&mut String> {
+    use hermes_protocol::MediaProblem;
+    match failure {
+        Failure::QuotaExhausted { provider, detail }
+        | Failure::RateLimited { provider, detail }
+        | Failure::ProviderUnavailable { provider, detail }
+        | Failure::ContextTooLong { provider, detail }
+        | Failure::ProviderProtocol { provider, detail }
+        | Failure::ProviderAuth {
+            provider, detail, ..
+        }
+        | Failure::ProviderRejected {
+            provider, detail, ..
+        } => vec![provider, detail],
+        Failure::WorkerCrashed { cause } => match cause {
+            CrashCause::Signalled { name, .. } => vec![name],
+            CrashCause::ProtocolViolation { detail } | CrashCause::NotStarted { detail } => {
+                vec![detail]
+            }
+            CrashCause::Exited { .. } | CrashCause::Disconnected => Vec::new(),
+        },
+        Failure::Media { problem } => match problem {
+            MediaProblem::UnsupportedFile { file_name } => vec![file_name],
+            MediaProblem::Unreadable { file_name, detail } => vec![file_name, detail],
+            MediaProblem::DownloadFailed { detail } => vec![detail],
+            MediaProblem::TooBig { .. }
+            | MediaProblem::TooLong { .. }
+            | MediaProblem::VoiceNotEnabled
+            | MediaProblem::NoVision => Vec::new(),
+        },
+        Failure::TimedOut { .. } | Failure::Cancelled { .. } => Vec::new(),
     }
 }
 
@@ -608,6 +682,41 @@ mod tests {
             assert!(kept.event(&started("s.t")).is_ok());
         }
         assert!(kept.event(&started("s.t")).is_err());
+    }
+
+    #[test]
+    fn every_text_of_an_event_is_cut_to_its_bound() {
+        let huge = "é".repeat(1024 * 1024);
+        let fell = bounded(Event::FellBack {
+            from: huge.clone(),
+            failure: Failure::ProviderRejected {
+                provider: huge.clone(),
+                status: 400,
+                detail: huge.clone(),
+            },
+        });
+        let Event::FellBack {
+            from,
+            failure: Failure::ProviderRejected {
+                provider, detail, ..
+            },
+        } = fell
+        else {
+            panic!("{fell:?}");
+        };
+        for text in [from, provider, detail] {
+            assert!(text.len() <= MAX_EVENT_TEXT_BYTES && text.len() > 1000);
+        }
+        let retrying = bounded(Event::Retrying {
+            provider: "p".into(),
+            after_ms: 1,
+            reason: huge.clone(),
+        });
+        assert!(
+            matches!(retrying, Event::Retrying { reason, .. } if reason.len() <= MAX_EVENT_TEXT_BYTES)
+        );
+        let delta = bounded(Event::Delta(huge));
+        assert!(matches!(delta, Event::Delta(text) if text.len() <= MAX_ANSWER_BYTES));
     }
 
     #[test]
