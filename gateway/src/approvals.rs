@@ -8,8 +8,9 @@
 //! message, that are not JSON, or that repeat a key (a parser keeps only one of the two,
 //! and a reader may look at the other) are refused without asking, the model told why and
 //! the chat told briefly. At most [`MAX_WAITING`] questions of one job wait at once; more
-//! are refused the same way (a model that fans out into many confirmed calls would bury
-//! the chat in buttons nobody can weigh one by one). Only an allowed
+//! are denied with the reason told to the model only (a model that fans out into many
+//! confirmed calls would bury the chat in buttons nobody can weigh one by one, and a note
+//! for each would do the same). Only an allowed
 //! user may answer (anyone else pressing gets a callback answer saying so, and the
 //! question stays open); no answer within the entry's `confirm_timeout_secs` is a denial.
 //! Whatever happens, the question is then edited to say what was decided and by whom, and
@@ -184,7 +185,7 @@ impl Desk {
 
     /// Denies a call the chat is not asked about, telling the model why and the chat
     /// briefly (best effort: the denial does not wait on it).
-    pub async fn refuse(
+    async fn refuse(
         &self,
         chat: i64,
         tool: &str,
