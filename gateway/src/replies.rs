@@ -295,10 +295,17 @@ pub mod status {
 pub mod approval {
     use std::time::Duration;
 
+    use crate::approvals::{MAX_WAITING, Unaskable};
     use crate::html::{Piece, escape};
+    use crate::telegram::split::MESSAGE_LIMIT;
 
-    /// Arguments longer than this (in characters) are cut in the question.
-    const ARGUMENTS_SHOWN: usize = 300;
+    /// Arguments of more lines or characters than this go in a quote the reader expands:
+    /// folded, the question and its buttons fit on one screen.
+    const FOLD_LINES: usize = 12;
+    const FOLD_CHARS: usize = 600;
+    /// A tool name longer than this is cut in a refusal's note (the question shows it
+    /// whole, within the message's limit).
+    const TOOL_IN_NOTE: usize = 100;
 
     pub const ALLOW_BUTTON: &str = "✅ Allow";
     pub const DENY_BUTTON: &str = "❌ Deny";
@@ -307,21 +314,83 @@ pub mod approval {
     pub const NOT_YOURS: &str = "Only the bot's allowed users can answer this.";
     pub const EXPIRED: &str = "This request has expired.";
 
-    /// Asks whether `tool` may run with `arguments`.
+    /// Asks whether `tool` may run with `arguments`, all of them as given (the caller made
+    /// them safe to show and checks the whole fits in one message). The HTML shows the
+    /// same characters as the plain text.
     pub fn question(tool: &str, arguments: &str, timeout: Duration) -> Piece {
-        let shown = shorten(arguments);
         let secs = timeout.as_secs_f64().ceil();
+        let folded =
+            arguments.lines().count() > FOLD_LINES || arguments.chars().count() > FOLD_CHARS;
+        // A quote cannot hold a code block (Telegram nests neither), so a long one is
+        // plain text in an expandable quote.
+        let (open, close) = if folded {
+            ("<blockquote expandable>", "</blockquote>")
+        } else {
+            ("<pre>", "</pre>")
+        };
         Piece {
             html: format!(
-                "🔐 The agent wants to run <b>{}</b> with:\n<pre>{}</pre>\nAllow it? No \
+                "🔐 The agent wants to run <b>{}</b> with:\n{open}{}{close}\nAllow it? No \
                  answer within {secs} s counts as Deny.",
                 escape(tool),
-                escape(&shown)
+                escape(arguments)
             ),
             plain: format!(
-                "🔐 The agent wants to run {tool} with:\n{shown}\nAllow it? No answer \
+                "🔐 The agent wants to run {tool} with:\n{arguments}\nAllow it? No answer \
                  within {secs} s counts as Deny."
             ),
+        }
+    }
+
+    /// The chat is told that a call of `tool` was refused without asking, and `why`.
+    pub fn refused(tool: &str, why: &str) -> Piece {
+        let tool = match tool.char_indices().nth(TOOL_IN_NOTE) {
+            Some((cut, _)) => format!("{}…", &tool[..cut]),
+            None => tool.to_string(),
+        };
+        let plain = format!("🔐 The agent wanted to run {tool}; not asked and not run: {why}.");
+        Piece {
+            html: escape(&plain),
+            plain,
+        }
+    }
+
+    /// Why the chat was not asked, for the model (the worker wraps it as "the user could
+    /// not be asked to approve this call (…)").
+    pub fn unaskable_for_model(why: &Unaskable) -> String {
+        match why {
+            Unaskable::NotJson(e) => format!("its arguments are not valid JSON: {e}"),
+            Unaskable::RepeatedKey(e) => format!(
+                "its arguments name a key twice ({e}); the user is only asked about \
+                 arguments that say one thing. Call it again with each key once"
+            ),
+            Unaskable::TooLong { chars } => format!(
+                "its arguments are too long to show the user whole ({chars} characters \
+                 with the question; one message holds {MESSAGE_LIMIT}), and the user only \
+                 approves what they can read. Do it in smaller calls, or tell the user \
+                 what you wanted to do"
+            ),
+            Unaskable::TooManyWaiting => format!(
+                "{MAX_WAITING} calls of this answer already wait for the user's approval, \
+                 the most that may wait at once. Wait for their results before calling \
+                 another tool that needs approval"
+            ),
+        }
+    }
+
+    /// Why the chat was not asked, briefly, for the chat.
+    pub fn unaskable_for_chat(why: &Unaskable) -> String {
+        match why {
+            Unaskable::NotJson(_) => "its arguments are not valid JSON".into(),
+            Unaskable::RepeatedKey(_) => {
+                "its arguments name the same key twice, so what would run is unclear".into()
+            }
+            Unaskable::TooLong { chars } => {
+                format!("its arguments are too long to show here ({chars} characters)")
+            }
+            Unaskable::TooManyWaiting => {
+                format!("{MAX_WAITING} other questions are already waiting")
+            }
         }
     }
 
@@ -356,38 +425,27 @@ pub mod approval {
         }
     }
 
-    /// The arguments as shown: at most [`ARGUMENTS_SHOWN`] characters, never empty.
-    fn shorten(arguments: &str) -> String {
-        let arguments = arguments.trim();
-        if arguments.is_empty() {
-            return "(no arguments)".into();
-        }
-        match arguments.char_indices().nth(ARGUMENTS_SHOWN) {
-            None => arguments.to_string(),
-            Some((cut, _)) => format!("{} …", &arguments[..cut]),
-        }
-    }
-
     #[cfg(test)]
     mod tests {
         use super::*;
 
         #[test]
-        fn the_question_escapes_and_shortens_what_the_model_wrote() {
-            let arguments = format!(r#"{{"command": "<b>rm</b> & {}"}}"#, "x".repeat(500));
+        fn the_question_escapes_and_shows_all_of_the_arguments() {
+            let arguments = format!("{{\"command\": \"<b>rm</b> & {}\"}}", "x".repeat(500));
             let q = question("shell.run", &arguments, Duration::from_secs(120));
             assert!(q.html.contains("&lt;b&gt;rm&lt;/b&gt; &amp;"), "{}", q.html);
             assert!(!q.html.contains("<b>rm"), "{}", q.html);
-            assert!(q.plain.chars().count() < 500, "{}", q.plain);
-            assert!(q.plain.contains(" …"));
+            assert!(q.plain.contains(&arguments), "{}", q.plain);
+            assert!(q.html.contains("<pre>"), "short: a code block");
             assert!(q.plain.contains("120 s"));
-            assert!(
-                question("t", "  ", Duration::from_secs(1))
-                    .plain
-                    .contains("(no arguments)")
-            );
+            let long = "x".repeat(FOLD_CHARS + 1);
+            let q = question("t", &long, Duration::from_secs(1));
+            assert!(q.html.contains("<blockquote expandable>"), "{}", q.html);
+            assert!(q.plain.contains(&long));
             let who = allowed("shell.run", "<Ann>");
             assert!(who.html.contains("&lt;Ann&gt;"), "{}", who.html);
+            let note = refused(&"t".repeat(500), "why");
+            assert!(note.plain.chars().count() < 200, "{}", note.plain);
         }
     }
 }

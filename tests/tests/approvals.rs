@@ -24,6 +24,11 @@ hermes_tests::both_modes!(
     only_an_allowed_user_can_answer,
     stop_while_waiting_ends_the_job_and_removes_the_buttons,
     a_gateway_restarted_while_waiting_asks_again_and_old_buttons_have_expired,
+    long_arguments_are_shown_whole_in_an_expandable_quote,
+    arguments_naming_a_key_twice_are_refused_without_asking,
+    arguments_too_long_to_show_are_refused_without_asking,
+    at_most_three_questions_wait_at_once,
+    a_press_sent_with_another_message_does_nothing,
 );
 
 const ALLOW: &str = "✅ Allow";
@@ -385,5 +390,200 @@ async fn a_gateway_restarted_while_waiting_asks_again_and_old_buttons_have_expir
     // The first run's question, the second run's, and the answer: nothing else.
     rig.assert_replies(3);
     let mut rig = rig;
+    rig.assert_still_serving().await;
+}
+
+/// The model asks to run the confirmed tool with `arguments` as written, then answers
+/// "done".
+fn script_raw(rig: &Rig, arguments: &str) {
+    rig.provider.push(ProviderReply::tool_calls(&[(
+        "call_1",
+        "guard__shell",
+        arguments,
+    )]));
+    rig.provider.push(ProviderReply::Text("done".into()));
+}
+
+/// The chat is told the call was not asked about, and the model why (`reason`); nothing
+/// ran and no question was sent.
+async fn refused_without_asking(rig: &mut Rig, marker: &Marker, reason: &str) {
+    let note = rig
+        .telegram
+        .wait_for_sent(
+            |m| m.chat_id == USER && m.text.contains("not asked and not run"),
+            PATIENCE,
+        )
+        .await
+        .unwrap_or_else(|| {
+            panic!(
+                "no note: {:#?}\n{}",
+                rig.telegram.sent_to(USER),
+                rig.gateway.log()
+            )
+        });
+    assert!(note.keyboard.is_none(), "{note:#?}");
+    answer(rig, "done").await;
+    assert!(!marker.ran(), "a refused call ran");
+    let result = tool_result(rig);
+    assert!(result.starts_with("error:"), "{result}");
+    assert!(result.contains(reason), "{result}");
+    assert!(
+        !rig.telegram
+            .sent_to(USER)
+            .iter()
+            .any(|m| m.text.contains("wants to run")),
+        "a question was asked"
+    );
+    // The note and the answer, nothing else.
+    rig.assert_replies(2);
+    rig.assert_still_serving().await;
+}
+
+/// Padding no longer hides what runs: every character of the arguments is in the
+/// question (pretty-printed), folded in an expandable quote when long.
+async fn long_arguments_are_shown_whole_in_an_expandable_quote(mode: WorkerMode) {
+    let marker = Marker::new();
+    let mut rig = Rig::start(mode, options(mode, &marker, 30)).await;
+    let padding = "x".repeat(1500);
+    // The padding first, as a model hiding the command would write it.
+    let arguments = format!(
+        "{{\"a\": \"{padding}\", \"command\": {}}}",
+        serde_json::Value::String(marker.command())
+    );
+    script_raw(&rig, &arguments);
+    rig.telegram.send_text(USER, USER, "touch it");
+    let q = question(&rig, 1).await;
+    assert!(
+        q.text.contains("<blockquote expandable>"),
+        "long arguments fold: {}",
+        q.text
+    );
+    assert!(q.text.contains(&padding), "all of the padding: {}", q.text);
+    assert!(
+        q.text.contains(&format!(
+            "\"command\": \"{}\"",
+            marker.command().replace('&', "&amp;")
+        )),
+        "the command after the padding: {}",
+        q.text
+    );
+    press(&rig, &q, USER, ALLOW, "Allowed.").await;
+    answer(&rig, "done").await;
+    assert!(marker.ran(), "{}", rig.gateway.log());
+    assert_asked_once_and_answered_once(&rig);
+    rig.assert_still_serving().await;
+}
+
+/// `serde_json` keeps the last of two equal keys: a question could show one command and
+/// the tool run the other. Such arguments are never asked about.
+async fn arguments_naming_a_key_twice_are_refused_without_asking(mode: WorkerMode) {
+    let marker = Marker::new();
+    let mut rig = Rig::start(mode, options(mode, &marker, 30)).await;
+    let arguments = format!(
+        "{{\"command\": \"echo harmless\", \"nested\": {{\"a\": 1}}, \"command\": {}}}",
+        serde_json::Value::String(marker.command())
+    );
+    script_raw(&rig, &arguments);
+    rig.telegram.send_text(USER, USER, "touch it");
+    refused_without_asking(&mut rig, &marker, "name a key twice").await;
+}
+
+/// Arguments the question cannot show whole in one message are refused, not cut.
+async fn arguments_too_long_to_show_are_refused_without_asking(mode: WorkerMode) {
+    let marker = Marker::new();
+    let mut rig = Rig::start(mode, options(mode, &marker, 30)).await;
+    let arguments =
+        json!({ "command": format!("{} # {}", marker.command(), "y".repeat(5000)) }).to_string();
+    script_raw(&rig, &arguments);
+    rig.telegram.send_text(USER, USER, "touch it");
+    refused_without_asking(&mut rig, &marker, "too long to show the user whole").await;
+}
+
+/// Five confirmed calls at once: three questions, and the model reads for the other two
+/// that too many wait already; allowing the three runs them.
+async fn at_most_three_questions_wait_at_once(mode: WorkerMode) {
+    let marker = Marker::new();
+    let mut rig = Rig::start(mode, options(mode, &marker, 30)).await;
+    let calls: Vec<(String, String)> = (1..=5)
+        .map(|i| {
+            (
+                format!("call_{i}"),
+                json!({ "command": format!("echo {i}") }).to_string(),
+            )
+        })
+        .collect();
+    let scripted: Vec<(&str, &str, &str)> = calls
+        .iter()
+        .map(|(id, arguments)| (id.as_str(), "guard__shell", arguments.as_str()))
+        .collect();
+    rig.provider.push(ProviderReply::tool_calls(&scripted));
+    rig.provider.push(ProviderReply::Text("done".into()));
+    rig.telegram.send_text(USER, USER, "echo five times");
+    let third = question(&rig, 3).await;
+    let questions: Vec<SentMessage> = rig
+        .telegram
+        .sent_to(USER)
+        .into_iter()
+        .filter(|m| m.method == "sendMessage" && m.text.contains("wants to run"))
+        .collect();
+    assert_eq!(questions.len(), 3, "{questions:#?}");
+    assert_eq!(questions[2].message_id, third.message_id);
+    for q in &questions {
+        press(&rig, q, USER, ALLOW, "Allowed.").await;
+    }
+    answer(&rig, "done").await;
+    let results = rig
+        .provider
+        .requests()
+        .iter()
+        .rev()
+        .find_map(|r| {
+            let results = tool_results(r);
+            (!results.is_empty()).then_some(results)
+        })
+        .unwrap_or_else(|| panic!("no tool results\n{}", rig.gateway.log()));
+    assert_eq!(results.len(), 5, "{results:#?}");
+    let refused = results
+        .iter()
+        .filter(|(_, content)| content.contains("already wait for the user's approval"))
+        .count();
+    assert_eq!(refused, 2, "{results:#?}");
+    // Three questions and the answer: a refusal for too many is told the model only.
+    rig.assert_replies(4);
+    rig.assert_still_serving().await;
+}
+
+/// A client may send any button data with a press on any message it sees: the question's
+/// key pressed from under another message (here, the user's own) does nothing, and the
+/// question stays open until pressed under itself.
+async fn a_press_sent_with_another_message_does_nothing(mode: WorkerMode) {
+    let marker = Marker::new();
+    let mut rig = Rig::start(mode, options(mode, &marker, 30)).await;
+    script(&rig, &marker.command());
+    let asked = rig.telegram.send_text(USER, USER, "touch it");
+    let q = question(&rig, 1).await;
+    let keyboard = q.keyboard.as_ref().expect("buttons");
+    let allow_data = keyboard["inline_keyboard"][0][0]["callback_data"]
+        .as_str()
+        .expect("data")
+        .to_string();
+    let forged = rig.telegram.press_with_data(USER, asked, USER, &allow_data);
+    let answered = rig
+        .telegram
+        .wait_for_callback_answer(&forged, PATIENCE)
+        .await
+        .unwrap_or_else(|| panic!("the press was never answered\n{}", rig.gateway.log()));
+    assert_eq!(answered.text, None, "nothing is said to a forged press");
+    assert!(!marker.ran(), "a press from another message ran it");
+    assert!(
+        rig.telegram.keyboard(USER, q.message_id).is_some(),
+        "the question is still open"
+    );
+    press(&rig, &q, USER, DENY, "Denied.").await;
+    answer(&rig, "done").await;
+    assert!(!marker.ran(), "a denied call ran");
+    let said = settled(&rig, &q).await;
+    assert!(said.contains("denied by User1001"), "{said}");
+    assert_asked_once_and_answered_once(&rig);
     rig.assert_still_serving().await;
 }

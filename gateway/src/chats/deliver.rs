@@ -8,12 +8,15 @@
 use std::future::Future;
 use std::time::{Duration, Instant};
 
-use hermes_protocol::{CancelReason, ChatMessage, Event, Failure, MediaKind, Outcome, Role};
+use hermes_protocol::{
+    CancelReason, ChatMessage, Decision, Event, Failure, MediaKind, Outcome, Role,
+};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use super::{Inner, JobContext, Request};
+use crate::approvals::{MAX_WAITING, Unaskable};
 use crate::clock::sleep_until;
 use crate::jobs::ApprovalAsk;
 use crate::media::MediaRef;
@@ -34,6 +37,10 @@ const TYPING_AFTER: Duration = Duration::from_millis(300);
 /// How long the reply waits for a job's open approval questions to be edited into "not
 /// run" (each one edit, retried through flood control).
 const SETTLE_BOUND: Duration = Duration::from_secs(30);
+/// The most fallback events kept for the circuits: a worker sends one per provider of
+/// the job's chain, and the supervisor fails a worker that sends more; this bounds what
+/// any runner can make the chat keep.
+const MAX_FALLBACKS: usize = 64;
 
 /// What a running job sends its chat: progress, and tool calls to approve.
 pub struct Incoming {
@@ -68,11 +75,18 @@ pub async fn follow(
             outcome = &mut run => break outcome,
             Some(event) = events.recv() => {
                 live.observe(&event);
-                if matches!(event, Event::FellBack { .. }) {
-                    fallbacks.push(event);
-                }
+                keep_fallback(&mut fallbacks, event);
             }
             Some(ask) = approvals.recv() => {
+                while questions.try_join_next().is_some() {}
+                if questions.len() >= MAX_WAITING {
+                    // The model learns why; the chat is not told, so a burst of calls
+                    // cannot become a burst of messages.
+                    let _ = ask.decide.send(Decision::Unavailable {
+                        reason: Unaskable::TooManyWaiting.for_model(),
+                    });
+                    continue;
+                }
                 let desk = ctx.desk.clone();
                 let job_over = job_over.clone();
                 questions.spawn(async move { desk.ask(chat, ask, job_over).await });
@@ -83,9 +97,7 @@ pub async fn follow(
         }
     };
     while let Ok(event) = events.try_recv() {
-        if matches!(event, Event::FellBack { .. }) {
-            fallbacks.push(event);
-        }
+        keep_fallback(&mut fallbacks, event);
     }
     job_over.cancel();
     if tokio::time::timeout(SETTLE_BOUND, questions.join_all())
@@ -98,6 +110,13 @@ pub async fn follow(
         );
     }
     (outcome, fallbacks)
+}
+
+/// Keeps `event` for the circuits if it is a fallback and there is room.
+fn keep_fallback(fallbacks: &mut Vec<Event>, event: Event) {
+    if matches!(event, Event::FellBack { .. }) && fallbacks.len() < MAX_FALLBACKS {
+        fallbacks.push(event);
+    }
 }
 
 /// Commits and sends the one final reply for `outcome`, in place of the preview: the

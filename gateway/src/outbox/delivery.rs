@@ -5,13 +5,12 @@
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use hermes_retry::Backoff;
 
 use super::Inner;
 use super::queue::Queued;
-use crate::clock::unix_now;
 use crate::telegram::sender::SendError;
 
 /// First wait after a failed send; the cap is `telegram.retry_max_secs`.
@@ -142,9 +141,7 @@ impl Inner {
         if let Some(at) = queued.not_before {
             tokio::time::sleep_until(at.into()).await;
         }
-        let expires = queued
-            .created_at
-            .saturating_add(self.config.max_age.as_secs());
+        let expires = queued.expires_at(self.config.max_age);
         let sender = &self.config.sender;
         let piece = &queued.piece;
         let mut plain = false;
@@ -152,8 +149,7 @@ impl Inner {
         let mut failures = 0u32;
         let mut moves = 0u32;
         loop {
-            let now = unix_now();
-            if now >= expires {
+            if Instant::now() >= expires {
                 return Resolution::Expired;
             }
             let result = match edit {
@@ -238,7 +234,7 @@ impl Inner {
                     wait
                 }
             };
-            let left = Duration::from_secs(expires.saturating_sub(unix_now()));
+            let left = expires.saturating_duration_since(Instant::now());
             tokio::time::sleep(wait.min(left)).await;
         }
     }

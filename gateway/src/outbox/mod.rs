@@ -40,7 +40,6 @@ use teloxide_core::types::MessageId;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::clock::unix_now;
 use crate::health::Health;
 use crate::store::{Exchange, OutPiece, Preview, ReplyRecord, Store, StoreError, Stored};
 use crate::telegram::format::Piece;
@@ -253,15 +252,15 @@ fn unrecorded(pieces: Vec<OutPiece>, not_before: Option<Instant>) -> Vec<Queued>
     pieces
         .into_iter()
         .enumerate()
-        .map(|(i, p)| Queued {
-            id: None,
-            piece: Piece {
-                html: p.html,
-                plain: p.plain,
-            },
-            edit: p.edit_message_id.map(MessageId),
-            created_at: unix_now(),
-            not_before: not_before.filter(|_| i == 0),
+        .map(|(i, p)| {
+            Queued::fresh(
+                Piece {
+                    html: p.html,
+                    plain: p.plain,
+                },
+                p.edit_message_id.map(MessageId),
+                not_before.filter(|_| i == 0),
+            )
         })
         .collect()
 }

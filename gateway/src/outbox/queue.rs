@@ -9,11 +9,12 @@
 //! sent when their answer comes, never the group's send limit for all of them.
 
 use std::collections::{HashMap, VecDeque};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use teloxide_core::types::MessageId;
 
 use super::{Inner, Outbox};
+use crate::clock::unix_now;
 use crate::store::Stored;
 use crate::telegram::format::Piece;
 
@@ -42,13 +43,20 @@ pub(super) struct Queued {
     pub(super) id: Option<i64>,
     pub(super) piece: Piece,
     pub(super) edit: Option<MessageId>,
-    /// Unix seconds.
+    /// Unix seconds: for the age the health report shows, never to expire it.
     pub(super) created_at: u64,
+    /// When this process took it in, and how old it was then by the wall clock (nothing
+    /// for a piece just committed; the time since a previous run stored it, after a
+    /// restart). Its age counts on from there on the monotonic clock, so a forward jump
+    /// of the wall clock (NTP after a dead RTC, a VM resumed) expires nothing.
+    pub(super) known_at: Instant,
+    pub(super) age_when_known: Duration,
     pub(super) not_before: Option<Instant>,
 }
 
 impl Queued {
     pub(super) fn from_stored(stored: Stored, not_before: Option<Instant>) -> Queued {
+        let created_at = u64::try_from(stored.created_at).unwrap_or(0);
         Queued {
             id: Some(stored.id),
             piece: Piece {
@@ -56,9 +64,34 @@ impl Queued {
                 plain: stored.piece.plain,
             },
             edit: stored.piece.edit_message_id.map(MessageId),
-            created_at: u64::try_from(stored.created_at).unwrap_or(0),
+            created_at,
+            known_at: Instant::now(),
+            age_when_known: Duration::from_secs(unix_now().saturating_sub(created_at)),
             not_before,
         }
+    }
+
+    /// A piece not yet taken in from the store (it could not be committed): new now.
+    pub(super) fn fresh(
+        piece: Piece,
+        edit: Option<MessageId>,
+        not_before: Option<Instant>,
+    ) -> Queued {
+        Queued {
+            id: None,
+            piece,
+            edit,
+            created_at: unix_now(),
+            known_at: Instant::now(),
+            age_when_known: Duration::ZERO,
+            not_before,
+        }
+    }
+
+    /// The moment past which the piece is not sent any more, `max_age` after it was
+    /// committed, on the monotonic clock.
+    pub(super) fn expires_at(&self, max_age: Duration) -> Instant {
+        self.known_at + max_age.saturating_sub(self.age_when_known)
     }
 }
 
@@ -131,5 +164,52 @@ impl Inner {
             (depth, oldest)
         };
         self.config.health.outbox_changed(depth, oldest);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::OutPiece;
+
+    fn stored(created_at: u64) -> Stored {
+        Stored {
+            id: 1,
+            reply: 1,
+            chat_id: 7,
+            piece: OutPiece {
+                html: "a".into(),
+                plain: "a".into(),
+                edit_message_id: None,
+            },
+            created_at: i64::try_from(created_at).unwrap_or(i64::MAX),
+        }
+    }
+
+    /// The wall clock is read once, when a piece is taken in; from then on its age is
+    /// monotonic, so no later reading of the wall clock (after a forward jump) moves it.
+    #[test]
+    fn a_piece_expires_on_the_monotonic_clock_from_when_it_was_taken_in() {
+        let max_age = Duration::from_secs(3600);
+        let now = unix_now();
+        let committed = Queued::from_stored(stored(now), None);
+        let due = committed.expires_at(max_age);
+        assert!(due > committed.known_at + max_age - Duration::from_secs(2));
+        assert!(due <= committed.known_at + max_age);
+        // A fixed moment on the monotonic clock: the same whenever it is asked.
+        assert_eq!(committed.expires_at(max_age), due);
+        // Left by a run that stopped 50 minutes ago: about 10 minutes left.
+        let left = Queued::from_stored(stored(now - 3000), None);
+        let rest = left.expires_at(max_age) - left.known_at;
+        assert!(
+            rest <= Duration::from_secs(600) && rest > Duration::from_secs(590),
+            "{rest:?}"
+        );
+        // Older than the bound when taken in: due at once.
+        let stale = Queued::from_stored(stored(now - 7200), None);
+        assert_eq!(stale.expires_at(max_age), stale.known_at);
+        // Never committed (the store failed): new now.
+        let unstored = Queued::fresh(committed.piece.clone(), None, None);
+        assert_eq!(unstored.expires_at(max_age), unstored.known_at + max_age);
     }
 }

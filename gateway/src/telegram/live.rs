@@ -36,6 +36,11 @@ const SENTENCE_ENDS: [&str; 7] = [". ", "! ", "? ", ".\n", "!\n", "?\n", "\n\n"]
 const MAX_PAUSE: Duration = Duration::from_secs(120);
 /// Room kept in a preview for the status line and the ellipsis.
 const PREVIEW_LIMIT: usize = MESSAGE_LIMIT - 200;
+/// The most tools a job may run at once, and the longest name one may have: what a
+/// worker's events can make the status line keep. The supervisor fails a worker past
+/// either; here, a tool past the first bound is not listed and a name is cut.
+pub const MAX_TOOLS_RUNNING: usize = 128;
+pub const MAX_TOOL_NAME_BYTES: usize = 256;
 
 pub struct LiveReply {
     sender: Sender,
@@ -124,8 +129,15 @@ impl LiveReply {
                         .iter()
                         .any(|end| self.text[from..].contains(end));
             }
-            Event::ToolStarted { name } => self.tools.push(name.clone()),
+            Event::ToolStarted { name } => {
+                if self.tools.len() >= MAX_TOOLS_RUNNING {
+                    return;
+                }
+                self.tools
+                    .push(cut_at_char(name, MAX_TOOL_NAME_BYTES).to_string());
+            }
             Event::ToolFinished { name, .. } => {
+                let name = cut_at_char(name, MAX_TOOL_NAME_BYTES);
                 if let Some(i) = self.tools.iter().position(|t| t == name) {
                     self.tools.remove(i);
                 }
@@ -306,6 +318,30 @@ pub fn bounded_answer(answer: String) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn tools_that_never_finish_are_listed_up_to_the_bound() {
+        let sender = Sender::new(teloxide_core::Bot::new("0:test"));
+        let mut live = LiveReply::new(sender, 1, true, Duration::from_secs(1));
+        let long = "t".repeat(10 * MAX_TOOL_NAME_BYTES);
+        for i in 0..MAX_TOOLS_RUNNING + 1000 {
+            live.observe(&Event::ToolStarted {
+                name: format!("{long}{i}"),
+            });
+        }
+        assert_eq!(live.tools.len(), MAX_TOOLS_RUNNING);
+        assert!(live.tools.iter().all(|t| t.len() <= MAX_TOOL_NAME_BYTES));
+        live.observe(&Event::ToolFinished {
+            name: format!("{long}0"),
+            ok: true,
+            ms: 1,
+        });
+        assert_eq!(
+            live.tools.len(),
+            MAX_TOOLS_RUNNING - 1,
+            "a cut name still ends"
+        );
+    }
 
     #[test]
     fn an_answer_over_the_bound_is_cut_on_a_character_with_a_note() {

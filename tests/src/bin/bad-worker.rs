@@ -7,16 +7,17 @@
 //!
 //! Messages it understands: `panic`, `abort`, `segv`, `exit 0`, `exit 1`, `hang`,
 //! `partial then hang`, `spawn and hang`, `garbage`, `oversized`, `wrong job`, `alloc`,
-//! `stderr flood`, and the stubborn ones only SIGKILL ends ([`stubborn`]): `ignore
-//! sigterm and hang`, `spawn a child that ignores sigterm and hang`. Anything else is
-//! answered `ok: <message>`.
+//! `stderr flood`, the floods of what the gateway keeps per job ([`flood`]): `flood
+//! tools`, `flood fallbacks`, `flood approvals`, and the stubborn ones only SIGKILL ends
+//! ([`stubborn`]): `ignore sigterm and hang`, `spawn a child that ignores sigterm and
+//! hang`. Anything else is answered `ok: <message>`.
 
 use std::time::Duration;
 
 use hermes_protocol::codec;
 use hermes_protocol::{
-    Connection, Event, FromWorker, Hello, Job, JobId, Outcome, PROTOCOL_VERSION, Reply, Secret,
-    ToWorker, Welcome,
+    ApprovalRequest, Connection, Event, Failure, FromWorker, Hello, Job, JobId, Outcome,
+    PROTOCOL_VERSION, Reply, Secret, ToWorker, Welcome,
 };
 use interprocess::local_socket::tokio::{Stream, prelude::*};
 use interprocess::local_socket::{GenericFilePath, ToFsName};
@@ -162,6 +163,7 @@ async fn act(conn: &mut Connection<Stream>, job: Job) {
         "ignore sigterm and hang" | "spawn a child that ignores sigterm and hang" => {
             stubborn(&text).await
         }
+        "flood tools" | "flood fallbacks" | "flood approvals" => flood(conn, &job, &text).await,
         "stderr flood" => {
             let line = "x".repeat(10_000);
             for _ in 0..800 {
@@ -174,6 +176,68 @@ async fn act(conn: &mut Connection<Stream>, job: Job) {
                 .write_frame(&reply(job.id, &format!("ok: {text}")))
                 .await;
         }
+    }
+}
+
+/// How many of each the floods send: far past any bound the gateway may keep per job.
+const FLOOD: u64 = 20_000;
+
+/// Sends what the gateway would keep for the job, far more than an honest worker can
+/// (tools that never finish, a fallback per message, approvals it never waits for),
+/// then answers as if all was well: a gateway without bounds grows and replies `ok`.
+/// Whatever the gateway says meanwhile (decisions) is read and dropped, so it is never
+/// held up by a full socket: the flood alone is the fault.
+async fn flood(conn: &mut Connection<Stream>, job: &Job, text: &str) {
+    let (read, write) = tokio::io::split(conn.get_mut());
+    let mut reader = Connection::new(read);
+    let mut writer = Connection::new(write);
+    let drain = async { while reader.read_frame::<ToWorker>().await.is_ok() {} };
+    let send = async {
+        for i in 0..FLOOD {
+            // The gateway hangs up once it has seen enough: the flood is over then.
+            if writer
+                .write_frame(&flood_frame(job, text, i))
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+        let _ = writer.write_frame(&reply(job.id, "ok: flooded")).await;
+    };
+    tokio::select! {
+        _ = drain => {}
+        _ = send => {}
+    }
+}
+
+fn flood_frame(job: &Job, text: &str, i: u64) -> FromWorker {
+    match text {
+        "flood tools" => FromWorker::Event {
+            job_id: job.id,
+            event: Event::ToolStarted {
+                name: format!("flood.tool{i}"),
+            },
+        },
+        "flood fallbacks" => FromWorker::Event {
+            job_id: job.id,
+            event: Event::FellBack {
+                from: format!("provider{i}"),
+                failure: Failure::ProviderUnavailable {
+                    provider: format!("provider{i}"),
+                    detail: "flood".into(),
+                },
+            },
+        },
+        _ => FromWorker::Approval {
+            job_id: job.id,
+            request: ApprovalRequest {
+                id: i,
+                tool: "flood.tool".into(),
+                arguments: format!("{{\"i\": {i}}}"),
+                timeout_ms: 60_000,
+            },
+        },
     }
 }
 

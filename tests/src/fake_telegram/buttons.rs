@@ -210,6 +210,45 @@ impl FakeTelegram {
         Some(id)
     }
 
+    /// A client sends `data` with a press on message `message_id`, whatever its buttons
+    /// carry (the Bot API does not check that a press's data is a button's: a client may
+    /// send any): a forged press. Returns the query's id.
+    pub fn press_with_data(
+        &self,
+        chat_id: i64,
+        message_id: i64,
+        user_id: i64,
+        data: &str,
+    ) -> String {
+        let mut g = self.state.lock();
+        let shown = g
+            .texts
+            .get(&(chat_id, message_id))
+            .map(|(_, shown)| shown.clone())
+            .unwrap_or_default();
+        g.last_query_id += 1;
+        let id = format!("{}", 9_000_000 + g.last_query_id);
+        g.presses.insert(id.clone(), false);
+        let chat = g.chat(chat_id);
+        drop(g);
+        self.push_update(json!({
+            "callback_query": {
+                "id": id,
+                "from": {"id": user_id, "is_bot": false, "first_name": format!("User{user_id}")},
+                "message": {
+                    "message_id": message_id,
+                    "date": unix_now(),
+                    "chat": chat,
+                    "from": bot_user(),
+                    "text": shown,
+                },
+                "chat_instance": format!("instance-{chat_id}"),
+                "data": data,
+            }
+        }));
+        id
+    }
+
     /// Every `answerCallbackQuery` accepted, in order.
     pub fn callback_answers(&self) -> Vec<CallbackAnswer> {
         self.state.lock().answers.clone()
