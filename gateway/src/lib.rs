@@ -9,19 +9,22 @@
 //! itself runs no provider or agent code.
 //!
 //! Modules, one responsibility each, from the command line down:
-//! - `run`: start-up, the signal loop and exit codes, a SIGHUP's reload (`run::reload`)
-//!   and the stop's drain (`run::stop`); `check_config`,
+//! - `run`: start-up, the signal loop, a SIGHUP's reload (`run::reload`), the stop's
+//!   drain (`run::stop`) and which exit code a failed start gets (`run::exit`: only what
+//!   the operator must fix is not restarted); `check_config`,
 //!   `status::report`, `service`: the other commands (`service::credentials`: the secrets a
 //!   configuration names, delivered to the unit as systemd credentials);
 //! - `telegram`: the `getUpdates` loop (`telegram::poller`), what an update says and
 //!   whether it is for the bot (`telegram::incoming`), a webhook in polling's way
 //!   (`telegram::webhook`), sending (`telegram::sender`), the answer shown as it is
 //!   written (`telegram::live`), Markdown to Telegram HTML (`telegram::format`, its
-//!   parsing in `telegram::format::markdown`) and cutting to size (`telegram::split`);
+//!   parsing in `telegram::format::markdown`, what it must not carry in
+//!   `telegram::format::safety`) and cutting to size (`telegram::split`);
 //! - `chats`: one task per chat, from stored messages to their one reply: the task takes
 //!   its turns (the messages that waited, together) in `chats::turns`, a turn becomes a
 //!   job in `chats::prepare`, its progress and outcome reach the chat and the outbox in
-//!   `chats::deliver`;
+//!   `chats::deliver`; strangers answered once an hour, behind members
+//!   (`chats::strangers`);
 //! - `commands`: one module per command (`commands::new`, `commands::stop`,
 //!   `commands::retry`, `commands::model`, `commands::status`), each owning what it does;
 //!   `replies`: every text the user reads; `html`: a message as Telegram's HTML and as
@@ -33,27 +36,34 @@
 //!   job's end removes (`media::job_files`);
 //! - `supervisor`: the job runner of the product: starting, authenticating
 //!   (`supervisor::listener`), watching and killing workers, one slot each
-//!   (`supervisor::slot`), one worker as the supervisor sees it (`supervisor::worker`),
+//!   (`supervisor::slot`), one worker as the supervisor sees it (`supervisor::worker`)
+//!   and one job on it (`supervisor::worker::job`), what a worker's messages may make
+//!   the gateway keep (`supervisor::bounds`),
 //!   its scratch directory (`supervisor::scratch`) and its stderr in the log
 //!   (`supervisor::stderr_log`), the Unix side in `supervisor::process`; `child`: what
 //!   every process started from the worker binary gets between fork and exec (first for
 //!   the OOM killer), below the supervisor and the sandbox probe alike;
 //! - `store`: SQLite: the durable inbox (`store::inbox`), the outbox (`store::outbox`)
 //!   and the conversations (`store::conversation`), WAL checkpoints on a thread of their
-//!   own (`store::checkpoint`); `outbox`: sending every committed reply, in order per
-//!   chat, until Telegram has it (each chat's queue in `outbox::queue`, sending it in
-//!   `outbox::delivery`);
+//!   own (`store::checkpoint`), the previews on show (`store::previews`), starts taken
+//!   back after a clean stop (`store::attempts`), forgetting what is no longer needed
+//!   (`store::prune`); `outbox`: sending every committed reply, in order per chat, until
+//!   Telegram has it (each chat's queue in `outbox::queue`, sending it in
+//!   `outbox::delivery`, replies the store could not take yet in `outbox::held`);
 //! - `state_dir`: the state directory private (0700, files 0600) and one gateway's alone
 //!   (a `flock`);
 //! - `circuit`: skipping a provider whose quota is exhausted, for a cool-down;
 //! - `health`, `systemd`: what the gateway knows about itself (the published snapshot
-//!   and how it is judged: `health::snapshot`), and sd_notify (READY, STATUS, WATCHDOG);
+//!   and how it is judged: `health::snapshot`; whether the store takes writes:
+//!   `health::store_writes`), and sd_notify (READY, STATUS, WATCHDOG);
 //!   `status`: publishing it to the state directory, and `status::report`, the
 //!   `hermes-gateway status` command that reads it;
 //! - `signals`: stop and reload signals with their sender, for the shutdown record (and
 //!   ignored when a descendant sent them);
 //! - `sandbox`: what each tool server's sandbox hides and protects, and what the kernel
-//!   lets it apply; `approvals`: a tool call a user must allow, asked in the chat;
+//!   lets it apply; `approvals`: a tool call a user must allow, asked in the chat (what
+//!   the user is asked to allow: `approvals::arguments`; its words:
+//!   `approvals::texts`);
 //! - `settings`: what a SIGHUP reload may change; `setup`: judging a configuration
 //!   against this machine;
 //! - `clock`: Unix time for records, and waiting for a moment that may not be set;

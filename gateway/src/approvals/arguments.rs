@@ -22,7 +22,7 @@ pub enum Unaskable {
     RepeatedKey(String),
     /// The question would not fit in one message: `chars` is what it would show.
     TooLong { chars: usize },
-    /// The job has [`MAX_WAITING`] questions waiting already.
+    /// The job has [`super::MAX_WAITING`] questions waiting already.
     TooManyWaiting,
 }
 

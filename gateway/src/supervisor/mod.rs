@@ -12,6 +12,7 @@
 //! workers keep failing to start backs off between attempts; while it backs off, jobs get
 //! an immediate "could not be started" failure instead of waiting in silence.
 
+mod bounds;
 mod listener;
 mod process;
 mod scratch;

@@ -19,6 +19,7 @@ pub use crate::html::{Piece, escape};
 use crate::replies;
 
 mod markdown;
+mod safety;
 #[cfg(test)]
 mod tests;
 

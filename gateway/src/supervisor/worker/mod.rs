@@ -1,0 +1,161 @@
+//! One worker process as the supervisor sees it: started, authenticated, given jobs one at
+//! a time, and ended with its whole process group.
+//!
+//! Every way a worker can misbehave ends here as a value: it cannot be started, it never
+//! connects, it dies mid-job (panic, abort, signal, exit), it sends bytes that are not
+//! frames, it hangs past the deadline, it sends more than a worker can mean (more
+//! fallbacks than the job has providers, more tools running at once than
+//! [`crate::telegram::live::MAX_TOOLS_RUNNING`], more approvals than its steps allow, or one approval id twice).
+//! The job then gets a [`Failure`] and the worker is discarded; the gateway itself only
+//! ever reads, waits and kills, and what it keeps for a job stays within the bounds of
+//! [`super::bounds`].
+
+use std::time::Duration;
+
+use hermes_protocol::{Connection, CrashCause, Secret, ToWorker};
+use interprocess::local_socket::tokio::Stream;
+use rand::Rng;
+use tokio::process::Child;
+use tokio_util::sync::CancellationToken;
+
+use super::listener::{AuthRefusal, PendingWorkers};
+use super::process::{self, SpawnSpec};
+use super::scratch::ScratchDir;
+use super::stderr_log;
+
+mod job;
+
+pub use job::{Fate, Stops};
+
+/// A started worker that has not connected by then is killed.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// The worker answers `TimedOut` itself at the job's deadline; the gateway waits this much
+/// longer for that answer before it kills the group.
+const DEADLINE_MARGIN: Duration = Duration::from_secs(1);
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot run {program}: {source}")]
+    Spawn {
+        program: String,
+        source: std::io::Error,
+    },
+    #[error("worker {pid} {cause} before connecting")]
+    DiedBeforeConnecting { pid: u32, cause: CrashCause },
+    #[error("worker {pid} did not connect within {CONNECT_TIMEOUT:?}")]
+    NeverConnected { pid: u32 },
+    #[error("worker {pid} was refused: {reason}")]
+    Refused { pid: u32, reason: AuthRefusal },
+    #[error("cannot make its scratch directory in {root}: {source}")]
+    Scratch {
+        root: String,
+        source: std::io::Error,
+    },
+    #[error("stopping")]
+    Stopping,
+}
+
+pub struct Worker {
+    child: Child,
+    pid: u32,
+    conn: Connection<Stream>,
+    pub jobs_done: u32,
+    /// Removed when the worker is dropped, which is after its group was ended.
+    _scratch: ScratchDir,
+}
+
+impl Worker {
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    pub async fn start(
+        spec: &SpawnSpec,
+        pending: &PendingWorkers,
+        stop: &CancellationToken,
+    ) -> Result<Worker, StartError> {
+        let token = Secret::new(new_token());
+        let scratch =
+            ScratchDir::create(&spec.scratch_root).map_err(|source| StartError::Scratch {
+                root: spec.scratch_root.display().to_string(),
+                source,
+            })?;
+        let (mut child, stderr) =
+            process::spawn(spec, &token, scratch.path()).map_err(|source| StartError::Spawn {
+                program: spec.program.display().to_string(),
+                source,
+            })?;
+        let Some(pid) = child.id() else {
+            return Err(StartError::DiedBeforeConnecting {
+                pid: 0,
+                cause: process::crash_cause(child.wait().await.ok()),
+            });
+        };
+        let connected = pending.register(token.expose(), pid);
+        if let Some(stderr) = stderr {
+            tokio::spawn(stderr_log::pump(stderr, pid));
+        }
+        let outcome = tokio::select! {
+            connected = connected => match connected {
+                Ok(Ok(conn)) => Some(conn),
+                Ok(Err(reason)) => {
+                    process::kill(&mut child).await;
+                    return Err(StartError::Refused { pid, reason });
+                }
+                Err(_) => None,
+            },
+            status = child.wait() => {
+                pending.forget(token.expose());
+                let cause = process::crash_cause(status.ok());
+                process::signal_group(pid, nix::sys::signal::Signal::SIGKILL);
+                return Err(StartError::DiedBeforeConnecting { pid, cause });
+            }
+            _ = tokio::time::sleep(CONNECT_TIMEOUT) => None,
+            _ = stop.cancelled() => {
+                pending.forget(token.expose());
+                process::kill(&mut child).await;
+                return Err(StartError::Stopping);
+            }
+        };
+        let Some(conn) = outcome else {
+            pending.forget(token.expose());
+            process::kill(&mut child).await;
+            return Err(StartError::NeverConnected { pid });
+        };
+        tracing::debug!(worker_pid = pid, "worker connected");
+        Ok(Worker {
+            child,
+            pid,
+            conn,
+            jobs_done: 0,
+            _scratch: scratch,
+        })
+    }
+
+    /// Resolves when an idle worker's connection shows anything (bytes or EOF): an idle
+    /// worker has nothing to say, so either way it is done for.
+    pub async fn idle_broken(&mut self) {
+        self.conn.readable().await;
+    }
+
+    /// Asks the worker to leave, then makes sure its whole group is gone.
+    pub async fn stop(mut self, grace: Duration) {
+        let _ = self.conn.write_frame(&ToWorker::Shutdown).await;
+        let status = match tokio::time::timeout(grace, self.child.wait()).await {
+            Ok(status) => status.ok(),
+            Err(_) => process::kill(&mut self.child).await,
+        };
+        process::signal_group(self.pid, nix::sys::signal::Signal::SIGKILL);
+        tracing::debug!(worker_pid = self.pid, ?status, "worker stopped");
+    }
+
+    /// Ends a worker that is known to be broken.
+    pub async fn discard(mut self, grace: Duration) {
+        process::terminate(&mut self.child, grace).await;
+    }
+}
+
+fn new_token() -> String {
+    let bytes: [u8; 24] = rand::rng().random();
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
