@@ -112,6 +112,30 @@ pub async fn follow(
     (outcome, fallbacks)
 }
 
+/// Answers longer than this are laid out on the blocking pool: the worst 64 KiB answer
+/// takes milliseconds (docs/BENCHMARKS.md, the render row), and this thread polls
+/// Telegram and serves every chat (invariant 9). Shorter ones take microseconds.
+const RENDER_INLINE_BYTES: usize = 4 * 1024;
+
+/// `answer` as the chat gets it: rendered, cut into at most `format::MAX_PIECES`
+/// messages; off this thread when it is long. Should rendering ever panic, the answer
+/// still goes out, as plain text.
+async fn rendered(answer: &str) -> Vec<format::Piece> {
+    if answer.len() <= RENDER_INLINE_BYTES {
+        return format::render(answer, MESSAGE_LIMIT);
+    }
+    let owned = answer.to_string();
+    match tokio::task::spawn_blocking(move || format::render(&owned, MESSAGE_LIMIT)).await {
+        Ok(pieces) => pieces,
+        Err(e) => {
+            tracing::error!("rendering an answer failed ({e}); sending it as plain text");
+            let mut pieces = plain_pieces(answer);
+            pieces.truncate(format::MAX_PIECES);
+            pieces
+        }
+    }
+}
+
 /// Keeps `event` for the circuits if it is a fallback and there is room.
 fn keep_fallback(fallbacks: &mut Vec<Event>, event: Event) {
     if matches!(event, Event::FellBack { .. }) && fallbacks.len() < MAX_FALLBACKS {
@@ -123,7 +147,7 @@ fn keep_fallback(fallbacks: &mut Vec<Event>, event: Event) {
 /// turn's messages (and any `/stop` that came for it, `stop_requests`) answered, a
 /// model's answer added to the conversation. True when the job was cut short by the
 /// gateway stopping: its messages stay waiting for the next run, and the chat was told.
-pub fn deliver(
+pub async fn deliver(
     inner: &Inner,
     request: Request,
     outcome: Outcome,
@@ -169,11 +193,12 @@ pub fn deliver(
                 provider: reply.provider,
                 model: reply.model,
             };
+            let pieces = rendered(&shown).await;
             let _ = outbox.send(Reply {
                 chat,
                 answers: &request.rows,
                 text: &shown,
-                pieces: format::render(&shown, MESSAGE_LIMIT),
+                pieces,
                 edit,
                 exchange: Some(&exchange),
                 question: Some(&question),

@@ -301,7 +301,7 @@ impl ChatRouter {
         ctx.health.job_done(&outcome);
         let (chat, rows) = (request.chat, request.rows.clone());
         let cut_short =
-            deliver::deliver(&self.inner, request, outcome, live, stop_requests, started);
+            deliver::deliver(&self.inner, request, outcome, live, stop_requests, started).await;
         // The gateway's own stop cut the job short: not the messages' fault, so their
         // start does not count toward giving up on them (a crash is never taken back).
         if cut_short && let Err(e) = ctx.store.uncount_start(&rows) {
