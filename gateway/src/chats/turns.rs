@@ -50,6 +50,8 @@ impl ChatRouter {
     ) {
         // Whether this chat was told that the gateway restarts and its messages wait.
         let mut announced = false;
+        let mut store_retry =
+            hermes_retry::Backoff::new(Duration::from_millis(500), Duration::from_secs(10));
         loop {
             // Read at every look: a group that became a supergroup is served at its new id.
             let chat = id.load(Ordering::Acquire);
@@ -74,10 +76,24 @@ impl ChatRouter {
                 |text| commands::parse(text).is_some(),
                 |row| counted.contains(&row),
             ) {
-                Ok(turn) => turn,
+                Ok(turn) => {
+                    store_retry.reset();
+                    turn
+                }
                 Err(e) => {
-                    tracing::error!(chat_id = chat, "cannot take the chat's next messages: {e}");
-                    Vec::new()
+                    // The messages stay in the store, taken once it reads again: not left
+                    // for the chat's next message or the next run to find.
+                    let delay = store_retry.next_delay();
+                    tracing::error!(
+                        chat_id = chat,
+                        "cannot take the chat's next messages ({e}); trying again in {:.1} s",
+                        delay.as_secs_f64()
+                    );
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = self.inner.closing.cancelled() => {}
+                    }
+                    continue;
                 }
             };
             if let Some(entry) = self.inner.lock().get_mut(&chat) {
