@@ -112,23 +112,13 @@ pub async fn follow(
     (outcome, fallbacks)
 }
 
-/// Answers longer than this are laid out on the blocking pool: the worst 64 KiB answer
-/// takes milliseconds (docs/BENCHMARKS.md, the render row), and this thread polls
-/// Telegram and serves every chat (invariant 9). Shorter ones take microseconds.
-const RENDER_INLINE_BYTES: usize = 4 * 1024;
-
-/// `answer` as the chat gets it: rendered, cut into at most `format::MAX_PIECES`
-/// messages; off this thread when it is long. Should rendering ever panic, the answer
-/// still goes out, as plain text.
+/// `answer` as the chat gets it: rendered (off this thread when long), cut into at most
+/// `format::MAX_PIECES` messages. Should rendering ever panic, the answer still goes out,
+/// as plain text.
 async fn rendered(answer: &str) -> Vec<format::Piece> {
-    if answer.len() <= RENDER_INLINE_BYTES {
-        return format::render(answer, MESSAGE_LIMIT);
-    }
-    let owned = answer.to_string();
-    match tokio::task::spawn_blocking(move || format::render(&owned, MESSAGE_LIMIT)).await {
-        Ok(pieces) => pieces,
-        Err(e) => {
-            tracing::error!("rendering an answer failed ({e}); sending it as plain text");
+    match format::render_off_thread(answer, MESSAGE_LIMIT).await {
+        Some(pieces) => pieces,
+        None => {
             let mut pieces = plain_pieces(answer);
             pieces.truncate(format::MAX_PIECES);
             pieces

@@ -158,8 +158,8 @@ impl LiveReply {
     }
 
     /// What the message should show now, if anything is worth showing.
-    fn wanted(&self) -> Option<Piece> {
-        let preview = self.preview();
+    async fn wanted(&self) -> Option<Piece> {
+        let preview = self.preview().await;
         let status = (!self.tools.is_empty()).then(|| {
             let line = replies::tools_running(&self.tools);
             Piece {
@@ -176,7 +176,7 @@ impl LiveReply {
         }
     }
 
-    fn preview(&self) -> Option<Piece> {
+    async fn preview(&self) -> Option<Piece> {
         if !self.text_ready() {
             return None;
         }
@@ -188,7 +188,9 @@ impl LiveReply {
             .char_indices()
             .nth(2 * PREVIEW_LIMIT)
             .map_or(text.len(), |(i, _)| i);
-        let mut pieces = format::render(&text[..end], PREVIEW_LIMIT).into_iter();
+        let mut pieces = format::render_off_thread(&text[..end], PREVIEW_LIMIT)
+            .await?
+            .into_iter();
         let mut first = pieces.next()?;
         if pieces.next().is_some() || end < text.len() {
             first.html.push_str(" …");
@@ -224,7 +226,9 @@ impl LiveReply {
     /// Sends or edits the message to show what is wanted now.
     pub async fn draw(&mut self) {
         self.changed = false;
-        let Some(piece) = self.wanted() else { return };
+        let Some(piece) = self.wanted().await else {
+            return;
+        };
         if self.shown.as_ref() == Some(&piece.html) {
             return;
         }

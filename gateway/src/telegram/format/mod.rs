@@ -70,6 +70,28 @@ pub fn render(markdown: &str, limit: usize) -> Vec<Piece> {
     pieces
 }
 
+/// Markdown longer than this is rendered on the blocking pool by [`render_off_thread`]:
+/// the worst 64 KiB answer takes milliseconds (docs/BENCHMARKS.md, the render row), and
+/// the gateway's one thread polls Telegram and serves every chat (invariant 9). Shorter
+/// text takes microseconds.
+const RENDER_INLINE_BYTES: usize = 4 * 1024;
+
+/// [`render`], on the blocking pool when `markdown` is long. None if rendering panicked
+/// (the caller still has the text to send).
+pub async fn render_off_thread(markdown: &str, limit: usize) -> Option<Vec<Piece>> {
+    if markdown.len() <= RENDER_INLINE_BYTES {
+        return Some(render(markdown, limit));
+    }
+    let owned = markdown.to_string();
+    match tokio::task::spawn_blocking(move || render(&owned, limit)).await {
+        Ok(pieces) => Some(pieces),
+        Err(e) => {
+            tracing::error!("rendering an answer failed: {e}");
+            None
+        }
+    }
+}
+
 /// The rendered reply: its visible text, and the styles over each run of that text.
 #[derive(Debug, Default)]
 struct Layout {
