@@ -6,8 +6,9 @@
 //! Telegram limits how often a bot may edit, so edits are spaced by
 //! `telegram.edit_interval_ms` and a 429 pauses them for its `retry_after`; a preview that
 //! cannot be edited any more is left alone (the outbox then sends the final text as a new
-//! message). Nothing here waits inside the job's loop except the request itself. The
-//! streamed text kept here is bounded by [`MAX_ANSWER_BYTES`].
+//! message). Nothing here waits inside the job's loop except the request itself (and a
+//! long preview's rendering, on the blocking pool). The streamed text kept here is
+//! bounded by [`MAX_ANSWER_BYTES`].
 //!
 //! The preview's message is recorded in the store as soon as it exists
 //! ([`LiveReply::recorded_in`]): a run killed mid-answer cannot edit it, so the next run
