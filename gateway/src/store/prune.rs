@@ -24,8 +24,10 @@ pub const KEEP_PAST_CONVERSATIONS: i64 = 30 * DAY;
 pub const KEEP_TURNS: i64 = 1_000;
 /// Rows deleted per transaction.
 const BATCH: i64 = 500;
-/// How often the gateway prunes (and once at start-up).
+/// How often the gateway prunes.
 pub const EVERY: Duration = Duration::from_secs(6 * 60 * 60);
+/// When it first prunes after starting.
+const FIRST_AFTER: Duration = Duration::from_secs(60);
 
 /// What one pruning removed.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -125,9 +127,15 @@ impl Store {
     }
 }
 
-/// Prunes at once and then every [`EVERY`], on the blocking pool (a batch may take a few
-/// milliseconds), until `stop`. A failure is logged and tried again at the next round.
+/// Prunes a minute after start-up (not on its path: the first poll and the messages a
+/// previous run left come first) and then every [`EVERY`], on the blocking pool (a batch
+/// may take a few milliseconds), until `stop`. A failure is logged and tried again at the
+/// next round.
 pub async fn on_schedule(store: std::sync::Arc<Store>, stop: tokio_util::sync::CancellationToken) {
+    tokio::select! {
+        _ = stop.cancelled() => return,
+        _ = tokio::time::sleep(FIRST_AFTER) => {}
+    }
     loop {
         let pruning = store.clone();
         match tokio::task::spawn_blocking(move || pruning.prune()).await {
