@@ -1,0 +1,256 @@
+//! The wall clock jumping: NTP stepping the clock of a machine whose RTC died, a VM
+//! resumed from a snapshot days old. A reply waiting out a Telegram outage must not be
+//! dropped as "older than `telegram.outbox_max_age_secs`" because the wall clock moved:
+//! its age counts on the monotonic clock once the gateway has taken it in.
+//!
+//! The jump is real to the gateway: it runs under libfaketime (Debian's `faketime`),
+//! preloaded, reading its offset from a file the test rewrites, with the monotonic clock
+//! left alone (`FAKETIME_DONT_FAKE_MONOTONIC`), so only `CLOCK_REALTIME` (what
+//! `SystemTime::now()` reads) jumps. Without the library the test is skipped, and fails
+//! under CI (`tests/src/skip.rs`), where `.ci/run` installs it.
+//!
+//! That a reply really older than the bound is still dropped is
+//! `delivery.rs`'s `a_reply_older_than_the_outbox_age_limit_is_dropped_and_counted`.
+//!
+//! Real binaries against the fake Telegram and provider on 127.0.0.1; every scenario
+//! declared with `both_modes!` runs in both worker modes.
+
+use std::path::{Path, PathBuf};
+
+use hermes_config::WorkerMode;
+use hermes_tests::fake_telegram::{FakeTelegram, SendFault};
+use hermes_tests::harness::{Gateway, PATIENCE, Rig, USER, binaries, eventually};
+use hermes_tests::skip::skip;
+use serde_json::Value;
+
+hermes_tests::both_modes!(
+    a_reply_waiting_out_an_outage_survives_a_two_day_jump_of_the_wall_clock_and_arrives_once,
+);
+
+/// Past the default `telegram.outbox_max_age_secs` (a day), and not a second less.
+const JUMP: &str = "+2d";
+const JUMP_SECS: u64 = 2 * 86_400;
+
+async fn a_reply_waiting_out_an_outage_survives_a_two_day_jump_of_the_wall_clock_and_arrives_once(
+    mode: WorkerMode,
+) {
+    let Some(library) = libfaketime() else {
+        skip("libfaketime.so.1 not found (Debian package `faketime`)");
+        return;
+    };
+    let clock = FakeClock::new(&library);
+    let mut rig = Rig::start(mode, |o| o.env.extend(clock.env())).await;
+    let _leftovers = ShmLeftovers(rig.pid);
+    assert_eq!(rig.ask("warm up").await.text, "echo: warm up");
+    // Reset connections: each attempt fails at once, so the attempts after the jump come
+    // within the backoff's cap (`telegram.retry_max_secs`, 1 s here).
+    rig.telegram.fail_every_send(Some(SendFault::Reset));
+    rig.telegram.send_text(USER, USER, "before the jump");
+    assert!(rig.provider.wait_for_requests(2, PATIENCE).await);
+    assert!(rig.telegram.wait_for_failed_sends(1, PATIENCE).await);
+    assert!(
+        eventually(PATIENCE, || status_json(&rig.gateway)["outbox"]["depth"]
+            == 1)
+        .await,
+        "the answer waits in the outbox: {}",
+        status_json(&rig.gateway)
+    );
+
+    let before_the_jump = unix_now();
+    clock.set(JUMP);
+    // The gateway's wall clock has jumped: the status it writes every second says so.
+    assert!(
+        eventually(PATIENCE, || {
+            status_json(&rig.gateway)["written_at_unix"]
+                .as_u64()
+                .is_some_and(|at| at >= before_the_jump + JUMP_SECS)
+        })
+        .await,
+        "the gateway never saw the jump: {}\n--- gateway log ---\n{}",
+        status_json(&rig.gateway),
+        rig.gateway.log()
+    );
+    // Two more attempts: at least one began after the jump was seen, and there an age read
+    // from the wall clock would drop the answer (as it did before issue 21.11).
+    let failed = rig.telegram.failed_sends().len();
+    eventually(PATIENCE, || {
+        rig.telegram.failed_sends().len() >= failed + 2
+            || status_json(&rig.gateway)["outbox"]["expired"] != 0
+    })
+    .await;
+    let status = status_json(&rig.gateway);
+    assert_eq!(
+        status["outbox"]["expired"],
+        0,
+        "the answer was dropped as expired after the jump: {status}\n--- gateway log ---\n{}",
+        rig.gateway.log()
+    );
+    assert!(
+        rig.telegram.failed_sends().len() >= failed + 2,
+        "the answer was not tried again: {status}"
+    );
+    assert_eq!(status["outbox"]["depth"], 1, "{status}");
+
+    rig.telegram.fail_every_send(None);
+    let replies = rig.telegram.wait_for_chat_messages(USER, 2, PATIENCE).await;
+    assert_eq!(
+        texts_of(&rig.telegram),
+        ["echo: warm up", "echo: before the jump"],
+        "{replies:?}"
+    );
+    assert!(
+        eventually(PATIENCE, || status_json(&rig.gateway)["outbox"]["depth"]
+            == 0)
+        .await,
+        "{}",
+        status_json(&rig.gateway)
+    );
+    let reported = status_command_json(&rig.gateway).await;
+    assert_eq!(reported["outbox"]["expired"], 0, "{reported}");
+    assert_eq!(reported["outbox"]["depth"], 0, "{reported}");
+    assert!(
+        !rig.gateway
+            .log()
+            .contains("dropped a reply that could not be delivered"),
+        "{}",
+        rig.gateway.log()
+    );
+    assert_eq!(rig.ask("after").await.text, "echo: after");
+    assert_eq!(
+        texts_of(&rig.telegram),
+        ["echo: warm up", "echo: before the jump", "echo: after"],
+        "exactly once, checked after the fact"
+    );
+    assert_eq!(
+        rig.provider.request_count(),
+        3,
+        "the answer was not asked for again"
+    );
+    rig.gateway.assert_running(rig.pid);
+}
+
+/// libfaketime's offset for one gateway: a file it reads at every clock reading.
+struct FakeClock {
+    library: PathBuf,
+    dir: tempfile::TempDir,
+}
+
+impl FakeClock {
+    fn new(library: &Path) -> FakeClock {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let clock = FakeClock {
+            library: library.to_path_buf(),
+            dir,
+        };
+        clock.set("+0");
+        clock
+    }
+
+    fn file(&self) -> PathBuf {
+        self.dir.path().join("faketimerc")
+    }
+
+    /// Moves the gateway's wall clock to `offset` from the real one (libfaketime's
+    /// syntax: `+0`, `+2d`). Written whole and renamed, so no reading sees half a line.
+    fn set(&self, offset: &str) {
+        let tmp = self.dir.path().join("faketimerc.tmp");
+        std::fs::write(&tmp, format!("{offset}\n")).expect("write the offset");
+        std::fs::rename(&tmp, self.file()).expect("rename the offset into place");
+    }
+
+    /// The gateway's environment: preload the library, read the offset from the file at
+    /// every call (the default caches it for 10 s), and leave `CLOCK_MONOTONIC` real.
+    /// The workers' environment is the gateway's allowlist, so they run on the real clock.
+    fn env(&self) -> Vec<(String, String)> {
+        [
+            ("LD_PRELOAD", self.library.display().to_string()),
+            ("FAKETIME_TIMESTAMP_FILE", self.file().display().to_string()),
+            ("FAKETIME_NO_CACHE", "1".into()),
+            ("FAKETIME_DONT_FAKE_MONOTONIC", "1".into()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect()
+    }
+}
+
+/// What libfaketime keeps in `/dev/shm` for a process, named by its pid, and removes only
+/// when the process exits on its own: the harness kills the gateway. Left there, they
+/// pile up, and a later process given the same pid meets a libfaketime error ("shm_open
+/// failed: File exists"). Unlinking them while the gateway runs is harmless: nothing else
+/// shares its fake time (the workers' environment is an allowlist without libfaketime).
+struct ShmLeftovers(i32);
+
+impl Drop for ShmLeftovers {
+    fn drop(&mut self) {
+        let pid = self.0;
+        for name in [
+            format!("faketime_shm_{pid}"),
+            format!("sem.faketime_sem_{pid}"),
+        ] {
+            let _ = std::fs::remove_file(Path::new("/dev/shm").join(name));
+        }
+    }
+}
+
+/// `libfaketime.so.1` where distributions put it: Debian's multiarch directory of this
+/// machine (`/usr/lib/<triplet>/faketime/`), `/usr/lib64`, `/usr/lib`, or a local build.
+fn libfaketime() -> Option<PathBuf> {
+    let multiarch = std::fs::read_dir("/usr/lib")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|entry| entry.path())
+        .filter(|dir| {
+            dir.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(std::env::consts::ARCH) && n.contains("-linux-"))
+        });
+    let fixed = [
+        "/usr/lib64",
+        "/usr/lib",
+        "/usr/local/lib",
+        "/usr/local/lib64",
+    ]
+    .map(PathBuf::from);
+    multiarch
+        .chain(fixed)
+        .flat_map(|dir| [dir.join("faketime"), dir])
+        .map(|dir| dir.join("libfaketime.so.1"))
+        .find(|path| path.is_file())
+}
+
+fn texts_of(telegram: &FakeTelegram) -> Vec<String> {
+    telegram.sent_to(USER).into_iter().map(|m| m.text).collect()
+}
+
+/// The test's own clock, which libfaketime does not touch.
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn status_json(gateway: &Gateway) -> Value {
+    std::fs::read_to_string(gateway.dir.path().join("state/status.json"))
+        .ok()
+        .and_then(|text| serde_json::from_str(&text).ok())
+        .unwrap_or(Value::Null)
+}
+
+/// `hermes-gateway status --json` for this gateway, as an operator reads it.
+async fn status_command_json(gateway: &Gateway) -> Value {
+    let out = tokio::process::Command::new(&binaries().gateway)
+        .args(["status", "--json", "--config"])
+        .arg(&gateway.config_path)
+        .output()
+        .await
+        .expect("run status");
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "status --json: {e}: {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })
+}
