@@ -6,6 +6,7 @@
 //! history would not fit is trimmed here, oldest turns first, before anything is sent: a
 //! job too big to send is the gateway's business, never blamed on a worker.
 
+use std::borrow::Cow;
 use std::time::Instant;
 
 use hermes_protocol::{ChatMessage, Failure, Job, MAX_FRAME_LEN, MediaKind, Role, codec};
@@ -13,6 +14,7 @@ use hermes_protocol::{ChatMessage, Failure, Job, MAX_FRAME_LEN, MediaKind, Role,
 use super::{JobContext, Request};
 use crate::circuit::Plan;
 use crate::commands::model;
+use crate::media::MediaRef;
 use crate::settings::ChatSettings;
 
 /// Room a job may take in its frame: the cap less a margin for the frame's own bytes.
@@ -200,6 +202,32 @@ fn estimate(job: &Job) -> usize {
         })
         .sum();
     messages + providers + tools + 8 * FIELD
+}
+
+/// One message of a turn as the model is asked it: its row, its text, its file (with the
+/// placeholder that stands for it in the question).
+pub(super) struct Asked {
+    pub(super) row: i64,
+    pub(super) text: String,
+    pub(super) file: Option<(MediaRef, String)>,
+}
+
+/// The turn's rows, its question (each message on its own lines, a file's placeholder
+/// before its caption), and its files.
+pub(super) fn compose(asked: &[Asked]) -> (Vec<i64>, String, Vec<(MediaRef, String)>) {
+    let rows = asked.iter().map(|a| a.row).collect();
+    let texts: Vec<Cow<str>> = asked
+        .iter()
+        .map(|a| match &a.file {
+            None => Cow::Borrowed(a.text.as_str()),
+            Some((_, placeholder)) if a.text.trim().is_empty() => {
+                Cow::Borrowed(placeholder.as_str())
+            }
+            Some((_, placeholder)) => Cow::Owned(format!("{placeholder}\n{}", a.text)),
+        })
+        .collect();
+    let media = asked.iter().filter_map(|a| a.file.clone()).collect();
+    (rows, texts.join("\n"), media)
 }
 
 #[cfg(test)]

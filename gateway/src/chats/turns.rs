@@ -13,7 +13,6 @@
 //! When the gateway stops, a chat whose messages still wait is told they are kept for the
 //! next run.
 
-use std::borrow::Cow;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, Instant};
@@ -22,11 +21,12 @@ use hermes_protocol::{CancelReason, Failure, JobId, MediaProblem, Outcome};
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
-use super::{ChatRouter, JobContext, Request, deliver, prepare};
+use super::prepare::{self, Asked, compose};
+use super::{ChatRouter, JobContext, Request, deliver};
 use crate::commands;
 use crate::commands::stop::InFlight;
 use crate::jobs::JobLink;
-use crate::media::{Fetched, JobFiles, MediaRef};
+use crate::media::{Fetched, JobFiles};
 use crate::replies;
 use crate::settings::ChatSettings;
 use crate::store::Taken;
@@ -375,32 +375,6 @@ impl ChatRouter {
         (request.rows, request.text, request.media) = compose(asked);
         last.map(|(_, failure)| failure)
     }
-}
-
-/// One message of a turn as the model is asked it: its row, its text, its file (with the
-/// placeholder that stands for it in the question).
-pub(super) struct Asked {
-    row: i64,
-    text: String,
-    file: Option<(MediaRef, String)>,
-}
-
-/// The turn's rows, its question (each message on its own lines, a file's placeholder
-/// before its caption), and its files.
-fn compose(asked: &[Asked]) -> (Vec<i64>, String, Vec<(MediaRef, String)>) {
-    let rows = asked.iter().map(|a| a.row).collect();
-    let texts: Vec<Cow<str>> = asked
-        .iter()
-        .map(|a| match &a.file {
-            None => Cow::Borrowed(a.text.as_str()),
-            Some((_, placeholder)) if a.text.trim().is_empty() => {
-                Cow::Borrowed(placeholder.as_str())
-            }
-            Some((_, placeholder)) => Cow::Owned(format!("{placeholder}\n{}", a.text)),
-        })
-        .collect();
-    let media = asked.iter().filter_map(|a| a.file.clone()).collect();
-    (rows, texts.join("\n"), media)
 }
 
 /// Fetches the files of `request` for its job, within the limits and the time bound, or
