@@ -67,6 +67,7 @@
 //! - `settings`: what a SIGHUP reload may change; `setup`: judging a configuration
 //!   against this machine;
 //! - `clock`: Unix time for records, and waiting for a moment that may not be set;
+//!   `text`: text cut to a size in bytes where a character ends;
 //! - `logging`: the journal natively under systemd (priorities, `CHAT_ID=`-style fields),
 //!   text lines elsewhere.
 //!
@@ -99,6 +100,7 @@ mod store;
 mod supervisor;
 mod systemd;
 mod telegram;
+mod text;
 
 use std::path::PathBuf;
 

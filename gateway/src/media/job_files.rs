@@ -31,6 +31,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::download::download;
 use super::{Limits, MediaRef, refuse};
+use crate::text::cut_at_char;
 
 /// The directory of the job files in the state directory.
 pub const FILES_DIR: &str = "files";
@@ -302,17 +303,8 @@ fn file_name(index: usize, name: &str) -> String {
         Some(dot) if safe.len() - dot <= MAX_EXTENSION && dot > 0 => safe.split_at(dot),
         _ => (safe.as_str(), ""),
     };
-    let stem = cut(stem, room.saturating_sub(extension.len()));
+    let stem = cut_at_char(stem, room.saturating_sub(extension.len()));
     format!("{prefix}{stem}{extension}")
-}
-
-/// The longest start of `text` of at most `max` bytes that ends on a character boundary.
-fn cut(text: &str, max: usize) -> &str {
-    let mut end = max.min(text.len());
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    &text[..end]
 }
 
 /// A file name safe to use in the job's directory (no separators, no leading dot).

@@ -26,6 +26,7 @@ use super::split::{MESSAGE_LIMIT, utf16_len};
 pub use crate::jobs::MAX_ANSWER_BYTES;
 use crate::replies;
 use crate::store::Store;
+pub use crate::text::cut_at_char;
 
 /// Streamed text is shown once it holds a sentence ending past this many characters…
 const FIRST_SENTENCE_CHARS: usize = 60;
@@ -295,18 +296,6 @@ impl LiveReply {
     pub fn final_edit(&self) -> Option<(MessageId, Instant)> {
         self.message.map(|id| (id, self.next_edit_allowed()))
     }
-}
-
-/// The longest prefix of `text` of at most `max` bytes that ends on a character boundary.
-pub fn cut_at_char(text: &str, max: usize) -> &str {
-    if text.len() <= max {
-        return text;
-    }
-    let mut end = max;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    &text[..end]
 }
 
 /// `answer` as the gateway keeps and shows it: whole up to [`MAX_ANSWER_BYTES`], cut there
