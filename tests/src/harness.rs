@@ -438,6 +438,31 @@ impl Gateway {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
     }
 
+    /// The status the gateway publishes (`state/status.json`), or null while there is none.
+    pub fn status_json(&self) -> serde_json::Value {
+        std::fs::read_to_string(self.dir.path().join("state/status.json"))
+            .ok()
+            .and_then(|text| serde_json::from_str(&text).ok())
+            .unwrap_or(serde_json::Value::Null)
+    }
+
+    /// `hermes-gateway status` (with `args`) for this gateway, as an operator runs it:
+    /// exit code and output.
+    pub async fn status_command(&self, args: &[&str]) -> (i32, String) {
+        let out = Command::new(&binaries().gateway)
+            .arg("status")
+            .args(args)
+            .arg("--config")
+            .arg(&self.config_path)
+            .output()
+            .await
+            .unwrap_or_else(|e| panic!("run status: {e}"));
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    }
+
     /// The gateway's live child processes: its workers (not the short-lived sandbox probe
     /// it runs at start-up).
     pub fn workers(&self) -> Vec<procs::ProcInfo> {

@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 
 use hermes_config::WorkerMode;
 use hermes_tests::fake_telegram::{FakeTelegram, SendFault};
-use hermes_tests::harness::{Gateway, PATIENCE, Rig, USER, binaries, eventually};
+use hermes_tests::harness::{Gateway, PATIENCE, Rig, USER, eventually};
 use hermes_tests::skip::skip;
 use serde_json::Value;
 
@@ -49,11 +49,11 @@ async fn a_reply_waiting_out_an_outage_survives_a_two_day_jump_of_the_wall_clock
     assert!(rig.provider.wait_for_requests(2, PATIENCE).await);
     assert!(rig.telegram.wait_for_failed_sends(1, PATIENCE).await);
     assert!(
-        eventually(PATIENCE, || status_json(&rig.gateway)["outbox"]["depth"]
+        eventually(PATIENCE, || rig.gateway.status_json()["outbox"]["depth"]
             == 1)
         .await,
         "the answer waits in the outbox: {}",
-        status_json(&rig.gateway)
+        rig.gateway.status_json()
     );
 
     let before_the_jump = unix_now();
@@ -61,13 +61,13 @@ async fn a_reply_waiting_out_an_outage_survives_a_two_day_jump_of_the_wall_clock
     // The gateway's wall clock has jumped: the status it writes every second says so.
     assert!(
         eventually(PATIENCE, || {
-            status_json(&rig.gateway)["written_at_unix"]
+            rig.gateway.status_json()["written_at_unix"]
                 .as_u64()
                 .is_some_and(|at| at >= before_the_jump + JUMP_SECS)
         })
         .await,
         "the gateway never saw the jump: {}\n--- gateway log ---\n{}",
-        status_json(&rig.gateway),
+        rig.gateway.status_json(),
         rig.gateway.log()
     );
     // Two more attempts: at least one began after the jump was seen, and there an age read
@@ -75,10 +75,10 @@ async fn a_reply_waiting_out_an_outage_survives_a_two_day_jump_of_the_wall_clock
     let failed = rig.telegram.failed_sends().len();
     eventually(PATIENCE, || {
         rig.telegram.failed_sends().len() >= failed + 2
-            || status_json(&rig.gateway)["outbox"]["expired"] != 0
+            || rig.gateway.status_json()["outbox"]["expired"] != 0
     })
     .await;
-    let status = status_json(&rig.gateway);
+    let status = rig.gateway.status_json();
     assert_eq!(
         status["outbox"]["expired"],
         0,
@@ -99,11 +99,11 @@ async fn a_reply_waiting_out_an_outage_survives_a_two_day_jump_of_the_wall_clock
         "{replies:?}"
     );
     assert!(
-        eventually(PATIENCE, || status_json(&rig.gateway)["outbox"]["depth"]
+        eventually(PATIENCE, || rig.gateway.status_json()["outbox"]["depth"]
             == 0)
         .await,
         "{}",
-        status_json(&rig.gateway)
+        rig.gateway.status_json()
     );
     let reported = status_command_json(&rig.gateway).await;
     assert_eq!(reported["outbox"]["expired"], 0, "{reported}");
@@ -232,25 +232,8 @@ fn unix_now() -> u64 {
         .unwrap_or(0)
 }
 
-fn status_json(gateway: &Gateway) -> Value {
-    std::fs::read_to_string(gateway.dir.path().join("state/status.json"))
-        .ok()
-        .and_then(|text| serde_json::from_str(&text).ok())
-        .unwrap_or(Value::Null)
-}
-
 /// `hermes-gateway status --json` for this gateway, as an operator reads it.
 async fn status_command_json(gateway: &Gateway) -> Value {
-    let out = tokio::process::Command::new(&binaries().gateway)
-        .args(["status", "--json", "--config"])
-        .arg(&gateway.config_path)
-        .output()
-        .await
-        .expect("run status");
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "status --json: {e}: {}",
-            String::from_utf8_lossy(&out.stdout)
-        )
-    })
+    let (_, out) = gateway.status_command(&["--json"]).await;
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("status --json: {e}: {out}"))
 }

@@ -144,14 +144,14 @@ async fn an_answer_due_while_telegram_fails_every_send_for_20_s_arrives_once_whe
     // The answer waits in the outbox, and the status says so; /status too (its reply
     // queues behind the answer, in order).
     assert!(
-        eventually(PATIENCE, || status_json(&rig.gateway)["outbox"]["depth"]
+        eventually(PATIENCE, || rig.gateway.status_json()["outbox"]["depth"]
             == 1)
         .await,
         "{}",
-        status_json(&rig.gateway)
+        rig.gateway.status_json()
     );
     rig.telegram.send_text(USER, USER, "/status");
-    let (code, text) = status_command(&rig.gateway).await;
+    let (code, text) = rig.gateway.status_command(&[]).await;
     assert_eq!(code, 0, "degraded only once a reply waits a minute: {text}");
     assert!(text.contains("outbox: 1 waiting, oldest"), "{text}");
     tokio::time::sleep_until((outage + OUTAGE).into()).await;
@@ -251,7 +251,7 @@ async fn a_blocked_chats_reply_is_refused_for_good_and_its_message_done(mode: Wo
         "a refusal is never retried"
     );
     assert!(
-        eventually(PATIENCE, || status_json(&rig.gateway)["outbox"]["refused"]
+        eventually(PATIENCE, || rig.gateway.status_json()["outbox"]["refused"]
             == 1)
         .await
     );
@@ -321,7 +321,7 @@ async fn a_reply_older_than_the_outbox_age_limit_is_dropped_and_counted(mode: Wo
             .contains("dropped a reply that could not be delivered within 86400 s")
     );
     assert!(
-        eventually(PATIENCE, || status_json(&rig.gateway)["outbox"]["expired"]
+        eventually(PATIENCE, || rig.gateway.status_json()["outbox"]["expired"]
             == 1)
         .await
     );
@@ -568,7 +568,7 @@ async fn a_second_gateway_on_the_same_state_is_refused_and_the_first_is_untouche
 ) {
     let rig = Rig::start(mode, |_| {}).await;
     assert_eq!(rig.ask("first").await.text, "echo: first");
-    assert!(eventually(PATIENCE, || status_json(&rig.gateway)["pid"] == rig.pid).await);
+    assert!(eventually(PATIENCE, || rig.gateway.status_json()["pid"] == rig.pid).await);
     let state = rig.gateway.dir.path().join("state");
     // The first gateway's workers each have a scratch directory while they live (in
     // per-request mode, the one that answered may still be leaving).
@@ -601,7 +601,7 @@ async fn a_second_gateway_on_the_same_state_is_refused_and_the_first_is_untouche
     assert!(started.elapsed() < PATIENCE);
     // It touched nothing: no new file, no socket of its own, the status the first's.
     assert_eq!(listing(&state), before);
-    assert_eq!(status_json(&rig.gateway)["pid"], rig.pid);
+    assert_eq!(rig.gateway.status_json()["pid"], rig.pid);
     assert_eq!(
         rig.telegram.calls("getMe"),
         1,
@@ -854,7 +854,7 @@ async fn an_oversized_history_is_trimmed_and_the_job_answered(mode: WorkerMode) 
     );
     rig.assert_logged("oldest turn(s) were left out");
     assert!(
-        eventually(PATIENCE, || status_json(&rig.gateway)["workers"]["faults"]
+        eventually(PATIENCE, || rig.gateway.status_json()["workers"]["faults"]
             == 0)
         .await,
         "not blamed on the worker"
@@ -1047,27 +1047,6 @@ fn user_and_assistant_texts(body: &Value) -> Vec<String> {
 
 fn state_db(gateway: &Gateway) -> PathBuf {
     gateway.dir.path().join("state/state.db")
-}
-
-fn status_json(gateway: &Gateway) -> Value {
-    std::fs::read_to_string(gateway.dir.path().join("state/status.json"))
-        .ok()
-        .and_then(|text| serde_json::from_str(&text).ok())
-        .unwrap_or(Value::Null)
-}
-
-/// `hermes-gateway status` for this gateway: exit code and output.
-async fn status_command(gateway: &Gateway) -> (i32, String) {
-    let out = tokio::process::Command::new(&binaries().gateway)
-        .args(["status", "--config"])
-        .arg(&gateway.config_path)
-        .output()
-        .await
-        .expect("run status");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-    )
 }
 
 /// Done as the store defines it: marked done, or answered by a reply with no piece left to

@@ -11,8 +11,7 @@ use std::time::Duration;
 use hermes_config::WorkerMode;
 use hermes_tests::fake_provider::ProviderReply;
 use hermes_tests::fake_telegram::{BOT_USERNAME, FloodLimits, SentMessage};
-use hermes_tests::harness::{Gateway, PATIENCE, Rig, USER, binaries, eventually};
-use serde_json::Value;
+use hermes_tests::harness::{PATIENCE, Rig, USER, eventually};
 
 hermes_tests::both_modes!(
     fifty_strangers_in_a_group_do_not_hold_back_a_members_answer,
@@ -83,18 +82,18 @@ async fn a_stranger_writing_three_times_in_an_hour_is_answered_once_and_two_are_
     assert!(
         eventually(
             PATIENCE,
-            || status_json(&rig.gateway)["strangers"]["dropped"] == 2
+            || rig.gateway.status_json()["strangers"]["dropped"] == 2
         )
         .await,
         "{}\n{}",
-        status_json(&rig.gateway),
+        rig.gateway.status_json(),
         rig.gateway.log()
     );
     // A member's turn after them: everything before it was handled.
     assert_eq!(rig.ask("still here?").await.text, "echo: still here?");
     assert_eq!(rig.telegram.sent_to(stranger).len(), 1);
     assert!(rig.telegram.sent_to(group).is_empty());
-    let (code, out) = status_command(&rig.gateway).await;
+    let (code, out) = rig.gateway.status_command(&[]).await;
     assert_eq!(code, 0, "{out}");
     assert!(
         out.contains("strangers: 1 answered, 2 dropped"),
@@ -144,25 +143,4 @@ async fn a_migrated_groups_waiting_message_is_answered_there_at_once(mode: Worke
         .collect();
     assert_eq!(texts, ["echo: slow", "echo: waiting"], "in turn order");
     assert_eq!(rig.provider.requests().len(), 3);
-}
-
-fn status_json(gateway: &Gateway) -> Value {
-    std::fs::read_to_string(gateway.dir.path().join("state/status.json"))
-        .ok()
-        .and_then(|text| serde_json::from_str(&text).ok())
-        .unwrap_or(Value::Null)
-}
-
-/// `hermes-gateway status` for this gateway: exit code and output.
-async fn status_command(gateway: &Gateway) -> (i32, String) {
-    let out = tokio::process::Command::new(&binaries().gateway)
-        .args(["status", "--config"])
-        .arg(&gateway.config_path)
-        .output()
-        .await
-        .expect("run status");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-    )
 }

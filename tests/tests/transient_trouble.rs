@@ -18,7 +18,7 @@ use std::time::Duration;
 use hermes_config::WorkerMode;
 use hermes_tests::fake_provider::{FakeProvider, ProviderReply};
 use hermes_tests::fake_telegram::{FakeTelegram, SendFault};
-use hermes_tests::harness::{Gateway, GatewayOptions, PATIENCE, Rig, USER, binaries, eventually};
+use hermes_tests::harness::{Gateway, GatewayOptions, PATIENCE, Rig, USER, eventually};
 use hermes_tests::skip::skip;
 use nix::sys::signal::Signal;
 use serde_json::Value;
@@ -101,22 +101,22 @@ async fn a_reply_the_store_refuses_is_held_and_sent_once_when_it_recovers_and_ne
     // Degraded, with the store's error as the reason, in status.json and `status`.
     assert!(
         eventually(PATIENCE, || {
-            !status_json(&rig.gateway)["store"]["failing_since_unix"].is_null()
+            !rig.gateway.status_json()["store"]["failing_since_unix"].is_null()
         })
         .await,
         "{}\n{}",
-        status_json(&rig.gateway),
+        rig.gateway.status_json(),
         rig.gateway.log()
     );
-    let error = status_json(&rig.gateway)["store"]["last_error"].clone();
+    let error = rig.gateway.status_json()["store"]["last_error"].clone();
     assert!(
         error.as_str().is_some_and(|e| e.contains("locked")),
         "{error}"
     );
-    let (code, out) = status_command(&rig.gateway, &[]).await;
+    let (code, out) = rig.gateway.status_command(&[]).await;
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("the state store cannot save since"), "{out}");
-    let (code, out) = status_command(&rig.gateway, &["--json"]).await;
+    let (code, out) = rig.gateway.status_command(&["--json"]).await;
     assert_eq!(code, 1, "{out}");
     let json: Value = serde_json::from_str(&out).expect("status --json");
     assert!(json["store"]["failing_since_unix"].is_u64(), "{out}");
@@ -150,13 +150,13 @@ async fn a_reply_the_store_refuses_is_held_and_sent_once_when_it_recovers_and_ne
     rig.assert_replies(2);
     assert!(
         eventually(PATIENCE, || {
-            status_json(&rig.gateway)["store"]["failing_since_unix"].is_null()
+            rig.gateway.status_json()["store"]["failing_since_unix"].is_null()
         })
         .await,
         "{}",
-        status_json(&rig.gateway)
+        rig.gateway.status_json()
     );
-    let (code, out) = status_command(&rig.gateway, &[]).await;
+    let (code, out) = rig.gateway.status_command(&[]).await;
     assert_eq!(code, 0, "healthy again: {out}");
 
     // The turn is not run again, in this run or the next.
@@ -366,27 +366,4 @@ fn lock_for_writing(db: &Path) -> rusqlite::Connection {
     conn.execute_batch("BEGIN IMMEDIATE")
         .expect("lock the store");
     conn
-}
-
-fn status_json(gateway: &Gateway) -> Value {
-    std::fs::read_to_string(gateway.dir.path().join("state/status.json"))
-        .ok()
-        .and_then(|text| serde_json::from_str(&text).ok())
-        .unwrap_or(Value::Null)
-}
-
-/// `hermes-gateway status` (with `args`) for this gateway: exit code and output.
-async fn status_command(gateway: &Gateway, args: &[&str]) -> (i32, String) {
-    let out = tokio::process::Command::new(&binaries().gateway)
-        .arg("status")
-        .args(args)
-        .arg("--config")
-        .arg(&gateway.config_path)
-        .output()
-        .await
-        .expect("run status");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-    )
 }
