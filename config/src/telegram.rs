@@ -39,6 +39,13 @@ pub struct TelegramConfig {
     /// directory); a turn whose files do not fit waits for others to end. At least
     /// `max_file_mb`, so any one file fits.
     pub max_files_total_mb: u64,
+    /// A 👀 reaction on the message a turn answers while it runs, settled when it ends.
+    pub reactions: bool,
+    /// An inline ⏹ button under the streamed answer that does what `/stop` does.
+    pub stop_button: bool,
+    /// Answers with a table, or longer than one message, sent as one rich message
+    /// (Bot API 10.1 `sendRichMessage`), today's HTML messages when Telegram refuses it.
+    pub rich_messages: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -80,6 +87,9 @@ impl Doc<'_> {
             max_file_mb: s.take_in("max_file_mb", 20, 1..=20, self),
             download_timeout_secs: s.take_in("download_timeout_secs", 60, 1..=3600, self),
             max_files_total_mb: s.take_in("max_files_total_mb", 1024, 1..=1_048_576, self),
+            reactions: s.take_or("reactions", true, self),
+            stop_button: s.take_or("stop_button", true, self),
+            rich_messages: s.take_or("rich_messages", false, self),
         };
         if config.max_files_total_mb < config.max_file_mb {
             self.problems.push(Problem {
@@ -130,6 +140,8 @@ mod tests {
     fn chat_keys_have_defaults_and_are_checked() {
         let c = parse(MINIMAL).unwrap();
         assert!(c.telegram.streaming);
+        assert!(c.telegram.reactions && c.telegram.stop_button);
+        assert!(!c.telegram.rich_messages, "rich messages are opt-in");
         assert_eq!(c.telegram.edit_interval_ms, 1500);
         assert_eq!(c.telegram.group_mode, GroupMode::Mention);
         assert_eq!(c.agent.max_steps, 8);

@@ -182,6 +182,15 @@ pub const NOTHING_RUNNING: &str =
 /// `/stop` that lost the race against the answer.
 pub const TOO_LATE: &str = "There was nothing left to stop: the answer had already been sent.";
 
+/// The ⏹ button under a streamed answer (does what `/stop` does).
+pub const STOP_BUTTON: &str = "⏹ Stop";
+/// What the client shows briefly when the ⏹ button is pressed: it stops the answer…
+pub const STOP_PRESSED: &str = "Stopping…";
+/// …someone other than the user who asked pressed it…
+pub const STOP_NOT_YOURS: &str = "Only the person who asked can stop this answer.";
+/// …or the answer is already finished.
+pub const STOP_OVER: &str = "This answer is already finished.";
+
 /// `/start` and `/help`.
 pub const HELP: &str = "👋 I'm an AI assistant. Send me a message and I'll answer; I remember \
 the conversation until you start a new one. In a group, mention me or reply to one of my \

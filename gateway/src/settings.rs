@@ -27,6 +27,12 @@ pub struct ChatSettings {
     /// Answers shown while written (edited as they grow), tool status lines.
     pub streaming: bool,
     pub edit_interval: Duration,
+    /// A reaction on the message a turn answers, while it runs and when it ends.
+    pub reactions: bool,
+    /// A ⏹ button under the streamed answer.
+    pub stop_button: bool,
+    /// Long answers and tables as one rich message.
+    pub rich_messages: bool,
     /// In configured order; a chat's own order is `commands::model::chain`'s.
     pub providers: Vec<ProviderPlan>,
     /// Quota cool-down of each provider.
@@ -60,6 +66,9 @@ impl ChatSettings {
                 .collect(),
             streaming: config.telegram.streaming,
             edit_interval: Duration::from_millis(config.telegram.edit_interval_ms),
+            reactions: config.telegram.reactions,
+            stop_button: config.telegram.stop_button,
+            rich_messages: config.telegram.rich_messages,
             providers: setup.providers.clone(),
             cooldowns: config
                 .providers

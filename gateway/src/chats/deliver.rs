@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use super::{Inner, JobContext, Request};
 use crate::approvals::{MAX_WAITING, Unaskable};
 use crate::clock::sleep_until;
+use crate::commands::stop::Stops;
 use crate::jobs::ApprovalAsk;
 use crate::media::MediaRef;
 use crate::outbox::Reply;
@@ -25,6 +26,7 @@ use crate::replies;
 use crate::store::Exchange;
 use crate::telegram::format;
 use crate::telegram::live::{LiveReply, bounded_answer};
+use crate::telegram::rich;
 use crate::telegram::sender::{Sender, plain_pieces};
 use crate::telegram::split::MESSAGE_LIMIT;
 
@@ -135,14 +137,15 @@ fn keep_fallback(fallbacks: &mut Vec<Event>, event: Event) {
 
 /// Commits and sends the one final reply for `outcome`, in place of the preview: the
 /// turn's messages (and any `/stop` that came for it, `stop_requests`) answered, a
-/// model's answer added to the conversation. True when the job was cut short by the
+/// model's answer added to the conversation (as one rich message when
+/// `telegram.rich_messages` wants it, see [`rich`]). True when the job was cut short by the
 /// gateway stopping: its messages stay waiting for the next run, and the chat was told.
 pub async fn deliver(
     inner: &Inner,
     request: Request,
     outcome: Outcome,
     live: LiveReply,
-    stop_requests: Vec<i64>,
+    stop_requests: Stops,
     started: Instant,
 ) -> bool {
     let chat = request.chat;
@@ -184,11 +187,14 @@ pub async fn deliver(
                 model: reply.model,
             };
             let pieces = rendered(&shown).await;
+            let rich =
+                inner.ctx.settings.get().rich_messages && rich::wanted(&shown, pieces.len()).await;
             let _ = outbox.send(Reply {
                 chat,
                 answers: &request.rows,
                 text: &shown,
                 pieces,
+                rich: rich.then_some(shown.as_str()),
                 edit,
                 exchange: Some(&exchange),
                 question: Some(&question),
@@ -199,20 +205,21 @@ pub async fn deliver(
         }) => {
             tracing::info!(job_id = %request.id, chat_id = chat, user_id = request.user_id, elapsed_ms, "stopped by /stop");
             // One reply for the job's messages, the /stops, and what waited behind it.
-            let through = stop_requests.iter().copied().max().unwrap_or(i64::MAX);
+            let through = stop_requests.through();
             let waiting = inner.ctx.store.waiting(chat, through).unwrap_or_else(|e| {
                 tracing::error!(chat_id = chat, "cannot read the waiting messages: {e}");
                 Vec::new()
             });
             inner.no_longer_waiting(chat, waiting.len());
             let mut answers = request.rows;
-            answers.extend(stop_requests);
+            answers.extend(stop_requests.rows);
             answers.extend(waiting);
             let _ = outbox.send(Reply {
                 chat,
                 answers: &answers,
                 text: replies::STOPPED,
                 pieces: plain_pieces(replies::STOPPED),
+                rich: None,
                 edit,
                 exchange: None,
                 question: Some(&request.text),
@@ -229,6 +236,7 @@ pub async fn deliver(
                 answers: &[],
                 text: &notice,
                 pieces: plain_pieces(&notice),
+                rich: None,
                 edit,
                 exchange: None,
                 question: None,
@@ -244,6 +252,7 @@ pub async fn deliver(
                 answers: &request.rows,
                 text: &reply,
                 pieces: plain_pieces(&reply),
+                rich: None,
                 edit,
                 exchange: None,
                 question: Some(&request.text),
@@ -267,8 +276,8 @@ fn heard_question(text: &str, media: &[(MediaRef, String)], heard: &[String]) ->
 }
 
 /// A /stop that lost the race against the answer still gets its one reply.
-fn answer_late_stops(inner: &Inner, chat: i64, stop_requests: Vec<i64>) {
-    for stop_update in stop_requests {
+fn answer_late_stops(inner: &Inner, chat: i64, stop_requests: Stops) {
+    for stop_update in stop_requests.rows {
         inner.reply(chat, &[stop_update], replies::TOO_LATE);
     }
 }

@@ -29,8 +29,12 @@
 
 mod deliver;
 mod prepare;
+mod reaction;
+mod stop_button;
 mod strangers;
 mod turns;
+
+pub use stop_button::is_stop_press;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -53,6 +57,7 @@ use crate::outbox::{Outbox, Reply};
 use crate::replies;
 use crate::settings::LiveSettings;
 use crate::store::{Kind, Pending, Store};
+use crate::telegram::reactions::Reactions;
 use crate::telegram::sender::{Sender, plain_pieces};
 
 /// What the chats need to build and run a job.
@@ -70,6 +75,8 @@ pub struct JobContext {
     pub desk: Desk,
     /// Fetches the voice notes, photos and files of a turn for its job.
     pub fetcher: Fetcher,
+    /// The reactions that show a turn running and how it ended.
+    pub reactions: Reactions,
 }
 
 /// Decides what a message is before it is stored: a stranger's (its text and file are
@@ -147,6 +154,7 @@ impl Inner {
             answers,
             text,
             pieces: plain_pieces(text),
+            rich: None,
             edit: None,
             exchange: None,
             question: None,
@@ -255,6 +263,7 @@ impl ChatRouter {
             } else {
                 Vec::new()
             },
+            rich: None,
             edit: None,
             exchange: None,
             question: None,

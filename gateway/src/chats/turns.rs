@@ -22,9 +22,9 @@ use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use super::prepare::{self, Asked, compose};
-use super::{ChatRouter, JobContext, Request, deliver};
+use super::{ChatRouter, JobContext, Request, deliver, reaction, stop_button};
 use crate::commands;
-use crate::commands::stop::InFlight;
+use crate::commands::stop::{InFlight, Stops};
 use crate::jobs::JobLink;
 use crate::media::{Fetched, JobFiles};
 use crate::replies;
@@ -258,7 +258,8 @@ impl ChatRouter {
             settings.edit_interval,
         )
         .recorded_in(ctx.store.clone());
-        let mut stop_requests = Vec::new();
+        let turn_reaction = reaction::start(ctx, &settings, &request);
+        let mut stop_requests = Stops::default();
         // The turn's files, kept for its job and removed when it ends, however it ends.
         let mut files: Option<JobFiles> = None;
         // Until it is settled, `prepared.plan` holds the turn's probes of providers after
@@ -267,6 +268,12 @@ impl ChatRouter {
         let outcome = match prepare::prepare(ctx, &settings, &request, started) {
             Ok(mut prepared) => 'job: {
                 let cancel = in_flight.begin();
+                if settings.stop_button && settings.streaming {
+                    let (key, buttons) = stop_button::new_button();
+                    if in_flight.button(request.user_id, &key) {
+                        live.with_buttons(buttons);
+                    }
+                }
                 if !request.media.is_empty() {
                     match fetch(ctx, &settings, &request, &cancel).await {
                         Ok(fetched) => {
@@ -316,8 +323,12 @@ impl ChatRouter {
         drop(files);
         ctx.health.job_done(&outcome);
         let (chat, rows) = (request.chat, request.rows.clone());
+        let ending = reaction::ending(&outcome);
         let cut_short =
             deliver::deliver(&self.inner, request, outcome, live, stop_requests, started).await;
+        if let Some(ending) = ending {
+            turn_reaction.settle(ending);
+        }
         // The gateway's own stop cut the job short: not the messages' fault, so their
         // start does not count toward giving up on them (a crash is never taken back).
         if cut_short && let Err(e) = ctx.store.uncount_start(&rows) {

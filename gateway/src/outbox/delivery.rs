@@ -2,6 +2,11 @@
 //! it, refuses it for good, or it is too old, through flood control, network failures,
 //! entities Telegram cannot parse, a preview that cannot be edited and a group that became
 //! a supergroup; and the store told which pieces left, before the chat's next piece goes.
+//!
+//! A rich piece (`sendRichMessage`) that Telegram refuses, whatever the 400, falls back to
+//! its HTML pieces, which follow it in the queue; once it is accepted they leave the
+//! outbox with it, unsent, in the same record (so a crash cannot find them without it and
+//! send the answer a second time), and the preview it replaces is deleted.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -11,6 +16,7 @@ use hermes_retry::Backoff;
 
 use super::Inner;
 use super::queue::Queued;
+use crate::telegram::bot_api::rich::SendRichMessage;
 use crate::telegram::sender::SendError;
 
 /// First wait after a failed send; the cap is `telegram.retry_max_secs`.
@@ -26,6 +32,8 @@ enum Resolution {
     Delivered,
     Refused(String),
     Expired,
+    /// A rich piece Telegram refused: its HTML pieces go instead.
+    FellBack(String),
 }
 
 impl Inner {
@@ -68,14 +76,27 @@ impl Inner {
                     );
                     self.config.health.outbox_expired();
                 }
+                Resolution::FellBack(why) => tracing::info!(
+                    chat_id = dest,
+                    "Telegram refused the answer as a rich message ({why}); sending it as HTML messages"
+                ),
             }
             if let Some(id) = next.id {
                 self.config.store.piece_left(id);
             }
+            let skip_fallback =
+                next.rich.is_some() && !matches!(resolution, Resolution::FellBack(_));
             // Only this task takes pieces off the queue, so the one sent is still its
-            // lane's first, whatever was added meanwhile.
+            // lane's first, whatever was added meanwhile; a rich piece's HTML pieces
+            // follow it.
             let more = self.lock().get_mut(&chat).is_some_and(|queue| {
-                queue.lane(lane).pop_front();
+                let pieces = queue.lane(lane);
+                pieces.pop_front();
+                while skip_fallback && pieces.front().is_some_and(|p| p.fallback) {
+                    if let Some(id) = pieces.pop_front().and_then(|p| p.id) {
+                        self.config.store.piece_left(id);
+                    }
+                }
                 !queue.is_empty()
             });
             if more {
@@ -152,12 +173,21 @@ impl Inner {
             if Instant::now() >= expires {
                 return Resolution::Expired;
             }
-            let result = match edit {
-                Some(id) => sender.edit_once(dest, id, piece, plain).await,
-                None => sender.send_once(dest, piece, plain).await.map(|_| ()),
+            let result = match (&queued.rich, edit) {
+                (Some(markdown), _) => sender
+                    .call(SendRichMessage::markdown(dest, markdown))
+                    .await
+                    .map(|_| ()),
+                (None, Some(id)) => sender.edit_once(dest, id, piece, plain).await,
+                (None, None) => sender.send_once(dest, piece, plain).await.map(|_| ()),
             };
             let wait = match result {
                 Ok(()) => {
+                    if queued.rich.is_some()
+                        && let Some(preview) = edit
+                    {
+                        sender.delete_once(dest, preview).await;
+                    }
                     if failures > 0 {
                         tracing::info!(
                             chat_id = dest,
@@ -166,6 +196,13 @@ impl Inner {
                     }
                     backoff.reset();
                     return Resolution::Delivered;
+                }
+                Err(
+                    SendError::BadEntities(why)
+                    | SendError::Refused(why)
+                    | SendError::CannotEdit(why),
+                ) if queued.rich.is_some() => {
+                    return Resolution::FellBack(why);
                 }
                 Err(SendError::BadEntities(why)) if !plain => {
                     tracing::info!(

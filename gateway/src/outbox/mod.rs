@@ -68,6 +68,9 @@ pub struct Reply<'a> {
     /// Its text, kept with the rows (for the record).
     pub text: &'a str,
     pub pieces: Vec<Piece>,
+    /// Send the reply as one rich message of this Markdown, `pieces` only if Telegram
+    /// refuses it.
+    pub rich: Option<&'a str>,
     /// The first piece replaces this message (a streamed answer's preview), not before
     /// the moment given (edits keep their spacing); sent anew if it cannot be edited.
     pub edit: Option<(MessageId, Instant)>,
@@ -159,6 +162,7 @@ impl Outbox {
                 answers: &[],
                 text: INTERRUPTED,
                 pieces: plain_pieces(INTERRUPTED),
+                rich: None,
                 edit: Some((MessageId(preview.message_id), Instant::now())),
                 exchange: None,
                 question: None,
@@ -233,17 +237,26 @@ impl Outbox {
     }
 }
 
-/// `reply`'s pieces as the store keeps them.
+/// `reply`'s pieces as the store keeps them: a rich reply's rich piece first, then its
+/// HTML pieces as the fallback.
 fn out_pieces(reply: &Reply) -> Vec<OutPiece> {
-    reply
-        .pieces
-        .iter()
-        .enumerate()
-        .map(|(i, p)| OutPiece {
+    let edit_message_id = reply.edit.map(|(id, _)| id.0);
+    let rich = reply.rich.map(|markdown| OutPiece {
+        html: String::new(),
+        plain: String::new(),
+        edit_message_id,
+        rich: Some(markdown.to_string()),
+        fallback: false,
+    });
+    let fallback = rich.is_some();
+    rich.into_iter()
+        .chain(reply.pieces.iter().enumerate().map(|(i, p)| OutPiece {
             html: p.html.clone(),
             plain: p.plain.clone(),
-            edit_message_id: reply.edit.filter(|_| i == 0).map(|(id, _)| id.0),
-        })
+            edit_message_id: edit_message_id.filter(|_| i == 0),
+            rich: None,
+            fallback,
+        }))
         .collect()
 }
 
@@ -252,8 +265,10 @@ fn unrecorded(pieces: Vec<OutPiece>, not_before: Option<Instant>) -> Vec<Queued>
     pieces
         .into_iter()
         .enumerate()
-        .map(|(i, p)| {
-            Queued::fresh(
+        .map(|(i, p)| Queued {
+            rich: p.rich,
+            fallback: p.fallback,
+            ..Queued::fresh(
                 Piece {
                     html: p.html,
                     plain: p.plain,

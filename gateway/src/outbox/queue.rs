@@ -43,6 +43,11 @@ pub(super) struct Queued {
     pub(super) id: Option<i64>,
     pub(super) piece: Piece,
     pub(super) edit: Option<MessageId>,
+    /// Sent as one rich message of this Markdown; `edit` is then the preview it replaces
+    /// (deleted once it is sent).
+    pub(super) rich: Option<String>,
+    /// An HTML piece of the rich piece before it: sent only if that one was refused.
+    pub(super) fallback: bool,
     /// Unix seconds: for the age the health report shows, never to expire it.
     pub(super) created_at: u64,
     /// When this process took it in, and how old it was then by the wall clock (nothing
@@ -64,6 +69,8 @@ impl Queued {
                 plain: stored.piece.plain,
             },
             edit: stored.piece.edit_message_id.map(MessageId),
+            rich: stored.piece.rich,
+            fallback: stored.piece.fallback,
             created_at,
             known_at: Instant::now(),
             age_when_known: Duration::from_secs(unix_now().saturating_sub(created_at)),
@@ -81,6 +88,8 @@ impl Queued {
             id: None,
             piece,
             edit,
+            rich: None,
+            fallback: false,
             created_at: unix_now(),
             known_at: Instant::now(),
             age_when_known: Duration::ZERO,
@@ -181,6 +190,7 @@ mod tests {
                 html: "a".into(),
                 plain: "a".into(),
                 edit_message_id: None,
+                ..OutPiece::default()
             },
             created_at: i64::try_from(created_at).unwrap_or(i64::MAX),
         }

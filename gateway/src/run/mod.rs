@@ -34,7 +34,7 @@ use tokio_util::task::TaskTracker;
 use self::reload::reload;
 use self::stop::{Running, ignore_from_descendant};
 use crate::approvals::Desk;
-use crate::chats::{ChatRouter, JobContext};
+use crate::chats::{ChatRouter, JobContext, is_stop_press};
 use crate::circuit::Circuits;
 use crate::commands;
 use crate::health::Health;
@@ -50,7 +50,7 @@ use crate::status::{self, Publisher};
 use crate::store::Store;
 use crate::supervisor::{Shutdown, Supervisor, SupervisorConfig};
 use crate::systemd::Notifier;
-use crate::telegram::{self, poller, sender::Sender};
+use crate::telegram::{self, poller, reactions::Reactions, sender::Sender};
 
 use self::exit::EXIT_OS_ERROR;
 
@@ -257,6 +257,7 @@ async fn serve(path: &Path, config: Config, setup: Setup, runner: Option<MakeRun
     };
     let sender = Sender::new(sending_bot);
     let desk = Desk::new(sender.clone(), settings.clone());
+    let reactions = Reactions::new(sender.clone());
     let outbox = Outbox::new(
         OutboxConfig {
             store: store.clone(),
@@ -285,6 +286,7 @@ async fn serve(path: &Path, config: Config, setup: Setup, runner: Option<MakeRun
             max_history: config.agent.max_history_messages,
             desk: desk.clone(),
             fetcher,
+            reactions,
         },
         config.telegram.max_queued_per_chat,
         tasks.clone(),
@@ -327,8 +329,18 @@ async fn serve(path: &Path, config: Config, setup: Setup, runner: Option<MakeRun
                 let router = router.clone();
                 move |message: &mut _| router.classify(message)
             },
-            deliver: move |message| router.handle(message),
-            pressed: move |press| desk.on_callback(press),
+            deliver: {
+                let router = router.clone();
+                move |message| router.handle(message)
+            },
+            // A ⏹ button's press is the router's (its job's stop); any other, an approval's.
+            pressed: move |press| {
+                if is_stop_press(&press) {
+                    router.on_stop_press(press)
+                } else {
+                    desk.on_callback(press)
+                }
+            },
         },
     ));
     // Ready once local start-up is done: a pool's first worker has had its try (bounded,

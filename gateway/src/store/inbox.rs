@@ -9,7 +9,7 @@
 //! its reply needs: who wrote, and where; never its text. Updates the Bot API client
 //! cannot parse are kept whole in a table of their own.
 
-use rusqlite::params;
+use rusqlite::{OptionalExtension, params};
 
 use super::{Store, StoreError, now};
 use crate::media::MediaRef;
@@ -264,5 +264,19 @@ impl Store {
             })
         }))?;
         self.wrap(rows.collect())
+    }
+}
+
+impl Store {
+    /// Telegram's id of the message stored as inbox row `row` (for its reactions).
+    pub fn message_id_of(&self, row: i64) -> Result<Option<i64>, StoreError> {
+        let conn = self.lock();
+        let found = conn
+            .prepare_cached("SELECT message_id FROM inbox WHERE id = ?1")
+            .and_then(|mut st| {
+                st.query_row(params![row], |r| r.get::<_, Option<i64>>(0))
+                    .optional()
+            });
+        self.wrap(found).map(Option::flatten)
     }
 }

@@ -46,7 +46,7 @@ pub use prune::on_schedule as prune_on_schedule;
 use rusqlite::Connection;
 
 /// The schema this build writes. Bump it with a new entry in [`MIGRATIONS`].
-pub const SCHEMA_VERSION: i64 = 6;
+pub const SCHEMA_VERSION: i64 = 7;
 
 /// `MIGRATIONS[n]` takes a store from version `n` to `n + 1`.
 const MIGRATIONS: &[&str] = &[
@@ -161,6 +161,13 @@ const MIGRATIONS: &[&str] = &[
         message_id INTEGER NOT NULL,
         PRIMARY KEY (chat_id, message_id)
     );
+"#,
+    // 7: rich messages in the outbox: a piece sent as one rich message (`rich`: its
+    // Markdown), and the HTML pieces sent in its place only if Telegram refuses it
+    // (`fallback`).
+    r#"
+    ALTER TABLE outbox ADD COLUMN rich TEXT;
+    ALTER TABLE outbox ADD COLUMN fallback INTEGER NOT NULL DEFAULT 0;
 "#,
 ];
 

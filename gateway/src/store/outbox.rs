@@ -20,12 +20,21 @@ use super::{Exchange, Store, StoreError, now};
 
 /// One piece of a reply as stored: Telegram HTML, the same text without markup, and
 /// whether it replaces a message already shown (a streamed answer's preview).
-#[derive(Debug, Clone, PartialEq, Eq)]
+///
+/// A reply sent as a rich message is its rich piece (`rich`: the Markdown), then its HTML
+/// pieces marked `fallback`: sent only when Telegram refused the rich one, and leaving the
+/// outbox with it when it accepted it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct OutPiece {
     pub html: String,
     pub plain: String,
-    /// Edit this message to show the piece, or send it anew if it cannot be edited.
+    /// Edit this message to show the piece, or send it anew if it cannot be edited. For
+    /// a rich piece: the preview to delete once it is sent.
     pub edit_message_id: Option<i32>,
+    /// Sent as one rich message of this Markdown (`sendRichMessage`).
+    pub rich: Option<String>,
+    /// Part of the HTML form of the rich piece before it.
+    pub fallback: bool,
 }
 
 /// A reply to commit.
@@ -79,8 +88,9 @@ impl Store {
         for piece in record.pieces {
             let id = self.wrap(
                 tx.prepare_cached(
-                    "INSERT INTO outbox (reply, chat_id, html, plain, edit_message_id, created_at)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    "INSERT INTO outbox (reply, chat_id, html, plain, edit_message_id, created_at,
+                     rich, fallback)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
                 )
                 .and_then(|mut st| {
                     st.insert(params![
@@ -89,7 +99,9 @@ impl Store {
                         piece.html,
                         piece.plain,
                         piece.edit_message_id,
-                        at
+                        at,
+                        piece.rich,
+                        piece.fallback
                     ])
                 }),
             )?;
@@ -161,7 +173,8 @@ impl Store {
         ))?;
         let pieces: Vec<Stored> = {
             let mut stmt = self.wrap(tx.prepare(
-                "SELECT id, coalesce(reply, id), chat_id, html, plain, edit_message_id, created_at
+                "SELECT id, coalesce(reply, id), chat_id, html, plain, edit_message_id, created_at,
+                 rich, fallback
                  FROM outbox ORDER BY id",
             ))?;
             let rows = self.wrap(stmt.query_map([], |r| {
@@ -173,6 +186,8 @@ impl Store {
                         html: r.get(3)?,
                         plain: r.get(4)?,
                         edit_message_id: r.get(5)?,
+                        rich: r.get(7)?,
+                        fallback: r.get(8)?,
                     },
                     created_at: r.get(6)?,
                 })

@@ -84,6 +84,7 @@ mod tests {
                     html: "done".into(),
                     plain: "done".into(),
                     edit_message_id: message_id,
+                    ..OutPiece::default()
                 }],
                 exchange: None,
                 question: None,

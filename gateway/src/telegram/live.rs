@@ -10,6 +10,10 @@
 //! long preview's rendering, on the blocking pool). The streamed text kept here is
 //! bounded by [`MAX_ANSWER_BYTES`].
 //!
+//! The preview carries the job's ⏹ button ([`LiveReply::with_buttons`]) with every send and
+//! edit (an edit without it would take it away); the final text, edited in by the outbox
+//! without it, takes it away when the answer is done.
+//!
 //! The preview's message is recorded in the store as soon as it exists
 //! ([`LiveReply::recorded_in`]): a run killed mid-answer cannot edit it, so the next run
 //! does, to say it was interrupted, instead of leaving it beside the new answer.
@@ -18,7 +22,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hermes_protocol::Event;
-use teloxide_core::types::MessageId;
+use teloxide_core::types::{InlineKeyboardMarkup, MessageId};
 
 use super::format::{self, Piece};
 use super::sender::{SendError, Sender};
@@ -70,6 +74,8 @@ pub struct LiveReply {
     stuck: bool,
     /// Where the preview's message is recorded, for a run killed before replacing it.
     store: Option<Arc<Store>>,
+    /// Shown under the preview while the job runs (its ⏹ button).
+    buttons: Option<InlineKeyboardMarkup>,
 }
 
 impl LiveReply {
@@ -92,7 +98,13 @@ impl LiveReply {
             paused_until: None,
             stuck: false,
             store: None,
+            buttons: None,
         }
+    }
+
+    /// The preview shows `buttons` under it until the final text replaces it.
+    pub fn with_buttons(&mut self, buttons: InlineKeyboardMarkup) {
+        self.buttons = Some(buttons);
     }
 
     /// The preview's message is recorded in `store` once sent (see the module's
@@ -236,11 +248,12 @@ impl LiveReply {
         }
         self.last_edit = Some(Instant::now());
         let sender = &self.sender;
+        let buttons = self.buttons.as_ref();
         match self.message {
             None => {
-                let sent = match sender.send_once(self.chat, &piece, false).await {
+                let sent = match sender.send_marked(self.chat, &piece, false, buttons).await {
                     Err(SendError::BadEntities(_)) => {
-                        sender.send_once(self.chat, &piece, true).await
+                        sender.send_marked(self.chat, &piece, true, buttons).await
                     }
                     other => other,
                 };
@@ -264,9 +277,14 @@ impl LiveReply {
                 }
             }
             Some(id) => {
-                let edited = match sender.edit_once(self.chat, id, &piece, false).await {
+                let edited = match sender
+                    .edit_marked(self.chat, id, &piece, false, buttons)
+                    .await
+                {
                     Err(SendError::BadEntities(_)) => {
-                        sender.edit_once(self.chat, id, &piece, true).await
+                        sender
+                            .edit_marked(self.chat, id, &piece, true, buttons)
+                            .await
                     }
                     other => other,
                 };

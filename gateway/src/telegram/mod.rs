@@ -4,10 +4,13 @@
 //! teloxide's `Bot` (its typed requests), not its `Dispatcher`: the gateway must own the
 //! update offset and every error path, and no handler code may run inside the poll loop.
 
+pub mod bot_api;
 pub mod format;
 mod incoming;
 pub mod live;
 pub mod poller;
+pub mod reactions;
+pub mod rich;
 pub mod sender;
 pub mod split;
 mod webhook;

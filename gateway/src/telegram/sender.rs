@@ -88,7 +88,22 @@ impl Sender {
         piece: &Piece,
         plain: bool,
     ) -> Result<MessageId, SendError> {
-        self.lean::<_, Shown>(send_payload(chat, piece, plain))
+        self.send_marked(chat, piece, plain, None).await
+    }
+
+    /// [`Sender::send_once`] with `buttons` under the message.
+    pub async fn send_marked(
+        &self,
+        chat: i64,
+        piece: &Piece,
+        plain: bool,
+        buttons: Option<&InlineKeyboardMarkup>,
+    ) -> Result<MessageId, SendError> {
+        let mut payload = send_payload(chat, piece, plain);
+        if let Some(buttons) = buttons {
+            payload = payload.reply_markup(buttons.clone());
+        }
+        self.lean::<_, Shown>(payload)
             .await
             .map(|shown| MessageId(shown.message_id))
             .map_err(classify)
@@ -103,10 +118,26 @@ impl Sender {
         piece: &Piece,
         plain: bool,
     ) -> Result<(), SendError> {
+        self.edit_marked(chat, id, piece, plain, None).await
+    }
+
+    /// [`Sender::edit_once`], the message keeping (or getting) `buttons`; without, an
+    /// edit leaves it none.
+    pub async fn edit_marked(
+        &self,
+        chat: i64,
+        id: MessageId,
+        piece: &Piece,
+        plain: bool,
+        buttons: Option<&InlineKeyboardMarkup>,
+    ) -> Result<(), SendError> {
         let text = if plain { &piece.plain } else { &piece.html };
         let mut payload = EditMessageText::new(ChatId(chat), id, text.as_str());
         if !plain {
             payload = payload.parse_mode(ParseMode::Html);
+        }
+        if let Some(buttons) = buttons {
+            payload = payload.reply_markup(buttons.clone());
         }
         match self.lean::<_, IgnoredAny>(payload).await {
             Ok(_) | Err(RequestError::Api(ApiError::MessageNotModified)) => Ok(()),
@@ -171,6 +202,19 @@ impl Sender {
         if let Err(e) = request.await {
             tracing::info!("answerCallbackQuery failed: {e}");
         }
+    }
+
+    /// Deletes message `id` (a preview a rich message replaced), once; a failure is only
+    /// logged.
+    pub async fn delete_once(&self, chat: i64, id: MessageId) {
+        if let Err(e) = self.bot.delete_message(ChatId(chat), id).await {
+            tracing::info!(chat_id = chat, "cannot delete a replaced preview: {e}");
+        }
+    }
+
+    /// The client the typed requests of [`super::bot_api`] go through.
+    pub(super) fn bot(&self) -> &Bot {
+        &self.bot
     }
 
     /// `payload` as a request whose answer is read as `R`, see [`Lean`].
@@ -251,7 +295,7 @@ async fn interactive<T, F: Future<Output = Result<T, SendError>>>(
 }
 
 /// What a failed request means for the piece.
-fn classify(error: RequestError) -> SendError {
+pub(super) fn classify(error: RequestError) -> SendError {
     match error {
         RequestError::RetryAfter(after) => SendError::RetryAfter(after.duration()),
         RequestError::MigrateToChatId(to) => SendError::Migrated(to.0),
