@@ -24,7 +24,9 @@
 //! API is a module of its own: `updates` (queuing and polling, offsets, the webhook),
 //! `sending` (sends, edits, chat actions, and their records), `chats` (what users do
 //! in them, blocking, migration), `faults` (the scripted misbehaviours and flood
-//! control), `buttons`, `files`, and `params` (how a call's parameters arrive).
+//! control), `buttons`, `files`, `reactions` (only the emoji bots may use), `rich` (rich
+//! messages, refused when a test says so, and deleting a message), and `params` (how a
+//! call's parameters arrive).
 
 mod buttons;
 mod chats;
@@ -32,12 +34,16 @@ mod faults;
 mod files;
 mod html;
 mod params;
+mod reactions;
+mod rich;
 mod sending;
 mod updates;
 
 pub use buttons::CallbackAnswer;
 pub use faults::{FloodLimits, PollFault, Rate, SendFault};
 pub use files::{Body, FakeFile, FileDownload, MAX_DOWNLOAD_BYTES};
+pub use reactions::ALLOWED_REACTIONS;
+pub use rich::MAX_RICH_LEN;
 pub use sending::{FailedSend, MAX_TEXT_LEN, SentMessage};
 pub use updates::{PollOutcome, PollRecord};
 
@@ -146,6 +152,10 @@ struct Inner {
     downloads: Vec<files::FileDownload>,
     /// While set, every download is reset before a byte is sent.
     downloads_fail: bool,
+    /// Reactions set on messages (see [`reactions`]).
+    reactions: reactions::Reactions,
+    /// Rich messages and deleted messages (see [`rich`]).
+    rich: rich::Rich,
 }
 
 impl FakeTelegram {
@@ -304,6 +314,9 @@ impl State {
             "editmessagetext" => self.edit_text(&params),
             "editmessagereplymarkup" => self.edit_markup(&params),
             "answercallbackquery" => self.answer_callback(&params),
+            "setmessagereaction" => self.set_reaction(&params),
+            "sendrichmessage" => self.send_rich(&params),
+            "deletemessage" => self.delete_message_call(&params),
             "getme" => ok(me()),
             "getfile" => self.get_file(&params),
             "getmycommands" => {
