@@ -17,14 +17,18 @@
 //! - `telegram`: the `getUpdates` loop (`telegram::poller`), what an update says and
 //!   whether it is for the bot (`telegram::incoming`), a webhook in polling's way
 //!   (`telegram::webhook`), sending (`telegram::sender`), the answer shown as it is
-//!   written (`telegram::live`), Markdown to Telegram HTML (`telegram::format`, its
+//!   written (`telegram::live`), the reactions that show a turn running and how it ended
+//!   (`telegram::reactions`), when an answer goes as a rich message (`telegram::rich`),
+//!   the Bot API methods teloxide-core lacks as typed requests (`telegram::bot_api`),
+//!   Markdown to Telegram HTML (`telegram::format`, its
 //!   parsing in `telegram::format::markdown`, what it must not carry in
 //!   `telegram::format::safety`) and cutting to size (`telegram::split`);
 //! - `chats`: one task per chat, from stored messages to their one reply: the task takes
 //!   its turns (the messages that waited, together) in `chats::turns`, a turn becomes a
 //!   job in `chats::prepare`, its progress and outcome reach the chat and the outbox in
 //!   `chats::deliver`; strangers answered once an hour, behind members
-//!   (`chats::strangers`);
+//!   (`chats::strangers`); the ⏹ button that stops a turn's job (`chats::stop_button`)
+//!   and which message shows the turn's reactions (`chats::reaction`);
 //! - `commands`: one module per command (`commands::new`, `commands::stop`,
 //!   `commands::retry`, `commands::model`, `commands::status`), each owning what it does;
 //!   `replies`: every text the user reads; `html`: a message as Telegram's HTML and as

@@ -693,3 +693,42 @@ fn pruning_forgets_what_is_no_longer_needed_and_keeps_the_rest() {
     drop(conn);
     assert_eq!(store.prune_at(now).unwrap(), prune::Pruned::default());
 }
+
+/// A rich reply is its rich piece and then its HTML form, kept as such across a reopen;
+/// once the rich piece and its HTML form left together, the message is done.
+#[test]
+fn a_rich_reply_keeps_its_html_form_behind_it_until_both_left() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    accept(&store, &[pending(1, "a")]);
+    let rich = OutPiece {
+        rich: Some("| a |\n|---|\n| 1 |".into()),
+        edit_message_id: Some(40),
+        ..OutPiece::default()
+    };
+    let html = OutPiece {
+        fallback: true,
+        edit_message_id: Some(40),
+        ..piece("a 1")
+    };
+    store
+        .commit_reply(&ReplyRecord {
+            chat_id: 7,
+            answers: &[1],
+            text: "| a |",
+            pieces: &[rich.clone(), html.clone()],
+            exchange: None,
+            question: None,
+        })
+        .unwrap();
+    drop(store);
+    let store = Store::open(dir.path()).unwrap();
+    let left = store.outbox().unwrap();
+    let pieces: Vec<&OutPiece> = left.iter().map(|s| &s.piece).collect();
+    assert_eq!(pieces, [&rich, &html]);
+    assert!(!store.is_done(1).unwrap());
+    store.piece_left(left[0].id);
+    store.piece_left(left[1].id);
+    store.record_left().unwrap();
+    assert!(store.is_done(1).unwrap());
+}

@@ -137,18 +137,20 @@ impl State {
             }
         };
         let mut g = self.lock();
+        // A chat that allows no reactions refuses every one as it refuses an emoji it does
+        // not allow.
+        let invalid = (g.reactions.refusing.contains(&chat_id) && !list.is_empty())
+            || !list.iter().all(|r| {
+                r["type"] == "emoji"
+                    && r["emoji"]
+                        .as_str()
+                        .is_some_and(|e| ALLOWED_REACTIONS.contains(&e))
+            });
         let refusal = if message_id <= 0 || message_id > g.last_message_id {
             Some("Bad Request: MESSAGE_ID_INVALID")
         } else if list.len() > 1 {
             Some("Bad Request: REACTIONS_TOO_MANY")
-        } else if g.reactions.refusing.contains(&chat_id) && !list.is_empty() {
-            Some("Bad Request: REACTION_INVALID")
-        } else if !list.iter().all(|r| {
-            r["type"] == "emoji"
-                && r["emoji"]
-                    .as_str()
-                    .is_some_and(|e| ALLOWED_REACTIONS.contains(&e))
-        }) {
+        } else if invalid {
             Some("Bad Request: REACTION_INVALID")
         } else {
             None
