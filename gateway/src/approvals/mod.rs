@@ -227,7 +227,7 @@ impl Desk {
 
     async fn answer(&self, query: CallbackQuery) {
         let Some((key, allow)) = query.data.as_deref().and_then(parse_data) else {
-            // Not one of ours (no other buttons exist): stop the client's spinner.
+            // Not one of ours (the ⏹ buttons go to the chats): stop the client's spinner.
             self.sender.answer_callback(&query.id, None).await;
             return;
         };

@@ -1,9 +1,10 @@
 //! The running answer, visible on the question: while a turn runs, the message it answers
-//! shows 👀 (`setMessageReaction`), and once the answer is out that becomes 👍, or 😢 for
-//! an error, or goes after `/stop` (`telegram.reactions`, on by default). Only emoji from
-//! the set the Bot API lets bots use (`ReactionTypeEmoji`).
+//! shows 👀 (`setMessageReaction`), and once the answer is on its way (committed to the
+//! outbox, which delivers it in the chat's order) that becomes 👍, or 😢 for an error, or
+//! goes after `/stop` (`telegram.reactions`, on by default). Only emoji from the set the
+//! Bot API lets bots use (`ReactionTypeEmoji`).
 //!
-//! Reactions only decorate: each turn's run on a task of their own, in order (the final
+//! Reactions only decorate: each turn's are set on a task of their own, in order (the final
 //! one never overtaken by the 👀), so the answer never waits for them, and a reaction
 //! that fails is given up after one short retry ([`best_effort`]). Some chats do not
 //! allow reactions, or not these (Telegram answers 400 `REACTION_INVALID`): such a chat
