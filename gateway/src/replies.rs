@@ -290,6 +290,20 @@ pub mod status {
     }
 }
 
+/// Telegram refused a file of an answer for good (`name`, Telegram's words `why`).
+pub fn file_refused_by_telegram(name: &str, why: &str) -> String {
+    format!("⚠️ The file {name} could not be sent: Telegram refused it ({why}).")
+}
+
+/// The files of an answer the gateway did not send, each with why: the answer's last piece.
+pub fn files_not_sent(refused: &[(String, String)]) -> String {
+    let mut text = String::from("⚠️ Not sent:");
+    for (name, why) in refused {
+        text.push_str(&format!("\n• {name}: {why}"));
+    }
+    text
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

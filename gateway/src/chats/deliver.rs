@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use super::{Inner, JobContext, Request};
 use crate::approvals::{MAX_WAITING, Unaskable};
 use crate::clock::sleep_until;
+use crate::files_back::Collected;
 use crate::jobs::ApprovalAsk;
 use crate::media::MediaRef;
 use crate::outbox::Reply;
@@ -141,6 +142,7 @@ pub async fn deliver(
     inner: &Inner,
     request: Request,
     outcome: Outcome,
+    sent_back: Collected,
     live: LiveReply,
     stop_requests: Vec<i64>,
     started: Instant,
@@ -183,7 +185,15 @@ pub async fn deliver(
                 provider: reply.provider,
                 model: reply.model,
             };
-            let pieces = rendered(&shown).await;
+            let mut pieces = rendered(&shown).await;
+            if !sent_back.refused.is_empty() {
+                let refused: Vec<(String, String)> = sent_back
+                    .refused
+                    .iter()
+                    .map(|(name, why)| (name.clone(), why.to_string()))
+                    .collect();
+                pieces.extend(plain_pieces(&replies::files_not_sent(&refused)));
+            }
             let _ = outbox.send(Reply {
                 chat,
                 answers: &request.rows,
@@ -192,6 +202,7 @@ pub async fn deliver(
                 edit,
                 exchange: Some(&exchange),
                 question: Some(&question),
+                files: sent_back.files,
             });
         }
         Outcome::Failed(Failure::Cancelled {
@@ -216,6 +227,7 @@ pub async fn deliver(
                 edit,
                 exchange: None,
                 question: Some(&request.text),
+                files: Vec::new(),
             });
             return false;
         }
@@ -232,6 +244,7 @@ pub async fn deliver(
                 edit,
                 exchange: None,
                 question: None,
+                files: Vec::new(),
             });
             answer_late_stops(inner, chat, stop_requests);
             return true;
@@ -247,6 +260,7 @@ pub async fn deliver(
                 edit,
                 exchange: None,
                 question: Some(&request.text),
+                files: Vec::new(),
             });
         }
     }
