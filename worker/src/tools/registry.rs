@@ -156,7 +156,7 @@ impl Toolbox {
             }
         }
         if let Some(output) = &self.output
-            && !self.servers.is_empty()
+            && self.servers.iter().any(|s| !s.tools().is_empty())
         {
             self.definitions.push(output.definition());
         }
