@@ -28,6 +28,7 @@ hermes_tests::both_modes!(
     telegram_failing_the_upload_delays_the_file_and_it_arrives_once,
     a_file_committed_before_a_kill_arrives_once_after_the_restart,
     the_worker_and_its_files_never_hold_the_token,
+    a_file_telegram_refuses_for_good_is_said_in_the_chat_once,
 );
 
 const CSV: &str = "a,b\n1,2\n";
@@ -235,4 +236,24 @@ async fn the_worker_and_its_files_never_hold_the_token(mode: WorkerMode) {
             assert!(!String::from_utf8_lossy(&environ).contains(TOKEN));
         }
     }
+}
+
+async fn a_file_telegram_refuses_for_good_is_said_in_the_chat_once(mode: WorkerMode) {
+    let rig = rig(mode, "").await;
+    // Telegram refuses an empty file (400).
+    script(&rig, ": > out/empty.txt", &["empty.txt"], "here it is");
+    rig.telegram.send_text(USER, USER, "an empty file please");
+    let messages = rig.telegram.wait_for_chat_messages(USER, 2, PATIENCE).await;
+    assert_eq!(messages.len(), 2, "{}", rig.gateway.log());
+    assert_eq!(messages[0].text, "here it is");
+    assert!(
+        messages[1].text.contains("empty.txt could not be sent")
+            && messages[1].text.contains("file must be non-empty"),
+        "{}",
+        messages[1].text
+    );
+    assert!(rig.ask("next").await.text.starts_with("echo"));
+    assert_eq!(rig.telegram.sent_to(USER).len(), 3, "said once");
+    assert!(rig.telegram.uploads().is_empty());
+    assert_eq!(rig.telegram.calls("sendDocument"), 1, "not tried again");
 }

@@ -3,7 +3,8 @@
 //! file and its name), recorded with the chat, the file's name and its
 //! bytes. As strict as Telegram where it matters here: a photo must be a JPEG, PNG or
 //! WebP whose width and height add up to at most 10000 and differ by at most a factor of
-//! 20, or it is refused with Telegram's words (400); a file needs its field. A test can
+//! 20, or it is refused with Telegram's words (400); a file needs its field and may not
+//! be empty. A test can
 //! make uploads fail with 500 for a while ([`FakeTelegram::fail_uploads`]), or have their
 //! connection reset ([`FakeTelegram::reset_uploads`]).
 
@@ -127,6 +128,9 @@ impl State {
                 None,
             );
         };
+        if file.data.is_empty() {
+            return api_error(400, "Bad Request: file must be non-empty", None);
+        }
         if canonical == "sendPhoto"
             && let Err(why) = takes_as_photo(&file.data)
         {
