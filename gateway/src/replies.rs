@@ -164,6 +164,12 @@ pub fn answer_too_many_messages(messages: usize) -> String {
     format!("\n\n✂️ (The answer was cut here: it was longer than {messages} messages.)")
 }
 
+/// What replaces [`answer_too_many_messages`] when the whole answer follows as a file:
+/// never longer, so the last message still fits.
+pub fn answer_follows_as(file: &str) -> String {
+    format!("\n\n✂️ (Cut here: the whole answer follows as {file}.)")
+}
+
 /// The model answered with nothing but whitespace.
 pub const EMPTY_ANSWER: &str = "(The model returned an empty answer.)";
 

@@ -29,6 +29,7 @@ hermes_tests::both_modes!(
     a_file_committed_before_a_kill_arrives_once_after_the_restart,
     the_worker_and_its_files_never_hold_the_token,
     a_file_telegram_refuses_for_good_is_said_in_the_chat_once,
+    an_answer_longer_than_ten_messages_follows_whole_as_a_document,
 );
 
 const CSV: &str = "a,b\n1,2\n";
@@ -256,4 +257,37 @@ async fn a_file_telegram_refuses_for_good_is_said_in_the_chat_once(mode: WorkerM
     assert_eq!(rig.telegram.sent_to(USER).len(), 3, "said once");
     assert!(rig.telegram.uploads().is_empty());
     assert_eq!(rig.telegram.calls("sendDocument"), 1, "not tried again");
+}
+
+/// Today's cap is ten messages: the answer is cut there, and now follows whole as
+/// `answer.md`, which its last message says.
+async fn an_answer_longer_than_ten_messages_follows_whole_as_a_document(mode: WorkerMode) {
+    let rig = rig(mode, "").await;
+    let answer: String = (0..9000).map(|i| format!("w{i} ")).collect();
+    assert!(answer.len() > 10 * 4096 && answer.len() < 64 * 1024);
+    rig.provider.push(ProviderReply::Text(answer.clone()));
+    rig.telegram.send_text(USER, USER, "tell me everything");
+    let messages = rig
+        .telegram
+        .wait_for_chat_messages(USER, 10, PATIENCE)
+        .await;
+    assert_eq!(messages.len(), 10, "{}", rig.gateway.log());
+    let last = &messages[9].text;
+    assert!(
+        last.ends_with("the whole answer follows as answer.md.)"),
+        "{last}"
+    );
+    let uploads = rig.telegram.wait_for_uploads(1, PATIENCE).await;
+    assert_eq!(uploads.len(), 1, "{}", rig.gateway.log());
+    assert_eq!(uploads[0].method, "sendDocument");
+    assert_eq!(uploads[0].file_name, "answer.md");
+    let sent = String::from_utf8_lossy(&uploads[0].bytes).to_string();
+    assert!(
+        sent == answer.trim_end(),
+        "{} bytes sent of {}",
+        sent.len(),
+        answer.len()
+    );
+    assert!(rig.ask("short").await.text.starts_with("echo"));
+    assert_eq!(rig.telegram.sent_to(USER).len(), 11);
 }

@@ -21,6 +21,10 @@
 //! refused here is never uploaded; the answer says so in a last text piece. Files in the
 //! area that no outbox piece names (a gateway killed between the copy and the commit) are
 //! removed at start-up ([`remove_orphans`]).
+//!
+//! The same pieces carry an answer too long for Telegram's messages: cut after
+//! `format::MAX_PIECES` messages as before, its last message says the whole answer
+//! follows, and it does, as `answer.md` ([`keep_answer`]).
 
 mod collect;
 pub mod photo;
@@ -146,6 +150,28 @@ pub fn remove_orphans(area: &Path, kept: &HashSet<PathBuf>) -> usize {
         }
     }
     removed
+}
+
+/// The name an answer too long for its messages is sent under, whole.
+pub const WHOLE_ANSWER: &str = "answer.md";
+
+/// Writes `answer` into the area as a file to send ([`WHOLE_ANSWER`]). Blocking.
+pub fn keep_answer(area: &Path, answer: &str) -> io::Result<OutFile> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = area.join(format!("{:016x}-{WHOLE_ANSWER}", rand::random::<u64>()));
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)?;
+    file.write_all(answer.as_bytes())?;
+    file.sync_all()?;
+    Ok(OutFile {
+        path,
+        name: WHOLE_ANSWER.to_string(),
+        photo: false,
+    })
 }
 
 /// Removes a file of the area once its piece is over (sent, refused, too old).
