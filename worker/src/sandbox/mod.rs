@@ -344,7 +344,8 @@ pub fn empty_dir_keeping(dir: &Path, keep: Option<&Path>) -> std::io::Result<()>
     let mut first_error = None;
     for entry in entries.flatten() {
         let path = entry.path();
-        if keep == Some(path.as_path()) {
+        // By name: `keep` is an entry of `dir`, however either path is spelled.
+        if keep.is_some_and(|k| k.file_name() == Some(entry.file_name().as_os_str())) {
             continue;
         }
         let removed = match entry.file_type() {

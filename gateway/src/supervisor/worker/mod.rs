@@ -77,17 +77,25 @@ impl Worker {
     /// Makes an empty output directory for the next job (0700; whatever a tool left at
     /// that name is removed, never followed), and names it for the job; `None` when it
     /// cannot be made: the job then sends no file back.
-    fn new_output_dir(&self) -> Option<String> {
+    async fn new_output_dir(&self) -> Option<String> {
         use std::os::unix::fs::DirBuilderExt;
         let dir = self.output_dir();
-        let _ = remove(&dir);
-        match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
-            Ok(()) => Some(dir.display().to_string()),
+        // Off the async threads: a tool may have left much there since the last job.
+        let made = tokio::task::spawn_blocking(move || {
+            let _ = remove(&dir);
+            std::fs::DirBuilder::new()
+                .mode(0o700)
+                .create(&dir)
+                .map(|()| dir)
+        })
+        .await
+        .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+        match made {
+            Ok(dir) => Some(dir.display().to_string()),
             Err(e) => {
                 tracing::warn!(
                     worker_pid = self.pid,
-                    "cannot make the job's output directory {}: {e}",
-                    dir.display()
+                    "cannot make the job's output directory: {e}"
                 );
                 None
             }
