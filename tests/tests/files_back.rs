@@ -291,3 +291,59 @@ async fn an_answer_longer_than_ten_messages_follows_whole_as_a_document(mode: Wo
     assert!(rig.ask("short").await.text.starts_with("echo"));
     assert_eq!(rig.telegram.sent_to(USER).len(), 11);
 }
+
+/// `hermes-worker ask --out DIR` writes the answer's files into DIR: the image a tool
+/// answered, and a CSV a tool wrote that the model attached; a symlink attached is not
+/// followed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ask_writes_the_answers_files_to_the_directory_named() {
+    let provider = hermes_tests::fake_provider::FakeProvider::start_with_key(None).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("hermes.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[providers]]\nname = \"main\"\nbase_url = \"{}\"\nmodel = \"m\"\n\n[[tools.mcp]]\nname = \"calc\"\ncommand = {}\n",
+            provider.base_url(),
+            serde_json::to_string(&mcp_server().display().to_string()).unwrap_or_default()
+        ),
+    )
+    .expect("write config");
+    provider.push(call("call_0", "calc__chart", "{}"));
+    let command = format!(
+        "printf '{}' > out/data.csv && ln -s /etc/passwd out/passwd",
+        CSV.replace('\n', "\\n")
+    );
+    let arguments = serde_json::json!({ "command": command }).to_string();
+    provider.push(call("call_1", "calc__shell", &arguments));
+    provider.push(ProviderReply::tool_calls(&[
+        ("a1", "attach_file", r#"{"path": "data.csv"}"#),
+        ("a2", "attach_file", r#"{"path": "passwd"}"#),
+    ]));
+    provider.push(ProviderReply::Text("made them".into()));
+    let out = dir.path().join("files");
+    let output = tokio::process::Command::new(&hermes_tests::harness::binaries().worker)
+        .args(["ask", "--config"])
+        .arg(&config)
+        .arg("--out")
+        .arg(&out)
+        .arg("make a chart and a table")
+        .output()
+        .await
+        .expect("run hermes-worker ask");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    assert_eq!(String::from_utf8_lossy(&output.stdout).trim(), "made them");
+    assert_eq!(
+        std::fs::read(out.join("data.csv")).unwrap_or_default(),
+        CSV.as_bytes(),
+        "{stderr}"
+    );
+    let chart = std::fs::read(out.join("image-2.png")).unwrap_or_default();
+    assert!(chart.starts_with(b"\x89PNG"), "{stderr}");
+    assert!(
+        !out.join("passwd").exists(),
+        "a link was followed: {stderr}"
+    );
+    assert!(stderr.contains("file passwd not kept"), "{stderr}");
+}
