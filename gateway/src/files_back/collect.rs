@@ -15,6 +15,11 @@ use nix::sys::stat::Mode;
 
 use super::{Collected, Limits, OutFile, Refusal, photo};
 
+/// The most names of one reply looked at (the worker's own bound).
+const MAX_NAMED: usize = 64;
+/// The longest name the chat is shown, in bytes (a file system takes 255).
+const MAX_SHOWN_NAME: usize = 255;
+
 /// How much of a file's head is kept to judge whether it goes as a photo.
 const HEAD: usize = 64 * 1024;
 
@@ -25,6 +30,15 @@ pub fn collect(dir: &Path, names: &[String], area: &Path, limits: &Limits) -> Co
     if names.is_empty() {
         return collected;
     }
+    // A worker names at most this many (its own bound); one that names more is not
+    // followed further, so what the chat is told stays small.
+    if names.len() > MAX_NAMED {
+        tracing::warn!(
+            "the worker named {} files to send; only the first {MAX_NAMED} are looked at",
+            names.len()
+        );
+    }
+    let names = &names[..names.len().min(MAX_NAMED)];
     let opened = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc_flags(OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW))
@@ -35,14 +49,14 @@ pub fn collect(dir: &Path, names: &[String], area: &Path, limits: &Limits) -> Co
             let why = Refusal::Unreadable(format!("the output directory: {e}"));
             collected
                 .refused
-                .extend(names.iter().map(|n| (n.clone(), why.clone())));
+                .extend(names.iter().map(|n| (shown(n), why.clone())));
             return collected;
         }
     };
     for name in names {
         if collected.files.len() >= limits.max_files {
             collected.refused.push((
-                name.clone(),
+                shown(name),
                 Refusal::TooMany {
                     max: limits.max_files,
                 },
@@ -52,12 +66,18 @@ pub fn collect(dir: &Path, names: &[String], area: &Path, limits: &Limits) -> Co
         match take(&dir_file, name, area, limits) {
             Ok(file) => collected.files.push(file),
             Err(refusal) => {
+                let name = shown(name);
                 tracing::warn!(file = %name, "a file of the answer is not sent: {refusal}");
-                collected.refused.push((name.clone(), refusal));
+                collected.refused.push((name, refusal));
             }
         }
     }
     collected
+}
+
+/// A name as the chat and the log see it: cut to [`MAX_SHOWN_NAME`] bytes.
+fn shown(name: &str) -> String {
+    crate::text::cut_at_char(name, MAX_SHOWN_NAME).to_string()
 }
 
 fn libc_flags(flags: OFlag) -> i32 {
@@ -219,6 +239,23 @@ mod tests {
             ("data.csv", Refusal::TooMany { max: 2 })
         ));
         assert_eq!(std::fs::read_dir(area.path()).unwrap().count(), 2);
+    }
+
+    #[test]
+    fn what_a_worker_names_is_bounded() {
+        let out = tempfile::tempdir().unwrap();
+        let area = tempfile::tempdir().unwrap();
+        let names: Vec<String> = (0..1000)
+            .map(|i| format!("{}{i}", "x".repeat(1000)))
+            .collect();
+        let collected = collect(out.path(), &names, area.path(), &LIMITS);
+        assert_eq!(collected.refused.len(), MAX_NAMED);
+        assert!(
+            collected
+                .refused
+                .iter()
+                .all(|(n, _)| n.len() <= MAX_SHOWN_NAME)
+        );
     }
 
     #[test]
