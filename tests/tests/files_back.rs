@@ -116,6 +116,19 @@ async fn a_csv_a_tool_wrote_reaches_the_chat_as_a_document_with_its_name(mode: W
         "{} still holds the file",
         area.display()
     );
+    // The next job gets an output directory of its own (in pool mode the same worker and
+    // tool server, the directory made anew): the new file goes, the old one is gone.
+    script(
+        &rig,
+        "test ! -e out/data.csv && echo x > out/more.csv",
+        &["more.csv"],
+        "one more",
+    );
+    assert_eq!(rig.ask("another").await.text, "one more");
+    let uploads = rig.telegram.wait_for_uploads(2, PATIENCE).await;
+    assert_eq!(uploads.len(), 2, "{}", rig.gateway.log());
+    assert_eq!(uploads[1].file_name, "more.csv");
+    assert_eq!(uploads[1].bytes, b"x\n");
 }
 
 async fn an_image_a_tool_returns_reaches_the_chat_as_a_photo(mode: WorkerMode) {
