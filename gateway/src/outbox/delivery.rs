@@ -16,7 +16,7 @@ use super::queue::Queued;
 use super::{Inner, Outbox, Reply};
 use crate::files_back;
 use crate::replies;
-use crate::telegram::sender::{SendError, plain_pieces};
+use crate::telegram::sender::{SendError, plain_pieces, refuses_the_chat};
 
 /// First wait after a failed send; the cap is `telegram.retry_max_secs`.
 const FIRST_RETRY: Duration = Duration::from_millis(500);
@@ -75,7 +75,10 @@ impl Inner {
                 }
             }
             if let Some(file) = &next.file {
-                if let Resolution::Refused(why) = &resolution {
+                // A chat that refuses the bot (blocked, gone) is not told either.
+                if let Resolution::Refused(why) = &resolution
+                    && !refuses_the_chat(why)
+                {
                     let notice = replies::file_refused_by_telegram(&file.name, why);
                     // Committed before this piece leaves: a crash in between says it twice,
                     // never not at all.

@@ -323,7 +323,7 @@ fn classify(error: RequestError) -> SendError {
 }
 
 /// A refusal that is about the chat (the bot may not write there), not the message.
-fn refuses_the_chat(why: &str) -> bool {
+pub fn refuses_the_chat(why: &str) -> bool {
     why.starts_with("Forbidden")
         || why.contains("blocked")
         || why.contains("chat not found")
