@@ -39,6 +39,11 @@ pub struct TelegramConfig {
     /// directory); a turn whose files do not fit waits for others to end. At least
     /// `max_file_mb`, so any one file fits.
     pub max_files_total_mb: u64,
+    /// Files an answer sends back (a tool's chart, CSV or image) larger than this are not
+    /// sent, and the chat is told; 50 is the Bot API's own upload limit for bots.
+    pub max_send_file_mb: u64,
+    /// Files one answer may send back; the rest are not sent, and the chat is told.
+    pub max_send_files: u32,
     /// A 👀 reaction on the message a turn answers while it runs, settled when it ends.
     pub reactions: bool,
     /// An inline ⏹ button under the streamed answer that does what `/stop` does.
@@ -87,6 +92,8 @@ impl Doc<'_> {
             max_file_mb: s.take_in("max_file_mb", 20, 1..=20, self),
             download_timeout_secs: s.take_in("download_timeout_secs", 60, 1..=3600, self),
             max_files_total_mb: s.take_in("max_files_total_mb", 1024, 1..=1_048_576, self),
+            max_send_file_mb: s.take_in("max_send_file_mb", 50, 1..=50, self),
+            max_send_files: s.take_in("max_send_files", 10, 0..=50, self),
             reactions: s.take_or("reactions", true, self),
             stop_button: s.take_or("stop_button", true, self),
             rich_messages: s.take_or("rich_messages", false, self),

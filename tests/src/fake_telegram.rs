@@ -24,8 +24,9 @@
 //! API is a module of its own: `updates` (queuing and polling, offsets, the webhook),
 //! `sending` (sends, edits, chat actions, and their records), `chats` (what users do
 //! in them, blocking, migration), `faults` (the scripted misbehaviours and flood
-//! control), `buttons`, `files`, `reactions` (only the emoji bots may use), `rich` (rich
-//! messages, refused when a test says so, and deleting a message), and `params` (how a
+//! control), `buttons`, `files`, `uploads` (files the bot sends), `reactions` (only the
+//! emoji bots may use), `rich` (rich messages, refused when a test says so, and deleting
+//! a message), and `params` (how a
 //! call's parameters arrive).
 
 mod buttons;
@@ -38,6 +39,7 @@ mod reactions;
 mod rich;
 mod sending;
 mod updates;
+mod uploads;
 
 pub use buttons::CallbackAnswer;
 pub use faults::{FloodLimits, PollFault, Rate, SendFault};
@@ -46,6 +48,7 @@ pub use reactions::ALLOWED_REACTIONS;
 pub use rich::MAX_RICH_LEN;
 pub use sending::{FailedSend, MAX_TEXT_LEN, SentMessage};
 pub use updates::{PollOutcome, PollRecord};
+pub use uploads::Upload;
 
 use std::{
     collections::{HashMap, HashSet, VecDeque},
@@ -156,6 +159,8 @@ struct Inner {
     reactions: reactions::Reactions,
     /// Rich messages and deleted messages (see [`rich`]).
     rich: rich::Rich,
+    /// Files the bot sent (`sendDocument`, `sendPhoto`).
+    uploads: uploads::Uploads,
 }
 
 impl FakeTelegram {
@@ -295,6 +300,16 @@ impl State {
             self.lock().unauthorized += 1;
             self.bump();
             return api_error(401, "Unauthorized", None);
+        }
+        // Files come as multipart bodies, which only the upload methods take.
+        if req
+            .header("content-type")
+            .is_some_and(|t| t.to_ascii_lowercase().starts_with("multipart/form-data"))
+        {
+            return match method.to_ascii_lowercase().as_str() {
+                "senddocument" | "sendphoto" => self.upload(method, &req),
+                _ => api_error(400, "Bad Request: unexpected multipart body", None),
+            };
         }
         let params = match parse_params(&req) {
             Ok(p) => p,

@@ -77,6 +77,8 @@ pub struct JobContext {
     pub fetcher: Fetcher,
     /// The reactions that show a turn running and how it ended.
     pub reactions: Reactions,
+    /// The store's file area: where the files an answer sends back wait until sent.
+    pub outgoing: std::path::PathBuf,
 }
 
 /// Decides what a message is before it is stored: a stranger's (its text and file are
@@ -158,6 +160,7 @@ impl Inner {
             edit: None,
             exchange: None,
             question: None,
+            files: Vec::new(),
         });
     }
 
@@ -267,6 +270,7 @@ impl ChatRouter {
             edit: None,
             exchange: None,
             question: None,
+            files: Vec::new(),
         });
     }
 

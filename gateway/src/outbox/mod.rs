@@ -40,6 +40,7 @@ use teloxide_core::types::MessageId;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::files_back::OutFile;
 use crate::health::Health;
 use crate::store::{Exchange, OutPiece, Preview, ReplyRecord, Store, StoreError, Stored};
 use crate::telegram::format::Piece;
@@ -78,6 +79,8 @@ pub struct Reply<'a> {
     pub exchange: Option<&'a Exchange>,
     /// The question a job asked, for `/retry`.
     pub question: Option<&'a str>,
+    /// Files sent after the text pieces, each a piece of its own ([`crate::files_back`]).
+    pub files: Vec<OutFile>,
 }
 
 /// What the outbox's settings and neighbours are.
@@ -166,6 +169,7 @@ impl Outbox {
                 edit: Some((MessageId(preview.message_id), Instant::now())),
                 exchange: None,
                 question: None,
+                files: Vec::new(),
             });
         }
         count
@@ -237,27 +241,28 @@ impl Outbox {
     }
 }
 
-/// `reply`'s pieces as the store keeps them: a rich reply's rich piece first, then its
-/// HTML pieces as the fallback.
+/// `reply`'s pieces as the store keeps them: its text (a rich reply's rich piece first,
+/// then its HTML pieces as the fallback), then its files.
 fn out_pieces(reply: &Reply) -> Vec<OutPiece> {
     let edit_message_id = reply.edit.map(|(id, _)| id.0);
     let rich = reply.rich.map(|markdown| OutPiece {
-        html: String::new(),
-        plain: String::new(),
         edit_message_id,
         rich: Some(markdown.to_string()),
-        fallback: false,
+        ..OutPiece::default()
     });
     let fallback = rich.is_some();
-    rich.into_iter()
-        .chain(reply.pieces.iter().enumerate().map(|(i, p)| OutPiece {
-            html: p.html.clone(),
-            plain: p.plain.clone(),
-            edit_message_id: edit_message_id.filter(|_| i == 0),
-            rich: None,
-            fallback,
-        }))
-        .collect()
+    let text = reply.pieces.iter().enumerate().map(|(i, p)| OutPiece {
+        html: p.html.clone(),
+        plain: p.plain.clone(),
+        edit_message_id: edit_message_id.filter(|_| i == 0),
+        fallback,
+        ..OutPiece::default()
+    });
+    let files = reply.files.iter().map(|f| OutPiece {
+        file: Some(f.clone()),
+        ..OutPiece::default()
+    });
+    rich.into_iter().chain(text).chain(files).collect()
 }
 
 /// Pieces the store refused for good, to send once, best effort.
@@ -265,17 +270,19 @@ fn unrecorded(pieces: Vec<OutPiece>, not_before: Option<Instant>) -> Vec<Queued>
     pieces
         .into_iter()
         .enumerate()
-        .map(|(i, p)| Queued {
-            rich: p.rich,
-            fallback: p.fallback,
-            ..Queued::fresh(
+        .map(|(i, p)| {
+            let mut queued = Queued::fresh(
                 Piece {
                     html: p.html,
                     plain: p.plain,
                 },
                 p.edit_message_id.map(MessageId),
                 not_before.filter(|_| i == 0),
-            )
+            );
+            queued.file = p.file;
+            queued.rich = p.rich;
+            queued.fallback = p.fallback;
+            queued
         })
         .collect()
 }

@@ -15,6 +15,7 @@ use teloxide_core::types::MessageId;
 
 use super::{Inner, Outbox};
 use crate::clock::unix_now;
+use crate::files_back::OutFile;
 use crate::store::Stored;
 use crate::telegram::format::Piece;
 
@@ -42,6 +43,8 @@ pub(super) struct Queued {
     /// None when the store could not take it: sent once, best effort.
     pub(super) id: Option<i64>,
     pub(super) piece: Piece,
+    /// A file sent instead of the text.
+    pub(super) file: Option<OutFile>,
     pub(super) edit: Option<MessageId>,
     /// Sent as one rich message of this Markdown; `edit` is then the preview it replaces
     /// (deleted once it is sent).
@@ -68,6 +71,7 @@ impl Queued {
                 html: stored.piece.html,
                 plain: stored.piece.plain,
             },
+            file: stored.piece.file,
             edit: stored.piece.edit_message_id.map(MessageId),
             rich: stored.piece.rich,
             fallback: stored.piece.fallback,
@@ -87,6 +91,7 @@ impl Queued {
         Queued {
             id: None,
             piece,
+            file: None,
             edit,
             rich: None,
             fallback: false,

@@ -46,7 +46,7 @@ pub use prune::on_schedule as prune_on_schedule;
 use rusqlite::Connection;
 
 /// The schema this build writes. Bump it with a new entry in [`MIGRATIONS`].
-pub const SCHEMA_VERSION: i64 = 7;
+pub const SCHEMA_VERSION: i64 = 8;
 
 /// `MIGRATIONS[n]` takes a store from version `n` to `n + 1`.
 const MIGRATIONS: &[&str] = &[
@@ -162,7 +162,13 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (chat_id, message_id)
     );
 "#,
-    // 7: rich messages in the outbox: a piece sent as one rich message (`rich`: its
+    // 7: files back to the user. An outbox piece may be a file (`file`: JSON of
+    // `files_back::OutFile`: its path in the state directory's `outgoing/`, the name the
+    // chat sees, photo or document); its text columns are then empty.
+    r#"
+    ALTER TABLE outbox ADD COLUMN file TEXT;
+"#,
+    // 8: rich messages in the outbox: a piece sent as one rich message (`rich`: its
     // Markdown), and the HTML pieces sent in its place only if Telegram refuses it
     // (`fallback`).
     r#"

@@ -17,6 +17,7 @@
 use rusqlite::{Transaction, params};
 
 use super::{Exchange, Store, StoreError, now};
+use crate::files_back::OutFile;
 
 /// One piece of a reply as stored: Telegram HTML, the same text without markup, and
 /// whether it replaces a message already shown (a streamed answer's preview).
@@ -35,6 +36,8 @@ pub struct OutPiece {
     pub rich: Option<String>,
     /// Part of the HTML form of the rich piece before it.
     pub fallback: bool,
+    /// A file to send (`sendPhoto`/`sendDocument`) instead of text.
+    pub file: Option<OutFile>,
 }
 
 /// A reply to commit.
@@ -89,8 +92,8 @@ impl Store {
             let id = self.wrap(
                 tx.prepare_cached(
                     "INSERT INTO outbox (reply, chat_id, html, plain, edit_message_id, created_at,
-                     rich, fallback)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                     file, rich, fallback)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
                 )
                 .and_then(|mut st| {
                     st.insert(params![
@@ -100,6 +103,10 @@ impl Store {
                         piece.plain,
                         piece.edit_message_id,
                         at,
+                        piece
+                            .file
+                            .as_ref()
+                            .and_then(|f| serde_json::to_string(f).ok()),
                         piece.rich,
                         piece.fallback
                     ])
@@ -174,8 +181,7 @@ impl Store {
         let pieces: Vec<Stored> = {
             let mut stmt = self.wrap(tx.prepare(
                 "SELECT id, coalesce(reply, id), chat_id, html, plain, edit_message_id, created_at,
-                 rich, fallback
-                 FROM outbox ORDER BY id",
+                 file, rich, fallback FROM outbox ORDER BY id",
             ))?;
             let rows = self.wrap(stmt.query_map([], |r| {
                 Ok(Stored {
@@ -186,8 +192,13 @@ impl Store {
                         html: r.get(3)?,
                         plain: r.get(4)?,
                         edit_message_id: r.get(5)?,
-                        rich: r.get(7)?,
-                        fallback: r.get(8)?,
+                        // A file that cannot be read back is sent as its (empty) text:
+                        // nothing; its file goes as an orphan at start-up.
+                        file: r
+                            .get::<_, Option<String>>(7)?
+                            .and_then(|f| serde_json::from_str(&f).ok()),
+                        rich: r.get(8)?,
+                        fallback: r.get(9)?,
                     },
                     created_at: r.get(6)?,
                 })
