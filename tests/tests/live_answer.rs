@@ -158,6 +158,8 @@ async fn the_question_shows_eyes_while_its_turn_runs_and_how_it_ended(mode: Work
             .wait_for_reaction(USER, stopped, &["👀"], PATIENCE)
             .await
     );
+    // Stopped once its request hangs at the provider, not before it took the reply.
+    assert!(rig.provider.wait_for_requests(2, PATIENCE).await);
     rig.telegram.send_text(USER, USER, "/stop");
     assert!(
         rig.telegram
@@ -172,6 +174,11 @@ async fn the_question_shows_eyes_while_its_turn_runs_and_how_it_ended(mode: Work
         r#"{"error":{"message":"Incorrect API key provided"}}"#,
     ));
     let failing = rig.telegram.send_text_returning_id(USER, USER, "who am I?");
+    let replies = rig.telegram.wait_for_chat_messages(USER, 3, PATIENCE).await;
+    assert!(
+        replies.last().is_some_and(|m| m.text.contains("API key")),
+        "{replies:#?}"
+    );
     assert!(
         rig.telegram
             .wait_for_reaction(USER, failing, &["😢"], PATIENCE)
