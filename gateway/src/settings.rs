@@ -2,7 +2,8 @@
 //! what cannot.
 //!
 //! Who may talk to the bot (and who administers it), the providers (and their keys, read
-//! again), streaming, the system prompt, tools and the job timeout are read by each job
+//! again, and their prices), streaming, the system prompt, tools, the budgets and the job
+//! timeout are read by each job
 //! when it starts, from one shared snapshot that a
 //! reload swaps whole. A job in flight keeps the snapshot it started with, so a reload
 //! drops nothing. The rest (the bot token, the Telegram URL, the worker pool, the state
@@ -41,6 +42,8 @@ pub struct ChatSettings {
     pub show_transcript: bool,
     /// What a file may be.
     pub media: Limits,
+    /// The caps on usage, and the time zone their days are counted in.
+    pub budgets: hermes_config::BudgetsConfig,
 }
 
 impl ChatSettings {
@@ -81,6 +84,7 @@ impl ChatSettings {
                 voice_max_secs: config.transcription.as_ref().map(|t| t.max_seconds),
                 vision: setup.providers.iter().any(|p| p.vision),
             },
+            budgets: config.budgets.clone(),
         }
     }
 }

@@ -23,6 +23,7 @@ fn plan(provider: &FakeProvider, name: &str) -> ProviderPlan {
         request_timeout_ms: 10_000,
         max_retries: 2,
         vision: false,
+        prices: None,
     }
 }
 

@@ -1,4 +1,5 @@
-//! What a job is sent with: the chat's provider chain (its `/model` choice first) less the
+//! Whether a job may start (the user's and everyone's budgets, `usage::budget`), and what
+//! it is sent with: the chat's provider chain (its `/model` choice first) less the
 //! providers whose quota circuit is open, and the conversation (the system prompt, the
 //! last turns of history, the new question), with the settings the job starts with.
 //!
@@ -13,9 +14,11 @@ use hermes_protocol::{ChatMessage, Failure, Job, MAX_FRAME_LEN, MediaKind, Role,
 
 use super::{JobContext, Request};
 use crate::circuit::Plan;
+use crate::clock::unix_now;
 use crate::commands::model;
 use crate::media::MediaRef;
 use crate::settings::ChatSettings;
+use crate::usage::budget;
 
 /// Room a job may take in its frame: the cap less a margin for the frame's own bytes.
 const JOB_ROOM: usize = MAX_FRAME_LEN - 1024;
@@ -29,15 +32,16 @@ pub struct Prepared {
     pub plan: Plan,
 }
 
-/// The job for `request`, or, when every provider of the chain has its quota circuit
-/// open, the failure to answer with at once (no worker, no request); likewise when the
-/// question alone does not fit in a job.
+/// The job for `request`, or, when a budget is spent or every provider of the chain has
+/// its quota circuit open, the failure to answer with at once (no worker, no request);
+/// likewise when the question alone does not fit in a job.
 pub fn prepare(
     ctx: &JobContext,
     settings: &ChatSettings,
     request: &Request,
     now: Instant,
 ) -> Result<Prepared, Failure> {
+    budget::check(&ctx.store, &settings.budgets, request.user_id, unix_now())?;
     let chain = model::chain(settings, &ctx.store, request.chat);
     let plan = ctx.circuits.plan(&chain.providers, now);
     if plan.providers.is_empty() {

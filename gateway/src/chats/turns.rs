@@ -31,6 +31,7 @@ use crate::replies;
 use crate::settings::ChatSettings;
 use crate::store::Taken;
 use crate::telegram::live::LiveReply;
+use crate::usage;
 
 /// A chat task with nothing to do for this long ends; the next message starts a new one.
 const CHAT_IDLE: Duration = Duration::from_secs(60);
@@ -296,7 +297,7 @@ impl ChatRouter {
                     cancel,
                 };
                 let run = ctx.runner.run(prepared.job, link);
-                let (outcome, fallbacks) = deliver::follow(
+                let followed = deliver::follow(
                     ctx,
                     request.chat,
                     run,
@@ -308,8 +309,18 @@ impl ChatRouter {
                 )
                 .await;
                 stop_requests = in_flight.end();
-                prepared.plan.settle(&fallbacks, &outcome, Instant::now());
-                outcome
+                // Whatever the outcome: every call a provider answered was paid for.
+                usage::record(
+                    &ctx.store,
+                    &settings.budgets.zone,
+                    request.user_id,
+                    request.chat,
+                    &followed.usage,
+                );
+                prepared
+                    .plan
+                    .settle(&followed.fallbacks, &followed.outcome, Instant::now());
+                followed.outcome
             }
             Err(failure) => Outcome::Failed(failure),
         };

@@ -10,6 +10,7 @@ pub mod classify;
 pub mod retry;
 pub mod sse;
 pub mod transcribe;
+pub mod usage;
 
 use std::time::{Duration, Instant};
 
@@ -60,7 +61,15 @@ pub async fn complete(
         trimmed: false,
         events,
     };
-    attempts::run(&mut request, plan, &plan.name, deadline, events).await
+    let completion = attempts::run(&mut request, plan, &plan.name, deadline, events).await?;
+    if let Some(used) = completion.usage {
+        let _ = events.send(Event::Usage {
+            provider: plan.name.clone(),
+            model: completion.model.clone(),
+            usage: usage::priced(used, plan.prices.as_ref()),
+        });
+    }
+    Ok(completion)
 }
 
 /// A chat completion as `attempts::run` sends it: the history it may trim once.
