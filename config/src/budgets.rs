@@ -152,6 +152,51 @@ mod tests {
         assert_eq!(config.budgets.time_zone, "UTC");
     }
 
+    /// The example's `[budgets]` and prices, uncommented, are valid as they stand.
+    #[test]
+    fn the_examples_budgets_and_prices_are_valid() {
+        let example = include_str!("../../deploy/hermes.example.toml");
+        let uncommented: String = example
+            .lines()
+            .map(|line| {
+                let budget = [
+                    "[budgets",
+                    "time_zone",
+                    "daily_",
+                    "monthly_",
+                    "input_price",
+                    "output_price",
+                    "cached_price",
+                ]
+                .iter()
+                .any(|key| line.starts_with(&format!("# {key}")));
+                if budget { &line[2..] } else { line }
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        let config = parse(&uncommented).unwrap_or_else(|p| panic!("{p:#?}"));
+        let b = &config.budgets;
+        assert_eq!(b.per_user.daily_tokens, Some(200_000));
+        assert_eq!(b.global.daily_cost_micros, Some(10_000_000));
+        let prices = config.providers[0].prices.expect("prices");
+        assert_eq!(
+            (
+                prices.input_micros_per_mtok,
+                prices.output_micros_per_mtok,
+                prices.cached_micros_per_mtok
+            ),
+            (150_000, 600_000, 75_000)
+        );
+        let half = MINIMAL.replace("model = \"m\"", "model = \"m\"\ninput_price_per_mtok = 1");
+        assert!(
+            problem_lines(&half)
+                .iter()
+                .any(|l| l.contains("providers[0].output_price_per_mtok: missing")),
+            "{:#?}",
+            problem_lines(&half)
+        );
+    }
+
     #[test]
     fn caps_and_the_time_zone_are_read_and_checked() {
         let text = format!(

@@ -227,6 +227,14 @@ mod tests {
             "provider",
             "max_seconds",
             "show_transcript",
+            "input_price_per_mtok",
+            "output_price_per_mtok",
+            "cached_price_per_mtok",
+            "time_zone",
+            "daily_tokens",
+            "monthly_tokens",
+            "daily_cost",
+            "monthly_cost",
         ] {
             assert!(
                 text.contains(&format!("{key} =")),
