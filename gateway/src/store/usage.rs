@@ -296,5 +296,10 @@ mod tests {
                 .unwrap()
                 .is_none()
         );
+        // With the gateway stopped (its log and shared memory gone) too.
+        drop(reader);
+        drop(store);
+        let reader = UsageReader::open(dir.path()).unwrap().expect("usage kept");
+        assert_eq!(reader.sum(None, Days::ALL).unwrap().calls, 5);
     }
 }

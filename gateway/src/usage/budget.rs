@@ -65,6 +65,34 @@ pub fn check(store: &Store, budgets: &BudgetsConfig, user: u64, now: u64) -> Res
     }
 }
 
+/// The budgets in one line, for `check-config`: `per user: daily 200000 tokens, monthly
+/// $20.00; everyone: daily $10.00 (days in Europe/Berlin)`, or `none`.
+pub fn describe(budgets: &BudgetsConfig) -> String {
+    if budgets.is_unlimited() {
+        return "none".into();
+    }
+    let scopes: Vec<String> = [
+        ("per user", &budgets.per_user),
+        ("everyone", &budgets.global),
+    ]
+    .into_iter()
+    .filter(|(_, caps)| !caps.is_empty())
+    .map(|(name, caps)| {
+        let caps: Vec<String> = limits(caps)
+            .flat_map(|(period, tokens, cost)| {
+                let name = period.as_str();
+                tokens
+                    .map(|t| format!("{name} {t} tokens"))
+                    .into_iter()
+                    .chain(cost.map(|c| format!("{name} {}", format_money(c))))
+            })
+            .collect();
+        format!("{name}: {}", caps.join(", "))
+    })
+    .collect();
+    format!("{} (days in {})", scopes.join("; "), budgets.time_zone)
+}
+
 /// The caps of `caps` by period, those that have any.
 fn limits(caps: &Caps) -> impl Iterator<Item = (BudgetPeriod, Option<u64>, Option<u64>)> {
     [
@@ -156,6 +184,10 @@ mod tests {
             other => panic!("{other:?}"),
         }
 
+        assert_eq!(
+            describe(&budgets),
+            "per user: daily 100 tokens, monthly $1.00 (days in UTC)"
+        );
         budgets.per_user = Caps::default();
         budgets.global.daily_tokens = Some(150);
         used(&store, 2, "2026-12-05", 50, 0);
