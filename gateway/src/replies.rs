@@ -321,6 +321,19 @@ pub mod usage {
         )
     }
 
+    /// One cell of the operator's table: `240 tokens, $0.00024`; `-` for nothing.
+    pub fn brief(t: &Totals) -> String {
+        if t.calls == 0 {
+            return "-".into();
+        }
+        let cost = match (t.uncosted_calls, t.uncosted_calls == t.calls) {
+            (_, true) => "cost unknown".to_string(),
+            (0, _) => format_money(t.cost_micros),
+            (_, _) => format!("{} + unknown", format_money(t.cost_micros)),
+        };
+        format!("{} tokens, {cost}", t.tokens())
+    }
+
     /// The reply to `/usage`: `periods` are (name, totals) pairs, `budgets` lines about
     /// the caps that apply.
     pub fn yours(time_zone: &str, periods: &[(&str, Totals)], budgets: &[String]) -> String {

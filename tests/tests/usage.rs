@@ -116,9 +116,14 @@ async fn usage_of_a_whole_answer_is_stored_and_shown(mode: WorkerMode) {
     assert_eq!(report["providers"][0]["provider"], "p0");
     assert_eq!(report["everyone"]["total"]["calls"], 1);
     let (_, text) = usage_command(&rig, &[]).await;
-    assert!(
-        text.contains(&format!("user {USER}: today 120 tokens")),
-        "{text}"
+    let user_row = text
+        .lines()
+        .find(|l| l.starts_with(&format!("user {USER}")))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert_eq!(
+        user_row.matches("120 tokens, $0.00012").count(),
+        3,
+        "today, this month, in total: {text}"
     );
 
     let (_, status) = rig.gateway.status_command(&["--json"]).await;

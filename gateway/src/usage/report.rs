@@ -13,7 +13,7 @@ use serde::Serialize;
 
 use super::calendar;
 use crate::clock::unix_now;
-use crate::replies::usage::describe;
+use crate::replies::usage::brief;
 use crate::status::report::{default_config, state_candidates};
 use crate::store::{Days, Totals, UsageReader};
 
@@ -88,24 +88,46 @@ impl Report {
         })
     }
 
-    /// The lines of `hermes-gateway usage`.
+    /// The lines of `hermes-gateway usage`: a table of everyone, each user and each
+    /// provider by today, this month and in total, a cell being `tokens, cost`.
     pub fn lines(&self) -> Vec<String> {
-        let mut lines = vec![
-            format!(
-                "usage (days in {}; today is {})",
-                self.time_zone, self.today
-            ),
-            format!("everyone: {}", summary_line(&self.everyone)),
-        ];
-        lines.extend(
+        let mut rows: Vec<[String; 4]> = vec![[
+            String::new(),
+            "today".into(),
+            "this month".into(),
+            "in total".into(),
+        ]];
+        let row = |name: String, s: &Summary| {
+            [name, brief(&s.today), brief(&s.this_month), brief(&s.total)]
+        };
+        rows.push(row("everyone".into(), &self.everyone));
+        rows.extend(
             self.users
                 .iter()
-                .map(|u| format!("  user {}: {}", u.user_id, summary_line(&u.usage))),
+                .map(|u| row(format!("user {}", u.user_id), &u.usage)),
         );
-        lines.extend(
+        rows.extend(
             self.providers
                 .iter()
-                .map(|p| format!("  provider {}: {}", p.provider, summary_line(&p.usage))),
+                .map(|p| row(format!("provider {}", p.provider), &p.usage)),
+        );
+        let widths: Vec<usize> = (0..4)
+            .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
+            .collect();
+        let mut lines = vec![format!(
+            "usage (days in {}; today is {})",
+            self.time_zone, self.today
+        )];
+        lines.extend(rows.iter().map(|r| {
+            let cells: Vec<String> = r
+                .iter()
+                .zip(&widths)
+                .map(|(cell, width)| format!("{cell:<width$}"))
+                .collect();
+            cells.join("   ").trim_end().to_string()
+        }));
+        lines.push(
+            "(tokens are prompt + completion; --json has the cached tokens and the calls)".into(),
         );
         lines
     }
@@ -117,15 +139,6 @@ fn slot(summary: &mut Summary, i: usize) -> &mut Totals {
         1 => &mut summary.this_month,
         _ => &mut summary.total,
     }
-}
-
-fn summary_line(s: &Summary) -> String {
-    format!(
-        "today {}; this month {}; in total {}",
-        describe(&s.today),
-        describe(&s.this_month),
-        describe(&s.total)
-    )
 }
 
 /// The report of the store in `dir`, for `status`: `None` when there is none to read (no
