@@ -348,3 +348,24 @@ async fn each_answered_step_reports_its_usage_once_priced() {
         );
     }
 }
+
+/// A provider older than `stream_options` refuses it with a 400 naming it: the stream is
+/// asked for again at once without it (no retry used up), and answered, uncounted.
+#[tokio::test]
+async fn a_provider_that_refuses_stream_options_still_streams() {
+    let provider = FakeProvider::start().await;
+    provider.push(ProviderReply::status(
+        400,
+        r#"{"error":{"message":"Unrecognized request argument supplied: stream_options","type":"invalid_request_error"}}"#,
+    ));
+    let mut plan = plan(&provider, "a");
+    plan.max_retries = 0;
+    let (run, events) = run(&job(vec![plan], true)).await;
+    assert_eq!(reply(&run).text, "echo: what is 2+3?");
+    let requests = provider.requests();
+    assert_eq!(requests.len(), 2, "{requests:#?}");
+    assert_eq!(requests[0].body["stream_options"]["include_usage"], true);
+    assert!(requests[1].body.get("stream_options").is_none());
+    assert_eq!(requests[1].body["stream"], true);
+    assert!(!events.iter().any(|e| matches!(e, Event::Usage { .. })));
+}
