@@ -44,6 +44,8 @@ pub struct ChatSettings {
     pub media: Limits,
     /// The caps on usage, and the time zone their days are counted in.
     pub budgets: hermes_config::BudgetsConfig,
+    /// What an answer may send back.
+    pub send_files: crate::files_back::Limits,
 }
 
 impl ChatSettings {
@@ -85,6 +87,11 @@ impl ChatSettings {
                 vision: setup.providers.iter().any(|p| p.vision),
             },
             budgets: config.budgets.clone(),
+            send_files: crate::files_back::Limits {
+                max_bytes: (config.telegram.max_send_file_mb * 1024 * 1024)
+                    .min(crate::files_back::TELEGRAM_MAX_DOCUMENT),
+                max_files: config.telegram.max_send_files as usize,
+            },
         }
     }
 }

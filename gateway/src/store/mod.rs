@@ -48,7 +48,7 @@ use rusqlite::Connection;
 pub use usage::{Days, Totals, UsageReader};
 
 /// The schema this build writes. Bump it with a new entry in [`MIGRATIONS`].
-pub const SCHEMA_VERSION: i64 = 7;
+pub const SCHEMA_VERSION: i64 = 8;
 
 /// `MIGRATIONS[n]` takes a store from version `n` to `n + 1`.
 const MIGRATIONS: &[&str] = &[
@@ -164,7 +164,13 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (chat_id, message_id)
     );
 "#,
-    // 7: what the providers' calls used (`usage`), summed per user, chat, provider and
+    // 7: files back to the user. An outbox piece may be a file (`file`: JSON of
+    // `files_back::OutFile`: its path in the state directory's `outgoing/`, the name the
+    // chat sees, photo or document); its text columns are then empty.
+    r#"
+    ALTER TABLE outbox ADD COLUMN file TEXT;
+"#,
+    // 8: what the providers' calls used (`usage`), summed per user, chat, provider and
     // calendar day in `budgets.time_zone` (`YYYY-MM-DD`): tokens, the cost where known (in
     // millionths of a dollar) and the calls whose cost is not. Read by user and day range
     // for the budgets and `/usage`, by day range for everyone's.
