@@ -183,6 +183,7 @@ mod tests {
             "streaming",
             "edit_interval_ms",
             "group_mode",
+            "settle_ms",
             "max_steps",
             "command",
             "args",

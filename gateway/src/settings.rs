@@ -2,8 +2,8 @@
 //! what cannot.
 //!
 //! Who may talk to the bot (and who administers it), the providers (and their keys, read
-//! again), streaming, the system prompt, tools and the job timeout are read by each job
-//! when it starts, from one shared snapshot that a
+//! again), streaming, the system prompt, tools, the job timeout and the settle window are
+//! read by each job (or each message) when it starts, from one shared snapshot that a
 //! reload swaps whole. A job in flight keeps the snapshot it started with, so a reload
 //! drops nothing. The rest (the bot token, the Telegram URL, the worker pool, the state
 //! directory) is wired into running parts; a reload that changes it says a restart is
@@ -41,6 +41,9 @@ pub struct ChatSettings {
     pub show_transcript: bool,
     /// What a file may be.
     pub media: Limits,
+    /// How long the rest of an album or of a split text is waited for
+    /// (`telegram.settle_ms`; see `chats::settle`).
+    pub settle: Duration,
 }
 
 impl ChatSettings {
@@ -81,6 +84,7 @@ impl ChatSettings {
                 voice_max_secs: config.transcription.as_ref().map(|t| t.max_seconds),
                 vision: setup.providers.iter().any(|p| p.vision),
             },
+            settle: Duration::from_millis(config.telegram.settle_ms),
         }
     }
 }

@@ -46,7 +46,7 @@ pub use prune::on_schedule as prune_on_schedule;
 use rusqlite::Connection;
 
 /// The schema this build writes. Bump it with a new entry in [`MIGRATIONS`].
-pub const SCHEMA_VERSION: i64 = 6;
+pub const SCHEMA_VERSION: i64 = 7;
 
 /// `MIGRATIONS[n]` takes a store from version `n` to `n + 1`.
 const MIGRATIONS: &[&str] = &[
@@ -161,6 +161,15 @@ const MIGRATIONS: &[&str] = &[
         message_id INTEGER NOT NULL,
         PRIMARY KEY (chat_id, message_id)
     );
+"#,
+    // 7: albums and replies. A message of an album keeps its `media_group_id`, so one
+    // found waiting at a start is still waited with for the rest of its album; a reply
+    // keeps what it replies to (`replied_to`: JSON of `replied::Replied`: who wrote it,
+    // the quoted text, its photo or document's reference), so its turn carries it after a
+    // restart too.
+    r#"
+    ALTER TABLE inbox ADD COLUMN media_group TEXT;
+    ALTER TABLE inbox ADD COLUMN replied_to TEXT;
 "#,
 ];
 

@@ -6,6 +6,9 @@
 //! another bot (`/new@other_bot`) never is. A file without text of its own is taken when
 //! it replies to the bot or its caption mentions it (a caption is never a command).
 //!
+//! A message keeps the album it belongs to (`media_group_id`) and what it replies to
+//! ([`crate::replied`]), for its turn.
+//!
 //! An update the Bot API client cannot parse (a field changed after a Bot API release) is
 //! read from its raw JSON: answered like any message when it still holds a chat, a sender
 //! and text, judged as addressed from what the raw form shows.
@@ -15,6 +18,7 @@ use serde_json::Value;
 use teloxide_core::types::{Message, MessageEntityKind, Update, UpdateKind};
 
 use crate::media::{self, MediaRef};
+use crate::replied::Replied;
 use crate::store::{Kind, Pending};
 
 /// Who the bot is, for telling which group messages are addressed to it.
@@ -99,6 +103,8 @@ pub fn user_message(
         kind,
         media,
         counted: false,
+        media_group: message.media_group_id().map(|g| g.0.clone()),
+        replied: Replied::of(&message, me.id, max_file_bytes),
     })
 }
 
@@ -177,6 +183,8 @@ pub fn raw_text_message(raw: &Value, me: &Identity, group_mode: GroupMode) -> Op
         kind: Kind::Message,
         counted: false,
         media: None,
+        media_group: None,
+        replied: None,
     })
 }
 
