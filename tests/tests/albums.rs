@@ -13,7 +13,7 @@
 use base64::Engine;
 use hermes_config::WorkerMode;
 use hermes_tests::fake_provider::{FakeProvider, ProviderReply, ProviderRequest, image_urls};
-use hermes_tests::fake_telegram::{MAX_MESSAGE_TEXT, split_paste};
+use hermes_tests::fake_telegram::{BOT_USERNAME, MAX_MESSAGE_TEXT, split_paste};
 use hermes_tests::harness::{Gateway, GatewayOptions, PATIENCE, Rig, USER};
 use nix::sys::signal::Signal;
 use serde_json::{Value, json};
@@ -24,6 +24,7 @@ hermes_tests::both_modes!(
     a_reply_carries_the_quoted_part_or_the_replied_to_text_into_the_request,
     a_reply_to_a_photo_brings_the_photo_along,
     a_gateway_killed_inside_the_settle_window_answers_the_album_once_after_the_restart,
+    in_a_group_an_album_whose_caption_mentions_the_bot_is_taken_whole,
 );
 
 /// A rig whose provider reads images, with the settle window at `settle_ms`.
@@ -238,4 +239,41 @@ async fn a_gateway_killed_inside_the_settle_window_answers_the_album_once_after_
     rig.assert_replies(1);
     rig.assert_follow_up("after", "echo: after").await;
     assert_eq!(chat_requests(&rig.provider).len(), 2, "answered once");
+}
+
+/// In a group (mention mode) only the member with the caption mentions the bot; the
+/// album's other members, without a caption, are for the bot because their album is.
+async fn in_a_group_an_album_whose_caption_mentions_the_bot_is_taken_whole(mode: WorkerMode) {
+    let group = -100_555;
+    let mut rig = rig(mode, 1000).await;
+    let photos: [&[u8]; 2] = [b"\xff\xd8 left", b"\xff\xd8 right"];
+    let mut album = rig.telegram.album(group, USER);
+    let caption = format!("@{BOT_USERNAME} spot the difference");
+    let (first, _) = album.photo(&[photos[0]], Some(&caption));
+    assert!(rig.telegram.wait_for_ack(first, PATIENCE).await);
+    album.photo(&[photos[1]], None);
+    // Someone else's album in the group, not for the bot.
+    let mut chatter = rig.telegram.album(group, USER);
+    chatter.photo(&[b"\xff\xd8 a"], Some("look"));
+    chatter.photo(&[b"\xff\xd8 b"], None);
+    let replies = rig
+        .telegram
+        .wait_for_chat_messages(group, 1, PATIENCE)
+        .await;
+    assert_eq!(
+        replies.first().map(|r| r.text.as_str()),
+        Some("echo: spot the difference"),
+        "{}",
+        rig.gateway.log()
+    );
+    let asked = chat_requests(&rig.provider);
+    assert_eq!(asked.len(), 1);
+    assert_eq!(image_urls(&asked[0].body), photos.map(data_url));
+    rig.assert_replies_in(group, 1);
+    rig.assert_follow_up("/help", "/new").await;
+    assert_eq!(
+        rig.messages_in(group).len(),
+        1,
+        "the chatter was not answered"
+    );
 }

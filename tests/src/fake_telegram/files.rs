@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+use super::chats::entities_of;
 use super::{FakeTelegram, State, TOKEN, api_error, ok, unix_now};
 use crate::http::{Chunk, Request, Response};
 
@@ -259,6 +260,11 @@ impl FakeTelegram {
         message[field] = value;
         if let Some(caption) = caption {
             message["caption"] = json!(caption);
+            // Clients mark a caption's mentions as they do a text's.
+            let entities = entities_of(caption);
+            if !entities.is_empty() {
+                message["caption_entities"] = Value::Array(entities);
+            }
         }
         message
     }
