@@ -43,6 +43,11 @@ pub struct TelegramConfig {
     /// split are waited for after the last one arrived, so they are asked as one turn. A
     /// single ordinary message never waits.
     pub settle_ms: u64,
+    /// Files an answer sends back (a tool's chart, CSV or image) larger than this are not
+    /// sent, and the chat is told; 50 is the Bot API's own upload limit for bots.
+    pub max_send_file_mb: u64,
+    /// Files one answer may send back; the rest are not sent, and the chat is told.
+    pub max_send_files: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -85,6 +90,8 @@ impl Doc<'_> {
             download_timeout_secs: s.take_in("download_timeout_secs", 60, 1..=3600, self),
             max_files_total_mb: s.take_in("max_files_total_mb", 1024, 1..=1_048_576, self),
             settle_ms: s.take_in("settle_ms", 1000, 0..=10_000, self),
+            max_send_file_mb: s.take_in("max_send_file_mb", 50, 1..=50, self),
+            max_send_files: s.take_in("max_send_files", 10, 0..=50, self),
         };
         if config.max_files_total_mb < config.max_file_mb {
             self.problems.push(Problem {

@@ -44,6 +44,8 @@ pub struct ChatSettings {
     /// How long the rest of an album or of a split text is waited for
     /// (`telegram.settle_ms`; see `chats::settle`).
     pub settle: Duration,
+    /// What an answer may send back.
+    pub send_files: crate::files_back::Limits,
 }
 
 impl ChatSettings {
@@ -85,6 +87,11 @@ impl ChatSettings {
                 vision: setup.providers.iter().any(|p| p.vision),
             },
             settle: Duration::from_millis(config.telegram.settle_ms),
+            send_files: crate::files_back::Limits {
+                max_bytes: (config.telegram.max_send_file_mb * 1024 * 1024)
+                    .min(crate::files_back::TELEGRAM_MAX_DOCUMENT),
+                max_files: config.telegram.max_send_files as usize,
+            },
         }
     }
 }

@@ -24,9 +24,9 @@
 //! API is a module of its own: `updates` (queuing and polling, offsets, the webhook),
 //! `sending` (sends, edits, chat actions, and their records), `chats` (what users do
 //! in them, blocking, migration), `faults` (the scripted misbehaviours and flood
-//! control), `buttons`, `files`, `albums` (media groups, one update per member, and
-//! long pastes split), `replies` (a reply carrying the message and the part it quotes),
-//! and `params` (how a call's parameters arrive).
+//! control), `buttons`, `files`, `uploads` (files the bot sends), `albums` (media
+//! groups, one update per member, and long pastes split), `replies` (a reply carrying the
+//! message and the part it quotes), and `params` (how a call's parameters arrive).
 
 mod albums;
 mod buttons;
@@ -38,6 +38,7 @@ mod params;
 mod replies;
 mod sending;
 mod updates;
+mod uploads;
 
 pub use albums::{Album, MAX_MESSAGE_TEXT, split_paste};
 pub use buttons::CallbackAnswer;
@@ -45,6 +46,7 @@ pub use faults::{FloodLimits, PollFault, Rate, SendFault};
 pub use files::{Body, FakeFile, FileDownload, MAX_DOWNLOAD_BYTES};
 pub use sending::{FailedSend, MAX_TEXT_LEN, SentMessage};
 pub use updates::{PollOutcome, PollRecord};
+pub use uploads::Upload;
 
 use std::{
     collections::{HashMap, HashSet, VecDeque},
@@ -151,6 +153,8 @@ struct Inner {
     downloads: Vec<files::FileDownload>,
     /// While set, every download is reset before a byte is sent.
     downloads_fail: bool,
+    /// Files the bot sent (`sendDocument`, `sendPhoto`).
+    uploads: uploads::Uploads,
     /// Users' messages, for replies to them.
     remembered: replies::Remembered,
 }
@@ -292,6 +296,16 @@ impl State {
             self.lock().unauthorized += 1;
             self.bump();
             return api_error(401, "Unauthorized", None);
+        }
+        // Files come as multipart bodies, which only the upload methods take.
+        if req
+            .header("content-type")
+            .is_some_and(|t| t.to_ascii_lowercase().starts_with("multipart/form-data"))
+        {
+            return match method.to_ascii_lowercase().as_str() {
+                "senddocument" | "sendphoto" => self.upload(method, &req),
+                _ => api_error(400, "Bad Request: unexpected multipart body", None),
+            };
         }
         let params = match parse_params(&req) {
             Ok(p) => p,

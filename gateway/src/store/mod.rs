@@ -46,7 +46,7 @@ pub use prune::on_schedule as prune_on_schedule;
 use rusqlite::Connection;
 
 /// The schema this build writes. Bump it with a new entry in [`MIGRATIONS`].
-pub const SCHEMA_VERSION: i64 = 7;
+pub const SCHEMA_VERSION: i64 = 8;
 
 /// `MIGRATIONS[n]` takes a store from version `n` to `n + 1`.
 const MIGRATIONS: &[&str] = &[
@@ -162,7 +162,13 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (chat_id, message_id)
     );
 "#,
-    // 7: albums and replies. A message of an album keeps its `media_group_id`, so one
+    // 7: files back to the user. An outbox piece may be a file (`file`: JSON of
+    // `files_back::OutFile`: its path in the state directory's `outgoing/`, the name the
+    // chat sees, photo or document); its text columns are then empty.
+    r#"
+    ALTER TABLE outbox ADD COLUMN file TEXT;
+"#,
+    // 8: albums and replies. A message of an album keeps its `media_group_id`, so one
     // found waiting at a start is still waited with for the rest of its album; a reply
     // keeps what it replies to (`replied_to`: JSON of `replied::Replied`: who wrote it,
     // the quoted text, its photo or document's reference), so its turn carries it after a
