@@ -192,6 +192,7 @@ mod tests {
             "streaming",
             "edit_interval_ms",
             "group_mode",
+            "settle_ms",
             "max_steps",
             "command",
             "args",

@@ -21,14 +21,16 @@
 //!   parsing in `telegram::format::markdown`, what it must not carry in
 //!   `telegram::format::safety`) and cutting to size (`telegram::split`);
 //! - `chats`: one task per chat, from stored messages to their one reply: the task takes
-//!   its turns (the messages that waited, together) in `chats::turns`, a turn becomes a
+//!   its turns (the messages that waited, together) in `chats::turns`, waiting for the
+//!   rest of an album or a split text in `chats::settle`, a turn becomes a
 //!   job in `chats::prepare`, its progress and outcome reach the chat and the outbox in
 //!   `chats::deliver`; strangers answered once an hour, behind members
 //!   (`chats::strangers`);
 //! - `commands`: one module per command (`commands::new`, `commands::stop`,
 //!   `commands::retry`, `commands::model`, `commands::status`, `commands::usage`), each
 //!   owning what it does;
-//!   `replies`: every text the user reads; `html`: a message as Telegram's HTML and as
+//!   `replies`: every text the user reads; `replied`: what a reply brings into its turn
+//!   (the quoted text, the replied-to photo or document); `html`: a message as Telegram's HTML and as
 //!   plain text, and escaping (below both `replies` and `telegram::format`);
 //! - `jobs`: the seam between the chats and what runs their jobs ([`JobRunner`]);
 //! - `media`: voice notes, photos and files: what the inbox keeps of them
@@ -96,6 +98,7 @@ mod jobs;
 mod logging;
 mod media;
 mod outbox;
+mod replied;
 mod replies;
 mod run;
 mod sandbox;

@@ -48,7 +48,7 @@ use rusqlite::Connection;
 pub use usage::{Days, Totals, UsageReader};
 
 /// The schema this build writes. Bump it with a new entry in [`MIGRATIONS`].
-pub const SCHEMA_VERSION: i64 = 8;
+pub const SCHEMA_VERSION: i64 = 9;
 
 /// `MIGRATIONS[n]` takes a store from version `n` to `n + 1`.
 const MIGRATIONS: &[&str] = &[
@@ -189,6 +189,15 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (user_id, day, chat_id, provider)
     );
     CREATE INDEX usage_by_day ON usage_daily (day);
+"#,
+    // 9: albums and replies. A message of an album keeps its `media_group_id`, so one
+    // found waiting at a start is still waited with for the rest of its album; a reply
+    // keeps what it replies to (`replied_to`: JSON of `replied::Replied`: who wrote it,
+    // the quoted text, its photo or document's reference), so its turn carries it after a
+    // restart too.
+    r#"
+    ALTER TABLE inbox ADD COLUMN media_group TEXT;
+    ALTER TABLE inbox ADD COLUMN replied_to TEXT;
 "#,
 ];
 
