@@ -60,7 +60,8 @@
 //!   and how it is judged: `health::snapshot`; whether the store takes writes:
 //!   `health::store_writes`), and sd_notify (READY, STATUS, WATCHDOG);
 //!   `status`: publishing it to the state directory, and `status::report`, the
-//!   `hermes-gateway status` command that reads it;
+//!   `hermes-gateway status` command that reads it (`status::list`: every bot on the
+//!   host, a line each);
 //! - `signals`: stop and reload signals with their sender, for the shutdown record (and
 //!   ignored when a descendant sent them);
 //! - `sandbox`: what each tool server's sandbox hides and protects, and what the kernel
