@@ -60,6 +60,9 @@
 //!   (`store::prune`); `outbox`: sending every committed reply, in order per chat, until
 //!   Telegram has it (each chat's queue in `outbox::queue`, sending it in
 //!   `outbox::delivery`, replies the store could not take yet in `outbox::held`);
+//! - `instances`: several bots on one host, one template unit instance each: their names,
+//!   where each keeps its configuration, credentials and state, which ones the host has,
+//!   and every directory of any of them (hidden from every tool);
 //! - `state_dir`: the state directory private (0700, files 0600) and one gateway's alone
 //!   (a `flock`);
 //! - `circuit`: skipping a provider whose quota is exhausted, for a cool-down;
@@ -71,7 +74,8 @@
 //!   and how it is judged: `health::snapshot`; whether the store takes writes:
 //!   `health::store_writes`), and sd_notify (READY, STATUS, WATCHDOG);
 //!   `status`: publishing it to the state directory, and `status::report`, the
-//!   `hermes-gateway status` command that reads it;
+//!   `hermes-gateway status` command that reads it (`status::list`: every bot on the
+//!   host, a line each);
 //! - `signals`: stop and reload signals with their sender, for the shutdown record (and
 //!   ignored when a descendant sent them);
 //! - `sandbox`: what each tool server's sandbox hides and protects, and what the kernel
@@ -98,6 +102,7 @@ mod commands;
 mod files_back;
 mod health;
 mod html;
+mod instances;
 mod jobs;
 mod logging;
 mod media;
@@ -158,6 +163,11 @@ enum Command {
     /// Show what the running gateway publishes: polling, workers, providers, jobs, and the
     /// previous shutdown. Exit 0 healthy, 1 degraded, 3 not running (LSB).
     Status {
+        /// One bot of several on this host (the template unit's instance NAME). Without
+        /// it, on a host with instances: every instance, a line each (exit status the
+        /// worst of theirs).
+        #[arg(value_name = "NAME")]
+        name: Option<String>,
         /// Configuration file (TOML), for its state directory. Default: the installed
         /// unit's (/etc/hermes/hermes.toml; with --user, ~/.config/hermes/hermes.toml).
         #[arg(long, short, env = "HERMES_CONFIG", value_name = "FILE")]
@@ -202,9 +212,15 @@ enum ServiceCommand {
     /// Write the unit (system: /etc/systemd/system; --user: ~/.config/systemd/user) with
     /// this binary's path and the configuration's, run daemon-reload, print the next step.
     Install {
-        /// Configuration file the service will run with.
+        /// Configuration file the service will run with. With --instance NAME it must be
+        /// the one the template runs (/etc/hermes/NAME.toml; --user:
+        /// ~/.config/hermes/NAME.toml), the default.
         #[arg(long, short, env = "HERMES_CONFIG", value_name = "FILE")]
-        config: PathBuf,
+        config: Option<PathBuf>,
+        /// Install bot NAME as an instance of the template unit (hermes-gateway@NAME),
+        /// one of several on this host, with its own secrets.
+        #[arg(long, value_name = "NAME")]
+        instance: Option<String>,
         /// A user service (systemctl --user) instead of a system one.
         #[arg(long)]
         user: bool,
@@ -216,6 +232,9 @@ enum ServiceCommand {
     Uninstall {
         #[arg(long)]
         user: bool,
+        /// Remove instance NAME (its credentials and state stay).
+        #[arg(long, value_name = "NAME")]
+        instance: Option<String>,
         #[arg(long)]
         dry_run: bool,
     },
@@ -241,19 +260,46 @@ pub fn main(runner: Option<MakeRunner>) -> i32 {
     match cli.command {
         Command::Run { config } => run::run(&config, runner),
         Command::CheckConfig { config } => check_config::check_config(&config),
-        Command::Status { config, user, json } => {
-            status::status_command(config.as_deref(), user, json)
-        }
+        Command::Status {
+            name,
+            config,
+            user,
+            json,
+        } => status::status_of(name.as_deref(), config.as_deref(), user, json),
         Command::Usage { config, user, json } => {
             usage::report::usage_command(config.as_deref(), user, json)
         }
         Command::Service(ServiceCommand::Install {
             config,
+            instance: Some(name),
+            user,
+            dry_run,
+        }) => service::install_instance(user, &name, config.as_deref(), dry_run),
+        Command::Service(ServiceCommand::Install {
+            config: Some(config),
+            instance: None,
             user,
             dry_run,
         }) => service::install(user, &config, dry_run),
-        Command::Service(ServiceCommand::Uninstall { user, dry_run }) => {
-            service::uninstall(user, dry_run)
+        Command::Service(ServiceCommand::Install {
+            config: None,
+            instance: None,
+            ..
+        }) => {
+            eprintln!(
+                "service install needs --config FILE (one bot) or --instance NAME (one of several)"
+            );
+            2
         }
+        Command::Service(ServiceCommand::Uninstall {
+            user,
+            instance: Some(name),
+            dry_run,
+        }) => service::uninstall_instance(user, &name, dry_run),
+        Command::Service(ServiceCommand::Uninstall {
+            user,
+            instance: None,
+            dry_run,
+        }) => service::uninstall(user, dry_run),
     }
 }

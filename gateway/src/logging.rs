@@ -62,6 +62,12 @@ pub fn init() {
     if stderr_is_journal_stream()
         && let Ok(journal) = tracing_journald::layer()
     {
+        // One of several bots on the host (the template unit sets HERMES_INSTANCE): its
+        // lines carry the bot's name, as `SyslogIdentifier=` gives its stderr's.
+        let journal = match crate::instances::from_env() {
+            Some(name) => journal.with_syslog_identifier(format!("hermes-gateway-{name}")),
+            None => journal,
+        };
         tracing_subscriber::registry()
             .with(filter())
             .with(journal.with_field_prefix(None))

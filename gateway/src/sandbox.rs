@@ -33,8 +33,9 @@ const PROBE_MEMORY: u64 = 1 << 30;
 
 /// Fills in what every sandboxed server of `tools` must not reach: `hidden` (from the
 /// configuration: its file, secret files, credentials directory) plus the state and
-/// runtime directories and every directory `service install` may have stored credentials
-/// in (system or user, whichever unit runs), and the gateway's pid to protect. Entries
+/// runtime directories, every directory `service install` may have stored credentials
+/// in (system or user, whichever unit runs) and every directory any other instance on the
+/// host may keep (`instances::every_instance_dir`), and the gateway's pid to protect. Entries
 /// with `sandbox = false` are left as they are (unconfined).
 pub fn confine(tools: &mut [ToolServer], state_dir: &Path, runtime_dir: &Path) {
     let gateway = i32::try_from(std::process::id()).unwrap_or(i32::MAX);
@@ -45,6 +46,8 @@ pub fn confine(tools: &mut [ToolServer], state_dir: &Path, runtime_dir: &Path) {
             .cloned()
             .chain([absolute(state_dir), absolute(runtime_dir)])
             .chain(crate::service::stored_credentials_dirs())
+            // Every bot's on this host, not only this one's (issue 24).
+            .chain(crate::instances::every_instance_dir())
             .collect();
         hidden.sort();
         hidden.dedup();

@@ -25,7 +25,14 @@
 //!    `busctl … StopUnit`, `kill -TERM` of the main PID, and read the gateway's environment,
 //!    its credentials and its state database: every attack is an error result holding no
 //!    secret and no conversation, each chat still gets its answer, and the unit stays
-//!    active with the same `MainPID` and `NRestarts`.
+//!    active with the same `MainPID` and `NRestarts`;
+//! 6. several bots on one host (issue 24): the single unit uninstalled, two instances of
+//!    the template installed as `docs/OPERATING.md` ("Several bots on one host") says, line
+//!    for line, each with its own fake Telegram on the host (two bots); both answer, a
+//!    tool of one cannot read the other's state or credentials, `status` lists both
+//!    truthfully; then a worker of `family` is OOM-killed inside its `MemoryMax=` and
+//!    `work`'s gateway is SIGKILLed: each comes back alone, answering again, and the other's
+//!    `MainPID` is unchanged.
 //!
 //! Skipped, with the reason printed, where the VM cannot start (not root, no apt); under
 //! CI (`HERMES_CI`) that fails it instead (`hermes_tests::skip`).
@@ -337,6 +344,9 @@ fn the_unit_under_a_real_systemd() {
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
     let telegram = runtime.block_on(FakeTelegram::start());
     let provider = runtime.block_on(FakeProvider::start());
+    // The two bots of 6., each a Telegram of its own.
+    let family_telegram = runtime.block_on(FakeTelegram::start());
+    let work_telegram = runtime.block_on(FakeTelegram::start());
     let files = [
         ("hermes.toml", configuration(STUB_URL, "")),
         (
@@ -352,6 +362,21 @@ fn the_unit_under_a_real_systemd() {
             configuration(STUB_URL, &workers("/mnt/host/bad-worker")),
         ),
         ("tools.toml", tools_configuration(&telegram, &provider)),
+        (
+            "family.toml",
+            configuration(
+                &family_telegram
+                    .api_url()
+                    .replace("127.0.0.1", HOST_FROM_GUEST),
+                &workers("/mnt/host/bad-worker"),
+            )
+            .replacen(
+                "allowed_users = [123456789]",
+                &format!("allowed_users = [{USER}]"),
+                1,
+            ),
+        ),
+        ("work.toml", tools_configuration(&work_telegram, &provider)),
         ("telegram-stub.py", TELEGRAM_STUB.to_string()),
     ];
     for (name, text) in files {
@@ -736,6 +761,242 @@ fn the_unit_under_a_real_systemd() {
         "tools: {} attacks refused, unit active, MainPID {main_pid} and NRestarts={restarts} unchanged",
         attacks.len()
     );
+
+    // 6. Several bots on one host: two instances, installed as docs/OPERATING.md says.
+    vm.run("hermes-gateway service uninstall && rm -rf /var/lib/hermes /var/lib/private/hermes");
+    let install: Vec<String> = doc_block(
+        &doc("docs/OPERATING.md"),
+        "## Several bots on one host",
+        "sh",
+    )
+    .into_iter()
+    .map(|l| {
+        l.replace(
+            "TELEGRAM_BOT_TOKEN=...",
+            &format!("TELEGRAM_BOT_TOKEN={TOKEN}"),
+        )
+        .replace(
+            "OPENAI_API_KEY=...",
+            &format!("OPENAI_API_KEY={PROVIDER_KEY}"),
+        )
+    })
+    .collect();
+    let script = format!("set -e\ncd /mnt/host\n{}\n", install.join("\n"));
+    let installed = vm.run(&script);
+    println!("instances: installed as docs/OPERATING.md says:\n{installed}");
+    let show = |vm: &Vm, unit: &str, property: &str| {
+        vm.exec(&format!("systemctl show -p {property} --value {unit}"))
+            .1
+            .trim()
+            .to_string()
+    };
+    let (family, work) = ("hermes-gateway@family", "hermes-gateway@work");
+    let instance_journal =
+        |vm: &Vm, unit: &str| vm.exec(&format!("journalctl -u {unit} --no-pager -n 40")).1;
+    for unit in [family, work] {
+        assert!(
+            vm.wait(Duration::from_secs(60), |vm| show(vm, unit, "ActiveState")
+                == "active"),
+            "{unit} is not active:\n{}",
+            instance_journal(&vm, unit)
+        );
+    }
+    // Each has its own credentials, state, runtime directory and user.
+    vm.run("test -f /etc/hermes/credentials/family/TELEGRAM_BOT_TOKEN.cred && test -f /etc/hermes/credentials/work/TELEGRAM_BOT_TOKEN.cred");
+    assert_ne!(show(&vm, family, "MainPID"), show(&vm, work, "MainPID"));
+    let owners = vm.run(&format!(
+        "stat -c %u /proc/{}/ /proc/{}/",
+        show(&vm, family, "MainPID"),
+        show(&vm, work, "MainPID")
+    ));
+    let owners: Vec<&str> = owners.split_whitespace().collect();
+    assert!(
+        owners.len() == 2 && owners[0] != owners[1],
+        "the two bots run as one user: {owners:?}"
+    );
+    // Both answer, each in its own bot.
+    let say = |telegram: &FakeTelegram, text: &str, expect: &str| {
+        let asked = Instant::now();
+        telegram.send_text(USER, USER, text);
+        runtime
+            .block_on(telegram.wait_for_sent(
+                |m| m.chat_id == USER && m.at >= asked && m.text.contains(expect),
+                PATIENCE * 2,
+            ))
+            .is_some()
+    };
+    assert!(
+        say(&family_telegram, "hello family", "ok: hello family"),
+        "family did not answer: {:#?}\n{}",
+        family_telegram.sent_to(USER),
+        instance_journal(&vm, family)
+    );
+    crate::ask(
+        &runtime,
+        &work_telegram,
+        &provider,
+        "hello work",
+        None,
+        "work answers",
+    );
+    // A tool of `work` cannot read `family`'s state or credentials.
+    let family_state = vm.run("grep -rl 'hello family' /var/lib/private/hermes/family/ || true");
+    assert!(
+        !family_state.trim().is_empty(),
+        "family's chat is not stored"
+    );
+    for (i, attack) in [
+        "cat /var/lib/hermes/family/state.db",
+        "cat /var/lib/private/hermes/family/state.db",
+        "ls /etc/hermes/credentials/family",
+        "cat /run/credentials/hermes-gateway@family.service/TELEGRAM_BOT_TOKEN",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let answer = format!("work-done-{i}");
+        let result = crate::ask(
+            &runtime,
+            &work_telegram,
+            &provider,
+            &format!("work attack {i}"),
+            Some(attack),
+            &answer,
+        )
+        .unwrap_or_else(|| panic!("no tool result for {attack:?}"));
+        println!("instances: work's tool `{attack}` -> {result:?}");
+        assert!(
+            result.starts_with("error:"),
+            "`{attack}` did not fail: {result}"
+        );
+        for secret in [TOKEN, PROVIDER_KEY, "hello family", "SQLite format 3"] {
+            assert!(
+                !result.contains(secret),
+                "`{attack}` read {secret:?}: {result}"
+            );
+        }
+    }
+    // `status` lists both, truthfully.
+    let listed = |vm: &Vm| {
+        let (ok, out) = vm.exec("hermes-gateway status");
+        (ok, out)
+    };
+    let mut status_out = String::new();
+    assert!(
+        vm.wait(Duration::from_secs(30), |vm| {
+            let (ok, out) = listed(vm);
+            status_out = out;
+            ok
+        }),
+        "status does not say both are healthy:\n{status_out}"
+    );
+    for (name, unit) in [("family", family), ("work", work)] {
+        let pid = show(&vm, unit, "MainPID");
+        assert!(
+            status_out.lines().any(|l| l.starts_with(name)
+                && l.contains("healthy")
+                && l.split_whitespace().any(|w| w == pid)),
+            "status does not list {name} healthy with pid {pid}:\n{status_out}"
+        );
+    }
+    println!("instances: status lists both:\n{status_out}");
+    let json = vm.run("hermes-gateway status --json");
+    let rows: serde_json::Value = serde_json::from_str(&json).expect("status --json");
+    assert_eq!(rows.as_array().map(Vec::len), Some(2), "{json}");
+    let (ok, one) = vm.exec("hermes-gateway status work");
+    assert!(ok && one.contains("(healthy)"), "{one}");
+    // Each one's journal under its own name.
+    let tagged = vm.run("journalctl -b --no-pager -o cat -t hermes-gateway-family | grep 'hermes-gateway running' || true");
+    assert!(tagged.contains("hermes-gateway running"), "{tagged}");
+    let field = vm.run("journalctl -b --no-pager -o cat HERMES_INSTANCE=work | grep 'hermes-gateway running' || true");
+    assert!(field.contains("hermes-gateway running"), "{field}");
+
+    // A worker of `family` OOM-killed inside its MemoryMax; `work` is not touched.
+    let family_pid = show(&vm, family, "MainPID");
+    let work_pid = show(&vm, work, "MainPID");
+    vm.run(&format!(
+        "systemctl set-property --runtime {family} MemoryMax=150M MemorySwapMax=0"
+    ));
+    let cgroup = show(&vm, family, "ControlGroup");
+    let family_oom = |vm: &Vm| -> u64 {
+        // The slice's name has a backslash (`system-hermes\x2dgateway.slice`).
+        vm.exec(&format!("cat '/sys/fs/cgroup{cgroup}/memory.events'"))
+            .1
+            .lines()
+            .find_map(|l| l.strip_prefix("oom_kill "))
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    assert!(
+        say(&family_telegram, "alloc", "agent crashed"),
+        "no crash reply after the OOM kill: {:#?}\n{}",
+        family_telegram.sent_to(USER),
+        instance_journal(&vm, family)
+    );
+    assert!(family_oom(&vm) >= 1, "no OOM kill in {cgroup}");
+    assert!(
+        say(&family_telegram, "still there?", "ok: still there?"),
+        "family did not answer after the OOM kill:\n{}",
+        instance_journal(&vm, family)
+    );
+    assert_eq!(
+        show(&vm, family, "MainPID"),
+        family_pid,
+        "{}",
+        instance_journal(&vm, family)
+    );
+    assert_eq!(
+        show(&vm, work, "MainPID"),
+        work_pid,
+        "{}",
+        instance_journal(&vm, work)
+    );
+    assert_eq!(show(&vm, work, "NRestarts"), "0");
+    println!(
+        "instances: a worker of family OOM-killed ({} in its cgroup), family answers again; both MainPIDs unchanged",
+        family_oom(&vm)
+    );
+    // `work`'s gateway SIGKILLed: systemd restarts it alone.
+    vm.run(&format!("kill -KILL {work_pid}"));
+    assert!(
+        vm.wait(Duration::from_secs(60), |vm| {
+            let pid = show(vm, work, "MainPID");
+            show(vm, work, "ActiveState") == "active" && pid != "0" && pid != work_pid
+        }),
+        "work did not come back after SIGKILL:\n{}",
+        instance_journal(&vm, work)
+    );
+    crate::ask(
+        &runtime,
+        &work_telegram,
+        &provider,
+        "work again",
+        None,
+        "work is back",
+    );
+    assert_eq!(
+        show(&vm, family, "MainPID"),
+        family_pid,
+        "{}",
+        instance_journal(&vm, family)
+    );
+    assert_eq!(show(&vm, family, "NRestarts"), "0");
+    assert!(
+        say(&family_telegram, "and family?", "ok: and family?"),
+        "family stopped answering when work was killed"
+    );
+    let mut status_out = String::new();
+    assert!(
+        vm.wait(Duration::from_secs(30), |vm| {
+            let (ok, out) = listed(vm);
+            status_out = out;
+            ok && out_has_pid(&status_out, "work", &show(vm, work, "MainPID"))
+        }),
+        "status after the restart:\n{status_out}"
+    );
+    println!("instances: work SIGKILLed and restarted alone; status:\n{status_out}");
+    vm.run(&format!("systemctl stop {family} {work}"));
+
     println!(
         "the VM test took {:.0} s (boot {:.0} s)",
         began.elapsed().as_secs_f64(),
@@ -747,4 +1008,11 @@ fn the_unit_under_a_real_systemd() {
         idle_stop < 1.0,
         "an idle `systemctl stop` took {idle_stop:.2} s (more than 1 s)"
     );
+}
+
+/// `status`'s list has a line for `name` with `pid`.
+fn out_has_pid(status: &str, name: &str, pid: &str) -> bool {
+    status
+        .lines()
+        .any(|l| l.starts_with(name) && l.split_whitespace().any(|w| w == pid))
 }

@@ -60,6 +60,8 @@ struct State {
     outbox_refused: u64,
     outbox_expired: u64,
     strangers: StrangersStatus,
+    /// Messages stored and not answered yet, as the store last counted them.
+    queue: usize,
     /// None until the probe has answered.
     sandbox_report: Option<Report>,
     unsandboxed: Vec<String>,
@@ -218,6 +220,11 @@ impl Health {
         s.outbox_oldest_unix = oldest_unix;
     }
 
+    /// The store's count of messages not answered yet (`status`'s queue).
+    pub fn set_queue(&self, queue: usize) {
+        self.lock().queue = queue;
+    }
+
     pub fn outbox_refused(&self) {
         self.lock().outbox_refused += 1;
     }
@@ -294,6 +301,7 @@ impl Health {
                 expired: s.outbox_expired,
             },
             strangers: s.strangers.clone(),
+            queue: s.queue,
             store: self
                 .store
                 .trouble()

@@ -81,6 +81,9 @@ pub struct Snapshot {
     /// Whether the state store takes writes.
     #[serde(default)]
     pub store: StoreStatus,
+    /// Messages stored and not answered yet: waiting for their turn or being answered.
+    #[serde(default)]
+    pub queue: usize,
 }
 
 /// The state store: failing (since when, with which error) or not (both None).

@@ -236,6 +236,7 @@ async fn serve(path: &Path, config: Config, setup: Setup, runner: Option<MakeRun
             settings: settings.clone(),
             state_dir: setup.state_dir.clone(),
             notifier: notifier.clone(),
+            store: store.clone(),
         }
         .run(publisher_stop.clone()),
     );

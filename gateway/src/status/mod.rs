@@ -63,6 +63,8 @@ pub struct Publisher {
     pub settings: LiveSettings,
     pub state_dir: PathBuf,
     pub notifier: Arc<Notifier>,
+    /// Counted once a second for the queue (messages not answered yet).
+    pub store: Arc<crate::store::Store>,
 }
 
 impl Publisher {
@@ -107,6 +109,10 @@ impl Publisher {
             let snapshot = self.snapshot();
             if last_file.elapsed() >= Duration::from_secs(1) {
                 last_file = Instant::now();
+                // Counted for the next snapshot: a busy store keeps the last count.
+                if let Some(queue) = self.store.try_count_unanswered() {
+                    self.health.set_queue(queue);
+                }
                 if let Err(e) = write_json(&self.state_dir.join(STATUS_FILE), &snapshot) {
                     tracing::warn!("cannot write the status file: {e}");
                 }
@@ -137,5 +143,29 @@ fn write_json<T: serde::Serialize>(path: &Path, value: &T) -> std::io::Result<()
     std::fs::rename(&tmp, path)
 }
 
+mod list;
 pub mod report;
 pub use report::status_command;
+
+/// `hermes-gateway status [NAME]`: instance `NAME`'s full report; with no name and no
+/// configuration named, every instance on the host, a line each, where the host has
+/// instances, else the single gateway's report as before.
+pub fn status_of(name: Option<&str>, config: Option<&Path>, user: bool, json: bool) -> i32 {
+    if let Some(name) = name {
+        if let Err(e) = crate::instances::check_name(name) {
+            eprintln!("{e}");
+            return hermes_config::EXIT_CONFIG;
+        }
+        return report::show(&report::Target::instance(user, name), user, json);
+    }
+    let instances = if config.is_none() {
+        crate::instances::discover(user)
+    } else {
+        Vec::new()
+    };
+    if instances.is_empty() {
+        status_command(config, user, json)
+    } else {
+        list::list(&instances, user, json)
+    }
+}

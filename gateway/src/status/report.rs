@@ -23,9 +23,9 @@ use crate::usage;
 use super::{STATUS_FILE, previous_shutdown};
 
 /// Exit statuses of `hermes-gateway status` (LSB).
-const HEALTHY: i32 = 0;
-const DEGRADED: i32 = 1;
-const NOT_RUNNING: i32 = 3;
+pub(super) const HEALTHY: i32 = 0;
+pub(super) const DEGRADED: i32 = 1;
+pub(super) const NOT_RUNNING: i32 = 3;
 
 /// The configuration `status` reads when given none: `$HERMES_CONFIG` (clap reads it into
 /// `config`), else the one the installed unit runs with.
@@ -83,20 +83,74 @@ pub fn status_command(config_path: Option<&Path>, user: bool, json: bool) -> i32
     let path = config_path
         .map(Path::to_path_buf)
         .unwrap_or_else(|| default_config(user));
+    let target = Target {
+        config: path,
+        unit: "hermes-gateway".to_string(),
+        instance: None,
+    };
+    show(&target, user, json)
+}
+
+/// Which gateway `status` reports on: its configuration, its unit, and its instance name
+/// when it is one of several bots (`hermes-gateway@NAME`).
+pub struct Target {
+    pub config: PathBuf,
+    pub unit: String,
+    pub instance: Option<String>,
+}
+
+impl Target {
+    /// Instance `name` of the template unit.
+    pub fn instance(user: bool, name: &str) -> Target {
+        Target {
+            config: crate::instances::config_path(user, name),
+            unit: crate::instances::unit_name(name),
+            instance: Some(name.to_string()),
+        }
+    }
+
+    fn state_candidates(&self, configured: Option<&Path>, user: bool) -> Vec<PathBuf> {
+        match (&self.instance, configured) {
+            (Some(_), Some(dir)) => vec![dir.to_path_buf()],
+            (Some(name), None) => {
+                crate::instances::state_candidates(user, name, |n| std::env::var_os(n))
+            }
+            (None, configured) => state_candidates(configured, user, |n| std::env::var_os(n)),
+        }
+    }
+}
+
+/// What `status` found of a gateway.
+pub enum Found {
+    /// Its published state, from a running gateway, and everyone's usage when its store
+    /// could be read.
+    Running(Box<Snapshot>, Option<Box<usage::report::Report>>),
+    /// Running as systemd says, its state unreadable to this user (in these directories).
+    Systemd(UnitState, Vec<PathBuf>),
+    /// Not running: where its state was looked for, systemd's word on the unit, and how
+    /// the last run ended.
+    NotRunning {
+        looked: Vec<PathBuf>,
+        unit: Option<UnitState>,
+        last: Option<crate::health::ShutdownRecord>,
+    },
+}
+
+/// Finds `target`'s gateway, or says why not (an invalid configuration is an error).
+pub fn locate(target: &Target, user: bool) -> Result<Found, String> {
     // A configuration this user cannot read (root's, 0600) still leaves the default places
     // and systemd to ask; an invalid one is an error.
-    let (configured, budgets) = match Config::load(&path) {
+    let (configured, budgets) = match Config::load(&target.config) {
         Ok(config) => (config.state.dir, config.budgets),
-        Err(e @ hermes_config::ConfigError::Invalid { .. }) => {
-            eprintln!("{e}");
-            return EXIT_CONFIG;
-        }
+        Err(e @ hermes_config::ConfigError::Invalid { .. }) => return Err(e.to_string()),
         Err(e) => {
-            eprintln!("{e}; looking in the unit's state directory");
+            if target.instance.is_none() {
+                eprintln!("{e}; looking in the unit's state directory");
+            }
             (None, hermes_config::BudgetsConfig::default())
         }
     };
-    let candidates = state_candidates(configured.as_deref(), user, |n| std::env::var_os(n));
+    let candidates = target.state_candidates(configured.as_deref(), user);
     let mut unreadable = Vec::new();
     for dir in &candidates {
         match std::fs::read_to_string(dir.join(STATUS_FILE)) {
@@ -105,7 +159,7 @@ pub fn status_command(config_path: Option<&Path>, user: bool, json: bool) -> i32
                     && is_gateway(snapshot.pid)
                 {
                     let usage = usage::report::for_status(dir, &budgets.zone, &budgets.time_zone);
-                    return report(&snapshot, usage.as_ref(), json);
+                    return Ok(Found::Running(Box::new(snapshot), usage.map(Box::new)));
                 }
             }
             Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
@@ -114,29 +168,65 @@ pub fn status_command(config_path: Option<&Path>, user: bool, json: bool) -> i32
             Err(_) => {}
         }
     }
-    if let Some(unit) = UnitState::ask(user)
+    let unit = UnitState::ask(user, &target.unit);
+    if let Some(unit) = unit.as_ref()
         && unit.running()
     {
-        return unit.report(&unreadable);
+        return Ok(Found::Systemd(unit.clone(), unreadable));
     }
-    let looked: Vec<String> = candidates.iter().map(|d| d.display().to_string()).collect();
-    println!(
-        "hermes-gateway is not running (state looked for in: {})",
-        looked.join(", ")
-    );
-    if let Some(unit) = UnitState::ask(user).filter(|u| u.loaded()) {
-        println!("  systemd: {}", unit.summary());
+    Ok(Found::NotRunning {
+        last: candidates.iter().find_map(|dir| previous_shutdown(dir)),
+        looked: candidates,
+        unit: unit.filter(|u| u.loaded()),
+    })
+}
+
+/// `status` of one gateway: its whole report.
+pub fn show(target: &Target, user: bool, json: bool) -> i32 {
+    let found = match locate(target, user) {
+        Ok(found) => found,
+        Err(e) => {
+            eprintln!("{e}");
+            return EXIT_CONFIG;
+        }
+    };
+    match found {
+        Found::Running(snapshot, usage) => report(&snapshot, usage.as_deref(), json),
+        Found::Systemd(unit, unreadable) => unit.report(&unreadable),
+        Found::NotRunning { looked, unit, last } => {
+            let looked: Vec<String> = looked.iter().map(|d| d.display().to_string()).collect();
+            let what = match &target.instance {
+                Some(name) => format!("hermes-gateway instance {name}"),
+                None => "hermes-gateway".to_string(),
+            };
+            println!(
+                "{what} is not running (state looked for in: {})",
+                looked.join(", ")
+            );
+            if let Some(unit) = unit {
+                println!("  systemd: {}", unit.summary());
+            }
+            match last {
+                Some(record) => println!(
+                    "last shutdown: {} at {} (run {})",
+                    record.reason,
+                    format_unix(record.at_unix),
+                    record.run_id
+                ),
+                None => println!("no previous run recorded"),
+            }
+            NOT_RUNNING
+        }
     }
-    match candidates.iter().find_map(|dir| previous_shutdown(dir)) {
-        Some(record) => println!(
-            "last shutdown: {} at {} (run {})",
-            record.reason,
-            format_unix(record.at_unix),
-            record.run_id
-        ),
-        None => println!("no previous run recorded"),
+}
+
+/// The exit status of a gateway whose published state is `snapshot`.
+pub fn exit_of(snapshot: &Snapshot) -> i32 {
+    if snapshot.degraded_reasons().is_empty() {
+        HEALTHY
+    } else {
+        DEGRADED
     }
-    NOT_RUNNING
 }
 
 /// Prints `snapshot` and, when the store could be read, everyone's `usage` (under the
@@ -169,13 +259,13 @@ fn report(snapshot: &Snapshot, usage: Option<&usage::report::Report>, json: bool
 }
 
 /// What systemd says of the unit (`systemctl show`), for when the state cannot be read.
-#[derive(Debug, Default, PartialEq, Eq)]
-struct UnitState {
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct UnitState {
     load_state: String,
     active_state: String,
     sub_state: String,
     result: String,
-    main_pid: u32,
+    pub main_pid: u32,
     status_text: String,
     n_restarts: String,
     exec_main_status: String,
@@ -185,13 +275,13 @@ impl UnitState {
     const PROPERTIES: &str =
         "LoadState,ActiveState,SubState,Result,MainPID,StatusText,NRestarts,ExecMainStatus";
 
-    fn ask(user: bool) -> Option<UnitState> {
+    fn ask(user: bool, unit: &str) -> Option<UnitState> {
         let mut command = std::process::Command::new("systemctl");
         if user {
             command.arg("--user");
         }
         let output = command
-            .args(["show", "hermes-gateway", "-p", Self::PROPERTIES])
+            .args(["show", unit, "-p", Self::PROPERTIES])
             .stderr(std::process::Stdio::null())
             .output()
             .ok()?;
@@ -231,7 +321,7 @@ impl UnitState {
         self.active_state == "active" && self.main_pid != 0
     }
 
-    fn summary(&self) -> String {
+    pub fn summary(&self) -> String {
         format!(
             "ActiveState={} SubState={} Result={} ExecMainStatus={} NRestarts={}",
             self.active_state, self.sub_state, self.result, self.exec_main_status, self.n_restarts
@@ -240,7 +330,7 @@ impl UnitState {
 
     /// The gateway's own status line says whether it is healthy: `polling ok` first, and
     /// nothing it adds when degraded (see [`Snapshot::status_line`]).
-    fn healthy(&self) -> bool {
+    pub fn healthy(&self) -> bool {
         self.status_text.starts_with("polling ok")
             && !self.status_text.contains("quota-open")
             && !self.status_text.contains(DEGRADED_MARK)

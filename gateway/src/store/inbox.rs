@@ -172,6 +172,19 @@ impl Store {
         Ok(())
     }
 
+    /// How many messages are stored and not answered yet, for the status's queue; None
+    /// when the store is busy (a commit holds it), as the status must never wait for it.
+    pub fn try_count_unanswered(&self) -> Option<usize> {
+        let conn = self.conn.try_lock().ok()?;
+        conn.query_row(
+            "SELECT COUNT(*) FROM inbox WHERE done_at IS NULL AND answered_by IS NULL",
+            [],
+            |r| r.get::<_, i64>(0),
+        )
+        .ok()
+        .and_then(|n| usize::try_from(n).ok())
+    }
+
     /// Messages stored and not answered yet (no reply committed for them), oldest first:
     /// what a run finds left by the one before.
     pub fn unanswered(&self) -> Result<Vec<Pending>, StoreError> {

@@ -1,5 +1,6 @@
-//! `cargo run --release -p hermes-tests --bin demo`: what hermes-gateway does, in ten
-//! seconds, with no bot token and no API key.
+//! `cargo run -p hermes-tests --bin demo`: what hermes-gateway does, in ten seconds, with
+//! no bot token and no API key. (The debug profile, as the tests: the README's test command
+//! then reuses the demo's build.)
 //!
 //! Starts the fake Telegram Bot API server and the fake provider on 127.0.0.1, then the real
 //! `hermes-gateway` (which starts real `hermes-worker`s), and plays a short conversation:
