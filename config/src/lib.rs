@@ -20,6 +20,7 @@
 //! - `state`: `[state]`, the state directory.
 //! - `agent`: `[agent]`, the system prompt, history and tool-calling rounds of a job.
 //! - `tools`: `[[tools.mcp]]`, MCP servers, their sandbox grants and approvals.
+//! - `schedules`: `[schedules]`, reminders and scheduled tasks: time zone, bound per chat.
 //!
 //! and around them:
 //!
@@ -32,6 +33,7 @@ mod agent;
 mod plans;
 mod providers;
 mod report;
+mod schedules;
 mod secrets;
 mod section;
 mod state;
@@ -50,6 +52,7 @@ pub use agent::AgentConfig;
 pub use plans::{JobPlans, absolute};
 pub use providers::ProviderConfig;
 pub use report::{ConfigError, EXIT_CONFIG, Problem, load_or_report};
+pub use schedules::{SchedulesConfig, valid_time_zone};
 pub use secrets::{SecretFrom, SecretSource, Unset, read_variable, valid_credential_name};
 pub use state::StateConfig;
 pub use telegram::{GroupMode, TelegramConfig};
@@ -72,6 +75,7 @@ pub struct Config {
     pub tools: ToolsConfig,
     /// `[transcription]`; `None`: voice notes get a reply saying voice is not enabled.
     pub transcription: Option<TranscriptionConfig>,
+    pub schedules: SchedulesConfig,
 }
 
 impl Config {
@@ -125,6 +129,8 @@ impl Config {
         let transcription = transcription_table
             .as_ref()
             .and_then(|t| doc.transcription(t, &providers));
+        let schedules_table = top.table("schedules", &mut doc);
+        let schedules = doc.schedules(schedules_table.as_ref());
         top.finish(&mut doc);
         doc.confirm_within_job_timeout(&tools, &workers);
 
@@ -138,6 +144,7 @@ impl Config {
                 agent,
                 tools,
                 transcription,
+                schedules,
             })
         } else {
             doc.problems.sort_by_key(|p| p.line.unwrap_or(usize::MAX));
@@ -218,6 +225,8 @@ mod tests {
             "provider",
             "max_seconds",
             "show_transcript",
+            "time_zone",
+            "max_per_chat",
         ] {
             assert!(
                 text.contains(&format!("{key} =")),

@@ -66,6 +66,9 @@
 //!   `approvals::texts`);
 //! - `settings`: what a SIGHUP reload may change; `setup`: judging a configuration
 //!   against this machine;
+//! - `schedules`: reminders and scheduled tasks: the model's tools answered, the timer
+//!   that fires them as turns, `/schedules` and `/timezone` (`schedules::chat`), the
+//!   times (`schedules::times`) and `hermes-gateway schedules` (`schedules::cli`);
 //! - `clock`: Unix time for records, and waiting for a moment that may not be set;
 //!   `text`: text cut to a size in bytes where a character ends;
 //! - `logging`: the journal natively under systemd (priorities, `CHAT_ID=`-style fields),
@@ -90,6 +93,7 @@ mod outbox;
 mod replies;
 mod run;
 mod sandbox;
+mod schedules;
 mod service;
 mod settings;
 mod setup;
@@ -106,7 +110,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
-pub use jobs::{ApprovalAsk, BoxFuture, JobLink, JobRunner, MakeRunner};
+pub use jobs::{ApprovalAsk, BoxFuture, JobLink, JobRunner, MakeRunner, ScheduleAsk};
 
 #[derive(Parser)]
 #[command(
@@ -156,6 +160,12 @@ enum Command {
     /// machine's paths).
     #[command(subcommand)]
     Service(ServiceCommand),
+    /// List every chat's schedules (reminders and scheduled tasks), with their next run.
+    Schedules {
+        /// Configuration file (TOML), for its state directory.
+        #[arg(long, short, env = "HERMES_CONFIG", value_name = "FILE")]
+        config: PathBuf,
+    },
     /// Validate the configuration and the environment it names, print what was found, and
     /// exit 0 (valid) or 78 (one line per problem, with key and line number).
     CheckConfig {
@@ -209,6 +219,7 @@ pub fn main(runner: Option<MakeRunner>) -> i32 {
     match cli.command {
         Command::Run { config } => run::run(&config, runner),
         Command::CheckConfig { config } => check_config::check_config(&config),
+        Command::Schedules { config } => schedules::cli::schedules_command(&config),
         Command::Status { config, user, json } => {
             status::status_command(config.as_deref(), user, json)
         }

@@ -80,6 +80,8 @@ pub async fn ask(
         max_steps: config.agent.max_steps,
         attachments,
         transcription: plans.transcription.clone().map(Box::new),
+        // Schedules live in the gateway's store: `ask` has none to offer.
+        schedules: None,
     };
     let (events_tx, mut events) = mpsc::unbounded_channel();
     let printer = tokio::spawn(async move {

@@ -51,6 +51,7 @@ use crate::jobs::JobRunner;
 use crate::media::{Fetcher, MediaRef};
 use crate::outbox::{Outbox, Reply};
 use crate::replies;
+use crate::schedules::Schedules;
 use crate::settings::LiveSettings;
 use crate::store::{Kind, Pending, Store};
 use crate::telegram::sender::{Sender, plain_pieces};
@@ -70,6 +71,8 @@ pub struct JobContext {
     pub desk: Desk,
     /// Fetches the voice notes, photos and files of a turn for its job.
     pub fetcher: Fetcher,
+    /// Where the schedule tools' calls are carried out, and `/schedules`.
+    pub schedules: Schedules,
 }
 
 /// Decides what a message is before it is stored: a stranger's (its text and file are
@@ -120,6 +123,9 @@ pub struct Request {
     pub text: String,
     /// The turn's files, each with the placeholder that stands for it in `text`.
     pub media: Vec<(MediaRef, String)>,
+    /// A schedule's run: the line its reply starts with (which schedule, and whether it
+    /// is late).
+    pub heading: Option<String>,
 }
 
 struct Inner {
@@ -216,6 +222,8 @@ impl ChatRouter {
                     .reply(chat, &[message.id], &replies::not_understood(&message.text));
             }
             Kind::Message => self.arrived(chat, message.id, message.counted),
+            // Stored by the timer, which wakes the chat itself.
+            Kind::Scheduled => self.wake(chat, None),
         }
     }
 
@@ -289,7 +297,7 @@ impl ChatRouter {
     pub fn resume(&self, unanswered: Vec<Pending>) {
         for message in unanswered {
             match message.kind {
-                Kind::Message => self.wake(message.chat_id, None),
+                Kind::Message | Kind::Scheduled => self.wake(message.chat_id, None),
                 Kind::Stop | Kind::Stranger | Kind::Unsupported => self.handle(message),
             }
         }
@@ -346,6 +354,11 @@ impl ChatRouter {
         self.inner
             .tasks
             .spawn(async move { router.serve_chat(id, wake, in_flight).await });
+    }
+
+    /// A schedule's run for `chat` was stored: its task takes it as a turn of its own.
+    pub fn scheduled(&self, chat: i64) {
+        self.wake(chat, None);
     }
 
     /// `/stop`: ends the job in flight (its task answers, once the job's processes are

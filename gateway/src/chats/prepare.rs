@@ -63,6 +63,7 @@ pub fn prepare(
         // Filled in once the turn's files are fetched.
         attachments: Vec::new(),
         transcription: transcription(settings, request),
+        schedules: ctx.schedules.offer(request.chat),
     };
     let trimmed = fit_in_frame(&mut job, history_from)?;
     if trimmed > 0 {
@@ -247,6 +248,7 @@ mod tests {
             max_steps: 8,
             attachments: Vec::new(),
             transcription: None,
+            schedules: None,
         }
     }
 

@@ -31,6 +31,10 @@ pub enum Command {
     Status,
     /// `/model` alone shows; with a name, switches (admins only).
     Model(Option<String>),
+    /// The chat's schedules, with a cancel button each.
+    Schedules,
+    /// `/timezone` alone shows the chat's zone; with a name, sets it.
+    TimeZone(Option<String>),
     Unknown(String),
 }
 
@@ -39,6 +43,8 @@ pub enum Outcome {
     Reply(String),
     /// Run this text as a job (`/retry`).
     Ask(String),
+    /// Show the chat's schedules with their buttons (`/schedules`).
+    ShowSchedules,
 }
 
 /// What a command may read and change.
@@ -49,6 +55,7 @@ pub struct Context<'a> {
     pub settings: &'a ChatSettings,
     pub health: &'a Arc<Health>,
     pub circuits: &'a Circuits,
+    pub schedules: &'a crate::schedules::Schedules,
 }
 
 /// The commands Telegram shows in its menu (`setMyCommands`).
@@ -76,6 +83,8 @@ pub fn parse(text: &str) -> Option<Command> {
         "retry" => Command::Retry,
         "status" => Command::Status,
         "model" => Command::Model(argument),
+        "schedules" => Command::Schedules,
+        "timezone" => Command::TimeZone(argument),
         _ => Command::Unknown(name),
     })
 }
@@ -88,6 +97,12 @@ pub fn execute(ctx: &Context, command: Command) -> Outcome {
         Command::Retry => retry::run(ctx),
         Command::Status => Outcome::Reply(status::run(ctx)),
         Command::Model(argument) => Outcome::Reply(model::run(ctx, argument.as_deref())),
+        Command::Schedules => Outcome::ShowSchedules,
+        Command::TimeZone(name) => Outcome::Reply(crate::schedules::chat::time_zone(
+            ctx.schedules,
+            ctx.chat,
+            name.as_deref(),
+        )),
         // Reached only if the router did not take it first.
         Command::Stop => Outcome::Reply(replies::NOTHING_RUNNING.to_string()),
         Command::Unknown(name) => Outcome::Reply(replies::unknown_command(&name)),

@@ -42,6 +42,7 @@ use crate::jobs::{JobRunner, MakeRunner};
 use crate::media::{self, Fetcher};
 use crate::outbox::{Outbox, OutboxConfig};
 use crate::sandbox;
+use crate::schedules::{Schedules, chat as schedules_chat};
 use crate::settings::{ChatSettings, LiveSettings};
 use crate::setup::{self, Setup};
 use crate::signals::{self, StopReason};
@@ -273,18 +274,20 @@ async fn serve(path: &Path, config: Config, setup: Setup, runner: Option<MakeRun
         0 => {}
         n => tracing::info!("sending {n} reply piece(s) left undelivered by the previous run"),
     }
+    let schedules = Schedules::new(store.clone(), config.schedules.clone());
     let router = ChatRouter::new(
         JobContext {
             runner,
             health: health.clone(),
             circuits: circuits.clone(),
-            sender,
+            sender: sender.clone(),
             outbox,
             settings: settings.clone(),
             store: store.clone(),
             max_history: config.agent.max_history_messages,
             desk: desk.clone(),
             fetcher,
+            schedules: schedules.clone(),
         },
         config.telegram.max_queued_per_chat,
         tasks.clone(),
@@ -307,6 +310,13 @@ async fn serve(path: &Path, config: Config, setup: Setup, runner: Option<MakeRun
         }
     });
     let poll_stop = CancellationToken::new();
+    // Due schedules fire as turns until the poller stops: a stop takes no new work.
+    tokio::spawn(schedules.clone().run(
+        router.clone(),
+        settings.clone(),
+        health.clone(),
+        poll_stop.clone(),
+    ));
     tokio::spawn(crate::store::prune_on_schedule(
         store.clone(),
         poll_stop.clone(),
@@ -328,7 +338,21 @@ async fn serve(path: &Path, config: Config, setup: Setup, runner: Option<MakeRun
                 move |message: &mut _| router.classify(message)
             },
             deliver: move |message| router.handle(message),
-            pressed: move |press| desk.on_callback(press),
+            pressed: {
+                let (sender, settings) = (sender.clone(), settings.clone());
+                move |press| {
+                    if schedules_chat::is_ours(&press) {
+                        schedules_chat::on_callback(
+                            schedules.clone(),
+                            sender.clone(),
+                            settings.clone(),
+                            press,
+                        );
+                    } else {
+                        desk.on_callback(press);
+                    }
+                }
+            },
         },
     ));
     // Ready once local start-up is done: a pool's first worker has had its try (bounded,

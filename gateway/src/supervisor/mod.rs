@@ -32,7 +32,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::health::Health;
-use crate::jobs::{ApprovalAsk, BoxFuture, JobLink, JobRunner};
+use crate::jobs::{ApprovalAsk, BoxFuture, JobLink, JobRunner, ScheduleAsk};
 use listener::PendingWorkers;
 use process::SpawnSpec;
 use slot::{RestartIntensity, Slot};
@@ -59,6 +59,7 @@ struct Assignment {
     job: Job,
     events: mpsc::Sender<Event>,
     approvals: mpsc::UnboundedSender<ApprovalAsk>,
+    schedules: mpsc::UnboundedSender<ScheduleAsk>,
     done: oneshot::Sender<Outcome>,
     /// `/stop`: ends the job wherever it is, its worker's group included.
     cancel: CancellationToken,
@@ -129,6 +130,7 @@ impl Supervisor {
         let JobLink {
             events,
             approvals,
+            schedules,
             cancel,
         } = link;
         let (done, mut outcome) = oneshot::channel();
@@ -137,6 +139,7 @@ impl Supervisor {
             job,
             events,
             approvals,
+            schedules,
             done,
             cancel: cancel.clone(),
             taken: taken.clone(),

@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{ChatMessage, JobId, Secret};
+use super::{ChatMessage, JobId, ScheduleOffer, Secret};
 use crate::sandbox::Confinement;
 
 /// Everything a worker needs to answer one message; the worker keeps nothing between jobs.
@@ -34,6 +34,9 @@ pub struct Job {
     /// How voice notes and audio are transcribed; `None`: they are not (the gateway
     /// answers that itself before a worker is involved).
     pub transcription: Option<Box<TranscriptionPlan>>,
+    /// The built-in schedule tools are offered, for this chat; `None`: they are not
+    /// (`hermes-worker ask`, a gateway that keeps no schedules).
+    pub schedules: Option<ScheduleOffer>,
 }
 
 /// A file of the user's turn, as the worker reads it. The bytes never travel in a frame:

@@ -8,7 +8,9 @@
 //!    [`JobId`] so anything left over from another job is recognised.
 //! 3. During a job, before a call to a tool its entry says to confirm, the worker sends
 //!    [`FromWorker::Approval`] and waits; the gateway asks the chat and answers with
-//!    [`ToWorker::Decision`] (the only thing it ever says during a job).
+//!    [`ToWorker::Decision`]. Likewise a schedule tool's call: [`FromWorker::Schedule`],
+//!    answered by [`ToWorker::Scheduled`] (version 5). Those two answers are the only
+//!    things the gateway ever says during a job.
 //! 4. [`ToWorker::Shutdown`] (or the socket closing) ends the worker.
 //!
 //! A failed job is not an error of the protocol: it is an [`Outcome::Failed`] carrying a
@@ -29,16 +31,18 @@ mod chat;
 mod events;
 mod job;
 mod outcome;
+mod schedule;
 
 pub use approval::{ApprovalRequest, Decision};
 pub use chat::{ChatMessage, Role, ToolCall};
 pub use events::Event;
 pub use job::{Attachment, Confirm, Job, MediaKind, ProviderPlan, ToolServer, TranscriptionPlan};
 pub use outcome::{CancelReason, CrashCause, Failure, FailureClass, MediaProblem, Outcome, Reply};
+pub use schedule::{ScheduleAction, ScheduleAnswer, ScheduleOffer, ScheduleRequest, When};
 
 /// Bumped on any change to these types. Leads the first frame so a mismatch is reported as
 /// one, not as an undecodable frame.
-pub const PROTOCOL_VERSION: u32 = 4;
+pub const PROTOCOL_VERSION: u32 = 5;
 
 /// A string that must not end up in logs: API keys, worker tokens.
 #[derive(Serialize, Deserialize, Clone, PartialEq, Eq)]
@@ -78,6 +82,12 @@ pub enum ToWorker {
         approval: u64,
         decision: Decision,
     },
+    /// The answer to the job's [`FromWorker::Schedule`] `request`.
+    Scheduled {
+        job_id: JobId,
+        request: u64,
+        answer: ScheduleAnswer,
+    },
     Shutdown,
 }
 
@@ -100,6 +110,11 @@ pub enum FromWorker {
     Approval {
         job_id: JobId,
         request: ApprovalRequest,
+    },
+    /// The model used a schedule tool; the gateway answers with [`ToWorker::Scheduled`].
+    Schedule {
+        job_id: JobId,
+        request: ScheduleRequest,
     },
 }
 
@@ -140,7 +155,7 @@ mod tests {
         assert_eq!(
             (PROTOCOL_VERSION, decision, server),
             (
-                4,
+                5,
                 vec![1, 1, 2, 1, 1, b'A'],
                 vec![
                     1, b's', 1, b'c', 0, 0, 0xb0, 0xea, 0x01, 1, 0, 0, 0, 0, 2, 1, 1, b'x', 0xc0,

@@ -15,6 +15,9 @@
 //! for a person's decision ([`Toolbox::set_approvals`]); anything but an approval becomes
 //! an error result, and the tool does not run.
 //!
+//! Besides the servers' tools, the worker serves the built-in schedule tools itself
+//! ([`schedules`]), when the job offers them and there is a gateway to ask.
+//!
 //! The [`Toolbox`] is one value in two files: `registry` (which servers run and what
 //! their tools are called; it changes between jobs) and `calls` (the calls of one answer,
 //! their approvals, and their results as the model reads them).
@@ -22,10 +25,11 @@
 mod calls;
 pub mod mcp;
 mod registry;
+pub mod schedules;
 
 use std::collections::HashMap;
 
-use hermes_protocol::Decision;
+use hermes_protocol::{Decision, ScheduleOffer};
 use serde_json::Value;
 use tokio::sync::mpsc::UnboundedSender;
 use tokio::sync::oneshot;
@@ -45,6 +49,10 @@ pub struct Toolbox {
     sandbox: Option<Sandbox>,
     /// Where calls that need approval are asked about; none: they are denied.
     approvals: Option<UnboundedSender<Ask>>,
+    /// Where the built-in schedule tools' calls go (the gateway); none: not offered.
+    schedules: Option<UnboundedSender<schedules::ScheduleAsk>>,
+    /// The current job's offer of the schedule tools, if it makes one.
+    offer: Option<ScheduleOffer>,
 }
 
 /// A tool call waiting for a person's decision, and where that decision goes.

@@ -35,6 +35,20 @@ impl Toolbox {
         self.approvals = approvals;
     }
 
+    /// Sends the schedule tools' calls to `schedules` (None: the tools are never offered).
+    pub fn set_schedules(
+        &mut self,
+        schedules: Option<UnboundedSender<super::schedules::ScheduleAsk>>,
+    ) {
+        self.schedules = schedules;
+    }
+
+    /// Offers the schedule tools for the next job (its chat's zone and time), or not.
+    pub fn offer_schedules(&mut self, offer: Option<hermes_protocol::ScheduleOffer>) {
+        self.offer = offer;
+        self.index();
+    }
+
     /// Makes the running servers match `specs`: an unchanged server that is still
     /// healthy is kept; a new, changed, failed or stale one is (re)started; one no longer
     /// configured is stopped.
@@ -138,6 +152,10 @@ impl Toolbox {
                 self.definitions.push(definition(&name, tool));
                 self.functions.insert(name, (i, tool.name.to_string()));
             }
+        }
+        if let (Some(offer), Some(_)) = (&self.offer, &self.schedules) {
+            self.definitions
+                .extend(super::schedules::definitions(offer));
         }
     }
 }
