@@ -1,6 +1,7 @@
 //! The bot's commands, one module each: [`new`], [`stop`], [`retry`], [`status`],
 //! [`model`]; `/start` and `/help` only answer (their text, like every reply's, is in
-//! [`crate::replies`]).
+//! [`crate::replies`]). `/schedules` and `/timezone` belong to the schedules
+//! (`crate::schedules::chat`).
 //!
 //! All but `/stop` run in the chat's task, in order with its messages, so `/new` sent
 //! after a question applies after that question is answered. `/stop` is about the job in

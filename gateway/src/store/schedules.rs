@@ -241,3 +241,82 @@ impl Store {
         self.commit(tx)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{OutPiece, ReplyRecord};
+
+    fn new(chat_id: i64, next_at: i64) -> NewSchedule<'static> {
+        NewSchedule {
+            chat_id,
+            thread_id: None,
+            user_id: 5,
+            prompt: "tea",
+            cron: None,
+            time_zone: "UTC",
+            next_at,
+        }
+    }
+
+    /// A fired run is a turn of its own in the inbox, taken alone; it is delivered once
+    /// its reply left the outbox, and a chat keeps at most its bound of schedules.
+    #[test]
+    fn a_run_is_a_turn_of_its_own_and_delivered_when_its_reply_left() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let id = store.add_schedule(&new(7, 100), 2).unwrap().unwrap();
+        assert!(store.add_schedule(&new(7, 100), 2).unwrap().is_some());
+        assert_eq!(store.add_schedule(&new(7, 100), 2).unwrap(), None, "bound");
+        assert!(
+            store.add_schedule(&new(8, 100), 2).unwrap().is_some(),
+            "per chat"
+        );
+        assert!(store.due_schedules(99).unwrap().is_empty());
+        let schedule = store.due_schedules(100).unwrap().remove(0);
+        assert_eq!(schedule.id, id);
+        let due = Due {
+            schedule,
+            then: None,
+            text: "⏰ #1\n\ntea".into(),
+            late: false,
+        };
+        let row = store.fire(&due, false).unwrap().unwrap();
+        assert_eq!(
+            store.schedules(Some(7)).unwrap().len(),
+            1,
+            "the one-off ended"
+        );
+        let turn = store.take_turn(7, |_| false, |_| false).unwrap();
+        assert_eq!(turn.len(), 1);
+        assert!(turn[0].scheduled && turn[0].id == row);
+        let counts = store.run_counts().unwrap();
+        assert_eq!((counts.fired, counts.delivered, counts.active), (1, 0, 2));
+        let stored = store
+            .commit_reply(&ReplyRecord {
+                chat_id: 7,
+                answers: &[row],
+                text: "ok",
+                pieces: &[OutPiece {
+                    html: "ok".into(),
+                    plain: "ok".into(),
+                    edit_message_id: None,
+                }],
+                exchange: None,
+                question: None,
+            })
+            .unwrap();
+        assert_eq!(store.run_counts().unwrap().delivered, 0, "not sent yet");
+        store.piece_left(stored[0].id);
+        store.record_left().unwrap();
+        assert_eq!(store.run_counts().unwrap().delivered, 1);
+        assert!(
+            store.cancel_schedule(8, id).is_ok_and(|c| !c),
+            "another chat's"
+        );
+        store.runs_failed(&[row], "boom").unwrap();
+        let counts = store.run_counts().unwrap();
+        assert_eq!((counts.delivered, counts.failed), (0, 1));
+        assert_eq!(counts.last_failure.as_deref(), Some("boom"));
+    }
+}
