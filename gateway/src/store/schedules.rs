@@ -184,6 +184,20 @@ impl Store {
         self.commit(tx)
     }
 
+    /// Outbox piece `piece` was refused for good or dropped: a run its reply answers failed
+    /// with `why` (nothing else does: the chat could not be told).
+    pub fn run_undelivered(&self, piece: i64, why: &str) -> Result<(), StoreError> {
+        let mut conn = self.lock();
+        let tx = self.wrap(conn.transaction())?;
+        self.wrap(tx.execute(
+            "UPDATE schedule_runs SET failure = ?2 WHERE failure IS NULL AND inbox_row IN
+             (SELECT i.id FROM inbox i JOIN outbox o ON i.answered_by = coalesce(o.reply, o.id)
+              WHERE o.id = ?1)",
+            params![piece, why],
+        ))?;
+        self.commit(tx)
+    }
+
     /// What became of the runs, for the status.
     pub fn run_counts(&self) -> Result<RunCounts, StoreError> {
         let conn = self.lock();
@@ -315,8 +329,37 @@ mod tests {
             "another chat's"
         );
         store.runs_failed(&[row], "boom").unwrap();
+        store.run_undelivered(stored[0].id, "not this").unwrap();
         let counts = store.run_counts().unwrap();
         assert_eq!((counts.delivered, counts.failed), (0, 1));
         assert_eq!(counts.last_failure.as_deref(), Some("boom"));
+        // A run whose answer Telegram refused for good failed, though its piece left.
+        let due = Due {
+            schedule: store.due_schedules(100).unwrap().remove(0),
+            then: None,
+            text: "⏰ #2\n\ntea".into(),
+            late: false,
+        };
+        let row = store.fire(&due, false).unwrap().unwrap();
+        let stored = store
+            .commit_reply(&ReplyRecord {
+                chat_id: 7,
+                answers: &[row],
+                text: "ok",
+                pieces: &[OutPiece {
+                    html: "ok".into(),
+                    plain: "ok".into(),
+                    edit_message_id: None,
+                }],
+                exchange: None,
+                question: None,
+            })
+            .unwrap();
+        store.run_undelivered(stored[0].id, "blocked").unwrap();
+        store.piece_left(stored[0].id);
+        store.record_left().unwrap();
+        let counts = store.run_counts().unwrap();
+        assert_eq!((counts.fired, counts.delivered, counts.failed), (2, 0, 2));
+        assert_eq!(counts.last_failure.as_deref(), Some("blocked"));
     }
 }
