@@ -22,6 +22,7 @@ hermes_tests::both_modes!(
     a_one_off_fires_once_at_its_time_through_a_telegram_outage_and_a_kill,
     a_recurring_schedule_fires_on_each_slot_and_once_after_a_downtime_spanning_several,
     a_schedule_cancelled_with_its_button_never_fires,
+    a_schedule_of_a_user_no_longer_allowed_gets_no_runs,
 );
 
 const STRANGER: i64 = 4242;
@@ -322,4 +323,38 @@ async fn a_schedule_cancelled_with_its_button_never_fires(mode: WorkerMode) {
             .await
             .starts_with("No schedules")
     );
+}
+
+async fn a_schedule_of_a_user_no_longer_allowed_gets_no_runs(mode: WorkerMode) {
+    let Some(clock) = FakeClock::new() else {
+        skip("libfaketime.so.1 not found (Debian package `faketime`)");
+        return;
+    };
+    let rig = Rig::start(mode, |o| o.env.extend(clock.env())).await;
+    let _leftovers = ShmLeftovers(rig.pid);
+    let created = unix_now();
+    let result = create(&rig, json!({"prompt": "Call Ann", "in_seconds": 600})).await;
+    assert!(result.starts_with("Schedule #1 created"), "{result}");
+    let config = std::fs::read_to_string(&rig.gateway.config_path).expect("read config");
+    let narrowed = config.replace(
+        &format!("allowed_users = [{USER}]"),
+        &format!("allowed_users = [{STRANGER}]"),
+    );
+    assert_ne!(config, narrowed);
+    std::fs::write(&rig.gateway.config_path, &narrowed).expect("write config");
+    rig.gateway.signal(Signal::SIGHUP);
+    assert!(
+        eventually(PATIENCE, || rig
+            .gateway
+            .log()
+            .contains("configuration reloaded"))
+        .await,
+        "{}",
+        rig.gateway.log()
+    );
+    jump_to(&clock, created + 3600);
+    seen(&rig, created + 3600).await;
+    assert_eq!(provider_runs(&rig), 0, "a run for a user no longer allowed");
+    assert!(runs(&rig).is_empty());
+    rig.assert_logged("its user is no longer in telegram.allowed_users");
 }
