@@ -42,6 +42,7 @@ fn job(providers: Vec<ProviderPlan>, stream: bool) -> Job {
         attachments: Vec::new(),
         transcription: None,
         schedules: None,
+        output_dir: None,
     }
 }
 

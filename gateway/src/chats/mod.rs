@@ -73,6 +73,8 @@ pub struct JobContext {
     pub fetcher: Fetcher,
     /// Where the schedule tools' calls are carried out, and `/schedules`.
     pub schedules: Schedules,
+    /// The store's file area: where the files an answer sends back wait until sent.
+    pub outgoing: std::path::PathBuf,
 }
 
 /// Decides what a message is before it is stored: a stranger's (its text and file are
@@ -156,6 +158,7 @@ impl Inner {
             edit: None,
             exchange: None,
             question: None,
+            files: Vec::new(),
         });
     }
 
@@ -266,6 +269,7 @@ impl ChatRouter {
             edit: None,
             exchange: None,
             question: None,
+            files: Vec::new(),
         });
     }
 

@@ -64,6 +64,8 @@ pub fn prepare(
         attachments: Vec::new(),
         transcription: transcription(settings, request),
         schedules: ctx.schedules.offer(request.chat),
+        // Named by the supervisor, which makes it in the worker's scratch directory.
+        output_dir: None,
     };
     let trimmed = fit_in_frame(&mut job, history_from)?;
     if trimmed > 0 {
@@ -249,6 +251,7 @@ mod tests {
             attachments: Vec::new(),
             transcription: None,
             schedules: None,
+            output_dir: None,
         }
     }
 

@@ -49,7 +49,7 @@ use rusqlite::Connection;
 pub use schedules::{Due, NewSchedule, RunCounts, ScheduleRow};
 
 /// The schema this build writes. Bump it with a new entry in [`MIGRATIONS`].
-pub const SCHEMA_VERSION: i64 = 7;
+pub const SCHEMA_VERSION: i64 = 8;
 
 /// `MIGRATIONS[n]` takes a store from version `n` to `n + 1`.
 const MIGRATIONS: &[&str] = &[
@@ -165,7 +165,13 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (chat_id, message_id)
     );
 "#,
-    // 7: schedules (`store::schedules`). A schedule belongs to a chat (and a topic:
+    // 7: files back to the user. An outbox piece may be a file (`file`: JSON of
+    // `files_back::OutFile`: its path in the state directory's `outgoing/`, the name the
+    // chat sees, photo or document); its text columns are then empty.
+    r#"
+    ALTER TABLE outbox ADD COLUMN file TEXT;
+"#,
+    // 8: schedules (`store::schedules`). A schedule belongs to a chat (and a topic:
     // `thread_id`), asks `prompt` at `next_at` (Unix seconds; NULL once it is over: a
     // one-off that fired, or one cancelled), again and again when it has a `cron`
     // expression, read in its `time_zone`. Each run is a row of `schedule_runs`, tied to

@@ -37,6 +37,12 @@ pub struct Job {
     /// The built-in schedule tools are offered, for this chat; `None`: they are not
     /// (`hermes-worker ask`, a gateway that keeps no schedules).
     pub schedules: Option<ScheduleOffer>,
+    /// Where files to send back to the chat go (a chart, a CSV, an image): a directory the
+    /// gateway made for this job alone, writable by the job's tools. The worker writes
+    /// what its tools return as files there, and names each file the model attaches in
+    /// [`Reply::files`](super::Reply::files); the gateway checks and takes them from
+    /// there. `None`: nothing is sent back.
+    pub output_dir: Option<String>,
 }
 
 /// A file of the user's turn, as the worker reads it. The bytes never travel in a frame:

@@ -136,7 +136,7 @@ mod tests {
         assert!(!format!("{plan:?}").contains("sk-very-secret"));
     }
 
-    /// The layout of what version 3 added, byte for byte: a change to these types without
+    /// The layout of what version 3 added, byte for byte (version 5 added files sent back): a change to these types without
     /// a new version fails here first (the fix is to bump `PROTOCOL_VERSION` and these
     /// bytes together).
     #[test]

@@ -17,11 +17,15 @@
 //!
 //! Besides the servers' tools, the worker serves the built-in schedule tools itself
 //! ([`schedules`]), when the job offers them and there is a gateway to ask.
+//! When the job names an output directory, the toolbox also serves one tool of its own,
+//! `attach_file` ([`attach`]), and writes the files MCP tools return as content there: the
+//! files the answer sends to the chat.
 //!
 //! The [`Toolbox`] is one value in two files: `registry` (which servers run and what
 //! their tools are called; it changes between jobs) and `calls` (the calls of one answer,
 //! their approvals, and their results as the model reads them).
 
+pub mod attach;
 mod calls;
 pub mod mcp;
 mod registry;
@@ -53,6 +57,8 @@ pub struct Toolbox {
     schedules: Option<UnboundedSender<schedules::ScheduleAsk>>,
     /// The current job's offer of the schedule tools, if it makes one.
     offer: Option<ScheduleOffer>,
+    /// The job's output directory and the files named for the chat ([`attach`]).
+    output: Option<attach::Output>,
 }
 
 /// A tool call waiting for a person's decision, and where that decision goes.
