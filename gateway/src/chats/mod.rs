@@ -21,6 +21,10 @@
 //! [`turns::MAX_ATTEMPTS`] starts, with an apology, so it cannot take every restart down
 //! with it.
 //!
+//! An album (its photos and documents arrive one update each) and a text Telegram split
+//! past its length limit are one turn too: the task waits a short window for their rest
+//! before it takes the turn ([`settle`]); nothing else waits.
+//!
 //! A stranger (someone not in `telegram.allowed_users`) is told their user id at most once
 //! an hour ([`strangers`]); the rest of their messages are dropped, counted in the status.
 //! Their replies wait behind the members' answers of the chat ([`Outbox::send_to_stranger`]).
@@ -29,13 +33,14 @@
 
 mod deliver;
 mod prepare;
+mod settle;
 mod strangers;
 mod turns;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use hermes_protocol::JobId;
 use tokio::sync::Notify;
@@ -84,6 +89,8 @@ pub fn classify(settings: &LiveSettings, message: &mut Pending) {
     message.kind = if !settings.get().allowed.contains(&message.user_id) {
         message.text.clear();
         message.media = None;
+        message.replied = None;
+        message.media_group = None;
         Kind::Stranger
     } else if message.kind == Kind::Unsupported {
         Kind::Unsupported
@@ -111,6 +118,8 @@ struct ChatEntry {
     counted: HashSet<i64>,
     /// The chat's task has a turn in hand (from taking it to its reply).
     busy: bool,
+    /// The rest of an album or a split text its next turn waits for.
+    holds: settle::Holds,
 }
 
 /// One turn on its way to becoming a job.
@@ -198,10 +207,11 @@ impl ChatRouter {
 
     /// Decides what `message` is before it is stored ([`classify`]), and whether its job's
     /// start is counted with it ([`Pending::counted`]): when its chat is idle, the job
-    /// starts as soon as it is stored.
+    /// starts as soon as it is stored (unless it waits for the rest of its album or text).
     pub fn classify(&self, message: &mut Pending) {
         classify(&self.inner.ctx.settings, message);
         message.counted = message.kind == Kind::Message
+            && !settle::may_continue(message)
             && self
                 .inner
                 .lock()
@@ -224,9 +234,9 @@ impl ChatRouter {
                 self.inner
                     .reply(chat, &[message.id], &replies::not_understood(&message.text));
             }
-            Kind::Message => self.arrived(chat, message.id, message.counted),
+            Kind::Message => self.arrived(&message),
             // Stored by the timer, which wakes the chat itself.
-            Kind::Scheduled => self.wake(chat, None),
+            Kind::Scheduled => self.wake(chat, None, None),
         }
     }
 
@@ -291,7 +301,7 @@ impl ChatRouter {
             }
             None => {
                 drop(chats);
-                self.wake(to, None);
+                self.wake(to, None, None);
             }
         }
     }
@@ -301,13 +311,15 @@ impl ChatRouter {
     pub fn resume(&self, unanswered: Vec<Pending>) {
         for message in unanswered {
             match message.kind {
-                Kind::Message | Kind::Scheduled => self.wake(message.chat_id, None),
+                Kind::Message => self.wake(message.chat_id, None, Some(&message)),
+                Kind::Scheduled => self.wake(message.chat_id, None, None),
                 Kind::Stop | Kind::Stranger | Kind::Unsupported => self.handle(message),
             }
         }
     }
 
-    fn arrived(&self, chat: i64, row: i64, counted: bool) {
+    fn arrived(&self, message: &Pending) {
+        let (chat, row) = (message.chat_id, message.id);
         let full = self
             .inner
             .lock()
@@ -318,15 +330,25 @@ impl ChatRouter {
             self.inner.reply(chat, &[row], replies::QUEUE_FULL);
             return;
         }
-        self.wake(chat, Some((row, counted)));
+        self.wake(chat, Some((row, message.counted)), Some(message));
     }
 
     /// Makes sure the chat's task runs and looks for a turn; `arrived`: one more message
     /// waits for it (and whether its start was counted as it was stored), recorded before
-    /// the task can look.
-    fn wake(&self, chat: i64, arrived: Option<(i64, bool)>) {
+    /// the task can look; `message`: that message (or one found waiting at a start), for
+    /// whether the turn waits for more of it ([`settle`]).
+    fn wake(&self, chat: i64, arrived: Option<(i64, bool)>, message: Option<&Pending>) {
+        // Read only for a message that may continue: the settings are not on every
+        // message's path.
+        let window = message
+            .filter(|m| settle::may_continue(m))
+            .map_or(Duration::ZERO, |_| self.inner.ctx.settings.get().settle);
+        let now = Instant::now();
         let mut chats = self.inner.lock();
         if let Some(entry) = chats.get_mut(&chat) {
+            if let Some(message) = message {
+                entry.holds.arrived(message, now, window);
+            }
             if let Some((row, counted)) = arrived {
                 entry.waiting += 1;
                 if counted {
@@ -339,6 +361,10 @@ impl ChatRouter {
         let id = Arc::new(AtomicI64::new(chat));
         let wake = Arc::new(Notify::new());
         let in_flight = Arc::new(InFlight::default());
+        let mut holds = settle::Holds::default();
+        if let Some(message) = message {
+            holds.arrived(message, now, window);
+        }
         chats.insert(
             chat,
             ChatEntry {
@@ -352,6 +378,7 @@ impl ChatRouter {
                     .into_iter()
                     .collect(),
                 busy: false,
+                holds,
             },
         );
         let router = self.clone();
@@ -362,7 +389,7 @@ impl ChatRouter {
 
     /// A schedule's run for `chat` was stored: its task takes it as a turn of its own.
     pub fn scheduled(&self, chat: i64) {
-        self.wake(chat, None);
+        self.wake(chat, None, None);
     }
 
     /// `/stop`: ends the job in flight (its task answers, once the job's processes are

@@ -1,5 +1,5 @@
 //! The bot's commands, one module each: [`new`], [`stop`], [`retry`], [`status`],
-//! [`model`]; `/start` and `/help` only answer (their text, like every reply's, is in
+//! [`model`], [`usage`]; `/start` and `/help` only answer (their text, like every reply's, is in
 //! [`crate::replies`]). `/schedules` and `/timezone` belong to the schedules
 //! (`crate::schedules::chat`).
 //!
@@ -12,6 +12,7 @@ pub mod new;
 pub mod retry;
 pub mod status;
 pub mod stop;
+pub mod usage;
 
 use std::sync::Arc;
 
@@ -36,6 +37,7 @@ pub enum Command {
     Schedules,
     /// `/timezone` alone shows the chat's zone; with a name, sets it.
     TimeZone(Option<String>),
+    Usage,
     Unknown(String),
 }
 
@@ -86,6 +88,7 @@ pub fn parse(text: &str) -> Option<Command> {
         "model" => Command::Model(argument),
         "schedules" => Command::Schedules,
         "timezone" => Command::TimeZone(argument),
+        "usage" => Command::Usage,
         _ => Command::Unknown(name),
     })
 }
@@ -104,6 +107,7 @@ pub fn execute(ctx: &Context, command: Command) -> Outcome {
             ctx.chat,
             name.as_deref(),
         )),
+        Command::Usage => Outcome::Reply(usage::run(ctx)),
         // Reached only if the router did not take it first.
         Command::Stop => Outcome::Reply(replies::NOTHING_RUNNING.to_string()),
         Command::Unknown(name) => Outcome::Reply(replies::unknown_command(&name)),
@@ -122,6 +126,7 @@ mod tests {
         assert_eq!(parse("/retry"), Some(Command::Retry));
         assert_eq!(parse("/stop"), Some(Command::Stop));
         assert_eq!(parse("/model"), Some(Command::Model(None)));
+        assert_eq!(parse("/usage"), Some(Command::Usage));
         assert_eq!(
             parse("/model@hermes_bot backup"),
             Some(Command::Model(Some("backup".into())))
