@@ -20,6 +20,7 @@
 //! - `state`: `[state]`, the state directory.
 //! - `agent`: `[agent]`, the system prompt, history and tool-calling rounds of a job.
 //! - `tools`: `[[tools.mcp]]`, MCP servers, their sandbox grants and approvals.
+//! - `schedules`: `[schedules]`, reminders and scheduled tasks: time zone, bound per chat.
 //! - `budgets`: `[budgets]`, caps on tokens and cost per user and for everyone, and the
 //!   time zone their days and months are counted in.
 //!
@@ -35,6 +36,7 @@ mod budgets;
 mod plans;
 mod providers;
 mod report;
+mod schedules;
 mod secrets;
 mod section;
 mod state;
@@ -54,6 +56,7 @@ pub use budgets::{BudgetsConfig, Caps};
 pub use plans::{JobPlans, absolute};
 pub use providers::ProviderConfig;
 pub use report::{ConfigError, EXIT_CONFIG, Problem, load_or_report};
+pub use schedules::{SchedulesConfig, valid_time_zone};
 pub use secrets::{SecretFrom, SecretSource, Unset, read_variable, valid_credential_name};
 pub use state::StateConfig;
 pub use telegram::{GroupMode, TelegramConfig};
@@ -76,6 +79,7 @@ pub struct Config {
     pub tools: ToolsConfig,
     /// `[transcription]`; `None`: voice notes get a reply saying voice is not enabled.
     pub transcription: Option<TranscriptionConfig>,
+    pub schedules: SchedulesConfig,
     /// `[budgets]`; by default no cap.
     pub budgets: BudgetsConfig,
 }
@@ -131,6 +135,8 @@ impl Config {
         let transcription = transcription_table
             .as_ref()
             .and_then(|t| doc.transcription(t, &providers));
+        let schedules_table = top.table("schedules", &mut doc);
+        let schedules = doc.schedules(schedules_table.as_ref());
         let budgets_table = top.table("budgets", &mut doc);
         let budgets = doc.budgets(budgets_table.as_ref());
         top.finish(&mut doc);
@@ -146,6 +152,7 @@ impl Config {
                 agent,
                 tools,
                 transcription,
+                schedules,
                 budgets,
             })
         } else {
@@ -233,6 +240,8 @@ mod tests {
             "provider",
             "max_seconds",
             "show_transcript",
+            "time_zone",
+            "max_per_chat",
             "input_price_per_mtok",
             "output_price_per_mtok",
             "cached_price_per_mtok",

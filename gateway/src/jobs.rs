@@ -11,7 +11,9 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use hermes_config::Config;
-use hermes_protocol::{ApprovalRequest, Decision, Event, Job, Outcome};
+use hermes_protocol::{
+    ApprovalRequest, Decision, Event, Job, Outcome, ScheduleAction, ScheduleAnswer,
+};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
@@ -30,6 +32,8 @@ pub struct JobLink {
     /// Bounded: a runner waits for room, still minding the deadline and `cancel`.
     pub events: mpsc::Sender<Event>,
     pub approvals: mpsc::UnboundedSender<ApprovalAsk>,
+    /// The schedule tools' calls, which the chat carries out (`crate::schedules`).
+    pub schedules: mpsc::UnboundedSender<ScheduleAsk>,
     /// Cancelled by `/stop`.
     pub cancel: CancellationToken,
     /// Where the answer's files go, and where the chat learns what came of them. A runner
@@ -42,6 +46,13 @@ pub struct JobLink {
 pub struct ApprovalAsk {
     pub request: ApprovalRequest,
     pub decide: oneshot::Sender<Decision>,
+}
+
+/// A schedule tool's call, and where its answer goes. Dropping `answer` leaves the call
+/// waiting until the job's deadline.
+pub struct ScheduleAsk {
+    pub action: ScheduleAction,
+    pub answer: oneshot::Sender<ScheduleAnswer>,
 }
 
 /// Runs jobs for the chats.

@@ -84,6 +84,9 @@
 //!   `approvals::texts`);
 //! - `settings`: what a SIGHUP reload may change; `setup`: judging a configuration
 //!   against this machine;
+//! - `schedules`: reminders and scheduled tasks: the model's tools answered, the timer
+//!   that fires them as turns, `/schedules` and `/timezone` (`schedules::chat`), the
+//!   times (`schedules::times`) and `hermes-gateway schedules` (`schedules::cli`);
 //! - `clock`: Unix time for records, and waiting for a moment that may not be set;
 //!   `text`: text cut to a size in bytes where a character ends;
 //! - `logging`: the journal natively under systemd (priorities, `CHAT_ID=`-style fields),
@@ -111,6 +114,7 @@ mod replied;
 mod replies;
 mod run;
 mod sandbox;
+mod schedules;
 mod service;
 mod settings;
 mod setup;
@@ -128,7 +132,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
-pub use jobs::{ApprovalAsk, BoxFuture, JobLink, JobRunner, MakeRunner};
+pub use jobs::{ApprovalAsk, BoxFuture, JobLink, JobRunner, MakeRunner, ScheduleAsk};
 
 #[derive(Parser)]
 #[command(
@@ -183,6 +187,12 @@ enum Command {
     /// machine's paths).
     #[command(subcommand)]
     Service(ServiceCommand),
+    /// List every chat's schedules (reminders and scheduled tasks), with their next run.
+    Schedules {
+        /// Configuration file (TOML), for its state directory.
+        #[arg(long, short, env = "HERMES_CONFIG", value_name = "FILE")]
+        config: PathBuf,
+    },
     /// Show what the bot used at its providers, by user and by provider: today, this month
     /// and in total (tokens, and the cost where known). Reads the state store, also while
     /// the gateway runs. Exit 0, or 1 when there is no usage to read.
@@ -260,6 +270,7 @@ pub fn main(runner: Option<MakeRunner>) -> i32 {
     match cli.command {
         Command::Run { config } => run::run(&config, runner),
         Command::CheckConfig { config } => check_config::check_config(&config),
+        Command::Schedules { config } => schedules::cli::schedules_command(&config),
         Command::Status {
             name,
             config,

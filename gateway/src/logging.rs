@@ -52,6 +52,9 @@ const FIELDS: &[(&str, &str)] = &[
     ("failures", "FAILURES"),
     ("signal", "SIGNAL"),
     ("tool", "TOOL"),
+    ("schedule", "SCHEDULE"),
+    ("late", "LATE"),
+    ("next_at", "NEXT_AT"),
 ];
 
 /// Installs the log: the journal when stderr is systemd's journal stream, else text lines

@@ -234,12 +234,14 @@ messages.\n\n\
 /help – this message";
 
 /// The commands Telegram shows in its menu, with their descriptions.
-pub const MENU: [(&str, &str); 7] = [
+pub const MENU: [(&str, &str); 9] = [
     ("new", "Start a new conversation"),
     ("stop", "Stop the answer in progress"),
     ("retry", "Ask your last message again"),
     ("model", "Show or switch the AI model"),
     ("status", "How the bot is doing"),
+    ("schedules", "Your reminders and scheduled tasks"),
+    ("timezone", "Show or set this chat's time zone"),
     ("usage", "How much of the AI you have used"),
     ("help", "What this bot does"),
 ];

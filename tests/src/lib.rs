@@ -2,6 +2,7 @@
 //! be scripted to misbehave, the small HTTP server they share, /proc inspection, the
 //! harness that runs the real binaries against them, and the one way a test skips.
 
+pub mod fake_clock;
 pub mod fake_provider;
 pub mod fake_telegram;
 pub mod harness;

@@ -89,6 +89,8 @@ pub async fn ask(
         max_steps: config.agent.max_steps,
         attachments,
         transcription: plans.transcription.clone().map(Box::new),
+        // Schedules live in the gateway's store: `ask` has none to offer.
+        schedules: None,
         output_dir: None,
     };
     let scratch = std::env::temp_dir().join(format!("hermes-ask-{}", std::process::id()));

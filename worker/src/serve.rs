@@ -7,9 +7,11 @@
 //! way the worker exits at once rather than finish work nobody will read (the parent-death
 //! signal is only a fast hint; this is the reliable one).
 //!
-//! The one thing the gateway may say during a job is a [`ToWorker::Decision`]: the answer
+//! What the gateway may say during a job is a [`ToWorker::Decision`]: the answer
 //! to an approval this worker asked for (a tool call its entry says to confirm waits for
-//! it). Decisions for approvals nobody waits for any more are dropped.
+//! it), and since version 5 a [`ToWorker::Scheduled`]: the answer to a built-in schedule
+//! tool's call, which only the gateway can carry out (it alone keeps schedules). Answers
+//! nobody waits for any more are dropped.
 //!
 //! Tool servers run in the sandbox, with the scratch directory the gateway made for this
 //! worker (`HERMES_WORKER_SCRATCH`) as their working directory and `TMPDIR`; it is emptied
@@ -32,7 +34,7 @@ use std::time::Duration;
 use hermes_protocol::frame::{FrameError, encode};
 use hermes_protocol::{
     ApprovalRequest, ChatMessage, Connection, Decision, FromWorker, Job, JobId, Outcome, Reply,
-    Role, Secret, ToWorker, handshake,
+    Role, ScheduleAnswer, ScheduleRequest, Secret, ToWorker, handshake,
 };
 use interprocess::local_socket::tokio::{Stream, prelude::*};
 use interprocess::local_socket::{GenericFilePath, ToFsName};
@@ -40,6 +42,7 @@ use tokio::sync::mpsc;
 
 use crate::agent;
 use hermes_worker::sandbox::{self, Policy, Sandbox};
+use hermes_worker::tools::schedules::ScheduleAsk;
 use hermes_worker::tools::{Ask, Toolbox};
 
 /// How long a worker that abandoned a tool call waits for the gateway to end it before
@@ -59,6 +62,8 @@ pub const EXIT_REFUSED: i32 = 2;
 struct Workbench {
     tools: Toolbox,
     asks: mpsc::UnboundedReceiver<Ask>,
+    /// The built-in schedule tools' calls, for the gateway to answer.
+    schedule_asks: mpsc::UnboundedReceiver<ScheduleAsk>,
     scratch: PathBuf,
 }
 
@@ -95,9 +100,12 @@ pub async fn serve(socket: &str, token: &str, scratch: &Path, client: reqwest::C
         ..Policy::default()
     })));
     tools.set_approvals(Some(asks_tx));
+    let (schedules_tx, schedule_asks) = mpsc::unbounded_channel();
+    tools.set_schedules(Some(schedules_tx));
     let mut bench = Workbench {
         tools,
         asks,
+        schedule_asks,
         scratch: scratch.to_path_buf(),
     };
     let code = loop {
@@ -107,8 +115,8 @@ pub async fn serve(socket: &str, token: &str, scratch: &Path, client: reqwest::C
                     break code;
                 }
             }
-            Ok(ToWorker::Decision { job_id, .. }) => {
-                tracing::debug!("dropped a decision for {job_id}, which is over");
+            Ok(ToWorker::Decision { job_id, .. } | ToWorker::Scheduled { job_id, .. }) => {
+                tracing::debug!("dropped an answer for {job_id}, which is over");
             }
             Ok(ToWorker::Shutdown) => break EXIT_OK,
             Err(e) if e.is_disconnect() => break EXIT_OK,
@@ -133,7 +141,16 @@ async fn run_job(
     let job_id = job.id;
     let deadline = agent::deadline_of(&job);
     let (events_tx, mut events) = mpsc::unbounded_channel();
-    let Workbench { tools, asks, .. } = bench;
+    let Workbench {
+        tools,
+        asks,
+        schedule_asks,
+        ..
+    } = bench;
+    tools.offer_schedules(job.schedules.clone());
+    // Schedule requests sent and not yet answered, by id.
+    let mut scheduling: HashMap<u64, tokio::sync::oneshot::Sender<ScheduleAnswer>> = HashMap::new();
+    let mut next_schedule = 0u64;
     // Approvals asked for and not yet decided, by id.
     let mut waiting: HashMap<u64, tokio::sync::oneshot::Sender<Decision>> = HashMap::new();
     let mut next_approval = 0u64;
@@ -160,7 +177,22 @@ async fn run_job(
                     waiting.insert(next_approval, ask.decide);
                     send(conn, &FromWorker::Approval { job_id, request }).await?;
                 }
+                Some(ask) = schedule_asks.recv() => {
+                    next_schedule += 1;
+                    scheduling.insert(next_schedule, ask.answer);
+                    let request = ScheduleRequest { id: next_schedule, action: ask.action };
+                    send(conn, &FromWorker::Schedule { job_id, request }).await?;
+                }
                 message = conn.read_frame::<ToWorker>() => match message {
+                    Ok(ToWorker::Scheduled { job_id: for_job, request, answer }) if for_job == job_id => {
+                        match scheduling.remove(&request) {
+                            Some(reply) => { let _ = reply.send(answer); }
+                            None => tracing::warn!("dropped a schedule answer {request} of {job_id}, which nobody waits for"),
+                        }
+                    }
+                    Ok(ToWorker::Scheduled { job_id: other, .. }) => {
+                        tracing::warn!("dropped a schedule answer for {other} during {job_id}");
+                    }
                     Ok(ToWorker::Decision { job_id: for_job, approval, decision }) if for_job == job_id => {
                         match waiting.remove(&approval) {
                             Some(decide) => { let _ = decide.send(decision); }
@@ -177,6 +209,7 @@ async fn run_job(
     };
     // Asked for too late to be sent: their callers read "not approved".
     while asks.try_recv().is_ok() {}
+    while schedule_asks.try_recv().is_ok() {}
     while let Ok(event) = events.try_recv() {
         send(conn, &FromWorker::Event { job_id, event }).await?;
     }

@@ -42,6 +42,7 @@ fn job(providers: Vec<ProviderPlan>, stream: bool) -> Job {
         max_steps: 8,
         attachments: Vec::new(),
         transcription: None,
+        schedules: None,
         output_dir: None,
     }
 }

@@ -681,7 +681,7 @@ async fn the_toolbox_runs_its_servers_in_the_sandbox_and_calls_still_work() {
     toolbox.prepare(std::slice::from_ref(&spec), deadline).await;
     assert_eq!(
         toolbox.definitions().len(),
-        5,
+        6,
         "the server started under the sandbox"
     );
 
@@ -771,7 +771,7 @@ async fn an_entrys_grant_reaches_its_server_and_an_opt_out_runs_unconfined() {
     };
     let deadline = Instant::now() + BOUND;
     toolbox.prepare(&[confined, open], deadline).await;
-    assert_eq!(toolbox.definitions().len(), 10, "both servers started");
+    assert_eq!(toolbox.definitions().len(), 12, "both servers started");
     let seccomp = |name: &str| {
         let pid = std::fs::read_to_string(pids(name)).unwrap();
         std::fs::read_to_string(format!("/proc/{}/status", pid.trim()))

@@ -20,7 +20,7 @@ use crate::approvals::{MAX_WAITING, Unaskable};
 use crate::clock::sleep_until;
 use crate::commands::stop::Stops;
 use crate::files_back::Collected;
-use crate::jobs::ApprovalAsk;
+use crate::jobs::{ApprovalAsk, ScheduleAsk};
 use crate::media::MediaRef;
 use crate::outbox::Reply;
 use crate::replies;
@@ -50,6 +50,10 @@ const MAX_FALLBACKS: usize = 64;
 pub struct Incoming {
     pub events: mpsc::Receiver<Event>,
     pub approvals: mpsc::UnboundedReceiver<ApprovalAsk>,
+    /// The schedule tools' calls, carried out for the chat at once.
+    pub schedules: mpsc::UnboundedReceiver<ScheduleAsk>,
+    /// Whose turn it is: a schedule made in it runs as theirs.
+    pub user: u64,
 }
 
 /// What a job left once it ended: its outcome, its fallback events (the quota circuits
@@ -73,6 +77,8 @@ pub async fn follow(
     let Incoming {
         mut events,
         mut approvals,
+        mut schedules,
+        user,
     } = incoming;
     tokio::pin!(run);
     let typing = keep_typing(&ctx.sender, chat);
@@ -106,6 +112,11 @@ pub async fn follow(
                 questions.spawn(async move { desk.ask(chat, ask, job_over).await });
             }
             Some(_) = questions.join_next(), if !questions.is_empty() => {}
+            Some(ask) = schedules.recv() => {
+                // A few small store statements: answered here, in the chat's task.
+                let answer = ctx.schedules.answer(chat, None, user, ask.action);
+                let _ = ask.answer.send(answer);
+            }
             _ = sleep_until(draw_at) => live.draw().await,
             never = &mut typing => match never {},
         }
@@ -223,6 +234,9 @@ pub async fn deliver(
             } else {
                 bounded_answer(reply.text.clone())
             };
+            if let Some(heading) = &request.heading {
+                shown = format!("{heading}\n\n{shown}");
+            }
             if !reply.heard.is_empty() && inner.ctx.settings.get().show_transcript {
                 shown = format!("{}\n\n{shown}", replies::heard(&reply.heard));
             }
@@ -330,7 +344,18 @@ pub async fn deliver(
         }
         Outcome::Failed(failure) => {
             tracing::warn!(job_id = %request.id, chat_id = chat, user_id = request.user_id, class = %failure.class(), elapsed_ms, "failed: {failure}");
-            let reply = replies::failure_text(&failure);
+            let mut reply = replies::failure_text(&failure);
+            if let Some(heading) = &request.heading {
+                // The chat hears of the failed run in its one reply; the status keeps why.
+                reply = format!("{heading}: this run failed.\n\n{reply}");
+                if let Err(e) = inner
+                    .ctx
+                    .store
+                    .runs_failed(&request.rows, &failure.to_string())
+                {
+                    tracing::error!(chat_id = chat, "cannot record a schedule's failed run: {e}");
+                }
+            }
             let _ = outbox.send(Reply {
                 chat,
                 answers: &request.rows,

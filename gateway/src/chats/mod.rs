@@ -60,6 +60,7 @@ use crate::jobs::JobRunner;
 use crate::media::{Fetcher, MediaRef};
 use crate::outbox::{Outbox, Reply};
 use crate::replies;
+use crate::schedules::Schedules;
 use crate::settings::LiveSettings;
 use crate::store::{Kind, Pending, Store};
 use crate::telegram::reactions::Reactions;
@@ -82,6 +83,8 @@ pub struct JobContext {
     pub fetcher: Fetcher,
     /// The reactions that show a turn running and how it ended.
     pub reactions: Reactions,
+    /// Where the schedule tools' calls are carried out, and `/schedules`.
+    pub schedules: Schedules,
     /// The store's file area: where the files an answer sends back wait until sent.
     pub outgoing: std::path::PathBuf,
 }
@@ -138,6 +141,9 @@ pub struct Request {
     pub text: String,
     /// The turn's files, each with the placeholder that stands for it in `text`.
     pub media: Vec<(MediaRef, String)>,
+    /// A schedule's run: the line its reply starts with (which schedule, and whether it
+    /// is late).
+    pub heading: Option<String>,
 }
 
 struct Inner {
@@ -237,6 +243,8 @@ impl ChatRouter {
                     .reply(chat, &[message.id], &replies::not_understood(&message.text));
             }
             Kind::Message => self.arrived(&message),
+            // Stored by the timer, which wakes the chat itself.
+            Kind::Scheduled => self.wake(chat, None, None),
         }
     }
 
@@ -313,6 +321,7 @@ impl ChatRouter {
         for message in unanswered {
             match message.kind {
                 Kind::Message => self.wake(message.chat_id, None, Some(&message)),
+                Kind::Scheduled => self.wake(message.chat_id, None, None),
                 Kind::Stop | Kind::Stranger | Kind::Unsupported => self.handle(message),
             }
         }
@@ -385,6 +394,11 @@ impl ChatRouter {
         self.inner
             .tasks
             .spawn(async move { router.serve_chat(id, wake, in_flight).await });
+    }
+
+    /// A schedule's run for `chat` was stored: its task takes it as a turn of its own.
+    pub fn scheduled(&self, chat: i64) {
+        self.wake(chat, None, None);
     }
 
     /// `/stop`: ends the job in flight (its task answers, once the job's processes are

@@ -67,6 +67,7 @@ pub fn prepare(
         // Filled in once the turn's files are fetched.
         attachments: Vec::new(),
         transcription: transcription(settings, request),
+        schedules: ctx.schedules.offer(request.chat),
         // Named by the supervisor, which makes it in the worker's scratch directory.
         output_dir: None,
     };
@@ -278,6 +279,7 @@ mod tests {
             max_steps: 8,
             attachments: Vec::new(),
             transcription: None,
+            schedules: None,
             output_dir: None,
         }
     }

@@ -181,6 +181,25 @@ impl ChatRouter {
             .into_iter()
             .partition(|m| settings.allowed.contains(&m.user_id));
         for stranger in strangers {
+            if stranger.scheduled {
+                // A schedule of someone no longer allowed: closed without a run or a word.
+                tracing::info!(
+                    chat_id = chat,
+                    "a schedule's run dropped: its user is no longer in telegram.allowed_users"
+                );
+                let _ = ctx.outbox.send(crate::outbox::Reply {
+                    chat,
+                    answers: &[stranger.id],
+                    text: "",
+                    pieces: Vec::new(),
+                    edit: None,
+                    exchange: None,
+                    question: None,
+                    files: Vec::new(),
+                    rich: None,
+                });
+                continue;
+            }
             self.inner.reply(
                 chat,
                 &[stranger.id],
@@ -205,8 +224,12 @@ impl ChatRouter {
         };
         let user_id = first.user_id;
         // A command is always taken alone; a caption is never one.
-        let command =
-            commands::parse(&first.text).filter(|_| turn.len() == 1 && first.media.is_none());
+        let command = commands::parse(&first.text)
+            .filter(|_| turn.len() == 1 && first.media.is_none() && !first.scheduled);
+        let heading = first
+            .scheduled
+            .then(|| crate::schedules::heading_of(&first.text))
+            .flatten();
         let asked: Vec<Asked> = match command {
             Some(command) => {
                 let rows: Vec<i64> = turn.iter().map(|m| m.id).collect();
@@ -217,10 +240,15 @@ impl ChatRouter {
                     settings: &settings,
                     health: &ctx.health,
                     circuits: &ctx.circuits,
+                    schedules: &ctx.schedules,
                 };
                 match commands::execute(&command_ctx, command) {
                     commands::Outcome::Reply(reply) => {
                         self.inner.reply(chat, &rows, &reply);
+                        return false;
+                    }
+                    commands::Outcome::ShowSchedules => {
+                        self.show_schedules(chat, &rows).await;
                         return false;
                     }
                     commands::Outcome::Ask(text) => vec![Asked {
@@ -256,6 +284,7 @@ impl ChatRouter {
             user_id,
             text,
             media,
+            heading,
         };
         self.run_job(request, asked, in_flight).await
     }
@@ -322,10 +351,12 @@ impl ChatRouter {
                 }
                 let (events, events_rx) = mpsc::channel(EVENTS_BOUND);
                 let (approvals, approvals_rx) = mpsc::unbounded_channel();
+                let (schedules, schedules_rx) = mpsc::unbounded_channel();
                 let (files_done, mut files_taken) = oneshot::channel();
                 let link = JobLink {
                     events,
                     approvals,
+                    schedules,
                     cancel,
                     files: Some(FileDrop {
                         area: ctx.outgoing.clone(),
@@ -341,6 +372,8 @@ impl ChatRouter {
                     deliver::Incoming {
                         events: events_rx,
                         approvals: approvals_rx,
+                        schedules: schedules_rx,
+                        user: request.user_id,
                     },
                     &mut live,
                 )
@@ -389,6 +422,29 @@ impl ChatRouter {
             );
         }
         cut_short
+    }
+
+    /// `/schedules`: the list with its cancel buttons, sent directly; the command is
+    /// answered by a reply of no pieces. Should the list not go, its text goes through
+    /// the outbox instead, without buttons.
+    async fn show_schedules(&self, chat: i64, rows: &[i64]) {
+        let ctx = &self.inner.ctx;
+        match crate::schedules::chat::show(&ctx.schedules, &ctx.sender, chat).await {
+            Ok(()) => {
+                let _ = ctx.outbox.send(crate::outbox::Reply {
+                    chat,
+                    answers: rows,
+                    text: "(the schedules, shown with their buttons)",
+                    pieces: Vec::new(),
+                    edit: None,
+                    exchange: None,
+                    question: None,
+                    files: Vec::new(),
+                    rich: None,
+                });
+            }
+            Err(text) => self.inner.reply(chat, rows, &text),
+        }
     }
 
     /// Takes the messages whose file was `refused` (by index in the turn's media) out of

@@ -1,6 +1,7 @@
 //! The bot's commands, one module each: [`new`], [`stop`], [`retry`], [`status`],
 //! [`model`], [`usage`]; `/start` and `/help` only answer (their text, like every reply's, is in
-//! [`crate::replies`]).
+//! [`crate::replies`]). `/schedules` and `/timezone` belong to the schedules
+//! (`crate::schedules::chat`).
 //!
 //! All but `/stop` run in the chat's task, in order with its messages, so `/new` sent
 //! after a question applies after that question is answered. `/stop` is about the job in
@@ -32,6 +33,10 @@ pub enum Command {
     Status,
     /// `/model` alone shows; with a name, switches (admins only).
     Model(Option<String>),
+    /// The chat's schedules, with a cancel button each.
+    Schedules,
+    /// `/timezone` alone shows the chat's zone; with a name, sets it.
+    TimeZone(Option<String>),
     Usage,
     Unknown(String),
 }
@@ -41,6 +46,8 @@ pub enum Outcome {
     Reply(String),
     /// Run this text as a job (`/retry`).
     Ask(String),
+    /// Show the chat's schedules with their buttons (`/schedules`).
+    ShowSchedules,
 }
 
 /// What a command may read and change.
@@ -51,6 +58,7 @@ pub struct Context<'a> {
     pub settings: &'a ChatSettings,
     pub health: &'a Arc<Health>,
     pub circuits: &'a Circuits,
+    pub schedules: &'a crate::schedules::Schedules,
 }
 
 /// The commands Telegram shows in its menu (`setMyCommands`).
@@ -78,6 +86,8 @@ pub fn parse(text: &str) -> Option<Command> {
         "retry" => Command::Retry,
         "status" => Command::Status,
         "model" => Command::Model(argument),
+        "schedules" => Command::Schedules,
+        "timezone" => Command::TimeZone(argument),
         "usage" => Command::Usage,
         _ => Command::Unknown(name),
     })
@@ -91,6 +101,12 @@ pub fn execute(ctx: &Context, command: Command) -> Outcome {
         Command::Retry => retry::run(ctx),
         Command::Status => Outcome::Reply(status::run(ctx)),
         Command::Model(argument) => Outcome::Reply(model::run(ctx, argument.as_deref())),
+        Command::Schedules => Outcome::ShowSchedules,
+        Command::TimeZone(name) => Outcome::Reply(crate::schedules::chat::time_zone(
+            ctx.schedules,
+            ctx.chat,
+            name.as_deref(),
+        )),
         Command::Usage => Outcome::Reply(usage::run(ctx)),
         // Reached only if the router did not take it first.
         Command::Stop => Outcome::Reply(replies::NOTHING_RUNNING.to_string()),

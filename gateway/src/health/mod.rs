@@ -18,7 +18,7 @@ use crate::clock::{unix, unix_now};
 use crate::sandbox::Report;
 pub use snapshot::{
     DEGRADED_MARK, Jobs, OutboxStatus, Polling, PollingState, ProviderStatus, SandboxStatus,
-    ShutdownRecord, Snapshot, StoreStatus, StrangersStatus, Workers,
+    SchedulesStatus, ShutdownRecord, Snapshot, StoreStatus, StrangersStatus, Workers,
 };
 pub use store_writes::StoreWrites;
 
@@ -62,6 +62,7 @@ struct State {
     strangers: StrangersStatus,
     /// Messages stored and not answered yet, as the store last counted them.
     queue: usize,
+    schedules: SchedulesStatus,
     /// None until the probe has answered.
     sandbox_report: Option<Report>,
     unsandboxed: Vec<String>,
@@ -243,6 +244,17 @@ impl Health {
         }
     }
 
+    /// What the schedules' runs came to, as the store counts them.
+    pub fn schedules(&self, counts: crate::store::RunCounts) {
+        self.lock().schedules = SchedulesStatus {
+            active: counts.active,
+            runs_fired: counts.fired,
+            runs_delivered: counts.delivered,
+            runs_failed: counts.failed,
+            last_failure: counts.last_failure,
+        };
+    }
+
     pub fn job_done(&self, outcome: &Outcome) {
         let mut s = self.lock();
         match outcome {
@@ -302,6 +314,7 @@ impl Health {
             },
             strangers: s.strangers.clone(),
             queue: s.queue,
+            schedules: s.schedules.clone(),
             store: self
                 .store
                 .trouble()

@@ -84,6 +84,21 @@ pub struct Snapshot {
     /// Messages stored and not answered yet: waiting for their turn or being answered.
     #[serde(default)]
     pub queue: usize,
+    /// Reminders and scheduled tasks, and what became of their runs.
+    #[serde(default)]
+    pub schedules: SchedulesStatus,
+}
+
+/// The schedules (`crate::schedules`): how many are active, and their runs: fired,
+/// delivered (Telegram took the answer) and failed (the chat was told why), counted from
+/// the store every few seconds.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SchedulesStatus {
+    pub active: u64,
+    pub runs_fired: u64,
+    pub runs_delivered: u64,
+    pub runs_failed: u64,
+    pub last_failure: Option<String>,
 }
 
 /// The state store: failing (since when, with which error) or not (both None).

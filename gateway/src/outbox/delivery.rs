@@ -65,6 +65,20 @@ impl Inner {
                 }
             };
             let resolution = self.deliver(chat, dest, &next, &mut backoff).await;
+            // A schedule's run whose answer never reached the chat is not delivered.
+            if let (Some(id), Resolution::Refused(_) | Resolution::Expired) = (next.id, &resolution)
+            {
+                let why = match &resolution {
+                    Resolution::Refused(why) => format!("Telegram refused the answer: {why}"),
+                    _ => "the answer could not be delivered in time".to_string(),
+                };
+                if let Err(e) = self.config.store.run_undelivered(id, &why) {
+                    tracing::error!(
+                        chat_id = dest,
+                        "cannot record a schedule's undelivered run: {e}"
+                    );
+                }
+            }
             match &resolution {
                 Resolution::Delivered => {}
                 Resolution::Refused(why) => {

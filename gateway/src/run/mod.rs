@@ -43,6 +43,7 @@ use crate::jobs::{JobRunner, MakeRunner};
 use crate::media::{self, Fetcher};
 use crate::outbox::{Outbox, OutboxConfig};
 use crate::sandbox;
+use crate::schedules::{Schedules, chat as schedules_chat};
 use crate::settings::{ChatSettings, LiveSettings};
 use crate::setup::{self, Setup};
 use crate::signals::{self, StopReason};
@@ -302,12 +303,13 @@ async fn serve(path: &Path, config: Config, setup: Setup, runner: Option<MakeRun
         0 => {}
         n => tracing::info!("sending {n} reply piece(s) left undelivered by the previous run"),
     }
+    let schedules = Schedules::new(store.clone(), config.schedules.clone());
     let router = ChatRouter::new(
         JobContext {
             runner,
             health: health.clone(),
             circuits: circuits.clone(),
-            sender,
+            sender: sender.clone(),
             outbox,
             settings: settings.clone(),
             store: store.clone(),
@@ -315,6 +317,7 @@ async fn serve(path: &Path, config: Config, setup: Setup, runner: Option<MakeRun
             desk: desk.clone(),
             fetcher,
             reactions,
+            schedules: schedules.clone(),
             outgoing,
         },
         config.telegram.max_queued_per_chat,
@@ -338,6 +341,13 @@ async fn serve(path: &Path, config: Config, setup: Setup, runner: Option<MakeRun
         }
     });
     let poll_stop = CancellationToken::new();
+    // Due schedules fire as turns until the poller stops: a stop takes no new work.
+    tokio::spawn(schedules.clone().run(
+        router.clone(),
+        settings.clone(),
+        health.clone(),
+        poll_stop.clone(),
+    ));
     tokio::spawn(crate::store::prune_on_schedule(
         store.clone(),
         poll_stop.clone(),
@@ -362,12 +372,23 @@ async fn serve(path: &Path, config: Config, setup: Setup, runner: Option<MakeRun
                 let router = router.clone();
                 move |message| router.handle(message)
             },
-            // A ⏹ button's press is the router's (its job's stop); any other, an approval's.
-            pressed: move |press| {
-                if is_stop_press(&press) {
-                    router.on_stop_press(press)
-                } else {
-                    desk.on_callback(press)
+            // A ⏹ button's press is the router's (its job's stop), a schedule's Cancel the
+            // schedules', any other an approval's.
+            pressed: {
+                let (sender, settings) = (sender.clone(), settings.clone());
+                move |press| {
+                    if is_stop_press(&press) {
+                        router.on_stop_press(press);
+                    } else if schedules_chat::is_ours(&press) {
+                        schedules_chat::on_callback(
+                            schedules.clone(),
+                            sender.clone(),
+                            settings.clone(),
+                            press,
+                        );
+                    } else {
+                        desk.on_callback(press);
+                    }
                 }
             },
         },

@@ -417,6 +417,18 @@ fn print_status(s: &Snapshot, reasons: &[String]) {
         "  strangers: {} answered, {} dropped (one reply per stranger an hour)",
         s.strangers.answered, s.strangers.dropped
     );
+    let runs = &s.schedules;
+    println!(
+        "  schedules: {} active; runs {} fired, {} delivered, {} failed{}",
+        runs.active,
+        runs.runs_fired,
+        runs.runs_delivered,
+        runs.runs_failed,
+        runs.last_failure
+            .as_deref()
+            .map(|why| format!(" (last: {why})"))
+            .unwrap_or_default()
+    );
     if let Some(record) = &s.previous_shutdown {
         println!(
             "  previous run: {} at {}",

@@ -28,6 +28,8 @@ pub enum Kind {
     /// Something the bot cannot use (a sticker, a location, …; `text` says what):
     /// answered with what it understands.
     Unsupported,
+    /// A schedule's run (`crate::schedules`): its prompt, asked as a turn of its own.
+    Scheduled,
 }
 
 impl Kind {
@@ -37,6 +39,7 @@ impl Kind {
             Kind::Stop => "stop",
             Kind::Stranger => "stranger",
             Kind::Unsupported => "unsupported",
+            Kind::Scheduled => "scheduled",
         }
     }
 
@@ -45,6 +48,7 @@ impl Kind {
             "stop" => Kind::Stop,
             "stranger" => Kind::Stranger,
             "unsupported" => Kind::Unsupported,
+            "scheduled" => Kind::Scheduled,
             _ => Kind::Message,
         }
     }
@@ -90,6 +94,8 @@ pub struct Taken {
     /// Jobs started for it before this one (by this run or earlier ones) that ended
     /// without an answer.
     pub earlier_attempts: u32,
+    /// A schedule's run, not something a person wrote: never a command, taken alone.
+    pub scheduled: bool,
 }
 
 fn encode_media(media: &MediaRef) -> Option<String> {
@@ -230,8 +236,9 @@ impl Store {
         // between the read and the update.
         let waiting: Vec<Taken> = {
             let mut stmt = self.wrap(conn.prepare_cached(
-                "SELECT id, user_id, text, attempts, media, replied_to FROM inbox
-                 WHERE chat_id = ?1 AND done_at IS NULL AND answered_by IS NULL AND kind = 'message'
+                "SELECT id, user_id, text, attempts, media, replied_to, kind FROM inbox
+                 WHERE chat_id = ?1 AND done_at IS NULL AND answered_by IS NULL
+                 AND kind IN ('message', 'scheduled')
                  ORDER BY id",
             ))?;
             let rows = self.wrap(stmt.query_map(params![chat_id], |r| {
@@ -242,14 +249,15 @@ impl Store {
                     earlier_attempts: r.get::<_, i64>(3)?.clamp(0, i64::from(u32::MAX)) as u32,
                     media: decode_media(r.get(4)?),
                     replied: decode_replied(r.get(5)?),
+                    scheduled: r.get::<_, String>(6)? == Kind::Scheduled.as_str(),
                 })
             }))?;
             self.wrap(rows.collect())?
         };
-        // A caption is never a command.
+        // A caption is never a command; a schedule's run is asked alone, like one.
         let turn = match waiting
             .iter()
-            .position(|m| m.media.is_none() && is_command(&m.text))
+            .position(|m| m.scheduled || (m.media.is_none() && is_command(&m.text)))
         {
             Some(0) => 1,
             Some(first_command) => first_command,

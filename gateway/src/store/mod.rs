@@ -21,7 +21,8 @@
 //!
 //! This module opens, migrates and guards the file; [`inbox`], [`outbox`],
 //! [`conversation`] and [`usage`] (what the providers' calls used) are what is kept in it, [`checkpoint`] keeps the write-ahead log
-//! short off the async thread, and [`prune`] forgets what is no longer needed.
+//! short off the async thread, [`prune`] forgets what is no longer needed, and
+//! [`schedules`] keeps the chats' schedules and their runs.
 
 mod attempts;
 mod checkpoint;
@@ -30,6 +31,7 @@ mod inbox;
 mod outbox;
 mod previews;
 mod prune;
+mod schedules;
 #[cfg(test)]
 mod tests;
 mod usage;
@@ -45,10 +47,11 @@ pub use outbox::{OutPiece, ReplyRecord, Stored};
 pub use previews::Preview;
 pub use prune::on_schedule as prune_on_schedule;
 use rusqlite::Connection;
+pub use schedules::{Due, NewSchedule, RunCounts, ScheduleRow};
 pub use usage::{Days, Totals, UsageReader};
 
 /// The schema this build writes. Bump it with a new entry in [`MIGRATIONS`].
-pub const SCHEMA_VERSION: i64 = 10;
+pub const SCHEMA_VERSION: i64 = 11;
 
 /// `MIGRATIONS[n]` takes a store from version `n` to `n + 1`.
 const MIGRATIONS: &[&str] = &[
@@ -205,6 +208,42 @@ const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE outbox ADD COLUMN rich TEXT;
     ALTER TABLE outbox ADD COLUMN fallback INTEGER NOT NULL DEFAULT 0;
+"#,
+    // 11: schedules (`store::schedules`). A schedule belongs to a chat (and a topic:
+    // `thread_id`), asks `prompt` at `next_at` (Unix seconds; NULL once it is over: a
+    // one-off that fired, or one cancelled), again and again when it has a `cron`
+    // expression, read in its `time_zone`. Each run is a row of `schedule_runs`, tied to
+    // the inbox row (kind 'scheduled') it became; a chat may choose its own time zone.
+    r#"
+    CREATE TABLE schedules (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        chat_id INTEGER NOT NULL,
+        thread_id INTEGER,
+        user_id INTEGER NOT NULL,
+        prompt TEXT NOT NULL,
+        cron TEXT,
+        time_zone TEXT NOT NULL,
+        next_at INTEGER,
+        created_at INTEGER NOT NULL,
+        cancelled_at INTEGER
+    );
+    CREATE INDEX schedules_due ON schedules (next_at) WHERE next_at IS NOT NULL;
+    CREATE INDEX schedules_by_chat ON schedules (chat_id, id);
+    CREATE TABLE schedule_runs (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        schedule_id INTEGER NOT NULL,
+        chat_id INTEGER NOT NULL,
+        due_at INTEGER NOT NULL,
+        fired_at INTEGER NOT NULL,
+        late INTEGER NOT NULL,
+        inbox_row INTEGER,
+        failure TEXT
+    );
+    CREATE INDEX schedule_runs_by_row ON schedule_runs (inbox_row);
+    CREATE TABLE chat_time_zones (
+        chat_id INTEGER PRIMARY KEY,
+        time_zone TEXT NOT NULL
+    );
 "#,
 ];
 

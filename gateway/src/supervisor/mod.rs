@@ -33,7 +33,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::files_back::FileDrop;
 use crate::health::Health;
-use crate::jobs::{ApprovalAsk, BoxFuture, JobLink, JobRunner};
+use crate::jobs::{ApprovalAsk, BoxFuture, JobLink, JobRunner, ScheduleAsk};
 use listener::PendingWorkers;
 use process::SpawnSpec;
 use slot::{RestartIntensity, Slot};
@@ -60,6 +60,7 @@ struct Assignment {
     job: Job,
     events: mpsc::Sender<Event>,
     approvals: mpsc::UnboundedSender<ApprovalAsk>,
+    schedules: mpsc::UnboundedSender<ScheduleAsk>,
     done: oneshot::Sender<Outcome>,
     /// `/stop`: ends the job wherever it is, its worker's group included.
     cancel: CancellationToken,
@@ -132,6 +133,7 @@ impl Supervisor {
         let JobLink {
             events,
             approvals,
+            schedules,
             cancel,
             files,
         } = link;
@@ -141,6 +143,7 @@ impl Supervisor {
             job,
             events,
             approvals,
+            schedules,
             done,
             cancel: cancel.clone(),
             taken: taken.clone(),

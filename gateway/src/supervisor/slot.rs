@@ -215,6 +215,7 @@ impl Slot {
                     &assignment.job,
                     &assignment.events,
                     &assignment.approvals,
+                    &assignment.schedules,
                     Stops {
                         abort: &self.abort,
                         cancel: &assignment.cancel,

@@ -225,6 +225,19 @@ impl Sender {
         }
     }
 
+    /// Puts `keyboard` under message `id`, once; a failure is only logged.
+    pub async fn set_keyboard(&self, chat: i64, id: MessageId, keyboard: InlineKeyboardMarkup) {
+        if let Err(e) = self
+            .bot
+            .edit_message_reply_markup(ChatId(chat), id)
+            .reply_markup(keyboard)
+            .await
+            && !matches!(e, RequestError::Api(ApiError::MessageNotModified))
+        {
+            tracing::info!(chat_id = chat, "cannot set a message's buttons: {e}");
+        }
+    }
+
     /// Answers a button press (the client stops its spinner and shows `text` briefly).
     pub async fn answer_callback(&self, id: &CallbackQueryId, text: Option<&str>) {
         let request = self.bot.answer_callback_query(id.clone());

@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{ChatMessage, JobId, Prices, Secret};
+use super::{ChatMessage, JobId, Prices, ScheduleOffer, Secret};
 use crate::sandbox::Confinement;
 
 /// Everything a worker needs to answer one message; the worker keeps nothing between jobs.
@@ -34,6 +34,9 @@ pub struct Job {
     /// How voice notes and audio are transcribed; `None`: they are not (the gateway
     /// answers that itself before a worker is involved).
     pub transcription: Option<Box<TranscriptionPlan>>,
+    /// The built-in schedule tools are offered, for this chat; `None`: they are not
+    /// (`hermes-worker ask`, a gateway that keeps no schedules).
+    pub schedules: Option<ScheduleOffer>,
     /// Where files to send back to the chat go (a chart, a CSV, an image): a directory the
     /// gateway made for this job alone, writable by the job's tools. The worker writes
     /// what its tools return as files there, and names each file the model attaches in

@@ -8,7 +8,9 @@
 //!    [`JobId`] so anything left over from another job is recognised.
 //! 3. During a job, before a call to a tool its entry says to confirm, the worker sends
 //!    [`FromWorker::Approval`] and waits; the gateway asks the chat and answers with
-//!    [`ToWorker::Decision`] (the only thing it ever says during a job).
+//!    [`ToWorker::Decision`]. Likewise a schedule tool's call: [`FromWorker::Schedule`],
+//!    answered by [`ToWorker::Scheduled`] (version 5). Those two answers are the only
+//!    things the gateway ever says during a job.
 //! 4. [`ToWorker::Shutdown`] (or the socket closing) ends the worker.
 //!
 //! A failed job is not an error of the protocol: it is an [`Outcome::Failed`] carrying a
@@ -29,6 +31,7 @@ mod chat;
 mod events;
 mod job;
 mod outcome;
+mod schedule;
 mod usage;
 
 pub use approval::{ApprovalRequest, Decision};
@@ -38,6 +41,7 @@ pub use job::{Attachment, Confirm, Job, MediaKind, ProviderPlan, ToolServer, Tra
 pub use outcome::{
     BudgetPeriod, CancelReason, CrashCause, Failure, FailureClass, MediaProblem, Outcome, Reply,
 };
+pub use schedule::{ScheduleAction, ScheduleAnswer, ScheduleOffer, ScheduleRequest, When};
 pub use usage::{Prices, Usage, format_money};
 
 /// Bumped on any change to these types. Leads the first frame so a mismatch is reported as
@@ -82,6 +86,12 @@ pub enum ToWorker {
         approval: u64,
         decision: Decision,
     },
+    /// The answer to the job's [`FromWorker::Schedule`] `request`.
+    Scheduled {
+        job_id: JobId,
+        request: u64,
+        answer: ScheduleAnswer,
+    },
     Shutdown,
 }
 
@@ -104,6 +114,11 @@ pub enum FromWorker {
     Approval {
         job_id: JobId,
         request: ApprovalRequest,
+    },
+    /// The model used a schedule tool; the gateway answers with [`ToWorker::Scheduled`].
+    Schedule {
+        job_id: JobId,
+        request: ScheduleRequest,
     },
 }
 

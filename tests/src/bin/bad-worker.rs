@@ -88,8 +88,8 @@ async fn main() {
     loop {
         match conn.read_frame::<ToWorker>().await {
             Ok(ToWorker::Job(job)) => act(&mut conn, job).await,
-            // It never asks for an approval, so no decision is its business.
-            Ok(ToWorker::Decision { .. }) => {}
+            // It never asks for an approval or a schedule, so no answer is its business.
+            Ok(ToWorker::Decision { .. } | ToWorker::Scheduled { .. }) => {}
             Ok(ToWorker::Shutdown) | Err(_) => std::process::exit(0),
         }
     }

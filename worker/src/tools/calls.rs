@@ -60,6 +60,7 @@ impl Toolbox {
             .and_then(|(i, tool)| Some((self.servers.get(*i)?, tool.as_str())));
         let shown = match target {
             Some((server, tool)) => format!("{}.{tool}", server.name()),
+            None if super::schedules::is_schedule_tool(&call.name) => call.name.clone(),
             None if call.name.is_empty() => "(unnamed tool)".to_string(),
             None => call.name.clone(),
         };
@@ -67,7 +68,12 @@ impl Toolbox {
             name: shown.clone(),
         });
         let started = Instant::now();
+        let builtin = target.is_none() && super::schedules::is_schedule_tool(&call.name);
         let (ok, text) = match target {
+            None if builtin => {
+                self.schedule_call(&call.name, &call.arguments, deadline)
+                    .await
+            }
             None => (false, self.unknown_tool(&call.name)),
             Some((server, tool)) => match parse_arguments(&call.arguments) {
                 Err(problem) => (false, problem),

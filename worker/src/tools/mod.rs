@@ -15,6 +15,8 @@
 //! for a person's decision ([`Toolbox::set_approvals`]); anything but an approval becomes
 //! an error result, and the tool does not run.
 //!
+//! Besides the servers' tools, the worker serves the built-in schedule tools itself
+//! ([`schedules`]), when the job offers them and there is a gateway to ask.
 //! When the job names an output directory, the toolbox also serves one tool of its own,
 //! `attach_file` ([`attach`]), and writes the files MCP tools return as content there: the
 //! files the answer sends to the chat.
@@ -27,10 +29,11 @@ pub mod attach;
 mod calls;
 pub mod mcp;
 mod registry;
+pub mod schedules;
 
 use std::collections::HashMap;
 
-use hermes_protocol::Decision;
+use hermes_protocol::{Decision, ScheduleOffer};
 use serde_json::Value;
 use tokio::sync::mpsc::UnboundedSender;
 use tokio::sync::oneshot;
@@ -50,6 +53,10 @@ pub struct Toolbox {
     sandbox: Option<Sandbox>,
     /// Where calls that need approval are asked about; none: they are denied.
     approvals: Option<UnboundedSender<Ask>>,
+    /// Where the built-in schedule tools' calls go (the gateway); none: not offered.
+    schedules: Option<UnboundedSender<schedules::ScheduleAsk>>,
+    /// The current job's offer of the schedule tools, if it makes one.
+    offer: Option<ScheduleOffer>,
     /// The job's output directory and the files named for the chat ([`attach`]).
     output: Option<attach::Output>,
 }

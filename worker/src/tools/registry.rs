@@ -35,6 +35,20 @@ impl Toolbox {
         self.approvals = approvals;
     }
 
+    /// Sends the schedule tools' calls to `schedules` (None: the tools are never offered).
+    pub fn set_schedules(
+        &mut self,
+        schedules: Option<UnboundedSender<super::schedules::ScheduleAsk>>,
+    ) {
+        self.schedules = schedules;
+    }
+
+    /// Offers the schedule tools for the next job (its chat's zone and time), or not.
+    pub fn offer_schedules(&mut self, offer: Option<hermes_protocol::ScheduleOffer>) {
+        self.offer = offer;
+        self.index();
+    }
+
     /// The job's output directory (`Job::output_dir`): set before [`Toolbox::prepare`],
     /// whose index then offers `attach_file` beside the servers' tools (only beside
     /// them: a model without tools makes no file, and a provider that takes no tools is
@@ -154,6 +168,10 @@ impl Toolbox {
                 self.definitions.push(definition(&name, tool));
                 self.functions.insert(name, (i, tool.name.to_string()));
             }
+        }
+        if let (Some(offer), Some(_)) = (&self.offer, &self.schedules) {
+            self.definitions
+                .extend(super::schedules::definitions(offer));
         }
         if let Some(output) = &self.output
             && self.servers.iter().any(|s| !s.tools().is_empty())

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use hermes_protocol::{
     CancelReason, CrashCause, Decision, Event, Failure, FrameError, FromWorker, Job, Outcome,
-    ToWorker,
+    ScheduleAnswer, ToWorker,
 };
 use tokio::sync::oneshot::error::RecvError;
 use tokio::sync::{mpsc, oneshot};
@@ -19,9 +19,12 @@ use tokio_util::sync::CancellationToken;
 
 use super::{DEADLINE_MARGIN, Worker};
 use crate::approvals::Unaskable;
-use crate::jobs::ApprovalAsk;
+use crate::jobs::{ApprovalAsk, ScheduleAsk};
 use crate::supervisor::bounds::{Kept, bounded};
 use crate::supervisor::process;
+
+/// Schedule requests of one job that may wait for their answers at once.
+const MAX_SCHEDULE_WAITING: usize = 64;
 
 /// What may end a job before its outcome: the gateway stopping, or the user (`/stop`).
 pub struct Stops<'a> {
@@ -57,6 +60,7 @@ impl Worker {
         job: &Job,
         events: &mpsc::Sender<Event>,
         approvals: &mpsc::UnboundedSender<ApprovalAsk>,
+        schedules: &mpsc::UnboundedSender<ScheduleAsk>,
         stops: Stops<'_>,
         kill_grace: Duration,
     ) -> JobRun {
@@ -96,6 +100,8 @@ impl Worker {
         // Decisions on their way back to the worker, by approval id.
         let mut decisions: JoinSet<(u64, Result<Decision, RecvError>)> = JoinSet::new();
         let mut kept = Kept::new(job.providers.len(), job.max_steps);
+        // Schedule answers on their way back to the worker, by request id.
+        let mut scheduled: JoinSet<(u64, Result<ScheduleAnswer, RecvError>)> = JoinSet::new();
         loop {
             let frame = tokio::select! {
                 frame = self.conn.read_frame::<FromWorker>() => frame,
@@ -105,9 +111,40 @@ impl Worker {
                     }
                     continue;
                 }
+                Some(answered) = scheduled.join_next(), if !scheduled.is_empty() => {
+                    // The tasks only wait on a channel: they neither panic nor are aborted.
+                    if let Ok((request, Ok(answer))) = answered {
+                        let frame = ToWorker::Scheduled { job_id: job.id, request, answer };
+                        if let Err(run) = self.tell(&frame, job, timer.as_mut(), &stops, kill_grace).await {
+                            return run;
+                        }
+                    }
+                    continue;
+                }
                 ended = ended(timer.as_mut(), &stops) => return self.end(ended, job, kill_grace).await,
             };
             match frame {
+                Ok(FromWorker::Schedule { job_id, request }) if job_id == job.id => {
+                    tracing::info!(worker_pid = self.pid, job_id = %job.id, "a schedule tool's call");
+                    // Each call of a step is one request; a worker asking for more than
+                    // its steps could make is not a worker.
+                    if scheduled.len() >= MAX_SCHEDULE_WAITING {
+                        return self
+                            .violated(job, "too many schedule requests at once".into())
+                            .await;
+                    }
+                    let (answer, answered) = oneshot::channel();
+                    if schedules
+                        .send(ScheduleAsk {
+                            action: request.action,
+                            answer,
+                        })
+                        .is_ok()
+                    {
+                        let id = request.id;
+                        scheduled.spawn(async move { (id, answered.await) });
+                    }
+                }
                 Ok(FromWorker::Event { job_id, event }) if job_id == job.id => {
                     tracing::debug!(worker_pid = self.pid, job_id = %job.id, ?event, "event");
                     let event = bounded(event);
@@ -174,7 +211,8 @@ impl Worker {
                 Ok(
                     FromWorker::Event { job_id, .. }
                     | FromWorker::Outcome { job_id, .. }
-                    | FromWorker::Approval { job_id, .. },
+                    | FromWorker::Approval { job_id, .. }
+                    | FromWorker::Schedule { job_id, .. },
                 ) => {
                     tracing::warn!(worker_pid = self.pid, job_id = %job.id, "dropped a message for {job_id}, which is not the job in flight");
                 }
