@@ -25,6 +25,8 @@
 //!   job in `chats::prepare`, its progress and outcome reach the chat and the outbox in
 //!   `chats::deliver`; strangers answered once an hour, behind members
 //!   (`chats::strangers`);
+//! - `topics`: a forum's topic (or a private chat's) as a conversation of its own: the
+//!   [`topics::Place`] (chat, thread) everything per conversation is kept and sent under;
 //! - `commands`: one module per command (`commands::new`, `commands::stop`,
 //!   `commands::retry`, `commands::model`, `commands::status`), each owning what it does;
 //!   `replies`: every text the user reads; `html`: a message as Telegram's HTML and as
@@ -101,6 +103,7 @@ mod supervisor;
 mod systemd;
 mod telegram;
 mod text;
+mod topics;
 
 use std::path::PathBuf;
 

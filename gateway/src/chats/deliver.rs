@@ -27,6 +27,7 @@ use crate::telegram::format;
 use crate::telegram::live::{LiveReply, bounded_answer};
 use crate::telegram::sender::{Sender, plain_pieces};
 use crate::telegram::split::MESSAGE_LIMIT;
+use crate::topics::Place;
 
 /// How often "typing…" is renewed while a job runs (Telegram shows it for ~5 s).
 const TYPING_EVERY: Duration = Duration::from_secs(4);
@@ -53,17 +54,18 @@ pub struct Incoming {
 /// job), with the job's fallback events: the quota circuits learn from them.
 pub async fn follow(
     ctx: &JobContext,
-    chat: i64,
+    place: Place,
     run: impl Future<Output = Outcome>,
     incoming: Incoming,
     live: &mut LiveReply,
 ) -> (Outcome, Vec<Event>) {
+    let chat = place.chat;
     let Incoming {
         mut events,
         mut approvals,
     } = incoming;
     tokio::pin!(run);
-    let typing = keep_typing(&ctx.sender, chat);
+    let typing = keep_typing(&ctx.sender, place);
     tokio::pin!(typing);
     let job_over = CancellationToken::new();
     let mut questions = JoinSet::new();
@@ -89,7 +91,7 @@ pub async fn follow(
                 }
                 let desk = ctx.desk.clone();
                 let job_over = job_over.clone();
-                questions.spawn(async move { desk.ask(chat, ask, job_over).await });
+                questions.spawn(async move { desk.ask(place, ask, job_over).await });
             }
             Some(_) = questions.join_next(), if !questions.is_empty() => {}
             _ = sleep_until(draw_at) => live.draw().await,
@@ -146,6 +148,8 @@ pub async fn deliver(
     started: Instant,
 ) -> bool {
     let chat = request.chat;
+    let thread = request.thread;
+    let place = request.place();
     let outbox = &inner.ctx.outbox;
     let elapsed_ms = started.elapsed().as_millis();
     let edit = live.final_edit();
@@ -178,6 +182,7 @@ pub async fn deliver(
             }
             let exchange = Exchange {
                 chat_id: chat,
+                thread,
                 question: question.clone(),
                 transcript,
                 provider: reply.provider,
@@ -186,6 +191,7 @@ pub async fn deliver(
             let pieces = rendered(&shown).await;
             let _ = outbox.send(Reply {
                 chat,
+                thread,
                 answers: &request.rows,
                 text: &shown,
                 pieces,
@@ -200,16 +206,17 @@ pub async fn deliver(
             tracing::info!(job_id = %request.id, chat_id = chat, user_id = request.user_id, elapsed_ms, "stopped by /stop");
             // One reply for the job's messages, the /stops, and what waited behind it.
             let through = stop_requests.iter().copied().max().unwrap_or(i64::MAX);
-            let waiting = inner.ctx.store.waiting(chat, through).unwrap_or_else(|e| {
+            let waiting = inner.ctx.store.waiting(place, through).unwrap_or_else(|e| {
                 tracing::error!(chat_id = chat, "cannot read the waiting messages: {e}");
                 Vec::new()
             });
-            inner.no_longer_waiting(chat, waiting.len());
+            inner.no_longer_waiting(place, waiting.len());
             let mut answers = request.rows;
             answers.extend(stop_requests);
             answers.extend(waiting);
             let _ = outbox.send(Reply {
                 chat,
+                thread,
                 answers: &answers,
                 text: replies::STOPPED,
                 pieces: plain_pieces(replies::STOPPED),
@@ -226,6 +233,7 @@ pub async fn deliver(
             let notice = replies::failure_text(&failure);
             let _ = outbox.send(Reply {
                 chat,
+                thread,
                 answers: &[],
                 text: &notice,
                 pieces: plain_pieces(&notice),
@@ -233,7 +241,7 @@ pub async fn deliver(
                 exchange: None,
                 question: None,
             });
-            answer_late_stops(inner, chat, stop_requests);
+            answer_late_stops(inner, place, stop_requests);
             return true;
         }
         Outcome::Failed(failure) => {
@@ -241,6 +249,7 @@ pub async fn deliver(
             let reply = replies::failure_text(&failure);
             let _ = outbox.send(Reply {
                 chat,
+                thread,
                 answers: &request.rows,
                 text: &reply,
                 pieces: plain_pieces(&reply),
@@ -250,7 +259,7 @@ pub async fn deliver(
             });
         }
     }
-    answer_late_stops(inner, chat, stop_requests);
+    answer_late_stops(inner, place, stop_requests);
     false
 }
 
@@ -267,16 +276,16 @@ fn heard_question(text: &str, media: &[(MediaRef, String)], heard: &[String]) ->
 }
 
 /// A /stop that lost the race against the answer still gets its one reply.
-fn answer_late_stops(inner: &Inner, chat: i64, stop_requests: Vec<i64>) {
+fn answer_late_stops(inner: &Inner, place: Place, stop_requests: Vec<i64>) {
     for stop_update in stop_requests {
-        inner.reply(chat, &[stop_update], replies::TOO_LATE);
+        inner.reply(place, &[stop_update], replies::TOO_LATE);
     }
 }
 
-async fn keep_typing(sender: &Sender, chat: i64) -> std::convert::Infallible {
+async fn keep_typing(sender: &Sender, place: Place) -> std::convert::Infallible {
     tokio::time::sleep(TYPING_AFTER).await;
     loop {
-        sender.typing(chat).await;
+        sender.typing(place).await;
         tokio::time::sleep(TYPING_EVERY).await;
     }
 }

@@ -1,8 +1,10 @@
 //! From a stored message to its one reply.
 //!
-//! Each chat is served by its own task, one turn at a time and in arrival order, so a
-//! conversation never answers out of order while many chats run side by side (as many as
-//! the supervisor has slots). A turn is everything the chat's people wrote since the last
+//! Each conversation is served by its own task, one turn at a time and in arrival order,
+//! so a conversation never answers out of order while many run side by side (as many as
+//! the supervisor has slots). A conversation is a chat, or in a chat with topics one
+//! topic of it ([`crate::topics::Place`]): each topic has its own task, turns, queue and
+//! `/stop`, and its answers go to that topic. A turn is everything the chat's people wrote since the last
 //! one began, asked as one question: several messages sent in a row are one thought, and
 //! the model reads them together. The messages wait in the store's inbox, not in memory,
 //! so a restart finds them there and asks them as one turn too. Beyond
@@ -54,6 +56,7 @@ use crate::replies;
 use crate::settings::LiveSettings;
 use crate::store::{Kind, Pending, Store};
 use crate::telegram::sender::{Sender, plain_pieces};
+use crate::topics::Place;
 
 /// What the chats need to build and run a job.
 pub struct JobContext {
@@ -94,9 +97,10 @@ pub struct ChatRouter {
     inner: Arc<Inner>,
 }
 
-/// One chat's task, as the router reaches it.
+/// One conversation's task (a chat's, or one topic's of it), as the router reaches it.
 struct ChatEntry {
-    /// The chat the task serves: a group's id changes when it becomes a supergroup.
+    /// The chat the task serves: a group's id changes when it becomes a supergroup (its
+    /// topic does not: a group has none).
     id: Arc<AtomicI64>,
     wake: Arc<Notify>,
     in_flight: Arc<InFlight>,
@@ -112,6 +116,8 @@ struct ChatEntry {
 pub struct Request {
     pub id: JobId,
     pub chat: i64,
+    /// The topic it was asked in: the job's history is that topic's, its answer goes there.
+    pub thread: Option<i32>,
     /// The inbox rows the turn answers.
     pub rows: Vec<i64>,
     pub user_id: u64,
@@ -122,8 +128,15 @@ pub struct Request {
     pub media: Vec<(MediaRef, String)>,
 }
 
+impl Request {
+    /// The conversation the turn belongs to.
+    pub fn place(&self) -> Place {
+        Place::new(self.chat, self.thread)
+    }
+}
+
 struct Inner {
-    chats: Mutex<HashMap<i64, ChatEntry>>,
+    chats: Mutex<HashMap<Place, ChatEntry>>,
     ctx: JobContext,
     queue_capacity: usize,
     next_job: AtomicU64,
@@ -135,15 +148,16 @@ struct Inner {
 }
 
 impl Inner {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<i64, ChatEntry>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Place, ChatEntry>> {
         self.chats.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Commits the gateway's own words as the reply to `answers` and sends them.
-    fn reply(&self, chat: i64, answers: &[i64], text: &str) {
+    fn reply(&self, place: Place, answers: &[i64], text: &str) {
         // A reply the store refuses is the outbox's to hold and commit again before it goes.
         let _ = self.ctx.outbox.send(Reply {
-            chat,
+            chat: place.chat,
+            thread: place.thread,
             answers,
             text,
             pieces: plain_pieces(text),
@@ -153,9 +167,9 @@ impl Inner {
         });
     }
 
-    /// `count` of the chat's waiting messages were answered or taken.
-    fn no_longer_waiting(&self, chat: i64, count: usize) {
-        if let Some(entry) = self.lock().get_mut(&chat) {
+    /// `count` of the conversation's waiting messages were answered or taken.
+    fn no_longer_waiting(&self, place: Place, count: usize) {
+        if let Some(entry) = self.lock().get_mut(&place) {
             entry.waiting = entry.waiting.saturating_sub(count);
         }
     }
@@ -196,32 +210,36 @@ impl ChatRouter {
             && self
                 .inner
                 .lock()
-                .get(&message.chat_id)
+                .get(&message.place())
                 .is_none_or(|entry| !entry.busy && entry.waiting == 0);
     }
 
     /// Takes one message just stored by the poller. Never blocks: jobs run in chat tasks.
     pub fn handle(&self, message: Pending) {
-        let chat = message.chat_id;
+        let place = message.place();
         match message.kind {
-            Kind::Stranger => self.stranger(chat, message.id, message.user_id),
-            Kind::Stop => self.stop(chat, message.id),
+            Kind::Stranger => self.stranger(place, message.id, message.user_id),
+            Kind::Stop => self.stop(place, message.id),
             Kind::Unsupported => {
                 tracing::info!(
-                    chat_id = chat,
+                    chat_id = place.chat,
                     "a message the bot cannot use ({})",
                     message.text
                 );
-                self.inner
-                    .reply(chat, &[message.id], &replies::not_understood(&message.text));
+                self.inner.reply(
+                    place,
+                    &[message.id],
+                    &replies::not_understood(&message.text),
+                );
             }
-            Kind::Message => self.arrived(chat, message.id, message.counted),
+            Kind::Message => self.arrived(place, message.id, message.counted),
         }
     }
 
     /// A stranger's message: answered with their id once an hour, behind the chat's
     /// members; otherwise closed without a reply (so a restart does not answer it either).
-    fn stranger(&self, chat: i64, row: i64, user_id: u64) {
+    fn stranger(&self, place: Place, row: i64, user_id: u64) {
+        let chat = place.chat;
         let admitted = self
             .inner
             .strangers
@@ -248,6 +266,7 @@ impl ChatRouter {
         // A store error is logged where it happens; the reply still goes out.
         let _ = self.inner.ctx.outbox.send_to_stranger(Reply {
             chat,
+            thread: place.thread,
             answers: &[row],
             text: &text,
             pieces: if admitted {
@@ -264,8 +283,10 @@ impl ChatRouter {
     /// Group `from` became supergroup `to`, and its waiting messages moved there in the
     /// store: the task that served it serves `to` from now on and looks at once (after
     /// the turn it has in hand, so the turns stay in order); if `to` has a task of its
-    /// own already (a message came from the supergroup first), that one looks.
+    /// own already (a message came from the supergroup first), that one looks. (A group
+    /// has no topics: its one conversation moves.)
     fn moved(&self, from: i64, to: i64) {
+        let (from, to) = (Place::from(from), Place::from(to));
         let mut chats = self.inner.lock();
         if let Some(entry) = chats.get(&to) {
             entry.wake.notify_one();
@@ -273,7 +294,7 @@ impl ChatRouter {
         }
         match chats.remove(&from) {
             Some(entry) => {
-                entry.id.store(to, Ordering::Release);
+                entry.id.store(to.chat, Ordering::Release);
                 entry.wake.notify_one();
                 chats.insert(to, entry);
             }
@@ -289,32 +310,36 @@ impl ChatRouter {
     pub fn resume(&self, unanswered: Vec<Pending>) {
         for message in unanswered {
             match message.kind {
-                Kind::Message => self.wake(message.chat_id, None),
+                Kind::Message => self.wake(message.place(), None),
                 Kind::Stop | Kind::Stranger | Kind::Unsupported => self.handle(message),
             }
         }
     }
 
-    fn arrived(&self, chat: i64, row: i64, counted: bool) {
+    fn arrived(&self, place: Place, row: i64, counted: bool) {
         let full = self
             .inner
             .lock()
-            .get(&chat)
+            .get(&place)
             .is_some_and(|entry| entry.waiting >= self.inner.queue_capacity);
         if full {
-            tracing::info!(chat_id = chat, "too many messages waiting; refusing one");
-            self.inner.reply(chat, &[row], replies::QUEUE_FULL);
+            tracing::info!(
+                chat_id = place.chat,
+                "too many messages waiting; refusing one"
+            );
+            self.inner.reply(place, &[row], replies::QUEUE_FULL);
             return;
         }
-        self.wake(chat, Some((row, counted)));
+        self.wake(place, Some((row, counted)));
     }
 
-    /// Makes sure the chat's task runs and looks for a turn; `arrived`: one more message
-    /// waits for it (and whether its start was counted as it was stored), recorded before
-    /// the task can look.
-    fn wake(&self, chat: i64, arrived: Option<(i64, bool)>) {
+    /// Makes sure the conversation's task runs and looks for a turn; `arrived`: one more
+    /// message waits for it (and whether its start was counted as it was stored), recorded
+    /// before the task can look. What starts a turn in a given chat and topic (a message
+    /// stored in the inbox for `place`, then this) is all a caller needs.
+    fn wake(&self, place: Place, arrived: Option<(i64, bool)>) {
         let mut chats = self.inner.lock();
-        if let Some(entry) = chats.get_mut(&chat) {
+        if let Some(entry) = chats.get_mut(&place) {
             if let Some((row, counted)) = arrived {
                 entry.waiting += 1;
                 if counted {
@@ -324,11 +349,11 @@ impl ChatRouter {
             entry.wake.notify_one();
             return;
         }
-        let id = Arc::new(AtomicI64::new(chat));
+        let id = Arc::new(AtomicI64::new(place.chat));
         let wake = Arc::new(Notify::new());
         let in_flight = Arc::new(InFlight::default());
         chats.insert(
-            chat,
+            place,
             ChatEntry {
                 id: id.clone(),
                 wake: wake.clone(),
@@ -345,16 +370,18 @@ impl ChatRouter {
         let router = self.clone();
         self.inner
             .tasks
-            .spawn(async move { router.serve_chat(id, wake, in_flight).await });
+            .spawn(async move { router.serve_chat(id, place.thread, wake, in_flight).await });
     }
 
-    /// `/stop`: ends the job in flight (its task answers, once the job's processes are
-    /// gone) and the messages waiting behind it.
-    fn stop(&self, chat: i64, row: i64) {
+    /// `/stop`: ends the job in flight in its conversation (its task answers, once the
+    /// job's processes are gone) and the messages waiting behind it; a job in another
+    /// topic of the chat runs on.
+    fn stop(&self, place: Place, row: i64) {
+        let chat = place.chat;
         let in_flight = self
             .inner
             .lock()
-            .get(&chat)
+            .get(&place)
             .map(|entry| entry.in_flight.clone());
         match in_flight.map_or(Stopping::NothingRunning, |slot| slot.stop(row)) {
             Stopping::Cancelled => {
@@ -362,17 +389,22 @@ impl ChatRouter {
             }
             Stopping::NothingRunning => {
                 // Messages that came with the /stop but were not taken yet are ended too.
-                let waiting = self.inner.ctx.store.waiting(chat, row).unwrap_or_else(|e| {
-                    tracing::error!(chat_id = chat, "cannot read the waiting messages: {e}");
-                    Vec::new()
-                });
+                let waiting = self
+                    .inner
+                    .ctx
+                    .store
+                    .waiting(place, row)
+                    .unwrap_or_else(|e| {
+                        tracing::error!(chat_id = chat, "cannot read the waiting messages: {e}");
+                        Vec::new()
+                    });
                 if waiting.is_empty() {
-                    self.inner.reply(chat, &[row], replies::NOTHING_RUNNING);
+                    self.inner.reply(place, &[row], replies::NOTHING_RUNNING);
                 } else {
-                    self.inner.no_longer_waiting(chat, waiting.len());
+                    self.inner.no_longer_waiting(place, waiting.len());
                     let mut answers = waiting;
                     answers.push(row);
-                    self.inner.reply(chat, &answers, replies::STOPPED);
+                    self.inner.reply(place, &answers, replies::STOPPED);
                 }
             }
         }

@@ -12,6 +12,7 @@ use hermes_retry::Backoff;
 use super::Inner;
 use super::queue::Queued;
 use crate::telegram::sender::SendError;
+use crate::topics::Place;
 
 /// First wait after a failed send; the cap is `telegram.retry_max_secs`.
 const FIRST_RETRY: Duration = Duration::from_millis(500);
@@ -154,7 +155,10 @@ impl Inner {
             }
             let result = match edit {
                 Some(id) => sender.edit_once(dest, id, piece, plain).await,
-                None => sender.send_once(dest, piece, plain).await.map(|_| ()),
+                None => sender
+                    .send_once(Place::new(dest, queued.thread), piece, plain)
+                    .await
+                    .map(|_| ()),
             };
             let wait = match result {
                 Ok(()) => {

@@ -13,6 +13,7 @@ use rusqlite::params;
 
 use super::{Store, StoreError, now};
 use crate::media::MediaRef;
+use crate::topics::Place;
 
 /// What an inbox row is, decided when it is stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -60,6 +61,8 @@ pub struct Pending {
     /// delivered again from a new one.
     pub message_id: i64,
     pub chat_id: i64,
+    /// The topic it was written in ([`Place`]): its conversation is that topic's.
+    pub thread: Option<i32>,
     pub user_id: u64,
     /// The text, or a file's caption.
     pub text: String,
@@ -71,6 +74,13 @@ pub struct Pending {
     pub counted: bool,
     /// The voice note, photo or file the message carries.
     pub media: Option<MediaRef>,
+}
+
+impl Pending {
+    /// The conversation the message belongs to.
+    pub fn place(&self) -> Place {
+        Place::new(self.chat_id, self.thread)
+    }
 }
 
 /// A message taken into a turn.
@@ -128,7 +138,8 @@ impl Store {
         let mut new = Vec::with_capacity(messages.len());
         for mut m in messages.drain(..) {
             let media = m.media.as_ref().and_then(encode_media);
-            let inserted = self.wrap(tx.prepare_cached("INSERT OR IGNORE INTO inbox (message_id, chat_id, user_id, text, received_at, kind, media, attempts) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)").and_then(|mut st| st.execute(params![m.message_id, m.chat_id, m.user_id as i64, m.text, at, m.kind.as_str(), media, i64::from(m.counted)])))?;
+            let thread = m.place().thread_key();
+            let inserted = self.wrap(tx.prepare_cached("INSERT OR IGNORE INTO inbox (message_id, chat_id, user_id, text, received_at, kind, media, attempts, thread_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)").and_then(|mut st| st.execute(params![m.message_id, m.chat_id, m.user_id as i64, m.text, at, m.kind.as_str(), media, i64::from(m.counted), thread])))?;
             if inserted == 1 {
                 m.id = tx.last_insert_rowid();
                 new.push(m);
@@ -153,16 +164,18 @@ impl Store {
     pub fn unanswered(&self) -> Result<Vec<Pending>, StoreError> {
         let conn = self.lock();
         let mut stmt = self.wrap(conn.prepare_cached(
-            "SELECT id, chat_id, user_id, text, kind, media, message_id FROM inbox
+            "SELECT id, chat_id, user_id, text, kind, media, message_id, thread_id FROM inbox
              WHERE done_at IS NULL AND answered_by IS NULL ORDER BY id",
         ))?;
         let rows = self.wrap(stmt.query_map([], |r| {
+            let chat_id = r.get(1)?;
             Ok(Pending {
                 id: r.get(0)?,
                 // Rows of stores before schema 5 have none; nothing is delivered again
                 // for them any more.
                 message_id: r.get::<_, Option<i64>>(6)?.unwrap_or(0),
-                chat_id: r.get(1)?,
+                chat_id,
+                thread: Place::from_key(chat_id, r.get(7)?).thread,
                 user_id: r.get::<_, i64>(2)? as u64,
                 text: r.get(3)?,
                 kind: Kind::parse(&r.get::<_, String>(4)?),
@@ -173,7 +186,7 @@ impl Store {
         self.wrap(rows.collect())
     }
 
-    /// Takes the chat's next turn from its waiting messages, oldest first, and counts a
+    /// Takes the conversation's next turn from its waiting messages, oldest first, and counts a
     /// job started for each, committed before it returns (so the count survives a crash
     /// of the job and of the gateway): every waiting message up to the first command, or
     /// that command alone when it comes first. Empty when nothing waits. Messages
@@ -181,28 +194,31 @@ impl Store {
     /// [`Pending::counted`]) are not counted again.
     pub fn take_turn(
         &self,
-        chat_id: i64,
+        place: impl Into<Place>,
         is_command: impl Fn(&str) -> bool,
         counted_at_arrival: impl Fn(i64) -> bool,
     ) -> Result<Vec<Taken>, StoreError> {
+        let place = place.into();
         let mut conn = self.lock();
         // One connection, behind this lock, and one gateway per store: nothing writes
         // between the read and the update.
         let waiting: Vec<Taken> = {
             let mut stmt = self.wrap(conn.prepare_cached(
                 "SELECT id, user_id, text, attempts, media FROM inbox
-                 WHERE chat_id = ?1 AND done_at IS NULL AND answered_by IS NULL AND kind = 'message'
-                 ORDER BY id",
+                 WHERE chat_id = ?1 AND thread_id = ?2 AND done_at IS NULL AND answered_by IS NULL
+                 AND kind = 'message' ORDER BY id",
             ))?;
-            let rows = self.wrap(stmt.query_map(params![chat_id], |r| {
-                Ok(Taken {
-                    id: r.get(0)?,
-                    user_id: r.get::<_, i64>(1)? as u64,
-                    text: r.get(2)?,
-                    earlier_attempts: r.get::<_, i64>(3)?.clamp(0, i64::from(u32::MAX)) as u32,
-                    media: decode_media(r.get(4)?),
-                })
-            }))?;
+            let rows = self.wrap(
+                stmt.query_map(params![place.chat, place.thread_key()], |r| {
+                    Ok(Taken {
+                        id: r.get(0)?,
+                        user_id: r.get::<_, i64>(1)? as u64,
+                        text: r.get(2)?,
+                        earlier_attempts: r.get::<_, i64>(3)?.clamp(0, i64::from(u32::MAX)) as u32,
+                        media: decode_media(r.get(4)?),
+                    })
+                }),
+            )?;
             self.wrap(rows.collect())?
         };
         // A caption is never a command.
@@ -238,16 +254,21 @@ impl Store {
         Ok(taken)
     }
 
-    /// The chat's waiting messages (not taken into a turn, no reply committed) up to and
-    /// including row `through`.
-    pub fn waiting(&self, chat_id: i64, through: i64) -> Result<Vec<i64>, StoreError> {
+    /// The conversation's waiting messages (not taken into a turn, no reply committed) up
+    /// to and including row `through`.
+    pub fn waiting(&self, place: impl Into<Place>, through: i64) -> Result<Vec<i64>, StoreError> {
+        let place = place.into();
         let conn = self.lock();
         let mut stmt = self.wrap(conn.prepare_cached(
             "SELECT id FROM inbox
-             WHERE chat_id = ?1 AND done_at IS NULL AND answered_by IS NULL AND kind = 'message'
-             AND id <= ?2 ORDER BY id",
+             WHERE chat_id = ?1 AND thread_id = ?2 AND done_at IS NULL AND answered_by IS NULL
+             AND kind = 'message' AND id <= ?3 ORDER BY id",
         ))?;
-        let rows = self.wrap(stmt.query_map(params![chat_id, through], |r| r.get(0)))?;
+        let rows = self.wrap(
+            stmt.query_map(params![place.chat, place.thread_key(), through], |r| {
+                r.get(0)
+            }),
+        )?;
         self.wrap(rows.collect())
     }
 

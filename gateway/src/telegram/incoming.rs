@@ -16,6 +16,7 @@ use teloxide_core::types::{Message, MessageEntityKind, Update, UpdateKind};
 
 use crate::media::{self, MediaRef};
 use crate::store::{Kind, Pending};
+use crate::topics::Place;
 
 /// Who the bot is, for telling which group messages are addressed to it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -94,6 +95,7 @@ pub fn user_message(
         id: 0,
         message_id: i64::from(message.id.0),
         chat_id: message.chat.id.0,
+        thread: Place::of(&message).thread,
         user_id: user.id.0,
         text,
         kind,
@@ -172,6 +174,7 @@ pub fn raw_text_message(raw: &Value, me: &Identity, group_mode: GroupMode) -> Op
         id: 0,
         message_id,
         chat_id,
+        thread: Place::thread_of_raw(message),
         user_id,
         text,
         kind: Kind::Message,
