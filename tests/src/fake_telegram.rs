@@ -24,7 +24,8 @@
 //! API is a module of its own: `updates` (queuing and polling, offsets, the webhook),
 //! `sending` (sends, edits, chat actions, and their records), `chats` (what users do
 //! in them, blocking, migration), `faults` (the scripted misbehaviours and flood
-//! control), `buttons`, `files`, and `params` (how a call's parameters arrive).
+//! control), `buttons`, `files`, `topics` (forums and private chats with topics, and
+//! where each send landed), and `params` (how a call's parameters arrive).
 
 mod buttons;
 mod chats;
@@ -33,12 +34,14 @@ mod files;
 mod html;
 mod params;
 mod sending;
+mod topics;
 mod updates;
 
 pub use buttons::CallbackAnswer;
 pub use faults::{FloodLimits, PollFault, Rate, SendFault};
 pub use files::{Body, FakeFile, FileDownload, MAX_DOWNLOAD_BYTES};
 pub use sending::{FailedSend, MAX_TEXT_LEN, SentMessage};
+pub use topics::ChatActionRecord;
 pub use updates::{PollOutcome, PollRecord};
 
 use std::{
@@ -52,7 +55,6 @@ use tokio::sync::watch;
 
 use crate::http::{HttpServer, Request, Response};
 use params::{as_i64, parse_params, percent_decode};
-use sending::chat_action;
 
 /// The only token the fake accepts.
 pub const TOKEN: &str = "123456:TEST-TOKEN";
@@ -146,6 +148,12 @@ struct Inner {
     downloads: Vec<files::FileDownload>,
     /// While set, every download is reset before a byte is sent.
     downloads_fail: bool,
+    /// Forums and private chats with topics: each one's topics (thread ids).
+    topics: HashMap<i64, HashSet<i64>>,
+    /// The topic of each message written or sent in one, by chat and message id.
+    threads: HashMap<(i64, i64), i64>,
+    /// Chat actions accepted, in order.
+    actions: Vec<ChatActionRecord>,
 }
 
 impl FakeTelegram {
@@ -319,7 +327,7 @@ impl State {
                 self.lock().commands = Value::Null;
                 ok(json!(true))
             }
-            "sendchataction" => chat_action(&params),
+            "sendchataction" => self.chat_action(&params),
             "setwebhook" => self.set_webhook_call(&params),
             "deletewebhook" => self.delete_webhook(&params),
             "getwebhookinfo" => {
