@@ -86,6 +86,18 @@ impl Place {
     }
 }
 
+/// The message `message` replies to, if it is a reply a person made: a message in a
+/// forum topic comes "replying" to the topic's creation (the topic's first message, whose
+/// id is the thread's), which says nothing about whom it is for. A bot that created the
+/// topic would otherwise take every message in it as a reply to itself.
+pub fn replied_to(message: &Message) -> Option<&Message> {
+    let root = message
+        .thread_id
+        .filter(|_| message.is_topic_message)
+        .map(|t| t.0);
+    message.reply_to_message().filter(|r| Some(r.id) != root)
+}
+
 /// A chat without topics (or its General topic).
 impl From<i64> for Place {
     fn from(chat: i64) -> Place {
@@ -139,6 +151,35 @@ mod tests {
         let m = message(in_private_topic.clone());
         assert_eq!(Place::of(&m), Place::new(7, Some(9)));
         assert_eq!(Place::thread_of_raw(&in_private_topic), Some(9));
+    }
+
+    #[test]
+    fn the_topics_creation_is_no_reply_but_a_reply_in_a_topic_is() {
+        let forum = json!({"id": -1001, "type": "supergroup", "title": "F", "is_forum": true});
+        let bot = json!({"id": 99, "is_bot": true, "first_name": "Bot"});
+        let mut root = base(forum.clone());
+        root["message_id"] = json!(4);
+        root["from"] = bot;
+        root["forum_topic_created"] = json!({"name": "T", "icon_color": 7322096});
+        root["message_thread_id"] = json!(4);
+        root["is_topic_message"] = json!(true);
+        let mut in_topic = base(forum);
+        in_topic["message_thread_id"] = json!(4);
+        in_topic["is_topic_message"] = json!(true);
+        in_topic["reply_to_message"] = root.clone();
+        assert!(replied_to(&message(in_topic.clone())).is_none());
+        let mut answer = root;
+        answer["message_id"] = json!(30);
+        answer
+            .as_object_mut()
+            .map(|o| o.remove("forum_topic_created"));
+        answer["text"] = json!("an answer");
+        in_topic["reply_to_message"] = answer;
+        assert_eq!(
+            replied_to(&message(in_topic)).map(|m| m.id.0),
+            Some(30),
+            "a reply to the bot's answer in the topic"
+        );
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //! something the bot cannot use), and whether it is for the bot.
 //!
 //! In groups (`telegram.group_mode = "mention"`) only messages addressed to the bot are
-//! taken: a mention of it, a reply to one of its messages, or a command; a command for
+//! taken: a mention of it, a reply to one of its messages (not the topic's creation, which
+//! every message of a forum topic comes "replying" to), or a command; a command for
 //! another bot (`/new@other_bot`) never is. A file without text of its own is taken when
 //! it replies to the bot or its caption mentions it (a caption is never a command).
 //!
@@ -16,7 +17,7 @@ use teloxide_core::types::{Message, MessageEntityKind, Update, UpdateKind};
 
 use crate::media::{self, MediaRef};
 use crate::store::{Kind, Pending};
-use crate::topics::Place;
+use crate::topics::{self, Place};
 
 /// Who the bot is, for telling which group messages are addressed to it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -115,8 +116,7 @@ fn media_addressed(message: &Message, me: &Identity, mode: GroupMode) -> bool {
     if !(message.chat.is_group() || message.chat.is_supergroup()) {
         return false;
     }
-    let replied_to_bot = message
-        .reply_to_message()
+    let replied_to_bot = topics::replied_to(message)
         .and_then(|m| m.from.as_ref())
         .is_some_and(|u| u.id.0 == me.id);
     let mention = format!("@{}", me.username);
@@ -202,8 +202,7 @@ fn addressed(message: &Message, text: &str, me: &Identity, mode: GroupMode) -> O
     if !(message.chat.is_group() || message.chat.is_supergroup()) {
         return None;
     }
-    let replied_to_bot = message
-        .reply_to_message()
+    let replied_to_bot = topics::replied_to(message)
         .and_then(|m| m.from.as_ref())
         .is_some_and(|u| u.id.0 == me.id);
     let mentioned = message.parse_entities().is_some_and(|entities| {
