@@ -10,11 +10,12 @@
 //! What counts as a topic follows the Bot API: a message is in a topic only when it says
 //! `is_topic_message`. A `message_thread_id` without it is a reply thread (a reply in an
 //! ordinary supergroup, or in the General topic, names the replied-to message's thread),
-//! which is no conversation of its own and cannot be sent to. The General topic (thread 1
-//! in a forum) is a chat's conversation as it was before topics: it has no thread, and a
+//! which is no conversation of its own and cannot be sent to. A forum's General topic
+//! (thread 1) is a chat's conversation as it was before topics: it has no thread, and a
 //! send into it must not carry `message_thread_id` (Telegram refuses 1 with "message
 //! thread not found"). A chat without topics is all General, so it behaves as it always
-//! did.
+//! did. (A private chat has no General topic: its topic ids are message ids like any,
+//! 1 included.)
 //!
 //! teloxide-core 0.13 (Bot API 9.1) reads `message_thread_id` and `is_topic_message` on
 //! every message whatever its chat, and its `sendMessage` and `sendChatAction` take a
@@ -26,6 +27,12 @@ use teloxide_core::types::{Message, MessageId, ThreadId};
 /// The thread id of a forum's General topic: never sent.
 const GENERAL: i32 = 1;
 
+/// Whether `thread`, read from a message in a chat of this kind, is a topic one sends to:
+/// any in a private chat, any but General in a forum.
+fn is_topic(thread: i32, private: bool) -> bool {
+    private || thread != GENERAL
+}
+
 /// One conversation: a chat, and the topic in it (None: the General topic, or a chat
 /// without topics).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -35,12 +42,12 @@ pub struct Place {
 }
 
 impl Place {
-    /// `chat`'s topic `thread`; the General topic (and anything that is no topic id) is
-    /// the chat's own conversation.
+    /// `chat`'s topic `thread` (as [`Place::of`] read it); no thread, or one that is no
+    /// message id, is the chat's own conversation.
     pub fn new(chat: i64, thread: Option<i32>) -> Place {
         Place {
             chat,
-            thread: thread.filter(|t| *t > GENERAL),
+            thread: thread.filter(|t| *t > 0),
         }
     }
 
@@ -50,7 +57,8 @@ impl Place {
         let thread = message
             .thread_id
             .filter(|_| message.is_topic_message)
-            .map(|t| t.0.0);
+            .map(|t| t.0.0)
+            .filter(|t| is_topic(*t, message.chat.is_private()));
         Place::new(message.chat.id.0, thread)
     }
 
@@ -61,15 +69,21 @@ impl Place {
             .get("is_topic_message")
             .and_then(Value::as_bool)
             .unwrap_or(false);
+        let private = message
+            .get("chat")
+            .and_then(|c| c.get("type"))
+            .and_then(Value::as_str)
+            == Some("private");
         message
             .get("message_thread_id")
             .and_then(Value::as_i64)
             .filter(|_| topic)
             .and_then(|t| i32::try_from(t).ok())
-            .filter(|t| *t > GENERAL)
+            .filter(|t| *t > 0 && is_topic(*t, private))
     }
 
-    /// What a send into this place carries as `message_thread_id`: nothing for General.
+    /// What a send into this place carries as `message_thread_id`: nothing for General
+    /// (or a chat without topics).
     pub fn thread_id(&self) -> Option<ThreadId> {
         self.thread.map(|t| ThreadId(MessageId(t)))
     }
@@ -184,8 +198,23 @@ mod tests {
 
     #[test]
     fn general_is_never_a_thread_and_the_store_key_reads_back() {
-        assert_eq!(Place::new(5, Some(1)), Place::from(5));
-        assert_eq!(Place::new(5, Some(1)).thread_id(), None);
+        let forum = json!({"id": -1001, "type": "supergroup", "title": "F", "is_forum": true});
+        let mut general = base(forum);
+        general["message_thread_id"] = json!(1);
+        general["is_topic_message"] = json!(true);
+        assert_eq!(Place::of(&message(general.clone())), Place::from(-1001));
+        assert_eq!(Place::thread_of_raw(&general), None);
+        // A private chat has no General: its first topic may well be message 1.
+        let mut first = base(json!({"id": 7, "type": "private", "first_name": "A"}));
+        first["message_thread_id"] = json!(1);
+        first["is_topic_message"] = json!(true);
+        assert_eq!(Place::of(&message(first.clone())), Place::new(7, Some(1)));
+        assert_eq!(Place::thread_of_raw(&first), Some(1));
+        assert_eq!(
+            Place::new(7, Some(1)).thread_id(),
+            Some(ThreadId(MessageId(1)))
+        );
+        assert_eq!(Place::new(5, Some(0)), Place::from(5));
         assert_eq!(Place::new(5, Some(0)).thread_key(), 0);
         let topic = Place::new(-9, Some(123));
         assert_eq!(topic.thread_id(), Some(ThreadId(MessageId(123))));

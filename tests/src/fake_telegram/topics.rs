@@ -32,6 +32,10 @@ impl FakeTelegram {
     /// General topic is always there and is none of them). Its messages come as from a
     /// forum from now on.
     pub fn make_forum(&self, chat_id: i64, topics: &[i64]) {
+        assert!(
+            !topics.contains(&1),
+            "thread 1 is a forum's General topic, which no send may name"
+        );
         let mut g = self.state.lock();
         g.topics.insert(chat_id, topics.iter().copied().collect());
         let chat =
