@@ -4,12 +4,13 @@
 //! so a conversation never answers out of order while many run side by side (as many as
 //! the supervisor has slots). A conversation is a chat, or in a chat with topics one
 //! topic of it ([`crate::topics::Place`]): each topic has its own task, turns, queue and
-//! `/stop`, and its answers go to that topic. A turn is everything the chat's people wrote since the last
-//! one began, asked as one question: several messages sent in a row are one thought, and
-//! the model reads them together. The messages wait in the store's inbox, not in memory,
-//! so a restart finds them there and asks them as one turn too. Beyond
-//! `telegram.max_queued_per_chat` waiting messages a new one is refused with a reply that
-//! says it was not processed. A chat task ends after a quiet minute. `/stop` does not wait
+//! `/stop`, and its answers go to that topic. A turn is everything the conversation's
+//! people wrote since the last one began, asked as one question: several messages sent in
+//! a row are one thought, and the model reads them together. The messages wait in the
+//! store's inbox, not in memory, so a restart finds them there and asks them as one turn
+//! too. Beyond `telegram.max_queued_per_chat` waiting messages (per conversation) a new
+//! one is refused with a reply that says it was not processed. A task ends after a quiet
+//! minute. `/stop` does not wait
 //! for a turn: it ends the job in flight, and the messages waiting behind it, the moment
 //! it arrives.
 //!

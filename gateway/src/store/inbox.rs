@@ -186,9 +186,9 @@ impl Store {
         self.wrap(rows.collect())
     }
 
-    /// Takes the conversation's next turn from its waiting messages, oldest first, and counts a
-    /// job started for each, committed before it returns (so the count survives a crash
-    /// of the job and of the gateway): every waiting message up to the first command, or
+    /// Takes the conversation's next turn from its waiting messages, oldest first, and
+    /// counts a job started for each, committed before it returns (so the count survives a
+    /// crash of the job and of the gateway): every waiting message up to the first command, or
     /// that command alone when it comes first. Empty when nothing waits. Messages
     /// `counted_at_arrival` (this run counted their start as it stored them, see
     /// [`Pending::counted`]) are not counted again.
