@@ -23,6 +23,7 @@ pub struct Exchange {
 }
 
 impl Exchange {
+    /// The conversation it extends.
     pub fn place(&self) -> Place {
         Place::new(self.chat_id, self.thread)
     }
