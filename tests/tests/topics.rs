@@ -1,7 +1,8 @@
 //! Topics are conversations: in a forum supergroup, and in a private chat with topics
-//! (Bot API 9.3), each topic keeps its own history (and `/new`), and every answer, chat
-//! action and piece left in the outbox lands in the topic it answers, after a `kill -9`
-//! too. The General topic is the chat's conversation as before topics.
+//! (Bot API 9.3), each topic keeps its own history (and `/new`, `/retry`, `/stop`), and
+//! every answer, chat action, streamed preview, approval question and piece left in the
+//! outbox lands in the topic it answers, after a `kill -9` too. The General topic is the
+//! chat's conversation as before topics.
 //!
 //! Before: every topic shared one conversation, and every answer went to General (a send
 //! without `message_thread_id`); the fake Telegram, as strict as the Bot API, records the
@@ -23,7 +24,7 @@ hermes_tests::both_modes!(
     two_topics_of_a_forum_keep_their_own_histories_and_answers_land_in_their_topic,
     an_answer_left_in_the_outbox_by_a_kill_9_lands_in_its_topic_after_the_restart,
     a_private_chat_with_topics_keeps_a_conversation_per_topic,
-    new_in_one_topic_leaves_the_other_topics_history,
+    new_and_retry_act_on_the_topic_they_were_sent_in,
     a_streamed_answer_and_a_stop_each_stay_in_their_topic,
     an_approval_question_is_asked_in_the_topic_of_its_job,
 );
@@ -194,7 +195,7 @@ async fn a_private_chat_with_topics_keeps_a_conversation_per_topic(mode: WorkerM
     rig.gateway.assert_running(rig.pid);
 }
 
-async fn new_in_one_topic_leaves_the_other_topics_history(mode: WorkerMode) {
+async fn new_and_retry_act_on_the_topic_they_were_sent_in(mode: WorkerMode) {
     let rig = rig(mode).await;
     rig.telegram.make_forum(FORUM, &[A, B]);
     ask_in(&rig, FORUM, Some(A), "alpha one").await;
@@ -218,6 +219,10 @@ async fn new_in_one_topic_leaves_the_other_topics_history(mode: WorkerMode) {
         "topic B kept its history: {beta}"
     );
     assert_eq!(rig.provider.request_count(), 4, "/new runs no job");
+    // `/retry` in A asks A's last question again, not the chat's last (B's).
+    let again = ask_in(&rig, FORUM, Some(A), "/retry").await;
+    assert_eq!(again.text, "echo: alpha two");
+    assert_eq!(rig.provider.request_count(), 5);
     rig.assert_one_reply_each();
 }
 
