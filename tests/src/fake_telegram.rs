@@ -150,6 +150,8 @@ struct Inner {
     downloads_fail: bool,
     /// Forums and private chats with topics: each one's topics (thread ids).
     topics: HashMap<i64, HashSet<i64>>,
+    /// Forum topics the bot created, by chat and thread.
+    bot_topics: HashSet<(i64, i64)>,
     /// The topic of each message written or sent in one, by chat and message id.
     threads: HashMap<(i64, i64), i64>,
     /// Chat actions accepted, in order.

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use hermes_config::WorkerMode;
 use hermes_tests::fake_provider::ProviderReply;
-use hermes_tests::fake_telegram::{SendFault, SentMessage};
+use hermes_tests::fake_telegram::{BOT_USERNAME, SendFault, SentMessage};
 use hermes_tests::harness::{Gateway, GatewayOptions, PATIENCE, Rig, USER};
 use hermes_tests::mcp;
 use nix::sys::signal::Signal;
@@ -27,6 +27,7 @@ hermes_tests::both_modes!(
     new_and_retry_act_on_the_topic_they_were_sent_in,
     a_streamed_answer_and_a_stop_each_stay_in_their_topic,
     an_approval_question_is_asked_in_the_topic_of_its_job,
+    in_a_topic_the_bot_created_only_messages_for_the_bot_are_answered,
 );
 
 const FORUM: i64 = -100_200_300;
@@ -332,4 +333,26 @@ async fn an_approval_question_is_asked_in_the_topic_of_its_job(mode: WorkerMode)
         "{:#?}",
         rig.telegram.sent_to(USER)
     );
+}
+
+/// Every message of a forum topic comes "replying" to the topic's creation; when the bot
+/// created the topic, that is no reply to the bot: with `group_mode = "mention"` (the
+/// default) only a mention (or a real reply to it) is for the bot, in that topic too.
+async fn in_a_topic_the_bot_created_only_messages_for_the_bot_are_answered(mode: WorkerMode) {
+    let rig = Rig::start(mode, |_| {}).await;
+    rig.telegram.make_forum(FORUM, &[A]);
+    rig.telegram.topic_created_by_bot(FORUM, A);
+    rig.telegram
+        .send_text_in_topic(FORUM, Some(A), USER, "people talking among themselves");
+    let question = format!("@{BOT_USERNAME} what time is it");
+    let reply = ask_in(&rig, FORUM, Some(A), &question).await;
+    assert_eq!(reply.text, "echo: what time is it");
+    let asked: Vec<Option<String>> = rig
+        .provider
+        .requests()
+        .iter()
+        .map(|r| r.last_user_text())
+        .collect();
+    assert_eq!(asked, [Some("what time is it".to_string())]);
+    rig.assert_one_reply_each();
 }

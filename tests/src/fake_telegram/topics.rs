@@ -13,7 +13,7 @@ use std::time::Instant;
 
 use serde_json::{Value, json};
 
-use super::{FakeTelegram, Inner, SendFault, as_i64, unix_now};
+use super::{FakeTelegram, Inner, SendFault, as_i64, bot_user, unix_now};
 
 pub(super) const THREAD_NOT_FOUND: &str = "Bad Request: message thread not found";
 
@@ -41,6 +41,12 @@ impl FakeTelegram {
         let chat =
             json!({"id": chat_id, "type": "supergroup", "title": "Test forum", "is_forum": true});
         g.chats.insert(chat_id, chat);
+    }
+
+    /// Topic `thread` of forum `chat_id` was created by the bot (`createForumTopic`): every
+    /// message in it comes "replying" to the bot's own service message.
+    pub fn topic_created_by_bot(&self, chat_id: i64, thread: i64) {
+        self.state.lock().bot_topics.insert((chat_id, thread));
     }
 
     /// Turns topics on in the private chat `chat_id` (Bot API 9.3), with `topics`.
@@ -82,13 +88,18 @@ impl FakeTelegram {
             message["message_thread_id"] = json!(thread);
             message["is_topic_message"] = json!(true);
             if chat.get("is_forum").and_then(Value::as_bool) == Some(true) {
+                let creator = if g.bot_topics.contains(&(chat_id, thread)) {
+                    bot_user()
+                } else {
+                    json!({"id": user_id, "is_bot": false, "first_name": "Test"})
+                };
                 message["reply_to_message"] = json!({
                     "message_id": thread,
                     "message_thread_id": thread,
                     "is_topic_message": true,
                     "date": unix_now(),
                     "chat": chat,
-                    "from": {"id": user_id, "is_bot": false, "first_name": "Test"},
+                    "from": creator,
                     "forum_topic_created": {"name": format!("Topic {thread}"), "icon_color": 7322096},
                 });
             }
