@@ -32,6 +32,7 @@ const FIELDS: &[(&str, &str)] = &[
     ("message_id", "MESSAGE_ID"),
     ("slot", "SLOT"),
     ("class", "CLASS"),
+    ("file", "FILE"),
     ("pid", "PID"),
     ("run", "RUN"),
     ("mode", "MODE"),

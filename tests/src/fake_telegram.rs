@@ -24,8 +24,9 @@
 //! API is a module of its own: `updates` (queuing and polling, offsets, the webhook),
 //! `sending` (sends, edits, chat actions, and their records), `chats` (what users do
 //! in them, blocking, migration), `faults` (the scripted misbehaviours and flood
-//! control), `buttons`, `files`, `topics` (forums and private chats with topics, and
-//! where each send landed), and `params` (how a call's parameters arrive).
+//! control), `buttons`, `files`, `uploads` (files the bot sends), `topics` (forums and
+//! private chats with topics, and where each send landed), and `params` (how a call's
+//! parameters arrive).
 
 mod buttons;
 mod chats;
@@ -36,6 +37,7 @@ mod params;
 mod sending;
 mod topics;
 mod updates;
+mod uploads;
 
 pub use buttons::CallbackAnswer;
 pub use faults::{FloodLimits, PollFault, Rate, SendFault};
@@ -43,6 +45,7 @@ pub use files::{Body, FakeFile, FileDownload, MAX_DOWNLOAD_BYTES};
 pub use sending::{FailedSend, MAX_TEXT_LEN, SentMessage};
 pub use topics::ChatActionRecord;
 pub use updates::{PollOutcome, PollRecord};
+pub use uploads::Upload;
 
 use std::{
     collections::{HashMap, HashSet, VecDeque},
@@ -156,6 +159,8 @@ struct Inner {
     threads: HashMap<(i64, i64), i64>,
     /// Chat actions accepted, in order.
     actions: Vec<ChatActionRecord>,
+    /// Files the bot sent (`sendDocument`, `sendPhoto`).
+    uploads: uploads::Uploads,
 }
 
 impl FakeTelegram {
@@ -295,6 +300,16 @@ impl State {
             self.lock().unauthorized += 1;
             self.bump();
             return api_error(401, "Unauthorized", None);
+        }
+        // Files come as multipart bodies, which only the upload methods take.
+        if req
+            .header("content-type")
+            .is_some_and(|t| t.to_ascii_lowercase().starts_with("multipart/form-data"))
+        {
+            return match method.to_ascii_lowercase().as_str() {
+                "senddocument" | "sendphoto" => self.upload(method, &req),
+                _ => api_error(400, "Bad Request: unexpected multipart body", None),
+            };
         }
         let params = match parse_params(&req) {
             Ok(p) => p,

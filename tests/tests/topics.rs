@@ -28,6 +28,7 @@ hermes_tests::both_modes!(
     a_streamed_answer_and_a_stop_each_stay_in_their_topic,
     an_approval_question_is_asked_in_the_topic_of_its_job,
     in_a_topic_the_bot_created_only_messages_for_the_bot_are_answered,
+    a_file_sent_back_goes_to_the_topic_of_its_answer,
 );
 
 const FORUM: i64 = -100_200_300;
@@ -355,4 +356,25 @@ async fn in_a_topic_the_bot_created_only_messages_for_the_bot_are_answered(mode:
         .collect();
     assert_eq!(asked, [Some("what time is it".to_string())]);
     rig.assert_one_reply_each();
+}
+
+/// An answer too long for ten messages follows whole as `answer.md`: the messages and the
+/// document go to the topic it answers.
+async fn a_file_sent_back_goes_to_the_topic_of_its_answer(mode: WorkerMode) {
+    let rig = rig(mode).await;
+    rig.telegram.enable_private_topics(USER, &[3, 4]);
+    let answer: String = (0..9000).map(|i| format!("w{i} ")).collect();
+    rig.provider.push(ProviderReply::Text(answer));
+    rig.telegram
+        .send_text_in_topic(USER, Some(4), USER, "tell me everything");
+    let uploads = rig.telegram.wait_for_uploads(1, PATIENCE).await;
+    assert_eq!(uploads.len(), 1, "{}", rig.gateway.log());
+    assert_eq!(uploads[0].file_name, "answer.md");
+    assert_eq!(uploads[0].thread, Some(4), "the document is in topic 4");
+    let messages = rig.telegram.sent_to(USER);
+    assert_eq!(messages.len(), 10, "{messages:#?}");
+    assert!(
+        messages.iter().all(|m| m.thread == Some(4)),
+        "{messages:#?}"
+    );
 }

@@ -46,7 +46,7 @@ pub use prune::on_schedule as prune_on_schedule;
 use rusqlite::Connection;
 
 /// The schema this build writes. Bump it with a new entry in [`MIGRATIONS`].
-pub const SCHEMA_VERSION: i64 = 7;
+pub const SCHEMA_VERSION: i64 = 8;
 
 /// `MIGRATIONS[n]` takes a store from version `n` to `n + 1`.
 const MIGRATIONS: &[&str] = &[
@@ -162,7 +162,13 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (chat_id, message_id)
     );
 "#,
-    // 7: topics are conversations (`topics::Place`). What is kept per conversation is
+    // 7: files back to the user. An outbox piece may be a file (`file`: JSON of
+    // `files_back::OutFile`: its path in the state directory's `outgoing/`, the name the
+    // chat sees, photo or document); its text columns are then empty.
+    r#"
+    ALTER TABLE outbox ADD COLUMN file TEXT;
+"#,
+    // 8: topics are conversations (`topics::Place`). What is kept per conversation is
     // keyed by the chat and its topic (`thread_id`, 0 for none: the General topic, or a
     // chat without topics, so every conversation before this is its chat's General
     // topic's): the waiting messages, the turns, and a chat's numbered conversation,

@@ -17,6 +17,7 @@
 use rusqlite::{Transaction, params};
 
 use super::{Exchange, Store, StoreError, now};
+use crate::files_back::OutFile;
 use crate::topics::Place;
 
 /// One piece of a reply as stored: Telegram HTML, the same text without markup, and
@@ -27,6 +28,8 @@ pub struct OutPiece {
     pub plain: String,
     /// Edit this message to show the piece, or send it anew if it cannot be edited.
     pub edit_message_id: Option<i32>,
+    /// A file to send (`sendPhoto`/`sendDocument`) instead of text.
+    pub file: Option<OutFile>,
 }
 
 /// A reply to commit.
@@ -85,8 +88,8 @@ impl Store {
         for piece in record.pieces {
             let id = self.wrap(
                 tx.prepare_cached(
-                    "INSERT INTO outbox (reply, chat_id, html, plain, edit_message_id, created_at, thread_id)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                    "INSERT INTO outbox (reply, chat_id, html, plain, edit_message_id, created_at, file,
+                     thread_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
                 )
                 .and_then(|mut st| {
                     st.insert(params![
@@ -96,6 +99,7 @@ impl Store {
                         piece.plain,
                         piece.edit_message_id,
                         at,
+                        piece.file.as_ref().and_then(|f| serde_json::to_string(f).ok()),
                         thread
                     ])
                 }),
@@ -170,7 +174,7 @@ impl Store {
         let pieces: Vec<Stored> = {
             let mut stmt = self.wrap(tx.prepare(
                 "SELECT id, coalesce(reply, id), chat_id, html, plain, edit_message_id, created_at,
-                 thread_id FROM outbox ORDER BY id",
+                 file, thread_id FROM outbox ORDER BY id",
             ))?;
             let rows = self.wrap(stmt.query_map([], |r| {
                 let chat_id = r.get(2)?;
@@ -178,11 +182,16 @@ impl Store {
                     id: r.get(0)?,
                     reply: r.get(1)?,
                     chat_id,
-                    thread: Place::from_key(chat_id, r.get(7)?).thread,
+                    thread: Place::from_key(chat_id, r.get(8)?).thread,
                     piece: OutPiece {
                         html: r.get(3)?,
                         plain: r.get(4)?,
                         edit_message_id: r.get(5)?,
+                        // A file that cannot be read back is sent as its (empty) text:
+                        // nothing; its file goes as an orphan at start-up.
+                        file: r
+                            .get::<_, Option<String>>(7)?
+                            .and_then(|f| serde_json::from_str(&f).ok()),
                     },
                     created_at: r.get(6)?,
                 })

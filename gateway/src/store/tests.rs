@@ -37,6 +37,7 @@ fn piece(text: &str) -> OutPiece {
         html: format!("<b>{text}</b>"),
         plain: text.into(),
         edit_message_id: None,
+        file: None,
     }
 }
 
@@ -702,20 +703,20 @@ fn pruning_forgets_what_is_no_longer_needed_and_keeps_the_rest() {
     assert_eq!(store.prune_at(now).unwrap(), prune::Pruned::default());
 }
 
-/// A store of schema 6 (before topics) with a conversation, a `/model` choice, a last
+/// A store of schema 7 (before topics) with a conversation, a `/model` choice, a last
 /// question, a waiting message and a reply in the outbox: after the migration all of it
 /// is the chat's General topic's (no thread), and a topic of the same chat is a
 /// conversation of its own (history, `/new`, `/model`, `/retry`, turns, outbox).
 #[test]
-fn a_version_6_store_keeps_its_conversations_as_general_and_topics_are_their_own() {
+fn a_store_from_before_topics_keeps_its_conversations_as_general_and_topics_are_their_own() {
     use crate::topics::Place;
     let dir = tempfile::tempdir().unwrap();
     let conn = Connection::open(dir.path().join("state.db")).unwrap();
-    for m in &MIGRATIONS[..6] {
+    for m in &MIGRATIONS[..7] {
         conn.execute_batch(m).unwrap();
     }
     conn.execute_batch(
-        "PRAGMA user_version = 6;
+        "PRAGMA user_version = 7;
          INSERT INTO turns (chat_id, conversation, role, content, at) VALUES (7, 2, 'user', 'hi', 0);
          INSERT INTO turns (chat_id, conversation, role, content, at) VALUES (7, 2, 'assistant', 'hello', 0);
          INSERT INTO chats (chat_id, conversation, provider, last_question) VALUES (7, 2, 'backup', 'hi');
