@@ -20,6 +20,8 @@
 //! - `state`: `[state]`, the state directory.
 //! - `agent`: `[agent]`, the system prompt, history and tool-calling rounds of a job.
 //! - `tools`: `[[tools.mcp]]`, MCP servers, their sandbox grants and approvals.
+//! - `budgets`: `[budgets]`, caps on tokens and cost per user and for everyone, and the
+//!   time zone their days and months are counted in.
 //!
 //! and around them:
 //!
@@ -29,6 +31,7 @@
 //! - `plans`: what a job is sent with ([`JobPlans`]) and what its tools may not read.
 
 mod agent;
+mod budgets;
 mod plans;
 mod providers;
 mod report;
@@ -47,6 +50,7 @@ use std::path::{Path, PathBuf};
 use toml::de::DeTable;
 
 pub use agent::AgentConfig;
+pub use budgets::{BudgetsConfig, Caps};
 pub use plans::{JobPlans, absolute};
 pub use providers::ProviderConfig;
 pub use report::{ConfigError, EXIT_CONFIG, Problem, load_or_report};
@@ -72,6 +76,8 @@ pub struct Config {
     pub tools: ToolsConfig,
     /// `[transcription]`; `None`: voice notes get a reply saying voice is not enabled.
     pub transcription: Option<TranscriptionConfig>,
+    /// `[budgets]`; by default no cap.
+    pub budgets: BudgetsConfig,
 }
 
 impl Config {
@@ -125,6 +131,8 @@ impl Config {
         let transcription = transcription_table
             .as_ref()
             .and_then(|t| doc.transcription(t, &providers));
+        let budgets_table = top.table("budgets", &mut doc);
+        let budgets = doc.budgets(budgets_table.as_ref());
         top.finish(&mut doc);
         doc.confirm_within_job_timeout(&tools, &workers);
 
@@ -138,6 +146,7 @@ impl Config {
                 agent,
                 tools,
                 transcription,
+                budgets,
             })
         } else {
             doc.problems.sort_by_key(|p| p.line.unwrap_or(usize::MAX));
@@ -183,6 +192,7 @@ mod tests {
             "streaming",
             "edit_interval_ms",
             "group_mode",
+            "settle_ms",
             "max_steps",
             "command",
             "args",
@@ -220,6 +230,14 @@ mod tests {
             "provider",
             "max_seconds",
             "show_transcript",
+            "input_price_per_mtok",
+            "output_price_per_mtok",
+            "cached_price_per_mtok",
+            "time_zone",
+            "daily_tokens",
+            "monthly_tokens",
+            "daily_cost",
+            "monthly_cost",
         ] {
             assert!(
                 text.contains(&format!("{key} =")),

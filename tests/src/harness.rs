@@ -205,6 +205,8 @@ pub struct GatewayOptions {
     pub state_dir_in_config: bool,
     /// Indices of the providers whose entry says `vision = true`.
     pub vision: Vec<usize>,
+    /// Lines added to every `[[providers]]` entry verbatim (prices, …).
+    pub provider_toml: String,
 }
 
 impl GatewayOptions {
@@ -231,6 +233,7 @@ impl GatewayOptions {
             telegram_toml: "streaming = false\n".into(),
             state_dir_in_config: true,
             vision: Vec::new(),
+            provider_toml: String::new(),
         }
     }
 
@@ -265,6 +268,9 @@ impl GatewayOptions {
             }
             if self.vision.contains(&i) {
                 toml.push_str("vision = true\n\n");
+            }
+            if !self.provider_toml.is_empty() {
+                toml.push_str(&format!("{}\n\n", self.provider_toml.trim_end()));
             }
         }
         toml.push_str(&format!(

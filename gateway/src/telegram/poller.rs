@@ -35,7 +35,9 @@ use teloxide_core::types::{AllowedUpdate, CallbackQuery, Update, UpdateKind};
 use teloxide_core::{ApiError, RequestError};
 use tokio_util::sync::CancellationToken;
 
-use super::incoming::{Identity, raw_sender, raw_text_message, user_message, withheld};
+use super::incoming::{
+    AddressedAlbums, Identity, raw_sender, raw_text_message, user_message, withheld,
+};
 use super::webhook::{is_webhook_conflict, webhook_gone};
 use crate::health::Health;
 use crate::store::{Kind, Pending, Store, Unparsed};
@@ -101,6 +103,7 @@ pub async fn poll(
         }
     };
     tracing::info!(bot = %me.username, "polling Telegram as @{}", me.username);
+    let mut albums = AddressedAlbums::default();
     if !drop_webhook(&bot, &health, &stop, &mut backoff, &mut failing_since, true).await {
         return;
     }
@@ -175,6 +178,7 @@ pub async fn poll(
                             &me,
                             settings.group_mode,
                             settings.max_file_bytes,
+                            &mut albums,
                         )),
                     }
                 }
