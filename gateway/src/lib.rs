@@ -30,6 +30,8 @@
 //!   `chats::deliver`; strangers answered once an hour, behind members
 //!   (`chats::strangers`); the ⏹ button that stops a turn's job (`chats::stop_button`)
 //!   and which message shows the turn's reactions (`chats::reaction`);
+//! - `topics`: a forum's topic (or a private chat's) as a conversation of its own: the
+//!   [`topics::Place`] (chat, thread) everything per conversation is kept and sent under;
 //! - `commands`: one module per command (`commands::new`, `commands::stop`,
 //!   `commands::retry`, `commands::model`, `commands::status`, `commands::usage`), each
 //!   owning what it does;
@@ -126,6 +128,7 @@ mod supervisor;
 mod systemd;
 mod telegram;
 mod text;
+mod topics;
 mod usage;
 
 use std::path::PathBuf;

@@ -27,8 +27,9 @@
 //! control), `buttons`, `files`, `uploads` (files the bot sends), `albums` (media
 //! groups, one update per member, and long pastes split), `replies` (a reply carrying the
 //! message and the part it quotes), `reactions` (only the emoji bots may use), `rich`
-//! (rich messages, refused when a test says so, and deleting a message), and `params`
-//! (how a call's parameters arrive).
+//! (rich messages, refused when a test says so, and deleting a message), `topics` (forums
+//! and private chats with topics, and where each send landed), and `params` (how a call's
+//! parameters arrive).
 
 mod albums;
 mod buttons;
@@ -41,6 +42,7 @@ mod reactions;
 mod replies;
 mod rich;
 mod sending;
+mod topics;
 mod updates;
 mod uploads;
 
@@ -51,6 +53,7 @@ pub use files::{Body, FakeFile, FileDownload, MAX_DOWNLOAD_BYTES};
 pub use reactions::ALLOWED_REACTIONS;
 pub use rich::MAX_RICH_LEN;
 pub use sending::{FailedSend, MAX_TEXT_LEN, SentMessage};
+pub use topics::ChatActionRecord;
 pub use updates::{PollOutcome, PollRecord};
 pub use uploads::Upload;
 
@@ -65,7 +68,6 @@ use tokio::sync::watch;
 
 use crate::http::{HttpServer, Request, Response};
 use params::{as_i64, parse_params, percent_decode};
-use sending::chat_action;
 
 /// The only token the fake accepts.
 pub const TOKEN: &str = "123456:TEST-TOKEN";
@@ -163,6 +165,14 @@ struct Inner {
     reactions: reactions::Reactions,
     /// Rich messages and deleted messages (see [`rich`]).
     rich: rich::Rich,
+    /// Forums and private chats with topics: each one's topics (thread ids).
+    topics: HashMap<i64, HashSet<i64>>,
+    /// Forum topics the bot created, by chat and thread.
+    bot_topics: HashSet<(i64, i64)>,
+    /// The topic of each message written or sent in one, by chat and message id.
+    threads: HashMap<(i64, i64), i64>,
+    /// Chat actions accepted, in order.
+    actions: Vec<ChatActionRecord>,
     /// Files the bot sent (`sendDocument`, `sendPhoto`).
     uploads: uploads::Uploads,
     /// Users' messages, for replies to them.
@@ -353,7 +363,7 @@ impl State {
                 self.lock().commands = Value::Null;
                 ok(json!(true))
             }
-            "sendchataction" => chat_action(&params),
+            "sendchataction" => self.chat_action(&params),
             "setwebhook" => self.set_webhook_call(&params),
             "deletewebhook" => self.delete_webhook(&params),
             "getwebhookinfo" => {

@@ -43,6 +43,7 @@ use crate::jobs::ApprovalAsk;
 use crate::settings::LiveSettings;
 use crate::telegram::format::Piece;
 use crate::telegram::sender::Sender;
+use crate::topics::Place;
 
 mod arguments;
 mod texts;
@@ -101,14 +102,16 @@ impl Desk {
         self.open.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Asks `chat` about `ask` and sends the decision back, unless `job_over` comes
-    /// first; either way the question ends edited, without buttons.
-    pub async fn ask(&self, chat: i64, ask: ApprovalAsk, job_over: CancellationToken) {
+    /// Asks `place` (the chat, in the topic the job answers) about `ask` and sends the
+    /// decision back, unless `job_over` comes first; either way the question ends edited,
+    /// without buttons.
+    pub async fn ask(&self, place: Place, ask: ApprovalAsk, job_over: CancellationToken) {
+        let chat = place.chat;
         let ApprovalAsk { request, decide } = ask;
         let timeout = Duration::from_millis(request.timeout_ms);
         let question = match question(&request.tool, &request.arguments, timeout) {
             Ok(question) => question,
-            Err(why) => return self.refuse(chat, &request.tool, &why, decide).await,
+            Err(why) => return self.refuse(place, &request.tool, &why, decide).await,
         };
         let key = new_key();
         let (press, pressed) = oneshot::channel();
@@ -122,7 +125,7 @@ impl Desk {
         );
         let message = match self
             .sender
-            .send_with_buttons(chat, &question, &keyboard(&key))
+            .send_with_buttons(place, &question, &keyboard(&key))
             .await
         {
             Ok(message) => message,
@@ -188,17 +191,18 @@ impl Desk {
     /// briefly (best effort: the denial does not wait on it).
     async fn refuse(
         &self,
-        chat: i64,
+        place: Place,
         tool: &str,
         why: &Unaskable,
         decide: oneshot::Sender<Decision>,
     ) {
+        let chat = place.chat;
         tracing::info!(chat_id = chat, tool = %tool, "a tool call is denied without asking: {}", why.for_model());
         let _ = decide.send(Decision::Unavailable {
             reason: why.for_model(),
         });
         let note = texts::refused(tool, &why.for_chat());
-        if let Err(e) = self.sender.send_once(chat, &note, true).await {
+        if let Err(e) = self.sender.send_once(place, &note, true).await {
             tracing::info!(
                 chat_id = chat,
                 "cannot tell the chat a tool call was refused: {e:?}"

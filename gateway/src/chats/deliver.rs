@@ -30,6 +30,7 @@ use crate::telegram::live::{LiveReply, bounded_answer};
 use crate::telegram::rich;
 use crate::telegram::sender::{Sender, plain_pieces};
 use crate::telegram::split::MESSAGE_LIMIT;
+use crate::topics::Place;
 use crate::usage::JobUsage;
 
 /// How often "typing…" is renewed while a job runs (Telegram shows it for ~5 s).
@@ -69,11 +70,12 @@ pub struct Followed {
 /// job), with what the job left.
 pub async fn follow(
     ctx: &JobContext,
-    chat: i64,
+    place: Place,
     run: impl Future<Output = Outcome>,
     incoming: Incoming,
     live: &mut LiveReply,
 ) -> Followed {
+    let chat = place.chat;
     let Incoming {
         mut events,
         mut approvals,
@@ -81,7 +83,7 @@ pub async fn follow(
         user,
     } = incoming;
     tokio::pin!(run);
-    let typing = keep_typing(&ctx.sender, chat);
+    let typing = keep_typing(&ctx.sender, place);
     tokio::pin!(typing);
     let job_over = CancellationToken::new();
     let mut questions = JoinSet::new();
@@ -109,12 +111,14 @@ pub async fn follow(
                 }
                 let desk = ctx.desk.clone();
                 let job_over = job_over.clone();
-                questions.spawn(async move { desk.ask(chat, ask, job_over).await });
+                questions.spawn(async move { desk.ask(place, ask, job_over).await });
             }
             Some(_) = questions.join_next(), if !questions.is_empty() => {}
             Some(ask) = schedules.recv() => {
                 // A few small store statements: answered here, in the chat's task.
-                let answer = ctx.schedules.answer(chat, None, user, ask.action);
+                let answer = ctx
+                    .schedules
+                    .answer(chat, place.thread.map(i64::from), user, ask.action);
                 let _ = ask.answer.send(answer);
             }
             _ = sleep_until(draw_at) => live.draw().await,
@@ -222,6 +226,8 @@ pub async fn deliver(
     started: Instant,
 ) -> bool {
     let chat = request.chat;
+    let thread = request.thread;
+    let place = request.place();
     let outbox = &inner.ctx.outbox;
     let elapsed_ms = started.elapsed().as_millis();
     let edit = live.final_edit();
@@ -257,6 +263,7 @@ pub async fn deliver(
             }
             let exchange = Exchange {
                 chat_id: chat,
+                thread,
                 question: question.clone(),
                 transcript,
                 provider: reply.provider,
@@ -286,6 +293,7 @@ pub async fn deliver(
             }
             let _ = outbox.send(Reply {
                 chat,
+                thread,
                 answers: &request.rows,
                 text: &shown,
                 pieces,
@@ -302,16 +310,17 @@ pub async fn deliver(
             tracing::info!(job_id = %request.id, chat_id = chat, user_id = request.user_id, elapsed_ms, "stopped by /stop");
             // One reply for the job's messages, the /stops, and what waited behind it.
             let through = stop_requests.through();
-            let waiting = inner.ctx.store.waiting(chat, through).unwrap_or_else(|e| {
+            let waiting = inner.ctx.store.waiting(place, through).unwrap_or_else(|e| {
                 tracing::error!(chat_id = chat, "cannot read the waiting messages: {e}");
                 Vec::new()
             });
-            inner.no_longer_waiting(chat, waiting.len());
+            inner.no_longer_waiting(place, waiting.len());
             let mut answers = request.rows;
             answers.extend(stop_requests.rows);
             answers.extend(waiting);
             let _ = outbox.send(Reply {
                 chat,
+                thread,
                 answers: &answers,
                 text: replies::STOPPED,
                 pieces: plain_pieces(replies::STOPPED),
@@ -330,6 +339,7 @@ pub async fn deliver(
             let notice = replies::failure_text(&failure);
             let _ = outbox.send(Reply {
                 chat,
+                thread,
                 answers: &[],
                 text: &notice,
                 pieces: plain_pieces(&notice),
@@ -339,7 +349,7 @@ pub async fn deliver(
                 question: None,
                 files: Vec::new(),
             });
-            answer_late_stops(inner, chat, stop_requests);
+            answer_late_stops(inner, place, stop_requests);
             return true;
         }
         Outcome::Failed(failure) => {
@@ -358,6 +368,7 @@ pub async fn deliver(
             }
             let _ = outbox.send(Reply {
                 chat,
+                thread,
                 answers: &request.rows,
                 text: &reply,
                 pieces: plain_pieces(&reply),
@@ -369,7 +380,7 @@ pub async fn deliver(
             });
         }
     }
-    answer_late_stops(inner, chat, stop_requests);
+    answer_late_stops(inner, place, stop_requests);
     false
 }
 
@@ -386,16 +397,16 @@ fn heard_question(text: &str, media: &[(MediaRef, String)], heard: &[String]) ->
 }
 
 /// A /stop that lost the race against the answer still gets its one reply.
-fn answer_late_stops(inner: &Inner, chat: i64, stop_requests: Stops) {
+fn answer_late_stops(inner: &Inner, place: Place, stop_requests: Stops) {
     for stop_update in stop_requests.rows {
-        inner.reply(chat, &[stop_update], replies::TOO_LATE);
+        inner.reply(place, &[stop_update], replies::TOO_LATE);
     }
 }
 
-async fn keep_typing(sender: &Sender, chat: i64) -> std::convert::Infallible {
+async fn keep_typing(sender: &Sender, place: Place) -> std::convert::Infallible {
     tokio::time::sleep(TYPING_AFTER).await;
     loop {
-        sender.typing(chat).await;
+        sender.typing(place).await;
         tokio::time::sleep(TYPING_EVERY).await;
     }
 }

@@ -1,13 +1,16 @@
 //! From a stored message to its one reply.
 //!
-//! Each chat is served by its own task, one turn at a time and in arrival order, so a
-//! conversation never answers out of order while many chats run side by side (as many as
-//! the supervisor has slots). A turn is everything the chat's people wrote since the last
-//! one began, asked as one question: several messages sent in a row are one thought, and
-//! the model reads them together. The messages wait in the store's inbox, not in memory,
-//! so a restart finds them there and asks them as one turn too. Beyond
-//! `telegram.max_queued_per_chat` waiting messages a new one is refused with a reply that
-//! says it was not processed. A chat task ends after a quiet minute. `/stop` does not wait
+//! Each conversation is served by its own task, one turn at a time and in arrival order,
+//! so a conversation never answers out of order while many run side by side (as many as
+//! the supervisor has slots). A conversation is a chat, or in a chat with topics one
+//! topic of it ([`crate::topics::Place`]): each topic has its own task, turns, queue and
+//! `/stop`, and its answers go to that topic. A turn is everything the conversation's
+//! people wrote since the last one began, asked as one question: several messages sent in
+//! a row are one thought, and the model reads them together. The messages wait in the
+//! store's inbox, not in memory, so a restart finds them there and asks them as one turn
+//! too. Beyond `telegram.max_queued_per_chat` waiting messages (per conversation) a new
+//! one is refused with a reply that says it was not processed. A task ends after a quiet
+//! minute. `/stop` does not wait
 //! for a turn: it ends the job in flight, and the messages waiting behind it, the moment
 //! it arrives.
 //!
@@ -65,6 +68,7 @@ use crate::settings::LiveSettings;
 use crate::store::{Kind, Pending, Store};
 use crate::telegram::reactions::Reactions;
 use crate::telegram::sender::{Sender, plain_pieces};
+use crate::topics::Place;
 
 /// What the chats need to build and run a job.
 pub struct JobContext {
@@ -113,9 +117,10 @@ pub struct ChatRouter {
     inner: Arc<Inner>,
 }
 
-/// One chat's task, as the router reaches it.
+/// One conversation's task (a chat's, or one topic's of it), as the router reaches it.
 struct ChatEntry {
-    /// The chat the task serves: a group's id changes when it becomes a supergroup.
+    /// The chat the task serves: a group's id changes when it becomes a supergroup (its
+    /// topic does not: a group has none).
     id: Arc<AtomicI64>,
     wake: Arc<Notify>,
     in_flight: Arc<InFlight>,
@@ -133,6 +138,8 @@ struct ChatEntry {
 pub struct Request {
     pub id: JobId,
     pub chat: i64,
+    /// The topic it was asked in: the job's history is that topic's, its answer goes there.
+    pub thread: Option<i32>,
     /// The inbox rows the turn answers.
     pub rows: Vec<i64>,
     pub user_id: u64,
@@ -146,8 +153,15 @@ pub struct Request {
     pub heading: Option<String>,
 }
 
+impl Request {
+    /// The conversation the turn belongs to.
+    pub fn place(&self) -> Place {
+        Place::new(self.chat, self.thread)
+    }
+}
+
 struct Inner {
-    chats: Mutex<HashMap<i64, ChatEntry>>,
+    chats: Mutex<HashMap<Place, ChatEntry>>,
     ctx: JobContext,
     queue_capacity: usize,
     next_job: AtomicU64,
@@ -159,15 +173,16 @@ struct Inner {
 }
 
 impl Inner {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<i64, ChatEntry>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Place, ChatEntry>> {
         self.chats.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Commits the gateway's own words as the reply to `answers` and sends them.
-    fn reply(&self, chat: i64, answers: &[i64], text: &str) {
+    fn reply(&self, place: Place, answers: &[i64], text: &str) {
         // A reply the store refuses is the outbox's to hold and commit again before it goes.
         let _ = self.ctx.outbox.send(Reply {
-            chat,
+            chat: place.chat,
+            thread: place.thread,
             answers,
             text,
             pieces: plain_pieces(text),
@@ -179,9 +194,9 @@ impl Inner {
         });
     }
 
-    /// `count` of the chat's waiting messages were answered or taken.
-    fn no_longer_waiting(&self, chat: i64, count: usize) {
-        if let Some(entry) = self.lock().get_mut(&chat) {
+    /// `count` of the conversation's waiting messages were answered or taken.
+    fn no_longer_waiting(&self, place: Place, count: usize) {
+        if let Some(entry) = self.lock().get_mut(&place) {
             entry.waiting = entry.waiting.saturating_sub(count);
         }
     }
@@ -223,34 +238,38 @@ impl ChatRouter {
             && self
                 .inner
                 .lock()
-                .get(&message.chat_id)
+                .get(&message.place())
                 .is_none_or(|entry| !entry.busy && entry.waiting == 0);
     }
 
     /// Takes one message just stored by the poller. Never blocks: jobs run in chat tasks.
     pub fn handle(&self, message: Pending) {
-        let chat = message.chat_id;
+        let place = message.place();
         match message.kind {
-            Kind::Stranger => self.stranger(chat, message.id, message.user_id),
-            Kind::Stop => self.stop(chat, message.id),
+            Kind::Stranger => self.stranger(place, message.id, message.user_id),
+            Kind::Stop => self.stop(place, message.id),
             Kind::Unsupported => {
                 tracing::info!(
-                    chat_id = chat,
+                    chat_id = place.chat,
                     "a message the bot cannot use ({})",
                     message.text
                 );
-                self.inner
-                    .reply(chat, &[message.id], &replies::not_understood(&message.text));
+                self.inner.reply(
+                    place,
+                    &[message.id],
+                    &replies::not_understood(&message.text),
+                );
             }
             Kind::Message => self.arrived(&message),
             // Stored by the timer, which wakes the chat itself.
-            Kind::Scheduled => self.wake(chat, None, None),
+            Kind::Scheduled => self.wake(place, None, None),
         }
     }
 
     /// A stranger's message: answered with their id once an hour, behind the chat's
     /// members; otherwise closed without a reply (so a restart does not answer it either).
-    fn stranger(&self, chat: i64, row: i64, user_id: u64) {
+    fn stranger(&self, place: Place, row: i64, user_id: u64) {
+        let chat = place.chat;
         let admitted = self
             .inner
             .strangers
@@ -277,6 +296,7 @@ impl ChatRouter {
         // A store error is logged where it happens; the reply still goes out.
         let _ = self.inner.ctx.outbox.send_to_stranger(Reply {
             chat,
+            thread: place.thread,
             answers: &[row],
             text: &text,
             pieces: if admitted {
@@ -295,8 +315,10 @@ impl ChatRouter {
     /// Group `from` became supergroup `to`, and its waiting messages moved there in the
     /// store: the task that served it serves `to` from now on and looks at once (after
     /// the turn it has in hand, so the turns stay in order); if `to` has a task of its
-    /// own already (a message came from the supergroup first), that one looks.
+    /// own already (a message came from the supergroup first), that one looks. (A group
+    /// has no topics: its one conversation moves.)
     fn moved(&self, from: i64, to: i64) {
+        let (from, to) = (Place::from(from), Place::from(to));
         let mut chats = self.inner.lock();
         if let Some(entry) = chats.get(&to) {
             entry.wake.notify_one();
@@ -304,7 +326,7 @@ impl ChatRouter {
         }
         match chats.remove(&from) {
             Some(entry) => {
-                entry.id.store(to, Ordering::Release);
+                entry.id.store(to.chat, Ordering::Release);
                 entry.wake.notify_one();
                 chats.insert(to, entry);
             }
@@ -320,33 +342,38 @@ impl ChatRouter {
     pub fn resume(&self, unanswered: Vec<Pending>) {
         for message in unanswered {
             match message.kind {
-                Kind::Message => self.wake(message.chat_id, None, Some(&message)),
-                Kind::Scheduled => self.wake(message.chat_id, None, None),
+                Kind::Message => self.wake(message.place(), None, Some(&message)),
+                Kind::Scheduled => self.wake(message.place(), None, None),
                 Kind::Stop | Kind::Stranger | Kind::Unsupported => self.handle(message),
             }
         }
     }
 
     fn arrived(&self, message: &Pending) {
-        let (chat, row) = (message.chat_id, message.id);
+        let (place, row) = (message.place(), message.id);
         let full = self
             .inner
             .lock()
-            .get(&chat)
+            .get(&place)
             .is_some_and(|entry| entry.waiting >= self.inner.queue_capacity);
         if full {
-            tracing::info!(chat_id = chat, "too many messages waiting; refusing one");
-            self.inner.reply(chat, &[row], replies::QUEUE_FULL);
+            tracing::info!(
+                chat_id = place.chat,
+                "too many messages waiting; refusing one"
+            );
+            self.inner.reply(place, &[row], replies::QUEUE_FULL);
             return;
         }
-        self.wake(chat, Some((row, message.counted)), Some(message));
+        self.wake(place, Some((row, message.counted)), Some(message));
     }
 
-    /// Makes sure the chat's task runs and looks for a turn; `arrived`: one more message
-    /// waits for it (and whether its start was counted as it was stored), recorded before
-    /// the task can look; `message`: that message (or one found waiting at a start), for
-    /// whether the turn waits for more of it ([`settle`]).
-    fn wake(&self, chat: i64, arrived: Option<(i64, bool)>, message: Option<&Pending>) {
+    /// Makes sure the conversation's task runs and looks for a turn; `arrived`: one more
+    /// message waits for it (and whether its start was counted as it was stored), recorded
+    /// before the task can look; `message`: that message (or one found waiting at a
+    /// start), for whether the turn waits for more of it ([`settle`]). What starts a turn
+    /// in a given chat and topic (a message stored in the inbox for `place`, then this) is
+    /// all a caller needs.
+    fn wake(&self, place: Place, arrived: Option<(i64, bool)>, message: Option<&Pending>) {
         // Read only for a message that may continue: the settings are not on every
         // message's path.
         let window = message
@@ -354,7 +381,7 @@ impl ChatRouter {
             .map_or(Duration::ZERO, |_| self.inner.ctx.settings.get().settle);
         let now = Instant::now();
         let mut chats = self.inner.lock();
-        if let Some(entry) = chats.get_mut(&chat) {
+        if let Some(entry) = chats.get_mut(&place) {
             if let Some(message) = message {
                 entry.holds.arrived(message, now, window);
             }
@@ -367,7 +394,7 @@ impl ChatRouter {
             entry.wake.notify_one();
             return;
         }
-        let id = Arc::new(AtomicI64::new(chat));
+        let id = Arc::new(AtomicI64::new(place.chat));
         let wake = Arc::new(Notify::new());
         let in_flight = Arc::new(InFlight::default());
         let mut holds = settle::Holds::default();
@@ -375,7 +402,7 @@ impl ChatRouter {
             holds.arrived(message, now, window);
         }
         chats.insert(
-            chat,
+            place,
             ChatEntry {
                 id: id.clone(),
                 wake: wake.clone(),
@@ -393,21 +420,23 @@ impl ChatRouter {
         let router = self.clone();
         self.inner
             .tasks
-            .spawn(async move { router.serve_chat(id, wake, in_flight).await });
+            .spawn(async move { router.serve_chat(id, place.thread, wake, in_flight).await });
     }
 
-    /// A schedule's run for `chat` was stored: its task takes it as a turn of its own.
-    pub fn scheduled(&self, chat: i64) {
-        self.wake(chat, None, None);
+    /// A schedule's run for `place` was stored: its task takes it as a turn of its own.
+    pub fn scheduled(&self, place: Place) {
+        self.wake(place, None, None);
     }
 
-    /// `/stop`: ends the job in flight (its task answers, once the job's processes are
-    /// gone) and the messages waiting behind it.
-    fn stop(&self, chat: i64, row: i64) {
+    /// `/stop`: ends the job in flight in its conversation (its task answers, once the
+    /// job's processes are gone) and the messages waiting behind it; a job in another
+    /// topic of the chat runs on.
+    fn stop(&self, place: Place, row: i64) {
+        let chat = place.chat;
         let in_flight = self
             .inner
             .lock()
-            .get(&chat)
+            .get(&place)
             .map(|entry| entry.in_flight.clone());
         match in_flight.map_or(Stopping::NothingRunning, |slot| slot.stop(row)) {
             Stopping::Cancelled => {
@@ -415,17 +444,22 @@ impl ChatRouter {
             }
             Stopping::NothingRunning => {
                 // Messages that came with the /stop but were not taken yet are ended too.
-                let waiting = self.inner.ctx.store.waiting(chat, row).unwrap_or_else(|e| {
-                    tracing::error!(chat_id = chat, "cannot read the waiting messages: {e}");
-                    Vec::new()
-                });
+                let waiting = self
+                    .inner
+                    .ctx
+                    .store
+                    .waiting(place, row)
+                    .unwrap_or_else(|e| {
+                        tracing::error!(chat_id = chat, "cannot read the waiting messages: {e}");
+                        Vec::new()
+                    });
                 if waiting.is_empty() {
-                    self.inner.reply(chat, &[row], replies::NOTHING_RUNNING);
+                    self.inner.reply(place, &[row], replies::NOTHING_RUNNING);
                 } else {
-                    self.inner.no_longer_waiting(chat, waiting.len());
+                    self.inner.no_longer_waiting(place, waiting.len());
                     let mut answers = waiting;
                     answers.push(row);
-                    self.inner.reply(chat, &answers, replies::STOPPED);
+                    self.inner.reply(place, &answers, replies::STOPPED);
                 }
             }
         }

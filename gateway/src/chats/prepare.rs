@@ -42,7 +42,7 @@ pub fn prepare(
     now: Instant,
 ) -> Result<Prepared, Failure> {
     budget::check(&ctx.store, &settings.budgets, request.user_id, unix_now())?;
-    let chain = model::chain(settings, &ctx.store, request.chat);
+    let chain = model::chain(settings, &ctx.store, request.place());
     let plan = ctx.circuits.plan(&chain.providers, now);
     if plan.providers.is_empty() {
         let (provider, remaining) = plan.first_skipped.clone().unwrap_or_default();
@@ -120,7 +120,7 @@ fn conversation(
         messages.push(ChatMessage::new(Role::System, prompt.clone()));
     }
     let history_from = messages.len();
-    match ctx.store.history(request.chat, ctx.max_history) {
+    match ctx.store.history(request.place(), ctx.max_history) {
         Ok(history) => messages.extend(history),
         Err(e) => tracing::warn!(
             chat_id = request.chat,

@@ -17,6 +17,7 @@ use teloxide_core::types::{CallbackQuery, InlineKeyboardButton, InlineKeyboardMa
 use super::ChatRouter;
 use crate::commands::stop::{InFlight, Press};
 use crate::replies;
+use crate::topics::Place;
 
 /// Prefix of the button's callback data.
 const DATA_PREFIX: &str = "stop:";
@@ -54,24 +55,30 @@ impl ChatRouter {
             .as_deref()
             .and_then(|d| d.strip_prefix(DATA_PREFIX))
             .unwrap_or_default();
-        let message = query.message.as_ref().map(|m| (m.chat().id.0, m.id()));
+        // The preview is in the topic of its job: the press comes from there.
+        let message = query.message.as_ref().map(|m| {
+            let place = m
+                .regular_message()
+                .map_or(Place::new(m.chat().id.0, None), Place::of);
+            (place, m.id())
+        });
         let user = query.from.id.0;
         let allowed = ctx.settings.get().allowed.contains(&user);
-        let in_flight = message.and_then(|(chat, _)| {
+        let in_flight = message.and_then(|(place, _)| {
             self.inner
                 .lock()
-                .get(&chat)
-                .map(|entry| (chat, entry.in_flight.clone()))
+                .get(&place)
+                .map(|entry| (place, entry.in_flight.clone()))
         });
         let press = match &in_flight {
             None => Press::Over,
             Some(_) if !allowed => Press::NotYours,
-            Some((chat, slot)) => press(ctx, *chat, slot, key, user),
+            Some((place, slot)) => press(ctx, *place, slot, key, user),
         };
         let text = match press {
             Press::Stopping => {
                 tracing::info!(
-                    chat_id = in_flight.as_ref().map(|(c, _)| *c),
+                    chat_id = in_flight.as_ref().map(|(p, _)| p.chat),
                     user_id = user,
                     "stopping the job in flight (the ⏹ button)"
                 );
@@ -88,8 +95,9 @@ impl ChatRouter {
         };
         ctx.sender.answer_callback(&query.id, Some(text)).await;
         if press == Press::Over
-            && let Some((chat, id)) = message
+            && let Some((place, id)) = message
         {
+            let chat = place.chat;
             // A button of a job that is over, or of an earlier run: none stays.
             ctx.sender.remove_keyboard(chat, id).await;
         }
@@ -97,12 +105,15 @@ impl ChatRouter {
 }
 
 /// Presses the button of the chat's job: the messages waiting now end with it.
-fn press(ctx: &super::JobContext, chat: i64, slot: &InFlight, key: &str, user: u64) -> Press {
-    let through = match ctx.store.waiting(chat, i64::MAX) {
+fn press(ctx: &super::JobContext, place: Place, slot: &InFlight, key: &str, user: u64) -> Press {
+    let through = match ctx.store.waiting(place, i64::MAX) {
         Ok(waiting) => waiting.last().copied().unwrap_or(0),
         Err(e) => {
             // Then only the job itself ends; what waits is answered after it.
-            tracing::error!(chat_id = chat, "cannot read the waiting messages: {e}");
+            tracing::error!(
+                chat_id = place.chat,
+                "cannot read the waiting messages: {e}"
+            );
             0
         }
     };

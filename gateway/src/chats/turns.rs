@@ -33,6 +33,7 @@ use crate::replies;
 use crate::settings::ChatSettings;
 use crate::store::Taken;
 use crate::telegram::live::LiveReply;
+use crate::topics::Place;
 use crate::usage;
 
 /// A chat task with nothing to do for this long ends; the next message starts a new one.
@@ -44,10 +45,12 @@ pub const MAX_ATTEMPTS: u32 = 3;
 const EVENTS_BOUND: usize = 64;
 
 impl ChatRouter {
-    /// The chat's task: takes turns until a quiet minute passes or the gateway stops.
+    /// The conversation's task (a chat's, or its topic `thread`'s): takes turns until a
+    /// quiet minute passes or the gateway stops.
     pub(super) async fn serve_chat(
         self,
         id: Arc<AtomicI64>,
+        thread: Option<i32>,
         wake: Arc<Notify>,
         in_flight: Arc<InFlight>,
     ) {
@@ -58,8 +61,9 @@ impl ChatRouter {
         loop {
             // Read at every look: a group that became a supergroup is served at its new id.
             let chat = id.load(Ordering::Acquire);
+            let place = Place::new(chat, thread);
             if self.inner.closing.is_cancelled() {
-                self.announce_restart(chat, announced);
+                self.announce_restart(place, announced);
                 break;
             }
             // A reply the store has not taken yet leaves its messages waiting there:
@@ -73,7 +77,7 @@ impl ChatRouter {
             let settling = self
                 .inner
                 .lock()
-                .get_mut(&chat)
+                .get_mut(&place)
                 .and_then(|entry| entry.holds.until(Instant::now()));
             if let Some(until) = settling {
                 tokio::select! {
@@ -86,11 +90,11 @@ impl ChatRouter {
             let counted = self
                 .inner
                 .lock()
-                .get(&chat)
+                .get(&place)
                 .map(|entry| entry.counted.clone())
                 .unwrap_or_default();
             let turn = match self.inner.ctx.store.take_turn(
-                chat,
+                place,
                 |text| commands::parse(text).is_some(),
                 |row| counted.contains(&row),
             ) {
@@ -114,7 +118,7 @@ impl ChatRouter {
                     continue;
                 }
             };
-            if let Some(entry) = self.inner.lock().get_mut(&chat) {
+            if let Some(entry) = self.inner.lock().get_mut(&place) {
                 entry.busy = !turn.is_empty();
                 if turn.is_empty() {
                     entry.waiting = 0;
@@ -127,7 +131,7 @@ impl ChatRouter {
                 }
             }
             if !turn.is_empty() {
-                announced |= self.run_turn(chat, turn, &in_flight).await;
+                announced |= self.run_turn(place, turn, &in_flight).await;
                 continue;
             }
             let idle = tokio::select! {
@@ -139,7 +143,7 @@ impl ChatRouter {
             // does a move as it ran out (read under the lock that a move takes).
             let chats = self.inner.lock();
             let quiet = id.load(Ordering::Acquire) == chat
-                && chats.get(&chat).is_none_or(|e| e.waiting == 0);
+                && chats.get(&place).is_none_or(|e| e.waiting == 0);
             drop(chats);
             if idle && quiet {
                 break;
@@ -147,33 +151,37 @@ impl ChatRouter {
         }
         let mut chats = self.inner.lock();
         // Read under the lock that a move takes to change it.
-        let chat = id.load(Ordering::Acquire);
+        let place = Place::new(id.load(Ordering::Acquire), thread);
         if chats
-            .get(&chat)
+            .get(&place)
             .is_some_and(|entry| Arc::ptr_eq(&entry.wake, &wake))
         {
-            chats.remove(&chat);
+            chats.remove(&place);
         }
     }
 
     /// The gateway stops with messages of this chat still waiting and nobody told: they
     /// are kept for the next run, and the chat hears so.
-    fn announce_restart(&self, chat: i64, announced: bool) {
+    fn announce_restart(&self, place: Place, announced: bool) {
         if announced {
             return;
         }
-        match self.inner.ctx.store.waiting(chat, i64::MAX) {
+        match self.inner.ctx.store.waiting(place, i64::MAX) {
             Ok(waiting) if !waiting.is_empty() => {
-                self.inner.reply(chat, &[], replies::SAVED_FOR_RESTART);
+                self.inner.reply(place, &[], replies::SAVED_FOR_RESTART);
             }
             Ok(_) => {}
-            Err(e) => tracing::error!(chat_id = chat, "cannot read the waiting messages: {e}"),
+            Err(e) => tracing::error!(
+                chat_id = place.chat,
+                "cannot read the waiting messages: {e}"
+            ),
         }
     }
 
     /// One turn: the messages taken, as a command or as one question for a job. True when
     /// the chat was told its messages wait for the next run.
-    async fn run_turn(&self, chat: i64, turn: Vec<Taken>, in_flight: &InFlight) -> bool {
+    async fn run_turn(&self, place: Place, turn: Vec<Taken>, in_flight: &InFlight) -> bool {
+        let chat = place.chat;
         let ctx = &self.inner.ctx;
         let settings = ctx.settings.get();
         // Allowed when stored; a reload may have removed them since.
@@ -189,6 +197,7 @@ impl ChatRouter {
                 );
                 let _ = ctx.outbox.send(crate::outbox::Reply {
                     chat,
+                    thread: place.thread,
                     answers: &[stranger.id],
                     text: "",
                     pieces: Vec::new(),
@@ -201,7 +210,7 @@ impl ChatRouter {
                 continue;
             }
             self.inner.reply(
-                chat,
+                place,
                 &[stranger.id],
                 &replies::stranger_text(stranger.user_id),
             );
@@ -217,7 +226,7 @@ impl ChatRouter {
                 "giving up on message(s) whose job was started {MAX_ATTEMPTS} times without an answer"
             );
             self.inner
-                .reply(chat, &rows, &replies::gave_up(MAX_ATTEMPTS));
+                .reply(place, &rows, &replies::gave_up(MAX_ATTEMPTS));
         }
         let Some(first) = turn.first() else {
             return false;
@@ -235,6 +244,7 @@ impl ChatRouter {
                 let rows: Vec<i64> = turn.iter().map(|m| m.id).collect();
                 let command_ctx = commands::Context {
                     chat,
+                    thread: place.thread,
                     user: user_id,
                     store: &ctx.store,
                     settings: &settings,
@@ -244,11 +254,11 @@ impl ChatRouter {
                 };
                 match commands::execute(&command_ctx, command) {
                     commands::Outcome::Reply(reply) => {
-                        self.inner.reply(chat, &rows, &reply);
+                        self.inner.reply(place, &rows, &reply);
                         return false;
                     }
                     commands::Outcome::ShowSchedules => {
-                        self.show_schedules(chat, &rows).await;
+                        self.show_schedules(place, &rows).await;
                         return false;
                     }
                     commands::Outcome::Ask(text) => vec![Asked {
@@ -280,6 +290,7 @@ impl ChatRouter {
         let request = Request {
             id,
             chat,
+            thread: place.thread,
             rows,
             user_id,
             text,
@@ -305,7 +316,7 @@ impl ChatRouter {
         let started = Instant::now();
         let mut live = LiveReply::new(
             ctx.sender.clone(),
-            request.chat,
+            request.place(),
             settings.streaming,
             settings.edit_interval,
         )
@@ -367,7 +378,7 @@ impl ChatRouter {
                 let run = ctx.runner.run(prepared.job, link);
                 let followed = deliver::follow(
                     ctx,
-                    request.chat,
+                    request.place(),
                     run,
                     deliver::Incoming {
                         events: events_rx,
@@ -427,12 +438,13 @@ impl ChatRouter {
     /// `/schedules`: the list with its cancel buttons, sent directly; the command is
     /// answered by a reply of no pieces. Should the list not go, its text goes through
     /// the outbox instead, without buttons.
-    async fn show_schedules(&self, chat: i64, rows: &[i64]) {
-        let ctx = &self.inner.ctx;
-        match crate::schedules::chat::show(&ctx.schedules, &ctx.sender, chat).await {
+    async fn show_schedules(&self, place: Place, rows: &[i64]) {
+        let (chat, ctx) = (place.chat, &self.inner.ctx);
+        match crate::schedules::chat::show(&ctx.schedules, &ctx.sender, place).await {
             Ok(()) => {
                 let _ = ctx.outbox.send(crate::outbox::Reply {
                     chat,
+                    thread: place.thread,
                     answers: rows,
                     text: "(the schedules, shown with their buttons)",
                     pieces: Vec::new(),
@@ -443,7 +455,7 @@ impl ChatRouter {
                     rich: None,
                 });
             }
-            Err(text) => self.inner.reply(chat, rows, &text),
+            Err(text) => self.inner.reply(place, rows, &text),
         }
     }
 
@@ -496,7 +508,7 @@ impl ChatRouter {
                 .health
                 .job_done(&Outcome::Failed(failure.clone()));
             self.inner
-                .reply(request.chat, &[*row], &replies::failure_text(failure));
+                .reply(request.place(), &[*row], &replies::failure_text(failure));
         }
         asked.retain(|a| {
             refused.iter().all(|(row, _)| *row != a.row)

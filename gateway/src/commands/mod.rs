@@ -23,6 +23,7 @@ use crate::health::Health;
 use crate::replies;
 use crate::settings::ChatSettings;
 use crate::store::Store;
+use crate::topics::Place;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
@@ -50,15 +51,23 @@ pub enum Outcome {
     ShowSchedules,
 }
 
-/// What a command may read and change.
+/// What a command may read and change: the conversation it was sent in is the chat's
+/// topic (each topic of a chat with topics has its own history, `/model` and `/retry`).
 pub struct Context<'a> {
     pub chat: i64,
+    pub thread: Option<i32>,
     pub user: u64,
     pub store: &'a Store,
     pub settings: &'a ChatSettings,
     pub health: &'a Arc<Health>,
     pub circuits: &'a Circuits,
     pub schedules: &'a crate::schedules::Schedules,
+}
+
+impl Context<'_> {
+    pub fn place(&self) -> Place {
+        Place::new(self.chat, self.thread)
+    }
 }
 
 /// The commands Telegram shows in its menu (`setMyCommands`).

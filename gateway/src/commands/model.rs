@@ -1,7 +1,8 @@
 //! `/model`: which provider and model answer in this chat, and, for admins
 //! (`telegram.admin_users`), switching among the configured ones.
 //!
-//! A chat's choice is stored with the chat, so it survives restarts and `/new`. The chosen
+//! A chat's choice is stored with the chat (in a chat with topics, with the topic: each is
+//! a conversation of its own), so it survives restarts and `/new`. The chosen
 //! provider goes first in the chat's chain; the others stay behind it as fallbacks, so a
 //! switch never costs the chat its fallbacks. A choice that a reload removed from the
 //! configuration is ignored (the default applies) rather than failing the chat. The
@@ -13,6 +14,7 @@ use super::Context;
 use crate::replies;
 use crate::settings::ChatSettings;
 use crate::store::Store;
+use crate::topics::Place;
 
 /// What resets a chat to the configured order.
 const DEFAULT_WORDS: [&str; 2] = ["default", "reset"];
@@ -24,14 +26,14 @@ pub struct Chain {
     pub chosen: bool,
 }
 
-/// The chat's provider chain: its choice first while that provider is still configured,
-/// the others behind it in configured order.
-pub fn chain(settings: &ChatSettings, store: &Store, chat: i64) -> Chain {
-    let choice = match store.chat_provider(chat) {
+/// The conversation's provider chain (a chat's, or one topic's of it): its choice first
+/// while that provider is still configured, the others behind it in configured order.
+pub fn chain(settings: &ChatSettings, store: &Store, place: Place) -> Chain {
+    let choice = match store.chat_provider(place) {
         Ok(choice) => choice,
         Err(e) => {
             tracing::warn!(
-                chat_id = chat,
+                chat_id = place.chat,
                 "cannot read the chat's model, using the default: {e}"
             );
             None
@@ -47,7 +49,7 @@ pub fn run(ctx: &Context, argument: Option<&str>) -> String {
         None => show(ctx),
         Some(_) if !is_admin(ctx) => replies::model::ADMINS_ONLY.into(),
         Some(word) if DEFAULT_WORDS.iter().any(|d| word.eq_ignore_ascii_case(d)) => {
-            match ctx.store.set_chat_provider(ctx.chat, None) {
+            match ctx.store.set_chat_provider(ctx.place(), None) {
                 Ok(()) => replies::model::back_to_default(&current(ctx)),
                 Err(e) => store_failed(ctx, e),
             }
@@ -63,7 +65,7 @@ pub fn run(ctx: &Context, argument: Option<&str>) -> String {
                         .find(|p| p.model.eq_ignore_ascii_case(wanted))
                 });
             match found {
-                Some(p) => match ctx.store.set_chat_provider(ctx.chat, Some(&p.name)) {
+                Some(p) => match ctx.store.set_chat_provider(ctx.place(), Some(&p.name)) {
                     Ok(()) => {
                         tracing::info!(chat_id = ctx.chat, user_id = ctx.user, provider = %p.name, "chat switched provider");
                         replies::model::switched(&p.name, &p.model)
@@ -85,7 +87,7 @@ fn show(ctx: &Context) -> String {
 }
 
 fn current(ctx: &Context) -> String {
-    let chain = chain(ctx.settings, ctx.store, ctx.chat);
+    let chain = chain(ctx.settings, ctx.store, ctx.place());
     match chain.providers.first() {
         Some(p) => replies::model::current(&p.name, &p.model, chain.chosen),
         None => replies::model::NO_PROVIDER.into(),

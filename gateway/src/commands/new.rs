@@ -4,7 +4,7 @@ use super::Context;
 use crate::replies;
 
 pub fn run(ctx: &Context) -> String {
-    match ctx.store.new_conversation(ctx.chat) {
+    match ctx.store.new_conversation(ctx.place()) {
         Ok(()) => replies::new::STARTED.into(),
         Err(e) => {
             tracing::error!(chat_id = ctx.chat, "cannot start a new conversation: {e}");

@@ -6,7 +6,7 @@ use super::{Context, Outcome};
 use crate::replies;
 
 pub fn run(ctx: &Context) -> Outcome {
-    match ctx.store.last_question(ctx.chat) {
+    match ctx.store.last_question(ctx.place()) {
         Ok(Some(text)) => Outcome::Ask(text),
         Ok(None) => Outcome::Reply(replies::retry::NOTHING.into()),
         Err(e) => {

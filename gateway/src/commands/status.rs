@@ -10,7 +10,7 @@ use crate::replies;
 pub fn run(ctx: &Context) -> String {
     let snapshot = ctx.health.snapshot(Vec::new());
     let now = Instant::now();
-    let chain = model::chain(ctx.settings, ctx.store, ctx.chat);
+    let chain = model::chain(ctx.settings, ctx.store, ctx.place());
     let answering = chain.providers.iter().find(|p| {
         matches!(
             ctx.circuits.view(&p.name, now),

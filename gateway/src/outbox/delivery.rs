@@ -24,6 +24,7 @@ use crate::files_back;
 use crate::replies;
 use crate::telegram::bot_api::rich::SendRichMessage;
 use crate::telegram::sender::{SendError, plain_pieces, refuses_the_chat};
+use crate::topics::Place;
 
 /// First wait after a failed send; the cap is `telegram.retry_max_secs`.
 const FIRST_RETRY: Duration = Duration::from_millis(500);
@@ -114,6 +115,7 @@ impl Inner {
                     }
                     .send(Reply {
                         chat: dest,
+                        thread: next.thread,
                         answers: &[],
                         text: &notice,
                         pieces: plain_pieces(&notice),
@@ -227,14 +229,22 @@ impl Inner {
                         tracing::info!(chat_id = dest, file = %file.name, "a file piece left by the previous run was already delivered");
                         return Resolution::Delivered;
                     }
-                    sender.send_file_once(dest, file, photo).await
+                    sender
+                        .send_file_once(Place::new(dest, queued.thread), file, photo)
+                        .await
                 }
                 (None, Some(markdown), _) => sender
-                    .call(SendRichMessage::markdown(dest, markdown))
+                    .call(SendRichMessage::markdown(
+                        Place::new(dest, queued.thread),
+                        markdown,
+                    ))
                     .await
                     .map(|_| ()),
                 (None, None, Some(id)) => sender.edit_once(dest, id, piece, plain).await,
-                (None, None, None) => sender.send_once(dest, piece, plain).await.map(|_| ()),
+                (None, None, None) => sender
+                    .send_once(Place::new(dest, queued.thread), piece, plain)
+                    .await
+                    .map(|_| ()),
             };
             let wait = match result {
                 Ok(()) => {

@@ -36,6 +36,7 @@ const RETRY_MAX: Duration = Duration::from_secs(10);
 #[derive(Clone)]
 pub(super) struct Held {
     chat: i64,
+    thread: Option<i32>,
     answers: Vec<i64>,
     text: String,
     pieces: Vec<OutPiece>,
@@ -51,6 +52,7 @@ impl Held {
         Held {
             lane,
             chat: reply.chat,
+            thread: reply.thread,
             answers: reply.answers.to_vec(),
             text: reply.text.to_string(),
             pieces: out_pieces(reply),
@@ -63,6 +65,7 @@ impl Held {
     fn record(&self) -> ReplyRecord<'_> {
         ReplyRecord {
             chat_id: self.chat,
+            thread: self.thread,
             answers: &self.answers,
             text: &self.text,
             pieces: &self.pieces,
@@ -190,7 +193,7 @@ impl Inner {
                             chat_id = chat,
                             "cannot store a held reply ({e}); sending it without a record"
                         );
-                        super::unrecorded(held.pieces.clone(), held.not_before)
+                        super::unrecorded(held.pieces.clone(), held.thread, held.not_before)
                     }
                 };
                 let outbox = Outbox {

@@ -64,6 +64,9 @@ pub struct Outbox {
 /// A reply to commit and send.
 pub struct Reply<'a> {
     pub chat: i64,
+    /// The topic it goes to (see [`crate::topics`]); the chat's queue is one for all its
+    /// topics, as Telegram's flood limits are per chat.
+    pub thread: Option<i32>,
     /// The inbox rows it answers.
     pub answers: &'a [i64],
     /// Its text, kept with the rows (for the record).
@@ -162,6 +165,7 @@ impl Outbox {
             // A store error is logged by `send`, which still sends the edit.
             let _ = self.send(Reply {
                 chat: preview.chat_id,
+                thread: preview.thread,
                 answers: &[],
                 text: INTERRUPTED,
                 pieces: plain_pieces(INTERRUPTED),
@@ -199,6 +203,7 @@ impl Outbox {
         let not_before = reply.edit.map(|(_, at)| at);
         let committed = self.inner.config.store.commit_reply(&ReplyRecord {
             chat_id: reply.chat,
+            thread: reply.thread,
             answers: reply.answers,
             text: reply.text,
             pieces: &stored_pieces,
@@ -233,7 +238,7 @@ impl Outbox {
                 if let Some((id, _)) = reply.edit {
                     let _ = self.inner.config.store.preview_forgotten(reply.chat, id.0);
                 }
-                (unrecorded(stored_pieces, not_before), Err(e))
+                (unrecorded(stored_pieces, reply.thread, not_before), Err(e))
             }
         };
         self.push(reply.chat, lane, queued);
@@ -266,7 +271,11 @@ fn out_pieces(reply: &Reply) -> Vec<OutPiece> {
 }
 
 /// Pieces the store refused for good, to send once, best effort.
-fn unrecorded(pieces: Vec<OutPiece>, not_before: Option<Instant>) -> Vec<Queued> {
+fn unrecorded(
+    pieces: Vec<OutPiece>,
+    thread: Option<i32>,
+    not_before: Option<Instant>,
+) -> Vec<Queued> {
     pieces
         .into_iter()
         .enumerate()
@@ -276,6 +285,7 @@ fn unrecorded(pieces: Vec<OutPiece>, not_before: Option<Instant>) -> Vec<Queued>
                     html: p.html,
                     plain: p.plain,
                 },
+                thread,
                 p.edit_message_id.map(MessageId),
                 not_before.filter(|_| i == 0),
             );

@@ -42,6 +42,8 @@ pub(super) struct Queue {
 pub(super) struct Queued {
     /// None when the store could not take it: sent once, best effort.
     pub(super) id: Option<i64>,
+    /// The topic of its chat it goes to.
+    pub(super) thread: Option<i32>,
     pub(super) piece: Piece,
     /// A file sent instead of the text.
     pub(super) file: Option<OutFile>,
@@ -67,6 +69,7 @@ impl Queued {
         let created_at = u64::try_from(stored.created_at).unwrap_or(0);
         Queued {
             id: Some(stored.id),
+            thread: stored.thread,
             piece: Piece {
                 html: stored.piece.html,
                 plain: stored.piece.plain,
@@ -85,11 +88,13 @@ impl Queued {
     /// A piece not yet taken in from the store (it could not be committed): new now.
     pub(super) fn fresh(
         piece: Piece,
+        thread: Option<i32>,
         edit: Option<MessageId>,
         not_before: Option<Instant>,
     ) -> Queued {
         Queued {
             id: None,
+            thread,
             piece,
             file: None,
             edit,
@@ -191,6 +196,7 @@ mod tests {
             id: 1,
             reply: 1,
             chat_id: 7,
+            thread: None,
             piece: OutPiece {
                 html: "a".into(),
                 plain: "a".into(),
@@ -224,7 +230,7 @@ mod tests {
         let stale = Queued::from_stored(stored(now - 7200), None);
         assert_eq!(stale.expires_at(max_age), stale.known_at);
         // Never committed (the store failed): new now.
-        let unstored = Queued::fresh(committed.piece.clone(), None, None);
+        let unstored = Queued::fresh(committed.piece.clone(), None, None, None);
         assert_eq!(unstored.expires_at(max_age), unstored.known_at + max_age);
     }
 }

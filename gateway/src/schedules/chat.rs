@@ -14,6 +14,7 @@ use super::{Schedules, times};
 use crate::settings::LiveSettings;
 use crate::store::ScheduleRow;
 use crate::telegram::sender::{Sender, plain_pieces};
+use crate::topics::Place;
 
 /// Prefix of the cancel buttons' callback data.
 pub const DATA_PREFIX: &str = "sc:";
@@ -173,7 +174,8 @@ async fn pressed(
 
 /// Sends the chat's list with its buttons; false when that failed (the caller then
 /// replies with the text alone, through the outbox).
-pub async fn show(schedules: &Schedules, sender: &Sender, chat: i64) -> Result<(), String> {
+pub async fn show(schedules: &Schedules, sender: &Sender, place: Place) -> Result<(), String> {
+    let chat = place.chat;
     let (text, keyboard) = list(schedules, chat);
     let Some(keyboard) = keyboard else {
         return Err(text);
@@ -181,7 +183,7 @@ pub async fn show(schedules: &Schedules, sender: &Sender, chat: i64) -> Result<(
     let Some(piece) = plain_pieces(&text).into_iter().next() else {
         return Err(text);
     };
-    match sender.send_with_buttons(chat, &piece, &keyboard).await {
+    match sender.send_with_buttons(place, &piece, &keyboard).await {
         Ok(_) => Ok(()),
         Err(e) => {
             tracing::warn!(

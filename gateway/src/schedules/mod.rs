@@ -27,6 +27,8 @@ use std::time::Duration;
 
 use hermes_config::SchedulesConfig;
 use hermes_protocol::{ScheduleAction, ScheduleAnswer, ScheduleOffer, When};
+
+use crate::topics::Place;
 use tokio_util::sync::CancellationToken;
 
 use crate::chats::ChatRouter;
@@ -265,7 +267,7 @@ impl Schedules {
             }
             let text = format!("{heading}\n\n{}", schedule.prompt);
             let allowed = settings.get().allowed.contains(&schedule.user_id);
-            let chat = schedule.chat_id;
+            let (chat, thread) = (schedule.chat_id, schedule.thread_id.unwrap_or(0));
             let fired = Due {
                 schedule,
                 then,
@@ -280,7 +282,7 @@ impl Schedules {
                         late,
                         "schedule fired (inbox row {row})"
                     );
-                    router.scheduled(chat);
+                    router.scheduled(Place::from_key(chat, thread));
                 }
                 Ok(None) => tracing::info!(
                     chat_id = chat,

@@ -1,27 +1,38 @@
 //! The conversations: each chat's turns (questions, answers, tool calls and their
 //! results) in numbered conversations (`/new` starts the next), the history a job is sent
-//! with, and the provider a chat chose with `/model`.
+//! with, and the provider a chat chose with `/model`. All of it is kept per [`Place`]:
+//! each topic of a chat with topics is a conversation of its own ([`crate::topics`]).
 
 use hermes_protocol::{ChatMessage, Role, ToolCall};
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::{Store, StoreError};
+use crate::topics::Place;
 
 /// A question and what the job added to the conversation for it: tool calls, their
 /// results, and the answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Exchange {
     pub chat_id: i64,
+    /// The topic it was asked in.
+    pub thread: Option<i32>,
     pub question: String,
     pub transcript: Vec<ChatMessage>,
     pub provider: String,
     pub model: String,
 }
 
+impl Exchange {
+    /// The conversation it extends.
+    pub fn place(&self) -> Place {
+        Place::new(self.chat_id, self.thread)
+    }
+}
+
 impl Store {
-    fn conversation(conn: &Connection, chat_id: i64) -> rusqlite::Result<i64> {
-        conn.prepare_cached("SELECT conversation FROM chats WHERE chat_id = ?1")
-            .and_then(|mut st| st.query_row(params![chat_id], |r| r.get(0)))
+    fn conversation(conn: &Connection, place: Place) -> rusqlite::Result<i64> {
+        conn.prepare_cached("SELECT conversation FROM chats WHERE chat_id = ?1 AND thread_id = ?2")
+            .and_then(|mut st| st.query_row(params![place.chat, place.thread_key()], |r| r.get(0)))
             .optional()
             .map(|c| c.unwrap_or(1))
     }
@@ -29,15 +40,20 @@ impl Store {
     /// The last `limit` turns of the chat's current conversation, oldest first. The cut
     /// never starts inside a tool exchange: providers refuse a `tool` result (or an answer
     /// that follows one) whose call was cut off, so history starts at a user turn.
-    pub fn history(&self, chat_id: i64, limit: usize) -> Result<Vec<ChatMessage>, StoreError> {
+    pub fn history(
+        &self,
+        place: impl Into<Place>,
+        limit: usize,
+    ) -> Result<Vec<ChatMessage>, StoreError> {
+        let place = place.into();
         let conn = self.lock();
-        let conversation = self.wrap(Store::conversation(&conn, chat_id))?;
+        let conversation = self.wrap(Store::conversation(&conn, place))?;
         let mut stmt = self.wrap(conn.prepare_cached(
             "SELECT role, content, tool_calls, tool_call_id FROM turns
-             WHERE chat_id = ?1 AND conversation = ?2 ORDER BY id DESC LIMIT ?3",
+             WHERE chat_id = ?1 AND thread_id = ?2 AND conversation = ?3 ORDER BY id DESC LIMIT ?4",
         ))?;
         let rows = self.wrap(stmt.query_map(
-            params![chat_id, conversation, limit as i64],
+            params![place.chat, place.thread_key(), conversation, limit as i64],
             |r| {
                 let role: String = r.get(0)?;
                 let tool_calls: Option<String> = r.get(2)?;
@@ -65,8 +81,10 @@ impl Store {
     /// added (tool calls, their results, the answer). Part of the transaction that commits
     /// the answer, so the conversation and the outbox cannot disagree.
     pub(super) fn add_exchange(conn: &Connection, e: &Exchange, at: i64) -> rusqlite::Result<()> {
-        let conversation = Store::conversation(conn, e.chat_id)?;
-        conn.prepare_cached("INSERT INTO turns (chat_id, conversation, role, content, at) VALUES (?1, ?2, 'user', ?3, ?4)").and_then(|mut st| st.execute(params![e.chat_id, conversation, e.question, at]))?;
+        let place = e.place();
+        let thread = place.thread_key();
+        let conversation = Store::conversation(conn, place)?;
+        conn.prepare_cached("INSERT INTO turns (chat_id, thread_id, conversation, role, content, at) VALUES (?1, ?2, ?3, 'user', ?4, ?5)").and_then(|mut st| st.execute(params![e.chat_id, thread, conversation, e.question, at]))?;
         for m in &e.transcript {
             let tool_calls = encode_tool_calls(&m.tool_calls);
             // Provider and model belong to what the model wrote, not to tool output.
@@ -75,42 +93,49 @@ impl Store {
             } else {
                 (None, None)
             };
-            conn.prepare_cached("INSERT INTO turns (chat_id, conversation, role, content, at, provider, model, tool_calls, tool_call_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)").and_then(|mut st| st.execute(params![e.chat_id, conversation, m.role.as_str(), m.content, at, provider, model, tool_calls, m.tool_call_id]))?;
+            conn.prepare_cached("INSERT INTO turns (chat_id, thread_id, conversation, role, content, at, provider, model, tool_calls, tool_call_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)").and_then(|mut st| st.execute(params![e.chat_id, thread, conversation, m.role.as_str(), m.content, at, provider, model, tool_calls, m.tool_call_id]))?;
         }
         Ok(())
     }
 
     /// The question the chat's last job asked (its messages, joined), for `/retry`. Only
     /// ever what allowed users wrote: a stranger's message never becomes a question.
-    pub fn last_question(&self, chat_id: i64) -> Result<Option<String>, StoreError> {
+    pub fn last_question(&self, place: impl Into<Place>) -> Result<Option<String>, StoreError> {
+        let place = place.into();
         let conn = self.lock();
         self.wrap(
-            conn.prepare_cached("SELECT last_question FROM chats WHERE chat_id = ?1")
-                .and_then(|mut st| st.query_row(params![chat_id], |r| r.get(0)))
-                .optional(),
+            conn.prepare_cached(
+                "SELECT last_question FROM chats WHERE chat_id = ?1 AND thread_id = ?2",
+            )
+            .and_then(|mut st| st.query_row(params![place.chat, place.thread_key()], |r| r.get(0)))
+            .optional(),
         )
         .map(Option::flatten)
     }
 
     /// Starts a fresh conversation; the old one stays in the store, no longer sent.
-    pub fn new_conversation(&self, chat_id: i64) -> Result<(), StoreError> {
+    pub fn new_conversation(&self, place: impl Into<Place>) -> Result<(), StoreError> {
+        let place = place.into();
         let conn = self.lock();
         self.wrap(
             conn.prepare_cached(
-                "INSERT INTO chats (chat_id, conversation) VALUES (?1, 2)
-             ON CONFLICT (chat_id) DO UPDATE SET conversation = conversation + 1",
+                "INSERT INTO chats (chat_id, thread_id, conversation) VALUES (?1, ?2, 2)
+             ON CONFLICT (chat_id, thread_id) DO UPDATE SET conversation = conversation + 1",
             )
-            .and_then(|mut st| st.execute(params![chat_id])),
+            .and_then(|mut st| st.execute(params![place.chat, place.thread_key()])),
         )
         .map(|_| ())
     }
 
     /// The provider this chat asked for with `/model`, if any.
-    pub fn chat_provider(&self, chat_id: i64) -> Result<Option<String>, StoreError> {
+    pub fn chat_provider(&self, place: impl Into<Place>) -> Result<Option<String>, StoreError> {
+        let place = place.into();
         let conn = self.lock();
         self.wrap(
-            conn.prepare_cached("SELECT provider FROM chats WHERE chat_id = ?1")
-                .and_then(|mut st| st.query_row(params![chat_id], |r| r.get(0)))
+            conn.prepare_cached("SELECT provider FROM chats WHERE chat_id = ?1 AND thread_id = ?2")
+                .and_then(|mut st| {
+                    st.query_row(params![place.chat, place.thread_key()], |r| r.get(0))
+                })
                 .optional(),
         )
         .map(Option::flatten)
@@ -119,16 +144,17 @@ impl Store {
     /// Sets (or with `None` clears) the chat's provider.
     pub fn set_chat_provider(
         &self,
-        chat_id: i64,
+        place: impl Into<Place>,
         provider: Option<&str>,
     ) -> Result<(), StoreError> {
+        let place = place.into();
         let conn = self.lock();
         self.wrap(
             conn.prepare_cached(
-                "INSERT INTO chats (chat_id, provider) VALUES (?1, ?2)
-             ON CONFLICT (chat_id) DO UPDATE SET provider = excluded.provider",
+                "INSERT INTO chats (chat_id, thread_id, provider) VALUES (?1, ?2, ?3)
+             ON CONFLICT (chat_id, thread_id) DO UPDATE SET provider = excluded.provider",
             )
-            .and_then(|mut st| st.execute(params![chat_id, provider])),
+            .and_then(|mut st| st.execute(params![place.chat, place.thread_key(), provider])),
         )
         .map(|_| ())
     }

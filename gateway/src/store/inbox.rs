@@ -14,6 +14,7 @@ use rusqlite::{OptionalExtension, params};
 use super::{Store, StoreError, now};
 use crate::media::MediaRef;
 use crate::replied::Replied;
+use crate::topics::Place;
 
 /// What an inbox row is, decided when it is stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -65,6 +66,8 @@ pub struct Pending {
     /// delivered again from a new one.
     pub message_id: i64,
     pub chat_id: i64,
+    /// The topic it was written in ([`Place`]): its conversation is that topic's.
+    pub thread: Option<i32>,
     pub user_id: u64,
     /// The text, or a file's caption.
     pub text: String,
@@ -80,6 +83,13 @@ pub struct Pending {
     pub media_group: Option<String>,
     /// What it replies to, as the turn takes it along.
     pub replied: Option<Replied>,
+}
+
+impl Pending {
+    /// The conversation the message belongs to.
+    pub fn place(&self) -> Place {
+        Place::new(self.chat_id, self.thread)
+    }
 }
 
 /// A message taken into a turn.
@@ -158,7 +168,8 @@ impl Store {
         for mut m in messages.drain(..) {
             let media = m.media.as_ref().and_then(encode_media);
             let replied = m.replied.as_ref().and_then(encode_replied);
-            let inserted = self.wrap(tx.prepare_cached("INSERT OR IGNORE INTO inbox (message_id, chat_id, user_id, text, received_at, kind, media, attempts, media_group, replied_to) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)").and_then(|mut st| st.execute(params![m.message_id, m.chat_id, m.user_id as i64, m.text, at, m.kind.as_str(), media, i64::from(m.counted), m.media_group, replied])))?;
+            let thread = m.place().thread_key();
+            let inserted = self.wrap(tx.prepare_cached("INSERT OR IGNORE INTO inbox (message_id, chat_id, user_id, text, received_at, kind, media, attempts, media_group, replied_to, thread_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)").and_then(|mut st| st.execute(params![m.message_id, m.chat_id, m.user_id as i64, m.text, at, m.kind.as_str(), media, i64::from(m.counted), m.media_group, replied, thread])))?;
             if inserted == 1 {
                 m.id = tx.last_insert_rowid();
                 new.push(m);
@@ -196,16 +207,18 @@ impl Store {
     pub fn unanswered(&self) -> Result<Vec<Pending>, StoreError> {
         let conn = self.lock();
         let mut stmt = self.wrap(conn.prepare_cached(
-            "SELECT id, chat_id, user_id, text, kind, media, message_id, media_group FROM inbox
+            "SELECT id, chat_id, user_id, text, kind, media, message_id, media_group, thread_id FROM inbox
              WHERE done_at IS NULL AND answered_by IS NULL ORDER BY id",
         ))?;
         let rows = self.wrap(stmt.query_map([], |r| {
+            let chat_id = r.get(1)?;
             Ok(Pending {
                 id: r.get(0)?,
                 // Rows of stores before schema 5 have none; nothing is delivered again
                 // for them any more.
                 message_id: r.get::<_, Option<i64>>(6)?.unwrap_or(0),
-                chat_id: r.get(1)?,
+                chat_id,
+                thread: Place::from_key(chat_id, r.get(8)?).thread,
                 user_id: r.get::<_, i64>(2)? as u64,
                 text: r.get(3)?,
                 kind: Kind::parse(&r.get::<_, String>(4)?),
@@ -219,39 +232,42 @@ impl Store {
         self.wrap(rows.collect())
     }
 
-    /// Takes the chat's next turn from its waiting messages, oldest first, and counts a
-    /// job started for each, committed before it returns (so the count survives a crash
-    /// of the job and of the gateway): every waiting message up to the first command, or
+    /// Takes the conversation's next turn from its waiting messages, oldest first, and
+    /// counts a job started for each, committed before it returns (so the count survives a
+    /// crash of the job and of the gateway): every waiting message up to the first command, or
     /// that command alone when it comes first. Empty when nothing waits. Messages
     /// `counted_at_arrival` (this run counted their start as it stored them, see
     /// [`Pending::counted`]) are not counted again.
     pub fn take_turn(
         &self,
-        chat_id: i64,
+        place: impl Into<Place>,
         is_command: impl Fn(&str) -> bool,
         counted_at_arrival: impl Fn(i64) -> bool,
     ) -> Result<Vec<Taken>, StoreError> {
+        let place = place.into();
         let mut conn = self.lock();
         // One connection, behind this lock, and one gateway per store: nothing writes
         // between the read and the update.
         let waiting: Vec<Taken> = {
             let mut stmt = self.wrap(conn.prepare_cached(
                 "SELECT id, user_id, text, attempts, media, replied_to, kind FROM inbox
-                 WHERE chat_id = ?1 AND done_at IS NULL AND answered_by IS NULL
+                 WHERE chat_id = ?1 AND thread_id = ?2 AND done_at IS NULL AND answered_by IS NULL
                  AND kind IN ('message', 'scheduled')
                  ORDER BY id",
             ))?;
-            let rows = self.wrap(stmt.query_map(params![chat_id], |r| {
-                Ok(Taken {
-                    id: r.get(0)?,
-                    user_id: r.get::<_, i64>(1)? as u64,
-                    text: r.get(2)?,
-                    earlier_attempts: r.get::<_, i64>(3)?.clamp(0, i64::from(u32::MAX)) as u32,
-                    media: decode_media(r.get(4)?),
-                    replied: decode_replied(r.get(5)?),
-                    scheduled: r.get::<_, String>(6)? == Kind::Scheduled.as_str(),
-                })
-            }))?;
+            let rows = self.wrap(
+                stmt.query_map(params![place.chat, place.thread_key()], |r| {
+                    Ok(Taken {
+                        id: r.get(0)?,
+                        user_id: r.get::<_, i64>(1)? as u64,
+                        text: r.get(2)?,
+                        earlier_attempts: r.get::<_, i64>(3)?.clamp(0, i64::from(u32::MAX)) as u32,
+                        media: decode_media(r.get(4)?),
+                        replied: decode_replied(r.get(5)?),
+                        scheduled: r.get::<_, String>(6)? == Kind::Scheduled.as_str(),
+                    })
+                }),
+            )?;
             self.wrap(rows.collect())?
         };
         // A caption is never a command; a schedule's run is asked alone, like one.
@@ -287,16 +303,21 @@ impl Store {
         Ok(taken)
     }
 
-    /// The chat's waiting messages (not taken into a turn, no reply committed) up to and
-    /// including row `through`.
-    pub fn waiting(&self, chat_id: i64, through: i64) -> Result<Vec<i64>, StoreError> {
+    /// The conversation's waiting messages (not taken into a turn, no reply committed) up
+    /// to and including row `through`.
+    pub fn waiting(&self, place: impl Into<Place>, through: i64) -> Result<Vec<i64>, StoreError> {
+        let place = place.into();
         let conn = self.lock();
         let mut stmt = self.wrap(conn.prepare_cached(
             "SELECT id FROM inbox
-             WHERE chat_id = ?1 AND done_at IS NULL AND answered_by IS NULL AND kind = 'message'
-             AND id <= ?2 ORDER BY id",
+             WHERE chat_id = ?1 AND thread_id = ?2 AND done_at IS NULL AND answered_by IS NULL
+             AND kind = 'message' AND id <= ?3 ORDER BY id",
         ))?;
-        let rows = self.wrap(stmt.query_map(params![chat_id, through], |r| r.get(0)))?;
+        let rows = self.wrap(
+            stmt.query_map(params![place.chat, place.thread_key(), through], |r| {
+                r.get(0)
+            }),
+        )?;
         self.wrap(rows.collect())
     }
 

@@ -51,7 +51,7 @@ pub use schedules::{Due, NewSchedule, RunCounts, ScheduleRow};
 pub use usage::{Days, Totals, UsageReader};
 
 /// The schema this build writes. Bump it with a new entry in [`MIGRATIONS`].
-pub const SCHEMA_VERSION: i64 = 11;
+pub const SCHEMA_VERSION: i64 = 12;
 
 /// `MIGRATIONS[n]` takes a store from version `n` to `n + 1`.
 const MIGRATIONS: &[&str] = &[
@@ -244,6 +244,36 @@ const MIGRATIONS: &[&str] = &[
         chat_id INTEGER PRIMARY KEY,
         time_zone TEXT NOT NULL
     );
+"#,
+    // 12: topics are conversations (`topics::Place`). What is kept per conversation is
+    // keyed by the chat and its topic (`thread_id`, 0 for none: the General topic, or a
+    // chat without topics, so every conversation before this is its chat's General
+    // topic's): the waiting messages, the turns, and a chat's numbered conversation,
+    // `/model` choice and last question (`chats` is rebuilt with the key, its rows kept
+    // as thread 0's). Every outbox piece and preview keeps the topic it goes to, so a
+    // restart still answers there.
+    r#"
+    ALTER TABLE inbox ADD COLUMN thread_id INTEGER NOT NULL DEFAULT 0;
+    DROP INDEX inbox_waiting;
+    CREATE INDEX inbox_waiting ON inbox (chat_id, thread_id, id)
+        WHERE done_at IS NULL AND answered_by IS NULL;
+    ALTER TABLE turns ADD COLUMN thread_id INTEGER NOT NULL DEFAULT 0;
+    DROP INDEX turns_by_chat;
+    CREATE INDEX turns_by_chat ON turns (chat_id, thread_id, conversation, id);
+    ALTER TABLE outbox ADD COLUMN thread_id INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE previews ADD COLUMN thread_id INTEGER NOT NULL DEFAULT 0;
+    CREATE TABLE chats_by_thread (
+        chat_id INTEGER NOT NULL,
+        thread_id INTEGER NOT NULL DEFAULT 0,
+        conversation INTEGER NOT NULL DEFAULT 1,
+        provider TEXT,
+        last_question TEXT,
+        PRIMARY KEY (chat_id, thread_id)
+    );
+    INSERT INTO chats_by_thread (chat_id, conversation, provider, last_question)
+        SELECT chat_id, conversation, provider, last_question FROM chats;
+    DROP TABLE chats;
+    ALTER TABLE chats_by_thread RENAME TO chats;
 "#,
 ];
 

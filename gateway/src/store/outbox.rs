@@ -18,6 +18,7 @@ use rusqlite::{Transaction, params};
 
 use super::{Exchange, Store, StoreError, now};
 use crate::files_back::OutFile;
+use crate::topics::Place;
 
 /// One piece of a reply as stored: Telegram HTML, the same text without markup, and
 /// whether it replaces a message already shown (a streamed answer's preview).
@@ -43,6 +44,8 @@ pub struct OutPiece {
 /// A reply to commit.
 pub struct ReplyRecord<'a> {
     pub chat_id: i64,
+    /// The topic it goes to; the question it keeps is that topic's.
+    pub thread: Option<i32>,
     /// The inbox rows it answers (none for a notice that answers nothing).
     pub answers: &'a [i64],
     /// Its text, kept with each row it answers.
@@ -61,6 +64,7 @@ pub struct Stored {
     /// The reply it belongs to: the id of the reply's first piece.
     pub reply: i64,
     pub chat_id: i64,
+    pub thread: Option<i32>,
     pub piece: OutPiece,
     /// Unix seconds.
     pub created_at: i64,
@@ -74,16 +78,18 @@ impl Store {
         let mut conn = self.lock();
         let tx = self.wrap(conn.transaction())?;
         let at = now();
+        let thread = Place::new(record.chat_id, record.thread).thread_key();
         if let Some(exchange) = record.exchange {
             self.wrap(Store::add_exchange(&tx, exchange, at))?;
         }
         if let Some(question) = record.question {
             self.wrap(
                 tx.prepare_cached(
-                    "INSERT INTO chats (chat_id, last_question) VALUES (?1, ?2)
-                     ON CONFLICT (chat_id) DO UPDATE SET last_question = excluded.last_question",
+                    "INSERT INTO chats (chat_id, thread_id, last_question) VALUES (?1, ?2, ?3)
+                     ON CONFLICT (chat_id, thread_id)
+                     DO UPDATE SET last_question = excluded.last_question",
                 )
-                .and_then(|mut st| st.execute(params![record.chat_id, question])),
+                .and_then(|mut st| st.execute(params![record.chat_id, thread, question])),
             )?;
         }
         let mut stored = Vec::with_capacity(record.pieces.len());
@@ -92,8 +98,8 @@ impl Store {
             let id = self.wrap(
                 tx.prepare_cached(
                     "INSERT INTO outbox (reply, chat_id, html, plain, edit_message_id, created_at,
-                     file, rich, fallback)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                     file, rich, fallback, thread_id)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
                 )
                 .and_then(|mut st| {
                     st.insert(params![
@@ -108,7 +114,8 @@ impl Store {
                             .as_ref()
                             .and_then(|f| serde_json::to_string(f).ok()),
                         piece.rich,
-                        piece.fallback
+                        piece.fallback,
+                        thread
                     ])
                 }),
             )?;
@@ -120,6 +127,7 @@ impl Store {
                 id,
                 reply: reply_id,
                 chat_id: record.chat_id,
+                thread: Place::new(record.chat_id, record.thread).thread,
                 piece: piece.clone(),
                 created_at: at,
             });
@@ -181,13 +189,15 @@ impl Store {
         let pieces: Vec<Stored> = {
             let mut stmt = self.wrap(tx.prepare(
                 "SELECT id, coalesce(reply, id), chat_id, html, plain, edit_message_id, created_at,
-                 file, rich, fallback FROM outbox ORDER BY id",
+                 file, rich, fallback, thread_id FROM outbox ORDER BY id",
             ))?;
             let rows = self.wrap(stmt.query_map([], |r| {
+                let chat_id = r.get(2)?;
                 Ok(Stored {
                     id: r.get(0)?,
                     reply: r.get(1)?,
-                    chat_id: r.get(2)?,
+                    chat_id,
+                    thread: Place::from_key(chat_id, r.get(10)?).thread,
                     piece: OutPiece {
                         html: r.get(3)?,
                         plain: r.get(4)?,

@@ -10,23 +10,32 @@
 use rusqlite::{Transaction, params};
 
 use super::{Store, StoreError};
+use crate::topics::Place;
 
 /// A preview a run showed and no reply replaced.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Preview {
     pub chat_id: i64,
+    /// The topic it was shown in: where a message that replaces it goes when it cannot
+    /// be edited.
+    pub thread: Option<i32>,
     pub message_id: i32,
 }
 
 impl Store {
-    /// Message `message_id` in `chat_id` shows a preview now.
-    pub fn preview_shown(&self, chat_id: i64, message_id: i32) -> Result<(), StoreError> {
+    /// Message `message_id` in `place` shows a preview now.
+    pub fn preview_shown(
+        &self,
+        place: impl Into<Place>,
+        message_id: i32,
+    ) -> Result<(), StoreError> {
+        let place = place.into();
         let conn = self.lock();
         self.wrap(
             conn.prepare_cached(
-                "INSERT OR IGNORE INTO previews (chat_id, message_id) VALUES (?1, ?2)",
+                "INSERT OR IGNORE INTO previews (chat_id, message_id, thread_id) VALUES (?1, ?2, ?3)",
             )
-            .and_then(|mut st| st.execute(params![chat_id, message_id])),
+            .and_then(|mut st| st.execute(params![place.chat, message_id, place.thread_key()])),
         )?;
         Ok(())
     }
@@ -45,11 +54,14 @@ impl Store {
     /// The previews no reply replaced, oldest first.
     pub fn previews(&self) -> Result<Vec<Preview>, StoreError> {
         let conn = self.lock();
-        let mut stmt = self
-            .wrap(conn.prepare_cached("SELECT chat_id, message_id FROM previews ORDER BY rowid"))?;
+        let mut stmt = self.wrap(conn.prepare_cached(
+            "SELECT chat_id, message_id, thread_id FROM previews ORDER BY rowid",
+        ))?;
         let rows = self.wrap(stmt.query_map([], |r| {
+            let chat_id = r.get(0)?;
             Ok(Preview {
-                chat_id: r.get(0)?,
+                chat_id,
+                thread: Place::from_key(chat_id, r.get(2)?).thread,
                 message_id: r.get(1)?,
             })
         }))?;
@@ -78,6 +90,7 @@ mod tests {
         store
             .commit_reply(&ReplyRecord {
                 chat_id,
+                thread: None,
                 answers: &[],
                 text: "done",
                 pieces: &[OutPiece {
@@ -106,10 +119,12 @@ mod tests {
             [
                 Preview {
                     chat_id: 7,
+                    thread: None,
                     message_id: 40
                 },
                 Preview {
                     chat_id: 8,
+                    thread: None,
                     message_id: 40
                 }
             ]
@@ -123,6 +138,7 @@ mod tests {
             store.previews().unwrap(),
             [Preview {
                 chat_id: 8,
+                thread: None,
                 message_id: 40
             }],
             "what a killed run showed is still known at the next start"

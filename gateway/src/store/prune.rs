@@ -52,18 +52,18 @@ impl Store {
         )?;
         let mut turns = self.delete_in_batches(
             "DELETE FROM turns WHERE id IN (SELECT t.id FROM turns t
-             JOIN chats c ON c.chat_id = t.chat_id
+             JOIN chats c ON c.chat_id = t.chat_id AND c.thread_id = t.thread_id
              WHERE t.conversation < c.conversation AND t.at < ?1 ORDER BY t.id LIMIT ?2)",
             now - KEEP_PAST_CONVERSATIONS,
         )?;
-        for (chat, conversation) in self.long_conversations()? {
+        for (chat, thread, conversation) in self.long_conversations()? {
             turns += self.delete_in_batches_of(
                 "DELETE FROM turns WHERE id IN (SELECT id FROM turns
-                 WHERE chat_id = ?1 AND conversation = ?2 AND id < (
-                     SELECT id FROM turns WHERE chat_id = ?1 AND conversation = ?2
-                     ORDER BY id DESC LIMIT 1 OFFSET ?3 - 1)
+                 WHERE chat_id = ?1 AND thread_id = ?5 AND conversation = ?2 AND id < (
+                     SELECT id FROM turns WHERE chat_id = ?1 AND thread_id = ?5
+                     AND conversation = ?2 ORDER BY id DESC LIMIT 1 OFFSET ?3 - 1)
                  ORDER BY id LIMIT ?4)",
-                |st| st.execute(params![chat, conversation, KEEP_TURNS, BATCH]),
+                |st| st.execute(params![chat, conversation, KEEP_TURNS, BATCH, thread]),
             )?;
         }
         Ok(Pruned {
@@ -87,14 +87,15 @@ impl Store {
         Ok(pruned)
     }
 
-    /// Conversations holding more than [`KEEP_TURNS`] turns.
-    fn long_conversations(&self) -> Result<Vec<(i64, i64)>, StoreError> {
+    /// Conversations holding more than [`KEEP_TURNS`] turns: chat, thread, number.
+    fn long_conversations(&self) -> Result<Vec<(i64, i64, i64)>, StoreError> {
         let conn = self.lock();
         let mut st = self.wrap(conn.prepare_cached(
-            "SELECT chat_id, conversation FROM turns GROUP BY chat_id, conversation
-             HAVING count(*) > ?1",
+            "SELECT chat_id, thread_id, conversation FROM turns
+             GROUP BY chat_id, thread_id, conversation HAVING count(*) > ?1",
         ))?;
-        let rows = self.wrap(st.query_map([KEEP_TURNS], |r| Ok((r.get(0)?, r.get(1)?))))?;
+        let rows =
+            self.wrap(st.query_map([KEEP_TURNS], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))))?;
         self.wrap(rows.collect())
     }
 

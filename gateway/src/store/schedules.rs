@@ -152,8 +152,15 @@ impl Store {
             None
         } else {
             self.wrap(tx.execute(
-                "INSERT INTO inbox (chat_id, user_id, text, received_at, kind) VALUES (?1, ?2, ?3, ?4, 'scheduled')",
-                params![s.chat_id, s.user_id as i64, due.text, at],
+                "INSERT INTO inbox (chat_id, thread_id, user_id, text, received_at, kind)
+                 VALUES (?1, ?2, ?3, ?4, ?5, 'scheduled')",
+                params![
+                    s.chat_id,
+                    s.thread_id.unwrap_or(0),
+                    s.user_id as i64,
+                    due.text,
+                    at
+                ],
             ))?;
             let row = tx.last_insert_rowid();
             self.wrap(tx.execute(
@@ -309,6 +316,7 @@ mod tests {
         let stored = store
             .commit_reply(&ReplyRecord {
                 chat_id: 7,
+                thread: None,
                 answers: &[row],
                 text: "ok",
                 pieces: &[OutPiece {
@@ -347,6 +355,7 @@ mod tests {
         let stored = store
             .commit_reply(&ReplyRecord {
                 chat_id: 7,
+                thread: None,
                 answers: &[row],
                 text: "ok",
                 pieces: &[OutPiece {

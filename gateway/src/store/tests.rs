@@ -12,6 +12,7 @@ fn pending(id: i64, text: &str) -> Pending {
         id,
         message_id: id,
         chat_id: 7,
+        thread: None,
         user_id: 7,
         text: text.into(),
         kind: Kind::Message,
@@ -47,6 +48,7 @@ fn answer(store: &Store, answers: &[i64], text: &str, exchange: Option<&Exchange
     store
         .commit_reply(&ReplyRecord {
             chat_id: 7,
+            thread: None,
             answers,
             text,
             pieces: &[piece(text)],
@@ -97,6 +99,7 @@ fn a_reply_is_done_only_when_its_last_piece_left_and_survives_a_reopen_until_the
     let stored = store
         .commit_reply(&ReplyRecord {
             chat_id: 7,
+            thread: None,
             answers: &[1, 2],
             text: "one two",
             pieces: &[piece("one"), piece("two")],
@@ -164,6 +167,7 @@ fn a_reply_without_pieces_is_done_at_once_and_a_notice_answers_nothing() {
     store
         .commit_reply(&ReplyRecord {
             chat_id: 7,
+            thread: None,
             answers: &[],
             text: "restarting",
             pieces: &[piece("restarting")],
@@ -175,6 +179,7 @@ fn a_reply_without_pieces_is_done_at_once_and_a_notice_answers_nothing() {
     store
         .commit_reply(&ReplyRecord {
             chat_id: 7,
+            thread: None,
             answers: &[1],
             text: "",
             pieces: &[],
@@ -299,6 +304,7 @@ fn a_migrated_group_takes_its_conversation_settings_and_outbox_along() {
     let store = Store::open(dir.path()).unwrap();
     let exchange = Exchange {
         chat_id: 7,
+        thread: None,
         question: "q".into(),
         transcript: vec![ChatMessage::new(Role::Assistant, "a")],
         provider: "p".into(),
@@ -325,6 +331,7 @@ fn history_is_per_conversation_and_limited() {
     for i in 0..5 {
         let exchange = Exchange {
             chat_id: 7,
+            thread: None,
             question: format!("q{i}"),
             transcript: vec![ChatMessage::new(Role::Assistant, format!("a{i}"))],
             provider: "p".into(),
@@ -359,6 +366,7 @@ fn tool_turns_round_trip_and_history_never_starts_inside_one() {
     ];
     let exchange = Exchange {
         chat_id: 7,
+        thread: None,
         question: "what time is it?".into(),
         transcript: transcript.clone(),
         provider: "p".into(),
@@ -542,6 +550,7 @@ fn retry_finds_the_question_the_last_job_asked() {
     store
         .commit_reply(&ReplyRecord {
             chat_id: 7,
+            thread: None,
             answers: &[1],
             text: "quota",
             pieces: &[piece("quota")],
@@ -746,6 +755,7 @@ fn a_rich_reply_keeps_its_html_form_behind_it_until_both_left() {
     store
         .commit_reply(&ReplyRecord {
             chat_id: 7,
+            thread: None,
             answers: &[1],
             text: "| a |",
             pieces: &[rich.clone(), html.clone()],
@@ -763,4 +773,108 @@ fn a_rich_reply_keeps_its_html_form_behind_it_until_both_left() {
     store.piece_left(left[1].id);
     store.record_left().unwrap();
     assert!(store.is_done(1).unwrap());
+}
+
+/// A store of schema 11 (before topics) with a conversation, a `/model` choice, a last
+/// question, a waiting message and a reply in the outbox: after the migration all of it
+/// is the chat's General topic's (no thread), and a topic of the same chat is a
+/// conversation of its own (history, `/new`, `/model`, `/retry`, turns, outbox).
+#[test]
+fn a_store_from_before_topics_keeps_its_conversations_as_general_and_topics_are_their_own() {
+    use crate::topics::Place;
+    let dir = tempfile::tempdir().unwrap();
+    let conn = Connection::open(dir.path().join("state.db")).unwrap();
+    for m in &MIGRATIONS[..11] {
+        conn.execute_batch(m).unwrap();
+    }
+    conn.execute_batch(
+        "PRAGMA user_version = 11;
+         INSERT INTO turns (chat_id, conversation, role, content, at) VALUES (7, 2, 'user', 'hi', 0);
+         INSERT INTO turns (chat_id, conversation, role, content, at) VALUES (7, 2, 'assistant', 'hello', 0);
+         INSERT INTO chats (chat_id, conversation, provider, last_question) VALUES (7, 2, 'backup', 'hi');
+         INSERT INTO inbox (id, message_id, chat_id, user_id, text, received_at) VALUES (11, 11, 7, 7, 'still waiting', 0);
+         INSERT INTO outbox (chat_id, html, plain, created_at) VALUES (7, 'left', 'left', 0);",
+    )
+    .unwrap();
+    drop(conn);
+    let store = Store::open(dir.path()).unwrap();
+    let topic = Place::new(7, Some(40));
+    let contents = |place: Place| -> Vec<String> {
+        store
+            .history(place, 10)
+            .unwrap()
+            .into_iter()
+            .map(|m| m.content)
+            .collect()
+    };
+    assert_eq!(contents(Place::from(7)), ["hi", "hello"]);
+    assert!(contents(topic).is_empty());
+    assert_eq!(store.chat_provider(7).unwrap().as_deref(), Some("backup"));
+    assert_eq!(store.chat_provider(topic).unwrap(), None);
+    assert_eq!(store.last_question(7).unwrap().as_deref(), Some("hi"));
+    assert_eq!(store.last_question(topic).unwrap(), None);
+    assert_eq!(store.unanswered().unwrap()[0].thread, None);
+    assert_eq!(store.outbox().unwrap()[0].thread, None);
+
+    // A message in the topic is the topic's turn, never General's, and the reverse.
+    let in_topic = Pending {
+        thread: Some(40),
+        ..pending(12, "in the topic")
+    };
+    let stored = accept(&store, &[in_topic]);
+    assert_eq!(store.unanswered().unwrap()[1].place(), topic);
+    let taken = store.take_turn(topic, is_command, |_| false).unwrap();
+    assert_eq!(taken.len(), 1);
+    assert_eq!(taken[0].text, "in the topic");
+    let general = store.take_turn(7, is_command, |_| false).unwrap();
+    assert_eq!(general.len(), 1);
+    assert_eq!(general[0].text, "still waiting");
+
+    // Its answer goes to the topic and joins the topic's history alone.
+    let exchange = Exchange {
+        chat_id: 7,
+        thread: Some(40),
+        question: "in the topic".into(),
+        transcript: vec![ChatMessage::new(Role::Assistant, "topic answer")],
+        provider: "p".into(),
+        model: "m".into(),
+    };
+    let pieces = store
+        .commit_reply(&ReplyRecord {
+            chat_id: 7,
+            thread: Some(40),
+            answers: &[stored[0].id],
+            text: "topic answer",
+            pieces: &[piece("topic answer")],
+            exchange: Some(&exchange),
+            question: Some("in the topic"),
+        })
+        .unwrap();
+    assert_eq!(pieces[0].thread, Some(40));
+    assert_eq!(contents(topic), ["in the topic", "topic answer"]);
+    assert_eq!(contents(Place::from(7)), ["hi", "hello"]);
+    assert_eq!(
+        store.last_question(topic).unwrap().as_deref(),
+        Some("in the topic")
+    );
+    assert_eq!(store.last_question(7).unwrap().as_deref(), Some("hi"));
+    drop(store);
+    let store = Store::open(dir.path()).unwrap();
+    let threads: Vec<Option<i32>> = store.outbox().unwrap().iter().map(|p| p.thread).collect();
+    assert_eq!(
+        threads,
+        [None, Some(40)],
+        "each piece still knows its topic"
+    );
+
+    // `/new` and `/model` in the topic leave General as it was.
+    store.new_conversation(topic).unwrap();
+    store.set_chat_provider(topic, Some("other")).unwrap();
+    assert!(store.history(topic, 10).unwrap().is_empty());
+    assert_eq!(store.history(7, 10).unwrap().len(), 2);
+    assert_eq!(store.chat_provider(7).unwrap().as_deref(), Some("backup"));
+    assert_eq!(
+        store.chat_provider(topic).unwrap().as_deref(),
+        Some("other")
+    );
 }

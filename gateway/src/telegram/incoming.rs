@@ -2,7 +2,8 @@
 //! something the bot cannot use), and whether it is for the bot.
 //!
 //! In groups (`telegram.group_mode = "mention"`) only messages addressed to the bot are
-//! taken: a mention of it, a reply to one of its messages, or a command; a command for
+//! taken: a mention of it, a reply to one of its messages (not the topic's creation, which
+//! every message of a forum topic comes "replying" to), or a command; a command for
 //! another bot (`/new@other_bot`) never is. A file without text of its own is taken when
 //! it replies to the bot or its caption mentions it (a caption is never a command).
 //!
@@ -24,6 +25,7 @@ use teloxide_core::types::{Message, MessageEntityKind, Update, UpdateKind};
 use crate::media::{self, MediaRef};
 use crate::replied::Replied;
 use crate::store::{Kind, Pending};
+use crate::topics::{self, Place};
 
 /// Who the bot is, for telling which group messages are addressed to it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -134,6 +136,7 @@ pub fn user_message(
         id: 0,
         message_id: i64::from(message.id.0),
         chat_id: message.chat.id.0,
+        thread: Place::of(&message).thread,
         user_id: user.id.0,
         text,
         kind,
@@ -155,8 +158,7 @@ fn media_addressed(message: &Message, me: &Identity, mode: GroupMode) -> bool {
     if !(message.chat.is_group() || message.chat.is_supergroup()) {
         return false;
     }
-    let replied_to_bot = message
-        .reply_to_message()
+    let replied_to_bot = topics::replied_to(message)
         .and_then(|m| m.from.as_ref())
         .is_some_and(|u| u.id.0 == me.id);
     let mention = format!("@{}", me.username);
@@ -214,6 +216,7 @@ pub fn raw_text_message(raw: &Value, me: &Identity, group_mode: GroupMode) -> Op
         id: 0,
         message_id,
         chat_id,
+        thread: Place::thread_of_raw(message),
         user_id,
         text,
         kind: Kind::Message,
@@ -243,8 +246,7 @@ fn addressed(message: &Message, text: &str, me: &Identity, mode: GroupMode) -> O
     if !(message.chat.is_group() || message.chat.is_supergroup()) {
         return None;
     }
-    let replied_to_bot = message
-        .reply_to_message()
+    let replied_to_bot = topics::replied_to(message)
         .and_then(|m| m.from.as_ref())
         .is_some_and(|u| u.id.0 == me.id);
     let mentioned = message.parse_entities().is_some_and(|entities| {

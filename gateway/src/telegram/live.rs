@@ -31,6 +31,7 @@ pub use crate::jobs::MAX_ANSWER_BYTES;
 use crate::replies;
 use crate::store::Store;
 pub use crate::text::cut_at_char;
+use crate::topics::Place;
 
 /// Streamed text is shown once it holds a sentence ending past this many characters…
 const FIRST_SENTENCE_CHARS: usize = 60;
@@ -50,7 +51,8 @@ pub const MAX_TOOL_NAME_BYTES: usize = 256;
 
 pub struct LiveReply {
     sender: Sender,
-    chat: i64,
+    /// The chat and topic the preview is shown in.
+    place: Place,
     /// Off: no preview and no status line; the answer arrives as finished messages.
     enabled: bool,
     interval: Duration,
@@ -79,10 +81,10 @@ pub struct LiveReply {
 }
 
 impl LiveReply {
-    pub fn new(sender: Sender, chat: i64, enabled: bool, interval: Duration) -> Self {
+    pub fn new(sender: Sender, place: Place, enabled: bool, interval: Duration) -> Self {
         LiveReply {
             sender,
-            chat,
+            place,
             enabled,
             interval,
             message: None,
@@ -251,9 +253,9 @@ impl LiveReply {
         let buttons = self.buttons.as_ref();
         match self.message {
             None => {
-                let sent = match sender.send_marked(self.chat, &piece, false, buttons).await {
+                let sent = match sender.send_marked(self.place, &piece, false, buttons).await {
                     Err(SendError::BadEntities(_)) => {
-                        sender.send_marked(self.chat, &piece, true, buttons).await
+                        sender.send_marked(self.place, &piece, true, buttons).await
                     }
                     other => other,
                 };
@@ -262,28 +264,31 @@ impl LiveReply {
                         self.message = Some(id);
                         self.shown = Some(piece.html);
                         if let Some(store) = &self.store
-                            && let Err(e) = store.preview_shown(self.chat, id.0)
+                            && let Err(e) = store.preview_shown(self.place, id.0)
                         {
                             tracing::warn!(
-                                chat_id = self.chat,
+                                chat_id = self.place.chat,
                                 "cannot record the preview; a crash now would leave it as it is: {e}"
                             );
                         }
                     }
                     Err(e) => {
-                        tracing::info!(chat_id = self.chat, "no preview of the answer: {e:?}");
+                        tracing::info!(
+                            chat_id = self.place.chat,
+                            "no preview of the answer: {e:?}"
+                        );
                         self.stuck = true;
                     }
                 }
             }
             Some(id) => {
                 let edited = match sender
-                    .edit_marked(self.chat, id, &piece, false, buttons)
+                    .edit_marked(self.place.chat, id, &piece, false, buttons)
                     .await
                 {
                     Err(SendError::BadEntities(_)) => {
                         sender
-                            .edit_marked(self.chat, id, &piece, true, buttons)
+                            .edit_marked(self.place.chat, id, &piece, true, buttons)
                             .await
                     }
                     other => other,
@@ -292,7 +297,7 @@ impl LiveReply {
                     Ok(()) => self.shown = Some(piece.html),
                     Err(SendError::RetryAfter(wait)) => {
                         tracing::info!(
-                            chat_id = self.chat,
+                            chat_id = self.place.chat,
                             "edits paused for {wait:?} (flood control)"
                         );
                         self.paused_until = Some(Instant::now() + wait.min(MAX_PAUSE));
@@ -300,7 +305,10 @@ impl LiveReply {
                         self.changed = true;
                     }
                     Err(e) => {
-                        tracing::info!(chat_id = self.chat, "the preview stays as it is: {e:?}");
+                        tracing::info!(
+                            chat_id = self.place.chat,
+                            "the preview stays as it is: {e:?}"
+                        );
                         self.stuck = true;
                     }
                 }
@@ -334,7 +342,7 @@ mod tests {
     #[tokio::test]
     async fn tools_that_never_finish_are_listed_up_to_the_bound() {
         let sender = Sender::new(teloxide_core::Bot::new("0:test"));
-        let mut live = LiveReply::new(sender, 1, true, Duration::from_secs(1));
+        let mut live = LiveReply::new(sender, Place::from(1), true, Duration::from_secs(1));
         let long = "t".repeat(10 * MAX_TOOL_NAME_BYTES);
         for i in 0..MAX_TOOLS_RUNNING + 1000 {
             live.observe(&Event::ToolStarted {

@@ -16,8 +16,8 @@ use std::time::Duration;
 use serde::de::IgnoredAny;
 use serde::{Deserialize, Serialize, Serializer};
 use teloxide_core::payloads::{
-    AnswerCallbackQuerySetters, EditMessageText, EditMessageTextSetters, SendMessage,
-    SendMessageSetters,
+    AnswerCallbackQuerySetters, EditMessageText, EditMessageTextSetters, SendChatActionSetters,
+    SendDocumentSetters, SendMessage, SendMessageSetters, SendPhotoSetters,
 };
 use teloxide_core::prelude::*;
 use teloxide_core::requests::{JsonRequest, Payload};
@@ -28,6 +28,7 @@ use teloxide_core::{ApiError, RequestError};
 
 use super::format::{self, Piece};
 use super::split::{MESSAGE_LIMIT, split_message};
+use crate::topics::Place;
 
 /// How long one `sendMessage` or `editMessageText` may take before it counts as failed.
 pub const SEND_TIMEOUT: Duration = Duration::from_secs(10);
@@ -92,47 +93,52 @@ impl Sender {
         self
     }
 
-    /// One `sendPhoto` (`photo`) or `sendDocument` of `file`, under its name.
+    /// One `sendPhoto` (`photo`) or `sendDocument` of `file`, under its name, into
+    /// `place` (its topic, if any).
     pub async fn send_file_once(
         &self,
-        chat: i64,
+        place: Place,
         file: &crate::files_back::OutFile,
         photo: bool,
     ) -> Result<(), SendError> {
         let input = InputFile::file(file.path.clone()).file_name(file.name.clone());
+        let chat = ChatId(place.chat);
         let sent = if photo {
-            self.uploads
-                .send_photo(ChatId(chat), input)
-                .await
-                .map(|_| ())
+            let mut request = self.uploads.send_photo(chat, input);
+            if let Some(thread) = place.thread_id() {
+                request = request.message_thread_id(thread);
+            }
+            request.await.map(|_| ())
         } else {
-            self.uploads
-                .send_document(ChatId(chat), input)
-                .await
-                .map(|_| ())
+            let mut request = self.uploads.send_document(chat, input);
+            if let Some(thread) = place.thread_id() {
+                request = request.message_thread_id(thread);
+            }
+            request.await.map(|_| ())
         };
         sent.map_err(classify)
     }
 
-    /// One `sendMessage` of `piece`, as HTML or (`plain`) as its text alone.
+    /// One `sendMessage` of `piece` into `place` (its topic, if any), as HTML or
+    /// (`plain`) as its text alone.
     pub async fn send_once(
         &self,
-        chat: i64,
+        place: Place,
         piece: &Piece,
         plain: bool,
     ) -> Result<MessageId, SendError> {
-        self.send_marked(chat, piece, plain, None).await
+        self.send_marked(place, piece, plain, None).await
     }
 
     /// [`Sender::send_once`] with `buttons` under the message.
     pub async fn send_marked(
         &self,
-        chat: i64,
+        place: Place,
         piece: &Piece,
         plain: bool,
         buttons: Option<&InlineKeyboardMarkup>,
     ) -> Result<MessageId, SendError> {
-        let mut payload = send_payload(chat, piece, plain);
+        let mut payload = send_payload(place, piece, plain);
         if let Some(buttons) = buttons {
             payload = payload.reply_markup(buttons.clone());
         }
@@ -191,12 +197,12 @@ impl Sender {
     /// network, HTML Telegram cannot parse); the id of the message, or why it is not there.
     pub async fn send_with_buttons(
         &self,
-        chat: i64,
+        place: Place,
         piece: &Piece,
         keyboard: &InlineKeyboardMarkup,
     ) -> Result<MessageId, SendError> {
         interactive(|plain| async move {
-            let payload = send_payload(chat, piece, plain).reply_markup(keyboard.clone());
+            let payload = send_payload(place, piece, plain).reply_markup(keyboard.clone());
             self.lean::<_, Shown>(payload)
                 .await
                 .map(|shown| MessageId(shown.message_id))
@@ -268,22 +274,31 @@ impl Sender {
         JsonRequest::new(self.bot.clone(), Lean(payload, PhantomData))
     }
 
-    /// "typing…" in the chat. Purely cosmetic: errors are ignored.
-    pub async fn typing(&self, chat: i64) {
-        let _ = self
+    /// "typing…" in the chat's topic. Purely cosmetic: errors are ignored.
+    pub async fn typing(&self, place: Place) {
+        let mut request = self
             .bot
-            .send_chat_action(ChatId(chat), ChatAction::Typing)
-            .await;
+            .send_chat_action(ChatId(place.chat), ChatAction::Typing);
+        if let Some(thread) = place.thread_id() {
+            request = request.message_thread_id(thread);
+        }
+        let _ = request.await;
     }
 }
 
-/// `sendMessage` of `piece`, as HTML or (`plain`) as its text alone.
-fn send_payload(chat: i64, piece: &Piece, plain: bool) -> SendMessage {
-    if plain {
-        SendMessage::new(ChatId(chat), piece.plain.as_str())
+/// `sendMessage` of `piece` into `place`, as HTML or (`plain`) as its text alone. The
+/// General topic gets no `message_thread_id` ([`Place::thread_id`]).
+fn send_payload(place: Place, piece: &Piece, plain: bool) -> SendMessage {
+    let chat = ChatId(place.chat);
+    let mut payload = if plain {
+        SendMessage::new(chat, piece.plain.as_str())
     } else {
-        SendMessage::new(ChatId(chat), piece.html.as_str()).parse_mode(ParseMode::Html)
+        SendMessage::new(chat, piece.html.as_str()).parse_mode(ParseMode::Html)
+    };
+    if let Some(thread) = place.thread_id() {
+        payload = payload.message_thread_id(thread);
     }
+    payload
 }
 
 /// A Bot API request whose answer is read only as far as the gateway uses it (`R`).

@@ -62,6 +62,8 @@ impl State {
             Some(SendFault::bad_request("Bad Request: message text is empty"))
         } else if text.chars().count() > MAX_RICH_LEN {
             Some(SendFault::bad_request("Bad Request: message is too long"))
+        } else if let Err(fault) = g.thread_to(chat_id.unwrap_or_default(), params) {
+            Some(fault)
         } else if let Some(refusal) = &g.rich.refusal {
             Some(SendFault::bad_request(refusal))
         } else {
@@ -77,6 +79,7 @@ impl State {
         g.last_message_id += 1;
         let message_id = g.last_message_id;
         let chat = g.chat(chat_id);
+        let thread = g.thread_to(chat_id, params).ok().flatten();
         g.texts
             .insert((chat_id, message_id), (text.clone(), text.clone()));
         *g.sent_per_chat.entry(chat_id).or_default() += 1;
@@ -88,6 +91,7 @@ impl State {
             message_id,
             keyboard: None,
             at: Instant::now(),
+            thread,
         });
         drop(g);
         self.bump();

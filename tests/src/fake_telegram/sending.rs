@@ -1,12 +1,14 @@
 //! What the bot sends: `sendMessage` and `editMessageText` under Telegram's rules (the
 //! text checked as Telegram shows it: HTML parsed as Telegram parses it, see [`super::html`];
 //! not empty, at most [`MAX_TEXT_LEN`]; an edit must change something and find its
-//! message), `sendChatAction`, and the records and waits tests read them through.
+//! message; a topic must be one of the chat's, see [`super::topics`]), `sendChatAction`,
+//! and the records and waits tests read them through.
 
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+use super::topics::ChatActionRecord;
 use super::{
     FakeTelegram, Inner, Response, SendFault, State, api_error, as_i64, bot_user, buttons, html,
     ok, unix_now,
@@ -45,6 +47,9 @@ pub struct SentMessage {
     pub message_id: i64,
     /// The inline keyboard the message shows after this send or edit, if any.
     pub keyboard: Option<Value>,
+    /// The topic the message is in (an edit: the edited message's); None for General or a
+    /// chat without topics.
+    pub thread: Option<i64>,
     pub at: Instant,
 }
 
@@ -207,7 +212,11 @@ impl State {
             }
             None => match g.chat_refuses(chat_id.unwrap_or_default()) {
                 Some(fault) => Err(fault),
-                None => g.check_text(METHOD, chat_id.unwrap_or_default(), &text, &parse_mode),
+                None => g
+                    .thread_to(chat_id.unwrap_or_default(), params)
+                    .and_then(|_| {
+                        g.check_text(METHOD, chat_id.unwrap_or_default(), &text, &parse_mode)
+                    }),
             },
         };
         let shown = shown.and_then(|shown| keyboard.clone().map(|_| shown));
@@ -222,6 +231,8 @@ impl State {
             Err(fault) => return self.refuse(g, METHOD, chat_id, text, parse_mode, fault),
         };
 
+        // Checked above, before anything else could refuse it.
+        let thread = g.thread_to(chat_id, params).ok().flatten();
         g.last_message_id += 1;
         let message_id = g.last_message_id;
         let chat = g.chat(chat_id);
@@ -233,6 +244,11 @@ impl State {
             "text": shown,
         });
         let mut message = message;
+        if let Some(thread) = thread {
+            message["message_thread_id"] = json!(thread);
+            message["is_topic_message"] = json!(true);
+            g.threads.insert((chat_id, message_id), thread);
+        }
         if let Some(markup) = &keyboard {
             message["reply_markup"] = markup.clone();
             g.keyboards.insert((chat_id, message_id), markup.clone());
@@ -246,6 +262,7 @@ impl State {
             parse_mode,
             message_id,
             keyboard,
+            thread,
             at: Instant::now(),
         });
         drop(g);
@@ -308,6 +325,7 @@ impl State {
             Err(fault) => return self.refuse(g, METHOD, chat_id, text, parse_mode, fault),
         };
         *g.sent_per_chat.entry(chat_id).or_default() += 1;
+        let thread = g.thread_of(chat_id, message_id);
         g.sent.push(SentMessage {
             method: METHOD.to_string(),
             chat_id,
@@ -315,6 +333,7 @@ impl State {
             parse_mode,
             message_id,
             keyboard: keyboard.clone(),
+            thread,
             at: Instant::now(),
         });
         if inline {
@@ -368,16 +387,29 @@ impl Inner {
     }
 }
 
-/// `sendChatAction`: known actions only, as Telegram.
-pub(super) fn chat_action(params: &Value) -> Response {
-    if params.get("chat_id").and_then(as_i64).is_none() {
-        return api_error(400, "Bad Request: chat_id is empty", None);
-    }
-    let action = params.get("action").and_then(Value::as_str).unwrap_or("");
-    if CHAT_ACTIONS.contains(&action) {
+impl State {
+    /// `sendChatAction`: known actions only, in a topic of the chat's if any, as Telegram.
+    pub(super) fn chat_action(&self, params: &Value) -> Response {
+        let Some(chat_id) = params.get("chat_id").and_then(as_i64) else {
+            return api_error(400, "Bad Request: chat_id is empty", None);
+        };
+        let action = params.get("action").and_then(Value::as_str).unwrap_or("");
+        if !CHAT_ACTIONS.contains(&action) {
+            return api_error(400, "Bad Request: wrong parameter action in request", None);
+        }
+        let mut g = self.lock();
+        let Ok(thread) = g.thread_to(chat_id, params) else {
+            return api_error(400, super::topics::THREAD_NOT_FOUND, None);
+        };
+        g.actions.push(ChatActionRecord {
+            chat_id,
+            thread,
+            action: action.to_string(),
+            at: Instant::now(),
+        });
+        drop(g);
+        self.bump();
         ok(json!(true))
-    } else {
-        api_error(400, "Bad Request: wrong parameter action in request", None)
     }
 }
 

@@ -1,7 +1,8 @@
 //! Files the bot sends: `sendDocument` and `sendPhoto` as multipart uploads (what
 //! teloxide sends for a local file: the field says `attach://<part>`, the part holds the
 //! file and its name), recorded with the chat, the file's name and its
-//! bytes. As strict as Telegram where it matters here: a photo must be a JPEG, PNG or
+//! bytes (and its topic, as strictly as [`super::topics`] checks it). As strict as
+//! Telegram where it matters here: a photo must be a JPEG, PNG or
 //! WebP whose width and height add up to at most 10000 and differ by at most a factor of
 //! 20, or it is refused with Telegram's words (400); a file needs its field and may not
 //! be empty. A test can
@@ -20,6 +21,8 @@ pub struct Upload {
     /// `sendDocument` or `sendPhoto`.
     pub method: String,
     pub chat_id: i64,
+    /// The topic it was sent into (see [`super::topics`]).
+    pub thread: Option<i64>,
     pub file_name: String,
     pub bytes: Vec<u8>,
     pub at: Instant,
@@ -113,6 +116,12 @@ impl State {
         let Some(chat_id) = chat_id else {
             return api_error(400, "Bad Request: chat_id is empty", None);
         };
+        let thread = field("message_thread_id")
+            .map(|p| json!({"message_thread_id": String::from_utf8_lossy(&p.data).trim()}))
+            .map_or(Ok(None), |params| g.thread_to(chat_id, &params));
+        let Ok(thread) = thread else {
+            return api_error(400, super::topics::THREAD_NOT_FOUND, None);
+        };
         // A field naming `attach://<part>` has its file in that part (teloxide sends
         // files so); otherwise the field is the file.
         let file = field(file_field).and_then(|f| {
@@ -146,6 +155,11 @@ impl State {
             "chat": chat,
             "from": bot_user(),
         });
+        if let Some(thread) = thread {
+            message["message_thread_id"] = json!(thread);
+            message["is_topic_message"] = json!(true);
+            g.threads.insert((chat_id, message_id), thread);
+        }
         let described = json!({
             "file_id": format!("sent-{message_id}"),
             "file_unique_id": format!("u-sent-{message_id}"),
@@ -164,6 +178,7 @@ impl State {
         g.uploads.done.push(Upload {
             method: canonical.to_string(),
             chat_id,
+            thread,
             file_name,
             bytes: file.data.clone(),
             at: Instant::now(),

@@ -7,6 +7,7 @@ use serde::Serialize;
 use serde::de::IgnoredAny;
 
 use super::Method;
+use crate::topics::Place;
 
 /// The most characters (Unicode scalar values) a rich message may hold.
 pub const RICH_LIMIT: usize = 32_768;
@@ -15,6 +16,9 @@ pub const RICH_LIMIT: usize = 32_768;
 #[derive(Debug, Clone, Serialize)]
 pub struct SendRichMessage {
     pub chat_id: i64,
+    /// The topic it answers in (never a forum's General: see `topics::Place`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message_thread_id: Option<i32>,
     pub rich_message: InputRichMessage,
 }
 
@@ -32,9 +36,10 @@ impl Method for SendRichMessage {
 }
 
 impl SendRichMessage {
-    pub fn markdown(chat_id: i64, markdown: &str) -> Self {
+    pub fn markdown(place: Place, markdown: &str) -> Self {
         SendRichMessage {
-            chat_id,
+            chat_id: place.chat,
+            message_thread_id: place.thread,
             rich_message: InputRichMessage {
                 markdown: markdown.to_string(),
             },
@@ -48,8 +53,11 @@ mod tests {
 
     #[test]
     fn the_request_is_what_the_bot_api_documents() {
-        let json = serde_json::to_value(SendRichMessage::markdown(5, "| a |\n|---|\n| 1 |"))
-            .unwrap_or_default();
+        let json = serde_json::to_value(SendRichMessage::markdown(
+            Place::new(5, None),
+            "| a |\n|---|\n| 1 |",
+        ))
+        .unwrap_or_default();
         assert_eq!(
             json,
             serde_json::json!({"chat_id": 5, "rich_message": {"markdown": "| a |\n|---|\n| 1 |"}})
