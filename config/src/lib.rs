@@ -20,6 +20,7 @@
 //! - `state`: `[state]`, the state directory.
 //! - `agent`: `[agent]`, the system prompt, history and tool-calling rounds of a job.
 //! - `tools`: `[[tools.mcp]]`, MCP servers, their sandbox grants and approvals.
+//! - `metrics`: `[metrics]`, the optional Prometheus endpoint.
 //!
 //! and around them:
 //!
@@ -29,6 +30,7 @@
 //! - `plans`: what a job is sent with ([`JobPlans`]) and what its tools may not read.
 
 mod agent;
+mod metrics;
 mod plans;
 mod providers;
 mod report;
@@ -47,6 +49,7 @@ use std::path::{Path, PathBuf};
 use toml::de::DeTable;
 
 pub use agent::AgentConfig;
+pub use metrics::{MetricsConfig, MetricsListen};
 pub use plans::{JobPlans, absolute};
 pub use providers::ProviderConfig;
 pub use report::{ConfigError, EXIT_CONFIG, Problem, load_or_report};
@@ -72,6 +75,7 @@ pub struct Config {
     pub tools: ToolsConfig,
     /// `[transcription]`; `None`: voice notes get a reply saying voice is not enabled.
     pub transcription: Option<TranscriptionConfig>,
+    pub metrics: MetricsConfig,
 }
 
 impl Config {
@@ -121,6 +125,8 @@ impl Config {
         let agent = doc.agent(agent_table.as_ref());
         let tools_table = top.table("tools", &mut doc);
         let tools = doc.tools(tools_table.as_ref());
+        let metrics_table = top.table("metrics", &mut doc);
+        let metrics = doc.metrics(metrics_table.as_ref());
         let transcription_table = top.table("transcription", &mut doc);
         let transcription = transcription_table
             .as_ref()
@@ -138,6 +144,7 @@ impl Config {
                 agent,
                 tools,
                 transcription,
+                metrics,
             })
         } else {
             doc.problems.sort_by_key(|p| p.line.unwrap_or(usize::MAX));
@@ -205,6 +212,8 @@ mod tests {
             "shutdown_drain_secs",
             "max_restarts",
             "restart_window_secs",
+            "spares",
+            "listen",
             "dir",
             "system_prompt",
             "readable",

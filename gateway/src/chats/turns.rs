@@ -315,6 +315,7 @@ impl ChatRouter {
         };
         drop(files);
         ctx.health.job_done(&outcome);
+        ctx.health.metrics().job_took(started.elapsed());
         let (chat, rows) = (request.chat, request.rows.clone());
         let cut_short =
             deliver::deliver(&self.inner, request, outcome, live, stop_requests, started).await;

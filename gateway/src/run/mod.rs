@@ -37,9 +37,11 @@ use crate::approvals::Desk;
 use crate::chats::{ChatRouter, JobContext};
 use crate::circuit::Circuits;
 use crate::commands;
+use crate::first_poll::FirstPoll;
 use crate::health::Health;
 use crate::jobs::{JobRunner, MakeRunner};
 use crate::media::{self, Fetcher};
+use crate::metrics;
 use crate::outbox::{Outbox, OutboxConfig};
 use crate::sandbox;
 use crate::settings::{ChatSettings, LiveSettings};
@@ -102,6 +104,7 @@ pub fn run(path: &Path, runner: Option<MakeRunner>) -> i32 {
 }
 
 async fn serve(path: &Path, config: Config, setup: Setup, runner: Option<MakeRunner>) -> i32 {
+    let first_poll = FirstPoll::new();
     let mut signals = match signals::listen() {
         Ok(s) => s,
         Err(e) => {
@@ -176,7 +179,10 @@ async fn serve(path: &Path, config: Config, setup: Setup, runner: Option<MakeRun
     let probing = health.clone();
     let worker_program = setup.worker_program.clone();
     let tools = !config.tools.mcp.is_empty();
+    let probe_gate = first_poll.clone();
     tokio::spawn(async move {
+        // A child process: beside the first poll, not before it.
+        probe_gate.passed().await;
         let report = sandbox::probe(&worker_program).await;
         report.log(tools);
         probing.set_sandbox_report(report);
@@ -192,6 +198,7 @@ async fn serve(path: &Path, config: Config, setup: Setup, runner: Option<MakeRun
         stop_taking: CancellationToken::new(),
         abort: CancellationToken::new(),
     };
+    let mut spares = None;
     let (runner, wait_for_first_worker): (Arc<dyn JobRunner>, bool) = match runner {
         Some(make) => (make(&config), false),
         None => match Supervisor::start(
@@ -206,12 +213,17 @@ async fn serve(path: &Path, config: Config, setup: Setup, runner: Option<MakeRun
                 kill_grace: Duration::from_secs(workers.kill_grace_secs),
                 max_restarts: workers.max_restarts,
                 restart_window: Duration::from_secs(workers.restart_window_secs),
+                spares: workers.spares,
                 health: health.clone(),
+                first_poll: first_poll.clone(),
             },
             &shutdown,
             &tasks,
         ) {
-            Ok(supervisor) => (Arc::new(supervisor), workers.mode == WorkerMode::Pool),
+            Ok(supervisor) => {
+                spares = supervisor.spares();
+                (Arc::new(supervisor), workers.mode == WorkerMode::Pool)
+            }
             Err(e) => {
                 tracing::error!(
                     "cannot create the worker socket or scratch directories in {}: {e}",
@@ -222,6 +234,26 @@ async fn serve(path: &Path, config: Config, setup: Setup, runner: Option<MakeRun
         },
     };
     let publisher_stop = CancellationToken::new();
+    if let Some(listen) = config.metrics.listen.clone() {
+        let view = Publisher {
+            health: health.clone(),
+            circuits: circuits.clone(),
+            settings: settings.clone(),
+            state_dir: setup.state_dir.clone(),
+            notifier: notifier.clone(),
+        };
+        let render: metrics::server::Render =
+            Arc::new(move || view.health.metrics().render(&view.snapshot()));
+        let (gate, stop) = (first_poll.clone(), publisher_stop.clone());
+        tokio::spawn(async move {
+            gate.passed().await;
+            match metrics::server::start(&listen, render, stop).await {
+                Ok(()) => tracing::info!("metrics at {listen:?}"),
+                // Watching is not worth a failed start: say so and run on.
+                Err(e) => tracing::error!("cannot serve metrics at {listen:?}: {e}"),
+            }
+        });
+    }
     let publisher = tokio::spawn(
         Publisher {
             health: health.clone(),
@@ -300,7 +332,9 @@ async fn serve(path: &Path, config: Config, setup: Setup, runner: Option<MakeRun
     }
     router.resume(unanswered);
     let menu_bot = bot.clone();
+    let menu_gate = first_poll.clone();
     tokio::spawn(async move {
+        menu_gate.passed().await;
         // Cosmetic (the command menu in Telegram's clients): a failure costs nothing.
         if let Err(e) = menu_bot.set_my_commands(commands::menu()).await {
             tracing::info!("setMyCommands failed: {e}");
@@ -318,6 +352,7 @@ async fn serve(path: &Path, config: Config, setup: Setup, runner: Option<MakeRun
             retry_max: Duration::from_secs(config.telegram.retry_max_secs),
             group_mode: config.telegram.group_mode,
             max_file_bytes: config.telegram.max_file_mb * 1024 * 1024,
+            first_poll: first_poll.clone(),
         },
         health.clone(),
         store.clone(),
@@ -327,7 +362,13 @@ async fn serve(path: &Path, config: Config, setup: Setup, runner: Option<MakeRun
                 let router = router.clone();
                 move |message: &mut _| router.classify(message)
             },
-            deliver: move |message| router.handle(message),
+            deliver: {
+                let health = health.clone();
+                move |message| {
+                    health.metrics().message_received();
+                    router.handle(message)
+                }
+            },
             pressed: move |press| desk.on_callback(press),
         },
     ));
@@ -353,6 +394,10 @@ async fn serve(path: &Path, config: Config, setup: Setup, runner: Option<MakeRun
             Some(signal) if signal.is_reload() => {
                 tracing::info!("received {signal}: reloading {}", path.display());
                 reload(path, &config, &settings, &circuits, &health);
+                // A worker binary replaced on disk is used from the next job on.
+                if let Some(spares) = &spares {
+                    spares.refresh();
+                }
             }
             Some(signal) => break StopReason::Signal(signal),
             None => break StopReason::ListenerGone,
