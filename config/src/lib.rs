@@ -222,6 +222,8 @@ mod tests {
             "confirm",
             "confirm_timeout_secs",
             "max_file_mb",
+            "max_send_file_mb",
+            "max_send_files",
             "download_timeout_secs",
             "vision",
             "provider",

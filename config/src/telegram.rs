@@ -39,6 +39,11 @@ pub struct TelegramConfig {
     /// directory); a turn whose files do not fit waits for others to end. At least
     /// `max_file_mb`, so any one file fits.
     pub max_files_total_mb: u64,
+    /// Files an answer sends back (a tool's chart, CSV or image) larger than this are not
+    /// sent, and the chat is told; 50 is the Bot API's own upload limit for bots.
+    pub max_send_file_mb: u64,
+    /// Files one answer may send back; the rest are not sent, and the chat is told.
+    pub max_send_files: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -80,6 +85,8 @@ impl Doc<'_> {
             max_file_mb: s.take_in("max_file_mb", 20, 1..=20, self),
             download_timeout_secs: s.take_in("download_timeout_secs", 60, 1..=3600, self),
             max_files_total_mb: s.take_in("max_files_total_mb", 1024, 1..=1_048_576, self),
+            max_send_file_mb: s.take_in("max_send_file_mb", 50, 1..=50, self),
+            max_send_files: s.take_in("max_send_files", 10, 0..=50, self),
         };
         if config.max_files_total_mb < config.max_file_mb {
             self.problems.push(Problem {

@@ -303,6 +303,7 @@ mod tests {
         let reply = Outcome::Reply(hermes_protocol::Reply {
             transcript: Vec::new(),
             heard: Vec::new(),
+            files: Vec::new(),
             text: "hi".into(),
             provider: "b".into(),
             model: "m".into(),

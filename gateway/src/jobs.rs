@@ -32,6 +32,9 @@ pub struct JobLink {
     pub approvals: mpsc::UnboundedSender<ApprovalAsk>,
     /// Cancelled by `/stop`.
     pub cancel: CancellationToken,
+    /// Where the answer's files go, and where the chat learns what came of them. A runner
+    /// that sends none back drops it (the chat then sends none).
+    pub files: Option<crate::files_back::FileDrop>,
 }
 
 /// A tool call waiting for a person's decision, and where the decision goes. Dropping

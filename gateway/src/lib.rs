@@ -36,6 +36,9 @@
 //!   (`media::reference`), what the configuration refuses (`media::refusal`), fetched
 //!   from Telegram (size and time bounds, `media::download`) into a per-job directory the
 //!   job's end removes (`media::job_files`);
+//! - `files_back`: files an answer sends back (a tool's chart, CSV or image), taken
+//!   from the job's output directory without trusting it (`files_back::collect`), photo
+//!   or document (`files_back::photo`), and kept in the state directory until sent;
 //! - `supervisor`: the job runner of the product: starting, authenticating
 //!   (`supervisor::listener`), watching and killing workers, one slot each
 //!   (`supervisor::slot`), one worker as the supervisor sees it (`supervisor::worker`)
@@ -85,6 +88,7 @@ mod child;
 mod circuit;
 mod clock;
 mod commands;
+mod files_back;
 mod first_poll;
 mod health;
 mod html;

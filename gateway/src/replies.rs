@@ -164,6 +164,12 @@ pub fn answer_too_many_messages(messages: usize) -> String {
     format!("\n\n✂️ (The answer was cut here: it was longer than {messages} messages.)")
 }
 
+/// What replaces [`answer_too_many_messages`] when the whole answer follows as a file:
+/// never longer, so the last message still fits.
+pub fn answer_follows_as(file: &str) -> String {
+    format!("\n\n✂️ (Cut here: the whole answer follows as {file}.)")
+}
+
 /// The model answered with nothing but whitespace.
 pub const EMPTY_ANSWER: &str = "(The model returned an empty answer.)";
 
@@ -288,6 +294,20 @@ pub mod status {
             _ => "No replies waiting to be sent.".into(),
         }
     }
+}
+
+/// Telegram refused a file of an answer for good (`name`, Telegram's words `why`).
+pub fn file_refused_by_telegram(name: &str, why: &str) -> String {
+    format!("⚠️ The file {name} could not be sent: Telegram refused it ({why}).")
+}
+
+/// The files of an answer the gateway did not send, each with why: the answer's last piece.
+pub fn files_not_sent(refused: &[(String, String)]) -> String {
+    let mut text = String::from("⚠️ Not sent:");
+    for (name, why) in refused {
+        text.push_str(&format!("\n• {name}: {why}"));
+    }
+    text
 }
 
 #[cfg(test)]

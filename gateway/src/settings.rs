@@ -41,6 +41,8 @@ pub struct ChatSettings {
     pub show_transcript: bool,
     /// What a file may be.
     pub media: Limits,
+    /// What an answer may send back.
+    pub send_files: crate::files_back::Limits,
 }
 
 impl ChatSettings {
@@ -80,6 +82,11 @@ impl ChatSettings {
                 download_timeout: Duration::from_secs(config.telegram.download_timeout_secs),
                 voice_max_secs: config.transcription.as_ref().map(|t| t.max_seconds),
                 vision: setup.providers.iter().any(|p| p.vision),
+            },
+            send_files: crate::files_back::Limits {
+                max_bytes: (config.telegram.max_send_file_mb * 1024 * 1024)
+                    .min(crate::files_back::TELEGRAM_MAX_DOCUMENT),
+                max_files: config.telegram.max_send_files as usize,
             },
         }
     }

@@ -24,7 +24,8 @@
 //! API is a module of its own: `updates` (queuing and polling, offsets, the webhook),
 //! `sending` (sends, edits, chat actions, and their records), `chats` (what users do
 //! in them, blocking, migration), `faults` (the scripted misbehaviours and flood
-//! control), `buttons`, `files`, and `params` (how a call's parameters arrive).
+//! control), `buttons`, `files`, `uploads` (files the bot sends), and `params` (how a
+//! call's parameters arrive).
 
 mod buttons;
 mod chats;
@@ -34,12 +35,14 @@ mod html;
 mod params;
 mod sending;
 mod updates;
+mod uploads;
 
 pub use buttons::CallbackAnswer;
 pub use faults::{FloodLimits, PollFault, Rate, SendFault};
 pub use files::{Body, FakeFile, FileDownload, MAX_DOWNLOAD_BYTES};
 pub use sending::{FailedSend, MAX_TEXT_LEN, SentMessage};
 pub use updates::{PollOutcome, PollRecord};
+pub use uploads::Upload;
 
 use std::{
     collections::{HashMap, HashSet, VecDeque},
@@ -146,6 +149,8 @@ struct Inner {
     downloads: Vec<files::FileDownload>,
     /// While set, every download is reset before a byte is sent.
     downloads_fail: bool,
+    /// Files the bot sent (`sendDocument`, `sendPhoto`).
+    uploads: uploads::Uploads,
 }
 
 impl FakeTelegram {
@@ -285,6 +290,16 @@ impl State {
             self.lock().unauthorized += 1;
             self.bump();
             return api_error(401, "Unauthorized", None);
+        }
+        // Files come as multipart bodies, which only the upload methods take.
+        if req
+            .header("content-type")
+            .is_some_and(|t| t.to_ascii_lowercase().starts_with("multipart/form-data"))
+        {
+            return match method.to_ascii_lowercase().as_str() {
+                "senddocument" | "sendphoto" => self.upload(method, &req),
+                _ => api_error(400, "Bad Request: unexpected multipart body", None),
+            };
         }
         let params = match parse_params(&req) {
             Ok(p) => p,

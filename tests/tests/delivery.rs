@@ -910,8 +910,8 @@ async fn an_answer_past_the_bounds_is_ten_messages_ending_with_a_note_that_it_wa
     });
     rig.telegram.send_text(USER, USER, "say a lot");
     // 100 KB is past both bounds: 64 KiB kept, and at most 10 messages of it shown (the
-    // 10th ends with the note).
-    let note = "(The answer was cut here: it was longer than 10 messages.)";
+    // 10th ends with the note), the whole answer following as a document.
+    let note = "(Cut here: the whole answer follows as answer.md.)";
     assert!(
         rig.telegram
             .wait_for_sent(|m| m.text.contains(note), PATIENCE)
@@ -940,6 +940,14 @@ async fn an_answer_past_the_bounds_is_ten_messages_ending_with_a_note_that_it_wa
         "{words} words shown"
     );
     assert_eq!(shown.len(), 10, "{}", &all[all.len() - 200..]);
+    let uploads = rig.telegram.wait_for_uploads(1, PATIENCE).await;
+    assert_eq!(uploads.len(), 1);
+    assert_eq!(uploads[0].file_name, "answer.md");
+    assert_eq!(
+        uploads[0].bytes.len(),
+        long.trim_end().len(),
+        "the whole answer"
+    );
 }
 
 /// The job frame is sent inside the deadline: a worker that never reads its socket (with

@@ -78,7 +78,13 @@ async fn a_spare_that_dies_is_replaced_and_messages_are_still_answered() {
         rig.gateway.workers(),
         rig.gateway.log()
     );
-    rig.assert_logged("spare worker died");
+    // Killed while it waits, or (when the kill came first) while it starts: replaced
+    // either way.
+    let log = rig.gateway.log();
+    assert!(
+        log.contains("spare worker died") || log.contains("spare worker failed to start"),
+        "{log}"
+    );
     assert_eq!(rig.ask("still there?").await.text, "echo: still there?");
     rig.gateway.assert_running(rig.pid);
 }

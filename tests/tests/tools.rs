@@ -181,7 +181,9 @@ async fn tool_result_reaches_the_model_and_the_answer_the_chat(mode: WorkerMode)
     assert_eq!(
         offered,
         [
+            "attach_file",
             "calc__add",
+            "calc__chart",
             "calc__connect",
             "calc__env",
             "calc__shell",
@@ -223,7 +225,7 @@ async fn tool_result_reaches_the_model_and_the_answer_the_chat(mode: WorkerMode)
             assert_eq!(next.text, "echo: and now?");
             assert!(alive(server), "pool mode keeps the server for the next job");
             assert_eq!(server_pid(&pid_file).await, server, "not restarted");
-            assert_eq!(offered_functions(&rig.provider.requests()[2]).len(), 5);
+            assert_eq!(offered_functions(&rig.provider.requests()[2]).len(), 7);
         }
         WorkerMode::PerRequest => {
             assert_gone(server, "the per-request worker's tool server").await;
@@ -343,7 +345,7 @@ async fn tool_server_crashing_mid_call_is_an_error_result(mode: WorkerMode) {
     let requests = rig.provider.requests();
     assert_eq!(
         offered_functions(&requests[2]).len(),
-        5,
+        7,
         "the next job has the server again"
     );
 }

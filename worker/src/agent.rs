@@ -118,6 +118,7 @@ pub async fn run_with_tools(
                 model: completion.model,
                 transcript,
                 heard,
+                files: tools.take_files(),
             }));
         }
         answer.tool_calls = completion.tool_calls.clone();
@@ -158,6 +159,7 @@ pub async fn run_with_tools(
         model,
         transcript,
         heard,
+        files: tools.take_files(),
     }))
 }
 

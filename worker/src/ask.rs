@@ -11,6 +11,11 @@
 //! from Telegram ([`hermes_worker::media`]): audio is transcribed with `[transcription]`
 //! (the transcript is printed), an image goes as an image part to the providers with
 //! `vision = true`, a document as its text. Its kind is judged by its extension.
+//!
+//! Files the answer sends back go to `--out DIR`: the tools write them into an output
+//! directory inside their scratch directory (the only place the sandbox lets them write),
+//! and each file the answer names is copied from there into DIR as the gateway would take
+//! it: a regular file, never through a link.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -31,6 +36,8 @@ pub struct AskOptions {
     pub stream: bool,
     /// A file sent with the question, as if it came with the message.
     pub file: Option<PathBuf>,
+    /// Where the answer's files are written.
+    pub out: Option<PathBuf>,
 }
 
 pub async fn ask(
@@ -80,7 +87,16 @@ pub async fn ask(
         max_steps: config.agent.max_steps,
         attachments,
         transcription: plans.transcription.clone().map(Box::new),
+        output_dir: None,
     };
+    let scratch = std::env::temp_dir().join(format!("hermes-ask-{}", std::process::id()));
+    let output_dir = hermes_config::absolute(&scratch).join("out");
+    if let Err(e) = std::fs::create_dir_all(&output_dir) {
+        eprintln!("error: cannot make {}: {e}", output_dir.display());
+        return 1;
+    }
+    let mut job = job;
+    job.output_dir = Some(output_dir.display().to_string());
     let (events_tx, mut events) = mpsc::unbounded_channel();
     let printer = tokio::spawn(async move {
         // Streamed text is printed as it comes, without line breaks of its own; any other
@@ -103,15 +119,18 @@ pub async fn ask(
         }
     });
     let deadline = agent::deadline_of(&job);
-    let scratch = std::env::temp_dir().join(format!("hermes-ask-{}", std::process::id()));
     let mut toolbox = Toolbox::default();
     toolbox.set_sandbox(Some(Sandbox::new(Policy {
         scratch: hermes_config::absolute(&scratch),
         ..Policy::default()
     })));
+    toolbox.set_output(Some(output_dir.clone()));
     toolbox.prepare(&job.tools, deadline).await;
     let run = agent::run_with_tools(&job, &client, &events_tx, &toolbox, deadline).await;
     toolbox.shutdown().await;
+    if let Outcome::Reply(reply) = &run.outcome {
+        keep_files(&output_dir, &reply.files, options.out.as_deref());
+    }
     let _ = std::fs::remove_dir_all(&scratch);
     drop(events_tx);
     let _ = printer.await;
@@ -132,6 +151,43 @@ pub async fn ask(
             eprintln!("error: {failure}");
             eprintln!("hint: {}", advice(&failure));
             1
+        }
+    }
+}
+
+/// Copies each of `files` (names in `from`) into `out`, or lists them when there is no
+/// `out`; a name that is not a regular file there (a link, a directory) is refused.
+fn keep_files(from: &Path, files: &[String], out: Option<&Path>) {
+    use std::os::unix::fs::OpenOptionsExt;
+    let Some(out) = out else {
+        if !files.is_empty() {
+            eprintln!(
+                "the answer sends {} file(s): {}; use --out DIR to keep them",
+                files.len(),
+                files.join(", ")
+            );
+        }
+        return;
+    };
+    if let Err(e) = std::fs::create_dir_all(out) {
+        eprintln!("error: cannot make {}: {e}", out.display());
+        return;
+    }
+    for name in files {
+        let copied = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+            .open(from.join(name))
+            .and_then(|mut file| {
+                if !file.metadata()?.is_file() {
+                    return Err(std::io::Error::other("not a regular file"));
+                }
+                let mut to = std::fs::File::create(out.join(name))?;
+                std::io::copy(&mut file, &mut to)
+            });
+        match copied {
+            Ok(bytes) => eprintln!("file: {} ({bytes} bytes)", out.join(name).display()),
+            Err(e) => eprintln!("file {name} not kept: {e}"),
         }
     }
 }

@@ -58,6 +58,10 @@ enum Command {
         /// document as its text.
         #[arg(long, value_name = "PATH")]
         file: Option<PathBuf>,
+        /// Write the files the answer sends back (a tool's chart, CSV or image, what the
+        /// model attached) into this directory; without it they are only listed.
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
         /// The question.
         question: String,
     },
@@ -141,6 +145,7 @@ fn main() {
             timeout,
             stream,
             file,
+            out,
             question,
         } => runtime.block_on(ask::ask(
             &config,
@@ -149,6 +154,7 @@ fn main() {
                 timeout: timeout.map(Duration::from_secs),
                 stream,
                 file,
+                out,
             },
             client,
         )),

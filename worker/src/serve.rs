@@ -13,7 +13,8 @@
 //!
 //! Tool servers run in the sandbox, with the scratch directory the gateway made for this
 //! worker (`HERMES_WORKER_SCRATCH`) as their working directory and `TMPDIR`; it is emptied
-//! after every job (and removed by the gateway when the worker is gone).
+//! after every job (and removed by the gateway when the worker is gone), except the job's
+//! output directory, which the gateway made there and takes the answer's files from.
 //!
 //! Tool servers live as long as their configuration: started by the first job that
 //! names them, kept for the next jobs while their entry is unchanged, replaced after a
@@ -136,6 +137,7 @@ async fn run_job(
     // Approvals asked for and not yet decided, by id.
     let mut waiting: HashMap<u64, tokio::sync::oneshot::Sender<Decision>> = HashMap::new();
     let mut next_approval = 0u64;
+    tools.set_output(job.output_dir.as_deref().map(PathBuf::from));
     let run = {
         let mut agent = pin!(async {
             tools.prepare(&job.tools, deadline).await;
@@ -186,8 +188,10 @@ async fn run_job(
     // outlive the job by more than this.
     tools.stop_stale().await;
     // The next job starts with an empty scratch directory: what one job's tools wrote
-    // there is not the next job's to read.
-    if let Err(e) = sandbox::empty_dir(&bench.scratch) {
+    // there is not the next job's to read. The job's output directory is the gateway's
+    // to take files from and remove (it makes a new one for the next job).
+    let output = job.output_dir.as_deref().map(Path::new);
+    if let Err(e) = sandbox::empty_dir_keeping(&bench.scratch, output) {
         tracing::warn!(
             "cannot empty the scratch directory {}: {e}",
             bench.scratch.display()
@@ -333,6 +337,7 @@ mod tests {
             model: "m".into(),
             transcript,
             heard: Vec::new(),
+            files: Vec::new(),
         })
     }
 

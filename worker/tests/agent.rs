@@ -41,6 +41,7 @@ fn job(providers: Vec<ProviderPlan>, stream: bool) -> Job {
         max_steps: 8,
         attachments: Vec::new(),
         transcription: None,
+        output_dir: None,
     }
 }
 

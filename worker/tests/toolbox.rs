@@ -64,7 +64,7 @@ async fn unchanged_servers_are_kept_and_changed_ones_replaced() {
     let pid_file = dir.path().join("calc.pid");
     let mut toolbox = Toolbox::default();
     toolbox.prepare(&[calc(&pid_file, &[], 5000)], soon()).await;
-    assert_eq!(toolbox.definitions().len(), 5, "both pages of tools");
+    assert_eq!(toolbox.definitions().len(), 6, "both pages of tools");
     let first = pid(&pid_file);
     assert_eq!(
         call_one(&toolbox, call("calc__add", r#"{"a":1,"b":2}"#), soon()).await,
@@ -107,7 +107,7 @@ async fn a_call_past_its_timeout_is_an_error_and_its_server_is_replaced_after_th
     assert!(eventually(Duration::from_secs(5), || !alive(server)).await);
     toolbox.prepare(&[calc(&pid_file, &[], 300)], soon()).await;
     assert_ne!(pid(&pid_file), server);
-    assert_eq!(toolbox.definitions().len(), 5);
+    assert_eq!(toolbox.definitions().len(), 6);
     toolbox.shutdown().await;
 }
 

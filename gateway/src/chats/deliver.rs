@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use super::{Inner, JobContext, Request};
 use crate::approvals::{MAX_WAITING, Unaskable};
 use crate::clock::sleep_until;
+use crate::files_back::Collected;
 use crate::jobs::ApprovalAsk;
 use crate::media::MediaRef;
 use crate::outbox::Reply;
@@ -126,6 +127,50 @@ async fn rendered(answer: &str) -> Vec<format::Piece> {
     }
 }
 
+/// An answer cut after `format::MAX_PIECES` messages (or at `MAX_ANSWER_BYTES`) is sent
+/// whole as well, as a file after them: its last message says so instead of only that
+/// it was cut. None when it was not cut, or the file could not be written (the cut
+/// answer then goes as before).
+async fn whole_answer(
+    inner: &Inner,
+    pieces: &mut [format::Piece],
+    answer: &str,
+) -> Option<crate::files_back::OutFile> {
+    let cut_note = replies::answer_too_many_messages(format::MAX_PIECES);
+    let last = pieces.last_mut()?;
+    let too_many = last.plain.ends_with(&cut_note);
+    let too_long = answer.len() > crate::jobs::MAX_ANSWER_BYTES;
+    if !too_many && !too_long {
+        return None;
+    }
+    let area = inner.ctx.outgoing.clone();
+    let text = answer.to_string();
+    let kept =
+        tokio::task::spawn_blocking(move || crate::files_back::keep_answer(&area, &text)).await;
+    let file = match kept {
+        Ok(Ok(file)) => file,
+        Ok(Err(e)) => {
+            tracing::warn!("cannot keep a long answer to send it whole: {e}");
+            return None;
+        }
+        Err(e) => {
+            tracing::warn!("cannot keep a long answer to send it whole: {e}");
+            return None;
+        }
+    };
+    if too_many {
+        let note = replies::answer_follows_as(&file.name);
+        last.plain.truncate(last.plain.len() - cut_note.len());
+        last.plain.push_str(&note);
+        let cut_html = crate::html::escape(&cut_note);
+        if last.html.ends_with(&cut_html) {
+            last.html.truncate(last.html.len() - cut_html.len());
+            last.html.push_str(&crate::html::escape(&note));
+        }
+    }
+    Some(file)
+}
+
 /// Keeps `event` for the circuits if it is a fallback and there is room.
 fn keep_fallback(fallbacks: &mut Vec<Event>, event: Event) {
     if matches!(event, Event::FellBack { .. }) && fallbacks.len() < MAX_FALLBACKS {
@@ -141,6 +186,7 @@ pub async fn deliver(
     inner: &Inner,
     request: Request,
     outcome: Outcome,
+    sent_back: Collected,
     live: LiveReply,
     stop_requests: Vec<i64>,
     started: Instant,
@@ -183,7 +229,19 @@ pub async fn deliver(
                 provider: reply.provider,
                 model: reply.model,
             };
-            let pieces = rendered(&shown).await;
+            let mut pieces = rendered(&shown).await;
+            let mut files = sent_back.files;
+            if let Some(whole) = whole_answer(inner, &mut pieces, &reply.text).await {
+                files.insert(0, whole);
+            }
+            if !sent_back.refused.is_empty() {
+                let refused: Vec<(String, String)> = sent_back
+                    .refused
+                    .iter()
+                    .map(|(name, why)| (name.clone(), why.to_string()))
+                    .collect();
+                pieces.extend(plain_pieces(&replies::files_not_sent(&refused)));
+            }
             let _ = outbox.send(Reply {
                 chat,
                 answers: &request.rows,
@@ -192,6 +250,7 @@ pub async fn deliver(
                 edit,
                 exchange: Some(&exchange),
                 question: Some(&question),
+                files,
             });
         }
         Outcome::Failed(Failure::Cancelled {
@@ -216,6 +275,7 @@ pub async fn deliver(
                 edit,
                 exchange: None,
                 question: Some(&request.text),
+                files: Vec::new(),
             });
             return false;
         }
@@ -232,6 +292,7 @@ pub async fn deliver(
                 edit,
                 exchange: None,
                 question: None,
+                files: Vec::new(),
             });
             answer_late_stops(inner, chat, stop_requests);
             return true;
@@ -247,6 +308,7 @@ pub async fn deliver(
                 edit,
                 exchange: None,
                 question: Some(&request.text),
+                files: Vec::new(),
             });
         }
     }

@@ -70,6 +70,8 @@ pub struct JobContext {
     pub desk: Desk,
     /// Fetches the voice notes, photos and files of a turn for its job.
     pub fetcher: Fetcher,
+    /// The store's file area: where the files an answer sends back wait until sent.
+    pub outgoing: std::path::PathBuf,
 }
 
 /// Decides what a message is before it is stored: a stranger's (its text and file are
@@ -150,6 +152,7 @@ impl Inner {
             edit: None,
             exchange: None,
             question: None,
+            files: Vec::new(),
         });
     }
 
@@ -258,6 +261,7 @@ impl ChatRouter {
             edit: None,
             exchange: None,
             question: None,
+            files: Vec::new(),
         });
     }
 

@@ -63,6 +63,8 @@ pub fn prepare(
         // Filled in once the turn's files are fetched.
         attachments: Vec::new(),
         transcription: transcription(settings, request),
+        // Named by the supervisor, which makes it in the worker's scratch directory.
+        output_dir: None,
     };
     let trimmed = fit_in_frame(&mut job, history_from)?;
     if trimmed > 0 {
@@ -247,6 +249,7 @@ mod tests {
             max_steps: 8,
             attachments: Vec::new(),
             transcription: None,
+            output_dir: None,
         }
     }
 

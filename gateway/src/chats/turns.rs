@@ -18,13 +18,14 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 
 use hermes_protocol::{CancelReason, Failure, JobId, MediaProblem, Outcome};
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::{Notify, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::prepare::{self, Asked, compose};
 use super::{ChatRouter, JobContext, Request, deliver};
 use crate::commands;
 use crate::commands::stop::InFlight;
+use crate::files_back::{Collected, FileDrop};
 use crate::jobs::JobLink;
 use crate::media::{Fetched, JobFiles};
 use crate::replies;
@@ -261,6 +262,8 @@ impl ChatRouter {
         let mut stop_requests = Vec::new();
         // The turn's files, kept for its job and removed when it ends, however it ends.
         let mut files: Option<JobFiles> = None;
+        // The files the answer sends back, as the runner took them.
+        let mut sent_back = Collected::default();
         // Until it is settled, `prepared.plan` holds the turn's probes of providers after
         // their quota cool-down: every way out of this block before the job ran drops it,
         // which gives them back.
@@ -290,10 +293,16 @@ impl ChatRouter {
                 }
                 let (events, events_rx) = mpsc::channel(EVENTS_BOUND);
                 let (approvals, approvals_rx) = mpsc::unbounded_channel();
+                let (files_done, mut files_taken) = oneshot::channel();
                 let link = JobLink {
                     events,
                     approvals,
                     cancel,
+                    files: Some(FileDrop {
+                        area: ctx.outgoing.clone(),
+                        limits: settings.send_files,
+                        done: files_done,
+                    }),
                 };
                 let run = ctx.runner.run(prepared.job, link);
                 let (outcome, fallbacks) = deliver::follow(
@@ -309,6 +318,8 @@ impl ChatRouter {
                 .await;
                 stop_requests = in_flight.end();
                 prepared.plan.settle(&fallbacks, &outcome, Instant::now());
+                // The runner answered after it took the files, or not at all.
+                sent_back = files_taken.try_recv().unwrap_or_default();
                 outcome
             }
             Err(failure) => Outcome::Failed(failure),
@@ -317,8 +328,16 @@ impl ChatRouter {
         ctx.health.job_done(&outcome);
         ctx.health.metrics().job_took(started.elapsed());
         let (chat, rows) = (request.chat, request.rows.clone());
-        let cut_short =
-            deliver::deliver(&self.inner, request, outcome, live, stop_requests, started).await;
+        let cut_short = deliver::deliver(
+            &self.inner,
+            request,
+            outcome,
+            sent_back,
+            live,
+            stop_requests,
+            started,
+        )
+        .await;
         // The gateway's own stop cut the job short: not the messages' fault, so their
         // start does not count toward giving up on them (a crash is never taken back).
         if cut_short && let Err(e) = ctx.store.uncount_start(&rows) {

@@ -2,6 +2,9 @@
 //! it, refuses it for good, or it is too old, through flood control, network failures,
 //! entities Telegram cannot parse, a preview that cannot be edited and a group that became
 //! a supergroup; and the store told which pieces left, before the chat's next piece goes.
+//! A file piece goes the same way (as a photo, or again as a document when Telegram will
+//! not take it as one); its file leaves the store's file area with it, and a file refused
+//! for good is said in the chat, once.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -9,9 +12,11 @@ use std::time::{Duration, Instant};
 
 use hermes_retry::Backoff;
 
-use super::Inner;
 use super::queue::Queued;
-use crate::telegram::sender::SendError;
+use super::{Inner, Outbox, Reply};
+use crate::files_back;
+use crate::replies;
+use crate::telegram::sender::{SendError, plain_pieces, refuses_the_chat};
 
 /// First wait after a failed send; the cap is `telegram.retry_max_secs`.
 const FIRST_RETRY: Duration = Duration::from_millis(500);
@@ -68,6 +73,30 @@ impl Inner {
                     );
                     self.config.health.outbox_expired();
                 }
+            }
+            if let Some(file) = &next.file {
+                // A chat that refuses the bot (blocked, gone) is not told either.
+                if let Resolution::Refused(why) = &resolution
+                    && !refuses_the_chat(why)
+                {
+                    let notice = replies::file_refused_by_telegram(&file.name, why);
+                    // Committed before this piece leaves: a crash in between says it twice,
+                    // never not at all.
+                    let _ = Outbox {
+                        inner: self.clone(),
+                    }
+                    .send(Reply {
+                        chat: dest,
+                        answers: &[],
+                        text: &notice,
+                        pieces: plain_pieces(&notice),
+                        edit: None,
+                        exchange: None,
+                        question: None,
+                        files: Vec::new(),
+                    });
+                }
+                files_back::forget(file);
             }
             if let Some(id) = next.id {
                 self.config.store.piece_left(id);
@@ -145,6 +174,7 @@ impl Inner {
         let sender = &self.config.sender;
         let piece = &queued.piece;
         let mut plain = false;
+        let mut photo = queued.file.as_ref().is_some_and(|f| f.photo);
         let mut edit = queued.edit;
         let mut failures = 0u32;
         let mut moves = 0u32;
@@ -152,9 +182,18 @@ impl Inner {
             if Instant::now() >= expires {
                 return Resolution::Expired;
             }
-            let result = match edit {
-                Some(id) => sender.edit_once(dest, id, piece, plain).await,
-                None => sender.send_once(dest, piece, plain).await.map(|_| ()),
+            let result = match (&queued.file, edit) {
+                (Some(file), _) => {
+                    if !file.path.exists() {
+                        // Removed once Telegram took it, by a run killed before it
+                        // recorded so: it was delivered.
+                        tracing::info!(chat_id = dest, file = %file.name, "a file piece left by the previous run was already delivered");
+                        return Resolution::Delivered;
+                    }
+                    sender.send_file_once(dest, file, photo).await
+                }
+                (None, Some(id)) => sender.edit_once(dest, id, piece, plain).await,
+                (None, None) => sender.send_once(dest, piece, plain).await.map(|_| ()),
             };
             let wait = match result {
                 Ok(()) => {
@@ -173,6 +212,14 @@ impl Inner {
                         "Telegram could not parse the reply's entities ({why}); sending it as plain text"
                     );
                     plain = true;
+                    continue;
+                }
+                Err(SendError::Refused(why)) if photo => {
+                    tracing::info!(
+                        chat_id = dest,
+                        "Telegram would not take a file as a photo ({why}); sending it as a document"
+                    );
+                    photo = false;
                     continue;
                 }
                 Err(SendError::BadEntities(why) | SendError::Refused(why)) => {

@@ -40,6 +40,7 @@ use teloxide_core::types::MessageId;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::files_back::OutFile;
 use crate::health::Health;
 use crate::store::{Exchange, OutPiece, Preview, ReplyRecord, Store, StoreError, Stored};
 use crate::telegram::format::Piece;
@@ -75,6 +76,8 @@ pub struct Reply<'a> {
     pub exchange: Option<&'a Exchange>,
     /// The question a job asked, for `/retry`.
     pub question: Option<&'a str>,
+    /// Files sent after the text pieces, each a piece of its own ([`crate::files_back`]).
+    pub files: Vec<OutFile>,
 }
 
 /// What the outbox's settings and neighbours are.
@@ -162,6 +165,7 @@ impl Outbox {
                 edit: Some((MessageId(preview.message_id), Instant::now())),
                 exchange: None,
                 question: None,
+                files: Vec::new(),
             });
         }
         count
@@ -233,18 +237,21 @@ impl Outbox {
     }
 }
 
-/// `reply`'s pieces as the store keeps them.
+/// `reply`'s pieces as the store keeps them: its text, then its files.
 fn out_pieces(reply: &Reply) -> Vec<OutPiece> {
-    reply
-        .pieces
-        .iter()
-        .enumerate()
-        .map(|(i, p)| OutPiece {
-            html: p.html.clone(),
-            plain: p.plain.clone(),
-            edit_message_id: reply.edit.filter(|_| i == 0).map(|(id, _)| id.0),
-        })
-        .collect()
+    let text = reply.pieces.iter().enumerate().map(|(i, p)| OutPiece {
+        html: p.html.clone(),
+        plain: p.plain.clone(),
+        edit_message_id: reply.edit.filter(|_| i == 0).map(|(id, _)| id.0),
+        file: None,
+    });
+    let files = reply.files.iter().map(|f| OutPiece {
+        html: String::new(),
+        plain: String::new(),
+        edit_message_id: None,
+        file: Some(f.clone()),
+    });
+    text.chain(files).collect()
 }
 
 /// Pieces the store refused for good, to send once, best effort.
@@ -253,14 +260,16 @@ fn unrecorded(pieces: Vec<OutPiece>, not_before: Option<Instant>) -> Vec<Queued>
         .into_iter()
         .enumerate()
         .map(|(i, p)| {
-            Queued::fresh(
+            let mut queued = Queued::fresh(
                 Piece {
                     html: p.html,
                     plain: p.plain,
                 },
                 p.edit_message_id.map(MessageId),
                 not_before.filter(|_| i == 0),
-            )
+            );
+            queued.file = p.file;
+            queued
         })
         .collect()
 }

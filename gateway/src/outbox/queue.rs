@@ -15,6 +15,7 @@ use teloxide_core::types::MessageId;
 
 use super::{Inner, Outbox};
 use crate::clock::unix_now;
+use crate::files_back::OutFile;
 use crate::store::Stored;
 use crate::telegram::format::Piece;
 
@@ -42,6 +43,8 @@ pub(super) struct Queued {
     /// None when the store could not take it: sent once, best effort.
     pub(super) id: Option<i64>,
     pub(super) piece: Piece,
+    /// A file sent instead of the text.
+    pub(super) file: Option<OutFile>,
     pub(super) edit: Option<MessageId>,
     /// Unix seconds: for the age the health report shows, never to expire it.
     pub(super) created_at: u64,
@@ -63,6 +66,7 @@ impl Queued {
                 html: stored.piece.html,
                 plain: stored.piece.plain,
             },
+            file: stored.piece.file,
             edit: stored.piece.edit_message_id.map(MessageId),
             created_at,
             known_at: Instant::now(),
@@ -80,6 +84,7 @@ impl Queued {
         Queued {
             id: None,
             piece,
+            file: None,
             edit,
             created_at: unix_now(),
             known_at: Instant::now(),
@@ -181,6 +186,7 @@ mod tests {
                 html: "a".into(),
                 plain: "a".into(),
                 edit_message_id: None,
+                file: None,
             },
             created_at: i64::try_from(created_at).unwrap_or(i64::MAX),
         }

@@ -37,6 +37,7 @@ use crate::approvals::Desk;
 use crate::chats::{ChatRouter, JobContext};
 use crate::circuit::Circuits;
 use crate::commands;
+use crate::files_back;
 use crate::first_poll::FirstPoll;
 use crate::health::Health;
 use crate::jobs::{JobRunner, MakeRunner};
@@ -131,9 +132,15 @@ async fn serve(path: &Path, config: Config, setup: Setup, runner: Option<MakeRun
             &config.telegram.api_url,
             FETCH_CLIENT_TIMEOUT,
         )?;
-        Ok((bot, sending, fetching))
+        // Files sent back: up to 50 MB in one request.
+        let uploading = telegram::bot(
+            setup.token.expose(),
+            &config.telegram.api_url,
+            UPLOAD_CLIENT_TIMEOUT,
+        )?;
+        Ok((bot, sending.clone(), fetching, uploading))
     });
-    let (bot, sending_bot, fetching_bot) = match bots {
+    let (bot, sending_bot, fetching_bot, uploading_bot) = match bots {
         Ok(bots) => bots,
         Err(e) => {
             tracing::error!("{e}");
@@ -287,7 +294,27 @@ async fn serve(path: &Path, config: Config, setup: Setup, runner: Option<MakeRun
             return exit::for_io(&e);
         }
     };
-    let sender = Sender::new(sending_bot);
+    // Files sent back live in the state directory until Telegram took them; those no
+    // committed piece names were left by a run killed before it committed them.
+    let outgoing = match files_back::area(&setup.state_dir) {
+        Ok(dir) => dir,
+        Err(e) => {
+            tracing::error!(
+                "cannot create the directory of files to send in {}: {e}",
+                setup.state_dir.display()
+            );
+            return exit::for_io(&e);
+        }
+    };
+    let named: std::collections::HashSet<std::path::PathBuf> = undelivered
+        .iter()
+        .filter_map(|s| s.piece.file.as_ref().map(|f| f.path.clone()))
+        .collect();
+    match files_back::remove_orphans(&outgoing, &named) {
+        0 => {}
+        n => tracing::info!("removed {n} file(s) to send that no reply named"),
+    }
+    let sender = Sender::new(sending_bot).with_uploads(uploading_bot);
     let desk = Desk::new(sender.clone(), settings.clone());
     let outbox = Outbox::new(
         OutboxConfig {
@@ -317,6 +344,7 @@ async fn serve(path: &Path, config: Config, setup: Setup, runner: Option<MakeRun
             max_history: config.agent.max_history_messages,
             desk: desk.clone(),
             fetcher,
+            outgoing,
         },
         config.telegram.max_queued_per_chat,
         tasks.clone(),
@@ -438,3 +466,5 @@ const POLL_MARGIN: Duration = Duration::from_secs(15);
 /// The HTTP client's own bound on a file fetch; `telegram.download_timeout_secs` (at most
 /// an hour) is the one that applies.
 const FETCH_CLIENT_TIMEOUT: Duration = Duration::from_secs(3600);
+/// Bound on one upload of a file sent back (up to 50 MB).
+const UPLOAD_CLIENT_TIMEOUT: Duration = Duration::from_secs(300);

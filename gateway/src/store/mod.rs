@@ -46,7 +46,7 @@ pub use prune::on_schedule as prune_on_schedule;
 use rusqlite::Connection;
 
 /// The schema this build writes. Bump it with a new entry in [`MIGRATIONS`].
-pub const SCHEMA_VERSION: i64 = 6;
+pub const SCHEMA_VERSION: i64 = 7;
 
 /// `MIGRATIONS[n]` takes a store from version `n` to `n + 1`.
 const MIGRATIONS: &[&str] = &[
@@ -161,6 +161,12 @@ const MIGRATIONS: &[&str] = &[
         message_id INTEGER NOT NULL,
         PRIMARY KEY (chat_id, message_id)
     );
+"#,
+    // 7: files back to the user. An outbox piece may be a file (`file`: JSON of
+    // `files_back::OutFile`: its path in the state directory's `outgoing/`, the name the
+    // chat sees, photo or document); its text columns are then empty.
+    r#"
+    ALTER TABLE outbox ADD COLUMN file TEXT;
 "#,
 ];
 

@@ -17,6 +17,7 @@
 use rusqlite::{Transaction, params};
 
 use super::{Exchange, Store, StoreError, now};
+use crate::files_back::OutFile;
 
 /// One piece of a reply as stored: Telegram HTML, the same text without markup, and
 /// whether it replaces a message already shown (a streamed answer's preview).
@@ -26,6 +27,8 @@ pub struct OutPiece {
     pub plain: String,
     /// Edit this message to show the piece, or send it anew if it cannot be edited.
     pub edit_message_id: Option<i32>,
+    /// A file to send (`sendPhoto`/`sendDocument`) instead of text.
+    pub file: Option<OutFile>,
 }
 
 /// A reply to commit.
@@ -79,8 +82,8 @@ impl Store {
         for piece in record.pieces {
             let id = self.wrap(
                 tx.prepare_cached(
-                    "INSERT INTO outbox (reply, chat_id, html, plain, edit_message_id, created_at)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    "INSERT INTO outbox (reply, chat_id, html, plain, edit_message_id, created_at, file)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
                 )
                 .and_then(|mut st| {
                     st.insert(params![
@@ -89,7 +92,8 @@ impl Store {
                         piece.html,
                         piece.plain,
                         piece.edit_message_id,
-                        at
+                        at,
+                        piece.file.as_ref().and_then(|f| serde_json::to_string(f).ok())
                     ])
                 }),
             )?;
@@ -161,8 +165,8 @@ impl Store {
         ))?;
         let pieces: Vec<Stored> = {
             let mut stmt = self.wrap(tx.prepare(
-                "SELECT id, coalesce(reply, id), chat_id, html, plain, edit_message_id, created_at
-                 FROM outbox ORDER BY id",
+                "SELECT id, coalesce(reply, id), chat_id, html, plain, edit_message_id, created_at,
+                 file FROM outbox ORDER BY id",
             ))?;
             let rows = self.wrap(stmt.query_map([], |r| {
                 Ok(Stored {
@@ -173,6 +177,11 @@ impl Store {
                         html: r.get(3)?,
                         plain: r.get(4)?,
                         edit_message_id: r.get(5)?,
+                        // A file that cannot be read back is sent as its (empty) text:
+                        // nothing; its file goes as an orphan at start-up.
+                        file: r
+                            .get::<_, Option<String>>(7)?
+                            .and_then(|f| serde_json::from_str(&f).ok()),
                     },
                     created_at: r.get(6)?,
                 })

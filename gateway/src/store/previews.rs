@@ -84,6 +84,7 @@ mod tests {
                     html: "done".into(),
                     plain: "done".into(),
                     edit_message_id: message_id,
+                    file: None,
                 }],
                 exchange: None,
                 question: None,

@@ -36,6 +36,7 @@ fn piece(text: &str) -> OutPiece {
         html: format!("<b>{text}</b>"),
         plain: text.into(),
         edit_message_id: None,
+        file: None,
     }
 }
 

@@ -32,6 +32,7 @@ use tokio::sync::{Mutex, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::files_back::FileDrop;
 use crate::first_poll::FirstPoll;
 use crate::health::Health;
 use crate::jobs::{ApprovalAsk, BoxFuture, JobLink, JobRunner};
@@ -72,6 +73,8 @@ struct Assignment {
     /// Set by the slot that takes the job, before it looks at `cancel`: until then a
     /// cancelled job can be answered at once, as no process of it exists.
     taken: Arc<AtomicBool>,
+    /// Where the answer's files go ([`crate::files_back`]).
+    files: Option<FileDrop>,
 }
 
 /// The handle the rest of the gateway uses: submit a job, get its outcome.
@@ -155,6 +158,7 @@ impl Supervisor {
             events,
             approvals,
             cancel,
+            files,
         } = link;
         let (done, mut outcome) = oneshot::channel();
         let taken = Arc::new(AtomicBool::new(false));
@@ -165,6 +169,7 @@ impl Supervisor {
             done,
             cancel: cancel.clone(),
             taken: taken.clone(),
+            files,
         };
         if self.queue.send(assignment).await.is_err() {
             return cancelled(CancelReason::Shutdown);

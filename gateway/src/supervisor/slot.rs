@@ -228,7 +228,7 @@ impl Slot {
                 continue;
             };
             self.health.worker_busy();
-            let run = w
+            let mut run = w
                 .run_job(
                     &assignment.job,
                     &assignment.events,
@@ -240,6 +240,9 @@ impl Slot {
                     self.kill_grace,
                 )
                 .await;
+            // Before the worker may take another job or go: its output directory is in
+            // its scratch directory.
+            w.hand_over_files(&mut run.outcome, assignment.files).await;
             let worn_out = w.jobs_done >= self.policy.max_jobs;
             match (run.fate, worker.take()) {
                 (Fate::Reusable, Some(w)) if !worn_out => {

@@ -22,7 +22,7 @@ use teloxide_core::payloads::{
 use teloxide_core::prelude::*;
 use teloxide_core::requests::{JsonRequest, Payload};
 use teloxide_core::types::{
-    CallbackQueryId, ChatAction, ChatId, InlineKeyboardMarkup, MessageId, ParseMode,
+    CallbackQueryId, ChatAction, ChatId, InlineKeyboardMarkup, InputFile, MessageId, ParseMode,
 };
 use teloxide_core::{ApiError, RequestError};
 
@@ -43,6 +43,8 @@ const MAX_INTERACTIVE_PAUSE: Duration = Duration::from_secs(10);
 #[derive(Clone)]
 pub struct Sender {
     bot: Bot,
+    /// Files (`sendPhoto`, `sendDocument`): a client whose timeout lets 50 MB go up.
+    uploads: Bot,
 }
 
 /// Why a send or an edit did not show the piece, by what to do next.
@@ -78,7 +80,38 @@ pub fn plain_pieces(text: &str) -> Vec<Piece> {
 
 impl Sender {
     pub fn new(bot: Bot) -> Self {
-        Sender { bot }
+        Sender {
+            uploads: bot.clone(),
+            bot,
+        }
+    }
+
+    /// Uploads files through `bot` (a client with a longer timeout).
+    pub fn with_uploads(mut self, bot: Bot) -> Self {
+        self.uploads = bot;
+        self
+    }
+
+    /// One `sendPhoto` (`photo`) or `sendDocument` of `file`, under its name.
+    pub async fn send_file_once(
+        &self,
+        chat: i64,
+        file: &crate::files_back::OutFile,
+        photo: bool,
+    ) -> Result<(), SendError> {
+        let input = InputFile::file(file.path.clone()).file_name(file.name.clone());
+        let sent = if photo {
+            self.uploads
+                .send_photo(ChatId(chat), input)
+                .await
+                .map(|_| ())
+        } else {
+            self.uploads
+                .send_document(ChatId(chat), input)
+                .await
+                .map(|_| ())
+        };
+        sent.map_err(classify)
     }
 
     /// One `sendMessage` of `piece`, as HTML or (`plain`) as its text alone.
@@ -290,7 +323,7 @@ fn classify(error: RequestError) -> SendError {
 }
 
 /// A refusal that is about the chat (the bot may not write there), not the message.
-fn refuses_the_chat(why: &str) -> bool {
+pub fn refuses_the_chat(why: &str) -> bool {
     why.starts_with("Forbidden")
         || why.contains("blocked")
         || why.contains("chat not found")

@@ -34,6 +34,12 @@ pub struct Job {
     /// How voice notes and audio are transcribed; `None`: they are not (the gateway
     /// answers that itself before a worker is involved).
     pub transcription: Option<Box<TranscriptionPlan>>,
+    /// Where files to send back to the chat go (a chart, a CSV, an image): a directory the
+    /// gateway made for this job alone, writable by the job's tools. The worker writes
+    /// what its tools return as files there, and names each file the model attaches in
+    /// [`Reply::files`](super::Reply::files); the gateway checks and takes them from
+    /// there. `None`: nothing is sent back.
+    pub output_dir: Option<String>,
 }
 
 /// A file of the user's turn, as the worker reads it. The bytes never travel in a frame:

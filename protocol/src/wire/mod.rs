@@ -38,7 +38,7 @@ pub use outcome::{CancelReason, CrashCause, Failure, FailureClass, MediaProblem,
 
 /// Bumped on any change to these types. Leads the first frame so a mismatch is reported as
 /// one, not as an undecodable frame.
-pub const PROTOCOL_VERSION: u32 = 4;
+pub const PROTOCOL_VERSION: u32 = 5;
 
 /// A string that must not end up in logs: API keys, worker tokens.
 #[derive(Serialize, Deserialize, Clone, PartialEq, Eq)]
@@ -121,7 +121,7 @@ mod tests {
         assert!(!format!("{plan:?}").contains("sk-very-secret"));
     }
 
-    /// The layout of what version 3 added, byte for byte: a change to these types without
+    /// The layout of what version 3 added, byte for byte (version 5 added files sent back): a change to these types without
     /// a new version fails here first (the fix is to bump `PROTOCOL_VERSION` and these
     /// bytes together).
     #[test]
@@ -140,7 +140,7 @@ mod tests {
         assert_eq!(
             (PROTOCOL_VERSION, decision, server),
             (
-                4,
+                5,
                 vec![1, 1, 2, 1, 1, b'A'],
                 vec![
                     1, b's', 1, b'c', 0, 0, 0xb0, 0xea, 0x01, 1, 0, 0, 0, 0, 2, 1, 1, b'x', 0xc0,

@@ -26,6 +26,11 @@ pub struct Reply {
     /// What each voice note or audio file of the job said, in the order of the job's
     /// attachments: the user's words, stored as their turn and shown above the answer.
     pub heard: Vec<String>,
+    /// Files to send to the chat after the answer, each by its name inside the job's
+    /// [`Job::output_dir`](super::Job::output_dir) (one path component), in the order the
+    /// model attached them. The gateway trusts none of it: it opens each without
+    /// following links and checks what it finds.
+    pub files: Vec<String>,
 }
 
 /// Why a job produced no answer. Provider variants come from the worker; the others from

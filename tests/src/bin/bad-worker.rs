@@ -271,6 +271,7 @@ fn reply(job_id: JobId, text: &str) -> FromWorker {
                 text,
             )],
             heard: Vec::new(),
+            files: Vec::new(),
         }),
     }
 }

@@ -10,6 +10,8 @@
 //! to an abstract name (the systemd manager, D-Bus and the worker socket are such
 //! sockets) and answers whether it connected.
 //!
+//! `chart {}` answers a small PNG as image content (a tool that makes a picture: issue 23).
+//!
 //! Faults on request: `--crash-at-start` exits before answering anything,
 //! `--crash-on-call TOOL` exits abruptly when TOOL is called, `--pid-file PATH` writes its
 //! pid at start so a test can tell whether the process is still there, and
@@ -27,6 +29,9 @@ use rmcp::model::{
 use rmcp::service::{RequestContext, RoleServer};
 use rmcp::{ErrorData, ServerHandler, ServiceExt};
 use serde_json::{Value, json};
+
+/// A 4×3 PNG, base64.
+const CHART_PNG: &str = "iVBORw0KGgoAAAANSUhEUgAAAAQAAAADCAIAAAA7ljmRAAAAEElEQVR4nGP4z8AARww4OQD1MQv1NXv7ggAAAABJRU5ErkJggg==";
 
 #[derive(Clone)]
 struct Calc {
@@ -79,6 +84,11 @@ fn tools() -> Vec<Tool> {
                 "type": "object",
                 "properties": {"path": {"type": "string"}, "abstract_name": {"type": "string"}},
             })),
+        ),
+        Tool::new(
+            "chart",
+            "Draws a chart and answers it as a PNG image.",
+            schema(json!({"type": "object", "properties": {}})),
         ),
     ]
 }
@@ -181,6 +191,13 @@ impl ServerHandler for Calc {
         match &*request.name {
             "shell" => return shell(&arguments).await.map(Into::into),
             "connect" => return connect(&arguments).map(Into::into),
+            "chart" => {
+                return Ok(CallToolResult::success(vec![
+                    ContentBlock::text("a chart of the numbers"),
+                    ContentBlock::image(CHART_PNG, "image/png"),
+                ])
+                .into());
+            }
             _ => {}
         }
         let text = match &*request.name {

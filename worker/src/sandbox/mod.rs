@@ -331,6 +331,11 @@ fn prepare_scratch(scratch: &Path) -> std::io::Result<()> {
 /// unwritable to its owner are given their permissions back first. A `dir` that does not
 /// exist is already empty.
 pub fn empty_dir(dir: &Path) -> std::io::Result<()> {
+    empty_dir_keeping(dir, None)
+}
+
+/// [`empty_dir`], leaving `keep` (an entry of `dir`) as it is.
+pub fn empty_dir_keeping(dir: &Path, keep: Option<&Path>) -> std::io::Result<()> {
     let entries = match std::fs::read_dir(dir) {
         Ok(entries) => entries,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
@@ -339,6 +344,10 @@ pub fn empty_dir(dir: &Path) -> std::io::Result<()> {
     let mut first_error = None;
     for entry in entries.flatten() {
         let path = entry.path();
+        // By name: `keep` is an entry of `dir`, however either path is spelled.
+        if keep.is_some_and(|k| k.file_name() == Some(entry.file_name().as_os_str())) {
+            continue;
+        }
         let removed = match entry.file_type() {
             // remove_dir_all does not follow symlinks, so nothing outside is touched.
             Ok(kind) if kind.is_dir() => std::fs::remove_dir_all(&path).or_else(|_| {

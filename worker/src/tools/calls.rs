@@ -36,6 +36,24 @@ impl Toolbox {
         deadline: Instant,
         events: &UnboundedSender<Event>,
     ) -> Result<ChatMessage, Abandoned> {
+        if call.name == super::attach::ATTACH
+            && let Some(output) = &self.output
+        {
+            let _ = events.send(Event::ToolStarted {
+                name: call.name.clone(),
+            });
+            let (ok, text) = match parse_arguments(&call.arguments) {
+                Ok(arguments) => output.attach(&arguments),
+                Err(problem) => (false, problem),
+            };
+            tracing::info!(tool = %call.name, ok, "tool call finished");
+            let _ = events.send(Event::ToolFinished {
+                name: call.name.clone(),
+                ok,
+                ms: 0,
+            });
+            return Ok(ChatMessage::tool_result(call.id.clone(), text));
+        }
         let target = self
             .functions
             .get(&call.name)
@@ -62,7 +80,7 @@ impl Toolbox {
                         let bound = Duration::from_millis(server.spec.call_timeout_ms)
                             .min(deadline.saturating_duration_since(Instant::now()));
                         match server.call(tool, arguments, bound).await {
-                            Ok(result) => read_result(&result),
+                            Ok(result) => self.read_and_keep(&result),
                             Err(CallError::TimedOut) if Instant::now() >= deadline => {
                                 tracing::warn!(tool = %shown, "the job's deadline passed during a tool call");
                                 return Err(Abandoned);
@@ -162,6 +180,26 @@ impl Toolbox {
             Decision::Unavailable { reason } => Err(format!(
                 "error: the user could not be asked to approve this call ({reason}). {not_run}"
             )),
+        }
+    }
+
+    /// What the model reads of `result`, its files (images, embedded resources) written
+    /// to the output directory for the chat first, when the job has one.
+    fn read_and_keep(&self, result: &CallToolResult) -> (bool, String) {
+        let read = read_result(result);
+        let Some(output) = &self.output else {
+            return read;
+        };
+        let notes = output.keep(result);
+        if notes.is_empty() {
+            return read;
+        }
+        match read {
+            // Only files: what the model reads is that they go to the user.
+            (false, text) if text.starts_with("error: the tool returned only") => {
+                (true, notes.join("\n"))
+            }
+            (ok, text) => (ok, format!("{text}\n{}", notes.join("\n"))),
         }
     }
 

@@ -15,10 +15,15 @@
 //! for a person's decision ([`Toolbox::set_approvals`]); anything but an approval becomes
 //! an error result, and the tool does not run.
 //!
+//! When the job names an output directory, the toolbox also serves one tool of its own,
+//! `attach_file` ([`attach`]), and writes the files MCP tools return as content there: the
+//! files the answer sends to the chat.
+//!
 //! The [`Toolbox`] is one value in two files: `registry` (which servers run and what
 //! their tools are called; it changes between jobs) and `calls` (the calls of one answer,
 //! their approvals, and their results as the model reads them).
 
+pub mod attach;
 mod calls;
 pub mod mcp;
 mod registry;
@@ -45,6 +50,8 @@ pub struct Toolbox {
     sandbox: Option<Sandbox>,
     /// Where calls that need approval are asked about; none: they are denied.
     approvals: Option<UnboundedSender<Ask>>,
+    /// The job's output directory and the files named for the chat ([`attach`]).
+    output: Option<attach::Output>,
 }
 
 /// A tool call waiting for a person's decision, and where that decision goes.

@@ -35,6 +35,22 @@ impl Toolbox {
         self.approvals = approvals;
     }
 
+    /// The job's output directory (`Job::output_dir`): set before [`Toolbox::prepare`],
+    /// whose index then offers `attach_file` beside the servers' tools (only beside
+    /// them: a model without tools makes no file, and a provider that takes no tools is
+    /// not sent any). Files named for an earlier job are forgotten.
+    pub fn set_output(&mut self, dir: Option<std::path::PathBuf>) {
+        self.output = dir.map(super::attach::Output::new);
+    }
+
+    /// The files named for the chat during the job, in order (and none any more).
+    pub fn take_files(&self) -> Vec<String> {
+        self.output
+            .as_ref()
+            .map(super::attach::Output::take)
+            .unwrap_or_default()
+    }
+
     /// Makes the running servers match `specs`: an unchanged server that is still
     /// healthy is kept; a new, changed, failed or stale one is (re)started; one no longer
     /// configured is stopped.
@@ -138,6 +154,11 @@ impl Toolbox {
                 self.definitions.push(definition(&name, tool));
                 self.functions.insert(name, (i, tool.name.to_string()));
             }
+        }
+        if let Some(output) = &self.output
+            && self.servers.iter().any(|s| !s.tools().is_empty())
+        {
+            self.definitions.push(output.definition());
         }
     }
 }

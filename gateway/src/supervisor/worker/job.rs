@@ -66,7 +66,9 @@ impl Worker {
         // One timer for the whole job: registering one per frame costs more than the frame.
         let timer = tokio::time::sleep_until(deadline.into());
         tokio::pin!(timer);
-        let frame = ToWorker::Job(job.clone());
+        let mut sent = job.clone();
+        sent.output_dir = self.new_output_dir().await;
+        let frame = ToWorker::Job(sent);
         let sent = tokio::select! {
             sent = self.conn.write_frame(&frame) => sent,
             ended = ended(timer.as_mut(), &stops) => return self.end(ended, job, kill_grace).await,

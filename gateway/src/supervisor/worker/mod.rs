@@ -69,6 +69,68 @@ impl Worker {
         self.pid
     }
 
+    /// The output directory of its jobs, in its scratch directory, where its tools write.
+    fn output_dir(&self) -> std::path::PathBuf {
+        self._scratch.path().join(crate::files_back::OUTPUT_DIR)
+    }
+
+    /// Makes an empty output directory for the next job (0700; whatever a tool left at
+    /// that name is removed, never followed), and names it for the job; `None` when it
+    /// cannot be made: the job then sends no file back.
+    async fn new_output_dir(&self) -> Option<String> {
+        use std::os::unix::fs::DirBuilderExt;
+        let dir = self.output_dir();
+        // Off the async threads: a tool may have left much there since the last job.
+        let made = tokio::task::spawn_blocking(move || {
+            let _ = remove(&dir);
+            std::fs::DirBuilder::new()
+                .mode(0o700)
+                .create(&dir)
+                .map(|()| dir)
+        })
+        .await
+        .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+        match made {
+            Ok(dir) => Some(dir.display().to_string()),
+            Err(e) => {
+                tracing::warn!(
+                    worker_pid = self.pid,
+                    "cannot make the job's output directory: {e}"
+                );
+                None
+            }
+        }
+    }
+
+    /// Takes the files a reply names from the job's output directory into the store's
+    /// file area (`files`), tells the chat what came of them, and removes the directory.
+    /// A reply whose chat wants no files has them dropped.
+    pub async fn hand_over_files(
+        &self,
+        outcome: &mut hermes_protocol::Outcome,
+        files: Option<crate::files_back::FileDrop>,
+    ) {
+        let dir = self.output_dir();
+        let names = match outcome {
+            hermes_protocol::Outcome::Reply(reply) => std::mem::take(&mut reply.files),
+            hermes_protocol::Outcome::Failed(_) => Vec::new(),
+        };
+        let collected = tokio::task::spawn_blocking(move || {
+            let collected = match &files {
+                Some(drop) if !names.is_empty() => {
+                    crate::files_back::collect(&dir, &names, &drop.area, &drop.limits)
+                }
+                _ => crate::files_back::Collected::default(),
+            };
+            let _ = remove(&dir);
+            (collected, files)
+        })
+        .await;
+        if let Ok((collected, Some(drop))) = collected {
+            let _ = drop.done.send(collected);
+        }
+    }
+
     pub async fn start(
         spec: &SpawnSpec,
         pending: &PendingWorkers,
@@ -158,4 +220,13 @@ impl Worker {
 fn new_token() -> String {
     let bytes: [u8; 24] = rand::rng().random();
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Removes `dir` (a directory or whatever a tool put at its name), never following a link.
+fn remove(dir: &std::path::Path) -> std::io::Result<()> {
+    match std::fs::symlink_metadata(dir) {
+        Ok(meta) if meta.is_dir() => std::fs::remove_dir_all(dir),
+        Ok(_) => std::fs::remove_file(dir),
+        Err(e) => Err(e),
+    }
 }
