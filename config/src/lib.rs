@@ -21,6 +21,8 @@
 //! - `agent`: `[agent]`, the system prompt, history and tool-calling rounds of a job.
 //! - `tools`: `[[tools.mcp]]`, MCP servers, their sandbox grants and approvals.
 //! - `metrics`: `[metrics]`, the optional Prometheus endpoint.
+//! - `budgets`: `[budgets]`, caps on tokens and cost per user and for everyone, and the
+//!   time zone their days and months are counted in.
 //!
 //! and around them:
 //!
@@ -30,6 +32,7 @@
 //! - `plans`: what a job is sent with ([`JobPlans`]) and what its tools may not read.
 
 mod agent;
+mod budgets;
 mod metrics;
 mod plans;
 mod providers;
@@ -49,6 +52,7 @@ use std::path::{Path, PathBuf};
 use toml::de::DeTable;
 
 pub use agent::AgentConfig;
+pub use budgets::{BudgetsConfig, Caps};
 pub use metrics::{MetricsConfig, MetricsListen};
 pub use plans::{JobPlans, absolute};
 pub use providers::ProviderConfig;
@@ -76,6 +80,8 @@ pub struct Config {
     /// `[transcription]`; `None`: voice notes get a reply saying voice is not enabled.
     pub transcription: Option<TranscriptionConfig>,
     pub metrics: MetricsConfig,
+    /// `[budgets]`; by default no cap.
+    pub budgets: BudgetsConfig,
 }
 
 impl Config {
@@ -131,6 +137,8 @@ impl Config {
         let transcription = transcription_table
             .as_ref()
             .and_then(|t| doc.transcription(t, &providers));
+        let budgets_table = top.table("budgets", &mut doc);
+        let budgets = doc.budgets(budgets_table.as_ref());
         top.finish(&mut doc);
         doc.confirm_within_job_timeout(&tools, &workers);
 
@@ -145,6 +153,7 @@ impl Config {
                 tools,
                 transcription,
                 metrics,
+                budgets,
             })
         } else {
             doc.problems.sort_by_key(|p| p.line.unwrap_or(usize::MAX));
@@ -190,6 +199,7 @@ mod tests {
             "streaming",
             "edit_interval_ms",
             "group_mode",
+            "settle_ms",
             "max_steps",
             "command",
             "args",
@@ -229,6 +239,14 @@ mod tests {
             "provider",
             "max_seconds",
             "show_transcript",
+            "input_price_per_mtok",
+            "output_price_per_mtok",
+            "cached_price_per_mtok",
+            "time_zone",
+            "daily_tokens",
+            "monthly_tokens",
+            "daily_cost",
+            "monthly_cost",
         ] {
             assert!(
                 text.contains(&format!("{key} =")),

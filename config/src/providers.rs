@@ -2,7 +2,7 @@
 //! is the primary, the rest are fallbacks). At least one is required; each entry is checked
 //! on its own, and names are unique because `[transcription]` and `/model` refer to them.
 
-use hermes_protocol::ProviderPlan;
+use hermes_protocol::{Prices, ProviderPlan};
 
 use crate::report::Problem;
 use crate::secrets::SecretSource;
@@ -22,6 +22,8 @@ pub struct ProviderConfig {
     pub quota_cooldown_secs: u64,
     /// The model reads images (OpenAI-compatible `image_url` content parts).
     pub vision: bool,
+    /// What its calls cost, for a provider that does not report the cost itself.
+    pub prices: Option<Prices>,
 }
 
 impl ProviderConfig {
@@ -39,11 +41,43 @@ impl ProviderConfig {
             request_timeout_ms: self.request_timeout_secs.saturating_mul(1000),
             max_retries: self.max_retries,
             vision: self.vision,
+            prices: self.prices,
         })
     }
 }
 
 impl Doc<'_> {
+    /// `input_price_per_mtok` and `output_price_per_mtok` (both or neither), and
+    /// `cached_price_per_mtok` (the input price when absent): per million tokens.
+    fn prices(&mut self, s: &mut Section) -> Option<Prices> {
+        let input = self.money(s, "input_price_per_mtok");
+        let output = self.money(s, "output_price_per_mtok");
+        let cached = self.money(s, "cached_price_per_mtok");
+        match (input, output) {
+            (Some(input), Some(output)) => Some(Prices {
+                input_micros_per_mtok: input,
+                output_micros_per_mtok: output,
+                cached_micros_per_mtok: cached.unwrap_or(input),
+            }),
+            (None, None) if cached.is_none() => None,
+            (input, _) => {
+                let missing = if input.is_none() {
+                    "input_price_per_mtok"
+                } else {
+                    "output_price_per_mtok"
+                };
+                self.problems.push(Problem {
+                    line: s.line(self),
+                    key: s.key_path(missing),
+                    message:
+                        "missing: prices need both input_price_per_mtok and output_price_per_mtok"
+                            .into(),
+                });
+                None
+            }
+        }
+    }
+
     pub(crate) fn providers(&mut self, top: &mut Section) -> Vec<ProviderConfig> {
         let entries = self.array_of_tables(
             top,
@@ -62,6 +96,7 @@ impl Doc<'_> {
             let max_retries = s.take_in("max_retries", 2, 0..=10, self);
             let quota_cooldown_secs = s.take_in("quota_cooldown_secs", 600, 0..=86_400, self);
             let vision = s.take_or("vision", false, self);
+            let prices = self.prices(&mut s);
             let taken: Vec<&str> = providers.iter().map(|p| p.name.as_str()).collect();
             self.unique_name(&mut s, &name, &taken);
             s.finish(self);
@@ -75,6 +110,7 @@ impl Doc<'_> {
                     max_retries,
                     quota_cooldown_secs,
                     vision,
+                    prices,
                 });
             }
         }

@@ -39,6 +39,10 @@ pub struct TelegramConfig {
     /// directory); a turn whose files do not fit waits for others to end. At least
     /// `max_file_mb`, so any one file fits.
     pub max_files_total_mb: u64,
+    /// How long an album's members (one `media_group_id`) and the parts of a text Telegram
+    /// split are waited for after the last one arrived, so they are asked as one turn. A
+    /// single ordinary message never waits.
+    pub settle_ms: u64,
     /// Files an answer sends back (a tool's chart, CSV or image) larger than this are not
     /// sent, and the chat is told; 50 is the Bot API's own upload limit for bots.
     pub max_send_file_mb: u64,
@@ -85,6 +89,7 @@ impl Doc<'_> {
             max_file_mb: s.take_in("max_file_mb", 20, 1..=20, self),
             download_timeout_secs: s.take_in("download_timeout_secs", 60, 1..=3600, self),
             max_files_total_mb: s.take_in("max_files_total_mb", 1024, 1..=1_048_576, self),
+            settle_ms: s.take_in("settle_ms", 1000, 0..=10_000, self),
             max_send_file_mb: s.take_in("max_send_file_mb", 50, 1..=50, self),
             max_send_files: s.take_in("max_send_files", 10, 0..=50, self),
         };
@@ -140,6 +145,7 @@ mod tests {
         assert_eq!(c.telegram.edit_interval_ms, 1500);
         assert_eq!(c.telegram.group_mode, GroupMode::Mention);
         assert_eq!(c.agent.max_steps, 8);
+        assert_eq!(c.telegram.settle_ms, 1000);
         let text = MINIMAL.replace(
             "token_env = \"TG\"",
             "token_env = \"TG\"\ngroup_mode = \"everyone\"\nedit_interval_ms = 5",

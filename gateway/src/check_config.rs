@@ -33,6 +33,10 @@ pub fn check_config(path: &Path) -> i32 {
             p.name, p.model, p.base_url, p.max_retries
         );
     }
+    println!(
+        "  budgets: {}",
+        crate::usage::budget::describe(&config.budgets)
+    );
     let w = &config.workers;
     println!(
         "  workers: {} x{}, job timeout {} s, memory limit {}, program {}",

@@ -241,6 +241,7 @@ mod tests {
             request_timeout_ms: 1000,
             max_retries: 0,
             vision: false,
+            prices: None,
         }
     }
 

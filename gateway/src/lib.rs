@@ -23,13 +23,16 @@
 //!   parsing in `telegram::format::markdown`, what it must not carry in
 //!   `telegram::format::safety`) and cutting to size (`telegram::split`);
 //! - `chats`: one task per chat, from stored messages to their one reply: the task takes
-//!   its turns (the messages that waited, together) in `chats::turns`, a turn becomes a
+//!   its turns (the messages that waited, together) in `chats::turns`, waiting for the
+//!   rest of an album or a split text in `chats::settle`, a turn becomes a
 //!   job in `chats::prepare`, its progress and outcome reach the chat and the outbox in
 //!   `chats::deliver`; strangers answered once an hour, behind members
 //!   (`chats::strangers`);
 //! - `commands`: one module per command (`commands::new`, `commands::stop`,
-//!   `commands::retry`, `commands::model`, `commands::status`), each owning what it does;
-//!   `replies`: every text the user reads; `html`: a message as Telegram's HTML and as
+//!   `commands::retry`, `commands::model`, `commands::status`, `commands::usage`), each
+//!   owning what it does;
+//!   `replies`: every text the user reads; `replied`: what a reply brings into its turn
+//!   (the quoted text, the replied-to photo or document); `html`: a message as Telegram's HTML and as
 //!   plain text, and escaping (below both `replies` and `telegram::format`);
 //! - `jobs`: the seam between the chats and what runs their jobs ([`JobRunner`]);
 //! - `media`: voice notes, photos and files: what the inbox keeps of them
@@ -58,6 +61,10 @@
 //! - `state_dir`: the state directory private (0700, files 0600) and one gateway's alone
 //!   (a `flock`);
 //! - `circuit`: skipping a provider whose quota is exhausted, for a cool-down;
+//! - `usage`: what the provider calls used, summed per job and recorded per user, chat,
+//!   provider and day; the budgets checked before a job (`usage::budget`) in the
+//!   calendar of `budgets.time_zone` (`usage::calendar`); everyone's usage for the operator
+//!   (`usage::report`, `hermes-gateway usage`);
 //! - `health`, `systemd`: what the gateway knows about itself (the published snapshot
 //!   and how it is judged: `health::snapshot`; whether the store takes writes:
 //!   `health::store_writes`), and sd_notify (READY, STATUS, WATCHDOG);
@@ -97,6 +104,7 @@ mod logging;
 mod media;
 mod metrics;
 mod outbox;
+mod replied;
 mod replies;
 mod run;
 mod sandbox;
@@ -111,6 +119,7 @@ mod supervisor;
 mod systemd;
 mod telegram;
 mod text;
+mod usage;
 
 use std::path::PathBuf;
 
@@ -166,6 +175,21 @@ enum Command {
     /// machine's paths).
     #[command(subcommand)]
     Service(ServiceCommand),
+    /// Show what the bot used at its providers, by user and by provider: today, this month
+    /// and in total (tokens, and the cost where known). Reads the state store, also while
+    /// the gateway runs. Exit 0, or 1 when there is no usage to read.
+    Usage {
+        /// Configuration file (TOML), for its state directory and budgets.time_zone.
+        /// Default: the installed unit's, as for `status`.
+        #[arg(long, short, env = "HERMES_CONFIG", value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// The user service's gateway (systemctl --user).
+        #[arg(long)]
+        user: bool,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Validate the configuration and the environment it names, print what was found, and
     /// exit 0 (valid) or 78 (one line per problem, with key and line number).
     CheckConfig {
@@ -221,6 +245,9 @@ pub fn main(runner: Option<MakeRunner>) -> i32 {
         Command::CheckConfig { config } => check_config::check_config(&config),
         Command::Status { config, user, json } => {
             status::status_command(config.as_deref(), user, json)
+        }
+        Command::Usage { config, user, json } => {
+            usage::report::usage_command(config.as_deref(), user, json)
         }
         Command::Service(ServiceCommand::Install {
             config,

@@ -6,7 +6,7 @@
 //! technical detail goes to the log, not to the chat. The rest of the gateway decides
 //! what to say; the words are here.
 
-use hermes_protocol::{CancelReason, CrashCause, Failure, MediaProblem};
+use hermes_protocol::{BudgetPeriod, CancelReason, CrashCause, Failure, MediaProblem};
 
 pub fn failure_text(failure: &Failure) -> String {
     match failure {
@@ -53,6 +53,30 @@ pub fn failure_text(failure: &Failure) -> String {
              answered as soon as it is back; no need to send it again."
             .into(),
         Failure::Media { problem } => media_text(problem),
+        Failure::OverBudget {
+            everyone,
+            period,
+            cap,
+            resets_in_secs,
+            time_zone,
+        } => {
+            let whose = if *everyone {
+                "This bot has used up its"
+            } else {
+                "You have used up your"
+            };
+            let scope = if *everyone { " for everyone" } else { "" };
+            let when = match period {
+                BudgetPeriod::Day => "at midnight",
+                BudgetPeriod::Month => "on the first of the month",
+            };
+            format!(
+                "💸 {whose} {} budget{scope} ({cap}), so I did not send your message to the AI. \
+                 The budget starts again {when} ({time_zone}), in {}. Send /usage to see what was used.",
+                period.as_str(),
+                usage::wait(*resets_in_secs)
+            )
+        }
     }
 }
 
@@ -197,15 +221,17 @@ messages.\n\n\
 /retry – ask your last message again\n\
 /model – which AI model answers here (admins can switch it)\n\
 /status – how the bot is doing right now\n\
+/usage – how much of the AI you have used\n\
 /help – this message";
 
 /// The commands Telegram shows in its menu, with their descriptions.
-pub const MENU: [(&str, &str); 6] = [
+pub const MENU: [(&str, &str); 7] = [
     ("new", "Start a new conversation"),
     ("stop", "Stop the answer in progress"),
     ("retry", "Ask your last message again"),
     ("model", "Show or switch the AI model"),
     ("status", "How the bot is doing"),
+    ("usage", "How much of the AI you have used"),
     ("help", "What this bot does"),
 ];
 
@@ -265,6 +291,84 @@ pub mod model {
 
     pub fn not_found(wanted: &str, available: &str) -> String {
         format!("There is no provider or model called {wanted:?} here.\n{available}")
+    }
+}
+
+/// `/usage`, and usage as the operator's commands describe it.
+pub mod usage {
+    use hermes_protocol::format_money;
+
+    use crate::store::Totals;
+
+    pub const FAILED: &str = "⚠️ I could not read the usage just now; please try again.";
+
+    /// `240 tokens (200 in, 80 of them cached; 40 out) in 2 calls, $0.00024`.
+    pub fn describe(t: &Totals) -> String {
+        if t.calls == 0 {
+            return "nothing".into();
+        }
+        let cached = if t.cached_tokens > 0 {
+            format!(", {} of them cached", t.cached_tokens)
+        } else {
+            String::new()
+        };
+        let calls = if t.calls == 1 { "call" } else { "calls" };
+        let cost = match (t.uncosted_calls, t.uncosted_calls == t.calls) {
+            (_, true) => "cost unknown".to_string(),
+            (0, _) => format_money(t.cost_micros),
+            (n, _) => format!("{} and {n} of unknown cost", format_money(t.cost_micros)),
+        };
+        format!(
+            "{} tokens ({} in{cached}; {} out) in {} {calls}, {cost}",
+            t.tokens(),
+            t.prompt_tokens,
+            t.completion_tokens,
+            t.calls
+        )
+    }
+
+    /// One cell of the operator's table: `240 tokens, $0.00024`; `-` for nothing.
+    pub fn brief(t: &Totals) -> String {
+        if t.calls == 0 {
+            return "-".into();
+        }
+        let cost = match (t.uncosted_calls, t.uncosted_calls == t.calls) {
+            (_, true) => "cost unknown".to_string(),
+            (0, _) => format_money(t.cost_micros),
+            (_, _) => format!("{} + unknown", format_money(t.cost_micros)),
+        };
+        format!("{} tokens, {cost}", t.tokens())
+    }
+
+    /// The reply to `/usage`: `periods` are (name, totals) pairs, `budgets` lines about
+    /// the caps that apply.
+    pub fn yours(time_zone: &str, periods: &[(&str, Totals)], budgets: &[String]) -> String {
+        let mut lines = vec![format!("📊 Your usage (days in {time_zone}):")];
+        lines.extend(
+            periods
+                .iter()
+                .map(|(name, t)| format!("{name}: {}", describe(t))),
+        );
+        lines.extend(budgets.iter().cloned());
+        lines.join("\n")
+    }
+
+    /// One cap and what was used of it: `Your daily budget: 240 of 1000 tokens used.`
+    pub fn budget_line(everyone: bool, period: &str, used: &str, cap: &str) -> String {
+        let whose = if everyone { "Everyone's" } else { "Your" };
+        format!("{whose} {period} budget: {used} of {cap} used.")
+    }
+
+    /// How long until a budget starts again: `40 min`, `3 h 12 min`, `12 days 4 h`.
+    pub fn wait(secs: u64) -> String {
+        let minutes = secs.div_ceil(60);
+        match (minutes / (24 * 60), (minutes / 60) % 24, minutes % 60) {
+            (0, 0, m) => format!("{} min", m.max(1)),
+            (0, h, 0) => format!("{h} h"),
+            (0, h, m) => format!("{h} h {m} min"),
+            (1, h, _) => format!("1 day {h} h"),
+            (d, h, _) => format!("{d} days {h} h"),
+        }
     }
 }
 
@@ -355,6 +459,13 @@ mod tests {
             Failure::Cancelled {
                 reason: CancelReason::Shutdown,
             },
+            Failure::OverBudget {
+                everyone: false,
+                period: BudgetPeriod::Day,
+                cap: "1000 tokens".into(),
+                resets_in_secs: 3 * 3600 + 60 * 12,
+                time_zone: "Europe/Berlin".into(),
+            },
         ];
         let texts: Vec<String> = failures.iter().map(failure_text).collect();
         for (i, a) in texts.iter().enumerate() {
@@ -365,5 +476,34 @@ mod tests {
         assert!(texts[0].contains("quota or balance"));
         assert!(texts[7].contains("over 2 s"));
         assert_eq!(failures[0].class(), FailureClass::QuotaExhausted);
+        assert!(
+            texts[10].contains("daily budget (1000 tokens)")
+                && texts[10].contains("at midnight (Europe/Berlin), in 3 h 12 min"),
+            "{}",
+            texts[10]
+        );
+    }
+
+    #[test]
+    fn usage_reads_in_tokens_and_dollars_with_what_is_unknown_said() {
+        use crate::store::Totals;
+        use hermes_protocol::Usage;
+        assert_eq!(usage::describe(&Totals::default()), "nothing");
+        let mut t = Totals::default();
+        t.add(&Usage {
+            prompt_tokens: 200,
+            completion_tokens: 40,
+            cached_tokens: 80,
+            cost_micros: Some(240),
+        });
+        assert_eq!(
+            usage::describe(&t),
+            "240 tokens (200 in, 80 of them cached; 40 out) in 1 call, $0.00024"
+        );
+        t.add(&Usage::default());
+        assert!(usage::describe(&t).ends_with("in 2 calls, $0.00024 and 1 of unknown cost"));
+        assert_eq!(usage::wait(30), "1 min");
+        assert_eq!(usage::wait(7200), "2 h");
+        assert_eq!(usage::wait(30 * 86_400 + 3600), "30 days 1 h");
     }
 }

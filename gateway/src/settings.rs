@@ -2,9 +2,9 @@
 //! what cannot.
 //!
 //! Who may talk to the bot (and who administers it), the providers (and their keys, read
-//! again), streaming, the system prompt, tools and the job timeout are read by each job
-//! when it starts, from one shared snapshot that a
-//! reload swaps whole. A job in flight keeps the snapshot it started with, so a reload
+//! again, and their prices), streaming, the system prompt, tools, the budgets, the job
+//! timeout and the settle window are read by each job (or each message) when it starts,
+//! from one shared snapshot that a reload swaps whole. A job in flight keeps the snapshot it started with, so a reload
 //! drops nothing. The rest (the bot token, the Telegram URL, the worker pool, the state
 //! directory) is wired into running parts; a reload that changes it says a restart is
 //! needed, and applies the rest.
@@ -41,6 +41,11 @@ pub struct ChatSettings {
     pub show_transcript: bool,
     /// What a file may be.
     pub media: Limits,
+    /// The caps on usage, and the time zone their days are counted in.
+    pub budgets: hermes_config::BudgetsConfig,
+    /// How long the rest of an album or of a split text is waited for
+    /// (`telegram.settle_ms`; see `chats::settle`).
+    pub settle: Duration,
     /// What an answer may send back.
     pub send_files: crate::files_back::Limits,
 }
@@ -83,6 +88,8 @@ impl ChatSettings {
                 voice_max_secs: config.transcription.as_ref().map(|t| t.max_seconds),
                 vision: setup.providers.iter().any(|p| p.vision),
             },
+            budgets: config.budgets.clone(),
+            settle: Duration::from_millis(config.telegram.settle_ms),
             send_files: crate::files_back::Limits {
                 max_bytes: (config.telegram.max_send_file_mb * 1024 * 1024)
                     .min(crate::files_back::TELEGRAM_MAX_DOCUMENT),

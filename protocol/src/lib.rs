@@ -4,7 +4,8 @@
 //! take the gateway down. Everything the two must agree on lives here, in one place:
 //!
 //! - [`wire`]: the typed messages, one file a subject (job, chat, events, approvals,
-//!   outcome and failure classes) around the two envelopes, all re-exported there;
+//!   outcome and failure classes, usage and prices) around the two envelopes, all
+//!   re-exported there;
 //! - [`sandbox`]: the confinement a job carries for each tool server, and the record of
 //!   what the kernel lets the sandbox apply (`hermes-worker sandbox-probe --json`);
 //! - [`handshake`]: both sides of the first exchange, version first;

@@ -20,16 +20,19 @@
 //! request to its endpoint. The rest is by endpoint: `auth` (the key, checked as OpenAI
 //! checks it), `chat` (completions as one JSON object, and the requests OpenAI refuses),
 //! `stream` (SSE), `tools` (tool calls and the pairing rule for tool turns), `audio`
-//! (transcriptions and image parts).
+//! (transcriptions and image parts), `usage` (what answers say they used, and the count of
+//! chat requests).
 
 mod audio;
 mod auth;
 mod chat;
 mod stream;
 mod tools;
+mod usage;
 
 pub use audio::{FormPart, image_urls};
 pub use tools::ScriptedCall;
+pub use usage::{DEFAULT_USAGE, Reported};
 
 use std::{
     collections::VecDeque,
@@ -179,7 +182,6 @@ struct State {
     changed: watch::Sender<()>,
 }
 
-#[derive(Default)]
 struct Inner {
     script: VecDeque<ProviderReply>,
     /// Replies for requests whose last user message is the key, used before `script`:
@@ -190,6 +192,21 @@ struct Inner {
     transcriptions: VecDeque<ProviderReply>,
     /// The model refuses image parts.
     no_vision: bool,
+    /// What answers say they used (OpenAI's `usage` object).
+    usage: Value,
+}
+
+impl Default for Inner {
+    fn default() -> Self {
+        Inner {
+            script: VecDeque::new(),
+            by_message: std::collections::HashMap::new(),
+            requests: Vec::new(),
+            transcriptions: VecDeque::new(),
+            no_vision: false,
+            usage: DEFAULT_USAGE.to_json(),
+        }
+    }
 }
 
 impl FakeProvider {
@@ -308,7 +325,10 @@ impl State {
         let path = req.path_only().to_string();
         let is_chat =
             req.method.eq_ignore_ascii_case("POST") && path.ends_with("/chat/completions");
-        let no_vision = self.lock().no_vision;
+        let (no_vision, usage) = {
+            let g = self.lock();
+            (g.no_vision, g.usage.clone())
+        };
         let refusal = self
             .key_problem(req.header("authorization"))
             .or_else(|| is_chat.then(|| request_problem(&body)).flatten())
@@ -351,11 +371,11 @@ impl State {
             return openai_error(404, &format!("Unknown request URL: {} {path}", req.method));
         }
         let reply = match scripted {
-            None => return completion(&body, &echo(&body)),
+            None => return completion(&body, &echo(&body), &usage),
             Some(reply) => reply,
         };
         match reply {
-            ProviderReply::Text(content) => completion(&body, &content),
+            ProviderReply::Text(content) => completion(&body, &content, &usage),
             ProviderReply::Status {
                 status,
                 headers,
@@ -364,17 +384,21 @@ impl State {
             ProviderReply::Hang => Response::Hang,
             ProviderReply::Delay(delay) => {
                 tokio::time::sleep(delay).await;
-                completion(&body, &echo(&body))
+                completion(&body, &echo(&body), &usage)
             }
-            ProviderReply::ResetMidBody => cut_short(completion(&body, &echo(&body)), true),
-            ProviderReply::NeverFinishBody => cut_short(completion(&body, &echo(&body)), false),
+            ProviderReply::ResetMidBody => cut_short(completion(&body, &echo(&body), &usage), true),
+            ProviderReply::NeverFinishBody => {
+                cut_short(completion(&body, &echo(&body), &usage), false)
+            }
             ProviderReply::Reset => Response::Reset,
             ProviderReply::RawBody(raw) => Response::with_type(200, "application/json", raw),
             ProviderReply::Json(value) => Response::json(200, &value),
-            ProviderReply::ToolCalls(calls) => tool_calls(&body, &calls),
-            ProviderReply::Stream { pieces, every } => stream(&body, &pieces, every, true).await,
+            ProviderReply::ToolCalls(calls) => tool_calls(&body, &calls, &usage),
+            ProviderReply::Stream { pieces, every } => {
+                stream(&body, &pieces, every, true, &usage).await
+            }
             ProviderReply::StreamThenReset { pieces, every } => {
-                stream(&body, &pieces, every, false).await
+                stream(&body, &pieces, every, false, &usage).await
             }
         }
     }

@@ -24,19 +24,23 @@
 //! API is a module of its own: `updates` (queuing and polling, offsets, the webhook),
 //! `sending` (sends, edits, chat actions, and their records), `chats` (what users do
 //! in them, blocking, migration), `faults` (the scripted misbehaviours and flood
-//! control), `buttons`, `files`, `uploads` (files the bot sends), and `params` (how a
-//! call's parameters arrive).
+//! control), `buttons`, `files`, `uploads` (files the bot sends), `albums` (media
+//! groups, one update per member, and long pastes split), `replies` (a reply carrying the
+//! message and the part it quotes), and `params` (how a call's parameters arrive).
 
+mod albums;
 mod buttons;
 mod chats;
 mod faults;
 mod files;
 mod html;
 mod params;
+mod replies;
 mod sending;
 mod updates;
 mod uploads;
 
+pub use albums::{Album, MAX_MESSAGE_TEXT, split_paste};
 pub use buttons::CallbackAnswer;
 pub use faults::{FloodLimits, PollFault, Rate, SendFault};
 pub use files::{Body, FakeFile, FileDownload, MAX_DOWNLOAD_BYTES};
@@ -151,6 +155,8 @@ struct Inner {
     downloads_fail: bool,
     /// Files the bot sent (`sendDocument`, `sendPhoto`).
     uploads: uploads::Uploads,
+    /// Users' messages, for replies to them.
+    remembered: replies::Remembered,
 }
 
 impl FakeTelegram {

@@ -207,6 +207,8 @@ pub struct GatewayOptions {
     pub vision: Vec<usize>,
     /// `workers.spares`, when not the default.
     pub spares: Option<usize>,
+    /// Lines added to every `[[providers]]` entry verbatim (prices, …).
+    pub provider_toml: String,
 }
 
 impl GatewayOptions {
@@ -234,6 +236,7 @@ impl GatewayOptions {
             state_dir_in_config: true,
             vision: Vec::new(),
             spares: None,
+            provider_toml: String::new(),
         }
     }
 
@@ -268,6 +271,9 @@ impl GatewayOptions {
             }
             if self.vision.contains(&i) {
                 toml.push_str("vision = true\n\n");
+            }
+            if !self.provider_toml.is_empty() {
+                toml.push_str(&format!("{}\n\n", self.provider_toml.trim_end()));
             }
         }
         toml.push_str(&format!(

@@ -225,9 +225,18 @@ async fn in_a_group_only_messages_for_the_bot_are_answered(mode: WorkerMode) {
         .telegram
         .wait_for_chat_messages(group, 2, PATIENCE)
         .await;
+    assert!(
+        replies.get(1).is_some_and(|m| m.text.contains("and 3+3?")),
+        "{replies:?}"
+    );
+    // A reply to the bot is for it, and brings what it replies to (albums.rs).
     assert_eq!(
-        replies.get(1).map(|m| m.text.as_str()),
-        Some("echo: and 3+3?")
+        rig.provider
+            .requests()
+            .last()
+            .and_then(|r| r.last_user_text())
+            .as_deref(),
+        Some("[quoting your message]\n> echo: what is 2+2?\n[end of quote]\nand 3+3?")
     );
 
     let help = rig

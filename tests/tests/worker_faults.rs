@@ -84,17 +84,31 @@ async fn worker_that_never_connects(mode: WorkerMode) {
     rig.assert_follow_up("/help", "/new").await;
 }
 
+/// A worker of the version before this one (protocol 4, before usage events) is refused
+/// at the handshake with a line that says which versions met and what to do; the chat
+/// hears the agent could not be started, at once rather than after the connect timeout.
 async fn worker_of_another_protocol_version(mode: WorkerMode) {
     let dir = tempfile::tempdir().expect("tempdir");
     let worker = bad_worker(dir.path(), "old-protocol");
     let mut rig = Rig::start(mode, |o| o.worker_command = Some(worker)).await;
+    let asked = std::time::Instant::now();
     let reply = rig.ask("hello").await;
     assert!(
         reply.text.contains("could not be started"),
         "{}",
         reply.text
     );
-    rig.assert_logged("protocol version mismatch");
+    assert!(
+        asked.elapsed() < Duration::from_secs(8),
+        "refused only after {:?}",
+        asked.elapsed()
+    );
+    let old = hermes_protocol::PROTOCOL_VERSION - 1;
+    rig.assert_logged(&format!(
+        "protocol version mismatch: the worker speaks protocol {old}, this gateway {}; \
+         install hermes-worker from the same build as hermes-gateway",
+        hermes_protocol::PROTOCOL_VERSION
+    ));
     rig.assert_no_stray_processes().await;
     rig.assert_follow_up("/help", "/new").await;
 }

@@ -1,7 +1,8 @@
 //! `hermes-worker ask`: one job from the command line, with the gateway's configuration
 //! file and no gateway, for an operator finding out why the bot misbehaves. Progress goes
 //! to stderr (attempts, retries, fallbacks, each tool call; with `--stream` the answer as
-//! it grows), the answer to stdout. The configured tool servers are started for this one
+//! it grows), the answer to stdout, and after it, on stderr, what the question used at
+//! each provider (tokens, and the cost where the provider or its prices tell it). The configured tool servers are started for this one
 //! question and stopped after it, in the same sandbox as under the gateway (hiding the
 //! configuration, its secret files and the state directory), with a scratch directory of
 //! their own under `$TMPDIR` that is removed afterwards. Nobody can approve a call here:
@@ -24,6 +25,7 @@ use std::time::Duration;
 use hermes_config::{Config, EXIT_CONFIG, load_or_report};
 use hermes_protocol::{
     Attachment, ChatMessage, Event, Failure, FailureClass, Job, JobId, MediaKind, Outcome, Role,
+    Usage,
 };
 use tokio::sync::mpsc;
 
@@ -100,9 +102,19 @@ pub async fn ask(
     let (events_tx, mut events) = mpsc::unbounded_channel();
     let printer = tokio::spawn(async move {
         // Streamed text is printed as it comes, without line breaks of its own; any other
-        // line starts on a fresh one.
+        // line starts on a fresh one. Usage is summed, for after the answer.
         let mut mid_line = false;
+        let mut used: Vec<(String, String, Usage)> = Vec::new();
         while let Some(event) = events.recv().await {
+            if let Event::Usage {
+                provider,
+                model,
+                usage,
+            } = event
+            {
+                add_usage(&mut used, provider, model, usage);
+                continue;
+            }
             if let Event::Delta(piece) = &event {
                 eprint!("{piece}");
                 let _ = std::io::stderr().flush();
@@ -117,6 +129,7 @@ pub async fn ask(
         if mid_line {
             eprintln!();
         }
+        used
     });
     let deadline = agent::deadline_of(&job);
     let mut toolbox = Toolbox::default();
@@ -133,7 +146,7 @@ pub async fn ask(
     }
     let _ = std::fs::remove_dir_all(&scratch);
     drop(events_tx);
-    let _ = printer.await;
+    let used = printer.await.unwrap_or_default();
     if run.abandoned_tools {
         eprintln!("a tool call was still running at the deadline; its server has been stopped");
     }
@@ -145,13 +158,51 @@ pub async fn ask(
             }
             eprintln!("[{}] answered (model {})", reply.provider, reply.model);
             println!("{}", reply.text);
+            let _ = std::io::stdout().flush();
+            print_usage(&used);
             0
         }
         Outcome::Failed(failure) => {
             eprintln!("error: {failure}");
             eprintln!("hint: {}", advice(&failure));
+            print_usage(&used);
             1
         }
+    }
+}
+
+/// Adds one call's `usage` to its provider and model's line.
+fn add_usage(used: &mut Vec<(String, String, Usage)>, provider: String, model: String, u: Usage) {
+    match used
+        .iter_mut()
+        .find(|(p, m, _)| *p == provider && *m == model)
+    {
+        Some((_, _, sum)) => {
+            sum.prompt_tokens = sum.prompt_tokens.saturating_add(u.prompt_tokens);
+            sum.completion_tokens = sum.completion_tokens.saturating_add(u.completion_tokens);
+            sum.cached_tokens = sum.cached_tokens.saturating_add(u.cached_tokens);
+            // One call of unknown cost makes the sum unknown.
+            sum.cost_micros = sum.cost_micros.zip(u.cost_micros).map(|(a, b)| a + b);
+        }
+        None => used.push((provider, model, u)),
+    }
+}
+
+/// `usage [main] model m: 100 prompt tokens (40 cached), 20 completion; cost $0.00012`,
+/// a line per provider and model that answered; a line saying so when none reported any.
+fn print_usage(used: &[(String, String, Usage)]) {
+    if used.is_empty() {
+        eprintln!("usage: none reported by the provider");
+    }
+    for (provider, model, u) in used {
+        let cost = match u.cost_micros {
+            Some(micros) => format!("cost {}", hermes_protocol::format_money(micros)),
+            None => "cost unknown (no usage.cost from the provider, no prices configured)".into(),
+        };
+        eprintln!(
+            "usage [{provider}] model {model}: {} prompt tokens ({} cached), {} completion; {cost}",
+            u.prompt_tokens, u.cached_tokens, u.completion_tokens
+        );
     }
 }
 
@@ -213,6 +264,9 @@ fn describe(event: &Event) -> String {
         Event::ToolFinished { name, ok, ms } => {
             format!("{name} {} in {ms} ms", if *ok { "done" } else { "failed" })
         }
+        Event::Usage {
+            provider, usage, ..
+        } => format!("[{provider}] used {} tokens", usage.tokens()),
     }
 }
 
@@ -244,6 +298,7 @@ fn advice(failure: &Failure) -> &'static str {
         FailureClass::Media => {
             "the file could not be given to the model: see [transcription], vision = true, and the supported file types in docs/CHAT.md"
         }
+        FailureClass::OverBudget => "a [budgets] cap is spent (the gateway's check; ask has none)",
     }
 }
 

@@ -23,6 +23,7 @@ fn plan(provider: &FakeProvider, name: &str) -> ProviderPlan {
         request_timeout_ms: 10_000,
         max_retries: 2,
         vision: false,
+        prices: None,
     }
 }
 
@@ -304,4 +305,68 @@ async fn a_stream_that_never_finishes_times_out_at_the_deadline() {
     assert_eq!(*failure(&run), Failure::TimedOut { after_ms: 1500 });
     assert!(started.elapsed() < Duration::from_secs(5));
     assert!(!run.abandoned_tools);
+}
+
+/// Every answered step reports its usage once, priced from the plan when the provider
+/// sends no cost, streamed or not; a failed provider's attempts report none.
+#[tokio::test]
+async fn each_answered_step_reports_its_usage_once_priced() {
+    use hermes_protocol::{Prices, Usage};
+    use hermes_tests::fake_provider::Reported;
+    for stream in [false, true] {
+        let failing = FakeProvider::start().await;
+        failing.push(ProviderReply::status(402, SEED_402_BODY));
+        let provider = FakeProvider::start().await;
+        provider.report_usage(Reported::tokens(100, 20, 40));
+        provider.push(ProviderReply::tool_calls(&[("c1", "calc__add", "{}")]));
+        let mut priced = plan(&provider, "b");
+        priced.prices = Some(Prices {
+            input_micros_per_mtok: 1_000_000,
+            output_micros_per_mtok: 2_000_000,
+            cached_micros_per_mtok: 500_000,
+        });
+        let (run, events) = run(&job(vec![plan(&failing, "a"), priced], stream)).await;
+        reply(&run);
+        let used: Vec<(&str, &Usage)> = events
+            .iter()
+            .filter_map(|e| match e {
+                Event::Usage {
+                    provider, usage, ..
+                } => Some((provider.as_str(), usage)),
+                _ => None,
+            })
+            .collect();
+        let expected = Usage {
+            prompt_tokens: 100,
+            completion_tokens: 20,
+            cached_tokens: 40,
+            cost_micros: Some(120),
+        };
+        assert_eq!(
+            used,
+            [("b", &expected), ("b", &expected)],
+            "stream {stream}: {events:?}"
+        );
+    }
+}
+
+/// A provider older than `stream_options` refuses it with a 400 naming it: the stream is
+/// asked for again at once without it (no retry used up), and answered, uncounted.
+#[tokio::test]
+async fn a_provider_that_refuses_stream_options_still_streams() {
+    let provider = FakeProvider::start().await;
+    provider.push(ProviderReply::status(
+        400,
+        r#"{"error":{"message":"Unrecognized request argument supplied: stream_options","type":"invalid_request_error"}}"#,
+    ));
+    let mut plan = plan(&provider, "a");
+    plan.max_retries = 0;
+    let (run, events) = run(&job(vec![plan], true)).await;
+    assert_eq!(reply(&run).text, "echo: what is 2+3?");
+    let requests = provider.requests();
+    assert_eq!(requests.len(), 2, "{requests:#?}");
+    assert_eq!(requests[0].body["stream_options"]["include_usage"], true);
+    assert!(requests[1].body.get("stream_options").is_none());
+    assert_eq!(requests[1].body["stream"], true);
+    assert!(!events.iter().any(|e| matches!(e, Event::Usage { .. })));
 }

@@ -28,6 +28,7 @@ use crate::telegram::format;
 use crate::telegram::live::{LiveReply, bounded_answer};
 use crate::telegram::sender::{Sender, plain_pieces};
 use crate::telegram::split::MESSAGE_LIMIT;
+use crate::usage::JobUsage;
 
 /// How often "typing…" is renewed while a job runs (Telegram shows it for ~5 s).
 const TYPING_EVERY: Duration = Duration::from_secs(4);
@@ -49,16 +50,24 @@ pub struct Incoming {
     pub approvals: mpsc::UnboundedReceiver<ApprovalAsk>,
 }
 
+/// What a job left once it ended: its outcome, its fallback events (the quota circuits
+/// learn from them) and what its provider calls used.
+pub struct Followed {
+    pub outcome: Outcome,
+    pub fallbacks: Vec<Event>,
+    pub usage: JobUsage,
+}
+
 /// Waits for `run`'s outcome while showing the job's progress in the chat and asking it
 /// the job's approvals. Returns once every question is settled (so no button outlives the
-/// job), with the job's fallback events: the quota circuits learn from them.
+/// job), with what the job left.
 pub async fn follow(
     ctx: &JobContext,
     chat: i64,
     run: impl Future<Output = Outcome>,
     incoming: Incoming,
     live: &mut LiveReply,
-) -> (Outcome, Vec<Event>) {
+) -> Followed {
     let Incoming {
         mut events,
         mut approvals,
@@ -68,14 +77,16 @@ pub async fn follow(
     tokio::pin!(typing);
     let job_over = CancellationToken::new();
     let mut questions = JoinSet::new();
-    // Only fallbacks matter once the job is over; keep those, let the rest go.
+    // Only fallbacks and usage matter once the job is over; keep those, let the rest go.
     let mut fallbacks = Vec::new();
+    let mut usage = JobUsage::default();
     let outcome = loop {
         let draw_at = live.next_draw();
         tokio::select! {
             outcome = &mut run => break outcome,
             Some(event) = events.recv() => {
                 live.observe(&event);
+                usage.observe(&event);
                 keep_fallback(&mut fallbacks, event);
             }
             Some(ask) = approvals.recv() => {
@@ -98,6 +109,7 @@ pub async fn follow(
         }
     };
     while let Ok(event) = events.try_recv() {
+        usage.observe(&event);
         keep_fallback(&mut fallbacks, event);
     }
     job_over.cancel();
@@ -110,7 +122,11 @@ pub async fn follow(
             "approval questions not settled within {SETTLE_BOUND:?}"
         );
     }
-    (outcome, fallbacks)
+    Followed {
+        outcome,
+        fallbacks,
+        usage,
+    }
 }
 
 /// `answer` as the chat gets it: rendered (off this thread when long), cut into at most

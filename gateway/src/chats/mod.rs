@@ -21,6 +21,10 @@
 //! [`turns::MAX_ATTEMPTS`] starts, with an apology, so it cannot take every restart down
 //! with it.
 //!
+//! An album (its photos and documents arrive one update each) and a text Telegram split
+//! past its length limit are one turn too: the task waits a short window for their rest
+//! before it takes the turn ([`settle`]); nothing else waits.
+//!
 //! A stranger (someone not in `telegram.allowed_users`) is told their user id at most once
 //! an hour ([`strangers`]); the rest of their messages are dropped, counted in the status.
 //! Their replies wait behind the members' answers of the chat ([`Outbox::send_to_stranger`]).
@@ -29,13 +33,14 @@
 
 mod deliver;
 mod prepare;
+mod settle;
 mod strangers;
 mod turns;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use hermes_protocol::JobId;
 use tokio::sync::Notify;
@@ -81,6 +86,8 @@ pub fn classify(settings: &LiveSettings, message: &mut Pending) {
     message.kind = if !settings.get().allowed.contains(&message.user_id) {
         message.text.clear();
         message.media = None;
+        message.replied = None;
+        message.media_group = None;
         Kind::Stranger
     } else if message.kind == Kind::Unsupported {
         Kind::Unsupported
@@ -108,6 +115,8 @@ struct ChatEntry {
     counted: HashSet<i64>,
     /// The chat's task has a turn in hand (from taking it to its reply).
     busy: bool,
+    /// The rest of an album or a split text its next turn waits for.
+    holds: settle::Holds,
 }
 
 /// One turn on its way to becoming a job.
@@ -192,10 +201,11 @@ impl ChatRouter {
 
     /// Decides what `message` is before it is stored ([`classify`]), and whether its job's
     /// start is counted with it ([`Pending::counted`]): when its chat is idle, the job
-    /// starts as soon as it is stored.
+    /// starts as soon as it is stored (unless it waits for the rest of its album or text).
     pub fn classify(&self, message: &mut Pending) {
         classify(&self.inner.ctx.settings, message);
         message.counted = message.kind == Kind::Message
+            && !settle::may_continue(message)
             && self
                 .inner
                 .lock()
@@ -218,7 +228,7 @@ impl ChatRouter {
                 self.inner
                     .reply(chat, &[message.id], &replies::not_understood(&message.text));
             }
-            Kind::Message => self.arrived(chat, message.id, message.counted),
+            Kind::Message => self.arrived(&message),
         }
     }
 
@@ -283,7 +293,7 @@ impl ChatRouter {
             }
             None => {
                 drop(chats);
-                self.wake(to, None);
+                self.wake(to, None, None);
             }
         }
     }
@@ -293,13 +303,14 @@ impl ChatRouter {
     pub fn resume(&self, unanswered: Vec<Pending>) {
         for message in unanswered {
             match message.kind {
-                Kind::Message => self.wake(message.chat_id, None),
+                Kind::Message => self.wake(message.chat_id, None, Some(&message)),
                 Kind::Stop | Kind::Stranger | Kind::Unsupported => self.handle(message),
             }
         }
     }
 
-    fn arrived(&self, chat: i64, row: i64, counted: bool) {
+    fn arrived(&self, message: &Pending) {
+        let (chat, row) = (message.chat_id, message.id);
         let full = self
             .inner
             .lock()
@@ -310,15 +321,25 @@ impl ChatRouter {
             self.inner.reply(chat, &[row], replies::QUEUE_FULL);
             return;
         }
-        self.wake(chat, Some((row, counted)));
+        self.wake(chat, Some((row, message.counted)), Some(message));
     }
 
     /// Makes sure the chat's task runs and looks for a turn; `arrived`: one more message
     /// waits for it (and whether its start was counted as it was stored), recorded before
-    /// the task can look.
-    fn wake(&self, chat: i64, arrived: Option<(i64, bool)>) {
+    /// the task can look; `message`: that message (or one found waiting at a start), for
+    /// whether the turn waits for more of it ([`settle`]).
+    fn wake(&self, chat: i64, arrived: Option<(i64, bool)>, message: Option<&Pending>) {
+        // Read only for a message that may continue: the settings are not on every
+        // message's path.
+        let window = message
+            .filter(|m| settle::may_continue(m))
+            .map_or(Duration::ZERO, |_| self.inner.ctx.settings.get().settle);
+        let now = Instant::now();
         let mut chats = self.inner.lock();
         if let Some(entry) = chats.get_mut(&chat) {
+            if let Some(message) = message {
+                entry.holds.arrived(message, now, window);
+            }
             if let Some((row, counted)) = arrived {
                 entry.waiting += 1;
                 if counted {
@@ -331,6 +352,10 @@ impl ChatRouter {
         let id = Arc::new(AtomicI64::new(chat));
         let wake = Arc::new(Notify::new());
         let in_flight = Arc::new(InFlight::default());
+        let mut holds = settle::Holds::default();
+        if let Some(message) = message {
+            holds.arrived(message, now, window);
+        }
         chats.insert(
             chat,
             ChatEntry {
@@ -344,6 +369,7 @@ impl ChatRouter {
                     .into_iter()
                     .collect(),
                 busy: false,
+                holds,
             },
         );
         let router = self.clone();

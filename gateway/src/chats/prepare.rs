@@ -1,4 +1,5 @@
-//! What a job is sent with: the chat's provider chain (its `/model` choice first) less the
+//! Whether a job may start (the user's and everyone's budgets, `usage::budget`), and what
+//! it is sent with: the chat's provider chain (its `/model` choice first) less the
 //! providers whose quota circuit is open, and the conversation (the system prompt, the
 //! last turns of history, the new question), with the settings the job starts with.
 //!
@@ -6,16 +7,18 @@
 //! history would not fit is trimmed here, oldest turns first, before anything is sent: a
 //! job too big to send is the gateway's business, never blamed on a worker.
 
-use std::borrow::Cow;
 use std::time::Instant;
 
 use hermes_protocol::{ChatMessage, Failure, Job, MAX_FRAME_LEN, MediaKind, Role, codec};
 
 use super::{JobContext, Request};
 use crate::circuit::Plan;
+use crate::clock::unix_now;
 use crate::commands::model;
 use crate::media::MediaRef;
+use crate::replied::Replied;
 use crate::settings::ChatSettings;
+use crate::usage::budget;
 
 /// Room a job may take in its frame: the cap less a margin for the frame's own bytes.
 const JOB_ROOM: usize = MAX_FRAME_LEN - 1024;
@@ -29,15 +32,16 @@ pub struct Prepared {
     pub plan: Plan,
 }
 
-/// The job for `request`, or, when every provider of the chain has its quota circuit
-/// open, the failure to answer with at once (no worker, no request); likewise when the
-/// question alone does not fit in a job.
+/// The job for `request`, or, when a budget is spent or every provider of the chain has
+/// its quota circuit open, the failure to answer with at once (no worker, no request);
+/// likewise when the question alone does not fit in a job.
 pub fn prepare(
     ctx: &JobContext,
     settings: &ChatSettings,
     request: &Request,
     now: Instant,
 ) -> Result<Prepared, Failure> {
+    budget::check(&ctx.store, &settings.budgets, request.user_id, unix_now())?;
     let chain = model::chain(settings, &ctx.store, request.chat);
     let plan = ctx.circuits.plan(&chain.providers, now);
     if plan.providers.is_empty() {
@@ -207,28 +211,53 @@ fn estimate(job: &Job) -> usize {
 }
 
 /// One message of a turn as the model is asked it: its row, its text, its file (with the
-/// placeholder that stands for it in the question).
+/// placeholder that stands for it in the question), and what it replies to (with the
+/// placeholder of that message's file while the turn has it).
 pub(super) struct Asked {
     pub(super) row: i64,
     pub(super) text: String,
     pub(super) file: Option<(MediaRef, String)>,
+    pub(super) replied: Option<(Replied, Option<String>)>,
 }
 
-/// The turn's rows, its question (each message on its own lines, a file's placeholder
-/// before its caption), and its files.
+impl Asked {
+    /// The files this message brings, in the order the question names them: the
+    /// replied-to message's first (its context comes first), then its own; each with
+    /// whether it is the replied-to one.
+    pub(super) fn files(&self) -> impl Iterator<Item = ((MediaRef, String), bool)> + '_ {
+        let quoted = self.replied.as_ref().and_then(|(replied, placeholder)| {
+            Some(((replied.media.clone()?, placeholder.clone()?), true))
+        });
+        quoted
+            .into_iter()
+            .chain(self.file.clone().map(|file| (file, false)))
+    }
+}
+
+/// The turn's rows, its question (each message on its own lines: what it replies to,
+/// quoted, then a file's placeholder, then its text or caption), and its files.
 pub(super) fn compose(asked: &[Asked]) -> (Vec<i64>, String, Vec<(MediaRef, String)>) {
     let rows = asked.iter().map(|a| a.row).collect();
-    let texts: Vec<Cow<str>> = asked
+    let texts: Vec<String> = asked
         .iter()
-        .map(|a| match &a.file {
-            None => Cow::Borrowed(a.text.as_str()),
-            Some((_, placeholder)) if a.text.trim().is_empty() => {
-                Cow::Borrowed(placeholder.as_str())
+        .map(|a| {
+            let own = match &a.file {
+                None => a.text.clone(),
+                Some((_, placeholder)) if a.text.trim().is_empty() => placeholder.clone(),
+                Some((_, placeholder)) => format!("{placeholder}\n{}", a.text),
+            };
+            match &a.replied {
+                Some((replied, placeholder)) => {
+                    format!("{}\n{own}", replied.context(placeholder.as_deref()))
+                }
+                None => own,
             }
-            Some((_, placeholder)) => Cow::Owned(format!("{placeholder}\n{}", a.text)),
         })
         .collect();
-    let media = asked.iter().filter_map(|a| a.file.clone()).collect();
+    let media = asked
+        .iter()
+        .flat_map(|a| a.files().map(|(file, _)| file))
+        .collect();
     (rows, texts.join("\n"), media)
 }
 

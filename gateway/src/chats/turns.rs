@@ -2,7 +2,8 @@
 //!
 //! The task takes everything the chat's people wrote since the last turn began, as one
 //! turn, from the store's inbox (so a restart finds the same messages and asks them as one
-//! turn too), runs it, and looks again; after a quiet minute it ends. A turn is a command
+//! turn too), once the rest of an album or a split text is in ([`super::settle`]), runs
+//! it, and looks again; after a quiet minute it ends. A turn is a command
 //! (taken alone, answered at once unless it asks the model again, as `/retry` does) or one
 //! question for one job: prepared ([`super::prepare`]), its files fetched, run with its
 //! progress shown, and delivered ([`super::deliver`]). A message whose file is refused or
@@ -32,6 +33,7 @@ use crate::replies;
 use crate::settings::ChatSettings;
 use crate::store::Taken;
 use crate::telegram::live::LiveReply;
+use crate::usage;
 
 /// A chat task with nothing to do for this long ends; the next message starts a new one.
 const CHAT_IDLE: Duration = Duration::from_secs(60);
@@ -65,6 +67,21 @@ impl ChatRouter {
             tokio::select! {
                 _ = self.inner.ctx.outbox.committed(chat) => {}
                 _ = self.inner.closing.cancelled() => continue,
+            }
+            // The rest of an album or of a split text may be on its way: the turn waits
+            // for it ([`super::settle`]), looking again at each message that comes.
+            let settling = self
+                .inner
+                .lock()
+                .get_mut(&chat)
+                .and_then(|entry| entry.holds.until(Instant::now()));
+            if let Some(until) = settling {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(until.into()) => {}
+                    _ = wake.notified() => {}
+                    _ = self.inner.closing.cancelled() => {}
+                }
+                continue;
             }
             let counted = self
                 .inner
@@ -210,6 +227,7 @@ impl ChatRouter {
                         row: first.id,
                         text,
                         file: None,
+                        replied: None,
                     }],
                 }
             }
@@ -221,6 +239,10 @@ impl ChatRouter {
                     file: m.media.clone().map(|file| {
                         let placeholder = file.placeholder();
                         (file, placeholder)
+                    }),
+                    replied: m.replied.clone().map(|replied| {
+                        let placeholder = replied.media.as_ref().map(|m| m.placeholder());
+                        (replied, placeholder)
                     }),
                 })
                 .collect(),
@@ -305,7 +327,7 @@ impl ChatRouter {
                     }),
                 };
                 let run = ctx.runner.run(prepared.job, link);
-                let (outcome, fallbacks) = deliver::follow(
+                let followed = deliver::follow(
                     ctx,
                     request.chat,
                     run,
@@ -317,10 +339,20 @@ impl ChatRouter {
                 )
                 .await;
                 stop_requests = in_flight.end();
-                prepared.plan.settle(&fallbacks, &outcome, Instant::now());
+                // Whatever the outcome: every call a provider answered was paid for.
+                usage::record(
+                    &ctx.store,
+                    &settings.budgets.zone,
+                    request.user_id,
+                    request.chat,
+                    &followed.usage,
+                );
+                prepared
+                    .plan
+                    .settle(&followed.fallbacks, &followed.outcome, Instant::now());
                 // The runner answered after it took the files, or not at all.
                 sent_back = files_taken.try_recv().unwrap_or_default();
-                outcome
+                followed.outcome
             }
             Err(failure) => Outcome::Failed(failure),
         };
@@ -353,22 +385,34 @@ impl ChatRouter {
     /// the turn, each answered with why, and narrows `request` to the rest. When no
     /// message is left, the last refused one stays as the turn, and its refusal is the
     /// failure to answer it with (so the turn's reply, and any `/stop` that came for it,
-    /// take the usual way).
+    /// take the usual way). A replied-to message's file that is refused only leaves the
+    /// turn itself: the reply is still asked, its context saying the file is missing.
     fn leave_out(
         &self,
         request: &mut Request,
         asked: &mut Vec<Asked>,
         refused: Vec<(usize, MediaProblem)>,
     ) -> Option<Failure> {
-        let files: Vec<i64> = asked
+        let files: Vec<(i64, bool)> = asked
             .iter()
-            .filter(|a| a.file.is_some())
-            .map(|a| a.row)
+            .flat_map(|a| a.files().map(|(_, quoted)| (a.row, quoted)))
             .collect();
         let mut refused: Vec<(i64, Failure)> = refused
             .into_iter()
             .filter_map(|(i, problem)| {
-                let row = files.get(i).copied()?;
+                let (row, quoted) = files.get(i).copied()?;
+                if quoted {
+                    tracing::info!(
+                        chat_id = request.chat,
+                        "the file of a replied-to message is left out: {problem}"
+                    );
+                    if let Some(a) = asked.iter_mut().find(|a| a.row == row)
+                        && let Some((_, placeholder)) = a.replied.as_mut()
+                    {
+                        *placeholder = None;
+                    }
+                    return None;
+                }
                 tracing::info!(
                     chat_id = request.chat,
                     "a file of the turn is refused: {problem}"

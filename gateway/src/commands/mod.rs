@@ -1,5 +1,5 @@
 //! The bot's commands, one module each: [`new`], [`stop`], [`retry`], [`status`],
-//! [`model`]; `/start` and `/help` only answer (their text, like every reply's, is in
+//! [`model`], [`usage`]; `/start` and `/help` only answer (their text, like every reply's, is in
 //! [`crate::replies`]).
 //!
 //! All but `/stop` run in the chat's task, in order with its messages, so `/new` sent
@@ -11,6 +11,7 @@ pub mod new;
 pub mod retry;
 pub mod status;
 pub mod stop;
+pub mod usage;
 
 use std::sync::Arc;
 
@@ -31,6 +32,7 @@ pub enum Command {
     Status,
     /// `/model` alone shows; with a name, switches (admins only).
     Model(Option<String>),
+    Usage,
     Unknown(String),
 }
 
@@ -76,6 +78,7 @@ pub fn parse(text: &str) -> Option<Command> {
         "retry" => Command::Retry,
         "status" => Command::Status,
         "model" => Command::Model(argument),
+        "usage" => Command::Usage,
         _ => Command::Unknown(name),
     })
 }
@@ -88,6 +91,7 @@ pub fn execute(ctx: &Context, command: Command) -> Outcome {
         Command::Retry => retry::run(ctx),
         Command::Status => Outcome::Reply(status::run(ctx)),
         Command::Model(argument) => Outcome::Reply(model::run(ctx, argument.as_deref())),
+        Command::Usage => Outcome::Reply(usage::run(ctx)),
         // Reached only if the router did not take it first.
         Command::Stop => Outcome::Reply(replies::NOTHING_RUNNING.to_string()),
         Command::Unknown(name) => Outcome::Reply(replies::unknown_command(&name)),
@@ -106,6 +110,7 @@ mod tests {
         assert_eq!(parse("/retry"), Some(Command::Retry));
         assert_eq!(parse("/stop"), Some(Command::Stop));
         assert_eq!(parse("/model"), Some(Command::Model(None)));
+        assert_eq!(parse("/usage"), Some(Command::Usage));
         assert_eq!(
             parse("/model@hermes_bot backup"),
             Some(Command::Model(Some("backup".into())))

@@ -137,5 +137,5 @@ fn write_json<T: serde::Serialize>(path: &Path, value: &T) -> std::io::Result<()
     std::fs::rename(&tmp, path)
 }
 
-mod report;
+pub mod report;
 pub use report::status_command;

@@ -7,7 +7,8 @@
 //! which the operator's shell does not have), so `status` looks there too
 //! ([`state_candidates`]); and where that state is not readable (a `DynamicUser=` unit's
 //! private state, for a user who is not root) it asks systemd for the unit's main pid and
-//! status line rather than report "not running".
+//! status line rather than report "not running". Everyone's usage (today and this
+//! month) is read from the store beside it (`usage::report`).
 
 use std::path::{Path, PathBuf};
 
@@ -17,6 +18,7 @@ use crate::circuit::CircuitState;
 use crate::clock::format_unix;
 use crate::health::{DEGRADED_MARK, Snapshot};
 use crate::setup;
+use crate::usage;
 
 use super::{STATUS_FILE, previous_shutdown};
 
@@ -83,15 +85,15 @@ pub fn status_command(config_path: Option<&Path>, user: bool, json: bool) -> i32
         .unwrap_or_else(|| default_config(user));
     // A configuration this user cannot read (root's, 0600) still leaves the default places
     // and systemd to ask; an invalid one is an error.
-    let configured = match Config::load(&path) {
-        Ok(config) => config.state.dir,
+    let (configured, budgets) = match Config::load(&path) {
+        Ok(config) => (config.state.dir, config.budgets),
         Err(e @ hermes_config::ConfigError::Invalid { .. }) => {
             eprintln!("{e}");
             return EXIT_CONFIG;
         }
         Err(e) => {
             eprintln!("{e}; looking in the unit's state directory");
-            None
+            (None, hermes_config::BudgetsConfig::default())
         }
     };
     let candidates = state_candidates(configured.as_deref(), user, |n| std::env::var_os(n));
@@ -102,7 +104,8 @@ pub fn status_command(config_path: Option<&Path>, user: bool, json: bool) -> i32
                 if let Ok(snapshot) = serde_json::from_str::<Snapshot>(&text)
                     && is_gateway(snapshot.pid)
                 {
-                    return report(&snapshot, json);
+                    let usage = usage::report::for_status(dir, &budgets.zone, &budgets.time_zone);
+                    return report(&snapshot, usage.as_ref(), json);
                 }
             }
             Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
@@ -136,15 +139,27 @@ pub fn status_command(config_path: Option<&Path>, user: bool, json: bool) -> i32
     NOT_RUNNING
 }
 
-fn report(snapshot: &Snapshot, json: bool) -> i32 {
+/// Prints `snapshot` and, when the store could be read, everyone's `usage` (under the
+/// `usage` key of the JSON).
+fn report(snapshot: &Snapshot, usage: Option<&usage::report::Report>, json: bool) -> i32 {
     let reasons = snapshot.degraded_reasons();
     if json {
+        let mut value = serde_json::to_value(snapshot).unwrap_or_default();
+        if let (Some(object), Some(usage)) = (value.as_object_mut(), usage) {
+            object.insert(
+                "usage".into(),
+                serde_json::to_value(usage).unwrap_or_default(),
+            );
+        }
         println!(
             "{}",
-            serde_json::to_string_pretty(snapshot).unwrap_or_default()
+            serde_json::to_string_pretty(&value).unwrap_or_default()
         );
     } else {
         print_status(snapshot, &reasons);
+        if let Some(usage) = usage {
+            print_usage(usage);
+        }
     }
     if reasons.is_empty() {
         HEALTHY
@@ -333,6 +348,32 @@ fn print_status(s: &Snapshot, reasons: &[String]) {
             }
         }
         None => println!("  tool sandbox: not probed yet"),
+    }
+}
+
+/// Everyone's usage today and this month, and who used the most today.
+fn print_usage(usage: &usage::report::Report) {
+    use crate::replies::usage::describe;
+    println!(
+        "  usage (days in {}): today {}; this month {}",
+        usage.time_zone,
+        describe(&usage.everyone.today),
+        describe(&usage.everyone.this_month)
+    );
+    let mut today: Vec<_> = usage
+        .users
+        .iter()
+        .filter(|u| u.usage.today.calls > 0)
+        .collect();
+    today.sort_by_key(|u| std::cmp::Reverse(u.usage.today.tokens()));
+    for u in today.iter().take(5) {
+        println!("    user {} today: {}", u.user_id, describe(&u.usage.today));
+    }
+    if today.len() > 5 {
+        println!(
+            "    … and {} more users today (hermes-gateway usage lists everyone)",
+            today.len() - 5
+        );
     }
 }
 

@@ -13,6 +13,7 @@ use rusqlite::params;
 
 use super::{Store, StoreError, now};
 use crate::media::MediaRef;
+use crate::replied::Replied;
 
 /// What an inbox row is, decided when it is stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -71,6 +72,10 @@ pub struct Pending {
     pub counted: bool,
     /// The voice note, photo or file the message carries.
     pub media: Option<MediaRef>,
+    /// The album it is part of (Telegram's `media_group_id`).
+    pub media_group: Option<String>,
+    /// What it replies to, as the turn takes it along.
+    pub replied: Option<Replied>,
 }
 
 /// A message taken into a turn.
@@ -81,6 +86,7 @@ pub struct Taken {
     pub user_id: u64,
     pub text: String,
     pub media: Option<MediaRef>,
+    pub replied: Option<Replied>,
     /// Jobs started for it before this one (by this run or earlier ones) that ended
     /// without an answer.
     pub earlier_attempts: u32,
@@ -98,6 +104,23 @@ fn decode_media(json: Option<String>) -> Option<MediaRef> {
         Ok(media) => Some(media),
         Err(e) => {
             tracing::warn!("an unreadable media reference in the inbox ({e}): {json}");
+            None
+        }
+    }
+}
+
+fn encode_replied(replied: &Replied) -> Option<String> {
+    serde_json::to_string(replied).ok()
+}
+
+/// What a reply was to; one this build cannot read is logged and dropped (the message is
+/// then asked without it).
+fn decode_replied(json: Option<String>) -> Option<Replied> {
+    let json = json?;
+    match serde_json::from_str(&json) {
+        Ok(replied) => Some(replied),
+        Err(e) => {
+            tracing::warn!("an unreadable reply context in the inbox ({e})");
             None
         }
     }
@@ -128,7 +151,8 @@ impl Store {
         let mut new = Vec::with_capacity(messages.len());
         for mut m in messages.drain(..) {
             let media = m.media.as_ref().and_then(encode_media);
-            let inserted = self.wrap(tx.prepare_cached("INSERT OR IGNORE INTO inbox (message_id, chat_id, user_id, text, received_at, kind, media, attempts) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)").and_then(|mut st| st.execute(params![m.message_id, m.chat_id, m.user_id as i64, m.text, at, m.kind.as_str(), media, i64::from(m.counted)])))?;
+            let replied = m.replied.as_ref().and_then(encode_replied);
+            let inserted = self.wrap(tx.prepare_cached("INSERT OR IGNORE INTO inbox (message_id, chat_id, user_id, text, received_at, kind, media, attempts, media_group, replied_to) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)").and_then(|mut st| st.execute(params![m.message_id, m.chat_id, m.user_id as i64, m.text, at, m.kind.as_str(), media, i64::from(m.counted), m.media_group, replied])))?;
             if inserted == 1 {
                 m.id = tx.last_insert_rowid();
                 new.push(m);
@@ -153,7 +177,7 @@ impl Store {
     pub fn unanswered(&self) -> Result<Vec<Pending>, StoreError> {
         let conn = self.lock();
         let mut stmt = self.wrap(conn.prepare_cached(
-            "SELECT id, chat_id, user_id, text, kind, media, message_id FROM inbox
+            "SELECT id, chat_id, user_id, text, kind, media, message_id, media_group FROM inbox
              WHERE done_at IS NULL AND answered_by IS NULL ORDER BY id",
         ))?;
         let rows = self.wrap(stmt.query_map([], |r| {
@@ -168,6 +192,9 @@ impl Store {
                 kind: Kind::parse(&r.get::<_, String>(4)?),
                 counted: false,
                 media: decode_media(r.get(5)?),
+                media_group: r.get(7)?,
+                // Read when the turn is taken.
+                replied: None,
             })
         }))?;
         self.wrap(rows.collect())
@@ -190,7 +217,7 @@ impl Store {
         // between the read and the update.
         let waiting: Vec<Taken> = {
             let mut stmt = self.wrap(conn.prepare_cached(
-                "SELECT id, user_id, text, attempts, media FROM inbox
+                "SELECT id, user_id, text, attempts, media, replied_to FROM inbox
                  WHERE chat_id = ?1 AND done_at IS NULL AND answered_by IS NULL AND kind = 'message'
                  ORDER BY id",
             ))?;
@@ -201,6 +228,7 @@ impl Store {
                     text: r.get(2)?,
                     earlier_attempts: r.get::<_, i64>(3)?.clamp(0, i64::from(u32::MAX)) as u32,
                     media: decode_media(r.get(4)?),
+                    replied: decode_replied(r.get(5)?),
                 })
             }))?;
             self.wrap(rows.collect())?

@@ -19,8 +19,8 @@
 //! full or failing disk is retried (or restarted from), a file the operator must deal
 //! with is not.
 //!
-//! This module opens, migrates and guards the file; [`inbox`], [`outbox`] and
-//! [`conversation`] are what is kept in it, [`checkpoint`] keeps the write-ahead log
+//! This module opens, migrates and guards the file; [`inbox`], [`outbox`],
+//! [`conversation`] and [`usage`] (what the providers' calls used) are what is kept in it, [`checkpoint`] keeps the write-ahead log
 //! short off the async thread, and [`prune`] forgets what is no longer needed.
 
 mod attempts;
@@ -32,6 +32,7 @@ mod previews;
 mod prune;
 #[cfg(test)]
 mod tests;
+mod usage;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -44,9 +45,10 @@ pub use outbox::{OutPiece, ReplyRecord, Stored};
 pub use previews::Preview;
 pub use prune::on_schedule as prune_on_schedule;
 use rusqlite::Connection;
+pub use usage::{Days, Totals, UsageReader};
 
 /// The schema this build writes. Bump it with a new entry in [`MIGRATIONS`].
-pub const SCHEMA_VERSION: i64 = 7;
+pub const SCHEMA_VERSION: i64 = 9;
 
 /// `MIGRATIONS[n]` takes a store from version `n` to `n + 1`.
 const MIGRATIONS: &[&str] = &[
@@ -167,6 +169,35 @@ const MIGRATIONS: &[&str] = &[
     // chat sees, photo or document); its text columns are then empty.
     r#"
     ALTER TABLE outbox ADD COLUMN file TEXT;
+"#,
+    // 8: what the providers' calls used (`usage`), summed per user, chat, provider and
+    // calendar day in `budgets.time_zone` (`YYYY-MM-DD`): tokens, the cost where known (in
+    // millionths of a dollar) and the calls whose cost is not. Read by user and day range
+    // for the budgets and `/usage`, by day range for everyone's.
+    r#"
+    CREATE TABLE usage_daily (
+        user_id INTEGER NOT NULL,
+        chat_id INTEGER NOT NULL,
+        provider TEXT NOT NULL,
+        day TEXT NOT NULL,
+        calls INTEGER NOT NULL,
+        prompt_tokens INTEGER NOT NULL,
+        completion_tokens INTEGER NOT NULL,
+        cached_tokens INTEGER NOT NULL,
+        cost_micros INTEGER NOT NULL,
+        uncosted_calls INTEGER NOT NULL,
+        PRIMARY KEY (user_id, day, chat_id, provider)
+    );
+    CREATE INDEX usage_by_day ON usage_daily (day);
+"#,
+    // 9: albums and replies. A message of an album keeps its `media_group_id`, so one
+    // found waiting at a start is still waited with for the rest of its album; a reply
+    // keeps what it replies to (`replied_to`: JSON of `replied::Replied`: who wrote it,
+    // the quoted text, its photo or document's reference), so its turn carries it after a
+    // restart too.
+    r#"
+    ALTER TABLE inbox ADD COLUMN media_group TEXT;
+    ALTER TABLE inbox ADD COLUMN replied_to TEXT;
 "#,
 ];
 

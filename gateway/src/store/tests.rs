@@ -17,6 +17,8 @@ fn pending(id: i64, text: &str) -> Pending {
         kind: Kind::Message,
         counted: false,
         media: None,
+        media_group: None,
+        replied: None,
     }
 }
 
@@ -499,6 +501,36 @@ fn a_version_3_store_gains_media_references_and_keeps_its_waiting_message() {
         "a caption that looks like a command is not one"
     );
     assert_eq!(turn[1].media.as_ref(), Some(&voice));
+}
+
+#[test]
+fn an_album_member_and_a_reply_keep_what_they_belong_to_across_a_reopen() {
+    use crate::replied::{Author, Replied};
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let member = Pending {
+        media_group: Some("13579".into()),
+        ..pending(1, "")
+    };
+    let replied = Replied {
+        author: Author::Other { name: "Ann".into() },
+        text: "the part quoted".into(),
+        selected: true,
+        cut: false,
+        media: None,
+    };
+    let reply = Pending {
+        replied: Some(replied.clone()),
+        ..pending(2, "what does it mean?")
+    };
+    accept(&store, &[member.clone(), reply]);
+    drop(store);
+    let store = Store::open(dir.path()).unwrap();
+    let waiting = store.unanswered().unwrap();
+    assert_eq!(waiting[0].media_group.as_deref(), Some("13579"));
+    let turn = store.take_turn(7, is_command, |_| false).unwrap();
+    assert_eq!(turn.len(), 2);
+    assert_eq!(turn[1].replied, Some(replied));
 }
 
 #[test]

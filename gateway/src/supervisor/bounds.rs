@@ -1,7 +1,7 @@
 //! What a worker's messages may make the gateway keep, and where a worker stops being
 //! busy and starts being broken: every text an event carries is cut to its bound, and one
-//! job's fallbacks, running tools and approvals are counted against what an honest worker
-//! can send (invariant 6: a worker cannot grow the gateway).
+//! job's fallbacks, running tools, approvals and usage reports are counted against what an
+//! honest worker can send (invariant 6: a worker cannot grow the gateway).
 
 use std::collections::{HashMap, HashSet};
 
@@ -63,6 +63,19 @@ pub(super) fn bounded(event: Event) -> Event {
             }
             Event::FellBack { from, failure }
         }
+        Event::Usage {
+            mut provider,
+            mut model,
+            usage,
+        } => {
+            cut(&mut provider, MAX_EVENT_TEXT_BYTES);
+            cut(&mut model, MAX_EVENT_TEXT_BYTES);
+            Event::Usage {
+                provider,
+                model,
+                usage,
+            }
+        }
     }
 }
 
@@ -103,17 +116,21 @@ fn failure_texts(failure: &mut Failure) -> Vec<&mut String> {
             | MediaProblem::VoiceNotEnabled
             | MediaProblem::NoVision => Vec::new(),
         },
+        Failure::OverBudget { cap, time_zone, .. } => vec![cap, time_zone],
         Failure::TimedOut { .. } | Failure::Cancelled { .. } => Vec::new(),
     }
 }
 
 /// What one job's messages made the gateway keep, each within what an honest worker can
 /// send: one fallback per provider of the job, at most [`MAX_TOOLS_RUNNING`] tools running
-/// at once, at most that many approvals per step, each id waiting once. Past a bound the
-/// worker is broken (its own words say so), not merely busy.
+/// at once, at most that many approvals per step, each id waiting once, one usage report
+/// per step (a step is one answered call). Past a bound the worker is broken (its own
+/// words say so), not merely busy.
 pub(super) struct Kept {
     max_fallbacks: usize,
     fallbacks: usize,
+    max_usages: usize,
+    usages: usize,
     /// Tools started and not finished, by name (a name may run more than once at once).
     running: HashMap<String, usize>,
     running_total: usize,
@@ -129,6 +146,8 @@ impl Kept {
         Kept {
             max_fallbacks: providers,
             fallbacks: 0,
+            max_usages: steps,
+            usages: 0,
             running: HashMap::new(),
             running_total: 0,
             max_approvals: steps.saturating_mul(MAX_TOOLS_RUNNING),
@@ -165,6 +184,15 @@ impl Kept {
                     if *count == 0 {
                         self.running.remove(name);
                     }
+                }
+            }
+            Event::Usage { .. } => {
+                self.usages += 1;
+                if self.usages > self.max_usages {
+                    return Err(format!(
+                        "{} usage reports for a job of at most {} step(s)",
+                        self.usages, self.max_usages
+                    ));
                 }
             }
             Event::Attempt { .. } | Event::Retrying { .. } | Event::Delta(_) => {}
@@ -222,6 +250,13 @@ mod tests {
             kept.event(&fell).is_err(),
             "a third fallback for two providers"
         );
+        let used = Event::Usage {
+            provider: "p".into(),
+            model: "m".into(),
+            usage: hermes_protocol::Usage::default(),
+        };
+        assert!(kept.event(&used).is_ok());
+        assert!(kept.event(&used).is_err(), "a second usage for one step");
 
         // The same tool may run many times at once; only what is running counts.
         let mut kept = Kept::new(1, 1);

@@ -39,6 +39,12 @@ pub enum AuthRefusal {
         presented_by: Option<u32>,
         claimed: u32,
     },
+    /// A worker binary of another build: its messages would not decode here.
+    #[error(
+        "protocol version mismatch: the worker speaks protocol {theirs}, this gateway {ours}; \
+         install hermes-worker from the same build as hermes-gateway (workers.command)"
+    )]
+    OtherVersion { ours: u32, theirs: u32 },
 }
 
 /// Why the listener let a connection go without handing it to the supervisor.
@@ -174,12 +180,23 @@ pub async fn accept_loop(listener: Listener, pending: PendingWorkers, stop: Canc
 
 async fn authenticate(stream: Stream, pending: &PendingWorkers) -> Result<(), Dropped> {
     let mut conn = Connection::new(stream);
-    let hello = handshake::receive_hello(&mut conn).await?;
+    let hello = handshake::receive_hello(&mut conn).await;
     let creds = conn
         .get_ref()
         .peer_creds()
         .map_err(Dropped::PeerCredentials)?;
     let peer_pid = creds.pid().and_then(|p| u32::try_from(p).ok());
+    let hello = match hello {
+        Ok(hello) => hello,
+        // A worker of another version was told why; the supervisor waiting for it is
+        // told too, at once, rather than after the connect timeout.
+        Err(HandshakeError::VersionMismatch { ours, theirs }) => {
+            let refusal = AuthRefusal::OtherVersion { ours, theirs };
+            pending.refuse_pid(peer_pid, &refusal);
+            return Err(Dropped::Refused(refusal));
+        }
+        Err(e) => return Err(e.into()),
+    };
     let peer_uid_ok = creds.euid() == Some(nix::unistd::geteuid().as_raw());
     match pending.claim(hello.token.expose(), hello.pid, peer_pid, peer_uid_ok) {
         Ok(deliver) => {

@@ -6,15 +6,23 @@
 //! another bot (`/new@other_bot`) never is. A file without text of its own is taken when
 //! it replies to the bot or its caption mentions it (a caption is never a command).
 //!
+//! A message keeps the album it belongs to (`media_group_id`) and what it replies to
+//! ([`crate::replied`]), for its turn. In a group, an album whose caption is addressed to
+//! the bot is for it whole: its other members carry no caption, so no mention, and are
+//! taken because their album was ([`AddressedAlbums`]).
+//!
 //! An update the Bot API client cannot parse (a field changed after a Bot API release) is
 //! read from its raw JSON: answered like any message when it still holds a chat, a sender
 //! and text, judged as addressed from what the raw form shows.
+
+use std::collections::VecDeque;
 
 use hermes_config::GroupMode;
 use serde_json::Value;
 use teloxide_core::types::{Message, MessageEntityKind, Update, UpdateKind};
 
 use crate::media::{self, MediaRef};
+use crate::replied::Replied;
 use crate::store::{Kind, Pending};
 
 /// Who the bot is, for telling which group messages are addressed to it.
@@ -23,6 +31,31 @@ pub struct Identity {
     pub id: u64,
     /// Without the `@`.
     pub username: String,
+}
+
+/// Albums of groups that a member addressed to the bot began, the latest
+/// [`ADDRESSED_ALBUMS`]: their later members are for the bot too.
+#[derive(Debug, Default)]
+pub struct AddressedAlbums(VecDeque<String>);
+
+/// Albums remembered as addressed: an album's members arrive within a second or so, so a
+/// few recent ones are all that can still be coming.
+const ADDRESSED_ALBUMS: usize = 32;
+
+impl AddressedAlbums {
+    fn contains(&self, group: &str) -> bool {
+        self.0.iter().any(|g| g == group)
+    }
+
+    fn note(&mut self, group: &str) {
+        if self.contains(group) {
+            return;
+        }
+        if self.0.len() >= ADDRESSED_ALBUMS {
+            self.0.pop_front();
+        }
+        self.0.push_back(group.to_string());
+    }
 }
 
 /// The message in `update`, if it is one for the bot: text, a voice note, photo or file
@@ -34,6 +67,7 @@ pub fn user_message(
     me: &Identity,
     group_mode: GroupMode,
     max_file_bytes: u64,
+    albums: &mut AddressedAlbums,
 ) -> Option<Pending> {
     let id = update.id.0;
     let UpdateKind::Message(message) = update.kind else {
@@ -63,8 +97,14 @@ pub fn user_message(
             return None;
         }
     };
+    let group = message.media_group_id().map(|g| g.0.as_str());
     let addressed_text = if media.is_some() || kind == Kind::Unsupported {
-        media_addressed(&message, me, group_mode).then(|| {
+        let addressed =
+            media_addressed(&message, me, group_mode) || group.is_some_and(|g| albums.contains(g));
+        if let Some(group) = group.filter(|_| addressed && !message.chat.is_private()) {
+            albums.note(group);
+        }
+        addressed.then(|| {
             if kind == Kind::Unsupported {
                 text.to_string()
             } else {
@@ -99,6 +139,8 @@ pub fn user_message(
         kind,
         media,
         counted: false,
+        media_group: group.map(str::to_string),
+        replied: Replied::of(&message, me.id, max_file_bytes),
     })
 }
 
@@ -177,6 +219,8 @@ pub fn raw_text_message(raw: &Value, me: &Identity, group_mode: GroupMode) -> Op
         kind: Kind::Message,
         counted: false,
         media: None,
+        media_group: None,
+        replied: None,
     })
 }
 

@@ -144,7 +144,7 @@ impl LiveReply {
                     self.tools.remove(i);
                 }
             }
-            Event::Retrying { .. } | Event::FellBack { .. } => return,
+            Event::Retrying { .. } | Event::FellBack { .. } | Event::Usage { .. } => return,
         }
         self.changed = true;
     }

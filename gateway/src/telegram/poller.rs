@@ -35,7 +35,9 @@ use teloxide_core::types::{AllowedUpdate, CallbackQuery, Update, UpdateKind};
 use teloxide_core::{ApiError, RequestError};
 use tokio_util::sync::CancellationToken;
 
-use super::incoming::{Identity, raw_sender, raw_text_message, user_message, withheld};
+use super::incoming::{
+    AddressedAlbums, Identity, raw_sender, raw_text_message, user_message, withheld,
+};
 use super::webhook::{is_webhook_conflict, webhook_gone};
 use crate::first_poll::FirstPoll;
 use crate::health::Health;
@@ -116,6 +118,7 @@ pub async fn poll(
     };
     failing_since = failing_since.or(me_failing);
     tracing::info!(bot = %me.username, "polling Telegram as @{}", me.username);
+    let mut albums = AddressedAlbums::default();
     let mut first_poll = Some(settings.first_poll.clone());
     loop {
         // A long poll only after a success: a retry must answer at once to show recovery.
@@ -197,6 +200,7 @@ pub async fn poll(
                             &me,
                             settings.group_mode,
                             settings.max_file_bytes,
+                            &mut albums,
                         )),
                     }
                 }

@@ -1,9 +1,10 @@
-//! What a worker reports while a job runs: attempts, retries, fallbacks, streamed text
-//! and tool calls, for logs, `hermes-worker ask` and the chat.
+//! What a worker reports while a job runs: attempts, retries, fallbacks, streamed text,
+//! tool calls and each answered call's usage, for logs, `hermes-worker ask`, the chat and
+//! the usage the gateway keeps.
 
 use serde::{Deserialize, Serialize};
 
-use super::Failure;
+use super::{Failure, Usage};
 
 /// Progress of a job, for logs, `hermes-worker ask` and the chat (streamed text, tool
 /// status).
@@ -29,4 +30,12 @@ pub enum Event {
     ToolStarted { name: String },
     /// The call ended: `ok` false for an error result (which still goes to the model).
     ToolFinished { name: String, ok: bool, ms: u64 },
+    /// A provider answered a step, and said what the call used; at most one per step.
+    /// Sent whatever the job's outcome: a call that was answered was paid for.
+    Usage {
+        provider: String,
+        /// The model the provider says answered.
+        model: String,
+        usage: Usage,
+    },
 }

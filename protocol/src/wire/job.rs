@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{ChatMessage, JobId, Secret};
+use super::{ChatMessage, JobId, Prices, Secret};
 use crate::sandbox::Confinement;
 
 /// Everything a worker needs to answer one message; the worker keeps nothing between jobs.
@@ -161,6 +161,9 @@ pub struct ProviderPlan {
     /// The model reads images (`image_url` content parts); a turn with an image goes only
     /// to providers that do.
     pub vision: bool,
+    /// What its calls cost when it does not say itself (`usage.cost`); `None`: the cost
+    /// of its calls is unknown.
+    pub prices: Option<Prices>,
 }
 
 #[cfg(test)]

@@ -15,7 +15,7 @@
 //! [`Failure`], a typed value from where it happened to the sentence the user reads.
 //!
 //! The types live by subject: `job` (what starts a job), `chat` (the conversation),
-//! `events` (progress), `approval` (a call that waits for a person) and `outcome` (how a
+//! `events` (progress), `usage` (what a provider call used and cost), `approval` (a call that waits for a person) and `outcome` (how a
 //! job ends, its failure classes). This file holds the two envelopes, [`ToWorker`] and
 //! [`FromWorker`], and what every message shares; it re-exports the rest, so
 //! `hermes_protocol::wire::X` names each type wherever it lives.
@@ -29,12 +29,16 @@ mod chat;
 mod events;
 mod job;
 mod outcome;
+mod usage;
 
 pub use approval::{ApprovalRequest, Decision};
 pub use chat::{ChatMessage, Role, ToolCall};
 pub use events::Event;
 pub use job::{Attachment, Confirm, Job, MediaKind, ProviderPlan, ToolServer, TranscriptionPlan};
-pub use outcome::{CancelReason, CrashCause, Failure, FailureClass, MediaProblem, Outcome, Reply};
+pub use outcome::{
+    BudgetPeriod, CancelReason, CrashCause, Failure, FailureClass, MediaProblem, Outcome, Reply,
+};
+pub use usage::{Prices, Usage, format_money};
 
 /// Bumped on any change to these types. Leads the first frame so a mismatch is reported as
 /// one, not as an undecodable frame.
@@ -117,6 +121,7 @@ mod tests {
             request_timeout_ms: 1,
             max_retries: 0,
             vision: false,
+            prices: None,
         };
         assert!(!format!("{plan:?}").contains("sk-very-secret"));
     }
@@ -146,6 +151,49 @@ mod tests {
                     1, b's', 1, b'c', 0, 0, 0xb0, 0xea, 0x01, 1, 0, 0, 0, 0, 2, 1, 1, b'x', 0xc0,
                     0xa9, 0x07
                 ]
+            )
+        );
+    }
+
+    /// What version 5 added: usage events, prices in a provider's plan, and the budget
+    /// failure, byte for byte.
+    #[test]
+    fn version_5_pins_the_layout_of_usage_prices_and_budgets() {
+        let usage = crate::codec::to_bytes(&FromWorker::Event {
+            job_id: JobId(1),
+            event: Event::Usage {
+                provider: "p".into(),
+                model: "m".into(),
+                usage: Usage {
+                    prompt_tokens: 3,
+                    completion_tokens: 2,
+                    cached_tokens: 1,
+                    cost_micros: Some(300),
+                },
+            },
+        })
+        .unwrap();
+        let prices = crate::codec::to_bytes(&Prices {
+            input_micros_per_mtok: 1,
+            output_micros_per_mtok: 2,
+            cached_micros_per_mtok: 3,
+        })
+        .unwrap();
+        let budget = crate::codec::to_bytes(&Failure::OverBudget {
+            everyone: true,
+            period: BudgetPeriod::Month,
+            cap: "c".into(),
+            resets_in_secs: 4,
+            time_zone: "z".into(),
+        })
+        .unwrap();
+        assert_eq!(
+            (PROTOCOL_VERSION, usage, prices, budget),
+            (
+                5,
+                vec![0, 1, 6, 1, b'p', 1, b'm', 3, 2, 1, 1, 0xac, 0x02],
+                vec![1, 2, 3],
+                vec![11, 1, 1, 1, b'c', 4, 1, b'z'],
             )
         );
     }

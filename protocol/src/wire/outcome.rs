@@ -67,6 +67,35 @@ pub enum Failure {
     Cancelled { reason: CancelReason },
     /// A file of the turn could not be given to the model.
     Media { problem: MediaProblem },
+    /// A budget (`[budgets]`) is spent: the gateway refused the job before any worker or
+    /// provider call.
+    OverBudget {
+        /// Everyone's budget, not only the user's.
+        everyone: bool,
+        period: BudgetPeriod,
+        /// The cap as people read it (`200000 tokens`, `$5.00`).
+        cap: String,
+        /// Until the period starts again, in the configured time zone.
+        resets_in_secs: u64,
+        /// That time zone's name.
+        time_zone: String,
+    },
+}
+
+/// The calendar period a budget counts.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BudgetPeriod {
+    Day,
+    Month,
+}
+
+impl BudgetPeriod {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BudgetPeriod::Day => "daily",
+            BudgetPeriod::Month => "monthly",
+        }
+    }
 }
 
 /// Why a voice note, photo or file could not be given to the model: each one a reply
@@ -163,6 +192,7 @@ pub enum FailureClass {
     WorkerCrashed,
     Cancelled,
     Media,
+    OverBudget,
 }
 
 impl FailureClass {
@@ -179,6 +209,7 @@ impl FailureClass {
             FailureClass::WorkerCrashed => "worker_crashed",
             FailureClass::Cancelled => "cancelled",
             FailureClass::Media => "media",
+            FailureClass::OverBudget => "over_budget",
         }
     }
 }
@@ -203,6 +234,7 @@ impl Failure {
             Failure::WorkerCrashed { .. } => FailureClass::WorkerCrashed,
             Failure::Cancelled { .. } => FailureClass::Cancelled,
             Failure::Media { .. } => FailureClass::Media,
+            Failure::OverBudget { .. } => FailureClass::OverBudget,
         }
     }
 
@@ -241,6 +273,17 @@ impl fmt::Display for Failure {
             Failure::WorkerCrashed { cause } => write!(f, "worker_crashed: {cause}"),
             Failure::Cancelled { reason } => write!(f, "cancelled: {reason:?}"),
             Failure::Media { problem } => write!(f, "media: {problem}"),
+            Failure::OverBudget {
+                everyone,
+                period,
+                cap,
+                ..
+            } => write!(
+                f,
+                "over_budget: the {} {} budget of {cap} is spent",
+                if *everyone { "global" } else { "per-user" },
+                period.as_str()
+            ),
         }
     }
 }

@@ -2,8 +2,9 @@
 //! can fail. It speaks the real protocol; the fault is chosen by the user's message (so
 //! one running gateway can be shown a crash and then a normal answer), or, for faults that
 //! happen before any message, by the name it is started under (`argv[0]`: tests symlink
-//! it as `never-connect`, `wrong-token`, `old-protocol`, `garbage-hello`, `alloc-at-start`,
-//! `deaf`: connects, then never reads its socket again).
+//! it as `never-connect`, `wrong-token`, `old-protocol` (the version before this one),
+//! `new-protocol` (the one after), `garbage-hello`, `alloc-at-start`, `deaf`: connects,
+//! then never reads its socket again).
 //!
 //! Messages it understands: `panic`, `abort`, `segv`, `exit 0`, `exit 1`, `hang`,
 //! `partial then hang`, `spawn and hang`, `garbage`, `oversized`, `wrong job`, `alloc`,
@@ -60,7 +61,8 @@ async fn main() {
     };
     let first = match name.as_str() {
         "wrong-token" => codec_frame(&hello(PROTOCOL_VERSION, "not-the-token")),
-        "old-protocol" => codec_frame(&hello(PROTOCOL_VERSION + 1, &token)),
+        "old-protocol" => codec_frame(&hello(PROTOCOL_VERSION - 1, &token)),
+        "new-protocol" => codec_frame(&hello(PROTOCOL_VERSION + 1, &token)),
         "garbage-hello" => b"\x00\x00\x00\x05\xff\xff\xff\xff\xff".to_vec(),
         _ => codec_frame(&hello(PROTOCOL_VERSION, &token)),
     };

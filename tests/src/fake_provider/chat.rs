@@ -67,10 +67,6 @@ pub(super) fn cut_short(full: Response, reset: bool) -> Response {
     }
 }
 
-pub(super) fn usage() -> Value {
-    json!({"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2})
-}
-
 pub(super) fn echo(body: &Value) -> String {
     format!("echo: {}", last_user_text(body).unwrap_or_default())
 }
@@ -97,9 +93,9 @@ pub(super) fn last_user_text(body: &Value) -> Option<String> {
 }
 
 /// A successful answer with `content`: one JSON object, or an SSE stream if the request
-/// set `"stream": true`.
-pub(super) fn completion(request: &Value, content: &str) -> Response {
-    let sse = Sse::new(request);
+/// set `"stream": true`; either reports `usage` (a stream only when asked to).
+pub(super) fn completion(request: &Value, content: &str, usage: &Value) -> Response {
+    let sse = Sse::new(request, usage);
     if !wants_stream(request) {
         return Response::json(
             200,
@@ -113,7 +109,7 @@ pub(super) fn completion(request: &Value, content: &str) -> Response {
                     "message": {"role": "assistant", "content": content},
                     "finish_reason": "stop",
                 }],
-                "usage": usage(),
+                "usage": usage,
             }),
         );
     }

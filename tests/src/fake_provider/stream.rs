@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 
 use super::{
     DEFAULT_MODEL,
-    chat::{completion, cut_short, usage},
+    chat::{completion, cut_short},
 };
 use crate::http::{Chunk, Response};
 
@@ -25,18 +25,19 @@ pub(super) async fn stream(
     pieces: &[String],
     every: Duration,
     complete: bool,
+    usage: &Value,
 ) -> Response {
     let total = every.saturating_mul(u32::try_from(pieces.len()).unwrap_or(u32::MAX));
     if !wants_stream(request) {
         tokio::time::sleep(total).await;
-        let full = completion(request, &pieces.concat());
+        let full = completion(request, &pieces.concat(), usage);
         return if complete {
             full
         } else {
             cut_short(full, true)
         };
     }
-    let sse = Sse::new(request);
+    let sse = Sse::new(request, usage);
     let mut chunks = vec![Chunk {
         after: Duration::ZERO,
         data: sse.event(&sse.role()),
@@ -67,11 +68,14 @@ pub(super) fn wants_stream(request: &Value) -> bool {
 pub(super) struct Sse<'a> {
     pub(super) model: &'a str,
     include_usage: bool,
+    /// What the answer says it used: in the usage chunk of a stream, or in the completion.
+    pub(super) usage: &'a Value,
 }
 
 impl<'a> Sse<'a> {
-    pub(super) fn new(request: &'a Value) -> Self {
+    pub(super) fn new(request: &'a Value, usage: &'a Value) -> Self {
         Sse {
+            usage,
             model: request
                 .get("model")
                 .and_then(Value::as_str)
@@ -119,7 +123,7 @@ impl<'a> Sse<'a> {
                 "created": 0,
                 "model": self.model,
                 "choices": [],
-                "usage": usage(),
+                "usage": self.usage,
             })));
         }
         out.extend_from_slice(b"data: [DONE]\n\n");

@@ -9,7 +9,6 @@ use serde_json::{Value, json};
 
 use super::{
     ProviderReply,
-    chat::usage,
     stream::{Sse, wants_stream},
 };
 use crate::http::Response;
@@ -65,8 +64,8 @@ impl Sse<'_> {
 }
 
 /// [`ProviderReply::ToolCalls`]: one completion, or its SSE chunks to a streaming request.
-pub(super) fn tool_calls(request: &Value, calls: &[ScriptedCall]) -> Response {
-    let sse = Sse::new(request);
+pub(super) fn tool_calls(request: &Value, calls: &[ScriptedCall], usage: &Value) -> Response {
+    let sse = Sse::new(request, usage);
     if !wants_stream(request) {
         let calls: Vec<Value> = calls
             .iter()
@@ -87,7 +86,7 @@ pub(super) fn tool_calls(request: &Value, calls: &[ScriptedCall]) -> Response {
                     "message": {"role": "assistant", "content": null, "tool_calls": calls},
                     "finish_reason": "tool_calls",
                 }],
-                "usage": usage(),
+                "usage": usage,
             }),
         );
     }

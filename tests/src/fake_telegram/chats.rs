@@ -94,7 +94,7 @@ impl Inner {
 }
 
 /// The entities Telegram's clients attach: a leading `/command`, and every `@mention`.
-fn entities_of(text: &str) -> Vec<Value> {
+pub(super) fn entities_of(text: &str) -> Vec<Value> {
     let mut entities = Vec::new();
     let mut offset = 0;
     for (i, word) in text.split(' ').enumerate() {

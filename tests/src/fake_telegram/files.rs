@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+use super::chats::entities_of;
 use super::{FakeTelegram, State, TOKEN, api_error, ok, unix_now};
 use crate::http::{Chunk, Request, Response};
 
@@ -114,6 +115,13 @@ impl FakeTelegram {
         sizes: &[&[u8]],
         caption: Option<&str>,
     ) -> (i64, Vec<FakeFile>) {
+        let (photo, files) = self.photo_sizes(sizes);
+        let id = self.send_media(chat_id, user_id, "photo", photo, caption);
+        (id, files)
+    }
+
+    /// A photo's `photo` field (its sizes, smallest first) and its files.
+    pub(super) fn photo_sizes(&self, sizes: &[&[u8]]) -> (Value, Vec<FakeFile>) {
         let files: Vec<FakeFile> = sizes.iter().map(|b| self.add_file(b)).collect();
         let photo: Vec<Value> = files
             .iter()
@@ -126,8 +134,7 @@ impl FakeTelegram {
                 size
             })
             .collect();
-        let id = self.send_media(chat_id, user_id, "photo", Value::Array(photo), caption);
-        (id, files)
+        (Value::Array(photo), files)
     }
 
     /// A document named `name` of type `mime` (if any). Returns the update id.
@@ -153,12 +160,13 @@ impl FakeTelegram {
         file: &FakeFile,
         caption: Option<&str>,
     ) -> i64 {
-        let mut document = file.meta();
-        document["file_name"] = json!(name);
-        if let Some(mime) = mime {
-            document["mime_type"] = json!(mime);
-        }
-        self.send_media(chat_id, user_id, "document", document, caption)
+        self.send_media(
+            chat_id,
+            user_id,
+            "document",
+            document_field(name, mime, file),
+            caption,
+        )
     }
 
     /// A sticker (a static WebP one, as Telegram describes it). Returns the update id.
@@ -228,6 +236,19 @@ impl FakeTelegram {
         value: Value,
         caption: Option<&str>,
     ) -> i64 {
+        let message = self.media_message(chat_id, user_id, field, value, caption);
+        self.push_update(json!({ "message": message }))
+    }
+
+    /// A new message of `user_id` in `chat_id` carrying `value` as its `field`, not sent.
+    pub(super) fn media_message(
+        &self,
+        chat_id: i64,
+        user_id: i64,
+        field: &str,
+        value: Value,
+        caption: Option<&str>,
+    ) -> Value {
         let mut g = self.state.lock();
         g.last_message_id += 1;
         let mut message = json!({
@@ -239,10 +260,24 @@ impl FakeTelegram {
         message[field] = value;
         if let Some(caption) = caption {
             message["caption"] = json!(caption);
+            // Clients mark a caption's mentions as they do a text's.
+            let entities = entities_of(caption);
+            if !entities.is_empty() {
+                message["caption_entities"] = Value::Array(entities);
+            }
         }
-        drop(g);
-        self.push_update(json!({ "message": message }))
+        message
     }
+}
+
+/// A document's `document` field.
+pub(super) fn document_field(name: &str, mime: Option<&str>, file: &FakeFile) -> Value {
+    let mut document = file.meta();
+    document["file_name"] = json!(name);
+    if let Some(mime) = mime {
+        document["mime_type"] = json!(mime);
+    }
+    document
 }
 
 impl State {

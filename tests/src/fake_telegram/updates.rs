@@ -84,6 +84,7 @@ impl FakeTelegram {
             g.chats.insert(chat.0, chat.1);
         }
         update["update_id"] = json!(id);
+        g.remember(&update);
         if g.allows(&update) {
             g.pending.push_back((id, update));
         } else {

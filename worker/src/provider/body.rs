@@ -6,7 +6,7 @@
 //! has shown (`content: null` beside `tool_calls`, arguments sent as an object instead
 //! of a string, a missing call id) is handled and tested here, without a server.
 
-use hermes_protocol::{ChatMessage, Role, ToolCall};
+use hermes_protocol::{ChatMessage, Role, ToolCall, Usage};
 use serde_json::{Map, Value, json};
 
 use super::classify::shorten;
@@ -19,13 +19,16 @@ pub struct Completion {
     pub tool_calls: Vec<ToolCall>,
     /// The model the provider says answered, else the one asked for.
     pub model: String,
+    /// What the call used, if the provider said.
+    pub usage: Option<Usage>,
 }
 
 /// The JSON body of one request. `tools` are OpenAI function definitions and are sent
 /// only when there are some: a provider that does not support tools must keep working
 /// for a deployment that configured none.
 /// `images` (`data:` URLs) go with the last user message, as `image_url` content parts
-/// after its text.
+/// after its text. A streamed request asks for the usage chunk OpenAI sends last
+/// (`stream_options.include_usage`): without it a stream says nothing of what it used.
 pub fn request_body(
     model: &str,
     messages: &[ChatMessage],
@@ -63,6 +66,7 @@ pub fn request_body(
     }
     if stream {
         body.insert("stream".into(), Value::Bool(true));
+        body.insert("stream_options".into(), json!({"include_usage": true}));
     }
     Value::Object(body)
 }
@@ -134,6 +138,7 @@ pub fn parse_completion(body: &str, asked_model: &str) -> Result<Completion, Str
         text: text.unwrap_or_default().trim().to_string(),
         tool_calls,
         model,
+        usage: super::usage::read(value.get("usage")),
     })
 }
 
@@ -185,7 +190,8 @@ mod tests {
             Completion {
                 text: "hi".into(),
                 tool_calls: vec![],
-                model: "m-2".into()
+                model: "m-2".into(),
+                usage: None,
             }
         );
         assert!(
@@ -257,6 +263,7 @@ mod tests {
         let body = request_body("m", &messages[..2], &tools, true, &[]);
         assert_eq!(body["tools"], json!(tools));
         assert_eq!(body["stream"], json!(true));
+        assert_eq!(body["stream_options"], json!({"include_usage": true}));
     }
 
     #[test]

@@ -10,6 +10,7 @@ pub mod classify;
 pub mod retry;
 pub mod sse;
 pub mod transcribe;
+pub mod usage;
 
 use std::time::{Duration, Instant};
 
@@ -58,9 +59,18 @@ pub async fn complete(
         prompt,
         messages: prompt.messages.to_vec(),
         trimmed: false,
+        stream_usage: true,
         events,
     };
-    attempts::run(&mut request, plan, &plan.name, deadline, events).await
+    let completion = attempts::run(&mut request, plan, &plan.name, deadline, events).await?;
+    if let Some(used) = completion.usage {
+        let _ = events.send(Event::Usage {
+            provider: plan.name.clone(),
+            model: completion.model.clone(),
+            usage: usage::priced(used, plan.prices.as_ref()),
+        });
+    }
+    Ok(completion)
 }
 
 /// A chat completion as `attempts::run` sends it: the history it may trim once.
@@ -71,6 +81,9 @@ struct Chat<'a> {
     /// `prompt`'s messages, as trimmed.
     messages: Vec<ChatMessage>,
     trimmed: bool,
+    /// Ask a stream for its usage chunk; false once the provider refused
+    /// `stream_options` (servers older than OpenAI's option do).
+    stream_usage: bool,
     events: &'a UnboundedSender<Event>,
 }
 
@@ -83,19 +96,44 @@ impl Request for Chat<'_> {
             messages: &self.messages,
             ..self.prompt
         };
-        let body = body::request_body(
-            &self.plan.model,
-            prompt.messages,
-            prompt.tools,
-            prompt.stream,
-            prompt.images,
-        );
-        let response = attempts::post(self.client, self.plan, "chat/completions", budget)
-            .json(&body)
-            .send()
-            .await
-            .map_err(|e| transport(&e, budget))?;
-        let response = attempts::check(response, |e| body_error(e, budget)).await?;
+        let started = std::time::Instant::now();
+        let response = loop {
+            let mut body = body::request_body(
+                &self.plan.model,
+                prompt.messages,
+                prompt.tools,
+                prompt.stream,
+                prompt.images,
+            );
+            if !self.stream_usage
+                && let Some(fields) = body.as_object_mut()
+            {
+                fields.remove("stream_options");
+            }
+            let left = budget.saturating_sub(started.elapsed());
+            let response = attempts::post(self.client, self.plan, "chat/completions", left)
+                .json(&body)
+                .send()
+                .await
+                .map_err(|e| transport(&e, budget))?;
+            match attempts::check(response, |e| body_error(e, budget)).await {
+                Ok(response) => break response,
+                // Usage is bookkeeping: a provider that does not know the option is asked
+                // again without it, at once, and its streams go uncounted.
+                Err(Attempt::Status {
+                    status: 400,
+                    detail,
+                    ..
+                }) if self.stream_usage && prompt.stream && detail.contains("stream_options") => {
+                    tracing::info!(
+                        provider = %self.plan.name,
+                        "the provider refuses stream_options ({detail}); streaming without usage"
+                    );
+                    self.stream_usage = false;
+                }
+                Err(failed) => return Err(failed),
+            }
+        };
         // Some servers ignore `stream` and answer with one JSON object: the content type
         // decides how the body is read, not what was asked for.
         let is_event_stream = response

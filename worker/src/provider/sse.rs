@@ -6,11 +6,11 @@
 //! [`Decoder`] cuts bytes (in chunks of any size, a line possibly split across two) into
 //! the `data` of each event; [`Assembler`] reads those events, hands out content pieces
 //! and stitches streamed tool calls together by `index` (id and name come first, the
-//! arguments in pieces).
+//! arguments in pieces), and keeps the usage the last chunk carries when it was asked for.
 
 use std::collections::BTreeMap;
 
-use hermes_protocol::ToolCall;
+use hermes_protocol::{ToolCall, Usage};
 use serde_json::Value;
 
 use super::body::{Completion, synthetic_id};
@@ -103,6 +103,9 @@ pub struct Assembler {
     calls: BTreeMap<u64, PartialCall>,
     saw_choice: bool,
     finished: bool,
+    /// From the usage chunk (`stream_options.include_usage`); some servers put it on the
+    /// finish chunk instead: the last one seen counts.
+    usage: Option<Usage>,
 }
 
 impl Assembler {
@@ -113,6 +116,7 @@ impl Assembler {
             calls: BTreeMap::new(),
             saw_choice: false,
             finished: false,
+            usage: None,
         }
     }
 
@@ -136,6 +140,9 @@ impl Assembler {
         }
         if let Some(model) = value.get("model").and_then(Value::as_str) {
             self.model = model.to_string();
+        }
+        if let Some(usage) = super::usage::read(value.get("usage")) {
+            self.usage = Some(usage);
         }
         let choices = match value.get("choices") {
             Some(Value::Array(choices)) => choices,
@@ -230,6 +237,7 @@ impl Assembler {
             text: self.text.trim().to_string(),
             tool_calls,
             model: self.model,
+            usage: self.usage,
         })
     }
 }
@@ -268,7 +276,7 @@ mod tests {
         event: message\n\
         data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"world\"},\"finish_reason\":null}]}\n\n\
         data: {\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}]}\n\n\
-        data: {\"choices\":[],\"usage\":{\"total_tokens\":3}}\n\n\
+        data: {\"choices\":[],\"usage\":{\"prompt_tokens\":2,\"completion_tokens\":1,\"total_tokens\":3}}\n\n\
         data: [DONE]\n\n";
 
     #[test]
@@ -280,6 +288,8 @@ mod tests {
             assert_eq!(c.text, "Hello world");
             assert_eq!(c.model, "m-9");
             assert!(c.tool_calls.is_empty());
+            let usage = c.usage.expect("the usage chunk");
+            assert_eq!((usage.prompt_tokens, usage.completion_tokens), (2, 1));
         }
     }
 
