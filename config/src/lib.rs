@@ -21,6 +21,7 @@
 //! - `agent`: `[agent]`, the system prompt, history and tool-calling rounds of a job.
 //! - `tools`: `[[tools.mcp]]`, MCP servers, their sandbox grants and approvals.
 //! - `schedules`: `[schedules]`, reminders and scheduled tasks: time zone, bound per chat.
+//! - `metrics`: `[metrics]`, the optional Prometheus endpoint.
 //! - `budgets`: `[budgets]`, caps on tokens and cost per user and for everyone, and the
 //!   time zone their days and months are counted in.
 //!
@@ -33,6 +34,7 @@
 
 mod agent;
 mod budgets;
+mod metrics;
 mod plans;
 mod providers;
 mod report;
@@ -53,6 +55,7 @@ use toml::de::DeTable;
 
 pub use agent::AgentConfig;
 pub use budgets::{BudgetsConfig, Caps};
+pub use metrics::{MetricsConfig, MetricsListen};
 pub use plans::{JobPlans, absolute};
 pub use providers::ProviderConfig;
 pub use report::{ConfigError, EXIT_CONFIG, Problem, load_or_report};
@@ -80,6 +83,7 @@ pub struct Config {
     /// `[transcription]`; `None`: voice notes get a reply saying voice is not enabled.
     pub transcription: Option<TranscriptionConfig>,
     pub schedules: SchedulesConfig,
+    pub metrics: MetricsConfig,
     /// `[budgets]`; by default no cap.
     pub budgets: BudgetsConfig,
 }
@@ -131,6 +135,8 @@ impl Config {
         let agent = doc.agent(agent_table.as_ref());
         let tools_table = top.table("tools", &mut doc);
         let tools = doc.tools(tools_table.as_ref());
+        let metrics_table = top.table("metrics", &mut doc);
+        let metrics = doc.metrics(metrics_table.as_ref());
         let transcription_table = top.table("transcription", &mut doc);
         let transcription = transcription_table
             .as_ref()
@@ -153,6 +159,7 @@ impl Config {
                 tools,
                 transcription,
                 schedules,
+                metrics,
                 budgets,
             })
         } else {
@@ -225,6 +232,8 @@ mod tests {
             "shutdown_drain_secs",
             "max_restarts",
             "restart_window_secs",
+            "spares",
+            "listen",
             "dir",
             "system_prompt",
             "readable",

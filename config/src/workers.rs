@@ -45,6 +45,9 @@ pub struct WorkersConfig {
     /// More worker deaths than this within `restart_window_secs` pause worker starts.
     pub max_restarts: u32,
     pub restart_window_secs: u64,
+    /// `per-request`: workers started and through their handshake before a job needs
+    /// one; 0 starts each worker when its job arrives.
+    pub spares: usize,
 }
 
 impl WorkersConfig {
@@ -67,6 +70,7 @@ impl Doc<'_> {
             shutdown_drain_secs: s.take_in("shutdown_drain_secs", 5, 0..=600, self),
             max_restarts: s.take_in("max_restarts", 20, 1..=100_000, self),
             restart_window_secs: s.take_in("restart_window_secs", 60, 1..=86_400, self),
+            spares: s.take_in("spares", 1, 0..=64, self),
         };
         s.finish(self);
         config

@@ -14,6 +14,8 @@
 //!   the operator must fix is not restarted); `check_config`,
 //!   `status::report`, `service`: the other commands (`service::credentials`: the secrets a
 //!   configuration names, delivered to the unit as systemd credentials);
+//! - `first_poll`: start-up work (the sandbox probe, the first workers, the command menu)
+//!   held until the first `getUpdates` is on its way;
 //! - `telegram`: the `getUpdates` loop (`telegram::poller`), what an update says and
 //!   whether it is for the bot (`telegram::incoming`), a webhook in polling's way
 //!   (`telegram::webhook`), sending (`telegram::sender`), the answer shown as it is
@@ -91,6 +93,8 @@
 //!   times (`schedules::times`) and `hermes-gateway schedules` (`schedules::cli`);
 //! - `clock`: Unix time for records, and waiting for a moment that may not be set;
 //!   `text`: text cut to a size in bytes where a character ends;
+//! - `metrics`: the Prometheus text page of counters, gauges and job latency, and its
+//!   endpoint (`metrics::server`, bounded so a scraper cannot hold the gateway);
 //! - `logging`: the journal natively under systemd (priorities, `CHAT_ID=`-style fields),
 //!   text lines elsewhere.
 //!
@@ -105,12 +109,14 @@ mod circuit;
 mod clock;
 mod commands;
 mod files_back;
+mod first_poll;
 mod health;
 mod html;
 mod instances;
 mod jobs;
 mod logging;
 mod media;
+mod metrics;
 mod outbox;
 mod replied;
 mod replies;

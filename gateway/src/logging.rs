@@ -31,6 +31,7 @@ const FIELDS: &[(&str, &str)] = &[
     ("rows", "ROWS"),
     ("message_id", "MESSAGE_ID"),
     ("slot", "SLOT"),
+    ("spare", "SPARE"),
     ("class", "CLASS"),
     ("file", "FILE"),
     ("pid", "PID"),

@@ -147,13 +147,15 @@ pub fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
         group_mode, max_files_total_mb);
     let workers = changed_keys!(old.workers, new.workers, "workers":
         mode, pool_size, command, max_jobs_per_worker, memory_limit_mb, kill_grace_secs,
-        shutdown_drain_secs, max_restarts, restart_window_secs);
+        shutdown_drain_secs, max_restarts, restart_window_secs, spares);
     let state = changed_keys!(old.state, new.state, "state": dir);
+    let metrics = changed_keys!(old.metrics, new.metrics, "metrics": listen);
     token
         .into_iter()
         .chain(telegram)
         .chain(workers)
         .chain(state)
+        .chain(metrics)
         .filter_map(|(changed, key)| changed.then_some(key))
         .collect()
 }

@@ -205,6 +205,8 @@ pub struct GatewayOptions {
     pub state_dir_in_config: bool,
     /// Indices of the providers whose entry says `vision = true`.
     pub vision: Vec<usize>,
+    /// `workers.spares`, when not the default.
+    pub spares: Option<usize>,
     /// Lines added to every `[[providers]]` entry verbatim (prices, …).
     pub provider_toml: String,
 }
@@ -233,6 +235,7 @@ impl GatewayOptions {
             telegram_toml: "streaming = false\n".into(),
             state_dir_in_config: true,
             vision: Vec::new(),
+            spares: None,
             provider_toml: String::new(),
         }
     }
@@ -282,6 +285,9 @@ impl GatewayOptions {
         ));
         if let Some(mb) = self.memory_limit_mb {
             toml.push_str(&format!("memory_limit_mb = {mb}\n"));
+        }
+        if let Some(spares) = self.spares {
+            toml.push_str(&format!("spares = {spares}\n"));
         }
         if let Some(cmd) = &self.worker_command {
             toml.push_str(&format!("command = \"{}\"\n", cmd.display()));
@@ -538,6 +544,26 @@ impl Drop for Gateway {
 
 /// Waits until `condition` holds, checking every 10 ms, for at most `timeout`: for states
 /// only /proc can show, where there is no event to wait on.
+/// Runs `probe` until it yields a value or `timeout` passes (a scrape, a connection).
+pub async fn eventually_async<T, Fut>(
+    timeout: Duration,
+    mut probe: impl FnMut() -> Fut,
+) -> Option<T>
+where
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let end = Instant::now() + timeout;
+    loop {
+        if let Some(value) = probe().await {
+            return Some(value);
+        }
+        if Instant::now() >= end {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 pub async fn eventually(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool {
     let end = Instant::now() + timeout;
     loop {

@@ -409,6 +409,7 @@ impl ChatRouter {
         };
         drop(files);
         ctx.health.job_done(&outcome);
+        ctx.health.metrics().job_took(started.elapsed());
         let (chat, rows) = (request.chat, request.rows.clone());
         let ending = reaction::ending(&outcome);
         let cut_short = deliver::deliver(

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant, SystemTime};
 use hermes_protocol::{FailureClass, Outcome};
 
 use crate::clock::{unix, unix_now};
+use crate::metrics::Metrics;
 use crate::sandbox::Report;
 pub use snapshot::{
     DEGRADED_MARK, Jobs, OutboxStatus, Polling, PollingState, ProviderStatus, SandboxStatus,
@@ -34,6 +35,8 @@ pub struct Health {
     mode: String,
     started: SystemTime,
     started_mono: Instant,
+    /// What the metrics endpoint counts beyond the snapshot.
+    metrics: Metrics,
 }
 
 #[derive(Default)]
@@ -102,7 +105,12 @@ impl Health {
             mode: mode.to_string(),
             started,
             started_mono: Instant::now(),
+            metrics: Metrics::default(),
         }
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 
     pub fn run_id(&self) -> &str {
@@ -130,6 +138,7 @@ impl Health {
     }
 
     pub fn poll_failed(&self, error: String) {
+        self.metrics.poll_failed();
         let mut s = self.lock();
         s.last_round_trip = Some(Instant::now());
         s.long_poll_open_since = None;
@@ -176,6 +185,7 @@ impl Health {
     }
 
     pub fn worker_left(&self, how: WorkerLeft) {
+        self.metrics.worker_left(how);
         let mut s = self.lock();
         match how {
             WorkerLeft::BrokeWhileIdle | WorkerLeft::StoppedWhileIdle => {

@@ -38,9 +38,11 @@ use crate::chats::{ChatRouter, JobContext, is_stop_press};
 use crate::circuit::Circuits;
 use crate::commands;
 use crate::files_back;
+use crate::first_poll::FirstPoll;
 use crate::health::Health;
 use crate::jobs::{JobRunner, MakeRunner};
 use crate::media::{self, Fetcher};
+use crate::metrics;
 use crate::outbox::{Outbox, OutboxConfig};
 use crate::sandbox;
 use crate::schedules::{Schedules, chat as schedules_chat};
@@ -104,6 +106,7 @@ pub fn run(path: &Path, runner: Option<MakeRunner>) -> i32 {
 }
 
 async fn serve(path: &Path, config: Config, setup: Setup, runner: Option<MakeRunner>) -> i32 {
+    let first_poll = FirstPoll::new();
     let mut signals = match signals::listen() {
         Ok(s) => s,
         Err(e) => {
@@ -184,7 +187,10 @@ async fn serve(path: &Path, config: Config, setup: Setup, runner: Option<MakeRun
     let probing = health.clone();
     let worker_program = setup.worker_program.clone();
     let tools = !config.tools.mcp.is_empty();
+    let probe_gate = first_poll.clone();
     tokio::spawn(async move {
+        // A child process: beside the first poll, not before it.
+        probe_gate.passed().await;
         let report = sandbox::probe(&worker_program).await;
         report.log(tools);
         probing.set_sandbox_report(report);
@@ -200,6 +206,7 @@ async fn serve(path: &Path, config: Config, setup: Setup, runner: Option<MakeRun
         stop_taking: CancellationToken::new(),
         abort: CancellationToken::new(),
     };
+    let mut spares = None;
     let (runner, wait_for_first_worker): (Arc<dyn JobRunner>, bool) = match runner {
         Some(make) => (make(&config), false),
         None => match Supervisor::start(
@@ -214,12 +221,17 @@ async fn serve(path: &Path, config: Config, setup: Setup, runner: Option<MakeRun
                 kill_grace: Duration::from_secs(workers.kill_grace_secs),
                 max_restarts: workers.max_restarts,
                 restart_window: Duration::from_secs(workers.restart_window_secs),
+                spares: workers.spares,
                 health: health.clone(),
+                first_poll: first_poll.clone(),
             },
             &shutdown,
             &tasks,
         ) {
-            Ok(supervisor) => (Arc::new(supervisor), workers.mode == WorkerMode::Pool),
+            Ok(supervisor) => {
+                spares = supervisor.spares();
+                (Arc::new(supervisor), workers.mode == WorkerMode::Pool)
+            }
             Err(e) => {
                 tracing::error!(
                     "cannot create the worker socket or scratch directories in {}: {e}",
@@ -230,6 +242,27 @@ async fn serve(path: &Path, config: Config, setup: Setup, runner: Option<MakeRun
         },
     };
     let publisher_stop = CancellationToken::new();
+    if let Some(listen) = config.metrics.listen.clone() {
+        let view = Publisher {
+            health: health.clone(),
+            circuits: circuits.clone(),
+            settings: settings.clone(),
+            state_dir: setup.state_dir.clone(),
+            notifier: notifier.clone(),
+            store: store.clone(),
+        };
+        let render: metrics::server::Render =
+            Arc::new(move || view.health.metrics().render(&view.snapshot()));
+        let (gate, stop) = (first_poll.clone(), publisher_stop.clone());
+        tokio::spawn(async move {
+            gate.passed().await;
+            match metrics::server::start(&listen, render, stop).await {
+                Ok(()) => tracing::info!("metrics at {listen:?}"),
+                // Watching is not worth a failed start: say so and run on.
+                Err(e) => tracing::error!("cannot serve metrics at {listen:?}: {e}"),
+            }
+        });
+    }
     let publisher = tokio::spawn(
         Publisher {
             health: health.clone(),
@@ -334,7 +367,9 @@ async fn serve(path: &Path, config: Config, setup: Setup, runner: Option<MakeRun
     }
     router.resume(unanswered);
     let menu_bot = bot.clone();
+    let menu_gate = first_poll.clone();
     tokio::spawn(async move {
+        menu_gate.passed().await;
         // Cosmetic (the command menu in Telegram's clients): a failure costs nothing.
         if let Err(e) = menu_bot.set_my_commands(commands::menu()).await {
             tracing::info!("setMyCommands failed: {e}");
@@ -359,6 +394,7 @@ async fn serve(path: &Path, config: Config, setup: Setup, runner: Option<MakeRun
             retry_max: Duration::from_secs(config.telegram.retry_max_secs),
             group_mode: config.telegram.group_mode,
             max_file_bytes: config.telegram.max_file_mb * 1024 * 1024,
+            first_poll: first_poll.clone(),
         },
         health.clone(),
         store.clone(),
@@ -369,8 +405,11 @@ async fn serve(path: &Path, config: Config, setup: Setup, runner: Option<MakeRun
                 move |message: &mut _| router.classify(message)
             },
             deliver: {
-                let router = router.clone();
-                move |message| router.handle(message)
+                let (router, health) = (router.clone(), health.clone());
+                move |message| {
+                    health.metrics().message_received();
+                    router.handle(message)
+                }
             },
             // A ⏹ button's press is the router's (its job's stop), a schedule's Cancel the
             // schedules', any other an approval's.
@@ -415,6 +454,10 @@ async fn serve(path: &Path, config: Config, setup: Setup, runner: Option<MakeRun
             Some(signal) if signal.is_reload() => {
                 tracing::info!("received {signal}: reloading {}", path.display());
                 reload(path, &config, &settings, &circuits, &health);
+                // A worker binary replaced on disk is used from the next job on.
+                if let Some(spares) = &spares {
+                    spares.refresh();
+                }
             }
             Some(signal) => break StopReason::Signal(signal),
             None => break StopReason::ListenerGone,

@@ -17,6 +17,7 @@ mod listener;
 mod process;
 mod scratch;
 mod slot;
+mod spares;
 mod stderr_log;
 mod worker;
 
@@ -32,11 +33,13 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::files_back::FileDrop;
+use crate::first_poll::FirstPoll;
 use crate::health::Health;
 use crate::jobs::{ApprovalAsk, BoxFuture, JobLink, JobRunner, ScheduleAsk};
 use listener::PendingWorkers;
 use process::SpawnSpec;
 use slot::{RestartIntensity, Slot};
+pub use spares::Spares;
 
 #[derive(Clone)]
 pub struct SupervisorConfig {
@@ -52,7 +55,11 @@ pub struct SupervisorConfig {
     /// More worker deaths than this within `restart_window` put the pool in backoff.
     pub max_restarts: u32,
     pub restart_window: Duration,
+    /// `per-request`: workers kept started ahead ([`spares`]); 0 for none.
+    pub spares: usize,
     pub health: Arc<Health>,
+    /// The first workers start once the first poll is on its way ([`crate::first_poll`]).
+    pub first_poll: FirstPoll,
 }
 
 /// A job handed to the supervisor, with where its outcome goes.
@@ -75,6 +82,7 @@ struct Assignment {
 #[derive(Clone)]
 pub struct Supervisor {
     queue: mpsc::Sender<Assignment>,
+    spares: Option<Spares>,
 }
 
 /// Stops the supervisor in two steps: `stop_taking` ends the intake (idle slots finish),
@@ -113,6 +121,17 @@ impl Supervisor {
             config.max_restarts,
             config.restart_window,
         ));
+        let spares = (config.mode == WorkerMode::PerRequest && config.spares > 0).then(|| {
+            Spares::start(
+                config.spares,
+                &config,
+                spec.clone(),
+                pending.clone(),
+                deaths.clone(),
+                shutdown.stop_taking.clone(),
+                tasks,
+            )
+        });
         for slot in 0..config.slots.max(1) {
             let s = Slot::new(
                 slot,
@@ -121,10 +140,16 @@ impl Supervisor {
                 pending.clone(),
                 deaths.clone(),
                 shutdown,
+                spares.clone(),
             );
             tasks.spawn(s.run(receiver.clone()));
         }
-        Ok(Supervisor { queue })
+        Ok(Supervisor { queue, spares })
+    }
+
+    /// The warm spares of `per-request` mode, if any: a reload replaces them.
+    pub fn spares(&self) -> Option<Spares> {
+        self.spares.clone()
     }
 
     /// Runs `job` on a worker: see [`JobRunner::run`]. A cancelled job ends once none of

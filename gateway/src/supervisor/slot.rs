@@ -20,9 +20,11 @@ use tokio_util::sync::CancellationToken;
 
 use super::listener::PendingWorkers;
 use super::process::SpawnSpec;
+use super::spares::Spares;
 use super::worker::{Fate, StartError, Stops, Worker};
 use super::{Assignment, Shutdown, SupervisorConfig, cancelled};
 use crate::clock::sleep_until;
+use crate::first_poll::FirstPoll;
 use crate::health::{Health, WorkerLeft};
 use hermes_retry::Backoff;
 
@@ -65,14 +67,14 @@ impl RestartIntensity {
         }
     }
 
-    fn record(&self, now: Instant) {
+    pub(super) fn record(&self, now: Instant) {
         let mut deaths = self.deaths.lock().unwrap_or_else(|e| e.into_inner());
         deaths.push_back(now);
         self.prune(&mut deaths, now);
     }
 
     /// When over the limit, the moment the oldest death leaves the window.
-    fn blocked_until(&self, now: Instant) -> Option<Instant> {
+    pub(super) fn blocked_until(&self, now: Instant) -> Option<Instant> {
         let mut deaths = self.deaths.lock().unwrap_or_else(|e| e.into_inner());
         self.prune(&mut deaths, now);
         if deaths.len() > self.max as usize {
@@ -131,6 +133,9 @@ pub struct Slot {
     /// While set and in the future, starting is not attempted.
     retry_start_at: Option<Instant>,
     not_started: Option<NotStarted>,
+    /// `per-request` with `workers.spares`: where a job's worker comes from first.
+    spares: Option<Spares>,
+    first_poll: FirstPoll,
 }
 
 impl Slot {
@@ -141,6 +146,7 @@ impl Slot {
         pending: PendingWorkers,
         deaths: Arc<RestartIntensity>,
         shutdown: &Shutdown,
+        spares: Option<Spares>,
     ) -> Slot {
         Slot {
             id,
@@ -156,11 +162,19 @@ impl Slot {
             start_backoff: Backoff::new(Duration::from_millis(200), Duration::from_secs(30)),
             retry_start_at: None,
             not_started: None,
+            spares,
+            first_poll: config.first_poll.clone(),
         }
     }
 
     pub async fn run(mut self, queue: Arc<Mutex<mpsc::Receiver<Assignment>>>) {
         let mut worker: Option<Worker> = None;
+        if self.policy.prestart {
+            tokio::select! {
+                _ = self.stop_taking.cancelled() => {}
+                _ = self.first_poll.passed() => {}
+            }
+        }
         loop {
             if self.policy.prestart && worker.is_none() && !self.backing_off() {
                 worker = self.start_worker().await;
@@ -190,12 +204,16 @@ impl Slot {
                 let _ = assignment.done.send(cancelled(CancelReason::ByUser));
                 continue;
             }
-            if worker.is_none() {
-                worker = if self.backing_off() {
-                    None
-                } else {
-                    self.start_worker().await
+            if worker.is_none() && !self.backing_off() {
+                // A spare first (started and through its handshake already); a paused or
+                // backing-off slot takes none, as it starts none.
+                worker = match &self.spares {
+                    Some(spares) => spares.take().await,
+                    None => None,
                 };
+                if worker.is_none() {
+                    worker = self.start_worker().await;
+                }
             }
             let Some(w) = worker.as_mut() else {
                 let detail = match &self.not_started {

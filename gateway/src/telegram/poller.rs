@@ -39,6 +39,7 @@ use super::incoming::{
     AddressedAlbums, Identity, raw_sender, raw_text_message, user_message, withheld,
 };
 use super::webhook::{is_webhook_conflict, webhook_gone};
+use crate::first_poll::FirstPoll;
 use crate::health::Health;
 use crate::store::{Kind, Pending, Store, Unparsed};
 use hermes_retry::Backoff;
@@ -49,6 +50,8 @@ pub struct PollSettings {
     pub group_mode: GroupMode,
     /// `telegram.max_file_mb` in bytes: the photo size chosen is the largest within it.
     pub max_file_bytes: u64,
+    /// Opened once the first `getUpdates` is handed to the HTTP client.
+    pub first_poll: FirstPoll,
 }
 
 /// Where the poller hands what it receives: `classify` judges a message before it is
@@ -77,36 +80,46 @@ pub async fn poll(
     } = handlers;
     // No offset: what Telegram has not had acknowledged, whichever sequence it is on.
     let mut offset: Option<i32> = None;
+    // getMe (the bot's name, for mentions) and the webhook check are independent: asked
+    // together, the first poll waits for one round trip, not two.
+    let mut me_backoff = Backoff::new(Duration::from_millis(500), settings.retry_max);
+    let mut me_failing: Option<Instant> = None;
     let mut backoff = Backoff::new(Duration::from_millis(500), settings.retry_max);
     let mut failing_since: Option<Instant> = None;
-    let me = loop {
-        let result = tokio::select! {
-            _ = stop.cancelled() => return,
-            result = bot.get_me().send() => result,
-        };
-        match result {
-            Ok(me) => {
-                health.poll_ok();
-                recovered(&mut failing_since);
-                break Identity {
-                    id: me.user.id.0,
-                    username: me.user.username.clone().unwrap_or_default(),
-                };
-            }
-            Err(error) => {
-                let delay = backoff.next_delay();
-                failing_since.get_or_insert_with(Instant::now);
-                if !failed("getMe", &error, delay, &health, &stop).await {
-                    return;
+    let who = async {
+        loop {
+            let result = tokio::select! {
+                _ = stop.cancelled() => return None,
+                result = bot.get_me().send() => result,
+            };
+            match result {
+                Ok(me) => {
+                    health.poll_ok();
+                    recovered(&mut me_failing);
+                    break Some(Identity {
+                        id: me.user.id.0,
+                        username: me.user.username.clone().unwrap_or_default(),
+                    });
+                }
+                Err(error) => {
+                    let delay = me_backoff.next_delay();
+                    me_failing.get_or_insert_with(Instant::now);
+                    if !failed("getMe", &error, delay, &health, &stop).await {
+                        return None;
+                    }
                 }
             }
         }
     };
+    let webhook = drop_webhook(&bot, &health, &stop, &mut backoff, &mut failing_since, true);
+    let (me, webhook_dropped) = tokio::join!(who, webhook);
+    let (Some(me), true) = (me, webhook_dropped) else {
+        return;
+    };
+    failing_since = failing_since.or(me_failing);
     tracing::info!(bot = %me.username, "polling Telegram as @{}", me.username);
     let mut albums = AddressedAlbums::default();
-    if !drop_webhook(&bot, &health, &stop, &mut backoff, &mut failing_since, true).await {
-        return;
-    }
+    let mut first_poll = Some(settings.first_poll.clone());
     loop {
         // A long poll only after a success: a retry must answer at once to show recovery.
         let timeout = if failing_since.is_some() {
@@ -124,9 +137,18 @@ pub async fn poll(
         if timeout > 0 {
             health.long_poll_open();
         }
+        let mut send = std::pin::pin!(request.send());
+        let sending = std::future::poll_fn(|cx| {
+            let polled = send.as_mut().poll(cx);
+            // Handed to its connection now: what waited for the first poll may start.
+            if let Some(gate) = first_poll.take() {
+                gate.open();
+            }
+            polled
+        });
         let result = tokio::select! {
             _ = stop.cancelled() => return,
-            result = request.send() => result,
+            result = sending => result,
         };
         match result {
             Ok(updates) => {
