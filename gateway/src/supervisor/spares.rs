@@ -171,6 +171,9 @@ async fn keep(id: usize, shared: Arc<Shared>, mut generation: watch::Receiver<u6
                 _ = sleep_until(retry_at) => continue,
             }
         }
+        // Marked seen before the start, not after: a reload during the start replaces
+        // the spare it started (it has seen the old configuration).
+        generation.borrow_and_update();
         shared.starting.fetch_add(1, Ordering::SeqCst);
         let started = Worker::start(&shared.spec, &shared.pending, &shared.stop).await;
         shared.starting.fetch_sub(1, Ordering::SeqCst);
@@ -196,7 +199,6 @@ async fn keep(id: usize, shared: Arc<Shared>, mut generation: watch::Receiver<u6
                 continue;
             }
         };
-        generation.borrow_and_update();
         loop {
             shared.ready.fetch_add(1, Ordering::SeqCst);
             let event = tokio::select! {
