@@ -11,9 +11,11 @@
 
 use hermes_config::WorkerMode;
 use hermes_tests::fake_clock::{FakeClock, ShmLeftovers, unix_now};
-use hermes_tests::fake_provider::ProviderReply;
+use hermes_tests::fake_provider::{ProviderReply, Reported};
 use hermes_tests::fake_telegram::SendFault;
-use hermes_tests::harness::{Gateway, GatewayOptions, PATIENCE, Rig, USER, eventually};
+use hermes_tests::harness::{
+    Gateway, GatewayOptions, PATIENCE, Rig, USER, eventually, eventually_async,
+};
 use hermes_tests::skip::skip;
 use nix::sys::signal::Signal;
 use serde_json::{Value, json};
@@ -23,6 +25,8 @@ hermes_tests::both_modes!(
     a_recurring_schedule_fires_on_each_slot_and_once_after_a_downtime_spanning_several,
     a_schedule_cancelled_with_its_button_never_fires,
     a_schedule_of_a_user_no_longer_allowed_gets_no_runs,
+    a_schedule_created_in_a_topic_answers_in_that_topic,
+    a_scheduled_run_counts_against_its_chats_user,
 );
 
 const STRANGER: i64 = 4242;
@@ -357,4 +361,114 @@ async fn a_schedule_of_a_user_no_longer_allowed_gets_no_runs(mode: WorkerMode) {
     assert_eq!(provider_runs(&rig), 0, "a run for a user no longer allowed");
     assert!(runs(&rig).is_empty());
     rig.assert_logged("its user is no longer in telegram.allowed_users");
+}
+
+/// A forum (all its messages for the bot) whose topic 22 asks for a schedule: the run is
+/// asked and answered in topic 22, not in General.
+async fn a_schedule_created_in_a_topic_answers_in_that_topic(mode: WorkerMode) {
+    const FORUM: i64 = -100_200_300;
+    const TOPIC: i64 = 22;
+    let Some(clock) = FakeClock::new() else {
+        skip("libfaketime.so.1 not found (Debian package `faketime`)");
+        return;
+    };
+    let mut rig = Rig::start(mode, |o| {
+        o.env.extend(clock.env());
+        o.telegram_toml = "streaming = false\ngroup_mode = \"all\"\n".into();
+    })
+    .await;
+    let _leftovers = ShmLeftovers(rig.pid);
+    rig.telegram.make_forum(FORUM, &[11, TOPIC]);
+    rig.provider.push(ProviderReply::tool_calls(&[(
+        "call_1",
+        "schedule_create",
+        &json!({"prompt": "Stand-up notes", "in_seconds": 600}).to_string(),
+    )]));
+    rig.provider.push(ProviderReply::Text("done".into()));
+    let created = unix_now();
+    let reply = rig
+        .reply_to(FORUM, "set it up", |telegram| {
+            telegram.send_text_in_topic(FORUM, Some(TOPIC), USER, "set it up");
+        })
+        .await;
+    assert_eq!((reply.text.as_str(), reply.thread), ("done", Some(TOPIC)));
+
+    jump_to(&clock, created + 605);
+    assert!(
+        eventually(PATIENCE, || rig
+            .messages_in(FORUM)
+            .iter()
+            .any(|m| m.text.starts_with("⏰ Scheduled task")))
+        .await,
+        "the schedule never fired\n{}",
+        rig.gateway.log()
+    );
+    let run = rig
+        .messages_in(FORUM)
+        .into_iter()
+        .find(|m| m.text.starts_with("⏰ Scheduled task"))
+        .unwrap_or_else(|| panic!("no run"));
+    assert!(run.text.contains("Stand-up notes"), "{run:#?}");
+    assert_eq!(
+        run.thread,
+        Some(TOPIC),
+        "the run landed outside its topic: {run:#?}"
+    );
+    rig.gateway.assert_running(rig.pid);
+}
+
+/// The run's provider call is the schedule's user's usage, shown by the operator's
+/// `hermes-gateway usage` like any turn of theirs.
+async fn a_scheduled_run_counts_against_its_chats_user(mode: WorkerMode) {
+    let Some(clock) = FakeClock::new() else {
+        skip("libfaketime.so.1 not found (Debian package `faketime`)");
+        return;
+    };
+    let rig = Rig::start(mode, |o| o.env.extend(clock.env())).await;
+    let _leftovers = ShmLeftovers(rig.pid);
+    rig.provider.report_usage(Reported::tokens(100, 20, 0));
+    let created = unix_now();
+    create(&rig, json!({"prompt": "Count me", "in_seconds": 600})).await;
+    let calls = |report: &Value| report["users"][0]["total"]["calls"].as_i64();
+    let before = usage_json(&rig).await;
+    assert_eq!(before["users"][0]["user_id"], USER, "{before:#}");
+    assert_eq!(
+        calls(&before),
+        Some(2),
+        "the tool call and the answer: {before:#}"
+    );
+
+    jump_to(&clock, created + 605);
+    assert!(
+        eventually(PATIENCE, || runs(&rig).len() == 1).await,
+        "the schedule never fired\n{}",
+        rig.gateway.log()
+    );
+    // The usage is stored as the job ends, a moment after its answer was sent.
+    let after = eventually_async(PATIENCE, || async {
+        let report = usage_json(&rig).await;
+        (calls(&report) == Some(3)).then_some(report)
+    })
+    .await
+    .unwrap_or_else(|| panic!("the run's usage never counted\n{}", rig.gateway.log()));
+    assert_eq!(
+        after["users"].as_array().map(Vec::len),
+        Some(1),
+        "{after:#}"
+    );
+    assert_eq!(
+        after["users"][0]["total"]["prompt_tokens"], 300,
+        "{after:#}"
+    );
+}
+
+async fn usage_json(rig: &Rig) -> Value {
+    let out = tokio::process::Command::new(&hermes_tests::harness::binaries().gateway)
+        .args(["usage", "--json", "--config"])
+        .arg(&rig.gateway.config_path)
+        .output()
+        .await
+        .expect("hermes-gateway usage");
+    assert!(out.status.success(), "{out:?}");
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {out:?}"))
 }
