@@ -2,8 +2,6 @@
 //! into the gateway, reading its offset from a file the test rewrites, with the monotonic
 //! clock left alone, so only `CLOCK_REALTIME` (what `SystemTime::now()` reads) moves.
 //! The workers' environment is the gateway's allowlist, so they keep the real clock.
-//!
-//! (`tests/tests/clock.rs` has its own copy of these, from before this module.)
 
 use std::path::{Path, PathBuf};
 

@@ -15,9 +15,8 @@
 //! Real binaries against the fake Telegram and provider on 127.0.0.1; every scenario
 //! declared with `both_modes!` runs in both worker modes.
 
-use std::path::{Path, PathBuf};
-
 use hermes_config::WorkerMode;
+use hermes_tests::fake_clock::{FakeClock, ShmLeftovers, unix_now};
 use hermes_tests::fake_telegram::{FakeTelegram, SendFault};
 use hermes_tests::harness::{Gateway, PATIENCE, Rig, USER, eventually};
 use hermes_tests::skip::skip;
@@ -28,17 +27,15 @@ hermes_tests::both_modes!(
 );
 
 /// Past the default `telegram.outbox_max_age_secs` (a day), and not a second less.
-const JUMP: &str = "+2d";
-const JUMP_SECS: u64 = 2 * 86_400;
+const JUMP_SECS: i64 = 2 * 86_400;
 
 async fn a_reply_waiting_out_an_outage_survives_a_two_day_jump_of_the_wall_clock_and_arrives_once(
     mode: WorkerMode,
 ) {
-    let Some(library) = libfaketime() else {
+    let Some(clock) = FakeClock::new() else {
         skip("libfaketime.so.1 not found (Debian package `faketime`)");
         return;
     };
-    let clock = FakeClock::new(&library);
     let mut rig = Rig::start(mode, |o| o.env.extend(clock.env())).await;
     let _leftovers = ShmLeftovers(rig.pid);
     assert_eq!(rig.ask("warm up").await.text, "echo: warm up");
@@ -57,12 +54,12 @@ async fn a_reply_waiting_out_an_outage_survives_a_two_day_jump_of_the_wall_clock
     );
 
     let before_the_jump = unix_now();
-    clock.set(JUMP);
+    clock.set_secs(JUMP_SECS);
     // The gateway's wall clock has jumped: the status it writes every second says so.
     assert!(
         eventually(PATIENCE, || {
             rig.gateway.status_json()["written_at_unix"]
-                .as_u64()
+                .as_i64()
                 .is_some_and(|at| at >= before_the_jump + JUMP_SECS)
         })
         .await,
@@ -129,107 +126,8 @@ async fn a_reply_waiting_out_an_outage_survives_a_two_day_jump_of_the_wall_clock
     rig.gateway.assert_running(rig.pid);
 }
 
-/// libfaketime's offset for one gateway: a file it reads at every clock reading.
-struct FakeClock {
-    library: PathBuf,
-    dir: tempfile::TempDir,
-}
-
-impl FakeClock {
-    fn new(library: &Path) -> FakeClock {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let clock = FakeClock {
-            library: library.to_path_buf(),
-            dir,
-        };
-        clock.set("+0");
-        clock
-    }
-
-    fn file(&self) -> PathBuf {
-        self.dir.path().join("faketimerc")
-    }
-
-    /// Moves the gateway's wall clock to `offset` from the real one (libfaketime's
-    /// syntax: `+0`, `+2d`). Written whole and renamed, so no reading sees half a line.
-    fn set(&self, offset: &str) {
-        let tmp = self.dir.path().join("faketimerc.tmp");
-        std::fs::write(&tmp, format!("{offset}\n")).expect("write the offset");
-        std::fs::rename(&tmp, self.file()).expect("rename the offset into place");
-    }
-
-    /// The gateway's environment: preload the library, read the offset from the file at
-    /// every call (the default caches it for 10 s), and leave `CLOCK_MONOTONIC` real.
-    /// The workers' environment is the gateway's allowlist, so they run on the real clock.
-    fn env(&self) -> Vec<(String, String)> {
-        [
-            ("LD_PRELOAD", self.library.display().to_string()),
-            ("FAKETIME_TIMESTAMP_FILE", self.file().display().to_string()),
-            ("FAKETIME_NO_CACHE", "1".into()),
-            ("FAKETIME_DONT_FAKE_MONOTONIC", "1".into()),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v))
-        .collect()
-    }
-}
-
-/// What libfaketime keeps in `/dev/shm` for a process, named by its pid, and removes only
-/// when the process exits on its own: the harness kills the gateway. Left there, they
-/// pile up, and a later process given the same pid meets a libfaketime error ("shm_open
-/// failed: File exists"). Unlinking them while the gateway runs is harmless: nothing else
-/// shares its fake time (the workers' environment is an allowlist without libfaketime).
-struct ShmLeftovers(i32);
-
-impl Drop for ShmLeftovers {
-    fn drop(&mut self) {
-        let pid = self.0;
-        for name in [
-            format!("faketime_shm_{pid}"),
-            format!("sem.faketime_sem_{pid}"),
-        ] {
-            let _ = std::fs::remove_file(Path::new("/dev/shm").join(name));
-        }
-    }
-}
-
-/// `libfaketime.so.1` where distributions put it: Debian's multiarch directory of this
-/// machine (`/usr/lib/<triplet>/faketime/`), `/usr/lib64`, `/usr/lib`, or a local build.
-fn libfaketime() -> Option<PathBuf> {
-    let multiarch = std::fs::read_dir("/usr/lib")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|entry| entry.path())
-        .filter(|dir| {
-            dir.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with(std::env::consts::ARCH) && n.contains("-linux-"))
-        });
-    let fixed = [
-        "/usr/lib64",
-        "/usr/lib",
-        "/usr/local/lib",
-        "/usr/local/lib64",
-    ]
-    .map(PathBuf::from);
-    multiarch
-        .chain(fixed)
-        .flat_map(|dir| [dir.join("faketime"), dir])
-        .map(|dir| dir.join("libfaketime.so.1"))
-        .find(|path| path.is_file())
-}
-
 fn texts_of(telegram: &FakeTelegram) -> Vec<String> {
     telegram.sent_to(USER).into_iter().map(|m| m.text).collect()
-}
-
-/// The test's own clock, which libfaketime does not touch.
-fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 /// `hermes-gateway status --json` for this gateway, as an operator reads it.
