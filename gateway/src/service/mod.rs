@@ -257,31 +257,15 @@ fn try_install(user: bool, config_path: &Path, dry_run: bool) -> Result<(), Stop
         if user { " --user" } else { "" },
         config_path.display()
     );
-    let var = |name: &str| {
-        std::env::var(name)
-            .ok()
-            .map(|v| v.trim().to_string())
-            .filter(|v| !v.is_empty())
-    };
-    let exists = |path: &Path| path.is_file();
-    let host = Host {
-        dir: &dir,
-        var: &var,
-        exists: &exists,
-        // A user manager cannot decrypt host-key credentials (systemd 252 has no
-        // `systemd-creds --user`), so user units get 0600 files.
-        encrypt: !user && on_path("systemd-creds"),
-        reinstall: &reinstall,
-    };
-    let mut credentials =
-        credentials::plan(&credentials::needed(&config), &host).map_err(|missing| Stopped {
-            message: format!(
-                "cannot install: the unit would start without {} secret(s) the configuration names (nothing was written):\n  {}",
-                missing.len(),
-                missing.join("\n  ")
+    let mut credentials = plan_credentials(&config, &dir, user, &reinstall).map_err(|missing| {
+        refused(
+            format!(
+                "cannot install: the unit would start without {} secret(s) the configuration names",
+                missing.len()
             ),
-            code: EXIT_CONFIG,
-        })?;
+            &missing,
+        )
+    })?;
     let path = unit_path(user).map_err(failed)?;
     let paths = Paths {
         binary: &binary,
@@ -323,6 +307,41 @@ fn try_install(user: bool, config_path: &Path, dry_run: bool) -> Result<(), Stop
 
 fn lines(credentials: &[Credential], dir: &Path) -> Vec<String> {
     credentials.iter().map(|c| c.unit_line(dir)).collect()
+}
+
+/// How each secret `config` names reaches the unit, from the installing shell's variables
+/// and the credentials already in `dir`; the names of those found nowhere otherwise.
+fn plan_credentials(
+    config: &Config,
+    dir: &Path,
+    user: bool,
+    reinstall: &str,
+) -> Result<Vec<Credential>, Vec<String>> {
+    let var = |name: &str| {
+        std::env::var(name)
+            .ok()
+            .map(|v| v.trim().to_string())
+            .filter(|v| !v.is_empty())
+    };
+    let exists = |path: &Path| path.is_file();
+    let host = Host {
+        dir,
+        var: &var,
+        exists: &exists,
+        // A user manager cannot decrypt host-key credentials (systemd 252 has no
+        // `systemd-creds --user`), so user units get 0600 files.
+        encrypt: !user && on_path("systemd-creds"),
+        reinstall,
+    };
+    credentials::plan(&credentials::needed(config), &host)
+}
+
+/// An install refused for the secrets `missing`, before anything was written.
+fn refused(what: String, missing: &[String]) -> Stopped {
+    Stopped {
+        message: format!("{what} (nothing was written):\n  {}", missing.join("\n  ")),
+        code: EXIT_CONFIG,
+    }
 }
 
 fn on_path(program: &str) -> bool {
@@ -597,29 +616,12 @@ fn try_install_instance(
     let dir = crate::instances::credentials_dir(&credentials_dir(user).map_err(failed)?, name);
     let scope = if user { " --user" } else { "" };
     let reinstall = format!("hermes-gateway service install{scope} --instance {name}");
-    let var = |name: &str| {
-        std::env::var(name)
-            .ok()
-            .map(|v| v.trim().to_string())
-            .filter(|v| !v.is_empty())
-    };
-    let exists = |path: &Path| path.is_file();
-    let host = Host {
-        dir: &dir,
-        var: &var,
-        exists: &exists,
-        encrypt: !user && on_path("systemd-creds"),
-        reinstall: &reinstall,
-    };
-    let mut credentials =
-        credentials::plan(&credentials::needed(&config), &host).map_err(|missing| Stopped {
-            message: format!(
-                "cannot install instance {name}: it would start without {} secret(s) its configuration names (nothing was written):\n  {}",
-                missing.len(),
-                missing.join("\n  ")
-            ),
-            code: EXIT_CONFIG,
-        })?;
+    let mut credentials = plan_credentials(&config, &dir, user, &reinstall).map_err(|missing| {
+        refused(format!(
+            "cannot install instance {name}: it would start without {} secret(s) its configuration names",
+            missing.len()
+        ), &missing)
+    })?;
     let stop = stop_timeout_secs(&config.workers);
     let kind = template_kind(user);
     let paths = Paths {
