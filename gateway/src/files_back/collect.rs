@@ -75,6 +75,31 @@ pub fn collect(dir: &Path, names: &[String], area: &Path, limits: &Limits) -> Co
     collected
 }
 
+/// Whether `dir` is an output directory as the gateway makes it: a directory of its own
+/// (not a link), mode 0700, with nothing in it. Looked at through one open file, so a tool
+/// cannot swap the directory between the checks.
+pub fn is_clean_output_dir(dir: &Path) -> bool {
+    let Ok(opened) = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc_flags(OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW))
+        .open(dir)
+    else {
+        return false;
+    };
+    let as_made = opened.metadata().is_ok_and(|m| {
+        m.is_dir() && m.mode() & 0o7777 == 0o700 && m.uid() == nix::unistd::geteuid().as_raw()
+    });
+    if !as_made {
+        return false;
+    }
+    let Ok(mut entries) = nix::dir::Dir::from_fd(opened.into()) else {
+        return false;
+    };
+    entries
+        .iter()
+        .all(|entry| entry.is_ok_and(|e| matches!(e.file_name().to_bytes(), b"." | b"..")))
+}
+
 /// A name as the chat and the log see it: cut to [`MAX_SHOWN_NAME`] bytes.
 fn shown(name: &str) -> String {
     crate::text::cut_at_char(name, MAX_SHOWN_NAME).to_string()
@@ -256,6 +281,33 @@ mod tests {
                 .iter()
                 .all(|(n, _)| n.len() <= MAX_SHOWN_NAME)
         );
+    }
+
+    #[test]
+    fn an_output_directory_is_clean_only_as_made_and_empty() {
+        use std::os::unix::fs::PermissionsExt;
+        let parent = tempfile::tempdir().unwrap();
+        let out = parent.path().join("out");
+        assert!(!is_clean_output_dir(&out), "missing");
+        std::fs::create_dir(&out).unwrap();
+        std::fs::set_permissions(&out, std::fs::Permissions::from_mode(0o700)).unwrap();
+        assert!(is_clean_output_dir(&out), "as made");
+        std::fs::write(out.join("left.txt"), "x").unwrap();
+        assert!(!is_clean_output_dir(&out), "a file left in it");
+        std::fs::remove_file(out.join("left.txt")).unwrap();
+        std::fs::create_dir(out.join(".hidden")).unwrap();
+        assert!(!is_clean_output_dir(&out), "a directory left in it");
+        std::fs::remove_dir(out.join(".hidden")).unwrap();
+        std::fs::set_permissions(&out, std::fs::Permissions::from_mode(0o777)).unwrap();
+        assert!(!is_clean_output_dir(&out), "opened to others");
+        std::fs::remove_dir(&out).unwrap();
+        let real = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(real.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+        std::os::unix::fs::symlink(real.path(), &out).unwrap();
+        assert!(!is_clean_output_dir(&out), "a link to an empty directory");
+        std::fs::remove_file(&out).unwrap();
+        std::fs::write(&out, "").unwrap();
+        assert!(!is_clean_output_dir(&out), "a file at its name");
     }
 
     #[test]

@@ -37,7 +37,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
-pub use collect::collect;
+pub use collect::{collect, is_clean_output_dir};
 
 /// The store's file area, in the state directory.
 pub const OUTGOING_DIR: &str = "outgoing";

@@ -71,7 +71,7 @@ impl Worker {
         let timer = tokio::time::sleep_until(deadline.into());
         tokio::pin!(timer);
         let mut sent = job.clone();
-        sent.output_dir = self.new_output_dir().await;
+        sent.output_dir = self.job_output_dir().await;
         let frame = ToWorker::Job(sent);
         let sent = tokio::select! {
             sent = self.conn.write_frame(&frame) => sent,

@@ -74,22 +74,21 @@ impl Worker {
         self._scratch.path().join(crate::files_back::OUTPUT_DIR)
     }
 
-    /// Makes an empty output directory for the next job (0700; whatever a tool left at
-    /// that name is removed, never followed), and names it for the job; `None` when it
-    /// cannot be made: the job then sends no file back.
-    async fn new_output_dir(&self) -> Option<String> {
-        use std::os::unix::fs::DirBuilderExt;
+    /// Names an empty output directory for the next job: the one there if it is still as
+    /// made (looked at on this thread: one open and one read), or else a new one (0700;
+    /// whatever a tool left at that name is removed, never followed). `None` when it
+    /// cannot be made: the job then sends no file back. Making and removing a directory
+    /// for every job cost the parent more than all of a message's store work (ext4's
+    /// inode and journal work, and two trips to the blocking threads on the job's path).
+    async fn job_output_dir(&self) -> Option<String> {
         let dir = self.output_dir();
+        if crate::files_back::is_clean_output_dir(&dir) {
+            return Some(dir.display().to_string());
+        }
         // Off the async threads: a tool may have left much there since the last job.
-        let made = tokio::task::spawn_blocking(move || {
-            let _ = remove(&dir);
-            std::fs::DirBuilder::new()
-                .mode(0o700)
-                .create(&dir)
-                .map(|()| dir)
-        })
-        .await
-        .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+        let made = tokio::task::spawn_blocking(move || remake_output_dir(&dir).map(|()| dir))
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(e)));
         match made {
             Ok(dir) => Some(dir.display().to_string()),
             Err(e) => {
@@ -103,30 +102,31 @@ impl Worker {
     }
 
     /// Takes the files a reply names from the job's output directory into the store's
-    /// file area (`files`), tells the chat what came of them, and removes the directory.
-    /// A reply whose chat wants no files has them dropped.
+    /// file area (`files`) and tells the chat what came of them; a directory they were
+    /// taken from is made anew for the next job, and any other is looked at when the next
+    /// job starts. A reply whose chat wants no files has them dropped.
     pub async fn hand_over_files(
         &self,
         outcome: &mut hermes_protocol::Outcome,
         files: Option<crate::files_back::FileDrop>,
     ) {
-        let dir = self.output_dir();
         let names = match outcome {
             hermes_protocol::Outcome::Reply(reply) => std::mem::take(&mut reply.files),
             hermes_protocol::Outcome::Failed(_) => Vec::new(),
         };
+        let Some(drop) = files else { return };
+        if names.is_empty() {
+            let _ = drop.done.send(crate::files_back::Collected::default());
+            return;
+        }
+        let dir = self.output_dir();
         let collected = tokio::task::spawn_blocking(move || {
-            let collected = match &files {
-                Some(drop) if !names.is_empty() => {
-                    crate::files_back::collect(&dir, &names, &drop.area, &drop.limits)
-                }
-                _ => crate::files_back::Collected::default(),
-            };
-            let _ = remove(&dir);
-            (collected, files)
+            let collected = crate::files_back::collect(&dir, &names, &drop.area, &drop.limits);
+            let _ = remake_output_dir(&dir);
+            (collected, drop)
         })
         .await;
-        if let Ok((collected, Some(drop))) = collected {
+        if let Ok((collected, drop)) = collected {
             let _ = drop.done.send(collected);
         }
     }
@@ -185,6 +185,9 @@ impl Worker {
             return Err(StartError::NeverConnected { pid });
         };
         tracing::debug!(worker_pid = pid, "worker connected");
+        // Made while the worker starts, off a message's path (a spare's start is); a
+        // failure shows again, and is said, at the first job.
+        let _ = remake_output_dir(&scratch.path().join(crate::files_back::OUTPUT_DIR));
         Ok(Worker {
             child,
             pid,
@@ -220,6 +223,17 @@ impl Worker {
 fn new_token() -> String {
     let bytes: [u8; 24] = rand::rng().random();
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Makes `dir` anew, empty and 0700, after removing whatever was at its name.
+fn remake_output_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    match remove(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    std::fs::DirBuilder::new().mode(0o700).create(dir)
 }
 
 /// Removes `dir` (a directory or whatever a tool put at its name), never following a link.
