@@ -323,6 +323,8 @@ pub struct Store {
     /// Outbox pieces that left (delivered, or refused for good) and are still in the
     /// table: removed by the next transaction, whatever it commits (see [`outbox`]).
     left: Mutex<Vec<i64>>,
+    /// Usage of ended jobs, added by the next transaction that commits ([`usage`]).
+    usage_due: Mutex<Vec<usage::UsageRow>>,
     /// Told of every error and every commit, for the health report.
     writes: Arc<StoreWrites>,
 }
@@ -434,6 +436,7 @@ impl Store {
             path: path.to_path_buf(),
             checkpointer,
             left: Mutex::new(Vec::new()),
+            usage_due: Mutex::new(Vec::new()),
             writes: Arc::default(),
         })
     }
@@ -447,19 +450,23 @@ impl Store {
         lock(&self.conn)
     }
 
-    /// Commits `tx` with the outbox pieces that left since the last commit removed, and
-    /// counts the write for the checkpointer. When it fails, those pieces wait for the
-    /// next one.
+    /// Commits `tx` with the outbox pieces that left since the last commit removed and the
+    /// usage due added, and counts the write for the checkpointer. When it fails, those
+    /// wait for the next one.
     fn commit(&self, tx: rusqlite::Transaction) -> Result<(), StoreError> {
         let left = std::mem::take(&mut *lock(&self.left));
+        let usage = std::mem::take(&mut *lock(&self.usage_due));
         let removed = left.iter().try_for_each(|id| {
             tx.prepare_cached("DELETE FROM outbox WHERE id = ?1")
                 .and_then(|mut st| st.execute([id]))
                 .map(|_| ())
         });
-        let committed = removed.and_then(|()| tx.commit());
+        let committed = removed
+            .and_then(|()| usage.iter().try_for_each(|row| usage::insert(&tx, row)))
+            .and_then(|()| tx.commit());
         if committed.is_err() {
             lock(&self.left).extend(left);
+            lock(&self.usage_due).extend(usage);
         }
         self.wrap(committed)?;
         self.writes.committed();

@@ -152,11 +152,11 @@ impl Store {
         super::lock(&self.left).push(id);
     }
 
-    /// Removes the pieces that left from the outbox now, unless another transaction
-    /// already did.
+    /// Removes the pieces that left from the outbox now (and adds the usage due), unless
+    /// another transaction already did.
     pub fn record_left(&self) -> Result<(), StoreError> {
         let mut conn = self.lock();
-        if super::lock(&self.left).is_empty() {
+        if super::lock(&self.left).is_empty() && super::lock(&self.usage_due).is_empty() {
             return Ok(());
         }
         let tx = self.wrap(conn.transaction())?;

@@ -242,12 +242,8 @@ impl Store {
     pub fn chat_time_zone(&self, chat_id: i64) -> Result<Option<String>, StoreError> {
         let conn = self.lock();
         self.wrap(
-            conn.query_row(
-                "SELECT time_zone FROM chat_time_zones WHERE chat_id = ?1",
-                params![chat_id],
-                |r| r.get(0),
-            )
-            .optional(),
+            conn.prepare_cached("SELECT time_zone FROM chat_time_zones WHERE chat_id = ?1")
+                .and_then(|mut st| st.query_row(params![chat_id], |r| r.get(0)).optional()),
         )
     }
 

@@ -121,48 +121,60 @@ fn grouped<K: rusqlite::types::FromSql>(
     rows.collect()
 }
 
+/// One job's calls to one provider, for `user` in `chat` on `day`.
+#[derive(Debug, Clone)]
+pub(super) struct UsageRow {
+    user: u64,
+    chat: i64,
+    provider: String,
+    day: String,
+    totals: Totals,
+}
+
+/// Adds `row` to its day's row.
+pub(super) fn insert(tx: &rusqlite::Transaction, row: &UsageRow) -> rusqlite::Result<()> {
+    let t = &row.totals;
+    tx.prepare_cached(
+        "INSERT INTO usage_daily (user_id, chat_id, provider, day, calls, \
+         prompt_tokens, completion_tokens, cached_tokens, cost_micros, uncosted_calls) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) \
+         ON CONFLICT (user_id, day, chat_id, provider) DO UPDATE SET \
+         calls = calls + excluded.calls, \
+         prompt_tokens = prompt_tokens + excluded.prompt_tokens, \
+         completion_tokens = completion_tokens + excluded.completion_tokens, \
+         cached_tokens = cached_tokens + excluded.cached_tokens, \
+         cost_micros = cost_micros + excluded.cost_micros, \
+         uncosted_calls = uncosted_calls + excluded.uncosted_calls",
+    )?
+    .execute(params![
+        int(row.user),
+        row.chat,
+        row.provider,
+        row.day,
+        int(t.calls),
+        int(t.prompt_tokens),
+        int(t.completion_tokens),
+        int(t.cached_tokens),
+        int(t.cost_micros),
+        int(t.uncosted_calls),
+    ])
+    .map(|_| ())
+}
+
 impl Store {
-    /// Adds what one job's calls used, by provider, to `user`'s row for `chat` on `day`.
-    pub fn add_usage(
-        &self,
-        user: u64,
-        chat: i64,
-        day: &str,
-        used: &[(String, Totals)],
-    ) -> Result<(), StoreError> {
-        let mut conn = self.lock();
-        let tx = self.wrap(conn.transaction())?;
-        for (provider, t) in used {
-            self.wrap(
-                tx.prepare_cached(
-                    "INSERT INTO usage_daily (user_id, chat_id, provider, day, calls, \
-                     prompt_tokens, completion_tokens, cached_tokens, cost_micros, uncosted_calls) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) \
-                     ON CONFLICT (user_id, day, chat_id, provider) DO UPDATE SET \
-                     calls = calls + excluded.calls, \
-                     prompt_tokens = prompt_tokens + excluded.prompt_tokens, \
-                     completion_tokens = completion_tokens + excluded.completion_tokens, \
-                     cached_tokens = cached_tokens + excluded.cached_tokens, \
-                     cost_micros = cost_micros + excluded.cost_micros, \
-                     uncosted_calls = uncosted_calls + excluded.uncosted_calls",
-                )
-                .and_then(|mut st| {
-                    st.execute(params![
-                        int(user),
-                        chat,
-                        provider,
-                        day,
-                        int(t.calls),
-                        int(t.prompt_tokens),
-                        int(t.completion_tokens),
-                        int(t.cached_tokens),
-                        int(t.cost_micros),
-                        int(t.uncosted_calls),
-                    ])
-                }),
-            )?;
-        }
-        self.commit(tx)
+    /// Adds what one job's calls used, by provider, to `user`'s row for `chat` on `day`,
+    /// with the next transaction that commits: the job's reply, which its chat commits
+    /// next. One write for both where there were two, a tenth of the parent's CPU per
+    /// message. Should that commit fail, the usage waits for the one after; should the
+    /// gateway be killed first, the job's reply is lost with it, and the job is asked again.
+    pub fn add_usage(&self, user: u64, chat: i64, day: &str, used: &[(String, Totals)]) {
+        super::lock(&self.usage_due).extend(used.iter().map(|(provider, totals)| UsageRow {
+            user,
+            chat,
+            provider: provider.clone(),
+            day: day.to_string(),
+            totals: *totals,
+        }));
     }
 
     /// The sums of `user`'s calls (everyone's with `None`) on `days`.
@@ -236,26 +248,21 @@ mod tests {
     fn usage_adds_up_per_user_day_and_provider_and_reads_beside_the_gateway() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        store
-            .add_usage(1, 10, "2026-12-05", &[("a".into(), call(100, 20, Some(5)))])
-            .unwrap();
-        store
-            .add_usage(
-                1,
-                10,
-                "2026-12-05",
-                &[
-                    ("a".into(), call(10, 2, None)),
-                    ("b".into(), call(1, 1, Some(1))),
-                ],
-            )
-            .unwrap();
-        store
-            .add_usage(2, 20, "2026-12-06", &[("a".into(), call(7, 3, Some(2)))])
-            .unwrap();
-        store
-            .add_usage(1, 11, "2026-11-30", &[("a".into(), call(50, 50, Some(9)))])
-            .unwrap();
+        store.add_usage(1, 10, "2026-12-05", &[("a".into(), call(100, 20, Some(5)))]);
+        store.add_usage(
+            1,
+            10,
+            "2026-12-05",
+            &[
+                ("a".into(), call(10, 2, None)),
+                ("b".into(), call(1, 1, Some(1))),
+            ],
+        );
+        store.add_usage(2, 20, "2026-12-06", &[("a".into(), call(7, 3, Some(2)))]);
+        store.add_usage(1, 11, "2026-11-30", &[("a".into(), call(50, 50, Some(9)))]);
+        // Added with the next transaction that commits, whichever it is.
+        assert_eq!(store.usage_sum(None, Days::ALL).unwrap(), Totals::default());
+        store.record_left().unwrap();
 
         let day = Days {
             from: "2026-12-05",

@@ -138,7 +138,8 @@ mod tests {
             cached_tokens: 0,
             cost_micros: Some(cost),
         });
-        store.add_usage(user, 1, day, &[("p".into(), t)]).unwrap();
+        store.add_usage(user, 1, day, &[("p".into(), t)]);
+        store.record_left().unwrap();
     }
 
     /// 2026-12-05 12:00 UTC.

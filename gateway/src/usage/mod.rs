@@ -68,20 +68,13 @@ impl JobUsage {
     }
 }
 
-/// Adds `used` to `user`'s usage in `chat` today (in `zone`). A store that refuses it is
-/// logged: the answer still goes out, and the usage is lost (never the reply).
+/// Adds `used` to `user`'s usage in `chat` today (in `zone`), with the job's reply.
 pub fn record(store: &Store, zone: &TimeZone, user: u64, chat: i64, used: &JobUsage) {
     if used.is_empty() {
         return;
     }
     let day = calendar::periods(zone, unix_now()).day;
-    if let Err(e) = store.add_usage(user, chat, &day, used.by_provider()) {
-        tracing::error!(
-            chat_id = chat,
-            user_id = user,
-            "cannot record the job's usage: {e}"
-        );
-    }
+    store.add_usage(user, chat, &day, used.by_provider());
 }
 
 #[cfg(test)]
