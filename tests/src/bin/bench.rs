@@ -378,8 +378,13 @@ fn stats(mut samples: Vec<f64>) -> Stats {
 
 /// The `[telegram]` keys as shipped (streaming on): the harness turns streaming off for
 /// tests that want one message per reply, but the numbers must be the product's.
+/// `HERMES_BENCH_TELEGRAM_TOML="reactions = false"` measures the same build with other
+/// keys, to tell what one feature costs.
 fn product_defaults(options: &mut GatewayOptions) {
     options.telegram_toml.clear();
+    if let Ok(extra) = std::env::var("HERMES_BENCH_TELEGRAM_TOML") {
+        options.telegram_toml = extra;
+    }
 }
 
 fn ms(d: Duration) -> f64 {
@@ -554,6 +559,9 @@ async fn throughput(
         if let Some((wrapper, _)) = &callgrind {
             o.gateway_binary = Some(wrapper.clone());
             o.worker_command = Some(hermes_tests::harness::binaries().worker.clone());
+        } else if let Some(wrapper) = prefix_wrapper() {
+            o.gateway_binary = Some(wrapper);
+            o.worker_command = Some(hermes_tests::harness::binaries().worker.clone());
         }
     })
     .await;
@@ -624,6 +632,27 @@ fn callgrind_wrapper() -> Option<(PathBuf, PathBuf)> {
     )
     .unwrap_or_else(|e| panic!("{}: {e}", wrapper.display()));
     Some((wrapper, dir))
+}
+
+/// With `HERMES_BENCH_GATEWAY_PREFIX='mkdir -p /tmp/st/$$; exec strace -f -ff -o /tmp/st/$$/t'`
+/// (a shell line ending in a command; `$$` is the gateway's pid),
+/// the throughput rows run the gateway under that command: where its time goes, by system
+/// call or by function. The rates measured then are meaningless.
+fn prefix_wrapper() -> Option<PathBuf> {
+    let prefix = std::env::var("HERMES_BENCH_GATEWAY_PREFIX").ok()?;
+    let wrapper =
+        std::env::temp_dir().join(format!("hermes-bench-prefix-{}.sh", std::process::id()));
+    let script = format!(
+        "#!/bin/sh\n{prefix} {} \"$@\"\n",
+        hermes_tests::harness::binaries().gateway.display()
+    );
+    std::fs::write(&wrapper, script).unwrap_or_else(|e| panic!("{}: {e}", wrapper.display()));
+    std::fs::set_permissions(
+        &wrapper,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap_or_else(|e| panic!("{}: {e}", wrapper.display()));
+    Some(wrapper)
 }
 
 fn callgrind_control(action: &str, pid: i32) {
