@@ -68,7 +68,13 @@ impl Doc<'_> {
         let mut s = Section::new("budgets", table.cloned());
         let line = s.raw_line("time_zone", self);
         let time_zone = s.take_or("time_zone", "UTC".to_string(), self);
-        let zone = match TimeZone::get(&time_zone) {
+        // UTC, the default, needs no look through the time zone database (which reads
+        // every directory of the system's zoneinfo, on the way to the first poll).
+        let zone = match if time_zone == "UTC" {
+            Ok(TimeZone::UTC)
+        } else {
+            TimeZone::get(&time_zone)
+        } {
             Ok(zone) => zone,
             Err(e) => {
                 self.problems.push(Problem {

@@ -8,8 +8,9 @@
 //! for: a message in that first poll's answer finds its worker started by then, or starts
 //! one as it would anyway.
 //!
-//! The gate opens when the poller has handed its first `getUpdates` to the HTTP client, or
-//! after [`AT_THE_LATEST`] whatever Telegram does: an outage at boot (getMe failing and
+//! The gate opens when the `getMe` and webhook check sent beside the first `getUpdates`
+//! are answered (that poll has gone out by then), or after [`AT_THE_LATEST`] whatever
+//! Telegram does: an outage at boot (getMe failing and
 //! retried) must not keep workers from starting, nor `READY=1` from being sent.
 
 use std::time::Duration;

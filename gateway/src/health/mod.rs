@@ -121,12 +121,18 @@ impl Health {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// A call to Telegram (`getMe`, `getUpdates`) succeeded.
+    /// A `getUpdates` succeeded.
     pub fn poll_ok(&self) {
+        self.telegram_answered();
+        self.lock().long_poll_open_since = None;
+    }
+
+    /// Another call to Telegram (`getMe`) succeeded: the first long poll, sent beside it,
+    /// stays open.
+    pub fn telegram_answered(&self) {
         let mut s = self.lock();
         s.last_round_trip = Some(Instant::now());
         s.last_poll_ok = Some(SystemTime::now());
-        s.long_poll_open_since = None;
         s.failing_since = None;
         s.last_poll_error = None;
     }

@@ -5,6 +5,56 @@ use rusqlite::{Connection, params};
 
 use super::*;
 
+/// The tables and indexes of `conn` as SQLite keeps their text: tables first, each kind
+/// in the order made.
+fn schema_of(conn: &Connection) -> Vec<String> {
+    let mut st = conn
+        .prepare(
+            "SELECT sql FROM sqlite_master WHERE sql IS NOT NULL AND name NOT LIKE 'sqlite_%' \
+             ORDER BY type = 'index', rowid",
+        )
+        .unwrap();
+    st.query_map([], |r| r.get::<_, String>(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+}
+
+#[test]
+fn a_new_store_is_made_with_the_schema_its_migrations_make() {
+    let migrated = Connection::open_in_memory().unwrap();
+    for migration in MIGRATIONS {
+        migrated.execute_batch(migration).unwrap();
+    }
+    assert_eq!(MIGRATIONS.len() as i64, SCHEMA_VERSION);
+    let mut expected = schema_of(&migrated);
+    let made = Connection::open_in_memory().unwrap();
+    made.execute_batch(SCHEMA).unwrap();
+    let mut found = schema_of(&made);
+    let header: String = SCHEMA
+        .lines()
+        .take_while(|l| l.starts_with("--"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let file: String = expected.iter().map(|sql| format!("{sql};\n")).collect();
+    expected.sort();
+    found.sort();
+    assert!(
+        expected == found,
+        "gateway/src/store/schema.sql is not what the migrations make; it should read:\n{header}{file}"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let mut opened = schema_of(&store.lock());
+    opened.sort();
+    assert_eq!(opened, expected);
+    let version: i64 = store
+        .lock()
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(version, SCHEMA_VERSION);
+}
+
 /// Message `id` of chat 7: in a store that numbers rows from 1 as they arrive, its row id
 /// too when the messages are stored in order.
 fn pending(id: i64, text: &str) -> Pending {

@@ -15,8 +15,8 @@
 //! within one backoff, not one long poll later.
 //!
 //! What each update says, and whether a group message is for the bot, is judged in
-//! [`super::incoming`]. Knowing the bot's own name for that takes one `getMe`, made before
-//! the first poll and retried like one.
+//! [`super::incoming`]. Knowing the bot's own name for that takes one `getMe`, made beside
+//! the first poll (whose answer waits for it) and retried like one.
 //!
 //! Nothing is acknowledged unread: an update the Bot API client cannot parse (a field
 //! changed after a Bot API release) is kept whole in the store with a warning, and
@@ -50,7 +50,7 @@ pub struct PollSettings {
     pub group_mode: GroupMode,
     /// `telegram.max_file_mb` in bytes: the photo size chosen is the largest within it.
     pub max_file_bytes: u64,
-    /// Opened once the first `getUpdates` is handed to the HTTP client.
+    /// Opened once the first `getUpdates` has gone out (with `getMe`, whose answer is in).
     pub first_poll: FirstPoll,
 }
 
@@ -94,7 +94,7 @@ pub async fn poll(
             };
             match result {
                 Ok(me) => {
-                    health.poll_ok();
+                    health.telegram_answered();
                     recovered(&mut me_failing);
                     break Some(Identity {
                         id: me.user.id.0,
@@ -111,44 +111,61 @@ pub async fn poll(
             }
         }
     };
-    let webhook = drop_webhook(&bot, &health, &stop, &mut backoff, &mut failing_since, true);
-    let (me, webhook_dropped) = tokio::join!(who, webhook);
-    let (Some(me), true) = (me, webhook_dropped) else {
+    let webhook = drop_webhook(
+        &bot,
+        &health,
+        &stop,
+        &mut failing_since,
+        true,
+        settings.retry_max,
+    );
+    // The first poll goes beside them: its answer waits for the bot's name, but the time to
+    // the first poll is not two round trips. Should a webhook still be set when it
+    // arrives, it meets the conflict every poll can meet, and is retried.
+    let first = async {
+        tokio::select! {
+            _ = stop.cancelled() => None,
+            result = get_updates(&bot, settings.timeout_secs, None, &health) => Some(result),
+        }
+    };
+    let named = async {
+        let named = tokio::join!(who, webhook);
+        // Their answers are in, so the first poll, sent with them, has gone out too: what
+        // waited for it may start (opened sooner, the workers' forks would hold its
+        // connection up).
+        settings.first_poll.open();
+        named
+    };
+    let ((me, webhook_deleted), first) = tokio::join!(named, first);
+    let (Some(me), Some(webhook_deleted), Some(first)) = (me, webhook_deleted, first) else {
         return;
+    };
+    // The first poll met the webhook the check beside it found and deleted: asked again,
+    // not a failure, and not deleted twice.
+    let first = match first {
+        Err(e) if webhook_deleted && is_webhook_conflict(&e) => None,
+        first => Some(first),
     };
     failing_since = failing_since.or(me_failing);
     tracing::info!(bot = %me.username, "polling Telegram as @{}", me.username);
     let mut albums = AddressedAlbums::default();
-    let mut first_poll = Some(settings.first_poll.clone());
+    let mut first = first;
     loop {
-        // A long poll only after a success: a retry must answer at once to show recovery.
-        let timeout = if failing_since.is_some() {
-            0
-        } else {
-            settings.timeout_secs
-        };
-        let mut request = bot
-            .get_updates()
-            .timeout(timeout)
-            .allowed_updates([AllowedUpdate::Message, AllowedUpdate::CallbackQuery]);
-        if let Some(offset) = offset {
-            request = request.offset(offset);
-        }
-        if timeout > 0 {
-            health.long_poll_open();
-        }
-        let mut send = std::pin::pin!(request.send());
-        let sending = std::future::poll_fn(|cx| {
-            let polled = send.as_mut().poll(cx);
-            // Handed to its connection now: what waited for the first poll may start.
-            if let Some(gate) = first_poll.take() {
-                gate.open();
+        let result = match first.take() {
+            Some(result) => result,
+            None => {
+                // A long poll only after a success: a retry must answer at once to show
+                // recovery.
+                let timeout = if failing_since.is_some() {
+                    0
+                } else {
+                    settings.timeout_secs
+                };
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    result = get_updates(&bot, timeout, offset, &health) => result,
+                }
             }
-            polled
-        });
-        let result = tokio::select! {
-            _ = stop.cancelled() => return,
-            result = sending => result,
         };
         match result {
             Ok(updates) => {
@@ -232,15 +249,16 @@ pub async fn poll(
                 health.poll_failed(describe(&error));
                 failing_since.get_or_insert_with(Instant::now);
                 offset = None;
-                if !drop_webhook(
+                if drop_webhook(
                     &bot,
                     &health,
                     &stop,
-                    &mut backoff,
                     &mut failing_since,
                     false,
+                    settings.retry_max,
                 )
                 .await
+                .is_none()
                 {
                     return;
                 }
@@ -265,6 +283,27 @@ pub async fn poll(
     }
 }
 
+/// One `getUpdates` from `offset` (what is unacknowledged with None), held by Telegram
+/// up to `timeout` seconds.
+async fn get_updates(
+    bot: &Bot,
+    timeout: u32,
+    offset: Option<i32>,
+    health: &Health,
+) -> Result<Vec<Update>, RequestError> {
+    let mut request = bot
+        .get_updates()
+        .timeout(timeout)
+        .allowed_updates([AllowedUpdate::Message, AllowedUpdate::CallbackQuery]);
+    if let Some(offset) = offset {
+        request = request.offset(offset);
+    }
+    if timeout > 0 {
+        health.long_poll_open();
+    }
+    request.send().await
+}
+
 /// After a call that succeeded: ends a run of failures, saying how long it lasted (from
 /// the first failure to this answer; an open long poll is never part of it).
 fn recovered(failing_since: &mut Option<Instant>) {
@@ -278,27 +317,28 @@ fn recovered(failing_since: &mut Option<Instant>) {
 
 /// Deletes a webhook set on the token, keeping the updates Telegram holds, so polling
 /// works; at start-up (`starting`) only if one is set. Retried like a poll until it is
-/// done. False when the gateway stops first.
+/// done: whether one was deleted, or None when the gateway stops first.
 async fn drop_webhook(
     bot: &Bot,
     health: &Health,
     stop: &CancellationToken,
-    backoff: &mut Backoff,
     failing_since: &mut Option<Instant>,
     starting: bool,
-) -> bool {
+    retry_max: Duration,
+) -> Option<bool> {
+    let mut backoff = Backoff::new(Duration::from_millis(500), retry_max);
     loop {
         let result = tokio::select! {
-            _ = stop.cancelled() => return false,
+            _ = stop.cancelled() => return None,
             result = webhook_gone(bot, starting) => result,
         };
         match result {
-            Ok(()) => return true,
+            Ok(deleted) => return Some(deleted),
             Err(error) => {
                 let delay = backoff.next_delay();
                 failing_since.get_or_insert_with(Instant::now);
                 if !failed("deleteWebhook", &error, delay, health, stop).await {
-                    return false;
+                    return None;
                 }
             }
         }

@@ -10,11 +10,11 @@ use teloxide_core::prelude::*;
 use teloxide_core::{ApiError, RequestError};
 
 /// Deletes the webhook, keeping the updates Telegram holds; at start-up (`starting`) only
-/// if `getWebhookInfo` shows one set.
-pub async fn webhook_gone(bot: &Bot, starting: bool) -> Result<(), RequestError> {
+/// if `getWebhookInfo` shows one set. Whether one was deleted.
+pub async fn webhook_gone(bot: &Bot, starting: bool) -> Result<bool, RequestError> {
     let url = if starting {
         match bot.get_webhook_info().send().await?.url {
-            None => return Ok(()),
+            None => return Ok(false),
             Some(url) => url.to_string(),
         }
     } else {
@@ -29,7 +29,7 @@ pub async fn webhook_gone(bot: &Bot, starting: bool) -> Result<(), RequestError>
         .drop_pending_updates(false)
         .send()
         .await?;
-    Ok(())
+    Ok(true)
 }
 
 /// `getUpdates` refused because a webhook is set. teloxide knows only the short form of

@@ -437,6 +437,13 @@ async fn latency_with_metrics(n: usize) -> Stats {
 
 /// From the update leaving the fake `getUpdates` to the reply reaching the fake
 /// `sendMessage`, one message at a time.
+/// How often the latency rows ask: one bot's messages at most 50 a second, above the
+/// about 30 answers a second Telegram lets a bot send, so the fastest a bot is asked and
+/// still answers. Back to back, a message came 1 ms after the last answer, quicker than any
+/// process can be started: `per-request`'s warm spare, started when its predecessor takes
+/// a job, could never be ready, and the row measured the spawn it exists to hide.
+const LATENCY_PACE: Duration = Duration::from_millis(20);
+
 async fn latency(
     mode: WorkerMode,
     baseline: Option<PathBuf>,
@@ -471,6 +478,7 @@ async fn latency_in(
     let mut samples = Vec::with_capacity(n);
     for i in 0..n {
         let before = rig.telegram.sent_to(USER).len();
+        let asked = tokio::time::Instant::now();
         let id = rig.telegram.send_text(USER, USER, &format!("m{i}"));
         let sent = rig
             .telegram
@@ -481,6 +489,7 @@ async fn latency_in(
             .unwrap_or_else(|| panic!("no reply\n{}", rig.gateway.log()));
         let served = rig.telegram.served_at(id).expect("the update was served");
         samples.push(ms(reply.at.duration_since(served)));
+        tokio::time::sleep_until(asked + LATENCY_PACE).await;
     }
     stats(samples)
 }
@@ -636,7 +645,7 @@ fn callgrind_wrapper() -> Option<(PathBuf, PathBuf)> {
 
 /// With `HERMES_BENCH_GATEWAY_PREFIX='mkdir -p /tmp/st/$$; exec strace -f -ff -o /tmp/st/$$/t'`
 /// (a shell line ending in a command; `$$` is the gateway's pid),
-/// the throughput rows run the gateway under that command: where its time goes, by system
+/// the throughput and start-up rows run the gateway under that command: where its time goes, by system
 /// call or by function. The rates measured then are meaningless.
 fn prefix_wrapper() -> Option<PathBuf> {
     let prefix = std::env::var("HERMES_BENCH_GATEWAY_PREFIX").ok()?;
@@ -781,6 +790,10 @@ async fn startup(n: usize) -> Startup {
         let provider = hermes_tests::fake_provider::FakeProvider::start().await;
         let mut options = GatewayOptions::new(WorkerMode::Pool);
         product_defaults(&mut options);
+        if let Some(w) = prefix_wrapper() {
+            options.gateway_binary = Some(w);
+            options.worker_command = Some(hermes_tests::harness::binaries().worker.clone());
+        }
         options.providers = vec![provider.base_url()];
         options
             .env
