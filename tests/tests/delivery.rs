@@ -570,13 +570,14 @@ async fn a_second_gateway_on_the_same_state_is_refused_and_the_first_is_untouche
     assert_eq!(rig.ask("first").await.text, "echo: first");
     assert!(eventually(PATIENCE, || rig.gateway.status_json()["pid"] == rig.pid).await);
     let state = rig.gateway.dir.path().join("state");
-    // The first gateway's workers each have a scratch directory while they live (in
-    // per-request mode, the one that answered may still be leaving).
+    // The first gateway's workers each have a scratch directory (and its output directory)
+    // while they live (in per-request mode, the one that answered may still be leaving,
+    // and its spare starting).
     let scratch = state.join("run").join("scratch");
     let listing = |dir: &Path| -> Vec<(PathBuf, u32)> {
         listing(dir)
             .into_iter()
-            .filter(|(p, _)| p.parent() != Some(scratch.as_path()))
+            .filter(|(p, _)| !p.starts_with(&scratch) || p == &scratch)
             .collect()
     };
     let before = listing(&state);
