@@ -478,9 +478,12 @@ impl Gateway {
     /// The gateway's live child processes: its workers (not the short-lived sandbox probe
     /// it runs at start-up).
     pub fn workers(&self) -> Vec<procs::ProcInfo> {
+        // A child forked and not yet through its exec still reads as the gateway itself.
+        let own = procs::info(self.pid).map(|p| p.cmdline).unwrap_or_default();
         procs::children_of(self.pid)
             .into_iter()
             .filter(|p| !p.is_zombie() && !p.cmdline.contains("sandbox-probe"))
+            .filter(|p| p.cmdline != own)
             .collect()
     }
 
