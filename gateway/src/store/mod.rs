@@ -382,7 +382,18 @@ impl Store {
             path: path.display().to_string(),
             source,
         };
+        // A new store has nothing to lose: it is made without waiting for the disk (its
+        // first fsyncs waited behind other writes for tens of milliseconds on the way to
+        // the first poll), then written as every store is (`synchronous = NORMAL`: what a
+        // power cut can take is what it could take of any commit before a checkpoint). A
+        // crash while it is made leaves an unreadable file, which the next start moves
+        // aside, or an empty store.
+        let new = std::fs::metadata(path).map_or(true, |m| m.len() == 0);
         let mut conn = Connection::open(path).map_err(err)?;
+        if new {
+            conn.execute_batch("PRAGMA synchronous = OFF;")
+                .map_err(err)?;
+        }
         // Without the planner stability guarantee, SQLite re-prepares a statement each
         // time a new value is bound to a parameter the planner looked at, such as
         // `LIMIT ?`: the history query was parsed and planned again for every message, 12%
@@ -392,9 +403,11 @@ impl Store {
             true,
         )
         .map_err(err)?;
-        conn.execute_batch(
-            "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 5000;",
-        )
+        conn.execute_batch(if new {
+            "PRAGMA journal_mode = WAL; PRAGMA busy_timeout = 5000;"
+        } else {
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 5000;"
+        })
         .map_err(err)?;
         let ok: String = conn
             .query_row("PRAGMA quick_check", [], |r| r.get(0))
@@ -430,6 +443,10 @@ impl Store {
             tx.pragma_update(None, "user_version", SCHEMA_VERSION)
                 .map_err(err)?;
             tx.commit().map_err(err)?;
+            if new {
+                conn.execute_batch("PRAGMA synchronous = NORMAL;")
+                    .map_err(err)?;
+            }
             if version == 0 {
                 tracing::info!("state store made at schema {SCHEMA_VERSION}");
             } else {

@@ -53,6 +53,19 @@ fn a_new_store_is_made_with_the_schema_its_migrations_make() {
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .unwrap();
     assert_eq!(version, SCHEMA_VERSION);
+    // Made without waiting for the disk, then written as every store is.
+    let synchronous: i64 = store
+        .lock()
+        .query_row("PRAGMA synchronous", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(synchronous, 1, "NORMAL");
+    drop(store);
+    let reopened = Store::open(dir.path()).unwrap();
+    let synchronous: i64 = reopened
+        .lock()
+        .query_row("PRAGMA synchronous", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(synchronous, 1, "NORMAL");
 }
 
 /// Message `id` of chat 7: in a store that numbers rows from 1 as they arrive, its row id
