@@ -30,7 +30,8 @@ async fn the_spare(rig: &Rig) -> i32 {
 async fn a_job_runs_on_a_spare_started_before_it_and_the_next_starts_beside_it() {
     let rig = rig().await;
     let spare = the_spare(&rig).await;
-    // Before any message: an empty scratch directory is all it has been given.
+    // Before any message: a scratch directory with its empty output directory is all it
+    // has been given.
     rig.provider
         .push(ProviderReply::Delay(Duration::from_millis(1500)));
     rig.telegram.send_text(USER, USER, "slow one");

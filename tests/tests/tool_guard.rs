@@ -372,14 +372,26 @@ async fn a_tool_writes_only_in_its_scratch_directory_which_goes_with_its_worker(
                 eventually(Duration::from_secs(10), || !scratch.exists()).await,
                 "the worker is gone, its scratch is not"
             );
-            // What is left is the spare's, started before any job, and empty.
+            // What is left is the spare's, started before any job: nothing but its empty
+            // output directory.
             assert!(eventually(Duration::from_secs(10), || left(&scratch_root) <= 1).await);
             for dir in std::fs::read_dir(&scratch_root)
                 .into_iter()
                 .flatten()
                 .flatten()
             {
-                assert_eq!(left(&dir.path()), 0, "a spare's scratch holds files");
+                let names: Vec<_> = std::fs::read_dir(dir.path())
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                    .map(|e| e.file_name())
+                    .collect();
+                assert_eq!(names, ["out"], "a spare's scratch holds files");
+                assert_eq!(
+                    left(&dir.path().join("out")),
+                    0,
+                    "a spare's output holds files"
+                );
             }
         }
         WorkerMode::Pool => {

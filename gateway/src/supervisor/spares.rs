@@ -8,7 +8,7 @@
 //! next at once, beside the job), or starts one itself when none is ready, as before.
 //!
 //! A spare holds no chat's data before its job: it was started with the same empty
-//! environment and its own empty scratch directory as any worker, and the only frames it
+//! environment and its own empty scratch (and output) directory as any worker, and the only frames it
 //! has been sent are the handshake's. The job, its history and its files reach it in the
 //! job frame, after a slot took it, and it serves that one job and exits like any
 //! per-request worker.
