@@ -633,38 +633,36 @@ fn callgrind_wrapper() -> Option<(PathBuf, PathBuf)> {
     std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
     let dir = std::fs::canonicalize(&dir).unwrap_or(dir);
     let wrapper = dir.join("gateway-under-callgrind.sh");
-    let script = format!(
-        "#!/bin/sh\nexec valgrind --tool=callgrind --compress-strings=no --compress-pos=no --callgrind-out-file={}/callgrind.out.%p {} \"$@\"\n",
-        dir.display(),
-        hermes_tests::harness::binaries().gateway.display()
-    );
-    std::fs::write(&wrapper, script).unwrap_or_else(|e| panic!("{}: {e}", wrapper.display()));
-    std::fs::set_permissions(
+    write_gateway_wrapper(
         &wrapper,
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .unwrap_or_else(|e| panic!("{}: {e}", wrapper.display()));
+        &format!(
+            "exec valgrind --tool=callgrind --compress-strings=no --compress-pos=no --callgrind-out-file={}/callgrind.out.%p",
+            dir.display()
+        ),
+    );
     Some((wrapper, dir))
 }
 
-/// With `HERMES_BENCH_GATEWAY_PREFIX='mkdir -p /tmp/st/$$; exec strace -f -ff -o /tmp/st/$$/t'`
-/// (a shell line ending in a command; `$$` is the gateway's pid),
-/// the throughput and start-up rows run the gateway under that command: where its time goes, by system
-/// call or by function. The rates measured then are meaningless.
-fn prefix_wrapper() -> Option<PathBuf> {
-    let prefix = std::env::var("HERMES_BENCH_GATEWAY_PREFIX").ok()?;
-    let wrapper =
-        std::env::temp_dir().join(format!("hermes-bench-prefix-{}.sh", std::process::id()));
+/// Writes `wrapper`, a shell script that runs the gateway after `prefix` on its line.
+fn write_gateway_wrapper(wrapper: &std::path::Path, prefix: &str) {
     let script = format!(
         "#!/bin/sh\n{prefix} {} \"$@\"\n",
         hermes_tests::harness::binaries().gateway.display()
     );
-    std::fs::write(&wrapper, script).unwrap_or_else(|e| panic!("{}: {e}", wrapper.display()));
-    std::fs::set_permissions(
-        &wrapper,
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .unwrap_or_else(|e| panic!("{}: {e}", wrapper.display()));
+    std::fs::write(wrapper, script).unwrap_or_else(|e| panic!("{}: {e}", wrapper.display()));
+    std::fs::set_permissions(wrapper, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .unwrap_or_else(|e| panic!("{}: {e}", wrapper.display()));
+}
+
+/// With `HERMES_BENCH_GATEWAY_PREFIX='mkdir -p /tmp/st/$$; exec strace -D -f -ff -o /tmp/st/$$/t'`
+/// (a shell line ending in a command; `$$` is the gateway's pid), the throughput and
+/// start-up rows run the gateway under that command: where its time goes, by system call
+/// or by function. The rates measured then are meaningless.
+fn prefix_wrapper() -> Option<PathBuf> {
+    let prefix = std::env::var("HERMES_BENCH_GATEWAY_PREFIX").ok()?;
+    let wrapper =
+        std::env::temp_dir().join(format!("hermes-bench-prefix-{}.sh", std::process::id()));
+    write_gateway_wrapper(&wrapper, &prefix);
     Some(wrapper)
 }
 
