@@ -224,6 +224,8 @@ async fn the_question_shows_eyes_while_its_turn_runs_and_how_it_ended(mode: Work
         "{:?}",
         rig.telegram.reactions_on(USER, quick)
     );
+    // The 👍 is set when the answer is committed, which can be just before it arrives.
+    rig.telegram.wait_for_chat_messages(USER, 5, PATIENCE).await;
     rig.assert_replies_in(USER, 5);
     rig.assert_still_serving().await;
 }
