@@ -137,27 +137,28 @@ pub async fn probe(worker: &Path) -> Report {
         .args(["sandbox-probe", "--json"])
         .env_clear()
         .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
         // Its own group, as a worker's: whatever ends a group of the gateway's children
         // must never reach the gateway's own.
         .process_group(0)
         .kill_on_drop(true);
-    // SAFETY: between fork and exec, async-signal-safe system calls (prctl, open, write,
-    // close, setrlimit) and no allocation.
-    unsafe {
-        command.pre_exec(|| {
-            // It runs the worker binary, which may misbehave as a worker can: first for
-            // the OOM killer, as a worker is.
-            crate::child::first_for_the_oom_killer();
-            // A binary that is not what it should be must not take the machine's memory.
-            nix::sys::resource::setrlimit(
-                nix::sys::resource::Resource::RLIMIT_AS,
-                PROBE_MEMORY,
-                PROBE_MEMORY,
-            )?;
-            Ok(())
-        });
+    let child = match command.spawn() {
+        Ok(child) => child,
+        Err(e) => return Report::Failed(format!("cannot run {}: {e}", worker.display())),
+    };
+    // It runs the worker binary, which may misbehave as a worker can: first for the OOM
+    // killer, as a worker is, and a binary that is not what it should be must not take the
+    // machine's memory.
+    if let Some(pid) = child.id()
+        && let Err(e) = crate::child::confine(pid, PROBE_MEMORY)
+    {
+        return Report::Failed(format!(
+            "cannot limit {} sandbox-probe: {e}",
+            worker.display()
+        ));
     }
-    let run = command.output();
+    let run = child.wait_with_output();
     let output = match tokio::time::timeout(PROBE_TIMEOUT, run).await {
         Ok(Ok(output)) => output,
         Ok(Err(e)) => return Report::Failed(format!("cannot run {}: {e}", worker.display())),

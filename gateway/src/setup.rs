@@ -96,6 +96,8 @@ fn worker_program(config: &Config) -> Result<PathBuf, Problem> {
     } else {
         path
     };
+    // Absolute, so spawning it never searches PATH (and std can use posix_spawn).
+    let path = std::path::absolute(&path).unwrap_or(path);
     match std::fs::metadata(&path) {
         Ok(meta) if meta.is_file() && meta.permissions().mode() & 0o111 != 0 => Ok(path),
         Ok(_) => Err(Problem {

@@ -397,14 +397,20 @@ async fn worker_is_isolated_from_the_gateway(mode: WorkerMode) {
     rig.gateway.assert_running(rig.pid);
 }
 
-/// Even a gateway killed without warning leaves no worker behind: each notices the socket
-/// close (and gets the parent-death signal) and exits.
+/// Even a gateway killed without warning leaves no worker behind, not even a worker that
+/// cannot notice the socket close: the workers are stopped (SIGSTOP) first, so only the
+/// parent-death signal each set on itself at start can end them.
 async fn gateway_killed_with_sigkill_leaves_no_worker(mode: WorkerMode) {
     let mut rig = Rig::start(mode, |o| o.job_timeout_secs = 120).await;
     rig.provider.push(ProviderReply::Hang);
     rig.telegram.send_text(USER, USER, "slow question");
     assert!(rig.provider.wait_for_requests(1, PATIENCE).await);
-    assert!(!rig.gateway.descendants().is_empty());
+    let workers = rig.gateway.workers();
+    assert!(!workers.is_empty());
+    for worker in &workers {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(worker.pid), Signal::SIGSTOP)
+            .expect("stop a worker");
+    }
     rig.gateway.signal(Signal::SIGKILL);
     assert!(rig.gateway.wait_exit(PATIENCE).await.is_some());
     assert!(

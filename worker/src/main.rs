@@ -86,10 +86,11 @@ enum Command {
 }
 
 fn main() {
+    if std::env::args_os().nth(1).is_some_and(|a| a == "serve") {
+        serve::tie_to_the_gateway();
+    }
     // Another process of the same user (a tool included) cannot read this process's
-    // /proc/PID/environ or memory, nor ptrace it. The gateway already raised its
-    // oom_score_adj before exec; /proc/self files of a non-dumpable process belong to
-    // root, so a later write of it by an unprivileged worker fails (and is not needed).
+    // /proc/PID/environ or memory, nor ptrace it.
     if let Err(e) = nix::sys::prctl::set_dumpable(false) {
         eprintln!("cannot mark the worker non-dumpable: {e}");
     }

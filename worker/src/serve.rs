@@ -68,7 +68,6 @@ struct Workbench {
 }
 
 pub async fn serve(socket: &str, token: &str, scratch: &Path, client: reqwest::Client) -> i32 {
-    raise_oom_score();
     let stream = match socket.to_fs_name::<GenericFilePath>() {
         Ok(name) => match Stream::connect(name).await {
             Ok(stream) => stream,
@@ -343,10 +342,33 @@ async fn send(conn: &mut Conn, message: &FromWorker) -> Result<(), i32> {
     })
 }
 
-/// Under memory pressure the kernel should kill a worker, never the gateway.
-fn raise_oom_score() {
-    if let Err(e) = std::fs::write("/proc/self/oom_score_adj", "1000") {
-        tracing::debug!("cannot raise oom_score_adj: {e}");
+/// First thing in `serve`, before the process makes itself non-dumpable: what the gateway
+/// cannot set from outside after `posix_spawn` (gateway's `supervisor::process`).
+///
+/// - The OOM score: under memory pressure the kernel should kill a worker, never the
+///   gateway. The gateway raises it too, but once this process is non-dumpable its /proc
+///   files belong to root and only this process may still write it.
+/// - The parent-death signal, SIGKILL: a worker stuck in a loop must not outlive the
+///   gateway. It is set after exec, so the gateway may already have died; then this
+///   process's parent is no longer `HERMES_WORKER_PARENT`, and it exits at once.
+pub fn tie_to_the_gateway() {
+    // Best effort, as the gateway's own write is: where /proc refuses it (a read-only
+    // /proc in some containers), a line per worker would say nothing new each message.
+    let _ = std::fs::write("/proc/self/oom_score_adj", "1000");
+    let Some(parent) = std::env::var("HERMES_WORKER_PARENT")
+        .ok()
+        .and_then(|p| p.parse::<i32>().ok())
+    else {
+        // Not started by a gateway; `serve` refuses to run without its socket anyway.
+        return;
+    };
+    if let Err(e) = nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL) {
+        eprintln!("cannot tie this worker to the gateway's life: {e}");
+        std::process::exit(EXIT_FAILED);
+    }
+    if nix::unistd::getppid().as_raw() != parent {
+        eprintln!("the gateway (pid {parent}) died before this worker started");
+        std::process::exit(EXIT_FAILED);
     }
 }
 

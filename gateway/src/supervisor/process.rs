@@ -5,11 +5,20 @@
 //! it deliberately leaves. Ending a worker therefore means signalling the group, never just
 //! the pid: SIGTERM to the group, a grace period, then SIGKILL to the group.
 //!
-//! The rest of the box is set between fork and exec: the parent-death signal (a fast hint
-//! when the gateway dies; EOF on the socket is the reliable one), resource limits, and an
-//! environment cleared down to what a worker needs, so no secret of the parent (the
-//! Telegram token, `NOTIFY_SOCKET`, D-Bus and runtime-dir addresses) reaches it or anything
-//! it spawns.
+//! A worker is started with `posix_spawn` (std uses it when there is no `pre_exec`): the
+//! gateway's thread waits only until the child has begun its exec, and no page table of
+//! the gateway is copied. A `fork` with limits set between fork and exec held the gateway's
+//! only async thread for about a millisecond per worker, which in `per-request` mode was
+//! on every message's path (docs/BENCHMARKS.md, "posix_spawn").
+//!
+//! The rest of the box is therefore set from outside, right after the spawn, while the new
+//! process is still in its dynamic loader ([`crate::child::confine`]: resource limits and
+//! the OOM score), for whatever program `workers.command` names.
+//! The parent-death signal (a fast hint when the gateway dies; EOF on the socket is the
+//! reliable one) cannot be set from outside: `hermes-worker serve` sets it on itself first
+//! thing (`HERMES_WORKER_PARENT` says whose death it is tied to). The environment is
+//! cleared down to what a worker needs, so no secret of the parent (the Telegram token,
+//! `NOTIFY_SOCKET`, D-Bus and runtime-dir addresses) reaches it or anything it spawns.
 
 use std::ffi::OsString;
 use std::io;
@@ -19,12 +28,11 @@ use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
 use hermes_protocol::{CrashCause, Secret};
-use nix::sys::resource::{Resource, getrlimit, setrlimit};
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use tokio::process::{Child, ChildStderr, Command};
 
-use crate::child::first_for_the_oom_killer;
+use crate::child::confine;
 
 /// Environment variables a worker inherits from the gateway; everything else is dropped.
 /// Proxy settings stay because providers may only be reachable through one.
@@ -48,10 +56,6 @@ const INHERITED_ENV: &[&str] = &[
     "SSL_CERT_FILE",
     "SSL_CERT_DIR",
 ];
-
-/// Open files a worker may hold: enough for an agent with tools, bounded so a leak in one
-/// job cannot exhaust the unit's descriptors.
-const WORKER_NOFILE: u64 = 4096;
 
 #[derive(Debug, Clone)]
 pub struct SpawnSpec {
@@ -78,6 +82,7 @@ pub fn spawn(
         .env("HERMES_WORKER_SOCKET", &spec.socket)
         .env("HERMES_WORKER_TOKEN", token.expose())
         .env("HERMES_WORKER_SCRATCH", scratch)
+        .env("HERMES_WORKER_PARENT", std::process::id().to_string())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -85,25 +90,17 @@ pub fn spawn(
         // A worker handle dropped without being stopped (a bug, or a panic unwinding a
         // task) must not leave the process running.
         .kill_on_drop(true);
-    let memory_limit = spec.memory_limit_mb.saturating_mul(1024 * 1024);
-    // SAFETY: the closure runs in the child between fork and exec and makes only
-    // async-signal-safe system calls (prctl, open, write, close, getrlimit, setrlimit); it
-    // allocates nothing (the path is a static C string).
-    unsafe {
-        command.pre_exec(move || {
-            nix::sys::prctl::set_pdeathsig(Some(Signal::SIGKILL))?;
-            first_for_the_oom_killer();
-            setrlimit(Resource::RLIMIT_CORE, 0, 0)?;
-            if memory_limit > 0 {
-                setrlimit(Resource::RLIMIT_AS, memory_limit, memory_limit)?;
-            }
-            let (_, hard_nofile) = getrlimit(Resource::RLIMIT_NOFILE)?;
-            let nofile = WORKER_NOFILE.min(hard_nofile);
-            setrlimit(Resource::RLIMIT_NOFILE, nofile, nofile)?;
-            Ok(())
-        });
-    }
     let mut child = command.spawn()?;
+    if let Some(pid) = child.id()
+        && let Err(e) = confine(pid, spec.memory_limit_mb.saturating_mul(1024 * 1024))
+    {
+        // Dropping the child kills it (kill_on_drop): a worker without its limits never
+        // gets a job.
+        return Err(io::Error::new(
+            e.kind(),
+            format!("cannot set the limits of worker {pid}: {e}"),
+        ));
+    }
     let stderr = child.stderr.take();
     Ok((child, stderr))
 }
