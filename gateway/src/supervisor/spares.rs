@@ -41,6 +41,9 @@ const HANDOVER_WAIT: Duration = Duration::from_millis(20);
 /// its end than a new one; the bound only matters when starts hang or fail.
 const STARTING_WAIT: Duration = Duration::from_secs(1);
 
+/// How long after its spare was taken a keeper starts the next one.
+const NEXT_SPARE_AFTER: Duration = Duration::from_millis(5);
+
 type Request = oneshot::Sender<Worker>;
 
 /// The slots' side: take a ready spare, or learn at once that none is ready.
@@ -242,7 +245,17 @@ async fn keep(id: usize, shared: Arc<Shared>, mut generation: watch::Receiver<u6
                     break;
                 }
                 Event::Taken(request) => match request.send(worker) {
-                    Ok(()) => break,
+                    Ok(()) => {
+                        // The next spare is for the next message, not this one: started
+                        // at once, its exec (about a millisecond of CPU) competed with
+                        // the job it was taken for on a small machine. A job waiting on
+                        // its provider leaves the CPU free after this pause.
+                        tokio::select! {
+                            _ = shared.stop.cancelled() => return,
+                            _ = tokio::time::sleep(NEXT_SPARE_AFTER) => {}
+                        }
+                        break;
+                    }
                     // The slot gave up waiting: the spare is still this keeper's.
                     Err(back) => worker = back,
                 },
