@@ -25,11 +25,30 @@ impl ScratchDir {
     /// A new, empty directory under `root` (made too, 0700, if missing).
     pub fn create(root: &Path) -> io::Result<ScratchDir> {
         static NEXT: AtomicU64 = AtomicU64::new(1);
-        private_dir(root)?;
-        let path = root.join(format!("worker-{}", NEXT.fetch_add(1, Ordering::Relaxed)));
-        // A leftover of the same name can only be this gateway's own, already given up.
-        let _ = std::fs::remove_dir_all(&path);
-        std::fs::DirBuilder::new().mode(0o700).create(&path)?;
+        ScratchDir::create_named(
+            root,
+            &format!("worker-{}", NEXT.fetch_add(1, Ordering::Relaxed)),
+        )
+    }
+
+    fn create_named(root: &Path, name: &str) -> io::Result<ScratchDir> {
+        let path = root.join(name);
+        // One mkdir in the usual case (in `per-request` mode this is once a message): the
+        // root was made at start ([`clear`]) and the name is new in this run.
+        let make = || std::fs::DirBuilder::new().mode(0o700).create(&path);
+        match make() {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                private_dir(root)?;
+                make()?;
+            }
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                // A leftover of the same name can only be this gateway's own, given up.
+                remove_all(&path)?;
+                make()?;
+            }
+            Err(e) => return Err(e),
+        }
         Ok(ScratchDir { path })
     }
 
@@ -123,6 +142,18 @@ mod tests {
         drop(scratch);
         assert!(!path.exists(), "left behind");
         assert!(other.path().exists(), "another worker's went too");
+    }
+
+    #[test]
+    fn a_leftover_of_the_same_name_is_replaced_by_an_empty_directory() {
+        let root = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(root.path().join("worker-3/junk")).unwrap();
+        let scratch = ScratchDir::create_named(root.path(), "worker-3").unwrap();
+        assert_eq!(std::fs::read_dir(scratch.path()).unwrap().count(), 0);
+        assert_eq!(
+            std::fs::metadata(scratch.path()).unwrap().mode() & 0o777,
+            0o700
+        );
     }
 
     #[test]

@@ -225,15 +225,18 @@ fn new_token() -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Makes `dir` anew, empty and 0700, after removing whatever was at its name.
+/// Makes `dir` anew, empty and 0700, after removing whatever was at its name (at a
+/// worker's start there is nothing: one mkdir).
 fn remake_output_dir(dir: &std::path::Path) -> std::io::Result<()> {
     use std::os::unix::fs::DirBuilderExt;
-    match remove(dir) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e),
+    let make = || std::fs::DirBuilder::new().mode(0o700).create(dir);
+    match make() {
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            remove(dir)?;
+            make()
+        }
+        made => made,
     }
-    std::fs::DirBuilder::new().mode(0o700).create(dir)
 }
 
 /// Removes `dir` (a directory or whatever a tool put at its name), never following a link.
