@@ -82,6 +82,18 @@ async fn main() -> ExitCode {
         }
     };
     let mut rows = Vec::new();
+    // First, though printed last: every `Gateway::start` forks this process (the harness
+    // needs `setsid` between fork and exec), and after the other rows it holds 500-700 MB
+    // of their fakes; that fork and the exec's teardown of its copy were 20-40 ms of the
+    // "exec to first getUpdates" it measured (45-50 ms in a full run, 5-6 ms alone). A
+    // service manager forks a small process. The disk is synced first for the same
+    // reason: a new store's first writes must not wait behind earlier writeback.
+    let start = if runs("startup") {
+        nix::unistd::sync();
+        Some(startup(sizes.startup).await)
+    } else {
+        None
+    };
     let latencies = if runs("latency") {
         let baseline = build_baseline();
         let pool = latency(WorkerMode::Pool, None, None, sizes.latency).await;
@@ -209,12 +221,7 @@ async fn main() -> ExitCode {
         footprint_rows(&mut rows, sizes.footprint).await;
     }
 
-    if runs("startup") {
-        // The rows before wrote a gigabyte of store and log: a new store's first fsyncs
-        // waited behind its writeback (50 ms to the first poll in a full run, 6-8 ms
-        // alone). The row measures the gateway's start, on a disk as a boot finds it.
-        nix::unistd::sync();
-        let start = startup(sizes.startup).await;
+    if let Some(start) = start {
         rows.push(Row {
             name: "start-up: exec to first getUpdates / to READY=1".into(),
             value: format!(
