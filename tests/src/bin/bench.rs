@@ -95,20 +95,19 @@ async fn main() -> ExitCode {
         None
     };
     let latencies = if runs("latency") {
-        let baseline = build_baseline();
-        let pool = latency(WorkerMode::Pool, None, None, sizes.latency).await;
-        let per_request = latency(WorkerMode::PerRequest, None, spares, sizes.latency).await;
-        let inproc = latency(WorkerMode::Pool, Some(baseline), None, sizes.latency).await;
-        // Without spares every job waits for its worker's spawn and handshake: what the
-        // spares take off the path.
-        let cold = latency(WorkerMode::PerRequest, None, Some(0), sizes.latency).await;
-        let watched = latency_with_metrics(sizes.latency).await;
-        Some((pool, per_request, inproc, cold, watched))
+        Some(latencies(build_baseline(), spares, sizes.latency).await)
     } else {
         // The harness builds the normal binaries itself.
         None
     };
-    if let Some((pool, per_request, inproc, _, watched)) = &latencies {
+    if let Some(Latencies {
+        pool,
+        per_request,
+        inproc,
+        watched,
+        ..
+    }) = &latencies
+    {
         latency_rows(&mut rows, pool, per_request, inproc);
         rows.push(Row {
             name: "dispatch latency, pool, [metrics] on and scraped 5 times a second".into(),
@@ -202,7 +201,7 @@ async fn main() -> ExitCode {
             json: json!({"p50_ms": recovery_ms.p50, "max_ms": recovery_ms.max, "n": recovery_ms.n}),
         });
     }
-    if let Some((pool, _, _, cold, _)) = &latencies {
+    if let Some(Latencies { pool, cold, .. }) = &latencies {
         let spawn_cost = cold.p50 - pool.p50;
         rows.push(Row {
             name: "per-request without spares (spares = 0)".into(),
@@ -402,75 +401,104 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
-/// `pool`'s dispatch latency with the metrics endpoint on and a scraper reading it every
-/// 200 ms (Prometheus's default is every 15 s): what watching costs the message path.
-async fn latency_with_metrics(n: usize) -> Stats {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port");
-    let stop = tokio_util::sync::CancellationToken::new();
-    let scraper = tokio::spawn({
-        let stop = stop.clone();
-        async move {
-            let mut scrapes = 0usize;
-            loop {
-                tokio::select! {
-                    _ = stop.cancelled() => return scrapes,
-                    _ = tokio::time::sleep(Duration::from_millis(200)) => {}
-                }
-                if let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
-                    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-                    let _ = s
-                        .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
-                        .await;
-                    let mut body = Vec::new();
-                    if s.read_to_end(&mut body).await.is_ok() && body.starts_with(b"HTTP/1.1 200") {
-                        scrapes += 1;
-                    }
-                }
-            }
-        }
-    });
-    let stats = latency_in(
-        WorkerMode::Pool,
-        None,
-        None,
-        n,
-        &format!("\n[metrics]\nlisten = \"127.0.0.1:{port}\"\n"),
-    )
-    .await;
-    stop.cancel();
-    let scrapes = scraper.await.unwrap_or(0);
-    assert!(scrapes > 0, "the scraper never read the metrics");
-    stats
+/// The dispatch latency of every configuration the latency rows compare.
+struct Latencies {
+    pool: Stats,
+    per_request: Stats,
+    inproc: Stats,
+    /// `per-request` without spares: every job waits for its worker's spawn and handshake,
+    /// what the spares take off the path.
+    cold: Stats,
+    /// `pool` with the metrics endpoint on and a scraper reading it every 200 ms
+    /// (Prometheus's default is every 15 s): what watching costs the message path.
+    watched: Stats,
 }
 
-/// From the update leaving the fake `getUpdates` to the reply reaching the fake
-/// `sendMessage`, one message at a time.
 /// How often the latency rows ask: one bot's messages at most 50 a second, above the
 /// about 30 answers a second Telegram lets a bot send, so the fastest a bot is asked and
 /// still answers. Back to back, a message came 1 ms after the last answer, quicker than any
 /// process can be started: `per-request`'s warm spare, started when its predecessor takes
-/// a job, could never be ready, and the row measured the spawn it exists to hide.
+/// a job, could never be ready, and the row measured the spawn it exists to hide. The same
+/// pause follows every message whichever gateway is asked next, so what one gateway does
+/// after its answer (its store's commit, a spare's start) is not in the next one's sample.
 const LATENCY_PACE: Duration = Duration::from_millis(20);
 
-async fn latency(
-    mode: WorkerMode,
-    baseline: Option<PathBuf>,
-    spares: Option<usize>,
-    n: usize,
-) -> Stats {
-    latency_in(mode, baseline, spares, n, "").await
+/// Measures the configurations side by side: all are started and warmed up first, then
+/// asked in turns, one message at a time, each turn in a new random order. Measured one
+/// after the other (as until 2026-12-05), the machine's drift from one minute to the next
+/// (0.2-0.3 ms of p50 between two runs of the same row) was as large as the margins the
+/// targets compare (pool's +0.1 and +0.3 ms), and decided them in CI's quick runs.
+async fn latencies(baseline: PathBuf, spares: Option<usize>, n: usize) -> Latencies {
+    let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port");
+    let rigs = [
+        latency_rig(WorkerMode::Pool, None, None, "").await,
+        latency_rig(WorkerMode::PerRequest, None, spares, "").await,
+        latency_rig(WorkerMode::Pool, Some(baseline), None, "").await,
+        latency_rig(WorkerMode::PerRequest, None, Some(0), "").await,
+        latency_rig(
+            WorkerMode::Pool,
+            None,
+            None,
+            &format!("\n[metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n"),
+        )
+        .await,
+    ];
+    let stop = tokio_util::sync::CancellationToken::new();
+    let scraper = tokio::spawn(scrape_every_200_ms(metrics_port, stop.clone()));
+    let mut samples: [Vec<f64>; 5] = std::array::from_fn(|_| Vec::with_capacity(n));
+    let mut order: Vec<usize> = (0..rigs.len()).collect();
+    for i in 0..n {
+        rand::seq::SliceRandom::shuffle(order.as_mut_slice(), &mut rand::rng());
+        for &r in &order {
+            let asked = tokio::time::Instant::now();
+            samples[r].push(ask_timed(&rigs[r], &format!("m{i}")).await);
+            tokio::time::sleep_until(asked + LATENCY_PACE).await;
+        }
+    }
+    stop.cancel();
+    let scrapes = scraper.await.unwrap_or(0);
+    assert!(scrapes > 0, "the scraper never read the metrics");
+    let [pool, per_request, inproc, cold, watched] = samples.map(stats);
+    Latencies {
+        pool,
+        per_request,
+        inproc,
+        cold,
+        watched,
+    }
 }
 
-async fn latency_in(
+/// Reads `GET /metrics` every 200 ms until `stop`; returns how many reads succeeded.
+async fn scrape_every_200_ms(port: u16, stop: tokio_util::sync::CancellationToken) -> usize {
+    let mut scrapes = 0usize;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return scrapes,
+            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+        }
+        if let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let _ = s
+                .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+                .await;
+            let mut body = Vec::new();
+            if s.read_to_end(&mut body).await.is_ok() && body.starts_with(b"HTTP/1.1 200") {
+                scrapes += 1;
+            }
+        }
+    }
+}
+
+/// A gateway of one latency configuration, started and warmed up.
+async fn latency_rig(
     mode: WorkerMode,
     baseline: Option<PathBuf>,
     spares: Option<usize>,
-    n: usize,
     extra_toml: &str,
-) -> Stats {
+) -> Rig {
     let rig = Rig::start(mode, |o| {
         product_defaults(o);
         o.spares = spares;
@@ -486,23 +514,23 @@ async fn latency_in(
     for i in 0..20 {
         rig.ask(&format!("warm-up {i}")).await;
     }
-    let mut samples = Vec::with_capacity(n);
-    for i in 0..n {
-        let before = rig.telegram.sent_to(USER).len();
-        let asked = tokio::time::Instant::now();
-        let id = rig.telegram.send_text(USER, USER, &format!("m{i}"));
-        let sent = rig
-            .telegram
-            .wait_for_chat_messages(USER, before + 1, PATIENCE)
-            .await;
-        let reply = sent
-            .get(before)
-            .unwrap_or_else(|| panic!("no reply\n{}", rig.gateway.log()));
-        let served = rig.telegram.served_at(id).expect("the update was served");
-        samples.push(ms(reply.at.duration_since(served)));
-        tokio::time::sleep_until(asked + LATENCY_PACE).await;
-    }
-    stats(samples)
+    rig
+}
+
+/// From the update leaving the fake `getUpdates` to the reply reaching the fake
+/// `sendMessage`, in milliseconds.
+async fn ask_timed(rig: &Rig, text: &str) -> f64 {
+    let before = rig.telegram.sent_to(USER).len();
+    let id = rig.telegram.send_text(USER, USER, text);
+    let sent = rig
+        .telegram
+        .wait_for_chat_messages(USER, before + 1, PATIENCE)
+        .await;
+    let reply = sent
+        .get(before)
+        .unwrap_or_else(|| panic!("no reply\n{}", rig.gateway.log()));
+    let served = rig.telegram.served_at(id).expect("the update was served");
+    ms(reply.at.duration_since(served))
 }
 
 struct Throughput {
