@@ -390,6 +390,7 @@ impl Gateway {
                 Err(_) => break,
             }
         }
+        wait_for_the_state_lock(&self.dir.path().join("state"), until);
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
         std::mem::replace(&mut self.dir, dir)
     }
@@ -853,5 +854,27 @@ impl Rig {
             self.gateway.strays(),
             self.gateway.log()
         );
+    }
+}
+
+/// Returns once no process holds the state directory's lock (or at `until`). A gateway
+/// that was killed while starting a worker leaves that child between its spawn and its
+/// exec for a moment, with a copy of every descriptor, the lock file's too, and so the
+/// lock: a gateway started again in that moment is refused (exit 75, which a unit
+/// restarts; a test starts it once).
+fn wait_for_the_state_lock(state_dir: &Path, until: Instant) {
+    let Ok(file) = std::fs::File::open(state_dir.join("gateway.lock")) else {
+        return;
+    };
+    let mut file = file;
+    while Instant::now() < until {
+        match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+            // Dropped at once: released for the gateway that comes next.
+            Ok(_free) => return,
+            Err((back, _)) => {
+                file = back;
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
     }
 }
