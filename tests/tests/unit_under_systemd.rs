@@ -382,14 +382,13 @@ fn the_unit_under_a_real_systemd() {
     for (name, text) in files {
         std::fs::write(share.path().join(name), text).expect("write");
     }
-    // The operator's binaries as the README builds them (`cargo build --release`), built
-    // while the VM boots (on a fresh machine, while its image is built): the share is a
-    // live 9p mount, so they can arrive after the boot.
-    let building = std::thread::spawn(hermes_tests::harness::release_binaries);
+    // The binaries this test run built, not a release build of its own: the operator's
+    // `cargo build --release` differs only in optimisation, and compiling it was most of the
+    // eight minutes this test took in the README's test command from a fresh clone.
+    let bins = hermes_tests::harness::binaries();
     let vm = match boot(share.path()) {
         Ok(vm) => vm,
         Err(reason) => {
-            let _ = building.join();
             hermes_tests::skip::skip(&format!("the VM cannot start: {reason}"));
             return;
         }
@@ -398,7 +397,6 @@ fn the_unit_under_a_real_systemd() {
     println!("the VM booted in {:.0} s", booted.as_secs_f64());
     vm.run("systemd-run --unit=telegram-stub python3 /mnt/host/telegram-stub.py");
     vm.run("systemd-run --unit=stall-telegram python3 -c \"import socket,time; s=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(('127.0.0.1', 8082)); s.listen(100); time.sleep(100000)\"");
-    let bins = building.join().expect("the release build failed");
     // The test's own misbehaving worker, from this test's build.
     let bad_worker = binaries().gateway.with_file_name("bad-worker");
     for (from, name) in [
@@ -412,7 +410,7 @@ fn the_unit_under_a_real_systemd() {
     std::fs::copy(hermes_tests::mcp::server(), share.path().join("mcp-server"))
         .expect("copy mcp-server");
     println!(
-        "release binaries ready after {:.0} s",
+        "binaries copied after {:.0} s",
         began.elapsed().as_secs_f64()
     );
 
@@ -831,7 +829,7 @@ fn the_unit_under_a_real_systemd() {
         family_telegram.sent_to(USER),
         instance_journal(&vm, family)
     );
-    crate::ask(
+    self::ask(
         &runtime,
         &work_telegram,
         &provider,
@@ -855,7 +853,7 @@ fn the_unit_under_a_real_systemd() {
     .enumerate()
     {
         let answer = format!("work-done-{i}");
-        let result = crate::ask(
+        let result = self::ask(
             &runtime,
             &work_telegram,
             &provider,
@@ -966,7 +964,7 @@ fn the_unit_under_a_real_systemd() {
         "work did not come back after SIGKILL:\n{}",
         instance_journal(&vm, work)
     );
-    crate::ask(
+    self::ask(
         &runtime,
         &work_telegram,
         &provider,
