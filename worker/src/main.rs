@@ -9,11 +9,13 @@
 //! trampoline tool servers start through (it applies the sandbox, then becomes the
 //! server), and `sandbox-probe` says what sandbox this kernel allows.
 //!
-//! Modules: [`serve`] (the gateway protocol), [`ask`] (standalone); the agent itself is
+//! Modules: [`serve`] (the gateway protocol), [`warm_up`] (a new worker's HTTP client
+//! used once before its first job), [`ask`] (standalone); the agent itself is
 //! the crate's library (`agent`, `media`, `provider`, `sandbox`, `tools`).
 
 mod ask;
 mod serve;
+mod warm_up;
 
 pub(crate) use hermes_worker::agent;
 

@@ -107,8 +107,23 @@ pub async fn serve(socket: &str, token: &str, scratch: &Path, client: reqwest::C
         schedule_asks,
         scratch: scratch.to_path_buf(),
     };
+    // Until it is done or the first frame comes, whichever is first.
+    let mut warm_up = Some(Box::pin(crate::warm_up::http_client(&client)));
     let code = loop {
-        match conn.read_frame::<ToWorker>().await {
+        let frame = match warm_up.as_mut() {
+            Some(warming) => tokio::select! {
+                frame = conn.read_frame::<ToWorker>() => {
+                    warm_up = None;
+                    frame
+                }
+                _ = warming => {
+                    warm_up = None;
+                    continue;
+                }
+            },
+            None => conn.read_frame::<ToWorker>().await,
+        };
+        match frame {
             Ok(ToWorker::Job(job)) => {
                 if let Err(code) = run_job(&mut conn, job, &client, &mut bench).await {
                     break code;
