@@ -99,19 +99,35 @@ pub fn claim(dir: &Path) -> Result<StateLock, ClaimError> {
 /// socket's directory lives below, and makes itself private).
 fn narrow(dir: &Path) -> std::io::Result<()> {
     set_mode(dir, 0o700)?;
-    for entry in std::fs::read_dir(dir)? {
-        let entry = entry?;
-        let kind = entry.file_type()?;
-        let mode = if kind.is_dir() {
-            0o700
-        } else if kind.is_file() {
-            0o600
-        } else {
-            continue;
-        };
-        set_mode(&entry.path(), mode)?;
+    let entries = std::fs::read_dir(dir)?
+        .map(|entry| entry.map(|entry| entry.path()))
+        .collect::<std::io::Result<Vec<_>>>()?;
+    narrow_entries(&entries)
+}
+
+/// An entry can be gone by the time it is looked at (a SQLite journal another process
+/// closed, say): nothing is left to narrow then, and start-up goes on. A restarted gateway
+/// in a CI run failed to start here with "No such file or directory".
+fn narrow_entries(entries: &[std::path::PathBuf]) -> std::io::Result<()> {
+    for path in entries {
+        match narrow_entry(path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            other => other?,
+        }
     }
     Ok(())
+}
+
+fn narrow_entry(path: &Path) -> std::io::Result<()> {
+    let kind = std::fs::symlink_metadata(path)?.file_type();
+    let mode = if kind.is_dir() {
+        0o700
+    } else if kind.is_file() {
+        0o600
+    } else {
+        return Ok(());
+    };
+    set_mode(path, mode)
 }
 
 fn set_mode(path: &Path, mode: u32) -> std::io::Result<()> {
@@ -159,5 +175,17 @@ mod tests {
         assert_eq!(mode(&state), 0o700);
         assert_eq!(mode(&db), 0o600);
         assert_eq!(mode(&state.join(LOCK_FILE)), 0o600);
+    }
+
+    #[test]
+    fn an_entry_gone_before_it_is_narrowed_does_not_stop_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let gone = dir.path().join("state.db-journal");
+        let kept = dir.path().join("state.db");
+        std::fs::write(&kept, "x").unwrap();
+        std::fs::set_permissions(&kept, std::fs::Permissions::from_mode(0o644)).unwrap();
+        narrow_entries(&[gone, kept.clone()]).unwrap();
+        let mode = std::fs::metadata(&kept).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
     }
 }
