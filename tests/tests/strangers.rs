@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use hermes_config::WorkerMode;
 use hermes_tests::fake_provider::ProviderReply;
-use hermes_tests::fake_telegram::{BOT_USERNAME, FloodLimits, SentMessage};
+use hermes_tests::fake_telegram::{BOT_USERNAME, FloodLimits, SendFault, SentMessage};
 use hermes_tests::harness::{PATIENCE, Rig, USER, eventually};
 
 hermes_tests::both_modes!(
@@ -125,6 +125,15 @@ async fn a_migrated_groups_waiting_message_is_answered_there_at_once(mode: Worke
     rig.telegram.migrate_chat(group, supergroup);
     rig.telegram
         .send_text(group, stranger, &format!("{bot} let me in"));
+    assert!(
+        rig.telegram
+            .wait_for_sent(is_stranger_reply, PATIENCE)
+            .await
+            .is_some()
+    );
+    // The running job's answer, for the group, is held up by flood control: the
+    // waiting message's answer, for the supergroup, still goes after it.
+    rig.telegram.fail_send(SendFault::RetryAfter(1));
     let answered = rig
         .telegram
         .wait_for_sent(|m| m.text == "echo: waiting", PATIENCE)
@@ -141,6 +150,11 @@ async fn a_migrated_groups_waiting_message_is_answered_there_at_once(mode: Worke
         .filter(|m| m.text.starts_with("echo: "))
         .map(|m| m.text)
         .collect();
-    assert_eq!(texts, ["echo: slow", "echo: waiting"], "in turn order");
+    assert_eq!(
+        texts,
+        ["echo: slow", "echo: waiting"],
+        "in turn order\n{}",
+        rig.gateway.log()
+    );
     assert_eq!(rig.provider.requests().len(), 3);
 }

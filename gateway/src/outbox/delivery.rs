@@ -45,7 +45,7 @@ enum Resolution {
 
 impl Inner {
     /// Sends the chat's pieces in order until none is left.
-    pub(super) async fn drain(self: &Arc<Self>, chat: i64) {
+    pub(super) async fn drain(self: &Arc<Self>, mut chat: i64) {
         let mut backoff = Backoff::new(FIRST_RETRY, self.config.retry_max);
         loop {
             let (next, lane, dest) = {
@@ -65,7 +65,7 @@ impl Inner {
                     }
                 }
             };
-            let resolution = self.deliver(chat, dest, &next, &mut backoff).await;
+            let resolution = self.deliver(&mut chat, dest, &next, &mut backoff).await;
             // A schedule's run whose answer never reached the chat is not delivered.
             if let (Some(id), Resolution::Refused(_) | Resolution::Expired) = (next.id, &resolution)
             {
@@ -198,10 +198,11 @@ impl Inner {
         });
     }
 
-    /// Tries one piece until it is delivered, refused for good, or too old.
+    /// Tries one piece until it is delivered, refused for good, or too old. `chat` is the
+    /// key of the queue the piece is in: a move can put the queue under another.
     async fn deliver(
         &self,
-        chat: i64,
+        chat: &mut i64,
         mut dest: i64,
         queued: &Queued,
         backoff: &mut Backoff,
@@ -315,9 +316,7 @@ impl Inner {
                             tracing::error!(chat_id = dest, "cannot move the chat to {to}: {e}")
                         }
                     }
-                    if let Some(queue) = self.lock().get_mut(&chat) {
-                        queue.moved_to = Some(to);
-                    }
+                    *chat = self.queue_moved(*chat, to);
                     dest = to;
                     continue;
                 }

@@ -34,7 +34,8 @@ pub(super) struct Queue {
     pub(super) pieces: VecDeque<Queued>,
     pub(super) strangers: VecDeque<Queued>,
     pub(super) draining: bool,
-    /// The supergroup this group became: where its pieces go now.
+    /// The supergroup this group became: where its pieces go now. An empty queue with
+    /// it only forwards: what is pushed for the group joins the supergroup's queue.
     pub(super) moved_to: Option<i64>,
 }
 
@@ -134,6 +135,11 @@ impl Queue {
         self.pieces.is_empty() && self.strangers.is_empty()
     }
 
+    /// The queue that takes this chat's pieces instead, if this one only forwards.
+    fn forwards_to(&self) -> Option<i64> {
+        self.moved_to.filter(|_| self.is_empty() && !self.draining)
+    }
+
     fn all(&self) -> impl Iterator<Item = &Queued> {
         self.pieces.iter().chain(&self.strangers)
     }
@@ -144,11 +150,17 @@ impl Outbox {
         if pieces.is_empty() {
             return;
         }
-        let start = {
+        let (chat, start) = {
             let mut chats = self.inner.lock();
+            // One queue per place the pieces go, so a group's answers and its
+            // supergroup's leave in the order they were committed.
+            let chat = chats
+                .get(&chat)
+                .and_then(Queue::forwards_to)
+                .unwrap_or(chat);
             let queue = chats.entry(chat).or_default();
             queue.lane(lane).extend(pieces);
-            !std::mem::replace(&mut queue.draining, true)
+            (chat, !std::mem::replace(&mut queue.draining, true))
         };
         self.inner.report();
         if start {
@@ -164,6 +176,32 @@ impl Outbox {
 }
 
 impl Inner {
+    /// Group `from` became supergroup `to` while its task sent a piece: its queue, that
+    /// piece first, goes under `to`, and the group's key only forwards from now on.
+    /// Returns the queue's key. If `to` has a task sending already (a message came
+    /// from the supergroup first), the group's queue stays and its task sends it there.
+    pub(super) fn queue_moved(&self, from: i64, to: i64) -> i64 {
+        let mut chats = self.lock();
+        if chats.get(&to).is_some_and(|queue| queue.draining) {
+            if let Some(queue) = chats.get_mut(&from) {
+                queue.moved_to = Some(to);
+            }
+            return from;
+        }
+        let Some(mut queue) = chats.remove(&from) else {
+            return from;
+        };
+        queue.moved_to = None;
+        let forward = Queue {
+            moved_to: Some(to),
+            ..Queue::default()
+        };
+        chats.insert(from, forward);
+        // `to` is idle, so its queue (if any) is empty: nothing of it is overwritten.
+        chats.insert(to, queue);
+        to
+    }
+
     pub(super) fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<i64, Queue>> {
         self.chats.lock().unwrap_or_else(|e| e.into_inner())
     }
