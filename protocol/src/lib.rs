@@ -14,7 +14,9 @@
 //! - [`frame`]: what a frame is, with a size cap and typed errors, so a misbehaving worker
 //!   can only ever produce an error value;
 //! - [`codec`]: the serde format behind the frames (postcard), kept behind one module so it
-//!   can change in one place.
+//!   can change in one place;
+//! - [`zygote`]: the two messages between the gateway and the template process that
+//!   `per-request` workers are forked from.
 //!
 //! The configuration file both binaries read is `hermes-config`'s: it is not on the wire.
 
@@ -24,6 +26,7 @@ pub mod frame;
 pub mod handshake;
 pub mod sandbox;
 pub mod wire;
+pub mod zygote;
 
 pub use connection::Connection;
 pub use frame::{FrameError, MAX_FRAME_LEN};

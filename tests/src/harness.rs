@@ -484,6 +484,8 @@ impl Gateway {
         procs::children_of(self.pid)
             .into_iter()
             .filter(|p| !p.is_zombie() && !p.cmdline.contains("sandbox-probe"))
+            // The template per-request workers are forked from runs no job.
+            .filter(|p| !p.cmdline.ends_with("hermes-worker zygote"))
             .filter(|p| p.cmdline != own)
             .collect()
     }
@@ -505,12 +507,14 @@ impl Gateway {
         let workers: Vec<i32> = self.workers().iter().map(|w| w.pid).collect();
         self.descendants()
             .into_iter()
-            // The sandbox probe is the gateway's own short-lived helper, not a worker's
-            // leftover.
+            // The sandbox probe and the template per-request workers are forked from are
+            // the gateway's own helpers, not a worker's leftovers.
             .filter(|p| {
+                let template = p.ppid == self.pid && p.cmdline.ends_with("hermes-worker zygote");
                 !workers.contains(&p.pid)
                     && !workers.contains(&p.pgid)
                     && !p.cmdline.contains("sandbox-probe")
+                    && !template
             })
             .collect()
     }

@@ -21,6 +21,7 @@ mod clock;
 mod commands;
 mod delivery;
 mod files_back;
+mod forked_workers;
 mod instances;
 mod live_answer;
 mod many_gateways;

@@ -29,7 +29,8 @@
 //! 6. several bots on one host (issue 24): the single unit uninstalled, two instances of
 //!    the template installed as `docs/OPERATING.md` ("Several bots on one host") says, line
 //!    for line, each with its own fake Telegram on the host (two bots); both answer, a
-//!    tool of one cannot read the other's state or credentials, `status` lists both
+//!    tool of one (`work`, in `per-request` mode: its workers are forked from the worker
+//!    template) cannot read the other's state or credentials, `status` lists both
 //!    truthfully; then a worker of `family` is OOM-killed inside its `MemoryMax=` and
 //!    `work`'s gateway is SIGKILLed: each comes back alone, answering again, and the other's
 //!    `MainPID` is unchanged.
@@ -383,7 +384,15 @@ fn the_unit_under_a_real_systemd() {
                 1,
             ),
         ),
-        ("work.toml", tools_configuration(&work_telegram, &provider)),
+        // `work` runs a fresh worker per job, forked from the template, so its tools'
+        // attacks come from forked workers under the unit's sandbox.
+        (
+            "work.toml",
+            format!(
+                "{}\n[workers]\nmode = \"per-request\"\n",
+                tools_configuration(&work_telegram, &provider)
+            ),
+        ),
         ("telegram-stub.py", TELEGRAM_STUB.to_string()),
     ];
     for (name, text) in files {
@@ -881,6 +890,18 @@ fn the_unit_under_a_real_systemd() {
             );
         }
     }
+    // Its workers came from the template, which is the gateway's child.
+    let work_main = show(&vm, work, "MainPID");
+    let children = vm.run(&format!(
+        "for c in $(cat /proc/{work_main}/task/*/children); do tr '\\0' ' ' < /proc/$c/cmdline; echo; done"
+    ));
+    assert!(
+        children
+            .lines()
+            .any(|l| l.trim_end().ends_with("hermes-worker zygote")),
+        "work's gateway has no worker template:\n{children}"
+    );
+    println!("instances: work's gateway's children:\n{children}");
     // `status` lists both, truthfully.
     let listed = |vm: &Vm| {
         let (ok, out) = vm.exec("hermes-gateway status");

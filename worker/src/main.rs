@@ -10,12 +10,14 @@
 //! server), and `sandbox-probe` says what sandbox this kernel allows.
 //!
 //! Modules: [`serve`] (the gateway protocol), [`warm_up`] (a new worker's HTTP client
-//! used once before its first job), [`ask`] (standalone); the agent itself is
+//! used once before its first job), [`zygote`] (the template `per-request` workers are
+//! forked from), [`ask`] (standalone); the agent itself is
 //! the crate's library (`agent`, `media`, `provider`, `sandbox`, `tools`).
 
 mod ask;
 mod serve;
 mod warm_up;
+mod zygote;
 
 pub(crate) use hermes_worker::agent;
 
@@ -43,6 +45,10 @@ enum Command {
     /// socket path from HERMES_WORKER_SOCKET, the one-time token from HERMES_WORKER_TOKEN
     /// and the tools' scratch directory from HERMES_WORKER_SCRATCH.
     Serve,
+    /// Fork workers for the gateway on request (started by hermes-gateway in per-request
+    /// mode, with its socket as stdin; not by hand).
+    #[command(hide = true)]
+    Zygote,
     /// Ask one question with the gateway's configuration file, without the gateway, and
     /// print the answer; on failure print the typed failure and exit 1 (78: bad config).
     Ask {
@@ -88,7 +94,10 @@ enum Command {
 }
 
 fn main() {
-    if std::env::args_os().nth(1).is_some_and(|a| a == "serve") {
+    if std::env::args_os()
+        .nth(1)
+        .is_some_and(|a| a == "serve" || a == "zygote")
+    {
         serve::tie_to_the_gateway();
     }
     // Another process of the same user (a tool included) cannot read this process's
@@ -106,7 +115,11 @@ fn main() {
         Command::SandboxProbe { json } => sandbox_probe(json),
         command => Cli { command },
     };
-    init_logging(matches!(cli.command, Command::Serve));
+    init_logging(matches!(cli.command, Command::Serve | Command::Zygote));
+    if let Command::Zygote = cli.command {
+        // Before the runtime: the template must stay one thread.
+        zygote::run(http_client());
+    }
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -117,16 +130,7 @@ fn main() {
             std::process::exit(serve::EXIT_FAILED);
         }
     };
-    let client = match reqwest::Client::builder()
-        .connect_timeout(Duration::from_secs(10))
-        .build()
-    {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("cannot build the HTTP client: {e}");
-            std::process::exit(serve::EXIT_FAILED);
-        }
-    };
+    let client = http_client();
     let code = match cli.command {
         Command::Serve => {
             let socket = std::env::var("HERMES_WORKER_SOCKET").unwrap_or_default();
@@ -161,11 +165,24 @@ fn main() {
             },
             client,
         )),
-        Command::SandboxExec { .. } | Command::SandboxProbe { .. } => {
+        Command::SandboxExec { .. } | Command::SandboxProbe { .. } | Command::Zygote => {
             unreachable!("handled before the runtime starts")
         }
     };
     std::process::exit(code);
+}
+
+fn http_client() -> reqwest::Client {
+    match reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(10))
+        .build()
+    {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("cannot build the HTTP client: {e}");
+            std::process::exit(serve::EXIT_FAILED);
+        }
+    }
 }
 
 fn sandbox_exec(policy_json: &str, command: &[OsString]) -> ! {

@@ -206,7 +206,7 @@ async fn serve(path: &Path, config: Config, setup: Setup, runner: Option<MakeRun
         stop_taking: CancellationToken::new(),
         abort: CancellationToken::new(),
     };
-    let mut spares = None;
+    let mut renewal = None;
     let (runner, wait_for_first_worker): (Arc<dyn JobRunner>, bool) = match runner {
         Some(make) => (make(&config), false),
         None => match Supervisor::start(
@@ -229,7 +229,7 @@ async fn serve(path: &Path, config: Config, setup: Setup, runner: Option<MakeRun
             &tasks,
         ) {
             Ok(supervisor) => {
-                spares = supervisor.spares();
+                renewal = Some(supervisor.renewal());
                 (Arc::new(supervisor), workers.mode == WorkerMode::Pool)
             }
             Err(e) => {
@@ -455,8 +455,8 @@ async fn serve(path: &Path, config: Config, setup: Setup, runner: Option<MakeRun
                 tracing::info!("received {signal}: reloading {}", path.display());
                 reload(path, &config, &settings, &circuits, &health);
                 // A worker binary replaced on disk is used from the next job on.
-                if let Some(spares) = &spares {
-                    spares.refresh();
+                if let Some(renewal) = &renewal {
+                    renewal.renew();
                 }
             }
             Some(signal) => break StopReason::Signal(signal),

@@ -8,11 +8,15 @@
 //!   `max_jobs_per_worker` jobs;
 //! - `per-request`: a slot starts a worker when a job arrives and ends it after that job.
 //!
+//! A `per-request` worker is forked from a template process that paid the exec once
+//! ([`zygote`]), which is most of what a fresh worker per message used to cost.
+//!
 //! In both, a worker that faulted in any way is never given another job, and a slot whose
 //! workers keep failing to start backs off between attempts; while it backs off, jobs get
 //! an immediate "could not be started" failure instead of waiting in silence.
 
 mod bounds;
+mod forked;
 mod listener;
 mod process;
 mod scratch;
@@ -20,6 +24,7 @@ mod slot;
 mod spares;
 mod stderr_log;
 mod worker;
+mod zygote;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -40,6 +45,7 @@ use listener::PendingWorkers;
 use process::SpawnSpec;
 use slot::{RestartIntensity, Slot};
 pub use spares::Spares;
+use zygote::Zygote;
 
 #[derive(Clone)]
 pub struct SupervisorConfig {
@@ -82,7 +88,27 @@ struct Assignment {
 #[derive(Clone)]
 pub struct Supervisor {
     queue: mpsc::Sender<Assignment>,
+    renewal: Renewal,
+}
+
+/// What a reload renews of the workers, so a worker binary replaced on disk is used from
+/// the next job on: the template `per-request` workers are forked from, and the spares
+/// that wait (forked from the new template).
+#[derive(Clone)]
+pub struct Renewal {
     spares: Option<Spares>,
+    zygote: Option<Arc<Zygote>>,
+}
+
+impl Renewal {
+    pub fn renew(&self) {
+        if let Some(zygote) = &self.zygote {
+            zygote.refresh();
+        }
+        if let Some(spares) = &self.spares {
+            spares.refresh();
+        }
+    }
 }
 
 /// Stops the supervisor in two steps: `stop_taking` ends the intake (idle slots finish),
@@ -111,11 +137,17 @@ impl Supervisor {
         ));
         let (queue, receiver) = mpsc::channel(config.slots.max(1) * 4);
         let receiver = Arc::new(Mutex::new(receiver));
+        // Only the built-in worker can be a template; another program is spawned.
+        let zygote = (config.mode == WorkerMode::PerRequest
+            && config.program.file_name() == Some(std::ffi::OsStr::new("hermes-worker"))
+            && forked::pidfds_work())
+        .then(|| Arc::new(Zygote::new()));
         let spec = SpawnSpec {
             program: config.program.clone(),
             socket,
             scratch_root: config.scratch_root.clone(),
             memory_limit_mb: config.memory_limit_mb,
+            zygote: zygote.clone(),
         };
         let deaths = Arc::new(RestartIntensity::new(
             config.max_restarts,
@@ -144,12 +176,15 @@ impl Supervisor {
             );
             tasks.spawn(s.run(receiver.clone()));
         }
-        Ok(Supervisor { queue, spares })
+        Ok(Supervisor {
+            queue,
+            renewal: Renewal { spares, zygote },
+        })
     }
 
-    /// The warm spares of `per-request` mode, if any: a reload replaces them.
-    pub fn spares(&self) -> Option<Spares> {
-        self.spares.clone()
+    /// What a reload renews.
+    pub fn renewal(&self) -> Renewal {
+        self.renewal.clone()
     }
 
     /// Runs `job` on a worker: see [`JobRunner::run`]. A cancelled job ends once none of

@@ -5,6 +5,9 @@
 //! it deliberately leaves. Ending a worker therefore means signalling the group, never just
 //! the pid: SIGTERM to the group, a grace period, then SIGKILL to the group.
 //!
+//! In `per-request` mode the built-in worker is forked from a template instead
+//! ([`super::zygote`]); everything below about groups, limits and ending holds for it too.
+//!
 //! A worker is started with `posix_spawn` (std uses it when there is no `pre_exec`): the
 //! gateway's thread waits only until the child has begun its exec, and no page table of
 //! the gateway is copied. A `fork` with limits set between fork and exec held the gateway's
@@ -30,8 +33,9 @@ use std::time::Duration;
 use hermes_protocol::{CrashCause, Secret};
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
-use tokio::process::{Child, ChildStderr, Command};
+use tokio::process::{ChildStderr, Command};
 
+use super::forked::WorkerChild;
 use crate::child::confine;
 
 /// Environment variables a worker inherits from the gateway; everything else is dropped.
@@ -65,6 +69,8 @@ pub struct SpawnSpec {
     pub scratch_root: PathBuf,
     /// `RLIMIT_AS` in MiB; 0 for none.
     pub memory_limit_mb: u64,
+    /// `per-request` mode with the built-in worker: workers are forked from this.
+    pub zygote: Option<std::sync::Arc<super::zygote::Zygote>>,
 }
 
 /// Starts `program serve` in its own process group with a one-time `token`, its tools to
@@ -73,23 +79,12 @@ pub fn spawn(
     spec: &SpawnSpec,
     token: &Secret,
     scratch: &Path,
-) -> io::Result<(Child, Option<ChildStderr>)> {
-    let mut command = Command::new(&spec.program);
+) -> io::Result<(WorkerChild, Option<ChildStderr>)> {
+    let mut command = worker_command(spec, "serve");
     command
-        .arg("serve")
-        .env_clear()
-        .envs(inherited_env())
-        .env("HERMES_WORKER_SOCKET", &spec.socket)
         .env("HERMES_WORKER_TOKEN", token.expose())
         .env("HERMES_WORKER_SCRATCH", scratch)
-        .env("HERMES_WORKER_PARENT", std::process::id().to_string())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        // A worker handle dropped without being stopped (a bug, or a panic unwinding a
-        // task) must not leave the process running.
-        .kill_on_drop(true);
+        .stdin(Stdio::null());
     let mut child = command.spawn()?;
     if let Some(pid) = child.id()
         && let Err(e) = confine(pid, spec.memory_limit_mb.saturating_mul(1024 * 1024))
@@ -102,7 +97,26 @@ pub fn spawn(
         ));
     }
     let stderr = child.stderr.take();
-    Ok((child, stderr))
+    Ok((WorkerChild::Spawned(child), stderr))
+}
+
+/// `program SUBCOMMAND` in its own process group, with the worker's environment and no
+/// stdout: a worker's (`serve`) or the template's its workers are forked from (`zygote`).
+pub fn worker_command(spec: &SpawnSpec, subcommand: &str) -> Command {
+    let mut command = Command::new(&spec.program);
+    command
+        .arg(subcommand)
+        .env_clear()
+        .envs(inherited_env())
+        .env("HERMES_WORKER_SOCKET", &spec.socket)
+        .env("HERMES_WORKER_PARENT", std::process::id().to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        // A handle dropped without being stopped (a bug, or a panic unwinding a task)
+        // must not leave the process running.
+        .kill_on_drop(true);
+    command
 }
 
 fn inherited_env() -> Vec<(OsString, OsString)> {
@@ -135,7 +149,7 @@ pub fn signal_group(pgid: u32, signal: Signal) {
 /// The final SIGKILL goes to the group after the leader is reaped; the kernel does not
 /// reuse a pid as long as a process group of that id has members, so it can only reach
 /// leftovers of this worker.
-pub async fn terminate(child: &mut Child, grace: Duration) -> Option<ExitStatus> {
+pub async fn terminate(child: &mut WorkerChild, grace: Duration) -> Option<ExitStatus> {
     let Some(pgid) = child.id() else {
         // Already reaped.
         return None;
@@ -158,9 +172,15 @@ pub async fn terminate(child: &mut Child, grace: Duration) -> Option<ExitStatus>
 
 /// Kills the group at once and reaps the worker: for a worker that already broke (its
 /// connection closed or it broke the protocol), where waiting for it serves nobody.
-pub async fn kill(child: &mut Child) -> Option<ExitStatus> {
+pub async fn kill(child: &mut WorkerChild) -> Option<ExitStatus> {
     let pgid = child.id()?;
     signal_group(pgid, Signal::SIGKILL);
+    if let WorkerChild::Forked(_) = child
+        && let Ok(pid) = i32::try_from(pgid)
+    {
+        // A forked worker makes its group itself, a moment after its pid is known.
+        let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
+    }
     child.wait().await.ok()
 }
 

@@ -15,9 +15,9 @@ use std::time::Duration;
 use hermes_protocol::{Connection, CrashCause, Secret, ToWorker};
 use interprocess::local_socket::tokio::Stream;
 use rand::Rng;
-use tokio::process::Child;
 use tokio_util::sync::CancellationToken;
 
+use super::forked::WorkerChild;
 use super::listener::{AuthRefusal, PendingWorkers};
 use super::process::{self, SpawnSpec};
 use super::scratch::ScratchDir;
@@ -56,7 +56,7 @@ pub enum StartError {
 }
 
 pub struct Worker {
-    child: Child,
+    child: WorkerChild,
     pid: u32,
     conn: Connection<Stream>,
     pub jobs_done: u32,
@@ -142,21 +142,38 @@ impl Worker {
                 root: spec.scratch_root.display().to_string(),
                 source,
             })?;
-        let (mut child, stderr) =
-            process::spawn(spec, &token, scratch.path()).map_err(|source| StartError::Spawn {
-                program: spec.program.display().to_string(),
-                source,
-            })?;
-        let Some(pid) = child.id() else {
-            return Err(StartError::DiedBeforeConnecting {
-                pid: 0,
-                cause: process::crash_cause(child.wait().await.ok()),
-            });
+        let forked = match &spec.zygote {
+            Some(zygote) => zygote.fork(spec, &token, scratch.path()).await,
+            None => None,
         };
+        let (mut child, pid, go) =
+            match forked {
+                Some(forked) => {
+                    let pid = forked.child.id().unwrap_or(0);
+                    tokio::spawn(stderr_log::pump(forked.stderr, pid));
+                    (forked.child, pid, Some(forked.go))
+                }
+                None => {
+                    let (mut child, stderr) = process::spawn(spec, &token, scratch.path())
+                        .map_err(|source| StartError::Spawn {
+                            program: spec.program.display().to_string(),
+                            source,
+                        })?;
+                    let Some(pid) = child.id() else {
+                        return Err(StartError::DiedBeforeConnecting {
+                            pid: 0,
+                            cause: process::crash_cause(child.wait().await.ok()),
+                        });
+                    };
+                    if let Some(stderr) = stderr {
+                        tokio::spawn(stderr_log::pump(stderr, pid));
+                    }
+                    (child, pid, None)
+                }
+            };
         let connected = pending.register(token.expose(), pid);
-        if let Some(stderr) = stderr {
-            tokio::spawn(stderr_log::pump(stderr, pid));
-        }
+        // A forked worker connects once told to, which is now that its token is known.
+        drop(go);
         let outcome = tokio::select! {
             connected = connected => match connected {
                 Ok(Ok(conn)) => Some(conn),

@@ -1,0 +1,158 @@
+//! `per-request` workers forked from a template (`hermes-worker zygote`): each one is the
+//! gateway's own child, in a process group of its own, shown as `hermes-worker serve`;
+//! the template holds no job and its death touches no worker; a reload replaces it.
+//!
+//! Real binaries against the fake Telegram and provider on 127.0.0.1.
+
+use std::time::Duration;
+
+use hermes_config::WorkerMode;
+use hermes_tests::fake_provider::ProviderReply;
+use hermes_tests::harness::{PATIENCE, Rig, USER, eventually};
+use hermes_tests::procs::{self, ProcInfo};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+async fn rig() -> Rig {
+    Rig::start(WorkerMode::PerRequest, |o| o.pool_size = 1).await
+}
+
+/// The gateway's one template, once there is exactly one.
+async fn the_template(rig: &Rig) -> ProcInfo {
+    let templates = || {
+        procs::children_of(rig.pid)
+            .into_iter()
+            .filter(|p| !p.is_zombie() && p.cmdline.ends_with("hermes-worker zygote"))
+            .collect::<Vec<_>>()
+    };
+    assert!(
+        eventually(PATIENCE, || templates().len() == 1).await,
+        "{:?}\n{}",
+        procs::children_of(rig.pid),
+        rig.gateway.log()
+    );
+    templates().remove(0)
+}
+
+/// The one worker waiting, once there is exactly one.
+async fn the_spare(rig: &Rig) -> ProcInfo {
+    assert!(
+        eventually(PATIENCE, || rig.gateway.workers().len() == 1).await,
+        "no spare waits: {:?}\n{}",
+        rig.gateway.workers(),
+        rig.gateway.log()
+    );
+    rig.gateway.workers().remove(0)
+}
+
+/// The top of a process's stack (where it grows down from): the same in a fork as in its
+/// template, and chosen anew by every exec.
+fn stack_of(pid: i32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/maps"))
+        .unwrap_or_default()
+        .lines()
+        .find(|line| line.ends_with("[stack]"))
+        .and_then(|line| line.split([' ', '-']).nth(1).map(str::to_string))
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_per_request_worker_is_a_fork_of_the_template_and_the_gateways_own_child() {
+    let rig = rig().await;
+    let spare = the_spare(&rig).await;
+    let template = the_template(&rig).await;
+    assert_eq!(spare.ppid, rig.pid, "the gateway's child: {spare:?}");
+    assert_eq!(spare.pgid, spare.pid, "in a group of its own: {spare:?}");
+    assert_eq!(template.pgid, template.pid, "{template:?}");
+    assert!(spare.cmdline.ends_with("hermes-worker serve"), "{spare:?}");
+    assert!(!stack_of(spare.pid).is_empty());
+    assert_eq!(
+        stack_of(spare.pid),
+        stack_of(template.pid),
+        "forked, not spawned"
+    );
+    assert_eq!(rig.ask("hello").await.text, "echo: hello");
+    // The job's worker is gone, and the next is forked from the same template.
+    assert!(
+        eventually(PATIENCE, || {
+            let w = rig.gateway.workers();
+            w.len() == 1 && w[0].pid != spare.pid
+        })
+        .await,
+        "{:?}",
+        rig.gateway.workers()
+    );
+    let next = the_spare(&rig).await;
+    assert_eq!(stack_of(next.pid), stack_of(template.pid));
+    assert_eq!(the_template(&rig).await.pid, template.pid);
+    assert!(
+        rig.gateway.strays().is_empty(),
+        "{:?}",
+        rig.gateway.strays()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_templates_death_leaves_a_running_job_alone_and_the_next_worker_comes_from_a_new_one() {
+    let mut rig = rig().await;
+    let template = the_template(&rig).await;
+    let spare = the_spare(&rig).await;
+    rig.provider
+        .push(ProviderReply::Delay(Duration::from_millis(1500)));
+    rig.telegram.send_text(USER, USER, "slow one");
+    assert!(rig.provider.wait_for_requests(1, PATIENCE).await);
+    let _ = kill(Pid::from_raw(template.pid), Signal::SIGKILL);
+    let reply = rig.telegram.wait_for_chat_messages(USER, 1, PATIENCE).await;
+    assert_eq!(
+        reply.first().map(|m| m.text.as_str()),
+        Some("echo: slow one"),
+        "{}",
+        rig.gateway.log()
+    );
+    // The worker that ran it was forked before the kill: it finished its job.
+    assert!(!rig.gateway.log().contains("crashed"));
+    assert!(
+        eventually(PATIENCE, || the_template_pid(&rig)
+            .is_some_and(|pid| pid != template.pid))
+        .await,
+        "no new template: {:?}\n{}",
+        procs::children_of(rig.pid),
+        rig.gateway.log()
+    );
+    let next = the_spare(&rig).await;
+    assert_ne!(next.pid, spare.pid);
+    assert_eq!(rig.ask("again").await.text, "echo: again");
+    rig.gateway.assert_running(rig.pid);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_replaces_the_template() {
+    let rig = rig().await;
+    let template = the_template(&rig).await;
+    let spare = the_spare(&rig).await;
+    rig.gateway.signal(Signal::SIGHUP);
+    assert!(
+        eventually(PATIENCE, || {
+            let w = rig.gateway.workers();
+            w.len() == 1
+                && w[0].pid != spare.pid
+                && the_template_pid(&rig).is_some_and(|pid| pid != template.pid)
+        })
+        .await,
+        "{:?}\n{}",
+        procs::children_of(rig.pid),
+        rig.gateway.log()
+    );
+    assert!(
+        procs::info(template.pid).is_none_or(|p| p.is_zombie()),
+        "the old template is still there"
+    );
+    assert_eq!(rig.ask("after reload").await.text, "echo: after reload");
+}
+
+fn the_template_pid(rig: &Rig) -> Option<i32> {
+    procs::children_of(rig.pid)
+        .into_iter()
+        .find(|p| !p.is_zombie() && p.cmdline.ends_with("hermes-worker zygote"))
+        .map(|p| p.pid)
+}

@@ -1,0 +1,280 @@
+//! `hermes-worker zygote`: the template `per-request` workers are forked from.
+//!
+//! A fresh worker per job is `per-request` mode's isolation, and an exec per worker was
+//! most of its cost: the kernel building and tearing down a process image, the dynamic
+//! loader, the runtime's start (docs/BENCHMARKS.md). The gateway starts this process once;
+//! it pays all of that, then waits on its stdin (a `SOCK_SEQPACKET` socket) for
+//! [`Fork`] requests, each with the new worker's stderr attached, and forks one worker
+//! per request. It never has a job, a chat's data or a token other than the one of the
+//! request in hand (wiped once the worker is forked).
+//!
+//! The fork is `clone(CLONE_PARENT)`: the new worker is the gateway's child, not the
+//! template's, so the gateway reaps it, reads its exit status and ends its process group
+//! exactly as for a worker it spawned, and the template's own death touches no worker. The
+//! template answers with the new pid ([`Forked::Started`]); the worker puts itself in a
+//! process group of its own first thing (only it can: it is not the template's child),
+//! takes its stderr, leaves the template's socket and ties its life to the gateway's (the
+//! parent-death signal is not inherited). From there it is `hermes-worker serve`, with its
+//! own runtime and the HTTP client the template built.
+//!
+//! What forked workers share that spawned ones do not: the template's address-space
+//! layout (each exec randomised it anew), and the template's limits, environment and
+//! `oom_score_adj`, which the gateway set as for any worker.
+
+use std::io::{IoSlice, IoSliceMut};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::PathBuf;
+
+use hermes_protocol::codec;
+use hermes_protocol::zygote::{Fork, Forked, MAX_MESSAGE};
+use nix::sys::socket::{ControlMessage, ControlMessageOwned, MsgFlags, recvmsg, sendmsg};
+
+use crate::serve;
+
+/// The control socket: the template's stdin, which each worker inherits and answers on.
+const CONTROL: RawFd = 0;
+
+/// Forks workers until the gateway closes the control socket. Must run before anything
+/// starts a thread: a fork copies only the calling thread.
+pub fn run(client: reqwest::Client) -> ! {
+    if let Err(why) = only_thread() {
+        eprintln!("hermes-worker zygote: {why}");
+        std::process::exit(serve::EXIT_FAILED);
+    }
+    let mut buf = vec![0u8; MAX_MESSAGE];
+    loop {
+        let (len, fds) = match receive(&mut buf) {
+            Ok(Some(request)) => request,
+            Ok(None) => std::process::exit(serve::EXIT_OK),
+            Err(e) => {
+                eprintln!("hermes-worker zygote: cannot read a request: {e}");
+                std::process::exit(serve::EXIT_FAILED);
+            }
+        };
+        let request = codec::from_bytes::<Fork>(&buf[..len]);
+        buf[..len].fill(0);
+        let forked = match (request, fds) {
+            (Ok(fork), Some(fds)) => {
+                let forked = fork_worker(&fork, fds, &client);
+                wipe(fork);
+                forked
+            }
+            (Err(e), _) => Forked::Failed {
+                why: format!("a request that is not one: {e}"),
+            },
+            (Ok(fork), None) => {
+                wipe(fork);
+                Forked::Failed {
+                    why: "a request without the worker's stderr and go-ahead".into(),
+                }
+            }
+        };
+        if let Err(e) = answer(&forked) {
+            eprintln!("hermes-worker zygote: cannot answer the gateway: {e}");
+            std::process::exit(serve::EXIT_FAILED);
+        }
+    }
+}
+
+/// The answer to a request: the new worker's pid, or why there is none.
+fn fork_worker(fork: &Fork, fds: Descriptors, client: &reqwest::Client) -> Forked {
+    // SAFETY: this process has one thread (checked at start, and nothing here starts one),
+    // so the child is a consistent copy, free to do anything, as after `fork`. The raw
+    // system call (not glibc's `fork`) is what passes CLONE_PARENT; glibc's own view of
+    // the thread id stays the template's, which only its pthread functions for other
+    // threads read (a child raising a signal on itself asks the kernel for its id).
+    let pid = unsafe {
+        nix::libc::syscall(
+            nix::libc::SYS_clone,
+            (nix::libc::CLONE_PARENT | nix::libc::SIGCHLD) as nix::libc::c_ulong,
+            0usize,
+            0usize,
+            0usize,
+            0usize,
+        )
+    };
+    match u32::try_from(pid) {
+        Ok(0) => become_worker(fork, fds, client),
+        // The worker's stderr is its own now; the template keeps none.
+        Ok(pid) => Forked::Started { pid },
+        Err(_) => Forked::Failed {
+            why: format!("cannot fork a worker: {}", std::io::Error::last_os_error()),
+        },
+    }
+}
+
+/// The new worker: its own group, its stderr, an empty stdin, tied to the gateway, then
+/// `serve` as if spawned, once the gateway says go.
+fn become_worker(fork: &Fork, fds: Descriptors, client: &reqwest::Client) -> ! {
+    let Descriptors { stderr, go } = fds;
+    if let Err(e) =
+        nix::unistd::setpgid(nix::unistd::Pid::from_raw(0), nix::unistd::Pid::from_raw(0))
+    {
+        eprintln!("cannot put the worker in a process group of its own: {e}");
+        std::process::exit(serve::EXIT_FAILED);
+    }
+    if stderr.as_raw_fd() != 2 {
+        // SAFETY: dup2 onto fd 2, which this process owns; the new worker's log goes to
+        // its own pipe, read by the gateway under its pid.
+        if unsafe { nix::libc::dup2(stderr.as_raw_fd(), 2) } < 0 {
+            std::process::exit(serve::EXIT_FAILED);
+        }
+        drop(stderr);
+    }
+    // The control socket is the template's: a worker's stdin is empty, as when spawned.
+    if let Err(e) = stdin_to_null() {
+        eprintln!("cannot close the template's socket in a worker: {e}");
+        std::process::exit(serve::EXIT_FAILED);
+    }
+    serve::tie_to_the_gateway();
+    show_as_serve();
+    wait_for_go(go);
+    let token = fork.token.clone();
+    let scratch = PathBuf::from(std::ffi::OsStr::from_bytes(&fork.scratch));
+    let code = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime.block_on(serve::serve(
+            &socket_path(),
+            &token,
+            &scratch,
+            client.clone(),
+        )),
+        Err(e) => {
+            eprintln!("cannot start the async runtime: {e}");
+            serve::EXIT_FAILED
+        }
+    };
+    std::process::exit(code)
+}
+
+fn socket_path() -> String {
+    std::env::var("HERMES_WORKER_SOCKET").unwrap_or_default()
+}
+
+/// What a request carries besides its bytes.
+struct Descriptors {
+    stderr: OwnedFd,
+    go: OwnedFd,
+}
+
+/// Blocks until the gateway closes its end of the go-ahead pipe (or writes to it).
+fn wait_for_go(go: OwnedFd) {
+    let mut byte = [0u8; 1];
+    loop {
+        match nix::unistd::read(&go, &mut byte) {
+            Err(nix::errno::Errno::EINTR) => continue,
+            _ => return,
+        }
+    }
+}
+
+/// Reads one request: its length and the descriptors it carries. `None` at EOF.
+fn receive(buf: &mut [u8]) -> nix::Result<Option<(usize, Option<Descriptors>)>> {
+    let mut space = nix::cmsg_space!([RawFd; 2]);
+    let mut iov = [IoSliceMut::new(buf)];
+    let message = recvmsg::<()>(
+        CONTROL,
+        &mut iov,
+        Some(&mut space),
+        MsgFlags::MSG_CMSG_CLOEXEC,
+    )?;
+    let len = message.bytes;
+    let mut fds = Vec::new();
+    for cmsg in message.cmsgs()? {
+        if let ControlMessageOwned::ScmRights(received) = cmsg {
+            // SAFETY: the kernel just gave this process these descriptors, which nothing
+            // else owns; any beyond the two expected are closed with the vector.
+            fds.extend(
+                received
+                    .into_iter()
+                    .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
+            );
+        }
+    }
+    if len == 0 && fds.is_empty() {
+        return Ok(None);
+    }
+    let mut fds = fds.into_iter();
+    let descriptors = match (fds.next(), fds.next()) {
+        (Some(stderr), Some(go)) => Some(Descriptors { stderr, go }),
+        _ => None,
+    };
+    Ok(Some((len, descriptors)))
+}
+
+fn answer(forked: &Forked) -> std::io::Result<()> {
+    let bytes = codec::to_bytes(forked).map_err(std::io::Error::other)?;
+    sendmsg::<()>(
+        CONTROL,
+        &[IoSlice::new(&bytes)],
+        &[] as &[ControlMessage],
+        MsgFlags::empty(),
+        None,
+    )?;
+    Ok(())
+}
+
+fn stdin_to_null() -> std::io::Result<()> {
+    let null = std::fs::File::open("/dev/null")?;
+    // SAFETY: dup2 onto fd 0, which this process owns.
+    if unsafe { nix::libc::dup2(null.as_raw_fd(), CONTROL) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// `ps` and `/proc/PID/cmdline` show a forked worker as `hermes-worker serve`, as a
+/// spawned one, not as the template it is a copy of: the template's argument is
+/// overwritten in this process's own copy of the argument area (as `setproctitle` does).
+fn show_as_serve() {
+    const TEMPLATE: &[u8] = b"zygote\0";
+    const WORKER: &[u8] = b"serve\0\0";
+    let Some((start, end)) = argument_area() else {
+        return;
+    };
+    let Some(len) = end.checked_sub(start) else {
+        return;
+    };
+    // SAFETY: [start, end) is this process's argument area, as the kernel reports it:
+    // mapped and writable (at the top of the main thread's stack), and read by nothing in
+    // this process after start-up.
+    let area = unsafe { std::slice::from_raw_parts_mut(start as *mut u8, len) };
+    if let Some(at) = area.windows(TEMPLATE.len()).position(|w| w == TEMPLATE) {
+        area[at..at + WORKER.len()].copy_from_slice(WORKER);
+    }
+}
+
+/// `arg_start` and `arg_end` of `/proc/self/stat` (fields 48 and 49).
+fn argument_area() -> Option<(usize, usize)> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields are counted after the command name, which may hold spaces and parentheses.
+    let rest = stat.get(stat.rfind(')')? + 2..)?;
+    let mut fields = rest.split(' ').skip(48 - 3);
+    let start = fields.next()?.parse().ok()?;
+    let end = fields.next()?.parse().ok()?;
+    Some((start, end))
+}
+
+/// A request's token, once its worker has it: not left in the template's freed memory
+/// for the next worker's copy of it.
+fn wipe(fork: Fork) {
+    let mut token = fork.token.into_bytes();
+    token.fill(0);
+    std::hint::black_box(&token);
+}
+
+/// A fork copies only the calling thread: with another thread running, a lock it held
+/// would stay locked in every worker.
+fn only_thread() -> Result<(), String> {
+    let threads = std::fs::read_dir("/proc/self/task")
+        .map_err(|e| format!("cannot count this process's threads: {e}"))?
+        .count();
+    if threads == 1 {
+        Ok(())
+    } else {
+        Err(format!("{threads} threads run; a template must have one"))
+    }
+}
