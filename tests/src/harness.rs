@@ -479,11 +479,14 @@ impl Gateway {
     /// The gateway's live child processes: its workers (not the short-lived sandbox probe
     /// it runs at start-up).
     pub fn workers(&self) -> Vec<procs::ProcInfo> {
-        // A child forked and not yet through its exec still reads as the gateway itself.
+        // A child forked and not yet through its exec still reads as the gateway itself;
+        // one in its exec, or exiting, has no command line to read: neither is a worker
+        // yet (or still), and a template read then is not mistaken for one.
         let own = procs::info(self.pid).map(|p| p.cmdline).unwrap_or_default();
         procs::children_of(self.pid)
             .into_iter()
-            .filter(|p| !p.is_zombie() && !p.cmdline.contains("sandbox-probe"))
+            .filter(|p| !p.is_zombie() && !p.cmdline.is_empty())
+            .filter(|p| !p.cmdline.contains("sandbox-probe"))
             // The template per-request workers are forked from runs no job.
             .filter(|p| !p.cmdline.ends_with("hermes-worker zygote"))
             .filter(|p| p.cmdline != own)

@@ -67,7 +67,15 @@ struct Workbench {
     scratch: PathBuf,
 }
 
-pub async fn serve(socket: &str, token: &str, scratch: &Path, client: reqwest::Client) -> i32 {
+/// `warm_up`: use the HTTP client once while waiting for the first job (a worker forked
+/// from the template has one the template used already).
+pub async fn serve(
+    socket: &str,
+    token: &str,
+    scratch: &Path,
+    client: reqwest::Client,
+    warm_up: bool,
+) -> i32 {
     let stream = match socket.to_fs_name::<GenericFilePath>() {
         Ok(name) => match Stream::connect(name).await {
             Ok(stream) => stream,
@@ -108,7 +116,7 @@ pub async fn serve(socket: &str, token: &str, scratch: &Path, client: reqwest::C
         scratch: scratch.to_path_buf(),
     };
     // Until it is done or the first frame comes, whichever is first.
-    let mut warm_up = Some(Box::pin(crate::warm_up::http_client(&client)));
+    let mut warm_up = warm_up.then(|| Box::pin(crate::warm_up::http_client(&client)));
     let code = loop {
         let frame = match warm_up.as_mut() {
             Some(warming) => tokio::select! {

@@ -38,6 +38,7 @@ const CONTROL: RawFd = 0;
 /// Forks workers until the gateway closes the control socket. Must run before anything
 /// starts a thread: a fork copies only the calling thread.
 pub fn run(client: reqwest::Client) -> ! {
+    warm_up(&client);
     if let Err(why) = only_thread() {
         eprintln!("hermes-worker zygote: {why}");
         std::process::exit(serve::EXIT_FAILED);
@@ -141,6 +142,7 @@ fn become_worker(fork: &Fork, fds: Descriptors, client: &reqwest::Client) -> ! {
             &token,
             &scratch,
             client.clone(),
+            false,
         )),
         Err(e) => {
             eprintln!("cannot start the async runtime: {e}");
@@ -256,6 +258,21 @@ fn argument_area() -> Option<(usize, usize)> {
     let start = fields.next()?.parse().ok()?;
     let end = fields.next()?.parse().ok()?;
     Some((start, end))
+}
+
+/// What every worker would otherwise do first, done once here and inherited: the HTTP
+/// client's first use ([`crate::warm_up`]: its lazily made state, the CPU-feature probes
+/// of std and the crates, whose `cpuid` is a VM exit each), in a runtime of its own that
+/// is gone, with its descriptors, before the first fork.
+fn warm_up(client: &reqwest::Client) {
+    let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    else {
+        return;
+    };
+    runtime.block_on(crate::warm_up::http_client(client));
+    drop(runtime);
 }
 
 /// A request's token, once its worker has it: not left in the template's freed memory

@@ -59,6 +59,8 @@ struct State {
 struct Template {
     child: Child,
     control: AsyncFd<OwnedFd>,
+    /// Workers it forked.
+    forks: u64,
 }
 
 pub struct ForkedWorker {
@@ -103,49 +105,59 @@ impl Zygote {
         {
             old.end().await;
         }
-        if let Some(template) = state.running.as_mut()
-            && let Ok(Some(status)) = template.child.try_wait()
-        {
-            tracing::warn!(
-                "the worker template exited ({}); starting another",
-                process::crash_cause(Some(status))
-            );
-            state.running = None;
-        }
-        if state.running.is_none() {
-            if state.failed_at.is_some_and(|at| at.elapsed() < RETRY_AFTER) {
-                return None;
+        // A template that served before and died (killed, OOM) is replaced at once; one
+        // that fails its first request is given up on for RETRY_AFTER.
+        loop {
+            if let Some(template) = state.running.as_mut()
+                && let Ok(Some(status)) = template.child.try_wait()
+            {
+                tracing::warn!(
+                    "the worker template exited ({}); starting another",
+                    process::crash_cause(Some(status))
+                );
+                state.running = None;
             }
-            match Template::start(spec) {
-                Ok(template) => state.running = Some(template),
-                Err(e) => {
-                    tracing::warn!(
-                        "cannot start the worker template ({e}); spawning workers for {} s",
-                        RETRY_AFTER.as_secs()
-                    );
-                    state.failed_at = Some(Instant::now());
+            if state.running.is_none() {
+                if state.failed_at.is_some_and(|at| at.elapsed() < RETRY_AFTER) {
                     return None;
                 }
-            }
-        }
-        let template = state.running.as_mut()?;
-        match tokio::time::timeout(ANSWER_WITHIN, template.fork(spec, token, scratch)).await {
-            Ok(Ok(worker)) => Some(worker),
-            failed => {
-                let why = match failed {
-                    Ok(Err(e)) => e.to_string(),
-                    _ => format!("no answer within {ANSWER_WITHIN:?}"),
-                };
-                tracing::warn!(
-                    "the worker template failed ({why}); spawning workers for {} s",
-                    RETRY_AFTER.as_secs()
-                );
-                if let Some(template) = state.running.take() {
-                    template.end().await;
+                match Template::start(spec) {
+                    Ok(template) => state.running = Some(template),
+                    Err(e) => {
+                        tracing::warn!(
+                            "cannot start the worker template ({e}); spawning workers for {} s",
+                            RETRY_AFTER.as_secs()
+                        );
+                        state.failed_at = Some(Instant::now());
+                        return None;
+                    }
                 }
-                state.failed_at = Some(Instant::now());
-                None
             }
+            let template = state.running.as_mut()?;
+            let answer =
+                tokio::time::timeout(ANSWER_WITHIN, template.fork(spec, token, scratch)).await;
+            let why = match answer {
+                Ok(Ok(worker)) => {
+                    template.forks += 1;
+                    return Some(worker);
+                }
+                Ok(Err(e)) => e.to_string(),
+                Err(_) => format!("no answer within {ANSWER_WITHIN:?}"),
+            };
+            let served = template.forks > 0;
+            if let Some(template) = state.running.take() {
+                template.end().await;
+            }
+            if served {
+                tracing::warn!("the worker template failed ({why}); starting another");
+                continue;
+            }
+            tracing::warn!(
+                "the worker template failed ({why}); spawning workers for {} s",
+                RETRY_AFTER.as_secs()
+            );
+            state.failed_at = Some(Instant::now());
+            return None;
         }
     }
 }
@@ -176,6 +188,7 @@ impl Template {
         Ok(Template {
             child,
             control: forked::register(ours, Interest::READABLE | Interest::WRITABLE)?,
+            forks: 0,
         })
     }
 
