@@ -17,6 +17,10 @@ pub struct Fork {
     pub token: String,
     /// The path's bytes (a path need not be UTF-8).
     pub scratch: Vec<u8>,
+    /// A spare, which waits for its job: it uses its HTTP client once meanwhile, so its
+    /// first job does not fault in that code (a forked worker inherits the template's
+    /// state, not the template's page tables for its code).
+    pub warm_up: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -67,8 +67,9 @@ struct Workbench {
     scratch: PathBuf,
 }
 
-/// `warm_up`: use the HTTP client once while waiting for the first job (a worker forked
-/// from the template has one the template used already).
+/// `warm_up`: use the HTTP client once while waiting for the first job (a spawned worker,
+/// and a forked spare; a worker forked for a job that waits has the template's client,
+/// used once already, and goes straight to the job).
 pub async fn serve(
     socket: &str,
     token: &str,

@@ -142,7 +142,7 @@ fn become_worker(fork: &Fork, fds: Descriptors, client: &reqwest::Client) -> ! {
             &token,
             &scratch,
             client.clone(),
-            false,
+            fork.warm_up,
         )),
         Err(e) => {
             eprintln!("cannot start the async runtime: {e}");

@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 use super::listener::PendingWorkers;
 use super::process::SpawnSpec;
 use super::spares::Spares;
-use super::worker::{Fate, StartError, Stops, Worker};
+use super::worker::{Fate, StartError, Stops, Use, Worker};
 use super::{Assignment, Shutdown, SupervisorConfig, cancelled};
 use crate::clock::sleep_until;
 use crate::first_poll::FirstPoll;
@@ -315,7 +315,7 @@ impl Slot {
     }
 
     async fn start_worker(&mut self) -> Option<Worker> {
-        match Worker::start(&self.spec, &self.pending, &self.stop_taking).await {
+        match Worker::start(&self.spec, &self.pending, &self.stop_taking, Use::Now).await {
             Ok(w) => {
                 self.health.worker_started();
                 self.report_backoff(false);

@@ -29,7 +29,7 @@ use super::SupervisorConfig;
 use super::listener::PendingWorkers;
 use super::process::SpawnSpec;
 use super::slot::RestartIntensity;
-use super::worker::{StartError, Worker};
+use super::worker::{StartError, Use, Worker};
 use crate::clock::sleep_until;
 use crate::first_poll::FirstPoll;
 use crate::health::{Health, WorkerLeft};
@@ -178,7 +178,7 @@ async fn keep(id: usize, shared: Arc<Shared>, mut generation: watch::Receiver<u6
         // the spare it started (it has seen the old configuration).
         generation.borrow_and_update();
         shared.starting.fetch_add(1, Ordering::SeqCst);
-        let started = Worker::start(&shared.spec, &shared.pending, &shared.stop).await;
+        let started = Worker::start(&shared.spec, &shared.pending, &shared.stop, Use::Spare).await;
         shared.starting.fetch_sub(1, Ordering::SeqCst);
         let mut worker = match started {
             Ok(w) => {

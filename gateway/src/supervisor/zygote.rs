@@ -98,6 +98,7 @@ impl Zygote {
         spec: &SpawnSpec,
         token: &Secret,
         scratch: &Path,
+        warm_up: bool,
     ) -> Option<ForkedWorker> {
         let mut state = self.state.lock().await;
         if self.stale.swap(false, Ordering::SeqCst)
@@ -135,7 +136,8 @@ impl Zygote {
             }
             let template = state.running.as_mut()?;
             let answer =
-                tokio::time::timeout(ANSWER_WITHIN, template.fork(spec, token, scratch)).await;
+                tokio::time::timeout(ANSWER_WITHIN, template.fork(spec, token, scratch, warm_up))
+                    .await;
             let why = match answer {
                 Ok(Ok(worker)) => {
                     template.forks += 1;
@@ -197,12 +199,14 @@ impl Template {
         spec: &SpawnSpec,
         token: &Secret,
         scratch: &Path,
+        warm_up: bool,
     ) -> io::Result<ForkedWorker> {
         let (read, write) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
         let (go_theirs, go) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
         let request = codec::to_bytes(&Fork {
             token: token.expose().to_string(),
             scratch: scratch.as_os_str().as_bytes().to_vec(),
+            warm_up,
         })
         .map_err(io::Error::other)?;
         let fds = [write.as_raw_fd(), go_theirs.as_raw_fd()];

@@ -27,6 +27,16 @@ mod job;
 
 pub use job::{Fate, Stops};
 
+/// When a worker being started gets its job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Use {
+    /// A job waits for it.
+    Now,
+    /// It waits for a job ([`super::spares`]): a forked one uses the time to bring in
+    /// what its first job would otherwise fault in.
+    Spare,
+}
+
 /// A started worker that has not connected by then is killed.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// The worker answers `TimedOut` itself at the job's deadline; the gateway waits this much
@@ -135,6 +145,7 @@ impl Worker {
         spec: &SpawnSpec,
         pending: &PendingWorkers,
         stop: &CancellationToken,
+        usage: Use,
     ) -> Result<Worker, StartError> {
         let token = Secret::new(new_token());
         let scratch =
@@ -143,7 +154,11 @@ impl Worker {
                 source,
             })?;
         let forked = match &spec.zygote {
-            Some(zygote) => zygote.fork(spec, &token, scratch.path()).await,
+            Some(zygote) => {
+                zygote
+                    .fork(spec, &token, scratch.path(), usage == Use::Spare)
+                    .await
+            }
             None => None,
         };
         let (mut child, pid, go) =
