@@ -111,17 +111,29 @@ async fn the_templates_death_leaves_a_running_job_alone_and_the_next_worker_come
     );
     // The worker that ran it was forked before the kill: it finished its job.
     assert!(!rig.gateway.log().contains("crashed"));
+    // The dead template is reaped at once, not left a zombie until the next start.
     assert!(
-        eventually(PATIENCE, || the_template_pid(&rig)
-            .is_some_and(|pid| pid != template.pid))
-        .await,
-        "no new template: {:?}\n{}",
-        procs::children_of(rig.pid),
-        rig.gateway.log()
+        eventually(PATIENCE, || procs::info(template.pid).is_none()).await,
+        "{:?}",
+        procs::info(template.pid)
     );
+    // The next workers come from a new template.
+    assert_eq!(rig.ask("again").await.text, "echo: again");
+    assert_eq!(rig.ask("and again").await.text, "echo: and again");
+    let new = the_template(&rig).await;
+    assert_ne!(new.pid, template.pid);
     let next = the_spare(&rig).await;
     assert_ne!(next.pid, spare.pid);
-    assert_eq!(rig.ask("again").await.text, "echo: again");
+    assert_eq!(
+        stack_of(next.pid),
+        stack_of(new.pid),
+        "forked from the new one"
+    );
+    assert!(
+        !rig.gateway.log().contains("spawning workers"),
+        "{}",
+        rig.gateway.log()
+    );
     rig.gateway.assert_running(rig.pid);
 }
 

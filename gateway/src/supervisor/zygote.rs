@@ -17,7 +17,7 @@ use std::io::{self, IoSlice};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
-use std::process::Stdio;
+use std::process::{ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -31,8 +31,7 @@ use nix::sys::socket::{
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 use tokio::net::unix::pipe;
-use tokio::process::Child;
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, watch};
 
 use super::forked::{self, WorkerChild};
 use super::process::{self, SpawnSpec};
@@ -57,7 +56,10 @@ struct State {
 }
 
 struct Template {
-    child: Child,
+    pid: u32,
+    /// Set once it exited and was reaped (at once, by a task of its own: a killed
+    /// template is no zombie until the next worker's start).
+    exited: watch::Receiver<Option<Option<ExitStatus>>>,
     control: AsyncFd<OwnedFd>,
     /// Workers it forked.
     forks: u64,
@@ -109,12 +111,14 @@ impl Zygote {
         // A template that served before and died (killed, OOM) is replaced at once; one
         // that fails its first request is given up on for RETRY_AFTER.
         loop {
-            if let Some(template) = state.running.as_mut()
-                && let Ok(Some(status)) = template.child.try_wait()
-            {
+            let exited = state
+                .running
+                .as_ref()
+                .and_then(|template| *template.exited.borrow());
+            if let Some(status) = exited {
                 tracing::warn!(
                     "the worker template exited ({}); starting another",
-                    process::crash_cause(Some(status))
+                    process::crash_cause(status)
                 );
                 state.running = None;
             }
@@ -182,14 +186,22 @@ impl Template {
         let Some(pid) = child.id() else {
             return Err(io::Error::other("the template exited at once"));
         };
+        // Dropped (killed) with the child on an early return.
         confine(pid, spec.memory_limit_mb.saturating_mul(1024 * 1024))?;
         if let Some(stderr) = child.stderr.take() {
             tokio::spawn(stderr_log::pump(stderr, pid));
         }
+        let control = forked::register(ours, Interest::READABLE | Interest::WRITABLE)?;
+        let (tell, exited) = watch::channel(None);
+        tokio::spawn(async move {
+            let status = child.wait().await.ok();
+            let _ = tell.send(Some(status));
+        });
         tracing::debug!(worker_pid = pid, "worker template started");
         Ok(Template {
-            child,
-            control: forked::register(ours, Interest::READABLE | Interest::WRITABLE)?,
+            pid,
+            exited,
+            control,
             forks: 0,
         })
     }
@@ -272,11 +284,16 @@ impl Template {
     /// Closing its socket ends it; a template that does not go is killed.
     async fn end(mut self) {
         drop(self.control);
-        if tokio::time::timeout(Duration::from_secs(1), self.child.wait())
+        let gone = self.exited.wait_for(Option::is_some);
+        if tokio::time::timeout(Duration::from_secs(1), gone)
             .await
             .is_err()
+            && let Ok(pid) = i32::try_from(self.pid)
         {
-            let _ = self.child.kill().await;
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
         }
     }
 }
