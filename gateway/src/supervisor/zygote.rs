@@ -6,8 +6,9 @@
 //! An exec per worker was most of what a `per-request` message cost (the kernel making
 //! and ending a process image, the dynamic loader, the runtime's start: about 2.3 ms of
 //! CPU a message, docs/BENCHMARKS.md). The template pays it once; a fork of it is the
-//! new worker. Only the built-in `hermes-worker` is a template: a program named by
-//! `workers.command` is spawned, as in `pool` mode.
+//! new worker. Only the built-in `hermes-worker` (a program of that name, wherever
+//! `workers.command` puts it) is a template: a program of another name, such as a wrapper
+//! script, is spawned for each job, as in `pool` mode.
 //!
 //! Nothing here can stop a worker from starting: a template that cannot be started,
 //! answers nonsense or dies is ended and the worker is spawned instead; another template
