@@ -153,8 +153,11 @@ struct Inner {
     migrated: HashMap<i64, i64>,
     /// The webhook set on the token, if any: `getUpdates` then answers 409.
     webhook: Option<String>,
-    /// How many entries of `sent` each chat has: waits per chat stay O(1).
-    sent_per_chat: HashMap<i64, usize>,
+    /// How many entries of `sent` each chat has, watched per chat: a benchmark's many
+    /// waiting chats wake only for their own chat, not all of them for every call (a
+    /// wake-up storm whose cost grew with how slowly answers came, and took the CPU from
+    /// the gateway it measured).
+    sent_per_chat: HashMap<i64, watch::Sender<usize>>,
     /// Files the bot may fetch (`getFile`, then the download path).
     files: Vec<files::FakeFile>,
     last_file: u64,

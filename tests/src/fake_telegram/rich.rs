@@ -82,7 +82,7 @@ impl State {
         let thread = g.thread_to(chat_id, params).ok().flatten();
         g.texts
             .insert((chat_id, message_id), (text.clone(), text.clone()));
-        *g.sent_per_chat.entry(chat_id).or_default() += 1;
+        g.count_sent(chat_id);
         g.sent.push(SentMessage {
             method: METHOD.to_string(),
             chat_id,

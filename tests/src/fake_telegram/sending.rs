@@ -7,6 +7,7 @@
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
+use tokio::sync::watch;
 
 use super::topics::ChatActionRecord;
 use super::{
@@ -156,19 +157,21 @@ impl FakeTelegram {
             .lock()
             .sent_per_chat
             .get(&chat_id)
-            .copied()
-            .unwrap_or(0)
+            .map_or(0, |count| *count.borrow())
     }
 
     /// Waits until at least `n` messages were delivered to `chat_id` (sends and edits, as
     /// [`FakeTelegram::wait_for_chat_messages`] counts them); O(1) per check, for
     /// benchmarks whose many chats wait at once. Returns the count by then.
     pub async fn wait_for_chat_count(&self, chat_id: i64, n: usize, timeout: Duration) -> usize {
-        self.state
-            .wait_until(timeout, |g| {
-                (g.sent_per_chat.get(&chat_id).copied().unwrap_or(0) >= n).then_some(())
-            })
-            .await;
+        let mut count = self
+            .state
+            .lock()
+            .sent_per_chat
+            .entry(chat_id)
+            .or_insert_with(|| watch::Sender::new(0))
+            .subscribe();
+        let _ = tokio::time::timeout(timeout, count.wait_for(|sent| *sent >= n)).await;
         self.sent_count(chat_id)
     }
 
@@ -254,7 +257,7 @@ impl State {
             g.keyboards.insert((chat_id, message_id), markup.clone());
         }
         g.texts.insert((chat_id, message_id), (text.clone(), shown));
-        *g.sent_per_chat.entry(chat_id).or_default() += 1;
+        g.count_sent(chat_id);
         g.sent.push(SentMessage {
             method: METHOD.to_string(),
             chat_id,
@@ -324,7 +327,7 @@ impl State {
             Ok(shown) => shown,
             Err(fault) => return self.refuse(g, METHOD, chat_id, text, parse_mode, fault),
         };
-        *g.sent_per_chat.entry(chat_id).or_default() += 1;
+        g.count_sent(chat_id);
         let thread = g.thread_of(chat_id, message_id);
         g.sent.push(SentMessage {
             method: METHOD.to_string(),
@@ -442,6 +445,16 @@ fn shown_text(text: &str, parse_mode: Option<&str>) -> Result<String, SendFault>
 
 pub(super) fn utf16_len(s: &str) -> usize {
     s.encode_utf16().count()
+}
+
+impl Inner {
+    /// One more message delivered to `chat_id`, told to whoever waits on that chat.
+    pub(super) fn count_sent(&mut self, chat_id: i64) {
+        self.sent_per_chat
+            .entry(chat_id)
+            .or_insert_with(|| watch::Sender::new(0))
+            .send_modify(|sent| *sent += 1);
+    }
 }
 
 #[cfg(test)]
