@@ -14,7 +14,41 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
 async fn rig() -> Rig {
-    Rig::start(WorkerMode::PerRequest, |o| o.pool_size = 1).await
+    Rig::start(WorkerMode::PerRequest, |o| {
+        o.pool_size = 1;
+        o.memory_limit_mb = Some(MEMORY_LIMIT_MB);
+    })
+    .await
+}
+
+const MEMORY_LIMIT_MB: u64 = 700;
+
+/// What the gateway puts on every worker (`child::confine`): a fork gets it from the
+/// template, which the gateway confined, not from a write of its own per fork.
+fn assert_confined(pid: i32) {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap_or_default();
+    let limit = |name: &str| {
+        limits
+            .lines()
+            .find(|l| l.starts_with(name))
+            .map(|l| {
+                l.split_whitespace()
+                    .skip(name.split(' ').count())
+                    .take(2)
+                    .collect::<Vec<_>>()
+            })
+            .unwrap_or_default()
+    };
+    let bytes = (MEMORY_LIMIT_MB * 1024 * 1024).to_string();
+    assert_eq!(
+        limit("Max address space"),
+        [bytes.as_str(), bytes.as_str()],
+        "{limits}"
+    );
+    assert_eq!(limit("Max core file size"), ["0", "0"], "{limits}");
+    assert_eq!(limit("Max open files"), ["4096", "4096"], "{limits}");
+    let score = std::fs::read_to_string(format!("/proc/{pid}/oom_score_adj")).unwrap_or_default();
+    assert_eq!(score.trim(), "1000", "worker {pid}");
 }
 
 /// The gateway's one template, once there is exactly one.
@@ -65,6 +99,7 @@ async fn a_per_request_worker_is_a_fork_of_the_template_and_the_gateways_own_chi
     assert_eq!(spare.pgid, spare.pid, "in a group of its own: {spare:?}");
     assert_eq!(template.pgid, template.pid, "{template:?}");
     assert!(spare.cmdline.ends_with("hermes-worker serve"), "{spare:?}");
+    assert_confined(spare.pid);
     assert!(!stack_of(spare.pid).is_empty());
     assert_eq!(
         stack_of(spare.pid),
@@ -84,6 +119,7 @@ async fn a_per_request_worker_is_a_fork_of_the_template_and_the_gateways_own_chi
     );
     let next = the_spare(&rig).await;
     assert_eq!(stack_of(next.pid), stack_of(template.pid));
+    assert_confined(next.pid);
     assert_eq!(the_template(&rig).await.pid, template.pid);
     assert!(
         rig.gateway.strays().is_empty(),

@@ -379,6 +379,12 @@ pub fn tie_to_the_gateway() {
     // Best effort, as the gateway's own write is: where /proc refuses it (a read-only
     // /proc in some containers), a line per worker would say nothing new each message.
     let _ = std::fs::write("/proc/self/oom_score_adj", "1000");
+    die_with_the_gateway();
+}
+
+/// The parent-death signal half of [`tie_to_the_gateway`], for a worker forked from the
+/// template: the fork inherits the template's OOM score, but not this signal.
+pub fn die_with_the_gateway() {
     let Some(parent) = std::env::var("HERMES_WORKER_PARENT")
         .ok()
         .and_then(|p| p.parse::<i32>().ok())

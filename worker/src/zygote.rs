@@ -128,7 +128,7 @@ fn become_worker(fork: &Fork, fds: Descriptors, client: &reqwest::Client) -> ! {
         eprintln!("cannot close the template's socket in a worker: {e}");
         std::process::exit(serve::EXIT_FAILED);
     }
-    serve::tie_to_the_gateway();
+    serve::die_with_the_gateway();
     show_as_serve();
     wait_for_go(go);
     let token = fork.token.clone();

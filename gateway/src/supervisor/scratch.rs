@@ -60,6 +60,13 @@ impl ScratchDir {
 impl Drop for ScratchDir {
     fn drop(&mut self) {
         let path = std::mem::take(&mut self.path);
+        // Usually nothing but the empty output directory is left (a job's tools wrote
+        // nothing, or the worker emptied it): two rmdirs here, rather than a trip to the
+        // blocking threads and a walk, which cost a `per-request` gateway more per message
+        // than the directories themselves.
+        if remove_if_all_but_empty(&path) {
+            return;
+        }
         // A tool may have left many files: never hold up the gateway's async thread.
         match tokio::runtime::Handle::try_current() {
             Ok(runtime) => {
@@ -68,6 +75,17 @@ impl Drop for ScratchDir {
             Err(_) => remove(&path),
         }
     }
+}
+
+/// Removes `path` if it holds nothing but an empty output directory; never follows a
+/// link (rmdir does not). False when anything else is there.
+fn remove_if_all_but_empty(path: &Path) -> bool {
+    let output = path.join(crate::files_back::OUTPUT_DIR);
+    let output_gone = match std::fs::remove_dir(&output) {
+        Ok(()) => true,
+        Err(e) => e.kind() == io::ErrorKind::NotFound,
+    };
+    output_gone && std::fs::remove_dir(path).is_ok()
 }
 
 fn remove(path: &Path) {
@@ -142,6 +160,37 @@ mod tests {
         drop(scratch);
         assert!(!path.exists(), "left behind");
         assert!(other.path().exists(), "another worker's went too");
+    }
+
+    #[test]
+    fn an_output_directory_a_tool_replaced_with_a_link_goes_and_its_target_stays() {
+        let root = tempfile::tempdir().unwrap();
+        let elsewhere = root.path().join("elsewhere");
+        std::fs::create_dir(&elsewhere).unwrap();
+        std::fs::write(elsewhere.join("keep"), "x").unwrap();
+        let scratch = ScratchDir::create(&root.path().join("scratch")).unwrap();
+        let path = scratch.path().to_path_buf();
+        std::os::unix::fs::symlink(&elsewhere, path.join(crate::files_back::OUTPUT_DIR)).unwrap();
+        drop(scratch);
+        assert!(!path.exists(), "left behind");
+        assert!(elsewhere.join("keep").exists(), "followed the link");
+    }
+
+    #[test]
+    fn the_usual_leftover_an_empty_output_directory_goes_at_once() {
+        let root = tempfile::tempdir().unwrap();
+        let scratch = ScratchDir::create(&root.path().join("scratch")).unwrap();
+        let path = scratch.path().to_path_buf();
+        std::fs::create_dir(path.join(crate::files_back::OUTPUT_DIR)).unwrap();
+        assert!(remove_if_all_but_empty(&path));
+        assert!(!path.exists());
+        std::fs::create_dir_all(path.join("out/file")).unwrap();
+        assert!(
+            !remove_if_all_but_empty(&path),
+            "not empty: the full removal's"
+        );
+        drop(scratch);
+        assert!(!path.exists());
     }
 
     #[test]

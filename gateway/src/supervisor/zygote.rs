@@ -141,8 +141,7 @@ impl Zygote {
             }
             let template = state.running.as_mut()?;
             let answer =
-                tokio::time::timeout(ANSWER_WITHIN, template.fork(spec, token, scratch, warm_up))
-                    .await;
+                tokio::time::timeout(ANSWER_WITHIN, template.fork(token, scratch, warm_up)).await;
             let why = match answer {
                 Ok(Ok(worker)) => {
                     template.forks += 1;
@@ -209,7 +208,6 @@ impl Template {
 
     async fn fork(
         &mut self,
-        spec: &SpawnSpec,
         token: &Secret,
         scratch: &Path,
         warm_up: bool,
@@ -274,7 +272,9 @@ impl Template {
                 return Err(e);
             }
         };
-        confine(pid, spec.memory_limit_mb.saturating_mul(1024 * 1024))?;
+        // No `confine` here: a fork has the template's limits and OOM score already (the
+        // template was confined with this spec, and a reload replaces it), and its /proc
+        // files are root's from the start (it is non-dumpable, as the template is).
         Ok(ForkedWorker {
             child,
             stderr: pipe::Receiver::from_owned_fd(read)?,

@@ -70,6 +70,10 @@ pub struct Worker {
     pid: u32,
     conn: Connection<Stream>,
     pub jobs_done: u32,
+    /// Its output directory was made at its start and no job has run since: nothing can
+    /// have written there, so the first job skips looking (a `per-request` worker's only
+    /// job always does).
+    output_fresh: bool,
     /// Removed when the worker is dropped, which is after its group was ended.
     _scratch: ScratchDir,
 }
@@ -90,9 +94,9 @@ impl Worker {
     /// cannot be made: the job then sends no file back. Making and removing a directory
     /// for every job cost the parent more than all of a message's store work (ext4's
     /// inode and journal work, and two trips to the blocking threads on the job's path).
-    async fn job_output_dir(&self) -> Option<String> {
+    async fn job_output_dir(&mut self) -> Option<String> {
         let dir = self.output_dir();
-        if crate::files_back::is_clean_output_dir(&dir) {
+        if std::mem::take(&mut self.output_fresh) || crate::files_back::is_clean_output_dir(&dir) {
             return Some(dir.display().to_string());
         }
         // Off the async threads: a tool may have left much there since the last job.
@@ -219,12 +223,14 @@ impl Worker {
         tracing::debug!(worker_pid = pid, "worker connected");
         // Made while the worker starts, off a message's path (a spare's start is); a
         // failure shows again, and is said, at the first job.
-        let _ = remake_output_dir(&scratch.path().join(crate::files_back::OUTPUT_DIR));
+        let output_fresh =
+            remake_output_dir(&scratch.path().join(crate::files_back::OUTPUT_DIR)).is_ok();
         Ok(Worker {
             child,
             pid,
             conn,
             jobs_done: 0,
+            output_fresh,
             _scratch: scratch,
         })
     }
