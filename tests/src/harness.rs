@@ -168,6 +168,21 @@ pub fn bad_worker(dir: &Path, as_name: &str) -> PathBuf {
     link
 }
 
+/// A new directory on `/dev/shm`, when that is a tmpfs.
+fn tmpfs_dir() -> Option<tempfile::TempDir> {
+    let shm = Path::new("/dev/shm");
+    let on_tmpfs = nix::sys::statfs::statfs(shm)
+        .is_ok_and(|fs| fs.filesystem_type() == nix::sys::statfs::TMPFS_MAGIC);
+    if !on_tmpfs {
+        return None;
+    }
+    let dir = tempfile::Builder::new()
+        .prefix("hermes-run-")
+        .tempdir_in(shm)
+        .unwrap_or_else(|e| panic!("a runtime directory on {}: {e}", shm.display()));
+    Some(dir)
+}
+
 /// Everything a test may want to change in the gateway's configuration.
 #[derive(Debug, Clone)]
 pub struct GatewayOptions {
@@ -209,6 +224,10 @@ pub struct GatewayOptions {
     pub spares: Option<usize>,
     /// Lines added to every `[[providers]]` entry verbatim (prices, …).
     pub provider_toml: String,
+    /// Give the gateway `$RUNTIME_DIRECTORY` on a tmpfs, as the units do (`/run` and
+    /// `$XDG_RUNTIME_DIR` are tmpfs on a systemd host), when `/dev/shm` is one; else the
+    /// gateway's own default, under its state directory.
+    pub runtime_on_tmpfs: bool,
 }
 
 impl GatewayOptions {
@@ -237,6 +256,7 @@ impl GatewayOptions {
             vision: Vec::new(),
             spares: None,
             provider_toml: String::new(),
+            runtime_on_tmpfs: false,
         }
     }
 
@@ -305,6 +325,9 @@ pub struct Gateway {
     child: Child,
     pid: i32,
     pub dir: tempfile::TempDir,
+    /// `$RUNTIME_DIRECTORY` when [`GatewayOptions::runtime_on_tmpfs`] gave one: held to
+    /// be removed with the gateway.
+    _runtime_dir: Option<tempfile::TempDir>,
     pub config_path: PathBuf,
     log_path: PathBuf,
     exited: Option<ExitStatus>,
@@ -345,6 +368,7 @@ impl Gateway {
                 Ok(())
             });
         }
+        let runtime_dir = options.runtime_on_tmpfs.then(tmpfs_dir).flatten();
         let child = command
             .args(["run", "--config"])
             .arg(&config_path)
@@ -356,6 +380,7 @@ impl Gateway {
             .env_remove("STATE_DIRECTORY")
             .env_remove("NOTIFY_SOCKET")
             .envs(options.env.iter().map(|(k, v)| (k, v)))
+            .envs(runtime_dir.iter().map(|d| ("RUNTIME_DIRECTORY", d.path())))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -367,6 +392,7 @@ impl Gateway {
             child,
             pid,
             dir,
+            _runtime_dir: runtime_dir,
             config_path,
             log_path,
             exited: None,

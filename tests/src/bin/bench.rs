@@ -390,7 +390,15 @@ fn stats(mut samples: Vec<f64>) -> Stats {
 /// tests that want one message per reply, but the numbers must be the product's.
 /// `HERMES_BENCH_TELEGRAM_TOML="reactions = false"` measures the same build with other
 /// keys, to tell what one feature costs.
+///
+/// And the runtime directory as the units give it, on a tmpfs (`RuntimeDirectory=` is
+/// under `/run`, `$XDG_RUNTIME_DIR` for a `--user` unit): each worker's scratch and output
+/// directories are made and removed there. On this machine, which has no systemd, the
+/// gateway's own default is under the state directory, on disk, where those `mkdir`s and
+/// `rmdir`s cost a `per-request` message about 120 µs of the gateway's CPU that no
+/// deployment pays (docs/BENCHMARKS.md).
 fn product_defaults(options: &mut GatewayOptions) {
+    options.runtime_on_tmpfs = true;
     options.telegram_toml.clear();
     if let Ok(extra) = std::env::var("HERMES_BENCH_TELEGRAM_TOML") {
         options.telegram_toml = extra;
