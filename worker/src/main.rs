@@ -145,7 +145,7 @@ fn main() {
                 );
                 std::process::exit(serve::EXIT_REFUSED);
             }
-            runtime.block_on(serve::serve(&socket, &token, &scratch, client, true))
+            serve::end(runtime.block_on(serve::serve(&socket, &token, &scratch, client, true)))
         }
         Command::Ask {
             config,

@@ -133,23 +133,22 @@ fn become_worker(fork: &Fork, fds: Descriptors, client: &reqwest::Client) -> ! {
     wait_for_go(go);
     let token = fork.token.clone();
     let scratch = PathBuf::from(std::ffi::OsStr::from_bytes(&fork.scratch));
-    let code = match tokio::runtime::Builder::new_current_thread()
+    match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {
-        Ok(runtime) => runtime.block_on(serve::serve(
+        Ok(runtime) => serve::end(runtime.block_on(serve::serve(
             &socket_path(),
             &token,
             &scratch,
             client.clone(),
             fork.warm_up,
-        )),
+        ))),
         Err(e) => {
             eprintln!("cannot start the async runtime: {e}");
-            serve::EXIT_FAILED
+            std::process::exit(serve::EXIT_FAILED)
         }
-    };
-    std::process::exit(code)
+    }
 }
 
 fn socket_path() -> String {
