@@ -387,8 +387,8 @@ pub fn tie_to_the_gateway() {
 /// Its last frame is with the kernel by then, its log lines went to an unbuffered stderr,
 /// and its tool servers are shut down, so `exit`'s work is all waste here: the runtime's
 /// teardown, std's, and every loaded library's destructors, which touch code and data a
-/// forked `per-request` worker never touched before. That was about a fifth of such a
-/// worker's CPU (`perf` over the benchmark's per-request row, docs/BENCHMARKS.md).
+/// forked `per-request` worker never touched before. `perf` put about a fifth of such a
+/// worker's samples there; ending here took about a tenth off its CPU (docs/BENCHMARKS.md).
 pub fn end(code: i32) -> ! {
     // SAFETY: `_exit` only ends the process; nothing of this process's is used after it.
     unsafe { nix::libc::_exit(code) }
