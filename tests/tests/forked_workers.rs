@@ -90,6 +90,44 @@ fn stack_of(pid: i32) -> String {
         .unwrap_or_default()
 }
 
+/// The huge pages (`AnonHugePages`, KiB) of the process's executable mapping, the one
+/// whose permissions are `r-xp` and that comes first: its code. The template moves its
+/// code into anonymous huge pages (`code_pages`), so a fork has all of it mapped.
+fn huge_code_kib(pid: i32) -> u64 {
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap_or_default();
+    let mut lines = smaps.lines();
+    lines
+        .find(|line| line.split(' ').nth(1) == Some("r-xp"))
+        .and_then(|_| {
+            lines
+                .find(|line| line.starts_with("AnonHugePages:"))
+                .and_then(|line| line.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Whether this kernel gives transparent huge pages to a mapping that asks for them.
+fn huge_pages_on() -> bool {
+    std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled")
+        .is_ok_and(|modes| !modes.contains("[never]"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_templates_code_is_in_huge_pages_and_a_fork_has_them_mapped() {
+    let mut rig = rig().await;
+    let template = the_template(&rig).await;
+    let spare = the_spare(&rig).await;
+    if !huge_pages_on() {
+        assert_eq!(huge_code_kib(template.pid), 0);
+        eprintln!("transparent huge pages are off here: the code stays mapped from its file");
+        return;
+    }
+    assert!(huge_code_kib(template.pid) >= 2048, "{}", rig.gateway.log());
+    assert_eq!(huge_code_kib(spare.pid), huge_code_kib(template.pid));
+    assert_eq!(rig.ask("hello").await.text, "echo: hello");
+    rig.gateway.assert_running(rig.pid);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_per_request_worker_is_a_fork_of_the_template_and_the_gateways_own_child() {
     let rig = rig().await;

@@ -11,10 +11,12 @@
 //!
 //! Modules: [`serve`] (the gateway protocol), [`warm_up`] (a new worker's HTTP client
 //! used once before its first job), [`zygote`] (the template `per-request` workers are
-//! forked from), [`ask`] (standalone); the agent itself is
+//! forked from), [`code_pages`] (the template's code moved into huge pages, so a fork
+//! has it mapped), [`ask`] (standalone); the agent itself is
 //! the crate's library (`agent`, `media`, `provider`, `sandbox`, `tools`).
 
 mod ask;
+mod code_pages;
 mod serve;
 mod warm_up;
 mod zygote;
@@ -145,7 +147,16 @@ fn main() {
                 );
                 std::process::exit(serve::EXIT_REFUSED);
             }
-            serve::end(runtime.block_on(serve::serve(&socket, &token, &scratch, client, true)))
+            serve::end(runtime.block_on(serve::serve(
+                &socket,
+                &token,
+                &scratch,
+                client,
+                serve::Start {
+                    warm_up: true,
+                    one_job: false,
+                },
+            )))
         }
         Command::Ask {
             config,

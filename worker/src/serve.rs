@@ -65,17 +65,30 @@ struct Workbench {
     /// The built-in schedule tools' calls, for the gateway to answer.
     schedule_asks: mpsc::UnboundedReceiver<ScheduleAsk>,
     scratch: PathBuf,
+    /// Whether the scratch directory is emptied after each job ([`Start::one_job`]).
+    empty_scratch: bool,
 }
 
-/// `warm_up`: use the HTTP client once while waiting for the first job (a spawned worker,
-/// and a forked spare; a worker forked for a job that waits has the template's client,
-/// used once already, and goes straight to the job).
+/// How a worker came to be, which decides what it does around its jobs.
+#[derive(Debug, Clone, Copy)]
+pub struct Start {
+    /// Use the HTTP client once while waiting for the first job (a spawned worker, and a
+    /// forked spare; a worker forked for a job that waits has the template's client, used
+    /// once already, and goes straight to the job).
+    pub warm_up: bool,
+    /// Forked for one job (`per-request`): its scratch directory is not emptied after the
+    /// job, as the gateway removes it once the worker's group is gone, and no other job
+    /// comes here. Emptying it cost a forked worker about 45 µs (the directory stream's
+    /// buffer, faulted in for one entry).
+    pub one_job: bool,
+}
+
 pub async fn serve(
     socket: &str,
     token: &str,
     scratch: &Path,
     client: reqwest::Client,
-    warm_up: bool,
+    start: Start,
 ) -> i32 {
     let stream = match socket.to_fs_name::<GenericFilePath>() {
         Ok(name) => match Stream::connect(name).await {
@@ -115,9 +128,13 @@ pub async fn serve(
         asks,
         schedule_asks,
         scratch: scratch.to_path_buf(),
+        empty_scratch: !start.one_job,
     };
     // Until it is done or the first frame comes, whichever is first.
-    let mut warm_up = warm_up.then(|| Box::pin(crate::warm_up::http_client(&client)));
+    let mut served = false;
+    let mut warm_up = start
+        .warm_up
+        .then(|| Box::pin(crate::warm_up::http_client(&client)));
     let code = loop {
         let frame = match warm_up.as_mut() {
             Some(warming) => tokio::select! {
@@ -134,6 +151,12 @@ pub async fn serve(
         };
         match frame {
             Ok(ToWorker::Job(job)) => {
+                if served && start.one_job {
+                    // Its scratch directory holds the last job's leftovers.
+                    tracing::error!("a second job for a worker forked for one: refused");
+                    break EXIT_FAILED;
+                }
+                served = true;
                 if let Err(code) = run_job(&mut conn, job, &client, &mut bench).await {
                     break code;
                 }
@@ -244,10 +267,12 @@ async fn run_job(
     // outlive the job by more than this.
     tools.stop_stale().await;
     // The next job starts with an empty scratch directory: what one job's tools wrote
-    // there is not the next job's to read. The job's output directory is the gateway's
+    // there is not the next job's to read (a worker forked for one job has no next one). The job's output directory is the gateway's
     // to take files from and remove (it makes a new one for the next job).
     let output = job.output_dir.as_deref().map(Path::new);
-    if let Err(e) = sandbox::empty_dir_keeping(&bench.scratch, output) {
+    if bench.empty_scratch
+        && let Err(e) = sandbox::empty_dir_keeping(&bench.scratch, output)
+    {
         tracing::warn!(
             "cannot empty the scratch directory {}: {e}",
             bench.scratch.display()

@@ -30,7 +30,7 @@ use hermes_protocol::codec;
 use hermes_protocol::zygote::{Fork, Forked, MAX_MESSAGE};
 use nix::sys::socket::{ControlMessage, ControlMessageOwned, MsgFlags, recvmsg, sendmsg};
 
-use crate::serve;
+use crate::{code_pages, serve};
 
 /// The control socket: the template's stdin, which each worker inherits and answers on.
 const CONTROL: RawFd = 0;
@@ -43,6 +43,21 @@ pub fn run(client: reqwest::Client) -> ! {
         eprintln!("hermes-worker zygote: {why}");
         std::process::exit(serve::EXIT_FAILED);
     }
+    match code_pages::move_code() {
+        code_pages::Moved::Yes { bytes, huge } => tracing::debug!(
+            "code moved into anonymous memory: {} KiB, {} KiB of it in huge pages",
+            bytes / 1024,
+            huge / 1024
+        ),
+        code_pages::Moved::No(why) => tracing::info!("code left mapped from its file: {why}"),
+    }
+    let prepared = match Prepared::new() {
+        Ok(prepared) => prepared,
+        Err(e) => {
+            eprintln!("hermes-worker zygote: cannot open /dev/null: {e}");
+            std::process::exit(serve::EXIT_FAILED);
+        }
+    };
     let mut buf = vec![0u8; MAX_MESSAGE];
     loop {
         let (len, fds) = match receive(&mut buf) {
@@ -57,7 +72,7 @@ pub fn run(client: reqwest::Client) -> ! {
         buf[..len].fill(0);
         let forked = match (request, fds) {
             (Ok(fork), Some(fds)) => {
-                let forked = fork_worker(&fork, fds, &client);
+                let forked = fork_worker(&fork, fds, &client, &prepared);
                 wipe(fork);
                 forked
             }
@@ -79,7 +94,12 @@ pub fn run(client: reqwest::Client) -> ! {
 }
 
 /// The answer to a request: the new worker's pid, or why there is none.
-fn fork_worker(fork: &Fork, fds: Descriptors, client: &reqwest::Client) -> Forked {
+fn fork_worker(
+    fork: &Fork,
+    fds: Descriptors,
+    client: &reqwest::Client,
+    prepared: &Prepared,
+) -> Forked {
     // SAFETY: this process has one thread (checked at start, and nothing here starts one),
     // so the child is a consistent copy, free to do anything, as after `fork`. The raw
     // system call (not glibc's `fork`) is what passes CLONE_PARENT; glibc's own view of
@@ -96,7 +116,7 @@ fn fork_worker(fork: &Fork, fds: Descriptors, client: &reqwest::Client) -> Forke
         )
     };
     match u32::try_from(pid) {
-        Ok(0) => become_worker(fork, fds, client),
+        Ok(0) => become_worker(fork, fds, client, prepared),
         // The worker's stderr is its own now; the template keeps none.
         Ok(pid) => Forked::Started { pid },
         Err(_) => Forked::Failed {
@@ -107,7 +127,12 @@ fn fork_worker(fork: &Fork, fds: Descriptors, client: &reqwest::Client) -> Forke
 
 /// The new worker: its own group, its stderr, an empty stdin, tied to the gateway, then
 /// `serve` as if spawned, once the gateway says go.
-fn become_worker(fork: &Fork, fds: Descriptors, client: &reqwest::Client) -> ! {
+fn become_worker(
+    fork: &Fork,
+    fds: Descriptors,
+    client: &reqwest::Client,
+    prepared: &Prepared,
+) -> ! {
     let Descriptors { stderr, go } = fds;
     if let Err(e) =
         nix::unistd::setpgid(nix::unistd::Pid::from_raw(0), nix::unistd::Pid::from_raw(0))
@@ -124,12 +149,16 @@ fn become_worker(fork: &Fork, fds: Descriptors, client: &reqwest::Client) -> ! {
         drop(stderr);
     }
     // The control socket is the template's: a worker's stdin is empty, as when spawned.
-    if let Err(e) = stdin_to_null() {
-        eprintln!("cannot close the template's socket in a worker: {e}");
+    // SAFETY: dup2 onto fd 0, which this process owns.
+    if unsafe { nix::libc::dup2(prepared.null.as_raw_fd(), CONTROL) } < 0 {
+        eprintln!(
+            "cannot close the template's socket in a worker: {}",
+            std::io::Error::last_os_error()
+        );
         std::process::exit(serve::EXIT_FAILED);
     }
     serve::die_with_the_gateway();
-    show_as_serve();
+    show_as_serve(prepared.argument_area);
     wait_for_go(go);
     let token = fork.token.clone();
     let scratch = PathBuf::from(std::ffi::OsStr::from_bytes(&fork.scratch));
@@ -142,7 +171,10 @@ fn become_worker(fork: &Fork, fds: Descriptors, client: &reqwest::Client) -> ! {
             &token,
             &scratch,
             client.clone(),
-            fork.warm_up,
+            serve::Start {
+                warm_up: fork.warm_up,
+                one_job: true,
+            },
         ))),
         Err(e) => {
             eprintln!("cannot start the async runtime: {e}");
@@ -218,29 +250,39 @@ fn answer(forked: &Forked) -> std::io::Result<()> {
     Ok(())
 }
 
-fn stdin_to_null() -> std::io::Result<()> {
-    let null = std::fs::File::open("/dev/null")?;
-    // SAFETY: dup2 onto fd 0, which this process owns.
-    if unsafe { nix::libc::dup2(null.as_raw_fd(), CONTROL) } < 0 {
-        return Err(std::io::Error::last_os_error());
+/// What every worker needs from the process it is a copy of, looked up once by the
+/// template rather than by each worker (an `open` of `/dev/null`, and of `/proc/self/stat`
+/// and its reads: about a tenth of a forked worker's system calls).
+struct Prepared {
+    /// A worker's stdin, dup'ed over the template's socket.
+    null: OwnedFd,
+    /// The argument area, which a fork shares with its template (same addresses).
+    argument_area: Option<(usize, usize)>,
+}
+
+impl Prepared {
+    fn new() -> std::io::Result<Prepared> {
+        Ok(Prepared {
+            null: std::fs::File::open("/dev/null")?.into(),
+            argument_area: argument_area(),
+        })
     }
-    Ok(())
 }
 
 /// `ps` and `/proc/PID/cmdline` show a forked worker as `hermes-worker serve`, as a
 /// spawned one, not as the template it is a copy of: the template's argument is
 /// overwritten in this process's own copy of the argument area (as `setproctitle` does).
-fn show_as_serve() {
+fn show_as_serve(argument_area: Option<(usize, usize)>) {
     const TEMPLATE: &[u8] = b"zygote\0";
     const WORKER: &[u8] = b"serve\0\0";
-    let Some((start, end)) = argument_area() else {
+    let Some((start, end)) = argument_area else {
         return;
     };
     let Some(len) = end.checked_sub(start) else {
         return;
     };
-    // SAFETY: [start, end) is this process's argument area, as the kernel reports it:
-    // mapped and writable (at the top of the main thread's stack), and read by nothing in
+    // SAFETY: [start, end) is this process's argument area, as the kernel reported it to
+    // the template (a fork's is at the same addresses): mapped and writable (at the top of the main thread's stack), and read by nothing in
     // this process after start-up.
     let area = unsafe { std::slice::from_raw_parts_mut(start as *mut u8, len) };
     if let Some(at) = area.windows(TEMPLATE.len()).position(|w| w == TEMPLATE) {
