@@ -2,9 +2,9 @@
 //! from: what the gateway asks it and what it hears back. Each is one message on a
 //! `SOCK_SEQPACKET` socket pair (the template's stdin), so no framing is needed. The
 //! request carries two descriptors as `SCM_RIGHTS`: the new worker's stderr (the write end
-//! of a pipe the gateway reads) and its go-ahead (the read end of a pipe the gateway
-//! closes once it expects the worker's connection: a fork is quicker than the gateway's
-//! bookkeeping, and a worker that connected first would be refused).
+//! of a pipe the gateway reads) and its connection to the gateway (its end of a stream
+//! socket pair the gateway made for it alone, so a forked worker neither connects to the
+//! gateway's socket nor waits to be expected there; it still sends its hello first).
 
 use serde::{Deserialize, Serialize};
 

@@ -148,7 +148,7 @@ fn main() {
                 std::process::exit(serve::EXIT_REFUSED);
             }
             serve::end(runtime.block_on(serve::serve(
-                &socket,
+                serve::Gateway::Socket(socket),
                 &token,
                 &scratch,
                 client,

@@ -1,6 +1,7 @@
 //! `hermes-worker serve`: the mode the gateway starts.
 //!
-//! Connect to the gateway's socket, prove who we are with the one-time token, then run the
+//! Connect to the gateway's socket (a forked worker is given its connection instead,
+//! [`Gateway`]), prove who we are with the one-time token, then run the
 //! jobs we are given, one at a time, streaming events and ending each with one outcome.
 //! While a job runs the worker still listens: the gateway has nothing to say then, so a
 //! message means it is confused and the connection closing means it is gone, and either
@@ -27,6 +28,7 @@
 //! after the deadline and answers "timed out" itself).
 
 use std::collections::HashMap;
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::pin::pin;
 use std::time::Duration;
@@ -83,23 +85,26 @@ pub struct Start {
     pub one_job: bool,
 }
 
+/// Where a worker's connection to the gateway comes from.
+#[derive(Debug)]
+pub enum Gateway {
+    /// The gateway's socket at this path, to connect to (a spawned worker).
+    Socket(String),
+    /// Its end of a socket pair the gateway made for it (a forked worker).
+    Connected(OwnedFd),
+}
+
 pub async fn serve(
-    socket: &str,
+    gateway: Gateway,
     token: &str,
     scratch: &Path,
     client: reqwest::Client,
     start: Start,
 ) -> i32 {
-    let stream = match socket.to_fs_name::<GenericFilePath>() {
-        Ok(name) => match Stream::connect(name).await {
-            Ok(stream) => stream,
-            Err(e) => {
-                tracing::error!("cannot connect to the gateway at {socket}: {e}");
-                return EXIT_REFUSED;
-            }
-        },
+    let stream = match connect(gateway).await {
+        Ok(stream) => stream,
         Err(e) => {
-            tracing::error!("bad socket path {socket}: {e}");
+            tracing::error!("{e}");
             return EXIT_REFUSED;
         }
     };
@@ -174,6 +179,25 @@ pub async fn serve(
     };
     bench.tools.shutdown().await;
     code
+}
+
+async fn connect(gateway: Gateway) -> Result<Stream, String> {
+    match gateway {
+        Gateway::Socket(socket) => {
+            let name = socket
+                .as_str()
+                .to_fs_name::<GenericFilePath>()
+                .map_err(|e| format!("bad socket path {socket}: {e}"))?;
+            Stream::connect(name)
+                .await
+                .map_err(|e| format!("cannot connect to the gateway at {socket}: {e}"))
+        }
+        Gateway::Connected(fd) => {
+            interprocess::os::unix::uds_local_socket::tokio::Stream::try_from(fd)
+                .map(Stream::from)
+                .map_err(|e| format!("cannot use the connection the template passed: {e}"))
+        }
+    }
 }
 
 /// Runs one job, forwarding its events; `Err` carries the exit status when the worker

@@ -15,7 +15,8 @@
 //! process group of its own first thing (only it can: it is not the template's child),
 //! takes its stderr, leaves the template's socket and ties its life to the gateway's (the
 //! parent-death signal is not inherited). From there it is `hermes-worker serve`, with its
-//! own runtime and the HTTP client the template built.
+//! own runtime and the HTTP client the template built, on the connection the request
+//! brought (one end of a socket pair the gateway made for this worker).
 //!
 //! What forked workers share that spawned ones do not: the template's address-space
 //! layout (each exec randomised it anew), and the template's limits, environment and
@@ -82,7 +83,7 @@ pub fn run(client: reqwest::Client) -> ! {
             (Ok(fork), None) => {
                 wipe(fork);
                 Forked::Failed {
-                    why: "a request without the worker's stderr and go-ahead".into(),
+                    why: "a request without the worker's stderr and connection".into(),
                 }
             }
         };
@@ -126,14 +127,14 @@ fn fork_worker(
 }
 
 /// The new worker: its own group, its stderr, an empty stdin, tied to the gateway, then
-/// `serve` as if spawned, once the gateway says go.
+/// `serve` on the connection it was given, as if spawned.
 fn become_worker(
     fork: &Fork,
     fds: Descriptors,
     client: &reqwest::Client,
     prepared: &Prepared,
 ) -> ! {
-    let Descriptors { stderr, go } = fds;
+    let Descriptors { stderr, connection } = fds;
     if let Err(e) =
         nix::unistd::setpgid(nix::unistd::Pid::from_raw(0), nix::unistd::Pid::from_raw(0))
     {
@@ -159,7 +160,6 @@ fn become_worker(
     }
     serve::die_with_the_gateway();
     show_as_serve(prepared.argument_area);
-    wait_for_go(go);
     let token = fork.token.clone();
     let scratch = PathBuf::from(std::ffi::OsStr::from_bytes(&fork.scratch));
     match tokio::runtime::Builder::new_current_thread()
@@ -167,7 +167,7 @@ fn become_worker(
         .build()
     {
         Ok(runtime) => serve::end(runtime.block_on(serve::serve(
-            &socket_path(),
+            serve::Gateway::Connected(connection),
             &token,
             &scratch,
             client.clone(),
@@ -183,25 +183,11 @@ fn become_worker(
     }
 }
 
-fn socket_path() -> String {
-    std::env::var("HERMES_WORKER_SOCKET").unwrap_or_default()
-}
-
 /// What a request carries besides its bytes.
 struct Descriptors {
     stderr: OwnedFd,
-    go: OwnedFd,
-}
-
-/// Blocks until the gateway closes its end of the go-ahead pipe (or writes to it).
-fn wait_for_go(go: OwnedFd) {
-    let mut byte = [0u8; 1];
-    loop {
-        match nix::unistd::read(&go, &mut byte) {
-            Err(nix::errno::Errno::EINTR) => continue,
-            _ => return,
-        }
-    }
+    /// The worker's end of its connection to the gateway.
+    connection: OwnedFd,
 }
 
 /// Reads one request: its length and the descriptors it carries. `None` at EOF.
@@ -232,7 +218,7 @@ fn receive(buf: &mut [u8]) -> nix::Result<Option<(usize, Option<Descriptors>)>> 
     }
     let mut fds = fds.into_iter();
     let descriptors = match (fds.next(), fds.next()) {
-        (Some(stderr), Some(go)) => Some(Descriptors { stderr, go }),
+        (Some(stderr), Some(connection)) => Some(Descriptors { stderr, connection }),
         _ => None,
     };
     Ok(Some((len, descriptors)))

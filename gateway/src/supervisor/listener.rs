@@ -5,7 +5,9 @@
 //! is started with a one-time token; a connection is handed to the supervisor only when
 //! its first frame is a [`Hello`] of this protocol version carrying a pending token, and
 //! the kernel's peer credentials agree: same user, and the very process the token was
-//! issued to. Anything else is answered (when it is a readable handshake) and dropped.
+//! issued to. Anything else is answered (when it is a readable handshake) and dropped. A
+//! worker forked from the template does not connect here: it is given one end of a socket
+//! pair ([`introduced`]).
 
 use std::collections::HashMap;
 use std::io;
@@ -213,6 +215,43 @@ async fn authenticate(stream: Stream, pending: &PendingWorkers) -> Result<(), Dr
     }
 }
 
+/// A forked worker's connection: the gateway's end of a socket pair whose other end went
+/// to that worker alone (through the template), so there is no peer to check; its hello
+/// must still be of this protocol version and carry its token and pid. `None` when what
+/// came was no hello (the worker is then given up on as never connected).
+pub async fn introduced(stream: Stream, token: String, pid: u32) -> Option<Connected> {
+    let mut conn = Connection::new(stream);
+    let hello = match handshake::receive_hello(&mut conn).await {
+        Ok(hello) => hello,
+        Err(HandshakeError::VersionMismatch { ours, theirs }) => {
+            return Some(Err(AuthRefusal::OtherVersion { ours, theirs }));
+        }
+        Err(e) => {
+            tracing::warn!(worker_pid = pid, "a forked worker's hello: {e}");
+            return None;
+        }
+    };
+    if hello.token.expose() != token {
+        handshake::refuse(&mut conn, "authentication failed").await;
+        return Some(Err(AuthRefusal::UnknownToken));
+    }
+    if hello.pid != pid {
+        handshake::refuse(&mut conn, "authentication failed").await;
+        return Some(Err(AuthRefusal::WrongProcess {
+            issued_to: pid,
+            presented_by: Some(pid),
+            claimed: hello.pid,
+        }));
+    }
+    match handshake::accept(&mut conn).await {
+        Ok(()) => Some(Ok(conn)),
+        Err(e) => {
+            tracing::warn!(worker_pid = pid, "welcome to a forked worker: {e}");
+            None
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -233,6 +272,59 @@ mod tests {
         );
         assert!(pending.claim("t", 42, Some(42), true).is_ok());
         assert!(pending.claim("t", 42, Some(42), true).is_err());
+    }
+
+    /// A forked worker's end of a socket pair, introducing itself with `token`; the
+    /// gateway's end, for [`introduced`].
+    fn pair_with_worker(token: &'static str) -> (Stream, tokio::task::JoinHandle<bool>) {
+        let (ours, theirs) = std::os::unix::net::UnixStream::pair().expect("socketpair");
+        let stream = |s: std::os::unix::net::UnixStream| -> Stream {
+            s.set_nonblocking(true).expect("non-blocking");
+            interprocess::os::unix::uds_local_socket::tokio::Stream::try_from(
+                std::os::fd::OwnedFd::from(s),
+            )
+            .expect("a tokio stream")
+            .into()
+        };
+        let worker = stream(theirs);
+        let introducing = tokio::spawn(async move {
+            let mut conn = Connection::new(worker);
+            handshake::introduce(&mut conn, &hermes_protocol::Secret::new(token))
+                .await
+                .is_ok()
+        });
+        (stream(ours), introducing)
+    }
+
+    #[tokio::test]
+    async fn a_forked_worker_is_welcomed_with_its_own_token_and_pid_only() {
+        let me = std::process::id();
+        let (ours, worker) = pair_with_worker("right");
+        assert!(matches!(
+            introduced(ours, "right".into(), me).await,
+            Some(Ok(_))
+        ));
+        assert!(worker.await.is_ok_and(|welcomed| welcomed));
+
+        let (ours, worker) = pair_with_worker("wrong");
+        assert_eq!(
+            introduced(ours, "right".into(), me).await.map(|c| c.err()),
+            Some(Some(AuthRefusal::UnknownToken))
+        );
+        assert!(worker.await.is_ok_and(|welcomed| !welcomed));
+
+        let (ours, worker) = pair_with_worker("right");
+        assert_eq!(
+            introduced(ours, "right".into(), me + 1)
+                .await
+                .map(|c| c.err()),
+            Some(Some(AuthRefusal::WrongProcess {
+                issued_to: me + 1,
+                presented_by: Some(me + 1),
+                claimed: me,
+            }))
+        );
+        assert!(worker.await.is_ok_and(|welcomed| !welcomed));
     }
 
     #[test]

@@ -25,6 +25,8 @@ use std::time::{Duration, Instant};
 use hermes_protocol::Secret;
 use hermes_protocol::codec;
 use hermes_protocol::zygote::{Fork, Forked, MAX_MESSAGE};
+use interprocess::local_socket::tokio::Stream;
+use interprocess::os::unix::uds_local_socket;
 use nix::fcntl::OFlag;
 use nix::sys::socket::{
     AddressFamily, ControlMessage, MsgFlags, SockFlag, SockType, recv, sendmsg, socketpair,
@@ -69,8 +71,9 @@ struct Template {
 pub struct ForkedWorker {
     pub child: WorkerChild,
     pub stderr: pipe::Receiver,
-    /// Dropped (closed) to let the worker connect.
-    pub go: OwnedFd,
+    /// The gateway's end of the worker's connection; the worker's hello is the first
+    /// thing on it.
+    pub connection: Stream,
 }
 
 impl std::fmt::Debug for Zygote {
@@ -92,9 +95,8 @@ impl Zygote {
         self.stale.store(true, Ordering::SeqCst);
     }
 
-    /// A worker forked from the template, with the read end of its stderr and its
-    /// go-ahead (drop it once the worker's token is registered: the worker waits for
-    /// that before it connects); `None` when there is no working template now (the
+    /// A worker forked from the template, with the read end of its stderr and the
+    /// gateway's end of its connection; `None` when there is no working template now (the
     /// caller spawns the worker).
     pub async fn fork(
         &self,
@@ -213,14 +215,22 @@ impl Template {
         warm_up: bool,
     ) -> io::Result<ForkedWorker> {
         let (read, write) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
-        let (go_theirs, go) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
+        // A stream pair rather than a connection to the worker socket: no accept, no
+        // lookup of the token, and no go-ahead for the worker to wait on (it could connect
+        // before the gateway expected it). Both ends non-blocking, as the runtimes want.
+        let (connection, theirs) = socketpair(
+            AddressFamily::Unix,
+            SockType::Stream,
+            None,
+            SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+        )?;
         let request = codec::to_bytes(&Fork {
             token: token.expose().to_string(),
             scratch: scratch.as_os_str().as_bytes().to_vec(),
             warm_up,
         })
         .map_err(io::Error::other)?;
-        let fds = [write.as_raw_fd(), go_theirs.as_raw_fd()];
+        let fds = [write.as_raw_fd(), theirs.as_raw_fd()];
         let rights = [ControlMessage::ScmRights(&fds)];
         loop {
             let mut ready = self.control.writable().await?;
@@ -242,7 +252,7 @@ impl Template {
             }
         }
         drop(write);
-        drop(go_theirs);
+        drop(theirs);
         let mut answer = vec![0u8; MAX_MESSAGE];
         let len = loop {
             let mut ready = self.control.readable().await?;
@@ -278,7 +288,7 @@ impl Template {
         Ok(ForkedWorker {
             child,
             stderr: pipe::Receiver::from_owned_fd(read)?,
-            go,
+            connection: uds_local_socket::tokio::Stream::try_from(connection)?.into(),
         })
     }
 

@@ -10,6 +10,8 @@
 //! ever reads, waits and kills, and what it keeps for a job stays within the bounds of
 //! [`super::bounds`].
 
+use std::future::Future;
+use std::pin::Pin;
 use std::time::Duration;
 
 use hermes_protocol::{Connection, CrashCause, Secret, ToWorker};
@@ -18,7 +20,7 @@ use rand::Rng;
 use tokio_util::sync::CancellationToken;
 
 use super::forked::WorkerChild;
-use super::listener::{AuthRefusal, PendingWorkers};
+use super::listener::{self, AuthRefusal, Connected, PendingWorkers};
 use super::process::{self, SpawnSpec};
 use super::scratch::ScratchDir;
 use super::stderr_log;
@@ -165,12 +167,12 @@ impl Worker {
             }
             None => None,
         };
-        let (mut child, pid, go) =
+        let (mut child, pid, connection) =
             match forked {
                 Some(forked) => {
                     let pid = forked.child.id().unwrap_or(0);
                     tokio::spawn(stderr_log::pump(forked.stderr, pid));
-                    (forked.child, pid, Some(forked.go))
+                    (forked.child, pid, Some(forked.connection))
                 }
                 None => {
                     let (mut child, stderr) = process::spawn(spec, &token, scratch.path())
@@ -190,17 +192,22 @@ impl Worker {
                     (child, pid, None)
                 }
             };
-        let connected = pending.register(token.expose(), pid);
-        // A forked worker connects once told to, which is now that its token is known.
-        drop(go);
+        // A forked worker was given its connection; a spawned one connects to the socket.
+        let connected: Pin<Box<dyn Future<Output = Option<Connected>> + Send>> = match connection {
+            Some(stream) => Box::pin(listener::introduced(stream, token.expose().to_owned(), pid)),
+            None => {
+                let connected = pending.register(token.expose(), pid);
+                Box::pin(async move { connected.await.ok() })
+            }
+        };
         let outcome = tokio::select! {
             connected = connected => match connected {
-                Ok(Ok(conn)) => Some(conn),
-                Ok(Err(reason)) => {
+                Some(Ok(conn)) => Some(conn),
+                Some(Err(reason)) => {
                     process::kill(&mut child).await;
                     return Err(StartError::Refused { pid, reason });
                 }
-                Err(_) => None,
+                None => None,
             },
             status = child.wait() => {
                 pending.forget(token.expose());
