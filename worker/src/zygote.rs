@@ -72,7 +72,7 @@ pub fn run(client: reqwest::Client) -> ! {
         let request = codec::from_bytes::<Fork>(&buf[..len]);
         buf[..len].fill(0);
         let forked = match (request, fds) {
-            (Ok(fork), Some(fds)) => {
+            (Ok(fork), Ok(fds)) => {
                 let forked = fork_worker(&fork, fds, &client, &prepared);
                 wipe(fork);
                 forked
@@ -80,11 +80,9 @@ pub fn run(client: reqwest::Client) -> ! {
             (Err(e), _) => Forked::Failed {
                 why: format!("a request that is not one: {e}"),
             },
-            (Ok(fork), None) => {
+            (Ok(fork), Err(why)) => {
                 wipe(fork);
-                Forked::Failed {
-                    why: "a request without the worker's stderr and connection".into(),
-                }
+                Forked::Failed { why: why.into() }
             }
         };
         if let Err(e) = answer(&forked) {
@@ -190,8 +188,9 @@ struct Descriptors {
     connection: OwnedFd,
 }
 
-/// Reads one request: its length and the descriptors it carries. `None` at EOF.
-fn receive(buf: &mut [u8]) -> nix::Result<Option<(usize, Option<Descriptors>)>> {
+/// Reads one request: its length and the descriptors it carries, or why they are not a
+/// worker's. `None` at EOF.
+fn receive(buf: &mut [u8]) -> nix::Result<Option<(usize, Result<Descriptors, &'static str>)>> {
     let mut space = nix::cmsg_space!([RawFd; 2]);
     let mut iov = [IoSliceMut::new(buf)];
     let message = recvmsg::<()>(
@@ -218,10 +217,26 @@ fn receive(buf: &mut [u8]) -> nix::Result<Option<(usize, Option<Descriptors>)>> 
     }
     let mut fds = fds.into_iter();
     let descriptors = match (fds.next(), fds.next()) {
-        (Some(stderr), Some(connection)) => Some(Descriptors { stderr, connection }),
-        _ => None,
+        (Some(stderr), Some(connection)) if is_socket(&connection) => {
+            Ok(Descriptors { stderr, connection })
+        }
+        // A gateway of the build before this one sent a pipe its worker waited on, and
+        // is still running after an upgrade put this template's binary on disk: it is
+        // told so, and spawns its workers until it is restarted.
+        (Some(_), Some(_)) => Err(
+            "the worker's connection is not a socket: a gateway of another build (restart \
+             hermes-gateway after an upgrade)",
+        ),
+        _ => Err("a request without the worker's stderr and connection"),
     };
     Ok(Some((len, descriptors)))
+}
+
+fn is_socket(fd: &OwnedFd) -> bool {
+    nix::sys::stat::fstat(fd).is_ok_and(|stat| {
+        nix::sys::stat::SFlag::from_bits_truncate(stat.st_mode)
+            .contains(nix::sys::stat::SFlag::S_IFSOCK)
+    })
 }
 
 fn answer(forked: &Forked) -> std::io::Result<()> {
@@ -320,5 +335,22 @@ fn only_thread() -> Result<(), String> {
         Ok(())
     } else {
         Err(format!("{threads} threads run; a template must have one"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What tells this template's request from one of the build before it, whose second
+    /// descriptor was a pipe.
+    #[test]
+    fn a_connection_is_a_socket_and_a_go_ahead_pipe_is_not() {
+        let (ours, theirs) = std::os::unix::net::UnixStream::pair().expect("socketpair");
+        assert!(is_socket(&OwnedFd::from(ours)));
+        assert!(is_socket(&OwnedFd::from(theirs)));
+        let (read, write) = nix::unistd::pipe().expect("pipe");
+        assert!(!is_socket(&read));
+        assert!(!is_socket(&write));
     }
 }
