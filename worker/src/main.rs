@@ -9,7 +9,9 @@
 //! trampoline tool servers start through (it applies the sandbox, then becomes the
 //! server), and `sandbox-probe` says what sandbox this kernel allows.
 //!
-//! Modules: [`serve`] (the gateway protocol), [`warm_up`] (a new worker's HTTP client
+//! Modules: [`serve`] (the gateway protocol), [`outcome_frame`] (a job's outcome within the
+//! frame size cap), [`lifetime`] (a worker's life tied to the gateway's),
+//! [`warm_up`] (a new worker's HTTP client
 //! used once before its first job), [`zygote`] (the template `per-request` workers are
 //! forked from), [`code_pages`] (the template's code moved into huge pages, so a fork
 //! has it mapped), [`ask`] (standalone); the agent itself is
@@ -17,6 +19,8 @@
 
 mod ask;
 mod code_pages;
+mod lifetime;
+mod outcome_frame;
 mod serve;
 mod warm_up;
 mod zygote;
@@ -100,7 +104,7 @@ fn main() {
         .nth(1)
         .is_some_and(|a| a == "serve" || a == "zygote")
     {
-        serve::tie_to_the_gateway();
+        lifetime::tie_to_the_gateway();
     }
     // Another process of the same user (a tool included) cannot read this process's
     // /proc/PID/environ or memory, nor ptrace it.
@@ -147,7 +151,7 @@ fn main() {
                 );
                 std::process::exit(serve::EXIT_REFUSED);
             }
-            serve::end(runtime.block_on(serve::serve(
+            lifetime::end(runtime.block_on(serve::serve(
                 serve::Gateway::Socket(socket),
                 &token,
                 &scratch,

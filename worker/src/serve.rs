@@ -33,16 +33,17 @@ use std::path::{Path, PathBuf};
 use std::pin::pin;
 use std::time::Duration;
 
-use hermes_protocol::frame::{FrameError, encode};
+use hermes_protocol::frame::FrameError;
 use hermes_protocol::{
-    ApprovalRequest, ChatMessage, Connection, Decision, FromWorker, Job, JobId, Outcome, Reply,
-    Role, ScheduleAnswer, ScheduleRequest, Secret, ToWorker, handshake,
+    ApprovalRequest, Connection, Decision, FromWorker, Job, JobId, Outcome, ScheduleAnswer,
+    ScheduleRequest, Secret, ToWorker, handshake,
 };
 use interprocess::local_socket::tokio::{Stream, prelude::*};
 use interprocess::local_socket::{GenericFilePath, ToFsName};
 use tokio::sync::mpsc;
 
 use crate::agent;
+use crate::outcome_frame::fit;
 use hermes_worker::sandbox::{self, Policy, Sandbox};
 use hermes_worker::tools::schedules::ScheduleAsk;
 use hermes_worker::tools::{Ask, Toolbox};
@@ -334,58 +335,6 @@ async fn leave_to_the_gateway(conn: &mut Conn, job_id: JobId, outcome: Outcome) 
     }
 }
 
-/// The outcome as a frame the gateway accepts: a transcript too large for one frame
-/// (many long tool results) is shortened rather than lose the answer: first each long
-/// tool result is cut, then, if that is not enough, only the answer is kept.
-fn fit(job_id: JobId, outcome: Outcome) -> FromWorker {
-    let mut reply = match check(job_id, outcome) {
-        Fit::Sendable(message) => return message,
-        Fit::TooBig(reply) => reply,
-    };
-    tracing::warn!("the transcript of {job_id} does not fit one frame; shortening tool results");
-    for m in &mut reply.transcript {
-        if m.role == Role::Tool && m.content.chars().count() > 500 {
-            let head: String = m.content.chars().take(500).collect();
-            m.content = format!("{head}\n[… cut: the result was too long to keep]");
-        }
-    }
-    let mut reply = match check(job_id, Outcome::Reply(reply)) {
-        Fit::Sendable(message) => return message,
-        Fit::TooBig(reply) => reply,
-    };
-    reply.transcript = vec![ChatMessage::new(Role::Assistant, reply.text.clone())];
-    outcome_frame(job_id, Outcome::Reply(reply))
-}
-
-enum Fit {
-    Sendable(FromWorker),
-    /// A reply whose frame would pass the size cap.
-    TooBig(Reply),
-}
-
-fn check(job_id: JobId, outcome: Outcome) -> Fit {
-    let message = outcome_frame(job_id, outcome);
-    if !matches!(encode(&message), Err(FrameError::Oversized { .. })) {
-        return Fit::Sendable(message);
-    }
-    match message {
-        FromWorker::Outcome {
-            outcome: Outcome::Reply(reply),
-            ..
-        } => Fit::TooBig(reply),
-        // Failures are a few short strings; one cannot reach the cap.
-        other => Fit::Sendable(other),
-    }
-}
-
-fn outcome_frame(job_id: JobId, outcome: Outcome) -> FromWorker {
-    FromWorker::Outcome {
-        job_id,
-        outcome,
-        retire: false,
-    }
-}
-
 /// What the gateway saying anything during a job means: the exit status to leave with.
 fn gateway_spoke(job_id: JobId, message: Result<ToWorker, FrameError>) -> i32 {
     match message {
@@ -413,116 +362,4 @@ async fn send(conn: &mut Conn, message: &FromWorker) -> Result<(), i32> {
             EXIT_FAILED
         }
     })
-}
-
-/// First thing in `serve`, before the process makes itself non-dumpable: what the gateway
-/// cannot set from outside after `posix_spawn` (gateway's `supervisor::process`).
-///
-/// - The OOM score: under memory pressure the kernel should kill a worker, never the
-///   gateway. The gateway raises it too, but once this process is non-dumpable its /proc
-///   files belong to root and only this process may still write it.
-/// - The parent-death signal, SIGKILL: a worker stuck in a loop must not outlive the
-///   gateway. It is set after exec, so the gateway may already have died; then this
-///   process's parent is no longer `HERMES_WORKER_PARENT`, and it exits at once.
-pub fn tie_to_the_gateway() {
-    // Best effort, as the gateway's own write is: where /proc refuses it (a read-only
-    // /proc in some containers), a line per worker would say nothing new each message.
-    let _ = std::fs::write("/proc/self/oom_score_adj", "1000");
-    die_with_the_gateway();
-}
-
-/// Ends a worker whose [`serve`] has returned, with its status, at once.
-///
-/// Its last frame is with the kernel by then, its log lines went to an unbuffered stderr,
-/// and its tool servers are shut down, so `exit`'s work is all waste here: the runtime's
-/// teardown, std's, and every loaded library's destructors, which touch code and data a
-/// forked `per-request` worker never touched before. `perf` put about a fifth of such a
-/// worker's samples there; ending here took about a tenth off its CPU (docs/BENCHMARKS.md).
-pub fn end(code: i32) -> ! {
-    // SAFETY: `_exit` only ends the process; nothing of this process's is used after it.
-    unsafe { nix::libc::_exit(code) }
-}
-
-/// The parent-death signal half of [`tie_to_the_gateway`], for a worker forked from the
-/// template: the fork inherits the template's OOM score, but not this signal.
-pub fn die_with_the_gateway() {
-    let Some(parent) = std::env::var("HERMES_WORKER_PARENT")
-        .ok()
-        .and_then(|p| p.parse::<i32>().ok())
-    else {
-        // Not started by a gateway; `serve` refuses to run without its socket anyway.
-        return;
-    };
-    if let Err(e) = nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL) {
-        eprintln!("cannot tie this worker to the gateway's life: {e}");
-        std::process::exit(EXIT_FAILED);
-    }
-    if nix::unistd::getppid().as_raw() != parent {
-        eprintln!("the gateway (pid {parent}) died before this worker started");
-        std::process::exit(EXIT_FAILED);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn reply(results: usize, result_len: usize, answer_len: usize) -> Outcome {
-        let mut transcript = Vec::new();
-        for i in 0..results {
-            transcript.push(ChatMessage::tool_result(
-                format!("c{i}"),
-                "x".repeat(result_len),
-            ));
-        }
-        let text = "a".repeat(answer_len);
-        transcript.push(ChatMessage::new(Role::Assistant, text.clone()));
-        Outcome::Reply(Reply {
-            text,
-            provider: "p".into(),
-            model: "m".into(),
-            transcript,
-            heard: Vec::new(),
-            files: Vec::new(),
-        })
-    }
-
-    fn transcript(message: &FromWorker) -> &[ChatMessage] {
-        match message {
-            FromWorker::Outcome {
-                outcome: Outcome::Reply(reply),
-                ..
-            } => &reply.transcript,
-            other => panic!("{other:?}"),
-        }
-    }
-
-    #[test]
-    fn outcomes_that_fit_are_sent_as_they_are() {
-        let outcome = reply(3, 1000, 10);
-        let message = fit(JobId(1), outcome.clone());
-        assert_eq!(
-            message,
-            FromWorker::Outcome {
-                job_id: JobId(1),
-                outcome,
-                retire: false,
-            }
-        );
-    }
-
-    #[test]
-    fn oversized_transcripts_lose_tool_output_before_the_answer() {
-        // 20 results of 300 kB: over the 4 MiB frame cap.
-        let message = fit(JobId(1), reply(20, 300_000, 10));
-        assert!(encode(&message).is_ok());
-        let kept = transcript(&message);
-        assert_eq!(kept.len(), 21);
-        assert!(kept[0].content.ends_with("too long to keep]"));
-
-        // Too many results even when cut: only the answer is kept.
-        let message = fit(JobId(1), reply(20_000, 600, 10));
-        assert!(encode(&message).is_ok());
-        assert_eq!(transcript(&message).len(), 1);
-    }
 }

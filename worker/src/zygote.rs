@@ -31,7 +31,7 @@ use hermes_protocol::codec;
 use hermes_protocol::zygote::{Fork, Forked, MAX_MESSAGE};
 use nix::sys::socket::{ControlMessage, ControlMessageOwned, MsgFlags, recvmsg, sendmsg};
 
-use crate::{code_pages, serve};
+use crate::{code_pages, lifetime, serve};
 
 /// The control socket: the template's stdin, which each worker inherits and answers on.
 const CONTROL: RawFd = 0;
@@ -156,7 +156,7 @@ fn become_worker(
         );
         std::process::exit(serve::EXIT_FAILED);
     }
-    serve::die_with_the_gateway();
+    lifetime::die_with_the_gateway();
     show_as_serve(prepared.argument_area);
     let token = fork.token.clone();
     let scratch = PathBuf::from(std::ffi::OsStr::from_bytes(&fork.scratch));
@@ -164,7 +164,7 @@ fn become_worker(
         .enable_all()
         .build()
     {
-        Ok(runtime) => serve::end(runtime.block_on(serve::serve(
+        Ok(runtime) => lifetime::end(runtime.block_on(serve::serve(
             serve::Gateway::Connected(connection),
             &token,
             &scratch,
