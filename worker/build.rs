@@ -14,4 +14,8 @@
 //! through `sandbox-exec`, which replaces it).
 fn main() {
     println!("cargo:rustc-link-arg-bin=hermes-worker=-no-pie");
+    // The code in a segment of its own that starts and ends on a 2 MiB boundary, so the
+    // template can move all of it into huge pages (`code_pages`).
+    println!("cargo:rustc-link-arg-bin=hermes-worker=-Wl,-z,separate-code");
+    println!("cargo:rustc-link-arg-bin=hermes-worker=-Wl,-z,max-page-size=0x200000");
 }

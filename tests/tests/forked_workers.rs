@@ -106,6 +106,23 @@ fn huge_code_kib(pid: i32) -> u64 {
         .unwrap_or(0)
 }
 
+/// Where the executable code of `pid` is mapped (the first `r-xp` mapping: the worker's
+/// own, below its libraries).
+fn code_range(pid: i32) -> (u64, u64) {
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap_or_default();
+    let line = maps
+        .lines()
+        .find(|line| line.split(' ').nth(1) == Some("r-xp"))
+        .unwrap_or_else(|| panic!("no code mapping in\n{maps}"));
+    let (start, end) = line
+        .split(' ')
+        .next()
+        .and_then(|range| range.split_once('-'))
+        .unwrap_or_else(|| panic!("{line}"));
+    let hex = |h: &str| u64::from_str_radix(h, 16).unwrap_or_else(|e| panic!("{h}: {e}"));
+    (hex(start), hex(end))
+}
+
 /// Whether this kernel gives transparent huge pages to a mapping that asks for them.
 fn huge_pages_on() -> bool {
     std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled")
@@ -124,6 +141,10 @@ async fn the_templates_code_is_in_huge_pages_and_a_fork_has_them_mapped() {
     }
     assert!(huge_code_kib(template.pid) >= 2048, "{}", rig.gateway.log());
     assert_eq!(huge_code_kib(spare.pid), huge_code_kib(template.pid));
+    // Linked to start and end on huge-page boundaries, and moved whole: no part of it in
+    // small pages, whose entries every fork would copy and every exit unmap.
+    let (start, end) = code_range(template.pid);
+    assert_eq!((start % (2 << 20), end % (2 << 20)), (0, 0), "{start:#x}-{end:#x}");
     assert_eq!(rig.ask("hello").await.text, "echo: hello");
     rig.gateway.assert_running(rig.pid);
 }

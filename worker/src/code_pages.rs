@@ -39,10 +39,14 @@ pub enum Moved {
 /// template must anyway.
 pub fn move_code() -> Moved {
     let here = move_code as *const () as usize;
-    let Some((start, end)) = mapping_holding(here) else {
+    let Ok(maps) = std::fs::read_to_string("/proc/self/maps") else {
+        return Moved::No("cannot read /proc/self/maps".into());
+    };
+    let Some((start, end)) = mapping_holding(&maps, here) else {
         return Moved::No("the code's mapping is not in /proc/self/maps".into());
     };
-    match move_into_huge_pages(start, end - start) {
+    let tail = through_free_tail(&maps, end);
+    match move_into_huge_pages(start, end - start, tail - start) {
         Ok(huge) => Moved::Yes {
             bytes: end - start,
             huge,
@@ -51,10 +55,11 @@ pub fn move_code() -> Moved {
     }
 }
 
-/// Copies `[start, start + len)` into anonymous memory whose offset within a huge page
-/// matches, so that whole 2 MiB stretches can be huge pages and `mremap` can move them as
-/// such, then moves the copy over the original. The bytes in huge pages.
-fn move_into_huge_pages(start: usize, len: usize) -> Result<usize, String> {
+/// Copies the `bytes` at `start` into anonymous memory of `len >= bytes` (zeros past
+/// them) whose offset within a huge page matches, so that whole 2 MiB stretches can be
+/// huge pages and `mremap` can move them as such, then moves the copy over
+/// `[start, start + len)`. The bytes in huge pages.
+fn move_into_huge_pages(start: usize, bytes: usize, len: usize) -> Result<usize, String> {
     // SAFETY: a fresh private anonymous mapping owned here; nothing else knows of it.
     let area = unsafe {
         libc::mmap(
@@ -73,14 +78,14 @@ fn move_into_huge_pages(start: usize, len: usize) -> Result<usize, String> {
     let skew = (start % HUGE_PAGE + HUGE_PAGE - area % HUGE_PAGE) % HUGE_PAGE;
     let copy = area + skew;
     // SAFETY: the parts of `area` outside `[copy, copy + len)`, unused; then the copy of
-    // `len` readable bytes at `start` (this process's code) into the rest.
+    // `bytes` readable bytes at `start` (this process's code) into the rest.
     unsafe {
         if skew > 0 {
             libc::munmap(area as *mut c_void, skew);
         }
         libc::munmap((copy + len) as *mut c_void, HUGE_PAGE - skew);
         libc::madvise(copy as *mut c_void, len, libc::MADV_HUGEPAGE);
-        std::ptr::copy_nonoverlapping(start as *const u8, copy as *mut u8, len);
+        std::ptr::copy_nonoverlapping(start as *const u8, copy as *mut u8, bytes);
     }
     let drop_copy = |why: String| {
         // SAFETY: the copy, still this module's own.
@@ -112,11 +117,23 @@ fn move_into_huge_pages(start: usize, len: usize) -> Result<usize, String> {
 }
 
 /// The start and end of the mapping that holds `address`.
-fn mapping_holding(address: usize) -> Option<(usize, usize)> {
-    let maps = std::fs::read_to_string("/proc/self/maps").ok()?;
+fn mapping_holding(maps: &str, address: usize) -> Option<(usize, usize)> {
     maps.lines()
         .filter_map(range_of)
         .find(|&(start, end)| start <= address && address < end)
+}
+
+/// The huge-page boundary at or after `end` when nothing is mapped between them, else
+/// `end`. The worker is linked with its code alone between two 2 MiB boundaries
+/// (`build.rs`): the copy then ends on one too, and its last 2 MiB are a huge page rather
+/// than up to 511 small ones, each of which a fork copied and an exit unmapped.
+fn through_free_tail(maps: &str, end: usize) -> usize {
+    let boundary = end.next_multiple_of(HUGE_PAGE);
+    let taken = maps
+        .lines()
+        .filter_map(range_of)
+        .any(|(from, to)| from < boundary && to > end);
+    if taken { end } else { boundary }
 }
 
 /// `AnonHugePages` of the mapping that starts at `start`, in bytes (0 if unknown).
@@ -148,6 +165,17 @@ fn range_of(line: &str) -> Option<(usize, usize)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_copy_reaches_the_next_huge_page_boundary_only_over_unmapped_space() {
+        let maps = "00600000-00d3f000 r-xp 00400000 fe:00 1   /usr/bin/x\n\
+                    00e00000-00e83000 rw-p 00c00000 fe:00 1   /usr/bin/x\n";
+        assert_eq!(through_free_tail(maps, 0xd3f000), 0xe00000);
+        let close = "004f9000-00c6c000 r-xp 002f5000 fe:00 1   /usr/bin/x\n\
+                     00c6c000-00cf0000 r--p 00a6a000 fe:00 1   /usr/bin/x\n";
+        assert_eq!(through_free_tail(close, 0xc6c000), 0xc6c000);
+        assert_eq!(through_free_tail(maps, 0xe00000), 0xe00000);
+    }
 
     #[test]
     fn a_maps_line_gives_its_range_and_a_field_line_none() {
@@ -182,7 +210,7 @@ mod tests {
         for (i, b) in bytes.iter_mut().enumerate() {
             *b = (i % 251) as u8;
         }
-        let result = move_into_huge_pages(at, len);
+        let result = move_into_huge_pages(at, len, len);
         // SAFETY: the same range, still mapped (moved over, or left), now read-only.
         let after = unsafe { std::slice::from_raw_parts(at as *const u8, len) };
         assert!(after.iter().enumerate().all(|(i, &b)| b == (i % 251) as u8));
