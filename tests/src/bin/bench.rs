@@ -154,13 +154,14 @@ async fn main() -> ExitCode {
             rows.push(Row {
                 name: format!("throughput, 100 chats talking, {label}"),
                 value: format!(
-                    "{:.0} messages/s ({} messages); CPU per message: gateway {:.0} µs, workers {:.0} µs, bench process (fakes + driver) {:.0} µs; machine {:.0}% busy",
+                    "{:.0} messages/s ({} messages); CPU per message: gateway {:.0} µs, workers {:.0} µs, bench process (fakes + driver) {:.0} µs; machine {:.0}% busy; {:.1} messages a getUpdates",
                     t.rate,
                     sizes.throughput,
                     per_msg(t.gateway_s),
                     per_msg(t.workers_s),
                     per_msg(t.bench_s),
-                    t.machine_busy * 100.0
+                    t.machine_busy * 100.0,
+                    sizes.throughput as f64 / t.polls.max(1) as f64
                 ),
                 target,
                 met,
@@ -168,7 +169,8 @@ async fn main() -> ExitCode {
                              "mode": mode.as_str(),
                              "cpu_s": {"gateway": t.gateway_s, "workers": t.workers_s, "bench_process": t.bench_s,
                                        "wall": t.wall_s, "machine_busy_fraction": t.machine_busy},
-                             "send_chat_action_calls": t.typing_calls}),
+                             "send_chat_action_calls": t.typing_calls,
+                             "get_updates_calls": t.polls}),
             });
         }
     }
@@ -553,6 +555,9 @@ struct Throughput {
     machine_busy: f64,
     /// "typing…" indicators sent during the run.
     typing_calls: usize,
+    /// `getUpdates` calls during the burst: how many updates a poll brought (against
+    /// the fake's instant answers, fewer when the gateway's thread is less busy).
+    polls: usize,
 }
 
 /// CPU time of the gateway, of its workers and of this process at one moment.
@@ -636,6 +641,7 @@ async fn throughput(
         callgrind_control("--zero", rig.pid);
     }
     let cpu_before = CpuSnapshot::take(&rig);
+    let polls_before = rig.telegram.calls("getUpdates");
     let started = Instant::now();
     chats_talk(&rig, &users, n, 0).await;
     let last = Instant::now();
@@ -664,6 +670,7 @@ async fn throughput(
         wall_s: started.elapsed().as_secs_f64(),
         machine_busy: busy as f64 / total.max(1) as f64,
         typing_calls: rig.telegram.calls("sendChatAction"),
+        polls: rig.telegram.calls("getUpdates") - polls_before,
     }
 }
 
