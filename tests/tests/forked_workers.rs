@@ -144,7 +144,11 @@ async fn the_templates_code_is_in_huge_pages_and_a_fork_has_them_mapped() {
     // Linked to start and end on huge-page boundaries, and moved whole: no part of it in
     // small pages, whose entries every fork would copy and every exit unmap.
     let (start, end) = code_range(template.pid);
-    assert_eq!((start % (2 << 20), end % (2 << 20)), (0, 0), "{start:#x}-{end:#x}");
+    assert_eq!(
+        (start % (2 << 20), end % (2 << 20)),
+        (0, 0),
+        "{start:#x}-{end:#x}"
+    );
     assert_eq!(rig.ask("hello").await.text, "echo: hello");
     rig.gateway.assert_running(rig.pid);
 }
