@@ -555,8 +555,9 @@ struct Throughput {
     machine_busy: f64,
     /// "typing…" indicators sent during the run.
     typing_calls: usize,
-    /// `getUpdates` calls during the burst: how many updates a poll brought (against
-    /// the fake's instant answers, fewer when the gateway's thread is less busy).
+    /// `getUpdates` calls during the burst: how many updates a poll brought (the fake,
+    /// as the Bot API server, answers a woken poll 1 ms after the last update it got, 2 ms
+    /// after the first at most; a slower rate or a less busy gateway gets fewer a poll).
     polls: usize,
 }
 

@@ -1,8 +1,9 @@
 //! Updates and how the bot polls for them: queuing what users do, `getUpdates` with its
 //! `offset` (an answer does not consume updates, only a later offset acknowledges them),
-//! `limit`, `timeout` (a long poll held until an update arrives, and ended with 409 by a
-//! newer one) and `allowed_updates` (kept from call to call; updates of other kinds are
-//! never queued), and the webhook that makes `getUpdates` answer 409.
+//! `limit`, `timeout` (a long poll held until an update arrives, then briefly for more, as
+//! the Bot API server does, and ended with 409 by a newer one) and `allowed_updates` (kept
+//! from call to call; updates of other kinds are never queued), and the webhook that makes
+//! `getUpdates` answer 409.
 
 use std::time::{Duration, Instant};
 
@@ -20,6 +21,14 @@ const MAX_POLL_TIMEOUT_SECS: i64 = 50;
 /// time of it, only after this time (telegram-bot-api's `fail_query_conflict`), so two
 /// instances fighting over one token do not spin.
 const CONFLICT_THROTTLE: Duration = Duration::from_secs(3);
+
+/// A long poll that an update wakes is answered once no other update came for this long,
+/// and at the latest [`GATHER_AT_MOST`] after the first (telegram-bot-api's
+/// `LONG_POLL_WAIT_AFTER` and `LONG_POLL_MAX_DELAY`, `long_poll_wakeup`): updates that
+/// arrive together are answered together. A fake that answered each at once made a bot
+/// that re-polls quickly take about one update a poll where Telegram hands it several.
+const GATHER_QUIET: Duration = Duration::from_millis(1);
+const GATHER_AT_MOST: Duration = Duration::from_millis(2);
 
 const CONFLICT: &str = "Conflict: terminated by other getUpdates request; make sure that only one bot instance is running";
 
@@ -229,6 +238,7 @@ impl State {
         }
         // However this poll ends (answered, or its client gone), it waits no longer.
         let _waiting = LongPollGuard { state: self, index };
+        let mut answer_when = AnswerWhen::Arrived;
 
         loop {
             let conflict = {
@@ -265,7 +275,8 @@ impl State {
                     .take(limit)
                     .map(|(_, u)| u.clone())
                     .collect();
-                if !batch.is_empty() || tokio::time::Instant::now() >= deadline {
+                let now = tokio::time::Instant::now();
+                if answer_when.now(batch.len(), now, deadline) {
                     g.polls[index].answered_ids = batch
                         .iter()
                         .filter_map(|u| u["update_id"].as_i64())
@@ -281,7 +292,8 @@ impl State {
                 }
             }
             // On timeout the loop comes round once more and answers with what there is.
-            let _ = tokio::time::timeout_at(deadline, rx.changed()).await;
+            let until = answer_when.at().unwrap_or(deadline);
+            let _ = tokio::time::timeout_at(until, rx.changed()).await;
         }
     }
 
@@ -320,6 +332,71 @@ impl State {
         drop(g);
         self.bump();
         ok(json!(true))
+    }
+}
+
+/// When a `getUpdates` that found updates answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AnswerWhen {
+    /// The poll has just arrived: what is queued now is answered at once.
+    Arrived,
+    /// The poll waited, and nothing has come yet.
+    Waiting,
+    /// Updates woke it: it answers `at`, `GATHER_QUIET` after the last of the `seen` it
+    /// has found and no later than `GATHER_AT_MOST` after the first.
+    Gathering {
+        at: tokio::time::Instant,
+        seen: usize,
+        latest: tokio::time::Instant,
+    },
+}
+
+impl AnswerWhen {
+    /// Whether a poll that finds `pending` updates at `now` answers now (it always does
+    /// at its `deadline`); from the next check on, it is a waiting one.
+    fn now(
+        &mut self,
+        pending: usize,
+        now: tokio::time::Instant,
+        deadline: tokio::time::Instant,
+    ) -> bool {
+        let answer = match *self {
+            _ if now >= deadline => true,
+            _ if pending == 0 => false,
+            AnswerWhen::Arrived => true,
+            AnswerWhen::Waiting => {
+                let latest = deadline.min(now + GATHER_AT_MOST);
+                *self = AnswerWhen::Gathering {
+                    at: latest.min(now + GATHER_QUIET),
+                    seen: pending,
+                    latest,
+                };
+                false
+            }
+            AnswerWhen::Gathering {
+                ref mut at,
+                ref mut seen,
+                latest,
+            } => {
+                if pending > *seen {
+                    *seen = pending;
+                    *at = latest.min(now + GATHER_QUIET);
+                }
+                now >= *at
+            }
+        };
+        if *self == AnswerWhen::Arrived {
+            *self = AnswerWhen::Waiting;
+        }
+        answer
+    }
+
+    /// When a gathering poll answers, if it is one.
+    fn at(&self) -> Option<tokio::time::Instant> {
+        match self {
+            AnswerWhen::Gathering { at, .. } => Some(*at),
+            _ => None,
+        }
     }
 }
 
@@ -395,6 +472,7 @@ pub(super) fn conflict_body() -> Value {
 mod tests {
     use super::super::tests::{T, bot};
     use super::super::*;
+    use super::AnswerWhen;
     use teloxide_core::{
         ApiError, RequestError, payloads::GetUpdatesSetters, prelude::Requester,
         types::AllowedUpdate,
@@ -418,6 +496,35 @@ mod tests {
             .unwrap();
         assert_eq!(updates.len(), 1);
         assert_eq!(updates[0].id.0 as i64, id);
+    }
+
+    #[test]
+    fn a_woken_poll_gathers_what_comes_within_a_millisecond_for_two_at_most() {
+        let t0 = tokio::time::Instant::now();
+        let ms = |n: u64| t0 + Duration::from_micros(n * 1000);
+        let deadline = ms(30_000);
+        let mut arrived = AnswerWhen::Arrived;
+        assert!(
+            arrived.now(3, t0, deadline),
+            "queued before the poll: at once"
+        );
+        let mut waiting = AnswerWhen::Arrived;
+        assert!(!waiting.now(0, t0, deadline));
+        assert!(
+            !waiting.now(1, ms(10), deadline),
+            "the first update wakes it"
+        );
+        assert_eq!(waiting.at(), Some(ms(11)));
+        assert!(!waiting.now(2, t0 + Duration::from_micros(10_500), deadline));
+        assert_eq!(waiting.at(), Some(t0 + Duration::from_micros(11_500)));
+        assert!(!waiting.now(3, t0 + Duration::from_micros(11_400), deadline));
+        assert_eq!(waiting.at(), Some(ms(12)), "2 ms after the first at most");
+        assert!(waiting.now(3, ms(12), deadline));
+        // A poll whose own deadline comes first answers then.
+        let mut late = AnswerWhen::Waiting;
+        assert!(!late.now(1, ms(29_999), deadline));
+        assert_eq!(late.at(), Some(deadline));
+        assert!(late.now(1, deadline, deadline));
     }
 
     #[tokio::test]
