@@ -256,3 +256,23 @@ fn init_logging(under_gateway: bool) {
         builder.init();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    /// reqwest builds its TLS client on rustls's default provider (ring's, unless one was
+    /// installed), and a worker forked per message makes a new TLS connection every time.
+    /// With X25519 offered first that costs the worker about 0.6 ms of CPU; rustls 0.23.48
+    /// lists secp384r1 first, which ring computes without assembly: about 1.6 ms
+    /// (docs/BENCHMARKS.md, "What the fakes do not show: TLS"). An update that does so
+    /// must set the order itself (reqwest's `use_preconfigured_tls`).
+    #[test]
+    fn the_tls_key_exchange_offered_first_is_x25519() {
+        let provider = rustls::crypto::CryptoProvider::get_default()
+            .cloned()
+            .unwrap_or_else(|| std::sync::Arc::new(rustls::crypto::ring::default_provider()));
+        assert_eq!(
+            provider.kx_groups.first().map(|group| group.name()),
+            Some(rustls::NamedGroup::X25519)
+        );
+    }
+}
