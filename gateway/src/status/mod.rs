@@ -56,6 +56,7 @@ pub fn record_shutdown(state_dir: &Path, run_id: &str, reason: &StopReason) {
     }
 }
 
+#[derive(Clone)]
 pub struct Publisher {
     pub health: Arc<Health>,
     pub circuits: Arc<Circuits>,
@@ -145,6 +146,7 @@ fn write_json<T: serde::Serialize>(path: &Path, value: &T) -> std::io::Result<()
 
 mod list;
 pub mod report;
+mod unit;
 pub use report::status_command;
 
 /// `hermes-gateway status [NAME]`: instance `NAME`'s full report; with no name and no
