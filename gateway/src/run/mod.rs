@@ -19,6 +19,7 @@
 //! stop's sequence is in [`stop`].
 
 mod exit;
+mod files;
 mod reload;
 mod stop;
 
@@ -37,11 +38,9 @@ use crate::approvals::Desk;
 use crate::chats::{ChatRouter, JobContext, is_stop_press};
 use crate::circuit::Circuits;
 use crate::commands;
-use crate::files_back;
 use crate::first_poll::FirstPoll;
 use crate::health::Health;
 use crate::jobs::{JobRunner, MakeRunner};
-use crate::media::{self, Fetcher};
 use crate::metrics;
 use crate::outbox::{Outbox, OutboxConfig};
 use crate::sandbox;
@@ -115,34 +114,12 @@ async fn serve(path: &Path, config: Config, setup: Setup, runner: Option<MakeRun
         }
     };
     let poll_timeout = Duration::from_secs(u64::from(config.telegram.poll_timeout_secs));
-    let bots = telegram::bot(
+    let clients = match telegram::Clients::new(
         setup.token.expose(),
         &config.telegram.api_url,
-        poll_timeout + POLL_MARGIN,
-    )
-    .and_then(|bot| {
-        let sending = telegram::bot(
-            setup.token.expose(),
-            &config.telegram.api_url,
-            telegram::sender::SEND_TIMEOUT,
-        )?;
-        // Files: each fetch is bounded by telegram.download_timeout_secs as it stands
-        // when the job starts (a reload may change it); this is only the outer bound.
-        let fetching = telegram::bot(
-            setup.token.expose(),
-            &config.telegram.api_url,
-            FETCH_CLIENT_TIMEOUT,
-        )?;
-        // Files sent back: up to 50 MB in one request.
-        let uploading = telegram::bot(
-            setup.token.expose(),
-            &config.telegram.api_url,
-            UPLOAD_CLIENT_TIMEOUT,
-        )?;
-        Ok((bot, sending.clone(), fetching, uploading))
-    });
-    let (bot, sending_bot, fetching_bot, uploading_bot) = match bots {
-        Ok(bots) => bots,
+        poll_timeout,
+    ) {
+        Ok(clients) => clients,
         Err(e) => {
             tracing::error!("{e}");
             return EXIT_CONFIG;
@@ -242,15 +219,16 @@ async fn serve(path: &Path, config: Config, setup: Setup, runner: Option<MakeRun
         },
     };
     let publisher_stop = CancellationToken::new();
+    let publisher = Publisher {
+        health: health.clone(),
+        circuits: circuits.clone(),
+        settings: settings.clone(),
+        state_dir: setup.state_dir.clone(),
+        notifier: notifier.clone(),
+        store: store.clone(),
+    };
     if let Some(listen) = config.metrics.listen.clone() {
-        let view = Publisher {
-            health: health.clone(),
-            circuits: circuits.clone(),
-            settings: settings.clone(),
-            state_dir: setup.state_dir.clone(),
-            notifier: notifier.clone(),
-            store: store.clone(),
-        };
+        let view = publisher.clone();
         let render: metrics::server::Render =
             Arc::new(move || view.health.metrics().render(&view.snapshot()));
         let (gate, stop) = (first_poll.clone(), publisher_stop.clone());
@@ -263,61 +241,12 @@ async fn serve(path: &Path, config: Config, setup: Setup, runner: Option<MakeRun
             }
         });
     }
-    let publisher = tokio::spawn(
-        Publisher {
-            health: health.clone(),
-            circuits: circuits.clone(),
-            settings: settings.clone(),
-            state_dir: setup.state_dir.clone(),
-            notifier: notifier.clone(),
-            store: store.clone(),
-        }
-        .run(publisher_stop.clone()),
-    );
-    // Where versions before issue 21 kept a job's files: a killed run's are not left
-    // there for good (the runtime directory is `state/run` outside systemd).
-    if let Err(e) = media::wipe(&setup.runtime_dir.join("media")) {
-        tracing::warn!(
-            "cannot remove the old job files in {}: {e}",
-            setup.runtime_dir.display()
-        );
-    }
-    let room = config
-        .telegram
-        .max_files_total_mb
-        .saturating_mul(1024 * 1024);
-    let files = setup.state_dir.join(media::FILES_DIR);
-    let fetcher = match Fetcher::new(fetching_bot, files, room) {
-        Ok(fetcher) => fetcher,
-        Err(e) => {
-            tracing::error!(
-                "cannot create the job files' directory in {}: {e}",
-                setup.state_dir.display()
-            );
-            return exit::for_io(&e);
-        }
+    let publisher = tokio::spawn(publisher.run(publisher_stop.clone()));
+    let (fetcher, outgoing) = match files::areas(&config, &setup, clients.fetching, &undelivered) {
+        Ok(areas) => areas,
+        Err(code) => return code,
     };
-    // Files sent back live in the state directory until Telegram took them; those no
-    // committed piece names were left by a run killed before it committed them.
-    let outgoing = match files_back::area(&setup.state_dir) {
-        Ok(dir) => dir,
-        Err(e) => {
-            tracing::error!(
-                "cannot create the directory of files to send in {}: {e}",
-                setup.state_dir.display()
-            );
-            return exit::for_io(&e);
-        }
-    };
-    let named: std::collections::HashSet<std::path::PathBuf> = undelivered
-        .iter()
-        .filter_map(|s| s.piece.file.as_ref().map(|f| f.path.clone()))
-        .collect();
-    match files_back::remove_orphans(&outgoing, &named) {
-        0 => {}
-        n => tracing::info!("removed {n} file(s) to send that no reply named"),
-    }
-    let sender = Sender::new(sending_bot).with_uploads(uploading_bot);
+    let sender = Sender::new(clients.sending).with_uploads(clients.uploading);
     let desk = Desk::new(sender.clone(), settings.clone());
     let reactions = Reactions::new(sender.clone());
     let outbox = Outbox::new(
@@ -366,7 +295,7 @@ async fn serve(path: &Path, config: Config, setup: Setup, runner: Option<MakeRun
         );
     }
     router.resume(unanswered);
-    let menu_bot = bot.clone();
+    let menu_bot = clients.polling.clone();
     let menu_gate = first_poll.clone();
     tokio::spawn(async move {
         menu_gate.passed().await;
@@ -388,7 +317,7 @@ async fn serve(path: &Path, config: Config, setup: Setup, runner: Option<MakeRun
         poll_stop.clone(),
     ));
     let poller = tokio::spawn(poller::poll(
-        bot,
+        clients.polling,
         poller::PollSettings {
             timeout_secs: config.telegram.poll_timeout_secs,
             retry_max: Duration::from_secs(config.telegram.retry_max_secs),
@@ -492,11 +421,3 @@ async fn serve(path: &Path, config: Config, setup: Setup, runner: Option<MakeRun
 
 /// How long start-up waits for a pool's first worker before declaring itself ready.
 const FIRST_WORKER_WAIT: Duration = Duration::from_secs(10);
-/// A `getUpdates` request may take this much longer than its long poll before it counts
-/// as lost.
-const POLL_MARGIN: Duration = Duration::from_secs(15);
-/// The HTTP client's own bound on a file fetch; `telegram.download_timeout_secs` (at most
-/// an hour) is the one that applies.
-const FETCH_CLIENT_TIMEOUT: Duration = Duration::from_secs(3600);
-/// Bound on one upload of a file sent back (up to 50 MB).
-const UPLOAD_CLIENT_TIMEOUT: Duration = Duration::from_secs(300);
