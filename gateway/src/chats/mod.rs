@@ -40,6 +40,7 @@ mod reaction;
 mod settle;
 mod stop_button;
 mod strangers;
+mod turn_files;
 mod turns;
 
 pub use stop_button::is_stop_press;
@@ -264,52 +265,6 @@ impl ChatRouter {
             // Stored by the timer, which wakes the chat itself.
             Kind::Scheduled => self.wake(place, None, None),
         }
-    }
-
-    /// A stranger's message: answered with their id once an hour, behind the chat's
-    /// members; otherwise closed without a reply (so a restart does not answer it either).
-    fn stranger(&self, place: Place, row: i64, user_id: u64) {
-        let chat = place.chat;
-        let admitted = self
-            .inner
-            .strangers
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .admit(user_id, Instant::now());
-        self.inner.ctx.health.stranger(admitted);
-        let text = if admitted {
-            tracing::info!(
-                chat_id = chat,
-                user_id,
-                "message from a user not in telegram.allowed_users"
-            );
-            replies::stranger_text(user_id)
-        } else {
-            // Not logged at info: a crowd of strangers would flood the journal instead.
-            tracing::debug!(
-                chat_id = chat,
-                user_id,
-                "a stranger's message dropped: answered within the hour"
-            );
-            String::new()
-        };
-        // A store error is logged where it happens; the reply still goes out.
-        let _ = self.inner.ctx.outbox.send_to_stranger(Reply {
-            chat,
-            thread: place.thread,
-            answers: &[row],
-            text: &text,
-            pieces: if admitted {
-                plain_pieces(&text)
-            } else {
-                Vec::new()
-            },
-            rich: None,
-            edit: None,
-            exchange: None,
-            question: None,
-            files: Vec::new(),
-        });
     }
 
     /// Group `from` became supergroup `to`, and its waiting messages moved there in the

@@ -1,4 +1,4 @@
-//! Who among the strangers may be answered now.
+//! Who among the strangers may be answered now, and the answer to a stranger's message.
 //!
 //! A stranger (someone not in `telegram.allowed_users`) is told their user id so they can
 //! ask the operator for access; once an hour is enough for that, and anything more lets a
@@ -10,6 +10,12 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
+
+use super::ChatRouter;
+use crate::outbox::Reply;
+use crate::replies;
+use crate::telegram::sender::plain_pieces;
+use crate::topics::Place;
 
 /// A stranger gets at most one reply in this time.
 pub const WINDOW: Duration = Duration::from_secs(3600);
@@ -51,6 +57,54 @@ impl StrangerLimit {
     #[cfg(test)]
     fn remembered(&self) -> usize {
         self.answered.len()
+    }
+}
+
+impl ChatRouter {
+    /// A stranger's message: answered with their id once an hour, behind the chat's
+    /// members; otherwise closed without a reply (so a restart does not answer it either).
+    pub(super) fn stranger(&self, place: Place, row: i64, user_id: u64) {
+        let chat = place.chat;
+        let admitted = self
+            .inner
+            .strangers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .admit(user_id, Instant::now());
+        self.inner.ctx.health.stranger(admitted);
+        let text = if admitted {
+            tracing::info!(
+                chat_id = chat,
+                user_id,
+                "message from a user not in telegram.allowed_users"
+            );
+            replies::stranger_text(user_id)
+        } else {
+            // Not logged at info: a crowd of strangers would flood the journal instead.
+            tracing::debug!(
+                chat_id = chat,
+                user_id,
+                "a stranger's message dropped: answered within the hour"
+            );
+            String::new()
+        };
+        // A store error is logged where it happens; the reply still goes out.
+        let _ = self.inner.ctx.outbox.send_to_stranger(Reply {
+            chat,
+            thread: place.thread,
+            answers: &[row],
+            text: &text,
+            pieces: if admitted {
+                plain_pieces(&text)
+            } else {
+                Vec::new()
+            },
+            rich: None,
+            edit: None,
+            exchange: None,
+            question: None,
+            files: Vec::new(),
+        });
     }
 }
 

@@ -7,9 +7,9 @@
 //! (taken alone, answered at once unless it asks the model again, as `/retry` does) or one
 //! question for one job: prepared ([`super::prepare`]), its files fetched, run with its
 //! progress shown, and delivered ([`super::deliver`]). A message whose file is refused or
-//! cannot be fetched is answered with why, and the rest of the turn still goes to the
-//! model: one bad file does not swallow the questions sent with it. A message
-//! whose jobs keep dying with the gateway (or its worker) is given up after
+//! cannot be fetched is answered with why ([`super::turn_files`]), and the rest of the
+//! turn still goes to the model: one bad file does not swallow the questions sent with
+//! it. A message whose jobs keep dying with the gateway (or its worker) is given up after
 //! [`MAX_ATTEMPTS`] starts, with an apology, so it cannot take every restart down with it.
 //! When the gateway stops, a chat whose messages still wait is told they are kept for the
 //! next run.
@@ -18,19 +18,17 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 
-use hermes_protocol::{CancelReason, Failure, JobId, MediaProblem, Outcome};
+use hermes_protocol::{JobId, Outcome};
 use tokio::sync::{Notify, mpsc, oneshot};
-use tokio_util::sync::CancellationToken;
 
 use super::prepare::{self, Asked, compose};
-use super::{ChatRouter, JobContext, Request, deliver, reaction, stop_button};
+use super::{ChatRouter, Request, deliver, reaction, stop_button, turn_files};
 use crate::commands;
 use crate::commands::stop::{InFlight, Stops};
 use crate::files_back::{Collected, FileDrop};
 use crate::jobs::JobLink;
-use crate::media::{Fetched, JobFiles};
+use crate::media::JobFiles;
 use crate::replies;
-use crate::settings::ChatSettings;
 use crate::store::Taken;
 use crate::telegram::live::LiveReply;
 use crate::topics::Place;
@@ -340,7 +338,7 @@ impl ChatRouter {
                     }
                 }
                 if !request.media.is_empty() {
-                    match fetch(ctx, &settings, &request, &cancel).await {
+                    match turn_files::fetch(ctx, &settings, &request, &cancel).await {
                         Ok(fetched) => {
                             files = Some(fetched.files);
                             prepared.job.attachments = fetched.attachments;
@@ -457,84 +455,6 @@ impl ChatRouter {
                 });
             }
             Err(text) => self.inner.reply(place, rows, &text),
-        }
-    }
-
-    /// Takes the messages whose file was `refused` (by index in the turn's media) out of
-    /// the turn, each answered with why, and narrows `request` to the rest. When no
-    /// message is left, the last refused one stays as the turn, and its refusal is the
-    /// failure to answer it with (so the turn's reply, and any `/stop` that came for it,
-    /// take the usual way). A replied-to message's file that is refused only leaves the
-    /// turn itself: the reply is still asked, its context saying the file is missing.
-    fn leave_out(
-        &self,
-        request: &mut Request,
-        asked: &mut Vec<Asked>,
-        refused: Vec<(usize, MediaProblem)>,
-    ) -> Option<Failure> {
-        let files: Vec<(i64, bool)> = asked
-            .iter()
-            .flat_map(|a| a.files().map(|(_, quoted)| (a.row, quoted)))
-            .collect();
-        let mut refused: Vec<(i64, Failure)> = refused
-            .into_iter()
-            .filter_map(|(i, problem)| {
-                let (row, quoted) = files.get(i).copied()?;
-                if quoted {
-                    tracing::info!(
-                        chat_id = request.chat,
-                        "the file of a replied-to message is left out: {problem}"
-                    );
-                    if let Some(a) = asked.iter_mut().find(|a| a.row == row)
-                        && let Some((_, placeholder)) = a.replied.as_mut()
-                    {
-                        *placeholder = None;
-                    }
-                    return None;
-                }
-                tracing::info!(
-                    chat_id = request.chat,
-                    "a file of the turn is refused: {problem}"
-                );
-                Some((row, Failure::Media { problem }))
-            })
-            .collect();
-        let everything = asked
-            .iter()
-            .all(|a| refused.iter().any(|(row, _)| *row == a.row));
-        let last = everything.then(|| refused.pop()).flatten();
-        for (row, failure) in &refused {
-            self.inner
-                .ctx
-                .health
-                .job_done(&Outcome::Failed(failure.clone()));
-            self.inner
-                .reply(request.place(), &[*row], &replies::failure_text(failure));
-        }
-        asked.retain(|a| {
-            refused.iter().all(|(row, _)| *row != a.row)
-                && last.as_ref().is_none_or(|(row, _)| *row == a.row)
-        });
-        (request.rows, request.text, request.media) = compose(asked);
-        last.map(|(_, failure)| failure)
-    }
-}
-
-/// Fetches the files of `request` for its job, within the limits and the time bound, or
-/// until `/stop`.
-async fn fetch(
-    ctx: &JobContext,
-    settings: &ChatSettings,
-    request: &Request,
-    cancel: &CancellationToken,
-) -> Result<Fetched, Failure> {
-    tokio::select! {
-        _ = cancel.cancelled() => Err(Failure::Cancelled { reason: CancelReason::ByUser }),
-        fetched = ctx.fetcher.fetch(request.id, &request.media, &settings.media) => {
-            fetched.map_err(|problem| {
-                tracing::warn!(chat_id = request.chat, "cannot fetch the turn's files: {problem}");
-                Failure::Media { problem }
-            })
         }
     }
 }
