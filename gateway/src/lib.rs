@@ -11,9 +11,11 @@
 //! Modules, one responsibility each, from the command line down:
 //! - `run`: start-up, the signal loop, a SIGHUP's reload (`run::reload`), the stop's
 //!   drain (`run::stop`) and which exit code a failed start gets (`run::exit`: only what
-//!   the operator must fix is not restarted); `check_config`,
-//!   `status::report`, `service`: the other commands (`service::credentials`: the secrets a
-//!   configuration names, delivered to the unit as systemd credentials);
+//!   the operator must fix is not restarted), the directories of a run's files made ready
+//!   (`run::files`); `check_config`, `status::report`, `service`: the other commands
+//!   (`service::credentials`: the secrets a configuration names, delivered to the unit as
+//!   systemd credentials; `service::instance`: one bot of several, an instance of the
+//!   template unit);
 //! - `first_poll`: start-up work (the sandbox probe, the first workers, the command menu)
 //!   held until the first `getUpdates` is on its way;
 //! - `telegram`: the `getUpdates` loop (`telegram::poller`), what an update says and
@@ -29,7 +31,9 @@
 //!   its turns (the messages that waited, together) in `chats::turns`, waiting for the
 //!   rest of an album or a split text in `chats::settle`, a turn becomes a
 //!   job in `chats::prepare`, its progress and outcome reach the chat and the outbox in
-//!   `chats::deliver`; strangers answered once an hour, behind members
+//!   `chats::deliver`; a turn's files fetched, and a message whose file is refused
+//!   taken out of the turn and answered with why (`chats::turn_files`); strangers
+//!   answered once an hour, behind members
 //!   (`chats::strangers`); the ⏹ button that stops a turn's job (`chats::stop_button`)
 //!   and which message shows the turn's reactions (`chats::reaction`);
 //! - `topics`: a forum's topic (or a private chat's) as a conversation of its own: the
@@ -79,7 +83,7 @@
 //!   `health::store_writes`), and sd_notify (READY, STATUS, WATCHDOG);
 //!   `status`: publishing it to the state directory, and `status::report`, the
 //!   `hermes-gateway status` command that reads it (`status::list`: every bot on the
-//!   host, a line each);
+//!   host, a line each; `status::unit`: what systemd says when the state is private);
 //! - `signals`: stop and reload signals with their sender, for the shutdown record (and
 //!   ignored when a descendant sent them);
 //! - `sandbox`: what each tool server's sandbox hides and protects, and what the kernel
