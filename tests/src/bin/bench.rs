@@ -9,8 +9,10 @@
 //!
 //! Every message is its own job: each chat sends its next message once the last is
 //! answered. (Messages that wait while a chat's answer is worked on are asked together,
-//! as one turn; a burst into a few chats would measure turns, not messages.) Prints one table and writes the same rows as JSON to
-//! `target/bench/latest.json`. Targets are reported, never enforced: a busy machine must
+//! as one turn; a burst into a few chats would measure turns, not messages.) The rows a
+//! target compares run side by side, their gateways taking turns, so that the machine's
+//! slow minutes fall on all of them (`latencies`, `throughput`). Prints one table and
+//! writes the same rows as JSON to `target/bench/latest.json`. Targets are reported, never enforced: a busy machine must
 //! not fail a build; a broken harness does.
 
 use std::path::PathBuf;
@@ -126,22 +128,18 @@ async fn main() -> ExitCode {
 
     if runs("throughput") {
         let mut pool_of_8 = None;
-        for (mode, pool_size) in [
-            (WorkerMode::Pool, 2usize),
-            (WorkerMode::Pool, 8),
-            (WorkerMode::PerRequest, 8),
-        ] {
-            let t = throughput(mode, pool_size, spares, sizes.throughput).await;
+        let measured = throughput(&THROUGHPUT_ROWS, spares, sizes.throughput).await;
+        for ((mode, pool_size), t) in THROUGHPUT_ROWS.into_iter().zip(measured) {
             let per_msg = |s: f64| s * 1e6 / sizes.throughput as f64;
             let (target, met) = match (mode, pool_size) {
                 (WorkerMode::Pool, 8) => {
-                    pool_of_8 = Some(t.rate);
-                    (">= 2000 messages/s".to_string(), Some(t.rate >= 2000.0))
+                    pool_of_8 = Some(t.rate());
+                    (">= 2000 messages/s".to_string(), Some(t.rate() >= 2000.0))
                 }
                 (WorkerMode::PerRequest, _) => match pool_of_8 {
                     Some(pool) => (
                         format!(">= half of pool's ({:.0} messages/s)", pool / 2.0),
-                        Some(t.rate >= pool / 2.0),
+                        Some(t.rate() >= pool / 2.0),
                     ),
                     None => (String::new(), None),
                 },
@@ -155,20 +153,20 @@ async fn main() -> ExitCode {
                 name: format!("throughput, 100 chats talking, {label}"),
                 value: format!(
                     "{:.0} messages/s ({} messages); CPU per message: gateway {:.0} µs, workers {:.0} µs, bench process (fakes + driver) {:.0} µs; machine {:.0}% busy; {:.1} messages a getUpdates",
-                    t.rate,
+                    t.rate(),
                     sizes.throughput,
                     per_msg(t.gateway_s),
                     per_msg(t.workers_s),
                     per_msg(t.bench_s),
-                    t.machine_busy * 100.0,
+                    t.machine_busy() * 100.0,
                     sizes.throughput as f64 / t.polls.max(1) as f64
                 ),
                 target,
                 met,
-                json: json!({"messages_per_s": t.rate, "messages": sizes.throughput, "pool_size": pool_size,
+                json: json!({"messages_per_s": t.rate(), "messages": sizes.throughput, "pool_size": pool_size,
                              "mode": mode.as_str(),
                              "cpu_s": {"gateway": t.gateway_s, "workers": t.workers_s, "bench_process": t.bench_s,
-                                       "wall": t.wall_s, "machine_busy_fraction": t.machine_busy},
+                                       "wall": t.wall_s, "machine_busy_fraction": t.machine_busy()},
                              "send_chat_action_calls": t.typing_calls,
                              "get_updates_calls": t.polls}),
             });
@@ -543,22 +541,48 @@ async fn ask_timed(rig: &Rig, text: &str) -> f64 {
     ms(reply.at.duration_since(served))
 }
 
+/// What a throughput row measured, summed over its rounds.
+#[derive(Default)]
 struct Throughput {
-    rate: f64,
-    /// CPU seconds used during the run by the gateway, its workers (live and reaped), and
-    /// this process (the fake servers and the driver).
+    messages: usize,
+    /// CPU seconds used while the row was measured by the gateway, its workers (live and
+    /// reaped), and this process (the fake servers and the driver).
     gateway_s: f64,
     workers_s: f64,
     bench_s: f64,
+    /// Seconds from each round's first message to its last reply.
     wall_s: f64,
-    /// Share of the machine's CPU time that was busy (anything, other users included).
-    machine_busy: f64,
-    /// "typing…" indicators sent during the run.
+    /// The machine's busy and total CPU ticks (anything, other users included).
+    machine_busy_ticks: u64,
+    machine_ticks: u64,
+    /// "typing…" indicators sent.
     typing_calls: usize,
-    /// `getUpdates` calls during the burst: how many updates a poll brought (the fake,
-    /// as the Bot API server, answers a woken poll 1 ms after the last update it got, 2 ms
-    /// after the first at most; a slower rate or a less busy gateway gets fewer a poll).
+    /// `getUpdates` calls: how many updates a poll brought (the fake, as the Bot API
+    /// server, answers a woken poll 1 ms after the last update it got, 2 ms after the
+    /// first at most; a slower rate or a less busy gateway gets fewer a poll).
     polls: usize,
+}
+
+impl Throughput {
+    fn add(&mut self, round: &Throughput) {
+        self.messages += round.messages;
+        self.gateway_s += round.gateway_s;
+        self.workers_s += round.workers_s;
+        self.bench_s += round.bench_s;
+        self.wall_s += round.wall_s;
+        self.machine_busy_ticks += round.machine_busy_ticks;
+        self.machine_ticks += round.machine_ticks;
+        self.typing_calls += round.typing_calls;
+        self.polls += round.polls;
+    }
+
+    fn rate(&self) -> f64 {
+        self.messages as f64 / self.wall_s
+    }
+
+    fn machine_busy(&self) -> f64 {
+        self.machine_busy_ticks as f64 / self.machine_ticks.max(1) as f64
+    }
 }
 
 /// CPU time of the gateway, of its workers and of this process at one moment.
@@ -601,24 +625,93 @@ impl CpuSnapshot {
 /// Clock ticks per second as /proc counts them (USER_HZ), fixed at 100 on Linux.
 const TICKS_PER_S: f64 = 100.0;
 
-/// 100 chats sending `n` messages in all, each chat its next once the last is answered;
-/// messages per second until every reply is out.
+/// The throughput rows: a pool of 2, a pool of 8, and per-request with 8 at once.
+const THROUGHPUT_ROWS: [(WorkerMode, usize); 3] = [
+    (WorkerMode::Pool, 2),
+    (WorkerMode::Pool, 8),
+    (WorkerMode::PerRequest, 8),
+];
+/// The chats that talk in a throughput row.
+const THROUGHPUT_CHATS: i64 = 100;
+/// Messages each chat sends before a row is measured: `agent.max_history_messages` (20
+/// by default) counts questions and answers, so after 10 each a job carries as much
+/// history as it ever will, as in a bot that has been talking for a while.
+const HISTORY_FILL: usize = 10;
+/// Messages a row is measured for at a time, before the next row takes its turn.
+const THROUGHPUT_ROUND: usize = 1000;
+
+/// For each row, 100 chats sending `n` messages in all, each chat its next once the last
+/// is answered: messages per second until every reply is out.
+///
+/// The rows are measured side by side, as the latency rows are: their gateways start
+/// together, each chat of each fills its history first (not measured), and then the rows
+/// take turns of [`THROUGHPUT_ROUND`] messages, in a new random order each round, until
+/// each has sent `n`. Measured one after the other, a minute apart, the same row moved by
+/// 15 % between runs of this machine, and the rows' ratio (per-request's target) with it.
 async fn throughput(
+    rows: &[(WorkerMode, usize)],
+    spares: Option<usize>,
+    n: usize,
+) -> Vec<Throughput> {
+    let users: Vec<i64> = (0..THROUGHPUT_CHATS).map(|i| 70_000 + i).collect();
+    let callgrind = callgrind_wrapper();
+    let mut rigs = Vec::new();
+    for &(mode, pool_size) in rows {
+        rigs.push(throughput_rig(mode, pool_size, spares, &users, callgrind.as_ref()).await);
+    }
+    let filled = HISTORY_FILL * users.len();
+    for rig in &rigs {
+        chats_talk(rig, &users, filled, 0).await;
+    }
+    if callgrind.is_some() {
+        for rig in &rigs {
+            callgrind_control("--zero", rig.pid);
+        }
+    }
+    let mut totals: Vec<Throughput> = rigs.iter().map(|_| Throughput::default()).collect();
+    let mut order: Vec<usize> = (0..rigs.len()).collect();
+    let mut sent = 0;
+    while sent < n {
+        let round = THROUGHPUT_ROUND.min(n - sent);
+        rand::seq::SliceRandom::shuffle(order.as_mut_slice(), &mut rand::rng());
+        for &r in &order {
+            totals[r].add(&measure_round(&rigs[r], &users, round, filled + sent).await);
+        }
+        sent += round;
+    }
+    if let Some((_, dir)) = &callgrind {
+        for (rig, (_, pool_size)) in rigs.iter().zip(rows) {
+            callgrind_control(
+                &format!("--dump=burst of {n}, pool of {pool_size}"),
+                rig.pid,
+            );
+            eprintln!(
+                "callgrind: the gateway's burst is in {}/callgrind.out.{}.*",
+                dir.display(),
+                rig.pid
+            );
+        }
+    }
+    totals
+}
+
+/// A gateway of one throughput row, started and warmed up, its pool full (per-request:
+/// its spare ready).
+async fn throughput_rig(
     mode: WorkerMode,
     pool_size: usize,
     spares: Option<usize>,
-    n: usize,
-) -> Throughput {
-    let users: Vec<i64> = (0..100).map(|i| 70_000 + i).collect();
-    let callgrind = callgrind_wrapper();
+    users: &[i64],
+    callgrind: Option<&(PathBuf, PathBuf)>,
+) -> Rig {
     let rig = Rig::start(mode, |o| {
         product_defaults(o);
         o.pool_size = pool_size;
-        o.allowed_users = users.clone();
+        o.allowed_users = users.to_vec();
         if mode == WorkerMode::PerRequest {
             o.spares = spares;
         }
-        if let Some((wrapper, _)) = &callgrind {
+        if let Some((wrapper, _)) = callgrind {
             o.gateway_binary = Some(wrapper.clone());
             o.worker_command = Some(hermes_tests::harness::binaries().worker.clone());
         } else if let Some(wrapper) = prefix_wrapper() {
@@ -628,7 +721,6 @@ async fn throughput(
     })
     .await;
     rig.ask_in(users[0], users[0], "warm up").await;
-    // A pool fills to its size; per-request keeps its spare (one by default).
     let filled = match mode {
         WorkerMode::Pool => pool_size,
         WorkerMode::PerRequest => 1,
@@ -638,39 +730,28 @@ async fn throughput(
         "the pool did not fill\n{}",
         rig.gateway.log()
     );
-    if callgrind.is_some() {
-        callgrind_control("--zero", rig.pid);
-    }
-    let cpu_before = CpuSnapshot::take(&rig);
+    rig
+}
+
+/// One round of a row: its chats send `n` messages in all (the first numbered `already`).
+async fn measure_round(rig: &Rig, users: &[i64], n: usize, already: usize) -> Throughput {
+    let cpu_before = CpuSnapshot::take(rig);
     let polls_before = rig.telegram.calls("getUpdates");
+    let typing_before = rig.telegram.calls("sendChatAction");
     let started = Instant::now();
-    chats_talk(&rig, &users, n, 0).await;
-    let last = Instant::now();
-    let cpu_after = CpuSnapshot::take(&rig);
-    if let Some((_, dir)) = &callgrind {
-        callgrind_control(
-            &format!("--dump=burst of {n}, pool of {pool_size}"),
-            rig.pid,
-        );
-        eprintln!(
-            "callgrind: the gateway's burst is in {}/callgrind.out.{}.*",
-            dir.display(),
-            rig.pid
-        );
-    }
+    chats_talk(rig, users, n, already).await;
+    let wall_s = started.elapsed().as_secs_f64();
+    let cpu_after = CpuSnapshot::take(rig);
     let secs = |ticks: u64| ticks as f64 / TICKS_PER_S;
-    let (busy, total) = (
-        cpu_after.machine.0.saturating_sub(cpu_before.machine.0),
-        cpu_after.machine.1.saturating_sub(cpu_before.machine.1),
-    );
     Throughput {
-        rate: n as f64 / last.duration_since(started).as_secs_f64(),
+        messages: n,
         gateway_s: secs(cpu_after.gateway.own.saturating_sub(cpu_before.gateway.own)),
         workers_s: secs(cpu_before.worker_ticks_until(&cpu_after)),
         bench_s: secs(cpu_after.bench.saturating_sub(cpu_before.bench)),
-        wall_s: started.elapsed().as_secs_f64(),
-        machine_busy: busy as f64 / total.max(1) as f64,
-        typing_calls: rig.telegram.calls("sendChatAction"),
+        wall_s,
+        machine_busy_ticks: cpu_after.machine.0.saturating_sub(cpu_before.machine.0),
+        machine_ticks: cpu_after.machine.1.saturating_sub(cpu_before.machine.1),
+        typing_calls: rig.telegram.calls("sendChatAction") - typing_before,
         polls: rig.telegram.calls("getUpdates") - polls_before,
     }
 }
