@@ -10,8 +10,8 @@ use hermes_config::{Config, EXIT_CONFIG};
 use super::credentials;
 use super::{
     Kind, Paths, STOP_MARGIN_SECS, Stopped, credentials_dir, exit_status, failed, kind, lines,
-    plan_credentials, refused, render_kind, seconds_of, stop_timeout_secs, systemctl, unit_path,
-    units_dir,
+    plan_credentials, refused, remove_unit_file, render_kind, seconds_of, show_credentials_plan,
+    stop_timeout_secs, systemctl, unit_path, units_dir,
 };
 
 /// The template units of several bots on one host ([`install_instance`]): the single unit but for the lines that make it an
@@ -115,14 +115,7 @@ fn try_install_instance(
     let template_path = units_dir(user).map_err(failed)?.join(TEMPLATE_NAME);
     let drop_in_path = drop_in_dir(user, name).map_err(failed)?.join(DROP_IN);
     if dry_run {
-        for c in &credentials {
-            let what = if c.store.is_some() {
-                "would store"
-            } else {
-                "keeps"
-            };
-            eprintln!("# {what} credential {}: {}", c.name, c.path(&dir).display());
-        }
+        show_credentials_plan(&credentials, &dir);
         eprintln!("# would write {}", template_path.display());
         print!("{template}");
         eprintln!("# would write {}", drop_in_path.display());
@@ -191,9 +184,7 @@ fn try_uninstall_instance(user: bool, name: &str, dry_run: bool) -> Result<(), S
     if !others {
         let template = units.join(TEMPLATE_NAME);
         if template.exists() {
-            std::fs::remove_file(&template)
-                .map_err(|e| failed(format!("cannot remove {}: {e}", template.display())))?;
-            println!("removed {} (no instance left)", template.display());
+            remove_unit_file(&template, " (no instance left)")?;
         }
     }
     systemctl(user, &["daemon-reload"]).map_err(failed)

@@ -273,14 +273,7 @@ fn try_install(user: bool, config_path: &Path, dry_run: bool) -> Result<(), Stop
     };
     let stop = stop_timeout_secs(&config.workers);
     if dry_run {
-        for c in &credentials {
-            let what = if c.store.is_some() {
-                "would store"
-            } else {
-                "keeps"
-            };
-            eprintln!("# {what} credential {}: {}", c.name, c.path(&dir).display());
-        }
+        show_credentials_plan(&credentials, &dir);
         eprintln!("# would write {}", path.display());
         print!("{}", render(user, &paths, &lines(&credentials, &dir), stop));
         return Ok(());
@@ -425,10 +418,28 @@ fn try_uninstall(user: bool, dry_run: bool) -> Result<(), Stopped> {
     if let Err(e) = systemctl(user, &["disable", "--now", "hermes-gateway"]) {
         eprintln!("{e} (removing the unit anyway)");
     }
-    std::fs::remove_file(&path)
-        .map_err(|e| failed(format!("cannot remove {}: {e}", path.display())))?;
-    println!("removed {}", path.display());
+    remove_unit_file(&path, "")?;
     systemctl(user, &["daemon-reload"]).map_err(failed)
+}
+
+/// What a dry run would do with each credential, on stderr (stdout carries the units).
+fn show_credentials_plan(credentials: &[Credential], dir: &Path) {
+    for c in credentials {
+        let what = if c.store.is_some() {
+            "would store"
+        } else {
+            "keeps"
+        };
+        eprintln!("# {what} credential {}: {}", c.name, c.path(dir).display());
+    }
+}
+
+/// Removes the unit file at `path` and says so, `note` after its name.
+fn remove_unit_file(path: &Path, note: &str) -> Result<(), Stopped> {
+    std::fs::remove_file(path)
+        .map_err(|e| failed(format!("cannot remove {}: {e}", path.display())))?;
+    println!("removed {}{note}", path.display());
+    Ok(())
 }
 
 #[cfg(test)]
