@@ -15,7 +15,7 @@
 //!   (`run::files`); `check_config`, `status::report`, `service`: the other commands
 //!   (`service::credentials`: the secrets a configuration names, delivered to the unit as
 //!   systemd credentials; `service::instance`: one bot of several, an instance of the
-//!   template unit);
+//!   template unit; `service::limits`: the stop and watchdog times a unit must allow);
 //! - `first_poll`: start-up work (the sandbox probe, the first workers, the command menu)
 //!   held until the first `getUpdates` is on its way;
 //! - `telegram`: the `getUpdates` loop (`telegram::poller`), what an update says and
