@@ -35,9 +35,11 @@
 //!   taken out of the turn and answered with why (`chats::turn_files`); strangers
 //!   answered once an hour, behind members
 //!   (`chats::strangers`); the ⏹ button that stops a turn's job (`chats::stop_button`)
-//!   and which message shows the turn's reactions (`chats::reaction`);
+//!   and which message shows the turn's reactions (`chats::reaction`); a former member's
+//!   message and one whose jobs keep dying answered without a job (`chats::admit`);
+//!   `/schedules` shown with its buttons (`chats::schedules_list`);
 //! - `topics`: a forum's topic (or a private chat's) as a conversation of its own: the
-//!   [`topics::Place`] (chat, thread) everything per conversation is kept and sent under;
+//!   `topics::Place` (chat, thread) everything per conversation is kept and sent under;
 //! - `commands`: one module per command (`commands::new`, `commands::stop`,
 //!   `commands::retry`, `commands::model`, `commands::status`, `commands::usage`), each
 //!   owning what it does;

@@ -9,7 +9,7 @@
 //! go to journald natively (`tracing-journald`): the priority from the level, and every
 //! field as a journal field of the same name in capitals, without a prefix
 //! (`chat_id` → `CHAT_ID=`), so `journalctl CHAT_ID=42` finds one chat's lines. The field
-//! names the gateway logs with are listed in [`FIELDS`].
+//! names the gateway logs with are listed in `FIELDS` (checked by a test).
 
 use std::io::IsTerminal;
 

@@ -10,14 +10,14 @@
 //!
 //! It is as strict as the Bot API where a lax fake would hide a bug: HTML under
 //! `parse_mode=HTML` is parsed as Telegram parses it and refused with Telegram's words
-//! (see [`html`]); an unknown `parse_mode` or method is refused; `allowed_updates` is kept
+//! (see `html`); an unknown `parse_mode` or method is refused; `allowed_updates` is kept
 //! from call to call and updates of other kinds are never queued; a long poll is held
 //! until an update arrives or its `timeout` runs out, and a newer long poll ends the one
 //! waiting with 409 as Telegram's server does; and, when a test asks for it, flood control
 //! answers 429 with `retry_after`. Inline keyboards are kept per message as Telegram keeps
 //! them (an edit of the text without `reply_markup` removes them), a test presses a button
 //! as a given user ([`FakeTelegram::press`]), and `answerCallbackQuery` accepts each press's
-//! id once (see [`buttons`]).
+//! id once (see `buttons`).
 //!
 //! This file is the server and its state: the handle, the call log, routing each method
 //! to its area, and the bot's own profile (`getMe`, its command menu). Each area of the
@@ -129,7 +129,7 @@ struct Inner {
     long_poll: Option<usize>,
     /// Polls ended by a newer one, still to answer 409.
     terminated: HashSet<usize>,
-    /// Until when a further conflict is answered only after [`updates::CONFLICT_THROTTLE`].
+    /// Until when a further conflict is answered only after `updates::CONFLICT_THROTTLE`.
     conflict_quiet_until: Option<Instant>,
     flood: FloodLimits,
     /// What `setMyCommands` set.

@@ -19,10 +19,8 @@
 //! ([`crate::outbox`]) with everything it settles before any of it is sent. This module
 //! routes each message to its chat's task; the task takes its turns in [`turns`], a
 //! message becomes a job in [`prepare`] and the job's progress and outcome reach the chat
-//! and the store in [`deliver`]; a command runs in [`crate::commands`]. A message whose
-//! jobs keep dying with the gateway (or its worker) is given up after
-//! [`turns::MAX_ATTEMPTS`] starts, with an apology, so it cannot take every restart down
-//! with it.
+//! and the store in [`deliver`]; a command runs in [`crate::commands`]. Who a job answers
+//! is decided in [`admit`]: a message whose jobs keep dying is given up with an apology.
 //!
 //! An album (its photos and documents arrive one update each) and a text Telegram split
 //! past its length limit are one turn too: the task waits a short window for their rest
@@ -34,9 +32,11 @@
 //! A group that became a supergroup (the outbox learns it from Telegram) is served under its
 //! new id at once, by the task that served it, so its waiting messages keep their turn.
 
+mod admit;
 mod deliver;
 mod prepare;
 mod reaction;
+mod schedules_list;
 mod settle;
 mod stop_button;
 mod strangers;

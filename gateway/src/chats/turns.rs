@@ -10,7 +10,7 @@
 //! cannot be fetched is answered with why ([`super::turn_files`]), and the rest of the
 //! turn still goes to the model: one bad file does not swallow the questions sent with
 //! it. A message whose jobs keep dying with the gateway (or its worker) is given up after
-//! [`MAX_ATTEMPTS`] starts, with an apology, so it cannot take every restart down with it.
+//! [`super::admit::MAX_ATTEMPTS`] starts, with an apology, so it cannot take every restart down with it.
 //! When the gateway stops, a chat whose messages still wait is told they are kept for the
 //! next run.
 
@@ -36,8 +36,6 @@ use crate::usage;
 
 /// A chat task with nothing to do for this long ends; the next message starts a new one.
 const CHAT_IDLE: Duration = Duration::from_secs(60);
-/// A message whose job was started this many times without an answer is given up.
-pub const MAX_ATTEMPTS: u32 = 3;
 /// Events of one job that may wait between its worker and its chat: the worker's stream
 /// waits (the socket fills) rather than the gateway's memory.
 const EVENTS_BOUND: usize = 64;
@@ -182,50 +180,7 @@ impl ChatRouter {
         let chat = place.chat;
         let ctx = &self.inner.ctx;
         let settings = ctx.settings.get();
-        // Allowed when stored; a reload may have removed them since.
-        let (turn, strangers): (Vec<Taken>, Vec<Taken>) = turn
-            .into_iter()
-            .partition(|m| settings.allowed.contains(&m.user_id));
-        for stranger in strangers {
-            if stranger.scheduled {
-                // A schedule of someone no longer allowed: closed without a run or a word.
-                tracing::info!(
-                    chat_id = chat,
-                    "a schedule's run dropped: its user is no longer in telegram.allowed_users"
-                );
-                let _ = ctx.outbox.send(crate::outbox::Reply {
-                    chat,
-                    thread: place.thread,
-                    answers: &[stranger.id],
-                    text: "",
-                    pieces: Vec::new(),
-                    edit: None,
-                    exchange: None,
-                    question: None,
-                    files: Vec::new(),
-                    rich: None,
-                });
-                continue;
-            }
-            self.inner.reply(
-                place,
-                &[stranger.id],
-                &replies::stranger_text(stranger.user_id),
-            );
-        }
-        let (poisoned, turn): (Vec<Taken>, Vec<Taken>) = turn
-            .into_iter()
-            .partition(|m| m.earlier_attempts >= MAX_ATTEMPTS);
-        if !poisoned.is_empty() {
-            let rows: Vec<i64> = poisoned.iter().map(|m| m.id).collect();
-            tracing::warn!(
-                chat_id = chat,
-                rows = ?rows,
-                "giving up on message(s) whose job was started {MAX_ATTEMPTS} times without an answer"
-            );
-            self.inner
-                .reply(place, &rows, &replies::gave_up(MAX_ATTEMPTS));
-        }
+        let turn = self.admitted(place, turn);
         let Some(first) = turn.first() else {
             return false;
         };
@@ -432,29 +387,5 @@ impl ChatRouter {
             );
         }
         cut_short
-    }
-
-    /// `/schedules`: the list with its cancel buttons, sent directly; the command is
-    /// answered by a reply of no pieces. Should the list not go, its text goes through
-    /// the outbox instead, without buttons.
-    async fn show_schedules(&self, place: Place, rows: &[i64]) {
-        let (chat, ctx) = (place.chat, &self.inner.ctx);
-        match crate::schedules::chat::show(&ctx.schedules, &ctx.sender, place).await {
-            Ok(()) => {
-                let _ = ctx.outbox.send(crate::outbox::Reply {
-                    chat,
-                    thread: place.thread,
-                    answers: rows,
-                    text: "(the schedules, shown with their buttons)",
-                    pieces: Vec::new(),
-                    edit: None,
-                    exchange: None,
-                    question: None,
-                    files: Vec::new(),
-                    rich: None,
-                });
-            }
-            Err(text) => self.inner.reply(place, rows, &text),
-        }
     }
 }

@@ -9,7 +9,7 @@
 //! (`openat` with `O_NOFOLLOW`: no `..`, no symlink, no race between a check and the
 //! open), and judged by what the open file is (a regular file with one link, within
 //! Telegram's upload limit and `telegram.max_send_file_mb`, at most
-//! `telegram.max_send_files` of them) ([`collect`]). A file that passes is copied from
+//! `telegram.max_send_files` of them) ([`collect`](mod@collect)). A file that passes is copied from
 //! that open file into the store's file area (`<state>/outgoing`, 0700, hidden from every
 //! tool with the state directory), and the output directory is removed.
 //!

@@ -9,7 +9,7 @@
 //! it for good (the bot blocked, the chat gone) ends it; a group that became a supergroup
 //! gets it at its new id, its conversation moved there. Each piece leaves the store once
 //! Telegram accepted it: with the store's next write, and at the latest before its chat's
-//! next piece goes, or [`RECORD_WITHIN`](delivery::RECORD_WITHIN) after its chat's last; when a reply's last piece
+//! next piece goes, or `delivery::RECORD_WITHIN` after its chat's last; when a reply's last piece
 //! has left, the messages it answers are done. Pieces a run did not deliver are the next
 //! run's first work, in the same order. A reply to a stranger waits behind every member's
 //! piece of its chat ([`Outbox::send_to_stranger`]).

@@ -15,7 +15,7 @@
 //! Start-up goes in the order the guarantees need: the umask and the state directory's
 //! lock before anything touches the state; then the replies a previous run left
 //! undelivered, first, in their order; then its unanswered messages, each chat's as one
-//! turn; then polling. While it runs, SIGHUP reloads the configuration ([`reload`]); the
+//! turn; then polling. While it runs, SIGHUP reloads the configuration ([`reload`](mod@reload)); the
 //! stop's sequence is in [`stop`].
 
 mod exit;

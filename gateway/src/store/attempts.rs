@@ -2,7 +2,7 @@
 //!
 //! `take_turn` counts a start for each message of a turn before its job runs, so a
 //! message whose jobs keep dying with the gateway is given up after
-//! `chats::turns::MAX_ATTEMPTS` starts. A clean stop (SIGTERM, a restart by the operator
+//! `chats::admit::MAX_ATTEMPTS` starts. A clean stop (SIGTERM, a restart by the operator
 //! or by systemd) that cuts a job short says nothing about the message: its start is
 //! taken back, or a few restarts during a slow job would make the bot give up on it.
 

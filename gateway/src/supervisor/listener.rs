@@ -3,7 +3,7 @@
 //!
 //! The socket lives in a directory only the gateway's user can enter (0700). Each worker
 //! is started with a one-time token; a connection is handed to the supervisor only when
-//! its first frame is a [`Hello`] of this protocol version carrying a pending token, and
+//! its first frame is a [`Hello`](hermes_protocol::Hello) of this protocol version carrying a pending token, and
 //! the kernel's peer credentials agree: same user, and the very process the token was
 //! issued to. Anything else is answered (when it is a readable handshake) and dropped. A
 //! worker forked from the template does not connect here: it is given one end of a socket

@@ -21,7 +21,7 @@ pub struct Upload {
     /// `sendDocument` or `sendPhoto`.
     pub method: String,
     pub chat_id: i64,
-    /// The topic it was sent into (see [`super::topics`]).
+    /// The topic it was sent into (see `fake_telegram::topics`).
     pub thread: Option<i64>,
     pub file_name: String,
     pub bytes: Vec<u8>,

@@ -54,7 +54,7 @@
 //! - **`PR_SET_NO_NEW_PRIVS`**, which both require, and which keeps setuid binaries from
 //!   lifting either.
 //!
-//! A kernel without one of these runs the tool with what it has; [`probe`] says which
+//! A kernel without one of these runs the tool with what it has; [`probe`](mod@probe) says which
 //! guarantee is then weaker and why, for the gateway to log and show. A policy that
 //! cannot be applied for any other reason (unreadable, no scratch directory, a failed
 //! system call) stops the trampoline with [`EXIT_SETUP`]: a tool never runs less guarded

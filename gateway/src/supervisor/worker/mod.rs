@@ -6,7 +6,7 @@
 //! frames, it hangs past the deadline, it sends more than a worker can mean (more
 //! fallbacks than the job has providers, more tools running at once than
 //! [`crate::telegram::live::MAX_TOOLS_RUNNING`], more approvals than its steps allow, or one approval id twice).
-//! The job then gets a [`Failure`] and the worker is discarded; the gateway itself only
+//! The job then gets a [`Failure`](hermes_protocol::Failure) and the worker is discarded; the gateway itself only
 //! ever reads, waits and kills, and what it keeps for a job stays within the bounds of
 //! [`super::bounds`].
 
