@@ -122,13 +122,29 @@ async fn updates_of_other_kinds_are_skipped(mode: WorkerMode) {
     rig.telegram
         .push_update(json!({"some_future_update": {"x": 1}}));
     let reply = rig.ask("plain text").await;
-    assert_eq!(reply.text, "echo: plain text");
+    // Each check shows what the chat holds and the log: a failure must say which update
+    // was answered or asked about, not only that one was.
+    let shown = || {
+        format!(
+            "{:#?}\n--- gateway log ---\n{}",
+            rig.telegram.sent_to(USER),
+            rig.gateway.log()
+        )
+    };
+    assert_eq!(reply.text, "echo: plain text", "{}", shown());
     assert_eq!(
         rig.telegram.sent_to(USER).len(),
         1,
-        "nothing answered the other updates"
+        "nothing answered the other updates: {}",
+        shown()
     );
-    assert_eq!(rig.provider.request_count(), 1);
+    assert_eq!(
+        rig.provider.request_count(),
+        1,
+        "{:#?}\n{}",
+        rig.provider.requests(),
+        shown()
+    );
     let log = rig.gateway.log();
     // The button press is not skipped: it goes to the approvals, which answer it (it
     // belongs to no question of theirs) and do nothing else.
