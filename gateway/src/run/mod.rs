@@ -15,9 +15,11 @@
 //! Start-up goes in the order the guarantees need: the umask and the state directory's
 //! lock before anything touches the state; then the replies a previous run left
 //! undelivered, first, in their order; then its unanswered messages, each chat's as one
-//! turn; then polling. While it runs, SIGHUP reloads the configuration ([`reload`](mod@reload)); the
-//! stop's sequence is in [`stop`].
+//! turn; then polling, with what can wait beside the first poll ([`beside_first_poll`]).
+//! While it runs, SIGHUP reloads the configuration ([`reload`](mod@reload)); the stop's
+//! sequence is in [`stop`].
 
+mod beside_first_poll;
 mod exit;
 mod files;
 mod reload;
@@ -28,7 +30,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hermes_config::{Config, EXIT_CONFIG, WorkerMode, load_or_report};
-use teloxide_core::prelude::Requester;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -37,11 +38,9 @@ use self::stop::{Running, ignore_from_descendant};
 use crate::approvals::Desk;
 use crate::chats::{ChatRouter, JobContext, is_stop_press};
 use crate::circuit::Circuits;
-use crate::commands;
 use crate::first_poll::FirstPoll;
 use crate::health::Health;
 use crate::jobs::{JobRunner, MakeRunner};
-use crate::metrics;
 use crate::outbox::{Outbox, OutboxConfig};
 use crate::sandbox;
 use crate::schedules::{Schedules, chat as schedules_chat};
@@ -161,17 +160,7 @@ async fn serve(path: &Path, config: Config, setup: Setup, runner: Option<MakeRun
             .map(|n| n.to_string())
             .collect(),
     );
-    let probing = health.clone();
-    let worker_program = setup.worker_program.clone();
-    let tools = !config.tools.mcp.is_empty();
-    let probe_gate = first_poll.clone();
-    tokio::spawn(async move {
-        // A child process: beside the first poll, not before it.
-        probe_gate.passed().await;
-        let report = sandbox::probe(&worker_program).await;
-        report.log(tools);
-        probing.set_sandbox_report(report);
-    });
+    beside_first_poll::sandbox_probe(&first_poll, &health, &setup.worker_program, &config);
     let notifier = Arc::new(Notifier::from_env());
     let settings = LiveSettings::new(ChatSettings::new(&config, &setup));
     let circuits = Arc::new(Circuits::new(settings.get().cooldowns.clone()));
@@ -228,18 +217,12 @@ async fn serve(path: &Path, config: Config, setup: Setup, runner: Option<MakeRun
         store: store.clone(),
     };
     if let Some(listen) = config.metrics.listen.clone() {
-        let view = publisher.clone();
-        let render: metrics::server::Render =
-            Arc::new(move || view.health.metrics().render(&view.snapshot()));
-        let (gate, stop) = (first_poll.clone(), publisher_stop.clone());
-        tokio::spawn(async move {
-            gate.passed().await;
-            match metrics::server::start(&listen, render, stop).await {
-                Ok(()) => tracing::info!("metrics at {listen:?}"),
-                // Watching is not worth a failed start: say so and run on.
-                Err(e) => tracing::error!("cannot serve metrics at {listen:?}: {e}"),
-            }
-        });
+        beside_first_poll::metrics(
+            &first_poll,
+            listen,
+            publisher.clone(),
+            publisher_stop.clone(),
+        );
     }
     let publisher = tokio::spawn(publisher.run(publisher_stop.clone()));
     let (fetcher, outgoing) = match files::areas(&config, &setup, clients.fetching, &undelivered) {
@@ -295,15 +278,7 @@ async fn serve(path: &Path, config: Config, setup: Setup, runner: Option<MakeRun
         );
     }
     router.resume(unanswered);
-    let menu_bot = clients.polling.clone();
-    let menu_gate = first_poll.clone();
-    tokio::spawn(async move {
-        menu_gate.passed().await;
-        // Cosmetic (the command menu in Telegram's clients): a failure costs nothing.
-        if let Err(e) = menu_bot.set_my_commands(commands::menu()).await {
-            tracing::info!("setMyCommands failed: {e}");
-        }
-    });
+    beside_first_poll::command_menu(&first_poll, clients.polling.clone());
     let poll_stop = CancellationToken::new();
     // Due schedules fire as turns until the poller stops: a stop takes no new work.
     tokio::spawn(schedules.clone().run(
