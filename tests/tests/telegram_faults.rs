@@ -106,22 +106,35 @@ async fn get_updates_invalid_json(mode: WorkerMode) {
     poll_fault(mode, PollFault::InvalidJson).await;
 }
 
+/// The updates are waiting before the gateway starts: Telegram delivers a kind the bot's
+/// `allowed_updates` excludes only if it was made before the first `getUpdates` that set
+/// them (and so does the fake). Pushed after `Rig::start`, they raced the first poll, and
+/// one run in several hundred under load lost it: the fake withheld the edit and the
+/// unknown kind, and the gateway logged one skip instead of three.
 async fn updates_of_other_kinds_are_skipped(mode: WorkerMode) {
-    let mut rig = Rig::start(mode, |_| {}).await;
     let chat = json!({"id": USER, "type": "private", "first_name": "Test"});
     let from = json!({"id": USER, "is_bot": false, "first_name": "Test"});
-    // A service message (photos, stickers and files are answered: `media.rs`).
-    rig.telegram.push_update(
-        json!({"message": {"message_id": 90, "date": 1, "chat": chat,
-        "from": from, "new_chat_title": "Renamed"}}),
-    );
-    rig.telegram.push_update(json!({"edited_message": {"message_id": 92, "date": 1, "edit_date": 2, "chat": chat, "from": from, "text": "edited"}}));
-    rig.telegram.push_update(
-        json!({"callback_query": {"id": "1", "from": from, "chat_instance": "x", "data": "d"}}),
-    );
-    rig.telegram
-        .push_update(json!({"some_future_update": {"x": 1}}));
+    let mut rig = Rig::start_with(
+        mode,
+        |_| {},
+        |telegram| {
+            // A service message (photos, stickers and files are answered: `media.rs`).
+            telegram.push_update(json!({"message": {"message_id": 90, "date": 1,
+                "chat": chat, "from": from, "new_chat_title": "Renamed"}}));
+            telegram.push_update(json!({"edited_message": {"message_id": 92, "date": 1,
+                "edit_date": 2, "chat": chat, "from": from, "text": "edited"}}));
+            telegram.push_update(json!({"callback_query": {"id": "1", "from": from,
+                "chat_instance": "x", "data": "d"}}));
+            telegram.push_update(json!({"some_future_update": {"x": 1}}));
+        },
+    )
+    .await;
     let reply = rig.ask("plain text").await;
+    assert_eq!(
+        rig.telegram.withheld_updates(),
+        Vec::<serde_json::Value>::new(),
+        "the gateway was shown every update, or this proves nothing"
+    );
     // Each check shows what the chat holds and the log: a failure must say which update
     // was answered or asked about, not only that one was.
     let shown = || {
