@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use hermes_config::WorkerMode;
 use hermes_tests::fake_provider::ProviderReply;
-use hermes_tests::harness::{PATIENCE, Rig, USER, eventually_async};
+use hermes_tests::harness::{PATIENCE, Rig, USER, eventually, eventually_async};
 use prometheus_parse::{Scrape, Value};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
@@ -172,7 +172,15 @@ async fn scrapers_that_hold_connections_cannot_hold_the_gateway() {
             idle.push(s);
         }
     }
-    // Messages are answered meanwhile.
+    // Messages are answered meanwhile (timed once the workers are up: they start beside
+    // the first poll, as the endpoint does).
+    assert!(
+        eventually(PATIENCE, || rig.gateway.status_json()["workers"]["idle"]
+            == 2)
+        .await,
+        "{}",
+        rig.gateway.status_json()
+    );
     let started = std::time::Instant::now();
     assert_eq!(rig.ask("still here?").await.text, "echo: still here?");
     assert!(started.elapsed() < Duration::from_secs(1));
