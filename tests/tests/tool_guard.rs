@@ -485,15 +485,22 @@ async fn the_sandbox_is_said_at_start_up_in_status_and_in_check_config() {
     let g = Guarded::start(WorkerMode::Pool, &entries, 1).await;
     let gateway = &hermes_tests::harness::binaries().gateway;
     let probe = hermes_worker::sandbox::probe();
-    // The probe answers beside start-up, so its line may come after "running".
+    // The probe answers beside start-up, so its lines may come after "running": the
+    // summary where every guarantee holds, else a line for each weaker one (a kernel
+    // older than this one's).
+    let at_start = match probe.weaker() {
+        weaker if weaker.is_empty() => vec![probe.summary.clone()],
+        weaker => weaker,
+    };
     assert!(
-        eventually(PATIENCE, || g.rig.gateway.log().contains(&probe.summary)).await,
-        "{}",
+        eventually(PATIENCE, || {
+            let log = g.rig.gateway.log();
+            at_start.iter().all(|line| log.contains(line))
+        })
+        .await,
+        "{at_start:#?}\n{}",
         g.rig.gateway.log()
     );
-    for weaker in probe.weaker() {
-        g.rig.assert_logged(&weaker);
-    }
 
     let mut status = String::new();
     let said = eventually(PATIENCE, || {
