@@ -29,18 +29,12 @@ impl ChatRouter {
                     chat_id = chat,
                     "a schedule's run dropped: its user is no longer in telegram.allowed_users"
                 );
-                let _ = ctx.outbox.send(crate::outbox::Reply {
+                let _ = ctx.outbox.send(crate::outbox::Reply::closing(
                     chat,
-                    thread: place.thread,
-                    answers: &[stranger.id],
-                    text: "",
-                    pieces: Vec::new(),
-                    edit: None,
-                    exchange: None,
-                    question: None,
-                    files: Vec::new(),
-                    rich: None,
-                });
+                    place.thread,
+                    &[stranger.id],
+                    "",
+                ));
                 continue;
             }
             self.inner.reply(

@@ -182,16 +182,8 @@ impl Inner {
     fn reply(&self, place: Place, answers: &[i64], text: &str) {
         // A reply the store refuses is the outbox's to hold and commit again before it goes.
         let _ = self.ctx.outbox.send(Reply {
-            chat: place.chat,
-            thread: place.thread,
-            answers,
-            text,
             pieces: plain_pieces(text),
-            rich: None,
-            edit: None,
-            exchange: None,
-            question: None,
-            files: Vec::new(),
+            ..Reply::closing(place.chat, place.thread, answers, text)
         });
     }
 

@@ -11,18 +11,12 @@ impl ChatRouter {
         let (chat, ctx) = (place.chat, &self.inner.ctx);
         match crate::schedules::chat::show(&ctx.schedules, &ctx.sender, place).await {
             Ok(()) => {
-                let _ = ctx.outbox.send(crate::outbox::Reply {
+                let _ = ctx.outbox.send(crate::outbox::Reply::closing(
                     chat,
-                    thread: place.thread,
-                    answers: rows,
-                    text: "(the schedules, shown with their buttons)",
-                    pieces: Vec::new(),
-                    edit: None,
-                    exchange: None,
-                    question: None,
-                    files: Vec::new(),
-                    rich: None,
-                });
+                    place.thread,
+                    rows,
+                    "(the schedules, shown with their buttons)",
+                ));
             }
             Err(text) => self.inner.reply(place, rows, &text),
         }

@@ -86,6 +86,25 @@ pub struct Reply<'a> {
     pub files: Vec<OutFile>,
 }
 
+impl<'a> Reply<'a> {
+    /// Settles `answers` with nothing sent: `note` is kept with them as the record of
+    /// what became of them (a schedule's run dropped, a list sent with its buttons).
+    pub fn closing(chat: i64, thread: Option<i32>, answers: &'a [i64], note: &'a str) -> Self {
+        Reply {
+            chat,
+            thread,
+            answers,
+            text: note,
+            pieces: Vec::new(),
+            rich: None,
+            edit: None,
+            exchange: None,
+            question: None,
+            files: Vec::new(),
+        }
+    }
+}
+
 /// What the outbox's settings and neighbours are.
 pub struct OutboxConfig {
     pub store: Arc<Store>,
