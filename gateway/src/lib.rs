@@ -13,7 +13,8 @@
 //!   drain (`run::stop`) and which exit code a failed start gets (`run::exit`: only what
 //!   the operator must fix is not restarted), the directories of a run's files made ready
 //!   (`run::files`), what starts beside the first poll (`run::beside_first_poll`: the
-//!   sandbox probe, the metrics endpoint, the command menu); `check_config`, `status::report`, `service`: the other commands
+//!   sandbox probe, the metrics endpoint, the command menu); `check_config`,
+//!   `status::report`, `service`: the other commands
 //!   (`service::credentials`: the secrets a configuration names, delivered to the unit as
 //!   systemd credentials; `service::instance`: one bot of several, an instance of the
 //!   template unit; `service::limits`: the stop and watchdog times a unit must allow);

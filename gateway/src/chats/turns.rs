@@ -10,7 +10,8 @@
 //! cannot be fetched is answered with why ([`super::turn_files`]), and the rest of the
 //! turn still goes to the model: one bad file does not swallow the questions sent with
 //! it. A message whose jobs keep dying with the gateway (or its worker) is given up after
-//! [`super::admit::MAX_ATTEMPTS`] starts, with an apology, so it cannot take every restart down with it.
+//! [`super::admit::MAX_ATTEMPTS`] starts, with an apology, so it cannot take every restart
+//! down with it.
 //! When the gateway stops, a chat whose messages still wait is told they are kept for the
 //! next run.
 

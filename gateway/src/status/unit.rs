@@ -79,7 +79,8 @@ impl UnitState {
     }
 
     /// The gateway's own status line says whether it is healthy: `polling ok` first, and
-    /// nothing it adds when degraded (see [`Snapshot::status_line`](crate::health::Snapshot::status_line)).
+    /// nothing it adds when degraded (see
+    /// [`Snapshot::status_line`](crate::health::Snapshot::status_line)).
     pub fn healthy(&self) -> bool {
         self.status_text.starts_with("polling ok")
             && !self.status_text.contains("quota-open")
